@@ -1,0 +1,112 @@
+"""The command line: train, eval, validate, plan, report, push, merge.
+
+User mistakes (:class:`UserError`) print one line and exit 2; run-time failures (:class:`RunFailure`) exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from toolkit.errors import RunFailure, UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
+    train.add_argument("recipe")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=5")
+
+    validate = sub.add_parser("validate", help="check recipes without running them")
+    validate.add_argument("recipes", nargs="+")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    evaluate = sub.add_parser("eval", help="evaluate a model (base or fine-tuned) on suites")
+    evaluate.add_argument("--model", required=True, help="local folder or hub id")
+    evaluate.add_argument("--adapter", help="LoRA adapter folder to apply on the model")
+    evaluate.add_argument("--suite", action="append", required=True, help="suite YAML (repeatable)")
+    evaluate.add_argument("--out", help="output folder (default: eval-results/<model name>)")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+
+    plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
+    plan.add_argument("recipe")
+    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--gpus", type=int, default=1)
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+
+    report = sub.add_parser("report", help="rebuild report.md and report.html of a run")
+    report.add_argument("run")
+
+    push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
+    push.add_argument("run")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--what", choices=["adapter", "merged", "report"], default=None,
+                      help="what to upload (default: adapter for LoRA runs, full weights otherwise)")
+    push.add_argument("--dry-run", action="store_true", help="write the upload folder and list it; send nothing")
+
+    merge = sub.add_parser("merge", help="merge a LoRA run's adapter into full weights")
+    merge.add_argument("run")
+    merge.add_argument("--out", help="output folder (default: RUN/final/merged)")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        from toolkit.recipe_loading import load_recipe
+
+        for path in args.recipes:
+            load_recipe(path, args.overrides)
+            print(f"{path}: ok")
+        return 0
+    if args.command == "train":
+        from toolkit.recipe_loading import load_recipe
+        from toolkit.runner import run_recipe
+
+        run_recipe(load_recipe(args.recipe, args.overrides), recipe_path=Path(args.recipe))
+        return 0
+    if args.command == "eval":
+        from toolkit.evals.command import evaluate_command
+
+        evaluate_command(model=args.model, adapter=args.adapter, suites=args.suite, out=args.out,
+                         device=args.device)
+        return 0
+    if args.command == "plan":
+        from toolkit.plan import print_plan
+        from toolkit.recipe_loading import load_recipe
+
+        return print_plan(load_recipe(args.recipe, args.overrides), gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
+    if args.command == "report":
+        from toolkit.evals.report import build_report
+
+        build_report(Path(args.run))
+        return 0
+    if args.command == "push":
+        from toolkit.hub.push import push_run
+
+        push_run(Path(args.run), repo_id=args.repo_id, private=args.private, what=args.what, dry_run=args.dry_run)
+        return 0
+    if args.command == "merge":
+        from toolkit.hub.merge import merge_run
+
+        merge_run(Path(args.run), out=Path(args.out) if args.out else None)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RunFailure as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

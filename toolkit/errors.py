@@ -1,0 +1,16 @@
+"""Errors that the CLI turns into one line and an exit code."""
+
+
+class UserError(Exception):
+    """Something the user got wrong (bad recipe, missing file, impossible setting): exit code 2.
+
+    The message is one line that names the field path or the file (and line) at fault.
+    """
+
+    exit_code = 2
+
+
+class RunFailure(Exception):
+    """A failure at run time that is not the user's input (non-finite loss, out of memory): exit code 1."""
+
+    exit_code = 1

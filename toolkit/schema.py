@@ -1,0 +1,297 @@
+"""The typed recipe: one pydantic model per block, unknown keys rejected.
+
+A recipe YAML is parsed into :class:`Recipe` once (see ``toolkit.recipe_loading``); every other module
+receives these typed objects, never a loose dict. Field docstrings double as the reference for users.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
+Attention = Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class FieldError(ValueError):
+    """A validation error about a field below the block that raised it; ``path`` is relative to that block."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class Strict(BaseModel):
+    """Base for every block: unknown keys are an error, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenizerTraining(Strict):
+    """Train a small byte-level BPE tokenizer locally (no download) on the synthetic corpus."""
+
+    vocab_size: PositiveInt = 512
+    """Target vocabulary size, special tokens included."""
+    corpus_documents: PositiveInt = 2000
+    """How many synthetic documents to train on."""
+
+
+class ModelSpec(Strict):
+    """What to load: a hub id or local path, or a random model built from an inline Llama config."""
+
+    name_or_path: str | None = None
+    """Hub id (``meta-llama/Meta-Llama-3-8B``) or local folder; relative paths resolve against the recipe."""
+    init_config: dict[str, Any] | None = None
+    """LlamaConfig keyword arguments for a randomly initialised model (tiny models for CPU runs)."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or path; defaults to ``name_or_path``."""
+    train_tokenizer: TokenizerTraining | None = None
+    """Train a small tokenizer locally instead of loading one (for synthetic-data recipes)."""
+    backend: Literal["transformers", "unsloth"] = "transformers"
+    """``unsloth`` loads through unsloth's FastLanguageModel (GPU only, optional extra)."""
+    attention: Attention = "auto"
+    """Attention kernel; ``auto`` picks flash_attention_2 where installed on CUDA/ROCm, else sdpa."""
+    precision: Precision = "auto"
+    """Compute precision; ``auto`` is bf16 where the device supports it, else fp32."""
+    trust_remote_code: bool = False
+    """Run model code shipped with the checkpoint. Off unless you trust its author."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name_or_path is None) == (self.init_config is None):
+            raise ValueError("set exactly one of name_or_path or init_config")
+        if self.init_config is not None and self.tokenizer is None and self.train_tokenizer is None:
+            raise ValueError("a model built from init_config needs tokenizer or train_tokenizer")
+        return self
+
+
+class LoraSpec(Strict):
+    """LoRA adapter settings (peft)."""
+
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    trainable_modules: list[str] = []
+    """Modules trained fully beside the adapter, as LongLoRA does: e.g. ``[embed_tokens, norm]``."""
+
+
+class MethodSpec(Strict):
+    """Full-parameter or LoRA fine-tuning."""
+
+    kind: Literal["full", "lora"] = "full"
+    lora: LoraSpec = LoraSpec()
+    merge_on_save: bool = False
+    """LoRA only: also write merged full weights to ``final/merged``."""
+
+
+class RopeSpec(Strict):
+    """RoPE setting for a stage, written into transformers' ``config.rope_parameters``."""
+
+    type: RopeType = "default"
+    theta: PositiveFloat | Literal["auto"] | None = None
+    """Explicit base frequency; ``auto`` derives it for the stage length (see ``toolkit.rope.theta_for_length``);
+    ``None`` keeps the model's."""
+    factor: PositiveFloat | None = None
+    """Scaling factor for linear/dynamic/yarn/llama3/longrope; ``None`` derives seq_len / original length."""
+    original_max_position_embeddings: PositiveInt | None = None
+    """The model's native context; ``None`` takes it from the model config."""
+    beta_fast: PositiveFloat | None = None
+    beta_slow: PositiveFloat | None = None
+    attention_factor: PositiveFloat | None = None
+    low_freq_factor: PositiveFloat | None = None
+    high_freq_factor: PositiveFloat | None = None
+    short_factor: list[float] | None = None
+    long_factor: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _keys_fit_type(self) -> RopeSpec:
+        allowed = {
+            "default": set(),
+            "linear": {"factor"},
+            "dynamic": {"factor"},
+            "yarn": {"factor", "beta_fast", "beta_slow", "attention_factor"},
+            "llama3": {"factor", "low_freq_factor", "high_freq_factor"},
+            "longrope": {"factor", "attention_factor", "short_factor", "long_factor"},
+        }[self.type]
+        typed = {"factor", "beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
+                 "short_factor", "long_factor"}
+        for key in sorted(typed - allowed):
+            if getattr(self, key) is not None:
+                raise FieldError(key, f"does not apply to rope type {self.type!r}")
+        if self.type == "longrope" and (self.short_factor is None or self.long_factor is None):
+            raise FieldError("type", "longrope needs short_factor and long_factor lists")
+        return self
+
+
+class DataSpec(Strict):
+    """Where a stage's training text comes from and how it is cut to the stage length."""
+
+    source: Literal["synthetic", "jsonl", "parquet", "text", "hub"] = "synthetic"
+    path: str | None = None
+    """File or folder (jsonl/parquet/text; relative to the recipe) or dataset name (hub)."""
+    hub_config: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    task: Literal["passkey", "multikey"] = "passkey"
+    """Synthetic task: a single passkey, or several keys with distractors where one is asked for."""
+    num_keys: PositiveInt = 4
+    """multikey: keys hidden in each document (one asked for, the rest distractors)."""
+    loss_on: Literal["all", "answer"] = "answer"
+    """Synthetic data: train on every token, or only on the answer."""
+    packing: Literal["pack", "split", "pad"] = "pack"
+    """Long text: pack documents to seq_len with per-document position ids, split one per row, or pad."""
+    min_length_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Synthetic data: documents range from this fraction of seq_len up to seq_len."""
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataSpec:
+        if self.source != "synthetic" and not self.path:
+            raise FieldError("path", f"source {self.source!r} needs a path")
+        return self
+
+
+class StageSpec(Strict):
+    """One stage of progressive extension; stage k starts from stage k-1's weights."""
+
+    name: str | None = None
+    seq_len: PositiveInt
+    """Training sequence length in tokens."""
+    rope: RopeSpec = RopeSpec()
+    max_steps: PositiveInt | None = None
+    """Optimizer steps; or give max_tokens."""
+    max_tokens: PositiveInt | None = None
+    """Token budget; converted to steps as max_tokens / (seq_len * batch_size * grad_accum * processes)."""
+    lr: PositiveFloat = 2e-5
+    batch_size: PositiveInt = 1
+    """Sequences per device per micro-step."""
+    grad_accum: PositiveInt = 1
+    warmup_steps: int = Field(0, ge=0)
+    data: DataSpec | None = None
+    """Overrides ``train.data`` for this stage."""
+
+    @model_validator(mode="after")
+    def _budget(self) -> StageSpec:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of max_steps or max_tokens")
+        return self
+
+
+class TrainSpec(Strict):
+    """The optimisation shared by every stage."""
+
+    stages: list[StageSpec] = Field(min_length=1)
+    data: DataSpec = DataSpec()
+    max_steps: PositiveInt | None = None
+    """Cap on steps for every stage (quick trials: ``train.max_steps=5``)."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: PositiveFloat | None = 1.0
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    gradient_checkpointing: bool = False
+    activation_offload: bool = False
+    """With gradient checkpointing: keep the saved layer inputs in CPU memory."""
+    loss_chunk_size: PositiveInt | None = 4096
+    """Tokens per chunk of the cross-entropy, so full-vocabulary logits never exist for the whole
+    sequence; ``None`` computes the plain loss."""
+    tiled_mlp: PositiveInt | None = None
+    """Run each MLP over this many sequence tiles (saves activation memory at long lengths)."""
+    save_every: PositiveInt | None = None
+    """Checkpoint every N steps (and always at each stage's end)."""
+    keep_last: PositiveInt = 2
+    resume: bool = False
+    """Continue from the latest checkpoint in the run folder."""
+    stage_length_must_grow: bool = True
+    """Reject a stage shorter than the one before it."""
+
+    @model_validator(mode="after")
+    def _lengths_grow(self) -> TrainSpec:
+        if self.activation_offload and not self.gradient_checkpointing:
+            raise FieldError("activation_offload", "needs gradient_checkpointing: true")
+        if self.stage_length_must_grow:
+            for i in range(1, len(self.stages)):
+                if self.stages[i].seq_len < self.stages[i - 1].seq_len:
+                    raise FieldError(
+                        f"stages[{i}].seq_len", f"{self.stages[i].seq_len} is shorter than stages[{i - 1}].seq_len "
+                        f"{self.stages[i - 1].seq_len} (set train.stage_length_must_grow: false if meant)")
+        return self
+
+    def stage_data(self, index: int) -> DataSpec:
+        """The data of stage ``index``: its own, or the shared ``train.data``."""
+        return self.stages[index].data or self.data
+
+
+class ParallelSpec(Strict):
+    """Sequence parallelism for 256K-1M+ contexts (GPU clusters)."""
+
+    sequence: Literal["none", "ulysses", "context_parallel"] = "none"
+    degree: PositiveInt = 1
+    """Ranks that share one sequence."""
+
+    @model_validator(mode="after")
+    def _degree(self) -> ParallelSpec:
+        if self.sequence == "none" and self.degree != 1:
+            raise FieldError("degree", "degree > 1 needs sequence: ulysses or context_parallel")
+        return self
+
+
+class EvalSpec(Strict):
+    """Suites run on the starting model and after every stage, for a before/after comparison."""
+
+    suites: list[str] = []
+    """Suite YAML paths (relative to the recipe or the working directory)."""
+    before: bool = True
+    after_each_stage: bool = True
+
+
+class LoggingSpec(Strict):
+    backend: Literal["none", "tensorboard", "wandb"] = "none"
+    every: PositiveInt = 10
+    """Log every N optimizer steps (``metrics.jsonl`` always)."""
+    project: str | None = None
+    """wandb project."""
+
+
+class OutputSpec(Strict):
+    dir: str | None = None
+    """Run folder; defaults to ``runs/<name>``."""
+
+
+class Recipe(Strict):
+    """A complete recipe: model, method, stages, data, evaluation and output."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    seed: int = 0
+    model: ModelSpec
+    method: MethodSpec = MethodSpec()
+    train: TrainSpec
+    parallel: ParallelSpec = ParallelSpec()
+    eval: EvalSpec = EvalSpec()
+    logging: LoggingSpec = LoggingSpec()
+    output: OutputSpec = OutputSpec()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+
+    @model_validator(mode="after")
+    def _rope_covers_lengths(self) -> Recipe:
+        native = (self.model.init_config or {}).get("max_position_embeddings")
+        for i, stage in enumerate(self.train.stages):
+            rope = stage.rope
+            original = rope.original_max_position_embeddings or native
+            if rope.type in ("linear", "yarn", "llama3", "longrope") and rope.factor and original:
+                covered = int(rope.factor * original)
+                if covered < stage.seq_len:
+                    raise FieldError(
+                        f"train.stages[{i}].rope.factor", f"{rope.factor} x original length {original} covers "
+                        f"{covered} tokens, less than seq_len {stage.seq_len}")
+        return self
