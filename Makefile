@@ -1,0 +1,48 @@
+# The front door. `make train` and `make test` set themselves up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RECIPE ?= recipes/tiny-passkey.yaml
+ARGS ?=
+SUITE ?= evals/niah.yaml
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup train test eval report push plan validate clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so no dependency pulls a several-GB CUDA build on CPU machines
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(PY) -m toolkit train $(RECIPE) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+eval: setup
+	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path]"; exit 2; }
+	$(PY) -m toolkit eval --model $(MODEL) --suite $(SUITE) $(if $(ADAPTER),--adapter $(ADAPTER)) $(ARGS)
+
+report: setup
+	@test -n "$(RUN)" || { echo "usage: make report RUN=runs/NAME"; exit 2; }
+	$(PY) -m toolkit report $(RUN)
+
+push: setup
+	@test -n "$(RUN)" -a -n "$(REPO)" || { echo "usage: make push RUN=runs/NAME REPO=org/name [ARGS=--dry-run]"; exit 2; }
+	$(PY) -m toolkit push $(RUN) --repo-id $(REPO) $(ARGS)
+
+plan: setup
+	$(PY) -m toolkit plan $(RECIPE) $(ARGS)
+
+validate: setup
+	$(PY) -m toolkit validate recipes/*.yaml
+
+clean:
+	rm -rf $(VENV) runs eval-results .pytest_cache

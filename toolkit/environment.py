@@ -1,0 +1,29 @@
+"""What a run ran on: library versions and the device, for run_info.json and the report."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+_PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "lm-eval", "flash-attn", "unsloth",
+             "deepspeed", "liger-kernel")
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    found["python"] = platform.python_version()
+    return found
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        backend = f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
+        return f"{torch.cuda.get_device_name(device)} ({backend})"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

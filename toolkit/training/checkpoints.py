@@ -1,0 +1,100 @@
+"""Checkpoints that survive faults: written whole or not at all, the last N kept, the latest resumed.
+
+Each checkpoint is a folder ``checkpoints/stage-<k>-step-<n>/`` written by ``accelerator.save_state``
+(safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``.
+It is first written to a hidden temporary folder and renamed into place, so a crash or a full disk
+mid-write leaves the previous checkpoint intact; leftovers of such a crash are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from toolkit.errors import RunFailure
+
+_NAME = re.compile(r"^stage-(\d+)-step-(\d+)$")
+_STATE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """Where training stands: the stage, the optimizer steps done in it, and in the run."""
+
+    stage: int
+    step: int
+    global_step: int
+    stage_done: bool = False
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: Path, keep_last: int, accelerator: Accelerator):
+        self.root = run_dir / "checkpoints"
+        self.keep_last = keep_last
+        self.accelerator = accelerator
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if _NAME.match(p.name) and (p / _STATE).is_file()]
+        return sorted(found, key=lambda p: tuple(int(x) for x in _NAME.match(p.name).groups()))
+
+    def latest(self) -> tuple[Path, TrainerState] | None:
+        done = self.complete()
+        if not done:
+            return None
+        state = json.loads((done[-1] / _STATE).read_text())
+        return done[-1], TrainerState(**state)
+
+    def remove_partial(self) -> None:
+        """Delete temporary folders left by a crash during a save."""
+        if self.accelerator.is_main_process and self.root.is_dir():
+            for leftover in self.root.glob(".tmp-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def save(self, state: TrainerState) -> Path:
+        """Write a checkpoint atomically and prune old ones. A failed write keeps the previous ones."""
+        name = f"stage-{state.stage}-step-{state.step:06d}"
+        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        if self.accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        try:
+            self.accelerator.save_state(str(tmp), safe_serialization=True)
+            if self.accelerator.is_main_process:
+                (tmp / _STATE).write_text(json.dumps(asdict(state)))
+                _fsync_tree(tmp)
+        except OSError as exc:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = self.latest()
+            previous = f"; the previous checkpoint {kept[0]} is intact" if kept else ""
+            raise RunFailure(f"could not write checkpoint {final} ({exc.strerror or exc}){previous}") from None
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.complete()[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for item in folder.rglob("*"):
+        if item.is_file():
+            with open(item, "rb") as handle:
+                os.fsync(handle.fileno())

@@ -1,0 +1,123 @@
+"""The training loop: one stage of optimizer steps, the same code for full and LoRA, every stage and
+every launcher (one process, DDP, FSDP, DeepSpeed through accelerate)."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from toolkit.schema import StageSpec, TrainSpec
+from toolkit.training.checkpoints import CheckpointManager, TrainerState
+from toolkit.training.faults import StopFlag, Stopped, non_finite_loss, out_of_memory
+from toolkit.training.metrics import MetricsLogger
+from toolkit.training.schedule import lr_at
+
+
+def stage_steps(stage: StageSpec, train: TrainSpec, num_processes: int) -> int:
+    """Optimizer steps of a stage: its max_steps, or its token budget over tokens per step; capped by
+    ``train.max_steps``."""
+    if stage.max_steps is not None:
+        steps = stage.max_steps
+    else:
+        per_step = stage.seq_len * stage.batch_size * stage.grad_accum * num_processes
+        steps = max(1, math.ceil(stage.max_tokens / per_step))
+    return min(steps, train.max_steps) if train.max_steps else steps
+
+
+@dataclass
+class StageJob:
+    """What one stage needs beyond the shared objects: its index, spec, length in steps and data."""
+
+    index: int
+    spec: StageSpec
+    steps: int
+    batches: Iterator[dict[str, torch.Tensor]]
+    start: TrainerState | None
+    """Resume point inside this stage (its step counts as done), or None to start at step 0."""
+    global_step: int
+
+
+@dataclass
+class LoopParts:
+    """The shared objects every stage trains with (already prepared by accelerate)."""
+
+    accelerator: Accelerator
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train: TrainSpec
+    checkpoints: CheckpointManager
+    logger: MetricsLogger
+    log_every: int
+    stop: StopFlag
+
+
+def _target_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (batch["labels"][:, 1:] != -100).sum()
+
+
+def train_stage(parts: LoopParts, job: StageJob) -> int:
+    """Run the remaining optimizer steps of one stage; returns the run's global step at its end."""
+    acc, spec, train = parts.accelerator, job.spec, parts.train
+    name = spec.name or f"stage-{job.index}"
+    first = job.start.step if job.start else 0
+    if first == 0:
+        parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
+    for _ in range(first * spec.grad_accum):
+        next(job.batches)
+    params = [p for p in parts.objective.parameters() if p.requires_grad]
+    global_step = job.global_step
+    tokens_per_step = spec.seq_len * spec.batch_size * spec.grad_accum * acc.num_processes
+    bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
+               disable=not acc.is_main_process, dynamic_ncols=True)
+    parts.objective.train()
+    started = time.perf_counter()
+    try:
+        for step in range(first, job.steps):
+            tick = time.perf_counter()
+            lr = lr_at(step, job.steps, spec.lr, spec.warmup_steps, train.scheduler, train.min_lr_ratio)
+            for group in parts.optimizer.param_groups:
+                group["lr"] = lr
+            micro = [{k: v.to(acc.device) for k, v in next(job.batches).items()} for _ in range(spec.grad_accum)]
+            window = acc.reduce(sum(_target_tokens(b) for b in micro).to(acc.device), "sum").clamp(min=1)
+            scale = acc.num_processes / window  # DDP averages over ranks; this makes it a mean over tokens
+            loss_sum = torch.zeros((), device=acc.device)
+            for j, batch in enumerate(micro):
+                sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(parts.objective)
+                with sync, acc.autocast():
+                    total, _count = parts.objective(**batch)
+                if not torch.isfinite(total):
+                    kept = parts.checkpoints.latest()
+                    raise non_finite_loss(name, step + 1, str(kept[0]) if kept else None)
+                acc.backward(total * scale)
+                loss_sum += total.detach().float()
+            if train.max_grad_norm:
+                acc.clip_grad_norm_(params, train.max_grad_norm)
+            parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            loss = (acc.reduce(loss_sum, "sum") / window).item()
+            speed = tokens_per_step / max(time.perf_counter() - tick, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+            if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:
+                parts.logger.log({"stage": job.index, "stage_name": name, "step": step + 1,
+                                  "global_step": global_step, "loss": loss, "lr": lr, "tokens_per_s": speed,
+                                  "elapsed_s": time.perf_counter() - started, "seq_len": spec.seq_len})
+            state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps)
+            saved = None
+            if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):
+                saved = parts.checkpoints.save(state)
+            if parts.stop:
+                raise Stopped(parts.stop.signum, str(saved or parts.checkpoints.save(state)))
+    except torch.OutOfMemoryError:
+        raise out_of_memory(name, spec.seq_len) from None
+    finally:
+        bar.close()
+    return global_step

@@ -1,0 +1,59 @@
+"""One logger interface: ``metrics.jsonl`` always, TensorBoard or Weights & Biases when the recipe asks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import UserError
+from toolkit.schema import LoggingSpec
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to the chosen backend."""
+
+    def __init__(self, run_dir: Path, spec: LoggingSpec, run_name: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        if spec.backend == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("logging.backend: tensorboard is not installed (pip install '.[tensorboard]')") from None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        elif spec.backend == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("logging.backend: wandb is not installed (pip install '.[wandb]')") from None
+            self._wandb = wandb.init(project=spec.project or "longctx", name=run_name, dir=str(run_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "global_step"}
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(f"train/{key}", value, record["global_step"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=record["global_step"])
+
+    def truncate_after(self, global_step: int) -> None:
+        """On resume, drop records past the checkpoint so the curve has no duplicates."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["global_step"] <= global_step]
+        self.path.write_text("".join(line + "\n" for line in lines))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
