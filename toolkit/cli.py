@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from toolkit.errors import RunFailure, UserError
+from toolkit.training.faults import Stopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except RunFailure as exc:
         print(f"failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

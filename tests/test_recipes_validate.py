@@ -1,0 +1,99 @@
+"""Every shipped YAML validates; broken recipes exit 2 with one line naming the problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from toolkit.cli import main
+from toolkit.recipe_loading import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.train.stages, path
+
+
+def test_validate_command_accepts_all_recipes(capsys) -> None:
+    assert main(["validate", *map(str, RECIPES)]) == 0
+    assert capsys.readouterr().out.count(": ok") == len(RECIPES)
+
+
+def test_gradient_1m_schedule_is_expressible() -> None:
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-1m-progressive.yaml")
+    stages = [(s.seq_len, s.rope.theta) for s in recipe.train.stages]
+    assert stages == [(65536, 15.3e6), (262144, 207.1e6), (524288, 1.06e9), (1048576, 2.80e9)]
+
+
+def _mutate(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load((ROOT / "recipes" / "tiny-passkey.yaml").read_text())
+    edit(data)
+    path = tmp_path / "mutated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _set(path: list, value):
+    def edit(data):
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return edit
+
+
+MUTATIONS = {
+    "unknown key": (_set(["train", "stagez"], 1), "train.stagez: unknown key"),
+    "wrong type": (_set(["train", "stages", 0, "seq_len"], "long"), "train.stages[0].seq_len:"),
+    "negative length": (_set(["train", "stages", 1, "seq_len"], -1024), "train.stages[1].seq_len:"),
+    "shorter stage": (_set(["train", "stages", 1, "seq_len"], 128), "train.stages[1].seq_len: 128 is shorter"),
+    "rope factor too small": (_set(["train", "stages", 1, "rope", "factor"], 2.0), "train.stages[1].rope.factor"),
+    "key of another rope type": (_set(["train", "stages", 1, "rope", "low_freq_factor"], 1.0),
+                                 "train.stages[1].rope.low_freq_factor: does not apply"),
+    "bad attention": (_set(["model", "attention"], "fast"), "model.attention:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_mutated_recipe_exits_2_with_one_line(case: str, tmp_path: Path, capsys) -> None:
+    edit, expected = MUTATIONS[case]
+    path = _mutate(tmp_path, edit)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expected in err and str(path) in err
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("name: x\ntrain: [1, 2\n", "YAML syntax error"),
+    ("", "file is empty"),
+    ("- just\n- a list\n", "expected a mapping"),
+])
+def test_broken_files_exit_2(content: str, expected: str, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and str(path) in err
+
+
+def test_yaml_error_names_the_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel:\n  name_or_path: a\n  attention: [sdpa\ntrain: {}\n")
+    assert main(["validate", str(path)]) == 2
+    assert f"{path}:5" in capsys.readouterr().err
+
+
+def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "validate", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {missing}: no such file"
