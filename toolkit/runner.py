@@ -41,7 +41,8 @@ def eval_tag(recipe: Recipe, index: int | None) -> str:
 
 def _stage_rope(recipe: Recipe, index: int, loaded: LoadedModel) -> tuple[dict, int]:
     stage = recipe.train.stages[index]
-    params = rope_parameters(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length)
+    params = rope_parameters(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
+                             base_theta=loaded.native_theta)
     return params, max(stage.seq_len, loaded.native_length)
 
 

@@ -1,0 +1,149 @@
+"""Faults injected into a micro run: each ends with a message, keeps the last good checkpoint, and the
+run resumes to the same result as an uninterrupted one."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import toolkit.training.checkpoints as checkpoints_module
+from tests.runs import assert_same_weights, final_weights, train
+from tests.test_train_e2e import uninterrupted  # noqa: F401  (module fixture: the reference run)
+from toolkit.training.objective import CausalLMObjective
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkpoints(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def _fail_on_call(monkeypatch, n: int, error: BaseException | None = None) -> None:
+    """Make the objective's n-th call return a NaN loss (or raise ``error``)."""
+    original = CausalLMObjective.forward
+    calls = {"n": 0}
+
+    def forward(self, **batch):
+        calls["n"] += 1
+        total, count = original(self, **batch)
+        if calls["n"] == n:
+            if error is not None:
+                raise error
+            return total * float("nan"), count
+        return total, count
+
+    monkeypatch.setattr(CausalLMObjective, "forward", forward)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(micro_recipe: Path, uninterrupted: Path,
+                                                               monkeypatch, capsys) -> None:
+    _fail_on_call(monkeypatch, 5)
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "train.save_every=2") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss in stage short at step 5" in err and "stage-0-step-000004" in err
+    assert _checkpoints(run) == ["stage-0-step-000002", "stage-0-step-000004"]
+    monkeypatch.undo()
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def test_out_of_memory_names_what_to_change(micro_recipe: Path, monkeypatch, capsys) -> None:
+    _fail_on_call(monkeypatch, 2, torch.OutOfMemoryError("CUDA out of memory"))
+    assert train(micro_recipe) == 1
+    failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed:")]
+    assert len(failures) == 1
+    err = failures[0]
+    for advice in ("seq_len 64", "gradient_checkpointing", "activation_offload", "parallel.sequence", "toolkit plan"):
+        assert advice in err
+
+
+def test_full_disk_while_saving_keeps_previous_checkpoint(micro_recipe: Path, uninterrupted: Path,
+                                                          monkeypatch, capsys) -> None:
+    from accelerate import Accelerator
+
+    original = Accelerator.save_state
+    calls = {"n": 0}
+
+    def save_state(self, output_dir, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            Path(output_dir, "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "train.save_every=2") == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "stage-0-step-000002 is intact" in err, err[-600:]
+    assert _checkpoints(run) == ["stage-0-step-000002"]
+    monkeypatch.undo()
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def _spawn(recipe: Path, *overrides: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(recipe), *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run / "checkpoints").is_dir() and any(p.name.startswith("stage-") for p in (run / "checkpoints").iterdir()):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before its first checkpoint: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint within the timeout")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninterrupted: Path) -> None:
+    run = micro_recipe.parent / "run"
+    proc = _spawn(micro_recipe, "train.save_every=2")
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "stopped by SIGTERM; checkpoint saved at" in err
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_checkpoint_leaves_last_complete_one(micro_recipe: Path, uninterrupted: Path) -> None:
+    run = micro_recipe.parent / "run"
+    proc = _spawn(micro_recipe, "train.save_every=2")
+    _wait_for_checkpoint(run, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    # what a kill during a write leaves behind: a temporary folder with part of a checkpoint
+    partial = run / "checkpoints" / ".tmp-stage-0-step-000099"
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"torn")
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert not partial.exists()
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def test_checkpoint_folders_without_state_are_not_resumed(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    manager = checkpoints_module.CheckpointManager(tmp_path, 2, Accelerator(cpu=True))
+    (tmp_path / "checkpoints" / "stage-0-step-000004").mkdir(parents=True)
+    assert manager.latest() is None

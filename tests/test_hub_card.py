@@ -1,0 +1,86 @@
+"""The model card: Hub metadata (model-index eval results, base model, library, tags) from a run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hub_runs import FINAL_SCORES, FINAL_TAG, write_run
+from toolkit.errors import UserError
+from toolkit.hub.card import build_card, final_eval, is_hub_id
+
+
+def _metrics(card: ModelCard) -> dict[tuple[str, str], float]:
+    return {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+
+
+def test_card_round_trips_with_the_final_stage_numbers(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "lora")
+    path = tmp_path / "README.md"
+    build_card(run, "me/tiny-long").save(path)
+    card = ModelCard.load(path)
+
+    metrics = _metrics(card)
+    assert metrics[("passkey", "accuracy")] == FINAL_SCORES["niah_mean"]
+    assert metrics[("ruler_mini", "effective_length")] == FINAL_SCORES["effective_length"]
+    assert metrics[("ruler_mini", "accuracy")] == FINAL_SCORES["ruler_score"]
+    for length, score in FINAL_SCORES["ruler_by_length"].items():
+        assert metrics[("ruler_mini", f"accuracy@{length}")] == score
+    assert metrics[("arc_local", "acc")] == FINAL_SCORES["arc_acc"]
+    assert not any("stderr" in r.metric_name for r in card.data.eval_results)
+    assert card.data.model_name == "tiny-long"
+    assert card.data.base_model is None  # a random init is no Hub model
+    assert card.data.library_name == "peft"
+    assert {"long-context", "rope", "llama-3", "lora", "rope-yarn"} <= set(card.data.tags)
+    assert card.data.datasets == ["org/long-texts"]
+    assert '"rope_type": "yarn"' in card.text and "max_position_embeddings = 256" in card.text
+    assert "| 1 | long | 256 | yarn |" in card.text
+    assert "[report.md](report.md)" in card.text
+    assert f"eval tag `{FINAL_TAG}`" in card.text
+
+
+def test_full_run_from_hub_model(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "full")
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "base_model": "meta-llama/Meta-Llama-3-8B"}))
+    card = ModelCard(str(build_card(run, "org/llama-3-8b-64k")))
+    assert card.data.base_model == "meta-llama/Meta-Llama-3-8B"
+    assert card.data.library_name == "transformers"
+    assert "full-finetune" in card.data.tags
+    assert "AutoModelForCausalLM.from_pretrained(\"org/llama-3-8b-64k\")" in card.text
+
+
+def test_final_eval_picks_the_last_stage_not_the_lexically_last(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "full")
+    (run / "eval" / "stage-10-longer").mkdir()
+    (run / "eval" / "stage-10-longer" / "long.json").write_text(json.dumps({"suite": "long", "tasks": {
+        "passkey": {"type": "niah", "score": 0.25, "mean": 0.25, "grid": {}}}}))
+    tag, suites = final_eval(run)
+    assert tag == "stage-10-longer"
+    assert suites["long"]["tasks"]["passkey"]["mean"] == 0.25
+
+
+def test_card_without_stage_evals(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "full")
+    for tag in ("stage-0-short", FINAL_TAG):
+        for path in (run / "eval" / tag).iterdir():
+            path.unlink()
+        (run / "eval" / tag).rmdir()
+    card = ModelCard(str(build_card(run, "me/x")))
+    assert card.data.eval_results is None
+    assert "No stage evaluation was recorded" in card.text
+
+
+def test_missing_run_info_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="run_info.json: not found"):
+        build_card(tmp_path, "me/x")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("meta-llama/Meta-Llama-3-8B", True), ("random init from model.init_config", False), ("/models/llama", False),
+    (None, False)])
+def test_is_hub_id(name: str | None, expected: bool) -> None:
+    assert is_hub_id(name) is expected

@@ -1,0 +1,117 @@
+"""Model loading, precision and attention choice, and LoRA's trainable set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import toolkit.attention as attention
+from toolkit.attention import select_attention
+from toolkit.data.tokenizer import train_tokenizer
+from toolkit.errors import UserError
+from toolkit.modeling import load_model, resolve_dtype
+from toolkit.schema import LoraSpec, MethodSpec, ModelSpec, TokenizerTraining
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "max_position_embeddings": 256}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TokenizerTraining(vocab_size=300, corpus_documents=50), seed=0)
+
+
+def spec(**changes) -> ModelSpec:
+    return ModelSpec(init_config=dict(TINY), train_tokenizer=TokenizerTraining(), **changes)
+
+
+def test_auto_attention_on_cpu_is_sdpa() -> None:
+    assert select_attention("auto", CPU) == ("sdpa", "auto: no CUDA device (cpu), so PyTorch sdpa")
+
+
+@pytest.mark.parametrize(("hip", "installed", "expected", "words"), [
+    (None, True, "flash_attention_2", "CUDA GPU"),
+    ("6.2.4", True, "flash_attention_2", "ROCm 6.2.4"),
+    (None, False, "sdpa", "flash-attn not installed"),
+])
+def test_auto_attention_on_gpu(monkeypatch, hip, installed, expected, words) -> None:
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(attention, "flash_attn_importable", lambda: installed)
+    implementation, reason = select_attention("auto", CUDA)
+    assert implementation == expected and words in reason
+
+
+def test_impossible_attention_is_a_user_error(monkeypatch) -> None:
+    with pytest.raises(UserError, match=r"^model.attention: flash_attention_2 needs a CUDA or ROCm GPU"):
+        select_attention("flash_attention_2", CPU)
+    monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
+    with pytest.raises(UserError, match=r"^model.attention: flash_attention_2 needs the flash-attn package"):
+        select_attention("flash_attention_2", CUDA)
+    with pytest.raises(UserError, match=r"^model.attention: flex_attention has no backward pass on CPU"):
+        select_attention("flex_attention", CPU, training=True)
+    assert select_attention("flex_attention", CPU, training=False) == ("flex_attention", "requested")
+    assert select_attention("eager", CPU) == ("eager", "requested")
+
+
+def test_resolve_dtype() -> None:
+    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("bf16", CPU) == torch.bfloat16
+    assert resolve_dtype("fp32", CPU) == torch.float32
+    with pytest.raises(UserError, match=r"^model.precision: fp16"):
+        resolve_dtype("fp16", CPU)
+
+
+def test_random_init_follows_tokenizer_and_seed(tokenizer) -> None:
+    loaded = load_model(spec(), MethodSpec(), tokenizer, CPU, seed=3)
+    config = loaded.model.config
+    assert (config.vocab_size, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert (loaded.native_length, loaded.native_theta, loaded.dtype) == (256, 10000.0, torch.float32)
+    assert (loaded.attention, loaded.model.config._attn_implementation) == ("sdpa", "sdpa")
+    same = load_model(spec(), MethodSpec(), tokenizer, CPU, seed=3).model.state_dict()
+    other = load_model(spec(), MethodSpec(), tokenizer, CPU, seed=4).model.state_dict()
+    weights = loaded.model.state_dict()
+    assert all(torch.equal(weights[k], same[k]) for k in weights)
+    assert not torch.equal(weights["model.embed_tokens.weight"], other["model.embed_tokens.weight"])
+
+
+def test_native_length_comes_from_original_max_positions(tokenizer) -> None:
+    rope = {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0, "original_max_position_embeddings": 64}
+    model_spec = ModelSpec(init_config={**TINY, "rope_parameters": rope}, train_tokenizer=TokenizerTraining())
+    loaded = load_model(model_spec, MethodSpec(), tokenizer, CPU, seed=0)
+    assert (loaded.native_length, loaded.native_theta) == (64, 5e5)
+
+
+def test_bad_model_settings_are_user_errors(tokenizer, tmp_path) -> None:
+    with pytest.raises(UserError, match=r"^model.init_config: unknown LlamaConfig key 'hiden_size'"):
+        load_model(ModelSpec(init_config={"hiden_size": 64}, train_tokenizer=TokenizerTraining()), MethodSpec(),
+                   tokenizer, CPU, seed=0)
+    missing = tmp_path / "no" / "such" / "model"
+    with pytest.raises(UserError, match=r"^model.name_or_path: no such folder, and not a hub id"):
+        load_model(ModelSpec(name_or_path=str(missing)), MethodSpec(), tokenizer, CPU, seed=0)
+    with pytest.raises(UserError, match=r"^model.backend: unsloth needs a CUDA GPU"):
+        load_model(spec(backend="unsloth"), MethodSpec(), tokenizer, CPU, seed=0)
+    with pytest.raises(UserError, match=r"^method.lora.trainable_modules: no module .* ends with 'nrm'"):
+        load_model(spec(), MethodSpec(kind="lora", lora=LoraSpec(trainable_modules=["nrm"])), tokenizer, CPU, 0)
+
+
+def test_lora_trains_only_adapter_embeddings_and_every_norm(tokenizer) -> None:
+    method = MethodSpec(kind="lora", lora=LoraSpec(r=4, trainable_modules=["embed_tokens", "norm"]))
+    model = load_model(spec(), method, tokenizer, CPU, seed=0).model
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if ".lora_" in n}
+    copies = {n.split(".modules_to_save.")[0].removeprefix("base_model.model.") for n in trainable - lora}
+    assert len(lora) == 2 * 4 * 2  # A and B, four projections, two layers
+    assert copies == {"model.embed_tokens", "model.norm"} | {
+        f"model.layers.{i}.{norm}" for i in range(2) for norm in ("input_layernorm", "post_attention_layernorm")}
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, len(tokenizer), (2, 32), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == trainable

@@ -1,0 +1,100 @@
+"""End to end through the real CLI on a micro Llama: loss falls, RoPE lands in final/, resume is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.runs import assert_same_weights, final_weights, metrics, train
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_full_two_stages_loss_falls_and_rope_lands(micro_recipe: Path) -> None:
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe) == 0
+    records = metrics(run)
+    first = [r["loss"] for r in records if r["stage"] == 0]
+    assert len(first) == 6 and _mean(first[-2:]) < 0.9 * _mean(first[:2]), first
+    assert [r["global_step"] for r in records] == list(range(1, 11))
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 128
+    assert config["rope_parameters"]["rope_type"] == "yarn"
+    assert config["rope_parameters"]["factor"] == 2.0
+    assert config["rope_parameters"]["original_max_position_embeddings"] == 64
+    reloaded = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert reloaded.config.rope_parameters["rope_type"] == "yarn"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["attention"] == "sdpa" and [s["seq_len"] for s in info["stages"]] == [64, 128]
+    assert (run / "recipe.resolved.yaml").is_file()
+
+
+def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path) -> None:
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "method.kind=lora", "method.lora.r=8", "method.lora.trainable_modules=[embed_tokens, norm]",
+                 "stages[0].lr=1e-2", "stages[0].max_steps=8") == 0
+    losses = [r["loss"] for r in metrics(run) if r["stage"] == 0]
+    assert _mean(losses[-2:]) < 0.95 * _mean(losses[:2]), losses
+    weights = final_weights(run)
+    assert any("lora_A" in k for k in weights) and any("embed_tokens" in k for k in weights)
+    assert json.loads((run / "final" / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
+
+
+def test_existing_run_needs_resume_flag(micro_recipe: Path, capsys) -> None:
+    assert train(micro_recipe, "train.max_steps=1") == 0
+    assert train(micro_recipe, "train.max_steps=1") == 2
+    assert "train.resume=true" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The micro recipe trained in one go, saving every 2 steps: the reference for resume tests."""
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
+    assert train(recipe, "train.save_every=2") == 0
+    return folder / "run"
+
+
+class _StopAfter:
+    """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
+
+    def __init__(self, n: int):
+        self.checks, self.n, self.signum = 0, n, None
+
+    def __bool__(self) -> bool:
+        self.checks += 1
+        if self.checks >= self.n:
+            self.signum = 15
+        return self.signum is not None
+
+
+@pytest.mark.parametrize("stop_after", [3, 8])
+def test_resume_reproduces_uninterrupted_run(stop_after: int, micro_recipe: Path, uninterrupted: Path,
+                                             monkeypatch, capsys) -> None:
+    from contextlib import contextmanager
+
+    import toolkit.runner
+
+    @contextmanager
+    def fake_signals():
+        yield _StopAfter(stop_after)
+
+    monkeypatch.setattr(toolkit.runner, "stop_on_signals", fake_signals)
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "train.save_every=2") == 143
+    assert "stopped by SIGTERM; checkpoint saved" in capsys.readouterr().err
+    assert not (run / "final").exists()
+    monkeypatch.undo()
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+    ours, reference = metrics(run), metrics(uninterrupted)
+    assert [r["global_step"] for r in ours] == [r["global_step"] for r in reference]
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in reference], abs=1e-6)

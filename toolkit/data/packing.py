@@ -1,0 +1,84 @@
+"""Lay tokenised documents into rows of exactly ``seq_len`` tokens.
+
+Rows carry ``position_ids`` that restart at 0 at every document (the ``DataCollatorWithFlattening``
+convention). With ``attention_mask=None`` and ``use_cache=False``, transformers turns those restarts into a
+block-diagonal causal mask, so packed documents do not attend to each other (``tests/test_packing_isolation.py``).
+The first label of every document and piece is ignored, so no token learns to predict across a boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Literal
+
+IGNORE_INDEX = -100
+"""Label of positions that take no part in the loss (PyTorch's and transformers' convention)."""
+
+Row = dict[str, list[int]]
+
+
+@dataclass
+class Document:
+    """One tokenised document. ``labels[t]`` is the target for ``input_ids[t]`` (unshifted, as in
+    transformers; the loss shifts) and is ``IGNORE_INDEX`` where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.input_ids) != len(self.labels):
+            raise ValueError(f"{len(self.input_ids)} input ids but {len(self.labels)} labels")
+
+
+def pieces(doc: Document, seq_len: int) -> Iterator[Document]:
+    """``doc`` cut into pieces of at most ``seq_len`` tokens, each with its first label ignored."""
+    for start in range(0, len(doc.input_ids), seq_len):
+        labels = doc.labels[start:start + seq_len]
+        yield Document(doc.input_ids[start:start + seq_len], [IGNORE_INDEX] + labels[1:])
+
+
+def _row(parts: list[Document], seq_len: int, pad_id: int) -> Row:
+    """Concatenate ``parts`` and fill the rest with padding, itself a separate (ignored) document."""
+    row: Row = {"input_ids": [], "labels": [], "position_ids": []}
+    for part in parts:
+        row["input_ids"] += part.input_ids
+        row["labels"] += part.labels
+        row["position_ids"] += range(len(part.input_ids))
+    missing = seq_len - len(row["input_ids"])
+    row["input_ids"] += [pad_id] * missing
+    row["labels"] += [IGNORE_INDEX] * missing
+    row["position_ids"] += range(missing)
+    return row
+
+
+def _packed(docs: Iterable[Document], seq_len: int, pad_id: int) -> Iterator[Row]:
+    parts: list[Document] = []
+    used = 0
+    for doc in docs:
+        for piece in pieces(doc, seq_len):
+            if used + len(piece.input_ids) > seq_len:
+                yield _row(parts, seq_len, pad_id)
+                parts, used = [], 0
+            parts.append(piece)
+            used += len(piece.input_ids)
+    if parts:
+        yield _row(parts, seq_len, pad_id)
+
+
+def pack_rows(docs: Iterable[Document], seq_len: int, mode: Literal["pack", "split", "pad"],
+              pad_id: int) -> Iterator[Row]:
+    """Rows of ``input_ids``, ``labels`` and ``position_ids`` (plain lists of ``seq_len`` ints).
+
+    ``pack``: whole documents side by side; one that no longer fits opens the next row, one longer than
+    ``seq_len`` is cut into ``seq_len`` pieces first. ``split``: one document per row, cut into pieces, the
+    last one padded. ``pad``: one document per row, truncated to ``seq_len`` or padded.
+    """
+    if mode == "pack":
+        yield from _packed(docs, seq_len, pad_id)
+        return
+    for doc in docs:
+        cut = pieces(doc, seq_len)
+        for piece in cut if mode == "split" else islice(cut, 1):
+            yield _row([piece], seq_len, pad_id)

@@ -1,0 +1,56 @@
+"""Synthetic key-value retrieval documents for training, built with the evaluation's own needle code.
+
+``passkey``: one needle in the haystack, asked for at the end. ``multikey``: ``num_keys`` needles with distinct
+keys at random depths, one of them asked for, the rest distractors. Every document is the haystack prompt,
+then the answer and eos, and fits in ``seq_len`` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+
+from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, filler_sentence, make_needles
+from toolkit.data.packing import IGNORE_INDEX, Document
+from toolkit.errors import UserError
+from toolkit.schema import DataSpec
+
+FILLER_POOL_SIZE = 2048
+"""Distinct filler sentences a stream draws from; each is tokenised once, so long documents stay cheap."""
+
+
+def _labels(input_ids: list[int], answer_start: int, loss_on: str) -> list[int]:
+    if loss_on == "all":
+        return [IGNORE_INDEX] + input_ids[1:]
+    return [IGNORE_INDEX] * answer_start + input_ids[answer_start:]
+
+
+def synthetic_documents(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> Iterator[Document]:
+    """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
+
+    Labels cover the answer and eos (``loss_on: answer``) or every token but the first (``loss_on: all``).
+    """
+    count = 1 if spec.task == "passkey" else spec.num_keys
+    if count > len(KEY_NAMES):
+        raise UserError(f"train.data.num_keys: {count} is more than the {len(KEY_NAMES)} distinct keys available")
+    rng = random.Random(seed)
+    tokens = SentenceTokens(tokenizer)
+    pool = [filler_sentence(rng) for _ in range(FILLER_POOL_SIZE)]
+    shortest_filler = min(len(tokens(sentence)) for sentence in pool)
+    while True:
+        needles = make_needles(rng, count)
+        asked = rng.choice(needles)
+        answer = list(tokens(asked.answer))
+        longest = seq_len - len(answer) - 1
+        fixed = [tokens(n.sentence) for n in needles] + [tokens(asked.question)]
+        shortest_prompt = len(tokens.bos) + sum(map(len, fixed))
+        if shortest_prompt > longest:
+            raise UserError(f"train.data.task: a {spec.task} document with {count} key(s) needs "
+                            f"{shortest_prompt + len(answer) + 1} tokens, more than seq_len {seq_len}")
+        length = rng.randint(max(shortest_prompt, min(math.ceil(spec.min_length_fraction * seq_len), longest)),
+                             longest)
+        filler = rng.choices(pool, k=length // shortest_filler + 1)
+        haystack = build_haystack(tokens, length, needles, [rng.random() for _ in needles], asked, rng, filler)
+        input_ids = haystack.input_ids + answer + [tokenizer.eos_token_id]
+        yield Document(input_ids, _labels(input_ids, len(haystack.input_ids), spec.loss_on))

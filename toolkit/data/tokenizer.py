@@ -1,0 +1,73 @@
+"""Tokenizers: load a checkpoint's own, or train a small byte-level BPE offline on the synthetic corpus.
+
+The trained tokenizer behaves like Llama 3's where it matters here: byte-level BPE that round-trips any
+text, ``<|begin_of_text|>`` added in front when ``add_special_tokens=True``, ``<|end_of_text|>`` as eos,
+and digits split one per token (so a passkey's value is a fixed number of tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from toolkit.data.needle import filler_sentence, make_needles
+from toolkit.errors import UserError
+from toolkit.schema import ModelSpec, TokenizerTraining
+
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+
+
+def synthetic_corpus(documents: int, seed: int) -> Iterator[str]:
+    """Texts made of the needle task's parts: filler, needle sentences, a question and its answer."""
+    rng = random.Random(seed)
+    for _ in range(documents):
+        needles = make_needles(rng, rng.randint(1, 4))
+        sentences = [filler_sentence(rng) for _ in range(rng.randint(3, 12))] + [n.sentence for n in needles]
+        rng.shuffle(sentences)
+        asked = rng.choice(needles)
+        yield "".join(sentences) + asked.question + asked.answer
+
+
+def train_tokenizer(spec: TokenizerTraining, seed: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ``spec.vocab_size`` tokens trained on ``spec.corpus_documents`` synthetic texts."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(synthetic_corpus(spec.corpus_documents, seed), trainer=trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists()
+
+
+def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: trained (``model.train_tokenizer``) or loaded; always has a pad token."""
+    if spec.train_tokenizer is not None:
+        return train_tokenizer(spec.train_tokenizer, seed)
+    source = spec.tokenizer or spec.name_or_path
+    origin = "" if spec.tokenizer else " (from model.name_or_path)"
+    if _looks_local(source):
+        if not Path(source).expanduser().is_dir():
+            raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
+        source = str(Path(source).expanduser())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
+                                                  trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: {reason}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"model.tokenizer: {source!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,44 @@
+"""LoRA through peft, with LongLoRA's trick of training embeddings and norms fully beside the adapter."""
+
+from __future__ import annotations
+
+import logging
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from toolkit.errors import UserError
+from toolkit.schema import LoraSpec
+
+log = logging.getLogger(__name__)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; shared (tied) tensors are counted once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+def _check_names(model: nn.Module, names: list[str], field: str) -> None:
+    """Every name must match a module the way peft matches (the module path ends with it)."""
+    paths = [path for path, _ in model.named_modules()]
+    for name in names:
+        if not any(path.endswith(name) for path in paths):
+            raise UserError(f"method.lora.{field}: no module of {type(model).__name__} ends with {name!r}")
+
+
+def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
+    """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it.
+
+    peft matches ``modules_to_save`` by suffix of the module path, so ``norm`` selects the final norm and
+    every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.
+    """
+    _check_names(model, spec.target_modules, "target_modules")
+    _check_names(model, spec.trainable_modules, "trainable_modules")
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    trainable, total = count_parameters(peft_model)
+    log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    return peft_model

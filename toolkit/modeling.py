@@ -1,0 +1,180 @@
+"""Load the model a recipe names (hub, local folder, or random from an inline config) and models to evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+
+from toolkit.attention import select_attention
+from toolkit.errors import UserError
+from toolkit.lora import apply_lora
+from toolkit.schema import MethodSpec, ModelSpec
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
+BASE_FOLDER = "base"
+"""Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for training, with what was chosen for it and why."""
+
+    model: torch.nn.Module
+    attention: str
+    attention_reason: str
+    dtype: torch.dtype
+    native_length: int
+    """Context length the loaded weights were trained for (rope ``original_max_position_embeddings`` or
+    ``max_position_embeddings``)."""
+    device: torch.device
+    native_theta: float
+    """RoPE theta of the loaded weights: the base that ``theta: auto`` scales from in every stage."""
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``model.precision`` as a torch dtype: ``auto`` is bf16 on a GPU that supports it, else fp32."""
+    device = torch.device(device)
+    if precision == "auto":
+        gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    if precision == "fp16" and device.type == "cpu":
+        raise UserError("model.precision: fp16 is not supported on CPU (use bf16, fp32 or auto)")
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if precision not in dtypes:
+        raise UserError(f"model.precision: unknown precision {precision!r}")
+    return dtypes[precision]
+
+
+def native_length_of(config: Any) -> int:
+    """The context length the weights were trained for."""
+    rope = config.rope_parameters or {}
+    return int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or not _HUB_ID.match(source)
+
+
+def _check_source(source: str, field: str) -> None:
+    if _looks_local(source) and not Path(source).expanduser().is_dir():
+        raise UserError(f"{field}: no such folder, and not a hub id: {source}")
+
+
+def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with load failures turned into one-line user errors."""
+    _check_source(source, field)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{field}: cannot load {source!r}: {reason}") from None
+
+
+def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dtype: torch.dtype,
+                 seed: int) -> PreTrainedModel:
+    """A randomly initialised Llama from ``model.init_config`` (vocabulary and special ids from the tokenizer)."""
+    unknown = sorted(set(init_config) - _INIT_CONFIG_KEYS)
+    if unknown:
+        raise UserError(f"model.init_config: unknown LlamaConfig key {unknown[0]!r}")
+    settings = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **init_config}
+    if settings["vocab_size"] < len(tokenizer):
+        raise UserError(f"model.init_config.vocab_size: {settings['vocab_size']} is smaller than the tokenizer's "
+                        f"{len(tokenizer)} tokens")
+    try:
+        config = LlamaConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model.init_config: {str(exc).strip().splitlines()[0]}") from None
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+
+
+def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int,
+               training: bool = True) -> LoadedModel:
+    """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked."""
+    device = torch.device(device)
+    attention, reason = select_attention(spec.attention, device, training=training)
+    dtype = resolve_dtype(spec.precision, device)
+    if spec.backend == "unsloth":
+        from toolkit.unsloth_backend import load_with_unsloth
+
+        model = load_with_unsloth(spec, method, device, dtype, seed)
+    elif spec.init_config is not None:
+        model = build_random(spec.init_config, tokenizer, attention, dtype, seed)
+    else:
+        model = _pretrained(spec.name_or_path, "model.name_or_path", revision=spec.revision,
+                            trust_remote_code=spec.trust_remote_code, attn_implementation=attention, dtype=dtype)
+    model.to(device)
+    native_length = native_length_of(model.config)
+    native_theta = float(model.config.rope_parameters["rope_theta"])
+    if method.kind == "lora" and spec.backend != "unsloth":
+        model = apply_lora(model, method.lora)
+    return LoadedModel(model=model, attention=attention, attention_reason=reason, dtype=dtype,
+                       native_length=native_length, device=device, native_theta=native_theta)
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    """Where a LoRA folder's base weights are: its own ``base/`` or the base named in adapter_config.json."""
+    if (adapter_dir / BASE_FOLDER / "config.json").is_file():
+        return str(adapter_dir / BASE_FOLDER)
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{adapter_dir}/adapter_config.json: names no base_model_name_or_path and there is no "
+                        f"{BASE_FOLDER}/ folder")
+    return base
+
+
+def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
+    """``(base, adapter)``: a LoRA run's ``final/`` given as the model names its own base."""
+    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+        return _adapter_base(Path(model)), model
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"--adapter: no adapter_config.json in {adapter}")
+    return model, adapter
+
+
+def load_merged(model: str, adapter: str | None, field: str = "--model", **kwargs: Any) -> PreTrainedModel:
+    """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's."""
+    if adapter is not None and (Path(adapter) / "config.json").is_file():
+        kwargs["config"] = AutoConfig.from_pretrained(adapter)
+    loaded = _pretrained(model, field, **kwargs)
+    if adapter is None:
+        return loaded
+    return PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
+
+
+def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None, precision: str = "auto",
+                  attention: str = "auto") -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """A model to evaluate, its tokenizer, and a description of what was loaded.
+
+    ``model`` is a hub id or folder: full weights, or a LoRA run's ``final/`` (adapter_config.json present),
+    whose base comes from its ``base/`` folder or the adapter config. The adapter is merged into the weights.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base, adapter = lora_sources(model, adapter)
+    implementation, reason = select_attention(attention, device, training=False)
+    dtype = resolve_dtype(precision, device)
+    loaded = load_merged(base, adapter, attn_implementation=implementation, dtype=dtype)
+    tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    loaded.to(device).eval()
+    info = {"model": model, "base": base, "adapter": adapter, "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."), "attention": implementation, "attention_reason": reason,
+            "rope_parameters": dict(loaded.config.rope_parameters),
+            "max_position_embeddings": loaded.config.max_position_embeddings,
+            "native_length": native_length_of(loaded.config)}
+    return loaded, tokenizer, info
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
