@@ -1,0 +1,35 @@
+"""``python -m toolkit eval`` on a saved tiny model: loads once, writes the suite JSON and plots, prints scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+from toolkit.cli import main
+from toolkit.evals.command import default_out
+
+
+def test_eval_command_on_a_saved_model(tmp_path: Path, capsys):
+    model_dir = tmp_path / "model"
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ntasks:\n  - {type: niah, lengths: [128], depths: [0.0, 1.0], samples: 2}\n"
+                     "  - {type: perplexity, length: 128, bucket: 64, documents: 1}\n")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model_dir), "--suite", str(suite), "--out", str(out), "--device", "cpu"]) == 0
+    data = json.loads((out / "s.json").read_text())
+    assert (data["suite"], data["tag"], data["model"]) == ("s", "out", str(model_dir))
+    assert set(data["tasks"]["niah"]["grid"]["128"]) == {"0.0", "1.0"}
+    assert json.loads((out / "eval_info.json").read_text())["device"] == "cpu"
+    assert (out / "s-niah.png").is_file() and (out / "s-perplexity.png").is_file()
+    printed = capsys.readouterr().out
+    assert f"s/niah: score {data['tasks']['niah']['score']:.3f}" in printed
+    assert f"perplexity {data['tasks']['perplexity']['perplexity']:.3f}" in printed
+
+
+def test_default_out_folder(tmp_path: Path):
+    assert default_out("meta-llama/Meta-Llama-3-8B") == Path("eval-results/meta-llama--Meta-Llama-3-8B")
+    (tmp_path / "final").mkdir()
+    assert default_out(str(tmp_path / "final") + "/") == Path("eval-results/final")

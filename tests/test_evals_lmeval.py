@@ -1,0 +1,83 @@
+"""Our lm-eval task folder loads in lm-eval, its data is reproducible, and the bridge runs offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+from toolkit.evals import lmeval_bridge
+from toolkit.evals.api import run_suites
+from toolkit.evals.lmeval_data import DEFAULT_FOLDER, write_datasets
+
+TASKS = Path(__file__).resolve().parents[1] / "evals" / "lm_eval_tasks"
+
+
+@pytest.fixture(scope="module")
+def loaded_tasks():
+    manager = lmeval_bridge.task_manager(["longctx_passkey", "longctx_passkey_short"], str(TASKS))
+    return manager.load(["longctx_passkey", "longctx_passkey_short"])["tasks"]
+
+
+def test_task_yamls_load_with_task_manager(loaded_tasks):
+    assert set(loaded_tasks) == {"longctx_passkey", "longctx_passkey_short"}
+    for name, count in (("longctx_passkey", 30), ("longctx_passkey_short", 40)):
+        task = loaded_tasks[name]
+        docs = list(task.test_docs())
+        assert len(docs) == count
+        for doc in docs:
+            text, target = task.doc_to_text(doc), task.doc_to_target(doc)
+            assert text.endswith(f"The pass key for {doc['key']} is") and target.isdigit()
+            assert f" The pass key for {doc['key']} is {target}." in text
+
+
+def test_short_context_documents_fit_the_tiny_training_length(loaded_tasks):
+    task = loaded_tasks["longctx_passkey_short"]
+    tok = tiny_tokenizer()
+    lengths = [len(tok(task.doc_to_text(d) + " " + task.doc_to_target(d))["input_ids"]) for d in task.test_docs()]
+    assert 100 < min(lengths) and max(lengths) <= 256
+
+
+def test_shipped_data_matches_the_generator(tmp_path: Path):
+    for path in write_datasets(tmp_path):
+        assert path.read_bytes() == (DEFAULT_FOLDER / path.name).read_bytes(), path.name
+
+
+def test_summarize_converts_numpy_and_picks_the_metric():
+    output = {"results": {"a": {"alias": "a", "sample_len": 4, "acc,none": np.float32(0.5), "acc_stderr,none": 0.1},
+                          "b": {"exact_match,number": np.float64(0.25), "acc,none": 1.0}}}
+    metrics, score = lmeval_bridge.summarize(output, None)
+    assert metrics == {"a": {"acc,none": 0.5}, "b": {"exact_match,number": 0.25, "acc,none": 1.0}}
+    assert all(type(v) is float for m in metrics.values() for v in m.values())
+    assert score == pytest.approx((0.5 + 0.25) / 2)
+    assert lmeval_bridge.summarize(output, "acc")[1] == pytest.approx(0.75)
+
+
+def _suite(tmp_path: Path, tasks: str) -> str:
+    path = tmp_path / "lm.yaml"
+    path.write_text(f"name: lm\ntasks:\n  - type: lm_eval\n    tasks: {tasks}\n    include_path: {TASKS}\n"
+                    "    limit: 2\n")
+    return str(path)
+
+
+def test_bridge_runs_offline_on_a_tiny_model(tmp_path: Path, monkeypatch):
+    suite = _suite(tmp_path, "[longctx_passkey, longctx_passkey_short]")
+    out = run_suites(tiny_model(max_positions=2048), tiny_tokenizer(), [suite], tmp_path, "base", "tiny")
+    entry = out["lm"]["tasks"]["lm_eval"]
+    assert set(entry["metrics"]) == {"longctx_passkey", "longctx_passkey_short"}
+    em = entry["metrics"]["longctx_passkey"]["exact_match,number"]
+    acc = entry["metrics"]["longctx_passkey_short"]["acc,none"]
+    assert em in (0.0, 0.5, 1.0) and acc in (0.0, 0.5, 1.0)
+    assert entry["score"] == pytest.approx((em + acc) / 2)
+    raw = json.loads((tmp_path / "base" / entry["lm_eval_json"]).read_text())
+    assert raw["results"]["longctx_passkey_short"]["acc,none"] == acc
+    assert raw["configs"]["longctx_passkey"]["output_type"] == "generate_until"
+    assert raw["n-samples"]["longctx_passkey"]["effective"] == 2
+
+    monkeypatch.setattr(lmeval_bridge, "evaluate", lambda *a: pytest.fail("a finished task must not rerun"))
+    again = run_suites(tiny_model(max_positions=2048), tiny_tokenizer(), [suite], tmp_path, "base", "tiny")
+    assert again["lm"]["tasks"]["lm_eval"]["metrics"] == entry["metrics"]
+

@@ -1,0 +1,48 @@
+"""Loss by position: equals the model's own loss, bucketed exactly; results JSON and plot."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+from toolkit.evals.api import run_suites
+from toolkit.evals.context import sentence_tokens
+from toolkit.evals.perplexity import bucket_losses, token_losses
+from toolkit.evals.sources import long_document
+
+
+def test_token_losses_match_the_model_loss():
+    model = tiny_model()
+    ids = torch.randint(3, 500, (2, 200))
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids).loss
+    losses = token_losses(model, ids)
+    assert losses.shape == (2, 199)
+    assert losses.mean().item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bucket_losses():
+    losses = torch.arange(1, 10, dtype=torch.float).reshape(1, 9)  # positions 1..9
+    assert bucket_losses(losses, 4) == {"0": 2.0, "4": 5.5, "8": 8.5}  # [1,2,3], [4..7], [8,9]
+
+
+def test_perplexity_task(tmp_path: Path):
+    suite = tmp_path / "p.yaml"
+    suite.write_text("name: p\ntasks:\n  - {type: perplexity, length: 256, bucket: 64, documents: 2, seed: 3}\n")
+    model, tok = tiny_model(), tiny_tokenizer()
+    entry = run_suites(model, tok, [str(suite)], tmp_path, "base", "tiny")["p"]["tasks"]["perplexity"]
+    assert list(entry["loss_by_bucket"]) == ["0", "64", "128", "192"]
+    docs = [long_document(sentence_tokens(tok), None, 256, random.Random(f"3:doc:{i}")) for i in range(2)]
+    assert all(len(d) == 256 and d[0] == tok.bos_token_id for d in docs)
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor(docs), labels=torch.tensor(docs)).loss.item()
+    assert entry["mean_loss"] == pytest.approx(expected, rel=1e-5)
+    assert entry["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert entry["perplexity_by_bucket"]["64"] == pytest.approx(math.exp(entry["loss_by_bucket"]["64"]))
+    assert entry["score"] is None
+    assert (tmp_path / "base" / "p-perplexity.png").is_file()

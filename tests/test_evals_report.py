@@ -1,0 +1,118 @@
+"""The report builds from a run folder (full or partial): Markdown + self-contained HTML with embedded plots."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_evals_fixtures import Oracle, tiny_tokenizer
+from toolkit.cli import main
+from toolkit.errors import UserError
+from toolkit.evals.api import run_suites
+from toolkit.evals.report import build_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _suite_json(folder: Path, suite: str, tag: str, tasks: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{suite}.json").write_text(json.dumps({"suite": suite, "tag": tag, "model": "m", "tasks": tasks}))
+
+
+def _tasks(level: float) -> dict:
+    """Results of one tag in the shared layout; ``level`` scales the scores."""
+    return {
+        "ruler": {"type": "ruler", "score": level * 0.8, "effective_length": 512 if level > 0.5 else None,
+                  "threshold": 0.856, "scores_by_length": {"256": level, "512": level * 0.9, "1024": level * 0.5}},
+        "rope": {"type": "rope_compare", "score": None, "native_length": 256, "best": "yarn", "settings": {
+            "none": {"score": 0.05 * level, "scores_by_length": {"1024": 0.05},
+                     "rope_parameters": {"rope_type": "default"}},
+            "yarn": {"score": 0.88 * level, "scores_by_length": {"1024": 0.88},
+                     "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}}},
+        "ppl": {"type": "perplexity", "score": None, "loss_by_bucket": {"0": 3.0, "128": 2.5 + level},
+                "mean_loss": 2.75, "perplexity": 15.6},
+    }
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    recipe = {"name": "tiny", "description": "A tiny test run.", "model": {"init_config": {"hidden_size": 64}},
+              "method": {"kind": "full"}, "train": {"stages": [
+                  {"name": "base-256", "seq_len": 256, "rope": {"type": "default"}, "max_steps": 3, "lr": 0.003},
+                  {"name": "yarn-1024", "seq_len": 1024, "rope": {"type": "yarn", "factor": 4.0}, "max_steps": 2,
+                   "lr": 0.001}]}}
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    (run / "run_info.json").write_text(json.dumps({
+        "recipe": "tiny", "method": "full", "device": "cpu", "precision": "fp32", "attention": "sdpa",
+        "attention_reason": "flash-attn needs CUDA", "versions": {"torch": "2.13.0", "transformers": "5.17.0"},
+        "base_model": "init_config", "stages": [
+            {"name": "base-256", "seq_len": 256, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+             "max_position_embeddings": 256, "steps": 3},
+            {"name": "yarn-1024", "seq_len": 1024, "rope_parameters": {"rope_type": "yarn", "factor": 4.0},
+             "max_position_embeddings": 1024, "steps": 2}]}))
+    rows = [{"stage": s, "stage_name": name, "step": i, "global_step": g, "loss": 5.0 - g, "lr": 1e-3,
+             "tokens_per_s": 1000.0 * g, "elapsed_s": 0.5 * g, "seq_len": 256 * 4 ** s}
+            for g, (s, name, i) in enumerate([(0, "base-256", 1), (0, "base-256", 2), (0, "base-256", 3),
+                                              (1, "yarn-1024", 1), (1, "yarn-1024", 2)], start=1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for tag, level in (("base", 0.2), ("stage-0-base-256", 0.6), ("stage-1-yarn-1024", 1.0)):
+        _suite_json(run / "eval" / tag, "extra", tag, _tasks(level))
+        _suite_json(run / "eval" / tag, "short-context", tag, {
+            "passkey_short": {"type": "lm_eval", "score": 0.5 + level / 4, "metrics": {
+                "longctx_passkey_short": {"acc,none": 0.5 + level / 4}}}})
+    grid = tmp_path / "grid.yaml"  # real needle results, written by the evaluation itself
+    grid.write_text("name: niah-tiny\ntasks:\n  - {type: niah, name: multikey, lengths: [128, 256], depths: [0.0, 1.0],"
+                    " samples: 1, num_needles: 2}\n")
+    for tag in ("base", "stage-1-yarn-1024"):
+        run_suites(Oracle(vocab=len(tiny_tokenizer())), tiny_tokenizer(), [str(grid)], run / "eval", tag, "oracle")
+    return run
+
+
+def _embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_full_report(tmp_path: Path):
+    run = _run_folder(tmp_path)
+    build_report(run)
+    md = (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    assert md.startswith("# Run report: tiny")
+    assert "| base-256 | 256 | type=default | 3 | 0.003000 | 1 x 1 |" in md
+    assert "attention: sdpa (flash-attn needs CUDA)" in md and "torch 2.13.0" in md
+    assert '{"rope_type":"yarn","factor":4.0}' in md
+    assert "| base-256 | 3 | 4.000 | 2.000 | 2000 | 1.5 |" in md  # training table: steps, losses, mean tokens/s
+    assert "| extra / ruler | 0.160 | 0.480 | 0.800 | +0.640 |" in md  # scores per tag, final - base
+    assert "| niah-tiny / multikey | 1.000 | - | 1.000 | +0.000 |" in md
+    assert "| stage-1-yarn-1024 | 512 | 0.800 |" in md and "| base | - | 0.160 |" in md  # effective lengths
+    assert "| short-context / passkey_short | 0.550 | 0.750 | +0.200 | 1.364 |" in md  # ratio final / base
+    assert "| yarn | 0.176 | 0.528 | 0.880 |" in md  # RoPE comparison per tag
+    assert "| short-context / longctx_passkey_short | acc,none | 0.550 | 0.650 | 0.750 |" in md
+    for png in ("training.png", "niah-niah-tiny-multikey-base.png", "niah-niah-tiny-multikey-stage-1-yarn-1024.png",
+                "ruler-extra-ruler.png", "perplexity-extra-ppl.png"):
+        assert (run / png).read_bytes().startswith(PNG), png
+        assert f"]({png})" in md
+    images = _embedded_images(page)
+    assert len(images) == 5 and all(image.startswith(PNG) for image in images)
+    assert "<table>" in page and "src=\"training.png\"" not in page  # nothing but the HTML file is needed
+
+
+def test_partial_run_still_renders(tmp_path: Path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "No metrics.jsonl in this run." in md and "No evaluation results in eval/." in md
+    assert _embedded_images((run / "report.html").read_text()) == []
+
+
+def test_missing_run_folder_is_a_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="no such run folder"):
+        build_report(tmp_path / "nope")
+    assert main(["report", str(tmp_path / "nope")]) == 2

@@ -1,0 +1,34 @@
+"""``python -m toolkit eval --model M [--adapter A] --suite S ... [--out DIR] [--device D]``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from toolkit.evals.api import run_suites_into
+from toolkit.evals.results import headline, write_json
+from toolkit.evals.suite import load_suite
+
+
+def default_out(model: str) -> Path:
+    """``eval-results/<model name>``: a folder's name, or a hub id with ``/`` turned into ``--``."""
+    path = Path(model.rstrip("/"))
+    name = path.name if path.exists() else model.replace("/", "--")
+    return Path("eval-results") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def evaluate_command(model: str, adapter: str | None, suites: list[str], out: str | None,
+                     device: str | None) -> None:
+    """Load the model once, run every suite into ``out`` (``<out>/<suite>.json``, plots), print a summary."""
+    for path in suites:
+        load_suite(path)  # a bad suite fails before minutes of model loading
+    from toolkit.modeling import load_for_eval
+
+    loaded, tokenizer, info = load_for_eval(model, adapter, device)
+    folder = Path(out) if out else default_out(model)
+    write_json(folder / "eval_info.json", info)
+    results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model)
+    for suite, data in results.items():
+        for key, entry in data["tasks"].items():
+            print(f"{suite}/{key}: {headline(entry)}")
+    print(f"results in {folder}")

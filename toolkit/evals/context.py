@@ -1,0 +1,45 @@
+"""What every task runner receives: the loaded model, its tokenizer, the sentence cache and the output place."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from toolkit.data.needle import SentenceTokens
+from toolkit.evals.scoring import model_device, pad_token_id
+
+_SENTENCE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sentence_tokens(tokenizer) -> SentenceTokens:
+    """One sentence cache per tokenizer, kept across suites and tags (filler is tokenised once)."""
+    if tokenizer not in _SENTENCE_CACHES:
+        _SENTENCE_CACHES[tokenizer] = SentenceTokens(tokenizer)
+    return _SENTENCE_CACHES[tokenizer]
+
+
+@dataclass
+class EvalContext:
+    model: torch.nn.Module
+    tokenizer: object
+    folder: Path
+    """``<out>/<tag>``: where the suite's JSON and plots go."""
+    suite: str
+    model_name: str
+    tokens: SentenceTokens = field(init=False)
+    pad_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = sentence_tokens(self.tokenizer)
+        self.pad_id = pad_token_id(self.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def plot_path(self, task_key: str, what: str = "") -> Path:
+        suffix = f"-{what}" if what else ""
+        return self.folder / f"{self.suite}-{task_key}{suffix}.png"

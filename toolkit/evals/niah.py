@@ -1,0 +1,78 @@
+"""Needle in a haystack over a depth x length grid, in the same task format the tiny model trains on.
+
+Each cell (length, depth, sample) is one prompt from ``toolkit.data.needle.build_haystack`` with
+``num_needles`` needles (the first is asked, placed at ``depth``; the others are distractors at random
+depths), scored by exact match of the asked value under greedy decoding (teacher-forced, one forward
+pass per batch; see :func:`toolkit.evals.scoring.greedy_matches`). Prompts of one length are batched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from statistics import mean
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from toolkit.data.needle import Haystack, build_haystack, make_needles
+from toolkit.evals.context import EvalContext
+from toolkit.evals.plots import niah_heatmap
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.scoring import batch_size_for, batched, greedy_matches
+from toolkit.evals.sources import filler_window, load_sentences
+from toolkit.evals.suite import NeedleGrid, NiahTask
+
+Cell = dict[str, Any]
+
+
+def needle_prompt(task: NeedleGrid, ctx: EvalContext, sentences: tuple[str, ...] | None, length: int,
+                  depth: float, sample: int) -> Haystack:
+    """The prompt of one cell; deterministic in (seed, length, depth, sample) so a resumed sweep matches."""
+    rng = random.Random(f"{task.seed}:{length}:{depth}:{sample}")
+    needles = make_needles(rng, task.num_needles, task.digits)
+    depths = [depth] + [rng.random() for _ in needles[1:]]
+    return build_haystack(ctx.tokens, length, needles, depths, needles[0], rng,
+                          filler_window(sentences, rng, length))
+
+
+def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Callable[[list[Cell]], None],
+               label: str = "") -> list[Cell]:
+    """All cells of the grid: those in ``done`` are kept, the rest computed batch by batch (saved each time)."""
+    sentences = load_sentences(task.haystack)
+    seen = {(c["length"], c["depth"], c["sample"]) for c in done}
+    cells = list(done)
+    pending = [(length, depth, sample) for length in task.lengths for depth in task.depths
+               for sample in range(task.samples) if (length, depth, sample) not in seen]
+    with tqdm(total=len(pending), desc=f"{ctx.suite}/{task.key}{label}", unit="prompt") as bar:
+        for length in task.lengths:
+            todo = [cell for cell in pending if cell[0] == length]
+            for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
+                stacks = [needle_prompt(task, ctx, sentences, *cell) for cell in chunk]
+                correct = greedy_matches(ctx.model, [(h.input_ids, h.answer_ids) for h in stacks], ctx.pad_id)
+                cells += [{"length": length, "depth": depth, "sample": sample, "correct": ok,
+                           "tokens": len(h.input_ids), "needle_position": h.needle_positions[0]}
+                          for (length, depth, sample), h, ok in zip(chunk, stacks, correct)]
+                save(cells)
+                bar.update(len(chunk))
+    return cells
+
+
+def grid_summary(cells: list[Cell], lengths: list[int], depths: list[float]) -> dict[str, Any]:
+    """``grid`` {length: {depth: accuracy}}, ``scores_by_length``, and ``mean`` (= ``score``) over the grid."""
+    grid: dict[str, dict[str, float]] = {}
+    for length in lengths:
+        grid[str(length)] = {}
+        for depth in depths:
+            hits = [c["correct"] for c in cells if c["length"] == length and c["depth"] == depth]
+            grid[str(length)][str(depth)] = float(mean(hits)) if hits else 0.0
+    by_length = {length: mean(row.values()) for length, row in grid.items()}
+    overall = mean(by_length.values())
+    return {"score": overall, "mean": overall, "grid": grid, "scores_by_length": by_length}
+
+
+def run_niah(task: NiahTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    cells = score_grid(task, ctx, results.cells(task), lambda cells: results.record(task, cells))
+    summary = grid_summary(cells, task.lengths, task.depths)
+    niah_heatmap(summary["grid"], f"{ctx.model_name} [{ctx.folder.name}] {task.key}", ctx.plot_path(task.key))
+    return results.record(task, cells, summary)

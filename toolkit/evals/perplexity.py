@@ -1,0 +1,69 @@
+"""Loss by context position on long held-out documents: does the model use (or get lost in) long context?
+
+The loss at position i is that of predicting token i from tokens < i; positions are grouped in buckets
+[0, b), [b, 2b), ... Logits are computed in chunks from the decoder's last hidden state, so the full
+(length x vocabulary) logits never exist at once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from toolkit.evals.context import EvalContext
+from toolkit.evals.plots import loss_by_position
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.scoring import batch_size_for, batched
+from toolkit.evals.sources import load_sentences, long_document
+from toolkit.evals.suite import PerplexityTask
+
+_LOGIT_CHUNK = 1024
+
+
+@torch.inference_mode()
+def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, length - 1) losses: entry i is the loss of token i + 1 given the tokens before it."""
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    head = model.get_output_embeddings()
+    losses = []
+    for start in range(0, input_ids.shape[1] - 1, _LOGIT_CHUNK):
+        stop = min(start + _LOGIT_CHUNK, input_ids.shape[1] - 1)
+        logits = head(hidden[:, start:stop]).float()
+        losses.append(F.cross_entropy(logits.transpose(1, 2), input_ids[:, start + 1:stop + 1], reduction="none"))
+    return torch.cat(losses, dim=1)
+
+
+def bucket_losses(losses: torch.Tensor, bucket: int) -> dict[str, float]:
+    """Mean loss per bucket of predicted-token positions, keyed by the bucket's first position."""
+    positions = torch.arange(1, losses.shape[1] + 1)
+    out = {}
+    for start in range(0, losses.shape[1] + 1, bucket):
+        selected = (positions >= start) & (positions < start + bucket)
+        if selected.any():
+            out[str(start)] = losses[:, selected].mean().item()
+    return out
+
+
+def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    if (done := results.finished(task)) is not None:
+        return done
+    sentences = load_sentences(task.source)
+    docs = [long_document(ctx.tokens, sentences, task.length, random.Random(f"{task.seed}:doc:{i}"))
+            for i in range(task.documents)]
+    rows = []
+    for chunk in tqdm(list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
+                      desc=f"{ctx.suite}/{task.key}", unit="batch"):
+        rows.append(token_losses(ctx.model, torch.tensor(chunk, device=ctx.device)).cpu())
+    losses = torch.cat(rows)
+    by_bucket = bucket_losses(losses, task.bucket)
+    mean_loss = losses.mean().item()
+    summary = {"loss_by_bucket": by_bucket, "perplexity_by_bucket": {k: math.exp(v) for k, v in by_bucket.items()},
+               "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length}
+    loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",
+                     ctx.plot_path(task.key))
+    return results.record(task, summary=summary)

@@ -1,0 +1,128 @@
+"""The results JSON of one suite at one tag, saved after every batch so an interrupted sweep resumes.
+
+Layout (shared with the report): ``{"suite", "tag", "model", "fingerprint", "tasks": {<key>: {"type",
+"score", ..., "complete", "identity", "cells"}}}``. Recorded cells are reused only when the model
+fingerprint (weights sample + RoPE config) and the task's identity (its settings minus the grid axes)
+match, so adding lengths to a sweep computes only the new cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolkit.evals.suite import TaskBase
+
+_GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold"}
+
+
+def jsonable(value: Any) -> Any:
+    """numpy scalars/arrays, tensors, sets and paths as plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=jsonable), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@torch.no_grad()
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity of the weights and RoPE: the first values of every parameter, hashed."""
+    digest = hashlib.sha1()
+    config = getattr(model, "config", None)
+    rope = [getattr(config, "rope_parameters", None), getattr(config, "max_position_embeddings", None)]
+    digest.update(json.dumps(rope, sort_keys=True, default=str).encode())
+    for name, param in model.named_parameters():
+        if param.device.type == "meta" or param.numel() == 0:
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().reshape(-1)[:16].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def task_identity(task: TaskBase) -> dict[str, Any]:
+    """What must match for recorded cells to be reused (settings minus the axes cells are keyed by)."""
+    axes = _GRID_AXES | ({"tasks"} if task.type == "ruler" else set())  # type: ignore[attr-defined]
+    return task.model_dump(mode="json", exclude=axes)
+
+
+class SuiteResults:
+    """Holds and saves ``<folder>/<suite>.json``; resumes from it when the model is the same."""
+
+    def __init__(self, path: Path, suite: str, tag: str, model: str, fingerprint: str):
+        self.path = path
+        self.data: dict[str, Any] = {"suite": suite, "tag": tag, "model": model, "fingerprint": fingerprint,
+                                     "tasks": {}}
+        if path.is_file():
+            try:
+                old = read_json(path)
+            except (json.JSONDecodeError, OSError):
+                old = {}
+            if old.get("fingerprint") == fingerprint and old.get("suite") == suite:
+                self.data["tasks"] = old.get("tasks", {})
+
+    def _entry(self, task: TaskBase) -> dict[str, Any] | None:
+        entry = self.data["tasks"].get(task.key)
+        return entry if entry and entry.get("identity") == task_identity(task) else None
+
+    def cells(self, task: TaskBase) -> list[dict[str, Any]]:
+        """Cells recorded earlier for this task (empty when its settings changed)."""
+        entry = self._entry(task)
+        return list(entry.get("cells", [])) if entry else []
+
+    def finished(self, task: TaskBase) -> dict[str, Any] | None:
+        """The complete result of a task without cells (lm_eval, perplexity), if recorded."""
+        entry = self._entry(task)
+        return entry if entry and entry.get("complete") else None
+
+    def record(self, task: TaskBase, cells: list[dict[str, Any]] | None = None,
+               summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Save progress (``summary=None``: partial) or the final result; returns the task's entry."""
+        entry: dict[str, Any] = {"type": task.type, "score": None}  # type: ignore[attr-defined]
+        entry.update(summary or {})
+        entry.update(complete=summary is not None, identity=task_identity(task))
+        if cells is not None:
+            entry["cells"] = cells
+        self.data["tasks"][task.key] = entry
+        write_json(self.path, self.data)
+        return entry
+
+    def finish(self, keys: set[str]) -> dict[str, Any]:
+        """Drop results of tasks no longer in the suite, save, and return the suite's results."""
+        self.data["tasks"] = {key: entry for key, entry in self.data["tasks"].items() if key in keys}
+        write_json(self.path, self.data)
+        return self.data
+
+
+def headline(entry: dict[str, Any]) -> str:
+    """One short line for a task's result: its score and the figure that matters for its type."""
+    score = entry.get("score")
+    parts = [f"score {score:.3f}" if isinstance(score, (int, float)) else "score -"]
+    if entry.get("type") == "ruler":
+        parts.append(f"effective length {entry.get('effective_length')}")
+    elif entry.get("type") == "perplexity" and "perplexity" in entry:
+        parts.append(f"perplexity {entry['perplexity']:.3f}")
+    elif entry.get("type") == "rope_compare" and entry.get("settings"):
+        parts.append(f"best {entry.get('best')}: " + ", ".join(
+            f"{name} {s['score']:.2f}" for name, s in entry["settings"].items()))
+    return ", ".join(parts)

@@ -1,0 +1,77 @@
+"""RULER-style evaluation: generate each task's prompts at each length, decode greedily, score by string match.
+
+Score of a prompt: the fraction of expected answers present in the greedy output (RULER's string_match_all).
+Scores average over samples, then over tasks at each length. Effective length follows RULER: the longest
+tested length L such that the score at L and at every shorter tested length exceeds the threshold.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from statistics import mean
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from toolkit.evals.context import EvalContext
+from toolkit.evals.plots import score_vs_length
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.ruler_data import ruler_sample
+from toolkit.evals.scoring import batch_size_for, batched, generate_greedy, string_match_all
+from toolkit.evals.sources import load_sentences
+from toolkit.evals.suite import RulerTask
+
+Cell = dict[str, Any]
+
+
+def effective_length(scores_by_length: Mapping[int | str, float], threshold: float) -> int | None:
+    """Longest length whose score, and the score of every shorter tested length, is above ``threshold``.
+
+    ``None`` when even the shortest length is not above it.
+    """
+    best = None
+    for length in sorted(scores_by_length, key=int):
+        if scores_by_length[length] <= threshold:
+            break
+        best = int(length)
+    return best
+
+
+def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:
+    """Per-task and mean scores by length, with their effective lengths."""
+    subtasks: dict[str, dict[str, Any]] = {}
+    for name in task.tasks:
+        by_length = {str(length): mean([c["score"] for c in cells if c["task"] == name and c["length"] == length])
+                     for length in task.lengths}
+        subtasks[name] = {"score": mean(by_length.values()), "scores_by_length": by_length,
+                          "effective_length": effective_length(by_length, task.threshold)}
+    by_length = {str(n): mean(sub["scores_by_length"][str(n)] for sub in subtasks.values()) for n in task.lengths}
+    return {"score": mean(by_length.values()), "scores_by_length": by_length,
+            "effective_length": effective_length(by_length, task.threshold), "threshold": task.threshold,
+            "subtasks": subtasks}
+
+
+def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    sentences = load_sentences(task.haystack)
+    cells = results.cells(task)
+    seen = {(c["task"], c["length"], c["sample"]) for c in cells}
+    groups = [(name, length, [s for s in range(task.samples) if (name, length, s) not in seen])
+              for length in task.lengths for name in task.tasks]
+    with tqdm(total=sum(len(todo) for *_, todo in groups), desc=f"{ctx.suite}/{task.key}", unit="prompt") as bar:
+        for name, length, todo in groups:
+            for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
+                samples = [ruler_sample(name, ctx.tokens, length, random.Random(f"{task.seed}:{name}:{length}:{s}"),
+                                        sentences, task.digits) for s in chunk]
+                outputs = generate_greedy(ctx.model, ctx.tokenizer, [s.input_ids for s in samples],
+                                          max(s.max_new_tokens for s in samples), ctx.pad_id)
+                cells += [{"task": name, "length": length, "sample": s, "score": string_match_all(out, sample.answers),
+                           "answers": sample.answers, "output": out}
+                          for s, sample, out in zip(chunk, samples, outputs)]
+                results.record(task, cells)
+                bar.update(len(chunk))
+    summary = ruler_summary(cells, task)
+    series = {"mean": summary["scores_by_length"]} | {n: s["scores_by_length"] for n, s in summary["subtasks"].items()}
+    score_vs_length(series, f"{ctx.model_name} [{ctx.folder.name}] {task.key}: effective length "
+                    f"{summary['effective_length']}", ctx.plot_path(task.key), task.threshold)
+    return results.record(task, cells, summary)

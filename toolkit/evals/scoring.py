@@ -1,0 +1,105 @@
+"""Scoring primitives: teacher-forced greedy exact match, batched greedy generation, RULER string match.
+
+All of them work on token ids built in the evaluated model's own tokenizer and never reload the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id, else 0 (pads are never attended to here)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def batch_size_for(length: int, batch_tokens: int) -> int:
+    """Rows of ``length`` tokens that fit in a ``batch_tokens`` forward pass (at least one)."""
+    return max(1, batch_tokens // length)
+
+
+@torch.inference_mode()
+def greedy_matches(model: torch.nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+                   pad_id: int) -> list[bool]:
+    """For each (prompt, answer): would greedy decoding after ``prompt`` produce ``answer`` first?
+
+    Computed teacher-forced in ONE forward pass over ``prompt + answer``: greedy decoding emits
+    argmax(logits at the last prompt position); if that equals answer[0], its next context is exactly
+    prompt + answer[:1], which is the teacher-forced context at the next position, and so on by
+    induction; at the first answer position where the argmax differs, greedy decoding emits that other
+    token instead. So "argmax at every answer position equals the answer token" holds if and only if greedy
+    decoding produces the answer, and one forward pass replaces len(answer) decoding steps. (In low
+    precision, a near-tie can round differently in a KV-cached decode; the full forward is the reference.)
+
+    Rows are right-padded and no attention mask is passed: with causal attention a real token never sees
+    the pads after it, and position ids stay 0..n-1 as in an unpadded run. Only the logits of the answer
+    positions (the union over the batch) are computed (``logits_to_keep``).
+    """
+    if not rows:
+        return []
+    device = model_device(model)
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for r, (prompt, answer) in enumerate(rows):
+        ids[r, :len(prompt) + len(answer)] = torch.tensor(list(prompt) + list(answer))
+    first = min(len(p) for p, _ in rows) - 1
+    last = max(len(p) + len(a) for p, a in rows) - 1
+    keep = torch.arange(first, last, device=device)
+    logits = model(input_ids=ids.to(device), logits_to_keep=keep, use_cache=False).logits
+    predicted = logits.argmax(-1).cpu()
+    out = []
+    for r, (prompt, answer) in enumerate(rows):
+        start = len(prompt) - 1 - first
+        out.append(predicted[r, start:start + len(answer)].tolist() == list(answer))
+    return out
+
+
+@torch.inference_mode()
+def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
+                 eos_id: int | None = None) -> list[list[int]]:
+    """Greedy continuations of a batch of prompts (left-padded), each cut after its first eos."""
+    device = model_device(model)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, prompt in enumerate(prompts):
+        ids[r, width - len(prompt):] = torch.tensor(list(prompt))
+        mask[r, width - len(prompt):] = 1
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id, temperature=None, top_p=None,
+                         top_k=None)
+    rows = []
+    for row in out[:, width:].tolist():
+        rows.append(row[:row.index(eos_id) + 1] if eos_id is not None and eos_id in row else row)
+    return rows
+
+
+def generate_greedy(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    pad_id: int) -> list[str]:
+    """Greedy continuations as text (special tokens dropped)."""
+    rows = generate_ids(model, prompts, max_new_tokens, pad_id, tokenizer.eos_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+def string_match_all(prediction: str, references: Iterable[str]) -> float:
+    """RULER's metric: the fraction of references found (case-insensitively) in the prediction."""
+    refs = list(references)
+    text = prediction.lower()
+    return sum(ref.lower() in text for ref in refs) / len(refs)
