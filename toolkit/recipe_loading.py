@@ -161,7 +161,18 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if spec.source in ("jsonl", "parquet", "text"):
             spec.path = resolve_relative(spec.path, base)
     recipe.eval.suites = [resolve_relative(s, base) or s for s in recipe.eval.suites]
+    _check_suites(recipe, path)
     return recipe
+
+
+def _check_suites(recipe: Recipe, path: Path) -> None:
+    """Every suite the recipe names exists and validates, so a typo fails before hours of training."""
+    from toolkit.evals.suite import load_suite
+
+    for i, suite in enumerate(recipe.eval.suites):
+        if not Path(suite).is_file():
+            raise UserError(f"{path}: eval.suites[{i}]: no such file: {suite}")
+        load_suite(suite)
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -1,0 +1,93 @@
+"""The longest context that trains within a memory budget: doubling, then bisection.
+
+Each probe is one training step (after a warm-up step) in a fresh process (benchmarks/harness.py). A length
+fits when the step succeeds and its peak memory is within --memory-gib (default: the GPU's memory on CUDA;
+required on CPU, where nothing runs out of memory, only the resident set grows). The toolkit configuration and
+the plain baseline are searched in the same run.
+
+    python benchmarks/max_context.py --shape small --method full --memory-gib 0.25 --threads 1
+    python benchmarks/max_context.py --shape llama3-8b --method lora --start 16384 --offload --tiles 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import SHAPES, Config, measure  # noqa: E402
+
+
+def longest_fitting(fits: Callable[[int], bool], start: int, granularity: int, limit: int) -> int:
+    """The longest multiple of ``granularity`` for which ``fits`` holds (0 if ``start`` does not fit),
+    assuming that fitting is monotone in the length: double from ``start`` up to ``limit``, then bisect."""
+    if not fits(start):
+        return 0
+    good, bad = start, None
+    while bad is None and good * 2 <= limit:
+        if fits(good * 2):
+            good *= 2
+        else:
+            bad = good * 2
+    if bad is None:
+        return good
+    while bad - good > granularity:
+        middle = (good + bad) // 2 // granularity * granularity
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
+def search(config: Config, budget_gib: float | None, start: int, granularity: int, limit: int) -> dict:
+    probes: list[dict] = []
+
+    def fits(seq_len: int) -> bool:
+        result = measure(replace(config, seq_len=seq_len, steps=1))
+        probes.append(result)
+        ok = result["status"] == "ok" and (budget_gib is None or result["peak_gib"] <= budget_gib)
+        print(f"  {config.variant} {seq_len}: {result['status']} peak {result.get('peak_gib', float('nan')):.3f} GiB"
+              f" -> {'fits' if ok else 'does not fit'}", flush=True)
+        return ok
+
+    return {"variant": config.variant, "max_seq_len": longest_fitting(fits, start, granularity, limit),
+            "probes": probes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--method", choices=["lora", "full"], default="full")
+    parser.add_argument("--memory-gib", type=float, default=None)
+    parser.add_argument("--start", type=int, default=1024)
+    parser.add_argument("--granularity", type=int, default=1024)
+    parser.add_argument("--limit", type=int, default=16 * 1024 * 1024)
+    parser.add_argument("--loss-chunk", type=int, default=4096)
+    parser.add_argument("--offload", action="store_true")
+    parser.add_argument("--tiles", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.memory_gib is None and not torch.cuda.is_available():
+        parser.error("--memory-gib is required on CPU")
+    toolkit = Config(shape=args.shape, method=args.method, loss_chunk=args.loss_chunk, offload=args.offload,
+                     tiles=args.tiles, threads=args.threads, peak_tflops=1.0)
+    baseline = replace(toolkit, variant="baseline", offload=False, tiles=None)
+    results = [search(config, args.memory_gib, args.start, args.granularity, args.limit)
+               for config in (toolkit, baseline)]
+    for result in results:
+        print(f"{result['variant']}: longest context within budget = {result['max_seq_len']:,} tokens")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The chunked loss equals the plain loss in value and gradients, and never saves full-vocabulary logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
+
+BATCH, LENGTH, HIDDEN, VOCAB = 2, 37, 16, 50
+
+
+def _inputs(seed: int = 0, ignored: float = 0.0) -> tuple[torch.Tensor, nn.Linear, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(BATCH, LENGTH, HIDDEN, generator=gen, requires_grad=True)
+    head = nn.Linear(HIDDEN, VOCAB, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(VOCAB, HIDDEN, generator=gen) * 0.3)
+    labels = torch.randint(0, VOCAB, (BATCH, LENGTH), generator=gen)
+    labels[torch.rand(BATCH, LENGTH, generator=gen) < ignored] = -100
+    return hidden, head, labels
+
+
+def _loss_and_grads(chunk_size: int | None, ignored: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    hidden, head, labels = _inputs(ignored=ignored)
+    loss, count = causal_lm_loss(hidden, head, labels, chunk_size)
+    loss.backward()
+    return loss.detach(), count, hidden.grad, head.weight.grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 12, 72, 1000])  # 72 = B * (L - 1) divides exactly
+@pytest.mark.parametrize("ignored", [0.0, 0.4])
+def test_chunked_equals_plain(chunk_size: int, ignored: float) -> None:
+    plain = _loss_and_grads(None, ignored)
+    chunked = _loss_and_grads(chunk_size, ignored)
+    assert chunked[0].dtype == torch.float32 and chunked[0].dim() == 0
+    assert chunked[1].item() == plain[1].item()
+    for a, b in zip(plain, chunked):
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_count_and_value_match_hf_shift() -> None:
+    hidden, head, labels = _inputs(ignored=0.5)
+    loss, count = causal_lm_loss(hidden, head, labels, chunk_size=5)
+    expected_count = (labels[:, 1:] != -100).sum()
+    mean = nn.functional.cross_entropy(head(hidden)[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    assert count.item() == expected_count.item()
+    torch.testing.assert_close(loss / count, mean, atol=1e-5, rtol=1e-5)
+
+
+def test_all_labels_ignored_keeps_head_in_graph() -> None:
+    hidden, head, labels = _inputs()
+    labels.fill_(-100)
+    loss, count = causal_lm_loss(hidden, head, labels, chunk_size=8)
+    loss.backward()
+    assert count.item() == 0 and loss.item() == 0.0
+    assert head.weight.grad is not None and head.weight.grad.abs().sum().item() == 0.0
+
+
+def _largest_saved_tensor(chunk_size: int | None) -> int:
+    hidden, head, labels = _inputs()
+    sizes: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        causal_lm_loss(hidden, head, labels, chunk_size)
+    return max(sizes)
+
+
+def test_graph_never_saves_full_logits() -> None:
+    positions = BATCH * (LENGTH - 1)
+    assert _largest_saved_tensor(None) >= positions * VOCAB
+    assert _largest_saved_tensor(8) < positions * VOCAB / 4
+
+
+def test_shifted_labels_give_the_same_loss() -> None:
+    hidden, head, labels = _inputs(ignored=0.3)
+    loss, count = causal_lm_loss(hidden, head, labels, chunk_size=7)
+    shift_labels = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]  # as sequence-parallel loaders do
+    shifted, shifted_count = shifted_lm_loss(hidden, head, shift_labels, chunk_size=7)
+    assert shifted_count.item() == count.item()
+    torch.testing.assert_close(shifted, loss, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,57 @@
+"""build_optimizer: AdamW with the recipe's settings; 8-bit optimizers need CUDA and bitsandbytes."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from toolkit.errors import UserError
+from toolkit.memory.optimizers import build_optimizer
+from toolkit.schema import TrainSpec
+
+
+def _train(**fields) -> TrainSpec:
+    return TrainSpec(stages=[{"seq_len": 64, "max_steps": 1}], **fields)
+
+
+def test_adamw_takes_recipe_settings_and_steps() -> None:
+    layer = torch.nn.Linear(4, 3)
+    optimizer = build_optimizer(layer.parameters(), _train(weight_decay=0.1, betas=(0.8, 0.9)), lr=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.05, (0.8, 0.9), 0.1)
+    assert not group["fused"]
+    before = layer.weight.detach().clone()
+    layer(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    # Adam's first step moves every weight by lr (sign of the gradient) plus decoupled decay lr * wd * w.
+    torch.testing.assert_close(before - layer.weight.detach(), 0.05 * torch.sign(layer.weight.grad) + 0.005 * before,
+                               atol=1e-4, rtol=1e-3)
+
+
+def test_adamw_accepts_parameter_groups() -> None:
+    layer = torch.nn.Linear(4, 3)
+    groups = [{"params": [layer.weight]}, {"params": [layer.bias], "weight_decay": 0.0}]
+    optimizer = build_optimizer(groups, _train(weight_decay=0.1), lr=1e-3)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None,
+                    reason="bitsandbytes with CUDA is installed")
+@pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw_8bit"])
+def test_8bit_without_cuda_or_bitsandbytes_is_a_user_error(name: str) -> None:
+    with pytest.raises(UserError, match=f"train.optimizer: {name}"):
+        build_optimizer(torch.nn.Linear(2, 2).parameters(), _train(optimizer=name), lr=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+                    reason="needs CUDA and bitsandbytes")
+def test_8bit_on_cuda() -> None:
+    layer = torch.nn.Linear(256, 256).cuda()
+    optimizer = build_optimizer(layer.parameters(), _train(optimizer="adamw_8bit"), lr=1e-3)
+    layer(torch.ones(2, 256, device="cuda")).sum().backward()
+    optimizer.step()
+    assert type(optimizer).__name__ == "AdamW8bit"

@@ -1,0 +1,87 @@
+"""accelerator_kwargs builds accelerate's ParallelismConfig from the recipe and rejects impossible launches."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from toolkit.errors import UserError
+from toolkit.parallel import accelerator_kwargs, launched_processes, shard_for_sequence_parallel
+from toolkit.schema import ParallelSpec
+
+FSDP2 = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+DEEPSPEED = {"WORLD_SIZE": "8", "ACCELERATE_USE_DEEPSPEED": "true"}
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+CPU_ONLY = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
+
+
+def test_no_sequence_parallelism_adds_only_the_cpu_flag() -> None:
+    assert accelerator_kwargs(ParallelSpec()) == CPU_ONLY
+    assert accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=1), env={}) == CPU_ONLY
+    assert launched_processes({}) == 1 and launched_processes({"WORLD_SIZE": "16"}) == 16
+
+
+@pytest.mark.parametrize("degree, shards", [(2, 4), (4, 2), (8, 1)])
+def test_context_parallel_shards_the_rest(degree: int, shards: int) -> None:
+    config = accelerator_kwargs(ParallelSpec(sequence="context_parallel", degree=degree), attention="sdpa",
+                                env=FSDP2)["parallelism_config"]
+    assert (config.cp_size, config.dp_shard_size, config.sp_size) == (degree, shards, 1)
+    assert config.total_size == 8 and config.cp_enabled
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
+def test_ulysses_config() -> None:
+    config = accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=4), attention="flash_attention_2",
+                                env=DEEPSPEED)["parallelism_config"]
+    assert (config.sp_size, config.sp_backend, config.cp_size) == (4, "deepspeed", 1)
+    assert config.sp_handler.sp_seq_length_is_variable
+    assert config.sp_handler.sp_attn_implementation == "flash_attention_2"
+
+
+@pytest.mark.skipif(HAS_DEEPSPEED, reason="deepspeed installed")
+def test_ulysses_without_deepspeed_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="parallel.sequence: ulysses needs DeepSpeed"):
+        accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=4), env=DEEPSPEED)
+
+
+@pytest.mark.parametrize("spec, env, attention, message", [
+    (ParallelSpec(sequence="ulysses", degree=3), DEEPSPEED, None, "parallel.degree: 3 does not divide the 8"),
+    (ParallelSpec(sequence="context_parallel", degree=2), {}, None, "parallel.degree: 2 does not divide the 1"),
+    (ParallelSpec(sequence="ulysses", degree=2), FSDP2, None, "ulysses needs a DeepSpeed launch"),
+    (ParallelSpec(sequence="context_parallel", degree=2), DEEPSPEED, None, "context_parallel needs an FSDP2 launch"),
+    (ParallelSpec(sequence="context_parallel", degree=2), FSDP2, "flash_attention_2", "model.attention"),
+    (ParallelSpec(sequence="ulysses", degree=2), DEEPSPEED, "eager", "model.attention: eager"),
+])
+def test_impossible_settings_are_user_errors(spec: ParallelSpec, env: dict, attention: str | None,
+                                             message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        accelerator_kwargs(spec, attention=attention, env=env)
+
+
+def test_shard_without_context_parallel_leaves_the_batch() -> None:
+    batch = {"input_ids": torch.ones(1, 6, dtype=torch.long), "labels": torch.ones(1, 6, dtype=torch.long)}
+    with shard_for_sequence_parallel(SimpleNamespace(parallelism_config=None), batch):
+        assert sorted(batch) == ["input_ids", "labels"]
+
+
+def test_shard_under_context_parallel_prepares_shifted_buffers() -> None:
+    seen = {}
+
+    def maybe_context_parallel(buffers, buffer_seq_dims, no_restore_buffers):
+        seen.update(buffers=buffers, dims=buffer_seq_dims, keep=no_restore_buffers)
+        return SimpleNamespace(__enter__=None)
+
+    accelerator = SimpleNamespace(parallelism_config=SimpleNamespace(cp_enabled=True),
+                                  maybe_context_parallel=maybe_context_parallel)
+    batch = {"input_ids": torch.arange(8).view(2, 4), "labels": torch.arange(8).view(2, 4),
+             "attention_mask": torch.ones(2, 4)}
+    shard_for_sequence_parallel(accelerator, batch)
+    assert sorted(batch) == ["input_ids", "position_ids", "shift_labels"]
+    assert batch["shift_labels"].tolist() == [[1, 2, 3, -100], [5, 6, 7, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3]] * 2
+    assert seen["dims"] == [1, 1, 1] and len(seen["buffers"]) == 3 and len(seen["keep"]) == 3

@@ -1,0 +1,1 @@
+"""Memory features for long sequences: chunked loss, activation checkpointing/offload, tiled MLP, optimizers."""

@@ -1,0 +1,71 @@
+"""Causal-LM cross-entropy whose full-vocabulary logits never exist for the whole sequence.
+
+Peak memory. For ``T`` target positions, hidden size ``H`` and vocabulary ``V`` the plain loss holds the
+logits ``T x V`` (bf16 from the head, plus a float32 copy for the softmax: 6 bytes per element) in the
+forward and again as their gradient in the backward; for Llama 3 (V = 128256) at T = 1M tokens that is about
+770 GB. The chunked loss computes each chunk's logits inside ``torch.utils.checkpoint`` and keeps only the
+chunk's scalar loss, so the graph stores nothing of size ``V`` per token: the peak is one chunk's logits
+``chunk_size x V x (2 + 4 + 4)`` bytes (head output, float32 copy, its gradient) in forward or backward,
+e.g. 4096 x 128256 x 10 B = 5.3 GB, independent of the sequence length. Positions whose label is ignored
+(-100) are dropped before the head, so answer-only training computes logits for the answer tokens alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """Sum of next-token losses and the number of target tokens.
+
+    ``hidden`` is ``[B, L, H]`` (the decoder's last hidden states), ``labels`` is ``[B, L]`` unshifted (HF
+    convention: the logits at position t predict ``labels[t + 1]``; -100 is ignored). Returns a 0-dim float32
+    loss sum that carries grad and a 0-dim count; divide one by the other (summed over micro-batches and ranks)
+    for the mean. ``chunk_size=None`` is the plain loss; otherwise the head runs ``chunk_size`` positions at a
+    time under checkpoint (or Liger's fused kernel on CUDA where installed).
+    """
+    return shifted_lm_loss(hidden[:, :-1, :], lm_head, labels[:, 1:], chunk_size)
+
+
+def shifted_lm_loss(hidden: Tensor, lm_head: nn.Module, shift_labels: Tensor,
+                    chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """:func:`causal_lm_loss` for labels already aligned with ``hidden`` (position t predicts
+    ``shift_labels[t]``), as sequence-parallel data loaders provide them (``batch["shift_labels"]``)."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = shift_labels.reshape(-1).to(hidden.device)
+    targets = flat_labels != IGNORE_INDEX
+    count = targets.sum()
+    if chunk_size is None:
+        logits = lm_head(flat_hidden).float()
+        return F.cross_entropy(logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"), count
+    kept_hidden, kept_labels = flat_hidden[targets], flat_labels[targets]
+    if _liger_applies(kept_hidden, lm_head):
+        return _liger_loss(kept_hidden, lm_head, kept_labels), count
+    total = kept_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, max(kept_labels.numel(), 1), chunk_size):  # one (empty) chunk keeps the head in the graph
+        stop = start + chunk_size
+        total = total + checkpoint(_chunk_loss, lm_head, kept_hidden[start:stop], kept_labels[start:stop],
+                                   use_reentrant=False)
+    return total, count
+
+
+def _chunk_loss(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), labels, reduction="sum")
+
+
+def _liger_applies(hidden: Tensor, lm_head: nn.Module) -> bool:
+    return hidden.is_cuda and type(lm_head) is nn.Linear and importlib.util.find_spec("liger_kernel") is not None
+
+
+def _liger_loss(hidden: Tensor, lm_head: nn.Linear, labels: Tensor) -> Tensor:
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_fn(lm_head.weight, hidden, labels, lm_head.bias).float()

@@ -1,0 +1,41 @@
+"""The optimizer named by ``train.optimizer``: torch AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW.
+
+Optimizer state per trainable parameter: AdamW keeps two float32 moments (8 bytes); the 8-bit variants keep
+two blockwise-quantised moments (about 2 bytes), and the paged one lets that state spill to host memory
+under pressure. For LoRA the trainable parameters are the adapters alone, so the state is small either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from toolkit.errors import UserError
+from toolkit.schema import TrainSpec
+
+_BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"}
+
+
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], train: TrainSpec, lr: float) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``."""
+    params = list(params)
+    options = dict(lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        on_cuda = all(p.is_cuda for p in _tensors(params))
+        return torch.optim.AdamW(params, fused=on_cuda or None, **options)
+    if not torch.cuda.is_available():
+        raise UserError(f"train.optimizer: {train.optimizer} needs a CUDA GPU (bitsandbytes); use adamw on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"train.optimizer: {train.optimizer} needs bitsandbytes: pip install '.[bnb]'")
+    import bitsandbytes as bnb
+
+    return getattr(bnb.optim, _BITSANDBYTES[train.optimizer])(params, **options)
+
+
+def _tensors(params: list) -> list[torch.Tensor]:
+    if params and isinstance(params[0], dict):
+        return [p for group in params for p in group["params"]]
+    return params

@@ -1,0 +1,110 @@
+"""Sequence parallelism from the recipe's ``parallel:`` block, for accelerate's ``Accelerator``.
+
+- ``ulysses``: DeepSpeed ALST/Ulysses through accelerate's ``ParallelismConfig(sp_size=N, sp_backend="deepspeed")``.
+  Launch with a DeepSpeed config (``configs/sequence-parallel-ulysses.yaml``). ``accelerator.prepare`` wraps the
+  model's attention (all-to-all over heads) and the training DataLoader (``UlyssesSPDataLoaderAdapter``: each
+  rank gets a 1/N slice of every sequence with pre-shifted ``shift_labels``).
+- ``context_parallel``: PyTorch context parallelism (ring attention over SDPA) with FSDP2 through
+  ``ParallelismConfig(cp_size=N, dp_shard_size=processes / N)``. Launch with ``configs/context-parallel-fsdp2.yaml``;
+  each step runs inside :func:`shard_for_sequence_parallel`, which slices the batch along the sequence.
+
+Either way every rank sees ``shift_labels`` for its slice: compute the loss with
+``toolkit.memory.chunked_loss.shifted_lm_loss`` and normalise the summed loss by the token count summed over all
+ranks (``loss_sum * world_size / global_count``), which weights every slice by its real number of targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from toolkit.errors import UserError
+from toolkit.schema import ParallelSpec
+
+LAUNCH_CONFIGS = {"ulysses": "configs/sequence-parallel-ulysses.yaml",
+                  "context_parallel": "configs/context-parallel-fsdp2.yaml"}
+
+
+def launched_processes(env: Mapping[str, str] = os.environ) -> int:
+    """Processes started by ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE``), 1 for a plain ``python``."""
+    return int(env.get("WORLD_SIZE", "1"))
+
+
+def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
+                       env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Keyword arguments for ``Accelerator(...)``.
+
+    Without an accelerator this is ``cpu=True``, so that processes started by ``accelerate launch`` (torchrun)
+    on a CPU-only machine join one gloo process group instead of each training alone. With sequence
+    parallelism it adds ``parallelism_config``. ``attention`` is the model's attention implementation (checked
+    against what each backend supports); ``env`` is the launcher's environment (read for the process count and
+    the launch config's kind).
+    Impossible settings raise :class:`UserError` before any process group is created.
+    """
+    kwargs: dict[str, Any] = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
+    if parallel.sequence == "none" or parallel.degree == 1:
+        return kwargs
+    return kwargs | {"parallelism_config": _parallelism_config(parallel, attention, env)}
+
+
+def _parallelism_config(parallel: ParallelSpec, attention: str | None, env: Mapping[str, str]) -> Any:
+    from accelerate import ParallelismConfig
+
+    processes = launched_processes(env)
+    _check_launch(parallel, processes, env)
+    if parallel.sequence == "ulysses":
+        if attention in ("eager", "flex_attention"):
+            raise UserError(f"model.attention: {attention} does not run under Ulysses; use flash_attention_2 or sdpa")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError("parallel.sequence: ulysses needs DeepSpeed >= 0.18.2: pip install '.[deepspeed]'")
+        from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+        from toolkit.attention import flash_attn_importable
+
+        automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"  # as model.attention: auto picks
+        core = automatic if attention in (None, "auto") else attention
+        handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation=core)
+        return ParallelismConfig(sp_size=parallel.degree, sp_backend="deepspeed", sp_handler=handler)
+    if attention not in (None, "sdpa"):
+        raise UserError(f"model.attention: context_parallel runs on sdpa attention only, not {attention}")
+    return ParallelismConfig(cp_size=parallel.degree, dp_shard_size=processes // parallel.degree)
+
+
+def _check_launch(parallel: ParallelSpec, processes: int, env: Mapping[str, str]) -> None:
+    config = LAUNCH_CONFIGS[parallel.sequence]
+    if processes % parallel.degree:
+        raise UserError(f"parallel.degree: {parallel.degree} does not divide the {processes} launched process(es); "
+                        f"launch with accelerate launch --config_file {config} --num_processes <multiple of "
+                        f"{parallel.degree}>")
+    if parallel.sequence == "ulysses" and env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        raise UserError(f"parallel.sequence: ulysses needs a DeepSpeed launch: accelerate launch --config_file {config}")
+    if parallel.sequence == "context_parallel" and env.get("FSDP_VERSION") != "2":
+        raise UserError(f"parallel.sequence: context_parallel needs an FSDP2 launch: accelerate launch "
+                        f"--config_file {config}")
+
+
+def shard_for_sequence_parallel(accelerator: Any, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
+    """The context to run one step's forward and backward in.
+
+    Under context parallelism it adds ``shift_labels`` (labels shifted left, -100 at the end) and
+    ``position_ids`` to ``batch`` and returns accelerate's ``maybe_context_parallel`` over them, which slices
+    every buffer along the sequence for this rank on entry. Otherwise (no sequence parallelism, or Ulysses whose
+    DataLoader already yields slices) it changes nothing and returns a null context.
+    """
+    config = getattr(accelerator, "parallelism_config", None)
+    if config is None or not config.cp_enabled:
+        return contextlib.nullcontext()
+    input_ids = batch["input_ids"]
+    if "shift_labels" not in batch:
+        batch["shift_labels"] = torch.nn.functional.pad(batch.pop("labels"), (0, 1), value=-100)[:, 1:].contiguous()
+    if batch.get("position_ids") is None:
+        batch["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    batch.pop("attention_mask", None)  # causal masking only: context parallel SDPA runs with is_causal
+    buffers = [batch["input_ids"], batch["shift_labels"], batch["position_ids"]]
+    return accelerator.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1, 1, 1],
+                                              no_restore_buffers=set(buffers))

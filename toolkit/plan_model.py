@@ -1,0 +1,217 @@
+"""Memory model of one training step of a Llama decoder: what each part costs per GPU, in bytes.
+
+Counts follow what autograd keeps for transformers' Llama layers (bf16 activations ``a = 2`` bytes):
+per token and layer, each RMSNorm keeps its float32 input (``4H``), the attention block keeps the normed
+input, q, k, v and the attention output (``a (4H + 2 kv_dim)``; flash/SDPA keep no ``L^2`` matrix), and the
+SwiGLU MLP keeps its normed input, gate, up, SiLU(gate) and their product (``a (H + 4I)``). Checkpointing
+keeps only each layer's input (``a H``) and recomputes one layer at a time in the backward; offload moves
+those inputs to host memory. Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax
+kept for the backward, its gradient). Sharding (FSDP2 / ZeRO-3) divides weights, gradients and optimizer
+state by the GPU count and gathers about two layers at a time; sequence parallelism divides every activation
+term by its degree. The calibration against measured peaks is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import UserError
+
+GIB = 1024**3
+RUNTIME_OVERHEAD = int(1.5 * GIB)
+"""CUDA context, cuBLAS/NCCL workspaces and allocator slack, measured as 1-2 GiB on H100s."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-architecture decoder that memory depends on."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool = False
+    head_dim: int | None = None
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * (self.head_dim or self.hidden // self.heads)
+
+    @property
+    def layer_params(self) -> int:
+        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
+        attention = self.hidden * q_out * 2 + self.hidden * self.kv_dim * 2
+        return attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    @property
+    def params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.layers * self.layer_params + self.hidden
+
+    def module_params(self, name: str) -> int:
+        """Parameters of every module whose name ends with ``name`` (peft's suffix matching)."""
+        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
+        per_layer = {"q_proj": self.hidden * q_out, "k_proj": self.hidden * self.kv_dim,
+                     "v_proj": self.hidden * self.kv_dim, "o_proj": q_out * self.hidden,
+                     "gate_proj": self.hidden * self.intermediate, "up_proj": self.hidden * self.intermediate,
+                     "down_proj": self.intermediate * self.hidden}
+        if name in per_layer:
+            return self.layers * per_layer[name]
+        norms = {"input_layernorm": self.layers * self.hidden, "post_attention_layernorm": self.layers * self.hidden,
+                 "norm": (2 * self.layers + 1) * self.hidden}  # "norm" also matches the layer norms
+        return {"embed_tokens": self.vocab * self.hidden, "lm_head": self.vocab * self.hidden, **norms}.get(name, 0)
+
+    def lora_params(self, rank: int, targets: list[str]) -> int:
+        """Adapter parameters: ``rank * (in + out)`` for every targeted projection of every layer."""
+        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
+        dims = {"q_proj": (self.hidden, q_out), "k_proj": (self.hidden, self.kv_dim),
+                "v_proj": (self.hidden, self.kv_dim), "o_proj": (q_out, self.hidden),
+                "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
+                "down_proj": (self.intermediate, self.hidden)}
+        return sum(self.layers * rank * sum(dims[t]) for t in targets if t in dims)
+
+
+_LLAMA3_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
+_LLAMA3_70B = ModelShape(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=128256)
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    **{f"meta-llama/{name}{suffix}": _LLAMA3_8B for name in ("Meta-Llama-3-8B", "Llama-3.1-8B", "Meta-Llama-3.1-8B")
+       for suffix in ("", "-Instruct")},
+    **{f"meta-llama/{name}{suffix}": _LLAMA3_70B
+       for name in ("Meta-Llama-3-70B", "Llama-3.1-70B", "Meta-Llama-3.1-70B", "Llama-3.3-70B")
+       for suffix in ("", "-Instruct")},
+    "gradientai/Llama-3-8B-Instruct-Gradient-1048k": _LLAMA3_8B,
+}
+
+
+def shape_from_config(config: dict[str, Any]) -> ModelShape:
+    """A shape from LlamaConfig keyword arguments or a ``config.json`` (LlamaConfig defaults fill the gaps)."""
+    from transformers import LlamaConfig
+
+    known = set(LlamaConfig().to_dict())
+    full = LlamaConfig(**{k: v for k, v in config.items() if k in known})
+    return ModelShape(hidden=full.hidden_size, intermediate=full.intermediate_size, layers=full.num_hidden_layers,
+                      heads=full.num_attention_heads, kv_heads=full.num_key_value_heads or full.num_attention_heads,
+                      vocab=full.vocab_size, tied=bool(full.tie_word_embeddings), head_dim=config.get("head_dim"))
+
+
+def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, vocab: int | None = None) -> ModelShape:
+    """The model's shape without downloading anything: inline config, local ``config.json``, or the table."""
+    if init_config is not None:
+        return shape_from_config({**({"vocab_size": vocab} if vocab else {}), **init_config})
+    assert name_or_path is not None
+    local = Path(name_or_path) / "config.json"
+    if local.is_file():
+        return shape_from_config(json.loads(local.read_text(encoding="utf-8")))
+    if name_or_path in KNOWN_SHAPES:
+        return KNOWN_SHAPES[name_or_path]
+    raise UserError(f"model.name_or_path: no shape known for {name_or_path!r} without a download; give a local folder "
+                    f"with config.json, or plan with model.init_config holding its sizes (hidden_size, ...)")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything about one stage that memory depends on."""
+
+    seq_len: int
+    batch_size: int = 1
+    gpus: int = 1
+    param_bytes: int = 2
+    lora_rank: int | None = None
+    lora_targets: tuple[str, ...] = ()
+    fully_trained: tuple[str, ...] = ()
+    optimizer: str = "adamw"
+    checkpointing: bool = False
+    offload: bool = False
+    loss_chunk: int | None = None
+    tiles: int | None = None
+    attention: str = "sdpa"
+    sequence_degree: int = 1
+
+    def with_(self, **changes: Any) -> Setup:
+        return replace(self, **changes)
+
+
+@dataclass
+class Estimate:
+    """Bytes per GPU by part (``parts``), and bytes of host memory for offloaded activations."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+    host: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int]:
+    """(trainable parameters, their bytes, bytes of the frozen copies peft keeps of fully trained modules).
+
+    peft keeps LoRA adapters in float32 and ``modules_to_save`` copies in the model's dtype."""
+    if setup.lora_rank is None:
+        return shape.params, shape.params * setup.param_bytes, 0
+    adapters = shape.lora_params(setup.lora_rank, list(setup.lora_targets))
+    full = sum(shape.module_params(name) for name in setup.fully_trained)
+    return adapters + full, adapters * 4 + full * setup.param_bytes, full * setup.param_bytes
+
+
+def estimate(shape: ModelShape, setup: Setup) -> Estimate:
+    """Peak memory per GPU of one training step of ``shape`` under ``setup``."""
+    a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
+    sharded = setup.gpus > 1
+    trainable, trainable_bytes, frozen_copies = _trainable(shape, setup)
+    weights = shape.params * a + frozen_copies + (trainable_bytes if setup.lora_rank else 0)
+    weights = weights / setup.gpus + 2 * shape.layer_params * a if sharded else weights
+    # torch AdamW keeps two moments in each parameter's dtype; the 8-bit optimizers one byte each
+    eight_bit = setup.optimizer in ("adamw_8bit", "paged_adamw_8bit")
+    optimizer_state = 2 * trainable if eight_bit else 2 * trainable_bytes
+
+    tokens = setup.batch_size * setup.seq_len / setup.sequence_degree  # per GPU
+    attention_saved = 4 * h + a * (4 * h + 2 * shape.kv_dim)
+    mlp_saved = 4 * h + a * (h + 4 * i)
+    mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
+    tiles = setup.tiles or 1
+    if setup.tiles and not setup.checkpointing:  # tiles keep only their input, recompute the rest
+        per_layer_kept = attention_saved + 4 * h + a * h
+        working = (mlp_saved + mlp_transient) / tiles
+    elif setup.checkpointing:
+        per_layer_kept = a * h
+        working = attention_saved + (mlp_saved + mlp_transient) / tiles
+    else:
+        per_layer_kept, working = attention_saved + mlp_saved, mlp_transient
+    kept = shape.layers * per_layer_kept * tokens
+    host = 0
+    if setup.offload:
+        host, kept = int(kept), 2 * per_layer_kept * tokens  # two layers in flight on the GPU
+    eager = setup.attention == "eager"
+    attention_matrix = setup.batch_size * shape.heads * setup.seq_len**2 / setup.sequence_degree * (4 + a)
+    logits_tokens = min(tokens, setup.loss_chunk) if setup.loss_chunk else tokens
+    parts = {
+        "weights": int(weights),
+        "gradients": int(trainable_bytes / setup.gpus),
+        "optimizer state": int(optimizer_state / setup.gpus),
+        "activations kept": int(kept + (4 * h + 2 * a * h) * tokens),  # + embeddings out, final norm
+        "layer working set": int(working * tokens),
+        "logits": int(logits_tokens * shape.vocab * (a + 8)),
+        "attention matrix": int(attention_matrix * (1 if setup.checkpointing else shape.layers)) if eager else 0,
+        "runtime overhead": RUNTIME_OVERHEAD,
+    }
+    return Estimate(parts=parts, host=host)
+
+
+def step_flops(shape: ModelShape, tokens: int, seq_len: int, trainable_fraction: float = 1.0) -> float:
+    """Model FLOPs of one forward+backward over ``tokens`` tokens in sequences of ``seq_len``.
+
+    Dense: ``2 N T`` forward, ``2 N T`` for input gradients and ``2 N_trainable T`` for weight gradients
+    (``6 N T`` for full fine-tuning), N counting the matmul parameters (layers and head, not the lookup table). Causal attention: ``2 * 2 * L_layers * H * seq_len * T / 2`` forward
+    (QK^T and PV, half the matrix under the causal mask) and twice that backward. Recomputation by
+    checkpointing is not counted (MFU counts useful work only).
+    """
+    matmul_params = shape.layers * shape.layer_params + shape.vocab * shape.hidden  # layers + head, no lookup
+    dense = 2 * matmul_params * tokens * (2 + trainable_fraction)
+    attention_forward = 2 * shape.layers * shape.heads * (shape.hidden // shape.heads) * seq_len * tokens
+    return dense + 3 * attention_forward
