@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from toolkit.parallel import shard_for_sequence_parallel
 from toolkit.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.faults import StopFlag, Stopped, non_finite_loss, out_of_memory
@@ -90,12 +91,13 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             loss_sum = torch.zeros((), device=acc.device)
             for j, batch in enumerate(micro):
                 sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(parts.objective)
-                with sync, acc.autocast():
-                    total, _count = parts.objective(**batch)
-                if not torch.isfinite(total):
-                    kept = parts.checkpoints.latest()
-                    raise non_finite_loss(name, step + 1, str(kept[0]) if kept else None)
-                acc.backward(total * scale)
+                with sync, shard_for_sequence_parallel(acc, batch):
+                    with acc.autocast():
+                        total, _count = parts.objective(**batch)
+                    if not torch.isfinite(total):
+                        kept = parts.checkpoints.latest()
+                        raise non_finite_loss(name, step + 1, str(kept[0]) if kept else None)
+                    acc.backward(total * scale)
                 loss_sum += total.detach().float()
             if train.max_grad_norm:
                 acc.clip_grad_norm_(params, train.max_grad_norm)

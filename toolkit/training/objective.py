@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolkit.memory.chunked_loss import causal_lm_loss
+from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
 
 
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -27,7 +27,12 @@ class CausalLMObjective(nn.Module):
         self.model = model
         self.loss_chunk_size = loss_chunk_size
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                shift_labels: torch.Tensor | None = None):
+        """``labels`` unshifted (HF convention), or ``shift_labels`` already aligned with each position, as
+        sequence-parallel slices carry them."""
         decoder, head = causal_lm_parts(self.model)
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        if shift_labels is not None:
+            return shifted_lm_loss(hidden, head, shift_labels, self.loss_chunk_size)
         return causal_lm_loss(hidden, head, labels, self.loss_chunk_size)
