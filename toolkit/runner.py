@@ -159,9 +159,13 @@ def run_recipe(recipe: Recipe, recipe_path: Path | None = None) -> Path:
         logger.close()
 
     unwrapped = accelerator.unwrap_model(objective).model
+    gathered = None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full = accelerator.get_state_dict(objective)  # every rank takes part; the main one gets the full weights
+        gathered = {key.removeprefix("model."): value for key, value in full.items()}
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, run_dir / "final", recipe.method,
-                   base_is_local_init=recipe.model.init_config is not None)
+                   base_is_local_init=recipe.model.init_config is not None, state_dict=gathered)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from toolkit.evals.report import build_report

@@ -60,17 +60,18 @@ def base_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_final(model: nn.Module, tokenizer, out_dir: Path, method: MethodSpec,
-               base_is_local_init: bool = False) -> None:
+               base_is_local_init: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``out_dir`` (full model, or LoRA adapter + base config [+ base/] [+ merged/]) and the tokenizer.
 
     ``model`` is the unwrapped training model (plain, or the peft model for LoRA); it is not modified.
+    ``state_dict`` is its full state gathered from sharded weights (FSDP, DeepSpeed ZeRO-3), when sharded.
     """
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
         if method.kind == "full":
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             return
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         base = model.get_base_model()
         base.config.save_pretrained(tmp)
         if base_is_local_init:
