@@ -116,3 +116,15 @@ def test_missing_run_folder_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="no such run folder"):
         build_report(tmp_path / "nope")
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_reference_is_the_last_model_before_context_extension(tmp_path) -> None:
+    from toolkit.evals.report import Run
+
+    evals = {tag: {} for tag in ("base", "stage-0-short", "stage-1-long")}
+    from_scratch = Run(tmp_path, {}, {"native_length": 256, "stages": [{"seq_len": 256}, {"seq_len": 1024}]}, [],
+                       evals)
+    assert from_scratch.reference == "stage-0-short"
+    extended_only = Run(tmp_path, {}, {"native_length": 8192, "stages": [{"seq_len": 32768}, {"seq_len": 65536}]},
+                        [], evals)
+    assert extended_only.reference == "base"

@@ -55,9 +55,9 @@ MUTATIONS = {
     "wrong type": (_set(["train", "stages", 0, "seq_len"], "long"), "train.stages[0].seq_len:"),
     "negative length": (_set(["train", "stages", 1, "seq_len"], -1024), "train.stages[1].seq_len:"),
     "shorter stage": (_set(["train", "stages", 1, "seq_len"], 128), "train.stages[1].seq_len: 128 is shorter"),
-    "rope factor too small": (_set(["train", "stages", 2, "rope", "factor"], 2.0), "train.stages[2].rope.factor"),
-    "key of another rope type": (_set(["train", "stages", 2, "rope", "low_freq_factor"], 1.0),
-                                 "train.stages[2].rope.low_freq_factor: does not apply"),
+    "rope factor too small": (_set(["train", "stages", 1, "rope", "factor"], 2.0), "train.stages[1].rope.factor"),
+    "key of another rope type": (_set(["train", "stages", 1, "rope", "low_freq_factor"], 1.0),
+                                 "train.stages[1].rope.low_freq_factor: does not apply"),
     "bad attention": (_set(["model", "attention"], "fast"), "model.attention:"),
 }
 

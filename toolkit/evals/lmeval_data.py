@@ -18,7 +18,7 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "evals" / "lm_eval_tasks"
 # file -> (filler sentences per document, documents per size, needles per document, seed)
 DATASETS: dict[str, tuple[tuple[int, ...], int, int, int]] = {
     "passkey.jsonl": ((12, 40, 80), 10, 3, 1),
-    "passkey_short.jsonl": ((10,), 40, 3, 2),
+    "passkey_short.jsonl": ((10,), 40, 1, 2),
 }
 
 

@@ -36,6 +36,17 @@ class Run:
     def tags(self) -> list[str]:
         return _tag_order(self.evals)
 
+    @property
+    def reference(self) -> str | None:
+        """The model before any context extension, which the final model is compared with: the last stage
+        trained within the native length (a model trained from scratch), else the starting model (``base``)."""
+        tags, native = self.tags, self.info.get("native_length")
+        found = "base" if "base" in tags else None
+        for index, stage in enumerate(self.info.get("stages") or []):
+            if native and stage.get("seq_len", native + 1) <= native:
+                found = next((tag for tag in tags if tag.startswith(f"stage-{index}-")), found)
+        return found
+
 
 def _tag_order(tags: Any) -> list[str]:
     def key(tag: str) -> tuple[int, int, str]:
@@ -150,21 +161,23 @@ def training_section(run: Run) -> list[Block]:
 
 
 def scores_section(run: Run) -> list[Block]:
-    tags = run.tags
+    tags, ref = run.tags, run.reference
     if not tags:
         return [Heading("Evaluation"), Paragraph("No evaluation results in eval/.")]
-    header = ["suite / task", *tags] + (["final - base"] if "base" in tags and len(tags) > 1 else [])
+    compare = ref is not None and ref != tags[-1]
+    header = ["suite / task", *tags] + ([f"final - {ref}"] if compare else [])
     rows = []
     for suite, task in _tasks(run):
         scores = [(_entry(run, tag, suite, task) or {}).get("score") for tag in tags]
         if not any(map(_number, scores)):
             continue  # tasks without a main score (perplexity, RoPE comparison) have their own sections
         row = [f"{suite} / {task}", *map(_fmt, scores)]
-        if len(header) > len(tags) + 1:
-            base, final = scores[0], scores[-1]
-            row.append(f"{final - base:+.3f}" if _number(base) and _number(final) else "-")
+        if compare:
+            before, final = scores[tags.index(ref)], scores[-1]
+            row.append(f"{final - before:+.3f}" if _number(before) and _number(final) else "-")
         rows.append(row)
-    return [Heading("Evaluation"), Paragraph("Main score of every task (0-1) at each evaluation point."),
+    return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point; the "
+                                             f"reference before context extension is `{ref}`."),
             Table(header, rows)]
 
 
@@ -172,7 +185,8 @@ def niah_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in _tasks(run, "niah"):
         found = _with(run, suite, task)
-        for tag, entry in found[:1] + found[1:][-1:]:  # before and after
+        keep = {found[0][0], run.reference, found[-1][0]} if found else set()  # start, before extension, final
+        for tag, entry in [(tag, entry) for tag, entry in found if tag in keep]:
             path = run.folder / f"niah-{suite}-{task}-{tag}.png"
             plots.niah_heatmap(entry["grid"], f"{suite}/{task} [{tag}]: mean {entry['mean']:.3f}", path)
             blocks.append(Image(path, f"needle in a haystack {suite}/{task}, {tag}"))
@@ -196,24 +210,24 @@ def ruler_section(run: Run) -> list[Block]:
 
 
 def short_context_section(run: Run) -> list[Block]:
-    tags = run.tags
-    if "base" not in tags or len(tags) < 2:
+    tags, ref = run.tags, run.reference
+    if ref is None or ref == tags[-1]:
         return []
     rows = []
     for suite, task in _tasks(run):
         if "short-context" not in suite:
             continue
-        base = (_entry(run, "base", suite, task) or {}).get("score")
+        before = (_entry(run, ref, suite, task) or {}).get("score")
         final = (_entry(run, tags[-1], suite, task) or {}).get("score")
-        if _number(base) and _number(final):
-            ratio = _fmt(final / base) if base else "-"
-            rows.append([f"{suite} / {task}", _fmt(base), _fmt(final), f"{final - base:+.3f}", ratio])
+        if _number(before) and _number(final):
+            ratio = _fmt(final / before) if before else "-"
+            rows.append([f"{suite} / {task}", _fmt(before), _fmt(final), f"{final - before:+.3f}", ratio])
     if not rows:
         return []
     return [Heading("Short-context regression"),
-            Paragraph(f"Final model ({tags[-1]}) against the base model on the short-context suite; a ratio near 1 "
-                      "means the extension kept what the model could already do."),
-            Table(["suite / task", "base", "final", "delta", "final / base"], rows)]
+            Paragraph(f"Final model ({tags[-1]}) against the model before context extension ({ref}) on the "
+                      "short-context suite; a ratio near 1 means the extension kept what the model could already do."),
+            Table(["suite / task", ref, "final", "delta", f"final / {ref}"], rows)]
 
 
 def rope_section(run: Run) -> list[Block]:
