@@ -30,8 +30,8 @@ def test_task_yamls_load_with_task_manager(loaded_tasks):
         assert len(docs) == count
         for doc in docs:
             text, target = task.doc_to_text(doc), task.doc_to_target(doc)
-            assert text.endswith(f"The pass key for {doc['key']} is") and target.isdigit()
-            assert f" The pass key for {doc['key']} is {target}." in text
+            assert text.endswith(f"The pass key for {doc['key']} is") and target == f" {doc['answer']}"
+            assert f" The pass key for {doc['key']} is{target}." in text
 
 
 def test_short_context_documents_fit_the_tiny_training_length(loaded_tasks):

@@ -35,7 +35,11 @@ def test_full_two_stages_loss_falls_and_rope_lands(micro_recipe: Path) -> None:
     assert (run / "recipe.resolved.yaml").is_file()
 
 
-def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path) -> None:
+def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path, monkeypatch) -> None:
+    from tests.fake_hub import assert_no_secret
+
+    secret = "hf_" + "x7Q" * 12
+    monkeypatch.setenv("HF_TOKEN", secret)
     run = micro_recipe.parent / "run"
     assert train(micro_recipe, "method.kind=lora", "method.lora.r=8", "method.lora.trainable_modules=[embed_tokens, norm]",
                  "stages[0].lr=1e-2", "stages[0].max_steps=8") == 0
@@ -44,6 +48,7 @@ def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path) -> None:
     weights = final_weights(run)
     assert any("lora_A" in k for k in weights) and any("embed_tokens" in k for k in weights)
     assert json.loads((run / "final" / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
+    assert assert_no_secret(run, secret) > 10
 
 
 def test_existing_run_needs_resume_flag(micro_recipe: Path, capsys) -> None:

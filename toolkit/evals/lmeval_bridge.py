@@ -46,8 +46,9 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
         raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
                         f"{'' if task.include_path else ' (set include_path for local task folders)'}")
     device = str(next(model.parameters()).device)
+    # BOS first, as the model saw it in training (Llama 3 too); lm-eval leaves it out unless asked
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=task.batch_size,
-              max_length=task.max_length)
+              max_length=task.max_length, add_bos_token=tokenizer.bos_token_id is not None)
     output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
                              task_manager=manager, log_samples=False, random_seed=task.seed)
     if output is None:  # only non-zero ranks of a distributed run get None
