@@ -27,8 +27,8 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 eval: setup
-	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path]"; exit 2; }
-	$(PY) -m toolkit eval --model $(MODEL) --suite $(SUITE) $(if $(ADAPTER),--adapter $(ADAPTER)) $(ARGS)
+	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path] [MAX_LENGTH=N]"; exit 2; }
+	$(PY) -m toolkit eval --model $(MODEL) --suite $(SUITE) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(MAX_LENGTH),--max-length $(MAX_LENGTH)) $(ARGS)
 
 report: setup
 	@test -n "$(RUN)" || { echo "usage: make report RUN=runs/NAME"; exit 2; }

@@ -33,3 +33,13 @@ def test_default_out_folder(tmp_path: Path):
     assert default_out("meta-llama/Meta-Llama-3-8B") == Path("eval-results/meta-llama--Meta-Llama-3-8B")
     (tmp_path / "final").mkdir()
     assert default_out(str(tmp_path / "final") + "/") == Path("eval-results/final")
+
+
+def test_max_length_leaves_out_longer_prompts() -> None:
+    from toolkit.evals.api import capped
+    from toolkit.evals.suite import load_suite
+
+    grid = load_suite(Path(__file__).resolve().parents[1] / "evals" / "niah.yaml").tasks[0]
+    assert capped(grid, 16384).lengths == [4096, 8192, 16384]
+    assert capped(grid, None) is grid
+    assert capped(grid, 1000) is None

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--suite", action="append", required=True, help="suite YAML (repeatable)")
     evaluate.add_argument("--out", help="output folder (default: eval-results/<model name>)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    evaluate.add_argument("--max-length", type=int, default=None,
+                          help="leave out prompt lengths above N tokens (e.g. a 128K suite on a 32K model)")
 
     plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
     plan.add_argument("recipe")
@@ -73,7 +75,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.evals.command import evaluate_command
 
         evaluate_command(model=args.model, adapter=args.adapter, suites=args.suite, out=args.out,
-                         device=args.device)
+                         device=args.device, max_length=args.max_length)
         return 0
     if args.command == "plan":
         from toolkit.plan import print_plan

@@ -36,10 +36,20 @@ def _runner(kind: str) -> Runner:
     return runner
 
 
+def capped(task: Any, max_length: int | None) -> Any | None:
+    """``task`` with its lengths above ``max_length`` left out; None when none is left."""
+    lengths = getattr(task, "lengths", None)
+    if max_length is None or lengths is None:
+        return task
+    kept = [length for length in lengths if length <= max_length]
+    return task.model_copy(update={"lengths": kept}) if kept else None
+
+
 @torch.no_grad()
 def run_suites_into(model, tokenizer, suite_paths: list[str], folder: Path, tag: str,
-                    model_name: str) -> dict[str, dict[str, Any]]:
-    """Run every suite into ``folder`` (``<folder>/<suite>.json``); returns {suite name: results dict}."""
+                    model_name: str, max_length: int | None = None) -> dict[str, dict[str, Any]]:
+    """Run every suite into ``folder`` (``<folder>/<suite>.json``); returns {suite name: results dict}.
+    ``max_length`` leaves out prompt lengths above it (a 32K model on a 128K suite, a CPU smoke run)."""
     suites = [load_suite(path) for path in suite_paths]  # every file is checked before anything runs
     was_training = model.training
     model.eval()
@@ -49,7 +59,7 @@ def run_suites_into(model, tokenizer, suite_paths: list[str], folder: Path, tag:
         for suite in suites:
             results = SuiteResults(folder / f"{suite.name}.json", suite.name, tag, model_name, fingerprint)
             ctx = EvalContext(model, tokenizer, folder, suite.name, model_name)
-            for task in suite.tasks:
+            for task in filter(None, (capped(task, max_length) for task in suite.tasks)):
                 entry = _runner(task.type)(task, ctx, results)
                 log.info("%s/%s %s: score %s", tag, suite.name, task.key, entry.get("score"))
             out[suite.name] = results.finish({task.key for task in suite.tasks})

@@ -1,4 +1,4 @@
-"""``python -m toolkit eval --model M [--adapter A] --suite S ... [--out DIR] [--device D]``."""
+"""``python -m toolkit eval --model M [--adapter A] --suite S ... [--out DIR] [--device D] [--max-length N]``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def default_out(model: str) -> Path:
 
 
 def evaluate_command(model: str, adapter: str | None, suites: list[str], out: str | None,
-                     device: str | None) -> None:
+                     device: str | None, max_length: int | None = None) -> None:
     """Load the model once, run every suite into ``out`` (``<out>/<suite>.json``, plots), print a summary."""
     for path in suites:
         load_suite(path)  # a bad suite fails before minutes of model loading
@@ -27,7 +27,8 @@ def evaluate_command(model: str, adapter: str | None, suites: list[str], out: st
     loaded, tokenizer, info = load_for_eval(model, adapter, device)
     folder = Path(out) if out else default_out(model)
     write_json(folder / "eval_info.json", info)
-    results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model)
+    results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model,
+                              max_length=max_length)
     for suite, data in results.items():
         for key, entry in data["tasks"].items():
             print(f"{suite}/{key}: {headline(entry)}")
