@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from toolkit.attention import select_attention
 from toolkit.errors import UserError
+from toolkit.hub_ids import looks_local
 from toolkit.lora import apply_lora
 from toolkit.schema import MethodSpec, ModelSpec
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 BASE_FOLDER = "base"
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
@@ -59,12 +58,8 @@ def native_length_of(config: Any) -> int:
     return int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or not _HUB_ID.match(source)
-
-
 def _check_source(source: str, field: str) -> None:
-    if _looks_local(source) and not Path(source).expanduser().is_dir():
+    if looks_local(source) and not Path(source).expanduser().is_dir():
         raise UserError(f"{field}: no such folder, and not a hub id: {source}")
 
 

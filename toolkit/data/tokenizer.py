@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from toolkit.data.needle import filler_sentence, make_needles
 from toolkit.errors import UserError
+from toolkit.hub_ids import looks_local
 from toolkit.schema import ModelSpec, TokenizerTraining
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
@@ -46,17 +47,13 @@ def train_tokenizer(spec: TokenizerTraining, seed: int) -> PreTrainedTokenizerFa
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).exists()
-
-
 def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     """The run's tokenizer: trained (``model.train_tokenizer``) or loaded; always has a pad token."""
     if spec.train_tokenizer is not None:
         return train_tokenizer(spec.train_tokenizer, seed)
     source = spec.tokenizer or spec.name_or_path
     origin = "" if spec.tokenizer else " (from model.name_or_path)"
-    if _looks_local(source):
+    if looks_local(source):
         if not Path(source).expanduser().is_dir():
             raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
         source = str(Path(source).expanduser())

@@ -16,9 +16,9 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from toolkit.errors import UserError
+from toolkit.hub_ids import looks_local
 
 STAGE_TAG = re.compile(r"^stage-(\d+)-(.+)$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 TASK_TYPE = "text-generation"
 
 
@@ -105,7 +105,7 @@ def _task_metrics(task_name: str, task: dict[str, Any]) -> dict[str, list[tuple[
 
 def is_hub_id(name: str | None) -> bool:
     """Whether ``name`` names a Hub model (``org/name``), not a local folder or a random init."""
-    return bool(name) and HUB_ID.match(name) is not None and not Path(name).exists()
+    return bool(name) and not looks_local(name)
 
 
 def _number(value: Any) -> float | None:
