@@ -96,9 +96,21 @@ def _mixed_precision(recipe: Recipe) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
 
 
+def _check_engine(recipe: Recipe, accelerator: Accelerator) -> None:
+    """The loop accumulates micro-batches itself (token-weighted, ``no_sync`` between them); DeepSpeed's ZeRO
+    engine accumulates on its own and refuses ``no_sync``, so under DeepSpeed each step is one micro-batch."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    for index, stage in enumerate(recipe.train.stages):
+        if stage.grad_accum > 1:
+            raise UserError(f"train.stages[{index}].grad_accum: {stage.grad_accum} is not supported under DeepSpeed "
+                            "yet; use 1 (raise batch_size or processes), or launch with configs/fsdp2.yaml")
+
+
 def run_recipe(recipe: Recipe, recipe_path: Path | None = None) -> Path:
     """Train and evaluate every stage of ``recipe``; returns the run folder."""
     accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), **accelerator_kwargs(recipe.parallel))
+    _check_engine(recipe, accelerator)
     set_seed(recipe.seed)
     run_dir = recipe.run_dir
     if accelerator.is_main_process:
