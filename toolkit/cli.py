@@ -69,7 +69,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.recipe_loading import load_recipe
         from toolkit.runner import run_recipe
 
-        run_recipe(load_recipe(args.recipe, args.overrides), recipe_path=Path(args.recipe))
+        run_recipe(load_recipe(args.recipe, args.overrides))
         return 0
     if args.command == "eval":
         from toolkit.evals.command import evaluate_command

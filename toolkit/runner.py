@@ -30,13 +30,9 @@ from toolkit.training.metrics import MetricsLogger
 from toolkit.training.objective import CausalLMObjective
 
 
-def stage_name(recipe: Recipe, index: int) -> str:
-    return recipe.train.stages[index].name or f"stage-{index}"
-
-
 def eval_tag(recipe: Recipe, index: int | None) -> str:
     """``base`` before training, ``stage-<i>-<name>`` after stage i."""
-    return "base" if index is None else f"stage-{index}-{stage_name(recipe, index)}"
+    return "base" if index is None else f"stage-{index}-{recipe.train.stage_name(index)}"
 
 
 def _stage_rope(recipe: Recipe, index: int, loaded: LoadedModel) -> tuple[dict, int]:
@@ -50,7 +46,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
     stages = []
     for i, stage in enumerate(recipe.train.stages):
         params, max_positions = _stage_rope(recipe, i, loaded)
-        stages.append({"name": stage_name(recipe, i), "seq_len": stage.seq_len, "rope_parameters": params,
+        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len, "rope_parameters": params,
                        "max_position_embeddings": max_positions,
                        "steps": stage_steps(stage, recipe.train, accelerator.num_processes)})
     info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
@@ -107,7 +103,7 @@ def _check_engine(recipe: Recipe, accelerator: Accelerator) -> None:
                             "yet; use 1 (raise batch_size or processes), or launch with configs/fsdp2.yaml")
 
 
-def run_recipe(recipe: Recipe, recipe_path: Path | None = None) -> Path:
+def run_recipe(recipe: Recipe) -> Path:
     """Train and evaluate every stage of ``recipe``; returns the run folder."""
     accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), **accelerator_kwargs(recipe.parallel))
     _check_engine(recipe, accelerator)

@@ -223,6 +223,10 @@ class TrainSpec(Strict):
                         f"{self.stages[i - 1].seq_len} (set train.stage_length_must_grow: false if meant)")
         return self
 
+    def stage_name(self, index: int) -> str:
+        """Stage ``index``'s name, or ``stage-<index>`` when it has none."""
+        return self.stages[index].name or f"stage-{index}"
+
     def stage_data(self, index: int) -> DataSpec:
         """The data of stage ``index``: its own, or the shared ``train.data``."""
         return self.stages[index].data or self.data

@@ -66,7 +66,7 @@ def _target_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def train_stage(parts: LoopParts, job: StageJob) -> int:
     """Run the remaining optimizer steps of one stage; returns the run's global step at its end."""
     acc, spec, train = parts.accelerator, job.spec, parts.train
-    name = spec.name or f"stage-{job.index}"
+    name = train.stage_name(job.index)
     first = job.start.step if job.start else 0
     if first == 0:
         parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
