@@ -8,7 +8,7 @@ ARGS ?=
 SUITE ?= evals/niah.yaml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup train test eval report push plan validate clean
+.PHONY: setup train test check summary eval report push plan validate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+check: setup
+	$(PY) -m toolkit report $(or $(RUN),runs/tiny-passkey) --check
+
+summary: setup
+	@test -n "$(RUNS)" || { echo "usage: make summary RUNS=\"runs/a runs/b ...\""; exit 2; }
+	$(PY) -m toolkit report --summary $(RUNS)
 
 eval: setup
 	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path] [MAX_LENGTH=N]"; exit 2; }

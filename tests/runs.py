@@ -29,3 +29,16 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+
+
+class StopAfter:
+    """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
+
+    def __init__(self, n: int):
+        self.checks, self.n, self.signum = 0, n, None
+
+    def __bool__(self) -> bool:
+        self.checks += 1
+        if self.checks >= self.n:
+            self.signum = 15
+        return self.signum is not None

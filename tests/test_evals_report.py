@@ -32,7 +32,8 @@ def _tasks(level: float) -> dict:
         "rope": {"type": "rope_compare", "score": None, "native_length": 256, "best": "yarn", "settings": {
             "none": {"score": 0.05 * level, "scores_by_length": {"1024": 0.05},
                      "rope_parameters": {"rope_type": "default"}},
-            "yarn": {"score": 0.88 * level, "scores_by_length": {"1024": 0.88},
+            "yarn": {"score": round(88 * level) / 100, "scores_by_length": {"1024": round(88 * level) / 100},
+                     "n_by_length": {"1024": 100}, "correct_by_length": {"1024": round(88 * level)},
                      "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}}},
         "ppl": {"type": "perplexity", "score": None, "loss_by_bucket": {"0": 3.0, "128": 2.5 + level},
                 "mean_loss": 2.75, "perplexity": 15.6},
@@ -63,8 +64,9 @@ def _run_folder(tmp_path: Path) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for tag, level in (("base", 0.2), ("stage-0-base-256", 0.6), ("stage-1-yarn-1024", 1.0)):
         _suite_json(run / "eval" / tag, "extra", tag, _tasks(level))
+        counts = {"n": {"longctx_passkey_short": 40}} if tag != "base" else {}  # base: recorded without counts
         _suite_json(run / "eval" / tag, "short-context", tag, {
-            "passkey_short": {"type": "lm_eval", "score": 0.5 + level / 4, "metrics": {
+            "passkey_short": {"type": "lm_eval", "score": 0.5 + level / 4, **counts, "metrics": {
                 "longctx_passkey_short": {"acc,none": 0.5 + level / 4}}}})
     grid = tmp_path / "grid.yaml"  # real needle results, written by the evaluation itself
     grid.write_text("name: niah-tiny\ntasks:\n  - {type: niah, name: multikey, lengths: [128, 256], depths: [0.0, 1.0],"
@@ -88,18 +90,22 @@ def test_full_report(tmp_path: Path):
     assert "attention: sdpa (flash-attn needs CUDA)" in md and "torch 2.13.0" in md
     assert '{"rope_type":"yarn","factor":4.0}' in md
     assert "| base-256 | 3 | 4.000 | 2.000 | 2000 | 1.5 |" in md  # training table: steps, losses, mean tokens/s
-    assert "| extra / ruler | 0.160 | 0.480 | 0.800 | +0.640 |" in md  # scores per tag, final - base
-    assert "| niah-tiny / multikey | 1.000 | - | 1.000 | +0.000 |" in md
+    assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | 0.80 (n unknown) | +0.640 |" in md  # final - base
+    assert "| niah-tiny / multikey | 1.00 [0.51, 1.00] n=4 | - | 1.00 [0.51, 1.00] n=4 | +0.000 |" in md
     assert "| stage-1-yarn-1024 | 512 | 0.800 |" in md and "| base | - | 0.160 |" in md  # effective lengths
-    assert "| short-context / passkey_short | 0.550 | 0.750 | +0.200 | 1.364 |" in md  # ratio final / base
-    assert "| yarn | 0.176 | 0.528 | 0.880 |" in md  # RoPE comparison per tag
-    assert "| short-context / longctx_passkey_short | acc,none | 0.550 | 0.650 | 0.750 |" in md
-    for png in ("training.png", "niah-niah-tiny-multikey-base.png", "niah-niah-tiny-multikey-stage-1-yarn-1024.png",
-                "ruler-extra-ruler.png", "perplexity-extra-ppl.png"):
+    assert "| short-context / passkey_short | 0.55 (n unknown) | 0.75 [0.60, 0.86] n=40 | +0.200 | 1.364 |" in md
+    assert "| yarn | 0.18 [0.12, 0.27] n=100 | 0.53 [0.43, 0.62] n=100 | 0.88 [0.80, 0.93] n=100 |" in md  # RoPE
+    assert "| none | 0.01 (n unknown) |" in md
+    assert ("| short-context / longctx_passkey_short | acc,none | 0.55 (n unknown) | 0.65 [0.50, 0.78] n=40 "
+            "| 0.75 [0.60, 0.86] n=40 |") in md
+    assert "| stage-1-yarn-1024 | 1.00 [0.34, 1.00] | 1.00 [0.34, 1.00] |" in md  # needle accuracy by length
+    assert "n=2 prompts per length" in md
+    for png in ("training.png", "niah-niah-tiny-multikey.png", "ruler-extra-ruler.png", "perplexity-extra-ppl.png"):
         assert (run / png).read_bytes().startswith(PNG), png
         assert f"]({png})" in md
+    assert not list(run.glob("niah-*-base.png"))  # before and after share one figure
     images = _embedded_images(page)
-    assert len(images) == 5 and all(image.startswith(PNG) for image in images)
+    assert len(images) == 4 and all(image.startswith(PNG) for image in images)
     assert "<table>" in page and "src=\"training.png\"" not in page  # nothing but the HTML file is needed
 
 
@@ -128,3 +134,27 @@ def test_reference_is_the_last_model_before_context_extension(tmp_path) -> None:
     extended_only = Run(tmp_path, {}, {"native_length": 8192, "stages": [{"seq_len": 32768}, {"seq_len": 65536}]},
                         [], evals)
     assert extended_only.reference == "base"
+
+
+def test_lm_eval_counts_from_the_raw_lm_eval_json(tmp_path: Path) -> None:
+    from toolkit.evals.report import _score_cell, load_run
+
+    run = tmp_path / "run"
+    (run / "eval" / "base" / "lm_eval").mkdir(parents=True)
+    (run / "eval" / "base" / "lm_eval" / "short.json").write_text(json.dumps(
+        {"n-samples": {"t": {"original": 50, "effective": 40}}}))
+    entry = {"type": "lm_eval", "score": 0.75, "metrics": {"t": {"acc,none": 0.75}},
+             "lm_eval_json": "lm_eval/short.json", "identity": {"metric": "acc"}}
+    assert _score_cell(load_run(run), "base", entry) == "0.75 [0.60, 0.86] n=40"
+    ppl = {**entry, "score": 9.5, "metrics": {"t": {"word_perplexity,none": 9.5}}, "identity": {}}
+    assert _score_cell(load_run(run), "base", ppl) == "9.500"  # not a fraction: no interval
+
+
+def test_wide_content_stays_inside_the_html_page(tmp_path: Path) -> None:
+    from toolkit.evals.report_render import Code, Paragraph, Table, to_html, to_markdown
+
+    wide = json.dumps({f"key{i}": list(range(20)) for i in range(20)}, separators=(",", ":"))
+    page = to_html([Paragraph(wide), Table(["json"], [[wide]]), Code("x" * 400, "pass")], "t")
+    assert '<div class="scroll"><table>' in page and '<pre class="pass">' in page
+    assert "overflow-wrap:anywhere" in page and "pre{white-space:pre-wrap" in page
+    assert to_markdown([Code("a\nb")], tmp_path) == "```text\na\nb\n```\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from tests.runs import assert_same_weights, final_weights, metrics, train
+from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 
 
 def _mean(values: list[float]) -> float:
@@ -67,19 +67,6 @@ def uninterrupted(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-class _StopAfter:
-    """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
-
-    def __init__(self, n: int):
-        self.checks, self.n, self.signum = 0, n, None
-
-    def __bool__(self) -> bool:
-        self.checks += 1
-        if self.checks >= self.n:
-            self.signum = 15
-        return self.signum is not None
-
-
 @pytest.mark.parametrize("stop_after", [3, 8])
 def test_resume_reproduces_uninterrupted_run(stop_after: int, micro_recipe: Path, uninterrupted: Path,
                                              monkeypatch, capsys) -> None:
@@ -89,7 +76,7 @@ def test_resume_reproduces_uninterrupted_run(stop_after: int, micro_recipe: Path
 
     @contextmanager
     def fake_signals():
-        yield _StopAfter(stop_after)
+        yield StopAfter(stop_after)
 
     monkeypatch.setattr(toolkit.runner, "stop_on_signals", fake_signals)
     run = micro_recipe.parent / "run"

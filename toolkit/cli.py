@@ -40,8 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpus", type=int, default=1)
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
 
-    report = sub.add_parser("report", help="rebuild report.md and report.html of a run")
-    report.add_argument("run")
+    report = sub.add_parser("report", help="rebuild report.md and report.html of a run; check its verdict; "
+                                           "tabulate the verdict across runs")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folder (several with --summary)")
+    report.add_argument("--check", action="store_true",
+                        help="also print the run's verdict (eval.verdict); exit 1 when it fails")
+    report.add_argument("--summary", action="store_true",
+                        help="print a markdown table of the verdict task across the runs (e.g. seeds)")
 
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
     push.add_argument("run")
@@ -55,6 +60,26 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("run")
     merge.add_argument("--out", help="output folder (default: RUN/final/merged)")
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from toolkit.evals.report import build_report
+    from toolkit.evals.verdict import check_run, summary_markdown
+
+    if args.summary:
+        if args.check:
+            raise UserError("report: --check takes one RUN, not --summary")
+        print(summary_markdown([Path(run) for run in args.runs]), end="")
+        return 0
+    if len(args.runs) != 1:
+        raise UserError(f"report: one RUN expected (got {len(args.runs)}); use --summary for several")
+    build_report(Path(args.runs[0]))
+    if args.check:
+        verdict = check_run(Path(args.runs[0]))
+        print(verdict.text())
+        if not verdict.passed:
+            raise RunFailure("verdict failed: " + "; ".join(f"{c.name} ({c.detail})" for c in verdict.failed))
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -83,10 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return print_plan(load_recipe(args.recipe, args.overrides), gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
     if args.command == "report":
-        from toolkit.evals.report import build_report
-
-        build_report(Path(args.run))
-        return 0
+        return _report(args)
     if args.command == "push":
         from toolkit.hub.push import push_run
 

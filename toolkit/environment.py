@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import torch
 
@@ -26,4 +28,15 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         backend = f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
         return f"{torch.cuda.get_device_name(device)} ({backend})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -4,6 +4,7 @@ evaluate after each stage, save ``final/``, write the report. Everything lands i
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from toolkit.rope import apply_rope, rope_parameters
 from toolkit.saving import save_final
 from toolkit.schema import Recipe
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
+from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.faults import stop_on_signals
 from toolkit.training.loop import LoopParts, StageJob, stage_steps, train_stage
 from toolkit.training.metrics import MetricsLogger
@@ -54,7 +56,8 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
             "attention": loaded.attention, "attention_reason": loaded.attention_reason,
             "versions": package_versions(),
             "base_model": recipe.model.name_or_path or "random init from model.init_config",
-            "native_length": loaded.native_length, "stages": stages}
+            "native_length": loaded.native_length, "stages": stages,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
@@ -64,6 +67,18 @@ def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path,
         raise UserError(f"{recipe.run_dir} already holds checkpoints ({latest[0].name}): set train.resume=true "
                         "to continue that run, or output.dir=... for a new one")
     return latest
+
+
+def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, tokenizer,
+                  accelerator: Accelerator) -> dict:
+    """What this run's data depends on (recorded in every checkpoint); on resume, stop with a UserError if that
+    differs from the checkpoint's record in a way that changes the data still to train on."""
+    identity = data_identity(recipe, tokenizer_identity(tokenizer), accelerator.num_processes)
+    if resume:
+        path, state = resume
+        for note in check_resume(state.data, identity, state.stage, state.step, state.stage_done, str(path)):
+            accelerator.print(note)
+    return identity
 
 
 def _evaluate(recipe: Recipe, accelerator: Accelerator, model, tokenizer, tag: str) -> None:
@@ -116,6 +131,7 @@ def run_recipe(recipe: Recipe) -> Path:
     checkpoints.remove_partial()
 
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
+    checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
     model = loaded.model
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
@@ -152,7 +168,8 @@ def run_recipe(recipe: Recipe) -> Path:
                 params, max_positions = _stage_rope(recipe, index, loaded)
                 apply_rope(model, params, max_positions)
                 if state and (index < state.stage or (index == state.stage and state.stage_done)):
-                    if index == state.stage and not (recipe.run_dir / "eval" / eval_tag(recipe, index)).exists():
+                    if (index == state.stage and recipe.evaluates_after(index)
+                            and not (recipe.run_dir / "eval" / eval_tag(recipe, index)).exists()):
                         _evaluate(recipe, accelerator, model, tokenizer, eval_tag(recipe, index))
                     continue
                 start = state if state and index == state.stage else None
@@ -161,7 +178,7 @@ def run_recipe(recipe: Recipe) -> Path:
                                         num_processes=accelerator.num_processes)
                 steps = stage_steps(stage, recipe.train, accelerator.num_processes)
                 global_step = train_stage(parts, StageJob(index, stage, steps, batches, start, global_step))
-                if recipe.eval.after_each_stage or index == len(recipe.train.stages) - 1:
+                if recipe.evaluates_after(index):
                     _evaluate(recipe, accelerator, model, tokenizer, eval_tag(recipe, index))
     finally:
         logger.close()
@@ -180,5 +197,9 @@ def run_recipe(recipe: Recipe) -> Path:
 
         build_report(run_dir)
         accelerator.print(f"run folder: {run_dir} (report: {run_dir / 'report.md'})")
+        if recipe.eval.verdict is not None:
+            from toolkit.evals.verdict import verdict_text
+
+            accelerator.print(verdict_text(run_dir))
     accelerator.end_training()
     return run_dir

@@ -174,6 +174,9 @@ class StageSpec(Strict):
     warmup_steps: int = Field(0, ge=0)
     data: DataSpec | None = None
     """Overrides ``train.data`` for this stage."""
+    evaluate: bool | None = None
+    """Run the eval suites after this stage; ``None`` follows ``eval.after_each_stage``. The last stage is
+    always evaluated."""
 
     @model_validator(mode="after")
     def _budget(self) -> StageSpec:
@@ -246,6 +249,23 @@ class ParallelSpec(Strict):
         return self
 
 
+class VerdictSpec(Strict):
+    """What the run claims, checked on its own evaluations (printed at the end of the run, at the top of the
+    report, and by `python -m toolkit report RUN --check`)."""
+
+    task: str = Field(pattern=r"^[^/]+/[^/]+$")
+    """``<suite name>/<task key>`` of a niah task, e.g. ``niah-tiny/passkey``."""
+    native_min: float = Field(0.95, ge=0, le=1)
+    """Least accuracy at the native (trained) length, model before extension."""
+    extended_min: float = Field(0.90, ge=0, le=1)
+    """Least accuracy at the last stage's seq_len, final model."""
+    retention_suites: list[str] = ["short-context"]
+    """Suite names whose every task's score ratio final / before extension must reach ``retention_min``."""
+    retention_min: float = Field(0.95, ge=0, le=2)
+    effective_threshold: float = Field(0.856, ge=0, le=1)
+    """RULER's threshold for the effective context length (reported, not checked)."""
+
+
 class EvalSpec(Strict):
     """Suites run on the starting model and after every stage, for a before/after comparison."""
 
@@ -253,6 +273,8 @@ class EvalSpec(Strict):
     """Suite YAML paths (relative to the recipe or the working directory)."""
     before: bool = True
     after_each_stage: bool = True
+    verdict: VerdictSpec | None = None
+    """The run's claim (needle accuracy before/after extension, short-context retention), checked after the run."""
 
 
 class LoggingSpec(Strict):
@@ -281,6 +303,13 @@ class Recipe(Strict):
     eval: EvalSpec = EvalSpec()
     logging: LoggingSpec = LoggingSpec()
     output: OutputSpec = OutputSpec()
+
+    def evaluates_after(self, index: int) -> bool:
+        """Whether the eval suites run after stage ``index``."""
+        if index == len(self.train.stages) - 1:
+            return True
+        chosen = self.train.stages[index].evaluate
+        return self.eval.after_each_stage if chosen is None else chosen
 
     @property
     def run_dir(self) -> Path:

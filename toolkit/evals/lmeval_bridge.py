@@ -2,8 +2,8 @@
 
 lm-eval's full output (its own JSON layout, minus per-sample logs) is saved to
 ``<out>/<tag>/lm_eval/<suite>.json`` (``<suite>-<task key>.json`` for a task given its own name); the
-suite JSON gets ``metrics`` {task: {metric: float}} and ``score``, the mean over tasks of ``metric`` (or of
-each task's first metric).
+suite JSON gets ``metrics`` {task: {metric: float}}, ``n`` {task: documents scored} and ``score``, the mean
+over tasks of ``metric`` (or of each task's first metric).
 """
 
 from __future__ import annotations
@@ -79,4 +79,5 @@ def run_lm_eval(task: LmEvalTask, ctx: EvalContext, results: SuiteResults) -> di
     raw = Path("lm_eval") / (f"{ctx.suite}.json" if task.key == "lm_eval" else f"{ctx.suite}-{task.key}.json")
     write_json(ctx.folder / raw, output)
     metrics, score = summarize(output, task.metric)
-    return results.record(task, summary={"score": score, "metrics": metrics, "lm_eval_json": raw.as_posix()})
+    n = {name: counts.get("effective") for name, counts in output.get("n-samples", {}).items()}  # documents scored
+    return results.record(task, summary={"score": score, "metrics": metrics, "n": n, "lm_eval_json": raw.as_posix()})

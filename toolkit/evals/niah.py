@@ -59,16 +59,24 @@ def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Calla
 
 
 def grid_summary(cells: list[Cell], lengths: list[int], depths: list[float]) -> dict[str, Any]:
-    """``grid`` {length: {depth: accuracy}}, ``scores_by_length``, and ``mean`` (= ``score``) over the grid."""
+    """``grid`` {length: {depth: accuracy}}, ``scores_by_length``, and ``mean`` (= ``score``) over the grid; the
+    counts behind them: ``n_by_length``/``correct_by_length`` (prompts per length) and ``n``/``correct``."""
     grid: dict[str, dict[str, float]] = {}
+    n_by_length: dict[str, int] = {}
+    correct_by_length: dict[str, int] = {}
     for length in lengths:
         grid[str(length)] = {}
+        n_by_length[str(length)] = correct_by_length[str(length)] = 0
         for depth in depths:
             hits = [c["correct"] for c in cells if c["length"] == length and c["depth"] == depth]
             grid[str(length)][str(depth)] = float(mean(hits)) if hits else 0.0
+            n_by_length[str(length)] += len(hits)
+            correct_by_length[str(length)] += sum(map(bool, hits))
     by_length = {length: mean(row.values()) for length, row in grid.items()}
     overall = mean(by_length.values())
-    return {"score": overall, "mean": overall, "grid": grid, "scores_by_length": by_length}
+    return {"score": overall, "mean": overall, "grid": grid, "scores_by_length": by_length,
+            "n_by_length": n_by_length, "correct_by_length": correct_by_length,
+            "n": sum(n_by_length.values()), "correct": sum(correct_by_length.values())}
 
 
 def run_niah(task: NiahTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:

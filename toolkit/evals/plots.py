@@ -1,5 +1,5 @@
-"""PNG plots (matplotlib's object API, no pyplot state): NIAH heatmap, score vs length, loss by position,
-training curves."""
+"""PNG plots (matplotlib's object API, no pyplot state): NIAH heatmap (one grid, or several side by side),
+score vs length, loss by position, training curves."""
 
 from __future__ import annotations
 
@@ -39,6 +39,35 @@ def niah_heatmap(grid: Mapping[str, Mapping[str, float]], title: str, path: Path
     ax.set_ylabel("needle depth")
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return _save(fig, path)
+
+
+def niah_heatmaps(panels: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], title: str, path: Path) -> Path:
+    """Several needle grids side by side (e.g. before and after extension), one shared colour scale."""
+    fig = Figure(figsize=(sum(1.0 * len(grid) + 1.2 for _, grid in panels) + 1.5,
+                          0.55 * max(len({d for row in grid.values() for d in row}) for _, grid in panels) + 2.0),
+                 layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for index, (ax, (label, grid)) in enumerate(zip(axes, panels)):
+        lengths = sorted(grid, key=int)
+        depths = sorted({d for row in grid.values() for d in row}, key=float)
+        values = [[grid[length].get(depth, float("nan")) * 100 for length in lengths] for depth in depths]
+        image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                dark = value > 80 or value < 15
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+        ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths])
+        ax.set_yticks(range(len(depths)), [f"{float(d) * 100:.0f}%" for d in depths] if index == 0 else [])
+        ax.set_xlabel("context length (tokens)")
+        if index == 0:
+            ax.set_ylabel("needle depth")
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.9)
     return _save(fig, path)
 
 

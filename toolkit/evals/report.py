@@ -1,9 +1,11 @@
 """``report.md`` and a self-contained ``report.html`` from a run folder (``python -m toolkit report RUN``).
 
 Reads what exists (recipe.resolved.yaml, run_info.json, metrics.jsonl, eval/<tag>/<suite>.json), draws the
-plots into the run folder and renders: recipe, environment, training curves, scores per stage against the
-base model, needle heatmaps before/after, RULER curves and effective length, short-context regression,
-zero-shot RoPE comparison, perplexity by position and lm-eval metrics. Missing parts are skipped.
+plots into the run folder and renders: the verdict (``eval.verdict``, see ``toolkit.evals.verdict``), recipe,
+environment, training curves, scores per stage against the base model, needle heatmaps before/after, RULER curves
+and effective length, short-context regression, zero-shot RoPE comparison, perplexity by position and lm-eval
+metrics. Every accuracy carries its 95% Wilson interval and n where the counts are known (``toolkit.evals.stats``).
+Missing parts are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from toolkit.errors import UserError
 from toolkit.evals import plots
 from toolkit.evals.report_render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from toolkit.evals.stats import BINARY_METRICS, Rate, lm_eval_rates, niah_overall, niah_rates
 
 Evals = dict[str, dict[str, dict[str, Any]]]
 """tag -> suite name -> that suite's results JSON."""
@@ -108,6 +111,65 @@ def _with(run: Run, suite: str, task: str) -> list[tuple[str, dict[str, Any]]]:
     return [(tag, entry) for tag in run.tags if (entry := _entry(run, tag, suite, task))]
 
 
+def _lm_eval_counts(run: Run, tag: str, entry: dict[str, Any]) -> dict[str, int]:
+    """Documents scored per lm-eval task: recorded in the entry, else read from lm-eval's own JSON."""
+    if isinstance(entry.get("n"), dict):
+        return {task: n for task, n in entry["n"].items() if isinstance(n, int)}
+    raw = _json(run.folder / "eval" / tag / entry["lm_eval_json"]) if entry.get("lm_eval_json") else None
+    samples = raw.get("n-samples", {}) if isinstance(raw, dict) else {}
+    return {task: counts["effective"] for task, counts in samples.items()
+            if isinstance(counts, dict) and isinstance(counts.get("effective"), int)}
+
+
+def _lm_eval_rate(run: Run, tag: str, entry: dict[str, Any]) -> Rate | None:
+    """The main score of an lm_eval entry with pooled counts; ``None`` for a metric that is not a fraction."""
+    metric, counts = (entry.get("identity") or {}).get("metric"), _lm_eval_counts(run, tag, entry)
+    correct = total = 0
+    for task, values in (entry.get("metrics") or {}).items():
+        chosen = [(k, v) for k, v in values.items() if metric is None or k.split(",")[0] == metric][:1]
+        if not chosen:
+            continue
+        (name, value), n = chosen[0], counts.get(task)
+        if name.split(",")[0] not in BINARY_METRICS:
+            return None
+        if n is None:
+            return Rate(float(entry["score"]))
+        correct, total = correct + round(value * n), total + n
+    return Rate.of(correct, total) if total else None
+
+
+def _score_cell(run: Run, tag: str, entry: dict[str, Any] | None) -> str:
+    """A task's main score as shown in tables: with its interval and n where they are known."""
+    score = (entry or {}).get("score")
+    if not _number(score):
+        return "-"
+    rate: Rate | None = None
+    if entry.get("type") == "niah":
+        rate = niah_overall(entry)
+    elif entry.get("type") == "lm_eval":
+        rate = _lm_eval_rate(run, tag, entry)
+    elif entry.get("type") == "ruler":
+        values = [c["score"] for c in entry.get("cells", []) if _number(c.get("score"))]
+        if values and all(v in (0, 1) for v in values):
+            rate = Rate.of(int(sum(values)), len(values))
+        elif values:
+            return f"{score:.2f} n={len(values)} (partial matches)"
+        else:
+            rate = Rate(float(score))
+    return rate.format() if rate is not None else _fmt(score)
+
+
+def _by_length_table(rows: list[tuple[str, dict[int, Rate]]]) -> tuple[Table, str]:
+    """Accuracy by length, a row per label, and how many prompts each cell counts (said once when uniform)."""
+    lengths = sorted({length for _, rates in rows for length in rates})
+    counts = {rate.n for _, rates in rows for rate in rates.values()}
+    same = len(counts) == 1 and None not in counts
+    table = Table(["model", *map(str, lengths)],
+                  [[label, *(rates[n].format(with_n=not same) if n in rates else "-" for n in lengths)]
+                   for label, rates in rows])
+    return table, (f"n={counts.pop()} prompts per length" if same else "n per cell")
+
+
 def recipe_section(run: Run) -> list[Block]:
     recipe, info = run.recipe, run.info
     model = recipe.get("model") or {}
@@ -168,28 +230,51 @@ def scores_section(run: Run) -> list[Block]:
     header = ["suite / task", *tags] + ([f"final - {ref}"] if compare else [])
     rows = []
     for suite, task in _tasks(run):
-        scores = [(_entry(run, tag, suite, task) or {}).get("score") for tag in tags]
+        entries = [_entry(run, tag, suite, task) for tag in tags]
+        scores = [(entry or {}).get("score") for entry in entries]
         if not any(map(_number, scores)):
             continue  # tasks without a main score (perplexity, RoPE comparison) have their own sections
-        row = [f"{suite} / {task}", *map(_fmt, scores)]
+        row = [f"{suite} / {task}", *(_score_cell(run, tag, entry) for tag, entry in zip(tags, entries))]
         if compare:
             before, final = scores[tags.index(ref)], scores[-1]
             row.append(f"{final - before:+.3f}" if _number(before) and _number(final) else "-")
         rows.append(row)
-    return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point; the "
-                                             f"reference before context extension is `{ref}`."),
+    return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point with its 95% "
+                                             f"Wilson interval and n (prompts or documents scored); the reference "
+                                             f"before context extension is `{ref}`."),
             Table(header, rows)]
+
+
+def _all_zero(entry: dict[str, Any]) -> bool:
+    return not any(value for row in entry.get("grid", {}).values() for value in row.values())
+
+
+def heatmap_panels(run: Run, found: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The grids drawn side by side: before extension and final, plus the starting model unless it scores 0
+    everywhere (an untrained base)."""
+    if not found:
+        return []
+    final, start = found[-1][0], found[0][0]
+    keep = {run.reference, final} | ({start} if not _all_zero(found[0][1]) else set())
+    return [(tag, entry) for tag, entry in found if tag in keep]
 
 
 def niah_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in _tasks(run, "niah"):
-        found = _with(run, suite, task)
-        keep = {found[0][0], run.reference, found[-1][0]} if found else set()  # start, before extension, final
-        for tag, entry in [(tag, entry) for tag, entry in found if tag in keep]:
-            path = run.folder / f"niah-{suite}-{task}-{tag}.png"
-            plots.niah_heatmap(entry["grid"], f"{suite}/{task} [{tag}]: mean {entry['mean']:.3f}", path)
-            blocks.append(Image(path, f"needle in a haystack {suite}/{task}, {tag}"))
+        found = [(tag, entry) for tag, entry in _with(run, suite, task) if entry.get("grid")]
+        panels = heatmap_panels(run, found)
+        if not panels:
+            continue
+        roles = {found[0][0]: "start", run.reference: "before extension", found[-1][0]: "final"}
+        titles = [f"{roles.get(tag, tag)}: {tag}\nmean {niah_overall(entry) or Rate(entry['mean'])}"
+                  for tag, entry in panels]
+        path = plots.niah_heatmaps([(title, entry["grid"]) for title, (_, entry) in zip(titles, panels)],
+                                   f"{suite}/{task}: accuracy (%) by needle depth and context length",
+                                   run.folder / f"niah-{suite}-{task}.png")
+        table, n_text = _by_length_table([(tag, niah_rates(entry)) for tag, entry in found])
+        blocks += [Image(path, f"needle in a haystack {suite}/{task}: {', '.join(tag for tag, _ in panels)}"),
+                   Paragraph(f"{suite}/{task}: accuracy by length with 95% Wilson intervals, {n_text}."), table]
     return [Heading("Needle in a haystack"), *blocks] if blocks else []
 
 
@@ -217,11 +302,12 @@ def short_context_section(run: Run) -> list[Block]:
     for suite, task in _tasks(run):
         if "short-context" not in suite:
             continue
-        before = (_entry(run, ref, suite, task) or {}).get("score")
-        final = (_entry(run, tags[-1], suite, task) or {}).get("score")
+        old, new = _entry(run, ref, suite, task), _entry(run, tags[-1], suite, task)
+        before, final = (old or {}).get("score"), (new or {}).get("score")
         if _number(before) and _number(final):
             ratio = _fmt(final / before) if before else "-"
-            rows.append([f"{suite} / {task}", _fmt(before), _fmt(final), f"{final - before:+.3f}", ratio])
+            rows.append([f"{suite} / {task}", _score_cell(run, ref, old), _score_cell(run, tags[-1], new),
+                         f"{final - before:+.3f}", ratio])
     if not rows:
         return []
     return [Heading("Short-context regression"),
@@ -230,17 +316,26 @@ def short_context_section(run: Run) -> list[Block]:
             Table(["suite / task", ref, "final", "delta", f"final / {ref}"], rows)]
 
 
+def _setting_cell(entry: dict[str, Any], name: str) -> str:
+    setting = entry["settings"].get(name)
+    if not setting:
+        return "-"
+    rate = niah_overall(setting, [c for c in entry.get("cells", []) if c.get("setting") == name])
+    return rate.format() if rate is not None else "-"
+
+
 def rope_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in _tasks(run, "rope_compare"):
         found = _with(run, suite, task)
         names = list(dict.fromkeys(name for _, e in found for name in e["settings"]))
-        rows = [[name, *(_fmt(e["settings"].get(name, {}).get("score")) for _, e in found),
+        rows = [[name, *(_setting_cell(e, name) for _, e in found),
                  json.dumps(next(e["settings"][name]["rope_parameters"] for _, e in found if name in e["settings"]),
                             separators=(",", ":"))] for name in names]
         lengths = sorted({int(n) for _, e in found for s in e["settings"].values() for n in s["scores_by_length"]})
-        blocks += [Paragraph(f"{suite}/{task}: needle accuracy at {', '.join(map(str, lengths))} tokens, native "
-                             f"length {found[-1][1].get('native_length')}, no fine-tuning for the setting."),
+        blocks += [Paragraph(f"{suite}/{task}: needle accuracy at {', '.join(map(str, lengths))} tokens (95% Wilson "
+                             f"interval, n prompts), native length {found[-1][1].get('native_length')}, no "
+                             "fine-tuning for the setting."),
                    Table(["RoPE setting", *(tag for tag, _ in found), "parameters"], rows)]
     return [Heading("Zero-shot RoPE comparison"), *blocks] if blocks else []
 
@@ -261,11 +356,18 @@ def lm_eval_section(run: Run) -> list[Block]:
     tags, rows = run.tags, []
     for suite, task in _tasks(run, "lm_eval"):
         found = dict(_with(run, suite, task))
+        rates = {tag: lm_eval_rates(e, _lm_eval_counts(run, tag, e)) for tag, e in found.items()}
         pairs = dict.fromkeys((name, metric) for e in found.values()
                               for name, values in e["metrics"].items() for metric in values)
-        rows += [[f"{suite} / {name}", metric, *(_fmt(found.get(tag, {}).get("metrics", {}).get(name, {}).get(metric))
-                                                 for tag in tags)] for name, metric in pairs]
-    return [Heading("lm-eval"), Table(["suite / task", "metric", *tags], rows)] if rows else []
+        for name, metric in pairs:
+            cells = [rate.format() if (rate := rates.get(tag, {}).get((name, metric))) else
+                     _fmt(found.get(tag, {}).get("metrics", {}).get(name, {}).get(metric)) for tag in tags]
+            rows.append([f"{suite} / {name}", metric, *cells])
+    if not rows:
+        return []
+    return [Heading("lm-eval"), Paragraph("Fraction-correct metrics with their 95% Wilson interval and n (documents "
+                                          "scored; unknown for results recorded before counts were kept)."),
+            Table(["suite / task", "metric", *tags], rows)]
 
 
 _SECTIONS = (recipe_section, environment_section, training_section, scores_section, niah_section, ruler_section,
@@ -276,7 +378,9 @@ def build_report(run_dir: Path) -> None:
     """Write ``report.md``, ``report.html`` and the plots into ``run_dir``."""
     run = load_run(Path(run_dir))
     title = f"Run report: {run.recipe.get('name') or run.info.get('recipe') or run.folder.name}"
-    blocks: list[Block] = [Heading(title, 1)]
+    from toolkit.evals.verdict import verdict_blocks  # verdict builds on this module
+
+    blocks: list[Block] = [Heading(title, 1), *verdict_blocks(run)]
     for section in _SECTIONS:
         blocks += section(run)
     (run.folder / "report.md").write_text(to_markdown(blocks, run.folder), encoding="utf-8")

@@ -1,7 +1,8 @@
 """Checkpoints that survive faults: written whole or not at all, the last N kept, the latest resumed.
 
 Each checkpoint is a folder ``checkpoints/stage-<k>-step-<n>/`` written by ``accelerator.save_state``
-(safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``.
+(safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``
+(where training stands, and what its data stream depends on: ``toolkit.training.data_identity``).
 It is first written to a hidden temporary folder and renamed into place, so a crash or a full disk
 mid-write leaves the previous checkpoint intact; leftovers of such a crash are removed at the next start.
 """
@@ -12,8 +13,9 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
@@ -25,12 +27,14 @@ _STATE = "trainer_state.json"
 
 @dataclass(frozen=True)
 class TrainerState:
-    """Where training stands: the stage, the optimizer steps done in it, and in the run."""
+    """Where training stands: the stage, the optimizer steps done in it, and in the run; ``data`` is what the
+    data stream depends on (:func:`toolkit.training.data_identity.data_identity`), None in older checkpoints."""
 
     stage: int
     step: int
     global_step: int
     stage_done: bool = False
+    data: dict[str, Any] | None = field(default=None, compare=False)
 
 
 class CheckpointManager:
@@ -38,6 +42,8 @@ class CheckpointManager:
         self.root = run_dir / "checkpoints"
         self.keep_last = keep_last
         self.accelerator = accelerator
+        self.data_identity: dict[str, Any] | None = None
+        """Written into every checkpoint's state (unless the state carries its own)."""
 
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
@@ -51,7 +57,8 @@ class CheckpointManager:
         if not done:
             return None
         state = json.loads((done[-1] / _STATE).read_text())
-        return done[-1], TrainerState(**state)
+        known = {f.name for f in fields(TrainerState)}
+        return done[-1], TrainerState(**{k: v for k, v in state.items() if k in known})
 
     def remove_partial(self) -> None:
         """Delete temporary folders left by a crash during a save."""
@@ -62,6 +69,8 @@ class CheckpointManager:
 
     def save(self, state: TrainerState) -> Path:
         """Write a checkpoint atomically and prune old ones. A failed write keeps the previous ones."""
+        if state.data is None and self.data_identity is not None:
+            state = replace(state, data=self.data_identity)
         name = f"stage-{state.stage}-step-{state.step:06d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         if self.accelerator.is_main_process:

@@ -1,0 +1,71 @@
+"""Wilson intervals and the counts behind every accuracy the report shows."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit.evals.niah import grid_summary
+from toolkit.evals.stats import Rate, format_rate, lm_eval_rates, niah_overall, niah_rates, total, wilson
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (50, 100, 0.4038, 0.5962),
+    (1, 1, 0.2065, 1.0),
+    (90, 100, 0.8256, 0.9448),
+])
+def test_wilson_known_values(k: int, n: int, low: float, high: float) -> None:
+    assert wilson(k, n) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_without_trials_is_the_whole_range() -> None:
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_z_widens_the_interval() -> None:
+    low95, high95 = wilson(50, 100)
+    low99, high99 = wilson(50, 100, z=2.576)
+    assert low99 < low95 and high99 > high95
+
+
+def test_format() -> None:
+    assert format_rate(97, 100) == "0.97 [0.92, 0.99] n=100"
+    assert Rate.of(50, 100).format(digits=3, with_n=False) == "0.500 [0.404, 0.596]"
+    assert str(Rate(0.9)) == "0.90 (n unknown)"
+    assert Rate(0.9).interval is None
+    assert total([Rate.of(1, 2), Rate.of(3, 4)]) == Rate.of(4, 6)
+    assert total([Rate.of(1, 2), Rate(0.5)]) is None
+
+
+def test_grid_summary_records_counts() -> None:
+    cells = [{"length": length, "depth": depth, "sample": s, "correct": (length == 128 or s == 0)}
+             for length in (128, 256) for depth in (0.0, 1.0) for s in range(3)]
+    summary = grid_summary(cells, [128, 256], [0.0, 1.0])
+    assert summary["n_by_length"] == {"128": 6, "256": 6}
+    assert summary["correct_by_length"] == {"128": 6, "256": 2}
+    assert (summary["n"], summary["correct"]) == (12, 8)
+    assert summary["scores_by_length"]["256"] == pytest.approx(2 / 6)  # the old keys are unchanged
+    assert summary["score"] == summary["mean"] == pytest.approx(8 / 12)
+    rates = niah_rates(summary)
+    assert rates == {128: Rate.of(6, 6), 256: Rate.of(2, 6)}
+    assert niah_overall(summary) == Rate.of(8, 12)
+
+
+def test_counts_of_older_results_come_from_their_cells() -> None:
+    cells = [{"length": 128, "depth": 0.0, "sample": s, "correct": s < 3} for s in range(4)]
+    entry = {"score": 0.75, "scores_by_length": {"128": 0.75}, "cells": cells}
+    assert niah_rates(entry) == {128: Rate.of(3, 4)}
+    assert niah_overall(entry) == Rate.of(3, 4)
+    bare = {"score": 0.75, "scores_by_length": {"128": 0.75}}
+    assert niah_rates(bare) == {128: Rate(0.75)}
+    assert niah_overall(bare) == Rate(0.75)
+
+
+def test_lm_eval_rates_only_for_fraction_correct_metrics() -> None:
+    entry = {"metrics": {"a": {"acc,none": 0.5, "perplexity,none": 12.0}, "b": {"exact_match,number": 0.25}},
+             "n": {"a": 40}}
+    rates = lm_eval_rates(entry)
+    assert rates[("a", "acc,none")] == Rate.of(20, 40)
+    assert rates[("b", "exact_match,number")] == Rate(0.25)  # n unknown
+    assert ("a", "perplexity,none") not in rates

@@ -1,0 +1,242 @@
+"""Resume refuses settings that would change the training data, and says so in one line naming the field;
+changes that leave the data alone (budgets, learning rates, finished stages, new stages) go through."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import StopAfter, metrics, train
+from toolkit.errors import UserError
+from toolkit.schema import Recipe
+from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
+
+TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> Path:
+    """A micro run stopped after 2 steps of stage 0: its run folder holds ``stage-0-step-000002``."""
+    import toolkit.runner
+
+    folder = tmp_path_factory.mktemp("stopped")
+    recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
+
+    @contextmanager
+    def fake_signals():
+        yield StopAfter(2)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit.runner, "stop_on_signals", fake_signals)
+        assert train(recipe) == 143
+    return folder / "run"
+
+
+@pytest.fixture
+def resumable(stopped: Path, tmp_path: Path) -> Path:
+    """A copy of the stopped run with the micro recipe pointing at it."""
+    shutil.copytree(stopped, tmp_path / "run")
+    return write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(tmp_path / "run")}))
+
+
+def _refused(recipe: Path, capsys, *overrides: str) -> str:
+    assert train(recipe, "train.resume=true", *overrides) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1, err
+    assert "stage-0-step-000002" in err[0] and "resuming would change the training data" in err[0]
+    assert not (recipe.parent / "run" / "final").exists()
+    return err[0]
+
+
+def test_checkpoint_records_data_settings(stopped: Path) -> None:
+    state = json.loads((stopped / "checkpoints" / "stage-0-step-000002" / "trainer_state.json").read_text())
+    data = state["data"]
+    assert data["seed"] == 0 and data["processes"] == 1 and data["tokenizer"]["vocab_size"] == 320
+    assert [(s["seq_len"], s["batch_size"], s["grad_accum"]) for s in data["stages"]] == [(64, 4, 1), (128, 2, 2)]
+    assert data["stages"][0]["data"]["task"] == "passkey" and data["stages"][0]["data"]["loss_on"] == "all"
+
+
+def test_batch_size_change_is_refused(resumable: Path, capsys) -> None:
+    err = _refused(resumable, capsys, "train.stages[0].batch_size=2")
+    assert err.startswith("error: train.stages[0].batch_size: 4 in the checkpoint (")
+    assert "2 now; resuming would change the training data. Keep 4, or start a new run with output.dir=" in err
+
+
+def test_seed_change_is_refused(resumable: Path, capsys) -> None:
+    assert _refused(resumable, capsys, "seed=1").startswith("error: seed: 0 in the checkpoint (")
+
+
+def test_data_change_is_refused(resumable: Path, capsys) -> None:
+    err = _refused(resumable, capsys, "train.data.min_length_fraction=0.25")
+    assert err.startswith("error: train.data.min_length_fraction: 0.5 in the checkpoint (") and "0.25 now" in err
+
+
+def test_stage_not_started_may_change(resumable: Path, capsys) -> None:
+    """A stage the checkpoint has not reached trains on its new settings, as a new run of the recipe would."""
+    assert train(resumable, "train.resume=true", "train.stages[1].grad_accum=1") == 0
+    assert ("stage 1 (long): train.stages[1].grad_accum 2 -> 1; the stage has not started"
+            in capsys.readouterr().out)
+
+
+def test_budget_and_lr_changes_resume(resumable: Path, capsys) -> None:
+    assert train(resumable, "train.resume=true", "train.stages[0].max_steps=4", "train.stages[1].max_steps=2",
+                 "train.stages[0].lr=1e-3", "train.stages[1].warmup_steps=1") == 0
+    assert "stage 0 (short): 6 -> 4 steps, the schedule continues from step 2" in capsys.readouterr().out
+    assert [r["global_step"] for r in metrics(resumable.parent / "run")] == list(range(1, 7))
+    assert (resumable.parent / "run" / "final").is_dir()
+
+
+# the comparison itself, without training
+
+
+def _identity(change=None, processes: int = 1, tokenizer=TOKENIZER) -> dict:
+    raw = copy.deepcopy(MICRO_RECIPE)
+    if change:
+        change(raw)
+    return data_identity(Recipe.model_validate(raw), tokenizer, processes)
+
+
+def _check(recorded: dict, now: dict, stage: int = 0, step: int = 2, done: bool = False) -> list[str]:
+    return check_resume(recorded, now, stage, step, done, "runs/x/checkpoints/stage-0-step-000002")
+
+
+def _refusal(recorded: dict, now: dict, **where) -> str:
+    with pytest.raises(UserError) as caught:
+        _check(recorded, now, **where)
+    message = str(caught.value)
+    assert "\n" not in message and "(runs/x/checkpoints/stage-0-step-000002)" in message
+    return message
+
+
+def test_same_settings_pass() -> None:
+    assert _check(_identity(), _identity()) == []
+
+
+def test_old_checkpoint_warns() -> None:
+    notes = _check(None, _identity())
+    assert len(notes) == 1 and notes[0].startswith("warning:") and "older checkpoint" in notes[0]
+
+
+def test_refusals_name_the_field() -> None:
+    base = _identity()
+
+    def stage(i, key, value):
+        return lambda r: r["train"]["stages"][i].__setitem__(key, value)
+
+    assert _refusal(base, _identity(stage(0, "seq_len", 32))).startswith(
+        "train.stages[0].seq_len: 64 in the checkpoint (runs/x/checkpoints/stage-0-step-000002), 32 now; "
+        "resuming would change the training data. Keep 64, or start a new run with output.dir=...")
+    assert _refusal(base, _identity(stage(1, "batch_size", 4)), stage=1).startswith(
+        "train.stages[1].batch_size: 2 in")
+    assert _refusal(base, _identity(lambda r: r.__setitem__("seed", 7))).startswith("seed: 0 in the checkpoint")
+    assert _refusal(base, _identity(processes=2)).startswith("processes: 1 in the checkpoint")
+    assert "Launch 1 process(es) again" in _refusal(base, _identity(processes=2))
+    other = {"vocab_size": 320, "sha256": "fedcba9876543210"}
+    assert _refusal(base, _identity(tokenizer=other)).startswith("tokenizer: vocab 320 (sha256 0123456789abcdef)")
+    assert _refusal(base, _identity(lambda r: r["train"]["data"].__setitem__("task", "multikey"))).startswith(
+        "train.data.task: 'passkey' in the checkpoint")
+    # stage 1 now has data of its own that differs from what it would have read from train.data
+    own = dict(MICRO_RECIPE["train"]["data"], loss_on="answer")
+    assert _refusal(base, _identity(stage(1, "data", own)), stage=1).startswith(
+        "train.stages[1].data.loss_on: 'all' in the checkpoint")
+    # the same changes before stage 1 has started are not refused: it trains on its new settings
+    assert _check(base, _identity(stage(1, "data", own))) == [
+        "stage 1 (long): train.stages[1].data.loss_on 'all' -> 'answer'; the stage has not started, so it trains "
+        "as a new run of this recipe would"]
+
+
+def test_allowed_changes() -> None:
+    base = _identity()
+
+    def stages(r):
+        r["train"]["max_steps"] = 3
+        r["train"]["stages"][0]["lr"] = 1e-4
+        r["train"]["stages"][1]["warmup_steps"] = 2
+        r["train"]["stages"][1]["name"] = "renamed"
+        r["train"]["stages"][1]["max_steps"] = None
+        r["train"]["stages"][1]["max_tokens"] = 10_000
+        r["train"]["data"]["packing"] = "pack"  # same as the default: no change
+        r["train"]["stages"].append({"name": "longer", "seq_len": 256, "max_steps": 2, "batch_size": 1,
+                                     "rope": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}})
+
+    notes = _check(base, _identity(stages))
+    assert notes == ["stage 0 (short): 6 -> 3 steps, the schedule continues from step 2"]
+    ends = "stage 0 (short): 6 -> 3 steps; 4 are done, so the stage ends here"
+    assert _check(base, _identity(stages), step=4) == [ends]
+
+
+def test_finished_stages_do_not_matter() -> None:
+    base = _identity()
+
+    def finished(r):
+        r["train"]["stages"][0].update(batch_size=2, seq_len=32, data={"source": "synthetic", "task": "multikey"})
+
+    assert _check(base, _identity(finished), stage=1, step=2) == []
+    assert _check(base, _identity(finished), stage=0, step=6, done=True) == []
+    with pytest.raises(UserError, match=r"^train.stages\[0\].seq_len: 64"):
+        _check(base, _identity(finished), stage=0, step=6, done=False)
+    # everything finished: seed and processes change no data any more (the tokenizer still must match)
+    everything = {"stage": 1, "step": 4, "done": True}
+    assert _check(base, _identity(lambda r: r.__setitem__("seed", 3), processes=2), **everything) == []
+    with pytest.raises(UserError, match=r"^tokenizer: "):
+        _check(base, _identity(tokenizer={"vocab_size": 512, "sha256": "x"}), **everything)
+    # data shared through train.data: stage 0 finished and stage 1 keeps its old data by owning it
+    moved = dict(MICRO_RECIPE["train"]["data"])
+    assert _check(base, _identity(lambda r: (r["train"]["data"].__setitem__("task", "multikey"),
+                                             r["train"]["stages"][1].__setitem__("data", moved))), stage=1) == []
+
+
+def test_removed_stages() -> None:
+    base = _identity()
+
+    def drop_last(r):
+        r["train"]["stages"].pop()
+
+    assert _check(base, _identity(drop_last)) == ["stage 1 (long): removed from the recipe; it had not started"]
+    with pytest.raises(UserError, match=r"^train.stages\[1\]: the checkpoint .* is inside stage 1 \(long\) at step 2"):
+        _check(base, _identity(drop_last), stage=1, step=2)
+
+
+def test_missing_keys_are_not_compared() -> None:
+    """A checkpoint written before a data field existed does not refuse a resume over that field."""
+    base = _identity()
+    for stage in base["stages"]:
+        del stage["data"]["num_keys"]
+    del base["stages"][0]["steps"]
+    assert _check(base, _identity(lambda r: r["train"]["data"].__setitem__("num_keys", 6))) == []
+
+
+def test_tokenizer_identity_is_stable_and_sensitive() -> None:
+    from toolkit.data.tokenizer import train_tokenizer
+    from toolkit.schema import TokenizerTraining
+
+    spec = TokenizerTraining(vocab_size=320, corpus_documents=200)
+    first, again = train_tokenizer(spec, 0), train_tokenizer(spec, 0)
+    first("a passkey 12345", truncation=True, max_length=4)  # per-call settings do not count
+    assert tokenizer_identity(first) == tokenizer_identity(again)
+    assert tokenizer_identity(first) != tokenizer_identity(train_tokenizer(spec, 1))
+    assert tokenizer_identity(train_tokenizer(TokenizerTraining(vocab_size=300, corpus_documents=200), 0))[
+        "vocab_size"] == 300
+
+
+def test_checkpoint_state_round_trip(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    from toolkit.training.checkpoints import CheckpointManager, TrainerState
+
+    manager = CheckpointManager(tmp_path, 2, Accelerator(cpu=True))
+    manager.data_identity = _identity()
+    manager.save(TrainerState(0, 1, 1))
+    _, state = manager.latest()
+    assert state == TrainerState(0, 1, 1) and state.data == _identity()
+    legacy = tmp_path / "checkpoints" / "stage-0-step-000002"
+    legacy.mkdir()
+    (legacy / "trainer_state.json").write_text(json.dumps({"stage": 0, "step": 2, "global_step": 2,
+                                                           "stage_done": False}))
+    assert manager.latest() == (legacy, TrainerState(0, 2, 2)) and manager.latest()[1].data is None

@@ -1,0 +1,111 @@
+"""Accuracies with their uncertainty: 95% Wilson score intervals and the number of prompts behind them.
+
+A needle accuracy of 0.90 from 20 prompts ([0.70, 0.97]) and from 100 prompts ([0.83, 0.94]) are not the same
+claim, so every accuracy the report shows carries ``n`` and its interval. Counts come from the results JSON:
+``n_by_length``/``correct_by_length`` of a needle grid (``toolkit.evals.niah.grid_summary``), else its cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BINARY_METRICS = ("acc", "acc_norm", "exact_match", "em", "accuracy")
+"""lm-eval metrics that are a fraction of right answers (one 0/1 outcome per document)."""
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of ``k`` successes in ``n`` trials (z=1.96: 95%); (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """An accuracy: ``correct`` of ``n`` when counted, else only its ``value`` (``n`` unknown)."""
+
+    value: float
+    correct: int | None = None
+    n: int | None = None
+
+    @classmethod
+    def of(cls, correct: int, n: int) -> Rate:
+        return cls(correct / n if n else 0.0, correct, n)
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson(self.correct, self.n) if self.correct is not None and self.n else None
+
+    def format(self, digits: int = 2, with_n: bool = True) -> str:
+        """``0.97 [0.92, 0.99] n=100``; ``0.97 (n unknown)`` without counts."""
+        if self.interval is None:
+            return f"{self.value:.{digits}f}" + (" (n unknown)" if with_n else "")
+        low, high = self.interval
+        text = f"{self.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return text + (f" n={self.n}" if with_n else "")
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def format_rate(k: int, n: int, digits: int = 2) -> str:
+    """``k`` of ``n`` as ``0.97 [0.92, 0.99] n=100``."""
+    return Rate.of(k, n).format(digits)
+
+
+def total(rates: Iterable[Rate]) -> Rate | None:
+    """Pooled counts of several rates; ``None`` when any of them has no counts."""
+    rates = list(rates)
+    if not rates or any(r.n is None or r.correct is None for r in rates):
+        return None
+    return Rate.of(sum(r.correct for r in rates), sum(r.n for r in rates))  # type: ignore[misc]
+
+
+def niah_rates(summary: Mapping[str, Any], cells: Iterable[Mapping[str, Any]] | None = None) -> dict[int, Rate]:
+    """Accuracy per length of a needle grid (a niah entry or one rope_compare setting).
+
+    Uses the recorded counts, else counts the ``cells`` (``None``: the summary's own), else the scores alone.
+    """
+    counts, hits = summary.get("n_by_length"), summary.get("correct_by_length")
+    if isinstance(counts, Mapping) and isinstance(hits, Mapping):
+        return {int(length): Rate.of(int(hits[length]), int(n)) for length, n in counts.items() if length in hits}
+    tallies: dict[int, list[int]] = {}
+    for cell in summary.get("cells", []) if cells is None else cells:
+        if "correct" in cell:
+            tally = tallies.setdefault(int(cell["length"]), [0, 0])
+            tally[0] += bool(cell["correct"])
+            tally[1] += 1
+    if tallies:
+        return {length: Rate.of(k, n) for length, (k, n) in sorted(tallies.items())}
+    return {int(length): Rate(float(value)) for length, value in (summary.get("scores_by_length") or {}).items()}
+
+
+def niah_overall(summary: Mapping[str, Any], cells: Iterable[Mapping[str, Any]] | None = None) -> Rate | None:
+    """Accuracy over the whole grid (every prompt counted once)."""
+    if isinstance(summary.get("n"), int) and isinstance(summary.get("correct"), int):
+        return Rate.of(summary["correct"], summary["n"])
+    pooled = total(niah_rates(summary, cells).values())
+    if pooled is not None:
+        return pooled
+    score = summary.get("score")
+    return Rate(float(score)) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+
+
+def lm_eval_rates(entry: Mapping[str, Any], counts: Mapping[str, int] | None = None) -> dict[tuple[str, str], Rate]:
+    """(lm-eval task, metric) -> rate for the fraction-correct metrics; ``counts``: documents per task when known
+    (default: the entry's ``n``)."""
+    counts = entry.get("n") if counts is None else counts
+    rates: dict[tuple[str, str], Rate] = {}
+    for task, values in (entry.get("metrics") or {}).items():
+        n = (counts or {}).get(task)
+        for metric, value in values.items():
+            if metric.split(",")[0] in BINARY_METRICS and 0.0 <= value <= 1.0:
+                rates[(task, metric)] = Rate.of(round(value * n), n) if isinstance(n, int) and n > 0 else Rate(value)
+    return rates

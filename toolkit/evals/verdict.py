@@ -1,0 +1,256 @@
+"""The run's claim (``eval.verdict`` in the recipe), checked on its own evaluations.
+
+From a run folder: the needle task's accuracy at the native (trained) length before extension and at the last
+stage's length after it, each with its 95% Wilson interval and n; the effective context length before and after
+(RULER's sense: the longest length of the grid whose accuracy, and every shorter length's, reaches the
+threshold); the short-context retention ratios (final / before extension); pass or fail per check and overall.
+Printed at the end of a run, put at the top of the report, checked by ``python -m toolkit report RUN --check``
+and tabulated across runs (seeds) by ``python -m toolkit report --summary RUN [RUN ...]``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from toolkit.errors import UserError
+from toolkit.evals.report import Run, load_run
+from toolkit.evals.report_render import Block, Code, Paragraph
+from toolkit.evals.stats import Rate, niah_rates
+from toolkit.schema import VerdictSpec
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    """What is checked, e.g. ``accuracy at 1024 after extension``."""
+    passed: bool
+    detail: str
+    """The measured value against the bar, e.g. ``0.80 < 0.90``."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    spec: VerdictSpec
+    reference: str
+    """Tag of the model before extension (``Run.reference``)."""
+    final: str
+    """Tag of the final model (the last evaluation)."""
+    native_length: int
+    extended_length: int
+    native_before: Rate
+    extended_after: Rate
+    native_after: Rate | None
+    effective_before: int | None
+    effective_after: int | None
+    retention: dict[str, float | None]
+    """``suite/task`` -> final score / score before extension (``None`` when that is undefined)."""
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    def retention_text(self) -> str:
+        one_suite = len({key.split("/", 1)[0] for key in self.retention}) <= 1
+        return ", ".join(f"{key.split('/', 1)[1] if one_suite else key} {_ratio(value)}"
+                         for key, value in self.retention.items()) or "-"
+
+    def text(self) -> str:
+        """A few lines: the overall verdict, then one line per measurement."""
+        spec, factor = self.spec, self.extended_length / self.native_length
+        mark = {check.name: "ok" if check.passed else "FAIL" for check in self.checks}
+        native, extended = (f"accuracy at {self.native_length} before extension",
+                            f"accuracy at {self.extended_length} after extension")
+        lines = [(f"Verdict ({spec.task}): {'PASS' if self.passed else 'FAIL'}. Trained at {self.native_length} "
+                  f"tokens, extended {factor:g}x to {self.extended_length}."),
+                 f"  {native}: {self.native_before} (>= {spec.native_min:.2f} {mark[native]})",
+                 f"  {extended}: {self.extended_after} (>= {spec.extended_min:.2f} {mark[extended]})"]
+        if self.native_after is not None:
+            lines.append(f"  accuracy at {self.native_length} after extension: {self.native_after}")
+        lines.append(f"  effective length (>= {spec.effective_threshold:g}): {_length(self.effective_before)} "
+                     f"before, {_length(self.effective_after)} after")
+        if self.retention:
+            lines.append(f"  {', '.join(spec.retention_suites)} retention (final / before): {self.retention_text()} "
+                         f"(>= {spec.retention_min:.2f} {mark['retention']})")
+        lines.append(f"  models: {self.reference} (before extension), {self.final} (final)")
+        return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _length(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
+def verdict_spec(run: Run) -> VerdictSpec | None:
+    """The run's ``eval.verdict`` from its recipe.resolved.yaml, typed; ``None`` when it has none."""
+    block = (run.recipe.get("eval") or {}).get("verdict")
+    if block is None:
+        return None
+    try:
+        return VerdictSpec.model_validate(block)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in ("eval", "verdict", *error["loc"]))
+        raise UserError(f"{run.folder / 'recipe.resolved.yaml'}: {where}: {error['msg']}") from None
+
+
+def effective_length(rates: Mapping[int, Rate], threshold: float) -> int | None:
+    """Longest length whose accuracy, and every shorter length's, is at least ``threshold``; ``None`` if the
+    shortest is below."""
+    best = None
+    for length in sorted(rates):
+        if rates[length].value < threshold:
+            break
+        best = length
+    return best
+
+
+def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
+    entry = run.evals.get(tag, {}).get(suite, {}).get("tasks", {}).get(task)
+    if not entry:
+        raise UserError(f"{run.folder}: no {suite}/{task} results for {tag} (needed by eval.verdict)")
+    if entry.get("type") not in (None, "niah"):
+        raise UserError(f"eval.verdict.task: {suite}/{task} is a {entry.get('type')} task, not niah")
+    return niah_rates(entry)
+
+
+def _score(run: Run, tag: str, suite: str, task: str) -> float | None:
+    score = run.evals.get(tag, {}).get(suite, {}).get("tasks", {}).get(task, {}).get("score")
+    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+
+
+def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, float | None]:
+    ratios: dict[str, float | None] = {}
+    for suite in spec.retention_suites:
+        before, after = (run.evals.get(tag, {}).get(suite) for tag in (reference, final))
+        if before is None or after is None:
+            missing = reference if before is None else final
+            raise UserError(f"{run.folder}: no {suite} results for {missing} (needed by eval.verdict.retention_suites)")
+        for task in dict.fromkeys([*before["tasks"], *after["tasks"]]):
+            old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
+            if old is None and new is None:
+                continue  # a task without a main score (perplexity)
+            ratios[f"{suite}/{task}"] = new / old if old and new is not None else None
+    return ratios
+
+
+def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
+    """The verdict of ``run`` under ``spec`` (default: the run's own); UserError when something it needs is missing."""
+    spec = spec or verdict_spec(run)
+    if spec is None:
+        raise UserError(f"{run.folder}: the recipe has no eval.verdict (e.g. verdict: {{task: niah-tiny/passkey}})")
+    native = run.info.get("native_length")
+    stages = run.info.get("stages") or (run.recipe.get("train") or {}).get("stages") or []
+    if not native or not stages:
+        raise UserError(f"{run.folder}: run_info.json lacks native_length or stages (needed by eval.verdict)")
+    extended = int(stages[-1]["seq_len"])
+    reference, tags = run.reference, run.tags
+    if reference is None or not tags or reference == tags[-1]:
+        raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
+                        f"(tags: {', '.join(tags) or 'none'})")
+    final = tags[-1]
+    suite, task = spec.task.split("/", 1)
+    before, after = _rates(run, reference, suite, task), _rates(run, final, suite, task)
+    for tag, rates, length in ((reference, before, native), (final, after, extended)):
+        if length not in rates:
+            raise UserError(f"{run.folder}: {spec.task} at {tag} has no length {length} "
+                            f"(grid: {', '.join(map(str, sorted(rates)))})")
+    retention = _retention(run, spec, reference, final)
+    checks = [Check(f"accuracy at {native} before extension", before[native].value >= spec.native_min,
+                    f"{before[native].value:.2f} vs {spec.native_min:.2f}"),
+              Check(f"accuracy at {extended} after extension", after[extended].value >= spec.extended_min,
+                    f"{after[extended].value:.2f} vs {spec.extended_min:.2f}")]
+    if retention:
+        low = [f"{key} {_ratio(value)}" for key, value in retention.items()
+               if value is None or value < spec.retention_min]
+        checks.append(Check("retention", not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
+    threshold = spec.effective_threshold
+    return Verdict(spec, reference, final, int(native), extended, before[native], after[extended], after.get(native),
+                   effective_length(before, threshold), effective_length(after, threshold), retention, tuple(checks))
+
+
+def check_run(folder: Path) -> Verdict:
+    """The verdict of the run folder ``folder`` under its recipe's ``eval.verdict``."""
+    return compute_verdict(load_run(Path(folder)))
+
+
+def verdict_text(folder: Path) -> str:
+    """The verdict as printed at the end of a run, or one line saying why there is none."""
+    try:
+        return check_run(folder).text()
+    except UserError as exc:
+        return f"Verdict not computed: {exc}"
+
+
+def verdict_blocks(run: Run) -> list[Block]:
+    """The report's opening block (nothing when the recipe claims nothing)."""
+    try:
+        if verdict_spec(run) is None:
+            return []
+        verdict = compute_verdict(run)
+    except UserError as exc:
+        return [Paragraph(f"Verdict not computed: {exc}")]
+    return [Code(verdict.text(), "pass" if verdict.passed else "fail")]
+
+
+def _run_date(run: Run) -> str:
+    for key in ("finished", "started", "timestamp", "date"):
+        if isinstance(run.info.get(key), str):
+            return run.info[key][:10]
+    path = run.folder / "run_info.json"
+    stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
+    return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
+
+
+def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str:
+    """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
+    runs = [load_run(Path(folder)) for folder in folders]
+    verdicts = [compute_verdict(run) for run in runs]
+    rows: list[tuple[Run, Verdict, str, dict[int, Rate]]] = []
+    for run, verdict in zip(runs, verdicts):
+        suite, task = verdict.spec.task.split("/", 1)
+        for label, tag in (("before extension", verdict.reference), ("after extension", verdict.final)):
+            rows.append((run, verdict, f"{label} ({tag})", _rates(run, tag, suite, task)))
+    lengths = sorted({length for *_, rates in rows for length in rates})
+    counts = {rate.n for *_, rates in rows for rate in rates.values()}
+    same_n = len(counts) == 1 and None not in counts
+    marks = {v.native_length: "native" for v in verdicts}
+    marks |= {v.extended_length: f"{v.extended_length / v.native_length:g}x" for v in verdicts}
+    header = ["run", "seed", "model", *(f"{n} ({marks[n]})" if n in marks else str(n) for n in lengths),
+              "effective length", "retention", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, verdict, model, rates in rows:
+        after = model.startswith("after")
+        cells = [rates[n].format(with_n=not same_n) if n in rates else "-" for n in lengths]
+        effective = verdict.effective_after if after else verdict.effective_before
+        lines.append("| " + " | ".join([
+            run.folder.name, str(run.recipe.get("seed", "-")), model, *cells, _length(effective),
+            verdict.retention_text() if after else "", ("PASS" if verdict.passed else "FAIL") if after else ""]) + " |")
+    spec = verdicts[0].spec
+    tasks = sorted({v.spec.task for v in verdicts})
+    n_text = f"n={counts.pop()} prompts per length" if same_n else "n per cell"
+    caption = (f"Needle accuracy on {', '.join(tasks)} with 95% Wilson intervals, {n_text}. Effective length: the "
+               f"longest length whose accuracy, and every shorter length's, is at least {spec.effective_threshold:g}. "
+               f"Retention: score of the final model / the model before extension on "
+               f"{', '.join(spec.retention_suites)} (bar {spec.retention_min:g}). Verdict: native accuracy >= "
+               f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}, retention >= {spec.retention_min:g}.")
+    devices = list(dict.fromkeys(str(run.info.get("device", "unknown device")) for run in runs))
+    dates = sorted({_run_date(run) for run in runs})
+    command = command or "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
+    footer = (f"Machine: {'; '.join(devices)}. Runs dated {dates[0]}"
+              f"{f' to {dates[-1]}' if len(dates) > 1 else ''}. Table: `{command}`.")
+    return "\n".join([caption, "", *lines, "", footer]) + "\n"
+

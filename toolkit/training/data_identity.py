@@ -1,0 +1,148 @@
+"""What a run's training data depends on, recorded in every checkpoint and checked on resume.
+
+A stage's batch stream is a pure function of (data spec, tokenizer, seq_len, batch size, seed, process index and
+count), and a resumed run skips the ``step * grad_accum`` batches already consumed (``toolkit.data.batches``,
+``toolkit.training.loop``). So a checkpoint records those inputs, and a resume that would change the stream of
+a stage that has started or is still to come stops with a :class:`UserError` naming the field.
+
+What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes, and for
+the stage the checkpoint is inside ``seq_len``, ``batch_size``, ``grad_accum`` and its effective data spec (its
+own ``data`` or ``train.data``); removing the stage the checkpoint is inside; and always a different tokenizer (the weights
+and ``final/`` belong to it). What does not: step or token budgets, learning rates, warmup and other
+optimisation settings; any setting of a finished stage (each stage's stream is seeded with ``seed + 1000 * index``
+and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
+stages that have not started (the resumed run then trains them exactly as a new run of the changed recipe
+would, said in one line); stages added after the last; removing stages that had not started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from toolkit.errors import UserError
+from toolkit.schema import Recipe
+from toolkit.training.loop import stage_steps
+
+VERSION = 1
+_STAGE_FIELDS = ("seq_len", "batch_size", "grad_accum")
+
+
+def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    """Vocabulary size and a short hash of the tokenizer's full definition (vocab, merges, normaliser,
+    pre-tokenizer, post-processor, added tokens) and its bos/eos/pad ids. Deterministic across processes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)  # per-call settings the wrapper toggles, not the vocabulary
+        definition.pop("padding", None)
+    else:
+        definition = sorted(tokenizer.get_vocab().items())
+    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    text = json.dumps([definition, specials], sort_keys=True, ensure_ascii=False)
+    return {"vocab_size": len(tokenizer), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def data_identity(recipe: Recipe, tokenizer: dict[str, Any], num_processes: int) -> dict[str, Any]:
+    """What the training data of ``recipe`` depends on; ``tokenizer`` is :func:`tokenizer_identity`'s answer."""
+    stages = []
+    for i, stage in enumerate(recipe.train.stages):
+        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
+                       "grad_accum": stage.grad_accum, "own_data": stage.data is not None,
+                       "data": recipe.train.stage_data(i).model_dump(mode="json"),
+                       "steps": stage_steps(stage, recipe.train, num_processes)})
+    return {"version": VERSION, "seed": recipe.seed, "processes": num_processes, "tokenizer": tokenizer,
+            "stages": stages}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first differing leaf as (path, old, new); keys missing on either side (a schema from another
+    version) are not compared."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old:
+            if key in new:
+                found = _first_difference(old[key], new[key], f"{path}.{key}")
+                if found:
+                    return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = _first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if old == new else (path, old, new)
+
+
+def _stop(field: str, old: str, new: str, checkpoint: str, keep: str | None = None) -> UserError:
+    return UserError(f"{field}: {old} in the checkpoint ({checkpoint}), {new} now; resuming would change the "
+                     f"training data. {keep or f'Keep {old}'}, or start a new run with output.dir=...")
+
+
+def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: int, step: int, stage_done: bool,
+                 checkpoint: str) -> list[str]:
+    """Compare the checkpoint's record with the current recipe's.
+
+    ``stage``, ``step`` and ``stage_done`` say where the checkpoint stands. Raises :class:`UserError` for a
+    change that alters the data of the stage it is inside; returns one line per change that is safe but worth
+    saying (the current stage's step count, stages not yet started that changed or were removed).
+    """
+    if not recorded:
+        return [(f"warning: {checkpoint} records no data settings (an older checkpoint); cannot check that "
+                 "resuming keeps the same training data")]
+    old_stages, new_stages = recorded.get("stages", []), now["stages"]
+    pending = [i for i in range(len(old_stages)) if i > stage or (i == stage and not stage_done)]
+    notes: list[str] = []
+
+    if pending and "seed" in recorded and recorded["seed"] != now["seed"]:
+        raise _stop("seed", _show(recorded["seed"]), _show(now["seed"]), checkpoint)
+    if pending and "processes" in recorded and recorded["processes"] != now["processes"]:
+        raise _stop("processes", str(recorded["processes"]), str(now["processes"]), checkpoint,
+                    f"Launch {recorded['processes']} process(es) again")
+    old_tok, new_tok = recorded.get("tokenizer"), now["tokenizer"]
+    if old_tok is not None and old_tok != new_tok:
+        # the trained weights and final/ belong to one tokenizer, so this stops even with nothing left to train
+        show = lambda t: f"vocab {t.get('vocab_size')} (sha256 {t.get('sha256')})"
+        raise _stop("tokenizer", show(old_tok), show(new_tok), checkpoint,
+                    "Keep the checkpoint's tokenizer (model.tokenizer, model.train_tokenizer; a trained one "
+                    "also depends on seed)")
+
+    for i in pending:
+        old = old_stages[i]
+        if i >= len(new_stages):
+            if i == stage:
+                raise UserError(f"train.stages[{i}]: the checkpoint ({checkpoint}) is inside stage {i} "
+                                f"({old.get('name')}) at step {step}, and the recipe has {len(new_stages)} "
+                                f"stage(s) now. Put it back, or start a new run with output.dir=...")
+            notes.append(f"stage {i} ({old.get('name')}): removed from the recipe; it had not started")
+            continue
+        new = new_stages[i]
+        found = next(((f"train.stages[{i}].{key}", old[key], new[key]) for key in _STAGE_FIELDS
+                      if key in old and old[key] != new[key]), None)
+        if found is None and "data" in old:
+            base = f"train.stages[{i}].data" if new["own_data"] else "train.data"
+            found = _first_difference(old["data"], new["data"], base)
+        if found and i > stage:
+            notes.append(f"stage {i} ({new['name']}): {found[0]} {_show(found[1])} -> {_show(found[2])}; the stage "
+                         "has not started, so it trains as a new run of this recipe would")
+        elif found:
+            raise _stop(found[0], _show(found[1]), _show(found[2]), checkpoint)
+        if i == stage and old.get("steps") not in (None, new["steps"]):
+            if new["steps"] > step:
+                notes.append(f"stage {i} ({new['name']}): {old['steps']} -> {new['steps']} steps, the schedule "
+                             f"continues from step {step}")
+            else:
+                notes.append(f"stage {i} ({new['name']}): {old['steps']} -> {new['steps']} steps; {step} are "
+                             "done, so the stage ends here")
+    return notes
