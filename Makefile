@@ -8,7 +8,7 @@ ARGS ?=
 SUITE ?= evals/niah.yaml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup train test check summary eval report push plan validate clean
+.PHONY: setup train lint test check summary eval report push plan validate clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ setup: $(VENV)/.installed
 train: setup
 	$(PY) -m toolkit train $(RECIPE) $(ARGS)
 
-test: setup
+# The linter and the type checker (settings in pyproject.toml); `make test` runs them before the tests.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 check: setup
@@ -52,4 +57,4 @@ validate: setup
 	$(PY) -m toolkit validate recipes/*.yaml
 
 clean:
-	rm -rf $(VENV) runs eval-results .pytest_cache
+	rm -rf $(VENV) runs eval-results .pytest_cache .mypy_cache .ruff_cache

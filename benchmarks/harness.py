@@ -22,9 +22,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512),
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
@@ -96,6 +97,7 @@ def run(config: Config) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from toolkit.lora import CausalLM
     from toolkit.memory.checkpointing import enable_checkpointing
     from toolkit.memory.optimizers import build_optimizer
     from toolkit.memory.tiled_mlp import enable_tiled_mlp
@@ -109,10 +111,12 @@ def run(config: Config) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rss_start = _rss_bytes()
     torch.manual_seed(0)
-    llama = LlamaConfig(**SHAPES[config.shape], max_position_embeddings=max(config.seq_len, 8192),
-                        attn_implementation="sdpa", use_cache=False)
+    llama = LlamaConfig(**{**SHAPES[config.shape], "max_position_embeddings": max(config.seq_len, 8192),
+                           "attn_implementation": "sdpa", "use_cache": False})
+    model: CausalLM
     with torch.device(device):
-        model = LlamaForCausalLM(llama).to(dtype)
+        # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
+        model = LlamaForCausalLM(llama).to(dtype)  # type: ignore[arg-type]
     if config.method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(LORA_TARGETS)))
     model.train()

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +33,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None) -
     import torch
 
     shape = shape_from_config(SHAPES[shape_name])
-    lora = dict(lora_rank=16, lora_targets=LORA_TARGETS) if method == "lora" else {}
+    lora: dict[str, Any] = dict(lora_rank=16, lora_targets=LORA_TARGETS) if method == "lora" else {}
     rows = []
     for label, checkpointing, chunk, tiles in SETTINGS:
         config = Config(shape=shape_name, method=method, seq_len=seq_len, steps=1, checkpointing=checkpointing,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 import yaml
 
+if TYPE_CHECKING:
+    from tests.fake_hub import FakeHub
+
 torch.set_num_threads(2)
 
-MICRO_RECIPE = {
+MICRO_RECIPE: dict[str, Any] = {
     "name": "micro",
     "seed": 0,
     "model": {
@@ -43,3 +48,23 @@ def write_recipe(folder: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
 def micro_recipe(tmp_path: Path) -> Path:
     recipe = dict(MICRO_RECIPE, output={"dir": str(tmp_path / "run")})
     return write_recipe(tmp_path, recipe)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro recipe trained in one go, saving every 2 steps: the reference for resume tests."""
+    from tests.runs import train
+
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
+    assert train(recipe, "train.save_every=2") == 0
+    return folder / "run"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """A running local stand-in of the Hub (``tests/fake_hub.py``); huggingface_hub points at it."""
+    from tests.fake_hub import serving
+
+    with serving(monkeypatch, tmp_path) as hub:
+        yield hub

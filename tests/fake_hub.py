@@ -4,8 +4,8 @@ The server listens on 127.0.0.1 (a free port) in a thread and records every comm
 with the ``regular`` upload mode for every file, so contents travel base64-encoded inside the NDJSON commit
 (no LFS, no xet storage). Requests must carry ``Authorization: Bearer <token>``; anything else gets 401.
 
-Use the ``fake_hub`` fixture (it points huggingface_hub at the server and sets ``HF_TOKEN`` to a fake secret),
-and :func:`assert_no_secret` to prove a token never reached the disk.
+Use the ``fake_hub`` fixture of ``tests/conftest.py`` (:func:`serving`: it points huggingface_hub at the server
+and sets ``HF_TOKEN`` to a fake secret), and :func:`assert_no_secret` to prove a token never reached the disk.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -178,8 +179,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+@contextmanager
+def serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
     """A running :class:`FakeHub`; huggingface_hub points at it and ``HF_TOKEN`` holds its (fake) token."""
     token = "hf_" + secrets.token_hex(17)
     with FakeHub(token) as hub:

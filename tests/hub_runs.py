@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from toolkit.lora import CausalLM
 from toolkit.saving import save_final
 from toolkit.schema import MethodSpec
 
@@ -21,14 +23,15 @@ NATIVE = 64
 EXTENDED = 256
 ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": NATIVE}
 FINAL_TAG = "stage-1-long"
-FINAL_SCORES = {"niah_mean": 0.8125, "ruler_score": 0.7, "effective_length": 128,
+FINAL_SCORES: dict[str, Any] = {"niah_mean": 0.8125, "ruler_score": 0.7, "effective_length": 128,
                 "ruler_by_length": {"64": 0.95, "128": 0.9, "256": 0.25}, "arc_acc": 0.4375}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
 
 def tiny_config(**overrides: object) -> LlamaConfig:
-    settings = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=NATIVE, tie_word_embeddings=False)
+    settings: dict[str, Any] = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=NATIVE,
+                                    tie_word_embeddings=False)
     return LlamaConfig(**{**settings, **overrides})
 
 
@@ -47,7 +50,7 @@ def write_run(root: Path, method: str = "full") -> Path:
     """A finished two-stage run under ``root/run`` (``method``: full or lora) and return its folder."""
     run = root / "run"
     torch.manual_seed(0)
-    model = LlamaForCausalLM(extended_config())
+    model: CausalLM = LlamaForCausalLM(extended_config())
     if method == "lora":
         lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
         model = get_peft_model(model, lora)

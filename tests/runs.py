@@ -35,7 +35,8 @@ class StopAfter:
     """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
 
     def __init__(self, n: int):
-        self.checks, self.n, self.signum = 0, n, None
+        self.checks, self.n = 0, n
+        self.signum: int | None = None
 
     def __bool__(self) -> bool:
         self.checks += 1

@@ -3,6 +3,8 @@ search finds the boundary with doubling then bisection."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from benchmarks.harness import Config, run
@@ -22,9 +24,9 @@ def test_longest_fitting(boundary: int, expected: int) -> None:
 
 
 def test_toolkit_and_baseline_train_the_same_model() -> None:
-    common = dict(shape="tiny", method="full", seq_len=128, steps=1, peak_tflops=1.0)
-    toolkit = run(Config(**common, loss_chunk=32, tiles=2))
-    baseline = run(Config(**common, variant="baseline"))
+    common = Config(shape="tiny", method="full", seq_len=128, steps=1, peak_tflops=1.0)
+    toolkit = run(replace(common, loss_chunk=32, tiles=2))
+    baseline = run(replace(common, variant="baseline"))
     assert toolkit["status"] == baseline["status"] == "ok"
     assert toolkit["loss"] == pytest.approx(baseline["loss"], rel=1e-4)  # same data, same updates, two code paths
     assert toolkit["tokens_per_s"] > 0 and 0 < toolkit["mfu"] and toolkit["peak_gib"] > 0

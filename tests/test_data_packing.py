@@ -1,6 +1,6 @@
 """Packing documents into fixed-length rows, and the stage batches built from them."""
 
-from itertools import islice
+from itertools import islice, pairwise
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def _doc(first: int, length: int) -> Document:
 def _documents_of(row: dict) -> list[tuple[list[int], list[int]]]:
     """The row split at its position restarts, as (input_ids, labels) per document."""
     starts = [t for t, p in enumerate(row["position_ids"]) if p == 0] + [len(row["position_ids"])]
-    return [(row["input_ids"][a:b], row["labels"][a:b]) for a, b in zip(starts, starts[1:])]
+    return [(row["input_ids"][a:b], row["labels"][a:b]) for a, b in pairwise(starts)]
 
 
 def test_pack_places_whole_documents_and_pads_the_rest():
@@ -85,7 +85,7 @@ def test_stage_batches_shapes_and_determinism(tokenizer):
     spec = DataSpec(task="multikey", num_keys=3)
     first = list(islice(stage_batches(spec, tokenizer, seq_len=128, batch_size=4, seed=7), 3))
     again = list(islice(stage_batches(spec, tokenizer, seq_len=128, batch_size=4, seed=7), 3))
-    for batch, same in zip(first, again):
+    for batch, same in zip(first, again, strict=True):
         assert set(batch) == {"input_ids", "labels", "position_ids"}
         for key, tensor in batch.items():
             assert tensor.dtype == torch.long and tensor.shape == (4, 128)

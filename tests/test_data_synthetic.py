@@ -56,7 +56,8 @@ def test_passkey_trains_on_the_answer_only(tokenizer):
     for doc in _docs(tokenizer, task="passkey"):
         prompt, trained = _parts(tokenizer, doc)
         (key, value), = NEEDLE.findall(prompt)
-        assert QUESTION.search(prompt).group(1) == key
+        question = QUESTION.search(prompt)
+        assert question is not None and question.group(1) == key
         assert trained == f" {value}{tokenizer.eos_token}"
         assert doc.input_ids[0] == tokenizer.bos_token_id and doc.input_ids[-1] == tokenizer.eos_token_id
 
@@ -73,7 +74,9 @@ def test_multikey_hides_distinct_keys_and_asks_one(tokenizer, num_keys):
         prompt, trained = _parts(tokenizer, doc)
         needles = dict(NEEDLE.findall(prompt))
         assert len(NEEDLE.findall(prompt)) == len(needles) == num_keys
-        asked = QUESTION.search(prompt).group(1)
+        question = QUESTION.search(prompt)
+        assert question is not None
+        asked = question.group(1)
         assert asked in needles and trained == f" {needles[asked]}{tokenizer.eos_token}"
         asked_positions.add(list(needles).index(asked))
     assert len(asked_positions) > 1  # the asked needle is not always the same one of the document

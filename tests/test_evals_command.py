@@ -40,6 +40,7 @@ def test_max_length_leaves_out_longer_prompts() -> None:
     from toolkit.evals.suite import load_suite
 
     grid = load_suite(Path(__file__).resolve().parents[1] / "evals" / "niah.yaml").tasks[0]
-    assert capped(grid, 16384).lengths == [4096, 8192, 16384]
+    kept = capped(grid, 16384)
+    assert kept is not None and kept.lengths == [4096, 8192, 16384]
     assert capped(grid, None) is grid
     assert capped(grid, 1000) is None

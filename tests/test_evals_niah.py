@@ -43,7 +43,9 @@ def test_needle_sits_at_requested_depth_in_tokens(tmp_path: Path, source: str):
     for length in task.lengths:
         for depth in (0.0, 0.1, 0.33, 0.5, 0.9, 1.0):
             stack = needle_prompt(task, ctx, sentences, length, depth, sample=0)
-            key = re.search(r"pass key for (\w+)\?", tiny_tokenizer().decode(stack.input_ids)).group(1)
+            asked_key = re.search(r"pass key for (\w+)\?", tiny_tokenizer().decode(stack.input_ids))
+            assert asked_key is not None
+            key = asked_key.group(1)
             asked = needle.Needle(key, stack.answer.strip())
             needle_ids, question_ids = ctx.tokens(asked.sentence), ctx.tokens(asked.question)
             position = stack.needle_positions[0]
@@ -68,13 +70,14 @@ def test_teacher_forced_match_equals_greedy_generation():
                 " The pass key for amber is 12345. The slow road")]
     generated = generate_ids(model, prompts, max_new_tokens=4, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
     assert all(1 <= len(g) <= 4 for g in generated)
-    assert greedy_matches(model, list(zip(prompts, generated)), tok.pad_token_id) == [True, True, True]
+    assert greedy_matches(model, list(zip(prompts, generated, strict=True)), tok.pad_token_id) == [True, True, True]
     wrong_last = [g[:-1] + [(g[-1] + 1) % len(tok)] for g in generated]
     wrong_first = [[(g[0] + 1) % len(tok)] + g[1:] for g in generated]
-    assert greedy_matches(model, list(zip(prompts, wrong_last)), tok.pad_token_id) == [False, False, False]
-    assert greedy_matches(model, list(zip(prompts, wrong_first)), tok.pad_token_id) == [False, False, False]
+    for wrong in (wrong_last, wrong_first):
+        assert greedy_matches(model, list(zip(prompts, wrong, strict=True)), tok.pad_token_id) == [False, False, False]
     # one row at a time (no padding) gives the same answers as the padded batch
-    assert [greedy_matches(model, [(p, g)], tok.pad_token_id)[0] for p, g in zip(prompts, wrong_last)] == [False] * 3
+    rows = zip(prompts, wrong_last, strict=True)
+    assert [greedy_matches(model, [(p, g)], tok.pad_token_id)[0] for p, g in rows] == [False] * 3
 
 
 def test_teacher_forced_offsets_with_padding():
@@ -144,8 +147,10 @@ def test_resume_skips_recorded_cells(tmp_path: Path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm device")
 def test_teacher_forced_match_equals_greedy_generation_on_gpu():
-    model, tok = tiny_model().to("cuda"), tiny_tokenizer()  # fp32: bf16 near-ties could flip between the two paths
+    # fp32: bf16 near-ties could flip between the two paths; the ignore: transformers wraps .to in
+    # functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
+    model, tok = tiny_model().to("cuda"), tiny_tokenizer()  # type: ignore[arg-type]
     prompts = [tok(f" The pass key for {key} is 1234{i}. The old road{'.' * i}")["input_ids"]
                for i, key in enumerate(("apple", "raven", "amber"))]
     generated = generate_ids(model, prompts, max_new_tokens=4, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    assert greedy_matches(model, list(zip(prompts, generated)), tok.pad_token_id) == [True, True, True]
+    assert greedy_matches(model, list(zip(prompts, generated, strict=True)), tok.pad_token_id) == [True, True, True]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -63,9 +64,11 @@ def test_samples_fit_and_hold_their_answers(task: str):
             ranked = [w for w, _ in Counter(body).most_common(4)]
             assert ranked[0] == "...." and ranked[1:] == sample.answers
         elif task == "vt":  # a chain from the value through every variable, in order
-            value = re.search(r"assigned the value (\d+)", text).group(1)
+            found = re.search(r"assigned the value (\d+)", text)
+            assert found is not None
+            value = found.group(1)
             assert f"VAR {sample.answers[0]} = {value}." in text
-            positions = [text.index(f"VAR {b} = VAR {a}.") for a, b in zip(sample.answers, sample.answers[1:])]
+            positions = [text.index(f"VAR {b} = VAR {a}.") for a, b in itertools.pairwise(sample.answers)]
             assert positions == sorted(positions)
         else:
             for value in sample.answers:
@@ -92,7 +95,9 @@ class NeedleReader(torch.nn.Module):
         for row in input_ids.tolist():
             text = tok.decode(row, skip_special_tokens=True)
             key = re.findall(r"pass key for (\w+)\?", text)[-1]
-            value = re.search(rf"pass key for {key} is (\d+)\.", text).group(1)
+            found = re.search(rf"pass key for {key} is (\d+)\.", text)
+            assert found is not None
+            value = found.group(1)
             new = tok(f" {value}.", add_special_tokens=False)["input_ids"][:max_new_tokens]
             rows.append(row + new + [tok.pad_token_id] * (max_new_tokens - len(new)))
         return torch.tensor(rows)

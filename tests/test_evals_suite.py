@@ -8,7 +8,7 @@ import pytest
 
 from toolkit.cli import main
 from toolkit.errors import UserError
-from toolkit.evals.suite import NiahTask, RopeCompareTask, load_suite
+from toolkit.evals.suite import LmEvalTask, NiahTask, RopeCompareTask, load_suite
 
 EVALS = Path(__file__).resolve().parents[1] / "evals"
 LM_EVAL_TASKS = EVALS / "lm_eval_tasks"
@@ -41,7 +41,8 @@ def test_include_and_relative_paths():
     suite = load_suite(EVALS / "long-context.yaml")
     assert [t.key for t in suite.tasks] == ["single", "multikey", "ruler", "pg19"]
     short = load_suite(EVALS / "short-context.yaml")
-    assert Path(short.tasks[0].include_path) == LM_EVAL_TASKS
+    lm_eval = short.tasks[0]
+    assert isinstance(lm_eval, LmEvalTask) and Path(lm_eval.include_path or "") == LM_EVAL_TASKS
 
 
 def _error(tmp_path: Path, text: str) -> str:

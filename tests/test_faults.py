@@ -16,7 +16,6 @@ import torch
 
 import toolkit.training.checkpoints as checkpoints_module
 from tests.runs import assert_same_weights, final_weights, train
-from tests.test_train_e2e import uninterrupted  # noqa: F401  (module fixture: the reference run)
 from toolkit.training.objective import CausalLMObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +103,7 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120
         if (run / "checkpoints").is_dir() and any(p.name.startswith("stage-") for p in (run / "checkpoints").iterdir()):
             return
         if proc.poll() is not None:
-            pytest.fail(f"training ended before its first checkpoint: {proc.stderr.read()}")
+            pytest.fail(f"training ended before its first checkpoint: {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("no checkpoint within the timeout")

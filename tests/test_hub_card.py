@@ -6,15 +6,26 @@ import json
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hub_runs import FINAL_SCORES, FINAL_TAG, write_run
+from tests.hub_runs import FINAL_SCORES, FINAL_TAG, write_run
 from toolkit.errors import UserError
 from toolkit.hub.card import build_card, final_eval, is_hub_id
 
 
+def _data(card: ModelCard) -> ModelCardData:
+    assert isinstance(card.data, ModelCardData)
+    return card.data
+
+
+def _results(card: ModelCard) -> list[EvalResult]:
+    results = _data(card).eval_results
+    assert results is not None
+    return results
+
+
 def _metrics(card: ModelCard) -> dict[tuple[str, str], float]:
-    return {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    return {(r.dataset_type, r.metric_type): r.metric_value for r in _results(card)}
 
 
 def test_card_round_trips_with_the_final_stage_numbers(tmp_path: Path) -> None:
@@ -30,12 +41,12 @@ def test_card_round_trips_with_the_final_stage_numbers(tmp_path: Path) -> None:
     for length, score in FINAL_SCORES["ruler_by_length"].items():
         assert metrics[("ruler_mini", f"accuracy@{length}")] == score
     assert metrics[("arc_local", "acc")] == FINAL_SCORES["arc_acc"]
-    assert not any("stderr" in r.metric_name for r in card.data.eval_results)
-    assert card.data.model_name == "tiny-long"
-    assert card.data.base_model is None  # a random init is no Hub model
-    assert card.data.library_name == "peft"
-    assert {"long-context", "rope", "llama-3", "lora", "rope-yarn"} <= set(card.data.tags)
-    assert card.data.datasets == ["org/long-texts"]
+    assert not any("stderr" in (r.metric_name or "") for r in _results(card))
+    assert _data(card).model_name == "tiny-long"
+    assert _data(card).base_model is None  # a random init is no Hub model
+    assert _data(card).library_name == "peft"
+    assert {"long-context", "rope", "llama-3", "lora", "rope-yarn"} <= set(_data(card).tags or [])
+    assert _data(card).datasets == ["org/long-texts"]
     assert '"rope_type": "yarn"' in card.text and "max_position_embeddings = 256" in card.text
     assert "| 1 | long | 256 | yarn |" in card.text
     assert "[report.md](report.md)" in card.text
@@ -47,9 +58,9 @@ def test_full_run_from_hub_model(tmp_path: Path) -> None:
     info = json.loads((run / "run_info.json").read_text())
     (run / "run_info.json").write_text(json.dumps({**info, "base_model": "meta-llama/Meta-Llama-3-8B"}))
     card = ModelCard(str(build_card(run, "org/llama-3-8b-64k")))
-    assert card.data.base_model == "meta-llama/Meta-Llama-3-8B"
-    assert card.data.library_name == "transformers"
-    assert "full-finetune" in card.data.tags
+    assert _data(card).base_model == "meta-llama/Meta-Llama-3-8B"
+    assert _data(card).library_name == "transformers"
+    assert "full-finetune" in (_data(card).tags or [])
     assert "AutoModelForCausalLM.from_pretrained(\"org/llama-3-8b-64k\")" in card.text
 
 
@@ -70,7 +81,7 @@ def test_card_without_stage_evals(tmp_path: Path) -> None:
             path.unlink()
         (run / "eval" / tag).rmdir()
     card = ModelCard(str(build_card(run, "me/x")))
-    assert card.data.eval_results is None
+    assert _data(card).eval_results is None
     assert "No stage evaluation was recorded" in card.text
 
 

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hub_runs import EXTENDED, ROPE, write_run
+from tests.hub_runs import EXTENDED, ROPE, write_run
 from toolkit.errors import UserError
 from toolkit.hub.merge import merge_run
 from toolkit.hub.push import build_upload_folder

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from fake_hub import FakeHub, fake_hub  # noqa: F401  (fixture)
-from hub_runs import write_run
+from tests.fake_hub import FakeHub
+from tests.hub_runs import write_run
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.hub.push import build_upload_folder, push_run
@@ -102,7 +102,8 @@ def test_push_commits_the_folder_and_a_second_push_updates_in_place(tmp_path: Pa
     assert repo.files["report.md"] == b"# Report\n\nrevised\n"
 
 
-def test_push_without_login_or_with_a_bad_token(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_without_login_or_with_a_bad_token(tmp_path: Path, fake_hub: FakeHub,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     run = write_run(tmp_path, "full")
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(UserError, match="not logged in: set HF_TOKEN"):

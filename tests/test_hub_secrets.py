@@ -9,8 +9,8 @@ import pytest
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from fake_hub import FakeHub, assert_no_secret, fake_hub  # noqa: F401  (fixture)
-from hub_runs import write_run
+from tests.fake_hub import FakeHub, assert_no_secret
+from tests.hub_runs import write_run
 from toolkit.cli import main
 from toolkit.errors import RunFailure, UserError
 from toolkit.hub.secrets import get_token, hub_error, redact

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
 
-CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128)
+CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,
+                              attn_implementation="sdpa")
 
 
-def _model(lora: bool) -> torch.nn.Module:
+def _model(lora: bool) -> CausalLM:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CONFIG, attn_implementation="sdpa"))
+    model: CausalLM = LlamaForCausalLM(LlamaConfig(**CONFIG))
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     return model.train()
 
 
-def _step(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
+def _step(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor | None]]:
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 48), generator=torch.Generator().manual_seed(1))
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -31,9 +36,14 @@ def _step(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
 def _mlp_calls(model: torch.nn.Module) -> int:
     """Forward calls of the first layer's MLP in one step (module hooks do not fire on the recompute)."""
     calls = []
-    mlp = next(m for m in model.modules() if type(m).__name__ == "LlamaDecoderLayer").mlp
+    mlp: torch.nn.Module = next(m for m in model.modules() if isinstance(m, LlamaDecoderLayer)).mlp
     forward = mlp.forward
-    mlp.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
     _step(model)
     return len(calls)
 
@@ -63,7 +73,8 @@ def test_layers_recompute_in_backward() -> None:
 def test_offload_lowers_peak_gpu_memory() -> None:
     peaks = []
     for offload in (False, True):
-        model = _model(lora=False).cuda()
+        # transformers wraps .cuda in functools.wraps(nn.Module.cuda), whose annotation hides the bound self from mypy
+        model = _model(lora=False).cuda()  # type: ignore[call-arg]
         enable_checkpointing(model, offload=offload)
         ids = torch.randint(0, CONFIG["vocab_size"], (8, 4096), device="cuda")
         torch.cuda.reset_peak_memory_stats()

@@ -27,6 +27,7 @@ def _loss_and_grads(chunk_size: int | None, ignored: float) -> tuple[torch.Tenso
     hidden, head, labels = _inputs(ignored=ignored)
     loss, count = causal_lm_loss(hidden, head, labels, chunk_size)
     loss.backward()
+    assert hidden.grad is not None and head.weight.grad is not None
     return loss.detach(), count, hidden.grad, head.weight.grad
 
 
@@ -37,7 +38,7 @@ def test_chunked_equals_plain(chunk_size: int, ignored: float) -> None:
     chunked = _loss_and_grads(chunk_size, ignored)
     assert chunked[0].dtype == torch.float32 and chunked[0].dim() == 0
     assert chunked[1].item() == plain[1].item()
-    for a, b in zip(plain, chunked):
+    for a, b in zip(plain, chunked, strict=True):
         torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=1e-5)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ def test_adamw_takes_recipe_settings_and_steps() -> None:
     before = layer.weight.detach().clone()
     layer(torch.ones(2, 4)).sum().backward()
     optimizer.step()
+    assert layer.weight.grad is not None
     # Adam's first step moves every weight by lr (sign of the gradient) plus decoupled decay lr * wd * w.
     torch.testing.assert_close(before - layer.weight.detach(), 0.05 * torch.sign(layer.weight.grad) + 0.005 * before,
                                atol=1e-4, rtol=1e-3)
@@ -33,7 +35,7 @@ def test_adamw_takes_recipe_settings_and_steps() -> None:
 
 def test_adamw_accepts_parameter_groups() -> None:
     layer = torch.nn.Linear(4, 3)
-    groups = [{"params": [layer.weight]}, {"params": [layer.bias], "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = [{"params": [layer.weight]}, {"params": [layer.bias], "weight_decay": 0.0}]
     optimizer = build_optimizer(groups, _train(weight_decay=0.1), lr=1e-3)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 

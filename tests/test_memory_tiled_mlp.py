@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -10,17 +12,18 @@ from toolkit.errors import UserError
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.tiled_mlp import TiledForward, decoder_mlps, enable_tiled_mlp
 
-CONFIG = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128)
+CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,
+                              attn_implementation="sdpa")
 LENGTH = 50
 
 
 def _model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**CONFIG, attn_implementation="sdpa")).train()
+    return LlamaForCausalLM(LlamaConfig(**CONFIG)).train()
 
 
-def _step(model: LlamaForCausalLM) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step(model: LlamaForCausalLM) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
     ids = torch.randint(0, CONFIG["vocab_size"], (2, LENGTH), generator=torch.Generator().manual_seed(1))
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
@@ -51,7 +54,8 @@ def test_names_kept_and_reapplying_replaces_tiles() -> None:
     mlps = decoder_mlps(model)
     assert len(mlps) == CONFIG["num_hidden_layers"]
     assert all(isinstance(m.forward, TiledForward) and m.forward.tiles == 5 for m in mlps)
-    assert not isinstance(mlps[0].forward.forward, TiledForward)
+    first = mlps[0].forward
+    assert isinstance(first, TiledForward) and not isinstance(first.forward, TiledForward)
 
 
 def test_intermediate_tensors_are_tile_sized() -> None:
@@ -60,8 +64,14 @@ def test_intermediate_tensors_are_tile_sized() -> None:
     enable_tiled_mlp(model, tiles)
     mlp = decoder_mlps(model)[0]
     widest: list[int] = []
-    act = mlp.act_fn.forward
-    mlp.act_fn.forward = lambda x: widest.append(x.shape[1]) or act(x)
+    act_fn = mlp.get_submodule("act_fn")
+    act = act_fn.forward
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        widest.append(x.shape[1])
+        return act(x)
+
+    act_fn.forward = recorded
     _step(model)
     assert widest == [LENGTH // tiles] * (2 * tiles)  # forward, then the backward's recompute, one tile at a time
 

@@ -115,3 +115,16 @@ def test_lora_trains_only_adapter_embeddings_and_every_norm(tokenizer) -> None:
         optimizer.zero_grad()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == trainable
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_restores_the_mode_also_on_error(training: bool) -> None:
+    from toolkit.modeling import evaluating
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train(training)
+    with evaluating(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert all(m.training == training for m in model.modules())
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("eval failed")
+    assert all(m.training == training for m in model.modules())

@@ -28,16 +28,16 @@ def test_values_are_typed_and_nested_keys_created() -> None:
 
 
 def test_overrides_reach_the_typed_recipe() -> None:
-    recipe = load_recipe(TINY, ["train.max_steps=5", "stages[1].seq_len=2048", "stages[1].rope.factor=8",
+    recipe = load_recipe(TINY, ["train.max_steps=5", "stages[2].seq_len=2048", "stages[2].rope.factor=8",
                                 "method.kind=lora", "method.lora.r=4"])
     assert recipe.train.max_steps == 5
-    assert recipe.train.stages[1].seq_len == 2048 and recipe.train.stages[1].rope.factor == 8
+    assert recipe.train.stages[2].seq_len == 2048 and recipe.train.stages[2].rope.factor == 8
     assert recipe.method.kind == "lora" and recipe.method.lora.r == 4
 
 
 @pytest.mark.parametrize("override,expected", [
     ("train.max_steps=-5", "train.max_steps: Input should be greater than 0"),
-    ("stages[1].seq_len=2048", "train.stages[1].rope.factor: 4.0 x original length 256 covers 1024"),
+    ("stages[2].seq_len=2048", "train.stages[2].rope.factor: 4.0 x original length 256 covers 1024"),
     ("stages[7].lr=1", "index 7 is out of range"),
     ("train.stages[0].nonsense=1", "train.stages[0].nonsense: unknown key"),
     ("method.kind=qlora", "method.kind: Input should be 'full' or 'lora'"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_shard_without_context_parallel_leaves_the_batch() -> None:
 
 
 def test_shard_under_context_parallel_prepares_shifted_buffers() -> None:
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def maybe_context_parallel(buffers, buffer_seq_dims, no_restore_buffers):
         seen.update(buffers=buffers, dims=buffer_seq_dims, keep=no_restore_buffers)

@@ -54,10 +54,11 @@ MUTATIONS = {
     "unknown key": (_set(["train", "stagez"], 1), "train.stagez: unknown key"),
     "wrong type": (_set(["train", "stages", 0, "seq_len"], "long"), "train.stages[0].seq_len:"),
     "negative length": (_set(["train", "stages", 1, "seq_len"], -1024), "train.stages[1].seq_len:"),
-    "shorter stage": (_set(["train", "stages", 1, "seq_len"], 128), "train.stages[1].seq_len: 128 is shorter"),
-    "rope factor too small": (_set(["train", "stages", 1, "rope", "factor"], 2.0), "train.stages[1].rope.factor"),
-    "key of another rope type": (_set(["train", "stages", 1, "rope", "low_freq_factor"], 1.0),
-                                 "train.stages[1].rope.low_freq_factor: does not apply"),
+    "shorter stage": (_set(["train", "stages", 2, "seq_len"], 128), "train.stages[2].seq_len: 128 is shorter"),
+    "rope factor too small": (_set(["train", "stages", 2, "rope", "factor"], 2.0),
+                              "train.stages[2].rope.factor: 2.0 x original length 256 covers 512 tokens"),
+    "key of another rope type": (_set(["train", "stages", 2, "rope", "low_freq_factor"], 1.0),
+                                 "train.stages[2].rope.low_freq_factor: does not apply"),
     "bad attention": (_set(["model", "attention"], "fast"), "model.attention:"),
 }
 

@@ -8,6 +8,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,7 @@ def _identity(change=None, processes: int = 1, tokenizer=TOKENIZER) -> dict:
     return data_identity(Recipe.model_validate(raw), tokenizer, processes)
 
 
-def _check(recorded: dict, now: dict, stage: int = 0, step: int = 2, done: bool = False) -> list[str]:
+def _check(recorded: dict | None, now: dict, stage: int = 0, step: int = 2, done: bool = False) -> list[str]:
     return check_resume(recorded, now, stage, step, done, "runs/x/checkpoints/stage-0-step-000002")
 
 
@@ -182,7 +183,7 @@ def test_finished_stages_do_not_matter() -> None:
     with pytest.raises(UserError, match=r"^train.stages\[0\].seq_len: 64"):
         _check(base, _identity(finished), stage=0, step=6, done=False)
     # everything finished: seed and processes change no data any more (the tokenizer still must match)
-    everything = {"stage": 1, "step": 4, "done": True}
+    everything: dict[str, Any] = {"stage": 1, "step": 4, "done": True}
     assert _check(base, _identity(lambda r: r.__setitem__("seed", 3), processes=2), **everything) == []
     with pytest.raises(UserError, match=r"^tokenizer: "):
         _check(base, _identity(tokenizer={"vocab_size": 512, "sha256": "x"}), **everything)
@@ -233,10 +234,13 @@ def test_checkpoint_state_round_trip(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path, 2, Accelerator(cpu=True))
     manager.data_identity = _identity()
     manager.save(TrainerState(0, 1, 1))
-    _, state = manager.latest()
+    latest = manager.latest()
+    assert latest is not None
+    _, state = latest
     assert state == TrainerState(0, 1, 1) and state.data == _identity()
     legacy = tmp_path / "checkpoints" / "stage-0-step-000002"
     legacy.mkdir()
     (legacy / "trainer_state.json").write_text(json.dumps({"stage": 0, "step": 2, "global_step": 2,
                                                            "stage_done": False}))
-    assert manager.latest() == (legacy, TrainerState(0, 2, 2)) and manager.latest()[1].data is None
+    latest = manager.latest()
+    assert latest == (legacy, TrainerState(0, 2, 2)) and latest[1].data is None

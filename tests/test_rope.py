@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from toolkit.rope import apply_rope, rope_parameters, theta_for_length
-from toolkit.schema import RopeSpec
+from toolkit.errors import UserError
+from toolkit.rope import apply_rope, check_coverage, rope_parameters, theta_for_length, use_rope
+from toolkit.schema import RopeSpec, StageSpec, TrainSpec
 
 NATIVE, TARGET, THETA, HEAD_DIM = 256, 1024, 10000.0, 16
-DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
+DIMS: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=100)
 LONG_FACTOR = [1.0 + i for i in range(HEAD_DIM // 2)]
 SHORT_FACTOR = [1.0 + 0.1 * i for i in range(HEAD_DIM // 2)]
 
@@ -36,19 +39,25 @@ CASES = [
 IDS = [spec.type for spec, _ in CASES]
 
 
-def tiny_model() -> torch.nn.Module:
+def tiny_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(**DIMS, max_position_embeddings=NATIVE, rope_parameters={"rope_type": "default",
                                                                                   "rope_theta": THETA})
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
-def reference_model(model: torch.nn.Module, expected: dict, max_positions: int) -> torch.nn.Module:
+def reference_model(model: LlamaForCausalLM, expected: dict, max_positions: int) -> LlamaForCausalLM:
     """A model built from scratch with the hand-written RoPE and ``model``'s weights."""
     config = LlamaConfig(**DIMS, max_position_embeddings=max_positions, rope_parameters=dict(expected))
     fresh = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     fresh.load_state_dict(model.state_dict())
     return fresh
+
+
+def rope_of(model: LlamaForCausalLM) -> dict[str, Any]:
+    """A copy of the model's current ``rope_parameters`` (a LlamaConfig always has them)."""
+    assert model.config.rope_parameters is not None
+    return dict(model.config.rope_parameters)
 
 
 def logits(model: torch.nn.Module, length: int = TARGET) -> torch.Tensor:
@@ -99,14 +108,14 @@ def test_stages_switch_back_and_forth_and_through_peft() -> None:
     wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     apply_rope(wrapped, rope_parameters(RopeSpec(type="yarn"), TARGET, wrapped.get_base_model().config, NATIVE),
                TARGET)
-    assert wrapped.get_base_model().config.rope_parameters["rope_type"] == "yarn"
+    assert rope_of(model)["rope_type"] == "yarn"
     assert not torch.allclose(logits(wrapped, 64), native_logits, atol=1e-4)
     apply_rope(wrapped, {"rope_type": "default", "rope_theta": THETA}, NATIVE)
     torch.testing.assert_close(logits(wrapped, 64), native_logits, rtol=0, atol=1e-6)
 
 
 def test_apply_keeps_device_and_dtype() -> None:
-    model = tiny_model().to(torch.bfloat16)
+    model = tiny_model().bfloat16()
     old = model.model.rotary_emb.inv_freq
     apply_rope(model, {"rope_type": "linear", "rope_theta": THETA, "factor": 2.0}, 512)
     new = model.model.rotary_emb.inv_freq
@@ -145,3 +154,47 @@ def test_factor_defaults_and_explicit_original() -> None:
     custom = rope_parameters(RopeSpec(type="yarn", original_max_position_embeddings=128), TARGET, config, NATIVE)
     assert (custom["factor"], custom["original_max_position_embeddings"]) == (8.0, 128)
     assert math.isclose(rope_parameters(RopeSpec(type="yarn", factor=3.0), TARGET, config, NATIVE)["factor"], 3.0)
+
+
+@pytest.mark.parametrize("start", [{"rope_type": "default", "rope_theta": THETA},
+                                   {"rope_type": "dynamic", "rope_theta": THETA, "factor": 3.0}],
+                         ids=["default", "dynamic"])
+def test_use_rope_restores_the_previous_setting_exactly(start: dict) -> None:
+    model = tiny_model()
+    apply_rope(model, start, 1000)
+    before = (rope_of(model), model.config.max_position_embeddings, logits(model, 64))
+    with use_rope(model, RopeSpec(type="dynamic", factor=2.0), TARGET, NATIVE) as switch:
+        assert switch.applied.parameters == {"rope_type": "dynamic", "rope_theta": THETA, "factor": 2.0}
+        assert switch.applied.context_length == TARGET and model.config.max_position_embeddings == TARGET // 2
+    assert (model.config.rope_parameters, model.config.max_position_embeddings) == before[:2]  # no rounding back
+    torch.testing.assert_close(logits(model, 64), before[2], rtol=0, atol=0)
+
+
+def test_use_rope_through_peft_keeps_the_previous_setting_on_error(monkeypatch) -> None:
+    import toolkit.rope
+
+    model = tiny_model()
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    switch = use_rope(wrapped, RopeSpec(type="yarn"), TARGET, NATIVE)
+    assert rope_of(model)["rope_type"] == "yarn" and model.config.max_position_embeddings == TARGET
+
+    def half_done(target, params, max_positions):
+        apply_rope(target, params, max_positions)
+        raise RuntimeError("failed after the config changed")
+
+    monkeypatch.setattr(toolkit.rope, "apply_rope", half_done)
+    with pytest.raises(RuntimeError):
+        use_rope(wrapped, RopeSpec(type="linear"), TARGET, NATIVE)
+    monkeypatch.undo()
+    assert rope_of(model)["rope_type"] == "yarn"
+    switch.restore()
+    assert rope_of(model)["rope_type"] == "default" and model.config.max_position_embeddings == NATIVE
+
+
+def test_coverage_is_checked_against_the_loaded_native_length() -> None:
+    train = TrainSpec(stages=[StageSpec(seq_len=256, max_steps=1),
+                              StageSpec(seq_len=1024, max_steps=1, rope=RopeSpec(type="yarn", factor=2.0))])
+    check_coverage(train, 512)
+    with pytest.raises(UserError, match=r"^train.stages\[1\].rope.factor: 2.0 x original length 256 covers 512 "
+                                        r"tokens, less than seq_len 1024$"):
+        check_coverage(train, 256)

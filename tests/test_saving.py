@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
+from toolkit.lora import CausalLM
 from toolkit.modeling import load_for_eval, load_model
 from toolkit.rope import apply_rope, rope_parameters
 from toolkit.saving import merge_adapter, save_final
@@ -30,7 +32,7 @@ def tokenizer():
     return train_tokenizer(TokenizerTraining(vocab_size=300, corpus_documents=50), seed=0)
 
 
-def trained(tokenizer, method: MethodSpec) -> torch.nn.Module:
+def trained(tokenizer, method: MethodSpec) -> CausalLM:
     """A tiny model after a few steps at TARGET length with yarn, as the runner would leave it."""
     spec = ModelSpec(init_config=dict(TINY), train_tokenizer=TokenizerTraining())
     loaded = load_model(spec, method, tokenizer, CPU, seed=0)
@@ -81,8 +83,11 @@ def test_lora_final_is_self_sufficient(tokenizer, tmp_path) -> None:
             "merged"} <= {p.name for p in final.iterdir()}
     assert json.loads((final / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
 
-    base, info = AutoModelForCausalLM.from_pretrained(final / "base", output_loading_info=True)
+    # with output_loading_info it returns (model, info), which transformers' annotation leaves out
+    loaded = AutoModelForCausalLM.from_pretrained(final / "base", output_loading_info=True)
+    base, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    assert isinstance(model, PeftModel)
     with model.disable_adapter():  # the saved base is the untrained base
         torch.testing.assert_close(logits(base.eval()), logits(model), rtol=0, atol=1e-6)
     adapted = PeftModel.from_pretrained(base, final).eval()

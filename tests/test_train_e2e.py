@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
+from toolkit.cli import main
 
 
 def _mean(values: list[float]) -> float:
@@ -40,7 +41,8 @@ def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path, monkeypat
     secret = "hf_" + "x7Q" * 12
     monkeypatch.setenv("HF_TOKEN", secret)
     run = micro_recipe.parent / "run"
-    assert train(micro_recipe, "method.kind=lora", "method.lora.r=8", "method.lora.trainable_modules=[embed_tokens, norm]",
+    assert train(micro_recipe, "method.kind=lora", "method.lora.r=8",
+                 "method.lora.trainable_modules=[embed_tokens, norm]",
                  "stages[0].lr=1e-2", "stages[0].max_steps=8") == 0
     losses = [r["loss"] for r in metrics(run) if r["stage"] == 0]
     assert _mean(losses[-2:]) < 0.95 * _mean(losses[:2]), losses
@@ -54,17 +56,6 @@ def test_existing_run_needs_resume_flag(micro_recipe: Path, capsys) -> None:
     assert train(micro_recipe, "train.max_steps=1") == 0
     assert train(micro_recipe, "train.max_steps=1") == 2
     assert "train.resume=true" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    """The micro recipe trained in one go, saving every 2 steps: the reference for resume tests."""
-    from tests.conftest import MICRO_RECIPE, write_recipe
-
-    folder = tmp_path_factory.mktemp("reference")
-    recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
-    assert train(recipe, "train.save_every=2") == 0
-    return folder / "run"
 
 
 @pytest.mark.parametrize("stop_after", [3, 8])
@@ -104,3 +95,24 @@ def test_deepspeed_with_accumulation_is_refused(micro_recipe: Path) -> None:
     with pytest.raises(UserError, match=r"train.stages\[1\].grad_accum: 2 is not supported under DeepSpeed"):
         _check_engine(recipe, SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
     _check_engine(recipe, SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+
+
+def test_factor_short_of_seq_len_is_refused_after_loading(tmp_path: Path, capsys) -> None:
+    """A model loaded from a folder has its native length in its config only: checked once it is loaded."""
+    from transformers import LlamaConfig
+
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    config = LlamaConfig(**MICRO_RECIPE["model"]["init_config"], vocab_size=320)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    model = {"name_or_path": str(tmp_path / "base"), "train_tokenizer": MICRO_RECIPE["model"]["train_tokenizer"],
+             "precision": "fp32"}
+    stages = [MICRO_RECIPE["train"]["stages"][0],
+              {**MICRO_RECIPE["train"]["stages"][1], "rope": {"type": "yarn", "factor": 1.5}}]
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, train={**MICRO_RECIPE["train"], "stages": stages},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert main(["validate", str(recipe)]) == 0  # the native length (64) is not in the recipe
+    assert train(recipe) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: train.stages[1].rope.factor: 1.5 x original length 64 covers 96 tokens, less than seq_len 128")
+    assert not (tmp_path / "run" / "run_info.json").exists() and not (tmp_path / "run" / "checkpoints").exists()

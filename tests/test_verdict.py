@@ -10,9 +10,11 @@ import yaml
 
 from toolkit.cli import main
 from toolkit.errors import UserError
-from toolkit.evals.report import build_report, heatmap_panels, load_run
 from toolkit.evals.stats import Rate
-from toolkit.evals.verdict import check_run, compute_verdict, effective_length, verdict_spec, verdict_text
+from toolkit.report.report import build_report
+from toolkit.report.sections import heatmap_panels
+from toolkit.report.verdict import check_run, compute_verdict, effective_length, verdict_spec, verdict_text
+from toolkit.run_folder import load_run
 from toolkit.schema import EvalSpec
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -107,8 +109,10 @@ def test_failing_run(tmp_path: Path) -> None:
     text = verdict.text()
     assert text.startswith("Verdict (niah-tiny/passkey): FAIL.")
     assert "0.80 [0.71, 0.87] n=100 (>= 0.90 FAIL)" in text and "niah_short 0.89 (>= 0.95 FAIL)" in text
-    stricter = compute_verdict(load_run(tmp_path / "bad"), verdict_spec(load_run(tmp_path / "bad")).model_copy(
-        update={"extended_min": 0.5, "retention_min": 0.5}))
+    spec = verdict_spec(load_run(tmp_path / "bad"))
+    assert spec is not None
+    stricter = compute_verdict(load_run(tmp_path / "bad"), spec.model_copy(update={"extended_min": 0.5,
+                                                                                   "retention_min": 0.5}))
     assert stricter.passed
 
 

@@ -6,15 +6,18 @@ User mistakes (:class:`UserError`) print one line and exit 2; run-time failures 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from toolkit.errors import RunFailure, UserError
-from toolkit.training.faults import Stopped
+from toolkit.errors import RunFailure, Stopped, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and other libraries' info")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
@@ -62,9 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """The toolkit's loggers print plain messages on stderr at INFO (DEBUG with -v, WARNING with -q); other
+    libraries print WARNING and above (INFO with -v, ERROR with -q). Calling it again replaces the setting."""
+    own = logging.getLogger("toolkit")
+    own.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if not any(isinstance(handler, _Stderr) for handler in own.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        own.addHandler(handler)
+    own.propagate = False
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
 def _report(args: argparse.Namespace) -> int:
-    from toolkit.evals.report import build_report
-    from toolkit.evals.verdict import check_run, summary_markdown
+    from toolkit.report.report import build_report
+    from toolkit.report.verdict import check_run, summary_markdown
 
     if args.summary:
         if args.check:
@@ -124,6 +152,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return _dispatch(args)
     except UserError as exc:

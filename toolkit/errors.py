@@ -1,5 +1,7 @@
 """Errors that the CLI turns into one line and an exit code."""
 
+import signal
+
 
 class UserError(Exception):
     """Something the user got wrong (bad recipe, missing file, impossible setting): exit code 2.
@@ -14,3 +16,12 @@ class RunFailure(Exception):
     """A failure at run time that is not the user's input (non-finite loss, out of memory): exit code 1."""
 
     exit_code = 1
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint: exit code 128 + the signal number."""
+
+    def __init__(self, signum: int, checkpoint: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {checkpoint}; "
+                         "continue with train.resume=true")
+        self.exit_code = 128 + signum

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeAlias, cast
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers import PreTrainedModel
 
 from toolkit.errors import UserError
 from toolkit.schema import LoraSpec
 
 log = logging.getLogger(__name__)
+
+CausalLM: TypeAlias = PreTrainedModel | PeftModel
+"""A transformers causal LM, or one wrapped by peft (which forwards what it lacks to the model inside)."""
+
+
+def unwrap_peft(model: CausalLM) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper, or ``model`` itself when it is not wrapped."""
+    if isinstance(model, PeftModel):
+        return cast(PreTrainedModel, model.get_base_model())  # peft annotates it as a plain nn.Module
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -35,7 +47,8 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """
     _check_names(model, spec.target_modules, "target_modules")
     _check_names(model, spec.trainable_modules, "trainable_modules")
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+    # peft annotates lora_alpha as int, but scales by lora_alpha / r: a float alpha works
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
                         target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from toolkit.attention import select_attention
 from toolkit.errors import UserError
 from toolkit.hub_ids import looks_local
-from toolkit.lora import apply_lora
+from toolkit.lora import CausalLM, apply_lora
 from toolkit.schema import MethodSpec, ModelSpec
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
@@ -26,7 +28,7 @@ BASE_FOLDER = "base"
 class LoadedModel:
     """A model ready for training, with what was chosen for it and why."""
 
-    model: torch.nn.Module
+    model: CausalLM
     attention: str
     attention_reason: str
     dtype: torch.dtype
@@ -50,6 +52,17 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in dtypes:
         raise UserError(f"model.precision: unknown precision {precision!r}")
     return dtypes[precision]
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block ``model`` is in eval mode; its train/eval mode is restored afterwards, also on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def native_length_of(config: Any) -> int:
@@ -98,6 +111,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
     device = torch.device(device)
     attention, reason = select_attention(spec.attention, device, training=training)
     dtype = resolve_dtype(spec.precision, device)
+    model: CausalLM
     if spec.backend == "unsloth":
         from toolkit.unsloth_backend import load_with_unsloth
 
@@ -105,9 +119,11 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
     elif spec.init_config is not None:
         model = build_random(spec.init_config, tokenizer, attention, dtype, seed)
     else:
+        assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
         model = _pretrained(spec.name_or_path, "model.name_or_path", revision=spec.revision,
                             trust_remote_code=spec.trust_remote_code, attn_implementation=attention, dtype=dtype)
-    model.to(device)
+    # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
+    model.to(device)  # type: ignore[arg-type]
     native_length = native_length_of(model.config)
     native_theta = float(model.config.rope_parameters["rope_theta"])
     if method.kind == "lora" and spec.backend != "unsloth":
@@ -162,7 +178,7 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded.to(device).eval()
+    loaded.to(device).eval()  # type: ignore[arg-type]  # as in load_model
     info = {"model": model, "base": base, "adapter": adapter, "device": str(device),
             "dtype": str(dtype).removeprefix("torch."), "attention": implementation, "attention_reason": reason,
             "rope_parameters": dict(loaded.config.rope_parameters),

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 from toolkit.schema import ParallelSpec
 
@@ -82,7 +83,8 @@ def _check_launch(parallel: ParallelSpec, processes: int, env: Mapping[str, str]
                         f"launch with accelerate launch --config_file {config} --num_processes <multiple of "
                         f"{parallel.degree}>")
     if parallel.sequence == "ulysses" and env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
-        raise UserError(f"parallel.sequence: ulysses needs a DeepSpeed launch: accelerate launch --config_file {config}")
+        raise UserError("parallel.sequence: ulysses needs a DeepSpeed launch: "
+                        f"accelerate launch --config_file {config}")
     if parallel.sequence == "context_parallel" and env.get("FSDP_VERSION") != "2":
         raise UserError(f"parallel.sequence: context_parallel needs an FSDP2 launch: accelerate launch "
                         f"--config_file {config}")
@@ -91,7 +93,7 @@ def _check_launch(parallel: ParallelSpec, processes: int, env: Mapping[str, str]
 def shard_for_sequence_parallel(accelerator: Any, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
     """The context to run one step's forward and backward in.
 
-    Under context parallelism it adds ``shift_labels`` (labels shifted left, -100 at the end) and
+    Under context parallelism it adds ``shift_labels`` (labels shifted left, ``IGNORE_INDEX`` at the end) and
     ``position_ids`` to ``batch`` and returns accelerate's ``maybe_context_parallel`` over them, which slices
     every buffer along the sequence for this rank on entry. Otherwise (no sequence parallelism, or Ulysses whose
     DataLoader already yields slices) it changes nothing and returns a null context.
@@ -101,7 +103,8 @@ def shard_for_sequence_parallel(accelerator: Any, batch: dict[str, torch.Tensor]
         return contextlib.nullcontext()
     input_ids = batch["input_ids"]
     if "shift_labels" not in batch:
-        batch["shift_labels"] = torch.nn.functional.pad(batch.pop("labels"), (0, 1), value=-100)[:, 1:].contiguous()
+        padded = torch.nn.functional.pad(batch.pop("labels"), (0, 1), value=IGNORE_INDEX)
+        batch["shift_labels"] = padded[:, 1:].contiguous()
     if batch.get("position_ids") is None:
         batch["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     batch.pop("attention_mask", None)  # causal masking only: context parallel SDPA runs with is_causal

@@ -110,7 +110,7 @@ def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float) -> int:
     shape = recipe_shape(recipe)
     budget = gpu_memory_gib * GIB
     stages = recipe.train.stages
-    names = [stage.name or f"stage {i}" for i, stage in enumerate(stages)]
+    names = [recipe.train.stage_name(i) for i in range(len(stages))]
     setups = [stage_setup(recipe, i, gpus) for i in range(len(stages))]
     estimates: list[Estimate] = [estimate(shape, setup) for setup in setups]
     print(f"plan: {recipe.name} on {gpus} GPU(s) x {gpu_memory_gib:g} GiB; model {shape.params / 1e6:,.1f}M params "
@@ -132,7 +132,7 @@ def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float) -> int:
     print("".join([" " * label_width] + [n.rjust(width) for n in names]))
     for label, cells in rows:
         print(label.ljust(label_width) + "".join(c.rjust(width) for c in cells))
-    for name, setup, result in zip(names, setups, estimates):
+    for name, setup, result in zip(names, setups, estimates, strict=True):
         if result.total > budget:
             print(f"{name}: needs {result.total / GIB:.1f} GiB of {gpu_memory_gib:g}; switch on, in order:")
             for line in advice(shape, setup, budget):

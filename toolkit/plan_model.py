@@ -164,7 +164,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
     sharded = setup.gpus > 1
     trainable, trainable_bytes, frozen_copies = _trainable(shape, setup)
-    weights = shape.params * a + frozen_copies + (trainable_bytes if setup.lora_rank else 0)
+    weights: float = shape.params * a + frozen_copies + (trainable_bytes if setup.lora_rank else 0)
     weights = weights / setup.gpus + 2 * shape.layer_params * a if sharded else weights
     # torch AdamW keeps two moments in each parameter's dtype; the 8-bit optimizers one byte each
     eight_bit = setup.optimizer in ("adamw_8bit", "paged_adamw_8bit")
@@ -207,9 +207,10 @@ def step_flops(shape: ModelShape, tokens: int, seq_len: int, trainable_fraction:
     """Model FLOPs of one forward+backward over ``tokens`` tokens in sequences of ``seq_len``.
 
     Dense: ``2 N T`` forward, ``2 N T`` for input gradients and ``2 N_trainable T`` for weight gradients
-    (``6 N T`` for full fine-tuning), N counting the matmul parameters (layers and head, not the lookup table). Causal attention: ``2 * 2 * L_layers * H * seq_len * T / 2`` forward
-    (QK^T and PV, half the matrix under the causal mask) and twice that backward. Recomputation by
-    checkpointing is not counted (MFU counts useful work only).
+    (``6 N T`` for full fine-tuning), N counting the matmul parameters (layers and head, not the lookup table).
+    Causal attention: ``2 * 2 * L_layers * H * seq_len * T / 2`` forward (QK^T and PV, half the matrix under the
+    causal mask) and twice that backward. Recomputation by checkpointing is not counted (MFU counts useful work
+    only).
     """
     matmul_params = shape.layers * shape.layer_params + shape.vocab * shape.hidden  # layers + head, no lookup
     dense = 2 * matmul_params * tokens * (2 + trainable_fraction)

@@ -6,51 +6,15 @@ Every failure becomes a :class:`UserError` whose one line names the file, line a
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from toolkit.errors import UserError
-from toolkit.schema import FieldError, Recipe
-
-_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)")
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node]:
-    """Parse a YAML mapping and keep its node tree (for line numbers). Errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{where}: YAML syntax error: {problem}") from None
-    if data is None:
-        raise UserError(f"{path}: file is empty")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}:1: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data, node
-
-
-def parse_path(dotted: str) -> list[str | int]:
-    """``train.stages[1].seq_len`` -> ``["train", "stages", 1, "seq_len"]``."""
-    keys: list[str | int] = []
-    for part in dotted.split("."):
-        match = _STEP.fullmatch(part)
-        if not match:
-            raise UserError(f"override {dotted!r}: cannot read key {part!r}")
-        keys.append(match.group(1))
-        keys.extend(int(i) for i in re.findall(r"-?\d+", match.group(2)))
-    return keys
+from toolkit.evals.suite import load_suite
+from toolkit.schema import Recipe
+from toolkit.yaml_loading import parse_path, read_yaml, resolve_relative, validate_as
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -87,65 +51,6 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     target[last] = value
 
 
-def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
-    out = ""
-    for key in loc:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
-    return out
-
-
-def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
-    """1-based line of the deepest node of ``loc`` that exists in the YAML tree."""
-    line = None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == key), None)
-            if match is None:
-                hit = next((k for k, _ in node.value if k.value == key), None)
-                return hit.start_mark.line + 1 if hit else line
-            line, node = match.start_mark.line + 1, match
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and -len(node.value) <= key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def validation_message(exc: ValidationError, source: str, node: yaml.Node | None = None, prefix: tuple = ()) -> str:
-    """The first pydantic error as ``file:line: field.path: message``."""
-    err = exc.errors()[0]
-    loc = list(prefix) + [k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))]
-    cause = (err.get("ctx") or {}).get("error")
-    message = str(cause) if cause is not None else err["msg"]
-    if isinstance(cause, FieldError):
-        loc = loc + parse_path(cause.path)
-    elif message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    if err["type"] == "extra_forbidden":
-        message = "unknown key"
-    line = _line_of(node, loc)
-    where = f"{source}:{line}" if line else source
-    field = format_loc(loc)
-    return f"{where}: {field}: {message}" if field else f"{where}: {message}"
-
-
-def validate_as(model: type[Model], data: dict[str, Any], source: str, node: yaml.Node | None = None) -> Model:
-    """Validate ``data`` as ``model``; a failure is a one-line :class:`UserError`."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise UserError(validation_message(exc, source, node)) from None
-
-
-def resolve_relative(value: str | None, base: Path) -> str | None:
-    """A path relative to the recipe's folder, when it exists there; hub ids and absolute paths stay."""
-    if value is None or Path(value).is_absolute():
-        return value
-    candidate = base / value
-    return str(candidate) if candidate.exists() else value
-
-
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override, validate. Local paths in the recipe resolve against the recipe's folder."""
     path = Path(path)
@@ -167,8 +72,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _check_suites(recipe: Recipe, path: Path) -> None:
     """Every suite the recipe names exists and validates, so a typo fails before hours of training."""
-    from toolkit.evals.suite import load_suite
-
     for i, suite in enumerate(recipe.eval.suites):
         if not Path(suite).is_file():
             raise UserError(f"{path}: eval.suites[{i}]: no such file: {suite}")

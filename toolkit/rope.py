@@ -3,16 +3,22 @@
 transformers 5 keeps RoPE in ``config.rope_parameters = {"rope_type", "rope_theta", <type keys>}`` and computes
 the rotary inverse frequencies once, when the rotary embedding module is built. :func:`apply_rope` therefore
 rewrites the config *and* rebuilds that module, so one model can move from stage to stage without a reload.
+:func:`use_rope` is the entry point: a RopeSpec in, a :class:`RopeSwitch` out that can put the previous RoPE back.
+
+Context length has three notions, all owned here: the model's native length (``LoadedModel.native_length``),
+the context a setting covers (:func:`context_length`: never below native), and ``config.max_position_embeddings``
+(the covered context, except for ``dynamic``, see :func:`apply_rope`).
 See ``docs/rope.md`` for the methods and their keys.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, final
 
-from torch import nn
-
-from toolkit.schema import RopeSpec
+from toolkit.errors import UserError
+from toolkit.lora import CausalLM, unwrap_peft
+from toolkit.schema import RopeSpec, TrainSpec
 
 _USES_ORIGINAL = {"yarn", "llama3", "longrope"}
 """Types whose transformers implementation reads ``original_max_position_embeddings``."""
@@ -77,23 +83,40 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
     return params
 
 
-def _base_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+def context_length(seq_len: int, native_length: int) -> int:
+    """The context a setting for ``seq_len`` tokens covers: never less than the model's native length."""
+    return max(seq_len, native_length)
 
 
-def apply_rope(model: nn.Module, params: dict[str, Any], max_position_embeddings: int) -> None:
-    """Switch ``model`` (plain or peft-wrapped) to ``params`` and ``max_position_embeddings``, in place.
+@dataclass(frozen=True)
+class RopeSetting:
+    """A complete RoPE setting: ``config.rope_parameters`` and the context length it covers."""
 
-    Rebuilds every rotary embedding module from the updated config, on the device and dtype of the old one.
-    For ``dynamic``, transformers only rescales beyond ``config.max_position_embeddings``, so that field is set
-    to ``max_position_embeddings / factor`` (the original length when the factor was derived from it).
-    """
-    base = _base_model(model)
+    parameters: dict[str, Any]
+    context_length: int
+
+
+def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
+                 base_theta: float | None = None) -> RopeSetting:
+    """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
+    return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta),
+                       context_length(seq_len, native_length))
+
+
+def check_coverage(train: TrainSpec, native_length: int) -> None:
+    """Refuse, before training, a stage whose explicit ``rope.factor`` times the original length (the spec's, or
+    the loaded model's native length) falls short of its ``seq_len``."""
+    for index, stage in enumerate(train.stages):
+        problem = stage.rope.shortfall(stage.seq_len, native_length)
+        if problem:
+            raise UserError(f"train.stages[{index}].rope.factor: {problem}")
+
+
+def _write(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
+    """Set the config's RoPE fields as given and rebuild every rotary embedding module from them."""
+    base = unwrap_peft(model)
     config = base.config
     config.rope_parameters = dict(params)
-    if params["rope_type"] == "dynamic":
-        max_position_embeddings = round(max_position_embeddings / params["factor"])
     config.max_position_embeddings = int(max_position_embeddings)
     config.standardize_rope_params()
     config.validate_rope()
@@ -106,3 +129,54 @@ def apply_rope(model: nn.Module, params: dict[str, Any], max_position_embeddings
         parent = base.get_submodule(parent_name) if parent_name else base
         fresh = type(old)(config=config)
         setattr(parent, child, fresh.to(device=old.inv_freq.device, dtype=old.inv_freq.dtype))
+
+
+def apply_rope(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
+    """Switch ``model`` (plain or peft-wrapped) to ``params`` covering ``max_position_embeddings`` tokens, in place.
+
+    Rebuilds every rotary embedding module from the updated config, on the device and dtype of the old one.
+    For ``dynamic``, transformers only rescales beyond ``config.max_position_embeddings``, so that field is set
+    to ``max_position_embeddings / factor`` (the original length when the factor was derived from it).
+    """
+    if params["rope_type"] == "dynamic":
+        max_position_embeddings = round(max_position_embeddings / params["factor"])
+    _write(model, params, max_position_embeddings)
+
+
+@final
+@dataclass(frozen=True)
+class RopeSwitch:
+    """A RoPE setting applied to a model; :meth:`restore` (or leaving a ``with`` block) puts the previous one back,
+    config fields exactly as they were."""
+
+    model: CausalLM
+    applied: RopeSetting
+    previous: tuple[dict[str, Any], int]
+    """The config's ``rope_parameters`` and ``max_position_embeddings`` before the switch."""
+
+    def restore(self) -> None:
+        _write(self.model, *self.previous)
+
+    def __enter__(self) -> RopeSwitch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def use_rope(model: CausalLM, spec: RopeSpec, seq_len: int, native_length: int,
+             base_theta: float | None = None) -> RopeSwitch:
+    """Apply ``spec``'s RoPE for ``seq_len`` tokens (a stage's, or one setting of a comparison) to ``model``.
+
+    ``native_length`` and ``base_theta`` are the loaded weights' (see :func:`rope_parameters`). On failure the
+    model keeps its previous RoPE.
+    """
+    config = unwrap_peft(model).config
+    previous = (dict(config.rope_parameters), int(config.max_position_embeddings))
+    setting = rope_setting(spec, seq_len, config, native_length, base_theta)
+    try:
+        apply_rope(model, setting.parameters, setting.context_length)
+    except BaseException:
+        _write(model, *previous)
+        raise
+    return RopeSwitch(model, setting, previous)

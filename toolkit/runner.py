@@ -1,27 +1,38 @@
-"""Run a recipe end to end: load, evaluate the starting model, train each stage with its RoPE setting,
-evaluate after each stage, save ``final/``, write the report. Everything lands in one run folder."""
+"""Run a recipe end to end; everything lands in one run folder. A run is four steps sharing one :class:`Session`:
+
+1. :func:`setup`: accelerator, run folder, tokenizer, model (its RoPE checked against its native length),
+   objective, optimizer and metrics; a resumed run also loads its checkpoint, once its data still matches.
+2. :func:`evaluate_before`: the eval suites on the starting model.
+3. :func:`train_stages`: every stage in order with its RoPE setting, evaluated after the stages that ask for it.
+4. :func:`finish`: save ``final/`` (sharded weights gathered first), write the report, print the verdict.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from torch import nn
 
 from toolkit.data.batches import stage_batches
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
+from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
-from toolkit.modeling import LoadedModel, load_model, resolve_dtype
+from toolkit.modeling import LoadedModel, evaluating, load_model, resolve_dtype
 from toolkit.parallel import accelerator_kwargs
 from toolkit.recipe_loading import dump_recipe
-from toolkit.rope import apply_rope, rope_parameters
+from toolkit.rope import check_coverage, rope_setting, use_rope
+from toolkit.run_folder import EVAL, FINAL, RECIPE, RUN_INFO, eval_dir, eval_tag
 from toolkit.saving import save_final
 from toolkit.schema import Recipe
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
@@ -32,33 +43,92 @@ from toolkit.training.metrics import MetricsLogger
 from toolkit.training.objective import CausalLMObjective
 
 
-def eval_tag(recipe: Recipe, index: int | None) -> str:
-    """``base`` before training, ``stage-<i>-<name>`` after stage i."""
-    return "base" if index is None else f"stage-{index}-{recipe.train.stage_name(index)}"
+@dataclass
+class Session:
+    """What the steps of one run share."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    tokenizer: Any
+    loaded: LoadedModel
+    objective: nn.Module
+    """The model with its loss, prepared by accelerate (DDP, FSDP, DeepSpeed wrap this one)."""
+    optimizer: torch.optim.Optimizer
+    checkpoints: CheckpointManager
+    logger: MetricsLogger
+    resumed: TrainerState | None = None
+    """Where the checkpoint this run continues stood; None for a fresh run."""
+    global_step: int = 0
+
+    @property
+    def model(self) -> CausalLM:
+        return self.loaded.model
 
 
-def _stage_rope(recipe: Recipe, index: int, loaded: LoadedModel) -> tuple[dict, int]:
-    stage = recipe.train.stages[index]
-    params = rope_parameters(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
-                             base_theta=loaded.native_theta)
-    return params, max(stage.seq_len, loaded.native_length)
+def run_recipe(recipe: Recipe) -> Path:
+    """Train and evaluate every stage of ``recipe``; returns the run folder."""
+    session = setup(recipe)
+    try:
+        evaluate_before(session)
+        train_stages(session)
+    finally:
+        session.logger.close()
+    finish(session)
+    return recipe.run_dir
 
 
-def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator, run_dir: Path) -> None:
-    stages = []
-    for i, stage in enumerate(recipe.train.stages):
-        params, max_positions = _stage_rope(recipe, i, loaded)
-        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len, "rope_parameters": params,
-                       "max_position_embeddings": max_positions,
-                       "steps": stage_steps(stage, recipe.train, accelerator.num_processes)})
-    info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
-            "processes": accelerator.num_processes, "precision": str(loaded.dtype).replace("torch.", ""),
-            "attention": loaded.attention, "attention_reason": loaded.attention_reason,
-            "versions": package_versions(),
-            "base_model": recipe.model.name_or_path or "random init from model.init_config",
-            "native_length": loaded.native_length, "stages": stages,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+# 1. setup
+
+def setup(recipe: Recipe) -> Session:
+    """Everything a run needs before its first step; a run folder with checkpoints must be resumed."""
+    accelerator = _start(recipe)
+    checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
+    resume = _resume_point(recipe, checkpoints)
+    checkpoints.remove_partial()
+    tokenizer = load_tokenizer(recipe.model, recipe.seed)
+    checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
+    loaded = _load_model(recipe, accelerator, tokenizer)
+    if accelerator.is_main_process:
+        dump_recipe(recipe, recipe.run_dir / RECIPE)
+        _write_run_info(recipe, loaded, accelerator)
+    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
+    optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
+                                recipe.train.stages[0].lr)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
+    session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
+    if resume:
+        _restore(session, *resume)
+    return session
+
+
+def _start(recipe: Recipe) -> Accelerator:
+    """The accelerator (checked against the recipe), the seed, and the run folder."""
+    accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), **accelerator_kwargs(recipe.parallel))
+    _check_engine(recipe, accelerator)
+    set_seed(recipe.seed)
+    if accelerator.is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    return accelerator
+
+
+def _mixed_precision(recipe: Recipe) -> str:
+    """Autocast on accelerators in the recipe's precision; CPU runs compute in the weights' own dtype."""
+    if not torch.cuda.is_available():
+        return "no"
+    dtype = resolve_dtype(recipe.model.precision, torch.device("cuda"))
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+
+
+def _check_engine(recipe: Recipe, accelerator: Accelerator) -> None:
+    """The loop accumulates micro-batches itself (token-weighted, ``no_sync`` between them); DeepSpeed's ZeRO
+    engine accumulates on its own and refuses ``no_sync``, so under DeepSpeed each step is one micro-batch."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    for index, stage in enumerate(recipe.train.stages):
+        if stage.grad_accum > 1:
+            raise UserError(f"train.stages[{index}].grad_accum: {stage.grad_accum} is not supported under DeepSpeed "
+                            "yet; use 1 (raise batch_size or processes), or launch with configs/fsdp2.yaml")
 
 
 def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path, TrainerState] | None:
@@ -81,125 +151,154 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
     return identity
 
 
-def _evaluate(recipe: Recipe, accelerator: Accelerator, model, tokenizer, tag: str) -> None:
-    """Run the recipe's suites on the main process; skipped when the weights are sharded."""
+def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
+    """The recipe's model on the accelerator's device, every stage's RoPE checked against its native length,
+    with the memory features the recipe switches on."""
+    loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
+    check_coverage(recipe.train, loaded.native_length)
+    accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
+                      f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
+    if recipe.train.gradient_checkpointing:
+        enable_checkpointing(loaded.model, offload=recipe.train.activation_offload)
+    if recipe.train.tiled_mlp:
+        enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
+    return loaded
+
+
+def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
+    """``run_info.json``: versions, device, attention and why, and each stage's length, RoPE and steps."""
+    stages = []
+    for i, stage in enumerate(recipe.train.stages):
+        rope = rope_setting(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
+                            base_theta=loaded.native_theta)
+        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len,
+                       "rope_parameters": rope.parameters, "max_position_embeddings": rope.context_length,
+                       "steps": stage_steps(stage, recipe.train, accelerator.num_processes)})
+    info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
+            "processes": accelerator.num_processes, "precision": str(loaded.dtype).replace("torch.", ""),
+            "attention": loaded.attention, "attention_reason": loaded.attention_reason,
+            "versions": package_versions(),
+            "base_model": recipe.model.name_or_path or "random init from model.init_config",
+            "native_length": loaded.native_length, "stages": stages,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (recipe.run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+def _restore(session: Session, path: Path, state: TrainerState) -> None:
+    """Load the checkpoint at ``path``; metrics logged after it are dropped (they will be logged again)."""
+    session.checkpoints.load(path)
+    session.resumed, session.global_step = state, state.global_step
+    session.accelerator.print(f"resumed from {path}")
+    if session.accelerator.is_main_process:
+        session.logger.truncate_after(state.global_step)
+
+
+# 2. evaluate the starting model
+
+def evaluate_before(session: Session) -> None:
+    """The suites on the starting model (``eval.before``); a resumed run did that before it stopped."""
+    if session.resumed is None and session.recipe.eval.before:
+        _evaluate(session, None)
+
+
+def _sharded(accelerator: Accelerator) -> bool:
+    """Whether no process holds the whole model (FSDP, DeepSpeed)."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _evaluate(session: Session, index: int | None) -> None:
+    """Run the recipe's suites on the main process (tag: :func:`eval_tag`); skipped when the weights are sharded."""
+    recipe, accelerator = session.recipe, session.accelerator
     if not recipe.eval.suites:
         return
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    tag = eval_tag(recipe, index)
+    if _sharded(accelerator):
         accelerator.print(f"eval {tag}: skipped under sharded weights; run `make eval` on final/ afterwards")
         return
     if accelerator.is_main_process:
         from toolkit.evals.api import run_suites
 
-        unwrapped = accelerator.unwrap_model(model)
-        was_training = unwrapped.training
-        unwrapped.eval()
-        run_suites(unwrapped, tokenizer, recipe.eval.suites, recipe.run_dir / "eval", tag, model_name=recipe.name)
-        unwrapped.train(was_training)
+        with evaluating(accelerator.unwrap_model(session.model)) as model:
+            run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, tag,
+                       model_name=recipe.name)
     accelerator.wait_for_everyone()
 
 
-def _mixed_precision(recipe: Recipe) -> str:
-    """Autocast on accelerators in the recipe's precision; CPU runs compute in the weights' own dtype."""
-    if not torch.cuda.is_available():
-        return "no"
-    dtype = resolve_dtype(recipe.model.precision, torch.device("cuda"))
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+# 3. train every stage
+
+def train_stages(session: Session) -> None:
+    """Every stage in order, each after switching the model to its RoPE; stages a resumed run had finished are
+    skipped. SIGTERM/SIGINT stop training after a checkpoint (:class:`toolkit.errors.Stopped`)."""
+    recipe, loaded = session.recipe, session.loaded
+    with stop_on_signals() as stop:
+        parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
+                          session.checkpoints, session.logger, recipe.logging.every, stop)
+        for index, stage in enumerate(recipe.train.stages):
+            use_rope(session.model, stage.rope, stage.seq_len, loaded.native_length, loaded.native_theta)
+            if _finished_before_resume(session, index):
+                _catch_up_evaluation(session, index)
+                continue
+            session.global_step = train_stage(parts, _stage_job(session, index))
+            if recipe.evaluates_after(index):
+                _evaluate(session, index)
 
 
-def _check_engine(recipe: Recipe, accelerator: Accelerator) -> None:
-    """The loop accumulates micro-batches itself (token-weighted, ``no_sync`` between them); DeepSpeed's ZeRO
-    engine accumulates on its own and refuses ``no_sync``, so under DeepSpeed each step is one micro-batch."""
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return
-    for index, stage in enumerate(recipe.train.stages):
-        if stage.grad_accum > 1:
-            raise UserError(f"train.stages[{index}].grad_accum: {stage.grad_accum} is not supported under DeepSpeed "
-                            "yet; use 1 (raise batch_size or processes), or launch with configs/fsdp2.yaml")
+def _finished_before_resume(session: Session, index: int) -> bool:
+    state = session.resumed
+    return state is not None and (index < state.stage or (index == state.stage and state.stage_done))
 
 
-def run_recipe(recipe: Recipe) -> Path:
-    """Train and evaluate every stage of ``recipe``; returns the run folder."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), **accelerator_kwargs(recipe.parallel))
-    _check_engine(recipe, accelerator)
-    set_seed(recipe.seed)
-    run_dir = recipe.run_dir
+def _catch_up_evaluation(session: Session, index: int) -> None:
+    """The evaluation after the stage the checkpoint finished, when the run stopped before writing it."""
+    recipe, state = session.recipe, session.resumed
+    if (state is not None and index == state.stage and recipe.evaluates_after(index)
+            and not eval_dir(recipe.run_dir, eval_tag(recipe, index)).exists()):
+        _evaluate(session, index)
+
+
+def _stage_job(session: Session, index: int) -> StageJob:
+    """Stage ``index``'s step count and endless batches, starting inside it when the run resumes there."""
+    recipe, accelerator, state = session.recipe, session.accelerator, session.resumed
+    stage = recipe.train.stages[index]
+    start = state if state and index == state.stage else None
+    batches = stage_batches(recipe.train.stage_data(index), session.tokenizer, stage.seq_len, stage.batch_size,
+                            seed=recipe.seed + 1000 * index, process_index=accelerator.process_index,
+                            num_processes=accelerator.num_processes)
+    steps = stage_steps(stage, recipe.train, accelerator.num_processes)
+    return StageJob(index, stage, steps, batches, start, session.global_step)
+
+
+# 4. finish
+
+def finish(session: Session) -> None:
+    """Save ``final/`` (adapter or full weights, tokenizer, config with the last stage's RoPE), then write the
+    report and print the verdict on the main process."""
+    recipe, accelerator = session.recipe, session.accelerator
+    unwrapped = accelerator.unwrap_model(session.objective).model
+    gathered = _gathered_weights(session)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = CheckpointManager(run_dir, recipe.train.keep_last, accelerator)
-    resume = _resume_point(recipe, checkpoints)
-    checkpoints.remove_partial()
-
-    tokenizer = load_tokenizer(recipe.model, recipe.seed)
-    checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
-    loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
-    model = loaded.model
-    accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
-                      f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
-    if recipe.train.gradient_checkpointing:
-        enable_checkpointing(model, offload=recipe.train.activation_offload)
-    if recipe.train.tiled_mlp:
-        enable_tiled_mlp(model, recipe.train.tiled_mlp)
-    if accelerator.is_main_process:
-        dump_recipe(recipe, run_dir / "recipe.resolved.yaml")
-        _write_run_info(recipe, loaded, accelerator, run_dir)
-
-    objective = CausalLMObjective(model, recipe.train.loss_chunk_size)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], recipe.train,
-                                recipe.train.stages[0].lr)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    logger = MetricsLogger(run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
-    state = None
-    if resume:
-        checkpoints.load(resume[0])
-        state = resume[1]
-        accelerator.print(f"resumed from {resume[0]}")
-        if accelerator.is_main_process:
-            logger.truncate_after(state.global_step)
-    elif recipe.eval.before:
-        _evaluate(recipe, accelerator, model, tokenizer, eval_tag(recipe, None))
-
-    global_step = state.global_step if state else 0
-    try:
-        with stop_on_signals() as stop:
-            parts = LoopParts(accelerator, objective, optimizer, recipe.train, checkpoints, logger,
-                              recipe.logging.every, stop)
-            for index, stage in enumerate(recipe.train.stages):
-                params, max_positions = _stage_rope(recipe, index, loaded)
-                apply_rope(model, params, max_positions)
-                if state and (index < state.stage or (index == state.stage and state.stage_done)):
-                    if (index == state.stage and recipe.evaluates_after(index)
-                            and not (recipe.run_dir / "eval" / eval_tag(recipe, index)).exists()):
-                        _evaluate(recipe, accelerator, model, tokenizer, eval_tag(recipe, index))
-                    continue
-                start = state if state and index == state.stage else None
-                batches = stage_batches(recipe.train.stage_data(index), tokenizer, stage.seq_len, stage.batch_size,
-                                        seed=recipe.seed + 1000 * index, process_index=accelerator.process_index,
-                                        num_processes=accelerator.num_processes)
-                steps = stage_steps(stage, recipe.train, accelerator.num_processes)
-                global_step = train_stage(parts, StageJob(index, stage, steps, batches, start, global_step))
-                if recipe.evaluates_after(index):
-                    _evaluate(recipe, accelerator, model, tokenizer, eval_tag(recipe, index))
-    finally:
-        logger.close()
-
-    unwrapped = accelerator.unwrap_model(objective).model
-    gathered = None
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        full = accelerator.get_state_dict(objective)  # every rank takes part; the main one gets the full weights
-        gathered = {key.removeprefix("model."): value for key, value in full.items()}
-    if accelerator.is_main_process:
-        save_final(unwrapped, tokenizer, run_dir / "final", recipe.method,
+        save_final(unwrapped, session.tokenizer, recipe.run_dir / FINAL, recipe.method,
                    base_is_local_init=recipe.model.init_config is not None, state_dict=gathered)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from toolkit.evals.report import build_report
-
-        build_report(run_dir)
-        accelerator.print(f"run folder: {run_dir} (report: {run_dir / 'report.md'})")
-        if recipe.eval.verdict is not None:
-            from toolkit.evals.verdict import verdict_text
-
-            accelerator.print(verdict_text(run_dir))
+        _report(recipe, accelerator)
     accelerator.end_training()
-    return run_dir
+
+
+def _gathered_weights(session: Session) -> dict[str, torch.Tensor] | None:
+    """The full weights of a sharded model (every process takes part; the main one receives them), else None."""
+    if not _sharded(session.accelerator):
+        return None
+    full = session.accelerator.get_state_dict(session.objective)
+    return {key.removeprefix("model."): value for key, value in full.items()}
+
+
+def _report(recipe: Recipe, accelerator: Accelerator) -> None:
+    from toolkit.report.report import build_report
+
+    build_report(recipe.run_dir)
+    accelerator.print(f"run folder: {recipe.run_dir} (report: {recipe.run_dir / 'report.md'})")
+    if recipe.eval.verdict is not None:
+        from toolkit.report.verdict import verdict_text
+
+        accelerator.print(verdict_text(recipe.run_dir))

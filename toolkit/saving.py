@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import nn
+from peft import PeftModel
 from transformers import AutoTokenizer
 
 from toolkit.errors import UserError
+from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.modeling import BASE_FOLDER, has_tokenizer, load_merged, lora_sources
 from toolkit.schema import MethodSpec
 
@@ -45,7 +46,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def base_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+def base_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     """The untouched base weights inside a peft model, under the plain model's names.
 
     Drops the LoRA tensors and the trained copies of ``modules_to_save``, and undoes peft's wrapper names
@@ -59,7 +60,7 @@ def base_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_final(model: nn.Module, tokenizer, out_dir: Path, method: MethodSpec,
+def save_final(model: CausalLM, tokenizer, out_dir: Path, method: MethodSpec,
                base_is_local_init: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``out_dir`` (full model, or LoRA adapter + base config [+ base/] [+ merged/]) and the tokenizer.
 
@@ -69,10 +70,12 @@ def save_final(model: nn.Module, tokenizer, out_dir: Path, method: MethodSpec,
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
         if method.kind == "full":
-            model.save_pretrained(tmp, state_dict=state_dict)
+            model.save_pretrained(str(tmp), state_dict=state_dict)
             return
-        model.save_pretrained(tmp, state_dict=state_dict)
-        base = model.get_base_model()
+        if not isinstance(model, PeftModel):
+            raise TypeError(f"a LoRA run saves its peft model, not a {type(model).__name__}")
+        model.save_pretrained(str(tmp), state_dict=state_dict)
+        base = unwrap_peft(model)
         base.config.save_pretrained(tmp)
         if base_is_local_init:
             base.save_pretrained(tmp / BASE_FOLDER, state_dict=base_state_dict(model))

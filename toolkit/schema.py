@@ -128,6 +128,17 @@ class RopeSpec(Strict):
             raise FieldError("type", "longrope needs short_factor and long_factor lists")
         return self
 
+    def shortfall(self, seq_len: int, native_length: int | None) -> str | None:
+        """Why an explicit ``factor`` x the original length (``original_max_position_embeddings``, else
+        ``native_length``) covers fewer than ``seq_len`` tokens; None when it covers them or nothing is known."""
+        original = self.original_max_position_embeddings or native_length
+        if self.type not in ("linear", "yarn", "llama3", "longrope") or not self.factor or not original:
+            return None
+        covered = int(self.factor * original)
+        if covered >= seq_len:
+            return None
+        return f"{self.factor} x original length {original} covers {covered} tokens, less than seq_len {seq_len}"
+
 
 class DataSpec(Strict):
     """Where a stage's training text comes from and how it is cut to the stage length."""
@@ -148,6 +159,10 @@ class DataSpec(Strict):
     """Long text: pack documents to seq_len with per-document position ids, split one per row, or pad."""
     min_length_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Synthetic data: documents range from this fraction of seq_len up to seq_len."""
+    edge_depth_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Synthetic data: share of needles put at the very start or the very end of the haystack (half each), the
+    rest at uniform depths. Uniform depths seldom reach the edges (the farthest and the nearest retrieval), which
+    needle grids test at depths 0 and 1."""
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataSpec:
@@ -317,14 +332,11 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:
+        """Checked here where the native length is in the recipe (``init_config``); the runner checks every
+        model again after loading (``toolkit.rope.check_coverage``)."""
         native = (self.model.init_config or {}).get("max_position_embeddings")
         for i, stage in enumerate(self.train.stages):
-            rope = stage.rope
-            original = rope.original_max_position_embeddings or native
-            if rope.type in ("linear", "yarn", "llama3", "longrope") and rope.factor and original:
-                covered = int(rope.factor * original)
-                if covered < stage.seq_len:
-                    raise FieldError(
-                        f"train.stages[{i}].rope.factor", f"{rope.factor} x original length {original} covers "
-                        f"{covered} tokens, less than seq_len {stage.seq_len}")
+            problem = stage.rope.shortfall(stage.seq_len, native)
+            if problem:
+                raise FieldError(f"train.stages[{i}].rope.factor", problem)
         return self

@@ -7,14 +7,15 @@ given the checkpoint's native length and applies no RoPE scaling of its own.
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig
 
 from toolkit.errors import UserError
+from toolkit.lora import CausalLM
 from toolkit.schema import MethodSpec, ModelSpec
 
 
 def load_with_unsloth(spec: ModelSpec, method: MethodSpec, device: torch.device, dtype: torch.dtype,
-                      seed: int) -> PreTrainedModel:
+                      seed: int) -> CausalLM:
     """FastLanguageModel weights, LoRA-wrapped with unsloth's gradient checkpointing for ``method.kind: lora``."""
     if device.type != "cuda" or not torch.cuda.is_available():
         raise UserError(f"model.backend: unsloth needs a CUDA GPU, the device is {device.type} "

@@ -15,6 +15,7 @@ import torch
 from toolkit.data.packing import pack_rows
 from toolkit.data.sources import text_documents
 from toolkit.data.synthetic import synthetic_documents
+from toolkit.data.tokens import pad_id
 from toolkit.schema import DataSpec
 
 BATCH_KEYS = ("input_ids", "labels", "position_ids")
@@ -32,8 +33,7 @@ def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed
         docs = synthetic_documents(spec, tokenizer, seq_len, process_seed(seed, process_index))
     else:
         docs = text_documents(spec, tokenizer, seed, process_index=process_index, num_processes=num_processes)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = pack_rows(docs, seq_len, spec.packing, pad_id)
+    rows = pack_rows(docs, seq_len, spec.packing, pad_id(tokenizer))
     while True:
         chunk = list(islice(rows, batch_size))
         yield {key: torch.tensor([row[key] for row in chunk], dtype=torch.long) for key in BATCH_KEYS}

@@ -9,8 +9,10 @@ boundary and its token position is exact.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 _ADJECTIVES = ("old", "quiet", "bright", "small", "green", "cold", "distant", "slow", "tall", "warm", "dark", "soft")
 _NOUNS = ("river", "garden", "city", "mountain", "forest", "harbor", "village", "road", "field", "tower", "lake",
@@ -41,6 +43,23 @@ class Needle:
     @property
     def answer(self) -> str:
         return f" {self.value}"
+
+
+class Statement(Protocol):
+    """What ``build_haystack`` hides: a :class:`Needle`, or any other sentence (RULER's facts)."""
+
+    @property
+    def sentence(self) -> str: ...
+
+
+class Question(Protocol):
+    """What ``build_haystack`` asks at the end: the asked :class:`Needle`, or another question and its answer."""
+
+    @property
+    def question(self) -> str: ...
+
+    @property
+    def answer(self) -> str: ...
 
 
 @dataclass
@@ -85,8 +104,8 @@ class SentenceTokens:
         return [bos] if bos is not None else []
 
 
-def build_haystack(tokens: SentenceTokens, length: int, needles: list[Needle], depths: list[float],
-                   asked: Needle, rng: random.Random, filler: list[str] | None = None) -> Haystack:
+def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statement], depths: list[float],
+                   asked: Question, rng: random.Random, filler: list[str] | None = None) -> Haystack:
     """A prompt of at most ``length`` tokens (answer excluded) with each needle at its depth (0..1).
 
     Depth is the fraction of the haystack's filler tokens before the needle, rounded to the nearest

@@ -28,9 +28,16 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _source_path(spec: DataSpec) -> str:
+    """``spec.path``, which the schema requires of every source but synthetic."""
+    if spec.path is None:
+        raise UserError(f"train.data.path: source {spec.source!r} needs a path")
+    return spec.path
+
+
 def data_files(spec: DataSpec) -> list[str]:
     """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
-    path = Path(spec.path).expanduser()
+    path = Path(_source_path(spec)).expanduser()
     if path.is_file():
         return [str(path)]
     if not path.is_dir():
@@ -90,7 +97,7 @@ def text_documents(spec: DataSpec, tokenizer, seed: int, process_index: int = 0,
     while True:
         dataset.set_epoch(epoch)
         produced = False
-        for record in _records(dataset, spec.path):
+        for record in _records(dataset, _source_path(spec)):
             text = _text(record, spec)
             if not text:
                 continue

@@ -26,6 +26,15 @@ def _labels(input_ids: list[int], answer_start: int, loss_on: str) -> list[int]:
     return [IGNORE_INDEX] * answer_start + input_ids[answer_start:]
 
 
+def _depth(rng: random.Random, edge_fraction: float) -> float:
+    """A needle's depth: 0 or 1 with probability ``edge_fraction`` (half each), else uniform in [0, 1)."""
+    if edge_fraction:
+        draw = rng.random()
+        if draw < edge_fraction:
+            return 0.0 if draw < edge_fraction / 2 else 1.0
+    return rng.random()
+
+
 def synthetic_documents(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> Iterator[Document]:
     """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
 
@@ -51,6 +60,7 @@ def synthetic_documents(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> I
         length = rng.randint(max(shortest_prompt, min(math.ceil(spec.min_length_fraction * seq_len), longest)),
                              longest)
         filler = rng.choices(pool, k=length // shortest_filler + 1)
-        haystack = build_haystack(tokens, length, needles, [rng.random() for _ in needles], asked, rng, filler)
+        depths = [_depth(rng, spec.edge_depth_fraction) for _ in needles]
+        haystack = build_haystack(tokens, length, needles, depths, asked, rng, filler)
         input_ids = haystack.input_ids + answer + [tokenizer.eos_token_id]
         yield Document(input_ids, _labels(input_ids, len(haystack.input_ids), spec.loss_on))

@@ -52,6 +52,7 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     if spec.train_tokenizer is not None:
         return train_tokenizer(spec.train_tokenizer, seed)
     source = spec.tokenizer or spec.name_or_path
+    assert source is not None  # the schema: a model without name_or_path has tokenizer or train_tokenizer
     origin = "" if spec.tokenizer else " (from model.name_or_path)"
     if looks_local(source):
         if not Path(source).expanduser().is_dir():

@@ -7,33 +7,18 @@ resumable: cells already recorded for the same weights are skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from toolkit.evals.context import EvalContext
+from toolkit.evals.registry import task_type
 from toolkit.evals.results import SuiteResults, model_fingerprint
 from toolkit.evals.suite import load_suite
+from toolkit.modeling import evaluating
 
 log = logging.getLogger(__name__)
-Runner = Callable[[Any, EvalContext, SuiteResults], dict[str, Any]]
-
-
-def _runner(kind: str) -> Runner:
-    """The runner of a task type (imported lazily: lm-eval is slow to import and only its tasks need it)."""
-    if kind == "niah":
-        from toolkit.evals.niah import run_niah as runner
-    elif kind == "ruler":
-        from toolkit.evals.ruler import run_ruler as runner
-    elif kind == "lm_eval":
-        from toolkit.evals.lmeval_bridge import run_lm_eval as runner
-    elif kind == "perplexity":
-        from toolkit.evals.perplexity import run_perplexity as runner
-    else:
-        from toolkit.evals.rope_compare import run_rope_compare as runner
-    return runner
 
 
 def capped(task: Any, max_length: int | None) -> Any | None:
@@ -51,20 +36,16 @@ def run_suites_into(model, tokenizer, suite_paths: list[str], folder: Path, tag:
     """Run every suite into ``folder`` (``<folder>/<suite>.json``); returns {suite name: results dict}.
     ``max_length`` leaves out prompt lengths above it (a 32K model on a 128K suite, a CPU smoke run)."""
     suites = [load_suite(path) for path in suite_paths]  # every file is checked before anything runs
-    was_training = model.training
-    model.eval()
-    fingerprint = model_fingerprint(model)
     out: dict[str, dict[str, Any]] = {}
-    try:
+    with evaluating(model):
+        fingerprint = model_fingerprint(model)
         for suite in suites:
             results = SuiteResults(folder / f"{suite.name}.json", suite.name, tag, model_name, fingerprint)
             ctx = EvalContext(model, tokenizer, folder, suite.name, model_name)
             for task in filter(None, (capped(task, max_length) for task in suite.tasks)):
-                entry = _runner(task.type)(task, ctx, results)
+                entry = task_type(task.type).run(task, ctx, results)
                 log.info("%s/%s %s: score %s", tag, suite.name, task.key, entry.get("score"))
             out[suite.name] = results.finish({task.key for task in suite.tasks})
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from toolkit.evals.api import run_suites_into
-from toolkit.evals.results import headline, write_json
+from toolkit.evals.registry import headline
+from toolkit.evals.results import write_json
 from toolkit.evals.suite import load_suite
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from toolkit.data.needle import SentenceTokens
-from toolkit.evals.scoring import model_device, pad_token_id
+from toolkit.data.tokens import pad_id
+from toolkit.evals.scoring import model_device
+
+if TYPE_CHECKING:
+    from toolkit.lora import CausalLM
 
 _SENTENCE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -23,7 +28,7 @@ def sentence_tokens(tokenizer) -> SentenceTokens:
 
 @dataclass
 class EvalContext:
-    model: torch.nn.Module
+    model: CausalLM
     tokenizer: object
     folder: Path
     """``<out>/<tag>``: where the suite's JSON and plots go."""
@@ -34,7 +39,7 @@ class EvalContext:
 
     def __post_init__(self) -> None:
         self.tokens = sentence_tokens(self.tokenizer)
-        self.pad_id = pad_token_id(self.tokenizer)
+        self.pad_id = pad_id(self.tokenizer)
 
     @property
     def device(self) -> torch.device:

@@ -18,7 +18,7 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.results import SuiteResults, write_json
-from toolkit.evals.suite import LmEvalTask
+from toolkit.evals.specs import LmEvalTask
 
 
 def task_manager(tasks: list[str], include_path: str | None, metadata: dict[str, Any] | None = None):
@@ -38,8 +38,9 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
     metadata = dict(task.metadata or {})
-    if metadata and getattr(tokenizer, "name_or_path", ""):
-        metadata.setdefault("tokenizer", tokenizer.name_or_path)  # lm-eval's ruler sizes prompts with it
+    tokenizer_name = getattr(tokenizer, "name_or_path", "")
+    if metadata and tokenizer_name:
+        metadata.setdefault("tokenizer", tokenizer_name)  # lm-eval's ruler sizes prompts with it
     manager = task_manager(task.tasks, task.include_path, metadata or None)
     unknown = [name for name in task.tasks if name not in manager.all_tasks]
     if unknown:

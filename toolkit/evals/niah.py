@@ -21,7 +21,7 @@ from toolkit.evals.plots import niah_heatmap
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched, greedy_matches
 from toolkit.evals.sources import filler_window, load_sentences
-from toolkit.evals.suite import NeedleGrid, NiahTask
+from toolkit.evals.specs import NeedleGrid, NiahTask
 
 Cell = dict[str, Any]
 
@@ -36,7 +36,7 @@ def needle_prompt(task: NeedleGrid, ctx: EvalContext, sentences: tuple[str, ...]
                           filler_window(sentences, rng, length))
 
 
-def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Callable[[list[Cell]], None],
+def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Callable[[list[Cell]], object],
                label: str = "") -> list[Cell]:
     """All cells of the grid: those in ``done`` are kept, the rest computed batch by batch (saved each time)."""
     sentences = load_sentences(task.haystack)
@@ -52,7 +52,7 @@ def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Calla
                 correct = greedy_matches(ctx.model, [(h.input_ids, h.answer_ids) for h in stacks], ctx.pad_id)
                 cells += [{"length": length, "depth": depth, "sample": sample, "correct": ok,
                            "tokens": len(h.input_ids), "needle_position": h.needle_positions[0]}
-                          for (length, depth, sample), h, ok in zip(chunk, stacks, correct)]
+                          for (length, depth, sample), h, ok in zip(chunk, stacks, correct, strict=True)]
                 save(cells)
                 bar.update(len(chunk))
     return cells

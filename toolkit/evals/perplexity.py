@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +20,16 @@ from toolkit.evals.plots import loss_by_position
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import load_sentences, long_document
-from toolkit.evals.suite import PerplexityTask
+from toolkit.evals.specs import PerplexityTask
+
+if TYPE_CHECKING:
+    from toolkit.lora import CausalLM
 
 _LOGIT_CHUNK = 1024
 
 
 @torch.inference_mode()
-def token_losses(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+def token_losses(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
     """(batch, length - 1) losses: entry i is the loss of token i + 1 given the tokens before it."""
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
     head = model.get_output_embeddings()

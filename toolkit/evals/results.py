@@ -2,8 +2,9 @@
 
 Layout (shared with the report): ``{"suite", "tag", "model", "fingerprint", "tasks": {<key>: {"type",
 "score", ..., "complete", "identity", "cells"}}}``. Recorded cells are reused only when the model
-fingerprint (weights sample + RoPE config) and the task's identity (its settings minus the grid axes)
-match, so adding lengths to a sweep computes only the new cells.
+fingerprint (weights sample + RoPE config) and the task's identity (its settings minus the grid axes, its
+type's version, whether its haystack fell back to the built-in filler) match, so adding lengths to a sweep
+computes only the new cells.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.evals.suite import TaskBase
+from toolkit.evals.registry import task_type
+from toolkit.evals.sources import fallback_reason
+from toolkit.evals.specs import TaskBase
 
 _GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold"}
 
@@ -60,10 +63,20 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def haystack_fallbacks(task: TaskBase) -> list[str]:
+    """Why the built-in filler stood in for a dataset of ``task`` (``fallback: true``), one line per source."""
+    return [f"{field}: {reason}" for field, spec in task.haystacks().items() if (reason := fallback_reason(spec))]
+
+
 def task_identity(task: TaskBase) -> dict[str, Any]:
-    """What must match for recorded cells to be reused (settings minus the axes cells are keyed by)."""
-    axes = _GRID_AXES | ({"tasks"} if task.type == "ruler" else set())  # type: ignore[attr-defined]
-    return task.model_dump(mode="json", exclude=axes)
+    """What must match for recorded cells to be reused: settings minus the axes cells are keyed by, the type's
+    version, and whether a haystack fell back to the built-in filler."""
+    kind = task_type(task.type)
+    identity = task.model_dump(mode="json", exclude=_GRID_AXES | kind.cache_ignores)
+    identity["version"] = kind.version
+    if haystack_fallbacks(task):
+        identity["haystack_fallback"] = True
+    return identity
 
 
 class SuiteResults:
@@ -98,9 +111,11 @@ class SuiteResults:
     def record(self, task: TaskBase, cells: list[dict[str, Any]] | None = None,
                summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Save progress (``summary=None``: partial) or the final result; returns the task's entry."""
-        entry: dict[str, Any] = {"type": task.type, "score": None}  # type: ignore[attr-defined]
+        entry: dict[str, Any] = {"type": task.type, "score": None}
         entry.update(summary or {})
         entry.update(complete=summary is not None, identity=task_identity(task))
+        if fallbacks := haystack_fallbacks(task):
+            entry["haystack_fallback"] = "; ".join(fallbacks)
         if cells is not None:
             entry["cells"] = cells
         self.data["tasks"][task.key] = entry
@@ -112,17 +127,3 @@ class SuiteResults:
         self.data["tasks"] = {key: entry for key, entry in self.data["tasks"].items() if key in keys}
         write_json(self.path, self.data)
         return self.data
-
-
-def headline(entry: dict[str, Any]) -> str:
-    """One short line for a task's result: its score and the figure that matters for its type."""
-    score = entry.get("score")
-    parts = [f"score {score:.3f}" if isinstance(score, (int, float)) else "score -"]
-    if entry.get("type") == "ruler":
-        parts.append(f"effective length {entry.get('effective_length')}")
-    elif entry.get("type") == "perplexity" and "perplexity" in entry:
-        parts.append(f"perplexity {entry['perplexity']:.3f}")
-    elif entry.get("type") == "rope_compare" and entry.get("settings"):
-        parts.append(f"best {entry.get('best')}: " + ", ".join(
-            f"{name} {s['score']:.2f}" for name, s in entry["settings"].items()))
-    return ", ".join(parts)

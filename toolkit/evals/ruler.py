@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from statistics import mean
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -20,12 +20,13 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import batch_size_for, batched, generate_greedy, string_match_all
 from toolkit.evals.sources import load_sentences
-from toolkit.evals.suite import RulerTask
+from toolkit.evals.specs import RulerTask
 
 Cell = dict[str, Any]
+Length = TypeVar("Length", int, str)
 
 
-def effective_length(scores_by_length: Mapping[int | str, float], threshold: float) -> int | None:
+def effective_length(scores_by_length: Mapping[Length, float], threshold: float) -> int | None:
     """Longest length whose score, and the score of every shorter tested length, is above ``threshold``.
 
     ``None`` when even the shortest length is not above it.
@@ -67,7 +68,7 @@ def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[
                                           max(s.max_new_tokens for s in samples), ctx.pad_id)
                 cells += [{"task": name, "length": length, "sample": s, "score": string_match_all(out, sample.answers),
                            "answers": sample.answers, "output": out}
-                          for s, sample, out in zip(chunk, samples, outputs)]
+                          for s, sample, out in zip(chunk, samples, outputs, strict=True)]
                 results.record(task, cells)
                 bar.update(len(chunk))
     summary = ruler_summary(cells, task)

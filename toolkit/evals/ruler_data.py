@@ -15,12 +15,13 @@ cwe and fwe grow their word lists to the largest size that fits.
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from toolkit.data.needle import Needle, SentenceTokens, build_haystack, make_needles
+from toolkit.data.needle import Needle, SentenceTokens, Statement, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.sources import filler_window
 
@@ -29,14 +30,14 @@ _ANSWER_MARGIN = 4
 
 @dataclass(frozen=True)
 class Fact:
-    """A sentence hidden in the haystack (duck-types :class:`Needle` for ``build_haystack``)."""
+    """A sentence hidden in the haystack (a :class:`toolkit.data.needle.Statement`, as a :class:`Needle` is)."""
 
     sentence: str
 
 
 @dataclass(frozen=True)
 class Query:
-    """A question and its reference answer text (duck-types the asked :class:`Needle`)."""
+    """A question and its reference answer text (a :class:`toolkit.data.needle.Question`, as a :class:`Needle` is)."""
 
     question: str
     answer: str
@@ -58,7 +59,7 @@ def _listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _haystack_sample(tokens: SentenceTokens, length: int, facts: list, query: Query, answers: list[str],
+def _haystack_sample(tokens: SentenceTokens, length: int, facts: Sequence[Statement], query: Query, answers: list[str],
                      rng: random.Random, sentences: tuple[str, ...] | None, ordered: bool = False) -> RulerSample:
     budget = _answer_budget(tokens, answers)
     depths = [rng.random() for _ in facts]
@@ -96,7 +97,7 @@ def _variable_tracking(tokens: SentenceTokens, length: int, rng: random.Random,
         if name not in names:
             names.append(name)
     value = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
-    facts = [Fact(f" VAR {names[0]} = {value}.")] + [Fact(f" VAR {b} = VAR {a}.") for a, b in zip(names, names[1:])]
+    facts = [Fact(f" VAR {names[0]} = {value}.")] + [Fact(f" VAR {b} = VAR {a}.") for a, b in itertools.pairwise(names)]
     query = Query(f"\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: "
                   f"According to the chain of variable assignment in the text above, {hops + 1} variables are "
                   f"assigned the value {value}, they are:", " " + " ".join(names))

@@ -6,23 +6,18 @@ All of them work on token ids built in the evaluated model's own tokenizer and n
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from toolkit.lora import CausalLM
 
 T = TypeVar("T")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its eos id, else 0 (pads are never attended to here)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -72,7 +67,7 @@ def greedy_matches(model: torch.nn.Module, rows: Sequence[tuple[Sequence[int], S
 
 
 @torch.inference_mode()
-def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
+def generate_ids(model: CausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int,
                  eos_id: int | None = None) -> list[list[int]]:
     """Greedy continuations of a batch of prompts (left-padded), each cut after its first eos."""
     device = model_device(model)
@@ -82,16 +77,18 @@ def generate_ids(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_n
     for r, prompt in enumerate(prompts):
         ids[r, width - len(prompt):] = torch.tensor(list(prompt))
         mask[r, width - len(prompt):] = 1
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id, temperature=None, top_p=None,
-                         top_k=None)
+    # transformers' typing of generate fails under mypy: PreTrainedModel lacks it (only the *ForCausalLM classes
+    # mix GenerationMixin in), and GenerationMixin.generate types self with a Protocol no model class matches
+    out = model.generate(  # type: ignore[operator]
+        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+        pad_token_id=pad_id, eos_token_id=eos_id, temperature=None, top_p=None, top_k=None)
     rows = []
     for row in out[:, width:].tolist():
         rows.append(row[:row.index(eos_id) + 1] if eos_id is not None and eos_id in row else row)
     return rows
 
 
-def generate_greedy(model: torch.nn.Module, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+def generate_greedy(model: CausalLM, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     pad_id: int) -> list[str]:
     """Greedy continuations as text (special tokens dropped)."""
     rows = generate_ids(model, prompts, max_new_tokens, pad_id, tokenizer.eos_token_id)

@@ -1,4 +1,5 @@
-"""Haystack text: the built-in filler, a local text file, or a dataset when it can be reached.
+"""Haystack text: the built-in filler, a local text file, or a dataset (failing when it cannot be read, unless
+the spec allows the built-in filler as a fallback).
 
 Text is cut into sentences (each with a leading space, as ``toolkit.data.needle`` expects) so needles land
 on sentence boundaries; a haystack is a window of consecutive sentences starting at a random sentence.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from toolkit.data.needle import SentenceTokens, filler_sentence
 from toolkit.errors import UserError
-from toolkit.evals.suite import HaystackSpec
+from toolkit.evals.specs import HaystackSpec
 
 log = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -24,52 +25,61 @@ _DATASET_CHARS = 4_000_000
 
 def split_sentences(text: str) -> list[str]:
     """Sentences with normalised whitespace and a leading space; run-on text is cut every 40 words."""
-    out = []
+    out: list[str] = []
     for sentence in _SENTENCE_END.split(" ".join(text.split())):
         words = sentence.split()
         out.extend(" " + " ".join(words[i:i + _MAX_WORDS]) for i in range(0, len(words), _MAX_WORDS))
     return out
 
 
-def _dataset_text(spec: HaystackSpec) -> str | None:
-    try:
-        from datasets import load_dataset
+def _dataset_text(spec: HaystackSpec) -> str:
+    from datasets import load_dataset
 
-        rows = load_dataset(spec.path, spec.config, split=spec.split, streaming=True)
-        parts, size = [], 0
-        for row in rows:
-            parts.append(str(row[spec.text_field]))
-            size += len(parts[-1])
-            if size >= _DATASET_CHARS:
-                break
-        return "\n".join(parts)
-    except Exception as exc:  # unreachable hub, missing field, ...: the built-in filler still works
-        log.warning("haystack dataset %s unavailable (%s); using the built-in filler", spec.path, exc)
-        return None
+    rows = load_dataset(spec.path, spec.config, split=spec.split, streaming=True)
+    parts, size = [], 0
+    for row in rows:
+        parts.append(str(row[spec.text_field]))
+        size += len(parts[-1])
+        if size >= _DATASET_CHARS:
+            break
+    return "\n".join(parts)
 
 
 @lru_cache(maxsize=8)
-def _sentences(spec_json: str) -> tuple[str, ...] | None:
+def _load(spec_json: str) -> tuple[tuple[str, ...] | None, str | None]:
+    """(sentences or ``None`` for the built-in filler, why a dataset fell back to it or ``None``)."""
     spec = HaystackSpec.model_validate_json(spec_json)
     if spec.source == "builtin":
-        return None
+        return None, None
     if spec.source == "text":
         file = Path(spec.path or "")
         if not file.is_file():
             raise UserError(f"haystack.path: no such text file {spec.path}")
-        text: str | None = file.read_text(encoding="utf-8", errors="replace")
+        text = file.read_text(encoding="utf-8", errors="replace")
     else:
-        text = _dataset_text(spec)
-    sentences = tuple(split_sentences(text)) if text else ()
-    if text is not None and not sentences:
+        try:
+            text = _dataset_text(spec)
+        except Exception as exc:  # noqa: BLE001  (unreachable hub, unknown split or field, ...: all named below)
+            reason = f"haystack dataset {spec.path} (split {spec.split}) could not be read: " + " ".join(
+                f"{type(exc).__name__}: {exc}".split())[:300]
+            if not spec.fallback:
+                raise UserError(f"{reason}; fix it, or set fallback: true on it to use the built-in filler") from None
+            log.warning("%s; using the built-in filler (fallback: true)", reason)
+            return None, f"{reason}; the built-in filler was used"
+    sentences = tuple(split_sentences(text))
+    if not sentences:
         raise UserError(f"haystack.path: {spec.path} holds no text")
-    return sentences or None
+    return sentences, None
 
 
 def load_sentences(spec: HaystackSpec) -> tuple[str, ...] | None:
-    """The source's sentences (read once), or ``None`` for the built-in filler (also when a dataset is
-    unreachable)."""
-    return _sentences(spec.model_dump_json())
+    """The source's sentences (read once), or ``None`` for the built-in filler (also a dataset's fallback)."""
+    return _load(spec.model_dump_json())[0]
+
+
+def fallback_reason(spec: HaystackSpec) -> str | None:
+    """Why the built-in filler stands in for ``spec``'s dataset (``fallback: true``); ``None`` when it does not."""
+    return _load(spec.model_dump_json())[1]
 
 
 def filler_window(sentences: tuple[str, ...] | None, rng: random.Random, max_sentences: int) -> list[str] | None:

@@ -63,9 +63,16 @@ def format_rate(k: int, n: int, digits: int = 2) -> str:
 def total(rates: Iterable[Rate]) -> Rate | None:
     """Pooled counts of several rates; ``None`` when any of them has no counts."""
     rates = list(rates)
-    if not rates or any(r.n is None or r.correct is None for r in rates):
+    counts = [(r.correct, r.n) for r in rates if r.correct is not None and r.n is not None]
+    if not rates or len(counts) < len(rates):
         return None
-    return Rate.of(sum(r.correct for r in rates), sum(r.n for r in rates))  # type: ignore[misc]
+    return Rate.of(sum(correct for correct, _ in counts), sum(n for _, n in counts))
+
+
+def common_n(rate_maps: Iterable[Mapping[Any, Rate]]) -> int | None:
+    """The ``n`` of every rate when it is the same for all and known, else ``None``."""
+    counts = {rate.n for rates in rate_maps for rate in rates.values()}
+    return counts.pop() if len(counts) == 1 and None not in counts else None
 
 
 def niah_rates(summary: Mapping[str, Any], cells: Iterable[Mapping[str, Any]] | None = None) -> dict[int, Rate]:

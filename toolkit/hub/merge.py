@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.run_folder import FINAL
 from toolkit.saving import MERGED_FOLDER, merge_adapter
 
 
 def merge_run(run_dir: Path, out: Path | None) -> Path:
     """Merge the adapter of ``run_dir`` into full weights at ``out`` (default ``RUN/final/merged``); return it."""
-    final = run_dir / "final"
+    final = run_dir / FINAL
     if not final.is_dir():
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
     if not (final / "adapter_config.json").is_file():

@@ -17,11 +17,12 @@ from huggingface_hub import HfApi
 from toolkit.errors import UserError
 from toolkit.hub.card import build_card
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
+from toolkit.run_folder import EVAL, FINAL, RECIPE, REPORT_HTML, REPORT_MD, RUN_INFO
 
 UPLOAD_DIR = "upload"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-RUN_FILES = ("report.md", "report.html", "recipe.resolved.yaml", "run_info.json")
+RUN_FILES = (REPORT_MD, REPORT_HTML, RECIPE, RUN_INFO)
 WEIGHT_CHOICES = ("adapter", "merged", "report")
 
 
@@ -55,7 +56,7 @@ def check_repo_id(repo_id: str) -> None:
 
 def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
     """Rebuild ``RUN/upload/`` with everything to publish and return it."""
-    final = run_dir / "final"
+    final = run_dir / FINAL
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     if not final.is_dir():
@@ -88,7 +89,7 @@ def describe_folder(folder: Path) -> str:
 
 def _weight_files(run_dir: Path, what: str | None) -> list[tuple[Path, str]]:
     """(file, name in repo) of the weights, tokenizer and config: from final/merged/ for ``merged``, else final/."""
-    final = run_dir / "final"
+    final = run_dir / FINAL
     if what == "report":
         return []
     if what == "merged":
@@ -108,7 +109,7 @@ def _weight_files(run_dir: Path, what: str | None) -> list[tuple[Path, str]]:
 def _report_files(run_dir: Path) -> list[tuple[Path, str]]:
     named = [(run_dir / name, name) for name in RUN_FILES if (run_dir / name).is_file()]
     plots = [(p, p.name) for p in sorted(run_dir.glob("*.png"))]
-    evals = [(p, p.relative_to(run_dir).as_posix()) for p in sorted((run_dir / "eval").rglob("*.json"))]
+    evals = [(p, p.relative_to(run_dir).as_posix()) for p in sorted((run_dir / EVAL).rglob("*.json"))]
     return named + plots + evals
 
 

@@ -12,10 +12,11 @@ layers keep their gradients).
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from toolkit.lora import CausalLM
 
 
-def enable_checkpointing(model: nn.Module, offload: bool) -> None:
+def enable_checkpointing(model: CausalLM, offload: bool) -> None:
     """Checkpoint every decoder layer of ``model`` (a transformers or peft model); ``offload`` keeps the saved
     layer inputs in CPU memory. Without an accelerator the activations already live in host memory, so offload
     changes nothing there (and pinned memory does not exist)."""

@@ -13,13 +13,14 @@ e.g. 4096 x 128256 x 10 B = 5.3 GB, independent of the sequence length. Position
 from __future__ import annotations
 
 import importlib.util
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from toolkit.data.packing import IGNORE_INDEX
 
 
 def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
@@ -46,7 +47,7 @@ def shifted_lm_loss(hidden: Tensor, lm_head: nn.Module, shift_labels: Tensor,
         logits = lm_head(flat_hidden).float()
         return F.cross_entropy(logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"), count
     kept_hidden, kept_labels = flat_hidden[targets], flat_labels[targets]
-    if _liger_applies(kept_hidden, lm_head):
+    if _liger_applies(lm_head, kept_hidden):
         return _liger_loss(kept_hidden, lm_head, kept_labels), count
     total = kept_hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, max(kept_labels.numel(), 1), chunk_size):  # one (empty) chunk keeps the head in the graph
@@ -60,7 +61,7 @@ def _chunk_loss(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(lm_head(hidden).float(), labels, reduction="sum")
 
 
-def _liger_applies(hidden: Tensor, lm_head: nn.Module) -> bool:
+def _liger_applies(lm_head: nn.Module, hidden: Tensor) -> TypeGuard[nn.Linear]:
     return hidden.is_cuda and type(lm_head) is nn.Linear and importlib.util.find_spec("liger_kernel") is not None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,23 +20,25 @@ from toolkit.schema import TrainSpec
 _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"}
 
 
-def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], train: TrainSpec, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], train: TrainSpec,
+                    lr: float) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``."""
-    params = list(params)
-    options = dict(lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    groups: list[Any] = list(params)  # parameters, or param groups (dicts with "params")
+    options: dict[str, Any] = dict(lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
     if train.optimizer == "adamw":
-        on_cuda = all(p.is_cuda for p in _tensors(params))
-        return torch.optim.AdamW(params, fused=on_cuda or None, **options)
+        on_cuda = all(p.is_cuda for p in _tensors(groups))
+        return torch.optim.AdamW(groups, fused=on_cuda or None, **options)
     if not torch.cuda.is_available():
-        raise UserError(f"train.optimizer: {train.optimizer} needs a CUDA GPU (bitsandbytes); use adamw on this machine")
+        raise UserError(f"train.optimizer: {train.optimizer} needs a CUDA GPU (bitsandbytes); "
+                        "use adamw on this machine")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(f"train.optimizer: {train.optimizer} needs bitsandbytes: pip install '.[bnb]'")
     import bitsandbytes as bnb
 
-    return getattr(bnb.optim, _BITSANDBYTES[train.optimizer])(params, **options)
+    return getattr(bnb.optim, _BITSANDBYTES[train.optimizer])(groups, **options)
 
 
-def _tensors(params: list) -> list[torch.Tensor]:
+def _tensors(params: list[Any]) -> list[torch.Tensor]:
     if params and isinstance(params[0], dict):
         return [p for group in params for p in group["params"]]
     return params

@@ -41,8 +41,8 @@ class TiledForward:
 
 def decoder_mlps(model: nn.Module) -> list[nn.Module]:
     """The ``mlp`` module of every decoder layer (transformers' GradientCheckpointingLayer) in ``model``."""
-    return [layer.mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
-            and isinstance(getattr(layer, "mlp", None), nn.Module)]
+    return [mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
+            and isinstance(mlp := getattr(layer, "mlp", None), nn.Module)]
 
 
 def enable_tiled_mlp(model: nn.Module, tiles: int) -> None:

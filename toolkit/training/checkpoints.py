@@ -20,6 +20,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from toolkit.errors import RunFailure
+from toolkit.run_folder import CHECKPOINTS
 
 _NAME = re.compile(r"^stage-(\d+)-step-(\d+)$")
 _STATE = "trainer_state.json"
@@ -39,7 +40,7 @@ class TrainerState:
 
 class CheckpointManager:
     def __init__(self, run_dir: Path, keep_last: int, accelerator: Accelerator):
-        self.root = run_dir / "checkpoints"
+        self.root = run_dir / CHECKPOINTS
         self.keep_last = keep_last
         self.accelerator = accelerator
         self.data_identity: dict[str, Any] | None = None
@@ -49,8 +50,8 @@ class CheckpointManager:
         """Finished checkpoints, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if _NAME.match(p.name) and (p / _STATE).is_file()]
-        return sorted(found, key=lambda p: tuple(int(x) for x in _NAME.match(p.name).groups()))
+        found = [(p, match) for p in self.root.iterdir() if (match := _NAME.match(p.name)) and (p / _STATE).is_file()]
+        return [p for p, _ in sorted(found, key=lambda item: tuple(int(x) for x in item[1].groups()))]
 
     def latest(self) -> tuple[Path, TrainerState] | None:
         done = self.complete()

@@ -7,8 +7,8 @@ a stage that has started or is still to come stops with a :class:`UserError` nam
 
 What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes, and for
 the stage the checkpoint is inside ``seq_len``, ``batch_size``, ``grad_accum`` and its effective data spec (its
-own ``data`` or ``train.data``); removing the stage the checkpoint is inside; and always a different tokenizer (the weights
-and ``final/`` belong to it). What does not: step or token budgets, learning rates, warmup and other
+own ``data`` or ``train.data``); removing the stage the checkpoint is inside; and always a different tokenizer (the
+weights and ``final/`` belong to it). What does not: step or token budgets, learning rates, warmup and other
 optimisation settings; any setting of a finished stage (each stage's stream is seeded with ``seed + 1000 * index``
 and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
 stages that have not started (the resumed run then trains them exactly as a new run of the changed recipe
@@ -66,6 +66,10 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _show_tokenizer(identity: dict[str, Any]) -> str:
+    return f"vocab {identity.get('vocab_size')} (sha256 {identity.get('sha256')})"
+
+
 def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
     """The first differing leaf as (path, old, new); keys missing on either side (a schema from another
     version) are not compared."""
@@ -77,7 +81,7 @@ def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | N
                     return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             found = _first_difference(a, b, f"{path}[{i}]")
             if found:
                 return found
@@ -113,8 +117,7 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
     old_tok, new_tok = recorded.get("tokenizer"), now["tokenizer"]
     if old_tok is not None and old_tok != new_tok:
         # the trained weights and final/ belong to one tokenizer, so this stops even with nothing left to train
-        show = lambda t: f"vocab {t.get('vocab_size')} (sha256 {t.get('sha256')})"
-        raise _stop("tokenizer", show(old_tok), show(new_tok), checkpoint,
+        raise _stop("tokenizer", _show_tokenizer(old_tok), _show_tokenizer(new_tok), checkpoint,
                     "Keep the checkpoint's tokenizer (model.tokenizer, model.train_tokenizer; a trained one "
                     "also depends on seed)")
 

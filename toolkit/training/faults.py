@@ -9,15 +9,6 @@ from contextlib import contextmanager
 from toolkit.errors import RunFailure
 
 
-class Stopped(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
-
-    def __init__(self, signum: int, checkpoint: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {checkpoint}; "
-                         "continue with train.resume=true")
-        self.exit_code = 128 + signum
-
-
 class StopFlag:
     """Set by SIGTERM or SIGINT; the loop checks it after each optimizer step."""
 

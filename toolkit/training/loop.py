@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from toolkit.data.packing import IGNORE_INDEX
+from toolkit.errors import Stopped
 from toolkit.parallel import shard_for_sequence_parallel
 from toolkit.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
-from toolkit.training.faults import StopFlag, Stopped, non_finite_loss, out_of_memory
+from toolkit.training.faults import StopFlag, non_finite_loss, out_of_memory
 from toolkit.training.metrics import MetricsLogger
 from toolkit.training.schedule import lr_at
+
+
+def tokens_per_step(stage: StageSpec, num_processes: int) -> int:
+    """Tokens one optimizer step of ``stage`` trains on, over all processes."""
+    return stage.seq_len * stage.batch_size * stage.grad_accum * num_processes
 
 
 def stage_steps(stage: StageSpec, train: TrainSpec, num_processes: int) -> int:
@@ -27,8 +34,8 @@ def stage_steps(stage: StageSpec, train: TrainSpec, num_processes: int) -> int:
     if stage.max_steps is not None:
         steps = stage.max_steps
     else:
-        per_step = stage.seq_len * stage.batch_size * stage.grad_accum * num_processes
-        steps = max(1, math.ceil(stage.max_tokens / per_step))
+        assert stage.max_tokens is not None  # the schema: exactly one of max_steps and max_tokens
+        steps = max(1, math.ceil(stage.max_tokens / tokens_per_step(stage, num_processes)))
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
@@ -60,7 +67,7 @@ class LoopParts:
 
 
 def _target_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return (batch["labels"][:, 1:] != -100).sum()
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
 def train_stage(parts: LoopParts, job: StageJob) -> int:
@@ -74,7 +81,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
         next(job.batches)
     params = [p for p in parts.objective.parameters() if p.requires_grad]
     global_step = job.global_step
-    tokens_per_step = spec.seq_len * spec.batch_size * spec.grad_accum * acc.num_processes
+    step_tokens = tokens_per_step(spec, acc.num_processes)
     bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     parts.objective.train()
@@ -86,7 +93,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
             micro = [{k: v.to(acc.device) for k, v in next(job.batches).items()} for _ in range(spec.grad_accum)]
-            window = acc.reduce(sum(_target_tokens(b) for b in micro).to(acc.device), "sum").clamp(min=1)
+            targets = torch.stack([_target_tokens(b) for b in micro]).sum()
+            window = acc.reduce(targets.to(acc.device), "sum").clamp(min=1)
             scale = acc.num_processes / window  # DDP averages over ranks; this makes it a mean over tokens
             loss_sum = torch.zeros((), device=acc.device)
             for j, batch in enumerate(micro):
@@ -105,7 +113,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             parts.optimizer.zero_grad(set_to_none=True)
             global_step += 1
             loss = (acc.reduce(loss_sum, "sum") / window).item()
-            speed = tokens_per_step / max(time.perf_counter() - tick, 1e-9)
+            speed = step_tokens / max(time.perf_counter() - tick, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
             if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:
@@ -116,8 +124,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             saved = None
             if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):
                 saved = parts.checkpoints.save(state)
-            if parts.stop:
-                raise Stopped(parts.stop.signum, str(saved or parts.checkpoints.save(state)))
+            if parts.stop and (signum := parts.stop.signum) is not None:
+                raise Stopped(signum, str(saved or parts.checkpoints.save(state)))
     except torch.OutOfMemoryError:
         raise out_of_memory(name, spec.seq_len) from None
     finally:

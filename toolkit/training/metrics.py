@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.run_folder import METRICS
 from toolkit.schema import LoggingSpec
 
 
@@ -15,7 +16,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, spec: LoggingSpec, run_name: str, enabled: bool = True):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self._tb = self._wandb = None
         if not enabled:
             return
@@ -23,7 +24,8 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("logging.backend: tensorboard is not installed (pip install '.[tensorboard]')") from None
+                raise UserError("logging.backend: tensorboard is not installed "
+                                "(pip install '.[tensorboard]')") from None
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         elif spec.backend == "wandb":
             try:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
 
 
-def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def causal_lm_parts(model: CausalLM) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output head of a (possibly peft-wrapped) causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     return base.get_decoder(), base.get_output_embeddings()
 
 
@@ -22,7 +23,7 @@ class CausalLMObjective(nn.Module):
     documents isolated in sdpa, eager and flex attention (with ``use_cache=False``).
     """
 
-    def __init__(self, model: nn.Module, loss_chunk_size: int | None):
+    def __init__(self, model: CausalLM, loss_chunk_size: int | None):
         super().__init__()
         self.model = model
         self.loss_chunk_size = loss_chunk_size
@@ -35,4 +36,6 @@ class CausalLMObjective(nn.Module):
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         if shift_labels is not None:
             return shifted_lm_loss(hidden, head, shift_labels, self.loss_chunk_size)
+        if labels is None:
+            raise TypeError("forward needs labels or shift_labels")
         return causal_lm_loss(hidden, head, labels, self.loss_chunk_size)

@@ -19,9 +19,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from toolkit.errors import UserError
-from toolkit.evals.report import Run, load_run
-from toolkit.evals.report_render import Block, Code, Paragraph
-from toolkit.evals.stats import Rate, niah_rates
+from toolkit.evals.stats import Rate, common_n, niah_rates
+from toolkit.report.fmt import number
+from toolkit.report.render import Block, Code, Paragraph
+from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
 from toolkit.schema import VerdictSpec
 
 
@@ -104,7 +105,17 @@ def verdict_spec(run: Run) -> VerdictSpec | None:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in ("eval", "verdict", *error["loc"]))
-        raise UserError(f"{run.folder / 'recipe.resolved.yaml'}: {where}: {error['msg']}") from None
+        raise UserError(f"{run.folder / RECIPE}: {where}: {error['msg']}") from None
+
+
+def retention_suites(run: Run) -> list[str]:
+    """The suites whose scores must hold after extension: the recipe's ``eval.verdict.retention_suites``, or the
+    schema's default when the recipe claims nothing (or its claim does not validate)."""
+    try:
+        spec = verdict_spec(run)
+    except UserError:
+        spec = None
+    return list(spec.retention_suites if spec else VerdictSpec.model_fields["retention_suites"].default)
 
 
 def effective_length(rates: Mapping[int, Rate], threshold: float) -> int | None:
@@ -119,7 +130,7 @@ def effective_length(rates: Mapping[int, Rate], threshold: float) -> int | None:
 
 
 def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
-    entry = run.evals.get(tag, {}).get(suite, {}).get("tasks", {}).get(task)
+    entry = run.entry(tag, suite, task)
     if not entry:
         raise UserError(f"{run.folder}: no {suite}/{task} results for {tag} (needed by eval.verdict)")
     if entry.get("type") not in (None, "niah"):
@@ -128,8 +139,7 @@ def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
 
 
 def _score(run: Run, tag: str, suite: str, task: str) -> float | None:
-    score = run.evals.get(tag, {}).get(suite, {}).get("tasks", {}).get(task, {}).get("score")
-    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    return number((run.entry(tag, suite, task) or {}).get("score"))
 
 
 def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, float | None]:
@@ -155,13 +165,12 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
     native = run.info.get("native_length")
     stages = run.info.get("stages") or (run.recipe.get("train") or {}).get("stages") or []
     if not native or not stages:
-        raise UserError(f"{run.folder}: run_info.json lacks native_length or stages (needed by eval.verdict)")
+        raise UserError(f"{run.folder}: {RUN_INFO} lacks native_length or stages (needed by eval.verdict)")
     extended = int(stages[-1]["seq_len"])
-    reference, tags = run.reference, run.tags
-    if reference is None or not tags or reference == tags[-1]:
+    reference, final = run.reference, run.final
+    if reference is None or final is None or reference == final:
         raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
-                        f"(tags: {', '.join(tags) or 'none'})")
-    final = tags[-1]
+                        f"(tags: {', '.join(run.tags) or 'none'})")
     suite, task = spec.task.split("/", 1)
     before, after = _rates(run, reference, suite, task), _rates(run, final, suite, task)
     for tag, rates, length in ((reference, before, native), (final, after, extended)):
@@ -210,7 +219,7 @@ def _run_date(run: Run) -> str:
     for key in ("finished", "started", "timestamp", "date"):
         if isinstance(run.info.get(key), str):
             return run.info[key][:10]
-    path = run.folder / "run_info.json"
+    path = run.folder / RUN_INFO
     stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
     return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
 
@@ -220,28 +229,27 @@ def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str
     runs = [load_run(Path(folder)) for folder in folders]
     verdicts = [compute_verdict(run) for run in runs]
     rows: list[tuple[Run, Verdict, str, dict[int, Rate]]] = []
-    for run, verdict in zip(runs, verdicts):
+    for run, verdict in zip(runs, verdicts, strict=True):
         suite, task = verdict.spec.task.split("/", 1)
         for label, tag in (("before extension", verdict.reference), ("after extension", verdict.final)):
             rows.append((run, verdict, f"{label} ({tag})", _rates(run, tag, suite, task)))
     lengths = sorted({length for *_, rates in rows for length in rates})
-    counts = {rate.n for *_, rates in rows for rate in rates.values()}
-    same_n = len(counts) == 1 and None not in counts
+    n = common_n(rates for *_, rates in rows)
     marks = {v.native_length: "native" for v in verdicts}
     marks |= {v.extended_length: f"{v.extended_length / v.native_length:g}x" for v in verdicts}
-    header = ["run", "seed", "model", *(f"{n} ({marks[n]})" if n in marks else str(n) for n in lengths),
+    header = ["run", "seed", "model", *(f"{k} ({marks[k]})" if k in marks else str(k) for k in lengths),
               "effective length", "retention", "verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, verdict, model, rates in rows:
         after = model.startswith("after")
-        cells = [rates[n].format(with_n=not same_n) if n in rates else "-" for n in lengths]
+        cells = [rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths]
         effective = verdict.effective_after if after else verdict.effective_before
         lines.append("| " + " | ".join([
             run.folder.name, str(run.recipe.get("seed", "-")), model, *cells, _length(effective),
             verdict.retention_text() if after else "", ("PASS" if verdict.passed else "FAIL") if after else ""]) + " |")
     spec = verdicts[0].spec
     tasks = sorted({v.spec.task for v in verdicts})
-    n_text = f"n={counts.pop()} prompts per length" if same_n else "n per cell"
+    n_text = f"n={n} prompts per length" if n is not None else "n per cell"
     caption = (f"Needle accuracy on {', '.join(tasks)} with 95% Wilson intervals, {n_text}. Effective length: the "
                f"longest length whose accuracy, and every shorter length's, is at least {spec.effective_threshold:g}. "
                f"Retention: score of the final model / the model before extension on "

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from tests.test_evals_fixtures import Oracle, tiny_tokenizer
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.evals.api import run_suites
-from toolkit.evals.report import build_report
+from toolkit.report.report import build_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -125,9 +126,9 @@ def test_missing_run_folder_is_a_user_error(tmp_path: Path):
 
 
 def test_reference_is_the_last_model_before_context_extension(tmp_path) -> None:
-    from toolkit.evals.report import Run
+    from toolkit.run_folder import Run
 
-    evals = {tag: {} for tag in ("base", "stage-0-short", "stage-1-long")}
+    evals: dict[str, dict[str, Any]] = {tag: {} for tag in ("base", "stage-0-short", "stage-1-long")}
     from_scratch = Run(tmp_path, {}, {"native_length": 256, "stages": [{"seq_len": 256}, {"seq_len": 1024}]}, [],
                        evals)
     assert from_scratch.reference == "stage-0-short"
@@ -137,7 +138,8 @@ def test_reference_is_the_last_model_before_context_extension(tmp_path) -> None:
 
 
 def test_lm_eval_counts_from_the_raw_lm_eval_json(tmp_path: Path) -> None:
-    from toolkit.evals.report import _score_cell, load_run
+    from toolkit.report.cells import score_cell
+    from toolkit.run_folder import load_run
 
     run = tmp_path / "run"
     (run / "eval" / "base" / "lm_eval").mkdir(parents=True)
@@ -145,13 +147,13 @@ def test_lm_eval_counts_from_the_raw_lm_eval_json(tmp_path: Path) -> None:
         {"n-samples": {"t": {"original": 50, "effective": 40}}}))
     entry = {"type": "lm_eval", "score": 0.75, "metrics": {"t": {"acc,none": 0.75}},
              "lm_eval_json": "lm_eval/short.json", "identity": {"metric": "acc"}}
-    assert _score_cell(load_run(run), "base", entry) == "0.75 [0.60, 0.86] n=40"
+    assert score_cell(load_run(run), "base", entry) == "0.75 [0.60, 0.86] n=40"
     ppl = {**entry, "score": 9.5, "metrics": {"t": {"word_perplexity,none": 9.5}}, "identity": {}}
-    assert _score_cell(load_run(run), "base", ppl) == "9.500"  # not a fraction: no interval
+    assert score_cell(load_run(run), "base", ppl) == "9.500"  # not a fraction: no interval
 
 
 def test_wide_content_stays_inside_the_html_page(tmp_path: Path) -> None:
-    from toolkit.evals.report_render import Code, Paragraph, Table, to_html, to_markdown
+    from toolkit.report.render import Code, Paragraph, Table, to_html, to_markdown
 
     wide = json.dumps({f"key{i}": list(range(20)) for i in range(20)}, separators=(",", ":"))
     page = to_html([Paragraph(wide), Table(["json"], [[wide]]), Code("x" * 400, "pass")], "t")

@@ -1,0 +1,151 @@
+"""``report.md`` and a self-contained ``report.html`` from a run folder (``python -m toolkit report RUN``).
+
+Reads the run folder (:mod:`toolkit.run_folder`), draws the plots into it and renders: the verdict
+(``eval.verdict``, see :mod:`toolkit.report.verdict`), recipe, environment, training curves, scores per stage
+against the model before extension, short-context retention, and one section per task type (its registry entry's
+``section``: needle heatmaps, RULER curves, RoPE comparison, loss by position, lm-eval metrics). Every accuracy
+carries its 95% Wilson interval and n where the counts are known (:mod:`toolkit.evals.stats`). Missing parts are
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from toolkit.evals.registry import TASK_TYPES
+from toolkit.report.cells import score_cell
+from toolkit.report.fmt import fmt, is_number
+from toolkit.report.plots import training_curves
+from toolkit.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from toolkit.report.verdict import retention_suites, verdict_blocks
+from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run, load_run
+
+RETENTION_RANK = 25
+"""Where the short-context retention section goes among the task types' sections (after niah and ruler)."""
+
+
+def recipe_section(run: Run) -> list[Block]:
+    recipe, info = run.recipe, run.info
+    model = recipe.get("model") or {}
+    init = model.get("init_config")
+    source = model.get("name_or_path") or (
+        "random init " + json.dumps(init, separators=(",", ":")) if init else info.get("base_model", "-"))
+    method = (recipe.get("method") or {}).get("kind") or info.get("method", "-")
+    blocks: list[Block] = [Paragraph(recipe["description"])] if recipe.get("description") else []
+    blocks += [Heading("Recipe"), Paragraph(f"Base model: {source}. Method: {method}.")]
+    stages = (recipe.get("train") or {}).get("stages") or []
+    if stages:
+        rows = []
+        for stage in stages:
+            rope = stage.get("rope") or {}
+            rope_text = ", ".join(f"{k}={v}" for k, v in rope.items() if v is not None)
+            budget = stage.get("max_steps") or f"{stage.get('max_tokens')} tokens"
+            rows.append([str(stage.get("name") or "-"), str(stage.get("seq_len")), rope_text, str(budget),
+                         fmt(stage.get("lr"), 6), f"{stage.get('batch_size', 1)} x {stage.get('grad_accum', 1)}"])
+        blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
+    return blocks
+
+
+def environment_section(run: Run) -> list[Block]:
+    info = run.info
+    if not info:
+        return []
+    versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items())
+    blocks: list[Block] = [Heading("Environment"), Paragraph(
+        f"Device: {info.get('device', '-')}; precision: {info.get('precision', '-')}; attention: "
+        f"{info.get('attention', '-')} ({info.get('attention_reason', 'no reason recorded')}). Versions: {versions}.")]
+    stages = info.get("stages") or []
+    if stages:
+        blocks.append(Table(["stage", "seq_len", "RoPE parameters", "max_position_embeddings", "steps"], [
+            [str(s.get("name")), str(s.get("seq_len")), json.dumps(s.get("rope_parameters"), separators=(",", ":")),
+             str(s.get("max_position_embeddings")), str(s.get("steps"))] for s in stages]))
+    return blocks
+
+
+def training_section(run: Run) -> list[Block]:
+    if not run.metrics:
+        return [Heading("Training"), Paragraph("No metrics.jsonl in this run.")]
+    image = training_curves(run.metrics, run.folder / "training.png")
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for row in run.metrics:
+        stages.setdefault(str(row.get("stage_name", row.get("stage"))), []).append(row)
+    rows = [[name, str(points[-1].get("step")), fmt(points[0].get("loss")), fmt(points[-1].get("loss")),
+             fmt(sum(p.get("tokens_per_s", 0.0) for p in points) / len(points), 0),
+             fmt(points[-1].get("elapsed_s"), 1)] for name, points in stages.items()]
+    return [Heading("Training"), Image(image, "loss and throughput per optimizer step"),
+            Table(["stage", "steps", "first loss", "last loss", "mean tokens/s", "elapsed s"], rows)]
+
+
+def _fallbacks(run: Run) -> list[Block]:
+    """A warning for every task whose haystack dataset was replaced by the built-in filler (``fallback: true``)."""
+    notes = [f"{suite}/{task} at {tag}: {entry['haystack_fallback']}" for suite, task in run.tasks()
+             for tag, entry in run.found(suite, task) if entry.get("haystack_fallback")]
+    return [Paragraph("Warning: the built-in filler stood in for a haystack dataset in " + "; ".join(notes) + ".")
+            ] if notes else []
+
+
+def scores_section(run: Run) -> list[Block]:
+    tags, ref = run.tags, run.reference
+    if not tags:
+        return [Heading("Evaluation"), Paragraph("No evaluation results in eval/.")]
+    compared = ref if ref != run.final else None  # the reference, when it is not the final model itself
+    header = ["suite / task", *tags] + ([f"final - {ref}"] if compared is not None else [])
+    rows = []
+    for suite, task in run.tasks():
+        entries = [run.entry(tag, suite, task) for tag in tags]
+        scores = [(entry or {}).get("score") for entry in entries]
+        if not any(map(is_number, scores)):
+            continue  # tasks without a main score (perplexity, RoPE comparison) have their own sections
+        row = [f"{suite} / {task}", *(score_cell(run, tag, entry) for tag, entry in zip(tags, entries, strict=True))]
+        if compared is not None:
+            before, final = scores[tags.index(compared)], scores[-1]
+            row.append(f"{final - before:+.3f}" if is_number(before) and is_number(final) else "-")
+        rows.append(row)
+    return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point with its 95% "
+                                             f"Wilson interval and n (prompts or documents scored); the reference "
+                                             f"before context extension is `{ref}`."),
+            Table(header, rows), *_fallbacks(run)]
+
+
+def retention_section(run: Run) -> list[Block]:
+    """Final / before extension on the retention suites (``eval.verdict.retention_suites``)."""
+    ref, last = run.reference, run.final
+    if ref is None or last is None or ref == last:
+        return []
+    rows, suites = [], retention_suites(run)
+    for suite, task in run.tasks():
+        if suite not in suites:
+            continue
+        old, new = run.entry(ref, suite, task), run.entry(last, suite, task)
+        before, final = (old or {}).get("score"), (new or {}).get("score")
+        if is_number(before) and is_number(final):
+            ratio = fmt(final / before) if before else "-"
+            rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new),
+                         f"{final - before:+.3f}", ratio])
+    if not rows:
+        return []
+    return [Heading("Short-context regression"),
+            Paragraph(f"Final model ({last}) against the model before context extension ({ref}) on the "
+                      "short-context suite; a ratio near 1 means the extension kept what the model could already do."),
+            Table(["suite / task", ref, "final", "delta", f"final / {ref}"], rows)]
+
+
+def _sections() -> list[Callable[[Run], list[Block]]]:
+    ranked = [(kind.rank, section) for kind in TASK_TYPES.values() if (section := kind.report_section())]
+    ranked.append((RETENTION_RANK, retention_section))
+    return [recipe_section, environment_section, training_section, scores_section,
+            *(section for _, section in sorted(ranked, key=lambda pair: pair[0]))]
+
+
+def build_report(run_dir: Path) -> None:
+    """Write ``report.md``, ``report.html`` and the plots into ``run_dir``."""
+    run = load_run(Path(run_dir))
+    title = f"Run report: {run.recipe.get('name') or run.info.get('recipe') or run.folder.name}"
+    blocks: list[Block] = [Heading(title, 1), *verdict_blocks(run)]
+    for section in _sections():
+        blocks += section(run)
+    (run.folder / REPORT_MD).write_text(to_markdown(blocks, run.folder), encoding="utf-8")
+    (run.folder / REPORT_HTML).write_text(to_html(blocks, title), encoding="utf-8")
