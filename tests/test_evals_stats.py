@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit.evals.niah import grid_summary
-from toolkit.evals.stats import Rate, format_rate, lm_eval_rates, niah_overall, niah_rates, total, wilson
+from toolkit.evals.stats import Rate, lm_eval_rates, niah_overall, niah_rates, total, wilson
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high"), [
@@ -30,7 +30,7 @@ def test_wilson_z_widens_the_interval() -> None:
 
 
 def test_format() -> None:
-    assert format_rate(97, 100) == "0.97 [0.92, 0.99] n=100"
+    assert Rate.of(97, 100).format() == "0.97 [0.92, 0.99] n=100"
     assert Rate.of(50, 100).format(digits=3, with_n=False) == "0.500 [0.404, 0.596]"
     assert str(Rate(0.9)) == "0.90 (n unknown)"
     assert Rate(0.9).interval is None

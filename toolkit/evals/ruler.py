@@ -26,17 +26,21 @@ Cell = dict[str, Any]
 Length = TypeVar("Length", int, str)
 
 
-def effective_length(scores_by_length: Mapping[Length, float], threshold: float) -> int | None:
-    """Longest length whose score, and the score of every shorter tested length, is above ``threshold``.
-
-    ``None`` when even the shortest length is not above it.
-    """
+def longest_passing(scores_by_length: Mapping[Length, float], threshold: float, inclusive: bool = False) -> int | None:
+    """Longest length whose score, and the score of every shorter tested length, is above ``threshold`` (or
+    equal to it when ``inclusive``); ``None`` when even the shortest length is not."""
     best = None
     for length in sorted(scores_by_length, key=int):
-        if scores_by_length[length] <= threshold:
+        score = scores_by_length[length]
+        if score < threshold or (score == threshold and not inclusive):
             break
         best = int(length)
     return best
+
+
+def effective_length(scores_by_length: Mapping[Length, float], threshold: float) -> int | None:
+    """RULER's effective length: the longest length whose score, and every shorter one's, exceeds ``threshold``."""
+    return longest_passing(scores_by_length, threshold)
 
 
 def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:

@@ -55,11 +55,6 @@ class Rate:
         return self.format()
 
 
-def format_rate(k: int, n: int, digits: int = 2) -> str:
-    """``k`` of ``n`` as ``0.97 [0.92, 0.99] n=100``."""
-    return Rate.of(k, n).format(digits)
-
-
 def total(rates: Iterable[Rate]) -> Rate | None:
     """Pooled counts of several rates; ``None`` when any of them has no counts."""
     rates = list(rates)

@@ -19,11 +19,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from toolkit.errors import UserError
+from toolkit.evals.ruler import longest_passing
 from toolkit.evals.stats import Rate, common_n, niah_rates
 from toolkit.report.fmt import number
 from toolkit.report.render import Block, Code, Paragraph
 from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
 from toolkit.schema import VerdictSpec
+from toolkit.yaml_loading import validation_message
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,33 @@ class Verdict:
     """Tag of the final model (the last evaluation)."""
     native_length: int
     extended_length: int
-    native_before: Rate
-    extended_after: Rate
-    native_after: Rate | None
-    effective_before: int | None
-    effective_after: int | None
+    before: dict[int, Rate]
+    """The verdict task's accuracy by length, model before extension."""
+    after: dict[int, Rate]
+    """The same for the final model."""
     retention: dict[str, float | None]
     """``suite/task`` -> final score / score before extension (``None`` when that is undefined)."""
     checks: tuple[Check, ...]
+
+    @property
+    def native_before(self) -> Rate:
+        return self.before[self.native_length]
+
+    @property
+    def extended_after(self) -> Rate:
+        return self.after[self.extended_length]
+
+    @property
+    def native_after(self) -> Rate | None:
+        return self.after.get(self.native_length)
+
+    @property
+    def effective_before(self) -> int | None:
+        return effective_length(self.before, self.spec.effective_threshold)
+
+    @property
+    def effective_after(self) -> int | None:
+        return effective_length(self.after, self.spec.effective_threshold)
 
     @property
     def passed(self) -> bool:
@@ -103,9 +124,7 @@ def verdict_spec(run: Run) -> VerdictSpec | None:
     try:
         return VerdictSpec.model_validate(block)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in ("eval", "verdict", *error["loc"]))
-        raise UserError(f"{run.folder / RECIPE}: {where}: {error['msg']}") from None
+        raise UserError(validation_message(exc, str(run.folder / RECIPE), prefix=("eval", "verdict"))) from None
 
 
 def retention_suites(run: Run) -> list[str]:
@@ -121,12 +140,7 @@ def retention_suites(run: Run) -> list[str]:
 def effective_length(rates: Mapping[int, Rate], threshold: float) -> int | None:
     """Longest length whose accuracy, and every shorter length's, is at least ``threshold``; ``None`` if the
     shortest is below."""
-    best = None
-    for length in sorted(rates):
-        if rates[length].value < threshold:
-            break
-        best = length
-    return best
+    return longest_passing({length: rate.value for length, rate in rates.items()}, threshold, inclusive=True)
 
 
 def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
@@ -186,9 +200,7 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
         low = [f"{key} {_ratio(value)}" for key, value in retention.items()
                if value is None or value < spec.retention_min]
         checks.append(Check("retention", not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
-    threshold = spec.effective_threshold
-    return Verdict(spec, reference, final, int(native), extended, before[native], after[extended], after.get(native),
-                   effective_length(before, threshold), effective_length(after, threshold), retention, tuple(checks))
+    return Verdict(spec, reference, final, int(native), extended, before, after, retention, tuple(checks))
 
 
 def check_run(folder: Path) -> Verdict:
@@ -216,9 +228,9 @@ def verdict_blocks(run: Run) -> list[Block]:
 
 
 def _run_date(run: Run) -> str:
-    for key in ("finished", "started", "timestamp", "date"):
-        if isinstance(run.info.get(key), str):
-            return run.info[key][:10]
+    """The day the run started (``run_info.json``), else the day that file or the folder was last written."""
+    if isinstance(run.info.get("started"), str):
+        return run.info["started"][:10]
     path = run.folder / RUN_INFO
     stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
     return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
@@ -230,9 +242,8 @@ def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str
     verdicts = [compute_verdict(run) for run in runs]
     rows: list[tuple[Run, Verdict, str, dict[int, Rate]]] = []
     for run, verdict in zip(runs, verdicts, strict=True):
-        suite, task = verdict.spec.task.split("/", 1)
-        for label, tag in (("before extension", verdict.reference), ("after extension", verdict.final)):
-            rows.append((run, verdict, f"{label} ({tag})", _rates(run, tag, suite, task)))
+        rows.append((run, verdict, f"before extension ({verdict.reference})", verdict.before))
+        rows.append((run, verdict, f"after extension ({verdict.final})", verdict.after))
     lengths = sorted({length for *_, rates in rows for length in rates})
     n = common_n(rates for *_, rates in rows)
     marks = {v.native_length: "native" for v in verdicts}
