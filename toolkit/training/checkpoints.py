@@ -3,6 +3,9 @@
 Each checkpoint is a folder ``checkpoints/stage-<k>-step-<n>/`` written by ``accelerator.save_state``
 (safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``
 (where training stands, and what its data stream depends on: ``toolkit.training.data_identity``).
+Its weights are the trainable parameters only (:func:`keep_trainable`): for LoRA the adapter (and any modules
+trained beside it), not the frozen base, which a resumed run rebuilds from the recipe as the first run did;
+for full fine-tuning, every parameter and buffer, as before.
 It is first written to a hidden temporary folder and renamed into place, so a crash or a full disk
 mid-write leaves the previous checkpoint intact; leftovers of such a crash are removed at the next start.
 """
@@ -17,7 +20,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import SAFE_MODEL_NAME
+from safetensors.torch import load_file
+from torch import nn
 
 from toolkit.errors import RunFailure
 from toolkit.run_folder import CHECKPOINTS
@@ -45,6 +52,8 @@ class CheckpointManager:
         self.accelerator = accelerator
         self.data_identity: dict[str, Any] | None = None
         """Written into every checkpoint's state (unless the state carries its own)."""
+        accelerator.register_save_state_pre_hook(keep_trainable)
+        accelerator.register_load_state_pre_hook(load_trainable)
 
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
@@ -101,6 +110,30 @@ class CheckpointManager:
 
     def load(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
+
+
+def _frozen(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def keep_trainable(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], _folder: str) -> None:
+    """accelerate's save hook: drop frozen parameters from the state dicts it is about to write. Under
+    FSDP/DeepSpeed the engines write their own files and ``weights`` is empty: nothing to do."""
+    for i, (model, state) in enumerate(zip(models, weights, strict=False)):  # weights: [] when sharded
+        frozen = _frozen(model)
+        weights[i] = {key: value for key, value in state.items() if key not in frozen}
+
+
+def load_trainable(models: list[nn.Module], folder: str) -> None:
+    """accelerate's load hook: load each model's saved weights, which may leave out frozen parameters and
+    nothing else, then take the models off accelerate's list so it does not load them strictly again."""
+    for i, model in enumerate(models):
+        file = Path(folder) / f"{SAFE_MODEL_NAME}{f'_{i}' if i else ''}.safetensors"  # accelerate's file names
+        missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+        wrong = sorted(set(missing) - _frozen(model)) + sorted(unexpected)
+        if wrong:
+            raise RunFailure(f"checkpoint {folder} does not match the model (first key: {wrong[0]})")
+    models.clear()
 
 
 def _fsync_tree(folder: Path) -> None:
