@@ -62,9 +62,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     model = recipe.model
     model.name_or_path = resolve_relative(model.name_or_path, base)
     model.tokenizer = resolve_relative(model.tokenizer, base)
-    for spec in [recipe.train.data] + [s.data for s in recipe.train.stages if s.data]:
-        if spec.source in ("jsonl", "parquet", "text"):
-            spec.path = resolve_relative(spec.path, base)
+    for block in [recipe.train.data] + [s.data for s in recipe.train.stages if s.data]:
+        for _, _, spec in block.sources():
+            if spec.source in ("jsonl", "parquet", "text"):
+                spec.path = resolve_relative(spec.path, base)
+            if spec.chat_template and spec.chat_template.endswith(".jinja"):
+                spec.chat_template = resolve_relative(spec.chat_template, base)
     recipe.eval.suites = [resolve_relative(s, base) or s for s in recipe.eval.suites]
     _check_suites(recipe, path)
     return recipe

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
-from toolkit.data.batches import stage_batches
+from toolkit.data.batches import check_stage_data, stage_batches
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
@@ -86,6 +86,7 @@ def setup(recipe: Recipe) -> Session:
     resume = _resume_point(recipe, checkpoints)
     checkpoints.remove_partial()
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
+    check_stage_data(recipe.train, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     loaded = _load_model(recipe, accelerator, tokenizer)
     if accelerator.is_main_process:

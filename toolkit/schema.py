@@ -140,23 +140,48 @@ class RopeSpec(Strict):
         return f"{self.factor} x original length {original} covers {covered} tokens, less than seq_len {seq_len}"
 
 
-class DataSpec(Strict):
-    """Where a stage's training text comes from and how it is cut to the stage length."""
+class Upsample(Strict):
+    """Per-source length upsampling: long documents drawn more often than the rest of their source."""
+
+    min_tokens: PositiveInt
+    """Documents of at least this many tokens count as long."""
+    factor: float = Field(gt=1.0)
+    """Long documents are drawn ``factor`` times as often, relative to shorter ones, as the source holds them
+    (each shorter document is kept with probability 1 / factor). The source's mixture weight is unchanged."""
+
+
+class SourceSpec(Strict):
+    """One source of training documents: where its records are and how each becomes a document."""
 
     source: Literal["synthetic", "jsonl", "parquet", "text", "hub"] = "synthetic"
     path: str | None = None
     """File or folder (jsonl/parquet/text; relative to the recipe) or dataset name (hub)."""
     hub_config: str | None = None
     split: str = "train"
+    format: Literal["text", "chat", "prompt_completion"] = "text"
+    """``text``: loss on every token. ``chat``: a list of ``{role, content}`` messages rendered with the chat
+    template, loss on the assistant turns. ``prompt_completion``: prompt then completion, loss on the completion."""
     text_field: str = "text"
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    chat_template: str | None = None
+    """``format: chat``: a Jinja template, or a ``.jinja`` file (relative to the recipe), used instead of the
+    tokenizer's own; required when the tokenizer has none."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """A record that cannot become a document (unknown role, empty messages, missing field): stop naming its file
+    and line, or skip it and count it in ``metrics.jsonl``."""
+    min_tokens: PositiveInt | None = None
+    """Drop documents shorter than this many tokens."""
+    max_tokens: PositiveInt | None = None
+    """Drop documents longer than this many tokens."""
+    upsample: Upsample | None = None
     task: Literal["passkey", "multikey"] = "passkey"
     """Synthetic task: a single passkey, or several keys with distractors where one is asked for."""
     num_keys: PositiveInt = 4
     """multikey: keys hidden in each document (one asked for, the rest distractors)."""
     loss_on: Literal["all", "answer"] = "answer"
     """Synthetic data: train on every token, or only on the answer."""
-    packing: Literal["pack", "split", "pad"] = "pack"
-    """Long text: pack documents to seq_len with per-document position ids, split one per row, or pad."""
     min_length_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """Synthetic data: documents range from this fraction of seq_len up to seq_len."""
     edge_depth_fraction: float = Field(0.0, ge=0.0, le=1.0)
@@ -165,10 +190,72 @@ class DataSpec(Strict):
     needle grids test at depths 0 and 1."""
 
     @model_validator(mode="after")
-    def _path_when_needed(self) -> DataSpec:
-        if self.source != "synthetic" and not self.path:
+    def _fits_source(self) -> SourceSpec:
+        if self.source == "synthetic":
+            for key in ("format", "chat_template", "min_tokens", "max_tokens", "upsample"):
+                if key in self.model_fields_set:
+                    raise FieldError(key, "applies to file and hub sources, not synthetic")
+            return self
+        if not self.path:
             raise FieldError("path", f"source {self.source!r} needs a path")
+        if self.source == "text" and self.format != "text":
+            raise FieldError("format", "a text source holds plain text; chat and prompt_completion need records "
+                                       "(jsonl, parquet or hub)")
+        if self.chat_template is not None and self.format != "chat":
+            raise FieldError("chat_template", "applies to format: chat")
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
+            raise FieldError("max_tokens", f"{self.max_tokens} is less than min_tokens {self.min_tokens}")
         return self
+
+    @property
+    def label(self) -> str:
+        """How metrics and the report name this source: its path, or ``synthetic-<task>``."""
+        return self.path or f"synthetic-{self.task}"
+
+
+class MixtureSource(SourceSpec):
+    """A source inside a mixture, with its share of the stage's tokens."""
+
+    weight: PositiveFloat
+    """Share of the stage's tokens drawn from this source (weights are normalised to sum to 1)."""
+    name: str | None = None
+    """Its name in ``metrics.jsonl`` and the report; defaults to its path (or ``synthetic-<task>``)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or super().label
+
+
+class DataSpec(SourceSpec):
+    """A stage's training data, one source (the source fields here) or a weighted ``mixture``, and how its
+    documents are laid into rows of the stage length."""
+
+    packing: Literal["pack", "split", "pad"] = "pack"
+    """Long text: pack documents to seq_len with per-document position ids, split one per row, or pad."""
+    mixture: list[MixtureSource] | None = Field(None, min_length=1)
+    """Several sources, each with its weight: the stage draws each source's share of tokens, interleaved
+    deterministically (see ``toolkit.data.mixture``). The source fields then go inside each entry."""
+
+    @model_validator(mode="after")
+    def _mixture_or_source(self) -> DataSpec:
+        if self.mixture is None:
+            return self
+        for key in sorted(self.model_fields_set & set(SourceSpec.model_fields)):
+            raise FieldError(key, "set it inside each mixture entry (this data block has a mixture)")
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.mixture):
+            if entry.label in seen:
+                raise FieldError(f"mixture[{i}].name", f"{entry.label!r} names mixture[{seen[entry.label]}] too; "
+                                                       "give each source its own name")
+            seen[entry.label] = i
+        return self
+
+    def sources(self) -> list[tuple[str, float, SourceSpec]]:
+        """``(name, weight, spec)`` of every source, weights summing to 1: the mixture's, or this block alone."""
+        if self.mixture is None:
+            return [(self.label, 1.0, self)]
+        total = sum(entry.weight for entry in self.mixture)
+        return [(entry.label, entry.weight / total, entry) for entry in self.mixture]
 
 
 class StageSpec(Strict):

@@ -16,6 +16,9 @@ from typing import Literal
 IGNORE_INDEX = -100
 """Label of positions that take no part in the loss (PyTorch's and transformers' convention)."""
 
+PAD_SOURCE = -1
+"""Source index of padding tokens in a row's ``sources``."""
+
 Row = dict[str, list[int]]
 
 
@@ -26,6 +29,8 @@ class Document:
 
     input_ids: list[int]
     labels: list[int]
+    source: int = 0
+    """Index of the source it came from in its stage's mixture (0 for a single source)."""
 
     def __post_init__(self) -> None:
         if len(self.input_ids) != len(self.labels):
@@ -36,20 +41,23 @@ def pieces(doc: Document, seq_len: int) -> Iterator[Document]:
     """``doc`` cut into pieces of at most ``seq_len`` tokens, each with its first label ignored."""
     for start in range(0, len(doc.input_ids), seq_len):
         labels = doc.labels[start:start + seq_len]
-        yield Document(doc.input_ids[start:start + seq_len], [IGNORE_INDEX] + labels[1:])
+        yield Document(doc.input_ids[start:start + seq_len], [IGNORE_INDEX] + labels[1:], doc.source)
 
 
 def _row(parts: list[Document], seq_len: int, pad_id: int) -> Row:
-    """Concatenate ``parts`` and fill the rest with padding, itself a separate (ignored) document."""
-    row: Row = {"input_ids": [], "labels": [], "position_ids": []}
+    """Concatenate ``parts`` and fill the rest with padding, itself a separate (ignored) document. ``sources``
+    gives each token's source (``PAD_SOURCE`` for padding)."""
+    row: Row = {"input_ids": [], "labels": [], "position_ids": [], "sources": []}
     for part in parts:
         row["input_ids"] += part.input_ids
         row["labels"] += part.labels
         row["position_ids"] += range(len(part.input_ids))
+        row["sources"] += [part.source] * len(part.input_ids)
     missing = seq_len - len(row["input_ids"])
     row["input_ids"] += [pad_id] * missing
     row["labels"] += [IGNORE_INDEX] * missing
     row["position_ids"] += range(missing)
+    row["sources"] += [PAD_SOURCE] * missing
     return row
 
 
@@ -69,7 +77,7 @@ def _packed(docs: Iterable[Document], seq_len: int, pad_id: int) -> Iterator[Row
 
 def pack_rows(docs: Iterable[Document], seq_len: int, mode: Literal["pack", "split", "pad"],
               pad_id: int) -> Iterator[Row]:
-    """Rows of ``input_ids``, ``labels`` and ``position_ids`` (plain lists of ``seq_len`` ints).
+    """Rows of ``input_ids``, ``labels``, ``position_ids`` and ``sources`` (plain lists of ``seq_len`` ints).
 
     ``pack``: whole documents side by side; one that no longer fits opens the next row, one longer than
     ``seq_len`` is cut into ``seq_len`` pieces first. ``split``: one document per row, cut into pieces, the

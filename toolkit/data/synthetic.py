@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, filler_sentence, make_needles
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.errors import UserError
-from toolkit.schema import DataSpec
+from toolkit.schema import SourceSpec
 
 FILLER_POOL_SIZE = 2048
 """Distinct filler sentences a stream draws from; each is tokenised once, so long documents stay cheap."""
@@ -35,7 +35,7 @@ def _depth(rng: random.Random, edge_fraction: float) -> float:
     return rng.random()
 
 
-def synthetic_documents(spec: DataSpec, tokenizer, seq_len: int, seed: int) -> Iterator[Document]:
+def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int) -> Iterator[Document]:
     """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
 
     Labels cover the answer and eos (``loss_on: answer``) or every token but the first (``loss_on: all``).

@@ -17,6 +17,7 @@ from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.report.cells import score_cell
+from toolkit.report.data import data_section
 from toolkit.report.fmt import fmt, is_number
 from toolkit.report.plots import training_curves
 from toolkit.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
@@ -136,7 +137,7 @@ def retention_section(run: Run) -> list[Block]:
 def _sections() -> list[Callable[[Run], list[Block]]]:
     ranked = [(kind.rank, section) for kind in TASK_TYPES.values() if (section := kind.report_section())]
     ranked.append((RETENTION_RANK, retention_section))
-    return [recipe_section, environment_section, training_section, scores_section,
+    return [recipe_section, environment_section, training_section, data_section, scores_section,
             *(section for _, section in sorted(ranked, key=lambda pair: pair[0]))]
 
 

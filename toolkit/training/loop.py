@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from toolkit.data.batches import StageBatches
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import Stopped
 from toolkit.parallel import shard_for_sequence_parallel
@@ -46,7 +46,7 @@ class StageJob:
     index: int
     spec: StageSpec
     steps: int
-    batches: Iterator[dict[str, torch.Tensor]]
+    batches: StageBatches
     start: TrainerState | None
     """Resume point inside this stage (its step counts as done), or None to start at step 0."""
     global_step: int
@@ -119,7 +119,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:
                 parts.logger.log({"stage": job.index, "stage_name": name, "step": step + 1,
                                   "global_step": global_step, "loss": loss, "lr": lr, "tokens_per_s": speed,
-                                  "elapsed_s": time.perf_counter() - started, "seq_len": spec.seq_len})
+                                  "elapsed_s": time.perf_counter() - started, "seq_len": spec.seq_len,
+                                  **job.batches.logged(lambda counts: acc.reduce(counts.to(acc.device), "sum").cpu())})
             state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps)
             saved = None
             if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):

@@ -1,0 +1,148 @@
+"""One record to one :class:`Document`, by the source's ``format``.
+
+``text``: ``bos + text + eos``, loss on every token. ``prompt_completion``: ``bos + prompt + completion + eos``,
+loss on the completion and eos. ``chat``: the messages rendered with the chat template (the tokenizer's own or
+the recipe's), loss on the assistant turns exactly as the template writes them (content and end-of-turn
+marker): each assistant turn is the text between the conversation rendered up to it with the generation prompt
+and rendered through it, and every part is tokenised on its own, as a model sees the prompt and then writes.
+A record that cannot become a document raises :class:`BadRow`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.data.packing import IGNORE_INDEX, Document
+from toolkit.data.tokens import bos_prefix
+from toolkit.errors import UserError
+from toolkit.schema import SourceSpec
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class BadRow(ValueError):
+    """A record that cannot become a document; ``field`` is the spec field that names what is wrong, ``detail``
+    what follows the record's location in the message."""
+
+    def __init__(self, field: str, message: str, detail: str = ""):
+        super().__init__(message)
+        self.field, self.detail = field, detail
+
+
+def chat_template(spec: SourceSpec, tokenizer: Any, label: str) -> str | None:
+    """The template a ``format: chat`` source renders with (None for other formats); no template is an error."""
+    if spec.format != "chat":
+        return None
+    if spec.chat_template is None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"{label}.chat_template: the tokenizer has no chat template; name one (Jinja text or "
+                            "a .jinja file) for format: chat")
+        return str(tokenizer.chat_template)
+    if spec.chat_template.endswith(".jinja"):
+        path = Path(spec.chat_template).expanduser()
+        if not path.is_file():
+            raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
+        return path.read_text(encoding="utf-8")
+    return spec.chat_template
+
+
+def _field(record: dict[str, Any], name: str, key: str) -> Any:
+    if name not in record:
+        raise BadRow(key, f"no field {name!r}", f" (fields: {', '.join(record)})")
+    return record[name]
+
+
+def _string(record: dict[str, Any], name: str, key: str) -> str | None:
+    value = _field(record, name, key)
+    if value is not None and not isinstance(value, str):
+        raise BadRow(key, f"{name!r} holds {type(value).__name__}, not text")
+    return value
+
+
+def _ends(tokenizer: Any) -> tuple[list[int], list[int]]:
+    return bos_prefix(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def text_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document | None:
+    """Every token but the first is a label; None for an empty text."""
+    text = _string(record, spec.text_field, "text_field")
+    if not text:
+        return None
+    bos, eos = _ends(tokenizer)
+    input_ids = bos + _ids(tokenizer, text) + eos
+    return Document(input_ids, [IGNORE_INDEX] + input_ids[1:])
+
+
+def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document:
+    prompt = _string(record, spec.prompt_field, "prompt_field") or ""
+    completion = _string(record, spec.completion_field, "completion_field")
+    if not completion:
+        raise BadRow("completion_field", f"empty {spec.completion_field!r}")
+    bos, eos = _ends(tokenizer)
+    context = bos + _ids(tokenizer, prompt)
+    answer = _ids(tokenizer, completion) + eos
+    return Document(context + answer, [IGNORE_INDEX] * len(context) + answer)
+
+
+def _messages(record: dict[str, Any], spec: SourceSpec) -> list[dict[str, str]]:
+    messages = _field(record, spec.messages_field, "messages_field")
+    if not isinstance(messages, list) or not messages:
+        raise BadRow("messages_field", f"empty messages in {spec.messages_field!r}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise BadRow("messages_field", f"message {i} is not a {{role, content}} mapping")
+        if message["role"] not in ROLES:
+            raise BadRow("messages_field", f"unknown role {message['role']!r} in message {i} "
+                                           f"(roles: {', '.join(ROLES)})")
+        if not isinstance(message["content"], str):
+            raise BadRow("messages_field", f"message {i} has {type(message['content']).__name__} content, not text")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRow("messages_field", "no assistant message to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def chat_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str,
+                  label: str = "train.data") -> Document:
+    """The conversation as the template renders it; labels on the assistant turns only."""
+    messages = _messages(record, spec)
+
+    def render(turns: list[dict[str, str]], prompt: bool = False) -> str:
+        return str(tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=prompt))
+
+    full = render(messages)
+    cuts = [0]
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before, through = render(messages[:i], prompt=True), render(messages[:i + 1])
+            if not (through.startswith(before) and full.startswith(through) and len(before) >= cuts[-1]):
+                raise UserError(f"{label}.chat_template: rendering a conversation's first turns does not "
+                                "give the start of the whole conversation, so the assistant turns cannot be "
+                                "located; use a template that renders past turns unchanged")
+            cuts += [len(before), len(through)]
+    cuts.append(len(full))
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for k in range(len(cuts) - 1):
+        ids = _ids(tokenizer, full[cuts[k]:cuts[k + 1]])
+        input_ids += ids
+        labels += ids if k % 2 else [IGNORE_INDEX] * len(ids)
+    return Document(input_ids, labels)
+
+
+def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
+                label: str = "train.data") -> Document | None:
+    """``record`` (a mapping) as a document of ``spec.format``; None for an empty text record."""
+    if not isinstance(record, dict):
+        raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
+    if spec.format == "chat":
+        assert template is not None  # chat_template() gives one for format: chat, or raises
+        return chat_document(record, spec, tokenizer, template, label)
+    if spec.format == "prompt_completion":
+        return prompt_completion_document(record, spec, tokenizer)
+    return text_document(record, spec, tokenizer)

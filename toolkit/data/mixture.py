@@ -1,0 +1,29 @@
+"""Interleave the document streams of a mixture so each source gives its weight's share of the tokens.
+
+The next document always comes from the source furthest below its share: the one with the least tokens drawn
+per unit of weight (ties to the earlier source). Token shares then stay within one document of the weights at
+every point of the stream, whatever each source's document lengths, and upsampling inside a source changes
+what that source gives, not how much. ``datasets.interleave_datasets`` with probabilities draws records, not
+tokens: its token shares would follow each source's mean document length, which a stream does not know in
+advance, and would move with every length filter or upsampling. The order is a pure function of the streams,
+which are seeded, so a resumed run draws exactly the same documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from toolkit.data.packing import Document
+
+
+def interleave(streams: Sequence[Iterator[Document]], weights: Sequence[float]) -> Iterator[Document]:
+    """Documents from ``streams`` (endless), each tagged with its stream's index in ``Document.source``."""
+    if len(streams) != len(weights) or not streams or min(weights) <= 0:
+        raise ValueError("interleave needs one positive weight per stream")
+    drawn = [0] * len(streams)
+    while True:
+        index = min(range(len(streams)), key=lambda i: drawn[i] / weights[i])
+        doc = next(streams[index])
+        drawn[index] += len(doc.input_ids)
+        yield replace(doc, source=index)
