@@ -1,15 +1,17 @@
-"""One measured training configuration: build a random-weight Llama, run a few optimizer steps, report
-tokens/s, MFU and peak memory. Every measurement runs in a fresh process (:func:`measure`), so peaks do not
-leak between configurations and an out-of-memory failure is a result, not a crash.
+"""One measured training configuration: a random-weight Llama trained for a few optimizer steps on the toolkit's
+packed rows (``toolkit.data.batches``, synthetic documents of 1/8 to all of the length, position ids restarting
+per document), reporting tokens/s, MFU and peak memory. Every measurement runs in a fresh process
+(:func:`measure`) within a time budget, so peaks do not leak between configurations and an out-of-memory
+failure or a timeout is a result, not a crash.
 
-Variants:
-- ``toolkit``: ``toolkit.training.objective.CausalLMObjective`` (chunked loss) with the memory switches given
-  (checkpointing, offload, tiled MLP) applied through ``toolkit.memory``.
-- ``baseline``: plain transformers + peft + SDPA, ``model.gradient_checkpointing_enable()``, the model's own
-  loss (``model(input_ids, labels=...)``, full logits).
+Variants (both start from the same random weights: ``toolkit.modeling.build_random``, same seed):
+- ``toolkit``: the toolkit's own loop, ``toolkit.training.loop.train_stage`` (``benchmarks/toolkit_variant.py``).
+- ``baseline``: plain transformers + peft + SDPA + gradient checkpointing with the model's own loss
+  (``benchmarks/baseline_variant.py``).
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak resident set
-(``ru_maxrss``) minus the resident set before the model was built, i.e. what the model and training added.
+Peak memory: on CUDA ``max_memory_allocated`` and ``max_memory_reserved`` after the model is built; on CPU
+the process's peak resident set (``ru_maxrss``) minus the resident set before the model was built (reserved:
+none, there is no caching allocator).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,8 @@ SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256),
 }
-
-
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,36 @@ class Config:
     seq_len: int = 1024
     variant: str = "toolkit"
     steps: int = 3
+    """Timed optimizer steps, after ``warmup`` untimed ones (optimizer state, kernels, allocator)."""
+    warmup: int = 1
     checkpointing: bool = True
     offload: bool = False
     loss_chunk: int | None = 4096
     tiles: int | None = None
+    attention: str = "auto"
+    """The toolkit's ``model.attention``; the baseline always runs sdpa."""
     peak_tflops: float | None = None
     threads: int | None = None
     """CPU threads (torch.set_num_threads); on a shared machine 1 avoids oversubscription stalls."""
+
+
+@dataclass
+class Trial:
+    """What a variant hands back: the loss of every step and the seconds of the timed ones."""
+
+    losses: list[float]
+    step_s: list[float]
+    trainable_fraction: float
+    attention: str
+
+
+def for_length(config: Config, seq_len: int, offload_from: int | None, tiles_from: int | None) -> Config:
+    """``config`` at ``seq_len``, with activation offload from ``offload_from`` tokens on and the tiled MLP
+    (``config.tiles``) from ``tiles_from`` tokens on (None: never; the baseline never has either)."""
+    toolkit = config.variant == "toolkit"
+    return replace(config, seq_len=seq_len,
+                   offload=toolkit and offload_from is not None and seq_len >= offload_from,
+                   tiles=config.tiles if toolkit and tiles_from is not None and seq_len >= tiles_from else None)
 
 
 def _rss_bytes() -> int:
@@ -70,10 +95,9 @@ def matmul_peak_tflops(threads: int | None = None) -> float:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-
-    n = 4096 if device.type == "cuda" else 1024
+    n = 8192 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
+    for _ in range(3):
         a @ b
     repeats = 20 if device.type == "cuda" else 5
     _sync(device)
@@ -94,96 +118,57 @@ def _sync(device) -> None:
 def run(config: Config) -> dict:
     """Measure ``config`` in this process (call through :func:`measure` for a clean one)."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from toolkit.lora import CausalLM
-    from toolkit.memory.checkpointing import enable_checkpointing
-    from toolkit.memory.optimizers import build_optimizer
-    from toolkit.memory.tiled_mlp import enable_tiled_mlp
     from toolkit.plan_model import shape_from_config, step_flops
-    from toolkit.schema import TrainSpec
-    from toolkit.training.objective import CausalLMObjective
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rss_start = _rss_bytes()
-    torch.manual_seed(0)
-    llama = LlamaConfig(**{**SHAPES[config.shape], "max_position_embeddings": max(config.seq_len, 8192),
-                           "attn_implementation": "sdpa", "use_cache": False})
-    model: CausalLM
-    with torch.device(device):
-        # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
-        model = LlamaForCausalLM(llama).to(dtype)  # type: ignore[arg-type]
-    if config.method == "lora":
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(LORA_TARGETS)))
-    model.train()
+    variant: Callable[[Config, Callable[[], None]], Trial]
     if config.variant == "baseline":
-        if config.checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        objective = None
+        from benchmarks.baseline_variant import run_baseline as variant
     else:
-        if config.checkpointing:
-            enable_checkpointing(model, offload=config.offload)
-        if config.tiles:
-            enable_tiled_mlp(model, config.tiles)
-        objective = CausalLMObjective(model, config.loss_chunk)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    train = TrainSpec(stages=[{"seq_len": config.seq_len, "max_steps": 1}])
-    optimizer = build_optimizer(trainable, train, lr=1e-5)
-    ids = torch.randint(0, llama.vocab_size, (1, config.seq_len), device=device)
-    positions = torch.arange(config.seq_len, device=device)[None]
+        from benchmarks.toolkit_variant import run_toolkit as variant
+    trial = variant(config, torch.cuda.reset_peak_memory_stats if device.type == "cuda" else lambda: None)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    def step() -> float:
-        if objective is None:
-            loss = model(input_ids=ids, labels=ids).loss
-        else:
-            total, count = objective(input_ids=ids, position_ids=positions, labels=ids)
-            loss = total / count
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    step()  # warm-up: optimizer state, kernels, allocator
-    _sync(device)
-    start = time.perf_counter()
-    losses = [step() for _ in range(config.steps)]
-    _sync(device)
-    seconds = (time.perf_counter() - start) / config.steps
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start)
-    shape = shape_from_config(SHAPES[config.shape])
-    total_params = sum(p.numel() for p in model.parameters())
-    flops = step_flops(shape, config.seq_len, config.seq_len, sum(p.numel() for p in trainable) / total_params)
+        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    else:
+        peak, reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start, None
+    seconds = sum(trial.step_s) / len(trial.step_s)
+    flops = step_flops(shape_from_config(SHAPES[config.shape]), config.seq_len, config.seq_len,
+                       trial.trainable_fraction)
     peak_tflops = config.peak_tflops or matmul_peak_tflops()
     return {**asdict(config), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()[0],
-            "tokens_per_s": config.seq_len / seconds, "step_s": seconds, "peak_gib": peak / 1024**3,
+            "attention_used": trial.attention, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0], "tokens_per_s": config.seq_len / seconds, "step_s": seconds,
+            "peak_gib": peak / 1024**3, "reserved_gib": None if reserved is None else reserved / 1024**3,
             "model_tflops": flops / seconds / 1e12, "peak_tflops": peak_tflops,
-            "mfu": flops / seconds / 1e12 / peak_tflops, "loss": losses[-1], "status": "ok"}
+            "mfu": flops / seconds / 1e12 / peak_tflops, "losses": trial.losses, "loss": trial.losses[-1],
+            "status": "ok"}
 
 
-def measure(config: Config, timeout: float = 1800) -> dict:
-    """Run ``config`` in a fresh Python process; an out-of-memory or any failure comes back as a status."""
+def measure(config: Config, budget_s: float) -> dict:
+    """Run ``config`` in a fresh Python process, stopped after ``budget_s`` seconds; an out-of-memory error, a
+    timeout or any failure comes back as the row's status."""
     command = [sys.executable, "-m", "benchmarks.harness", json.dumps(asdict(config))]
     # glibc serves allocations below its (growing) mmap threshold from the heap and keeps freed heap pages,
     # so the resident set would count fragmentation; a fixed 64 KiB threshold maps and unmaps every tensor.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "MALLOC_MMAP_THRESHOLD_": "65536"}
+    started = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(budget_s, 1))
     except subprocess.TimeoutExpired:
-        return {**asdict(config), "status": "timeout"}
+        return {**asdict(config), "status": "timeout", "wall_s": time.monotonic() - started,
+                "error": f"no result within its budget of {budget_s:.0f} s"}
+    wall = time.monotonic() - started
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
+        return {**json.loads(lines[-1]), "wall_s": wall}
     out_of_memory = "out of memory" in done.stderr.lower() or done.returncode in (-9, 137)
-    return {**asdict(config), "status": "oom" if out_of_memory else "error", "error": done.stderr[-600:]}
+    return {**asdict(config), "status": "oom" if out_of_memory else "error", "wall_s": wall,
+            "error": done.stderr[-600:]}
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
 ]
 
 
-def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None) -> list[dict]:
+def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, budget_s: float) -> list[dict]:
     import torch
 
     shape = shape_from_config(SHAPES[shape_name])
@@ -38,7 +38,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None) -
     for label, checkpointing, chunk, tiles in SETTINGS:
         config = Config(shape=shape_name, method=method, seq_len=seq_len, steps=1, checkpointing=checkpointing,
                         loss_chunk=chunk, tiles=tiles, threads=threads, peak_tflops=1.0)
-        measured = measure(config)
+        measured = measure(config, budget_s)
         setup = Setup(seq_len=seq_len, param_bytes=2 if torch.cuda.is_available() else 4,
                       checkpointing=checkpointing, loss_chunk=chunk, tiles=tiles, **lora)
         planned = (estimate(shape, setup).total - RUNTIME_OVERHEAD) / GIB
@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--budget-s", type=float, default=600, help="seconds per setting")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    rows = calibrate(args.shape, args.method, args.seq_len, args.threads)
+    rows = calibrate(args.shape, args.method, args.seq_len, args.threads, args.budget_s)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

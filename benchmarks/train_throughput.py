@@ -1,7 +1,10 @@
-"""Tokens/s, MFU and peak memory of this toolkit's training step against a plain transformers baseline.
+"""Tokens/s, MFU and peak memory (allocated and reserved) of this toolkit's training loop against a plain
+transformers baseline.
 
-Both run in the same invocation, each in a fresh process, on the same random-weight model:
-- toolkit:  chunked loss (--loss-chunk), checkpointing (--no-checkpointing to switch off), --offload, --tiles;
+Both run in the same invocation, each in a fresh process within --budget-s seconds, on the same random-weight
+model and the same packed rows (benchmarks/harness.py):
+- toolkit:  ``train_stage`` with chunked loss (--loss-chunk), checkpointing (--no-checkpointing to switch off),
+  activation offload from --offload-from tokens on, the MLP in --tiles tiles from --tiles-from tokens on;
 - baseline: transformers + peft + SDPA + gradient checkpointing, the model's own loss over full logits.
 
 MFU = model FLOPs per second / peak. Model FLOPs per step (toolkit.plan_model.step_flops):
@@ -10,7 +13,8 @@ fine-tuning), plus 6 * layers * hidden * seq_len * T for causal attention (forwa
 is not counted. The peak is --peak-tflops, or a dense matmul measured once on the device at the start.
 
     python benchmarks/train_throughput.py --shape tiny --method full --seq-len 1024 --threads 1
-    python benchmarks/train_throughput.py --shape llama3-8b --method lora --seq-len 32768 --peak-tflops 989
+    python benchmarks/train_throughput.py --shape llama3-8b --method lora --seq-len 8192 32768 131072 \
+        --offload-from 131072 --tiles 8 --tiles-from 65536 --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import SHAPES, Config, matmul_peak_tflops, measure  # noqa: E402
+from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure  # noqa: E402
 
-COLUMNS = ("variant", "seq_len", "status", "tokens_per_s", "mfu", "peak_gib", "step_s")
+COLUMNS = ("variant", "seq_len", "status", "tokens_per_s", "mfu", "peak_gib", "reserved_gib", "step_s")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +40,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--loss-chunk", type=int, default=4096)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
-    parser.add_argument("--offload", action="store_true")
+    parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
     parser.add_argument("--tiles", type=int, default=None)
+    parser.add_argument("--tiles-from", type=int, default=0, help="tile the MLP from this length on")
+    parser.add_argument("--attention", default="auto", help="the toolkit's model.attention")
+    parser.add_argument("--budget-s", type=float, default=600, help="seconds per configuration")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -47,7 +54,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def format_row(result: dict) -> str:
     cells = []
     for column in COLUMNS:
-        value = result.get(column, "")
+        value = result.get(column)
+        value = "-" if value is None else value
         cells.append(f"{value:.3g}" if isinstance(value, float) else str(value))
     return " | ".join(cells)
 
@@ -57,14 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     peak = args.peak_tflops or matmul_peak_tflops(args.threads)  # one denominator for every configuration
     print(f"MFU denominator: {peak:.3g} TFLOP/s ({'given' if args.peak_tflops else 'measured matmul peak'})")
     toolkit = Config(shape=args.shape, method=args.method, steps=args.steps, checkpointing=args.checkpointing,
-                     offload=args.offload, loss_chunk=args.loss_chunk, tiles=args.tiles,
-                     peak_tflops=peak, threads=args.threads)
-    baseline = replace(toolkit, variant="baseline", checkpointing=True, offload=False, tiles=None)
+                     loss_chunk=args.loss_chunk, tiles=args.tiles, attention=args.attention, peak_tflops=peak,
+                     threads=args.threads)
+    baseline = replace(toolkit, variant="baseline", checkpointing=True)
     results = []
     print(" | ".join(COLUMNS))
     for seq_len in args.seq_len:
         for config in (toolkit, baseline):
-            results.append(measure(replace(config, seq_len=seq_len)))
+            results.append(measure(for_length(config, seq_len, args.offload_from, args.tiles_from), args.budget_s))
             print(format_row(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

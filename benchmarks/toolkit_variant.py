@@ -1,0 +1,67 @@
+"""The ``toolkit`` variant: a one-stage recipe set up by ``toolkit.runner.setup`` (accelerate with autocast,
+attention choice, LoRA, checkpointing / offload / tiled MLP, chunked-loss objective, optimizer) and trained by
+``toolkit.training.loop.train_stage`` (gradient clipping, token-weighted loss) on the harness's packed rows.
+Step times are the loop's own (``metrics.jsonl``), drawing each batch included; checkpoints are not written."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import LORA_RANK, LORA_TARGETS, SHAPES, Config, Trial
+
+BENCH_TOKENIZER = {"vocab_size": 320, "corpus_documents": 50}
+"""A small trained tokenizer: the model's vocabulary is the shape's, the tokenizer only provides special ids."""
+LR = 1e-5
+
+
+def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
+    """The recipe (as data) that ``config`` trains: one stage of ``warmup + steps`` steps, constant lr."""
+    init = {**SHAPES[config.shape], "max_position_embeddings": max(config.seq_len, 8192)}
+    return {
+        "name": "benchmark", "seed": 0,
+        "model": {"init_config": init, "train_tokenizer": BENCH_TOKENIZER, "attention": config.attention},
+        "method": {"kind": config.method, "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK,
+                                                   "target_modules": list(LORA_TARGETS)}},
+        "train": {"data": {"source": "synthetic", "loss_on": "all", "min_length_fraction": 0.125},
+                  "stages": [{"seq_len": config.seq_len, "max_steps": config.warmup + config.steps, "lr": LR}],
+                  "scheduler": "constant", "gradient_checkpointing": config.checkpointing,
+                  "activation_offload": config.offload, "tiled_mlp": config.tiles,
+                  "loss_chunk_size": config.loss_chunk},
+        "logging": {"every": 1},
+        "output": {"dir": str(run_dir)},
+    }
+
+
+def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
+    from toolkit.data.batches import stage_batches
+    from toolkit.lora import count_parameters
+    from toolkit.run_folder import METRICS
+    from toolkit.runner import setup
+    from toolkit.schema import Recipe
+    from toolkit.training.checkpoints import CheckpointManager, TrainerState
+    from toolkit.training.faults import StopFlag
+    from toolkit.training.loop import LoopParts, StageJob, train_stage
+
+    class NoCheckpoints(CheckpointManager):
+        def save(self, state: TrainerState) -> Path:
+            return self.root
+
+    with tempfile.TemporaryDirectory() as folder:
+        recipe = Recipe.model_validate(bench_recipe(config, Path(folder) / "run"))
+        session = setup(recipe)
+        built()
+        parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
+                          NoCheckpoints(recipe.run_dir, 1, session.accelerator), session.logger, 1, StopFlag())
+        spec = recipe.train.stages[0]
+        batches = stage_batches(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed)
+        train_stage(parts, StageJob(0, spec, spec.max_steps or 0, batches, None, 0))
+        session.logger.close()
+        records = [json.loads(line) for line in (recipe.run_dir / METRICS).read_text().splitlines()]
+    trainable, total = count_parameters(session.model)
+    timed = records[config.warmup:]
+    return Trial(losses=[r["loss"] for r in records], step_s=[config.seq_len / r["tokens_per_s"] for r in timed],
+                 trainable_fraction=trainable / total, attention=session.loaded.attention)
