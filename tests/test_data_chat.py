@@ -14,14 +14,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import metrics, train
 from toolkit.data.batches import stage_batches
-from toolkit.data.formats import chat_document, prompt_completion_document
+from toolkit.data.formats import chat_document, chat_template, prompt_completion_document
 from toolkit.data.packing import IGNORE_INDEX, pack_rows
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
+from toolkit.recipe_loading import load_recipe
 from toolkit.schema import DataSpec, TokenizerTraining
 from toolkit.yaml_loading import validate_as
 
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}"
             "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 CONVERSATION = [
@@ -174,3 +176,14 @@ def test_schema_keeps_chat_fields_where_they_apply():
     for data, message in cases:
         with pytest.raises(UserError, match=f"^r.yaml: {message}"):
             validate_as(DataSpec, data, "r.yaml")
+
+
+def test_shipped_llama3_template_locates_the_assistant_turns(tokenizer):
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml")
+    sft = recipe.train.stage_data(2)
+    assert sft.format == "chat" and sft.chat_template and Path(sft.chat_template).is_file()
+    template = chat_template(sft, tokenizer, "train.stages[2].data")
+    assert template is not None
+    doc = chat_document({"messages": CONVERSATION}, sft, tokenizer, template)
+    spans = [tokenizer.decode(span) for span in _spans(doc.input_ids, doc.labels)]
+    assert spans == ["The passkey is 4821.<|eot_id|>", "I was not told that one.<|eot_id|>"]
