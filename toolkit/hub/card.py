@@ -98,7 +98,8 @@ def _tags(info: dict[str, Any]) -> list[str]:
 
 
 def _hub_datasets(run_dir: Path) -> list[str]:
-    return sorted({d.path for d in stage_data(read_recipe_dict(run_dir)) if d.source == "hub" and d.path})
+    return sorted({s.path for d in stage_data(read_recipe_dict(run_dir)) for _, _, s in d.sources()
+                   if s.source == "hub" and s.path})
 
 
 def _summary(info: dict[str, Any], repo_id: str, what: str | None) -> str:
@@ -155,8 +156,9 @@ def _stages_section(info: dict[str, Any]) -> str:
 def _data_section(run_dir: Path) -> str:
     lines = []
     for i, data in enumerate(stage_data(read_recipe_dict(run_dir))):
-        what = f"task `{data.task}`" if data.source == "synthetic" else f"`{data.path}`"
-        lines.append(f"- stage {i}: {data.source} {what}, packing `{data.packing}`")
+        parts = [f"{s.source} " + (f"task `{s.task}`" if s.source == "synthetic" else f"`{s.path}`")
+                 + ("" if data.mixture is None else f" ({weight:.0%})") for _, weight, s in data.sources()]
+        lines.append(f"- stage {i}: {', '.join(parts)}, packing `{data.packing}`")
     return "## Data\n\n" + ("\n".join(lines) or f"See `{RECIPE}`.")
 
 

@@ -7,7 +7,8 @@ a stage that has started or is still to come stops with a :class:`UserError` nam
 
 What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes, and for
 the stage the checkpoint is inside ``seq_len``, ``batch_size``, ``grad_accum`` and its effective data spec (its
-own ``data`` or ``train.data``); removing the stage the checkpoint is inside; and always a different tokenizer (the
+own ``data`` or ``train.data``: for a mixture, every source with its weight, filters, upsampling and format, and
+sources added or removed); removing the stage the checkpoint is inside; and always a different tokenizer (the
 weights and ``final/`` belong to it). What does not: step or token budgets, learning rates, warmup and other
 optimisation settings; any setting of a finished stage (each stage's stream is seeded with ``seed + 1000 * index``
 and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
