@@ -1,5 +1,7 @@
-"""Training data: tokenizers, synthetic needle tasks, text sources, packing into fixed-length rows, batches.
+"""Training data: tokenizers, synthetic needle tasks, text/chat/prompt_completion sources, mixtures, packing, batches.
 
-Documents flow one way: a source (``synthetic`` or ``sources``) yields :class:`~toolkit.data.packing.Document`
-objects, ``packing`` lays them into rows of the stage length, ``batches`` stacks rows into tensors.
+Documents flow one way: a source (``synthetic``, or ``sources`` reading ``records`` and turning each into a document
+by its ``formats``) yields :class:`~toolkit.data.packing.Document` objects, ``mixture`` interleaves several sources
+by token share, ``packing`` lays documents into rows of the stage length, ``batches`` stacks rows into tensors and
+counts each source's tokens.
 """
