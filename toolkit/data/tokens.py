@@ -11,3 +11,14 @@ def pad_id(tokenizer: Any) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer itself puts in front of a text: ``[<|begin_of_text|>]`` for Llama 3 (and the tiny
+    recipes' tokenizer), ``[]`` for ChatML models such as SmolLM2, whose bos token only opens chat turns."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from toolkit.data.needle import SentenceTokens
+from toolkit.data.needle import ChatFrame, SentenceTokens
 from toolkit.data.tokens import pad_id
+from toolkit.errors import UserError
 from toolkit.evals.scoring import model_device
 
 if TYPE_CHECKING:
@@ -40,6 +42,14 @@ class EvalContext:
     def __post_init__(self) -> None:
         self.tokens = sentence_tokens(self.tokenizer)
         self.pad_id = pad_id(self.tokenizer)
+
+    @cached_property
+    def chat_frame(self) -> ChatFrame:
+        """The tokenizer's chat template around a haystack prompt (tasks with ``chat: true``)."""
+        try:
+            return ChatFrame.of(self.tokenizer)
+        except ValueError as exc:
+            raise UserError(f"suite {self.suite}: chat: true, but {exc} (ask without it for base models)") from None
 
     @property
     def device(self) -> torch.device:

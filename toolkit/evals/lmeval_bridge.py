@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.results import SuiteResults, write_json
@@ -47,9 +48,9 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
         raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
                         f"{'' if task.include_path else ' (set include_path for local task folders)'}")
     device = str(next(model.parameters()).device)
-    # BOS first, as the model saw it in training (Llama 3 too); lm-eval leaves it out unless asked
+    # BOS first where the tokenizer puts one in front of a text (Llama 3); lm-eval leaves it out unless asked
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=task.batch_size,
-              max_length=task.max_length, add_bos_token=tokenizer.bos_token_id is not None)
+              max_length=task.max_length, add_bos_token=bool(bos_prefix(tokenizer)))
     output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
                              task_manager=manager, log_samples=False, random_seed=task.seed)
     if output is None:  # only non-zero ranks of a distributed run get None

@@ -33,7 +33,7 @@ def needle_prompt(task: NeedleGrid, ctx: EvalContext, sentences: tuple[str, ...]
     needles = make_needles(rng, task.num_needles, task.digits)
     depths = [depth] + [rng.random() for _ in needles[1:]]
     return build_haystack(ctx.tokens, length, needles, depths, needles[0], rng,
-                          filler_window(sentences, rng, length))
+                          filler_window(sentences, rng, length), ctx.chat_frame if task.chat else None)
 
 
 def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Callable[[list[Cell]], object],

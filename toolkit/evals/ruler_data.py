@@ -21,7 +21,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from toolkit.data.needle import Needle, SentenceTokens, Statement, build_haystack, make_needles
+from toolkit.data.needle import Needle, Question, SentenceTokens, Statement, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.sources import filler_window
 
@@ -37,10 +37,16 @@ class Fact:
 
 @dataclass(frozen=True)
 class Query:
-    """A question and its reference answer text (a :class:`toolkit.data.needle.Question`, as a :class:`Needle` is)."""
+    """A question, the start of its answer and the reference answer text (a :class:`toolkit.data.needle.Question`,
+    as a :class:`Needle` is)."""
 
-    question: str
+    ask: str
+    lead: str
     answer: str
+
+    @property
+    def question(self) -> str:
+        return f"{self.ask} {self.lead}"
 
 
 @dataclass
@@ -59,8 +65,9 @@ def _listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _haystack_sample(tokens: SentenceTokens, length: int, facts: Sequence[Statement], query: Query, answers: list[str],
-                     rng: random.Random, sentences: tuple[str, ...] | None, ordered: bool = False) -> RulerSample:
+def _haystack_sample(tokens: SentenceTokens, length: int, facts: Sequence[Statement], query: Question,
+                     answers: list[str], rng: random.Random, sentences: tuple[str, ...] | None,
+                     ordered: bool = False) -> RulerSample:
     budget = _answer_budget(tokens, answers)
     depths = [rng.random() for _ in facts]
     stack = build_haystack(tokens, length - budget, facts, sorted(depths) if ordered else depths, query, rng,
@@ -74,18 +81,17 @@ def _needle_family(name: str, tokens: SentenceTokens, length: int, rng: random.R
     needles = make_needles(rng, count, digits)
     if name in ("niah_single", "niah_multikey"):
         asked = rng.choice(needles)
-        return _haystack_sample(tokens, length, needles, Query(asked.question, asked.answer), [asked.value], rng,
-                                sentences)
+        return _haystack_sample(tokens, length, needles, asked, [asked.value], rng, sentences)
     if name == "niah_multivalue":
         key = needles[0].key
         values = [n.value for n in needles]
         facts = [Needle(key, value) for value in values]
-        query = Query(f"\nWhat are all the pass keys for {key}? The pass keys for {key} are",
+        query = Query(f"\nWhat are all the pass keys for {key}?", f"The pass keys for {key} are",
                       " " + _listing(values))
         return _haystack_sample(tokens, length, facts, query, values, rng, sentences)
     keys = _listing([n.key for n in needles])
     values = [n.value for n in needles]
-    query = Query(f"\nWhat are the pass keys for {keys}? The pass keys for {keys} are", " " + _listing(values))
+    query = Query(f"\nWhat are the pass keys for {keys}?", f"The pass keys for {keys} are", " " + _listing(values))
     return _haystack_sample(tokens, length, needles, query, values, rng, sentences)
 
 
@@ -98,8 +104,8 @@ def _variable_tracking(tokens: SentenceTokens, length: int, rng: random.Random,
             names.append(name)
     value = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
     facts = [Fact(f" VAR {names[0]} = {value}.")] + [Fact(f" VAR {b} = VAR {a}.") for a, b in itertools.pairwise(names)]
-    query = Query(f"\nQuestion: Find all variables that are assigned the value {value} in the text above. Answer: "
-                  f"According to the chain of variable assignment in the text above, {hops + 1} variables are "
+    query = Query(f"\nQuestion: Find all variables that are assigned the value {value} in the text above.",
+                  f"Answer: According to the chain of variable assignment in the text above, {hops + 1} variables are "
                   f"assigned the value {value}, they are:", " " + " ".join(names))
     return _haystack_sample(tokens, length, facts, query, names, rng, sentences, ordered=True)
 

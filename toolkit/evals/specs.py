@@ -83,6 +83,10 @@ class NeedleGrid(TaskBase):
     haystack: HaystackSpec = HaystackSpec()
     batch_tokens: PositiveInt = 16384
     """Prompts of one length are batched up to this many tokens per forward pass."""
+    chat: bool = False
+    """Ask in the model's chat template (instruct models): haystack and question are the user's turn and the
+    assistant's turn starts with the answer's lead (``The pass key for <key> is``). Lengths count the template's
+    tokens too. The tokenizer must have a chat template."""
 
 
 class NiahTask(NeedleGrid):

