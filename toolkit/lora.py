@@ -42,6 +42,9 @@ def _check_names(model: nn.Module, names: list[str], field: str) -> None:
 def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it.
 
+    The adapters take the model's dtype: peft's default (``autocast_adapter_dtype``) keeps them in float32 and
+    casts every LoRA layer's input to float32, a hidden full-size copy per layer in a bf16 model.
+
     peft matches ``modules_to_save`` by suffix of the module path, so ``norm`` selects the final norm and
     every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.
     """
@@ -51,7 +54,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
                         target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
                         task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
     trainable, total = count_parameters(peft_model)
     log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return peft_model

@@ -13,10 +13,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
-from toolkit.attention import select_attention
+from toolkit.attention import TORCH_VARLEN, select_attention
 from toolkit.errors import UserError
 from toolkit.hub_ids import looks_local
-from toolkit.lora import CausalLM, apply_lora
+from toolkit.lora import CausalLM, apply_lora, unwrap_peft
 from toolkit.schema import MethodSpec, ModelSpec
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
@@ -54,15 +54,26 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtypes[precision]
 
 
+EVAL_ATTENTION = {TORCH_VARLEN: "sdpa"}
+"""Training-only kernels and what evaluation (padding masks, KV cache) runs on instead."""
+
+
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Within the block ``model`` is in eval mode; its train/eval mode is restored afterwards, also on error."""
+    """Within the block ``model`` is in eval mode, on an attention kernel that evaluates (:data:`EVAL_ATTENTION`);
+    its train/eval mode and kernel are restored afterwards, also on error."""
     was_training = model.training
+    base = unwrap_peft(model) if isinstance(model, (PreTrainedModel, PeftModel)) else None
+    kernel = base.config._attn_implementation if base is not None else None
+    if base is not None and kernel in EVAL_ATTENTION:
+        base.set_attn_implementation(EVAL_ATTENTION[kernel])
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
+        if base is not None and kernel in EVAL_ATTENTION:
+            base.set_attn_implementation(kernel)
 
 
 def native_length_of(config: Any) -> int:
@@ -86,9 +97,8 @@ def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
         raise UserError(f"{field}: cannot load {source!r}: {reason}") from None
 
 
-def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dtype: torch.dtype,
-                 seed: int) -> PreTrainedModel:
-    """A randomly initialised Llama from ``model.init_config`` (vocabulary and special ids from the tokenizer)."""
+def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
+    """``model.init_config`` as a LlamaConfig, its vocabulary and special ids from the tokenizer."""
     unknown = sorted(set(init_config) - _INIT_CONFIG_KEYS)
     if unknown:
         raise UserError(f"model.init_config: unknown LlamaConfig key {unknown[0]!r}")
@@ -98,26 +108,57 @@ def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dt
         raise UserError(f"model.init_config.vocab_size: {settings['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens")
     try:
-        config = LlamaConfig(**settings)
+        return LlamaConfig(**settings)
     except (TypeError, ValueError) as exc:
         raise UserError(f"model.init_config: {str(exc).strip().splitlines()[0]}") from None
+
+
+def build_on_meta(config: LlamaConfig, attention: str, dtype: torch.dtype) -> PreTrainedModel:
+    """The model's structure on the meta device: shapes and dtypes, no storage, no initialisation."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+
+
+def materialise(model: PreTrainedModel, device: torch.device, seed: int) -> PreTrainedModel:
+    """Storage for a meta-device ``model`` on ``device``, filled by transformers' initialisation (seeded), which
+    also recomputes the rotary ``inv_freq`` buffers that meta construction leaves empty."""
+    model.to_empty(device=device)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+    model.init_weights()
+    return model
+
+
+def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dtype: torch.dtype, seed: int,
+                 device: torch.device) -> PreTrainedModel:
+    """A randomly initialised Llama from ``model.init_config`` (vocabulary and special ids from the tokenizer).
+
+    On CPU it is built in place as it always was (the same weights for the same seed); on an accelerator it is
+    built on the meta device and initialised there, so that an 8B shape is ready in seconds, not CPU minutes.
+    """
+    config = random_config(init_config, tokenizer)
+    if torch.device(device).type == "cpu":
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+    return materialise(build_on_meta(config, attention, dtype), torch.device(device), seed)
 
 
 def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int,
                training: bool = True) -> LoadedModel:
     """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked."""
     device = torch.device(device)
-    attention, reason = select_attention(spec.attention, device, training=training)
     dtype = resolve_dtype(spec.precision, device)
+    attention, reason = select_attention(spec.attention, device, dtype, training=training)
+    if attention == TORCH_VARLEN:
+        from toolkit.attention_varlen import register_torch_varlen
+
+        register_torch_varlen()
     model: CausalLM
     if spec.backend == "unsloth":
         from toolkit.unsloth_backend import load_with_unsloth
 
         model = load_with_unsloth(spec, method, device, dtype, seed)
     elif spec.init_config is not None:
-        model = build_random(spec.init_config, tokenizer, attention, dtype, seed)
+        model = build_random(spec.init_config, tokenizer, attention, dtype, seed, device)
     else:
         assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
         model = _pretrained(spec.name_or_path, "model.name_or_path", revision=spec.revision,
@@ -171,8 +212,8 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base, adapter = lora_sources(model, adapter)
-    implementation, reason = select_attention(attention, device, training=False)
     dtype = resolve_dtype(precision, device)
+    implementation, reason = select_attention(attention, device, dtype, training=False)
     loaded = load_merged(base, adapter, attn_implementation=implementation, dtype=dtype)
     tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)

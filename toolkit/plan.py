@@ -1,7 +1,8 @@
 """``python -m toolkit plan RECIPE --gpus N --gpu-memory GB``: memory per GPU of every stage, and what to change.
 
 For each stage the table lists weights, gradients, optimizer state, activations (kept across layers and the
-one-layer working set), logits, the eager attention matrix and runtime overhead (see ``toolkit.plan_model``),
+one-layer working set), logits, the eager attention matrix, the dense L×L attention mask that packed rows get
+under sdpa or eager (one per step, shared by the layers) and runtime overhead (see ``toolkit.plan_model``),
 then FITS or DOES NOT FIT. A stage that does not fit gets a path of switches, applied one after the other
 with the total after each, until it fits.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from toolkit.attention import DENSE_MASK
 from toolkit.errors import UserError
 from toolkit.plan_model import GIB, Estimate, ModelShape, Setup, estimate, shape_for
 from toolkit.schema import Recipe
@@ -36,6 +38,7 @@ def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:
                  checkpointing=train.gradient_checkpointing, offload=train.activation_offload,
                  loss_chunk=train.loss_chunk_size, tiles=train.tiled_mlp,
                  attention="eager" if recipe.model.attention == "eager" else "flash/sdpa",
+                 dense_mask=recipe.model.attention in DENSE_MASK and train.stage_data(index).packing == "pack",
                  sequence_degree=recipe.parallel.degree)
 
 
@@ -49,9 +52,9 @@ def _sequence_degree(shape: ModelShape, gpus: int) -> int:
 
 def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
     """Changes that lower memory, cheapest to adopt first, each applied on top of the previous ones."""
-    if setup.attention == "eager":
-        setup = setup.with_(attention="flash/sdpa")
-        yield "model.attention: auto (flash-attention or SDPA, no L^2 matrix)", setup
+    if setup.attention == "eager" or setup.dense_mask:
+        setup = setup.with_(attention="flash/sdpa", dense_mask=False)
+        yield "model.attention: auto (flash-attention, varlen or flex on a GPU: no L^2 matrix or mask)", setup
     if setup.loss_chunk is None:
         setup = setup.with_(loss_chunk=4096)
         yield "train.loss_chunk_size: 4096", setup

@@ -130,6 +130,8 @@ class Setup:
     loss_chunk: int | None = None
     tiles: int | None = None
     attention: str = "sdpa"
+    dense_mask: bool = False
+    """Rows holding several documents reach sdpa or eager, so transformers builds a ``[B,1,L,L]`` mask."""
     sequence_degree: int = 1
 
     def with_(self, **changes: Any) -> Setup:
@@ -151,12 +153,12 @@ class Estimate:
 def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int]:
     """(trainable parameters, their bytes, bytes of the frozen copies peft keeps of fully trained modules).
 
-    peft keeps LoRA adapters in float32 and ``modules_to_save`` copies in the model's dtype."""
+    LoRA adapters and peft's ``modules_to_save`` copies are in the model's dtype (``toolkit.lora.apply_lora``)."""
     if setup.lora_rank is None:
         return shape.params, shape.params * setup.param_bytes, 0
     adapters = shape.lora_params(setup.lora_rank, list(setup.lora_targets))
     full = sum(shape.module_params(name) for name in setup.fully_trained)
-    return adapters + full, adapters * 4 + full * setup.param_bytes, full * setup.param_bytes
+    return adapters + full, (adapters + full) * setup.param_bytes, full * setup.param_bytes
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:
@@ -198,6 +200,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         "layer working set": int(working * tokens),
         "logits": int(logits_tokens * shape.vocab * (a + 8)),
         "attention matrix": int(attention_matrix * (1 if setup.checkpointing else shape.layers)) if eager else 0,
+        "attention mask": setup.batch_size * setup.seq_len**2 * (a if eager else 1) if setup.dense_mask else 0,
         "runtime overhead": RUNTIME_OVERHEAD,
     }
     return Estimate(parts=parts, host=host)

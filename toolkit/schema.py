@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
-Attention = Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"]
+Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
@@ -53,7 +53,9 @@ class ModelSpec(Strict):
     backend: Literal["transformers", "unsloth"] = "transformers"
     """``unsloth`` loads through unsloth's FastLanguageModel (GPU only, optional extra)."""
     attention: Attention = "auto"
-    """Attention kernel; ``auto`` picks flash_attention_2 where installed on CUDA/ROCm, else sdpa."""
+    """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_2 (installed, bf16/fp16), else PyTorch's
+    varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
+    sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.attention``)."""
     precision: Precision = "auto"
     """Compute precision; ``auto`` is bf16 where the device supports it, else fp32."""
     trust_remote_code: bool = False

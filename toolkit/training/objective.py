@@ -3,11 +3,19 @@ logits for the whole sequence. Wrapping it as one module lets accelerate (DDP, F
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
+from toolkit.attention import DENSE_MASK, continue_padding_tail, decoder_rows, dense_mask_bytes
 from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
+
+log = logging.getLogger(__name__)
+
+DENSE_MASK_WARNING = 1 << 30
+"""A dense attention mask this large (bytes) is worth a warning: 32K tokens under sdpa."""
 
 
 def causal_lm_parts(model: CausalLM) -> tuple[nn.Module, nn.Module]:
@@ -19,23 +27,42 @@ def causal_lm_parts(model: CausalLM) -> tuple[nn.Module, nn.Module]:
 class CausalLMObjective(nn.Module):
     """``forward(batch) -> (sum of token losses, number of target tokens)`` for a causal LM.
 
-    Packed rows carry ``position_ids`` restarting per document and no ``attention_mask``, which keeps
-    documents isolated in sdpa, eager and flex attention (with ``use_cache=False``).
+    Packed rows carry ``position_ids`` restarting per document and no ``attention_mask`` (with ``use_cache=False``),
+    which keeps documents apart in every kernel; how each kernel is given the rows is ``toolkit.attention``'s
+    concern (padding tail, flattening for flash-attn). A kernel that needs a dense L×L mask for them gets a warning
+    with its size, once per row length.
     """
 
     def __init__(self, model: CausalLM, loss_chunk_size: int | None):
         super().__init__()
         self.model = model
         self.loss_chunk_size = loss_chunk_size
+        self._warned_lengths: set[int] = set()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 shift_labels: torch.Tensor | None = None):
         """``labels`` unshifted (HF convention), or ``shift_labels`` already aligned with each position, as
-        sequence-parallel slices carry them."""
+        sequence-parallel slices carry them (their rows are given to the decoder unchanged)."""
         decoder, head = causal_lm_parts(self.model)
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         if shift_labels is not None:
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
             return shifted_lm_loss(hidden, head, shift_labels, self.loss_chunk_size)
         if labels is None:
             raise TypeError("forward needs labels or shift_labels")
-        return causal_lm_loss(hidden, head, labels, self.loss_chunk_size)
+        implementation = unwrap_peft(self.model).config._attn_implementation
+        position_ids = continue_padding_tail(position_ids, labels)
+        self._warn_dense_mask(implementation, position_ids)
+        rows, positions = decoder_rows(implementation, input_ids, position_ids)
+        hidden = decoder(input_ids=rows, position_ids=positions, use_cache=False).last_hidden_state
+        return causal_lm_loss(hidden.view(*input_ids.shape, -1), head, labels, self.loss_chunk_size)
+
+    def _warn_dense_mask(self, implementation: str, position_ids: torch.Tensor) -> None:
+        batch, length = position_ids.shape
+        if implementation not in DENSE_MASK or length in self._warned_lengths or batch * length**2 < DENSE_MASK_WARNING:
+            return
+        size = dense_mask_bytes(implementation, position_ids, unwrap_peft(self.model).dtype)
+        if size >= DENSE_MASK_WARNING:
+            self._warned_lengths.add(length)
+            log.warning("model.attention %s: rows holding several documents make transformers build a dense "
+                        "[%d,1,%d,%d] mask of %.1f GiB (and disable sdpa's flash kernel); model.attention: auto keeps "
+                        "packed rows linear in memory on a GPU", implementation, batch, length, length, size / 2**30)

@@ -1,0 +1,128 @@
+"""How the objective gives packed rows to the decoder: flattened to one row for flash-attn, padding tail continued,
+a warning where a dense mask gets large; every document's logits stay those of the document alone."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface, LlamaConfig, LlamaForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+import toolkit.training.objective as objective_module
+from toolkit.attention import decoder_rows
+from toolkit.data.packing import IGNORE_INDEX, Document, pack_rows
+from toolkit.memory.chunked_loss import causal_lm_loss
+from toolkit.training.objective import CausalLMObjective
+
+SEQ_LEN = 48
+DOCS = ((11, 20, 9), (30, 7))
+
+
+def _model(attention: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2 * SEQ_LEN)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attention)
+    return model
+
+
+def _rows(lengths=DOCS) -> tuple[list[list[torch.Tensor]], dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    docs, rows = [], []
+    for row_lengths in lengths:
+        row_docs = [torch.randint(3, 128, (n,), generator=generator) for n in row_lengths]
+        packed = list(pack_rows([Document(d.tolist(), d.tolist()) for d in row_docs], SEQ_LEN, "pack", pad_id=0))
+        docs.append(row_docs)
+        rows.append(packed[0])
+    return docs, {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+def _flex_forward_on_cpu() -> bool:
+    try:
+        with torch.no_grad():
+            _model("flex_attention")(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=False)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flex_attention"])
+def test_rows_flattened_for_flash_attention_keep_documents_apart(attention: str) -> None:
+    """Two packed rows as one row of 2·L tokens (what flash-attn's varlen gets), run here under kernels that run on
+    CPU: each document's logits equal the document alone (max difference well under 1e-5)."""
+    if attention == "flex_attention" and not _flex_forward_on_cpu():
+        pytest.skip("flex_attention forward does not run on this CPU")
+    model, reference = _model(attention), _model("sdpa")
+    docs, rows = _rows()
+    flat_ids, flat_positions = decoder_rows("flash_attention_2", rows["input_ids"], rows["position_ids"])
+    assert flat_ids.shape == (1, 2 * SEQ_LEN)
+    with torch.no_grad():
+        hidden = model.model(input_ids=flat_ids, position_ids=flat_positions, use_cache=False).last_hidden_state
+        logits = model.lm_head(hidden.view(2, SEQ_LEN, -1))
+        for row, row_docs in enumerate(docs):
+            start = 0
+            for doc in row_docs:
+                alone = reference(input_ids=doc[None], use_cache=False).logits[0]
+                torch.testing.assert_close(logits[row, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
+                start += len(doc)
+
+
+def test_the_objective_loss_is_the_documents_own() -> None:
+    """The objective's loss on packed rows equals the loss of every document computed alone, and the flattened
+    rows (flash-attn) give the same loss."""
+    model = _model("sdpa")
+    docs, rows = _rows()
+    with torch.no_grad():
+        total, count = CausalLMObjective(model, loss_chunk_size=None)(
+            rows["input_ids"], rows["position_ids"], labels=rows["labels"])
+        flat_ids, flat_positions = decoder_rows("flash_attention_2", rows["input_ids"], rows["position_ids"])
+        hidden = model.model(input_ids=flat_ids, position_ids=flat_positions, use_cache=False).last_hidden_state
+        flat_total, _ = causal_lm_loss(hidden.view(2, SEQ_LEN, -1), model.lm_head, rows["labels"], None)
+        alone = []
+        for doc in (d for row_docs in docs for d in row_docs):
+            labels = doc.clone()
+            labels[0] = IGNORE_INDEX
+            alone.append(causal_lm_loss(model.model(input_ids=doc[None]).last_hidden_state, model.lm_head,
+                                        labels[None], None))
+        alone_total, alone_count = sum(t for t, _ in alone), sum(int(c) for _, c in alone)
+    assert int(count) == alone_count == sum(n - 1 for row in DOCS for n in row)
+    torch.testing.assert_close(total, alone_total, atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(flat_total, total, atol=1e-4, rtol=1e-6)
+
+
+def test_one_document_rows_reach_sdpa_without_a_mask() -> None:
+    """With the padding tail continued, a row holding one document runs causal: transformers builds no mask."""
+    masks: list[torch.Tensor | None] = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("spy_sdpa", spy)
+    AttentionMaskInterface.register("spy_sdpa", sdpa_mask)
+    model = _model("spy_sdpa")
+    objective = CausalLMObjective(model, loss_chunk_size=None)
+    _, one_document = _rows(((30,), (41,)))  # each row: one document, then its padding tail
+    with torch.no_grad():
+        objective(one_document["input_ids"], one_document["position_ids"], labels=one_document["labels"])
+        assert masks == [None, None]
+        _, packed = _rows()
+        objective(packed["input_ids"], packed["position_ids"], labels=packed["labels"])
+    assert masks[-1] is not None and masks[-1].shape == (2, 1, SEQ_LEN, SEQ_LEN)
+
+
+def test_a_large_dense_mask_is_warned_about_once(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(objective_module, "DENSE_MASK_WARNING", 2 * SEQ_LEN * SEQ_LEN)
+    objective = CausalLMObjective(_model("sdpa"), loss_chunk_size=None)
+    _, rows = _rows()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="toolkit"):
+        for _ in range(2):
+            objective(rows["input_ids"], rows["position_ids"], labels=rows["labels"])
+    warnings = [r.getMessage() for r in caplog.records if "dense" in r.getMessage()]
+    assert warnings == ["model.attention sdpa: rows holding several documents make transformers build a dense "
+                        "[2,1,48,48] mask of 0.0 GiB (and disable sdpa's flash kernel); model.attention: auto keeps "
+                        "packed rows linear in memory on a GPU"]
