@@ -1,0 +1,52 @@
+"""``gpu-check.md``: the results of ``benchmarks/gpu_check.py`` as Markdown tables, one per section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_COLUMNS = {  # per section: the row keys shown, in order (losses and errors stay in the JSON)
+    "1": ("test", "outcome", "seconds", "message"),
+    "2": ("run", "device", "attention", "steps", "first_loss", "last_loss", "train_s", "tokens_per_s"),
+    "3": ("variant", "seq_len", "status", "attention_used", "offload", "tiles", "tokens_per_s", "mfu", "peak_gib",
+          "reserved_gib", "step_s", "wall_s"),
+}
+_COLUMNS["4"] = _COLUMNS["3"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "/")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(result.get("versions", {}).items()))
+    memory = f", {result['memory_gib']:.1f} GiB" if result.get("memory_gib") else ""
+    lines = [f"# GPU check ({result['mode']})", "",
+             f"- started {result['started']}, took {result.get('elapsed_s', 0):.0f} s of a {result['budget_s']:.0f} s "
+             "budget",
+             f"- device: {result.get('device', '?')}{memory}; measured matmul rate (MFU denominator): "
+             f"{result.get('matmul_tflops', 0):.3g} TFLOP/s",
+             f"- versions: {versions}", ""]
+    for section in result["sections"]:
+        lines += [f"## {section['name']}", "",
+                  f"{section['elapsed_s']:.0f} s of a {section['budget_s']:.0f} s budget.", ""]
+        columns = _COLUMNS[section["name"][0]]
+        if section["rows"]:
+            lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in section["rows"]]
+            lines.append("")
+        for row in section["rows"]:
+            if row.get("error"):
+                error = row["error"].strip().splitlines()[-1] if row["error"].strip() else ""
+                lines.append(f"- {row.get('variant')} at {row.get('seq_len')}: {row['status']}: {error[:300]}")
+        lines += [f"- skipped {s['what']}: {s['why']}" for s in section["skipped"]]
+        lines += [f"- {note}" for note in section["notes"]]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""The four sections of ``benchmarks/gpu_check.py``. Each takes its :class:`Section` (time budget, rows, what
+was skipped and why) and the device profile, runs its work in subprocesses that never outlive the budget, and
+calls ``section.save()`` after every row so that an interrupted check still leaves what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.harness import ROOT, Config, for_length, measure
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the check runs on one kind of device."""
+
+    device: str
+    shape: str
+    lengths: tuple[int, ...]
+    """Section 3: toolkit and baseline at each length."""
+    offload_from: int
+    tiles: int
+    tiles_from: int
+    stage_overrides: tuple[str, ...]
+    """Section 2: overrides of the tiny recipe's first stage (none: as the recipe has it)."""
+    search_limit: int
+    budgets: tuple[float, float, float]
+    """Seconds for sections 1-3; section 4 gets what is left of the total."""
+    total_s: float
+    min_row_s: float
+    """A measurement whose time cannot be extrapolated yet starts only with this many seconds left."""
+
+
+@dataclass
+class Section:
+    name: str
+    budget_s: float
+    save: Callable[[], None]
+    started: float = field(default_factory=time.monotonic)
+    elapsed_s: float | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.started)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.save()
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append({"what": what, "why": why})
+        self.save()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+# 1. pytest -m gpu
+
+def gpu_tests(section: Section, profile: Profile, scratch: Path) -> None:
+    """``pytest -m gpu`` over the test files that hold gpu-marked tests; one row per test."""
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                   if "pytest.mark.gpu" in p.read_text())
+    report = scratch / "junit.xml"
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", f"--junitxml={report}", *files]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=section.left())
+    except subprocess.TimeoutExpired:
+        section.skip("pytest -m gpu", f"did not finish within {section.budget_s:.0f} s")
+        return
+    section.notes.append(f"exit code {done.returncode}: {(done.stdout.strip().splitlines() or [''])[-1]}")
+    if not report.exists():
+        section.skip("pytest -m gpu", f"no report: {done.stderr[-300:]}")
+        return
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for kind in ("failure", "error", "skipped"):
+            found = case.find(kind)
+            if found is not None:
+                outcome, message = kind, ((found.get("message") or "").splitlines() or [""])[0][:200]
+        section.add({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
+                     "seconds": float(case.get("time") or 0), "message": message})
+
+
+# 2. the tiny recipe's first stage on the device and on the CPU
+
+def _first_stage_recipe(folder: Path) -> Path:
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-passkey.yaml").read_text())
+    recipe["train"]["stages"] = recipe["train"]["stages"][:1]
+    recipe["eval"] = {"suites": [], "before": False}
+    recipe["logging"] = {"backend": "none", "every": 1}
+    path = folder / "tiny-first-stage.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def tiny_stage(section: Section, profile: Profile, scratch: Path) -> None:
+    """The tiny recipe's first stage trained on the device and, at the same time, on the CPU; the two loss
+    curves are compared step by step."""
+    recipe = _first_stage_recipe(scratch)
+    runs = {"device": scratch / "tiny-device", "cpu": scratch / "tiny-cpu"}
+    procs = {}
+    for where, run in runs.items():
+        env = _env(CUDA_VISIBLE_DEVICES="") if where == "cpu" else _env()
+        procs[where] = subprocess.Popen(
+            [sys.executable, "-m", "toolkit", "train", str(recipe), f"output.dir={run}", *profile.stage_overrides],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    curves: dict[str, list[float]] = {}
+    for where, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=max(section.left(), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            section.skip(f"tiny stage on {where}", f"did not finish within {section.budget_s:.0f} s")
+            continue
+        metrics = runs[where] / "metrics.jsonl"
+        if proc.returncode != 0 or not metrics.exists():
+            section.skip(f"tiny stage on {where}", f"exit code {proc.returncode}: {err[-300:]}")
+            continue
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        curves[where] = [r["loss"] for r in records]
+        elapsed = records[-1]["elapsed_s"]
+        info = json.loads((runs[where] / "run_info.json").read_text())
+        section.add({"run": where, "device": info["device"], "attention": info["attention"], "steps": len(records),
+                     "first_loss": curves[where][0], "last_loss": curves[where][-1], "train_s": elapsed,
+                     "tokens_per_s": records[-1]["tokens_per_s"], "losses": curves[where]})
+    if len(curves) == 2 and len(curves["device"]) == len(curves["cpu"]):
+        gaps = [abs(a - b) for a, b in zip(curves["device"], curves["cpu"], strict=True)]
+        tail = gaps[-max(1, len(gaps) // 10):]
+        section.notes.append(f"loss curves, device vs CPU: max |difference| {max(gaps):.4f}, over the last tenth of "
+                             f"the steps {max(tail):.4f}; first step {gaps[0]:.2e}")
+
+
+# 3. toolkit vs baseline at the profile's lengths
+
+def _estimate_s(previous: dict[str, Any] | None, seq_len: int, steps: int) -> float | None:
+    """Seconds a run at ``seq_len`` should take, from the last measured row (attention-bound: quadratic)."""
+    if previous is None or previous.get("status") != "ok":
+        return None
+    overhead = previous["wall_s"] - previous["step_s"] * (previous["warmup"] + previous["steps"])
+    return overhead + previous["step_s"] * (seq_len / previous["seq_len"]) ** 2 * steps
+
+
+def _run_or_skip(section: Section, config: Config, previous: dict[str, Any] | None,
+                 min_row_s: float) -> dict[str, Any] | None:
+    what = f"{config.variant} at {config.seq_len:,}"
+    estimate = _estimate_s(previous, config.seq_len, config.warmup + config.steps)
+    if section.left() < (min_row_s if estimate is None else estimate):
+        guess = f"about {estimate:.0f} s by extrapolation, " if estimate is not None else ""
+        section.skip(what, f"{guess}{max(section.left(), 0):.0f} s left of the section's budget")
+        return None
+    row = measure(config, section.left())
+    section.add(row)
+    return row
+
+
+def throughput(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
+    """Toolkit (offload and tiles per length) and baseline at each length, LoRA r=16 on attention; the
+    baseline is not run past its first out-of-memory length (that length's row is its result)."""
+    common = Config(shape=profile.shape, method="lora", steps=1, warmup=1, tiles=profile.tiles,
+                    peak_tflops=peak_tflops)
+    last: dict[str, dict[str, Any] | None] = {"toolkit": None, "baseline": None}
+    failed: dict[str, int] = {}
+    for seq_len in profile.lengths:
+        for variant in ("toolkit", "baseline"):
+            if variant in failed:
+                section.skip(f"{variant} at {seq_len:,}", f"ran out of memory at {failed[variant]:,}")
+                continue
+            config = for_length(replace(common, variant=variant), seq_len, profile.offload_from, profile.tiles_from)
+            row = _run_or_skip(section, config, last[variant] or last["toolkit"], profile.min_row_s)
+            if row is not None:
+                last[variant] = row if row["status"] == "ok" else last[variant]
+                if row["status"] == "oom":
+                    failed[variant] = seq_len
+
+
+# 4. the longest LoRA context that trains one step
+
+def longest_context(section: Section, profile: Profile, scratch: Path, peak_tflops: float,
+                    measured: list[dict[str, Any]]) -> None:
+    """Doubling from the longest length of section 3 with checkpointing + CPU offload + tiled MLP + chunked
+    loss (its row counts when it had all four), one step per probe, while the budget lasts."""
+    config = Config(shape=profile.shape, method="lora", steps=1, warmup=0, offload=True, tiles=profile.tiles,
+                    peak_tflops=peak_tflops)
+    start = profile.lengths[-1]
+    previous = next((r for r in measured if r.get("variant") == "toolkit" and r.get("seq_len") == start
+                     and r.get("status") == "ok" and r.get("offload") and r.get("tiles")), None)
+    seq_len = start
+    if previous is not None:
+        section.notes.append(f"{start:,} trained in section 3 with the same settings ({previous['step_s']:.1f} s/step)")
+        seq_len = start * 2
+    longest = start if previous is not None else 0
+    while seq_len <= profile.search_limit:
+        row = _run_or_skip(section, replace(config, seq_len=seq_len), previous, profile.min_row_s)
+        if row is None or row["status"] != "ok":
+            break
+        longest, previous, seq_len = seq_len, row, seq_len * 2
+    section.notes.append(f"longest LoRA context that trained one step: {longest:,} tokens"
+                         + ("" if seq_len <= profile.search_limit else " (the search's limit)"))
+
+
+def device_facts() -> dict[str, Any]:
+    """The device, its memory and a measured bf16 (CUDA) or fp32 (CPU) matmul rate, from a fresh process so
+    that this one holds no CUDA context while the measurements run."""
+    code = ("import json, torch; from benchmarks.harness import matmul_peak_tflops; from toolkit.environment import "
+            "describe_device, package_versions; cuda = torch.cuda.is_available(); "
+            "device = torch.device('cuda' if cuda else 'cpu'); print(json.dumps({'device': describe_device(device), "
+            "'memory_gib': torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None, "
+            "'matmul_tflops': matmul_peak_tflops(), 'versions': package_versions()}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"device facts: {done.stderr[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
