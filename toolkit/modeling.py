@@ -64,16 +64,16 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     its train/eval mode and kernel are restored afterwards, also on error."""
     was_training = model.training
     base = unwrap_peft(model) if isinstance(model, (PreTrainedModel, PeftModel)) else None
-    kernel = base.config._attn_implementation if base is not None else None
-    if base is not None and kernel in EVAL_ATTENTION:
-        base.set_attn_implementation(EVAL_ATTENTION[kernel])
+    training_kernel = base.config._attn_implementation if base is not None else None
+    if base is not None and training_kernel in EVAL_ATTENTION:
+        base.set_attn_implementation(EVAL_ATTENTION[training_kernel])
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
-        if base is not None and kernel in EVAL_ATTENTION:
-            base.set_attn_implementation(kernel)
+        if base is not None and training_kernel in EVAL_ATTENTION:
+            base.set_attn_implementation(training_kernel)
 
 
 def native_length_of(config: Any) -> int:
