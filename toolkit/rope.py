@@ -22,6 +22,8 @@ from toolkit.schema import RopeSpec, TrainSpec
 
 _USES_ORIGINAL = {"yarn", "llama3", "longrope"}
 """Types whose transformers implementation reads ``original_max_position_embeddings``."""
+_SCALED = frozenset({"linear", "yarn", "llama3", "longrope"})
+"""Types whose ``factor`` stretches the original context to ``factor x original`` (``dynamic`` rescales on the fly)."""
 _TYPE_KEYS = ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
               "short_factor", "long_factor")
 _LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
@@ -83,9 +85,12 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
     return params
 
 
-def context_length(seq_len: int, native_length: int) -> int:
-    """The context a setting for ``seq_len`` tokens covers: never less than the model's native length."""
-    return max(seq_len, native_length)
+def context_length(spec: RopeSpec, seq_len: int, native_length: int) -> int:
+    """The context a setting for ``seq_len`` tokens covers: never less than the model's native length, and for
+    a scaling type with an explicit factor (linear, yarn, llama3, longrope) the factor times the original length,
+    even when the stage trains on fewer tokens."""
+    scaled = spec.factor * (spec.original_max_position_embeddings or native_length) if spec.factor else 0
+    return int(max(seq_len, native_length, scaled if spec.type in _SCALED else 0))
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                  base_theta: float | None = None) -> RopeSetting:
     """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
     return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta),
-                       context_length(seq_len, native_length))
+                       context_length(spec, seq_len, native_length))
 
 
 def check_coverage(train: TrainSpec, native_length: int) -> None:
