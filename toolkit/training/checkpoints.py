@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,19 @@ def _frozen(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
+def _tied(model: nn.Module) -> set[str]:
+    """Second names of shared parameters (a tied ``lm_head.weight``), which a safetensors file holds once."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in model.named_parameters()}
+
+
 def keep_trainable(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], _folder: str) -> None:
     """accelerate's save hook: drop frozen parameters from the state dicts it is about to write. Under
-    FSDP/DeepSpeed the engines write their own files and ``weights`` is empty: nothing to do."""
+    FSDP/DeepSpeed the engines write their own files and ``weights`` is empty: nothing to do. The result stays
+    an OrderedDict, which accelerate's safetensors writer de-duplicates (tied embeddings)."""
     for i, (model, state) in enumerate(zip(models, weights, strict=False)):  # weights: [] when sharded
         frozen = _frozen(model)
-        weights[i] = {key: value for key, value in state.items() if key not in frozen}
+        weights[i] = OrderedDict((key, value) for key, value in state.items() if key not in frozen)
 
 
 def load_trainable(models: list[nn.Module], folder: str) -> None:
@@ -130,7 +138,7 @@ def load_trainable(models: list[nn.Module], folder: str) -> None:
     for i, model in enumerate(models):
         file = Path(folder) / f"{SAFE_MODEL_NAME}{f'_{i}' if i else ''}.safetensors"  # accelerate's file names
         missing, unexpected = model.load_state_dict(load_file(file), strict=False)
-        wrong = sorted(set(missing) - _frozen(model)) + sorted(unexpected)
+        wrong = sorted(set(missing) - _frozen(model) - _tied(model)) + sorted(unexpected)
         if wrong:
             raise RunFailure(f"checkpoint {folder} does not match the model (first key: {wrong[0]})")
     models.clear()
