@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import metrics, train
@@ -166,6 +166,8 @@ def test_chat_stage_trains_and_needs_a_template(tmp_path, capsys):
     rows = metrics(tmp_path / "run")
     assert len(rows) == 3 and all(row["loss"] > 0 for row in rows)
     assert rows[-1]["source_tokens"][str(tmp_path / "chat.jsonl")] > 0
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
+    assert saved.chat_template == TEMPLATE  # final/ answers in the template it was trained on
 
 
 def test_schema_keeps_chat_fields_where_they_apply():

@@ -40,8 +40,10 @@ def test_eval_tag_of_a_recipe() -> None:
     assert [eval_tag(recipe, i) for i in range(3)] == ["stage-0-copy-64", "stage-1-passkey-256", "stage-2-yarn-1024"]
 
 
-def test_resolved_recipe_reads_typed(tmp_path: Path) -> None:
-    recipe = load_recipe(RECIPES / "tiny-passkey.yaml", [])
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_resolved_recipe_reads_typed(tmp_path: Path, name: str) -> None:
+    """Every shipped recipe, written out with all its defaults, reads back as the same typed recipe."""
+    recipe = load_recipe(RECIPES / name, [])
     dump_recipe(recipe, tmp_path / "recipe.resolved.yaml")
     run = load_run(tmp_path)
     assert run.typed_recipe == recipe

@@ -21,6 +21,7 @@ from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
 from toolkit.data.batches import check_stage_data, stage_batches
+from toolkit.data.formats import trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
@@ -277,6 +278,8 @@ def finish(session: Session) -> None:
     recipe, accelerator = session.recipe, session.accelerator
     unwrapped = accelerator.unwrap_model(session.objective).model
     gathered = _gathered_weights(session)
+    if template := trained_chat_template(recipe.train, session.tokenizer):
+        session.tokenizer.chat_template = template
     if accelerator.is_main_process:
         save_final(unwrapped, session.tokenizer, recipe.run_dir / FINAL, recipe.method,
                    base_is_local_init=recipe.model.init_config is not None, state_dict=gathered)

@@ -142,6 +142,11 @@ class RopeSpec(Strict):
         return f"{self.factor} x original length {original} covers {covered} tokens, less than seq_len {seq_len}"
 
 
+def _changed(spec: BaseModel, key: str) -> bool:
+    """Whether ``key`` differs from its default (a resolved recipe writes every field, defaults included)."""
+    return bool(getattr(spec, key) != type(spec).model_fields[key].get_default(call_default_factory=True))
+
+
 class Upsample(Strict):
     """Per-source length upsampling: long documents drawn more often than the rest of their source."""
 
@@ -195,7 +200,7 @@ class SourceSpec(Strict):
     def _fits_source(self) -> SourceSpec:
         if self.source == "synthetic":
             for key in ("format", "chat_template", "min_tokens", "max_tokens", "upsample"):
-                if key in self.model_fields_set:
+                if _changed(self, key):
                     raise FieldError(key, "applies to file and hub sources, not synthetic")
             return self
         if not self.path:
@@ -242,8 +247,9 @@ class DataSpec(SourceSpec):
     def _mixture_or_source(self) -> DataSpec:
         if self.mixture is None:
             return self
-        for key in sorted(self.model_fields_set & set(SourceSpec.model_fields)):
-            raise FieldError(key, "set it inside each mixture entry (this data block has a mixture)")
+        for key in sorted(SourceSpec.model_fields):
+            if _changed(self, key):
+                raise FieldError(key, "set it inside each mixture entry (this data block has a mixture)")
         seen: dict[str, int] = {}
         for i, entry in enumerate(self.mixture):
             if entry.label in seen:

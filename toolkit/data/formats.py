@@ -16,7 +16,7 @@ from typing import Any
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
-from toolkit.schema import SourceSpec
+from toolkit.schema import SourceSpec, TrainSpec
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -146,3 +146,11 @@ def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | N
     if spec.format == "prompt_completion":
         return prompt_completion_document(record, spec, tokenizer)
     return text_document(record, spec, tokenizer)
+
+
+def trained_chat_template(train: TrainSpec, tokenizer: Any) -> str | None:
+    """The chat template the model last trained on when a recipe named one (so ``final/`` answers in it); None
+    when no stage names a template."""
+    named = [spec for index in range(len(train.stages)) for _, _, spec in train.stage_data(index).sources()
+             if spec.format == "chat" and spec.chat_template is not None]
+    return chat_template(named[-1], tokenizer, "train.data") if named else None
