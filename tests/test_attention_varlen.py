@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, LlamaForCausalLM
 
+from tests.micro_models import assert_rows_match_documents, micro_llama
 from toolkit.attention_varlen import cu_seqlens, varlen_attention
 from toolkit.data.packing import Document, pack_rows
 
@@ -50,12 +51,7 @@ def test_cu_seqlens_from_restarting_positions() -> None:
 
 
 def _model(attention: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ_LEN)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(attention)
-    return model
+    return micro_llama(attention, SEQ_LEN)
 
 
 def _rows() -> tuple[list[list[torch.Tensor]], dict[str, torch.Tensor]]:
@@ -84,12 +80,7 @@ def test_packed_rows_under_the_adapter_equal_each_document_alone(kernel) -> None
     docs, rows = _rows()
     with torch.no_grad():
         packed = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"], use_cache=False).logits
-        for row, row_docs in enumerate(docs):
-            start = 0
-            for doc in row_docs:
-                alone = reference(input_ids=doc[None], use_cache=False).logits[0]
-                torch.testing.assert_close(packed[row, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
-                start += len(doc)
+        assert_rows_match_documents(packed, docs, reference)
     assert seen == [None, None]  # one call per layer, and transformers built no mask at all
 
 

@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.micro_models import train_losses
 from toolkit.lora import apply_lora
 from toolkit.schema import LoraSpec
 
@@ -22,16 +23,8 @@ def _bf16_model() -> LlamaForCausalLM:
 
 def _train(model, steps: int) -> list[float]:
     """Losses of ``steps`` AdamW steps on one fixed batch (B nonzero after the first step: adapters matter)."""
-    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return train_losses(model, torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1)), steps,
+                        lr=1e-2)
 
 
 def test_adapters_take_the_model_dtype_and_train_like_float32_adapters() -> None:

@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from tests.micro_models import train_losses
 from toolkit.modeling import build_on_meta, build_random, materialise
 
 LLAMA3_8B: dict[str, Any] = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
@@ -75,15 +76,7 @@ def test_materialised_model_has_the_rotary_buffers_and_initialisation() -> None:
 def _losses(model: PreTrainedModel, steps: int = 30) -> list[float]:
     ids = torch.randint(3, 256, (4, 64), generator=torch.Generator().manual_seed(5))
     ids[:, 32:] = ids[:, :32]  # a copy task: the second half repeats the first
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
+    return train_losses(model, ids, steps, lr=3e-3)
 
 
 def test_materialised_model_trains_like_one_built_in_place() -> None:

@@ -12,6 +12,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 import toolkit.training.objective as objective_module
+from tests.micro_models import assert_rows_match_documents
 from toolkit.attention import decoder_rows
 from toolkit.data.packing import IGNORE_INDEX, Document, pack_rows
 from toolkit.memory.chunked_loss import causal_lm_loss
@@ -63,12 +64,7 @@ def test_rows_flattened_for_flash_attention_keep_documents_apart(attention: str)
     with torch.no_grad():
         hidden = model.model(input_ids=flat_ids, position_ids=flat_positions, use_cache=False).last_hidden_state
         logits = model.lm_head(hidden.view(2, SEQ_LEN, -1))
-        for row, row_docs in enumerate(docs):
-            start = 0
-            for doc in row_docs:
-                alone = reference(input_ids=doc[None], use_cache=False).logits[0]
-                torch.testing.assert_close(logits[row, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
-                start += len(doc)
+        assert_rows_match_documents(logits, docs, reference)
 
 
 def test_the_objective_loss_is_the_documents_own() -> None:

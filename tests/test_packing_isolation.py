@@ -7,8 +7,9 @@ An all-ones attention mask switches that off and the documents leak into each ot
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.micro_models import micro_llama
 from toolkit.data.packing import Document, pack_rows
 
 SEQ_LEN = 64
@@ -16,12 +17,7 @@ DOC_LENGTHS = (17, 31, 9)
 
 
 def _model(attention: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ_LEN)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(attention)
-    return model
+    return micro_llama(attention, SEQ_LEN)
 
 
 def _packed_row() -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:

@@ -1,0 +1,42 @@
+"""Micro Llamas for attention and optimisation tests, and the checks they share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def micro_llama(attention: str, max_positions: int) -> LlamaForCausalLM:
+    """A 2-layer, 64-wide Llama in eval mode on ``attention``, the same weights on every call."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attention)
+    return model
+
+
+def assert_rows_match_documents(logits: torch.Tensor, docs: Sequence[Sequence[torch.Tensor]],
+                                reference: LlamaForCausalLM) -> None:
+    """Each packed document's logits (row by row, documents side by side) equal the document run alone."""
+    for row, row_docs in enumerate(docs):
+        start = 0
+        for doc in row_docs:
+            alone = reference(input_ids=doc[None], use_cache=False).logits[0]
+            torch.testing.assert_close(logits[row, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
+            start += len(doc)
+
+
+def train_losses(model: torch.nn.Module, ids: torch.Tensor, steps: int, lr: float) -> list[float]:
+    """Losses of ``steps`` AdamW steps (trainable parameters) on one fixed batch, labels = inputs."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
