@@ -10,6 +10,7 @@ perplexity reads ``toolkit.evals.sources.long_document``.
 from __future__ import annotations
 
 from toolkit.errors import UserError
+from toolkit.evals.jury_spec import JuryTask
 from toolkit.evals.specs import LmEvalTask, NiahTask, PerplexityTask, RopeCompareTask, RulerTask
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, resolve, score_metric
 from toolkit.report.fmt import fmt, is_number, number, rounded
@@ -72,6 +73,15 @@ def _rope_headline(entry: Entry) -> str | None:
     return f"best {entry.get('best')}: " + ", ".join(f"{n} {s['score']:.2f}" for n, s in entry["settings"].items())
 
 
+def _jury_headline(entry: Entry) -> str | None:
+    panel = entry.get("panel")
+    if not panel:
+        return None
+    trouble = f"{panel['failed']} failed, {panel['unparsed']} unparsed of {panel['calls']} judge calls"
+    return (f"{entry['pooling']} over {panel['n']} answers ({panel['unjudged']} unjudged), Fleiss kappa "
+            f"{fmt(panel['fleiss_kappa'])}, human kappa {fmt(panel['human_kappa'])}, {trouble}")
+
+
 def _niah_card(key: str, entry: Entry) -> CardMetrics:
     return {key: [("accuracy", "needle grid mean", rounded(entry.get("mean", entry.get("score"))))]}
 
@@ -112,3 +122,5 @@ register(TaskType(PerplexityTask, "toolkit.evals.perplexity:run_perplexity", ver
                   headline=_perplexity_headline, section=f"{_SECTIONS}:perplexity_section", rank=40))
 register(TaskType(RopeCompareTask, "toolkit.evals.rope_compare:run_rope_compare", version=1,
                   headline=_rope_headline, section=f"{_SECTIONS}:rope_section", rank=30))
+register(TaskType(JuryTask, "toolkit.evals.jury:run_jury", version=1, headline=_jury_headline,
+                  section=f"{_SECTIONS}:jury_section", rank=60, score_cell=f"{_CELLS}:jury_cell"))

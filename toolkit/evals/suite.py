@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 from toolkit.errors import UserError
+from toolkit.evals.jury_spec import JudgeSpec, JuryTask  # noqa: F401  (the jury's settings, importable from here too)
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.specs import (  # noqa: F401  (the task settings, importable from here too)
     RULER_TASKS,

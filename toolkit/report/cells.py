@@ -70,6 +70,15 @@ def lm_eval_cell(run: Run, tag: str, entry: Entry) -> str:
     return _rate_or_score(lm_eval_rate(run, tag, entry), entry)
 
 
+def jury_cell(run: Run, tag: str, entry: Entry) -> str:
+    """The panel's score: fraction correct with its interval (max voting), or the mean 1-5 rating (average)."""
+    unjudged = (entry.get("panel") or {}).get("unjudged")
+    note = f" ({unjudged} unjudged)" if unjudged else ""
+    if entry.get("pooling") == "average":
+        return f"{fmt(entry.get('mean_rating'), 2)}/5 n={entry.get('n')}{note}"
+    return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
+
+
 def by_length_table(rows: list[tuple[str, dict[int, Rate]]]) -> tuple[Table, str]:
     """Accuracy by length, a row per label, and how many prompts each cell counts (said once when uniform)."""
     lengths = sorted({length for _, rates in rows for length in rates})

@@ -1,5 +1,6 @@
 """The report section of each task type (named in its registry entry, ``section``): needle heatmaps before and
-after extension, RULER curves and effective length, the zero-shot RoPE comparison, loss by position, lm-eval."""
+after extension, RULER curves and effective length, the zero-shot RoPE comparison, loss by position, lm-eval,
+the judges of a jury."""
 
 from __future__ import annotations
 
@@ -116,3 +117,34 @@ def lm_eval_section(run: Run) -> list[Block]:
     return [Heading("lm-eval"), Paragraph("Fraction-correct metrics with their 95% Wilson interval and n (documents "
                                           "scored; unknown for results recorded before counts were kept)."),
             Table(["suite / task", "metric", *tags], rows)]
+
+
+def _jury_row(name: str, stats: dict[str, Any], fleiss: str) -> list[str]:
+    return [name, fmt(stats["score"], 2), str(stats["n"]), str(stats["calls"]), str(stats["failed"]),
+            str(stats["unparsed"]), str(stats["attempts"]), fleiss,
+            f"{fmt(stats['human_kappa'], 2)} n={stats['human_n']}",
+            f"{stats['prompt_tokens']}/{stats['completion_tokens']}", fmt(stats["seconds"], 1),
+            f"${stats['cost_usd']:.4f}"]
+
+
+def jury_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("jury"):
+        for tag, entry in run.found(suite, task):
+            panel, judges = entry.get("panel"), entry.get("judges") or {}
+            if not panel:
+                continue
+            rows = [_jury_row(f"{name} ({stats['backend']}: {stats['model']})", stats, "")
+                    for name, stats in judges.items()]
+            rows.append(_jury_row("panel", panel, f"{fmt(panel['fleiss_kappa'], 2)} n={panel['fleiss_n']}"))
+            setting = ("max voting of True/False verdicts (ties: incorrect); score = fraction correct; Cohen's "
+                       "kappa unweighted" if entry["pooling"] == "max_vote" else
+                       "average pooling of 1-5 ratings; score = (mean - 1) / 4; Fleiss' kappa over the 5 ratings "
+                       "as categories; Cohen's kappa quadratic-weighted, the panel's mean rounded half up")
+            blocks += [Paragraph(f"{suite}/{task} at {tag}: {setting}. {panel['n']} of {entry['items']} answers "
+                                 f"judged ({panel['unjudged']} unjudged: no judge gave a verdict); failed or "
+                                 f"unparseable verdicts are left out of that answer's pooling. Raw outputs: "
+                                 f"eval/{tag}/{entry.get('raw_outputs')}."),
+                       Table(["judge", "score", "answers scored", "calls", "failed", "unparsed", "attempts",
+                              "Fleiss kappa", "Cohen kappa vs humans", "tokens in/out", "seconds", "est. cost"], rows)]
+    return [Heading("Jury (PoLL)"), *blocks] if blocks else []

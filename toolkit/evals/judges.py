@@ -1,0 +1,146 @@
+"""The judges' backends: a local transformers model, or an OpenAI-compatible chat-completions endpoint over HTTP
+(standard library only). Each turns prompts into :class:`Reply` objects: the text, or why there is none, with the
+attempts, tokens and seconds it cost. A failed call is a reply with an ``error``, never an exception.
+
+HTTP retries: timeouts, connection errors, 408, 429 and 5xx are retried up to ``max_attempts`` times, waiting
+``backoff_s * 2**(attempt - 1)`` (or the server's ``Retry-After``), at most ``max_wait_s``. Other 4xx and a
+response that is not a chat completion fail at once. The API key is read from the environment variable the suite
+names and only ever goes into the ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from toolkit.data.tokens import pad_id
+from toolkit.errors import UserError
+from toolkit.evals.jury_spec import JudgeSpec
+from toolkit.evals.scoring import batched, generate_ids
+
+RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One judge call: its text (``None`` when it failed), why it failed, and what it cost."""
+
+    text: str | None
+    error: str | None
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+class Judge(Protocol):
+    spec: JudgeSpec
+
+    def ask(self, prompts: list[str]) -> list[Reply]: ...
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to the backoff
+
+
+class HttpJudge:
+    """A judge behind ``POST {url}/chat/completions`` (vLLM, llama.cpp's server, hosted APIs)."""
+
+    def __init__(self, spec: JudgeSpec, sleep: Callable[[float], None] = time.sleep):
+        self.spec, self.sleep = spec, sleep
+        self.headers = {"Content-Type": "application/json"}
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env)
+            if not key:
+                raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
+            self.headers["Authorization"] = f"Bearer {key}"
+
+    def ask(self, prompts: list[str]) -> list[Reply]:
+        return [self._call(prompt) for prompt in prompts]
+
+    def _call(self, prompt: str) -> Reply:
+        spec, start = self.spec, time.monotonic()
+        body = json.dumps({"model": spec.model, "messages": [{"role": "user", "content": prompt}],
+                           "max_tokens": spec.max_tokens, "temperature": 0}).encode()
+        error, attempt = "no attempt", 0
+        for attempt in range(1, spec.max_attempts + 1):
+            request = urllib.request.Request(spec.url.rstrip("/") + "/chat/completions", data=body,  # type: ignore[union-attr]
+                                             headers=self.headers, method="POST")
+            wait: float | None = None
+            try:
+                with urllib.request.urlopen(request, timeout=spec.timeout_s) as response:
+                    payload = response.read()
+                return self._reply(payload, attempt, time.monotonic() - start)
+            except urllib.error.HTTPError as exc:
+                error, retried = f"HTTP {exc.code} {exc.reason}", exc.code in RETRIED_STATUS
+                wait = _retry_after(exc.headers)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                error, retried = f"{type(exc).__name__}: {reason}", True
+            if not retried or attempt == spec.max_attempts:
+                break
+            self.sleep(min(spec.max_wait_s, wait if wait is not None else spec.backoff_s * 2 ** (attempt - 1)))
+        return Reply(None, error, attempt, 0, 0, time.monotonic() - start)
+
+    def _reply(self, payload: bytes, attempt: int, seconds: float) -> Reply:
+        try:
+            data = json.loads(payload)
+            text = data["choices"][0]["message"]["content"]
+            usage = data.get("usage") or {}
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+            return Reply(text, None, attempt, int(usage.get("prompt_tokens") or 0),
+                         int(usage.get("completion_tokens") or 0), seconds)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return Reply(None, f"malformed response: {type(exc).__name__}: {exc}"[:200], attempt, 0, 0, seconds)
+
+
+class LocalJudge:
+    """A transformers model loaded once (a folder or hub id; a LoRA run's ``final/`` is merged), greedy verdicts
+    in its chat template when it has one."""
+
+    def __init__(self, spec: JudgeSpec, device: torch.device):
+        from toolkit.modeling import load_for_eval
+
+        self.spec = spec
+        try:
+            self.model, self.tokenizer, _ = load_for_eval(spec.model, None, device, spec.precision)
+        except (UserError, OSError, ValueError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"judge {spec.name}: model: cannot load {spec.model} ({reason})") from None
+        self.pad_id = pad_id(self.tokenizer)
+
+    def _encode(self, prompt: str) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                        add_generation_prompt=True)
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt + "\nVerdict:")["input_ids"]
+
+    def ask(self, prompts: list[str]) -> list[Reply]:
+        replies: list[Reply] = []
+        for chunk in batched([self._encode(p) for p in prompts], self.spec.batch_size):
+            start = time.monotonic()
+            rows = generate_ids(self.model, chunk, self.spec.max_tokens, self.pad_id, self.tokenizer.eos_token_id)
+            seconds = (time.monotonic() - start) / len(chunk)
+            replies += [Reply(self.tokenizer.decode(row, skip_special_tokens=True), None, 1, len(ids), len(row),
+                              seconds) for ids, row in zip(chunk, rows, strict=True)]
+        return replies
+
+
+def make_judge(spec: JudgeSpec, device: torch.device) -> Judge:
+    """The backend of ``spec``: HTTP when it has a ``url``, else a local model (loaded now, once)."""
+    return HttpJudge(spec) if spec.url else LocalJudge(spec, device)
