@@ -1,0 +1,182 @@
+"""GGUF export (toolkit/export): the pre-tokenizer named from tokenizer.json, what llama.cpp cannot reproduce refused
+with exit 2 and one line, and, once llama.cpp's converter is fetched (``make llama-cpp``), the written file read back
+with the gguf package: RoPE and context metadata, tokenizer settings, weights (a LoRA run's merged)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import train
+from toolkit.cli import main
+from toolkit.data.tokenizer import train_tokenizer
+from toolkit.errors import UserError
+from toolkit.export.pretokenizer import LLAMA3_SPLIT, llama_cpp_pre_tokenizer
+from toolkit.export.to_gguf import CONVERTER_DIR, gguf_metadata
+from toolkit.schema import TokenizerTraining
+
+needs_converter = pytest.mark.skipif(not (CONVERTER_DIR / "convert_hf_to_gguf.py").is_file(),
+                                     reason="no llama.cpp converter in .llama-cpp/converter: run `make llama-cpp`")
+
+NATIVE, FACTOR = 64, 4
+EXPORT_RECIPE: dict[str, Any] = copy.deepcopy(MICRO_RECIPE)
+EXPORT_RECIPE["model"]["init_config"]["tie_word_embeddings"] = True  # as the default recipe
+EXPORT_RECIPE["train"]["stages"][1] = {
+    "name": "long", "seq_len": NATIVE * FACTOR, "max_steps": 2, "lr": 1e-3, "batch_size": 1,
+    "rope": {"type": "yarn", "factor": float(FACTOR), "original_max_position_embeddings": NATIVE}}
+
+
+def micro_run(folder: Path, *overrides: str) -> Path:
+    """The micro recipe trained with a last stage at 4x its native 64 tokens (YaRN x4): ``folder/run``."""
+    recipe = write_recipe(folder, dict(EXPORT_RECIPE, output={"dir": str(folder / "run")}))
+    assert train(recipe, *overrides) == 0
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(TokenizerTraining(vocab_size=320, corpus_documents=200), seed=0).save_pretrained(folder)
+    return json.loads((folder / "tokenizer.json").read_text())
+
+
+def _written(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_the_tiny_recipes_tokenizer_is_llama_cpps_smollm(tokenizer_config, tmp_path: Path) -> None:
+    """Each digit alone, then GPT-2's byte-level split: llama.cpp's "smollm" ("\\p{N}" then the GPT-2 regex)."""
+    assert llama_cpp_pre_tokenizer(_written(tmp_path, tokenizer_config)) == "smollm"
+
+
+@pytest.mark.parametrize("name", ["gpt-2", "llama-bpe"])
+def test_gpt2_and_llama3_splits_are_named(name: str, tokenizer_config, tmp_path: Path) -> None:
+    config = copy.deepcopy(tokenizer_config)
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    if name == "gpt-2":
+        config["pre_tokenizer"] = byte_level
+    else:
+        split = {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
+        config["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split, dict(byte_level, use_regex=False)]}
+        config["model"]["ignore_merges"] = True
+    assert llama_cpp_pre_tokenizer(_written(tmp_path, config)) == name
+
+
+def _metaspace(config: dict[str, Any]) -> None:
+    config["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+
+
+def _nfc(config: dict[str, Any]) -> None:
+    config["normalizer"] = {"type": "NFC"}
+
+
+def _digit_runs(config: dict[str, Any]) -> None:
+    config["pre_tokenizer"]["pretokenizers"][0]["individual_digits"] = False
+
+
+def _ignore_merges(config: dict[str, Any]) -> None:
+    config["model"]["ignore_merges"] = True
+
+
+def _no_letter_a(config: dict[str, Any]) -> None:
+    del config["model"]["vocab"]["A"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (_metaspace, "pre_tokenizer"), (_nfc, "normalizer"), (_digit_runs, "pre_tokenizer"),
+    (_ignore_merges, "model.ignore_merges"), (_no_letter_a, "model.vocab: no token for the byte(s) 0x41")])
+def test_what_llama_cpp_would_split_differently_is_refused(change, field: str, tokenizer_config, tmp_path: Path):
+    config = copy.deepcopy(tokenizer_config)
+    change(config)
+    with pytest.raises(UserError, match=re.escape(f"tokenizer.json {field}")) as caught:
+        llama_cpp_pre_tokenizer(_written(tmp_path, config))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("rope", "field"), [
+    ({"rope_type": "dynamic", "factor": 2.0}, "rope_parameters.rope_type: 'dynamic'"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "attention_factor": 1.0},
+     "rope_parameters.attention_factor"),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0},
+     "rope_parameters.mscale")])
+def test_a_rope_llama_cpp_computes_otherwise_exits_2(rope: dict, field: str, tokenizer_config, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _written(tmp_path, tokenizer_config)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["LlamaForCausalLM"], "rope_parameters": dict(rope, rope_theta=10000.0)}))
+    assert main(["export", str(tmp_path), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"config.json {field}" in err, err
+
+
+def test_a_folder_without_a_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(tmp_path), "--format", "gguf"]) == 2
+    assert "neither a run folder with final/ nor a model folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return micro_run(tmp_path_factory.mktemp("export-full"))
+
+
+def _tensor(path: Path, name: str) -> np.ndarray:
+    from gguf import GGUFReader
+
+    return next(t.data for t in GGUFReader(path).tensors if t.name == name)
+
+
+@needs_converter
+def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, capsys) -> None:
+    assert main(["export", str(full_run), "--format", "gguf", "--outtype", "f32"]) == 0
+    path = full_run / "run-f32.gguf"
+    assert f"wrote {path}" in capsys.readouterr().out
+    meta = gguf_metadata(path)
+    assert meta["general.architecture"] == "llama"
+    assert meta["llama.context_length"] == NATIVE * FACTOR
+    assert meta["llama.rope.freq_base"] == 10000.0
+    assert meta["llama.rope.scaling.type"] == "yarn"
+    assert meta["llama.rope.scaling.factor"] == FACTOR
+    assert meta["llama.rope.scaling.original_context_length"] == NATIVE
+    assert (meta["llama.rope.scaling.yarn_beta_fast"], meta["llama.rope.scaling.yarn_beta_slow"]) == (32.0, 1.0)
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (0, 1)
+    weights = load_file(full_run / "final" / "model.safetensors")
+    np.testing.assert_array_equal(_tensor(path, "token_embd.weight"), weights["model.embed_tokens.weight"].numpy())
+    np.testing.assert_array_equal(_tensor(path, "blk.1.attn_v.weight"),
+                                  weights["model.layers.1.self_attn.v_proj.weight"].numpy())
+
+
+@needs_converter
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_f16_and_q8_0_files_are_smaller(outtype: str, full_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"m-{outtype}.gguf"
+    assert main(["export", str(full_run), "--format", "gguf", "--outtype", outtype, "--out", str(out)]) == 0
+    assert gguf_metadata(out)["general.file_type"] == {"f16": 1, "q8_0": 7}[outtype]
+    assert gguf_metadata(out)["llama.rope.scaling.factor"] == FACTOR
+
+
+@needs_converter
+def test_a_lora_run_is_merged_first(tmp_path: Path) -> None:
+    run = micro_run(tmp_path, "method.kind=lora", "method.lora.r=4")
+    out = tmp_path / "lora.gguf"
+    assert main(["export", str(run), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    from toolkit.modeling import load_merged, lora_sources
+
+    merged = load_merged(*lora_sources(str(run / "final"), None), dtype=torch.float32).state_dict()
+    base = load_file(run / "final" / "base" / "model.safetensors")
+    name = "model.layers.0.self_attn.v_proj.weight"
+    assert not torch.equal(merged[name], base[name])
+    np.testing.assert_allclose(_tensor(out, "blk.0.attn_v.weight"), merged[name].numpy(), rtol=0, atol=1e-6)
+    assert gguf_metadata(out)["llama.rope.scaling.type"] == "yarn"
