@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.real_model import SMALL_MODEL, needs_small_model
 from tests.runs import train
 from toolkit.cli import main
 from toolkit.data.tokenizer import train_tokenizer
@@ -180,3 +181,15 @@ def test_a_lora_run_is_merged_first(tmp_path: Path) -> None:
     assert not torch.equal(merged[name], base[name])
     np.testing.assert_allclose(_tensor(out, "blk.0.attn_v.weight"), merged[name].numpy(), rtol=0, atol=1e-6)
     assert gguf_metadata(out)["llama.rope.scaling.type"] == "yarn"
+
+
+@needs_converter
+@needs_small_model
+def test_the_real_small_model_exports(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct: 30 layers, tied embeddings, GPT-2's split, ChatML template, native 8K."""
+    out = tmp_path / "smollm2.gguf"
+    assert main(["export", str(SMALL_MODEL), "--format", "gguf", "--outtype", "q8_0", "--out", str(out)]) == 0
+    meta = gguf_metadata(out)
+    assert (meta["llama.block_count"], meta["llama.context_length"], meta["llama.rope.freq_base"]) == (30, 8192, 1e5)
+    assert "llama.rope.scaling.type" not in meta
+    assert meta["tokenizer.ggml.pre"] == "gpt-2" and "<|im_start|>" in meta["tokenizer.chat_template"]

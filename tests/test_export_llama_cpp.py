@@ -1,0 +1,156 @@
+"""The exported GGUF file in the real runtime: llama.cpp (llama-cpp-python built from source, ``make llama-cpp``)
+loads it, tokenizes as our tokenizer does, gives transformers' next-token logits at 1x and 4x the native length
+(the extended context, YaRN x4), and answers passkey prompts at 4x as transformers does.
+
+Tolerances on logits (max |difference| over every position and token, fp32 transformers as the reference):
+f16 weights ``F16_ATOL``, q8_0 ``Q8_0_ATOL``; and the greedy choice agrees at (nearly) every position.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.test_export_gguf import FACTOR, NATIVE, micro_run, needs_converter
+from toolkit.data.needle import SentenceTokens, build_haystack, make_needles
+from toolkit.data.tokenizer import BOS, EOS
+from toolkit.export.to_gguf import export_gguf
+
+pytestmark = [needs_converter, pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed: run `make llama-cpp` (a CPU build from source, once per machine)")]
+
+F16_ATOL, Q8_0_ATOL = 0.02, 0.15
+ARGMAX_AGREEMENT = {"f16": 0.99, "q8_0": 0.97}
+DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "tiny-passkey"
+
+TEXTS = [
+    " The quiet river holds the old tower at dawn. The pass key for apple is 40321.\nWhat is the pass key for apple?",
+    "  leading spaces,\ttabs\t\tand\n\nnewlines   \n end",
+    "I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL",
+    "3 33 333 3333 33333 3.3 3..3 3...3 1,234,567.89 -42 +7e10 ０１２ ٣٤",
+    "Unicode: café naïve Ελληνικά русский 日本語 한국어 ကာ 🚀🦙 ✅ 😶\u200d🌫️ “quotes” — dashes",
+    "------======= ''''''```````\"\"\"\"......!!!!!!?????? \r\n\r\n\u00a0\u3000 trailing   ",
+]
+
+
+def _llama(path: Path, n_ctx: int) -> Any:
+    llama = importlib.import_module("llama_cpp").Llama
+    return llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=2,
+                 verbose=False)
+
+
+def _llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)])
+
+
+def _hf_logits(model: Any, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def _greedy(next_logits, ids: list[int], steps: int) -> list[int]:
+    out: list[int] = []
+    for _ in range(steps):
+        out.append(int(np.argmax(next_logits(ids + out))))
+    return out
+
+
+def _prompts(tokenizer, length: int, count: int, seed: int = 0):
+    rng = random.Random(seed)
+    tokens = SentenceTokens(tokenizer)
+    for i in range(count):
+        needle = make_needles(rng, 1)[0]
+        yield build_haystack(tokens, length, [needle], [(i + 0.5) / count], needle, rng)
+
+
+class Exported:
+    """A trained run's final model in transformers and, exported, in llama.cpp."""
+
+    def __init__(self, run: Path, folder: Path, native: int, factor: int):
+        self.tokenizer = AutoTokenizer.from_pretrained(run / "final")
+        self.model = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32).eval()
+        self.native, self.extended = native, native * factor
+        self.files = {t: export_gguf(run, folder / f"{t}.gguf", t) for t in ("f16", "q8_0")}
+        self.llms = {t: _llama(path, self.extended) for t, path in self.files.items()}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    folder = tmp_path_factory.mktemp("llama-cpp")
+    return Exported(micro_run(folder), folder, NATIVE, FACTOR)
+
+
+def _check_tokenization(exported: Exported) -> None:
+    llm = exported.llms["q8_0"]
+    for text in TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=True) == exported.tokenizer(text)["input_ids"], text
+    special = f"{BOS}x{EOS} y"
+    assert llm.tokenize(special.encode(), add_bos=False, special=True) == exported.tokenizer(
+        special, add_special_tokens=False)["input_ids"]
+
+
+def _check_logits(exported: Exported, outtype: str) -> dict[str, float]:
+    atol = {"f16": F16_ATOL, "q8_0": Q8_0_ATOL}[outtype]
+    measured = {}
+    for length in (exported.native, exported.extended):
+        prompt = next(_prompts(exported.tokenizer, length, 1, seed=length)).input_ids
+        theirs, ours = _llama_logits(exported.llms[outtype], prompt), _hf_logits(exported.model, prompt)
+        diff = float(np.abs(theirs - ours).max())
+        agree = float((theirs.argmax(-1) == ours.argmax(-1)).mean())
+        measured[f"{length}: max |diff|"], measured[f"{length}: argmax agreement"] = diff, agree
+        assert diff < atol and agree >= ARGMAX_AGREEMENT[outtype], (outtype, length, diff, agree)
+    print(outtype, measured)
+    return measured
+
+
+def _passkey(exported: Exported, count: int) -> tuple[float, float, float]:
+    """Accuracy at 4x in transformers and in llama.cpp (f16), and the fraction of identical greedy answers."""
+    llm = exported.llms["f16"]
+    right = {"hf": 0, "llama.cpp": 0}
+    same = 0
+    for haystack in _prompts(exported.tokenizer, exported.extended - 8, count):
+        steps = len(haystack.answer_ids)
+        hf = _greedy(lambda ids: _hf_logits(exported.model, ids)[-1], haystack.input_ids, steps)
+        cpp = _greedy(lambda ids: _llama_logits(llm, ids)[-1], haystack.input_ids, steps)
+        right["hf"] += hf == haystack.answer_ids
+        right["llama.cpp"] += cpp == haystack.answer_ids
+        same += hf == cpp
+    print("passkey at", exported.extended, {k: v / count for k, v in right.items()}, "same answers", same / count)
+    return right["hf"] / count, right["llama.cpp"] / count, same / count
+
+
+def test_llama_cpp_tokenizes_as_our_tokenizer(micro: Exported) -> None:
+    _check_tokenization(micro)
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_llama_cpp_logits_match_transformers_at_1x_and_4x(micro: Exported, outtype: str) -> None:
+    _check_logits(micro, outtype)
+
+
+def test_passkey_answers_at_4x_are_the_same_in_llama_cpp(micro: Exported) -> None:
+    hf, cpp, same = _passkey(micro, count=6)
+    assert same >= 5 / 6 and abs(hf - cpp) <= 1 / 6, (hf, cpp, same)
+
+
+@pytest.mark.skipif(not (DEFAULT_RUN / "final" / "model.safetensors").is_file(),
+                    reason="no final model of the default recipe in runs/tiny-passkey: run `make train`")
+def test_the_default_runs_final_model_in_llama_cpp(tmp_path: Path) -> None:
+    """The default recipe's model (256 tokens native, YaRN x4 to 1024): tokens, logits, passkey accuracy at 1024."""
+    exported = Exported(DEFAULT_RUN, tmp_path, 256, 4)
+    _check_tokenization(exported)
+    for outtype in ("f16", "q8_0"):
+        _check_logits(exported, outtype)
+    hf, cpp, same = _passkey(exported, count=8)
+    assert same >= 7 / 8 and abs(hf - cpp) <= 1 / 8, (hf, cpp, same)
