@@ -337,3 +337,18 @@ def test_run_records_failed_and_unparsed_judges_and_resumes(tmp_path: Path) -> N
     assert len(raw) == 4 * 3 and {r["judge"] for r in raw} == {"fair", "down", "mumbles"}
     assert {r["error"] for r in raw if r["judge"] == "down"} == {"HTTP 500 Internal Server Error"}
     assert {r["output"] for r in raw if r["judge"] == "mumbles"} == {"I cannot tell."}
+
+
+def test_report_cell_and_headline() -> None:
+    from toolkit.evals.registry import headline
+    from toolkit.report.cells import jury_cell
+    from toolkit.run_folder import Run
+
+    run = Run(Path("."), {}, {}, [], {})
+    panel = {"n": 2, "unjudged": 1, "fleiss_kappa": 0.04, "human_kappa": None, "failed": 3, "unparsed": 1, "calls": 12}
+    rated = {"type": "jury", "score": 0.5625, "pooling": "average", "mean_rating": 3.25, "n": 2, "panel": panel}
+    assert jury_cell(run, "t", rated) == "3.25/5 n=2 (1 unjudged)"
+    assert headline(rated) == ("score 0.562, average over 2 answers (1 unjudged), Fleiss kappa 0.040, human kappa -, "
+                               "3 failed, 1 unparsed of 12 judge calls")
+    voted = {"type": "jury", "score": 0.5, "pooling": "max_vote", "correct": 2, "n": 4, "panel": {"unjudged": 0}}
+    assert jury_cell(run, "t", voted) == "0.50 [0.15, 0.85] n=4"  # Wilson interval of 2/4
