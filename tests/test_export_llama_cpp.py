@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.real_model import SMALL_MODEL, english_documents, needs_small_model
 from tests.test_export_gguf import FACTOR, NATIVE, micro_run, needs_converter
 from toolkit.data.needle import SentenceTokens, build_haystack, make_needles
 from toolkit.data.tokenizer import BOS, EOS
@@ -29,6 +31,7 @@ pytestmark = [needs_converter, pytest.mark.skipif(
     reason="llama-cpp-python is not installed: run `make llama-cpp` (a CPU build from source, once per machine)")]
 
 F16_ATOL, Q8_0_ATOL = 0.02, 0.15
+REAL_F16_ATOL = 0.5  # SmolLM2's logits span about 40
 ARGMAX_AGREEMENT = {"f16": 0.99, "q8_0": 0.97}
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "tiny-passkey"
 
@@ -154,3 +157,33 @@ def test_the_default_runs_final_model_in_llama_cpp(tmp_path: Path) -> None:
         _check_logits(exported, outtype)
     hf, cpp, same = _passkey(exported, count=8)
     assert same >= 7 / 8 and abs(hf - cpp) <= 1 / 8, (hf, cpp, same)
+
+
+@needs_small_model
+def test_the_real_small_model_with_yarn_in_llama_cpp(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct with its recipe's RoPE (YaRN x4, 8K -> 32K): llama.cpp tokenizes real English and the
+    chat template as transformers does, and its logits on a 1K-token chat prompt match (f16)."""
+    folder = tmp_path / "smollm2-yarn"
+    folder.mkdir()
+    for item in SMALL_MODEL.iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item.resolve())
+    config = json.loads((SMALL_MODEL / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 4.0,
+                                 "original_max_position_embeddings": 8192}
+    config["max_position_embeddings"] = 32768
+    (folder / "config.json").write_text(json.dumps(config))
+    path = export_gguf(folder, tmp_path / "smollm2-f16.gguf", "f16")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    llm = _llama(path, 2048)
+    for document in english_documents():
+        assert llm.tokenize(document.encode(), add_bos=True) == tokenizer(document)["input_ids"], document[:80]
+    chat = str(tokenizer.apply_chat_template([{"role": "user", "content": english_documents()[0][:4000]}],
+                                             add_generation_prompt=True, tokenize=False))
+    ids = tokenizer(chat, add_special_tokens=False)["input_ids"][:1024]
+    assert llm.tokenize(chat.encode(), add_bos=False, special=True)[:1024] == ids
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    theirs, ours = _llama_logits(llm, ids), _hf_logits(model, ids)
+    diff, agree = float(np.abs(theirs - ours).max()), float((theirs.argmax(-1) == ours.argmax(-1)).mean())
+    print("smollm2 yarn f16, 1K tokens: max |diff|", diff, "argmax agreement", agree)
+    assert diff < REAL_F16_ATOL and agree >= 0.98, (diff, agree)

@@ -67,6 +67,8 @@ def _checked_config(config_json: Path) -> dict[str, Any]:
         extra = sorted(set(rope) - YARN_KEYS)
         if extra:
             raise UserError(f"{config_json} rope_parameters.{extra[0]}: llama.cpp's YaRN has no such setting")
+        if not rope.get("factor") or not rope.get("original_max_position_embeddings"):
+            raise UserError(f"{config_json} rope_parameters: YaRN needs factor and original_max_position_embeddings")
         if rope.get("truncate", True) is not True:
             raise UserError(f"{config_json} rope_parameters.truncate: false; llama.cpp's YaRN always truncates")
         default_attention = 0.1 * math.log(rope["factor"]) + 1.0
