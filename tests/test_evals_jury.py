@@ -18,8 +18,8 @@ from toolkit.errors import UserError
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import HttpJudge, LocalJudge
-from toolkit.evals.jury import JUDGE_PROMPTS, jury_summary, parse_verdict, run_jury
-from toolkit.evals.jury_spec import JudgeSpec, JuryTask, read_items
+from toolkit.evals.jury import ASK, JUDGE_PROMPTS, answer_prompt, jury_summary, parse_verdict, run_jury
+from toolkit.evals.jury_spec import JudgeSpec, JuryItem, JuryTask, read_items
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import load_suite
 
@@ -297,6 +297,31 @@ def test_suite_errors(tmp_path: Path) -> None:
     suite.write_text(head.replace("d.jsonl", "absent.jsonl") + "      - {name: a, model: m, url: 'http://h/v1'}\n")
     with pytest.raises(UserError, match=r"tasks\[0\].data: no such file"):
         load_suite(suite)
+
+
+# --- the evaluated model's prompt ------------------------------------------------------------------------------
+
+def _find(haystack: list[int], needle: list[int]) -> int:
+    return next(i for i in range(len(haystack) - len(needle) + 1) if haystack[i:i + len(needle)] == needle)
+
+
+def test_answer_prompt_alone_and_inside_filler(tmp_path: Path) -> None:
+    ctx = EvalContext(tiny_model(), tiny_tokenizer(), tmp_path, "s", "tiny")
+    item = JuryItem(id="q", context="Ada wrote the first program for the engine.", question="Who wrote it?",
+                    reference="Ada")
+    task = JuryTask(type="jury", data="d.jsonl", judges=[JudgeSpec(name="a", model="m", url="http://h/v1")])
+    ask = list(ctx.tokens(ASK.format(question=item.question) + "\nAnswer:"))
+    assert answer_prompt(task, ctx, item, None) == list(ctx.tokens.bos) + list(ctx.tokens(item.context)) + ask
+    for depth in (0.0, 0.5, 1.0):
+        padded = answer_prompt(task.model_copy(update={"length": 600, "depth": depth}), ctx, item, None)
+        context = list(ctx.tokens(f"\n\n{item.context}\n\n"))
+        start = _find(padded, context)
+        filler = len(padded) - len(ctx.tokens.bos) - len(context) - len(ask)
+        # at most 600 tokens, short of it by less than one filler sentence; the context at its depth of the filler
+        assert 570 < len(padded) <= 600 and padded[-len(ask):] == ask
+        assert abs((start - len(ctx.tokens.bos)) - depth * filler) <= 30
+    with pytest.raises(UserError, match="task jury: length: item q: length 20 is too short"):
+        answer_prompt(task.model_copy(update={"length": 20}), ctx, item, None)
 
 
 # --- a run ------------------------------------------------------------------------------------------------------

@@ -6,22 +6,27 @@ human-labelled answers, which measure their agreement with people (not the model
 unparseably counts as such (``failed``/``unparsed``) and its vote is left out of the pooling of that answer; an
 answer no judge could score is ``unjudged`` and left out of the score, and both are shown. Cells keep every vote,
 so the summary is recomputed from them and a resumed run judges only new items. The judges' raw outputs go to
-``<folder>/<suite>-<task>-judges.jsonl``.
+``<folder>/<suite>-<task>-judges.jsonl``. With ``length``, each context is hidden at ``depth`` inside filler text
+up to that many tokens, so the same items test any context length.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.judges import Judge, Reply, make_judge
 from toolkit.evals.jury_spec import LABELS, JuryItem, JuryTask, Pooling, read_items
 from toolkit.evals.scoring import batched, generate_greedy
+from toolkit.evals.sources import filler_window, load_sentences
 
 if TYPE_CHECKING:
     from toolkit.evals.context import EvalContext
@@ -29,7 +34,8 @@ if TYPE_CHECKING:
 
 Cell = dict[str, Any]
 
-ANSWER_PROMPT = "{context}\n\nAnswer the question using the text above, in one sentence.\nQuestion: {question}"
+ASK = "\n\nAnswer the question using the text above, in one sentence.\nQuestion: {question}"
+"""Follows the context (and filler) in the evaluated model's prompt; without a chat template, then ``\nAnswer:``."""
 JUDGE_PROMPTS: dict[str, str] = {
     "max_vote": ("You will be given a question, a reference answer and a provided answer. Judge whether the "
                  "provided answer is correct by comparing it to the reference answer. Differently formatted dates, "
@@ -59,15 +65,38 @@ def item_key(item: JuryItem) -> str:
     return hashlib.sha1(item.model_dump_json().encode()).hexdigest()[:12]
 
 
-def answer_prompt(ctx: EvalContext, item: JuryItem, chat: bool) -> list[int]:
-    text = ANSWER_PROMPT.format(context=item.context, question=item.question).lstrip()
-    if not chat:
-        return ctx.tokenizer(text + "\nAnswer:")["input_ids"]  # type: ignore[operator]
-    if not getattr(ctx.tokenizer, "chat_template", None):
-        raise UserError(f"suite {ctx.suite}: chat: true, but the tokenizer has no chat template")
-    framed = ctx.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,  # type: ignore[attr-defined]
-                                               add_generation_prompt=True)
-    return ctx.tokenizer(framed, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+@dataclass(frozen=True)
+class _Context:
+    """The item's context as the one "needle" of a haystack (``toolkit.data.needle.Statement``)."""
+
+    sentence: str
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """The item's question at the end of the prompt (``toolkit.data.needle.Question``); no answer is forced."""
+
+    ask: str
+    question: str
+    lead: str = ""
+    answer: str = ""
+
+
+def answer_prompt(task: JuryTask, ctx: EvalContext, item: JuryItem, sentences: tuple[str, ...] | None) -> list[int]:
+    """The evaluated model's prompt: the context (inside filler up to ``task.length``), then the question."""
+    ask = ASK.format(question=item.question)
+    context, asked = _Context(f"\n\n{item.context.strip()}\n\n"), _Ask(ask, ask + "\nAnswer:")
+    chat = ctx.chat_frame if task.chat else None
+    if task.length is None:
+        head = list(chat.head) if chat else list(ctx.tokens.bos)
+        tail = list(ctx.tokens(ask)) + list(chat.turn) if chat else list(ctx.tokens(asked.question))
+        return head + list(ctx.tokens(item.context)) + tail
+    rng = random.Random(f"{task.seed}:{item.id}")
+    try:
+        return build_haystack(ctx.tokens, task.length, [context], [task.depth], asked, rng,
+                              filler_window(sentences, rng, task.length), chat).input_ids
+    except ValueError as exc:
+        raise UserError(f"suite {ctx.suite}: task {task.key}: length: item {item.id}: {exc}") from None
 
 
 def _vote(pooling: Pooling, reply: Reply) -> dict[str, Any]:
@@ -111,9 +140,10 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
         raw_path.parent.mkdir(parents=True, exist_ok=True)
+        sentences = load_sentences(task.haystack) if task.length else None
         for chunk in batched(todo, task.batch_size):
-            answers = generate_greedy(ctx.model, ctx.tokenizer, [answer_prompt(ctx, item, task.chat) for item in chunk],
-                                      task.max_new_tokens, ctx.pad_id)
+            prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
+            answers = generate_greedy(ctx.model, ctx.tokenizer, prompts, task.max_new_tokens, ctx.pad_id)
             for cell in _judge_chunk(task, judges, list(chunk), [a.strip() for a in answers], raw_path):
                 recorded.setdefault(cell["key"], []).append(cell)
             results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from toolkit.errors import UserError
-from toolkit.evals.specs import TaskBase
+from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.schema import Strict
 from toolkit.yaml_loading import format_loc, resolve_relative
 
@@ -79,6 +79,13 @@ class JuryTask(TaskBase):
     """Prompts the evaluated model answers per generate call."""
     chat: bool = False
     """Ask in the evaluated model's chat template (instruct models)."""
+    length: PositiveInt | None = None
+    """Make every prompt this long (the evaluated model's tokens, template included) by placing the item's context
+    at ``depth`` inside ``haystack`` filler, as RULER's QA tasks do; ``None``: the context alone."""
+    depth: Depth = 0.5
+    """Fraction of the filler before the context (with ``length``)."""
+    haystack: HaystackSpec = HaystackSpec()
+    """Filler text (with ``length``)."""
 
     @model_validator(mode="after")
     def _unique_judges(self) -> JuryTask:
