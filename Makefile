@@ -115,5 +115,5 @@ llama-cpp: $(CONVERTER)
 		time CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"; }
 
 export: $(CONVERTER)
-	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|q8_0] [OUT=file.gguf]"; exit 2; }
-	$(PY) -m toolkit export $(RUN) --format $(FORMAT) $(if $(OUTTYPE),--outtype $(OUTTYPE)) $(if $(filter command line,$(origin OUT)),--out $(OUT))
+	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|q8_0] [OUT=file.gguf] [CHECK=1]"; exit 2; }
+	$(PY) -m toolkit export $(RUN) --format $(FORMAT) $(if $(OUTTYPE),--outtype $(OUTTYPE)) $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(if $(CHECK),--check)

@@ -42,7 +42,7 @@ def test_needle_sits_at_requested_depth_in_tokens(tmp_path: Path, source: str):
     longest = (max(len(ctx.tokens(s)) for s in sentences) if sentences else _longest_builtin_sentence(ctx.tokens))
     for length in task.lengths:
         for depth in (0.0, 0.1, 0.33, 0.5, 0.9, 1.0):
-            stack = needle_prompt(task, ctx, sentences, length, depth, sample=0)
+            stack = needle_prompt(task, ctx.tokens, None, sentences, length, depth, sample=0)
             asked_key = re.search(r"pass key for (\w+)\?", tiny_tokenizer().decode(stack.input_ids))
             assert asked_key is not None
             key = asked_key.group(1)

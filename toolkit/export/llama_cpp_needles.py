@@ -1,0 +1,90 @@
+"""A run's needle grids scored in llama.cpp on its exported GGUF file, beside transformers' scores of the same model.
+
+Every ``niah`` task of the run's suites is asked again with the very same prompts (``toolkit.evals.niah``) and
+scored the same way (teacher-forced greedy exact match of the asked value), with llama.cpp computing the logits.
+The results become one more suite of the run's final evaluation, ``<suite>@llama.cpp-<outtype>``
+(``eval/<final tag>/<suite>@llama.cpp-<outtype>.json``), so the report shows both runtimes' grids and
+accuracies. Needs ``llama-cpp-python`` (``make llama-cpp``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from toolkit.data.needle import ChatFrame
+from toolkit.errors import UserError
+from toolkit.evals.context import sentence_tokens
+from toolkit.evals.niah import Cell, grid_summary, needle_prompt, pending_cells
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.sources import load_sentences
+from toolkit.evals.specs import NiahTask
+from toolkit.evals.suite import load_suite
+from toolkit.run_folder import FINAL, eval_dir, load_run
+
+log = logging.getLogger(__name__)
+
+
+def _llama(gguf: Path, n_ctx: int) -> Any:
+    try:
+        llama_cpp = importlib.import_module("llama_cpp")
+    except ImportError:
+        raise UserError("export --check: llama-cpp-python is not installed (make llama-cpp)") from None
+    return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                           verbose=False)
+
+
+def _greedy_match(llm: Any, prompt: list[int], answer: list[int]) -> bool:
+    """Would greedy decoding after ``prompt`` produce ``answer``? One teacher-forced pass, as in
+    :func:`toolkit.evals.scoring.greedy_matches`."""
+    llm.reset()
+    llm.eval(prompt + answer[:-1])
+    logits = np.asarray(llm.scores[len(prompt) - 1:len(prompt) - 1 + len(answer)])
+    return logits.argmax(-1).tolist() == answer
+
+
+def _fingerprint(gguf: Path) -> str:
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "gguf:" + digest.hexdigest()[:16]
+
+
+def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
+    """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
+    run = load_run(run_dir)
+    recipe, final = run.typed_recipe, run.final
+    if recipe is None or final is None:
+        raise UserError(f"export --check: {run_dir} has no evaluations to compare with (a run folder is needed)")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / FINAL)
+    tokens = sentence_tokens(tokenizer)
+    fingerprint, written = _fingerprint(gguf), []
+    for suite in map(load_suite, recipe.eval.suites):
+        tasks = [task for task in suite.tasks if isinstance(task, NiahTask)]
+        if not tasks:
+            continue
+        name = f"{suite.name}@llama.cpp-{outtype}"
+        results = SuiteResults(eval_dir(run_dir, final) / f"{name}.json", name, final, gguf.name, fingerprint)
+        for task in tasks:
+            chat = ChatFrame.of(tokenizer) if task.chat else None
+            sentences = load_sentences(task.haystack)
+            llm = _llama(gguf, max(task.lengths) + 2 * task.digits + 8)
+            cells: list[Cell] = []
+            for length, depth, sample in tqdm(pending_cells(task, []), desc=f"{name}/{task.key}", unit="prompt"):
+                stack = needle_prompt(task, tokens, chat, sentences, length, depth, sample)
+                cells.append({"length": length, "depth": depth, "sample": sample, "tokens": len(stack.input_ids),
+                              "correct": _greedy_match(llm, stack.input_ids, stack.answer_ids)})
+            llm.close()
+            results.record(task, cells, grid_summary(cells, task.lengths, task.depths))
+        results.finish({task.key for task in tasks})
+        written.append(results.path)
+        log.info("llama.cpp needle scores in %s", results.path)
+    return written
