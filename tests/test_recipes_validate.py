@@ -98,3 +98,12 @@ def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "toolkit", "validate", str(missing)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {missing}: no such file"
+
+
+def test_fp16_training_is_refused_with_the_way_out(capsys) -> None:
+    """fp16 weights cannot be trained with loss scaling (no fp32 master weights): exit 2 naming the field and bf16."""
+    recipe = ROOT / "recipes" / "tiny-passkey.yaml"
+    assert main(["validate", str(recipe), "--set", "model.precision=fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {recipe}:") and "model.precision: fp16 does not train here" in err
+    assert "use bf16" in err

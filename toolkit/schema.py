@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 class FieldError(ValueError):
@@ -56,12 +55,22 @@ class ModelSpec(Strict):
     """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_2 (installed, bf16/fp16), else PyTorch's
     varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
     sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.attention``)."""
-    precision: Precision = "auto"
-    """Compute precision; ``auto`` is bf16 where the device supports it, else fp32."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. fp16 does not train here:
+    accelerate's loss scaling needs fp32 master weights, which a model held in fp16 does not have (use bf16 on
+    Ampere or newer, fp32 elsewhere); ``make eval PRECISION=fp16`` evaluates in fp16."""
     trust_remote_code: bool = False
     """Run model code shipped with the checkpoint. Off unless you trust its author."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin."""
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _no_fp16_training(cls, value: Any) -> Any:
+        if value == "fp16":
+            raise ValueError("fp16 does not train here (loss scaling needs fp32 master weights, which a model held "
+                             "in fp16 lacks): use bf16 on Ampere or newer GPUs, fp32 elsewhere")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
