@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
 
-from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
+from toolkit.memory.chunked_loss import causal_lm_loss, loss_kernel, shifted_lm_loss
 
 BATCH, LENGTH, HIDDEN, VOCAB = 2, 37, 16, 50
 
@@ -86,3 +88,33 @@ def test_shifted_labels_give_the_same_loss() -> None:
     shifted, shifted_count = shifted_lm_loss(hidden, head, shift_labels, chunk_size=7)
     assert shifted_count.item() == count.item()
     torch.testing.assert_close(shifted, loss, atol=1e-5, rtol=1e-5)
+
+
+def _partitioned(head: nn.Linear) -> nn.Linear:
+    """``head`` as DeepSpeed ZeRO-3 leaves it outside its forward: an empty placeholder weight with a ``ds_id``,
+    the whole weight put back only while the head runs (ZeRO-3's gather and release hooks)."""
+    full = head.weight.detach().clone()
+    head.weight = nn.Parameter(torch.empty(0))
+    head.weight.ds_id = 0  # type: ignore[attr-defined]  # DeepSpeed adds it
+    head.register_forward_pre_hook(lambda module, args: setattr(module.weight, "data", full))
+    head.register_forward_hook(lambda module, args, output: setattr(module.weight, "data", torch.empty(0)))
+    return head
+
+
+def test_loss_kernel_falls_back_to_chunked_for_a_partitioned_head(monkeypatch) -> None:
+    hidden, head, labels = _inputs(ignored=0.3)
+    with torch.no_grad():
+        expected, _ = causal_lm_loss(hidden, head, labels, chunk_size=None)
+    assert loss_kernel(head, on_cuda=False) == ("chunked", "no CUDA device")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert loss_kernel(head, on_cuda=True) == ("chunked", "liger-kernel is not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # as if liger-kernel were installed
+    assert loss_kernel(head, on_cuda=True) == ("liger", "liger-kernel's fused linear cross-entropy")
+    assert loss_kernel(nn.Sequential(head), on_cuda=True)[0] == "chunked"
+    partitioned = _partitioned(head)
+    assert loss_kernel(partitioned, on_cuda=True) == (
+        "chunked", "the head weight is partitioned by DeepSpeed ZeRO-3; Liger reads it directly")
+    monkeypatch.undo()
+    with torch.no_grad():  # the chunked loss calls the head, whose hooks gather the weight
+        loss, _ = causal_lm_loss(hidden, partitioned, labels, chunk_size=8)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)

@@ -22,6 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from toolkit.data.packing import IGNORE_INDEX
 
+LIGER, CHUNKED = "liger", "chunked"
+
 
 def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
     """Sum of next-token losses and the number of target tokens.
@@ -30,7 +32,7 @@ def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_siz
     convention: the logits at position t predict ``labels[t + 1]``; -100 is ignored). Returns a 0-dim float32
     loss sum that carries grad and a 0-dim count; divide one by the other (summed over micro-batches and ranks)
     for the mean. ``chunk_size=None`` is the plain loss; otherwise the head runs ``chunk_size`` positions at a
-    time under checkpoint (or Liger's fused kernel on CUDA where installed).
+    time under checkpoint (or Liger's fused kernel where :func:`loss_kernel` chooses it).
     """
     return shifted_lm_loss(hidden[:, :-1, :], lm_head, labels[:, 1:], chunk_size)
 
@@ -61,8 +63,25 @@ def _chunk_loss(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(lm_head(hidden).float(), labels, reduction="sum")
 
 
+def loss_kernel(lm_head: nn.Module, on_cuda: bool) -> tuple[str, str]:
+    """``(kernel, reason)``: which chunked loss runs for ``lm_head`` (on a CUDA device or not), and why.
+
+    Liger's fused kernel reads the head weight directly, outside the head's forward: under DeepSpeed ZeRO-3 that
+    weight is an empty placeholder there, so the chunked loss, which calls the head (ZeRO-3's hooks gather it), runs.
+    """
+    if not on_cuda:
+        return CHUNKED, "no CUDA device"
+    if type(lm_head) is not nn.Linear:
+        return CHUNKED, f"the head is a {type(lm_head).__name__}, not a plain Linear that Liger's kernel reads"
+    if lm_head.weight.numel() == 0 or hasattr(lm_head.weight, "ds_id"):
+        return CHUNKED, "the head weight is partitioned by DeepSpeed ZeRO-3; Liger reads it directly"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return CHUNKED, "liger-kernel is not installed"
+    return LIGER, "liger-kernel's fused linear cross-entropy"
+
+
 def _liger_applies(lm_head: nn.Module, hidden: Tensor) -> TypeGuard[nn.Linear]:
-    return hidden.is_cuda and type(lm_head) is nn.Linear and importlib.util.find_spec("liger_kernel") is not None
+    return loss_kernel(lm_head, hidden.is_cuda)[0] == LIGER
 
 
 def _liger_loss(hidden: Tensor, lm_head: nn.Linear, labels: Tensor) -> Tensor:
