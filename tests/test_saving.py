@@ -8,11 +8,12 @@ from typing import Any, cast
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.lora import CausalLM
+from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.modeling import load_for_eval, load_model
 from toolkit.rope import apply_rope, rope_parameters
 from toolkit.saving import merge_adapter, save_final
@@ -32,9 +33,9 @@ def tokenizer():
     return train_tokenizer(TokenizerTraining(vocab_size=300, corpus_documents=50), seed=0)
 
 
-def trained(tokenizer, method: MethodSpec) -> CausalLM:
+def trained(tokenizer, method: MethodSpec, **init_config: Any) -> CausalLM:
     """A tiny model after a few steps at TARGET length with yarn, as the runner would leave it."""
-    spec = ModelSpec(init_config=dict(TINY), train_tokenizer=TokenizerTraining())
+    spec = ModelSpec(init_config={**TINY, **init_config}, train_tokenizer=TokenizerTraining())
     loaded = load_model(spec, method, tokenizer, CPU, seed=0)
     model = loaded.model
     params = rope_parameters(RopeSpec(type="yarn"), TARGET, model.config, loaded.native_length)
@@ -118,3 +119,59 @@ def test_merge_adapter_and_failed_save_keep_folders_whole(tokenizer, tmp_path) -
     with pytest.raises(RuntimeError):
         save_final(model, Failing(), final, LORA)
     assert (final / "adapter_model.safetensors").is_file() and leftovers(tmp_path) == []
+
+
+def upcast(model: CausalLM) -> tuple[CausalLM, dict[str, torch.Tensor]]:
+    """``model`` as FSDP2 leaves a bf16 recipe's (float32 weights, a config that says bfloat16), and its gathered
+    state (a copy per name)."""
+    unwrap_peft(model).config.dtype = torch.bfloat16
+    return model, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def snapshot(model: CausalLM) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config (but the class name, which transformers records on saving) and the weights, to compare."""
+    config = {key: value for key, value in vars(unwrap_peft(model).config).items() if key != "architectures"}
+    return config, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def assert_unchanged(model: CausalLM, before: tuple[dict[str, Any], dict[str, torch.Tensor]]) -> None:
+    config, weights = snapshot(model)
+    assert config == before[0]
+    assert all(torch.equal(value, before[1][key]) for key, value in weights.items())
+
+
+def assert_bf16_of(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == weights.keys()
+    for key, value in state.items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, weights[key].bfloat16()), key
+
+
+def config_dtype(folder) -> str:
+    return json.loads((folder / "config.json").read_text())["dtype"]
+
+
+def test_full_final_is_saved_in_the_recipe_dtype(tokenizer, tmp_path) -> None:
+    model, gathered = upcast(trained(tokenizer, MethodSpec(), tie_word_embeddings=True))
+    before = snapshot(model)
+    final = tmp_path / "final"
+    save_final(model, tokenizer, final, MethodSpec(), state_dict=gathered, dtype=torch.bfloat16)
+    saved = load_file(final / "model.safetensors")
+    assert {tensor.dtype for tensor in saved.values()} == {torch.bfloat16}
+    assert "lm_head.weight" not in saved  # the tied head is written once, under the embedding's name
+    assert config_dtype(final) == "bfloat16"
+    assert_bf16_of(AutoModelForCausalLM.from_pretrained(final), before[1])
+    assert_unchanged(model, before)
+
+
+def test_lora_final_is_saved_in_the_recipe_dtype(tokenizer, tmp_path) -> None:
+    model, gathered = upcast(trained(tokenizer, LORA))
+    before = snapshot(model)
+    final = tmp_path / "final"
+    save_final(model, tokenizer, final, LORA, base_is_local_init=True, state_dict=gathered, dtype=torch.bfloat16)
+    for weights in (final / "adapter_model.safetensors", final / "base" / "model.safetensors"):
+        assert {tensor.dtype for tensor in load_file(weights).values()} == {torch.bfloat16}
+    assert config_dtype(final) == config_dtype(final / "base") == config_dtype(final / "merged") == "bfloat16"
+    base = AutoModelForCausalLM.from_pretrained(final / "base")
+    assert_bf16_of(PeftModel.from_pretrained(base, final, autocast_adapter_dtype=False), before[1])
+    assert_unchanged(model, before)

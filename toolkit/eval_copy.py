@@ -27,7 +27,7 @@ def eval_copy(model: CausalLM, state_dict: dict[str, torch.Tensor], device: torc
     fresh = _structure(model, dtype)
     tensors = {key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype, copy=True)
                for key, value in state_dict.items()}
-    tied = _tied_names(fresh)
+    tied = tied_names(fresh)
     for names in tied:
         given = [tensors[name] for name in names if name in tensors]
         tensors.update({name: given[0] for name in names if given and name not in tensors})
@@ -58,7 +58,7 @@ def _structure(model: CausalLM, dtype: torch.dtype) -> CausalLM:
                        low_cpu_mem_usage=True)
 
 
-def _tied_names(model: nn.Module) -> list[list[str]]:
+def tied_names(model: nn.Module) -> list[list[str]]:
     """The names of each parameter held under several names (the tied embeddings)."""
     names: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):

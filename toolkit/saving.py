@@ -7,6 +7,7 @@ trained RoPE as ``config.json``, the base weights in ``base/`` when the base was
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import uuid
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from toolkit.errors import UserError
+from toolkit.eval_copy import tied_names
 from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.modeling import BASE_FOLDER, has_tokenizer, load_merged, lora_sources
 from toolkit.schema import MethodSpec
@@ -46,41 +48,86 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def base_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
-    """The untouched base weights inside a peft model, under the plain model's names.
+def base_state_dict(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The untouched base weights in a peft model's state dict, under the plain model's names.
 
-    Drops the LoRA tensors and the trained copies of ``modules_to_save``, and undoes peft's wrapper names
-    (``x.base_layer.weight`` and ``x.original_module.weight`` -> ``x.weight``).
+    Drops the LoRA tensors and the trained copies of ``modules_to_save``, and undoes peft's names
+    (``base_model.model.x.base_layer.weight`` and ``base_model.model.x.original_module.weight`` -> ``x.weight``).
     """
     state = {}
-    for key, tensor in peft_model.get_base_model().state_dict().items():
+    for key, tensor in peft_state.items():
         if ".lora_" in key or ".modules_to_save." in key:
             continue
-        state[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+        state[name] = tensor
     return state
 
 
-def save_final(model: CausalLM, tokenizer, out_dir: Path, method: MethodSpec,
-               base_is_local_init: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def save_final(model: CausalLM, tokenizer, out_dir: Path, method: MethodSpec, base_is_local_init: bool = False,
+               state_dict: dict[str, torch.Tensor] | None = None, dtype: torch.dtype | None = None) -> None:
     """Write ``out_dir`` (full model, or LoRA adapter + base config [+ base/] [+ merged/]) and the tokenizer.
 
     ``model`` is the unwrapped training model (plain, or the peft model for LoRA); it is not modified.
     ``state_dict`` is its full state gathered from sharded weights (FSDP, DeepSpeed ZeRO-3), when sharded.
+    ``dtype`` (the recipe's precision) is the one floating-point weights are saved in and every config.json
+    records, whatever the training weights' (FSDP2 keeps trainable ones in float32); by default, theirs.
     """
+    state = _tied_as_one(model, model.state_dict() if state_dict is None else state_dict)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
         if method.kind == "full":
-            model.save_pretrained(str(tmp), state_dict=state_dict)
+            _save_model(unwrap_peft(model), tmp, state, dtype)
             return
         if not isinstance(model, PeftModel):
             raise TypeError(f"a LoRA run saves its peft model, not a {type(model).__name__}")
-        model.save_pretrained(str(tmp), state_dict=state_dict)
+        model.save_pretrained(str(tmp), state_dict=_in_dtype(state, dtype))
         base = unwrap_peft(model)
-        base.config.save_pretrained(tmp)
+        _config_in(base.config, dtype).save_pretrained(tmp)
         if base_is_local_init:
-            base.save_pretrained(tmp / BASE_FOLDER, state_dict=base_state_dict(model))
+            _save_model(base, tmp / BASE_FOLDER, base_state_dict(state), dtype)
         if method.merge_on_save:
             merge_adapter(tmp, tmp / MERGED_FOLDER)
+
+
+def _save_model(model: PreTrainedModel, folder: Path, state: dict[str, torch.Tensor],
+                dtype: torch.dtype | None) -> None:
+    """``model.save_pretrained`` with ``state`` in ``dtype``; transformers records the parameters' dtype in
+    ``model.config``, so the dtype that was there is put back and config.json rewritten with ``dtype``."""
+    recorded = model.config.dtype
+    model.save_pretrained(str(folder), state_dict=_in_dtype(state, dtype))
+    if dtype is not None:
+        model.config.dtype = recorded
+        _config_in(model.config, dtype).save_pretrained(folder)
+
+
+def _tied_as_one(model: CausalLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a tied weight's names holding one tensor (a gather may copy it per name), so that it is cast
+    once and transformers saves it once."""
+    state = dict(state)
+    for names in tied_names(model):
+        given = [state[name] for name in names if name in state]
+        state.update({name: given[0] for name in names if given and name in state})
+    return state
+
+
+def _in_dtype(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``state`` with its floating-point tensors in ``dtype``; a tensor held under several names is cast once."""
+    if dtype is None:
+        return state
+    cast: dict[int, torch.Tensor] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point() and id(tensor) not in cast:
+            cast[id(tensor)] = tensor.to(dtype)
+    return {key: cast.get(id(tensor), tensor) for key, tensor in state.items()}
+
+
+def _config_in(config: PretrainedConfig, dtype: torch.dtype | None) -> PretrainedConfig:
+    """``config``, or a copy of it that records ``dtype``."""
+    if dtype is None:
+        return config
+    copied = copy.deepcopy(config)
+    copied.dtype = dtype
+    return copied
 
 
 def merge_adapter(final_dir: Path, out_dir: Path) -> None:
