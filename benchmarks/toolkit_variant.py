@@ -58,7 +58,7 @@ def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
                           NoCheckpoints(recipe.run_dir, 1, session.accelerator), session.logger, 1, StopFlag())
         spec = recipe.train.stages[0]
         batches = stage_batches(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed)
-        train_stage(parts, StageJob(0, spec, spec.max_steps or 0, batches, None, 0))
+        train_stage(parts, StageJob(0, spec, spec.max_steps or 0, spec.seq_len * spec.grad_accum, batches, None, 0))
         session.logger.close()
         records = [json.loads(line) for line in (recipe.run_dir / METRICS).read_text().splitlines()]
     trainable, total = count_parameters(session.model)

@@ -135,9 +135,9 @@ def test_bad_rows_skipped_and_counted_when_asked(tokenizer, tmp_path):
     path = _write(tmp_path / "chat.jsonl", [GOOD, bad, GOOD, {"messages": []}, GOOD])
     batches = stage_batches(_chat_spec(path, bad_rows="skip"), tokenizer, seq_len=64, batch_size=8, seed=0)
     next(batches)
-    epochs, remainder = divmod(batches.skipped[0], 2)  # two bad records per pass over the file
+    epochs, remainder = divmod(batches.rows.skipped[0], 2)  # two bad records per pass over the file
     assert epochs >= 1 and remainder in (0, 1)
-    assert batches.logged()["source_skipped_rows"] == {str(path): batches.skipped[0]}
+    assert batches.logged()["source_skipped_rows"] == {str(path): batches.rows.skipped[0]}
 
 
 def test_no_chat_template_is_an_error(tokenizer, tmp_path):

@@ -47,7 +47,7 @@ def _drawn(spec: DataSpec, tokenizer, rows: int, seq_len: int = 64, seed: int = 
     batches = stage_batches(spec, tokenizer, seq_len=seq_len, batch_size=50, seed=seed)
     for _ in islice(batches, rows // 50):
         pass
-    return dict(zip(batches.names, batches.tokens, strict=True))
+    return dict(zip(batches.rows.names, batches.tokens, strict=True))
 
 
 def _shares(tokens: dict[str, int]) -> dict[str, float]:

@@ -64,13 +64,6 @@ def test_text_folder_gives_one_document_per_file(tokenizer, tmp_path):
         t + "\nsecond line\n" for t in TEXTS[:3])
 
 
-def test_processes_share_the_records(tokenizer, tmp_path):
-    spec = DataSpec(source="jsonl", path=str(_write_jsonl(tmp_path / "a.jsonl", TEXTS)))
-    shares = [set(_decoded(tokenizer, islice(text_documents(spec, tokenizer, 0, p, 2), len(TEXTS) // 2)))
-              for p in (0, 1)]
-    assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(TEXTS)
-
-
 def test_stage_batches_from_jsonl(tokenizer, tmp_path):
     spec = DataSpec(source="jsonl", path=str(_write_jsonl(tmp_path / "a.jsonl", TEXTS)), packing="pack")
     batch = next(stage_batches(spec, tokenizer, seq_len=64, batch_size=3, seed=0))

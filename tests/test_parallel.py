@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,9 +22,18 @@ HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 CPU_ONLY = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
 
 
-def test_no_sequence_parallelism_adds_only_the_cpu_flag() -> None:
-    assert accelerator_kwargs(ParallelSpec()) == CPU_ONLY
-    assert accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=1), env={}) == CPU_ONLY
+def test_no_sequence_parallelism_adds_no_parallelism_config() -> None:
+    for kwargs in (accelerator_kwargs(ParallelSpec()), accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=1),
+                                                                          env={})):
+        assert set(kwargs) == set(CPU_ONLY) | {"kwargs_handlers", "dataloader_config"}
+        assert kwargs.items() >= CPU_ONLY.items()
+
+
+def test_collectives_wait_the_recipes_timeout_and_every_process_reads_its_data() -> None:
+    kwargs = accelerator_kwargs(ParallelSpec(timeout_minutes=240))
+    (handler,) = kwargs["kwargs_handlers"]
+    assert handler.timeout == timedelta(minutes=240)
+    assert kwargs["dataloader_config"].dispatch_batches is False
     assert launched_processes({}) == 1 and launched_processes({"WORLD_SIZE": "16"}) == 16
 
 

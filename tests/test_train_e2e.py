@@ -82,21 +82,6 @@ def test_resume_reproduces_uninterrupted_run(stop_after: int, micro_recipe: Path
     assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in reference], abs=1e-6)
 
 
-def test_deepspeed_with_accumulation_is_refused(micro_recipe: Path) -> None:
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    from toolkit.errors import UserError
-    from toolkit.recipe_loading import load_recipe
-    from toolkit.runner import _check_engine
-
-    recipe = load_recipe(micro_recipe)
-    with pytest.raises(UserError, match=r"train.stages\[1\].grad_accum: 2 is not supported under DeepSpeed"):
-        _check_engine(recipe, SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
-    _check_engine(recipe, SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
-
-
 def test_factor_short_of_seq_len_is_refused_after_loading(tmp_path: Path, capsys) -> None:
     """A model loaded from a folder has its native length in its config only: checked once it is loaded."""
     from transformers import LlamaConfig

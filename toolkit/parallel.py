@@ -2,15 +2,18 @@
 
 - ``ulysses``: DeepSpeed ALST/Ulysses through accelerate's ``ParallelismConfig(sp_size=N, sp_backend="deepspeed")``.
   Launch with a DeepSpeed config (``configs/sequence-parallel-ulysses.yaml``). ``accelerator.prepare`` wraps the
-  model's attention (all-to-all over heads) and the training DataLoader (``UlyssesSPDataLoaderAdapter``: each
-  rank gets a 1/N slice of every sequence with pre-shifted ``shift_labels``).
+  model's attention (all-to-all over heads); :func:`prepare_loader` wraps each stage's DataLoader in DeepSpeed's
+  ``UlyssesSPDataLoaderAdapter``: the ranks of a group gather their rows and take them one at a time, each rank a
+  1/N slice with pre-shifted ``shift_labels``.
 - ``context_parallel``: PyTorch context parallelism (ring attention over SDPA) with FSDP2 through
   ``ParallelismConfig(cp_size=N, dp_shard_size=processes / N)``. Launch with ``configs/context-parallel-fsdp2.yaml``;
-  each step runs inside :func:`shard_for_sequence_parallel`, which slices the batch along the sequence.
+  the ranks of a group draw the same rows (:func:`prepare_loader`) and each step runs inside
+  :func:`shard_for_sequence_parallel`, which slices the batch along the sequence.
 
-Either way every rank sees ``shift_labels`` for its slice: compute the loss with
-``toolkit.memory.chunked_loss.shifted_lm_loss`` and normalise the summed loss by the token count summed over all
-ranks (``loss_sum * world_size / global_count``), which weights every slice by its real number of targets.
+Either way every rank computes the loss of its slice (``toolkit.memory.chunked_loss.shifted_lm_loss``), and the loop
+normalises the summed loss by the targets summed over all ranks (``loss_sum * world_size / global_count``), which
+weights every slice by its real number of targets. Under context parallelism each rank counts its group's full rows
+before slicing, so that sum is divided by the degree (:func:`row_sharers`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import torch
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+from torch.utils.data import DataLoader
 
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
@@ -40,14 +46,17 @@ def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
                        env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for ``Accelerator(...)``.
 
-    Without an accelerator this is ``cpu=True``, so that processes started by ``accelerate launch`` (torchrun)
-    on a CPU-only machine join one gloo process group instead of each training alone. With sequence
-    parallelism it adds ``parallelism_config``. ``attention`` is the model's attention implementation (checked
-    against what each backend supports); ``env`` is the launcher's environment (read for the process count and
-    the launch config's kind).
+    Without an accelerator this has ``cpu=True``, so that processes started by ``accelerate launch`` (torchrun)
+    on a CPU-only machine join one gloo process group instead of each training alone. Collectives wait
+    ``parallel.timeout_minutes``; DataLoaders are read by every process, each keeping its share (none is sent rows by
+    another). With sequence parallelism it adds ``parallelism_config``. ``attention`` is the model's attention
+    implementation (checked against what each backend supports); ``env`` is the launcher's environment (read for the
+    process count and the launch config's kind).
     Impossible settings raise :class:`UserError` before any process group is created.
     """
     kwargs: dict[str, Any] = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
+    kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(minutes=parallel.timeout_minutes))]
+    kwargs["dataloader_config"] = DataLoaderConfiguration(dispatch_batches=False)
     if parallel.sequence == "none" or parallel.degree == 1:
         return kwargs
     return kwargs | {"parallelism_config": _parallelism_config(parallel, attention, env)}
@@ -59,15 +68,14 @@ def _parallelism_config(parallel: ParallelSpec, attention: str | None, env: Mapp
     processes = launched_processes(env)
     _check_launch(parallel, processes, env)
     if parallel.sequence == "ulysses":
-        if attention in ("eager", "flex_attention"):
-            raise UserError(f"model.attention: {attention} does not run under Ulysses; use flash_attention_2 or sdpa")
+        _check_ulysses_attention(attention)
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError("parallel.sequence: ulysses needs DeepSpeed >= 0.18.2: pip install '.[deepspeed]'")
         from accelerate.utils import DeepSpeedSequenceParallelConfig
 
         from toolkit.attention import flash_attn_importable
 
-        automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"  # as model.attention: auto picks
+        automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"  # until use_model_attention says
         core = automatic if attention in (None, "auto") else attention
         handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation=core)
         return ParallelismConfig(sp_size=parallel.degree, sp_backend="deepspeed", sp_handler=handler)
@@ -88,6 +96,41 @@ def _check_launch(parallel: ParallelSpec, processes: int, env: Mapping[str, str]
     if parallel.sequence == "context_parallel" and env.get("FSDP_VERSION") != "2":
         raise UserError(f"parallel.sequence: context_parallel needs an FSDP2 launch: accelerate launch "
                         f"--config_file {config}")
+
+
+def prepare_loader(accelerator: Any, loader: DataLoader, model: torch.nn.Module) -> Any:
+    """This process's batches of ``loader``: accelerate gives each data-parallel rank its share of every global
+    batch (the ranks of a context-parallel group the same rows); under Ulysses, DeepSpeed's adapter then hands every
+    rank of a group its slice of each of the group's rows in turn. ``model`` is the prepared model."""
+    prepared = accelerator.prepare_data_loader(loader)
+    config = getattr(accelerator, "parallelism_config", None)
+    if config is not None and config.sp_enabled:
+        return accelerator.deepspeed_ulysses_dl_adapter(prepared, model)
+    return prepared
+
+
+def row_sharers(accelerator: Any) -> int:
+    """Processes that draw the same rows before the step slices them: the context-parallel degree, else 1."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config.cp_size if config is not None and config.cp_enabled else 1
+
+
+def data_parallel_size(parallel: ParallelSpec, num_processes: int) -> int:
+    """Groups training on different rows at once: the processes over the sequence-parallel degree."""
+    return max(1, num_processes // parallel.degree)
+
+
+def use_model_attention(accelerator: Any, attention: str) -> None:
+    """Tell DeepSpeed's Ulysses wrapper which attention the loaded model runs (it must match the model's)."""
+    config = getattr(accelerator, "parallelism_config", None)
+    if config is not None and config.sp_enabled:
+        _check_ulysses_attention(attention)
+        config.sp_handler.sp_attn_implementation = attention
+
+
+def _check_ulysses_attention(attention: str | None) -> None:
+    if attention in ("eager", "flex_attention"):
+        raise UserError(f"model.attention: {attention} does not run under Ulysses; use flash_attention_2 or sdpa")
 
 
 def shard_for_sequence_parallel(accelerator: Any, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:

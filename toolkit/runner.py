@@ -5,11 +5,16 @@
 2. :func:`evaluate_before`: the eval suites on the starting model.
 3. :func:`train_stages`: every stage in order with its RoPE setting, evaluated after the stages that ask for it.
 4. :func:`finish`: save ``final/`` (sharded weights gathered first), write the report, print the verdict.
+
+Sharded runs (FSDP2, DeepSpeed ZeRO-3) evaluate too: every process takes part in gathering the weights, and the main
+process evaluates a full copy while the others wait (``parallel.timeout_minutes``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,14 +28,17 @@ from torch import nn
 from toolkit.data.batches import check_stage_data, stage_batches
 from toolkit.data.formats import trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
+from toolkit.engines import engine_kwargs, launched_engine, offloads_optimizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
+from toolkit.eval_copy import eval_copy
 from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
+from toolkit.memory.chunked_loss import loss_kernel
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.modeling import LoadedModel, evaluating, load_model, resolve_dtype
-from toolkit.parallel import accelerator_kwargs
+from toolkit.parallel import accelerator_kwargs, data_parallel_size, prepare_loader, row_sharers, use_model_attention
 from toolkit.recipe_loading import dump_recipe
 from toolkit.rope import check_coverage, rope_setting, use_rope
 from toolkit.run_folder import EVAL, FINAL, RECIPE, RUN_INFO, eval_dir, eval_tag
@@ -39,9 +47,9 @@ from toolkit.schema import Recipe
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.faults import stop_on_signals
-from toolkit.training.loop import LoopParts, StageJob, stage_steps, train_stage
+from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
 from toolkit.training.metrics import MetricsLogger
-from toolkit.training.objective import CausalLMObjective
+from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
 
 @dataclass
@@ -90,13 +98,13 @@ def setup(recipe: Recipe) -> Session:
     check_stage_data(recipe.train, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     loaded = _load_model(recipe, accelerator, tokenizer)
+    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
+    optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
+                                recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
         dump_recipe(recipe, recipe.run_dir / RECIPE)
         _write_run_info(recipe, loaded, accelerator)
-    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
-    optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
-                                recipe.train.stages[0].lr)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
     logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
     session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
     if resume:
@@ -106,31 +114,19 @@ def setup(recipe: Recipe) -> Session:
 
 def _start(recipe: Recipe) -> Accelerator:
     """The accelerator (checked against the recipe), the seed, and the run folder."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(recipe), **accelerator_kwargs(recipe.parallel))
-    _check_engine(recipe, accelerator)
+    dtype = _weights_dtype(recipe)
+    accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 and torch.cuda.is_available() else "no",
+                              **accelerator_kwargs(recipe.parallel), **engine_kwargs(recipe, dtype))
     set_seed(recipe.seed)
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
     return accelerator
 
 
-def _mixed_precision(recipe: Recipe) -> str:
-    """Autocast on accelerators in the recipe's precision; CPU runs compute in the weights' own dtype."""
-    if not torch.cuda.is_available():
-        return "no"
-    dtype = resolve_dtype(recipe.model.precision, torch.device("cuda"))
-    return "bf16" if dtype == torch.bfloat16 else "no"  # fp16 does not train (schema: model.precision)
-
-
-def _check_engine(recipe: Recipe, accelerator: Accelerator) -> None:
-    """The loop accumulates micro-batches itself (token-weighted, ``no_sync`` between them); DeepSpeed's ZeRO
-    engine accumulates on its own and refuses ``no_sync``, so under DeepSpeed each step is one micro-batch."""
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return
-    for index, stage in enumerate(recipe.train.stages):
-        if stage.grad_accum > 1:
-            raise UserError(f"train.stages[{index}].grad_accum: {stage.grad_accum} is not supported under DeepSpeed "
-                            "yet; use 1 (raise batch_size or processes), or launch with configs/fsdp2.yaml")
+def _weights_dtype(recipe: Recipe) -> torch.dtype:
+    """The recipe's precision on this machine. Accelerators autocast in it (bf16); CPU runs compute in the weights'
+    own dtype (fp16 does not train: schema, model.precision)."""
+    return resolve_dtype(recipe.model.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path, TrainerState] | None:
@@ -158,6 +154,7 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     with the memory features the recipe switches on."""
     loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
     check_coverage(recipe.train, loaded.native_length)
+    use_model_attention(accelerator, loaded.attention)
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
@@ -168,17 +165,24 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
 
 
 def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
-    """``run_info.json``: versions, device, attention and why, and each stage's length, RoPE and steps."""
+    """``run_info.json``: versions, device, launcher, attention and loss kernel and why, and each stage's length, RoPE
+    and steps."""
     stages = []
+    data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
     for i, stage in enumerate(recipe.train.stages):
         rope = rope_setting(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
                             base_theta=loaded.native_theta)
         stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len,
                        "rope_parameters": rope.parameters, "max_position_embeddings": rope.context_length,
-                       "steps": stage_steps(stage, recipe.train, accelerator.num_processes)})
+                       "steps": stage_steps(stage, recipe.train, data_parallel)})
+    kernel, kernel_reason = ("plain", "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
+        loss_kernel(causal_lm_parts(loaded.model)[1], accelerator.device.type == "cuda")  # after prepare: ZeRO-3
     info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
-            "processes": accelerator.num_processes, "precision": str(loaded.dtype).replace("torch.", ""),
+            "processes": accelerator.num_processes, "data_parallel": data_parallel,
+            "engine": launched_engine() or ("ddp" if accelerator.num_processes > 1 else "single process"),
+            "precision": str(loaded.dtype).replace("torch.", ""),
             "attention": loaded.attention, "attention_reason": loaded.attention_reason,
+            "loss_kernel": kernel, "loss_kernel_reason": kernel_reason,
             "versions": package_versions(),
             "base_model": recipe.model.name_or_path or "random init from model.init_config",
             "native_length": loaded.native_length, "stages": stages,
@@ -209,21 +213,35 @@ def _sharded(accelerator: Accelerator) -> bool:
 
 
 def _evaluate(session: Session, index: int | None) -> None:
-    """Run the recipe's suites on the main process (tag: :func:`eval_tag`); skipped when the weights are sharded."""
+    """Run the recipe's suites on the main process (tag: :func:`eval_tag`) while the others wait."""
     recipe, accelerator = session.recipe, session.accelerator
     if not recipe.eval.suites:
         return
-    tag = eval_tag(recipe, index)
-    if _sharded(accelerator):
-        accelerator.print(f"eval {tag}: skipped under sharded weights; run `make eval` on final/ afterwards")
-        return
+    gathered = _gathered_weights(session)
     if accelerator.is_main_process:
         from toolkit.evals.api import run_suites
 
-        with evaluating(accelerator.unwrap_model(session.model)) as model:
-            run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, tag,
+        with _model_to_evaluate(session, gathered) as model:
+            run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, eval_tag(recipe, index),
                        model_name=recipe.name)
     accelerator.wait_for_everyone()
+
+
+@contextmanager
+def _model_to_evaluate(session: Session, gathered: dict[str, torch.Tensor] | None) -> Iterator[torch.nn.Module]:
+    """The training model in eval mode, or, when its weights are sharded, a full copy built from ``gathered``."""
+    if gathered is None:
+        with evaluating(session.accelerator.unwrap_model(session.model)) as model:
+            yield model
+        return
+    copy = eval_copy(session.model, gathered, session.accelerator.device, session.loaded.dtype)
+    try:
+        with evaluating(copy) as model:
+            yield model
+    finally:
+        del copy
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # 3. train every stage
@@ -264,10 +282,11 @@ def _stage_job(session: Session, index: int) -> StageJob:
     stage = recipe.train.stages[index]
     start = state if state and index == state.stage else None
     batches = stage_batches(recipe.train.stage_data(index), session.tokenizer, stage.seq_len, stage.batch_size,
-                            seed=recipe.seed + 1000 * index, process_index=accelerator.process_index,
-                            num_processes=accelerator.num_processes)
-    steps = stage_steps(stage, recipe.train, accelerator.num_processes)
-    return StageJob(index, stage, steps, batches, start, session.global_step)
+                            seed=recipe.seed + 1000 * index, sharers=row_sharers(accelerator),
+                            prepare=lambda loader: prepare_loader(accelerator, loader, session.objective))
+    data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
+    steps = stage_steps(stage, recipe.train, data_parallel)
+    return StageJob(index, stage, steps, tokens_per_step(stage, data_parallel), batches, start, session.global_step)
 
 
 # 4. finish
@@ -282,7 +301,8 @@ def finish(session: Session) -> None:
         session.tokenizer.chat_template = template
     if accelerator.is_main_process:
         save_final(unwrapped, session.tokenizer, recipe.run_dir / FINAL, recipe.method,
-                   base_is_local_init=recipe.model.init_config is not None, state_dict=gathered)
+                   base_is_local_init=recipe.model.init_config is not None, state_dict=gathered,
+                   dtype=session.loaded.dtype)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _report(recipe, accelerator)

@@ -360,6 +360,9 @@ class ParallelSpec(Strict):
     sequence: Literal["none", "ulysses", "context_parallel"] = "none"
     degree: PositiveInt = 1
     """Ranks that share one sequence."""
+    timeout_minutes: PositiveInt = 180
+    """How long a process waits for the others at a collective (NCCL's default, 10 minutes, is shorter than a long
+    needle grid that the main process evaluates while the others wait)."""
 
     @model_validator(mode="after")
     def _degree(self) -> ParallelSpec:
@@ -443,4 +446,16 @@ class Recipe(Strict):
             problem = stage.rope.shortfall(stage.seq_len, native)
             if problem:
                 raise FieldError(f"train.stages[{i}].rope.factor", problem)
+        return self
+
+    @model_validator(mode="after")
+    def _ulysses_batch_size(self) -> Recipe:
+        """DeepSpeed's Ulysses attention is built for one micro-batch size (it reshapes by it)."""
+        if self.parallel.sequence == "ulysses":
+            first = self.train.stages[0].batch_size
+            for i, stage in enumerate(self.train.stages):
+                if stage.batch_size != first:
+                    raise FieldError(f"train.stages[{i}].batch_size", f"{stage.batch_size} differs from stages[0]'s "
+                                     f"{first}; under parallel.sequence: ulysses every stage uses one micro-batch size "
+                                     "(vary grad_accum instead)")
         return self

@@ -1,18 +1,21 @@
-"""A stage's training batches: documents from the stage's source or mixture, packed to ``seq_len``, stacked into
-tensors, with the tokens each source contributed counted as they are drawn.
+"""A stage's training batches: documents from the stage's source or mixture, packed to ``seq_len``, batched by a torch
+``DataLoader``, with the tokens each source contributed counted as they are drawn.
 
-The stream is endless and a pure function of (data spec, tokenizer, seq_len, batch size, seed, process), so a
-resumed run reproduces it and skips the batches it already consumed by drawing and discarding them (and so the
-counts match an uninterrupted run's too).
+The rows form one stream for the whole run (every process reads it), a pure function of (data spec, tokenizer,
+seq_len, seed). Which rows a process trains on is decided by whoever prepares the ``DataLoader``: accelerate gives
+every data-parallel rank its own share of each global batch (the ranks of one sequence-parallel group the same rows),
+and DeepSpeed's Ulysses adapter hands each rank of a group its slice. So one process with batch size ``B * N`` trains
+on the rows that ``N`` processes with ``B`` each do, and a resumed run skips what it consumed by drawing and discarding
+batches (so the counts match an uninterrupted run's too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from toolkit.data.mixture import interleave
 from toolkit.data.packing import PAD_SOURCE, pack_rows
@@ -20,7 +23,8 @@ from toolkit.data.sources import check_source, source_documents
 from toolkit.data.tokens import pad_id
 from toolkit.schema import DataSpec, TrainSpec
 
-BATCH_KEYS = ("input_ids", "labels", "position_ids")
+SOURCES = "sources"
+"""Batch key of each token's source index (``PAD_SOURCE`` for padding); popped before the batch reaches the model."""
 SOURCE_SEED_STRIDE = 7919
 """Source ``i`` of a mixture streams with seed ``seed + i * SOURCE_SEED_STRIDE`` (source 0 keeps ``seed``)."""
 
@@ -29,52 +33,75 @@ def _label(base: str, spec: DataSpec, index: int) -> str:
     return f"{base}.mixture[{index}]" if spec.mixture is not None else base
 
 
-class StageBatches(Iterator[dict[str, torch.Tensor]]):
-    """Endless batches ``{"input_ids", "labels", "position_ids"}``, each a LongTensor ``[batch_size, seq_len]``;
-    ``tokens[i]`` counts the (non-padding) tokens of source ``i`` in the batches drawn so far, ``skipped[i]`` its
-    bad records skipped."""
+class PackedRows(IterableDataset):
+    """Endless rows ``{"input_ids", "labels", "position_ids", "sources"}``, LongTensors of ``seq_len``; ``skipped[i]``
+    counts the bad records of source ``i`` skipped while reading."""
 
-    def __init__(self, spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int, process_index: int = 0,
-                 num_processes: int = 1, label: str = "train.data"):
+    def __init__(self, spec: DataSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data"):
+        self.spec, self.tokenizer, self.seq_len, self.seed, self.label = spec, tokenizer, seq_len, seed, label
         sources = spec.sources()
         self.names = [name for name, _, _ in sources]
         self.weights = [weight for _, weight, _ in sources]
-        self.tokens = [0] * len(sources)
         self.skipped = [0] * len(sources)
-        self.batch_size = batch_size
-        streams = [source_documents(source, tokenizer, seq_len, seed + i * SOURCE_SEED_STRIDE, process_index,
-                                    num_processes, _label(label, spec, i), self._skip_counter(i))
-                   for i, (_, _, source) in enumerate(sources)]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        streams = [source_documents(source, self.tokenizer, self.seq_len, self.seed + i * SOURCE_SEED_STRIDE,
+                                    _label(self.label, self.spec, i), self._skip_counter(i))
+                   for i, (_, _, source) in enumerate(self.spec.sources())]
         docs = streams[0] if len(streams) == 1 else interleave(streams, self.weights)
-        self._rows = pack_rows(docs, seq_len, spec.packing, pad_id(tokenizer))
+        for row in pack_rows(docs, self.seq_len, self.spec.packing, pad_id(self.tokenizer)):
+            yield {key: torch.tensor(values, dtype=torch.long) for key, values in row.items()}
 
     def _skip_counter(self, index: int) -> Callable[[], None]:
         def skip() -> None:
             self.skipped[index] += 1
         return skip
 
+
+class StageBatches(Iterator[dict[str, torch.Tensor]]):
+    """Endless batches ``{"input_ids", "labels", "position_ids"}`` (or a sequence-parallel slice of them) from a
+    DataLoader over :class:`PackedRows`; ``tokens[i]`` counts the (non-padding) tokens of source ``i`` in the batches
+    drawn so far by this process."""
+
+    def __init__(self, batches: Iterator[dict[str, torch.Tensor]] | DataLoader, rows: PackedRows, sharers: int = 1):
+        """``sharers``: processes that draw the same tokens (context-parallel ranks slice rows only later)."""
+        self._batches = iter(batches)
+        self.rows, self.sharers = rows, sharers
+        self.tokens = [0] * len(rows.names)
+
     def __next__(self) -> dict[str, torch.Tensor]:
-        chunk = list(islice(self._rows, self.batch_size))
-        sources = torch.tensor([row["sources"] for row in chunk], dtype=torch.long)
-        drawn = torch.bincount(sources[sources != PAD_SOURCE], minlength=len(self.tokens)).tolist()
+        batch = dict(next(self._batches))
+        sources = batch.pop(SOURCES)
+        drawn = torch.bincount(sources[sources != PAD_SOURCE].flatten().cpu(), minlength=len(self.tokens)).tolist()
         self.tokens = [a + b for a, b in zip(self.tokens, drawn, strict=True)]
-        return {key: torch.tensor([row[key] for row in chunk], dtype=torch.long) for key in BATCH_KEYS}
+        return batch
 
     def logged(self, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, Any]:
-        """What ``metrics.jsonl`` records of the data: per source its weight, tokens drawn and bad rows skipped
-        since the stage began; ``total`` sums a tensor over processes."""
-        counts = total(torch.tensor([self.tokens, self.skipped], dtype=torch.long)).tolist()
-        record: dict[str, Any] = {"source_weights": dict(zip(self.names, self.weights, strict=True)),
-                                  "source_tokens": dict(zip(self.names, counts[0], strict=True))}
-        if any(counts[1]):
-            record["source_skipped_rows"] = dict(zip(self.names, counts[1], strict=True))
+        """What ``metrics.jsonl`` records of the data: per source its weight, tokens drawn since the stage began (over
+        all processes: ``total`` sums a tensor over them) and bad rows skipped in the stream (every process reads all
+        of it)."""
+        drawn = (total(torch.tensor(self.tokens, dtype=torch.long)) // self.sharers).tolist()
+        names = self.rows.names
+        record: dict[str, Any] = {"source_weights": dict(zip(names, self.rows.weights, strict=True)),
+                                  "source_tokens": dict(zip(names, drawn, strict=True))}
+        if any(self.rows.skipped):
+            record["source_skipped_rows"] = dict(zip(names, self.rows.skipped, strict=True))
         return record
 
 
-def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int, process_index: int = 0,
-                  num_processes: int = 1) -> StageBatches:
-    """The batches of one stage (see :class:`StageBatches`)."""
-    return StageBatches(spec, tokenizer, seq_len, batch_size, seed, process_index, num_processes)
+def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int) -> DataLoader:
+    """The DataLoader of one stage's rows, ``batch_size`` rows per batch, before any process takes its share."""
+    return DataLoader(PackedRows(spec, tokenizer, seq_len, seed), batch_size=batch_size)
+
+
+def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
+                  prepare: Callable[[DataLoader], Any] = lambda loader: loader, sharers: int = 1) -> StageBatches:
+    """The batches of one stage (see :class:`StageBatches`); ``prepare`` turns the DataLoader into this process's
+    (``toolkit.parallel.prepare_loader`` in a run)."""
+    loader = stage_loader(spec, tokenizer, seq_len, batch_size, seed)
+    rows = loader.dataset
+    assert isinstance(rows, PackedRows)
+    return StageBatches(prepare(loader), rows, sharers)
 
 
 def check_stage_data(train: TrainSpec, tokenizer) -> None:

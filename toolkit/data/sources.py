@@ -1,7 +1,8 @@
 """Documents of one source: real records (local JSONL, parquet or text files, or a hub dataset) or synthetic needles.
 
 Records stream (nothing is loaded whole), are shuffled with a small seeded buffer that reshuffles every epoch,
-shared between processes, and cycled forever. Each record becomes a document by the source's ``format``
+and cycled forever; every process reads the same stream (``toolkit.data.batches`` says who trains on what). Each
+record becomes a document by the source's ``format``
 (:mod:`toolkit.data.formats`); documents outside ``min_tokens``/``max_tokens`` are dropped, and with
 ``upsample`` each document shorter than ``upsample.min_tokens`` is kept with probability ``1 / factor`` (seeded),
 so long documents are drawn ``factor`` times as often relative to the rest of the source. A bad record stops the
@@ -14,8 +15,6 @@ import hashlib
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
-
-from datasets.distributed import split_dataset_by_node
 
 from toolkit.data.formats import BadRow, chat_template, to_document
 from toolkit.data.packing import Document
@@ -36,11 +35,9 @@ def check_source(spec: SourceSpec, tokenizer, label: str) -> None:
         data_files(spec, label)
 
 
-def _rows(spec: SourceSpec, seed: int, process_index: int, num_processes: int,
-          label: str) -> Iterator[dict[str, Any] | None]:
+def _rows(spec: SourceSpec, seed: int, label: str) -> Iterator[dict[str, Any] | None]:
     """Rows ``{"record", "where"}`` forever, None after each epoch."""
-    dataset = split_dataset_by_node(record_dataset(spec, label).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER),
-                                    rank=process_index, world_size=num_processes)
+    dataset = record_dataset(spec, label).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
@@ -57,20 +54,17 @@ def _rows(spec: SourceSpec, seed: int, process_index: int, num_processes: int,
         epoch += 1
 
 
-def text_documents(spec: SourceSpec, tokenizer, seed: int, process_index: int = 0, num_processes: int = 1,
-                   label: str = "train.data", on_skip: Callable[[], None] | None = None) -> Iterator[Document]:
-    """Endless documents of a file or hub source, in ``spec.format``, with its filters and upsampling.
-
-    Each epoch reshuffles (seeded); process ``process_index`` of ``num_processes`` gets its own share.
-    """
+def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = "train.data",
+                   on_skip: Callable[[], None] | None = None) -> Iterator[Document]:
+    """Endless documents of a file or hub source, in ``spec.format``, with its filters and upsampling; each epoch
+    reshuffles (seeded)."""
     template = chat_template(spec, tokenizer, label)
     thinning = random.Random(f"{seed}:upsample")
     produced = False
-    for row in _rows(spec, seed, process_index, num_processes, label):
+    for row in _rows(spec, seed, label):
         if row is None:
             if not produced:
-                raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}"
-                                + (f" for process {process_index} of {num_processes}" if num_processes > 1 else ""))
+                raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}")
             continue
         try:
             doc = to_document(row["record"], spec, tokenizer, template, label)
@@ -101,15 +95,14 @@ def _kept(length: int, spec: SourceSpec, thinning: random.Random) -> bool:
     return True
 
 
-def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, process_index: int = 0,
-                     num_processes: int = 1, label: str = "train.data",
+def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data",
                      on_skip: Callable[[], None] | None = None) -> Iterator[Document]:
-    """Endless documents of any source; synthetic ones are generated from a seed of each process's own."""
+    """Endless documents of any source; synthetic ones are generated from :func:`synthetic_seed`."""
     if spec.source == "synthetic":
-        return synthetic_documents(spec, tokenizer, seq_len, process_seed(seed, process_index))
-    return text_documents(spec, tokenizer, seed, process_index, num_processes, label, on_skip)
+        return synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(seed))
+    return text_documents(spec, tokenizer, seed, label, on_skip)
 
 
-def process_seed(seed: int, process_index: int) -> int:
-    """A seed of its own for each process (synthetic data is generated, not sharded)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{process_index}".encode()).digest()[:8], "big")
+def synthetic_seed(seed: int) -> int:
+    """The generator seed of a synthetic source: a digest of ``seed`` (as every earlier run drew it)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:0".encode()).digest()[:8], "big")

@@ -1,4 +1,5 @@
-"""The optimizer named by ``train.optimizer``: torch AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW.
+"""The optimizer named by ``train.optimizer``: torch AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW; under
+DeepSpeed with the optimizer state offloaded to host memory, DeepSpeed's CPU Adam in AdamW mode (the same update).
 
 Optimizer state per trainable parameter: AdamW keeps two float32 moments (8 bytes); the 8-bit variants keep
 two blockwise-quantised moments (about 2 bytes), and the paged one lets that state spill to host memory
@@ -21,10 +22,18 @@ _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"
 
 
 def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], train: TrainSpec,
-                    lr: float) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``."""
+                    lr: float, offloaded: bool = False) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``; ``offloaded``:
+    DeepSpeed keeps the optimizer state in host memory (``toolkit.engines.offloads_optimizer``)."""
     groups: list[Any] = list(params)  # parameters, or param groups (dicts with "params")
     options: dict[str, Any] = dict(lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    if offloaded:
+        if train.optimizer != "adamw":
+            raise UserError(f"train.optimizer: {train.optimizer} does not run with DeepSpeed's optimizer offload "
+                            "(offload_optimizer_device in the launch config); use adamw, or a config without offload")
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **options)
     if train.optimizer == "adamw":
         on_cuda = all(p.is_cuda for p in _tensors(groups))
         return torch.optim.AdamW(groups, fused=on_cuda or None, **options)

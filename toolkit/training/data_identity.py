@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.parallel import data_parallel_size
 from toolkit.schema import Recipe
 from toolkit.training.loop import stage_steps
 
@@ -52,7 +53,7 @@ def data_identity(recipe: Recipe, tokenizer: dict[str, Any], num_processes: int)
         stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
                        "grad_accum": stage.grad_accum, "own_data": stage.data is not None,
                        "data": recipe.train.stage_data(i).model_dump(mode="json"),
-                       "steps": stage_steps(stage, recipe.train, num_processes)})
+                       "steps": stage_steps(stage, recipe.train, data_parallel_size(recipe.parallel, num_processes))})
     return {"version": VERSION, "seed": recipe.seed, "processes": num_processes, "tokenizer": tokenizer,
             "stages": stages}
 

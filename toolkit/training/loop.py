@@ -1,11 +1,15 @@
 """The training loop: one stage of optimizer steps, the same code for full and LoRA, every stage and
-every launcher (one process, DDP, FSDP, DeepSpeed through accelerate)."""
+every launcher (one process, DDP, FSDP2, DeepSpeed through accelerate).
+
+A step is ``grad_accum`` micro-batches accumulated through ``accelerator.accumulate`` (what each engine does between
+them: :mod:`toolkit.engines`); its loss is the sum of token losses over every micro-batch and process divided by their
+number of target tokens, so each token weighs the same however the step is split over micro-batches and processes.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +18,9 @@ from tqdm.auto import tqdm
 
 from toolkit.data.batches import StageBatches
 from toolkit.data.packing import IGNORE_INDEX
+from toolkit.engines import backward, start_stage
 from toolkit.errors import Stopped
-from toolkit.parallel import shard_for_sequence_parallel
+from toolkit.parallel import row_sharers, shard_for_sequence_parallel
 from toolkit.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.faults import StopFlag, non_finite_loss, out_of_memory
@@ -23,19 +28,20 @@ from toolkit.training.metrics import MetricsLogger
 from toolkit.training.schedule import lr_at
 
 
-def tokens_per_step(stage: StageSpec, num_processes: int) -> int:
-    """Tokens one optimizer step of ``stage`` trains on, over all processes."""
-    return stage.seq_len * stage.batch_size * stage.grad_accum * num_processes
+def tokens_per_step(stage: StageSpec, data_parallel: int) -> int:
+    """Tokens one optimizer step of ``stage`` trains on, over ``data_parallel`` groups of processes that train on
+    different rows (``toolkit.parallel.data_parallel_size``)."""
+    return stage.seq_len * stage.batch_size * stage.grad_accum * data_parallel
 
 
-def stage_steps(stage: StageSpec, train: TrainSpec, num_processes: int) -> int:
+def stage_steps(stage: StageSpec, train: TrainSpec, data_parallel: int) -> int:
     """Optimizer steps of a stage: its max_steps, or its token budget over tokens per step; capped by
     ``train.max_steps``."""
     if stage.max_steps is not None:
         steps = stage.max_steps
     else:
         assert stage.max_tokens is not None  # the schema: exactly one of max_steps and max_tokens
-        steps = max(1, math.ceil(stage.max_tokens / tokens_per_step(stage, num_processes)))
+        steps = max(1, math.ceil(stage.max_tokens / tokens_per_step(stage, data_parallel)))
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
@@ -46,6 +52,8 @@ class StageJob:
     index: int
     spec: StageSpec
     steps: int
+    step_tokens: int
+    """Tokens of one optimizer step over all processes."""
     batches: StageBatches
     start: TrainerState | None
     """Resume point inside this stage (its step counts as done), or None to start at step 0."""
@@ -67,6 +75,9 @@ class LoopParts:
 
 
 def _target_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens with a loss in ``batch``: its ``shift_labels`` (a sequence-parallel slice), else its unshifted labels."""
+    if "shift_labels" in batch:
+        return (batch["shift_labels"] != IGNORE_INDEX).sum()
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
@@ -77,11 +88,12 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
     first = job.start.step if job.start else 0
     if first == 0:
         parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
+    start_stage(acc, spec.grad_accum)
     for _ in range(first * spec.grad_accum):
         next(job.batches)
     params = [p for p in parts.objective.parameters() if p.requires_grad]
     global_step = job.global_step
-    step_tokens = tokens_per_step(spec, acc.num_processes)
+    sharers = row_sharers(acc)
     bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     parts.objective.train()
@@ -94,18 +106,17 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
                 group["lr"] = lr
             micro = [{k: v.to(acc.device) for k, v in next(job.batches).items()} for _ in range(spec.grad_accum)]
             targets = torch.stack([_target_tokens(b) for b in micro]).sum()
-            window = acc.reduce(targets.to(acc.device), "sum").clamp(min=1)
-            scale = acc.num_processes / window  # DDP averages over ranks; this makes it a mean over tokens
+            window = (acc.reduce(targets.to(acc.device), "sum") // sharers).clamp(min=1)
+            scale = acc.num_processes / window  # gradients are averaged over processes; this makes a mean over tokens
             loss_sum = torch.zeros((), device=acc.device)
-            for j, batch in enumerate(micro):
-                sync = nullcontext() if j == len(micro) - 1 else acc.no_sync(parts.objective)
-                with sync, shard_for_sequence_parallel(acc, batch):
+            for batch in micro:
+                with acc.accumulate(parts.objective), shard_for_sequence_parallel(acc, batch):
                     with acc.autocast():
                         total, _count = parts.objective(**batch)
                     if not torch.isfinite(total):
                         kept = parts.checkpoints.latest()
                         raise non_finite_loss(name, step + 1, str(kept[0]) if kept else None)
-                    acc.backward(total * scale)
+                    backward(acc, total * scale)
                 loss_sum += total.detach().float()
             if train.max_grad_norm:
                 acc.clip_grad_norm_(params, train.max_grad_norm)
@@ -113,7 +124,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             parts.optimizer.zero_grad(set_to_none=True)
             global_step += 1
             loss = (acc.reduce(loss_sum, "sum") / window).item()
-            speed = step_tokens / max(time.perf_counter() - tick, 1e-9)
+            speed = job.step_tokens / max(time.perf_counter() - tick, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
             if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:

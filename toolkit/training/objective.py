@@ -39,6 +39,12 @@ class CausalLMObjective(nn.Module):
         self.loss_chunk_size = loss_chunk_size
         self._warned_lengths: set[int] = set()
 
+    @property
+    def config(self):
+        """The model's config (DeepSpeed's Ulysses wrapper and its "auto" bucket sizes read it off the prepared
+        module)."""
+        return unwrap_peft(self.model).config
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 shift_labels: torch.Tensor | None = None):
         """``labels`` unshifted (HF convention), or ``shift_labels`` already aligned with each position, as

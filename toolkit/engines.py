@@ -1,0 +1,120 @@
+"""What accelerate's engines are handed: set from the recipe, so that no engine decides on its own.
+
+- Every launcher: gradient accumulation through accelerate (``accelerator.accumulate``), the stage's count of
+  micro-batches per step; under FSDP2 gradients are reduce-scattered after every micro-batch (``sync_each_batch``), so
+  they accumulate sharded instead of unsharded in fp32 (``no_sync`` keeps the whole model's gradients on every GPU).
+- DeepSpeed: micro-batch size, accumulation, global batch, clipping and precision written into its config (an
+  "auto" there makes ``accelerator.prepare`` fail without a DataLoader, or takes accelerate's defaults), and the
+  optimizer the recipe names: with the optimizer state offloaded, ``DeepSpeedCPUAdam`` in AdamW mode with the recipe's
+  betas (accelerate's own mapping keeps only lr and weight decay); a config file's own optimizer or scheduler is
+  refused.
+- FSDP2: compute in the recipe's precision, gradients reduced in fp32, outputs left uncast (the loss sum stays fp32).
+
+The launcher (``accelerate launch --config_file configs/X.yaml``) says which engine through its environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, GradientAccumulationPlugin
+
+from toolkit.errors import UserError
+from toolkit.schema import Recipe
+
+DEEPSPEED_TAKES_FROM_RECIPE = ("optimizer", "scheduler")
+"""Sections of a DeepSpeed config file that would replace what the recipe sets; refused."""
+
+
+def launched_engine(env: Mapping[str, str] = os.environ) -> str | None:
+    """``"deepspeed"``, ``"fsdp"`` (FSDP2) or None (one process, DDP), as ``accelerate launch`` set the environment."""
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        if env.get("FSDP_VERSION", "1") != "2":
+            raise UserError("the launch config's fsdp_config.fsdp_version: 1 is not supported; use 2 "
+                            "(configs/fsdp2.yaml)")
+        return "fsdp"
+    return None
+
+
+def engine_kwargs(recipe: Recipe, dtype: torch.dtype, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Keyword arguments for ``Accelerator(...)``: the accumulation plugin, and the DeepSpeed or FSDP2 plugin set
+    from ``recipe`` with weights in ``dtype``."""
+    engine = launched_engine(env)
+    accumulation = GradientAccumulationPlugin(num_steps=recipe.train.stages[0].grad_accum, sync_with_dataloader=False,
+                                              sync_each_batch=engine == "fsdp")
+    kwargs: dict[str, Any] = {"gradient_accumulation_plugin": accumulation}
+    if engine == "deepspeed":
+        kwargs["deepspeed_plugin"] = deepspeed_plugin(recipe, dtype, env)
+    elif engine == "fsdp":
+        kwargs["fsdp_plugin"] = fsdp_plugin(dtype)
+    return kwargs
+
+
+def deepspeed_plugin(recipe: Recipe, dtype: torch.dtype, env: Mapping[str, str] = os.environ) -> Any:
+    """accelerate's ``DeepSpeedPlugin`` from the launcher's settings, with every value the recipe owns filled in."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    config = plugin.deepspeed_config
+    for section in DEEPSPEED_TAKES_FROM_RECIPE:
+        if section in config:
+            raise UserError(f"{env.get('ACCELERATE_DEEPSPEED_CONFIG_FILE')}: its {section!r} section would replace "
+                            f"the recipe's train.{section}; remove it")
+    first = recipe.train.stages[0]
+    processes = int(env.get("WORLD_SIZE", "1"))
+    ulysses = recipe.parallel.degree if recipe.parallel.sequence == "ulysses" else 1
+    config["train_micro_batch_size_per_gpu"] = first.batch_size
+    config["gradient_accumulation_steps"] = first.grad_accum
+    config["train_batch_size"] = first.batch_size * first.grad_accum * max(1, processes // ulysses)
+    config["gradient_clipping"] = recipe.train.max_grad_norm or 0.0
+    config["bf16"] = {"enabled": dtype == torch.bfloat16}
+    config["fp16"] = {"enabled": False}
+    if config.get("zero_optimization", {}).get("stage") == 3:  # final/ and in-run evaluations gather the weights
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    plugin.gradient_accumulation_steps = first.grad_accum
+    plugin.gradient_clipping = config["gradient_clipping"]
+    if optimizer_offloaded(plugin):
+        config["zero_force_ds_cpu_optimizer"] = False  # the toolkit hands DeepSpeedCPUAdam over itself
+    return plugin
+
+
+def optimizer_offloaded(plugin: Any) -> bool:
+    """Whether a DeepSpeed plugin keeps the optimizer state in host memory (or NVMe)."""
+    device = plugin.deepspeed_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device not in (None, "none")
+
+
+def fsdp_plugin(dtype: torch.dtype) -> Any:
+    """accelerate's FSDP2 plugin from the launcher's settings, with the precision policy the loop needs."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, output_dtype=None)
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=policy)
+
+
+def offloads_optimizer(accelerator: Accelerator) -> bool:
+    """Whether this run's optimizer must be DeepSpeed's CPU Adam (DeepSpeed with the optimizer state offloaded)."""
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and optimizer_offloaded(plugin)
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:
+    """``accelerator.backward`` of a loss already normalised over the whole optimizer step: undoes the division by
+    the accumulation count that accelerate (outside DeepSpeed) and DeepSpeed's engine would apply."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.backward(loss, scale_wrt_gas=False)
+    else:
+        accelerator.backward(loss * accelerator.gradient_accumulation_steps)
+
+
+def start_stage(accelerator: Accelerator, grad_accum: int) -> None:
+    """Accumulate ``grad_accum`` micro-batches per step from here on (each stage may differ)."""
+    accelerator.gradient_accumulation_steps = grad_accum
+    accelerator.step = 0
