@@ -194,7 +194,7 @@ def _check_deepspeed(plugin: Any, raw: dict[str, Any], processes: int, ulysses: 
     assert config["gradient_accumulation_steps"] == plugin.gradient_accumulation_steps == FIRST["grad_accum"]
     data_parallel = processes // ULYSSES_DEGREE if ulysses else processes
     assert config["train_batch_size"] == FIRST["batch_size"] * FIRST["grad_accum"] * data_parallel
-    # The launch configs say gradient_clipping: 1.0 (ACCELERATE_GRADIENT_CLIPPING); the recipe's value wins.
+    # The recipe's clipping, whatever the launch config says (ACCELERATE_GRADIENT_CLIPPING).
     assert config["gradient_clipping"] == plugin.gradient_clipping == CLIPPING
     assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
     offloads = raw["deepspeed_config"].get("offload_optimizer_device", "none") != "none"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from toolkit.errors import UserError
-from toolkit.parallel import accelerator_kwargs, launched_processes, shard_for_sequence_parallel
+from toolkit.parallel import accelerator_kwargs, launched_processes, shard_for_sequence_parallel, use_model_attention
 from toolkit.schema import ParallelSpec
 
 FSDP2 = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
@@ -96,3 +96,26 @@ def test_shard_under_context_parallel_prepares_shifted_buffers() -> None:
     assert batch["shift_labels"].tolist() == [[1, 2, 3, -100], [5, 6, 7, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3]] * 2
     assert seen["dims"] == [1, 1, 1] and len(seen["buffers"]) == 3 and len(seen["keep"]) == 3
+
+
+def _ulysses_accelerator() -> Any:
+    handler = SimpleNamespace(sp_attn_implementation="sdpa")
+    return SimpleNamespace(parallelism_config=SimpleNamespace(sp_enabled=True, sp_handler=handler))
+
+
+def test_ulysses_takes_the_loaded_models_attention() -> None:
+    accelerator = _ulysses_accelerator()
+    use_model_attention(accelerator, "torch_varlen", packed=True)  # separates documents by position ids
+    assert accelerator.parallelism_config.sp_handler.sp_attn_implementation == "torch_varlen"
+    use_model_attention(accelerator, "sdpa", packed=False)
+    assert accelerator.parallelism_config.sp_handler.sp_attn_implementation == "sdpa"
+    use_model_attention(SimpleNamespace(parallelism_config=None), "eager", packed=True)  # no Ulysses: nothing to say
+
+
+@pytest.mark.parametrize("attention, packed, message", [
+    ("sdpa", True, "train.data.packing: pack under parallel.sequence: ulysses with sdpa"),
+    ("eager", False, "model.attention: eager does not run under Ulysses"),
+])
+def test_ulysses_refuses_what_mixes_documents_or_cannot_run(attention: str, packed: bool, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        use_model_attention(_ulysses_accelerator(), attention, packed)

@@ -60,6 +60,10 @@ MUTATIONS = {
     "key of another rope type": (_set(["train", "stages", 2, "rope", "low_freq_factor"], 1.0),
                                  "train.stages[2].rope.low_freq_factor: does not apply"),
     "bad attention": (_set(["model", "attention"], "fast"), "model.attention:"),
+    "ulysses with stages of different batch sizes": (_set(["parallel"], {"sequence": "ulysses", "degree": 2}),
+                                                     "train.stages[1].batch_size: 16 differs from stages[0]'s 64"),
+    "context parallel over packed rows": (_set(["parallel"], {"sequence": "context_parallel", "degree": 2}),
+                                          "data.packing: pack under parallel.sequence: context_parallel"),
 }
 
 

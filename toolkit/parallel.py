@@ -3,8 +3,8 @@
 - ``ulysses``: DeepSpeed ALST/Ulysses through accelerate's ``ParallelismConfig(sp_size=N, sp_backend="deepspeed")``.
   Launch with a DeepSpeed config (``configs/sequence-parallel-ulysses.yaml``). ``accelerator.prepare`` wraps the
   model's attention (all-to-all over heads); :func:`prepare_loader` wraps each stage's DataLoader in DeepSpeed's
-  ``UlyssesSPDataLoaderAdapter``: the ranks of a group gather their rows and take them one at a time, each rank a
-  1/N slice with pre-shifted ``shift_labels``.
+  ``UlyssesSPDataLoaderAdapter``: the ranks of a group gather their batches and take them one process's batch at a
+  time, each rank a 1/N slice of its rows with pre-shifted ``shift_labels``.
 - ``context_parallel``: PyTorch context parallelism (ring attention over SDPA) with FSDP2 through
   ``ParallelismConfig(cp_size=N, dp_shard_size=processes / N)``. Launch with ``configs/context-parallel-fsdp2.yaml``;
   the ranks of a group draw the same rows (:func:`prepare_loader`) and each step runs inside
@@ -120,11 +120,17 @@ def data_parallel_size(parallel: ParallelSpec, num_processes: int) -> int:
     return max(1, num_processes // parallel.degree)
 
 
-def use_model_attention(accelerator: Any, attention: str) -> None:
-    """Tell DeepSpeed's Ulysses wrapper which attention the loaded model runs (it must match the model's)."""
+def use_model_attention(accelerator: Any, attention: str, packed: bool) -> None:
+    """Tell DeepSpeed's Ulysses wrapper which attention the loaded model runs (it must match the model's).
+    ``packed``: some stage packs several documents into a row, which SDPA cannot keep apart under Ulysses (the
+    wrapper drops the mask; flash-attention 2 and PyTorch's varlen kernel separate documents by position ids)."""
     config = getattr(accelerator, "parallelism_config", None)
     if config is not None and config.sp_enabled:
         _check_ulysses_attention(attention)
+        if packed and attention == "sdpa":
+            raise UserError("train.data.packing: pack under parallel.sequence: ulysses with sdpa attention lets packed "
+                            "documents attend to each other (DeepSpeed drops the mask); use packing: split or pad, or "
+                            "flash-attention 2 (model.attention: auto picks it where installed)")
         config.sp_handler.sp_attn_implementation = attention
 
 

@@ -154,7 +154,8 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     with the memory features the recipe switches on."""
     loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
     check_coverage(recipe.train, loaded.native_length)
-    use_model_attention(accelerator, loaded.attention)
+    packed = any(recipe.train.stage_data(i).packing == "pack" for i in range(len(recipe.train.stages)))
+    use_model_attention(accelerator, loaded.attention, packed)
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:

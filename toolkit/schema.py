@@ -449,6 +449,18 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _context_parallel_packing(self) -> Recipe:
+        """Ring attention runs causal over the whole row (no mask), so packed documents would see each other."""
+        if self.parallel.sequence == "context_parallel":
+            for i, stage in enumerate(self.train.stages):
+                if self.train.stage_data(i).packing == "pack":
+                    field = f"train.stages[{i}].data.packing" if stage.data is not None else "train.data.packing"
+                    raise FieldError(field, "pack under parallel.sequence: context_parallel lets packed documents "
+                                     "attend to each other (ring attention is causal over the whole row); use split "
+                                     "or pad")
+        return self
+
+    @model_validator(mode="after")
     def _ulysses_batch_size(self) -> Recipe:
         """DeepSpeed's Ulysses attention is built for one micro-batch size (it reshapes by it)."""
         if self.parallel.sequence == "ulysses":
