@@ -314,7 +314,7 @@ def _gathered_weights(session: Session) -> dict[str, torch.Tensor] | None:
     """The full weights of a sharded model (every process takes part; the main one receives them), else None."""
     if not _sharded(session.accelerator):
         return None
-    full = session.accelerator.get_state_dict(session.objective)
+    full = session.accelerator.get_state_dict(session.objective) or {}  # ZeRO-3 returns None off the main process
     return {key.removeprefix("model."): value for key, value in full.items()}
 
 
