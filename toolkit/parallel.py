@@ -54,8 +54,13 @@ def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
     process count and the launch config's kind).
     Impossible settings raise :class:`UserError` before any process group is created.
     """
-    kwargs: dict[str, Any] = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
-    kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(minutes=parallel.timeout_minutes))]
+    timeout = timedelta(minutes=parallel.timeout_minutes)
+    if torch.accelerator.current_accelerator() is not None:
+        kwargs: dict[str, Any] = {"kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
+    elif env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # cpu=True would make accelerate drop DeepSpeed
+        kwargs = {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]}
+    else:
+        kwargs = {"cpu": True, "kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
     kwargs["dataloader_config"] = DataLoaderConfiguration(dispatch_batches=False)
     if parallel.sequence == "none" or parallel.degree == 1:
         return kwargs
