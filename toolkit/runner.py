@@ -117,10 +117,28 @@ def _start(recipe: Recipe) -> Accelerator:
     dtype = _weights_dtype(recipe)
     accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 and torch.cuda.is_available() else "no",
                               **accelerator_kwargs(recipe.parallel), **engine_kwargs(recipe, dtype))
+    _check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
     return accelerator
+
+
+ENGINE_TYPES = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP}
+ENGINE_DROPPED = {"deepspeed": "DeepSpeed, which accelerate drops when ACCELERATE_USE_CPU is set; unset it",
+                  "fsdp": "FSDP2, which accelerate 1.15 sets up on GPUs only; on CPU launch with "
+                          "configs/cpu-ddp-2proc.yaml (DDP) or with DeepSpeed "
+                          "(tests/distributed/cpu-deepspeed-zero3-2proc.yaml)"}
+
+
+def _check_engine(accelerator: Accelerator) -> None:
+    """The engine the launch config names is the one accelerate set up; otherwise accelerate would train plain data
+    parallel under it, silently (FSDP on CPU; DeepSpeed with ``ACCELERATE_USE_CPU`` set)."""
+    engine = launched_engine()
+    if engine in ENGINE_TYPES and accelerator.distributed_type != ENGINE_TYPES[engine]:
+        device = describe_device(accelerator.device)
+        raise UserError(f"accelerate set up {accelerator.distributed_type.value} on {device}, but the launch config "
+                        f"asks for {ENGINE_DROPPED[engine]}")
 
 
 def _weights_dtype(recipe: Recipe) -> torch.dtype:
@@ -152,7 +170,8 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
 def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
     """The recipe's model on the accelerator's device, every stage's RoPE checked against its native length,
     with the memory features the recipe switches on."""
-    loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
+    with _built_whole(accelerator, recipe):
+        loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
     check_coverage(recipe.train, loaded.native_length)
     packed = any(recipe.train.stage_data(i).packing == "pack" for i in range(len(recipe.train.stages)))
     use_model_attention(accelerator, loaded.attention, packed)
@@ -163,6 +182,25 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     if recipe.train.tiled_mlp:
         enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
     return loaded
+
+
+@contextmanager
+def _built_whole(accelerator: Accelerator, recipe: Recipe) -> Iterator[None]:
+    """A model from ``model.init_config`` is built whole, as on one process, so that a seed gives the same weights
+    under every engine; ZeRO-3 partitions it in ``accelerator.prepare``. (accelerate registers its DeepSpeed config
+    with transformers whatever ``zero3_init_flag`` says, and transformers then builds the model inside
+    ``deepspeed.zero.Init``, whose initialisation draws different weights.)"""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or recipe.model.init_config is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
