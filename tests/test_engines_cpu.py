@@ -8,9 +8,9 @@ accumulated per step (measured: 2e-7 relative; asserted 1e-5), the same ``final/
 asserted 2e-5) saved as float32, and every evaluation, with the same scores. The checkpoint DeepSpeed wrote shows
 which ZeRO stage and optimizer offload ran, over 2 partitions.
 
-``train.loss_chunk_size=4096`` keeps the loss to one head call per micro-batch: with chunks smaller than a
-process's target count, each process calls the head once per chunk of its own targets, and under ZeRO-3 (whose
-hooks gather the head weight on every call) processes with different counts deadlock. (ZeRO-2 runs either way.)
+The micro recipe's loss runs in chunks of 48 targets, fewer than a process holds, and the processes hold different
+numbers of targets: under ZeRO-3, whose hooks gather the head weight on every head call, they must still make the
+same number of calls (``toolkit.memory.chunked_loss``), or they wait for each other forever.
 
 FSDP2 does not run on CPU: accelerate 1.15 sets up FSDP only for GPU processes, so an FSDP2 launch on CPU is
 refused (exit 2) instead of training plain data parallel.
@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "distributed"
 # micro recipe: stage 0 batch 4, stage 1 batch 2 x grad_accum 2 -> per process halves on two processes
 HALF_BATCH = ("stages[0].batch_size=2", "stages[1].batch_size=1")
-ONE_CHUNK = "train.loss_chunk_size=4096"
 SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
          "samples: 2}\n")
 ENGINES = {  # name: (launch config, extra launch options, ZeRO stage, optimizer offload device)
@@ -57,13 +56,14 @@ def _launch(config: Path, options: tuple[str, ...], recipe: Path, run: Path, *ov
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, ...]]:
-    """The micro recipe and the overrides every run takes (the needle suite, one loss chunk)."""
+    """The micro recipe (loss chunks of 48 targets: processes holding different numbers of targets must still
+    make the same number of head calls under ZeRO-3) and the needle suite every run evaluates."""
     from tests.conftest import MICRO_RECIPE, write_recipe
 
     folder = tmp_path_factory.mktemp("engines")
     suite = folder / "needles.yaml"
     suite.write_text(SUITE)
-    return write_recipe(folder, dict(MICRO_RECIPE)), (f"eval.suites=[{suite}]", ONE_CHUNK)
+    return write_recipe(folder, dict(MICRO_RECIPE)), (f"eval.suites=[{suite}]",)
 
 
 @pytest.fixture(scope="module")

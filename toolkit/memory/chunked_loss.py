@@ -52,11 +52,29 @@ def shifted_lm_loss(hidden: Tensor, lm_head: nn.Module, shift_labels: Tensor,
     if _liger_applies(lm_head, kept_hidden):
         return _liger_loss(kept_hidden, lm_head, kept_labels), count
     total = kept_hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, max(kept_labels.numel(), 1), chunk_size):  # one (empty) chunk keeps the head in the graph
-        stop = start + chunk_size
+    for chunk in range(_chunk_count(lm_head, kept_labels.numel(), chunk_size)):
+        start, stop = chunk * chunk_size, (chunk + 1) * chunk_size  # chunks past the end are empty
         total = total + checkpoint(_chunk_loss, lm_head, kept_hidden[start:stop], kept_labels[start:stop],
                                    use_reentrant=False)
     return total, count
+
+
+def _chunk_count(lm_head: nn.Module, targets: int, chunk_size: int) -> int:
+    """Head calls for ``targets`` positions: at least one (it keeps the head in the graph). Under DeepSpeed ZeRO-3
+    every call gathers the head weight with the other processes, so all of them make the largest count any needs
+    (processes whose rows hold different numbers of targets would otherwise wait for each other forever)."""
+    count = max(1, -(-targets // chunk_size))
+    if _partitioned(lm_head) and torch.distributed.is_initialized():
+        agreed = torch.tensor([count], device=lm_head.weight.device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        count = int(agreed.item())
+    return count
+
+
+def _partitioned(lm_head: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the head weight (an empty placeholder outside the head's forward)."""
+    weight = getattr(lm_head, "weight", None)
+    return weight is not None and (weight.numel() == 0 or hasattr(weight, "ds_id"))
 
 
 def _chunk_loss(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
@@ -73,7 +91,7 @@ def loss_kernel(lm_head: nn.Module, on_cuda: bool) -> tuple[str, str]:
         return CHUNKED, "no CUDA device"
     if type(lm_head) is not nn.Linear:
         return CHUNKED, f"the head is a {type(lm_head).__name__}, not a plain Linear that Liger's kernel reads"
-    if lm_head.weight.numel() == 0 or hasattr(lm_head.weight, "ds_id"):
+    if _partitioned(lm_head):
         return CHUNKED, "the head weight is partitioned by DeepSpeed ZeRO-3; Liger reads it directly"
     if importlib.util.find_spec("liger_kernel") is None:
         return CHUNKED, "liger-kernel is not installed"
