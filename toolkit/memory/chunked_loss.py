@@ -65,7 +65,7 @@ def _chunk_count(lm_head: nn.Module, targets: int, chunk_size: int) -> int:
     (processes whose rows hold different numbers of targets would otherwise wait for each other forever)."""
     count = max(1, -(-targets // chunk_size))
     if _partitioned(lm_head) and torch.distributed.is_initialized():
-        agreed = torch.tensor([count], device=lm_head.weight.device)
+        agreed = torch.tensor([count], device=next(lm_head.parameters()).device)
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
         count = int(agreed.item())
     return count
