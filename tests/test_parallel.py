@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from toolkit.errors import UserError
-from toolkit.parallel import accelerator_kwargs, launched_processes, shard_for_sequence_parallel, use_model_attention
+from toolkit.parallel import (
+    accelerator_kwargs,
+    launched_processes,
+    shard_for_sequence_parallel,
+    use_model_attention,
+    without_ulysses_attention,
+)
 from toolkit.schema import ParallelSpec
 
 FSDP2 = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
@@ -119,3 +125,24 @@ def test_ulysses_takes_the_loaded_models_attention() -> None:
 def test_ulysses_refuses_what_mixes_documents_or_cannot_run(attention: str, packed: bool, message: str) -> None:
     with pytest.raises(UserError, match=message):
         use_model_attention(_ulysses_accelerator(), attention, packed)
+
+
+def test_evaluation_runs_outside_the_ulysses_attention_wrapper() -> None:
+    """DeepSpeed overrides the kernel's entry for the whole process and drops masks even in eval mode."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the Ulysses wrapper ran")
+
+    accelerator = _ulysses_accelerator()
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = wrapper  # what DeepSpeed's register_with_transformers does
+    try:
+        with without_ulysses_attention(accelerator):
+            assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is wrapper
+        with without_ulysses_attention(SimpleNamespace(parallelism_config=None)):
+            assert ALL_ATTENTION_FUNCTIONS["sdpa"] is wrapper  # no Ulysses: nothing changes
+    finally:
+        del ALL_ATTENTION_FUNCTIONS["sdpa"]
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward

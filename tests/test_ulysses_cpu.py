@@ -79,13 +79,12 @@ def test_ulysses_on_two_cpu_processes_trains_like_one(runs: tuple[Path, Path, Pa
                                                                                            "sdpa")
     assert [stage["steps"] for stage in info["stages"]] == [6, 4]
 
-    # Ulysses ran: 2 layers x (6 + 4 x 2) micro-steps of half rows, all-to-all'ed to whole rows, on both ranks
-    # (rank 0 also evaluates, with DeepSpeed's wrapper passing whole rows straight to sdpa outside training)
+    # Ulysses ran: 2 layers x (6 + 4 x 2) micro-steps of half rows, all-to-all'ed to whole rows, on both ranks; rank
+    # 0's evaluations ran outside DeepSpeed's wrapper (toolkit.parallel.without_ulysses_attention), which drops masks
     ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     for record in ranks:
         assert record["attended_lengths"] == {"64": 12, "128": 16}
-        assert (record["local_lengths"]["32"], record["local_lengths"]["64"]) == (12, 16)
-    assert ranks[1]["local_lengths"] == {"32": 12, "64": 16}
+        assert record["local_lengths"] == {"32": 12, "64": 16}
     assert ranks[0]["calls"]["all_to_all"] == ranks[1]["calls"]["all_to_all"] > 0
 
     a, b = metrics(one), metrics(two)

@@ -44,7 +44,8 @@ def launched_engine(env: Mapping[str, str] = os.environ) -> str | None:
 
 def engine_kwargs(recipe: Recipe, dtype: torch.dtype, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Keyword arguments for ``Accelerator(...)``: the accumulation plugin, and the DeepSpeed or FSDP2 plugin set
-    from ``recipe`` with weights in ``dtype``."""
+    from ``recipe`` with weights in ``dtype``. ``env`` is the launcher's environment; accelerate's plugins read their
+    own settings from ``os.environ``, so tests that pass another ``env`` set it there too."""
     engine = launched_engine(env)
     accumulation = GradientAccumulationPlugin(num_steps=recipe.train.stages[0].grad_accum, sync_with_dataloader=False,
                                               sync_each_batch=engine == "fsdp")

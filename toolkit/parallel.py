@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -137,6 +137,26 @@ def use_model_attention(accelerator: Any, attention: str, packed: bool) -> None:
                             "documents attend to each other (DeepSpeed drops the mask); use packing: split or pad, or "
                             "flash-attention 2 (model.attention: auto picks it where installed)")
         config.sp_handler.sp_attn_implementation = attention
+
+
+@contextlib.contextmanager
+def without_ulysses_attention(accelerator: Any) -> Iterator[None]:
+    """The attention kernel's own function within the block. DeepSpeed's Ulysses wrapper replaces the kernel's entry
+    in transformers' ``ALL_ATTENTION_FUNCTIONS`` for the whole process (an override of the registered function) and
+    drops the attention mask even in evaluation, where left-padded prompts need it; the wrapper is put back after."""
+    config = getattr(accelerator, "parallelism_config", None)
+    if config is None or not config.sp_enabled:
+        yield
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    key = config.sp_handler.sp_attn_implementation
+    wrapper = ALL_ATTENTION_FUNCTIONS[key]
+    del ALL_ATTENTION_FUNCTIONS[key]  # the override goes; the registered function shows through
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS[key] = wrapper
 
 
 def _check_ulysses_attention(attention: str | None) -> None:

@@ -38,7 +38,14 @@ from toolkit.memory.chunked_loss import loss_kernel
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.modeling import LoadedModel, evaluating, load_model, resolve_dtype
-from toolkit.parallel import accelerator_kwargs, data_parallel_size, prepare_loader, row_sharers, use_model_attention
+from toolkit.parallel import (
+    accelerator_kwargs,
+    data_parallel_size,
+    prepare_loader,
+    row_sharers,
+    use_model_attention,
+    without_ulysses_attention,
+)
 from toolkit.recipe_loading import dump_recipe
 from toolkit.rope import check_coverage, rope_setting, use_rope
 from toolkit.run_folder import EVAL, FINAL, RECIPE, RUN_INFO, eval_dir, eval_tag
@@ -260,7 +267,7 @@ def _evaluate(session: Session, index: int | None) -> None:
     if accelerator.is_main_process:
         from toolkit.evals.api import run_suites
 
-        with _model_to_evaluate(session, gathered) as model:
+        with without_ulysses_attention(accelerator), _model_to_evaluate(session, gathered) as model:
             run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, eval_tag(recipe, index),
                        model_name=recipe.name)
     accelerator.wait_for_everyone()
