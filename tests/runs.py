@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from toolkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDLE_SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
+                "samples: 2}\n")
+"""A needle suite small enough to evaluate the micro recipe before and after each stage in seconds."""
+HALF_BATCH = ("stages[0].batch_size=2", "stages[1].batch_size=1")
+"""The micro recipe's batches halved (stage 0: 4, stage 1: 2 x grad_accum 2), for each of two processes."""
 
 
 def train(recipe: Path, *overrides: str) -> int:
@@ -25,10 +35,37 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(final / name)
 
 
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6,
+                        dtype: torch.dtype | None = None) -> None:
+    """The same keys and values within ``atol``; with ``dtype``, every tensor of ``a`` in it."""
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+        assert dtype is None or a[key].dtype == dtype, key
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def needle_suite(folder: Path) -> Path:
+    """:data:`NEEDLE_SUITE` written to ``folder/needles.yaml``."""
+    path = folder / "needles.yaml"
+    path.write_text(NEEDLE_SUITE)
+    return path
+
+
+def needle_scores(run_dir: Path) -> dict[str, dict]:
+    """Each evaluation's needle scores by length, by tag."""
+    return {folder.name: {task: result["scores_by_length"]
+                          for task, result in json.loads((folder / "needles.json").read_text())["tasks"].items()}
+            for folder in sorted((run_dir / "eval").iterdir())}
+
+
+def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),
+                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file config [options] args`` from the repository, one thread per process."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--config_file", str(config), *options, "--num_cpu_threads_per_process",
+               "1", *args]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
 class StopAfter:

@@ -11,18 +11,13 @@ relative (measured: under 1e-5).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.runs import assert_same_weights, final_weights, metrics, train
+from tests.runs import HALF_BATCH, ROOT, accelerate_launch, assert_same_weights, final_weights, metrics, train
 
-ROOT = Path(__file__).resolve().parents[1]
-# micro recipe: stage 0 batch 4, stage 1 batch 2 x grad_accum 2 -> per process halves on two processes
-HALF_BATCH = ("stages[0].batch_size=2", "stages[1].batch_size=1")
 STOPPING = '''
 import sys
 from contextlib import contextmanager
@@ -45,17 +40,13 @@ sys.exit(main(sys.argv[2:]))
 
 def _two_processes(recipe: Path, run: Path, *overrides: str, stop_after: int | None = None,
                    ) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).with_name("accelerate")
     entry = ["-m", "toolkit"]
     if stop_after is not None:
         script = run.parent / "stopping_train.py"
         script.write_text(STOPPING)
         entry = [str(script), str(stop_after)]
-    command = [str(accelerate), "launch", "--config_file", str(ROOT / "configs/cpu-ddp-2proc.yaml"),
-               "--num_cpu_threads_per_process", "1", *entry, "train", str(recipe), f"output.dir={run}", *HALF_BATCH,
-               *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return accelerate_launch(ROOT / "configs/cpu-ddp-2proc.yaml", *entry, "train", str(recipe), f"output.dir={run}",
+                             *HALF_BATCH, *overrides)
 
 
 @pytest.fixture(scope="module")

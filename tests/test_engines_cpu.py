@@ -19,23 +19,25 @@ refused (exit 2) instead of training plain data parallel.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.runs import final_weights, metrics, train
+from tests.runs import (
+    HALF_BATCH,
+    ROOT,
+    accelerate_launch,
+    assert_same_weights,
+    final_weights,
+    metrics,
+    needle_scores,
+    needle_suite,
+    train,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "distributed"
-# micro recipe: stage 0 batch 4, stage 1 batch 2 x grad_accum 2 -> per process halves on two processes
-HALF_BATCH = ("stages[0].batch_size=2", "stages[1].batch_size=1")
-SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
-         "samples: 2}\n")
 ENGINES = {  # name: (launch config, extra launch options, ZeRO stage, optimizer offload device)
     "zero2": ("cpu-deepspeed-zero2-2proc.yaml", (), 2, "none"),
     "zero3": ("cpu-deepspeed-zero3-2proc.yaml", (), 3, "none"),
@@ -45,15 +47,6 @@ LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 2e-5
 
 
-def _launch(config: Path, options: tuple[str, ...], recipe: Path, run: Path, *overrides: str,
-            ) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(config), *options, "--num_cpu_threads_per_process",
-               "1", "-m", "toolkit", "train", str(recipe), f"output.dir={run}", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, ...]]:
     """The micro recipe (loss chunks of 48 targets: processes holding different numbers of targets must still
@@ -61,9 +54,7 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, 
     from tests.conftest import MICRO_RECIPE, write_recipe
 
     folder = tmp_path_factory.mktemp("engines")
-    suite = folder / "needles.yaml"
-    suite.write_text(SUITE)
-    return write_recipe(folder, dict(MICRO_RECIPE)), (f"eval.suites=[{suite}]",)
+    return write_recipe(folder, dict(MICRO_RECIPE)), (f"eval.suites=[{needle_suite(folder)}]",)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +63,6 @@ def one_process(setting: tuple[Path, tuple[str, ...]]) -> Path:
     run = recipe.parent / "one-process"
     assert train(recipe, *overrides, f"output.dir={run}") == 0
     return run
-
-
-def _scores(run: Path) -> dict[str, dict]:
-    return {folder.name: {task: result["scores_by_length"]
-                          for task, result in json.loads((folder / "needles.json").read_text())["tasks"].items()}
-            for folder in sorted((run / "eval").iterdir())}
 
 
 def _zero_settings(run: Path) -> tuple[int, int, str]:
@@ -99,7 +84,8 @@ def test_deepspeed_on_two_cpu_processes_trains_like_one(engine: str, setting: tu
     recipe, overrides = setting
     config, options, stage, offload = ENGINES[engine]
     run = recipe.parent / engine
-    result = _launch(CONFIGS / config, options, recipe, run, *overrides, *HALF_BATCH)
+    result = accelerate_launch(CONFIGS / config, "-m", "toolkit", "train", str(recipe), f"output.dir={run}",
+                               *overrides, *HALF_BATCH, options=options)
     assert result.returncode == 0, result.stderr[-3000:]
 
     info = json.loads((run / "run_info.json").read_text())
@@ -111,16 +97,12 @@ def test_deepspeed_on_two_cpu_processes_trains_like_one(engine: str, setting: tu
     assert [r["source_tokens"] for r in two] == [r["source_tokens"] for r in one]  # the same rows were drawn
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=LOSS_RTOL)
 
-    ours, reference = final_weights(run), final_weights(one_process)
-    assert ours.keys() == reference.keys()
-    for key in ours:
-        assert ours[key].dtype == torch.float32, key
-        torch.testing.assert_close(ours[key], reference[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
+    assert_same_weights(final_weights(run), final_weights(one_process), atol=WEIGHT_ATOL, dtype=torch.float32)
     assert json.loads((run / "final" / "config.json").read_text())["dtype"] == "float32"
 
-    scores = _scores(run)
+    scores = needle_scores(run)
     assert len(scores) == 3  # before, after stage 0, after stage 1
-    assert scores == _scores(one_process)
+    assert scores == needle_scores(one_process)
 
 
 @pytest.mark.slow
@@ -132,7 +114,8 @@ def test_fsdp2_launch_on_cpu_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "fsdp2-cpu.yaml"
     config.write_text(yaml.safe_dump(raw))
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE))
-    result = _launch(config, (), recipe, tmp_path / "run", *HALF_BATCH)
+    result = accelerate_launch(config, "-m", "toolkit", "train", str(recipe), f"output.dir={tmp_path / 'run'}",
+                               *HALF_BATCH)
     assert result.returncode != 0
     assert "accelerate set up MULTI_CPU" in result.stderr and "asks for FSDP2" in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

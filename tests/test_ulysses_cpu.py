@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.runs import final_weights, metrics, train
+from tests.runs import (
+    ROOT,
+    accelerate_launch,
+    assert_same_weights,
+    final_weights,
+    metrics,
+    needle_scores,
+    needle_suite,
+    train,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "distributed" / "cpu-deepspeed-zero3-2proc.yaml"
-SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
-         "samples: 2}\n")
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 2e-5
 
@@ -41,8 +44,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     from tests.conftest import MICRO_RECIPE, write_recipe
 
     folder = tmp_path_factory.mktemp("ulysses")
-    suite = folder / "needles.yaml"
-    suite.write_text(SUITE)
+    suite = needle_suite(folder)
     recipe = copy.deepcopy(MICRO_RECIPE)
     recipe["model"]["attention"] = "sdpa"
     recipe["train"]["data"]["packing"] = "pad"
@@ -55,19 +57,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     assert train(single, evaluations, f"output.dir={one}") == 0
 
     two, records = folder / "ulysses", folder / "records"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(CONFIG), "--num_cpu_threads_per_process", "1",
-               "-m", "tests.distributed.ulysses_probe", "train", str(ulysses), f"output.dir={two}", evaluations]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ULYSSES_PROBE_OUT": str(records)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = accelerate_launch(CONFIG, "-m", "tests.distributed.ulysses_probe", "train", str(ulysses),
+                               f"output.dir={two}", evaluations, env={"ULYSSES_PROBE_OUT": str(records)})
     assert result.returncode == 0, result.stderr[-3000:]
     return one, two, records
-
-
-def _scores(run: Path) -> dict[str, dict]:
-    return {folder.name: {task: result["scores_by_length"]
-                          for task, result in json.loads((folder / "needles.json").read_text())["tasks"].items()}
-            for folder in sorted((run / "eval").iterdir())}
 
 
 @pytest.mark.slow
@@ -92,12 +85,8 @@ def test_ulysses_on_two_cpu_processes_trains_like_one(runs: tuple[Path, Path, Pa
     assert [r["source_tokens"] for r in b] == [r["source_tokens"] for r in a]  # the same rows were drawn
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=LOSS_RTOL)
 
-    ours, reference = final_weights(two), final_weights(one)
-    assert ours.keys() == reference.keys()
-    for key in ours:
-        assert ours[key].dtype == torch.float32, key
-        torch.testing.assert_close(ours[key], reference[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
+    assert_same_weights(final_weights(two), final_weights(one), atol=WEIGHT_ATOL, dtype=torch.float32)
 
-    scores = _scores(two)
+    scores = needle_scores(two)
     assert len(scores) == 3  # before, after stage 0, after stage 1
-    assert scores == _scores(one)
+    assert scores == needle_scores(one)
