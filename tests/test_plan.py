@@ -27,14 +27,21 @@ def test_llama3_8b_weights_gradients_optimizer() -> None:
     full = Setup(seq_len=8192)
     assert _gib(full, "weights") == pytest.approx(8.03e9 * 2 / GIB, rel=0.01)  # ~15 GiB in bf16
     assert _gib(full, "gradients") == pytest.approx(_gib(full, "weights"), rel=0.01)
-    assert _gib(full, "optimizer state") == pytest.approx(2 * _gib(full, "weights"), rel=0.01)
+    assert _gib(full, "fp32 master weights") == pytest.approx(2 * _gib(full, "weights"), rel=0.01)
+    assert _gib(full, "optimizer state") == pytest.approx(4 * _gib(full, "weights"), rel=0.01)  # fp32 moments
+    held = sum(_gib(full, part) for part in ("weights", "fp32 master weights", "optimizer state"))
+    assert held * GIB == pytest.approx(8.03e9 * 14, rel=0.01)  # about 112 GB before gradients and activations
     lora = Setup(seq_len=8192, lora_rank=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"))
     adapters = 32 * 16 * (2 * (4096 + 4096) + 2 * (4096 + 1024))  # r (in + out) per projection and layer
     assert LLAMA3_8B.lora_params(16, list(lora.lora_targets)) == adapters
-    assert _gib(lora, "optimizer state") == pytest.approx(adapters * 4 / GIB)  # bf16 adapters, bf16 moments
-    assert _gib(lora, "gradients") < 0.1
+    assert _gib(lora, "optimizer state") == pytest.approx(adapters * 8 / GIB)  # fp32 adapters, fp32 moments
+    assert _gib(lora, "gradients") == pytest.approx(adapters * 4 / GIB)
+    assert _gib(lora, "fp32 master weights") == 0  # the adapters are fp32 themselves
+    norms = lora.with_(fully_trained=("norm",))
+    assert _gib(norms, "fp32 master weights") * GIB == pytest.approx(4 * (2 * 32 + 1) * 4096, abs=1)
     assert _gib(Setup(seq_len=8192, optimizer="adamw_8bit"), "optimizer state") == pytest.approx(
         8.03e9 * 2 / GIB, rel=0.01)
+    assert _gib(Setup(seq_len=8192, param_bytes=4), "fp32 master weights") == 0
 
 
 def test_sharding_divides_model_state_and_sequence_parallel_divides_activations() -> None:

@@ -9,6 +9,8 @@
   betas (accelerate's own mapping keeps only lr and weight decay); a config file's own optimizer or scheduler is
   refused.
 - FSDP2: compute in the recipe's precision, gradients reduced in fp32, outputs left uncast (the loss sum stays fp32).
+- fp32 master weights under ``precision: bf16``: DeepSpeed's and FSDP2's own (:func:`keeps_own_masters`), else the
+  optimizer's (``toolkit.memory.master_weights``).
 
 The launcher (``accelerate launch --config_file configs/X.yaml``) says which engine through its environment.
 """
@@ -40,6 +42,13 @@ def launched_engine(env: Mapping[str, str] = os.environ) -> str | None:
                             "(configs/fsdp2.yaml)")
         return "fsdp"
     return None
+
+
+def mixed_precision(dtype: torch.dtype) -> str:
+    """accelerate's ``mixed_precision`` for weights in ``dtype``: bf16 runs compute under bf16 autocast on every device,
+    which float32 trainable weights (LoRA adapters, FSDP2's masters) need, and which makes accelerate upcast FSDP2's
+    trainable parameters to float32 before sharding."""
+    return "bf16" if dtype == torch.bfloat16 else "no"
 
 
 def engine_kwargs(recipe: Recipe, dtype: torch.dtype, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -104,6 +113,14 @@ def offloads_optimizer(accelerator: Accelerator) -> bool:
     """Whether this run's optimizer must be DeepSpeed's CPU Adam (DeepSpeed with the optimizer state offloaded)."""
     plugin = accelerator.state.deepspeed_plugin
     return accelerator.distributed_type == DistributedType.DEEPSPEED and optimizer_offloaded(plugin)
+
+
+def keeps_own_masters(accelerator: Accelerator) -> bool:
+    """Whether the engine keeps float32 master weights of bf16 trainable parameters itself: DeepSpeed steps float32
+    partitions under ``bf16.enabled``; accelerate upcasts FSDP2's trainable parameters to float32 before sharding when
+    mixed precision is on (the runner turns it on for bf16), and the policy casts them to bf16 for compute. Elsewhere
+    the optimizer keeps them (``toolkit.memory.master_weights``)."""
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
 def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeAlias, cast
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeAlias, cast
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -42,8 +45,10 @@ def _check_names(model: nn.Module, names: list[str], field: str) -> None:
 def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it.
 
-    The adapters take the model's dtype: peft's default (``autocast_adapter_dtype``) keeps them in float32 and
-    casts every LoRA layer's input to float32, a hidden full-size copy per layer in a bf16 model.
+    The adapters are held in float32 (peft's ``autocast_adapter_dtype``), so updates far below a bf16 ulp add up, and
+    computed in the model's dtype: training runs under bf16 autocast (``toolkit.runner``), and peft's cast of each
+    adapted layer's input to float32, a hidden full-size copy per layer, is switched off (:func:`adapter_inputs_cast`
+    switches it on where no autocast runs, in evaluation).
 
     peft matches ``modules_to_save`` by suffix of the module path, so ``norm`` selects the final norm and
     every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.
@@ -54,7 +59,30 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
                         target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
                         task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    peft_model = get_peft_model(model, config)
+    _cast_adapter_inputs(peft_model, False)
     trainable, total = count_parameters(peft_model)
     log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
     return peft_model
+
+
+def _cast_adapter_inputs(model: nn.Module, enabled: bool) -> dict[nn.Module, bool]:
+    """Switch peft's cast of LoRA layers' inputs to the adapters' dtype; returns each layer's setting before."""
+    before: dict[nn.Module, bool] = {}
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            layer = cast(Any, module)  # a flag peft reads, undeclared on the class
+            before[module], layer.cast_input_dtype_enabled = getattr(layer, "cast_input_dtype_enabled", True), enabled
+    return before
+
+
+@contextmanager
+def adapter_inputs_cast(model: nn.Module) -> Iterator[None]:
+    """Within the block, LoRA layers cast their input to the adapters' float32, as peft does by default: a bf16 model
+    with float32 adapters then runs without autocast (evaluation). Each layer's setting is restored after."""
+    before = _cast_adapter_inputs(model, True)
+    try:
+        yield
+    finally:
+        for module, enabled in before.items():
+            cast(Any, module).cast_input_dtype_enabled = enabled

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 from toolkit.attention import TORCH_VARLEN, select_attention
 from toolkit.errors import UserError
 from toolkit.hub_ids import looks_local
-from toolkit.lora import CausalLM, apply_lora, unwrap_peft
+from toolkit.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.schema import MethodSpec, ModelSpec
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
@@ -60,8 +60,9 @@ EVAL_ATTENTION = {TORCH_VARLEN: "sdpa"}
 
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Within the block ``model`` is in eval mode, on an attention kernel that evaluates (:data:`EVAL_ATTENTION`);
-    its train/eval mode and kernel are restored afterwards, also on error."""
+    """Within the block ``model`` is in eval mode, on an attention kernel that evaluates (:data:`EVAL_ATTENTION`), its
+    float32 LoRA adapters fed float32 inputs (no autocast runs here); its train/eval mode and kernel are restored
+    afterwards, also on error."""
     was_training = model.training
     base = unwrap_peft(model) if isinstance(model, (PreTrainedModel, PeftModel)) else None
     training_kernel = base.config._attn_implementation if base is not None else None
@@ -69,7 +70,8 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         base.set_attn_implementation(EVAL_ATTENTION[training_kernel])
     model.eval()
     try:
-        yield model
+        with adapter_inputs_cast(model):
+            yield model
     finally:
         model.train(was_training)
         if base is not None and training_kernel in EVAL_ATTENTION:

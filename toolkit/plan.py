@@ -118,6 +118,9 @@ def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float) -> int:
     estimates: list[Estimate] = [estimate(shape, setup) for setup in setups]
     print(f"plan: {recipe.name} on {gpus} GPU(s) x {gpu_memory_gib:g} GiB; model {shape.params / 1e6:,.1f}M params "
           f"({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); method {recipe.method.kind}")
+    if recipe.model.precision != "fp32":
+        print("  bf16 compute, fp32 master weights: 4 B per trainable parameter beside its bf16 weight and gradient, "
+              "and 8 B of fp32 AdamW moments (LoRA adapters are held in fp32 themselves)")
     if gpus > 1:
         print(f"  weights, gradients and optimizer state sharded over {gpus} GPUs (configs/fsdp2.yaml or a "
               "DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole)")

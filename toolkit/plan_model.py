@@ -150,27 +150,32 @@ class Estimate:
         return sum(self.parts.values())
 
 
-def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int]:
-    """(trainable parameters, their bytes, bytes of the frozen copies peft keeps of fully trained modules).
+def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int, int]:
+    """(trainable parameters, the bytes they are held in, bytes of the frozen copies peft keeps of fully trained
+    modules, trainable parameters with a float32 master).
 
-    LoRA adapters and peft's ``modules_to_save`` copies are in the model's dtype (``toolkit.lora.apply_lora``)."""
+    LoRA adapters are held in float32 (``toolkit.lora.apply_lora``); every other trainable parameter in the model's
+    dtype, stepped through a float32 master when that is lower (``toolkit.memory.master_weights``; FSDP2 and DeepSpeed
+    keep theirs sharded)."""
+    low = setup.param_bytes < 4
     if setup.lora_rank is None:
-        return shape.params, shape.params * setup.param_bytes, 0
+        return shape.params, shape.params * setup.param_bytes, 0, shape.params if low else 0
     adapters = shape.lora_params(setup.lora_rank, list(setup.lora_targets))
     full = sum(shape.module_params(name) for name in setup.fully_trained)
-    return adapters + full, (adapters + full) * setup.param_bytes, full * setup.param_bytes
+    return adapters + full, adapters * 4 + full * setup.param_bytes, full * setup.param_bytes, full if low else 0
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     """Peak memory per GPU of one training step of ``shape`` under ``setup``."""
     a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
     sharded = setup.gpus > 1
-    trainable, trainable_bytes, frozen_copies = _trainable(shape, setup)
+    trainable, trainable_bytes, frozen_copies, mastered = _trainable(shape, setup)
     weights: float = shape.params * a + frozen_copies + (trainable_bytes if setup.lora_rank else 0)
     weights = weights / setup.gpus + 2 * shape.layer_params * a if sharded else weights
-    # torch AdamW keeps two moments in each parameter's dtype; the 8-bit optimizers one byte each
+    # AdamW keeps two float32 moments per trainable parameter (the masters' or float32 adapters' dtype); the 8-bit
+    # optimizers one byte each
     eight_bit = setup.optimizer in ("adamw_8bit", "paged_adamw_8bit")
-    optimizer_state = 2 * trainable if eight_bit else 2 * trainable_bytes
+    optimizer_state = 2 * trainable if eight_bit else 8 * trainable
 
     tokens = setup.batch_size * setup.seq_len / setup.sequence_degree  # per GPU
     attention_saved = 4 * h + a * (4 * h + 2 * shape.kv_dim)
@@ -195,6 +200,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     parts = {
         "weights": int(weights),
         "gradients": int(trainable_bytes / setup.gpus),
+        "fp32 master weights": int(4 * mastered / setup.gpus),
         "optimizer state": int(optimizer_state / setup.gpus),
         "activations kept": int(kept + (4 * h + 2 * a * h) * tokens),  # + embeddings out, final norm
         "layer working set": int(working * tokens),

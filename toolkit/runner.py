@@ -28,13 +28,14 @@ from torch import nn
 from toolkit.data.batches import check_stage_data, stage_batches
 from toolkit.data.formats import trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
-from toolkit.engines import engine_kwargs, launched_engine, offloads_optimizer
+from toolkit.engines import engine_kwargs, keeps_own_masters, launched_engine, mixed_precision, offloads_optimizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
 from toolkit.eval_copy import eval_copy
 from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import loss_kernel
+from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.modeling import LoadedModel, evaluating, load_model, resolve_dtype
@@ -107,7 +108,8 @@ def setup(recipe: Recipe) -> Session:
     loaded = _load_model(recipe, accelerator, tokenizer)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
     optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
-                                recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator))
+                                recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator),
+                                masters=not keeps_own_masters(accelerator))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
         dump_recipe(recipe, recipe.run_dir / RECIPE)
@@ -122,8 +124,8 @@ def setup(recipe: Recipe) -> Session:
 def _start(recipe: Recipe) -> Accelerator:
     """The accelerator (checked against the recipe), the seed, and the run folder."""
     dtype = _weights_dtype(recipe)
-    accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 and torch.cuda.is_available() else "no",
-                              **accelerator_kwargs(recipe.parallel), **engine_kwargs(recipe, dtype))
+    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
+                              **engine_kwargs(recipe, dtype))
     _check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
@@ -149,8 +151,7 @@ def _check_engine(accelerator: Accelerator) -> None:
 
 
 def _weights_dtype(recipe: Recipe) -> torch.dtype:
-    """The recipe's precision on this machine. Accelerators autocast in it (bf16); CPU runs compute in the weights'
-    own dtype (fp16 does not train: schema, model.precision)."""
+    """The recipe's precision on this machine (fp16 does not train: schema, model.precision)."""
     return resolve_dtype(recipe.model.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -226,7 +227,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
     info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
             "processes": accelerator.num_processes, "data_parallel": data_parallel,
             "engine": launched_engine() or ("ddp" if accelerator.num_processes > 1 else "single process"),
-            "precision": str(loaded.dtype).replace("torch.", ""),
+            "precision": describe_precision(loaded.dtype),
             "attention": loaded.attention, "attention_reason": loaded.attention_reason,
             "loss_kernel": kernel, "loss_kernel_reason": kernel_reason,
             "versions": package_versions(),

@@ -1,5 +1,7 @@
 """The optimizer named by ``train.optimizer``: torch AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW; under
 DeepSpeed with the optimizer state offloaded to host memory, DeepSpeed's CPU Adam in AdamW mode (the same update).
+Low-precision trainable weights are stepped through fp32 master weights (``toolkit.memory.master_weights``) unless
+the engine keeps its own.
 
 Optimizer state per trainable parameter: AdamW keeps two float32 moments (8 bytes); the 8-bit variants keep
 two blockwise-quantised moments (about 2 bytes), and the paged one lets that state spill to host memory
@@ -16,16 +18,25 @@ import torch
 from torch import nn
 
 from toolkit.errors import UserError
+from toolkit.memory.master_weights import MasterWeights
 from toolkit.schema import TrainSpec
 
 _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"}
 
 
 def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], train: TrainSpec,
-                    lr: float, offloaded: bool = False) -> torch.optim.Optimizer:
+                    lr: float, offloaded: bool = False, masters: bool = True) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``; ``offloaded``:
-    DeepSpeed keeps the optimizer state in host memory (``toolkit.engines.offloads_optimizer``)."""
+    DeepSpeed keeps the optimizer state in host memory (``toolkit.engines.offloads_optimizer``); ``masters``: keep
+    fp32 master weights of bf16 parameters here (False where the engine keeps its own: ``toolkit.engines``)."""
     groups: list[Any] = list(params)  # parameters, or param groups (dicts with "params")
+    kept = MasterWeights(_tensors(groups)) if masters else None
+    if kept is None or not kept.pairs:
+        return _build(groups, train, lr, offloaded)
+    return kept.attach(_build(kept.stand_in(groups), train, lr, offloaded))
+
+
+def _build(groups: list[Any], train: TrainSpec, lr: float, offloaded: bool) -> torch.optim.Optimizer:
     options: dict[str, Any] = dict(lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
     if offloaded:
         if train.optimizer != "adamw":
