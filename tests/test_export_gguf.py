@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,36 @@ def test_a_folder_without_a_model_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert "neither a run folder with final/ nor a model folder" in capsys.readouterr().err
 
 
+def _model_without_tokenizer(folder: Path) -> Path:
+    """A model folder that converting would fail on (no tokenizer.json): an --out refused first never gets there."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    return folder
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("missing/m.gguf", "--out {tmp}/missing/m.gguf: {tmp}/missing is not an existing folder"),
+    ("taken", "--out {tmp}/taken: {tmp}/taken/model-f16.gguf is a folder"),
+    ("config.json/m.gguf", "--out {tmp}/config.json/m.gguf: {tmp}/config.json is not an existing folder")])
+def test_an_unusable_out_exits_2_before_converting(out: str, message: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model_without_tokenizer(tmp_path / "model")
+    (tmp_path / "taken" / "model-f16.gguf").mkdir(parents=True)
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["export", str(model), "--format", "gguf", "--out", str(tmp_path / out)]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "taken"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_an_out_folder_without_write_permission_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model_without_tokenizer(tmp_path / "model")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["export", str(model), "--format", "gguf", "--out", str(locked)]) == 2
+    assert capsys.readouterr().err == f"error: --out {locked}: cannot write in {locked} (Permission denied)\n"
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return micro_run(tmp_path_factory.mktemp("export-full"))
@@ -157,6 +188,16 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, cap
     np.testing.assert_array_equal(_tensor(path, "token_embd.weight"), weights["model.embed_tokens.weight"].numpy())
     np.testing.assert_array_equal(_tensor(path, "blk.1.attn_v.weight"),
                                   weights["model.layers.1.self_attn.v_proj.weight"].numpy())
+
+
+@needs_converter
+def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(full_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["export", str(full_run), "--format", "gguf", "--outtype", "q8_0", "--out", str(tmp_path)]) == 0
+    path = tmp_path / "run-q8_0.gguf"
+    assert f"wrote {path}" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["run-q8_0.gguf"]
+    meta = gguf_metadata(path)
+    assert (meta["general.file_type"], meta["llama.context_length"]) == (7, NATIVE * FACTOR)
 
 
 @needs_converter

@@ -7,33 +7,38 @@ most ``RTOL[outtype]`` times the standard deviation of transformers' logits; and
 every position where transformers' top two logits are further apart than that (an untrained model has near-ties).
 Measured on the default run's final model (logit std about 4): f16 0.020 x std at 256 tokens and 0.011 at 1024;
 q8_0 0.053 and 0.099; passkey at 1024 (8 prompts) 1.0 in both runtimes, the same answers.
+
+Every llama.cpp call runs in a child process (``tests/llama_cpp_calls.py`` through
+:func:`toolkit.export.child_process.in_child`): a crash in llama.cpp fails one test, not the whole pytest run.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests import llama_cpp_calls
 from tests.real_model import SMALL_MODEL, english_documents, needs_small_model
 from tests.test_export_gguf import FACTOR, NATIVE, micro_run, needs_converter
 from toolkit.data.needle import SentenceTokens, build_haystack, make_needles
 from toolkit.data.tokenizer import BOS, EOS
+from toolkit.export.child_process import in_child
 from toolkit.export.to_gguf import export_gguf
 
 pytestmark = [needs_converter, pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
     reason="llama-cpp-python is not installed: run `make llama-cpp` (a CPU build from source, once per machine)")]
 
+T = TypeVar("T")
 RTOL = {"f16": 0.05, "q8_0": 0.2}
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "tiny-passkey"
 
@@ -47,16 +52,9 @@ TEXTS = [
 ]
 
 
-def _llama(path: Path, n_ctx: int) -> Any:
-    llama = importlib.import_module("llama_cpp").Llama
-    return llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, n_threads=2,
-                 verbose=False)
-
-
-def _llama_logits(llm: Any, ids: list[int]) -> np.ndarray:
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[:len(ids)])
+def _in_llama_cpp(call: Callable[..., T], path: Path, n_ctx: int, *args: Any) -> T:
+    """``call`` of tests/llama_cpp_calls.py on the file ``path`` with a context of ``n_ctx``, in a child process."""
+    return in_child(call, path, n_ctx, *args, doing=f"{call.__name__} on {path.name}")
 
 
 def _hf_logits(model: Any, ids: list[int]) -> np.ndarray:
@@ -87,28 +85,25 @@ class Exported:
         self.model = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32).eval()
         self.native, self.extended = native, native * factor
         self.files = {t: export_gguf(run, folder / f"{t}.gguf", t) for t in ("f16", "q8_0")}
-        self.llms = {t: _llama(path, self.extended) for t, path in self.files.items()}
 
-    def close(self) -> None:
-        for llm in self.llms.values():
-            llm.close()
+    def llama_cpp(self, call: Callable[..., T], outtype: str, *args: Any) -> T:
+        """``call`` of tests/llama_cpp_calls.py on the ``outtype`` file at the extended context."""
+        return _in_llama_cpp(call, self.files[outtype], self.extended, *args)
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     folder = tmp_path_factory.mktemp("llama-cpp")
-    exported = Exported(micro_run(folder), folder, NATIVE, FACTOR)
-    yield exported
-    exported.close()
+    return Exported(micro_run(folder), folder, NATIVE, FACTOR)
 
 
 def _check_tokenization(exported: Exported) -> None:
-    llm = exported.llms["q8_0"]
-    for text in TEXTS:
-        assert llm.tokenize(text.encode(), add_bos=True) == exported.tokenizer(text)["input_ids"], text
     special = f"{BOS}x{EOS} y"
-    assert llm.tokenize(special.encode(), add_bos=False, special=True) == exported.tokenizer(
-        special, add_special_tokens=False)["input_ids"]
+    *texts, specials = exported.llama_cpp(llama_cpp_calls.tokenize, "q8_0",
+                                          [(text, True, False) for text in TEXTS] + [(special, False, True)])
+    for text, ids in zip(TEXTS, texts, strict=True):
+        assert ids == exported.tokenizer(text)["input_ids"], text
+    assert specials == exported.tokenizer(special, add_special_tokens=False)["input_ids"]
 
 
 def _assert_close_logits(theirs: np.ndarray, ours: np.ndarray, outtype: str, label: str) -> None:
@@ -123,21 +118,22 @@ def _assert_close_logits(theirs: np.ndarray, ours: np.ndarray, outtype: str, lab
 
 
 def _check_logits(exported: Exported, outtype: str) -> None:
-    for length in (exported.native, exported.extended):
-        prompt = next(_prompts(exported.tokenizer, length, 1, seed=length)).input_ids
-        theirs, ours = _llama_logits(exported.llms[outtype], prompt), _hf_logits(exported.model, prompt)
-        _assert_close_logits(theirs, ours, outtype, f"{length} tokens")
+    prompts = [next(_prompts(exported.tokenizer, length, 1, seed=length)).input_ids
+               for length in (exported.native, exported.extended)]
+    for prompt, theirs in zip(prompts, exported.llama_cpp(llama_cpp_calls.logits, outtype, prompts), strict=True):
+        _assert_close_logits(theirs, _hf_logits(exported.model, prompt), outtype, f"{len(prompt)} tokens")
 
 
 def _passkey(exported: Exported, count: int) -> tuple[float, float, float]:
     """Accuracy at 4x in transformers and in llama.cpp (f16), and the fraction of identical greedy answers."""
-    llm = exported.llms["f16"]
+    haystacks = list(_prompts(exported.tokenizer, exported.extended - 8, count))
+    answers = exported.llama_cpp(llama_cpp_calls.greedy, "f16", [haystack.input_ids for haystack in haystacks],
+                                 [len(haystack.answer_ids) for haystack in haystacks])
     right = {"hf": 0, "llama.cpp": 0}
     same = 0
-    for haystack in _prompts(exported.tokenizer, exported.extended - 8, count):
+    for haystack, cpp in zip(haystacks, answers, strict=True):
         steps = len(haystack.answer_ids)
         hf = _greedy(lambda ids: _hf_logits(exported.model, ids)[-1], haystack.input_ids, steps)
-        cpp = _greedy(lambda ids: _llama_logits(llm, ids)[-1], haystack.input_ids, steps)
         right["hf"] += hf == haystack.answer_ids
         right["llama.cpp"] += cpp == haystack.answer_ids
         same += hf == cpp
@@ -168,7 +164,6 @@ def test_the_default_runs_final_model_in_llama_cpp(tmp_path: Path) -> None:
     for outtype in ("f16", "q8_0"):
         _check_logits(exported, outtype)
     hf, cpp, same = _passkey(exported, count=8)
-    exported.close()
     assert same >= 7 / 8 and abs(hf - cpp) <= 1 / 8, (hf, cpp, same)
 
 
@@ -188,14 +183,15 @@ def test_the_real_small_model_with_yarn_in_llama_cpp(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
     path = export_gguf(folder, tmp_path / "smollm2-f16.gguf", "f16")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    llm = _llama(path, 2048)
-    for document in english_documents():
-        assert llm.tokenize(document.encode(), add_bos=True) == tokenizer(document)["input_ids"], document[:80]
-    chat = str(tokenizer.apply_chat_template([{"role": "user", "content": english_documents()[0][:4000]}],
+    documents = english_documents()
+    chat = str(tokenizer.apply_chat_template([{"role": "user", "content": documents[0][:4000]}],
                                              add_generation_prompt=True, tokenize=False))
+    *texts, chat_ids = _in_llama_cpp(llama_cpp_calls.tokenize, path, 2048,
+                                     [(document, True, False) for document in documents] + [(chat, False, True)])
+    for document, ids in zip(documents, texts, strict=True):
+        assert ids == tokenizer(document)["input_ids"], document[:80]
     ids = tokenizer(chat, add_special_tokens=False)["input_ids"][:1024]
-    assert llm.tokenize(chat.encode(), add_bos=False, special=True)[:1024] == ids
+    assert chat_ids[:1024] == ids
+    [theirs] = _in_llama_cpp(llama_cpp_calls.logits, path, 2048, [ids])
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    theirs, ours = _llama_logits(llm, ids), _hf_logits(model, ids)
-    llm.close()
-    _assert_close_logits(theirs, ours, "f16", "SmolLM2 YaRN x4, 1K-token chat prompt")
+    _assert_close_logits(theirs, _hf_logits(model, ids), "f16", "SmolLM2 YaRN x4, 1K-token chat prompt")

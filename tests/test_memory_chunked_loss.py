@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.memory.chunked_loss import causal_lm_loss, loss_kernel, shifted_lm_loss
+from toolkit.memory.chunked_loss import causal_lm_loss, loss_kernel, shifted_lm_loss, target_loss
 
 BATCH, LENGTH, HIDDEN, VOCAB = 2, 37, 16, 50
 
@@ -60,6 +60,36 @@ def test_all_labels_ignored_keeps_head_in_graph() -> None:
     loss.backward()
     assert count.item() == 0 and loss.item() == 0.0
     assert head.weight.grad is not None and head.weight.grad.abs().sum().item() == 0.0
+
+
+def test_a_micro_batch_without_targets_takes_the_chunked_loss_not_the_fused_kernel() -> None:
+    """Liger's kernel divides by its number of rows (ZeroDivisionError on none in liger-kernel 0.8.5, seen on an
+    H200); a stand-in does the same. It runs where there are targets; without any the chunked loss runs: exactly 0,
+    zero gradients, still connected to the graph."""
+    hidden, head, labels = _inputs(ignored=0.4)
+    flat_hidden, flat_labels = hidden[:, :-1].reshape(-1, HIDDEN), labels[:, 1:].reshape(-1)
+    calls: list[int] = []
+
+    def fused(kept_hidden: torch.Tensor, kept_labels: torch.Tensor) -> torch.Tensor:
+        calls.append(kept_labels.numel())
+        rows_per_chunk = kept_labels.numel() // kept_labels.numel()
+        return nn.functional.cross_entropy(head(kept_hidden), kept_labels, reduction="sum") * rows_per_chunk
+
+    kept = flat_labels != -100
+    loss = target_loss(flat_hidden[kept], head, flat_labels[kept], 8, fused)
+    expected, count = causal_lm_loss(hidden, head, labels, chunk_size=8)
+    assert calls == [count.item()] and count.item() > 0
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+    none = torch.zeros_like(kept)
+    with pytest.raises(ZeroDivisionError):
+        fused(flat_hidden[none], flat_labels[none])
+    calls.clear()
+    loss = target_loss(flat_hidden[none], head, flat_labels[none], 8, fused)
+    assert calls == [] and loss.dtype == torch.float32 and loss.item() == 0.0
+    loss.backward()
+    assert hidden.grad is not None and head.weight.grad is not None
+    assert hidden.grad.abs().sum().item() == 0.0 and head.weight.grad.abs().sum().item() == 0.0
 
 
 def _largest_saved_tensor(chunk_size: int | None) -> int:

@@ -4,18 +4,16 @@ Every ``niah`` task of the run's suites is asked again with the very same prompt
 scored the same way (teacher-forced greedy exact match of the asked value), with llama.cpp computing the logits.
 The results become one more suite of the run's final evaluation, ``<suite>@llama.cpp-<outtype>``
 (``eval/<final tag>/<suite>@llama.cpp-<outtype>.json``), so the report shows both runtimes' grids and
-accuracies. Needs ``llama-cpp-python`` (``make llama-cpp``).
+accuracies. Needs ``llama-cpp-python`` (``make llama-cpp``); llama.cpp runs in a child process
+(:mod:`toolkit.export.llama_cpp_scoring`), one per task, so that a crash there ends the check with one line.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from toolkit.data.needle import ChatFrame
@@ -26,32 +24,18 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import NiahTask
 from toolkit.evals.suite import load_suite
+from toolkit.export.child_process import in_child
+from toolkit.export.llama_cpp_scoring import greedy_matches
 from toolkit.file_digest import sha256_of
 from toolkit.run_folder import FINAL, eval_dir, load_run
 
 log = logging.getLogger(__name__)
 
 
-def _llama(gguf: Path, n_ctx: int) -> Any:
-    try:
-        llama_cpp = importlib.import_module("llama_cpp")
-    except ImportError:
-        raise UserError("export --check: llama-cpp-python is not installed (make llama-cpp)") from None
-    return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                           verbose=False)
-
-
-def _greedy_match(llm: Any, prompt: list[int], answer: list[int]) -> bool:
-    """Would greedy decoding after ``prompt`` produce ``answer``? One teacher-forced pass, as in
-    :func:`toolkit.evals.scoring.greedy_matches`."""
-    llm.reset()
-    llm.eval(prompt + answer[:-1])
-    logits = np.asarray(llm.scores[len(prompt) - 1:len(prompt) - 1 + len(answer)])
-    return logits.argmax(-1).tolist() == answer
-
-
 def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
     """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise UserError("export --check: llama-cpp-python is not installed (make llama-cpp)")
     run = load_run(run_dir)
     recipe, final = run.typed_recipe, run.final
     if recipe is None or final is None:
@@ -68,13 +52,15 @@ def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[
         for task in tasks:
             chat = ChatFrame.of(tokenizer) if task.chat else None
             sentences = load_sentences(task.haystack)
-            llm = _llama(gguf, max(task.lengths) + 2 * task.digits + 8)
-            cells: list[Cell] = []
-            for length, depth, sample in tqdm(pending_cells(task, []), desc=f"{name}/{task.key}", unit="prompt"):
-                stack = needle_prompt(task, tokens, chat, sentences, length, depth, sample)
-                cells.append({"length": length, "depth": depth, "sample": sample, "tokens": len(stack.input_ids),
-                              "correct": _greedy_match(llm, stack.input_ids, stack.answer_ids)})
-            llm.close()
+            keys = pending_cells(task, [])
+            stacks = [needle_prompt(task, tokens, chat, sentences, *key) for key in keys]
+            label = f"{name}/{task.key}"
+            correct = in_child(greedy_matches, gguf, max(task.lengths) + 2 * task.digits + 8,
+                               [(stack.input_ids, stack.answer_ids) for stack in stacks], label,
+                               doing=f"scoring {label} on {gguf}")
+            cells: list[Cell] = [
+                {"length": length, "depth": depth, "sample": sample, "tokens": len(stack.input_ids), "correct": right}
+                for (length, depth, sample), stack, right in zip(keys, stacks, correct, strict=True)]
             results.record(task, cells, grid_summary(cells, task.lengths, task.depths))
         results.finish({task.key for task in tasks})
         written.append(results.path)

@@ -20,8 +20,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import RunFailure, UserError
+from toolkit.errors import UserError
+from toolkit.export.child_process import child_failure
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
+from toolkit.rope_methods import GGUF_METHODS
 from toolkit.run_folder import FINAL
 from toolkit.saving import merge_adapter
 
@@ -30,26 +32,47 @@ log = logging.getLogger(__name__)
 CONVERTER_DIR = Path(__file__).resolve().parents[2] / ".llama-cpp" / "converter"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
 ARCHITECTURES = ("LlamaForCausalLM",)
-ROPE_TYPES = ("default", "linear", "yarn", "llama3")  # the ones llama.cpp's Llama computes as transformers does
 YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}  # transformers' defaults (modeling_rope_utils)
 YARN_KEYS = {"rope_type", "rope_theta", "factor", "original_max_position_embeddings", "attention_factor", "truncate",
              *YARN_DEFAULTS}
 
 
-def _model_folder(source: Path, stack: ExitStack) -> tuple[Path, str]:
-    """The transformers folder to convert (a run's ``final/``, merged first if LoRA, or a model folder), and a name."""
+def _model_folder(source: Path) -> Path:
+    """The transformers folder to convert: a run's ``final/`` or a model folder."""
     if (source / FINAL).is_dir():
-        folder = source / FINAL
-    elif (source / "config.json").is_file():
-        folder = source
-    else:
-        raise UserError(f"{source}: neither a run folder with final/ nor a model folder with config.json")
+        return source / FINAL
+    if (source / "config.json").is_file():
+        return source
+    raise UserError(f"{source}: neither a run folder with final/ nor a model folder with config.json")
+
+
+def _merged(folder: Path, stack: ExitStack) -> Path:
+    """``folder``, or its LoRA adapter merged into full weights in a temporary folder."""
     if (folder / "adapter_config.json").is_file():
         merged = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-merge-"))) / "merged"
         log.info("merging the LoRA adapter of %s", folder)
         merge_adapter(folder, merged)
         folder = merged
-    return folder, source.resolve().name
+    return folder
+
+
+def _target(source: Path, out: Path | None, file_name: str) -> Path:
+    """Where the file goes: ``out`` (into it when a folder), else beside the model; a UserError if it cannot."""
+    if out is None:
+        target = (source if (source / FINAL).is_dir() else source.parent) / file_name
+    else:
+        target = out / file_name if out.is_dir() else out
+    where = f"--out {out}" if out is not None else "export"
+    if target.is_dir():
+        raise UserError(f"{where}: {target} is a folder")
+    if not target.parent.is_dir():
+        raise UserError(f"{where}: {target.parent} is not an existing folder")
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as exc:
+        raise UserError(f"{where}: cannot write in {target.parent} ({exc.strerror})") from None
+    return target
 
 
 def _checked_config(config_json: Path) -> dict[str, Any]:
@@ -60,9 +83,9 @@ def _checked_config(config_json: Path) -> dict[str, Any]:
                         f"{', '.join(ARCHITECTURES)}")
     rope = dict(config.get("rope_parameters") or {})
     rope_type = rope.get("rope_type", "default")
-    if rope_type not in ROPE_TYPES:
+    if rope_type not in GGUF_METHODS:
         raise UserError(f"{config_json} rope_parameters.rope_type: {rope_type!r} has no llama.cpp equivalent "
-                        f"(supported: {', '.join(ROPE_TYPES)})")
+                        f"(supported: {', '.join(GGUF_METHODS)})")
     if rope_type == "yarn":
         extra = sorted(set(rope) - YARN_KEYS)
         if extra:
@@ -102,8 +125,8 @@ def _convert(model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, name:
     done = subprocess.run([sys.executable, str(script), str(model_dir), str(out), outtype, pre_tokenizer, name],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        raise RunFailure(f"llama.cpp's converter failed on {model_dir}: {lines[-1]}")
+        lines = done.stderr.strip().splitlines() or [""]
+        raise child_failure("llama.cpp's converter", f"converting {model_dir}", done.returncode, lines[-1])
 
 
 def gguf_metadata(path: Path) -> dict[str, Any]:
@@ -116,19 +139,22 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 
 
 def export_gguf(source: Path, out: Path | None = None, outtype: str = "f16") -> Path:
-    """Write ``source`` (a run or a model folder) as one GGUF file; return its path (default RUN/NAME-OUTTYPE.gguf)."""
+    """Write ``source`` (a run or a model folder) as one GGUF file; return its path. ``out`` is the file, or a folder
+    to write NAME-OUTTYPE.gguf into (default: the run folder, or beside a model folder)."""
     if outtype not in OUTTYPES:
         raise UserError(f"--outtype: {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    folder, name = _model_folder(source), source.resolve().name
+    target = _target(source, out, f"{name}-{outtype}.gguf")
+    partial = target.with_name(f".{target.name}.partial")
     with ExitStack() as stack:
-        folder, name = _model_folder(source, stack)
+        folder = _merged(folder, stack)
         pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")
         config = _checked_config(folder / "config.json")
-        target = out if out is not None else (source if (source / FINAL).is_dir() else source.parent) / (
-            f"{name}-{outtype}.gguf")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name)
-        os.replace(partial, target)
+        try:
+            _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
     meta = gguf_metadata(target)
     arch = meta["general.architecture"]
     rope = meta.get(f"{arch}.rope.scaling.type", "none")

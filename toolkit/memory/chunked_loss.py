@@ -13,6 +13,8 @@ e.g. 4096 x 128256 x 10 B = 5.3 GB, independent of the sequence length. Position
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from functools import partial
 from typing import TypeGuard
 
 import torch
@@ -23,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from toolkit.data.packing import IGNORE_INDEX
 
 LIGER, CHUNKED = "liger", "chunked"
+FusedLoss = Callable[[Tensor, Tensor], Tensor]  # (hidden, labels) of target positions -> loss sum
 
 
 def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
@@ -32,7 +35,7 @@ def causal_lm_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_siz
     convention: the logits at position t predict ``labels[t + 1]``; -100 is ignored). Returns a 0-dim float32
     loss sum that carries grad and a 0-dim count; divide one by the other (summed over micro-batches and ranks)
     for the mean. ``chunk_size=None`` is the plain loss; otherwise the head runs ``chunk_size`` positions at a
-    time under checkpoint (or Liger's fused kernel where :func:`loss_kernel` chooses it).
+    time under checkpoint (or Liger's fused kernel where :func:`loss_kernel` chooses it, see :func:`target_loss`).
     """
     return shifted_lm_loss(hidden[:, :-1, :], lm_head, labels[:, 1:], chunk_size)
 
@@ -49,14 +52,24 @@ def shifted_lm_loss(hidden: Tensor, lm_head: nn.Module, shift_labels: Tensor,
         logits = lm_head(flat_hidden).float()
         return F.cross_entropy(logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"), count
     kept_hidden, kept_labels = flat_hidden[targets], flat_labels[targets]
-    if _liger_applies(lm_head, kept_hidden):
-        return _liger_loss(kept_hidden, lm_head, kept_labels), count
-    total = kept_hidden.new_zeros((), dtype=torch.float32)
-    for chunk in range(_chunk_count(lm_head, kept_labels.numel(), chunk_size)):
+    fused = partial(_liger_loss, lm_head) if _liger_applies(lm_head, kept_hidden) else None
+    return target_loss(kept_hidden, lm_head, kept_labels, chunk_size, fused), count
+
+
+def target_loss(hidden: Tensor, lm_head: nn.Module, labels: Tensor, chunk_size: int,
+                fused: FusedLoss | None = None) -> Tensor:
+    """Loss sum over ``[N, H]`` hidden states whose ``[N]`` labels are all targets: ``fused`` (Liger's kernel) where
+    given, else the head ``chunk_size`` positions at a time under checkpoint. With no target at all (routine for a
+    Ulysses or context-parallel slice under ``loss_on: answer``) the chunked loss runs even so: Liger's kernel divides
+    by its number of rows (ZeroDivisionError on none, liger-kernel 0.8.5), the chunked loss gives exactly 0 with zero
+    gradients, the head in the graph."""
+    if fused is not None and labels.numel() > 0:
+        return fused(hidden, labels)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for chunk in range(_chunk_count(lm_head, labels.numel(), chunk_size)):
         start, stop = chunk * chunk_size, (chunk + 1) * chunk_size  # chunks past the end are empty
-        total = total + checkpoint(_chunk_loss, lm_head, kept_hidden[start:stop], kept_labels[start:stop],
-                                   use_reentrant=False)
-    return total, count
+        total = total + checkpoint(_chunk_loss, lm_head, hidden[start:stop], labels[start:stop], use_reentrant=False)
+    return total
 
 
 def _chunk_count(lm_head: nn.Module, targets: int, chunk_size: int) -> int:
@@ -102,7 +115,7 @@ def _liger_applies(lm_head: nn.Module, hidden: Tensor) -> TypeGuard[nn.Linear]:
     return loss_kernel(lm_head, hidden.is_cuda)[0] == LIGER
 
 
-def _liger_loss(hidden: Tensor, lm_head: nn.Linear, labels: Tensor) -> Tensor:
+def _liger_loss(lm_head: nn.Linear, hidden: Tensor, labels: Tensor) -> Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
