@@ -98,3 +98,13 @@ def test_unreadable_or_empty_files_are_user_errors(tokenizer, tmp_path):
     _write_jsonl(tmp_path / "empty.jsonl", ["", ""])
     with pytest.raises(UserError, match=r"^train\.data\.path: no text documents in .*empty\.jsonl$"):
         next(text_documents(DataSpec(source="jsonl", path=str(tmp_path / "empty.jsonl")), tokenizer, 0))
+
+
+def test_the_schema_offers_exactly_the_local_formats_that_have_readers() -> None:
+    from typing import get_args
+
+    from toolkit.data.local_files import LOCAL_FORMATS
+    from toolkit.schema import SourceSpec
+
+    offered = set(get_args(SourceSpec.model_fields["source"].annotation))
+    assert offered - {"synthetic", "hub"} == LOCAL_FORMATS

@@ -198,3 +198,19 @@ def test_coverage_is_checked_against_the_loaded_native_length() -> None:
     with pytest.raises(UserError, match=r"^train.stages\[1\].rope.factor: 2.0 x original length 256 covers 512 "
                                         r"tokens, less than seq_len 1024$"):
         check_coverage(train, 256)
+
+
+def test_every_method_of_the_table_is_one_transformers_computes_with_keys_the_recipe_has() -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from toolkit.rope_methods import METHODS, TYPE_KEYS
+
+    assert set(METHODS) - {"default"} <= set(ROPE_INIT_FUNCTIONS)
+    assert set(TYPE_KEYS) | {"factor"} <= set(RopeSpec.model_fields)
+    for name, method in METHODS.items():
+        assert set(method.required) | set(method.defaults) <= method.keys, name
+
+
+def test_an_unknown_rope_method_names_the_methods() -> None:
+    with pytest.raises(ValueError, match="unknown RoPE method 'yarnn'; one of default, linear, dynamic, yarn"):
+        RopeSpec(type="yarnn")

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
 from toolkit.evals.suite import load_suite
 from toolkit.schema import Recipe
@@ -64,7 +65,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     model.tokenizer = resolve_relative(model.tokenizer, base)
     for block in [recipe.train.data] + [s.data for s in recipe.train.stages if s.data]:
         for _, _, spec in block.sources():
-            if spec.source in ("jsonl", "parquet", "text"):
+            if spec.source in LOCAL_FORMATS:
                 spec.path = resolve_relative(spec.path, base)
             if spec.chat_template and spec.chat_template.endswith(".jinja"):
                 spec.chat_template = resolve_relative(spec.chat_template, base)

@@ -18,15 +18,8 @@ from typing import Any, final
 
 from toolkit.errors import UserError
 from toolkit.lora import CausalLM, unwrap_peft
+from toolkit.rope_methods import METHODS, TYPE_KEYS
 from toolkit.schema import RopeSpec, TrainSpec
-
-_USES_ORIGINAL = {"yarn", "llama3", "longrope"}
-"""Types whose transformers implementation reads ``original_max_position_embeddings``."""
-_SCALED = frozenset({"linear", "yarn", "llama3", "longrope"})
-"""Types whose ``factor`` stretches the original context to ``factor x original`` (``dynamic`` rescales on the fly)."""
-_TYPE_KEYS = ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
-              "short_factor", "long_factor")
-_LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
 
 def theta_for_length(base_theta: float, native_length: int, target_length: int, head_dim: int) -> float:
@@ -64,8 +57,9 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
       (``LoadedModel.native_theta``), so stages never compound; it defaults to the config's current theta.
     - ``factor``: ``spec.factor``, else ``seq_len / original`` (at least 1), where ``original`` is
       ``spec.original_max_position_embeddings`` or ``native_length``.
-    - ``original_max_position_embeddings`` for yarn, llama3 and longrope; the other type keys only when the
-      spec gives them, except llama3's ``low_freq_factor=1`` and ``high_freq_factor=4`` (Llama 3.1's values).
+    - ``original_max_position_embeddings`` for the methods that read it; the other type keys only when the spec
+      gives them, else the method's defaults (llama3's ``low_freq_factor=1``, ``high_freq_factor=4``): see
+      ``toolkit.rope_methods``.
     """
     base = base_theta if base_theta is not None else config.rope_parameters["rope_theta"]
     original = spec.original_max_position_embeddings or native_length
@@ -77,11 +71,11 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
     if spec.type == "default":
         return params
     params["factor"] = float(spec.factor or max(1.0, seq_len / original))
-    if spec.type in _USES_ORIGINAL:
+    method = METHODS[spec.type]
+    if method.uses_original:
         params["original_max_position_embeddings"] = int(original)
-    if spec.type == "llama3":
-        params.update(_LLAMA3_DEFAULTS)
-    params.update({key: getattr(spec, key) for key in _TYPE_KEYS if getattr(spec, key) is not None})
+    params.update(method.defaults)
+    params.update({key: getattr(spec, key) for key in TYPE_KEYS if getattr(spec, key) is not None})
     return params
 
 
@@ -90,7 +84,7 @@ def context_length(spec: RopeSpec, seq_len: int, native_length: int) -> int:
     a scaling type with an explicit factor (linear, yarn, llama3, longrope) the factor times the original length,
     even when the stage trains on fewer tokens."""
     scaled = spec.factor * (spec.original_max_position_embeddings or native_length) if spec.factor else 0
-    return int(max(seq_len, native_length, scaled if spec.type in _SCALED else 0))
+    return int(max(seq_len, native_length, scaled if METHODS[spec.type].scaled else 0))
 
 
 @dataclass(frozen=True)

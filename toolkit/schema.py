@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-RopeType = Literal["default", "linear", "dynamic", "yarn", "llama3", "longrope"]
+from toolkit.rope_methods import METHODS, TYPE_KEYS
+
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
 
@@ -56,9 +57,9 @@ class ModelSpec(Strict):
     varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
     sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.attention``)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. fp16 does not train here:
-    accelerate's loss scaling needs fp32 master weights, which a model held in fp16 does not have (use bf16 on
-    Ampere or newer, fp32 elsewhere); ``make eval PRECISION=fp16`` evaluates in fp16."""
+    """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. bf16 runs keep fp32 master
+    weights of what they train (docs/scaling.md). fp16 does not train here: it needs loss scaling, which the toolkit
+    does not do (use bf16 on Ampere or newer, fp32 elsewhere); ``make eval PRECISION=fp16`` evaluates in fp16."""
     trust_remote_code: bool = False
     """Run model code shipped with the checkpoint. Off unless you trust its author."""
     revision: str | None = None
@@ -68,8 +69,8 @@ class ModelSpec(Strict):
     @classmethod
     def _no_fp16_training(cls, value: Any) -> Any:
         if value == "fp16":
-            raise ValueError("fp16 does not train here (loss scaling needs fp32 master weights, which a model held "
-                             "in fp16 lacks): use bf16 on Ampere or newer GPUs, fp32 elsewhere")
+            raise ValueError("fp16 does not train here (it needs loss scaling, which the toolkit does not do): "
+                             "use bf16 on Ampere or newer GPUs, fp32 elsewhere")
         return value
 
     @model_validator(mode="after")
@@ -104,7 +105,8 @@ class MethodSpec(Strict):
 class RopeSpec(Strict):
     """RoPE setting for a stage, written into transformers' ``config.rope_parameters``."""
 
-    type: RopeType = "default"
+    type: str = "default"
+    """The method: a name of ``toolkit.rope_methods.METHODS`` (default, linear, dynamic, yarn, llama3, longrope)."""
     theta: PositiveFloat | Literal["auto"] | None = None
     """Explicit base frequency; ``auto`` derives it for the stage length (see ``toolkit.rope.theta_for_length``);
     ``None`` keeps the model's."""
@@ -120,30 +122,29 @@ class RopeSpec(Strict):
     short_factor: list[float] | None = None
     long_factor: list[float] | None = None
 
+    @field_validator("type")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown RoPE method {value!r}; one of {', '.join(METHODS)}")
+        return value
+
     @model_validator(mode="after")
     def _keys_fit_type(self) -> RopeSpec:
-        allowed = {
-            "default": set(),
-            "linear": {"factor"},
-            "dynamic": {"factor"},
-            "yarn": {"factor", "beta_fast", "beta_slow", "attention_factor"},
-            "llama3": {"factor", "low_freq_factor", "high_freq_factor"},
-            "longrope": {"factor", "attention_factor", "short_factor", "long_factor"},
-        }[self.type]
-        typed = {"factor", "beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
-                 "short_factor", "long_factor"}
-        for key in sorted(typed - allowed):
+        method = METHODS[self.type]
+        for key in sorted({"factor", *TYPE_KEYS} - method.keys):
             if getattr(self, key) is not None:
                 raise FieldError(key, f"does not apply to rope type {self.type!r}")
-        if self.type == "longrope" and (self.short_factor is None or self.long_factor is None):
-            raise FieldError("type", "longrope needs short_factor and long_factor lists")
+        missing = [key for key in method.required if getattr(self, key) is None]
+        if missing:
+            raise FieldError("type", f"{self.type} needs {' and '.join(missing)}")
         return self
 
     def shortfall(self, seq_len: int, native_length: int | None) -> str | None:
         """Why an explicit ``factor`` x the original length (``original_max_position_embeddings``, else
         ``native_length``) covers fewer than ``seq_len`` tokens; None when it covers them or nothing is known."""
         original = self.original_max_position_embeddings or native_length
-        if self.type not in ("linear", "yarn", "llama3", "longrope") or not self.factor or not original:
+        if not METHODS[self.type].scaled or not self.factor or not original:
             return None
         covered = int(self.factor * original)
         if covered >= seq_len:

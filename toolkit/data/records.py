@@ -1,100 +1,18 @@
 """Records of a file or hub source, each with where it came from (``file:line`` for JSONL), as a ``datasets``
 stream: one shard per local file, so epochs reshuffle file order and processes share files or records.
 
-Local files are read by small generators (``IterableDataset.from_generator``) rather than ``datasets``' own
-builders, because only the reader knows each record's file and line, which errors about bad rows name.
+Local files are read by the readers of ``toolkit.data.local_files`` (``IterableDataset.from_generator``) rather than
+``datasets``' own builders, because only the reader knows each record's file and line, which errors about bad rows
+name.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
-
-import pyarrow.parquet as pq
 from datasets import IterableDataset, load_dataset
 
+from toolkit.data.local_files import FORMATS, data_files, reason, source_path
 from toolkit.errors import UserError
 from toolkit.schema import SourceSpec
-
-_SUFFIXES = {"jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "parquet": (".parquet",), "text": (".txt", ".md")}
-
-
-def reason(exc: BaseException) -> str:
-    """An exception as one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def source_path(spec: SourceSpec, label: str) -> str:
-    """``spec.path``, which the schema requires of every source but synthetic."""
-    if spec.path is None:
-        raise UserError(f"{label}.path: source {spec.source!r} needs a path")
-    return spec.path
-
-
-def data_files(spec: SourceSpec, label: str = "train.data") -> list[str]:
-    """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
-    path = Path(source_path(spec, label)).expanduser()
-    if path.is_file():
-        return [str(path)]
-    if not path.is_dir():
-        raise UserError(f"{label}.path: no such file: {spec.path}")
-    suffixes = _SUFFIXES[spec.source]
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
-    if not files:
-        raise UserError(f"{label}.path: no {'/'.join(suffixes)} files in {spec.path}")
-    return files
-
-
-def _open(file: str) -> IO[str]:
-    return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
-
-
-def _jsonl_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
-    """One record per non-blank line; a ``.json`` file holding one array gives one record per element."""
-    for file in files:
-        with _open(file) as handle:
-            text = handle.read() if file.endswith((".json", ".json.gz")) else None
-            if text is not None and text.lstrip().startswith("["):
-                for i, value in enumerate(json.loads(text)):
-                    yield {"record": value, "where": f"{file}[{i}]"}
-                continue
-            lines = text.splitlines() if text is not None else handle
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except ValueError as exc:
-                    raise UserError(f"{label}.path: cannot read {file}: line {number}: {reason(exc)}") from None
-                yield {"record": value, "where": f"{file}:{number}"}
-
-
-def _parquet_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
-    for file in files:
-        try:
-            table = pq.ParquetFile(file)
-            number = 0
-            for batch in table.iter_batches():
-                for value in batch.to_pylist():
-                    number += 1
-                    yield {"record": value, "where": f"{file} row {number}"}
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
-
-
-def _text_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
-    """A text file is one document (books, code files)."""
-    for file in files:
-        try:
-            yield {"record": {"text": Path(file).read_text(encoding="utf-8")}, "where": file}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
-
-
-_READERS = {"jsonl": _jsonl_rows, "parquet": _parquet_rows, "text": _text_rows}
 
 
 def record_dataset(spec: SourceSpec, label: str) -> IterableDataset:
@@ -108,4 +26,4 @@ def record_dataset(spec: SourceSpec, label: str) -> IterableDataset:
         return hub.map(lambda record: {"record": record, "where": f"hub dataset {path!r}"},
                        remove_columns=list(hub.column_names or []))
     files = data_files(spec, label)
-    return IterableDataset.from_generator(_READERS[spec.source], gen_kwargs={"files": files, "label": label})
+    return IterableDataset.from_generator(FORMATS[spec.source].reader, gen_kwargs={"files": files, "label": label})

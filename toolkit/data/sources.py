@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from toolkit.data.formats import BadRow, chat_template, to_document
+from toolkit.data.local_files import LOCAL_FORMATS, data_files, reason
 from toolkit.data.packing import Document
-from toolkit.data.records import data_files, reason, record_dataset
+from toolkit.data.records import record_dataset
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.errors import UserError
 from toolkit.schema import SourceSpec
@@ -31,7 +32,7 @@ def check_source(spec: SourceSpec, tokenizer, label: str) -> None:
     """Fail before training for what can be known up front: a missing local path, a chat source without a
     template."""
     chat_template(spec, tokenizer, label)
-    if spec.source in ("jsonl", "parquet", "text"):
+    if spec.source in LOCAL_FORMATS:
         data_files(spec, label)
 
 

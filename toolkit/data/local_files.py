@@ -1,0 +1,106 @@
+"""Local data files (``source: jsonl | parquet | text``): which files a source names, and one reader per format that
+yields each record with where it came from (``file:line`` for JSONL), which errors about bad rows name. The formats
+table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from toolkit.errors import UserError
+from toolkit.schema import SourceSpec
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def source_path(spec: SourceSpec, label: str) -> str:
+    """``spec.path``, which the schema requires of every source but synthetic."""
+    if spec.path is None:
+        raise UserError(f"{label}.path: source {spec.source!r} needs a path")
+    return spec.path
+
+
+def data_files(spec: SourceSpec, label: str = "train.data") -> list[str]:
+    """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
+    path = Path(source_path(spec, label)).expanduser()
+    if path.is_file():
+        return [str(path)]
+    if not path.is_dir():
+        raise UserError(f"{label}.path: no such file: {spec.path}")
+    suffixes = FORMATS[spec.source].suffixes
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+    if not files:
+        raise UserError(f"{label}.path: no {'/'.join(suffixes)} files in {spec.path}")
+    return files
+
+
+def _open(file: str) -> IO[str]:
+    return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
+
+
+def _jsonl_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+    """One record per non-blank line; a ``.json`` file holding one array gives one record per element."""
+    for file in files:
+        with _open(file) as handle:
+            text = handle.read() if file.endswith((".json", ".json.gz")) else None
+            if text is not None and text.lstrip().startswith("["):
+                for i, value in enumerate(json.loads(text)):
+                    yield {"record": value, "where": f"{file}[{i}]"}
+                continue
+            lines = text.splitlines() if text is not None else handle
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except ValueError as exc:
+                    raise UserError(f"{label}.path: cannot read {file}: line {number}: {reason(exc)}") from None
+                yield {"record": value, "where": f"{file}:{number}"}
+
+
+def _parquet_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as parquet
+
+    for file in files:
+        try:
+            table = parquet.ParquetFile(file)
+            number = 0
+            for batch in table.iter_batches():
+                for value in batch.to_pylist():
+                    number += 1
+                    yield {"record": value, "where": f"{file} row {number}"}
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+
+
+def _text_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+    """A text file is one document (books, code files)."""
+    for file in files:
+        try:
+            yield {"record": {"text": Path(file).read_text(encoding="utf-8")}, "where": file}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+
+
+@dataclass(frozen=True)
+class LocalFormat:
+    """A local file format: the file names it reads below a folder, and its reader of ``(files, label)`` that yields
+    ``{"record", "where"}`` rows."""
+
+    suffixes: tuple[str, ...]
+    reader: Callable[[list[str], str], Iterator[dict[str, Any]]]
+
+
+FORMATS = {"jsonl": LocalFormat((".jsonl", ".json", ".jsonl.gz", ".json.gz"), _jsonl_rows),
+           "parquet": LocalFormat((".parquet",), _parquet_rows),
+           "text": LocalFormat((".txt", ".md"), _text_rows)}
+LOCAL_FORMATS = frozenset(FORMATS)
+"""The ``source`` values read from local files (the schema's others: ``synthetic``, ``hub``)."""
