@@ -18,7 +18,7 @@ def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from toolkit.data.batches import stage_batches
+    from toolkit.data.batches import as_batch, stage_batches
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.modeling import build_random
     from toolkit.schema import Recipe
@@ -44,7 +44,7 @@ def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
     built()
     losses, step_s = [], []
     for i, row in enumerate(rows):
-        batch = {key: value.to(device) for key, value in row.items()}
+        batch = as_batch(row, device)
         start = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()

@@ -1,16 +1,19 @@
-"""One prepared command that measures the single-GPU path (``make gpu-check``): four sections, each within its
-own time budget, so the whole ends within the total (480 s on CUDA) and writes what it measured into
-``gpu-check.json`` and ``gpu-check.md`` (device, versions, every row, what was skipped and why), rewritten after
-every row.
+"""One prepared command that checks the single-GPU path (``make gpu-check``): five sections, each within its own
+time budget, so the whole ends within the total (420 s on CUDA) and writes what it measured and checked into
+``gpu-check.json`` and ``gpu-check.md`` (device, versions, every row and check, what was skipped and why),
+rewritten after every row.
 
 1. ``pytest -m gpu``;
-2. the tiny recipe's first stage on the device and on the CPU, loss curves compared;
-3. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, packed rows: toolkit vs baseline tokens/s,
+2. the tiny recipe's first 10 steps on the device and on the CPU from the same saved weights, in fp32: the first
+   step's loss within 1e-5, every step's within 1e-3;
+3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps in bf16 from those
+   weights: every step's loss within 1e-3 of one plain process's;
+4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, packed rows: toolkit vs baseline tokens/s,
    MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory);
-4. the longest LoRA context that trains one step, doubling from 128K with checkpointing, CPU offload, tiled
+5. the longest LoRA context that trains one step, doubling from 128K with checkpointing, CPU offload, tiled
    MLP and chunked loss, within what is left.
 
-``--device cpu`` runs the same code at tiny shapes in under a minute (``make gpu-check DEVICE=cpu``).
+``--device cpu`` runs the same code at tiny shapes in one to two minutes (``make gpu-check DEVICE=cpu``).
 
     python benchmarks/gpu_check.py --device cuda --out runs/gpu-check
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -29,19 +33,28 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import gpu_check_engines as engines  # noqa: E402
 from benchmarks import gpu_check_sections as sections  # noqa: E402
+from benchmarks import gpu_check_training as training  # noqa: E402
 from benchmarks.gpu_check_report import markdown  # noqa: E402
 
+NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "none")
+"""ZeRO-3 with weights and optimizer on the GPU: DeepSpeed's CPU Adam, which offload needs, compiles for minutes at its
+first use."""
 PROFILES = {
     "cuda": sections.Profile(device="cuda", shape="llama3-8b", lengths=(8192, 32768, 65536, 131072),
                              offload_from=131072, tiles=8, tiles_from=65536, stage_overrides=(),
-                             search_limit=1 << 21, budgets=(60, 75, 210), total_s=465, min_row_s=30),
+                             engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
+                                      ("FSDP2", "configs/fsdp2.yaml", ())),
+                             search_limit=1 << 21, budgets=(60, 80, 90, 200), total_s=420, min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), offload_from=256, tiles=2, tiles_from=256,
-                            stage_overrides=("train.max_steps=10", "train.stages[0].batch_size=8",
+                            stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),
-                            search_limit=512, budgets=(12, 18, 22), total_s=57, min_row_s=5),
+                            engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),
+                                     ("FSDP2", None, ())),
+                            search_limit=512, budgets=(15, 45, 45, 22), total_s=135, min_row_s=5),
 }
-_EXTRA_PACKAGES = ("pydantic", "pydantic-core", "datasets", "pyarrow", "fsspec", "liger-kernel", "pytest")
+_EXTRA_PACKAGES = ("pydantic", "pydantic-core", "datasets", "pyarrow", "fsspec", "liger-kernel", "deepspeed", "pytest")
 
 
 def _versions(found: dict[str, str]) -> dict[str, str]:
@@ -54,7 +67,7 @@ def _versions(found: dict[str, str]) -> dict[str, str]:
 
 
 def check(profile: sections.Profile, out: Path) -> dict[str, Any]:
-    """Run the four sections within ``profile``'s budgets; the results as written to ``out``."""
+    """Run the five sections within ``profile``'s budgets; the results as written to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -72,19 +85,22 @@ def check(profile: sections.Profile, out: Path) -> dict[str, Any]:
                   versions=_versions(facts["versions"]))
     peak = facts["matmul_tflops"]
     measured: list[dict[str, Any]] = []
-    plan = [("1. pytest -m gpu", profile.budgets[0], sections.gpu_tests),
-            ("2. tiny recipe, first stage: device vs CPU", profile.budgets[1], sections.tiny_stage),
-            ("3. throughput and memory: toolkit vs baseline", profile.budgets[2],
-             lambda s, p, d: sections.throughput(s, p, d, peak)),
-            ("4. longest LoRA context, one step", None,
-             lambda s, p, d: sections.longest_context(s, p, d, peak, measured))]
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        plan = [("1. pytest -m gpu", profile.budgets[0], sections.gpu_tests),
+                ("2. tiny recipe, first steps: device vs CPU, same weights", profile.budgets[1],
+                 training.device_vs_cpu),
+                ("3. ZeRO-3 and FSDP2 launches vs one process", profile.budgets[2], engines.engines),
+                ("4. throughput and memory: toolkit vs baseline", profile.budgets[3],
+                 lambda s, p, d: sections.throughput(s, p, d, peak)),
+                ("5. longest LoRA context, one step", None,
+                 lambda s, p, d: sections.longest_context(s, p, d, peak, measured))]
         for name, budget, run in plan:
             left = profile.total_s - (time.monotonic() - started)
             section = sections.Section(name, min(budget or left, left), save)
             done.append(section)
             try:
-                run(section, profile, Path(scratch))
+                run(section, profile, scratch)
             except Exception as exc:  # a broken section is a result; the next one still runs
                 section.notes.append(f"failed: {type(exc).__name__}: {str(exc)[-400:]}")
             section.elapsed_s = time.monotonic() - section.started
@@ -96,7 +112,7 @@ def check(profile: sections.Profile, out: Path) -> dict[str, Any]:
 def _section_json(section: sections.Section) -> dict[str, Any]:
     elapsed = section.elapsed_s if section.elapsed_s is not None else time.monotonic() - section.started
     return {"name": section.name, "budget_s": section.budget_s, "elapsed_s": elapsed, "rows": section.rows,
-            "skipped": section.skipped, "notes": section.notes}
+            "checks": section.checks, "skipped": section.skipped, "notes": section.notes}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `timeout`: children stopped too
     result = check(PROFILES[args.device], args.out)
     print(markdown(result))
 

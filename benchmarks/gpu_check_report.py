@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_COLUMNS = {  # per section: the row keys shown, in order (losses and errors stay in the JSON)
+_COLUMNS = {  # per section: the row keys shown, in order (losses, logs and errors stay in the JSON)
     "1": ("test", "outcome", "seconds", "message"),
     "2": ("run", "device", "attention", "steps", "first_loss", "last_loss", "train_s", "tokens_per_s"),
-    "3": ("variant", "seq_len", "status", "attention_used", "offload", "tiles", "tokens_per_s", "mfu", "peak_gib",
+    "3": ("run", "config", "engine", "processes", "precision", "attention", "exit_code", "steps", "first_loss",
+          "last_loss", "max_loss_diff", "wall_s"),
+    "4": ("variant", "seq_len", "status", "attention_used", "offload", "tiles", "tokens_per_s", "mfu", "peak_gib",
           "reserved_gib", "step_s", "wall_s"),
 }
-_COLUMNS["4"] = _COLUMNS["3"]
+_COLUMNS["5"] = _COLUMNS["4"]
 
 
 def _cell(value: Any) -> str:
@@ -25,14 +27,22 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "/")
 
 
+def _check_line(check: dict[str, Any]) -> str:
+    difference = "not measured" if check["difference"] is None else f"{check['difference']:.2e}"
+    why = f": {check['why']}" if check["why"] else ""
+    return f"- **{check['result']}**: {check['what']}: {difference} (tolerance {check['tolerance']:.0e}){why}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.get("versions", {}).items()))
     memory = f", {result['memory_gib']:.1f} GiB" if result.get("memory_gib") else ""
+    checks = [c["result"] for section in result["sections"] for c in section["checks"]]
     lines = [f"# GPU check ({result['mode']})", "",
              f"- started {result['started']}, took {result.get('elapsed_s', 0):.0f} s of a {result['budget_s']:.0f} s "
              "budget",
              f"- device: {result.get('device', '?')}{memory}; measured matmul rate (MFU denominator): "
              f"{result.get('matmul_tflops', 0):.3g} TFLOP/s",
+             f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed",
              f"- versions: {versions}", ""]
     for section in result["sections"]:
         lines += [f"## {section['name']}", "",
@@ -46,6 +56,7 @@ def markdown(result: dict[str, Any]) -> str:
             if row.get("error"):
                 error = row["error"].strip().splitlines()[-1] if row["error"].strip() else ""
                 lines.append(f"- {row.get('variant')} at {row.get('seq_len')}: {row['status']}: {error[:300]}")
+        lines += [_check_line(check) for check in section["checks"]]
         lines += [f"- skipped {s['what']}: {s['why']}" for s in section["skipped"]]
         lines += [f"- {note}" for note in section["notes"]]
         lines.append("")

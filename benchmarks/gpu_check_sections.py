@@ -1,6 +1,8 @@
-"""The four sections of ``benchmarks/gpu_check.py``. Each takes its :class:`Section` (time budget, rows, what
-was skipped and why) and the device profile, runs its work in subprocesses that never outlive the budget, and
-calls ``section.save()`` after every row so that an interrupted check still leaves what it measured."""
+"""What the sections of ``benchmarks/gpu_check.py`` share (the device :class:`Profile`, each :class:`Section`'s
+budget, rows, checks and skips), sections 1, 4 and 5, and the device's facts. Each section runs its work in
+subprocesses that never outlive its budget, and calls ``section.save()`` after every row or check so that an
+interrupted check still leaves what it measured. Sections 2 and 3 (training comparisons) are in
+``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``."""
 
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks.harness import ROOT, Config, for_length, measure
 
 
@@ -27,15 +27,18 @@ class Profile:
     device: str
     shape: str
     lengths: tuple[int, ...]
-    """Section 3: toolkit and baseline at each length."""
+    """Section 4: toolkit and baseline at each length."""
     offload_from: int
     tiles: int
     tiles_from: int
     stage_overrides: tuple[str, ...]
-    """Section 2: overrides of the tiny recipe's first stage (none: as the recipe has it)."""
+    """Sections 2 and 3: overrides of the tiny recipe's first stage, applied where its starting weights are built."""
+    engines: tuple[tuple[str, str | None, tuple[str, ...]], ...]
+    """Section 3: each engine's name, launch config (from the repository root; None: it needs a GPU) and extra
+    ``accelerate launch`` options."""
     search_limit: int
-    budgets: tuple[float, float, float]
-    """Seconds for sections 1-3; section 4 gets what is left of the total."""
+    budgets: tuple[float, float, float, float]
+    """Seconds for sections 1-4; section 5 gets what is left of the total."""
     total_s: float
     min_row_s: float
     """A measurement whose time cannot be extrapolated yet starts only with this many seconds left."""
@@ -49,6 +52,8 @@ class Section:
     started: float = field(default_factory=time.monotonic)
     elapsed_s: float | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    """Pass or fail: a measured difference against its tolerance."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -59,27 +64,40 @@ class Section:
         self.rows.append(row)
         self.save()
 
+    def check(self, what: str, difference: float | None, tolerance: float, why: str = "") -> None:
+        """Passes when ``difference`` (None: not measured, ``why`` says why) is at most ``tolerance``."""
+        passed = difference is not None and difference <= tolerance  # NaN fails too
+        self.checks.append({"what": what, "difference": difference, "tolerance": tolerance,
+                            "result": "pass" if passed else "fail", "why": why})
+        self.save()
+
     def skip(self, what: str, why: str) -> None:
         self.skipped.append({"what": what, "why": why})
         self.save()
 
 
-def _env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
+    """A child process's environment: the checkout first on ``PYTHONPATH`` (the toolkit runs from it), unbuffered."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
 
 
 # 1. pytest -m gpu
 
+_GPU_MARKS = ("pytest.mark.gpu", "tests.devices")
+"""What a test file with gpu-marked tests names: the mark, or the device list whose CUDA entry carries it."""
+
+
 def gpu_tests(section: Section, profile: Profile, scratch: Path) -> None:
     """``pytest -m gpu`` over the test files that hold gpu-marked tests; one row per test."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                   if "pytest.mark.gpu" in p.read_text())
+                   if any(mark in p.read_text() for mark in _GPU_MARKS))
     report = scratch / "junit.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                "--continue-on-collection-errors", f"--junitxml={report}", *files]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=section.left())
+        done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                              timeout=section.left())
     except subprocess.TimeoutExpired:
         section.skip("pytest -m gpu", f"did not finish within {section.budget_s:.0f} s")
         return
@@ -97,62 +115,7 @@ def gpu_tests(section: Section, profile: Profile, scratch: Path) -> None:
                      "seconds": float(case.get("time") or 0), "message": message})
 
 
-# 2. the tiny recipe's first stage on the device and on the CPU
-
-def _first_stage_recipe(folder: Path) -> Path:
-    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-passkey.yaml").read_text())
-    recipe["train"]["stages"] = recipe["train"]["stages"][:1]
-    recipe["eval"] = {"suites": [], "before": False}
-    recipe["logging"] = {"backend": "none", "every": 1}
-    path = folder / "tiny-first-stage.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-_TRAIN_ONLY = ("import sys; from toolkit.recipe_loading import load_recipe; from toolkit.runner import setup, "
-               "train_stages; session = setup(load_recipe(sys.argv[1], sys.argv[2:])); train_stages(session); "
-               "session.logger.close()")
-"""The runner's setup and training steps alone (no final save, no report): what the comparison needs."""
-
-
-def tiny_stage(section: Section, profile: Profile, scratch: Path) -> None:
-    """The tiny recipe's first stage trained on the device and, at the same time, on the CPU; the two loss
-    curves are compared step by step. A run stopped at the budget keeps the steps it logged."""
-    recipe = _first_stage_recipe(scratch)
-    runs = {"device": scratch / "tiny-device", "cpu": scratch / "tiny-cpu"}
-    procs = {}
-    for where, run in runs.items():
-        env = _env(CUDA_VISIBLE_DEVICES="") if where == "cpu" else _env()
-        procs[where] = subprocess.Popen(
-            [sys.executable, "-c", _TRAIN_ONLY, str(recipe), f"output.dir={run}", *profile.stage_overrides],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    curves: dict[str, list[float]] = {}
-    for where, proc in procs.items():
-        try:
-            _, err = proc.communicate(timeout=max(section.left(), 1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-            section.skip(f"the rest of the tiny stage on {where}", f"not done within {section.budget_s:.0f} s")
-        metrics = runs[where] / "metrics.jsonl"
-        if not metrics.exists() or not metrics.read_text().strip():
-            section.skip(f"tiny stage on {where}", f"no step logged (exit code {proc.returncode}): {err[-300:]}")
-            continue
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        curves[where] = [r["loss"] for r in records]
-        info = json.loads((runs[where] / "run_info.json").read_text())
-        section.add({"run": where, "device": info["device"], "attention": info["attention"], "steps": len(records),
-                     "first_loss": curves[where][0], "last_loss": curves[where][-1],
-                     "train_s": records[-1]["elapsed_s"], "tokens_per_s": records[-1]["tokens_per_s"],
-                     "losses": curves[where]})
-    if len(curves) == 2:
-        gaps = [abs(a - b) for a, b in zip(curves["device"], curves["cpu"], strict=False)]
-        tail = gaps[-max(1, len(gaps) // 10):]
-        section.notes.append(f"loss curves, device vs CPU over {len(gaps)} common steps: max |difference| "
-                             f"{max(gaps):.4f}, over the last tenth {max(tail):.4f}, at the first step {gaps[0]:.2e}")
-
-
-# 3. toolkit vs baseline at the profile's lengths
+# 4. toolkit vs baseline at the profile's lengths
 
 def _estimate_s(previous: dict[str, Any] | None, seq_len: int, steps: int) -> float | None:
     """Seconds a run at ``seq_len`` should take, from the last measured row (attention-bound: quadratic)."""
@@ -195,11 +158,11 @@ def throughput(section: Section, profile: Profile, scratch: Path, peak_tflops: f
                     failed[variant] = seq_len
 
 
-# 4. the longest LoRA context that trains one step
+# 5. the longest LoRA context that trains one step
 
 def longest_context(section: Section, profile: Profile, scratch: Path, peak_tflops: float,
                     measured: list[dict[str, Any]]) -> None:
-    """Doubling from the longest length of section 3 with checkpointing + CPU offload + tiled MLP + chunked
+    """Doubling from the longest length of section 4 with checkpointing + CPU offload + tiled MLP + chunked
     loss (its row counts when it had all four), one step per probe, while the budget lasts."""
     config = Config(shape=profile.shape, method="lora", steps=1, warmup=0, offload=True, tiles=profile.tiles,
                     peak_tflops=peak_tflops)
@@ -208,7 +171,7 @@ def longest_context(section: Section, profile: Profile, scratch: Path, peak_tflo
                      and r.get("status") == "ok" and r.get("offload") and r.get("tiles")), None)
     seq_len = start
     if previous is not None:
-        section.notes.append(f"{start:,} trained in section 3 with the same settings ({previous['step_s']:.1f} s/step)")
+        section.notes.append(f"{start:,} trained in section 4 with the same settings ({previous['step_s']:.1f} s/step)")
         seq_len = start * 2
     longest = start if previous is not None else 0
     while seq_len <= profile.search_limit:
@@ -228,7 +191,7 @@ def device_facts() -> dict[str, Any]:
             "device = torch.device('cuda' if cuda else 'cpu'); print(json.dumps({'device': describe_device(device), "
             "'memory_gib': torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None, "
             "'matmul_tflops': matmul_peak_tflops(), 'versions': package_versions()}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"device facts: {done.stderr[-500:]}")

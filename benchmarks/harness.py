@@ -70,6 +70,9 @@ class Trial:
     step_s: list[float]
     trainable_fraction: float
     attention: str
+    peak_gib: float | None = None
+    """The most device memory any step took, where the variant's loop measures it per step (the toolkit's
+    ``metrics.jsonl``, whose windows restart every row); None: read once after the trial."""
 
 
 def for_length(config: Config, seq_len: int, offload_from: int | None, tiles_from: int | None) -> Config:
@@ -132,7 +135,8 @@ def run(config: Config) -> dict:
         from benchmarks.toolkit_variant import run_toolkit as variant
     trial = variant(config, torch.cuda.reset_peak_memory_stats if device.type == "cuda" else lambda: None)
     if device.type == "cuda":
-        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        peak, reserved = max(torch.cuda.max_memory_allocated(), (trial.peak_gib or 0) * 1024**3), \
+            torch.cuda.max_memory_reserved()
     else:
         peak, reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start, None
     seconds = sum(trial.step_s) / len(trial.step_s)

@@ -64,4 +64,5 @@ def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
     trainable, total = count_parameters(session.model)
     timed = records[config.warmup:]
     return Trial(losses=[r["loss"] for r in records], step_s=[config.seq_len / r["tokens_per_s"] for r in timed],
-                 trainable_fraction=trainable / total, attention=session.loaded.attention)
+                 trainable_fraction=trainable / total, attention=session.loaded.attention,
+                 peak_gib=max(r["peak_memory_gib"] for r in records))

@@ -1,4 +1,4 @@
-"""Micro Llamas for attention and optimisation tests, and the checks they share."""
+"""Micro Llamas for attention and optimisation tests, the packed rows they run on, and the checks they share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from toolkit.data.batches import Batch, collate
+from toolkit.data.packing import Document, pack_rows
 
 
 def micro_llama(attention: str, max_positions: int) -> LlamaForCausalLM:
@@ -16,6 +19,19 @@ def micro_llama(attention: str, max_positions: int) -> LlamaForCausalLM:
     model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation(attention)
     return model
+
+
+def packed_batch(lengths: Sequence[Sequence[int]], seq_len: int) -> tuple[list[list[torch.Tensor]], Batch]:
+    """Random documents (tokens 3-127, loss on all) of ``lengths``, the documents of each inner sequence packed into
+    one row of ``seq_len`` by the data path; the documents row by row, and the batch."""
+    generator = torch.Generator().manual_seed(1)
+    docs, rows = [], []
+    for row_lengths in lengths:
+        row_docs = [torch.randint(3, 128, (n,), generator=generator) for n in row_lengths]
+        [row] = pack_rows([Document(d.tolist(), d.tolist()) for d in row_docs], seq_len, "pack", pad_id=0)
+        docs.append(row_docs)
+        rows.append(row)
+    return docs, collate(rows)
 
 
 def assert_rows_match_documents(logits: torch.Tensor, docs: Sequence[Sequence[torch.Tensor]],

@@ -2,44 +2,41 @@
 boundaries come from the position ids, it adapts to each torch signature, and packed documents stay apart.
 
 PyTorch's kernel runs on CUDA only; on CPU the adapter drives reference kernels with the torch 2.13 and 2.10
-signatures (sdpa per document), so everything but the kernel itself is exercised here. The GPU test at the end
-runs the real kernel, forward and backward."""
+signatures (sdpa per document, ``tests/varlen_reference.py``), so everything but the kernel itself is exercised here.
+Documents stay apart forward and backward through the model: over the real kernel on a GPU, the reference on CPU."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface, LlamaForCausalLM
 
-from tests.micro_models import assert_rows_match_documents, micro_llama
+from tests.devices import DEVICES
+from tests.micro_models import assert_rows_match_documents, micro_llama, packed_batch
+from tests.varlen_reference import per_document, reference_varlen_attn, torch_varlen_on
+from toolkit.attention import TORCH_VARLEN, KernelSupport
 from toolkit.attention_varlen import cu_seqlens, varlen_attention
-from toolkit.data.packing import Document, pack_rows
 
 SEQ_LEN = 48
 DOCS = ((11, 20, 9), (30, 7))  # two packed rows; each ends in a padding tail of its own
 
 
-def _per_document(q, k, v, cu_q, causal: bool, scale: float | None, gqa: bool) -> torch.Tensor:
-    bounds = cu_q.tolist()
-    out = [F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1),
-                                          is_causal=causal, scale=scale, enable_gqa=gqa).transpose(0, 1)
-           for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
-    return torch.cat(out)
-
-
-def kernel_2_13(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
-                window_size=(-1, -1), enable_gqa=False):
-    """torch 2.12+: causal as a window, native GQA."""
-    assert torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32 and max_q == max_k
-    assert max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    return _per_document(query, key, value, cu_seq_q, tuple(window_size) == (-1, 0), scale, enable_gqa)
-
-
 def kernel_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
     """torch 2.10: ``is_causal``, no scale, equal head counts."""
     assert query.shape[1] == key.shape[1]
-    return _per_document(query, key, value, cu_seq_q, is_causal, None, False)
+    return per_document(query, key, value, cu_seq_q, is_causal, None, False)
+
+
+def test_the_reference_takes_what_this_torchs_kernel_takes() -> None:
+    """The CPU stand-in takes arguments of PyTorch's own ``varlen_attn`` alone, by name, kind and default."""
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    ours, theirs = (inspect.signature(f).parameters for f in (reference_varlen_attn, varlen.varlen_attn))
+    if "window_size" not in theirs:
+        pytest.skip("this torch's varlen_attn has the torch 2.10 signature (kernel_2_10)")
+    assert all(name in theirs and (p.kind, p.default) == (theirs[name].kind, theirs[name].default)
+               for name, p in ours.items())
 
 
 def test_cu_seqlens_from_restarting_positions() -> None:
@@ -54,19 +51,7 @@ def _model(attention: str) -> LlamaForCausalLM:
     return micro_llama(attention, SEQ_LEN)
 
 
-def _rows() -> tuple[list[list[torch.Tensor]], dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(1)
-    docs, rows = [], []
-    for lengths in DOCS:
-        row_docs = [torch.randint(3, 128, (n,), generator=generator) for n in lengths]
-        packed = list(pack_rows([Document(d.tolist(), d.tolist()) for d in row_docs], SEQ_LEN, "pack", pad_id=0))
-        assert len(packed) == 1
-        docs.append(row_docs)
-        rows.append(packed[0])
-    return docs, {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
-
-
-@pytest.mark.parametrize("kernel", [kernel_2_13, kernel_2_10])
+@pytest.mark.parametrize("kernel", [reference_varlen_attn, kernel_2_10])
 def test_packed_rows_under_the_adapter_equal_each_document_alone(kernel) -> None:
     seen: list[object] = []
     adapter = varlen_attention(kernel)
@@ -77,7 +62,7 @@ def test_packed_rows_under_the_adapter_equal_each_document_alone(kernel) -> None
 
     AttentionInterface.register(f"test_varlen_{kernel.__name__}", spy)
     model, reference = _model(f"test_varlen_{kernel.__name__}"), _model("sdpa")
-    docs, rows = _rows()
+    docs, rows = packed_batch(DOCS, SEQ_LEN)
     with torch.no_grad():
         packed = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"], use_cache=False).logits
         assert_rows_match_documents(packed, docs, reference)
@@ -93,30 +78,26 @@ def test_the_adapter_refuses_what_it_cannot_do() -> None:
         adapter(None, q, q, q, None, scaling=0.5, position_ids=torch.arange(6)[None])
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_torch_varlen_on_gpu_keeps_documents_apart_forward_and_backward() -> None:
-    from toolkit.attention import KernelSupport
-    from toolkit.attention_varlen import register_torch_varlen
-
-    if not KernelSupport.detect().torch_varlen:
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_varlen_keeps_documents_apart_forward_and_backward(device: str) -> None:
+    if device == "cuda" and not KernelSupport.detect().torch_varlen:
         pytest.skip("no PyTorch varlen flash attention on this GPU")
-    register_torch_varlen()
     # the ignore: transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self
-    model = _model("torch_varlen").to("cuda", torch.bfloat16)  # type: ignore[arg-type]
-    reference = _model("sdpa").to("cuda", torch.bfloat16)  # type: ignore[arg-type]
-    docs, rows = _rows()
-    rows = {k: v.cuda() for k, v in rows.items()}
-    logits = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"], use_cache=False).logits
-    logits[0, 11:31].float().sum().backward()  # the second document's outputs only
+    reference = _model("sdpa").to(device, torch.bfloat16)  # type: ignore[arg-type]
+    docs, rows = packed_batch(DOCS, SEQ_LEN)
+    ids, positions = rows["input_ids"].to(device), rows["position_ids"].to(device)
+    with torch_varlen_on(device):
+        model = _model(TORCH_VARLEN).to(device, torch.bfloat16)  # type: ignore[arg-type]
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        logits[0, 11:31].float().sum().backward()  # the second document's outputs only
     start = 0
     for doc in docs[0]:
-        alone = reference(input_ids=doc[None].cuda(), use_cache=False).logits[0]
+        alone = reference(input_ids=doc[None].to(device), use_cache=False).logits[0]
         torch.testing.assert_close(logits[0, start:start + len(doc)].float(), alone.float(), atol=3e-2, rtol=3e-2)
         start += len(doc)
     embedding_grad = model.model.embed_tokens.weight.grad
     assert embedding_grad is not None
-    first_only = set(rows["input_ids"][0, :11].tolist()) - set(rows["input_ids"][0, 11:31].tolist())
+    first_only = set(ids[0, :11].tolist()) - set(ids[0, 11:31].tolist())
     assert first_only and all(embedding_grad[t].abs().max() == 0 for t in first_only)  # nothing flows across
 
 

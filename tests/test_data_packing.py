@@ -5,7 +5,7 @@ from itertools import islice, pairwise
 import pytest
 import torch
 
-from toolkit.data.batches import stage_batches
+from toolkit.data.batches import as_batch, collate, stage_batches, target_tokens
 from toolkit.data.packing import IGNORE_INDEX, Document, pack_rows
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.schema import DataSpec, TokenizerTraining
@@ -81,14 +81,24 @@ def tokenizer():
     return train_tokenizer(TokenizerTraining(vocab_size=400, corpus_documents=300), seed=0)
 
 
+def test_rows_collate_into_a_batch_and_a_stray_key_is_refused():
+    batch = collate(list(pack_rows([_doc(100, 4), _doc(200, 5), _doc(300, 3)], SEQ_LEN, "pack", PAD)))
+    assert batch["input_ids"].shape == (2, SEQ_LEN)
+    assert batch["sources"].tolist() == [[0] * 9 + [-1], [0] * 3 + [-1] * 7]  # padding: PAD_SOURCE
+    assert int(target_tokens(batch)) == 3 + 4 + 2  # every label but each document's first
+    with pytest.raises(ValueError, match=r"not \['attention_mask', 'input_ids', 'labels', 'position_ids'\]"):
+        as_batch({"attention_mask": batch["sources"] >= 0, "input_ids": batch["input_ids"],
+                  "labels": batch["labels"], "position_ids": batch["position_ids"]})
+
+
 def test_stage_batches_shapes_and_determinism(tokenizer):
     spec = DataSpec(task="multikey", num_keys=3)
     first = list(islice(stage_batches(spec, tokenizer, seq_len=128, batch_size=4, seed=7), 3))
     again = list(islice(stage_batches(spec, tokenizer, seq_len=128, batch_size=4, seed=7), 3))
     for batch, same in zip(first, again, strict=True):
-        assert set(batch) == {"input_ids", "labels", "position_ids"}
-        for key, tensor in batch.items():
-            assert tensor.dtype == torch.long and tensor.shape == (4, 128)
-            assert torch.equal(tensor, same[key])
+        assert set(batch) == {"input_ids", "labels", "position_ids"}  # sources counted and gone
+        for key in ("input_ids", "labels", "position_ids"):
+            assert batch[key].dtype == torch.long and batch[key].shape == (4, 128)
+            assert torch.equal(batch[key], same[key])
     assert not torch.equal(first[0]["input_ids"], first[1]["input_ids"])
     assert (first[0]["labels"] != IGNORE_INDEX).sum() >= 4 * 6  # every row holds at least one 5-digit answer + eos

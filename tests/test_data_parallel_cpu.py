@@ -29,11 +29,10 @@ from typing import Any
 import pytest
 import torch
 
-from toolkit.data.batches import PackedRows, StageBatches, stage_batches, stage_loader
+from toolkit.data.batches import PackedRows, StageBatches, as_batch, stage_batches, stage_loader, target_tokens
 from toolkit.data.packing import IGNORE_INDEX, PAD_SOURCE
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.schema import DataSpec, TokenizerTraining
-from toolkit.training.loop import _target_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKS = ROOT / "tests/distributed/data_ranks.py"
@@ -153,13 +152,14 @@ def test_ulysses_ranks_hold_halves_of_the_same_rows(tokenizer_dir: Path, tokeniz
             assert torch.equal(whole["sources"][i], row["sources"]), (step, i)
             assert torch.equal(whole["shift_labels"][i], _shifted(row["labels"])), (step, i)
             # the loop's count on each rank's half of this row, summed: the row's targets
-            halves = [_target_tokens({"shift_labels": part["shift_labels"][i:i + 1]}) for part in (mine, theirs)]
+            halves = [target_tokens(as_batch({key: value[i:i + 1] for key, value in part.items()}))
+                      for part in (mine, theirs)]
             assert int(sum(halves)) == _targets(row["labels"]), (step, i)
             # StageBatches' counts of each half, summed: the row's non-padding tokens by source
             assert [a + b for a, b in zip(_source_tokens(mine["sources"][i]), _source_tokens(theirs["sources"][i]),
                                           strict=True)] == _source_tokens(row["sources"]), (step, i)
             step_targets += _targets(row["labels"])
-        # what train_stage counts per micro-step on each rank, and its window summed over the ranks
+        # what train_step counts per micro-step on each rank, and its window summed over the ranks
         assert first["targets"][step] + second["targets"][step] == step_targets, step
         assert first["windows"][step] == second["windows"][step] == step_targets, step
     assert covered == list(range(ROWS))  # micro-steps walk through the group's rows, each once, in stream order
@@ -203,7 +203,7 @@ def test_context_parallel_ranks_slice_the_same_rows(tokenizer_dir: Path, tokeniz
                       for part in (mine, theirs)]
             assert halves[0] + halves[1] == row, (step, i)  # every token once, wherever the load balancer put it
             step_targets += _targets(whole["labels"][i])
-        # train_stage: targets of the full rows summed over the ranks, over row_sharers; and the losses each rank
+        # train_step: targets of the full rows summed over the ranks, over row_sharers; and the losses each rank
         # then sums over its slice cover exactly those targets
         assert first["windows"][step] == second["windows"][step] == step_targets, step
         assert first["slice_targets"][step] + second["slice_targets"][step] == step_targets, step

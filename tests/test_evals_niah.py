@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.devices import DEVICES
 from tests.test_evals_fixtures import Oracle, tiny_model, tiny_tokenizer
 from toolkit.data import needle
 from toolkit.evals.api import run_suites
@@ -62,8 +63,11 @@ def test_split_sentences():
     assert len(split_sentences(" ".join(["w"] * 100))) == 3  # run-on text is cut every 40 words
 
 
-def test_teacher_forced_match_equals_greedy_generation():
-    model, tok = tiny_model(), tiny_tokenizer()
+@pytest.mark.parametrize("device", DEVICES)
+def test_teacher_forced_match_equals_greedy_generation(device: str):
+    # fp32: bf16 near-ties could flip between the two paths; the ignore: transformers wraps .to in
+    # functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
+    model, tok = tiny_model().to(device), tiny_tokenizer()  # type: ignore[arg-type]
     prompts = [tok(text)["input_ids"] for text in
                (" The old river holds the quiet garden at dawn. The pass key for apple is",
                 " The cold lake meets the tall tower.\nWhat is the pass key for raven? The pass key for raven is",
@@ -142,15 +146,3 @@ def test_resume_skips_recorded_cells(tmp_path: Path):
     oracle.calls = 0
     run_suites(oracle, tiny_tokenizer(), [suite], tmp_path, "base", "oracle")
     assert oracle.calls == 3
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm device")
-def test_teacher_forced_match_equals_greedy_generation_on_gpu():
-    # fp32: bf16 near-ties could flip between the two paths; the ignore: transformers wraps .to in
-    # functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
-    model, tok = tiny_model().to("cuda"), tiny_tokenizer()  # type: ignore[arg-type]
-    prompts = [tok(f" The pass key for {key} is 1234{i}. The old road{'.' * i}")["input_ids"]
-               for i, key in enumerate(("apple", "raven", "amber"))]
-    generated = generate_ids(model, prompts, max_new_tokens=4, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    assert greedy_matches(model, list(zip(prompts, generated, strict=True)), tok.pad_token_id) == [True, True, True]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.devices import DEVICES
 from toolkit.errors import UserError
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.schema import TrainSpec
@@ -48,11 +49,16 @@ def test_8bit_without_cuda_or_bitsandbytes_is_a_user_error(name: str) -> None:
         build_optimizer(torch.nn.Linear(2, 2).parameters(), _train(optimizer=name), lr=1e-3)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
-                    reason="needs CUDA and bitsandbytes")
-def test_8bit_on_cuda() -> None:
-    layer = torch.nn.Linear(256, 256).cuda()
+@pytest.mark.parametrize("device", DEVICES)
+def test_8bit_on_the_device(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = torch.nn.Linear(256, 256).to(device)
+    if device == "cpu":  # bitsandbytes' 8-bit AdamW runs on CUDA alone: without it the recipe's choice is refused
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine with CUDA checks this too
+        with pytest.raises(UserError, match="train.optimizer: adamw_8bit needs a CUDA GPU"):
+            build_optimizer(layer.parameters(), _train(optimizer="adamw_8bit"), lr=1e-3)
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("needs bitsandbytes")
     optimizer = build_optimizer(layer.parameters(), _train(optimizer="adamw_8bit"), lr=1e-3)
     layer(torch.ones(2, 256, device="cuda")).sum().backward()
     optimizer.step()

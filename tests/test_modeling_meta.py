@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from tests.devices import DEVICES
 from tests.micro_models import train_losses
 from toolkit.modeling import build_on_meta, build_random, materialise
 
@@ -89,17 +90,19 @@ def test_materialised_model_trains_like_one_built_in_place() -> None:
     assert materialised[-1] < 1.0
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm device")
-def test_random_init_on_the_gpu() -> None:
-    """Built on meta and initialised on the GPU: the tiny model's buffers as on CPU, an 8B shape in seconds."""
-    cuda = torch.device("cuda")
-    tiny = build_random(TINY, _Tokenizer(256), "sdpa", torch.float32, 0, cuda)
-    assert {p.device.type for p in tiny.parameters()} == {"cuda"}
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_init_on_the_device(device: str) -> None:
+    """Built where it runs (on a GPU: on meta, initialised there): the tiny model's buffers and initialisation as
+    built in place on CPU; an 8B shape in seconds on a GPU."""
+    tiny = build_random(TINY, _Tokenizer(256), "sdpa", torch.float32, 0, torch.device(device))
+    assert {p.device.type for p in tiny.parameters()} == {device}
     torch.testing.assert_close(tiny.model.rotary_emb.inv_freq.cpu(), _in_place(0).model.rotary_emb.inv_freq)
+    assert tiny.model.layers[1].mlp.down_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    if device == "cpu":
+        return  # CPU builds an 8B shape in place: 16 GB and minutes (test_an_8b_shape_on_meta_allocates_nothing)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    big = build_random(LLAMA3_8B, _Tokenizer(128256), "sdpa", torch.bfloat16, 0, cuda)
+    big = build_random(LLAMA3_8B, _Tokenizer(128256), "sdpa", torch.bfloat16, 0, torch.device(device))
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     assert elapsed < 30, f"8B random init took {elapsed:.1f} s"

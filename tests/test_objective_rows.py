@@ -7,39 +7,28 @@ import logging
 
 import pytest
 import torch
-from transformers import AttentionInterface, AttentionMaskInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, AttentionMaskInterface, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 import toolkit.training.objective as objective_module
-from tests.micro_models import assert_rows_match_documents
+from tests.micro_models import assert_rows_match_documents, micro_llama, packed_batch
 from toolkit.attention import decoder_rows
-from toolkit.data.packing import IGNORE_INDEX, Document, pack_rows
+from toolkit.data.batches import Batch
+from toolkit.data.packing import IGNORE_INDEX
 from toolkit.memory.chunked_loss import causal_lm_loss
-from toolkit.training.objective import CausalLMObjective
+from toolkit.training.objective import CausalLMObjective, objective_loss
 
 SEQ_LEN = 48
 DOCS = ((11, 20, 9), (30, 7))
 
 
 def _model(attention: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2 * SEQ_LEN)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(attention)
-    return model
+    return micro_llama(attention, 2 * SEQ_LEN)  # flattened rows (flash-attn) run to 2·L positions
 
 
-def _rows(lengths=DOCS) -> tuple[list[list[torch.Tensor]], dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(1)
-    docs, rows = [], []
-    for row_lengths in lengths:
-        row_docs = [torch.randint(3, 128, (n,), generator=generator) for n in row_lengths]
-        packed = list(pack_rows([Document(d.tolist(), d.tolist()) for d in row_docs], SEQ_LEN, "pack", pad_id=0))
-        docs.append(row_docs)
-        rows.append(packed[0])
-    return docs, {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+def _rows(lengths=DOCS) -> tuple[list[list[torch.Tensor]], Batch]:
+    return packed_batch(lengths, SEQ_LEN)
 
 
 def _flex_forward_on_cpu() -> bool:
@@ -73,8 +62,7 @@ def test_the_objective_loss_is_the_documents_own() -> None:
     model = _model("sdpa")
     docs, rows = _rows()
     with torch.no_grad():
-        total, count = CausalLMObjective(model, loss_chunk_size=None)(
-            rows["input_ids"], rows["position_ids"], labels=rows["labels"])
+        total, count = objective_loss(CausalLMObjective(model, loss_chunk_size=None), rows)
         flat_ids, flat_positions = decoder_rows("flash_attention_2", rows["input_ids"], rows["position_ids"])
         hidden = model.model(input_ids=flat_ids, position_ids=flat_positions, use_cache=False).last_hidden_state
         flat_total, _ = causal_lm_loss(hidden.view(2, SEQ_LEN, -1), model.lm_head, rows["labels"], None)
@@ -104,10 +92,10 @@ def test_one_document_rows_reach_sdpa_without_a_mask() -> None:
     objective = CausalLMObjective(model, loss_chunk_size=None)
     _, one_document = _rows(((30,), (41,)))  # each row: one document, then its padding tail
     with torch.no_grad():
-        objective(one_document["input_ids"], one_document["position_ids"], labels=one_document["labels"])
+        objective_loss(objective, one_document)
         assert masks == [None, None]
         _, packed = _rows()
-        objective(packed["input_ids"], packed["position_ids"], labels=packed["labels"])
+        objective_loss(objective, packed)
     assert masks[-1] is not None and masks[-1].shape == (2, 1, SEQ_LEN, SEQ_LEN)
 
 
@@ -117,7 +105,7 @@ def test_a_large_dense_mask_is_warned_about_once(monkeypatch, caplog) -> None:
     _, rows = _rows()
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="toolkit"):
         for _ in range(2):
-            objective(rows["input_ids"], rows["position_ids"], labels=rows["labels"])
+            objective_loss(objective, rows)
     warnings = [r.getMessage() for r in caplog.records if "dense" in r.getMessage()]
     assert warnings == ["model.attention sdpa: rows holding several documents make transformers build a dense "
                         "[2,1,48,48] mask of 0.0 GiB (and disable sdpa's flash kernel); model.attention: auto keeps "

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import torch
 
+from toolkit.data.batches import Batch, collate
+from toolkit.data.packing import Document, pack_rows
 from toolkit.errors import UserError
 from toolkit.parallel import (
     accelerator_kwargs,
@@ -80,10 +82,16 @@ def test_impossible_settings_are_user_errors(spec: ParallelSpec, env: dict, atte
         accelerator_kwargs(spec, attention=attention, env=env)
 
 
+def _batch() -> Batch:
+    """Two rows of 4 tokens: a document of 3 with a padding token, and one of 4."""
+    docs = [Document([5, 6, 7], [5, 6, 7]), Document([8, 9, 10, 11], [8, 9, 10, 11])]
+    return collate(list(pack_rows(docs, 4, "split", pad_id=0)))
+
+
 def test_shard_without_context_parallel_leaves_the_batch() -> None:
-    batch = {"input_ids": torch.ones(1, 6, dtype=torch.long), "labels": torch.ones(1, 6, dtype=torch.long)}
+    batch = _batch()
     with shard_for_sequence_parallel(SimpleNamespace(parallelism_config=None), batch):
-        assert sorted(batch) == ["input_ids", "labels"]
+        assert sorted(batch) == ["input_ids", "labels", "position_ids", "sources"]
 
 
 def test_shard_under_context_parallel_prepares_shifted_buffers() -> None:
@@ -95,13 +103,12 @@ def test_shard_under_context_parallel_prepares_shifted_buffers() -> None:
 
     accelerator = SimpleNamespace(parallelism_config=SimpleNamespace(cp_enabled=True),
                                   maybe_context_parallel=maybe_context_parallel)
-    batch = {"input_ids": torch.arange(8).view(2, 4), "labels": torch.arange(8).view(2, 4),
-             "attention_mask": torch.ones(2, 4)}
+    batch = _batch()
     shard_for_sequence_parallel(accelerator, batch)
-    assert sorted(batch) == ["input_ids", "position_ids", "shift_labels"]
-    assert batch["shift_labels"].tolist() == [[1, 2, 3, -100], [5, 6, 7, -100]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3]] * 2
-    assert seen["dims"] == [1, 1, 1] and len(seen["buffers"]) == 3 and len(seen["keep"]) == 3
+    assert "labels" not in batch and batch["shift_labels"].tolist() == [[6, 7, -100, -100], [9, 10, 11, -100]]
+    assert [t is b for t, b in zip(seen["buffers"], (batch["input_ids"], batch["shift_labels"],
+                                                      batch["position_ids"]), strict=True)] == [True] * 3
+    assert seen["dims"] == [1, 1, 1] and len(seen["keep"]) == 3
 
 
 def _ulysses_accelerator() -> Any:

@@ -59,7 +59,8 @@ def _run_folder(tmp_path: Path) -> Path:
             {"name": "yarn-1024", "seq_len": 1024, "rope_parameters": {"rope_type": "yarn", "factor": 4.0},
              "max_position_embeddings": 1024, "steps": 2}]}))
     rows = [{"stage": s, "stage_name": name, "step": i, "global_step": g, "loss": 5.0 - g, "lr": 1e-3,
-             "tokens_per_s": 1000.0 * g, "elapsed_s": 0.5 * g, "seq_len": 256 * 4 ** s}
+             "tokens_per_s": 1000.0 * g, "real_tokens_per_s": 800.0 * g, "peak_memory_gib": 1.5 + 0.25 * g,
+             "elapsed_s": 0.5 * g, "seq_len": 256 * 4 ** s}
             for g, (s, name, i) in enumerate([(0, "base-256", 1), (0, "base-256", 2), (0, "base-256", 3),
                                               (1, "yarn-1024", 1), (1, "yarn-1024", 2)], start=1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -90,7 +91,8 @@ def test_full_report(tmp_path: Path):
     assert "| base-256 | 256 | type=default | 3 | 0.003000 | 1 x 1 |" in md
     assert "attention: sdpa (flash-attn needs CUDA)" in md and "torch 2.13.0" in md
     assert '{"rope_type":"yarn","factor":4.0}' in md
-    assert "| base-256 | 3 | 4.000 | 2.000 | 2000 | 1.5 |" in md  # training table: steps, losses, mean tokens/s
+    # training table: steps, losses, mean tokens/s, mean real (non-padding) tokens/s, peak memory, time
+    assert "| base-256 | 3 | 4.000 | 2.000 | 2000 | 1600 | 2.25 | 1.5 |" in md
     assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | 0.80 (n unknown) | +0.640 |" in md  # final - base
     assert "| niah-tiny / multikey | 1.00 [0.51, 1.00] n=4 | - | 1.00 [0.51, 1.00] n=4 | +0.000 |" in md
     assert "| stage-1-yarn-1024 | 512 | 0.800 |" in md and "| base | - | 0.160 |" in md  # effective lengths

@@ -23,6 +23,13 @@ def test_full_two_stages_loss_falls_and_rope_lands(micro_recipe: Path) -> None:
     first = [r["loss"] for r in records if r["stage"] == 0]
     assert len(first) == 6 and _mean(first[-2:]) < 0.9 * _mean(first[:2]), first
     assert [r["global_step"] for r in records] == list(range(1, 11))
+    for stage, step_tokens in ((0, 64 * 4), (1, 128 * 2 * 2)):  # seq_len x batch_size x grad_accum
+        rows = [r for r in records if r["stage"] == stage]
+        real = [r["real_tokens_per_s"] / r["tokens_per_s"] * step_tokens for r in rows]  # the same seconds
+        assert all(0 < n < step_tokens for n in real), real  # padding fills the rows' tails
+        assert sum(real) == pytest.approx(sum(rows[-1]["source_tokens"].values()), rel=1e-9)  # the stage's tokens
+    peaks = [r["peak_memory_gib"] for r in records]
+    assert 0.1 < peaks[0] < 16 and peaks == sorted(peaks), peaks  # CPU: the process's peak resident memory
     config = json.loads((run / "final" / "config.json").read_text())
     assert config["max_position_embeddings"] == 128
     assert config["rope_parameters"]["rope_type"] == "yarn"

@@ -29,6 +29,7 @@ import torch
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from torch.utils.data import DataLoader
 
+from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 from toolkit.schema import ParallelSpec
@@ -164,24 +165,20 @@ def _check_ulysses_attention(attention: str | None) -> None:
         raise UserError(f"model.attention: {attention} does not run under Ulysses; use flash_attention_2 or sdpa")
 
 
-def shard_for_sequence_parallel(accelerator: Any, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
+def shard_for_sequence_parallel(accelerator: Any, batch: Batch) -> contextlib.AbstractContextManager:
     """The context to run one step's forward and backward in.
 
-    Under context parallelism it adds ``shift_labels`` (labels shifted left, ``IGNORE_INDEX`` at the end) and
-    ``position_ids`` to ``batch`` and returns accelerate's ``maybe_context_parallel`` over them, which slices
-    every buffer along the sequence for this rank on entry. Otherwise (no sequence parallelism, or Ulysses whose
-    DataLoader already yields slices) it changes nothing and returns a null context.
+    Under context parallelism it replaces the ``labels`` of ``batch`` by ``shift_labels`` (labels shifted left,
+    ``IGNORE_INDEX`` at the end) and returns accelerate's ``maybe_context_parallel`` over the ids, shifted labels and
+    positions, which slices each along the sequence for this rank on entry. Otherwise (no sequence parallelism, or
+    Ulysses whose DataLoader already yields slices) it changes nothing and returns a null context.
     """
     config = getattr(accelerator, "parallelism_config", None)
     if config is None or not config.cp_enabled:
         return contextlib.nullcontext()
-    input_ids = batch["input_ids"]
     if "shift_labels" not in batch:
         padded = torch.nn.functional.pad(batch.pop("labels"), (0, 1), value=IGNORE_INDEX)
         batch["shift_labels"] = padded[:, 1:].contiguous()
-    if batch.get("position_ids") is None:
-        batch["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    batch.pop("attention_mask", None)  # causal masking only: context parallel SDPA runs with is_causal
     buffers = [batch["input_ids"], batch["shift_labels"], batch["position_ids"]]
     return accelerator.maybe_context_parallel(buffers=buffers, buffer_seq_dims=[1, 1, 1],
                                               no_restore_buffers=set(buffers))

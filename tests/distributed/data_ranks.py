@@ -22,6 +22,7 @@ import functools
 import importlib
 import json
 import sys
+from collections.abc import Mapping
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,16 +34,15 @@ from accelerate import Accelerator, ParallelismConfig
 from accelerate.data_loader import prepare_data_loader
 from transformers import AutoTokenizer
 
-from toolkit.data.batches import StageBatches, stage_batches, stage_loader
+from toolkit.data.batches import StageBatches, as_batch, stage_batches, stage_loader, target_tokens
 from toolkit.parallel import accelerator_kwargs, prepare_loader, row_sharers, shard_for_sequence_parallel
 from toolkit.schema import DataSpec, ParallelSpec
-from toolkit.training.loop import _target_tokens
 
 SP = 2
 """Sequence-parallel (Ulysses or context-parallel) degree: both processes form one group."""
 
 
-def _copy(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _copy(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone().cpu() for key, value in batch.items()}
 
 
@@ -100,9 +100,9 @@ def ulysses(config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
 
     micro_steps = SP * steps  # each micro-step is one process's batch of the group, sliced
     slices = [_copy(b) for b in islice(adapted(stage_loader(spec, tokenizer, seq_len, batch, seed)), micro_steps)]
-    targets = [_target_tokens(s) for s in slices]
+    targets = [target_tokens(as_batch(s)) for s in slices]
     sharers = row_sharers(SimpleNamespace(parallelism_config=ParallelismConfig(sp_size=SP, sp_backend="deepspeed")))
-    windows = [int(_summed(t)) // sharers for t in targets]  # train_stage's window of each micro-step
+    windows = [int(_summed(t)) // sharers for t in targets]  # train_step's window of each micro-step
     counted = stage_batches(spec, tokenizer, seq_len, batch, seed, prepare=adapted)
     return {"rank": rank, "processes": accelerator.num_processes, "sharers": sharers, "slices": slices,
             "targets": [int(t) for t in targets], "windows": windows, "logged": _logged(counted, micro_steps)}
@@ -123,13 +123,13 @@ def context_parallel(config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     rows = [_copy(b) for b in islice(prepared(stage_loader(spec, tokenizer, seq_len, batch, seed)), steps)]
     counted = stage_batches(spec, tokenizer, seq_len, batch, seed, prepare=prepared, sharers=sharers)
     full, sliced, windows, slice_targets = [], [], [], []
-    for _ in range(steps):  # what train_stage does with each micro-batch
+    for _ in range(steps):  # what train_step does with each micro-batch
         micro = next(counted)
         full.append(_copy(micro))
-        windows.append(int(_summed(_target_tokens(micro)) // sharers))
+        windows.append(int(_summed(target_tokens(micro)) // sharers))
         with shard_for_sequence_parallel(stand_in, micro):
             sliced.append(_copy(micro))
-            slice_targets.append(int(_target_tokens(micro)))
+            slice_targets.append(int(target_tokens(micro)))
     return {"rank": accelerator.process_index, "processes": accelerator.num_processes, "sharers": sharers,
             "rows": rows, "full": full, "sliced": sliced, "windows": windows, "slice_targets": slice_targets,
             "logged": counted.logged(_summed)}

@@ -74,10 +74,20 @@ def training_section(run: Run) -> list[Block]:
     for row in run.metrics:
         stages.setdefault(str(row.get("stage_name", row.get("stage"))), []).append(row)
     rows = [[name, str(points[-1].get("step")), fmt(points[0].get("loss")), fmt(points[-1].get("loss")),
-             fmt(sum(p.get("tokens_per_s", 0.0) for p in points) / len(points), 0),
+             fmt(_mean(points, "tokens_per_s"), 0), fmt(_mean(points, "real_tokens_per_s"), 0),
+             fmt(max((p["peak_memory_gib"] for p in points if "peak_memory_gib" in p), default=None), 2),
              fmt(points[-1].get("elapsed_s"), 1)] for name, points in stages.items()]
     return [Heading("Training"), Image(image, "loss and throughput per optimizer step"),
-            Table(["stage", "steps", "first loss", "last loss", "mean tokens/s", "elapsed s"], rows)]
+            Paragraph("Tokens/s counts every token of the rows, real tokens/s the tokens that are no padding; peak "
+                      "memory is the most the GPU held in tensors (without one: the process's peak resident memory)."),
+            Table(["stage", "steps", "first loss", "last loss", "mean tokens/s", "mean real tokens/s",
+                   "peak memory GiB", "elapsed s"], rows)]
+
+
+def _mean(points: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``key`` over the logged steps that record it (None where none does: older runs)."""
+    values = [p[key] for p in points if key in p]
+    return sum(values) / len(values) if values else None
 
 
 def _fallbacks(run: Run) -> list[Block]:

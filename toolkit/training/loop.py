@@ -1,30 +1,32 @@
 """The training loop: one stage of optimizer steps, the same code for full and LoRA, every stage and
 every launcher (one process, DDP, FSDP2, DeepSpeed through accelerate).
 
-A step is ``grad_accum`` micro-batches accumulated through ``accelerator.accumulate`` (what each engine does between
-them: :mod:`toolkit.engines`); its loss is the sum of token losses over every micro-batch and process divided by their
-number of target tokens, so each token weighs the same however the step is split over micro-batches and processes.
+A step (:func:`train_step`) is ``grad_accum`` micro-batches accumulated through ``accelerator.accumulate`` (what
+each engine does between them: :mod:`toolkit.engines`); its loss is the sum of token losses over every micro-batch and
+process divided by their number of target tokens, so each token weighs the same however the step is split over
+micro-batches and processes.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from toolkit.data.batches import StageBatches
-from toolkit.data.packing import IGNORE_INDEX
+from toolkit.data.batches import Batch, StageBatches, as_batch, target_tokens
 from toolkit.engines import backward, start_stage
 from toolkit.errors import Stopped
 from toolkit.parallel import row_sharers, shard_for_sequence_parallel
 from toolkit.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.faults import StopFlag, non_finite_loss, out_of_memory
-from toolkit.training.metrics import MetricsLogger
+from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
+from toolkit.training.objective import objective_loss
 from toolkit.training.schedule import lr_at
 
 
@@ -74,15 +76,37 @@ class LoopParts:
     stop: StopFlag
 
 
-def _target_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Tokens with a loss in ``batch``: its ``shift_labels`` (a sequence-parallel slice), else its unshifted labels."""
-    if "shift_labels" in batch:
-        return (batch["shift_labels"] != IGNORE_INDEX).sum()
-    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+def train_step(parts: LoopParts, micro_batches: Sequence[Batch], stage: str, step: int) -> float:
+    """One optimizer step over this process's ``micro_batches`` (``grad_accum`` of them); returns its loss, the mean
+    over the target tokens of every micro-batch and process. ``stage`` and ``step`` (1-based) name the step in the
+    error a non-finite loss raises."""
+    acc = parts.accelerator
+    micro = [as_batch(batch, acc.device) for batch in micro_batches]
+    targets = torch.stack([target_tokens(batch) for batch in micro]).sum()
+    window = (acc.reduce(targets, "sum") // row_sharers(acc)).clamp(min=1)
+    scale = acc.num_processes / window  # gradients are averaged over processes; this makes a mean over tokens
+    loss_sum = torch.zeros((), device=acc.device)
+    for batch in micro:
+        with acc.accumulate(parts.objective), shard_for_sequence_parallel(acc, batch):
+            with acc.autocast():
+                total, _count = objective_loss(parts.objective, batch)
+            if not torch.isfinite(total):
+                kept = parts.checkpoints.latest()
+                raise non_finite_loss(stage, step, str(kept[0]) if kept else None)
+            backward(acc, total * scale)
+        loss_sum += total.detach().float()
+    if parts.train.max_grad_norm:
+        params = [p for p in parts.objective.parameters() if p.requires_grad]
+        acc.clip_grad_norm_(params, parts.train.max_grad_norm)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return (acc.reduce(loss_sum, "sum") / window).item()
 
 
 def train_stage(parts: LoopParts, job: StageJob) -> int:
-    """Run the remaining optimizer steps of one stage; returns the run's global step at its end."""
+    """Run the remaining optimizer steps of one stage; returns the run's global step at its end. A logged row has the
+    step's speed over every token of its rows (``tokens_per_s``) and over those that are no padding
+    (``real_tokens_per_s``), and the peak memory since the stage's previous row or its start (``peak_memory_gib``)."""
     acc, spec, train = parts.accelerator, job.spec, parts.train
     name = train.stage_name(job.index)
     first = job.start.step if job.start else 0
@@ -91,12 +115,16 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
     start_stage(acc, spec.grad_accum)
     for _ in range(first * spec.grad_accum):
         next(job.batches)
-    params = [p for p in parts.objective.parameters() if p.requires_grad]
     global_step = job.global_step
-    sharers = row_sharers(acc)
     bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     parts.objective.train()
+
+    def summed(counts: torch.Tensor) -> torch.Tensor:
+        """``counts`` summed over every process."""
+        return acc.reduce(counts.to(acc.device), "sum").cpu()
+
+    reset_peak_memory(acc.device)
     started = time.perf_counter()
     try:
         for step in range(first, job.steps):
@@ -104,34 +132,22 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             lr = lr_at(step, job.steps, spec.lr, spec.warmup_steps, train.scheduler, train.min_lr_ratio)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            micro = [{k: v.to(acc.device) for k, v in next(job.batches).items()} for _ in range(spec.grad_accum)]
-            targets = torch.stack([_target_tokens(b) for b in micro]).sum()
-            window = (acc.reduce(targets.to(acc.device), "sum") // sharers).clamp(min=1)
-            scale = acc.num_processes / window  # gradients are averaged over processes; this makes a mean over tokens
-            loss_sum = torch.zeros((), device=acc.device)
-            for batch in micro:
-                with acc.accumulate(parts.objective), shard_for_sequence_parallel(acc, batch):
-                    with acc.autocast():
-                        total, _count = parts.objective(**batch)
-                    if not torch.isfinite(total):
-                        kept = parts.checkpoints.latest()
-                        raise non_finite_loss(name, step + 1, str(kept[0]) if kept else None)
-                    backward(acc, total * scale)
-                loss_sum += total.detach().float()
-            if train.max_grad_norm:
-                acc.clip_grad_norm_(params, train.max_grad_norm)
-            parts.optimizer.step()
-            parts.optimizer.zero_grad(set_to_none=True)
+            drawn = job.batches.drawn
+            loss = train_step(parts, [next(job.batches) for _ in range(spec.grad_accum)], name, step + 1)
             global_step += 1
-            loss = (acc.reduce(loss_sum, "sum") / window).item()
-            speed = job.step_tokens / max(time.perf_counter() - tick, 1e-9)
+            seconds = max(time.perf_counter() - tick, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{job.step_tokens / seconds:,.0f}")
             if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:
+                real = int(summed(torch.tensor(job.batches.drawn - drawn))) // job.batches.sharers
                 parts.logger.log({"stage": job.index, "stage_name": name, "step": step + 1,
-                                  "global_step": global_step, "loss": loss, "lr": lr, "tokens_per_s": speed,
+                                  "global_step": global_step, "loss": loss, "lr": lr,
+                                  "tokens_per_s": job.step_tokens / seconds, "real_tokens_per_s": real / seconds,
+                                  "peak_memory_gib": peak_memory_gib(acc.device),
                                   "elapsed_s": time.perf_counter() - started, "seq_len": spec.seq_len,
-                                  **job.batches.logged(lambda counts: acc.reduce(counts.to(acc.device), "sum").cpu())})
+                                  **job.batches.logged(summed)})
+                if step + 1 < job.steps:  # after the last row the stage's peak stays for the caller (benchmarks)
+                    reset_peak_memory(acc.device)
             state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps)
             saved = None
             if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):

@@ -1,10 +1,15 @@
-"""One logger interface: ``metrics.jsonl`` always, TensorBoard or Weights & Biases when the recipe asks."""
+"""One logger interface: ``metrics.jsonl`` always, TensorBoard or Weights & Biases when the recipe asks; and the
+peak memory its rows record."""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from toolkit.errors import UserError
 from toolkit.run_folder import METRICS
@@ -59,3 +64,18 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new window for :func:`peak_memory_gib` (CUDA only: a process's peak resident memory never resets)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """GiB at the peak: on CUDA the most memory tensors took on ``device`` since :func:`reset_peak_memory`, else this
+    process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak * (1 if sys.platform == "darwin" else 1024) / 2**30

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from toolkit.attention import DENSE_MASK, continue_padding_tail, decoder_rows, dense_mask_bytes
+from toolkit.data.batches import Batch
 from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
 
@@ -22,6 +23,13 @@ def causal_lm_parts(model: CausalLM) -> tuple[nn.Module, nn.Module]:
     """The decoder stack and the output head of a (possibly peft-wrapped) causal LM."""
     base = unwrap_peft(model)
     return base.get_decoder(), base.get_output_embeddings()
+
+
+def objective_loss(objective: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``objective`` (a :class:`CausalLMObjective`, or accelerate's wrapper of one) on the model's inputs of
+    ``batch`` alone: ids, positions, and labels or shift_labels."""
+    return objective(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch.get("labels"),
+                     shift_labels=batch.get("shift_labels"))
 
 
 class CausalLMObjective(nn.Module):
