@@ -46,7 +46,7 @@ PROFILES = {
                              offload_from=131072, tiles=8, tiles_from=65536, stage_overrides=(),
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
-                             search_limit=1 << 21, budgets=(60, 80, 90, 200), total_s=420, min_row_s=30),
+                             search_limit=1 << 21, budgets=(100, 80, 50, 170), total_s=420, min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), offload_from=256, tiles=2, tiles_from=256,
                             stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),

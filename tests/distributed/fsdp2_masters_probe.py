@@ -1,8 +1,10 @@
 """FSDP2 as the toolkit hands it to accelerate, on one CPU process over gloo, for
 ``tests/test_bf16_master_weights.py``: the launch environment of ``configs/fsdp2.yaml`` (one process), the runner's
 mixed precision and the toolkit's FSDP2 plugin for a bf16 recipe, and accelerate's own ``fsdp2_prepare_model`` on a
-bf16 micro Llama; then one forward, backward and AdamW step at lr 1e-5. Prints one JSON line: the dtypes of the
-sharded parameters, of the logits and of the gradients, and how many parameter entries the step moved.
+bf16 micro Llama with tied embeddings inside the training objective, as the runner prepares it; then one forward,
+backward and AdamW step at lr 1e-5. Prints one JSON line: whether the embeddings are still one tensor after
+preparing, the dtypes of the sharded parameters, of the loss's logits and of the gradients, and how many parameter
+entries the step moved.
 
 ``python -m tests.distributed.fsdp2_masters_probe LAUNCH_ENV.json STORE_FILE``. accelerate sets FSDP up for GPU
 processes only (``toolkit.runner`` refuses an FSDP2 launch on CPU), so the preparation is called directly, with the
@@ -24,6 +26,7 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from toolkit.engines import fsdp_plugin, mixed_precision
+from toolkit.training.objective import CausalLMObjective
 
 
 def main(launch_env: dict[str, str], store: Path) -> None:
@@ -36,20 +39,24 @@ def main(launch_env: dict[str, str], store: Path) -> None:
                                   parallelism_config=None)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    model = fsdp2_prepare_model(accelerator, LlamaForCausalLM(config).to(dtype))  # type: ignore[arg-type]  # wrapped .to
-    before = [p.detach().full_tensor().clone() for p in model.parameters()]
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    llama = LlamaForCausalLM(config).to(dtype)  # type: ignore[arg-type]  # transformers' wrapped .to
+    logits: list[torch.dtype] = []
+    llama.lm_head.register_forward_hook(lambda _module, _args, output: logits.append(output.dtype))
+    objective = fsdp2_prepare_model(accelerator, CausalLMObjective(llama, loss_chunk_size=None))
+    before = [p.detach().full_tensor().clone() for p in objective.parameters()]
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
-    output = model(input_ids=ids, labels=ids)
-    output.loss.backward()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    total, _count = objective(input_ids=ids, position_ids=torch.arange(16).repeat(2, 1), labels=ids)
+    total.backward()
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-5)
     optimizer.step()
-    moved = sum(int((p.detach().full_tensor() != b).sum()) for p, b in zip(model.parameters(), before, strict=True))
-    print(json.dumps({"parameters": sorted({str(p.dtype) for p in model.parameters()}),
-                      "sharded": all(type(p).__name__ == "DTensor" for p in model.parameters()),
-                      "logits": str(output.logits.dtype),
-                      "gradients": sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None}),
-                      "moved": moved, "entries": sum(p.numel() for p in model.parameters())}))
+    moved = sum(int((p.detach().full_tensor() != b).sum()) for p, b in zip(objective.parameters(), before, strict=True))
+    print(json.dumps({"tied": llama.lm_head.weight is llama.model.embed_tokens.weight,
+                      "parameters": sorted({str(p.dtype) for p in objective.parameters()}),
+                      "sharded": all(type(p).__name__ == "DTensor" for p in objective.parameters()),
+                      "logits": sorted({str(dtype) for dtype in logits}),
+                      "gradients": sorted({str(p.grad.dtype) for p in objective.parameters() if p.grad is not None}),
+                      "moved": moved, "entries": sum(p.numel() for p in objective.parameters())}))
     dist.destroy_process_group()
 
 

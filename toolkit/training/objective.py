@@ -53,6 +53,12 @@ class CausalLMObjective(nn.Module):
         module)."""
         return unwrap_peft(self.model).config
 
+    def tie_weights(self) -> None:
+        """Tie the model's embeddings again: accelerate's FSDP2 preparation with ``fsdp_cpu_ram_efficient_loading``
+        moves the prepared module to the meta device and calls this (when the module has it) before reloading the
+        weights; without it a model's tied head and embeddings come back as two matrices that train apart."""
+        unwrap_peft(self.model).tie_weights()
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 shift_labels: torch.Tensor | None = None):
         """``labels`` unshifted (HF convention), or ``shift_labels`` already aligned with each position, as
