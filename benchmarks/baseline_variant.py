@@ -20,8 +20,8 @@ def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
 
     from toolkit.data.batches import as_batch, stage_batches
     from toolkit.data.tokenizer import load_tokenizer
-    from toolkit.modeling import build_random
-    from toolkit.schema import Recipe
+    from toolkit.model.loading import build_random
+    from toolkit.recipe.schema import Recipe
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -34,7 +34,7 @@ STEPS_ATOL = 1e-3
 
 _SAVE_START = ("import sys; from benchmarks.gpu_check_training import save_start; "
                "save_start(sys.argv[1], sys.argv[2], sys.argv[3:])")
-_TRAIN_ONLY = ("import sys; from toolkit.recipe_loading import load_recipe; from toolkit.runner import setup, "
+_TRAIN_ONLY = ("import sys; from toolkit.recipe.loading import load_recipe; from toolkit.runner import setup, "
                "train_stages; session = setup(load_recipe(sys.argv[1], sys.argv[2:])); train_stages(session); "
                "session.logger.close()")
 """The runner's setup and training steps alone (no final save, no report): what the comparison needs."""
@@ -48,8 +48,8 @@ def save_start(recipe_path: str, folder: str, overrides: list[str]) -> None:
     import torch
 
     from toolkit.data.tokenizer import load_tokenizer
-    from toolkit.modeling import load_model
-    from toolkit.recipe_loading import load_recipe
+    from toolkit.model.loading import load_model
+    from toolkit.recipe.loading import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
     tokenizer = load_tokenizer(recipe.model, recipe.seed)

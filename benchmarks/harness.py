@@ -4,7 +4,7 @@ per document), reporting tokens/s, MFU and peak memory. Every measurement runs i
 (:func:`measure`) within a time budget, so peaks do not leak between configurations and an out-of-memory
 failure or a timeout is a result, not a crash.
 
-Variants (both start from the same random weights: ``toolkit.modeling.build_random``, same seed):
+Variants (both start from the same random weights: ``toolkit.model.loading.build_random``, same seed):
 - ``toolkit``: the toolkit's own loop, ``toolkit.training.loop.train_stage`` (``benchmarks/toolkit_variant.py``).
 - ``baseline``: plain transformers + peft + SDPA + gradient checkpointing with the model's own loss
   (``benchmarks/baseline_variant.py``).
@@ -122,7 +122,7 @@ def run(config: Config) -> dict:
     """Measure ``config`` in this process (call through :func:`measure` for a clean one)."""
     import torch
 
-    from toolkit.plan_model import shape_from_config, step_flops
+    from toolkit.plan.memory import shape_from_config, step_flops
 
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -1,4 +1,4 @@
-"""Calibrate the memory plan: measured peak of real training steps against toolkit.plan_model's estimate.
+"""Calibrate the memory plan: measured peak of real training steps against toolkit.plan.memory's estimate.
 
 Runs a random Llama through the toolkit's training step (benchmarks/harness.py, fresh process each) under
 several memory settings and compares the measured peak (CPU: resident memory the model and training added,
@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import LORA_TARGETS, SHAPES, Config, measure  # noqa: E402
-from toolkit.plan_model import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config  # noqa: E402
+from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config  # noqa: E402
 
 SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
     ("no checkpointing, plain loss", False, None, None),

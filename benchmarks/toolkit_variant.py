@@ -38,10 +38,10 @@ def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
 
 def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
     from toolkit.data.batches import stage_batches
-    from toolkit.lora import count_parameters
+    from toolkit.model.lora import count_parameters
+    from toolkit.recipe.schema import Recipe
     from toolkit.run_folder import METRICS
     from toolkit.runner import setup
-    from toolkit.schema import Recipe
     from toolkit.training.checkpoints import CheckpointManager, TrainerState
     from toolkit.training.faults import StopFlag
     from toolkit.training.loop import LoopParts, StageJob, train_stage

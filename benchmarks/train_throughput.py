@@ -7,7 +7,7 @@ model and the same packed rows (benchmarks/harness.py):
   activation offload from --offload-from tokens on, the MLP in --tiles tiles from --tiles-from tokens on;
 - baseline: transformers + peft + SDPA + gradient checkpointing, the model's own loss over full logits.
 
-MFU = model FLOPs per second / peak. Model FLOPs per step (toolkit.plan_model.step_flops):
+MFU = model FLOPs per second / peak. Model FLOPs per step (toolkit.plan.memory.step_flops):
 2 N T (2 + f) for the dense part, N = matmul parameters, T = tokens, f = trainable fraction (6 N T for full
 fine-tuning), plus 6 * layers * hidden * seq_len * T for causal attention (forward + backward); recomputation
 is not counted. The peak is --peak-tflops, or a dense matmul measured once on the device at the start.

@@ -15,9 +15,9 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from toolkit.lora import CausalLM
-from toolkit.saving import save_final
-from toolkit.schema import MethodSpec
+from toolkit.model.lora import CausalLM
+from toolkit.model.saving import save_final
+from toolkit.recipe.schema import MethodSpec
 
 NATIVE = 64
 EXTENDED = 256

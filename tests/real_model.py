@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.small_model import DEFAULT_DIR, is_complete
+from toolkit.model.small_model import DEFAULT_DIR, is_complete
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = REPO / DEFAULT_DIR

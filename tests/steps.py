@@ -9,9 +9,9 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
-from toolkit.lora import CausalLM
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.schema import LoggingSpec, TrainSpec
+from toolkit.model.lora import CausalLM
+from toolkit.recipe.schema import LoggingSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager
 from toolkit.training.faults import StopFlag
 from toolkit.training.loop import LoopParts

@@ -13,8 +13,8 @@ from tests.devices import DEVICES
 from tests.micro_models import micro_llama, packed_batch
 from tests.steps import step_parts
 from tests.varlen_reference import torch_varlen_on
-from toolkit.attention import TORCH_VARLEN, KernelSupport, decoder_rows, select_attention
 from toolkit.data.batches import as_batch
+from toolkit.model.attention import TORCH_VARLEN, KernelSupport, decoder_rows, select_attention
 from toolkit.training.loop import train_step
 from toolkit.training.objective import CausalLMObjective, objective_loss
 

@@ -10,7 +10,9 @@ from transformers import LlamaConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.utils.import_utils import is_torch_flex_attn_available
 
-from toolkit.attention import (
+from toolkit.data.packing import IGNORE_INDEX
+from toolkit.errors import UserError
+from toolkit.model.attention import (
     TORCH_VARLEN,
     KernelSupport,
     continue_padding_tail,
@@ -18,8 +20,6 @@ from toolkit.attention import (
     dense_mask_bytes,
     select_attention,
 )
-from toolkit.data.packing import IGNORE_INDEX
-from toolkit.errors import UserError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32

@@ -16,8 +16,8 @@ from transformers import AttentionInterface, LlamaForCausalLM
 from tests.devices import DEVICES
 from tests.micro_models import assert_rows_match_documents, micro_llama, packed_batch
 from tests.varlen_reference import per_document, reference_varlen_attn, torch_varlen_on
-from toolkit.attention import TORCH_VARLEN, KernelSupport
-from toolkit.attention_varlen import cu_seqlens, varlen_attention
+from toolkit.model.attention import TORCH_VARLEN, KernelSupport
+from toolkit.model.attention_varlen import cu_seqlens, varlen_attention
 
 SEQ_LEN = 48
 DOCS = ((11, 20, 9), (30, 7))  # two packed rows; each ends in a padding tail of its own
@@ -102,11 +102,11 @@ def test_torch_varlen_keeps_documents_apart_forward_and_backward(device: str) ->
 
 
 def test_evaluation_runs_on_sdpa_and_training_returns_to_varlen() -> None:
-    from toolkit.attention import TORCH_VARLEN
-    from toolkit.attention_varlen import register_torch_varlen
-    from toolkit.lora import apply_lora
-    from toolkit.modeling import evaluating
-    from toolkit.schema import LoraSpec
+    from toolkit.model.attention import TORCH_VARLEN
+    from toolkit.model.attention_varlen import register_torch_varlen
+    from toolkit.model.loading import evaluating
+    from toolkit.model.lora import apply_lora
+    from toolkit.recipe.schema import LoraSpec
 
     register_torch_varlen()
     model = apply_lora(_model(TORCH_VARLEN).train(), LoraSpec(r=4))

@@ -22,9 +22,9 @@ from tests.runs import ROOT, StopAfter, accelerate_launch, assert_same_weights, 
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.memory.master_weights import MASTERS_KEY, MasterWeights, describe_precision
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.modeling import build_random
+from toolkit.model.loading import build_random
+from toolkit.recipe.schema import ModelSpec, Recipe, TrainSpec
 from toolkit.runner import setup, train_stages
-from toolkit.schema import ModelSpec, Recipe, TrainSpec
 
 STEPS, LR = 40, 1e-5
 

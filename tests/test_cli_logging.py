@@ -20,8 +20,8 @@ def default_logging():
 
 def test_toolkit_info_is_printed_plainly_and_other_libraries_stay_at_warning(capsys) -> None:
     configure_logging()
-    logging.getLogger("toolkit.lora").info("LoRA: %d trainable of %d parameters", 5, 10)
-    logging.getLogger("toolkit.lora").debug("not shown")
+    logging.getLogger("toolkit.model.lora").info("LoRA: %d trainable of %d parameters", 5, 10)
+    logging.getLogger("toolkit.model.lora").debug("not shown")
     assert capsys.readouterr().err == "LoRA: 5 trainable of 10 parameters\n"
     assert logging.getLogger().level == logging.WARNING
     configure_logging()  # again: still one handler
@@ -34,7 +34,7 @@ def test_toolkit_info_is_printed_plainly_and_other_libraries_stay_at_warning(cap
 def test_quiet_and_verbose_flags(flag: str, own: int, others: int, capsys) -> None:
     assert main([flag, "validate", str(ROOT / "recipes" / "tiny-passkey.yaml")]) == 0
     assert logging.getLogger("toolkit").level == own and logging.getLogger().level == others
-    logging.getLogger("toolkit.lora").info("info")
+    logging.getLogger("toolkit.model.lora").info("info")
     assert capsys.readouterr().err == ("" if flag == "-q" else "info\n")
 
 

@@ -65,7 +65,7 @@ def test_cpu_ddp_config_starts_two_gloo_processes(tmp_path: Path) -> None:
     script = tmp_path / "probe.py"
     script.write_text(
         "import sys\nfrom accelerate import Accelerator\n"
-        "from toolkit.parallel import accelerator_kwargs\nfrom toolkit.schema import ParallelSpec\n"
+        "from toolkit.parallel.sequence import accelerator_kwargs\nfrom toolkit.recipe.schema import ParallelSpec\n"
         "a = Accelerator(**accelerator_kwargs(ParallelSpec()))\n"
         "open(f'{sys.argv[1]}/rank{a.process_index}', 'w').write("
         "f'{a.num_processes} {a.distributed_type.value} {a.state.backend}')\n")

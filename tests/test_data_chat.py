@@ -19,9 +19,9 @@ from toolkit.data.packing import IGNORE_INDEX, pack_rows
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.recipe_loading import load_recipe
-from toolkit.schema import DataSpec, TokenizerTraining
-from toolkit.yaml_loading import validate_as
+from toolkit.recipe.loading import load_recipe
+from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.yaml_files import validate_as
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}"

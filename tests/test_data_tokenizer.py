@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from toolkit.data.tokenizer import BOS, EOS, PAD, load_tokenizer, train_tokenizer
 from toolkit.errors import UserError
-from toolkit.schema import ModelSpec, TokenizerTraining
+from toolkit.recipe.schema import ModelSpec, TokenizerTraining
 
 SPEC = TokenizerTraining(vocab_size=400, corpus_documents=300)
 TEXT = " The pass key for apple is 40213.\nWhat is the pass key for apple? The pass key for apple is"

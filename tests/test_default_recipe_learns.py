@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit.recipe_loading import load_recipe
+from toolkit.recipe.loading import load_recipe
 from toolkit.runner import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

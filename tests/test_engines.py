@@ -1,4 +1,4 @@
-"""What accelerate builds from each launch config under configs/, and what toolkit.engines hands it.
+"""What accelerate builds from each launch config under configs/, and what toolkit.parallel.engines hands it.
 
 The environment of the training processes is derived with accelerate's own launcher code, as
 ``accelerate launch --config_file F`` would (see ``launch_environment``); ``engine_kwargs`` then runs in that
@@ -29,10 +29,10 @@ from accelerate.utils.launch import (
     prepare_simple_launcher_cmd_env,
 )
 
-from toolkit.engines import backward, engine_kwargs, optimizer_offloaded, start_stage
 from toolkit.errors import UserError
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.schema import Recipe, TrainSpec
+from toolkit.parallel.engines import backward, engine_kwargs, optimizer_offloaded, start_stage
+from toolkit.recipe.schema import Recipe, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

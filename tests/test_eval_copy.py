@@ -12,9 +12,9 @@ from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enab
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from tests.micro_models import micro_llama
-from toolkit.eval_copy import eval_copy
-from toolkit.lora import CausalLM, apply_lora, unwrap_peft
-from toolkit.schema import LoraSpec
+from toolkit.model.eval_copy import eval_copy
+from toolkit.model.lora import CausalLM, apply_lora, unwrap_peft
+from toolkit.recipe.schema import LoraSpec
 
 CPU = torch.device("cpu")
 LORA = LoraSpec(r=4, target_modules=["q_proj", "v_proj", "down_proj"], trainable_modules=["embed_tokens", "norm"])

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from toolkit.data.tokenizer import train_tokenizer
-from toolkit.schema import TokenizerTraining
+from toolkit.recipe.schema import TokenizerTraining
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.export.pretokenizer import LLAMA3_SPLIT, llama_cpp_pre_tokenizer
 from toolkit.export.to_gguf import CONVERTER_DIR, gguf_metadata
-from toolkit.schema import TokenizerTraining
+from toolkit.recipe.schema import TokenizerTraining
 
 needs_converter = pytest.mark.skipif(not (CONVERTER_DIR / "convert_hf_to_gguf.py").is_file(),
                                      reason="no llama.cpp converter in .llama-cpp/converter: run `make llama-cpp`")
@@ -214,7 +214,7 @@ def test_a_lora_run_is_merged_first(tmp_path: Path) -> None:
     run = micro_run(tmp_path, "method.kind=lora", "method.lora.r=4")
     out = tmp_path / "lora.gguf"
     assert main(["export", str(run), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
-    from toolkit.modeling import load_merged, lora_sources
+    from toolkit.model.loading import load_merged, lora_sources
 
     merged = load_merged(*lora_sources(str(run / "final"), None), dtype=torch.float32).state_dict()
     base = load_file(run / "final" / "base" / "model.safetensors")

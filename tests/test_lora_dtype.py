@@ -8,9 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.micro_models import micro_llama
-from toolkit.lora import apply_lora
-from toolkit.modeling import evaluating
-from toolkit.schema import LoraSpec
+from toolkit.model.loading import evaluating
+from toolkit.model.lora import apply_lora
+from toolkit.recipe.schema import LoraSpec
 
 SPEC = LoraSpec(r=8, alpha=16.0)
 IDS = torch.randint(0, 128, (2, 64), generator=torch.Generator().manual_seed(1))

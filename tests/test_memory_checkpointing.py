@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from tests.devices import DEVICES
-from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
+from toolkit.model.lora import CausalLM
 
 CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,

@@ -11,7 +11,7 @@ import torch
 from tests.devices import DEVICES
 from toolkit.errors import UserError
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.schema import TrainSpec
+from toolkit.recipe.schema import TrainSpec
 
 
 def _train(**fields) -> TrainSpec:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolkit.attention import select_attention
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.modeling import load_model, resolve_dtype
-from toolkit.schema import LoraSpec, MethodSpec, ModelSpec, TokenizerTraining
+from toolkit.model.attention import select_attention
+from toolkit.model.loading import load_model, resolve_dtype
+from toolkit.recipe.schema import LoraSpec, MethodSpec, ModelSpec, TokenizerTraining
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -104,7 +104,7 @@ def test_lora_trains_only_adapter_embeddings_and_every_norm(tokenizer) -> None:
 
 @pytest.mark.parametrize("training", [True, False])
 def test_evaluating_restores_the_mode_also_on_error(training: bool) -> None:
-    from toolkit.modeling import evaluating
+    from toolkit.model.loading import evaluating
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train(training)
     with evaluating(model) as inside:

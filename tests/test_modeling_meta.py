@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tests.devices import DEVICES
 from tests.micro_models import train_losses
-from toolkit.modeling import build_on_meta, build_random, materialise
+from toolkit.model.loading import build_on_meta, build_random, materialise
 
 LLAMA3_8B: dict[str, Any] = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,

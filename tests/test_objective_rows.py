@@ -13,10 +13,10 @@ from transformers.masking_utils import sdpa_mask
 
 import toolkit.training.objective as objective_module
 from tests.micro_models import assert_rows_match_documents, micro_llama, packed_batch
-from toolkit.attention import decoder_rows
 from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.memory.chunked_loss import causal_lm_loss
+from toolkit.model.attention import decoder_rows
 from toolkit.training.objective import CausalLMObjective, objective_loss
 
 SEQ_LEN = 48

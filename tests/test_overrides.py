@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.recipe_loading import apply_override, load_recipe, parse_path
+from toolkit.recipe.loading import apply_override, load_recipe, parse_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny-passkey.yaml"

@@ -13,14 +13,14 @@ import torch
 from toolkit.data.batches import Batch, collate
 from toolkit.data.packing import Document, pack_rows
 from toolkit.errors import UserError
-from toolkit.parallel import (
+from toolkit.parallel.sequence import (
     accelerator_kwargs,
     launched_processes,
     shard_for_sequence_parallel,
     use_model_attention,
     without_ulysses_attention,
 )
-from toolkit.schema import ParallelSpec
+from toolkit.recipe.schema import ParallelSpec
 
 FSDP2 = {"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 DEEPSPEED = {"WORLD_SIZE": "8", "ACCELERATE_USE_DEEPSPEED": "true"}

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.plan import print_plan
-from toolkit.plan_model import GIB, KNOWN_SHAPES, RUNTIME_OVERHEAD, Setup, estimate, shape_for, step_flops
-from toolkit.recipe_loading import load_recipe
-from toolkit.schema import Recipe
+from toolkit.plan.command import print_plan
+from toolkit.plan.memory import GIB, KNOWN_SHAPES, RUNTIME_OVERHEAD, Setup, estimate, shape_for, step_flops
+from toolkit.recipe.loading import load_recipe
+from toolkit.recipe.schema import Recipe
 
 LLAMA3_8B = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B"]
 ROOT = Path(__file__).resolve().parents[1]

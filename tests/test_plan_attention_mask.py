@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.plan import advice, stage_setup
-from toolkit.plan_model import GIB, KNOWN_SHAPES, Setup, estimate
-from toolkit.schema import Recipe
+from toolkit.plan.command import advice, stage_setup
+from toolkit.plan.memory import GIB, KNOWN_SHAPES, Setup, estimate
+from toolkit.recipe.schema import Recipe
 
 LLAMA3_8B = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B"]
 

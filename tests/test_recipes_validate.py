@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from toolkit.cli import main
-from toolkit.recipe_loading import load_recipe
+from toolkit.recipe.loading import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import StopAfter, metrics, train
 from toolkit.errors import UserError
-from toolkit.schema import Recipe
+from toolkit.recipe.schema import Recipe
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 
 TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
@@ -215,7 +215,7 @@ def test_missing_keys_are_not_compared() -> None:
 
 def test_tokenizer_identity_is_stable_and_sensitive() -> None:
     from toolkit.data.tokenizer import train_tokenizer
-    from toolkit.schema import TokenizerTraining
+    from toolkit.recipe.schema import TokenizerTraining
 
     spec = TokenizerTraining(vocab_size=320, corpus_documents=200)
     first, again = train_tokenizer(spec, 0), train_tokenizer(spec, 0)

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from toolkit.errors import UserError
-from toolkit.rope import apply_rope, check_coverage, rope_parameters, theta_for_length, use_rope
-from toolkit.schema import RopeSpec, StageSpec, TrainSpec
+from toolkit.model.rope import apply_rope, check_coverage, rope_parameters, theta_for_length, use_rope
+from toolkit.recipe.schema import RopeSpec, StageSpec, TrainSpec
 
 NATIVE, TARGET, THETA, HEAD_DIM = 256, 1024, 10000.0, 16
 DIMS: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -171,7 +171,7 @@ def test_use_rope_restores_the_previous_setting_exactly(start: dict) -> None:
 
 
 def test_use_rope_through_peft_keeps_the_previous_setting_on_error(monkeypatch) -> None:
-    import toolkit.rope
+    import toolkit.model.rope
 
     model = tiny_model()
     wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
@@ -182,7 +182,7 @@ def test_use_rope_through_peft_keeps_the_previous_setting_on_error(monkeypatch) 
         apply_rope(target, params, max_positions)
         raise RuntimeError("failed after the config changed")
 
-    monkeypatch.setattr(toolkit.rope, "apply_rope", half_done)
+    monkeypatch.setattr(toolkit.model.rope, "apply_rope", half_done)
     with pytest.raises(RuntimeError):
         use_rope(wrapped, RopeSpec(type="linear"), TARGET, NATIVE)
     monkeypatch.undo()
@@ -203,7 +203,7 @@ def test_coverage_is_checked_against_the_loaded_native_length() -> None:
 def test_every_method_of_the_table_is_one_transformers_computes_with_keys_the_recipe_has() -> None:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from toolkit.rope_methods import METHODS, TYPE_KEYS
+    from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 
     assert set(METHODS) - {"default"} <= set(ROPE_INIT_FUNCTIONS)
     assert set(TYPE_KEYS) | {"factor"} <= set(RopeSpec.model_fields)

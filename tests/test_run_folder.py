@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from toolkit.errors import UserError
-from toolkit.recipe_loading import dump_recipe, load_recipe
+from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
     eval_tag,
     final_stage_tag,

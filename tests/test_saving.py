@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.lora import CausalLM, unwrap_peft
-from toolkit.modeling import load_for_eval, load_model
-from toolkit.rope import apply_rope, rope_parameters
-from toolkit.saving import merge_adapter, save_final
-from toolkit.schema import LoraSpec, MethodSpec, ModelSpec, RopeSpec, TokenizerTraining
+from toolkit.model.loading import load_for_eval, load_model
+from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.model.rope import apply_rope, rope_parameters
+from toolkit.model.saving import merge_adapter, save_final
+from toolkit.recipe.schema import LoraSpec, MethodSpec, ModelSpec, RopeSpec, TokenizerTraining
 
 CPU = torch.device("cpu")
 NATIVE, TARGET = 128, 512

@@ -1,6 +1,6 @@
 """The runner's sharded-weights path (FSDP2, DeepSpeed ZeRO-3), run on one process: with ``_sharded`` forced on,
-every in-run evaluation runs on a copy built from the gathered state dict (``toolkit.eval_copy``) and ``final/`` is
-saved from it; both must give exactly what the ordinary path gives."""
+every in-run evaluation runs on a copy built from the gathered state dict (``toolkit.model.eval_copy``) and
+``final/`` is saved from it; both must give exactly what the ordinary path gives."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.real_model import SMALL_MODEL, needs_small_model
-from toolkit import small_model
 from toolkit.cli import main
+from toolkit.model import small_model
 
 
 def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

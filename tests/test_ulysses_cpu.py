@@ -73,7 +73,8 @@ def test_ulysses_on_two_cpu_processes_trains_like_one(runs: tuple[Path, Path, Pa
     assert [stage["steps"] for stage in info["stages"]] == [6, 4]
 
     # Ulysses ran: 2 layers x (6 + 4 x 2) micro-steps of half rows, all-to-all'ed to whole rows, on both ranks; rank
-    # 0's evaluations ran outside DeepSpeed's wrapper (toolkit.parallel.without_ulysses_attention), which drops masks
+    # 0's evaluations ran outside DeepSpeed's wrapper (toolkit.parallel.sequence.without_ulysses_attention), which
+    # drops masks
     ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     for record in ranks:
         assert record["attended_lengths"] == {"64": 12, "128": 16}

@@ -11,11 +11,11 @@ import yaml
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.evals.stats import Rate
+from toolkit.recipe.schema import EvalSpec
 from toolkit.report.report import build_report
 from toolkit.report.sections import heatmap_panels
 from toolkit.report.verdict import check_run, compute_verdict, effective_length, verdict_spec, verdict_text
 from toolkit.run_folder import load_run
-from toolkit.schema import EvalSpec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)

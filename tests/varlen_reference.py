@@ -1,5 +1,5 @@
 """A reference for PyTorch's varlen flash attention (``torch.nn.attention.varlen.varlen_attn``, CUDA only): sdpa
-over one document at a time, on any device, so the varlen path (``toolkit.attention_varlen``) runs on CPU too."""
+over one document at a time, on any device, so the varlen path (``toolkit.model.attention_varlen``) runs on CPU too."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from toolkit.attention import TORCH_VARLEN
-from toolkit.attention_varlen import register_torch_varlen, varlen_attention
+from toolkit.model.attention import TORCH_VARLEN
+from toolkit.model.attention_varlen import register_torch_varlen, varlen_attention
 
 
 def per_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq: torch.Tensor, causal: bool,

@@ -141,14 +141,14 @@ def _report(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        from toolkit.recipe_loading import load_recipe
+        from toolkit.recipe.loading import load_recipe
 
         for path in args.recipes:
             load_recipe(path, args.overrides)
             print(f"{path}: ok")
         return 0
     if args.command == "train":
-        from toolkit.recipe_loading import load_recipe
+        from toolkit.recipe.loading import load_recipe
         from toolkit.runner import run_recipe
 
         run_recipe(load_recipe(args.recipe, args.overrides))
@@ -160,8 +160,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                          device=args.device, max_length=args.max_length, precision=args.precision)
         return 0
     if args.command == "plan":
-        from toolkit.plan import print_plan
-        from toolkit.recipe_loading import load_recipe
+        from toolkit.plan.command import print_plan
+        from toolkit.recipe.loading import load_recipe
 
         return print_plan(load_recipe(args.recipe, args.overrides), gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
     if args.command == "report":
@@ -188,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             build_report(Path(args.run))
         return 0
     if args.command == "small-model":
-        from toolkit.small_model import fetch_small_model
+        from toolkit.model.small_model import fetch_small_model
 
         fetch_small_model(Path(args.out), force=args.force)
         return 0

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from toolkit.errors import UserError
-from toolkit.schema import DataSpec, Recipe, TrainSpec
-from toolkit.yaml_loading import validate_as
+from toolkit.recipe.schema import DataSpec, Recipe, TrainSpec
+from toolkit.recipe.yaml_files import validate_as
 
 RECIPE = "recipe.resolved.yaml"
 RUN_INFO = "run_info.json"

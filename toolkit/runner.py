@@ -28,18 +28,26 @@ from torch import nn
 from toolkit.data.batches import check_stage_data, stage_batches
 from toolkit.data.formats import trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
-from toolkit.engines import engine_kwargs, keeps_own_masters, launched_engine, mixed_precision, offloads_optimizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
-from toolkit.eval_copy import eval_copy
-from toolkit.lora import CausalLM
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import loss_kernel
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
-from toolkit.modeling import LoadedModel, evaluating, load_model, resolve_dtype
-from toolkit.parallel import (
+from toolkit.model.eval_copy import eval_copy
+from toolkit.model.loading import LoadedModel, evaluating, load_model, resolve_dtype
+from toolkit.model.lora import CausalLM
+from toolkit.model.rope import check_coverage, rope_setting, use_rope
+from toolkit.model.saving import save_final
+from toolkit.parallel.engines import (
+    engine_kwargs,
+    keeps_own_masters,
+    launched_engine,
+    mixed_precision,
+    offloads_optimizer,
+)
+from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
     prepare_loader,
@@ -47,11 +55,9 @@ from toolkit.parallel import (
     use_model_attention,
     without_ulysses_attention,
 )
-from toolkit.recipe_loading import dump_recipe
-from toolkit.rope import check_coverage, rope_setting, use_rope
+from toolkit.recipe.loading import dump_recipe
+from toolkit.recipe.schema import Recipe
 from toolkit.run_folder import EVAL, FINAL, RECIPE, RUN_INFO, eval_dir, eval_tag
-from toolkit.saving import save_final
-from toolkit.schema import Recipe
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.faults import stop_on_signals

@@ -25,7 +25,7 @@ from accelerate import PartialState
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from toolkit.engines import fsdp_plugin, mixed_precision
+from toolkit.parallel.engines import fsdp_plugin, mixed_precision
 from toolkit.training.objective import CausalLMObjective
 
 

@@ -21,7 +21,7 @@ from toolkit.data.mixture import interleave
 from toolkit.data.packing import IGNORE_INDEX, PAD_SOURCE, Row, pack_rows
 from toolkit.data.sources import check_source, source_documents
 from toolkit.data.tokens import pad_id
-from toolkit.schema import DataSpec, TrainSpec
+from toolkit.recipe.schema import DataSpec, TrainSpec
 
 SOURCE_SEED_STRIDE = 7919
 """Source ``i`` of a mixture streams with seed ``seed + i * SOURCE_SEED_STRIDE`` (source 0 keeps ``seed``)."""
@@ -142,7 +142,7 @@ def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed:
 def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
                   prepare: Callable[[DataLoader], Any] = lambda loader: loader, sharers: int = 1) -> StageBatches:
     """The batches of one stage (see :class:`StageBatches`); ``prepare`` turns the DataLoader into this process's
-    (``toolkit.parallel.prepare_loader`` in a run)."""
+    (``toolkit.parallel.sequence.prepare_loader`` in a run)."""
     loader = stage_loader(spec, tokenizer, seq_len, batch_size, seed)
     rows = loader.dataset
     assert isinstance(rows, PackedRows)

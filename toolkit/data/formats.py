@@ -16,7 +16,7 @@ from typing import Any
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
-from toolkit.schema import SourceSpec, TrainSpec
+from toolkit.recipe.schema import SourceSpec, TrainSpec
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from toolkit.errors import UserError
-from toolkit.schema import SourceSpec
+from toolkit.recipe.schema import SourceSpec
 
 
 def reason(exc: BaseException) -> str:

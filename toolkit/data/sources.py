@@ -22,7 +22,7 @@ from toolkit.data.packing import Document
 from toolkit.data.records import record_dataset
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.errors import UserError
-from toolkit.schema import SourceSpec
+from toolkit.recipe.schema import SourceSpec
 
 SHUFFLE_BUFFER = 64
 """Records held for shuffling; small, because long-context records can be megabytes each."""

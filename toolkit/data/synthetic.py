@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, filler_sentence, make_needles
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.errors import UserError
-from toolkit.schema import SourceSpec
+from toolkit.recipe.schema import SourceSpec
 
 FILLER_POOL_SIZE = 2048
 """Distinct filler sentences a stream draws from; each is tokenised once, so long documents stay cheap."""

@@ -16,7 +16,7 @@ from toolkit.evals.context import EvalContext
 from toolkit.evals.registry import task_type
 from toolkit.evals.results import SuiteResults, model_fingerprint
 from toolkit.evals.suite import load_suite
-from toolkit.modeling import evaluating
+from toolkit.model.loading import evaluating
 
 log = logging.getLogger(__name__)
 

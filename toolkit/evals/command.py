@@ -25,7 +25,7 @@ def evaluate_command(model: str, adapter: str | None, suites: list[str], out: st
     """Load the model once, run every suite into ``out`` (``<out>/<suite>.json``, plots), print a summary."""
     for path in suites:
         load_suite(path)  # a bad suite fails before minutes of model loading
-    from toolkit.modeling import load_for_eval
+    from toolkit.model.loading import load_for_eval
 
     loaded, tokenizer, info = load_for_eval(model, adapter, device, precision)
     folder = Path(out) if out else default_out(model)

@@ -16,7 +16,7 @@ from toolkit.errors import UserError
 from toolkit.evals.scoring import model_device
 
 if TYPE_CHECKING:
-    from toolkit.lora import CausalLM
+    from toolkit.model.lora import CausalLM
 
 _SENTENCE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -113,7 +113,7 @@ class LocalJudge:
     in its chat template when it has one."""
 
     def __init__(self, spec: JudgeSpec, device: torch.device):
-        from toolkit.modeling import load_for_eval
+        from toolkit.model.loading import load_for_eval
 
         self.spec = spec
         try:

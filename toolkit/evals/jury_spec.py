@@ -18,8 +18,8 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, Valida
 
 from toolkit.errors import UserError
 from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
-from toolkit.schema import Strict
-from toolkit.yaml_loading import format_loc, resolve_relative
+from toolkit.recipe.schema import Strict
+from toolkit.recipe.yaml_files import format_loc, resolve_relative
 
 Pooling = Literal["max_vote", "average"]
 LABELS: dict[str, tuple[int, ...]] = {"max_vote": (0, 1), "average": (1, 2, 3, 4, 5)}

@@ -23,7 +23,7 @@ from toolkit.evals.sources import load_sentences, long_document
 from toolkit.evals.specs import PerplexityTask
 
 if TYPE_CHECKING:
-    from toolkit.lora import CausalLM
+    from toolkit.model.lora import CausalLM
 
 _LOGIT_CHUNK = 1024
 

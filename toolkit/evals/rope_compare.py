@@ -1,7 +1,7 @@
 """Zero-shot RoPE comparison: the SAME weights scored on the needle grid under several RoPE settings.
 
 Evidence that the needle task discriminates between extension methods (no scaling, linear, dynamic NTK,
-YaRN, ...) before any fine-tuning. Each setting goes through ``toolkit.rope`` (config + rotary modules
+YaRN, ...) before any fine-tuning. Each setting goes through ``toolkit.model.rope`` (config + rotary modules
 rebuilt in place); the model's own RoPE is restored afterwards, also on error.
 """
 
@@ -15,9 +15,9 @@ from toolkit.evals.niah import Cell, grid_summary, score_grid
 from toolkit.evals.plots import score_vs_length
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import RopeCompareTask
-from toolkit.lora import unwrap_peft
-from toolkit.modeling import native_length_of
-from toolkit.rope import use_rope
+from toolkit.model.loading import native_length_of
+from toolkit.model.lora import unwrap_peft
+from toolkit.model.rope import use_rope
 
 
 def _tagged(cells: list[Cell], setting: str) -> list[Cell]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 if TYPE_CHECKING:
-    from toolkit.lora import CausalLM
+    from toolkit.model.lora import CausalLM
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
-from toolkit.schema import RopeSpec, Strict
-from toolkit.yaml_loading import resolve_relative
+from toolkit.recipe.schema import RopeSpec, Strict
+from toolkit.recipe.yaml_files import resolve_relative
 
 RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
 RULER_TASKS: tuple[RulerName, ...] = get_args(RulerName)

@@ -26,8 +26,8 @@ from toolkit.evals.specs import (  # noqa: F401  (the task settings, importable 
     RulerTask,
     TaskBase,
 )
-from toolkit.schema import Strict
-from toolkit.yaml_loading import read_yaml, resolve_relative, validate_as, validation_message
+from toolkit.recipe.schema import Strict
+from toolkit.recipe.yaml_files import read_yaml, resolve_relative, validate_as, validation_message
 
 if TYPE_CHECKING:
     Task = TaskBase  # the union below is built at run time from the registry, which a type checker cannot follow

@@ -23,9 +23,9 @@ from typing import Any
 from toolkit.errors import UserError
 from toolkit.export.child_process import child_failure
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
-from toolkit.rope_methods import GGUF_METHODS
+from toolkit.model.rope_methods import GGUF_METHODS
+from toolkit.model.saving import merge_adapter
 from toolkit.run_folder import FINAL
-from toolkit.saving import merge_adapter
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``python -m toolkit merge RUN``: fold a LoRA run's adapter into full weights (``RUN/final/merged``).
 
-The merging itself is :func:`toolkit.saving.merge_adapter` (the same code ``method.merge_on_save`` uses):
+The merging itself is :func:`toolkit.model.saving.merge_adapter` (the same code ``method.merge_on_save`` uses):
 base from ``final/base/`` or the adapter's ``base_model_name_or_path``, ``config.json`` with the trained RoPE,
 peft ``merge_and_unload``, written atomically. The result loads with plain ``AutoModelForCausalLM``.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.model.saving import MERGED_FOLDER, merge_adapter
 from toolkit.run_folder import FINAL
-from toolkit.saving import MERGED_FOLDER, merge_adapter
 
 
 def merge_run(run_dir: Path, out: Path | None) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from toolkit.lora import CausalLM
+from toolkit.model.lora import CausalLM
 
 
 def enable_checkpointing(model: CausalLM, offload: bool) -> None:

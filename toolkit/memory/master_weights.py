@@ -5,10 +5,10 @@ most entries of a Llama matrix never move. Here the optimizer steps float32 copi
 after each step the model's bf16 weights are refreshed from them, so the forward and backward stay in bf16. Cost:
 4 bytes per trainable parameter beyond the weights, gradients and moments. Gradients accumulate over micro-batches in
 the model's dtype and are cast to float32 at the step. (LoRA adapters are held in float32 themselves:
-``toolkit.lora.apply_lora``.)
+``toolkit.model.lora.apply_lora``.)
 
 The masters are the optimizer's parameters, and its ``state_dict`` carries their values, so a checkpoint resumes them
-exactly. FSDP2 and DeepSpeed keep float32 masters themselves (``toolkit.engines.keeps_own_masters``).
+exactly. FSDP2 and DeepSpeed keep float32 masters themselves (``toolkit.parallel.engines.keeps_own_masters``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 
 from toolkit.errors import UserError
 from toolkit.memory.master_weights import MasterWeights
-from toolkit.schema import TrainSpec
+from toolkit.recipe.schema import TrainSpec
 
 _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"}
 
@@ -27,8 +27,9 @@ _BITSANDBYTES = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit"
 def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], train: TrainSpec,
                     lr: float, offloaded: bool = False, masters: bool = True) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``params`` with ``lr``, ``train.betas`` and ``train.weight_decay``; ``offloaded``:
-    DeepSpeed keeps the optimizer state in host memory (``toolkit.engines.offloads_optimizer``); ``masters``: keep
-    fp32 master weights of bf16 parameters here (False where the engine keeps its own: ``toolkit.engines``)."""
+    DeepSpeed keeps the optimizer state in host memory (``toolkit.parallel.engines.offloads_optimizer``);
+    ``masters``: keep fp32 master weights of bf16 parameters here (False where the engine keeps its own:
+    ``toolkit.parallel.engines``)."""
     groups: list[Any] = list(params)  # parameters, or param groups (dicts with "params")
     kept = MasterWeights(_tensors(groups)) if masters else None
     if kept is None or not kept.pairs:

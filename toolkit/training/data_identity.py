@@ -23,8 +23,8 @@ import json
 from typing import Any
 
 from toolkit.errors import UserError
-from toolkit.parallel import data_parallel_size
-from toolkit.schema import Recipe
+from toolkit.parallel.sequence import data_parallel_size
+from toolkit.recipe.schema import Recipe
 from toolkit.training.loop import stage_steps
 
 VERSION = 1

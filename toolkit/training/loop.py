@@ -2,9 +2,9 @@
 every launcher (one process, DDP, FSDP2, DeepSpeed through accelerate).
 
 A step (:func:`train_step`) is ``grad_accum`` micro-batches accumulated through ``accelerator.accumulate`` (what
-each engine does between them: :mod:`toolkit.engines`); its loss is the sum of token losses over every micro-batch and
-process divided by their number of target tokens, so each token weighs the same however the step is split over
-micro-batches and processes.
+each engine does between them: :mod:`toolkit.parallel.engines`); its loss is the sum of token losses over every
+micro-batch and process divided by their number of target tokens, so each token weighs the same however the step is
+split over micro-batches and processes.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from toolkit.data.batches import Batch, StageBatches, as_batch, target_tokens
-from toolkit.engines import backward, start_stage
 from toolkit.errors import Stopped
-from toolkit.parallel import row_sharers, shard_for_sequence_parallel
-from toolkit.schema import StageSpec, TrainSpec
+from toolkit.parallel.engines import backward, start_stage
+from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
+from toolkit.recipe.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.faults import StopFlag, non_finite_loss, out_of_memory
 from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
@@ -32,7 +32,7 @@ from toolkit.training.schedule import lr_at
 
 def tokens_per_step(stage: StageSpec, data_parallel: int) -> int:
     """Tokens one optimizer step of ``stage`` trains on, over ``data_parallel`` groups of processes that train on
-    different rows (``toolkit.parallel.data_parallel_size``)."""
+    different rows (``toolkit.parallel.sequence.data_parallel_size``)."""
     return stage.seq_len * stage.batch_size * stage.grad_accum * data_parallel
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from toolkit.errors import UserError
+from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS
-from toolkit.schema import LoggingSpec
 
 
 class MetricsLogger:

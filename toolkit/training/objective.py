@@ -8,10 +8,10 @@ import logging
 import torch
 from torch import nn
 
-from toolkit.attention import DENSE_MASK, continue_padding_tail, decoder_rows, dense_mask_bytes
 from toolkit.data.batches import Batch
-from toolkit.lora import CausalLM, unwrap_peft
 from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
+from toolkit.model.attention import DENSE_MASK, continue_padding_tail, decoder_rows, dense_mask_bytes
+from toolkit.model.lora import CausalLM, unwrap_peft
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class CausalLMObjective(nn.Module):
     """``forward(batch) -> (sum of token losses, number of target tokens)`` for a causal LM.
 
     Packed rows carry ``position_ids`` restarting per document and no ``attention_mask`` (with ``use_cache=False``),
-    which keeps documents apart in every kernel; how each kernel is given the rows is ``toolkit.attention``'s
+    which keeps documents apart in every kernel; how each kernel is given the rows is ``toolkit.model.attention``'s
     concern (padding tail, flattening for flash-attn). A kernel that needs a dense L×L mask for them gets a warning
     with its size, once per row length.
     """

@@ -13,11 +13,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
-from toolkit.attention import TORCH_VARLEN, select_attention
 from toolkit.errors import UserError
 from toolkit.hub_ids import looks_local
-from toolkit.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
-from toolkit.schema import MethodSpec, ModelSpec
+from toolkit.model.attention import TORCH_VARLEN, select_attention
+from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
+from toolkit.recipe.schema import MethodSpec, ModelSpec
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 BASE_FOLDER = "base"
@@ -151,12 +151,12 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
     dtype = resolve_dtype(spec.precision, device)
     attention, reason = select_attention(spec.attention, device, dtype, training=training)
     if attention == TORCH_VARLEN:
-        from toolkit.attention_varlen import register_torch_varlen
+        from toolkit.model.attention_varlen import register_torch_varlen
 
         register_torch_varlen()
     model: CausalLM
     if spec.backend == "unsloth":
-        from toolkit.unsloth_backend import load_with_unsloth
+        from toolkit.model.unsloth_backend import load_with_unsloth
 
         model = load_with_unsloth(spec, method, device, dtype, seed)
     elif spec.init_config is not None:

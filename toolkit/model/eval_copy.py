@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from toolkit.lora import CausalLM, unwrap_peft
+from toolkit.model.lora import CausalLM, unwrap_peft
 
 
 def eval_copy(model: CausalLM, state_dict: dict[str, torch.Tensor], device: torch.device,

@@ -1,6 +1,6 @@
 """Reading YAML files into typed pydantic objects, with every failure one line naming the file, line and field.
 
-Shared by recipes (``toolkit.recipe_loading``) and evaluation suites (``toolkit.evals.suite``).
+Shared by recipes (``toolkit.recipe.loading``) and evaluation suites (``toolkit.evals.suite``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from toolkit.errors import UserError
-from toolkit.schema import FieldError
+from toolkit.recipe.schema import FieldError
 
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)")
 Model = TypeVar("Model", bound=BaseModel)

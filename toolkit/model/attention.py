@@ -5,7 +5,7 @@ differently, and only some do so in memory linear in the row length:
 
 - ``flash_attention_2`` (the flash-attn package): varlen over documents, at batch size 1 only, so the objective
   flattens a batch of rows into one row of B·L tokens (:func:`decoder_rows`).
-- ``torch_varlen``: PyTorch's own varlen flash attention (:mod:`toolkit.attention_varlen`), any batch size.
+- ``torch_varlen``: PyTorch's own varlen flash attention (:mod:`toolkit.model.attention_varlen`), any batch size.
 - ``flex_attention``: a document-causal BlockMask that transformers builds from the position ids.
 - ``sdpa`` and ``eager``: causal without a mask for one document per row; a row holding several documents makes
   transformers build a dense ``[B,1,L,L]`` mask (:func:`dense_mask_bytes`).
@@ -24,7 +24,7 @@ from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 
 TORCH_VARLEN = "torch_varlen"
-"""The name :mod:`toolkit.attention_varlen` registers PyTorch's varlen flash attention under."""
+"""The name :mod:`toolkit.model.attention_varlen` registers PyTorch's varlen flash attention under."""
 HALF = (torch.bfloat16, torch.float16)
 FLATTENED = ("flash_attention_2",)
 """Kernels that keep packed documents apart at batch size 1 only: the objective gives them one row of B·L tokens."""

@@ -2,7 +2,7 @@
 
 For each stage the table lists weights, gradients, optimizer state, activations (kept across layers and the
 one-layer working set), logits, the eager attention matrix, the dense L×L attention mask that packed rows get
-under sdpa or eager (one per step, shared by the layers) and runtime overhead (see ``toolkit.plan_model``),
+under sdpa or eager (one per step, shared by the layers) and runtime overhead (see ``toolkit.plan.memory``),
 then FITS or DOES NOT FIT. A stage that does not fit gets a path of switches, applied one after the other
 with the total after each, until it fits.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from toolkit.attention import DENSE_MASK
 from toolkit.errors import UserError
-from toolkit.plan_model import GIB, Estimate, ModelShape, Setup, estimate, shape_for
-from toolkit.schema import Recipe
+from toolkit.model.attention import DENSE_MASK
+from toolkit.plan.memory import GIB, Estimate, ModelShape, Setup, estimate, shape_for
+from toolkit.recipe.schema import Recipe
 
 TILE_TOKENS = 8192
 """Sequence tile of the tiled MLP that the advice proposes (tokens per tile per GPU)."""

@@ -20,10 +20,10 @@ from peft import PeftModel
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from toolkit.errors import UserError
-from toolkit.eval_copy import tied_names
-from toolkit.lora import CausalLM, unwrap_peft
-from toolkit.modeling import BASE_FOLDER, has_tokenizer, load_merged, lora_sources
-from toolkit.schema import MethodSpec
+from toolkit.model.eval_copy import tied_names
+from toolkit.model.loading import BASE_FOLDER, has_tokenizer, load_merged, lora_sources
+from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.recipe.schema import MethodSpec
 
 MERGED_FOLDER = "merged"
 

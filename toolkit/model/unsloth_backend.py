@@ -1,6 +1,6 @@
 """``model.backend: unsloth``: load through unsloth's FastLanguageModel (CUDA GPUs only, optional extra).
 
-Untested here (unsloth imports only with a GPU); RoPE is still set by ``toolkit.rope`` per stage, so unsloth is
+Untested here (unsloth imports only with a GPU); RoPE is still set by ``toolkit.model.rope`` per stage, so unsloth is
 given the checkpoint's native length and applies no RoPE scaling of its own.
 """
 
@@ -10,8 +10,8 @@ import torch
 from transformers import AutoConfig
 
 from toolkit.errors import UserError
-from toolkit.lora import CausalLM
-from toolkit.schema import MethodSpec, ModelSpec
+from toolkit.model.lora import CausalLM
+from toolkit.recipe.schema import MethodSpec, ModelSpec
 
 
 def load_with_unsloth(spec: ModelSpec, method: MethodSpec, device: torch.device, dtype: torch.dtype,

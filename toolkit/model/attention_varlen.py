@@ -1,10 +1,10 @@
 """PyTorch's varlen flash attention (``torch.nn.attention.varlen.varlen_attn``, CUDA) as a transformers attention
 implementation: packed rows at flash speed, in memory linear in their length, without the flash-attn package.
 
-It is registered through transformers' ``AttentionInterface`` under :data:`toolkit.attention.TORCH_VARLEN`.
+It is registered through transformers' ``AttentionInterface`` under :data:`toolkit.model.attention.TORCH_VARLEN`.
 transformers builds no mask for an implementation that has no mask function, and hands every attention call the
 ``position_ids``; the documents are where those restart. Training only: evaluation needs padding masks and a KV
-cache, so :func:`toolkit.modeling.evaluating` switches the model to sdpa for it.
+cache, so :func:`toolkit.model.loading.evaluating` switches the model to sdpa for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
-from toolkit.attention import TORCH_VARLEN
+from toolkit.model.attention import TORCH_VARLEN
 
 Kernel = Callable[..., Any]
 """``varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, ...)`` on ``(tokens, heads, head_dim)`` tensors."""
@@ -68,7 +68,7 @@ def varlen_attention(kernel: Kernel) -> Callable[..., tuple[torch.Tensor, None]]
 
 
 def register_torch_varlen() -> None:
-    """Register PyTorch's ``varlen_attn`` with transformers as :data:`toolkit.attention.TORCH_VARLEN`."""
+    """Register PyTorch's ``varlen_attn`` with transformers as :data:`toolkit.model.attention.TORCH_VARLEN`."""
     from torch.nn.attention.varlen import varlen_attn
 
     AttentionInterface.register(TORCH_VARLEN, varlen_attention(varlen_attn))

@@ -154,9 +154,9 @@ def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int, int]:
     """(trainable parameters, the bytes they are held in, bytes of the frozen copies peft keeps of fully trained
     modules, trainable parameters with a float32 master).
 
-    LoRA adapters are held in float32 (``toolkit.lora.apply_lora``); every other trainable parameter in the model's
-    dtype, stepped through a float32 master when that is lower (``toolkit.memory.master_weights``; FSDP2 and DeepSpeed
-    keep theirs sharded)."""
+    LoRA adapters are held in float32 (``toolkit.model.lora.apply_lora``); every other trainable parameter in the
+    model's dtype, stepped through a float32 master when that is lower (``toolkit.memory.master_weights``; FSDP2 and
+    DeepSpeed keep theirs sharded)."""
     low = setup.param_bytes < 4
     if setup.lora_rank is None:
         return shape.params, shape.params * setup.param_bytes, 0, shape.params if low else 0

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
 from toolkit.errors import UserError
-from toolkit.schema import Recipe
+from toolkit.recipe.schema import Recipe
 
 DEEPSPEED_TAKES_FROM_RECIPE = ("optimizer", "scheduler")
 """Sections of a DeepSpeed config file that would replace what the recipe sets; refused."""

@@ -1,6 +1,6 @@
 """The typed recipe: one pydantic model per block, unknown keys rejected.
 
-A recipe YAML is parsed into :class:`Recipe` once (see ``toolkit.recipe_loading``); every other module
+A recipe YAML is parsed into :class:`Recipe` once (see ``toolkit.recipe.loading``); every other module
 receives these typed objects, never a loose dict. Field docstrings double as the reference for users.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from toolkit.rope_methods import METHODS, TYPE_KEYS
+from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
@@ -55,7 +55,7 @@ class ModelSpec(Strict):
     attention: Attention = "auto"
     """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_2 (installed, bf16/fp16), else PyTorch's
     varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
-    sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.attention``)."""
+    sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.model.attention``)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. bf16 runs keep fp32 master
     weights of what they train (docs/scaling.md). fp16 does not train here: it needs loss scaling, which the toolkit
@@ -106,9 +106,10 @@ class RopeSpec(Strict):
     """RoPE setting for a stage, written into transformers' ``config.rope_parameters``."""
 
     type: str = "default"
-    """The method: a name of ``toolkit.rope_methods.METHODS`` (default, linear, dynamic, yarn, llama3, longrope)."""
+    """The method: a name of ``toolkit.model.rope_methods.METHODS`` (default, linear, dynamic, yarn, llama3,
+    longrope)."""
     theta: PositiveFloat | Literal["auto"] | None = None
-    """Explicit base frequency; ``auto`` derives it for the stage length (see ``toolkit.rope.theta_for_length``);
+    """Explicit base frequency; ``auto`` derives it for the stage length (see ``toolkit.model.rope.theta_for_length``);
     ``None`` keeps the model's."""
     factor: PositiveFloat | None = None
     """Scaling factor for linear/dynamic/yarn/llama3/longrope; ``None`` derives seq_len / original length."""
@@ -441,7 +442,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:
         """Checked here where the native length is in the recipe (``init_config``); the runner checks every
-        model again after loading (``toolkit.rope.check_coverage``)."""
+        model again after loading (``toolkit.model.rope.check_coverage``)."""
         native = (self.model.init_config or {}).get("max_position_embeddings")
         for i, stage in enumerate(self.train.stages):
             problem = stage.rope.shortfall(stage.seq_len, native)

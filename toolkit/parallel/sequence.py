@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
-from toolkit.schema import ParallelSpec
+from toolkit.recipe.schema import ParallelSpec
 
 LAUNCH_CONFIGS = {"ulysses": "configs/sequence-parallel-ulysses.yaml",
                   "context_parallel": "configs/context-parallel-fsdp2.yaml"}
@@ -79,7 +79,7 @@ def _parallelism_config(parallel: ParallelSpec, attention: str | None, env: Mapp
             raise UserError("parallel.sequence: ulysses needs DeepSpeed >= 0.18.2: pip install '.[deepspeed]'")
         from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-        from toolkit.attention import flash_attn_importable
+        from toolkit.model.attention import flash_attn_importable
 
         automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"  # until use_model_attention says
         core = automatic if attention in (None, "auto") else attention

@@ -1,4 +1,5 @@
-"""The RoPE methods this toolkit offers, in one table that the schema, ``toolkit.rope`` and the GGUF exporter read.
+"""The RoPE methods this toolkit offers, in one table that the schema, ``toolkit.model.rope`` and the GGUF exporter
+read.
 
 Each method is named as transformers 5 names its ``rope_parameters["rope_type"]``; see docs/rope.md for what they do.
 Adding a method is a row here (plus whatever transformers or llama.cpp need to compute it).

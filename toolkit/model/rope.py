@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from toolkit.errors import UserError
-from toolkit.lora import CausalLM, unwrap_peft
-from toolkit.rope_methods import METHODS, TYPE_KEYS
-from toolkit.schema import RopeSpec, TrainSpec
+from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.model.rope_methods import METHODS, TYPE_KEYS
+from toolkit.recipe.schema import RopeSpec, TrainSpec
 
 
 def theta_for_length(base_theta: float, native_length: int, target_length: int, head_dim: int) -> float:
@@ -59,7 +59,7 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
       ``spec.original_max_position_embeddings`` or ``native_length``.
     - ``original_max_position_embeddings`` for the methods that read it; the other type keys only when the spec
       gives them, else the method's defaults (llama3's ``low_freq_factor=1``, ``high_freq_factor=4``): see
-      ``toolkit.rope_methods``.
+      ``toolkit.model.rope_methods``.
     """
     base = base_theta if base_theta is not None else config.rope_parameters["rope_theta"]
     original = spec.original_max_position_embeddings or native_length

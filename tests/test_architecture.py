@@ -1,0 +1,27 @@
+"""The package's shape (docs/architecture.md): every part in a package that names it, and functions short enough to
+read at once."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
+MAX_FUNCTION_LINES = 60
+MAX_LOOSE_MODULES = 10
+
+
+def _lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    return (node.end_lineno or node.lineno) - node.lineno + 1
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    long = [f"{path.relative_to(TOOLKIT.parent)}:{node.lineno} {node.name} ({_lines(node)})"
+            for path in sorted(TOOLKIT.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _lines(node) > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_few_loose_modules_at_the_top_of_the_package() -> None:
+    loose = sorted(path.name for path in TOOLKIT.glob("*.py"))
+    assert len(loose) <= MAX_LOOSE_MODULES, loose

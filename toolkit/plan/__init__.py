@@ -1,0 +1,1 @@
+"""``python -m toolkit plan``: the memory model of a training step and the advice built on it."""

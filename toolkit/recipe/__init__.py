@@ -1,0 +1,1 @@
+"""The typed recipe (schema) and reading it from YAML with overrides."""
