@@ -193,7 +193,7 @@ def test_deepspeed_zero3_keeps_fp32_masters_under_bf16(base: Path, tmp_path: Pat
 
     last = sorted((tmp_path / "zero3" / "checkpoints").iterdir())[-1]
     saved = torch.load(last / "pytorch_model" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu",
-                       weights_only=False)
+                       weights_only=False)["optimizer_state_dict"]
     assert saved["zero_stage"] == 3 and {t.dtype for t in saved["fp32_flat_groups"]} == {torch.float32}
 
     start = load_file(base / "model.safetensors")

@@ -18,8 +18,9 @@ from toolkit.errors import UserError
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import HttpJudge, LocalJudge
-from toolkit.evals.jury import ASK, JUDGE_PROMPTS, answer_prompt, jury_summary, parse_verdict, run_jury
-from toolkit.evals.jury_spec import JudgeSpec, JuryItem, JuryTask, read_items
+from toolkit.evals.jury import ASK, JuryTask, answer_prompt, run_jury
+from toolkit.evals.jury_panel import JUDGE_PROMPTS, jury_summary, parse_verdict
+from toolkit.evals.jury_spec import JudgeSpec, JuryItem, read_items
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import load_suite
 
@@ -101,7 +102,8 @@ def test_max_vote_summary_by_hand() -> None:
              _cell(None, a=1, b="failed", c=0),  # 1 vs 0: a tie -> 0
              _cell(None, a=1, b=1, c="unparsed"),  # 1
              _cell(1, a=1, b=1, c=1), _cell(0, a=0, b=1, c=0), _cell(1, a=1, b=0, c=1), _cell(0, a=1, b=1, c=1)]
-    summary = jury_summary(cells, _task("max_vote", "a", "b", "c"))
+    task = _task("max_vote", "a", "b", "c")
+    summary = jury_summary(cells, task.judges, task.pooling)
     panel, judges = summary["panel"], summary["judges"]
     # model's answers pooled [1, 0, 0, 1]
     assert (summary["score"], summary["correct"], summary["n"], panel["unjudged"]) == (0.5, 2, 4, 0)
@@ -129,7 +131,8 @@ def test_max_vote_summary_by_hand() -> None:
 def test_average_summary_by_hand() -> None:
     cells = [_cell(None, x=4, y=5), _cell(None, x=2, y="failed"), _cell(None, x="unparsed", y="failed"),
              _cell(5, x=5, y=4), _cell(1, x=1, y=2), _cell(3, x=3, y=3)]
-    summary = jury_summary(cells, _task("average", "x", "y"))
+    task = _task("average", "x", "y")
+    summary = jury_summary(cells, task.judges, task.pooling)
     panel, judges = summary["panel"], summary["judges"]
     # model's answers pooled 4.5, 2, none -> mean 3.25 over 2, one unjudged; score (3.25 - 1) / 4
     assert (summary["mean_rating"], summary["score"], summary["n"], panel["unjudged"]) == (3.25, 0.5625, 2, 1)
@@ -365,8 +368,8 @@ def test_run_records_failed_and_unparsed_judges_and_resumes(tmp_path: Path) -> N
 
 
 def test_report_cell_and_headline() -> None:
+    from toolkit.evals.jury import jury_cell
     from toolkit.evals.registry import headline
-    from toolkit.report.cells import jury_cell
     from toolkit.run_folder import Run
 
     run = Run(Path("."), {}, {}, [], {})

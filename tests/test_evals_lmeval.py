@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
-from toolkit.evals import lmeval_bridge
+from toolkit.evals import lm_eval, lmeval_bridge
 from toolkit.evals.api import run_suites
 from toolkit.evals.lmeval_data import DEFAULT_FOLDER, write_datasets
 
@@ -77,7 +77,7 @@ def test_bridge_runs_offline_on_a_tiny_model(tmp_path: Path, monkeypatch):
     assert raw["configs"]["longctx_passkey"]["output_type"] == "generate_until"
     assert raw["n-samples"]["longctx_passkey"]["effective"] == 2
 
-    monkeypatch.setattr(lmeval_bridge, "evaluate", lambda *a: pytest.fail("a finished task must not rerun"))
+    monkeypatch.setattr(lm_eval, "evaluate", lambda *a: pytest.fail("a finished task must not rerun"))
     again = run_suites(tiny_model(max_positions=2048), tiny_tokenizer(), [suite], tmp_path, "base", "tiny")
     assert again["lm"]["tasks"]["lm_eval"]["metrics"] == entry["metrics"]
 

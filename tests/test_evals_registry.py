@@ -1,20 +1,23 @@
-"""The task-type registry: every type complete, the cache identity carries the type's version, and the README's
-example of a new type works end to end (runner, headline, report section, card)."""
+"""The task-type registry: every type complete, what it registers checked, the cache identity carries the type's
+version, and the README's example of a new type works end to end (runner, headline, report section, card)."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals.context import EvalContext
-from toolkit.evals.registry import TASK_TYPES, card_metrics, headline, register, task_type
+from toolkit.evals.niah import NiahTask
+from toolkit.evals.registry import BUILT_IN, TASK_TYPES, card_metrics, headline, register, task_type
 from toolkit.evals.results import SuiteResults, task_identity
-from toolkit.evals.suite import NiahTask
+from toolkit.evals.specs import TaskBase
+from toolkit.evals.task_type import TaskType
+from toolkit.recipe.schema import Strict
 from toolkit.report import report
 from toolkit.run_folder import load_run
 
@@ -24,9 +27,9 @@ README = Path(__file__).resolve().parents[1] / "evals" / "README.md"
 @pytest.mark.parametrize("name", list(TASK_TYPES))
 def test_every_type_is_complete(name: str) -> None:
     kind = task_type(name)
-    assert kind.name == name and kind.version >= 1
-    assert callable(kind.report_section()) and callable(kind.card_metrics) and callable(kind.headline)
-    assert callable(__import__("toolkit.evals.task_type", fromlist=["resolve"]).resolve(kind.runner))
+    assert kind.name == name and kind.spec.version >= 1 and kind in BUILT_IN
+    assert callable(kind.section) and callable(kind.card_metrics) and callable(kind.headline)
+    assert callable(kind.runner)
 
 
 def test_twice_registered_type_is_refused() -> None:
@@ -34,13 +37,32 @@ def test_twice_registered_type_is_refused() -> None:
         register(TASK_TYPES["niah"])
 
 
+class _NotATask(Strict):
+    type: Literal["not_a_task"]
+
+
+class _Unnamed(TaskBase):
+    type: str
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    (TaskType(_NotATask, TASK_TYPES["niah"].runner), "must be a TaskBase subclass"),  # type: ignore[arg-type]
+    (TaskType(_Unnamed, TASK_TYPES["niah"].runner), r"type must be Literal\["),
+    ("toolkit.evals.niah:TASK_TYPE", "not a TaskType"),
+])
+def test_what_is_registered_is_checked(kind: TaskType, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        register(kind)
+    assert list(TASK_TYPES) == [built_in.name for built_in in BUILT_IN]
+
+
 def test_version_is_part_of_the_cache_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     task = NiahTask(type="niah", lengths=[64])
-    assert task_identity(task)["version"] == TASK_TYPES["niah"].version
+    assert task_identity(task)["version"] == NiahTask.version
     path = tmp_path / "s.json"
     SuiteResults(path, "s", "t", "m", "fp").record(task, [{"length": 64, "depth": 0.0, "sample": 0}])
     assert SuiteResults(path, "s", "t", "m", "fp").cells(task)
-    monkeypatch.setitem(TASK_TYPES, "niah", dataclasses.replace(TASK_TYPES["niah"], version=99))
+    monkeypatch.setattr(NiahTask, "version", 99)
     assert SuiteResults(path, "s", "t", "m", "fp").cells(task) == []  # prompts changed: nothing reused
 
 
@@ -53,9 +75,10 @@ def _readme_example() -> types.ModuleType:
     return module
 
 
-def test_readme_example_of_a_new_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_example_of_a_new_type(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     module = _readme_example()
-    monkeypatch.setitem(TASK_TYPES, "copy", module.TASK_TYPE)
+    request.addfinalizer(lambda: TASK_TYPES.pop("copy", None))
+    register(module.TASK_TYPE)  # what listing it in BUILT_IN does
     task = module.CopyTask(type="copy", samples=3)
     run = tmp_path / "run"
     for tag in ("base", "stage-0-long"):

@@ -15,10 +15,9 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.data.needle import SentenceTokens
 from toolkit.evals.api import run_suites
-from toolkit.evals.ruler import effective_length
+from toolkit.evals.ruler import RULER_TASKS, effective_length
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import string_match_all
-from toolkit.evals.suite import RULER_TASKS
 
 
 @pytest.mark.parametrize("scores, expected", [

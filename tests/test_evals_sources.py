@@ -10,9 +10,10 @@ import pytest
 
 from toolkit.errors import UserError
 from toolkit.evals import sources
+from toolkit.evals.niah import NiahTask
 from toolkit.evals.registry import headline
 from toolkit.evals.results import SuiteResults, task_identity
-from toolkit.evals.suite import HaystackSpec, NiahTask
+from toolkit.evals.specs import HaystackSpec
 from toolkit.report.report import build_report
 
 

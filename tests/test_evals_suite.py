@@ -8,7 +8,10 @@ import pytest
 
 from toolkit.cli import main
 from toolkit.errors import UserError
-from toolkit.evals.suite import LmEvalTask, NiahTask, RopeCompareTask, load_suite
+from toolkit.evals.lm_eval import LmEvalTask
+from toolkit.evals.niah import NiahTask
+from toolkit.evals.rope_compare import RopeCompareTask
+from toolkit.evals.suite import load_suite
 
 EVALS = Path(__file__).resolve().parents[1] / "evals"
 LM_EVAL_TASKS = EVALS / "lm_eval_tasks"

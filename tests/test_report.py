@@ -155,7 +155,7 @@ def test_lm_eval_counts_from_the_raw_lm_eval_json(tmp_path: Path) -> None:
 
 
 def test_wide_content_stays_inside_the_html_page(tmp_path: Path) -> None:
-    from toolkit.report.render import Code, Paragraph, Table, to_html, to_markdown
+    from toolkit.formatting.blocks import Code, Paragraph, Table, to_html, to_markdown
 
     wide = json.dumps({f"key{i}": list(range(20)) for i in range(20)}, separators=(",", ":"))
     page = to_html([Paragraph(wide), Table(["json"], [[wide]]), Code("x" * 400, "pass")], "t")

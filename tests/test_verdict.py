@@ -10,10 +10,10 @@ import yaml
 
 from toolkit.cli import main
 from toolkit.errors import UserError
+from toolkit.evals.niah import heatmap_panels
 from toolkit.evals.stats import Rate
 from toolkit.recipe.schema import EvalSpec
 from toolkit.report.report import build_report
-from toolkit.report.sections import heatmap_panels
 from toolkit.report.verdict import check_run, compute_verdict, effective_length, verdict_spec, verdict_text
 from toolkit.run_folder import load_run
 

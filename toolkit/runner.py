@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
@@ -130,6 +131,7 @@ def setup(recipe: Recipe) -> Session:
 def _start(recipe: Recipe) -> Accelerator:
     """The accelerator (checked against the recipe), the seed, and the run folder."""
     dtype = _weights_dtype(recipe)
+    _forget_earlier_runs()
     accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
                               **engine_kwargs(recipe, dtype))
     _check_engine(accelerator)
@@ -137,6 +139,14 @@ def _start(recipe: Recipe) -> Accelerator:
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
     return accelerator
+
+
+def _forget_earlier_runs() -> None:
+    """Forget the accelerate settings of an earlier run in this process (mixed precision, engine plugins,
+    accumulation), keeping its device and process group: accelerate refuses a second ``Accelerator`` that changes
+    them, so a bf16 run followed by an fp32 one in the same process (a sweep, the tests) would fail."""
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
 
 
 ENGINE_TYPES = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP}

@@ -1,68 +1,82 @@
 """The ``jury`` task: the evaluated model answers long-context questions, a panel of judges (PoLL) scores them.
 
-Each answer is generated greedily; every judge sees the question, the reference and the answer (not the long
-context) and says True/False (``max_vote``) or rates 1-5 (``average``); they also score the item's
-human-labelled answers, which measure their agreement with people (not the model's score). A judge that fails or answers
-unparseably counts as such (``failed``/``unparsed``) and its vote is left out of the pooling of that answer; an
-answer no judge could score is ``unjudged`` and left out of the score, and both are shown. Cells keep every vote,
-so the summary is recomputed from them and a resumed run judges only new items. The judges' raw outputs go to
+Each answer is generated greedily; the panel (:mod:`toolkit.evals.jury_panel`) judges it and the item's
+human-labelled answers, which measure the judges' agreement with people (not the model's score). Cells keep every
+vote, so the summary is recomputed from them and a resumed run judges only new items. The judges' raw outputs go to
 ``<folder>/<suite>-<task>-judges.jsonl``. With ``length``, each context is hidden at ``depth`` inside filler text
-up to that many tokens, so the same items test any context length.
+up to that many tokens, so the same items test any context length. The report shows every judge and the panel.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
-from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
-from toolkit.evals.judges import Judge, Reply, make_judge
-from toolkit.evals.jury_spec import LABELS, JuryItem, JuryTask, Pooling, read_items
+from toolkit.evals.context import EvalContext
+from toolkit.evals.judges import make_judge
+from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
+from toolkit.evals.jury_spec import JudgeSpec, JuryItem, Pooling, read_items
+from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batched, generate_greedy
 from toolkit.evals.sources import filler_window, load_sentences
-
-if TYPE_CHECKING:
-    from toolkit.evals.context import EvalContext
-    from toolkit.evals.results import SuiteResults
-
-Cell = dict[str, Any]
+from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
+from toolkit.evals.stats import Rate
+from toolkit.evals.task_type import Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.formatting.numbers import fmt
+from toolkit.recipe.yaml_files import resolve_relative
+from toolkit.run_folder import Run
 
 ASK = "\n\nAnswer the question using the text above, in one sentence.\nQuestion: {question}"
 """Follows the context (and filler) in the evaluated model's prompt; without a chat template, then ``\nAnswer:``."""
-JUDGE_PROMPTS: dict[str, str] = {
-    "max_vote": ("You will be given a question, a reference answer and a provided answer. Judge whether the "
-                 "provided answer is correct by comparing it to the reference answer. Differently formatted dates, "
-                 "missing middle names and alternative spellings count as the same. If the provided answer is "
-                 "correct say exactly \"True\", otherwise say exactly \"False\".\n\n"
-                 "Question: {question}\nReference answer: {reference}\nProvided answer: {answer}"),
-    "average": ("You will be given a question, a reference answer and a provided answer. Rate the provided answer "
-                "against the reference answer from 1 to 5: 1 wrong or off-topic, 2 mostly wrong, 3 partly correct, "
-                "4 correct but incomplete or imprecise, 5 fully correct. Reply with the number only.\n\n"
-                "Question: {question}\nReference answer: {reference}\nProvided answer: {answer}"),
-}
-_VERDICT = {"max_vote": re.compile(r"\b(true|false)\b", re.IGNORECASE), "average": re.compile(r"\b([1-5])\b")}
 
 
-def parse_verdict(pooling: Pooling, text: str) -> int | None:
-    """The first verdict in a judge's text: True -> 1, False -> 0 (``max_vote``), or a 1-5 rating; ``None`` when
-    there is none."""
-    match = _VERDICT[pooling].search(text)
-    if match is None:
-        return None
-    word = match.group(1).lower()
-    return {"true": 1, "false": 0}[word] if pooling == "max_vote" else int(word)
+class JuryTask(TaskBase):
+    """The evaluated model answers long-context questions (greedy); a panel of judges scores each answer."""
 
+    type: Literal["jury"]
+    data: str
+    """JSONL of items (relative to the suite); see the module docstring."""
+    judges: list[JudgeSpec] = Field(min_length=1)
+    pooling: Pooling = "max_vote"
+    """``max_vote``: each judge says correct/incorrect, the majority decides (ties: incorrect), score = fraction
+    correct. ``average``: each judge rates 1-5, the ratings are averaged, score = (mean - 1) / 4."""
+    max_new_tokens: PositiveInt = 64
+    """Longest answer of the evaluated model."""
+    batch_size: PositiveInt = 4
+    """Prompts the evaluated model answers per generate call."""
+    chat: bool = False
+    """Ask in the evaluated model's chat template (instruct models)."""
+    length: PositiveInt | None = None
+    """Make every prompt this long (the evaluated model's tokens, template included) by placing the item's context
+    at ``depth`` inside ``haystack`` filler, as RULER's QA tasks do; ``None``: the context alone."""
+    depth: Depth = 0.5
+    """Fraction of the filler before the context (with ``length``)."""
+    haystack: HaystackSpec = HaystackSpec()
+    """Filler text (with ``length``)."""
 
-def item_key(item: JuryItem) -> str:
-    """What identifies an item's recorded cell: a digest of its content (edited items are judged again)."""
-    return hashlib.sha1(item.model_dump_json().encode()).hexdigest()[:12]
+    @model_validator(mode="after")
+    def _unique_judges(self) -> JuryTask:
+        names = [judge.name for judge in self.judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judges: names must be unique (got {', '.join(names)})")
+        return self
+
+    def resolve_paths(self, base: Path, where: str) -> None:
+        super().resolve_paths(base, where)
+        self.data = resolve_relative(self.data, base) or self.data
+        for judge in self.judges:
+            if judge.url is None:
+                judge.model = resolve_relative(judge.model, base) or judge.model
+        if not Path(self.data).is_file():
+            raise UserError(f"{where}.data: no such file {self.data}")
+        read_items(Path(self.data), self.pooling)  # bad data fails before any model is loaded
 
 
 @dataclass(frozen=True)
@@ -99,35 +113,6 @@ def answer_prompt(task: JuryTask, ctx: EvalContext, item: JuryItem, sentences: t
         raise UserError(f"suite {ctx.suite}: task {task.key}: length: item {item.id}: {exc}") from None
 
 
-def _vote(pooling: Pooling, reply: Reply) -> dict[str, Any]:
-    verdict = parse_verdict(pooling, reply.text) if reply.text is not None else None
-    status = "failed" if reply.text is None else "ok" if verdict is not None else "unparsed"
-    return {"verdict": verdict, "status": status, "attempts": reply.attempts, "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 4)}
-
-
-def _judge_chunk(task: JuryTask, judges: list[Judge], chunk: list[JuryItem], answers: list[str],
-                 raw_path: Path) -> list[Cell]:
-    """One cell per judged answer: the model's (``human`` None) and each labelled answer of every item."""
-    cells: list[Cell] = [{"key": item_key(item), "id": item.id, "answer": answer, "human": None, "labelled": False}
-                         for item, answer in zip(chunk, answers, strict=True)]
-    cells += [{"key": item_key(item), "id": item.id, "answer": given.answer, "human": given.human, "labelled": True}
-              for item in chunk for given in item.labelled]
-    questions = {item_key(item): item for item in chunk}
-    prompts = [JUDGE_PROMPTS[task.pooling].format(question=questions[c["key"]].question,
-                                                  reference=questions[c["key"]].reference, answer=c["answer"])
-               for c in cells]
-    replies = {judge.spec.name: judge.ask(prompts) for judge in judges}
-    with raw_path.open("a", encoding="utf-8") as raw:
-        for i, cell in enumerate(cells):
-            cell["votes"] = {name: _vote(task.pooling, answered[i]) for name, answered in replies.items()}
-            for name, answered in replies.items():
-                raw.write(json.dumps({"item": cell["id"], "labelled": cell["labelled"], "judge": name,
-                                      "output": answered[i].text, "error": answered[i].error,
-                                      **cell["votes"][name]}) + "\n")
-    return cells
-
-
 def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     items = read_items(Path(task.data), task.pooling)
     recorded: dict[str, list[Cell]] = {}
@@ -144,72 +129,62 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
         for chunk in batched(todo, task.batch_size):
             prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
             answers = generate_greedy(ctx.model, ctx.tokenizer, prompts, task.max_new_tokens, ctx.pad_id)
-            for cell in _judge_chunk(task, judges, list(chunk), [a.strip() for a in answers], raw_path):
+            for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
                 recorded.setdefault(cell["key"], []).append(cell)
             results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
     cells = [c for item in items for c in recorded[item_key(item)]]
-    summary = jury_summary(cells, task)
+    summary = jury_summary(cells, task.judges, task.pooling)
     summary["raw_outputs"] = raw_path.name
     return results.record(task, cells, summary)
 
 
-def _kappa_with_humans(pooling: Pooling, pairs: list[tuple[float, int]]) -> float | None:
-    """Cohen's kappa against the human labels: unweighted on 0/1 verdicts; quadratic-weighted on 1-5 ratings, a
-    panel's mean rounded half up to a whole rating."""
-    if pooling == "max_vote":
-        return cohen_kappa([int(x) for x, _ in pairs], [h for _, h in pairs], LABELS[pooling])
-    return cohen_kappa([int(x + 0.5) for x, _ in pairs], [h for _, h in pairs], LABELS[pooling], quadratic=True)
-
-
-def _score(pooling: Pooling, values: list[float]) -> float | None:
-    if not values:
+def jury_headline(entry: Entry) -> str | None:
+    panel = entry.get("panel")
+    if not panel:
         return None
-    mean = sum(values) / len(values)
-    return mean if pooling == "max_vote" else (mean - 1) / 4
+    trouble = f"{panel['failed']} failed, {panel['unparsed']} unparsed of {panel['calls']} judge calls"
+    return (f"{entry['pooling']} over {panel['n']} answers ({panel['unjudged']} unjudged), Fleiss kappa "
+            f"{fmt(panel['fleiss_kappa'])}, human kappa {fmt(panel['human_kappa'])}, {trouble}")
 
 
-def _judge_stats(task: JuryTask, cells: list[Cell], name: str) -> dict[str, Any]:
-    spec = next(judge for judge in task.judges if judge.name == name)
-    votes = [cell["votes"][name] for cell in cells]
-    valid = [c["votes"][name]["verdict"] for c in cells
-             if not c["labelled"] and c["votes"][name]["verdict"] is not None]
-    pairs = [(c["votes"][name]["verdict"], c["human"]) for c in cells
-             if c["labelled"] and c["votes"][name]["verdict"] is not None]
-    tokens_in, tokens_out = sum(v["prompt_tokens"] for v in votes), sum(v["completion_tokens"] for v in votes)
-    return {"backend": "http" if spec.url else "local", "model": spec.model, "score": _score(task.pooling, valid),
-            "n": len(valid), "calls": len(votes), "attempts": sum(v["attempts"] for v in votes),
-            "failed": sum(v["status"] == "failed" for v in votes),
-            "unparsed": sum(v["status"] == "unparsed" for v in votes),
-            "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-            "seconds": round(sum(v["seconds"] for v in votes), 3),
-            "cost_usd": (tokens_in * spec.price_input + tokens_out * spec.price_output) / 1e6,
-            "human_kappa": _kappa_with_humans(task.pooling, pairs), "human_n": len(pairs)}
+def _jury_row(name: str, stats: dict[str, Any], fleiss: str) -> list[str]:
+    return [name, fmt(stats["score"], 2), str(stats["n"]), str(stats["calls"]), str(stats["failed"]),
+            str(stats["unparsed"]), str(stats["attempts"]), fleiss,
+            f"{fmt(stats['human_kappa'], 2)} n={stats['human_n']}",
+            f"{stats['prompt_tokens']}/{stats['completion_tokens']}", fmt(stats["seconds"], 1),
+            f"${stats['cost_usd']:.4f}"]
 
 
-def jury_summary(cells: list[Cell], task: JuryTask) -> dict[str, Any]:
-    """Per judge and for the panel: the score of the model's answers; agreement among the judges (Fleiss' kappa,
-    over every answer all judges scored) and with humans (Cohen's kappa, over the labelled answers); calls,
-    failures, tokens, seconds and cost. Each cell gets its ``pooled`` verdict."""
-    names = [judge.name for judge in task.judges]
-    pool = max_vote if task.pooling == "max_vote" else average
-    for cell in cells:
-        cell["pooled"] = pool([cell["votes"][name]["verdict"] for name in names])
-    model = [cell for cell in cells if not cell["labelled"]]
-    judged = [cell["pooled"] for cell in model if cell["pooled"] is not None]
-    complete = [[cell["votes"][name]["verdict"] for name in names] for cell in cells
-                if all(cell["votes"][name]["verdict"] is not None for name in names)]
-    pairs = [(cell["pooled"], cell["human"]) for cell in cells if cell["labelled"] and cell["pooled"] is not None]
-    judges = {name: _judge_stats(task, cells, name) for name in names}
-    panel = {"score": _score(task.pooling, judged), "n": len(judged), "unjudged": len(model) - len(judged),
-             "fleiss_kappa": fleiss_kappa(complete, LABELS[task.pooling]), "fleiss_n": len(complete),
-             "human_kappa": _kappa_with_humans(task.pooling, pairs), "human_n": len(pairs)}
-    for field in ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds",
-                  "cost_usd"):
-        panel[field] = sum(stats[field] for stats in judges.values())
-    summary: dict[str, Any] = {"score": panel["score"], "pooling": task.pooling, "n": len(judged),
-                               "items": len(model), "panel": panel, "judges": judges}
-    if task.pooling == "max_vote":
-        summary["correct"] = int(sum(judged))
-    else:
-        summary["mean_rating"] = sum(judged) / len(judged) if judged else None
-    return summary
+def jury_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("jury"):
+        for tag, entry in run.found(suite, task):
+            panel, judges = entry.get("panel"), entry.get("judges") or {}
+            if not panel:
+                continue
+            rows = [_jury_row(f"{name} ({stats['backend']}: {stats['model']})", stats, "")
+                    for name, stats in judges.items()]
+            rows.append(_jury_row("panel", panel, f"{fmt(panel['fleiss_kappa'], 2)} n={panel['fleiss_n']}"))
+            setting = ("max voting of True/False verdicts (ties: incorrect); score = fraction correct; Cohen's "
+                       "kappa unweighted" if entry["pooling"] == "max_vote" else
+                       "average pooling of 1-5 ratings; score = (mean - 1) / 4; Fleiss' kappa over the 5 ratings "
+                       "as categories; Cohen's kappa quadratic-weighted, the panel's mean rounded half up")
+            blocks += [Paragraph(f"{suite}/{task} at {tag}: {setting}. {panel['n']} of {entry['items']} answers "
+                                 f"judged ({panel['unjudged']} unjudged: no judge gave a verdict); failed or "
+                                 f"unparseable verdicts are left out of that answer's pooling. Raw outputs: "
+                                 f"eval/{tag}/{entry.get('raw_outputs')}."),
+                       Table(["judge", "score", "answers scored", "calls", "failed", "unparsed", "attempts",
+                              "Fleiss kappa", "Cohen kappa vs humans", "tokens in/out", "seconds", "est. cost"], rows)]
+    return [Heading("Jury (PoLL)"), *blocks] if blocks else []
+
+
+def jury_cell(run: Run, tag: str, entry: Entry) -> str:
+    """The panel's score: fraction correct with its interval (max voting), or the mean 1-5 rating (average)."""
+    unjudged = (entry.get("panel") or {}).get("unjudged")
+    note = f" ({unjudged} unjudged)" if unjudged else ""
+    if entry.get("pooling") == "average":
+        return f"{fmt(entry.get('mean_rating'), 2)}/5 n={entry.get('n')}{note}"
+    return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
+
+
+TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell)

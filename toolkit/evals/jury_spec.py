@@ -1,4 +1,5 @@
-"""The settings of a ``jury`` task and its data file: long-context prompts with reference answers, judged by a panel.
+"""The judges of a ``jury`` task (:mod:`toolkit.evals.jury`) and its data file: long-context prompts with reference
+answers, judged by a panel.
 
 The data is JSONL, one item a line: ``{"id": "q1", "context": "<long document>", "question": "...",
 "reference": "...", "labelled": [{"answer": "...", "human": 1}]}``; ``id`` (default: the line number),
@@ -17,9 +18,8 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from toolkit.errors import UserError
-from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.recipe.schema import Strict
-from toolkit.recipe.yaml_files import format_loc, resolve_relative
+from toolkit.recipe.yaml_files import format_loc
 
 Pooling = Literal["max_vote", "average"]
 LABELS: dict[str, tuple[int, ...]] = {"max_vote": (0, 1), "average": (1, 2, 3, 4, 5)}
@@ -61,48 +61,6 @@ class JudgeSpec(Strict):
         if self.api_key_env and not self.url:
             raise ValueError("api_key_env is for HTTP judges: give url too")
         return self
-
-
-class JuryTask(TaskBase):
-    """The evaluated model answers long-context questions (greedy); a panel of judges scores each answer."""
-
-    type: Literal["jury"]
-    data: str
-    """JSONL of items (relative to the suite); see the module docstring."""
-    judges: list[JudgeSpec] = Field(min_length=1)
-    pooling: Pooling = "max_vote"
-    """``max_vote``: each judge says correct/incorrect, the majority decides (ties: incorrect), score = fraction
-    correct. ``average``: each judge rates 1-5, the ratings are averaged, score = (mean - 1) / 4."""
-    max_new_tokens: PositiveInt = 64
-    """Longest answer of the evaluated model."""
-    batch_size: PositiveInt = 4
-    """Prompts the evaluated model answers per generate call."""
-    chat: bool = False
-    """Ask in the evaluated model's chat template (instruct models)."""
-    length: PositiveInt | None = None
-    """Make every prompt this long (the evaluated model's tokens, template included) by placing the item's context
-    at ``depth`` inside ``haystack`` filler, as RULER's QA tasks do; ``None``: the context alone."""
-    depth: Depth = 0.5
-    """Fraction of the filler before the context (with ``length``)."""
-    haystack: HaystackSpec = HaystackSpec()
-    """Filler text (with ``length``)."""
-
-    @model_validator(mode="after")
-    def _unique_judges(self) -> JuryTask:
-        names = [judge.name for judge in self.judges]
-        if len(set(names)) != len(names):
-            raise ValueError(f"judges: names must be unique (got {', '.join(names)})")
-        return self
-
-    def resolve_paths(self, base: Path, where: str) -> None:
-        super().resolve_paths(base, where)
-        self.data = resolve_relative(self.data, base) or self.data
-        for judge in self.judges:
-            if judge.url is None:
-                judge.model = resolve_relative(judge.model, base) or judge.model
-        if not Path(self.data).is_file():
-            raise UserError(f"{where}.data: no such file {self.data}")
-        read_items(Path(self.data), self.pooling)  # bad data fails before any model is loaded
 
 
 class LabelledAnswer(Strict):

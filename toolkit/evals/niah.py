@@ -3,7 +3,9 @@
 Each cell (length, depth, sample) is one prompt from ``toolkit.data.needle.build_haystack`` with
 ``num_needles`` needles (the first is asked, placed at ``depth``; the others are distractors at random
 depths), scored by exact match of the asked value under greedy decoding (teacher-forced, one forward
-pass per batch; see :func:`toolkit.evals.scoring.greedy_matches`). Prompts of one length are batched.
+pass per batch; see :func:`toolkit.evals.scoring.greedy_matches`). Prompts of one length are batched. The grid's
+prompts and summary serve ``rope_compare`` and the llama.cpp check too. The report shows the grids as heatmaps before
+and after extension, with accuracy by length (95% Wilson intervals).
 """
 
 from __future__ import annotations
@@ -11,19 +13,30 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from statistics import mean
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, build_haystack, make_needles
 from toolkit.evals.context import EvalContext
-from toolkit.evals.plots import niah_heatmap
+from toolkit.evals.plots import niah_heatmap, niah_heatmaps
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched, greedy_matches
 from toolkit.evals.sources import filler_window, load_sentences
-from toolkit.evals.specs import NeedleGrid, NiahTask
+from toolkit.evals.specs import NeedleGrid
+from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
+from toolkit.formatting.numbers import fmt, number, rounded
+from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
+
+
+class NiahTask(NeedleGrid):
+    """Needle-in-a-haystack: one needle asked per prompt, over a grid of lengths and depths."""
+
+    type: Literal["niah"]
 
 
 def needle_prompt(task: NeedleGrid, tokens: SentenceTokens, chat: ChatFrame | None,
@@ -90,3 +103,63 @@ def run_niah(task: NiahTask, ctx: EvalContext, results: SuiteResults) -> dict[st
     summary = grid_summary(cells, task.lengths, task.depths)
     niah_heatmap(summary["grid"], f"{ctx.model_name} [{ctx.folder.name}] {task.key}", ctx.plot_path(task.key))
     return results.record(task, cells, summary)
+
+
+def niah_card(key: str, entry: Entry) -> CardMetrics:
+    return {key: [("accuracy", "needle grid mean", rounded(entry.get("mean", entry.get("score"))))]}
+
+
+def niah_detail(entry: Entry) -> str:
+    return f"grid mean {fmt(number(entry.get('mean')))} over {len(entry.get('grid', {}))} lengths"
+
+
+def _all_zero(entry: Entry) -> bool:
+    return not any(value for row in entry.get("grid", {}).values() for value in row.values())
+
+
+def heatmap_panels(run: Run, found: list[tuple[str, Entry]]) -> list[tuple[str, Entry]]:
+    """The grids drawn side by side: before extension and final, plus the starting model unless it scores 0
+    everywhere (an untrained base)."""
+    if not found:
+        return []
+    final, start = found[-1][0], found[0][0]
+    keep = {run.reference, final} | ({start} if not _all_zero(found[0][1]) else set())
+    return [(tag, entry) for tag, entry in found if tag in keep]
+
+
+def by_length_table(rows: list[tuple[str, dict[int, Rate]]]) -> tuple[Table, str]:
+    """Accuracy by length, a row per label, and how many prompts each cell counts (said once when uniform)."""
+    lengths = sorted({length for _, rates in rows for length in rates})
+    n = common_n(rates for _, rates in rows)
+    table = Table(["model", *map(str, lengths)],
+                  [[label, *(rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths)]
+                   for label, rates in rows])
+    return table, (f"n={n} prompts per length" if n is not None else "n per cell")
+
+
+def niah_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("niah"):
+        found = [(tag, entry) for tag, entry in run.found(suite, task) if entry.get("grid")]
+        panels = heatmap_panels(run, found)
+        if not panels:
+            continue
+        roles = {found[0][0]: "start", run.reference: "before extension", found[-1][0]: "final"}
+        titles = [f"{roles.get(tag, tag)}: {tag}\nmean {niah_overall(entry) or Rate(entry['mean'])}"
+                  for tag, entry in panels]
+        path = niah_heatmaps([(title, entry["grid"]) for title, (_, entry) in zip(titles, panels, strict=True)],
+                             f"{suite}/{task}: accuracy (%) by needle depth and context length",
+                             run.folder / f"niah-{suite}-{task}.png")
+        table, n_text = by_length_table([(tag, niah_rates(entry)) for tag, entry in found])
+        blocks += [Image(path, f"needle in a haystack {suite}/{task}: {', '.join(tag for tag, _ in panels)}"),
+                   Paragraph(f"{suite}/{task}: accuracy by length with 95% Wilson intervals, {n_text}."), table]
+    return [Heading("Needle in a haystack"), *blocks] if blocks else []
+
+
+def niah_cell(run: Run, tag: str, entry: Entry) -> str:
+    rate = niah_overall(entry)
+    return rate.format() if rate is not None else fmt(entry["score"])
+
+
+TASK_TYPE = TaskType(NiahTask, run_niah, section=niah_section, rank=10, score_cell=niah_cell, card_metrics=niah_card,
+                     card_detail=niah_detail)

@@ -2,30 +2,54 @@
 
 The loss at position i is that of predicting token i from tokens < i; positions are grouped in buckets
 [0, b), [b, 2b), ... Logits are computed in chunks from the decoder's last hidden state, so the full
-(length x vocabulary) logits never exist at once.
+(length x vocabulary) logits never exist at once. The report plots the loss by position of every tag.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt, model_validator
 from tqdm.auto import tqdm
 
+from toolkit.evals import plots
 from toolkit.evals.context import EvalContext
-from toolkit.evals.plots import loss_by_position
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import load_sentences, long_document
-from toolkit.evals.specs import PerplexityTask
+from toolkit.evals.specs import HaystackSpec, TaskBase
+from toolkit.evals.task_type import Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Image, Table
+from toolkit.formatting.numbers import fmt
+from toolkit.run_folder import Run
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
 
 _LOGIT_CHUNK = 1024
+
+
+class PerplexityTask(TaskBase):
+    """Loss by token position on long held-out documents."""
+
+    type: Literal["perplexity"]
+    length: PositiveInt
+    """Document length in tokens."""
+    bucket: PositiveInt
+    """Width of the position buckets: [0, bucket), [bucket, 2*bucket), ..."""
+    documents: PositiveInt = 4
+    source: HaystackSpec = HaystackSpec()
+    batch_tokens: PositiveInt = 16384
+
+    @model_validator(mode="after")
+    def _bucket_fits(self) -> PerplexityTask:
+        if self.bucket > self.length:
+            raise ValueError(f"bucket {self.bucket} is longer than length {self.length}")
+        return self
 
 
 @torch.inference_mode()
@@ -67,6 +91,25 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
     mean_loss = losses.mean().item()
     summary = {"loss_by_bucket": by_bucket, "perplexity_by_bucket": {k: math.exp(v) for k, v in by_bucket.items()},
                "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length}
-    loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",
-                     ctx.plot_path(task.key))
+    plots.loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",
+                           ctx.plot_path(task.key))
     return results.record(task, summary=summary)
+
+
+def perplexity_headline(entry: Entry) -> str | None:
+    return f"perplexity {entry['perplexity']:.3f}" if "perplexity" in entry else None
+
+
+def perplexity_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("perplexity"):
+        found = run.found(suite, task)
+        path = plots.loss_by_position({tag: e["loss_by_bucket"] for tag, e in found}, f"{suite}/{task}",
+                                      run.folder / f"perplexity-{suite}-{task}.png")
+        blocks += [Image(path, f"loss by position {suite}/{task}"),
+                   Table(["tag", "mean loss", "perplexity"],
+                         [[tag, fmt(e.get("mean_loss")), fmt(e.get("perplexity"))] for tag, e in found])]
+    return [Heading("Loss by position"), *blocks] if blocks else []
+
+
+TASK_TYPE = TaskType(PerplexityTask, run_perplexity, headline=perplexity_headline, section=perplexity_section, rank=40)

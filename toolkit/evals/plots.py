@@ -1,9 +1,10 @@
-"""PNG plots the eval runners draw (matplotlib's object API, no pyplot state): NIAH heatmap, score vs length,
-loss by position; and the pieces the report's own plots (:mod:`toolkit.report.plots`) share."""
+"""PNG plots the task types draw (matplotlib's object API, no pyplot state): NIAH heatmaps (one grid, or several
+side by side for the report), score vs length, loss by position; and the pieces the report's own plots
+(:mod:`toolkit.report.plots`) share."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ def niah_heatmap(grid: Mapping[str, Mapping[str, float]], title: str, path: Path
     fig = Figure(figsize=(1.1 * len(grid) + 2.5, 0.55 * len(depths) + 1.8))
     ax = fig.add_subplot()
     fig.colorbar(draw_grid(ax, grid, title), ax=ax, label="accuracy (%)")
+    return save_figure(fig, path)
+
+
+def niah_heatmaps(panels: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], title: str, path: Path) -> Path:
+    """Several needle grids side by side (e.g. before and after extension), one shared colour scale."""
+    fig = Figure(figsize=(sum(1.0 * len(grid) + 1.2 for _, grid in panels) + 1.5,
+                          0.55 * max(len({d for row in grid.values() for d in row}) for _, grid in panels) + 2.0),
+                 layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for index, (ax, (label, grid)) in enumerate(zip(axes, panels, strict=True)):
+        image = draw_grid(ax, grid, label, labelled=index == 0)
+    fig.suptitle(title, fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.9)
     return save_figure(fig, path)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.evals.registry import task_type
 from toolkit.evals.sources import fallback_reason
 from toolkit.evals.specs import TaskBase
 
@@ -71,9 +70,8 @@ def haystack_fallbacks(task: TaskBase) -> list[str]:
 def task_identity(task: TaskBase) -> dict[str, Any]:
     """What must match for recorded cells to be reused: settings minus the axes cells are keyed by, the type's
     version, and whether a haystack fell back to the built-in filler."""
-    kind = task_type(task.type)
-    identity = task.model_dump(mode="json", exclude=_GRID_AXES | kind.cache_ignores)
-    identity["version"] = kind.version
+    identity = task.model_dump(mode="json", exclude=_GRID_AXES | task.cache_ignores)
+    identity["version"] = task.version
     if haystack_fallbacks(task):
         identity["haystack_fallback"] = True
     return identity

@@ -2,22 +2,38 @@
 
 Evidence that the needle task discriminates between extension methods (no scaling, linear, dynamic NTK,
 YaRN, ...) before any fine-tuning. Each setting goes through ``toolkit.model.rope`` (config + rotary modules
-rebuilt in place); the model's own RoPE is restored afterwards, also on error.
+rebuilt in place); the model's own RoPE is restored afterwards, also on error. The report tabulates each setting's
+needle accuracy per tag.
 """
 
 from __future__ import annotations
 
+import json
 from functools import partial
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt
 
 from toolkit.evals.context import EvalContext
 from toolkit.evals.niah import Cell, grid_summary, score_grid
 from toolkit.evals.plots import score_vs_length
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.suite import RopeCompareTask
-from toolkit.model.loading import native_length_of
-from toolkit.model.lora import unwrap_peft
-from toolkit.model.rope import use_rope
+from toolkit.evals.specs import NeedleGrid
+from toolkit.evals.stats import niah_overall
+from toolkit.evals.task_type import Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.recipe.schema import RopeSpec
+from toolkit.run_folder import Run
+
+
+class RopeCompareTask(NeedleGrid):
+    """The same model evaluated zero-shot under several RoPE settings (which extension works untrained)."""
+
+    type: Literal["rope_compare"]
+    settings: dict[str, RopeSpec] = Field(min_length=1)
+    """Name -> RoPE setting, e.g. ``{none: {type: default}, yarn: {type: yarn, factor: 4}}``."""
+    native_length: PositiveInt | None = None
+    """The context the model was trained at; ``None`` takes ``config.max_position_embeddings``."""
 
 
 def _tagged(cells: list[Cell], setting: str) -> list[Cell]:
@@ -31,6 +47,11 @@ def _record_setting(results: SuiteResults, task: RopeCompareTask, others: list[C
 
 
 def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    # imported here: transformers and peft load only when a comparison runs, not with every suite or report
+    from toolkit.model.loading import native_length_of
+    from toolkit.model.lora import unwrap_peft
+    from toolkit.model.rope import use_rope
+
     native = task.native_length or native_length_of(unwrap_peft(ctx.model).config)
     seq_len = max(task.lengths)
     cells = results.cells(task)
@@ -49,3 +70,36 @@ def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResu
                     ctx.plot_path(task.key))
     summary = {"score": None, "native_length": native, "best": best, "settings": settings}
     return results.record(task, cells, summary)
+
+
+def rope_headline(entry: Entry) -> str | None:
+    if not entry.get("settings"):
+        return None
+    return f"best {entry.get('best')}: " + ", ".join(f"{n} {s['score']:.2f}" for n, s in entry["settings"].items())
+
+
+def _setting_cell(entry: Entry, name: str) -> str:
+    setting = entry["settings"].get(name)
+    if not setting:
+        return "-"
+    rate = niah_overall(setting, [c for c in entry.get("cells", []) if c.get("setting") == name])
+    return rate.format() if rate is not None else "-"
+
+
+def rope_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("rope_compare"):
+        found = run.found(suite, task)
+        names = list(dict.fromkeys(name for _, e in found for name in e["settings"]))
+        rows = [[name, *(_setting_cell(e, name) for _, e in found),
+                 json.dumps(next(e["settings"][name]["rope_parameters"] for _, e in found if name in e["settings"]),
+                            separators=(",", ":"))] for name in names]
+        lengths = sorted({int(n) for _, e in found for s in e["settings"].values() for n in s["scores_by_length"]})
+        blocks += [Paragraph(f"{suite}/{task}: needle accuracy at {', '.join(map(str, lengths))} tokens (95% Wilson "
+                             f"interval, n prompts), native length {found[-1][1].get('native_length')}, no "
+                             "fine-tuning for the setting."),
+                   Table(["RoPE setting", *(tag for tag, _ in found), "parameters"], rows)]
+    return [Heading("Zero-shot RoPE comparison"), *blocks] if blocks else []
+
+
+TASK_TYPE = TaskType(RopeCompareTask, run_rope_compare, headline=rope_headline, section=rope_section, rank=30)

@@ -2,7 +2,8 @@
 
 Score of a prompt: the fraction of expected answers present in the greedy output (RULER's string_match_all).
 Scores average over samples, then over tasks at each length. Effective length follows RULER: the longest
-tested length L such that the score at L and at every shorter tested length exceeds the threshold.
+tested length L such that the score at L and at every shorter tested length exceeds the threshold. The report
+shows the mean score by length with the threshold, and the effective length per tag.
 """
 
 from __future__ import annotations
@@ -10,20 +11,44 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from statistics import mean
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
+from pydantic import Field, PositiveInt
 from tqdm.auto import tqdm
 
+from toolkit.evals import plots
 from toolkit.evals.context import EvalContext
-from toolkit.evals.plots import score_vs_length
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import batch_size_for, batched, generate_greedy, string_match_all
 from toolkit.evals.sources import load_sentences
-from toolkit.evals.specs import RulerTask
+from toolkit.evals.specs import HaystackSpec, TaskBase
+from toolkit.evals.stats import Rate
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
+from toolkit.formatting.numbers import fmt, is_number, number, rounded
+from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
 Length = TypeVar("Length", int, str)
+RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
+RULER_TASKS: tuple[RulerName, ...] = get_args(RulerName)
+
+
+class RulerTask(TaskBase):
+    """RULER's synthetic tasks, generated locally at any length and scored by generation."""
+
+    type: Literal["ruler"]
+    cache_ignores: ClassVar[frozenset[str]] = frozenset({"tasks"})
+    tasks: list[RulerName] = Field(default_factory=lambda: list(RULER_TASKS), min_length=1)
+    lengths: list[PositiveInt] = Field(min_length=1)
+    samples: PositiveInt = 4
+    """Prompts per (task, length)."""
+    threshold: float = Field(0.856, ge=0.0, le=1.0)
+    """Effective length: the longest length whose score, and that of every shorter length, exceeds this."""
+    digits: int = Field(5, ge=1, le=12)
+    haystack: HaystackSpec = HaystackSpec()
+    batch_tokens: PositiveInt = 16384
 
 
 def longest_passing(scores_by_length: Mapping[Length, float], threshold: float, inclusive: bool = False) -> int | None:
@@ -77,6 +102,52 @@ def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[
                 bar.update(len(chunk))
     summary = ruler_summary(cells, task)
     series = {"mean": summary["scores_by_length"]} | {n: s["scores_by_length"] for n, s in summary["subtasks"].items()}
-    score_vs_length(series, f"{ctx.model_name} [{ctx.folder.name}] {task.key}: effective length "
-                    f"{summary['effective_length']}", ctx.plot_path(task.key), task.threshold)
+    plots.score_vs_length(series, f"{ctx.model_name} [{ctx.folder.name}] {task.key}: effective length "
+                          f"{summary['effective_length']}", ctx.plot_path(task.key), task.threshold)
     return results.record(task, cells, summary)
+
+
+def ruler_headline(entry: Entry) -> str:
+    return f"effective length {entry.get('effective_length')}"
+
+
+def _per_length(entry: Entry) -> list[tuple[str, Any]]:
+    return sorted(entry.get("scores_by_length", {}).items(), key=lambda item: int(item[0]))
+
+
+def ruler_card(key: str, entry: Entry) -> CardMetrics:
+    return {key: [("accuracy", "mean score", rounded(entry.get("score"))),
+                  ("effective_length", "RULER effective length (tokens)", entry.get("effective_length"))]
+            + [(f"accuracy@{length}", f"score at {length} tokens", rounded(v)) for length, v in _per_length(entry)]}
+
+
+def ruler_detail(entry: Entry) -> str:
+    lengths = ", ".join(f"{length}: {fmt(number(v))}" for length, v in _per_length(entry))
+    return f"effective length {entry.get('effective_length') or '-'}; {lengths}"
+
+
+def ruler_section(run: Run) -> list[Block]:
+    blocks: list[Block] = []
+    for suite, task in run.tasks("ruler"):
+        found = run.found(suite, task)
+        threshold = found[-1][1].get("threshold")
+        path = plots.score_vs_length({tag: e["scores_by_length"] for tag, e in found}, f"{suite}/{task}",
+                                     run.folder / f"ruler-{suite}-{task}.png", threshold)
+        blocks += [Image(path, f"RULER {suite}/{task}: mean score by length"),
+                   Table(["tag", "effective length", "mean score"],
+                         [[tag, fmt(e.get("effective_length")), fmt(e.get("score"))] for tag, e in found])]
+    if not blocks:
+        return []
+    return [Heading("RULER"), Paragraph("Effective length: the longest length whose score, and every shorter "
+                                        "length's, exceeds the threshold (RULER: 85.6%)."), *blocks]
+
+
+def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
+    values = [c["score"] for c in entry.get("cells", []) if is_number(c.get("score"))]
+    if values and not all(v in (0, 1) for v in values):
+        return f"{entry['score']:.2f} n={len(values)} (partial matches)"
+    return (Rate.of(int(sum(values)), len(values)) if values else Rate(float(entry["score"]))).format()
+
+
+TASK_TYPE = TaskType(RulerTask, run_ruler, headline=ruler_headline, section=ruler_section, rank=20,
+                     score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail)

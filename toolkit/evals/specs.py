@@ -1,20 +1,20 @@
-"""The settings of each built-in task type (pydantic, unknown keys rejected); the suite schema is
-:mod:`toolkit.evals.suite`, the task types themselves :mod:`toolkit.evals.registry`."""
+"""The settings every task type builds on (pydantic, unknown keys rejected): ``TaskBase`` with the cache version,
+and the text sources. Also the needle grid that ``niah``, ``rope_compare`` and the llama.cpp check
+(:mod:`toolkit.export.llama_cpp_needles`) share, with ``niah``'s settings, which that check reads too. Every other
+type's settings are in its own module (:mod:`toolkit.evals.registry` lists them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
-from toolkit.recipe.schema import RopeSpec, Strict
+from toolkit.recipe.schema import Strict
 from toolkit.recipe.yaml_files import resolve_relative
 
-RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
-RULER_TASKS: tuple[RulerName, ...] = get_args(RulerName)
 Depth = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -44,6 +44,11 @@ class TaskBase(Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Key of the task in the results; defaults to its type."""
     seed: int = 0
+    version: ClassVar[int] = 1
+    """The cache version of the type: bump it when its prompts, data or scoring change, so results recorded by
+    another version are never reused."""
+    cache_ignores: ClassVar[frozenset[str]] = frozenset()
+    """Settings that key the recorded cells rather than change them (beyond lengths, depths, samples, ...)."""
     if TYPE_CHECKING:
         type: str
         """Every task type declares it as ``Literal["<name>"]``; the suite tells tasks apart by it."""
@@ -88,76 +93,3 @@ class NeedleGrid(TaskBase):
     assistant's turn starts with the answer's lead (``The pass key for <key> is``). Lengths count the template's
     tokens too. The tokenizer must have a chat template."""
 
-
-class NiahTask(NeedleGrid):
-    type: Literal["niah"]
-
-
-class RopeCompareTask(NeedleGrid):
-    """The same model evaluated zero-shot under several RoPE settings (which extension works untrained)."""
-
-    type: Literal["rope_compare"]
-    settings: dict[str, RopeSpec] = Field(min_length=1)
-    """Name -> RoPE setting, e.g. ``{none: {type: default}, yarn: {type: yarn, factor: 4}}``."""
-    native_length: PositiveInt | None = None
-    """The context the model was trained at; ``None`` takes ``config.max_position_embeddings``."""
-
-
-class RulerTask(TaskBase):
-    """RULER's synthetic tasks, generated locally at any length and scored by generation."""
-
-    type: Literal["ruler"]
-    tasks: list[RulerName] = Field(default_factory=lambda: list(RULER_TASKS), min_length=1)
-    lengths: list[PositiveInt] = Field(min_length=1)
-    samples: PositiveInt = 4
-    """Prompts per (task, length)."""
-    threshold: float = Field(0.856, ge=0.0, le=1.0)
-    """Effective length: the longest length whose score, and that of every shorter length, exceeds this."""
-    digits: int = Field(5, ge=1, le=12)
-    haystack: HaystackSpec = HaystackSpec()
-    batch_tokens: PositiveInt = 16384
-
-
-class LmEvalTask(TaskBase):
-    """Tasks run through lm-eval on the loaded model (lm-eval's own tasks or ours in ``evals/lm_eval_tasks``)."""
-
-    type: Literal["lm_eval"]
-    tasks: list[str] = Field(min_length=1)
-    include_path: str | None = None
-    """Folder of extra task YAMLs (relative to the suite)."""
-    num_fewshot: NonNegativeInt | None = None
-    limit: PositiveInt | float | None = None
-    """Documents per task (or a fraction); ``None`` runs all."""
-    metadata: dict[str, Any] | None = None
-    """Passed to the tasks, e.g. ``{max_seq_lengths: [4096, 8192]}`` for lm-eval's ``ruler``."""
-    metric: str | None = None
-    """Metric averaged into the task's score; ``None`` takes each lm-eval task's first metric."""
-    batch_size: PositiveInt = 1
-    max_length: PositiveInt | None = None
-    """Context cap of lm-eval's HFLM; ``None`` lets HFLM read it from the model config."""
-
-    def resolve_paths(self, base: Path, where: str) -> None:
-        super().resolve_paths(base, where)
-        if self.include_path:
-            self.include_path = resolve_relative(self.include_path, base)
-            if not Path(self.include_path or "").is_dir():
-                raise UserError(f"{where}.include_path: no such folder {self.include_path}")
-
-
-class PerplexityTask(TaskBase):
-    """Loss by token position on long held-out documents."""
-
-    type: Literal["perplexity"]
-    length: PositiveInt
-    """Document length in tokens."""
-    bucket: PositiveInt
-    """Width of the position buckets: [0, bucket), [bucket, 2*bucket), ..."""
-    documents: PositiveInt = 4
-    source: HaystackSpec = HaystackSpec()
-    batch_tokens: PositiveInt = 16384
-
-    @model_validator(mode="after")
-    def _bucket_fits(self) -> PerplexityTask:
-        if self.bucket > self.length:
-            raise ValueError(f"bucket {self.bucket} is longer than length {self.length}")
-        return self

@@ -13,19 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 from toolkit.errors import UserError
-from toolkit.evals.jury_spec import JudgeSpec, JuryTask  # noqa: F401  (the jury's settings, importable from here too)
 from toolkit.evals.registry import TASK_TYPES
-from toolkit.evals.specs import (  # noqa: F401  (the task settings, importable from here too)
-    RULER_TASKS,
-    HaystackSpec,
-    LmEvalTask,
-    NeedleGrid,
-    NiahTask,
-    PerplexityTask,
-    RopeCompareTask,
-    RulerTask,
-    TaskBase,
-)
+from toolkit.evals.specs import TaskBase
 from toolkit.recipe.schema import Strict
 from toolkit.recipe.yaml_files import read_yaml, resolve_relative, validate_as, validation_message
 

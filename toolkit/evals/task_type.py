@@ -1,21 +1,21 @@
-"""What a task type is: its settings, its runner, its cache version, and how its results are shown (the one-line
-headline of ``toolkit eval``, its report section, its model-card metrics). Registered in :mod:`toolkit.evals.registry`.
+"""What a task type is: its settings, its runner, and how its results are shown (the one-line headline of
+``toolkit eval``, its report section and score cell, its model-card metrics). Each built-in type's module ends with
+its ``TASK_TYPE``; :mod:`toolkit.evals.registry` registers them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from toolkit.evals.specs import TaskBase
-from toolkit.report.fmt import rounded
+from toolkit.formatting.numbers import rounded
 
 if TYPE_CHECKING:
     from toolkit.evals.context import EvalContext
     from toolkit.evals.results import SuiteResults
-    from toolkit.report.render import Block
+    from toolkit.formatting.blocks import Block
     from toolkit.run_folder import Run
 
 Entry = dict[str, Any]
@@ -25,15 +25,6 @@ CardMetrics = dict[str, list[tuple[str, str, Any]]]
 Runner = Callable[[Any, "EvalContext", "SuiteResults"], Entry]
 Section = Callable[["Run"], list["Block"]]
 ScoreCell = Callable[["Run", str, Entry], str]
-T = TypeVar("T")
-
-
-def resolve(ref: T | str) -> T:
-    """A ``"module:name"`` reference imported now (kept as a string so heavy modules load only when used)."""
-    if not isinstance(ref, str):
-        return ref
-    module, _, name = ref.partition(":")
-    return getattr(import_module(module), name)
 
 
 def no_headline(entry: Entry) -> str | None:
@@ -53,20 +44,17 @@ def score_metric(key: str, entry: Entry) -> CardMetrics:
 @dataclass(frozen=True)
 class TaskType:
     spec: type[TaskBase]
-    """The settings: a :class:`TaskBase` subclass whose ``type`` field is ``Literal["<name>"]``."""
-    runner: Runner | str
+    """The settings: a :class:`TaskBase` subclass whose ``type`` field is ``Literal["<name>"]`` (its ``version``
+    and ``cache_ignores`` make the cache identity)."""
+    runner: Runner
     """Runs one task: ``(task, EvalContext, SuiteResults) -> entry`` (records via ``SuiteResults.record``)."""
-    version: int = 1
-    """Bump it when the prompts, data or scoring change: results of another version are never reused."""
-    cache_ignores: frozenset[str] = frozenset()
-    """Settings that key the recorded cells rather than change them (beyond lengths, depths, samples, ...)."""
     headline: Callable[[Entry], str | None] = no_headline
     """The figure shown after the score by ``toolkit eval``, e.g. ``effective length 512``."""
-    section: Section | str | None = None
+    section: Section | None = None
     """The report section of every task of this type: ``(Run) -> list[Block]``."""
     rank: int = 100
     """Where the section goes in the report (lower first)."""
-    score_cell: ScoreCell | str | None = None
+    score_cell: ScoreCell | None = None
     """The main score as a report table cell, with its 95% interval and n where counted (``None``: the score)."""
     card_metrics: Callable[[str, Entry], CardMetrics] = score_metric
     """The model card's metrics of one task: ``(task key, entry) -> {dataset: [(type, name, value)]}``."""
@@ -78,10 +66,4 @@ class TaskType:
         return get_args(self.spec.model_fields["type"].annotation)[0]
 
     def run(self, task: TaskBase, ctx: EvalContext, results: SuiteResults) -> Entry:
-        return resolve(self.runner)(task, ctx, results)
-
-    def report_section(self) -> Section | None:
-        return None if self.section is None else resolve(self.section)
-
-    def report_cell(self) -> ScoreCell | None:
-        return None if self.score_cell is None else resolve(self.score_cell)
+        return self.runner(task, ctx, results)

@@ -19,10 +19,9 @@ from transformers import AutoTokenizer
 from toolkit.data.needle import ChatFrame
 from toolkit.errors import UserError
 from toolkit.evals.context import sentence_tokens
-from toolkit.evals.niah import Cell, grid_summary, needle_prompt, pending_cells
+from toolkit.evals.niah import Cell, NiahTask, grid_summary, needle_prompt, pending_cells
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.sources import load_sentences
-from toolkit.evals.specs import NiahTask
 from toolkit.evals.suite import load_suite
 from toolkit.export.child_process import in_child
 from toolkit.export.llama_cpp_scoring import greedy_matches

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.report.fmt import fmt
-from toolkit.report.render import Block, Heading, Paragraph, Table
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.formatting.numbers import fmt
 from toolkit.run_folder import Run
 
 

@@ -1,4 +1,4 @@
-"""The report's own PNG plots: needle grids side by side (before and after extension) and training curves."""
+"""The report's own PNG plot: training curves (each task type draws its own, :mod:`toolkit.evals.plots`)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from toolkit.evals.plots import draw_grid, finish_axes, save_figure
-
-
-def niah_heatmaps(panels: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], title: str, path: Path) -> Path:
-    """Several needle grids side by side (e.g. before and after extension), one shared colour scale."""
-    fig = Figure(figsize=(sum(1.0 * len(grid) + 1.2 for _, grid in panels) + 1.5,
-                          0.55 * max(len({d for row in grid.values() for d in row}) for _, grid in panels) + 2.0),
-                 layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    image = None
-    for index, (ax, (label, grid)) in enumerate(zip(axes, panels, strict=True)):
-        image = draw_grid(ax, grid, label, labelled=index == 0)
-    fig.suptitle(title, fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=list(axes), label="accuracy (%)", shrink=0.9)
-    return save_figure(fig, path)
+from toolkit.evals.plots import finish_axes, save_figure
 
 
 def training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:

@@ -2,10 +2,10 @@
 
 Reads the run folder (:mod:`toolkit.run_folder`), draws the plots into it and renders: the verdict
 (``eval.verdict``, see :mod:`toolkit.report.verdict`), recipe, environment, training curves, scores per stage
-against the model before extension, short-context retention, and one section per task type (its registry entry's
-``section``: needle heatmaps, RULER curves, RoPE comparison, loss by position, lm-eval metrics). Every accuracy
-carries its 95% Wilson interval and n where the counts are known (:mod:`toolkit.evals.stats`). Missing parts are
-skipped.
+against the model before extension, short-context retention, and one section per task type (its ``TaskType``'s
+``section``: needle heatmaps, RULER curves, RoPE comparison, loss by position, lm-eval metrics, the jury). Every
+accuracy carries its 95% Wilson interval and n where the counts are known (:mod:`toolkit.evals.stats`). Missing
+parts are skipped.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
+from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from toolkit.formatting.numbers import fmt, is_number
 from toolkit.report.cells import score_cell
 from toolkit.report.data import data_section
-from toolkit.report.fmt import fmt, is_number
 from toolkit.report.plots import training_curves
-from toolkit.report.render import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from toolkit.report.verdict import retention_suites, verdict_blocks
 from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run, load_run
 
@@ -145,7 +145,7 @@ def retention_section(run: Run) -> list[Block]:
 
 
 def _sections() -> list[Callable[[Run], list[Block]]]:
-    ranked = [(kind.rank, section) for kind in TASK_TYPES.values() if (section := kind.report_section())]
+    ranked = [(kind.rank, section) for kind in TASK_TYPES.values() if (section := kind.section)]
     ranked.append((RETENTION_RANK, retention_section))
     return [recipe_section, environment_section, training_section, data_section, scores_section,
             *(section for _, section in sorted(ranked, key=lambda pair: pair[0]))]

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from toolkit.errors import UserError
 from toolkit.evals.ruler import longest_passing
 from toolkit.evals.stats import Rate, common_n, niah_rates
+from toolkit.formatting.blocks import Block, Code, Paragraph
+from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
 from toolkit.recipe.yaml_files import validation_message
-from toolkit.report.fmt import number
-from toolkit.report.render import Block, Code, Paragraph
 from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
 
 

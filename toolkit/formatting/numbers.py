@@ -1,4 +1,4 @@
-"""Numbers as the report, the verdict and the model card show them."""
+"""Numbers as the report, the verdict, the model card and the task types show them."""
 
 from __future__ import annotations
 

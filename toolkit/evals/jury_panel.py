@@ -1,0 +1,141 @@
+"""The panel of a ``jury`` task (:mod:`toolkit.evals.jury`): the judges' prompt, their verdicts, and the pooled
+summary.
+
+Every judge sees the question, the reference and the answer (not the long context) and says True/False
+(``max_vote``) or rates 1-5 (``average``). A judge that fails or answers unparseably counts as such
+(``failed``/``unparsed``) and its vote is left out of the pooling of that answer; an answer no judge could score is
+``unjudged`` and left out of the score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
+from toolkit.evals.judges import Judge, Reply
+from toolkit.evals.jury_spec import LABELS, JudgeSpec, JuryItem, Pooling
+
+Cell = dict[str, Any]
+
+JUDGE_PROMPTS: dict[str, str] = {
+    "max_vote": ("You will be given a question, a reference answer and a provided answer. Judge whether the "
+                 "provided answer is correct by comparing it to the reference answer. Differently formatted dates, "
+                 "missing middle names and alternative spellings count as the same. If the provided answer is "
+                 "correct say exactly \"True\", otherwise say exactly \"False\".\n\n"
+                 "Question: {question}\nReference answer: {reference}\nProvided answer: {answer}"),
+    "average": ("You will be given a question, a reference answer and a provided answer. Rate the provided answer "
+                "against the reference answer from 1 to 5: 1 wrong or off-topic, 2 mostly wrong, 3 partly correct, "
+                "4 correct but incomplete or imprecise, 5 fully correct. Reply with the number only.\n\n"
+                "Question: {question}\nReference answer: {reference}\nProvided answer: {answer}"),
+}
+_VERDICT = {"max_vote": re.compile(r"\b(true|false)\b", re.IGNORECASE), "average": re.compile(r"\b([1-5])\b")}
+
+
+def parse_verdict(pooling: Pooling, text: str) -> int | None:
+    """The first verdict in a judge's text: True -> 1, False -> 0 (``max_vote``), or a 1-5 rating; ``None`` when
+    there is none."""
+    match = _VERDICT[pooling].search(text)
+    if match is None:
+        return None
+    word = match.group(1).lower()
+    return {"true": 1, "false": 0}[word] if pooling == "max_vote" else int(word)
+
+
+def item_key(item: JuryItem) -> str:
+    """What identifies an item's recorded cell: a digest of its content (edited items are judged again)."""
+    return hashlib.sha1(item.model_dump_json().encode()).hexdigest()[:12]
+
+
+def _vote(pooling: Pooling, reply: Reply) -> dict[str, Any]:
+    verdict = parse_verdict(pooling, reply.text) if reply.text is not None else None
+    status = "failed" if reply.text is None else "ok" if verdict is not None else "unparsed"
+    return {"verdict": verdict, "status": status, "attempts": reply.attempts, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 4)}
+
+
+def judge_chunk(pooling: Pooling, judges: list[Judge], chunk: list[JuryItem], answers: list[str],
+                raw_path: Path) -> list[Cell]:
+    """One cell per judged answer: the model's (``human`` None) and each labelled answer of every item."""
+    cells: list[Cell] = [{"key": item_key(item), "id": item.id, "answer": answer, "human": None, "labelled": False}
+                         for item, answer in zip(chunk, answers, strict=True)]
+    cells += [{"key": item_key(item), "id": item.id, "answer": given.answer, "human": given.human, "labelled": True}
+              for item in chunk for given in item.labelled]
+    questions = {item_key(item): item for item in chunk}
+    prompts = [JUDGE_PROMPTS[pooling].format(question=questions[c["key"]].question,
+                                             reference=questions[c["key"]].reference, answer=c["answer"])
+               for c in cells]
+    replies = {judge.spec.name: judge.ask(prompts) for judge in judges}
+    with raw_path.open("a", encoding="utf-8") as raw:
+        for i, cell in enumerate(cells):
+            cell["votes"] = {name: _vote(pooling, answered[i]) for name, answered in replies.items()}
+            for name, answered in replies.items():
+                raw.write(json.dumps({"item": cell["id"], "labelled": cell["labelled"], "judge": name,
+                                      "output": answered[i].text, "error": answered[i].error,
+                                      **cell["votes"][name]}) + "\n")
+    return cells
+
+
+def _kappa_with_humans(pooling: Pooling, pairs: list[tuple[float, int]]) -> float | None:
+    """Cohen's kappa against the human labels: unweighted on 0/1 verdicts; quadratic-weighted on 1-5 ratings, a
+    panel's mean rounded half up to a whole rating."""
+    if pooling == "max_vote":
+        return cohen_kappa([int(x) for x, _ in pairs], [h for _, h in pairs], LABELS[pooling])
+    return cohen_kappa([int(x + 0.5) for x, _ in pairs], [h for _, h in pairs], LABELS[pooling], quadratic=True)
+
+
+def _score(pooling: Pooling, values: list[float]) -> float | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    return mean if pooling == "max_vote" else (mean - 1) / 4
+
+
+def _judge_stats(spec: JudgeSpec, pooling: Pooling, cells: list[Cell]) -> dict[str, Any]:
+    name = spec.name
+    votes = [cell["votes"][name] for cell in cells]
+    valid = [c["votes"][name]["verdict"] for c in cells
+             if not c["labelled"] and c["votes"][name]["verdict"] is not None]
+    pairs = [(c["votes"][name]["verdict"], c["human"]) for c in cells
+             if c["labelled"] and c["votes"][name]["verdict"] is not None]
+    tokens_in, tokens_out = sum(v["prompt_tokens"] for v in votes), sum(v["completion_tokens"] for v in votes)
+    return {"backend": "http" if spec.url else "local", "model": spec.model, "score": _score(pooling, valid),
+            "n": len(valid), "calls": len(votes), "attempts": sum(v["attempts"] for v in votes),
+            "failed": sum(v["status"] == "failed" for v in votes),
+            "unparsed": sum(v["status"] == "unparsed" for v in votes),
+            "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+            "seconds": round(sum(v["seconds"] for v in votes), 3),
+            "cost_usd": (tokens_in * spec.price_input + tokens_out * spec.price_output) / 1e6,
+            "human_kappa": _kappa_with_humans(pooling, pairs), "human_n": len(pairs)}
+
+
+def jury_summary(cells: list[Cell], judges: list[JudgeSpec], pooling: Pooling) -> dict[str, Any]:
+    """Per judge and for the panel: the score of the model's answers; agreement among the judges (Fleiss' kappa,
+    over every answer all judges scored) and with humans (Cohen's kappa, over the labelled answers); calls,
+    failures, tokens, seconds and cost. Each cell gets its ``pooled`` verdict."""
+    names = [judge.name for judge in judges]
+    pool = max_vote if pooling == "max_vote" else average
+    for cell in cells:
+        cell["pooled"] = pool([cell["votes"][name]["verdict"] for name in names])
+    model = [cell for cell in cells if not cell["labelled"]]
+    judged = [cell["pooled"] for cell in model if cell["pooled"] is not None]
+    complete = [[cell["votes"][name]["verdict"] for name in names] for cell in cells
+                if all(cell["votes"][name]["verdict"] is not None for name in names)]
+    pairs = [(cell["pooled"], cell["human"]) for cell in cells if cell["labelled"] and cell["pooled"] is not None]
+    stats = {judge.name: _judge_stats(judge, pooling, cells) for judge in judges}
+    panel = {"score": _score(pooling, judged), "n": len(judged), "unjudged": len(model) - len(judged),
+             "fleiss_kappa": fleiss_kappa(complete, LABELS[pooling]), "fleiss_n": len(complete),
+             "human_kappa": _kappa_with_humans(pooling, pairs), "human_n": len(pairs)}
+    for field in ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds",
+                  "cost_usd"):
+        panel[field] = sum(judge[field] for judge in stats.values())
+    summary: dict[str, Any] = {"score": panel["score"], "pooling": pooling, "n": len(judged),
+                               "items": len(model), "panel": panel, "judges": stats}
+    if pooling == "max_vote":
+        summary["correct"] = int(sum(judged))
+    else:
+        summary["mean_rating"] = sum(judged) / len(judged) if judged else None
+    return summary

@@ -1,0 +1,151 @@
+"""The ``lm_eval`` task: lm-eval on the already-loaded model, ``simple_evaluate(model=HFLM(pretrained=model, ...))``.
+
+lm-eval's full output (its own JSON layout, minus per-sample logs) is saved to
+``<out>/<tag>/lm_eval/<suite>.json`` (``<suite>-<task key>.json`` for a task given its own name); the
+suite JSON gets ``metrics`` {task: {metric: float}}, ``n`` {task: documents scored} and ``score``, the mean
+over tasks of ``metric`` (or of each task's first metric). lm-eval's task index and output are read by
+:mod:`toolkit.evals.lmeval_bridge`. The report lists every metric per tag, fractions with their 95% Wilson interval.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt
+
+from toolkit.data.tokens import bos_prefix
+from toolkit.errors import UserError
+from toolkit.evals.context import EvalContext
+from toolkit.evals.lmeval_bridge import summarize, task_manager
+from toolkit.evals.results import SuiteResults, write_json
+from toolkit.evals.specs import TaskBase
+from toolkit.evals.stats import BINARY_METRICS, Rate, lm_eval_rates
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.formatting.numbers import fmt, rounded
+from toolkit.recipe.yaml_files import resolve_relative
+from toolkit.run_folder import Run, eval_dir, read_json
+
+
+class LmEvalTask(TaskBase):
+    """Tasks run through lm-eval on the loaded model (lm-eval's own tasks or ours in ``evals/lm_eval_tasks``)."""
+
+    type: Literal["lm_eval"]
+    tasks: list[str] = Field(min_length=1)
+    include_path: str | None = None
+    """Folder of extra task YAMLs (relative to the suite)."""
+    num_fewshot: NonNegativeInt | None = None
+    limit: PositiveInt | float | None = None
+    """Documents per task (or a fraction); ``None`` runs all."""
+    metadata: dict[str, Any] | None = None
+    """Passed to the tasks, e.g. ``{max_seq_lengths: [4096, 8192]}`` for lm-eval's ``ruler``."""
+    metric: str | None = None
+    """Metric averaged into the task's score; ``None`` takes each lm-eval task's first metric."""
+    batch_size: PositiveInt = 1
+    max_length: PositiveInt | None = None
+    """Context cap of lm-eval's HFLM; ``None`` lets HFLM read it from the model config."""
+
+    def resolve_paths(self, base: Path, where: str) -> None:
+        super().resolve_paths(base, where)
+        if self.include_path:
+            self.include_path = resolve_relative(self.include_path, base)
+            if not Path(self.include_path or "").is_dir():
+                raise UserError(f"{where}.include_path: no such folder {self.include_path}")
+
+
+def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
+    """Run lm-eval on the loaded model; returns lm-eval's result dict (without samples)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    metadata = dict(task.metadata or {})
+    tokenizer_name = getattr(tokenizer, "name_or_path", "")
+    if metadata and tokenizer_name:
+        metadata.setdefault("tokenizer", tokenizer_name)  # lm-eval's ruler sizes prompts with it
+    manager = task_manager(task.tasks, task.include_path, metadata or None)
+    unknown = [name for name in task.tasks if name not in manager.all_tasks]
+    if unknown:
+        raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
+                        f"{'' if task.include_path else ' (set include_path for local task folders)'}")
+    device = str(next(model.parameters()).device)
+    # BOS first where the tokenizer puts one in front of a text (Llama 3); lm-eval leaves it out unless asked
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=task.batch_size,
+              max_length=task.max_length, add_bos_token=bool(bos_prefix(tokenizer)))
+    output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
+                             task_manager=manager, log_samples=False, random_seed=task.seed)
+    if output is None:  # only non-zero ranks of a distributed run get None
+        raise UserError("lm_eval: run evaluation in a single process")
+    output.pop("samples", None)
+    return output
+
+
+def run_lm_eval(task: LmEvalTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    if (done := results.finished(task)) is not None:
+        return done
+    output = evaluate(ctx.model, ctx.tokenizer, task)
+    raw = Path("lm_eval") / (f"{ctx.suite}.json" if task.key == "lm_eval" else f"{ctx.suite}-{task.key}.json")
+    write_json(ctx.folder / raw, output)
+    metrics, score = summarize(output, task.metric)
+    n = {name: counts.get("effective") for name, counts in output.get("n-samples", {}).items()}  # documents scored
+    return results.record(task, summary={"score": score, "metrics": metrics, "n": n, "lm_eval_json": raw.as_posix()})
+
+
+def lm_eval_card(key: str, entry: Entry) -> CardMetrics:
+    return {subtask: [(name.split(",")[0], name, rounded(value)) for name, value in metrics.items()
+                      if "stderr" not in name and isinstance(value, (int, float))]
+            for subtask, metrics in entry.get("metrics", {}).items()}
+
+
+def lm_eval_counts(run: Run, tag: str, entry: Entry) -> dict[str, int]:
+    """Documents scored per lm-eval task: recorded in the entry, else read from lm-eval's own JSON."""
+    if isinstance(entry.get("n"), dict):
+        return {task: n for task, n in entry["n"].items() if isinstance(n, int)}
+    raw = read_json(eval_dir(run.folder, tag) / entry["lm_eval_json"]) if entry.get("lm_eval_json") else None
+    samples = raw.get("n-samples", {}) if isinstance(raw, dict) else {}
+    return {task: counts["effective"] for task, counts in samples.items()
+            if isinstance(counts, dict) and isinstance(counts.get("effective"), int)}
+
+
+def lm_eval_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
+    """The main score of an lm_eval entry with pooled counts; ``None`` for a metric that is not a fraction."""
+    metric, counts = (entry.get("identity") or {}).get("metric"), lm_eval_counts(run, tag, entry)
+    correct = total = 0
+    for task, values in (entry.get("metrics") or {}).items():
+        chosen = [(k, v) for k, v in values.items() if metric is None or k.split(",")[0] == metric][:1]
+        if not chosen:
+            continue
+        (name, value), n = chosen[0], counts.get(task)
+        if name.split(",")[0] not in BINARY_METRICS:
+            return None
+        if n is None:
+            return Rate(float(entry["score"]))
+        correct, total = correct + round(value * n), total + n
+    return Rate.of(correct, total) if total else None
+
+
+def lm_eval_cell(run: Run, tag: str, entry: Entry) -> str:
+    rate = lm_eval_rate(run, tag, entry)
+    return rate.format() if rate is not None else fmt(entry["score"])
+
+
+def lm_eval_section(run: Run) -> list[Block]:
+    tags, rows = run.tags, []
+    for suite, task in run.tasks("lm_eval"):
+        found = dict(run.found(suite, task))
+        rates = {tag: lm_eval_rates(e, lm_eval_counts(run, tag, e)) for tag, e in found.items()}
+        pairs = dict.fromkeys((name, metric) for e in found.values()
+                              for name, values in e["metrics"].items() for metric in values)
+        for name, metric in pairs:
+            cells = [rate.format() if (rate := rates.get(tag, {}).get((name, metric))) else
+                     fmt(found.get(tag, {}).get("metrics", {}).get(name, {}).get(metric)) for tag in tags]
+            rows.append([f"{suite} / {name}", metric, *cells])
+    if not rows:
+        return []
+    return [Heading("lm-eval"), Paragraph("Fraction-correct metrics with their 95% Wilson interval and n (documents "
+                                          "scored; unknown for results recorded before counts were kept)."),
+            Table(["suite / task", "metric", *tags], rows)]
+
+
+TASK_TYPE = TaskType(LmEvalTask, run_lm_eval, section=lm_eval_section, rank=50, score_cell=lm_eval_cell,
+                     card_metrics=lm_eval_card)
