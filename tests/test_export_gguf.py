@@ -136,6 +136,7 @@ def _model_without_tokenizer(folder: Path) -> Path:
 
 @pytest.mark.parametrize(("out", "message"), [
     ("missing/m.gguf", "--out {tmp}/missing/m.gguf: {tmp}/missing is not an existing folder"),
+    ("newdir/", "--out {tmp}/newdir/: {tmp}/newdir is not an existing folder"),
     ("taken", "--out {tmp}/taken: {tmp}/taken/model-f16.gguf is a folder"),
     ("config.json/m.gguf", "--out {tmp}/config.json/m.gguf: {tmp}/config.json is not an existing folder")])
 def test_an_unusable_out_exits_2_before_converting(out: str, message: str, tmp_path: Path,
@@ -143,7 +144,7 @@ def test_an_unusable_out_exits_2_before_converting(out: str, message: str, tmp_p
     model = _model_without_tokenizer(tmp_path / "model")
     (tmp_path / "taken" / "model-f16.gguf").mkdir(parents=True)
     (tmp_path / "config.json").write_text("{}")
-    assert main(["export", str(model), "--format", "gguf", "--out", str(tmp_path / out)]) == 2
+    assert main(["export", str(model), "--format", "gguf", "--out", f"{tmp_path}/{out}"]) == 2
     assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "taken"]
 

@@ -179,7 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from toolkit.export.to_gguf import export_gguf
 
-        gguf = export_gguf(Path(args.run), out=Path(args.out) if args.out else None, outtype=args.outtype)
+        gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
         if args.check:
             from toolkit.export.llama_cpp_needles import score_needles_in_llama_cpp
             from toolkit.report.report import build_report

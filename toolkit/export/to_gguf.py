@@ -56,12 +56,14 @@ def _merged(folder: Path, stack: ExitStack) -> Path:
     return folder
 
 
-def _target(source: Path, out: Path | None, file_name: str) -> Path:
-    """Where the file goes: ``out`` (into it when a folder), else beside the model; a UserError if it cannot."""
+def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
+    """Where the file goes: ``out`` (into it when a folder, or when it ends with a slash), else beside the model; a
+    UserError if it cannot."""
     if out is None:
         target = (source if (source / FINAL).is_dir() else source.parent) / file_name
     else:
-        target = out / file_name if out.is_dir() else out
+        folder = str(out).endswith(("/", os.sep)) or Path(out).is_dir()
+        target = Path(out) / file_name if folder else Path(out)
     where = f"--out {out}" if out is not None else "export"
     if target.is_dir():
         raise UserError(f"{where}: {target} is a folder")
@@ -138,9 +140,10 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
             if not key.startswith("GGUF.") and len(field.types) == 1}
 
 
-def export_gguf(source: Path, out: Path | None = None, outtype: str = "f16") -> Path:
+def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16") -> Path:
     """Write ``source`` (a run or a model folder) as one GGUF file; return its path. ``out`` is the file, or a folder
-    to write NAME-OUTTYPE.gguf into (default: the run folder, or beside a model folder)."""
+    to write NAME-OUTTYPE.gguf into (an existing one, or a path ending with a slash; default: the run folder, or
+    beside a model folder)."""
     if outtype not in OUTTYPES:
         raise UserError(f"--outtype: {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     folder, name = _model_folder(source), source.resolve().name
