@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -45,12 +46,16 @@ def assert_rows_match_documents(logits: torch.Tensor, docs: Sequence[Sequence[to
             start += len(doc)
 
 
-def train_losses(model: torch.nn.Module, ids: torch.Tensor, steps: int, lr: float) -> list[float]:
-    """Losses of ``steps`` AdamW steps (trainable parameters) on one fixed batch, labels = inputs."""
+def train_losses(model: torch.nn.Module, ids: torch.Tensor, steps: int, lr: float,
+                 autocast: torch.dtype | None = None) -> list[float]:
+    """Losses of ``steps`` AdamW steps (trainable parameters) on one fixed batch, labels = inputs; with ``autocast``,
+    each forward under its own CPU autocast, as in the loop (autocast keeps its casts of float32 weights until its
+    block ends)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=autocast) if autocast else nullcontext():
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tests.micro_models import micro_llama
+from tests.micro_models import micro_llama, train_losses
 from toolkit.model.loading import evaluating
 from toolkit.model.lora import apply_lora
 from toolkit.recipe.schema import LoraSpec
@@ -26,21 +26,6 @@ def _peft_default():
     return get_peft_model(_bf16_model(), config)
 
 
-def _autocast_losses(model, steps: int = 5) -> list[float]:
-    """Losses of ``steps`` AdamW steps on one batch, each forward under its own bf16 autocast as in the loop (autocast
-    caches the bf16 copies of float32 weights until its block ends)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=IDS, labels=IDS).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
-
-
 def test_adapters_are_float32_and_train_like_peft_default_under_autocast() -> None:
     ours, default = apply_lora(_bf16_model(), SPEC), _peft_default()
     adapters = {name: p.dtype for name, p in ours.named_parameters() if "lora_" in name}
@@ -49,7 +34,8 @@ def test_adapters_are_float32_and_train_like_peft_default_under_autocast() -> No
     with torch.no_grad():  # the same adapter weights in both, so only where the adapters compute differs
         for target, source in zip(ours.parameters(), default.parameters(), strict=True):
             target.copy_(source)
-    ours_losses, default_losses = _autocast_losses(ours), _autocast_losses(default)
+    ours_losses, default_losses = (train_losses(model, IDS, 5, lr=1e-2, autocast=torch.bfloat16)
+                                   for model in (ours, default))
     assert abs(ours_losses[0] - default_losses[0]) < 1e-6  # B = 0: both are the base model
     for mine, theirs in zip(ours_losses[1:], default_losses[1:], strict=True):
         assert abs(mine - theirs) < 1e-2 * theirs  # within bf16 rounding of the adapter path
