@@ -2,7 +2,8 @@
 
 Runs a random Llama through the toolkit's training step (benchmarks/harness.py, fresh process each) under
 several memory settings and compares the measured peak (CPU: resident memory the model and training added,
-float32; CUDA: max_memory_allocated, bf16) with the plan's total minus its CUDA runtime overhead.
+float32; CUDA: max_memory_allocated, bf16) with the plan's total minus its CUDA runtime overhead and allocator
+reserve.
 
     python benchmarks/plan_calibration.py --shape small --seq-len 4096 --threads 1
     python benchmarks/plan_calibration.py --shape llama3-8b --method lora --seq-len 16384
@@ -41,7 +42,8 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
         measured = measure(config, budget_s)
         setup = Setup(seq_len=seq_len, param_bytes=2 if torch.cuda.is_available() else 4,
                       checkpointing=checkpointing, loss_chunk=chunk, tiles=tiles, **lora)
-        planned = (estimate(shape, setup).total - RUNTIME_OVERHEAD) / GIB
+        result = estimate(shape, setup)  # measured: allocated, so without the allocator's reserve
+        planned = (result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]) / GIB
         rows.append({"setting": label, "measured_gib": measured.get("peak_gib"), "planned_gib": planned,
                      "error": planned / measured["peak_gib"] - 1 if measured["status"] == "ok" else None})
         error = "n/a" if rows[-1]["error"] is None else f"{rows[-1]['error']:+.0%}"

@@ -39,6 +39,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("overrides", nargs="*")
     plan.add_argument("--gpus", type=int, default=1)
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    plan.add_argument("--host-memory", type=float, help="GiB of host memory (default: this machine's RAM)")
 
 
 def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
@@ -163,7 +164,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.plan.command import print_plan
         from toolkit.recipe.loading import load_recipe
 
-        return print_plan(load_recipe(args.recipe, args.overrides), gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
+        return print_plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory)
     if args.command == "report":
         return _report(args)
     if args.command == "push":

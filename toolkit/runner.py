@@ -13,6 +13,7 @@ process evaluates a full copy while the others wait (``parallel.timeout_minutes`
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from toolkit.parallel.sequence import (
     use_model_attention,
     without_ulysses_attention,
 )
+from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.schema import Recipe
 from toolkit.run_folder import EVAL, FINAL, RECIPE, RUN_INFO, eval_dir, eval_tag
@@ -112,6 +114,7 @@ def setup(recipe: Recipe) -> Session:
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     check_stage_data(recipe.train, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
+    check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loaded = _load_model(recipe, accelerator, tokenizer)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
     optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
@@ -202,7 +205,8 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
-        enable_checkpointing(loaded.model, offload=recipe.train.activation_offload)
+        enable_checkpointing(loaded.model, offload=recipe.train.activation_offload,
+                             fp8=recipe.train.activation_offload_dtype == "fp8")
     if recipe.train.tiled_mlp:
         enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
     return loaded

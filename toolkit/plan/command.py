@@ -1,10 +1,13 @@
-"""``python -m toolkit plan RECIPE --gpus N --gpu-memory GB``: memory per GPU of every stage, and what to change.
+"""``python -m toolkit plan RECIPE --gpus N --gpu-memory GB [--host-memory GB]``: memory per GPU and host memory of
+every stage, and what to change.
 
 For each stage the table lists weights, gradients, optimizer state, activations (kept across layers and the
 one-layer working set), logits, the eager attention matrix, the dense L×L attention mask that packed rows get
-under sdpa or eager (one per step, shared by the layers) and runtime overhead (see ``toolkit.plan.memory``),
-then FITS or DOES NOT FIT. A stage that does not fit gets a path of switches, applied one after the other
-with the total after each, until it fits.
+under sdpa or eager (one per step, shared by the layers), the allocator's reserve and runtime overhead (see
+``toolkit.plan.memory``), then FITS or DOES NOT FIT for the GPU; then the host memory of the offloaded activations
+and the processes (all ``--gpus`` processes on the host memory given, by default this machine's RAM) and FITS or
+DOES NOT FIT for the host. A stage that does not fit gets the placement of offloaded layers that fits both, when
+one does, and a path of switches, applied one after the other with the total after each, until the GPU fits.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Iterator
 
 from toolkit.errors import UserError
 from toolkit.model.attention import DENSE_MASK
-from toolkit.plan.memory import GIB, Estimate, ModelShape, Setup, estimate, shape_for
+from toolkit.plan.memory import GIB, ModelShape, Setup, estimate, shape_for
+from toolkit.plan.placement import Fit, fit, machine_memory, placement, placement_setting
 from toolkit.recipe.schema import Recipe
 
 TILE_TOKENS = 8192
@@ -36,6 +40,7 @@ def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:
                  lora_rank=lora.r if lora else None, lora_targets=tuple(lora.target_modules) if lora else (),
                  fully_trained=tuple(lora.trainable_modules) if lora else (), optimizer=train.optimizer,
                  checkpointing=train.gradient_checkpointing, offload=train.activation_offload,
+                 offload_fp8=train.activation_offload_dtype == "fp8",
                  loss_chunk=train.loss_chunk_size, tiles=train.tiled_mlp,
                  attention="eager" if recipe.model.attention == "eager" else "flash/sdpa",
                  dense_mask=recipe.model.attention in DENSE_MASK and train.stage_data(index).packing == "pack",
@@ -104,45 +109,83 @@ def _cell(value: float) -> str:
     return f"{value / GIB:,.2f}"
 
 
-def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float) -> int:
-    """Print the per-stage memory table with verdicts and advice; returns 0 (a verdict is not an error)."""
+def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None) -> int:
+    """Print the per-stage memory table with GPU and host verdicts and advice; returns 0 (a verdict is not an
+    error)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1, got {gpus}")
     if gpu_memory_gib <= 0:
         raise UserError(f"--gpu-memory: must be positive GiB, got {gpu_memory_gib:g}")
+    if host_memory_gib is not None and host_memory_gib <= 0:
+        raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
+    host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
-    budget = gpu_memory_gib * GIB
-    stages = recipe.train.stages
-    names = [recipe.train.stage_name(i) for i in range(len(stages))]
-    setups = [stage_setup(recipe, i, gpus) for i in range(len(stages))]
-    estimates: list[Estimate] = [estimate(shape, setup) for setup in setups]
-    print(f"plan: {recipe.name} on {gpus} GPU(s) x {gpu_memory_gib:g} GiB; model {shape.params / 1e6:,.1f}M params "
-          f"({shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}); method {recipe.method.kind}")
+    budget, host_budget = gpu_memory_gib * GIB, host_gib * GIB
+    names = [recipe.train.stage_name(i) for i in range(len(recipe.train.stages))]
+    setups = [stage_setup(recipe, i, gpus) for i in range(len(names))]
+    fits = [fit(shape, setup, budget, host_budget) for setup in setups]
+    _print_header(recipe, shape, gpus, gpu_memory_gib, host_gib, "--host-memory" if host_memory_gib else "this machine")
+    _print_table(names, setups, fits)
+    for name, setup, result in zip(names, setups, fits, strict=True):
+        if not (result.gpu_fits and result.host_fits):
+            _print_advice(name, shape, setup, result)
+    both = sum(f.gpu_fits and f.host_fits for f in fits)
+    print(f"verdict: {both} of {len(fits)} stage(s) fit the GPU and the host")
+    return 0
+
+
+def _print_header(recipe: Recipe, shape: ModelShape, gpus: int, gpu_memory_gib: float, host_gib: float,
+                  host_source: str) -> None:
+    print(f"plan: {recipe.name} on {gpus} GPU(s) x {gpu_memory_gib:g} GiB, host {host_gib:,.1f} GiB ({host_source}); "
+          f"model {shape.params / 1e6:,.1f}M params ({shape.layers} layers, hidden {shape.hidden}, vocab "
+          f"{shape.vocab}); method {recipe.method.kind}")
     if recipe.model.precision != "fp32":
         print("  bf16 compute, fp32 master weights: 4 B per trainable parameter beside its bf16 weight and gradient, "
               "and 8 B of fp32 AdamW moments (LoRA adapters are held in fp32 themselves)")
     if gpus > 1:
         print(f"  weights, gradients and optimizer state sharded over {gpus} GPUs (configs/fsdp2.yaml or a "
-              "DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole)")
+              "DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole); the host holds all their processes")
     degree = recipe.parallel.degree
     if degree > 1 and gpus % degree:
         print(f"  warning: parallel.degree {degree} does not divide --gpus {gpus}; the launch will be refused")
+
+
+def _print_table(names: list[str], setups: list[Setup], fits: list[Fit]) -> None:
+    estimates = [f.estimate for f in fits]
     rows = [("seq_len x batch", [f"{s.seq_len:,} x {s.batch_size}" for s in setups])]
     for part in estimates[0].parts:
         rows.append((f"{part} (GiB)", [_cell(e.parts[part]) for e in estimates]))
     rows.append(("total per GPU (GiB)", [_cell(e.total) for e in estimates]))
+    rows.append(("verdict", [_verdict(f.gpu_fits) for f in fits]))
     rows.append(("host per GPU, offloaded", [_cell(e.host) for e in estimates]))
-    rows.append(("verdict", ["FITS" if e.total <= budget else "DOES NOT FIT" for e in estimates]))
+    rows.append(("host, all processes (GiB)", [_cell(f.host) for f in fits]))
+    rows.append(("host verdict", [_verdict(f.host_fits) for f in fits]))
     label_width = max(len(label) for label, _ in rows) + 2
     width = max(len(text) for text in names + [cell for _, cells in rows for cell in cells]) + 2
     print("".join([" " * label_width] + [n.rjust(width) for n in names]))
     for label, cells in rows:
         print(label.ljust(label_width) + "".join(c.rjust(width) for c in cells))
-    for name, setup, result in zip(names, setups, estimates, strict=True):
-        if result.total > budget:
-            print(f"{name}: needs {result.total / GIB:.1f} GiB of {gpu_memory_gib:g}; switch on, in order:")
-            for line in advice(shape, setup, budget):
-                print(f"  - {line}")
-    fits = sum(e.total <= budget for e in estimates)
-    print(f"verdict: {fits} of {len(estimates)} stage(s) fit")
-    return 0
+
+
+def _verdict(fits: bool) -> str:
+    return "FITS" if fits else "DOES NOT FIT"
+
+
+def _print_advice(name: str, shape: ModelShape, setup: Setup, result: Fit) -> None:
+    """The switches that make the GPU fit, then the placement of offloaded layers that fits the GPU and the host."""
+    gpu_budget, host_budget = result.gpu_budget, result.host_budget
+    if not result.gpu_fits:
+        print(f"{name}: needs {result.estimate.total / GIB:.1f} GiB of {gpu_budget / GIB:g}; switch on, in order:")
+        for line in advice(shape, setup, gpu_budget):
+            print(f"  - {line}")
+    if not result.host_fits:
+        print(f"{name}: host needs {result.host / GIB:.1f} GiB of {host_budget / GIB:,.1f} ({setup.gpus} process(es) "
+              f"x {result.estimate.host_needed / GIB:.1f} GiB: offloaded activations and the process)")
+    found = placement(shape, setup, gpu_budget, host_budget)
+    if found is None:
+        print(f"{name}: no placement of offloaded layers fits both the GPU and the host; shorten the stage, add "
+              "host memory, or spread the sequence over more GPUs (parallel.sequence)")
+        return
+    placed, placed_fit = found
+    print(f"{name}: placement that fits both: {placement_setting(placed, shape.layers)} (the first layers' inputs "
+          f"in host memory) -> GPU {placed_fit.estimate.total / GIB:.1f} GiB, host {placed_fit.host / GIB:.1f} GiB")

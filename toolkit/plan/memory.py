@@ -5,10 +5,15 @@ per token and layer, each RMSNorm keeps its float32 input (``4H``), the attentio
 input, q, k, v and the attention output (``a (4H + 2 kv_dim)``; flash/SDPA keep no ``L^2`` matrix), and the
 SwiGLU MLP keeps its normed input, gate, up, SiLU(gate) and their product (``a (H + 4I)``). Checkpointing
 keeps only each layer's input (``a H``) and recomputes one layer at a time in the backward; offload moves
-those inputs to host memory. Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax
-kept for the backward, its gradient). Sharding (FSDP2 / ZeRO-3) divides weights, gradients and optimizer
-state by the GPU count and gathers about two layers at a time; sequence parallelism divides every activation
-term by its degree. The calibration against measured peaks is in docs/benchmarks.md.
+those inputs to host memory (the first N layers', see ``toolkit.memory.checkpointing``), where CUDA's caching
+host allocator rounds each pinned block up to a power of two. The recomputed layer's backward also holds the
+gradients of its output and of a norm's output (``2 a H``) and the float32 temporaries of an RMSNorm's backward
+(``NORM_BACKWARD_COPIES x 4H``); the tiled MLP divides only the MLP's own tensors, not the norm before it.
+Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax kept for the backward, its gradient).
+The caching allocator holds more than it hands out (``ALLOCATOR_RESERVE_PER_HIDDEN``). Sharding (FSDP2 / ZeRO-3)
+divides weights, gradients and optimizer state by the GPU count and gathers about two layers at a time;
+sequence parallelism divides every activation term by its degree. The calibration against measured peaks is in
+docs/benchmarks.md and docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -19,10 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.memory.offload import offloaded_layers
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = int(1.5 * GIB)
 """CUDA context, cuBLAS/NCCL workspaces and allocator slack, measured as 1-2 GiB on H100s."""
+NORM_BACKWARD_COPIES = 3
+"""Float32 ``[tokens, hidden]`` temporaries alive at once in an RMSNorm's backward (autograd of its decomposed ops:
+the incoming gradient cast to float32, the gradient through ``x * rsqrt``, the one through ``pow``)."""
+ALLOCATOR_RESERVE_PER_HIDDEN = 8
+"""Bytes per token and hidden unit that PyTorch's caching allocator reserves beyond what is allocated at long
+lengths (blocks of the size of a float32 hidden state that it cannot split for smaller requests). H200, 8B
+shapes, LoRA: reserved minus peak allocated 18.8 GiB at 512K, 4.8 GiB at 128K, 2.0 GiB at 64K (8 x 4096 B per
+token: 16, 4 and 2 GiB)."""
+HOST_OVERHEAD = int(4.6 * GIB)
+"""Host memory of one training process besides the offloaded activations (Python, torch and CUDA libraries, the
+CUDA context's host side, tokenizer, data): H200, 2-layer 8B probe at 512K, 12.6 GiB resident of which 8 GiB were
+the offloaded inputs."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,9 @@ class Setup:
     fully_trained: tuple[str, ...] = ()
     optimizer: str = "adamw"
     checkpointing: bool = False
-    offload: bool = False
+    offload: bool | int = False
+    """Layers whose checkpointed input lives in host memory: all (True), none (False) or the first N."""
+    offload_fp8: bool = False
     loss_chunk: int | None = None
     tiles: int | None = None
     attention: str = "sdpa"
@@ -140,7 +160,8 @@ class Setup:
 
 @dataclass
 class Estimate:
-    """Bytes per GPU by part (``parts``), and bytes of host memory for offloaded activations."""
+    """Bytes per GPU by part (``parts``), and bytes of host memory for offloaded activations (``host``, pinned
+    blocks as allocated) per GPU."""
 
     parts: dict[str, int] = field(default_factory=dict)
     host: int = 0
@@ -148,6 +169,11 @@ class Estimate:
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def host_needed(self) -> int:
+        """Host memory of one training process: the offloaded activations and the process itself."""
+        return self.host + HOST_OVERHEAD
 
 
 def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int, int]:
@@ -167,7 +193,7 @@ def _trainable(shape: ModelShape, setup: Setup) -> tuple[int, int, int, int]:
 
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     """Peak memory per GPU of one training step of ``shape`` under ``setup``."""
-    a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
+    a, h = setup.param_bytes, shape.hidden
     sharded = setup.gpus > 1
     trainable, trainable_bytes, frozen_copies, mastered = _trainable(shape, setup)
     weights: float = shape.params * a + frozen_copies + (trainable_bytes if setup.lora_rank else 0)
@@ -178,22 +204,10 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     optimizer_state = 2 * trainable if eight_bit else 8 * trainable
 
     tokens = setup.batch_size * setup.seq_len / setup.sequence_degree  # per GPU
-    attention_saved = 4 * h + a * (4 * h + 2 * shape.kv_dim)
-    mlp_saved = 4 * h + a * (h + 4 * i)
-    mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
-    tiles = setup.tiles or 1
-    if setup.tiles and not setup.checkpointing:  # tiles keep only their input, recompute the rest
-        per_layer_kept = attention_saved + 4 * h + a * h
-        working = (mlp_saved + mlp_transient) / tiles
-    elif setup.checkpointing:
-        per_layer_kept = a * h
-        working = attention_saved + (mlp_saved + mlp_transient) / tiles
-    else:
-        per_layer_kept, working = attention_saved + mlp_saved, mlp_transient
-    kept = shape.layers * per_layer_kept * tokens
-    host = 0
-    if setup.offload:
-        host, kept = int(kept), 2 * per_layer_kept * tokens  # two layers in flight on the GPU
+    per_layer_kept, working = _layer_activations(shape, setup)
+    offloaded = _offloaded_layers(shape, setup)
+    on_gpu = max(shape.layers - offloaded, min(offloaded, 2))  # offloaded: the one recomputed, the next fetched
+    end_of_forward = 4 * h + 2 * a * h  # the final norm's float32 input and output, the loss's copy of it
     eager = setup.attention == "eager"
     attention_matrix = setup.batch_size * shape.heads * setup.seq_len**2 / setup.sequence_degree * (4 + a)
     logits_tokens = min(tokens, setup.loss_chunk) if setup.loss_chunk else tokens
@@ -202,14 +216,46 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         "gradients": int(trainable_bytes / setup.gpus),
         "fp32 master weights": int(4 * mastered / setup.gpus),
         "optimizer state": int(optimizer_state / setup.gpus),
-        "activations kept": int(kept + (4 * h + 2 * a * h) * tokens),  # + embeddings out, final norm
-        "layer working set": int(working * tokens),
+        "activations kept": int(on_gpu * per_layer_kept * tokens),
+        "layer working set": int(max(working, end_of_forward) * tokens),
         "logits": int(logits_tokens * shape.vocab * (a + 8)),
         "attention matrix": int(attention_matrix * (1 if setup.checkpointing else shape.layers)) if eager else 0,
         "attention mask": setup.batch_size * setup.seq_len**2 * (a if eager else 1) if setup.dense_mask else 0,
+        "allocator reserve": int(ALLOCATOR_RESERVE_PER_HIDDEN * h * tokens),
         "runtime overhead": RUNTIME_OVERHEAD,
     }
-    return Estimate(parts=parts, host=host)
+    return Estimate(parts=parts, host=offloaded * pinned_block(int(per_layer_kept * tokens / a * _stored_bytes(setup))))
+
+
+def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
+    """(bytes per token each layer keeps for the backward, bytes per token of the layer being worked on: what its
+    backward holds, the recomputed activations with checkpointing)."""
+    a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
+    norm_saved = 4 * h + a * h  # an RMSNorm's float32 input and its output
+    attention_saved = norm_saved + a * (3 * h + 2 * shape.kv_dim)  # + q, k, v and the attention output
+    mlp_own = a * 4 * i  # gate, up, SiLU(gate), their product: what the tiled MLP divides
+    mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
+    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h
+    tiles = setup.tiles or 1
+    if setup.checkpointing:
+        return a * h, attention_saved + norm_saved + (mlp_own + mlp_transient) / tiles + backward
+    if setup.tiles:  # tiles keep only their input, recompute the rest
+        return attention_saved + norm_saved, (mlp_own + mlp_transient) / tiles + backward
+    return attention_saved + norm_saved + mlp_own, mlp_transient + backward
+
+
+def _offloaded_layers(shape: ModelShape, setup: Setup) -> int:
+    return offloaded_layers(setup.offload, shape.layers) if setup.checkpointing else 0
+
+
+def _stored_bytes(setup: Setup) -> int:
+    """Bytes per element of an offloaded input: fp8 or as computed."""
+    return 1 if setup.offload_fp8 else setup.param_bytes
+
+
+def pinned_block(nbytes: int) -> int:
+    """``nbytes`` of pinned host memory as CUDA's caching host allocator takes it: the next power of two."""
+    return 1 << (nbytes - 1).bit_length() if nbytes > 0 else 0
 
 
 def step_flops(shape: ModelShape, tokens: int, seq_len: int, trainable_fraction: float = 1.0) -> float:

@@ -320,8 +320,12 @@ class TrainSpec(Strict):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     gradient_checkpointing: bool = False
-    activation_offload: bool = False
-    """With gradient checkpointing: keep the saved layer inputs in CPU memory."""
+    activation_offload: bool | PositiveInt = False
+    """With gradient checkpointing: keep the saved layer inputs in pinned host memory, for every layer (``true``) or
+    for the first N layers (the rest keep theirs on the GPU); copies run on a side stream."""
+    activation_offload_dtype: Literal["native", "fp8"] = "native"
+    """How offloaded layer inputs are stored: as computed, or ``fp8`` (e4m3 with a per-tensor scale: half the host
+    memory of bf16, a rounded input for the recompute)."""
     loss_chunk_size: PositiveInt | None = 4096
     """Tokens per chunk of the cross-entropy, so full-vocabulary logits never exist for the whole
     sequence; ``None`` computes the plain loss."""
@@ -339,6 +343,8 @@ class TrainSpec(Strict):
     def _lengths_grow(self) -> TrainSpec:
         if self.activation_offload and not self.gradient_checkpointing:
             raise FieldError("activation_offload", "needs gradient_checkpointing: true")
+        if self.activation_offload_dtype != "native" and not self.activation_offload:
+            raise FieldError("activation_offload_dtype", "needs activation_offload: true or a number of layers")
         if self.stage_length_must_grow:
             for i in range(1, len(self.stages)):
                 if self.stages[i].seq_len < self.stages[i - 1].seq_len:
