@@ -23,6 +23,7 @@ from toolkit.evals.jury_panel import JUDGE_PROMPTS, jury_summary, parse_verdict
 from toolkit.evals.jury_spec import JudgeSpec, JuryItem, read_items
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import load_suite
+from toolkit.evals.transformers_backend import TransformersBackend
 
 CPU = torch.device("cpu")
 
@@ -309,7 +310,7 @@ def _find(haystack: list[int], needle: list[int]) -> int:
 
 
 def test_answer_prompt_alone_and_inside_filler(tmp_path: Path) -> None:
-    ctx = EvalContext(tiny_model(), tiny_tokenizer(), tmp_path, "s", "tiny")
+    ctx = EvalContext(TransformersBackend(tiny_model(), tiny_tokenizer()), tmp_path, "s", "tiny")
     item = JuryItem(id="q", context="Ada wrote the first program for the engine.", question="Who wrote it?",
                     reference="Ada")
     task = JuryTask(type="jury", data="d.jsonl", judges=[JudgeSpec(name="a", model="m", url="http://h/v1")])
@@ -347,7 +348,7 @@ def test_run_records_failed_and_unparsed_judges_and_resumes(tmp_path: Path) -> N
                   for name in ("fair", "down", "mumbles")]
         task = JuryTask(type="jury", data=str(data), judges=judges, max_new_tokens=4, batch_size=2)
         folder = tmp_path / "out"
-        ctx = EvalContext(tiny_model(max_positions=512), tiny_tokenizer(), folder, "s", "tiny")
+        ctx = EvalContext(TransformersBackend(tiny_model(max_positions=512), tiny_tokenizer()), folder, "s", "tiny")
         entry = run_jury(task, ctx, SuiteResults(folder / "s.json", "s", "t", "tiny", "fp"))
         calls = len(server.requests)
         again = run_jury(task, ctx, SuiteResults(folder / "s.json", "s", "t", "tiny", "fp"))

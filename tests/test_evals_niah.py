@@ -18,12 +18,13 @@ from toolkit.evals.niah import NiahTask, needle_prompt
 from toolkit.evals.scoring import generate_ids, greedy_matches
 from toolkit.evals.sources import load_sentences, split_sentences
 from toolkit.evals.specs import HaystackSpec
+from toolkit.evals.transformers_backend import TransformersBackend
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _ctx(model, tmp_path: Path) -> EvalContext:
-    return EvalContext(model, tiny_tokenizer(), tmp_path, "suite", "tiny")
+    return EvalContext(TransformersBackend(model, tiny_tokenizer()), tmp_path, "suite", "tiny")
 
 
 def _longest_builtin_sentence(tokens) -> int:

@@ -12,7 +12,8 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals.api import run_suites
 from toolkit.evals.context import sentence_tokens
-from toolkit.evals.perplexity import bucket_losses, token_losses
+from toolkit.evals.perplexity import bucket_losses
+from toolkit.evals.scoring import token_losses
 from toolkit.evals.sources import long_document
 
 

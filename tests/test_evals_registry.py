@@ -17,6 +17,7 @@ from toolkit.evals.registry import BUILT_IN, TASK_TYPES, card_metrics, headline,
 from toolkit.evals.results import SuiteResults, task_identity
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import TaskType
+from toolkit.evals.transformers_backend import TransformersBackend
 from toolkit.recipe.schema import Strict
 from toolkit.report import report
 from toolkit.run_folder import load_run
@@ -84,8 +85,8 @@ def test_readme_example_of_a_new_type(tmp_path: Path, request: pytest.FixtureReq
     for tag in ("base", "stage-0-long"):
         folder = run / "eval" / tag
         results = SuiteResults(folder / "toy.json", "toy", tag, "tiny", "fp")
-        entry = task_type("copy").run(task, EvalContext(tiny_model(), tiny_tokenizer(), folder, "toy", "tiny"),
-                                      results)
+        ctx = EvalContext(TransformersBackend(tiny_model(), tiny_tokenizer()), folder, "toy", "tiny")
+        entry = task_type("copy").run(task, ctx, results)
         results.finish({task.key})
     assert entry["type"] == "copy" and entry["n"] == 3 and entry["identity"]["version"] == 1
     assert headline(entry).startswith("score ")

@@ -1,4 +1,5 @@
-"""Run suites on a model that is already loaded (the training runner calls this before and after each stage).
+"""Run suites on a model that is already loaded (the training runner calls this before and after each stage), or any
+tasks on a backend (``export --check``: the needle grids in llama.cpp).
 
 Each suite writes ``<folder>/<suite>.json`` (layout in :mod:`toolkit.evals.results`) plus its plots, and is
 resumable: cells already recorded for the same weights are skipped.
@@ -7,15 +8,19 @@ resumable: cells already recorded for the same weights are skipped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from toolkit.evals.backend import Backend
 from toolkit.evals.context import EvalContext
 from toolkit.evals.registry import task_type
-from toolkit.evals.results import SuiteResults, model_fingerprint
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.specs import TaskBase
 from toolkit.evals.suite import load_suite
+from toolkit.evals.transformers_backend import TransformersBackend
 from toolkit.model.loading import evaluating
 
 log = logging.getLogger(__name__)
@@ -30,23 +35,29 @@ def capped(task: Any, max_length: int | None) -> Any | None:
     return task.model_copy(update={"lengths": kept}) if kept else None
 
 
+def run_tasks(backend: Backend, tasks: Sequence[TaskBase], folder: Path, suite: str, tag: str, model_name: str,
+              max_length: int | None = None) -> dict[str, Any]:
+    """Run ``tasks`` as the suite ``suite`` with ``backend`` into ``<folder>/<suite>.json``; returns its results.
+    ``max_length`` and the backend's own limit leave out prompt lengths above them."""
+    results = SuiteResults(folder / f"{suite}.json", suite, tag, model_name, backend.fingerprint)
+    ctx = EvalContext(backend, folder, suite, model_name)
+    limit = min((n for n in (max_length, backend.max_length) if n is not None), default=None)
+    for task in filter(None, (capped(task, limit) for task in tasks)):
+        entry = task_type(task.type).run(task, ctx, results)
+        log.info("%s/%s %s (%s): score %s", tag, suite, task.key, backend.name, entry.get("score"))
+    return results.finish({task.key for task in tasks})
+
+
 @torch.no_grad()
 def run_suites_into(model, tokenizer, suite_paths: list[str], folder: Path, tag: str,
                     model_name: str, max_length: int | None = None) -> dict[str, dict[str, Any]]:
-    """Run every suite into ``folder`` (``<folder>/<suite>.json``); returns {suite name: results dict}.
-    ``max_length`` leaves out prompt lengths above it (a 32K model on a 128K suite, a CPU smoke run)."""
+    """Run every suite on a transformers model into ``folder`` (``<folder>/<suite>.json``); returns {suite name:
+    results dict}. ``max_length`` leaves out prompt lengths above it (a 32K model on a 128K suite, a CPU smoke run)."""
     suites = [load_suite(path) for path in suite_paths]  # every file is checked before anything runs
-    out: dict[str, dict[str, Any]] = {}
     with evaluating(model):
-        fingerprint = model_fingerprint(model)
-        for suite in suites:
-            results = SuiteResults(folder / f"{suite.name}.json", suite.name, tag, model_name, fingerprint)
-            ctx = EvalContext(model, tokenizer, folder, suite.name, model_name)
-            for task in filter(None, (capped(task, max_length) for task in suite.tasks)):
-                entry = task_type(task.type).run(task, ctx, results)
-                log.info("%s/%s %s: score %s", tag, suite.name, task.key, entry.get("score"))
-            out[suite.name] = results.finish({task.key for task in suite.tasks})
-    return out
+        backend = TransformersBackend(model, tokenizer)
+        return {suite.name: run_tasks(backend, suite.tasks, folder, suite.name, tag, model_name, max_length)
+                for suite in suites}
 
 
 def run_suites(model, tokenizer, suite_paths: list[str], out_dir: Path, tag: str,

@@ -1,4 +1,5 @@
-"""What every task runner receives: the loaded model, its tokenizer, the sentence cache and the output place."""
+"""What every task runner receives: the backend that answers its requests, the tokenizer's sentence cache and the
+output place."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from toolkit.data.needle import ChatFrame, SentenceTokens
 from toolkit.data.tokens import pad_id
 from toolkit.errors import UserError
-from toolkit.evals.scoring import model_device
+from toolkit.evals.backend import Backend
+from toolkit.evals.transformers_backend import TransformersBackend
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
@@ -30,8 +32,8 @@ def sentence_tokens(tokenizer) -> SentenceTokens:
 
 @dataclass
 class EvalContext:
-    model: CausalLM
-    tokenizer: object
+    backend: Backend
+    """Answers the runner's requests (:mod:`toolkit.evals.backend`)."""
     folder: Path
     """``<out>/<tag>``: where the suite's JSON and plots go."""
     suite: str
@@ -43,6 +45,10 @@ class EvalContext:
         self.tokens = sentence_tokens(self.tokenizer)
         self.pad_id = pad_id(self.tokenizer)
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
     @cached_property
     def chat_frame(self) -> ChatFrame:
         """The tokenizer's chat template around a haystack prompt (tasks with ``chat: true``)."""
@@ -51,9 +57,20 @@ class EvalContext:
         except ValueError as exc:
             raise UserError(f"suite {self.suite}: chat: true, but {exc} (ask without it for base models)") from None
 
+    def _transformers(self) -> TransformersBackend:
+        if not isinstance(self.backend, TransformersBackend):
+            raise UserError(f"suite {self.suite}: this task type needs a transformers model, not {self.backend.name}")
+        return self.backend
+
+    @property
+    def model(self) -> CausalLM:
+        """The transformers model, for the task types whose machinery needs more than the backend's requests
+        (``rope_compare``, ``lm_eval``, ``jury``)."""
+        return self._transformers().model
+
     @property
     def device(self) -> torch.device:
-        return model_device(self.model)
+        return self._transformers().device
 
     def plot_path(self, task_key: str, what: str = "") -> Path:
         suffix = f"-{what}" if what else ""

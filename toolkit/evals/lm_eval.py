@@ -5,6 +5,9 @@ lm-eval's full output (its own JSON layout, minus per-sample logs) is saved to
 suite JSON gets ``metrics`` {task: {metric: float}}, ``n`` {task: documents scored} and ``score``, the mean
 over tasks of ``metric`` (or of each task's first metric). lm-eval's task index and output are read by
 :mod:`toolkit.evals.lmeval_bridge`. The report lists every metric per tag, fractions with their 95% Wilson interval.
+
+It takes the transformers model (``EvalContext.model``), not the backend's requests: lm-eval brings its own ``LM``
+(``HFLM``), which builds and answers every request type of lm-eval's tasks itself.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Each cell (length, depth, sample) is one prompt from ``toolkit.data.needle.build_haystack`` with
 ``num_needles`` needles (the first is asked, placed at ``depth``; the others are distractors at random
-depths), scored by exact match of the asked value under greedy decoding (teacher-forced, one forward
-pass per batch; see :func:`toolkit.evals.scoring.greedy_matches`). Prompts of one length are batched. The grid's
-prompts and summary serve ``rope_compare`` and the llama.cpp check too. The report shows the grids as heatmaps before
-and after extension, with accuracy by length (95% Wilson intervals).
+depths), scored by exact match of the asked value under greedy decoding: the backend's ``greedy_matches``
+(transformers: teacher-forced, one forward pass per batch, see :func:`toolkit.evals.scoring.greedy_matches`). Prompts
+of one length are batched. The grid serves ``rope_compare`` too, and ``export --check`` runs this runner with the
+llama.cpp backend. The report shows the grids as heatmaps before and after extension, with accuracy by length (95%
+Wilson intervals).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, build_haystack, make_needles
+from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.context import EvalContext
 from toolkit.evals.plots import niah_heatmap, niah_heatmaps
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batch_size_for, batched, greedy_matches
+from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates
@@ -68,7 +70,7 @@ def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Calla
             todo = [cell for cell in pending if cell[0] == length]
             for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
                 stacks = [needle_prompt(task, ctx.tokens, chat, sentences, *cell) for cell in chunk]
-                correct = greedy_matches(ctx.model, [(h.input_ids, h.answer_ids) for h in stacks], ctx.pad_id)
+                correct = ctx.backend.greedy_matches([AnswerRequest(h.input_ids, h.answer_ids) for h in stacks])
                 cells += [{"length": length, "depth": depth, "sample": sample, "correct": ok,
                            "tokens": len(h.input_ids), "needle_position": h.needle_positions[0]}
                           for (length, depth, sample), h, ok in zip(chunk, stacks, correct, strict=True)]

@@ -1,18 +1,16 @@
 """Loss by context position on long held-out documents: does the model use (or get lost in) long context?
 
-The loss at position i is that of predicting token i from tokens < i; positions are grouped in buckets
-[0, b), [b, 2b), ... Logits are computed in chunks from the decoder's last hidden state, so the full
-(length x vocabulary) logits never exist at once. The report plots the loss by position of every tag.
+The loss at position i is that of predicting token i from tokens < i (the backend's ``token_losses``); positions are
+grouped in buckets [0, b), [b, 2b), ... The report plots the loss by position of every tag.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import PositiveInt, model_validator
 from tqdm.auto import tqdm
 
@@ -26,11 +24,6 @@ from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Image, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.run_folder import Run
-
-if TYPE_CHECKING:
-    from toolkit.model.lora import CausalLM
-
-_LOGIT_CHUNK = 1024
 
 
 class PerplexityTask(TaskBase):
@@ -50,19 +43,6 @@ class PerplexityTask(TaskBase):
         if self.bucket > self.length:
             raise ValueError(f"bucket {self.bucket} is longer than length {self.length}")
         return self
-
-
-@torch.inference_mode()
-def token_losses(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
-    """(batch, length - 1) losses: entry i is the loss of token i + 1 given the tokens before it."""
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-    head = model.get_output_embeddings()
-    losses = []
-    for start in range(0, input_ids.shape[1] - 1, _LOGIT_CHUNK):
-        stop = min(start + _LOGIT_CHUNK, input_ids.shape[1] - 1)
-        logits = head(hidden[:, start:stop]).float()
-        losses.append(F.cross_entropy(logits.transpose(1, 2), input_ids[:, start + 1:stop + 1], reduction="none"))
-    return torch.cat(losses, dim=1)
 
 
 def bucket_losses(losses: torch.Tensor, bucket: int) -> dict[str, float]:
@@ -85,7 +65,7 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
     rows = []
     for chunk in tqdm(list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
                       desc=f"{ctx.suite}/{task.key}", unit="batch"):
-        rows.append(token_losses(ctx.model, torch.tensor(chunk, device=ctx.device)).cpu())
+        rows.append(ctx.backend.token_losses(chunk))
     losses = torch.cat(rows)
     by_bucket = bucket_losses(losses, task.bucket)
     mean_loss = losses.mean().item()

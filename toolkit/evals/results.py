@@ -1,15 +1,14 @@
 """The results JSON of one suite at one tag, saved after every batch so an interrupted sweep resumes.
 
 Layout (shared with the report): ``{"suite", "tag", "model", "fingerprint", "tasks": {<key>: {"type",
-"score", ..., "complete", "identity", "cells"}}}``. Recorded cells are reused only when the model
-fingerprint (weights sample + RoPE config) and the task's identity (its settings minus the grid axes, its
-type's version, whether its haystack fell back to the built-in filler) match, so adding lengths to a sweep
-computes only the new cells.
+"score", ..., "complete", "identity", "cells"}}}``. Recorded cells are reused only when the backend's
+fingerprint (transformers: weights sample + RoPE config; llama.cpp: the GGUF file's hash) and the task's identity
+(its settings minus the grid axes, its type's version, whether its haystack fell back to the built-in filler) match,
+so adding lengths to a sweep computes only the new cells.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -45,21 +44,6 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-@torch.no_grad()
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap identity of the weights and RoPE: the first values of every parameter, hashed."""
-    digest = hashlib.sha1()
-    config = getattr(model, "config", None)
-    rope = [getattr(config, "rope_parameters", None), getattr(config, "max_position_embeddings", None)]
-    digest.update(json.dumps(rope, sort_keys=True, default=str).encode())
-    for name, param in model.named_parameters():
-        if param.device.type == "meta" or param.numel() == 0:
-            continue
-        digest.update(name.encode())
-        digest.update(param.detach().reshape(-1)[:16].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def haystack_fallbacks(task: TaskBase) -> list[str]:

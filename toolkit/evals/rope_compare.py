@@ -2,8 +2,9 @@
 
 Evidence that the needle task discriminates between extension methods (no scaling, linear, dynamic NTK,
 YaRN, ...) before any fine-tuning. Each setting goes through ``toolkit.model.rope`` (config + rotary modules
-rebuilt in place); the model's own RoPE is restored afterwards, also on error. The report tabulates each setting's
-needle accuracy per tag.
+rebuilt in place); the model's own RoPE is restored afterwards, also on error. The grid is scored by ``niah``'s
+runner through the backend; switching RoPE needs the transformers model itself (``EvalContext.model``: a GGUF file
+fixes its RoPE when exported). The report tabulates each setting's needle accuracy per tag.
 """
 
 from __future__ import annotations

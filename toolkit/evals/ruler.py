@@ -1,4 +1,5 @@
-"""RULER-style evaluation: generate each task's prompts at each length, decode greedily, score by string match.
+"""RULER-style evaluation: generate each task's prompts at each length, decode greedily (the backend's ``generate``),
+score by string match.
 
 Score of a prompt: the fraction of expected answers present in the greedy output (RULER's string_match_all).
 Scores average over samples, then over tasks at each length. Effective length follows RULER: the longest
@@ -20,7 +21,7 @@ from toolkit.evals import plots
 from toolkit.evals.context import EvalContext
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample
-from toolkit.evals.scoring import batch_size_for, batched, generate_greedy, string_match_all
+from toolkit.evals.scoring import batch_size_for, batched, string_match_all
 from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.stats import Rate
@@ -93,8 +94,7 @@ def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[
             for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
                 samples = [ruler_sample(name, ctx.tokens, length, random.Random(f"{task.seed}:{name}:{length}:{s}"),
                                         sentences, task.digits) for s in chunk]
-                outputs = generate_greedy(ctx.model, ctx.tokenizer, [s.input_ids for s in samples],
-                                          max(s.max_new_tokens for s in samples), ctx.pad_id)
+                outputs = ctx.backend.generate([s.input_ids for s in samples], max(s.max_new_tokens for s in samples))
                 cells += [{"task": name, "length": length, "sample": s, "score": string_match_all(out, sample.answers),
                            "answers": sample.answers, "output": out}
                           for s, sample, out in zip(chunk, samples, outputs, strict=True)]

@@ -1,4 +1,6 @@
-"""Scoring primitives: teacher-forced greedy exact match, batched greedy generation, RULER string match.
+"""Scoring primitives on a transformers model (teacher-forced greedy exact match, batched greedy generation, per-token
+losses), which the transformers backend (:mod:`toolkit.evals.transformers_backend`) and the jury's local judges call;
+RULER's string match; batches.
 
 All of them work on token ids built in the evaluated model's own tokenizer and never reload the model.
 """
@@ -9,11 +11,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
 
 T = TypeVar("T")
+_LOGIT_CHUNK = 1024
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -91,8 +95,28 @@ def generate_ids(model: CausalLM, prompts: Sequence[Sequence[int]], max_new_toke
 def generate_greedy(model: CausalLM, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     pad_id: int) -> list[str]:
     """Greedy continuations as text (special tokens dropped)."""
-    rows = generate_ids(model, prompts, max_new_tokens, pad_id, tokenizer.eos_token_id)
+    return decode_all(tokenizer, generate_ids(model, prompts, max_new_tokens, pad_id, tokenizer.eos_token_id))
+
+
+def decode_all(tokenizer, rows: Sequence[Sequence[int]]) -> list[str]:
+    """Generated token ids as text (special tokens dropped)."""
     return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+@torch.inference_mode()
+def token_losses(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, length - 1) losses: entry i is the loss of token i + 1 given the tokens before it.
+
+    Logits are computed in chunks from the decoder's last hidden state, so the full (length x vocabulary) logits
+    never exist at once."""
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    head = model.get_output_embeddings()
+    losses = []
+    for start in range(0, input_ids.shape[1] - 1, _LOGIT_CHUNK):
+        stop = min(start + _LOGIT_CHUNK, input_ids.shape[1] - 1)
+        logits = head(hidden[:, start:stop]).float()
+        losses.append(F.cross_entropy(logits.transpose(1, 2), input_ids[:, start + 1:stop + 1], reduction="none"))
+    return torch.cat(losses, dim=1)
 
 
 def string_match_all(prediction: str, references: Iterable[str]) -> float:

@@ -1,7 +1,7 @@
 """The settings every task type builds on (pydantic, unknown keys rejected): ``TaskBase`` with the cache version,
-and the text sources. Also the needle grid that ``niah``, ``rope_compare`` and the llama.cpp check
-(:mod:`toolkit.export.llama_cpp_needles`) share, with ``niah``'s settings, which that check reads too. Every other
-type's settings are in its own module (:mod:`toolkit.evals.registry` lists them)."""
+and the text sources. Also the needle grid that ``niah`` and ``rope_compare`` share (``export --check`` runs
+``niah`` in llama.cpp: :mod:`toolkit.export.llama_cpp_needles`). Every other type's settings are in its own module
+(:mod:`toolkit.evals.registry` lists them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The llama.cpp side of ``export --check``: greedy exact match of needle answers on a GGUF file.
+"""What the llama.cpp backend asks llama.cpp on a GGUF file: greedy exact match of answers, greedy continuations and
+per-token losses, each call a batch of requests (:class:`toolkit.export.llama_cpp_backend.LlamaCppBackend`).
 
 Run in a child process (:func:`toolkit.export.child_process.in_child`), so this module imports little: the child
 loads it before anything else.
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+_LOSS_CHUNK = 256
 
 
 def _llama(gguf: Path, n_ctx: int) -> Any:
@@ -19,15 +21,56 @@ def _llama(gguf: Path, n_ctx: int) -> Any:
                                                       n_ubatch=n_ctx, logits_all=True, verbose=False)
 
 
-def greedy_matches(gguf: Path, n_ctx: int, cases: list[tuple[list[int], list[int]]], desc: str) -> list[bool]:
+def _logits(llm: Any, ids: list[int]) -> np.ndarray:
+    """The logits at every position of ``ids`` (a fresh sequence)."""
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[:len(ids)])
+
+
+def greedy_matches(gguf: Path, n_ctx: int, cases: list[tuple[list[int], list[int]]]) -> list[bool]:
     """For each (prompt, answer): would greedy decoding after the prompt produce the answer? One teacher-forced pass
     each, as in :func:`toolkit.evals.scoring.greedy_matches`."""
     llm = _llama(gguf, n_ctx)
     matches = []
-    for prompt, answer in tqdm(cases, desc=desc, unit="prompt"):
-        llm.reset()
-        llm.eval(prompt + answer[:-1])
-        logits = np.asarray(llm.scores[len(prompt) - 1:len(prompt) - 1 + len(answer)])
+    for prompt, answer in cases:
+        logits = _logits(llm, prompt + answer[:-1])[len(prompt) - 1:]
         matches.append(logits.argmax(-1).tolist() == answer)
     llm.close()
     return matches
+
+
+def generate(gguf: Path, n_ctx: int, prompts: list[list[int]], max_new_tokens: int,
+             eos_id: int | None) -> list[list[int]]:
+    """Greedy continuations of at most ``max_new_tokens`` tokens, each ending at its first ``eos_id``."""
+    llm = _llama(gguf, n_ctx)
+    rows = []
+    for prompt in prompts:
+        llm.reset()
+        llm.eval(prompt)
+        out: list[int] = []
+        while len(out) < max_new_tokens and (not out or out[-1] != eos_id):
+            if out:
+                llm.eval(out[-1:])
+            out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        rows.append(out)
+    llm.close()
+    return rows
+
+
+def token_losses(gguf: Path, n_ctx: int, sequences: list[list[int]]) -> np.ndarray:
+    """(batch, length - 1) float32 losses of sequences of one length: entry i is the loss of token i + 1."""
+    llm = _llama(gguf, n_ctx)
+    out = []
+    for ids in sequences:
+        logits = _logits(llm, ids[:-1])
+        targets = np.asarray(ids[1:])
+        losses = []
+        for start in range(0, len(targets), _LOSS_CHUNK):
+            chunk = logits[start:start + _LOSS_CHUNK].astype(np.float64)
+            top = chunk.max(-1)
+            log_norm = top + np.log(np.exp(chunk - top[:, None]).sum(-1))
+            losses.append(log_norm - chunk[np.arange(len(chunk)), targets[start:start + _LOSS_CHUNK]])
+        out.append(np.concatenate(losses))
+    llm.close()
+    return np.stack(out).astype(np.float32)
