@@ -1,7 +1,9 @@
-"""The ``baseline`` variant: what a plain transformers user writes. The same random weights as the toolkit
-variant, sdpa attention, peft LoRA, ``gradient_checkpointing_enable``, the model's own loss over full logits
-(``model(input_ids, position_ids, labels).loss``), torch AdamW, gradient clipping at 1.0; weights in the
-device's dtype (bf16 on CUDA), no autocast. Its rows are drawn before the timed steps."""
+"""The ``baseline`` variant: what a plain transformers user writes, in its fastest plain setting. The same random
+weights as the toolkit variant and the same documents, unpacked: each document its own batch of one, so sdpa runs
+causal without a mask (flash or cuDNN on a GPU); peft LoRA, ``gradient_checkpointing_enable``, the model's own loss
+over full logits (``model(input_ids, labels).loss``, weighted by its target tokens so that a step's loss is the
+token-weighted one of the toolkit), torch AdamW, gradient clipping at 1.0; weights in the device's dtype (bf16 on
+CUDA), no autocast."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import LORA_RANK, LORA_TARGETS, Config, Trial
+from benchmarks.rows import StepRow
 from benchmarks.toolkit_variant import LR, bench_recipe
 
 
-def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
+def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from toolkit.data.batches import as_batch, stage_batches
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.model.loading import build_random
     from toolkit.recipe.schema import Recipe
@@ -27,8 +29,7 @@ def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     recipe = Recipe.model_validate(bench_recipe(config, Path("unused")))
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
-    batches = stage_batches(recipe.train.data, tokenizer, config.seq_len, 1, recipe.seed)
-    rows = [next(batches) for _ in range(config.warmup + config.steps)]  # the toolkit variant's rows
+    documents = [_documents(step, device) for step in rows]
     assert recipe.model.init_config is not None
     model: Any = build_random(recipe.model.init_config, tokenizer, "sdpa", dtype, recipe.seed, device)
     if config.method == "lora":
@@ -43,17 +44,35 @@ def run_baseline(config: Config, built: Callable[[], None]) -> Trial:
                                   fused=device.type == "cuda" or None)
     built()
     losses, step_s = [], []
-    for i, row in enumerate(rows):
-        batch = as_batch(row, device)
+    for i, step in enumerate(documents):
         start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
+        targets = sum(count for _, _, count in step)
+        total = torch.zeros((), device=device)
+        for ids, labels, count in step:
+            loss = model(input_ids=ids, labels=labels).loss * (count / targets)
+            loss.backward()
+            total += loss.detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(total.item())
         if i >= config.warmup:
             step_s.append(time.perf_counter() - start)
-    total = sum(p.numel() for p in model.parameters())
-    return Trial(losses=losses, step_s=step_s, trainable_fraction=sum(p.numel() for p in params) / total,
+    count = sum(p.numel() for p in model.parameters())
+    return Trial(losses=losses, step_s=step_s, trainable_fraction=sum(p.numel() for p in params) / count,
                  attention="sdpa")
+
+
+def _documents(step: StepRow, device: Any) -> list[tuple[Any, Any, int]]:
+    """The documents of a step's row: ``(input_ids, labels)`` of shape ``[1, length]`` on ``device`` and the
+    number of tokens the shifted loss takes (known before the step, so that counting it costs no sync)."""
+    import torch
+
+    from toolkit.data.packing import IGNORE_INDEX
+
+    documents = []
+    for start, length in step.documents:
+        ids, labels = (step.row[key][start:start + length] for key in ("input_ids", "labels"))
+        targets = sum(label != IGNORE_INDEX for label in labels[1:])
+        documents.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device), targets))
+    return documents

@@ -9,8 +9,9 @@ _COLUMNS = {  # per section: the row keys shown, in order (losses, logs and erro
     "2": ("run", "device", "attention", "steps", "first_loss", "last_loss", "train_s", "tokens_per_s"),
     "3": ("run", "config", "engine", "processes", "precision", "attention", "exit_code", "steps", "first_loss",
           "last_loss", "max_loss_diff", "wall_s"),
-    "4": ("variant", "seq_len", "status", "attention_used", "offload", "tiles", "tokens_per_s", "mfu", "peak_gib",
-          "reserved_gib", "step_s", "wall_s"),
+    "4": ("variant", "rows", "seq_len", "status", "attention_used", "offload", "tiles", "real_tokens_per_s",
+          "tokens_per_s", "mfu", "mfu_spec", "peak_gib", "reserved_gib", "step_s", "step_s_min", "step_s_max",
+          "wall_s"),
 }
 _COLUMNS["5"] = _COLUMNS["4"]
 

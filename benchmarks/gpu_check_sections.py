@@ -141,7 +141,7 @@ def _run_or_skip(section: Section, config: Config, previous: dict[str, Any] | No
 def throughput(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
     """Toolkit (offload and tiles per length) and baseline at each length, LoRA r=16 on attention; the
     baseline is not run past its first out-of-memory length (that length's row is its result)."""
-    common = Config(shape=profile.shape, method="lora", steps=1, warmup=1, tiles=profile.tiles,
+    common = Config(shape=profile.shape, method="lora", steps=3, warmup=1, tiles=profile.tiles,
                     peak_tflops=peak_tflops)
     last: dict[str, dict[str, Any] | None] = {"toolkit": None, "baseline": None}
     failed: dict[str, int] = {}

@@ -1,6 +1,7 @@
-"""One measured training configuration: a random-weight Llama trained for a few optimizer steps on the toolkit's
-packed rows (``toolkit.data.batches``, synthetic documents of 1/8 to all of the length, position ids restarting
-per document), reporting tokens/s, MFU and peak memory. Every measurement runs in a fresh process
+"""One measured training configuration: a random-weight Llama trained for a few optimizer steps on rows a user
+trains on (``benchmarks/rows.py``: one document per row, or a heavy-tailed mixture packed by the toolkit), reporting
+tokens/s over real (non-padding) and all tokens, the median and spread of the timed steps, MFU from the actual
+document lengths and peak memory. Every measurement runs in a fresh process
 (:func:`measure`) within a time budget, so peaks do not leak between configurations and an out-of-memory
 failure or a timeout is a result, not a crash.
 
@@ -25,7 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from statistics import median
 from typing import Any
+
+from benchmarks.rows import StepRow, step_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES: dict[str, dict[str, Any]] = {
@@ -38,6 +42,8 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_RANK = 16
+BF16_SPEC_TFLOPS = 989.0
+"""H100/H200 SXM dense bf16 peak (spec sheet): the second MFU denominator on CUDA."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class Config:
     variant: str = "toolkit"
     steps: int = 3
     """Timed optimizer steps, after ``warmup`` untimed ones (optimizer state, kernels, allocator)."""
+    rows: str = "one-document"
+    """What each step trains on (``benchmarks.rows.ROWS``)."""
     warmup: int = 1
     checkpointing: bool = True
     offload: bool = False
@@ -118,38 +126,56 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def bench_rows(config: Config) -> list[StepRow]:
+    """The rows of every step (warm-up first) that both variants train on."""
+    return step_rows(config.rows, config.seq_len, SHAPES[config.shape]["vocab_size"], config.warmup + config.steps)
+
+
+def _speeds(config: Config, trial: Trial, rows: list[StepRow], peak_tflops: float, on_gpu: bool) -> dict:
+    """Tokens/s (real and all), step times and MFU of the timed steps. Model FLOPs are counted per document
+    (``step_flops`` of each document alone: attention from the sum of squared document lengths)."""
+    from toolkit.plan.memory import shape_from_config, step_flops
+
+    shape = shape_from_config(SHAPES[config.shape])
+    timed = rows[config.warmup:]
+    seconds = sum(trial.step_s)
+    flops = sum(step_flops(shape, n, n, trial.trainable_fraction) for row in timed for n in row.lengths)
+    real = sum(sum(row.lengths) for row in timed)
+    model_tflops = flops / seconds / 1e12
+    return {"tokens_per_s": config.seq_len * len(timed) / seconds, "real_tokens_per_s": real / seconds,
+            "real_fraction": real / (config.seq_len * len(timed)), "step_s": median(trial.step_s),
+            "step_s_min": min(trial.step_s), "step_s_max": max(trial.step_s), "model_tflops": model_tflops,
+            "peak_tflops": peak_tflops, "mfu": model_tflops / peak_tflops,
+            "mfu_spec": model_tflops / BF16_SPEC_TFLOPS if on_gpu else None,
+            "documents": [row.lengths for row in timed]}
+
+
 def run(config: Config) -> dict:
     """Measure ``config`` in this process (call through :func:`measure` for a clean one)."""
     import torch
-
-    from toolkit.plan.memory import shape_from_config, step_flops
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rss_start = _rss_bytes()
-    variant: Callable[[Config, Callable[[], None]], Trial]
+    rows = bench_rows(config)
+    variant: Callable[[Config, Callable[[], None], list[StepRow]], Trial]
     if config.variant == "baseline":
         from benchmarks.baseline_variant import run_baseline as variant
     else:
         from benchmarks.toolkit_variant import run_toolkit as variant
-    trial = variant(config, torch.cuda.reset_peak_memory_stats if device.type == "cuda" else lambda: None)
+    trial = variant(config, torch.cuda.reset_peak_memory_stats if device.type == "cuda" else lambda: None, rows)
     if device.type == "cuda":
         peak, reserved = max(torch.cuda.max_memory_allocated(), (trial.peak_gib or 0) * 1024**3), \
             torch.cuda.max_memory_reserved()
     else:
         peak, reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start, None
-    seconds = sum(trial.step_s) / len(trial.step_s)
-    flops = step_flops(shape_from_config(SHAPES[config.shape]), config.seq_len, config.seq_len,
-                       trial.trainable_fraction)
-    peak_tflops = config.peak_tflops or matmul_peak_tflops()
+    speeds = _speeds(config, trial, rows, config.peak_tflops or matmul_peak_tflops(), device.type == "cuda")
     return {**asdict(config), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "attention_used": trial.attention, "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()[0], "tokens_per_s": config.seq_len / seconds, "step_s": seconds,
+            "load_average": os.getloadavg()[0], **speeds,
             "peak_gib": peak / 1024**3, "reserved_gib": None if reserved is None else reserved / 1024**3,
-            "model_tflops": flops / seconds / 1e12, "peak_tflops": peak_tflops,
-            "mfu": flops / seconds / 1e12 / peak_tflops, "losses": trial.losses, "loss": trial.losses[-1],
-            "status": "ok"}
+            "losses": trial.losses, "loss": trial.losses[-1], "status": "ok"}
 
 
 def measure(config: Config, budget_s: float) -> dict:

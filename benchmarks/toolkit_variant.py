@@ -1,6 +1,7 @@
 """The ``toolkit`` variant: a one-stage recipe set up by ``toolkit.runner.setup`` (accelerate with autocast,
 attention choice, LoRA, checkpointing / offload / tiled MLP, chunked-loss objective, optimizer) and trained by
-``toolkit.training.loop.train_stage`` (gradient clipping, token-weighted loss) on the harness's packed rows.
+``toolkit.training.loop.train_stage`` (gradient clipping, token-weighted loss) on the harness's rows
+(``benchmarks/rows.py``), one row a step, as the data path hands them to the loop.
 Step times are the loop's own (``metrics.jsonl``), drawing each batch included; checkpoints are not written."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import LORA_RANK, LORA_TARGETS, SHAPES, Config, Trial
+from benchmarks.rows import StepRow
 
 BENCH_TOKENIZER = {"vocab_size": 320, "corpus_documents": 50}
 """A small trained tokenizer: the model's vocabulary is the shape's, the tokenizer only provides special ids."""
@@ -36,8 +38,8 @@ def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
-    from toolkit.data.batches import stage_batches
+def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
+    from toolkit.data.batches import StageBatches, collate, stage_loader
     from toolkit.model.lora import count_parameters
     from toolkit.recipe.schema import Recipe
     from toolkit.run_folder import METRICS
@@ -57,7 +59,8 @@ def run_toolkit(config: Config, built: Callable[[], None]) -> Trial:
         parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
                           NoCheckpoints(recipe.run_dir, 1, session.accelerator), session.logger, 1, StopFlag())
         spec = recipe.train.stages[0]
-        batches = stage_batches(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed)
+        packed = stage_loader(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed).dataset
+        batches = StageBatches(iter([collate([step.row]) for step in rows]), packed)  # type: ignore[arg-type]
         train_stage(parts, StageJob(0, spec, spec.max_steps or 0, spec.seq_len * spec.grad_accum, batches, None, 0))
         session.logger.close()
         records = [json.loads(line) for line in (recipe.run_dir / METRICS).read_text().splitlines()]

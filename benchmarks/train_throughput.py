@@ -2,15 +2,19 @@
 transformers baseline.
 
 Both run in the same invocation, each in a fresh process within --budget-s seconds, on the same random-weight
-model and the same packed rows (benchmarks/harness.py):
+model and the same documents (benchmarks/rows.py, --rows: one document per row, and a heavy-tailed mixture packed
+by the toolkit; the baseline trains each document on its own, unpacked):
 - toolkit:  ``train_stage`` with chunked loss (--loss-chunk), checkpointing (--no-checkpointing to switch off),
   activation offload from --offload-from tokens on, the MLP in --tiles tiles from --tiles-from tokens on;
 - baseline: transformers + peft + SDPA + gradient checkpointing, the model's own loss over full logits.
 
-MFU = model FLOPs per second / peak. Model FLOPs per step (toolkit.plan.memory.step_flops):
-2 N T (2 + f) for the dense part, N = matmul parameters, T = tokens, f = trainable fraction (6 N T for full
-fine-tuning), plus 6 * layers * hidden * seq_len * T for causal attention (forward + backward); recomputation
-is not counted. The peak is --peak-tflops, or a dense matmul measured once on the device at the start.
+Speeds: tokens/s over real (non-padding) tokens and over all tokens of the rows; the median, fastest and slowest
+of the --steps timed steps after one warm-up. MFU = model FLOPs per second / peak. Model FLOPs per step
+(toolkit.plan.memory.step_flops, summed over the step's documents): 2 N T (2 + f) for the dense part, N = matmul
+parameters, T = real tokens, f = trainable fraction (6 N T for full fine-tuning), plus 6 * layers * hidden * sum of
+squared document lengths for causal attention (forward + backward); recomputation is not counted. Peaks: a dense
+matmul measured once on the device at the start (or --peak-tflops) for ``mfu``, and on CUDA the 989 TFLOP/s bf16
+spec for ``mfu_spec``.
 
     python benchmarks/train_throughput.py --shape tiny --method full --seq-len 1024 --threads 1
     python benchmarks/train_throughput.py --shape llama3-8b --method lora --seq-len 8192 32768 131072 \
@@ -28,8 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure  # noqa: E402
+from benchmarks.rows import ROWS  # noqa: E402
 
-COLUMNS = ("variant", "seq_len", "status", "tokens_per_s", "mfu", "peak_gib", "reserved_gib", "step_s")
+COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_per_s", "mfu", "mfu_spec", "peak_gib",
+           "reserved_gib", "step_s", "step_s_min", "step_s_max")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +43,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[1024])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--rows", choices=ROWS, nargs="+", default=list(ROWS), help="what each step trains on")
     parser.add_argument("--loss-chunk", type=int, default=4096)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
@@ -70,10 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     baseline = replace(toolkit, variant="baseline", checkpointing=True)
     results = []
     print(" | ".join(COLUMNS))
-    for seq_len in args.seq_len:
-        for config in (toolkit, baseline):
-            results.append(measure(for_length(config, seq_len, args.offload_from, args.tiles_from), args.budget_s))
-            print(format_row(results[-1]), flush=True)
+    for rows in args.rows:
+        for seq_len in args.seq_len:
+            for config in (replace(toolkit, rows=rows), replace(baseline, rows=rows)):
+                results.append(measure(for_length(config, seq_len, args.offload_from, args.tiles_from), args.budget_s))
+                print(format_row(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

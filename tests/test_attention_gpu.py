@@ -14,7 +14,8 @@ from tests.micro_models import micro_llama, packed_batch
 from tests.steps import step_parts
 from tests.varlen_reference import torch_varlen_on
 from toolkit.data.batches import as_batch
-from toolkit.model.attention import TORCH_VARLEN, KernelSupport, decoder_rows, select_attention
+from toolkit.model.attention import FLASH_ATTENTION_4, TORCH_VARLEN, KernelSupport, select_attention
+from toolkit.model.segments import decoder_rows
 from toolkit.training.loop import train_step
 from toolkit.training.objective import CausalLMObjective, objective_loss
 
@@ -27,10 +28,11 @@ def _available(device: str) -> list[str]:
         return ["sdpa", "flex_attention", TORCH_VARLEN]  # varlen through tests/varlen_reference.py
     support = KernelSupport.detect()
     return ["sdpa", *(["flex_attention"] if support.flex else []), *([TORCH_VARLEN] if support.torch_varlen else []),
-            *(["flash_attention_2"] if support.flash_attn else [])]
+            *(["flash_attention_2"] if support.flash_attn else []),
+            *([FLASH_ATTENTION_4] if support.flash_attn_4 else [])]
 
 
-@pytest.mark.parametrize("kernel", ["flash_attention_2", TORCH_VARLEN, "flex_attention", "sdpa"])
+@pytest.mark.parametrize("kernel", [FLASH_ATTENTION_4, "flash_attention_2", TORCH_VARLEN, "flex_attention", "sdpa"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_packed_rows_train_in_bf16_with_documents_apart(device: str, kernel: str, tmp_path: Path) -> None:
     if kernel not in _available(device):

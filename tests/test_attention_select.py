@@ -10,13 +10,12 @@ from transformers import LlamaConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.utils.import_utils import is_torch_flex_attn_available
 
-from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 from toolkit.model.attention import (
+    FLASH_ATTENTION_4,
     TORCH_VARLEN,
     KernelSupport,
-    continue_padding_tail,
-    decoder_rows,
+    cudnn_for_one_document_rows,
     dense_mask_bytes,
     select_attention,
 )
@@ -27,9 +26,14 @@ EVERYTHING = KernelSupport(flash_attn=True, torch_varlen=True, flex=True)
 NO_FLASH_ATTN = KernelSupport(flash_attn=False, torch_varlen=True, flex=True)
 FLEX_ONLY = KernelSupport(flash_attn=False, torch_varlen=False, flex=True)
 NOTHING = KernelSupport(flash_attn=False, torch_varlen=False, flex=False)
+HOPPER_FA4 = KernelSupport(flash_attn=True, torch_varlen=True, flex=True, flash_attn_4=True)
 
 
 @pytest.mark.parametrize(("dtype", "support", "training", "expected", "words"), [
+    (BF16, HOPPER_FA4, True, FLASH_ATTENTION_4, "flash-attn-4 installed, bfloat16 on CUDA sm90+"),
+    (FP16, HOPPER_FA4, True, FLASH_ATTENTION_4, "K/V heads grouped"),
+    (FP32, HOPPER_FA4, True, "flex_attention", "float32 never takes flash"),
+    (BF16, HOPPER_FA4, False, "flash_attention_2", "padding masks"),  # flash-attn-4 has no KV cache
     (BF16, EVERYTHING, True, "flash_attention_2", "flattened to one row"),
     (FP16, EVERYTHING, True, "flash_attention_2", "float16 on CUDA"),
     (BF16, NO_FLASH_ATTN, True, TORCH_VARLEN, "flash-attn not installed, so PyTorch's varlen flash attention"),
@@ -64,6 +68,9 @@ def test_auto_off_a_gpu_is_sdpa(dtype) -> None:
     (TORCH_VARLEN, CUDA, BF16, FLEX_ONLY, True, f"{TORCH_VARLEN} needs PyTorch's varlen flash attention"),
     (TORCH_VARLEN, CUDA, FP32, EVERYTHING, True, f"{TORCH_VARLEN} runs in bf16 or fp16"),
     (TORCH_VARLEN, CUDA, BF16, EVERYTHING, False, f"{TORCH_VARLEN} trains on packed rows only"),
+    (FLASH_ATTENTION_4, CUDA, BF16, EVERYTHING, True, f"{FLASH_ATTENTION_4} needs the flash-attn-4 package"),
+    (FLASH_ATTENTION_4, CUDA, BF16, HOPPER_FA4, False, f"{FLASH_ATTENTION_4} trains on packed rows only"),
+    (FLASH_ATTENTION_4, CUDA, FP32, HOPPER_FA4, True, f"{FLASH_ATTENTION_4} runs in bf16 or fp16"),
     ("flex_attention", CPU, FP32, EVERYTHING, True, "flex_attention has no backward pass on CPU"),
     ("paged", CPU, FP32, EVERYTHING, True, "unknown implementation 'paged'"),
 ])
@@ -76,6 +83,8 @@ def test_explicit_choices_that_run() -> None:
     assert select_attention("flash_attention_2", CUDA, BF16, support=EVERYTHING) == (
         "flash_attention_2", "requested, bfloat16 on CUDA")
     assert select_attention(TORCH_VARLEN, CUDA, FP16, support=NO_FLASH_ATTN).implementation == TORCH_VARLEN
+    assert select_attention(FLASH_ATTENTION_4, CUDA, BF16, support=HOPPER_FA4) == (
+        FLASH_ATTENTION_4, "requested, bfloat16 on CUDA")
     assert select_attention("flex_attention", CPU, FP32, training=False) == ("flex_attention", "requested")
     assert select_attention("flex_attention", CUDA, FP32, support=NOTHING) == ("flex_attention", "requested")
     for kernel in ("sdpa", "eager"):
@@ -83,27 +92,26 @@ def test_explicit_choices_that_run() -> None:
         assert implementation == kernel and "dense L×L mask" in reason
 
 
-def test_the_padding_tail_continues_the_last_document() -> None:
-    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2],    # one document, then padding
-                              [0, 1, 2, 0, 1, 2, 0, 1],    # two documents, then padding
-                              [0, 1, 2, 3, 0, 1, 2, 3],    # the last document has a label: kept
-                              [0, 1, 2, 3, 4, 5, 6, 7]])   # no tail
-    labels = torch.full_like(positions, 7)
-    labels[:2, 5:] = IGNORE_INDEX
-    labels[1, 6:] = IGNORE_INDEX
-    labels[2, 4:7] = IGNORE_INDEX
-    assert continue_padding_tail(positions, labels).tolist() == [[0, 1, 2, 3, 4, 5, 6, 7],
-                                                                 [0, 1, 2, 0, 1, 2, 3, 4],
-                                                                 [0, 1, 2, 3, 0, 1, 2, 3],
-                                                                 [0, 1, 2, 3, 4, 5, 6, 7]]
+@pytest.mark.parametrize(("capability", "dtype", "expected"), [
+    ((9, 0), BF16, True), ((9, 0), FP16, True), ((9, 0), FP32, False),
+    ((8, 0), BF16, False), ((10, 0), BF16, False), ((12, 0), BF16, False), (None, BF16, False),
+])
+def test_rows_of_one_document_take_cudnn_on_hopper_only(capability, dtype, expected) -> None:
+    assert cudnn_for_one_document_rows(capability, dtype) is expected
 
 
-def test_flash_attention_rows_are_flattened_and_others_kept() -> None:
-    ids, positions = torch.arange(12).reshape(2, 6), torch.tensor([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]])
-    flat_ids, flat_positions = decoder_rows("flash_attention_2", ids, positions)
-    assert flat_ids.shape == (1, 12) and flat_positions.tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 5]]
-    for kernel in (TORCH_VARLEN, "flex_attention", "sdpa"):
-        assert decoder_rows(kernel, ids, positions)[0] is ids
+def test_the_flash_attn_4_probe_needs_hopper_and_the_package(monkeypatch) -> None:
+    """Without its distribution, or below sm90, flash-attn-4 is not offered; flash-attn-4's own ``flash_attn``
+    namespace package alone does not make flash-attn 2 importable."""
+    import toolkit.model.attention as attention
+
+    monkeypatch.setattr(attention, "_capability", lambda: (9, 0))
+    assert attention._flash_attn_4_usable() is False  # flash-attn-4 is not installed here
+    monkeypatch.setattr(attention.importlib.metadata, "distribution", lambda name: name)
+    monkeypatch.setattr(attention.importlib, "import_module", lambda name: name)
+    assert attention._flash_attn_4_usable() is True
+    monkeypatch.setattr(attention, "_capability", lambda: (8, 0))
+    assert attention._flash_attn_4_usable() is False
 
 
 def _config(kernel: str) -> LlamaConfig:

@@ -13,11 +13,13 @@ import pytest
 import torch
 from transformers import AttentionInterface, LlamaForCausalLM
 
+import toolkit.model.attention_varlen as attention_varlen
 from tests.devices import DEVICES
 from tests.micro_models import assert_rows_match_documents, micro_llama, packed_batch
 from tests.varlen_reference import per_document, reference_varlen_attn, torch_varlen_on
 from toolkit.model.attention import TORCH_VARLEN, KernelSupport
-from toolkit.model.attention_varlen import cu_seqlens, varlen_attention
+from toolkit.model.attention_varlen import cudnn_here, varlen_attention
+from toolkit.model.segments import ONE_DOCUMENT_ROWS, Segments, decoder_inputs
 
 SEQ_LEN = 48
 DOCS = ((11, 20, 9), (30, 7))  # two packed rows; each ends in a padding tail of its own
@@ -41,10 +43,12 @@ def test_the_reference_takes_what_this_torchs_kernel_takes() -> None:
 
 def test_cu_seqlens_from_restarting_positions() -> None:
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
-    bounds, longest = cu_seqlens(positions)
-    assert bounds.tolist() == [0, 3, 5, 9, 15, 18] and bounds.dtype == torch.int32 and longest == 6
+    segments = Segments.of(positions)
+    assert segments.cu_seqlens.tolist() == [0, 3, 5, 9, 15, 18] and segments.cu_seqlens.dtype == torch.int32
+    assert segments.longest == 6 and not segments.one_per_row
     # a row whose positions continue the previous row's still starts a document of its own
-    assert cu_seqlens(torch.arange(8).reshape(2, 4))[0].tolist() == [0, 4, 8]
+    whole = Segments.of(torch.arange(8).reshape(2, 4))
+    assert whole.cu_seqlens.tolist() == [0, 4, 8] and whole.one_per_row
 
 
 def _model(attention: str) -> LlamaForCausalLM:
@@ -115,3 +119,42 @@ def test_evaluation_runs_on_sdpa_and_training_returns_to_varlen() -> None:
         # a padded batch evaluates (the varlen kernel would refuse its mask)
         model(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1, 1]] * 2))
     assert model.config._attn_implementation == TORCH_VARLEN and model.training
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_of_one_document_take_sdpa_where_the_rule_says(device: str, monkeypatch) -> None:
+    """Rows that each hold one whole document go to causal sdpa (cuDNN first) where the rule says so: on a GPU the
+    rule itself (Hopper, bf16), on CPU forced; outputs and gradients equal the varlen kernel's."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if device == "cuda" and not KernelSupport.detect().torch_varlen:
+        pytest.skip("no PyTorch varlen flash attention on this GPU")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kernel, rule = (varlen_attn, cudnn_here) if device == "cuda" else (reference_varlen_attn, lambda q: True)
+    taken: list[int] = []
+    original = attention_varlen.causal_sdpa
+
+    def counted(*args):
+        taken.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(attention_varlen, "causal_sdpa", counted)
+    ids = torch.randint(3, 128, (2, SEQ_LEN), generator=torch.Generator().manual_seed(0)).to(device)
+    inputs = decoder_inputs(TORCH_VARLEN, ids, torch.arange(SEQ_LEN, device=device).expand(2, SEQ_LEN), ids)
+    assert inputs.kernel_kwargs()[ONE_DOCUMENT_ROWS]
+    results = []
+    for route in (lambda q: False, rule):
+        AttentionInterface.register(TORCH_VARLEN, varlen_attention(kernel, one_document=route))
+        model = _model(TORCH_VARLEN).to(device, dtype)  # type: ignore[arg-type]  # as above
+        hidden = model.model(input_ids=inputs.input_ids, position_ids=inputs.position_ids, use_cache=False,
+                             **inputs.kernel_kwargs()).last_hidden_state
+        hidden.float().square().mean().backward()
+        grad = model.model.layers[0].self_attn.k_proj.weight.grad
+        assert grad is not None
+        results.append((hidden.detach().float(), grad.float()))
+    AttentionInterface._global_mapping.pop(TORCH_VARLEN, None)
+    routed = rule(torch.zeros(1, device=device, dtype=dtype))
+    assert len(taken) == (2 if routed else 0)  # one call per layer, the backward reuses the forward's outputs
+    tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    for varlen, sdpa in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(sdpa, varlen, atol=tolerance, rtol=tolerance)

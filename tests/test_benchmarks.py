@@ -45,8 +45,11 @@ def test_toolkit_loop_and_baseline_train_the_same_model(method: str, monkeypatch
     assert ours["status"] == baseline["status"] == "ok" and ours["attention_used"] == "sdpa"
     # same weights, same packed rows, same clipping and updates through two code paths: the same 3 losses
     assert len(ours["losses"]) == 3 and ours["losses"] == pytest.approx(baseline["losses"], rel=1e-5)
-    assert ours["losses"][0] == pytest.approx(6.238, abs=0.01)  # about ln(512) at random init
+    assert ours["losses"][0] == pytest.approx(6.249, abs=0.01)  # about ln(512) at random init
     assert ours["tokens_per_s"] > 0 and ours["mfu"] > 0 and ours["reserved_gib"] is None  # CPU: no reserve
+    # one document fills each row: every token is real; 2 timed steps, their median between the two
+    assert ours["real_fraction"] == 1.0 and ours["documents"] == [[128], [128]] and ours["mfu_spec"] is None
+    assert ours["step_s_min"] <= ours["step_s"] <= ours["step_s_max"]
 
 
 def test_offload_and_tiles_apply_per_length() -> None:
@@ -79,3 +82,42 @@ def test_context_search_stops_when_its_time_runs_out(monkeypatch) -> None:
     # probes start at 0, 40, 80 (70 s left: budget 60), 120 (30 s left: budget 30); at 160 none is left
     assert calls == [(1024, 60), (2048, 60), (4096, 60), (8192, 30)]
     assert result["complete"] is False and result["max_seq_len"] == 8192
+
+
+def test_mixture_rows_are_real_documents_packed_and_unpacked_alike() -> None:
+    """Mixture rows: heavy-tailed document lengths packed by the toolkit's packing, each row's documents where the
+    positions restart, padding excluded; the same configuration draws the same rows."""
+    from benchmarks.rows import step_rows
+    from toolkit.data.packing import IGNORE_INDEX
+
+    rows = step_rows("mixture", 1024, 512, 4)
+    assert [step.lengths for step in rows] == [step.lengths for step in step_rows("mixture", 1024, 512, 4)]
+    assert [len(step.lengths) for step in rows] == [14, 11, 1, 2]
+    assert [sum(step.lengths) for step in rows] == [720, 940, 451, 798]
+    for step in rows:
+        assert all(32 <= n <= 1024 for n in step.lengths)
+        assert all(label == IGNORE_INDEX for label in step.row["labels"][sum(step.lengths):])  # the padding tail
+        assert all(step.row["position_ids"][start] == 0 for start, _ in step.documents)
+
+
+def test_attention_kernels_time_the_varlen_adapter_on_cpu() -> None:
+    """On CPU only the varlen path runs (over the reference kernel); its FLOPs are one layer's causal attention
+    forward and backward: 6 · 4 heads · 32 dims · 64² = 3,145,728."""
+    from benchmarks.attention_kernels import main
+
+    [row] = main(["--shape", "tiny", "--seq-len", "64", "--repeats", "2"])
+    assert row["kernel"] == "varlen_fa2" and "error" not in row
+    assert row["spread"][0] <= row["seconds"] <= row["spread"][1]
+    assert row["tflops"] * row["seconds"] * 1e12 == pytest.approx(3_145_728)
+
+
+def test_packed_mixture_rows_train_like_their_documents_unpacked() -> None:
+    """Mixture rows: the toolkit trains them packed, the baseline each document alone; same losses at every step,
+    real tokens counted without the padding."""
+    common = Config(shape="tiny", method="lora", seq_len=256, steps=2, peak_tflops=1.0, rows="mixture")
+    ours, baseline = run(common), run(replace(common, variant="baseline"))
+    assert ours["documents"] == baseline["documents"] and len(ours["documents"][0]) > 1
+    assert ours["losses"] == pytest.approx(baseline["losses"], rel=1e-5)
+    real = sum(map(sum, ours["documents"]))
+    assert ours["real_fraction"] == pytest.approx(real / (2 * 256)) and real < 2 * 256
+    assert ours["real_tokens_per_s"] == pytest.approx(ours["tokens_per_s"] * ours["real_fraction"])

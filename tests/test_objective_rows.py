@@ -16,7 +16,7 @@ from tests.micro_models import assert_rows_match_documents, micro_llama, packed_
 from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.memory.chunked_loss import causal_lm_loss
-from toolkit.model.attention import decoder_rows
+from toolkit.model.segments import decoder_rows
 from toolkit.training.objective import CausalLMObjective, objective_loss
 
 SEQ_LEN = 48

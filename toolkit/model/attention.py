@@ -3,8 +3,9 @@
 Training rows are packed: documents side by side, ``position_ids`` restarting at each. Kernels keep them apart
 differently, and only some do so in memory linear in the row length:
 
-- ``flash_attention_2`` (the flash-attn package): varlen over documents, at batch size 1 only, so the objective
-  flattens a batch of rows into one row of B·L tokens (:func:`decoder_rows`).
+- ``flash_attention_4`` (the flash-attn-4 package, CuTe-DSL, Hopper and newer) and ``flash_attention_2`` (the
+  flash-attn package): varlen over documents through transformers, at batch size 1 only, so the objective
+  flattens a batch of rows into one row of B·L tokens (:mod:`toolkit.model.segments`).
 - ``torch_varlen``: PyTorch's own varlen flash attention (:mod:`toolkit.model.attention_varlen`), any batch size.
 - ``flex_attention``: a document-causal BlockMask that transformers builds from the position ids.
 - ``sdpa`` and ``eager``: causal without a mask for one document per row; a row holding several documents makes
@@ -14,40 +15,66 @@ differently, and only some do so in memory linear in the row length:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 
 TORCH_VARLEN = "torch_varlen"
 """The name :mod:`toolkit.model.attention_varlen` registers PyTorch's varlen flash attention under."""
+FLASH_ATTENTION_4 = "flash_attention_4"
+"""transformers' name for flash-attn-4 (``flash_attn.cute.flash_attn_varlen_func``)."""
 HALF = (torch.bfloat16, torch.float16)
-FLATTENED = ("flash_attention_2",)
+FLATTENED = ("flash_attention_2", FLASH_ATTENTION_4)
 """Kernels that keep packed documents apart at batch size 1 only: the objective gives them one row of B·L tokens."""
+VARLEN_KWARGS = (*FLATTENED, TORCH_VARLEN)
+"""Kernels that take the document boundaries as transformers' flash-attention kwargs (``cu_seq_lens_q`` ...)."""
 DENSE_MASK = ("sdpa", "eager")
 """Kernels that reach rows holding several documents through a dense ``[B,1,L,L]`` mask."""
+TRAINING_ONLY = (TORCH_VARLEN, FLASH_ATTENTION_4)
+"""Kernels without padding masks or a KV cache: training rows only, evaluation runs on sdpa."""
 
 
 def flash_attn_importable() -> bool:
-    """Whether the ``flash_attn`` package (CUDA or ROCm build) imports."""
+    """Whether flash-attn 2 (CUDA or ROCm build) imports; flash-attn-4 alone also installs a ``flash_attn``
+    package (``flash_attn.cute``), so its interface module is what tells."""
     try:
-        importlib.import_module("flash_attn")
+        importlib.import_module("flash_attn.flash_attn_interface")
     except Exception:  # a broken build raises anything from ImportError to OSError/RuntimeError
         return False
     return True
 
 
+def _capability() -> tuple[int, int] | None:
+    """The CUDA device's compute capability, None without one (or on ROCm)."""
+    if torch.version.hip or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability()
+
+
 def _torch_varlen_usable() -> bool:
     """PyTorch's varlen flash attention: the module exists, CUDA (not ROCm) with flash kernels, sm80 or newer."""
-    if importlib.util.find_spec("torch.nn.attention.varlen") is None or torch.version.hip:
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         return False
-    if not torch.cuda.is_available() or not torch.backends.cuda.is_flash_attention_available():
+    capability = _capability()
+    return capability is not None and torch.backends.cuda.is_flash_attention_available() and capability[0] >= 8
+
+
+def _flash_attn_4_usable() -> bool:
+    """flash-attn-4: its distribution installed, ``flash_attn.cute`` imports, a CUDA GPU of sm90 or newer."""
+    capability = _capability()
+    if capability is None or capability[0] < 9:
         return False
-    return torch.cuda.get_device_capability()[0] >= 8
+    try:
+        importlib.metadata.distribution("flash-attn-4")
+        importlib.import_module("flash_attn.cute")
+    except Exception:  # not installed, or a build that fails to import
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -59,13 +86,15 @@ class KernelSupport:
     flex: bool
     rocm: str | None = None
     """HIP version on a ROCm build of PyTorch, else None (CUDA)."""
+    flash_attn_4: bool = False
+    """flash-attn-4 imports and the GPU is Hopper (sm90) or newer."""
 
     @classmethod
     def detect(cls) -> KernelSupport:
         flex = (importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
                 and importlib.util.find_spec("triton") is not None)  # flex compiles to triton kernels on a GPU
         return cls(flash_attn=flash_attn_importable(), torch_varlen=_torch_varlen_usable(), flex=flex,
-                   rocm=torch.version.hip)
+                   rocm=torch.version.hip, flash_attn_4=_flash_attn_4_usable())
 
     @property
     def gpu(self) -> str:
@@ -77,13 +106,23 @@ class AttentionChoice(NamedTuple):
     reason: str
 
 
+def cudnn_for_one_document_rows(capability: tuple[int, int] | None, dtype: torch.dtype) -> bool:
+    """Whether ``torch_varlen`` runs rows that each hold one whole document as sdpa with cuDNN's fused attention
+    first (then flash) instead of varlen FA2: on Hopper (sm 9.x) in bf16/fp16, where cuDNN's attention is the
+    faster of the two; elsewhere varlen."""
+    return capability is not None and capability[0] == 9 and dtype in HALF
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
 def _auto_on_gpu(dtype: torch.dtype, training: bool, support: KernelSupport) -> AttentionChoice:
-    """flash-attn, else PyTorch varlen, else flex, else sdpa (see the module docstring); fp32 never takes flash."""
+    """flash-attn-4, flash-attn, PyTorch varlen, flex, sdpa (see the module docstring); fp32 never takes flash."""
     half, name = dtype in HALF, _dtype_name(dtype)
+    if half and training and support.flash_attn_4:
+        return AttentionChoice(FLASH_ATTENTION_4, f"auto: flash-attn-4 installed, {name} on {support.gpu} sm90+; "
+                                                  "packed rows flattened to one row for varlen, K/V heads grouped")
     if half and support.flash_attn:
         how = "packed rows flattened to one row for varlen" if training else "padding masks unpadded"
         return AttentionChoice("flash_attention_2", f"auto: flash-attn installed, {name} on {support.gpu}; {how}")
@@ -92,7 +131,8 @@ def _auto_on_gpu(dtype: torch.dtype, training: bool, support: KernelSupport) -> 
         return AttentionChoice("sdpa", f"auto: {why_not[0]}, so PyTorch sdpa on {support.gpu} (evaluation)")
     if half and support.torch_varlen:
         return AttentionChoice(TORCH_VARLEN, f"auto: {why_not[0]}, so PyTorch's varlen flash attention on "
-                                             f"{support.gpu}, cu_seqlens from the position ids")
+                                             f"{support.gpu}, cu_seqlens from the position ids once per batch; "
+                                             "rows of one whole document on Hopper: sdpa, cuDNN first")
     if half:
         why_not.append("no PyTorch varlen flash attention here")
     if support.flex:
@@ -107,8 +147,9 @@ def select_attention(requested: str, device: torch.device, dtype: torch.dtype = 
                      support: KernelSupport | None = None) -> AttentionChoice:
     """``(implementation, reason)`` for ``model.attention`` on ``device`` computing in ``dtype``.
 
-    ``auto`` picks, on a CUDA/ROCm GPU, flash_attention_2 (flash-attn imports, bf16/fp16), else PyTorch's varlen
-    flash attention (CUDA, bf16/fp16, training), else flex_attention, else sdpa; elsewhere sdpa. An explicit
+    ``auto`` picks, on a CUDA/ROCm GPU, flash_attention_4 (flash-attn-4 imports, sm90+, bf16/fp16, training), else
+    flash_attention_2 (flash-attn imports, bf16/fp16), else PyTorch's varlen flash attention (CUDA, bf16/fp16,
+    training), else flex_attention, else sdpa; elsewhere sdpa. An explicit
     choice the device cannot run is a :class:`UserError`. ``support`` defaults to :meth:`KernelSupport.detect`.
     """
     device = torch.device(device)
@@ -117,7 +158,7 @@ def select_attention(requested: str, device: torch.device, dtype: torch.dtype = 
         if not on_gpu:
             return AttentionChoice("sdpa", f"auto: no CUDA device ({device.type}), so PyTorch sdpa")
         return _auto_on_gpu(dtype, training, support or KernelSupport.detect())
-    if requested in ("flash_attention_2", TORCH_VARLEN):
+    if requested in ("flash_attention_2", FLASH_ATTENTION_4, TORCH_VARLEN):
         return _explicit_flash(requested, device, dtype, training, support)
     if requested == "flex_attention" and training and device.type == "cpu":
         raise UserError("model.attention: flex_attention has no backward pass on CPU, so it cannot train "
@@ -138,41 +179,18 @@ def _explicit_flash(requested: str, device: torch.device, dtype: torch.dtype, tr
     if requested == "flash_attention_2" and not support.flash_attn:
         raise UserError("model.attention: flash_attention_2 needs the flash-attn package "
                         "(pip install flash-attn --no-build-isolation), which does not import here")
+    if requested == FLASH_ATTENTION_4 and not support.flash_attn_4:
+        raise UserError(f"model.attention: {FLASH_ATTENTION_4} needs the flash-attn-4 package "
+                        "(pip install '.[fa4]') and a Hopper or newer GPU, which are not both here (use auto)")
     if requested == TORCH_VARLEN and not support.torch_varlen:
         raise UserError(f"model.attention: {TORCH_VARLEN} needs PyTorch's varlen flash attention "
                         "(torch >= 2.10, CUDA, sm80 or newer), which is not available here (use auto)")
-    if requested == TORCH_VARLEN and not training:
-        raise UserError(f"model.attention: {TORCH_VARLEN} trains on packed rows only; evaluate with sdpa or auto")
+    if requested in TRAINING_ONLY and not training:
+        raise UserError(f"model.attention: {requested} trains on packed rows only; evaluate with sdpa or auto")
     if dtype not in HALF:
         raise UserError(f"model.attention: {requested} runs in bf16 or fp16, and model.precision gives "
                         f"{_dtype_name(dtype)} (use auto, or precision bf16)")
     return AttentionChoice(requested, f"requested, {_dtype_name(dtype)} on {support.gpu}")
-
-
-def continue_padding_tail(position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``position_ids`` with each row's last document continuing the one before it when all its labels are ignored.
-
-    That is packing's padding tail: no token attends to it and no loss is taken on it, so this changes no loss,
-    and a row holding one document then counts up without a restart, which sdpa runs causal without a mask.
-    """
-    length = position_ids.shape[-1]
-    starts = torch.diff(position_ids, dim=-1, prepend=position_ids[:, :1] - 1) != 1
-    segment = starts.cumsum(-1)
-    last = segment == segment[:, -1:]
-    merge = ((labels == IGNORE_INDEX) | ~last).all(-1, keepdim=True) & (segment[:, -1:] > 0)
-    tail_start = length - last.sum(-1, keepdim=True)
-    before = position_ids.gather(-1, (tail_start - 1).clamp(min=0))
-    columns = torch.arange(length, device=position_ids.device)
-    return torch.where(last & merge, before + 1 + columns - tail_start, position_ids)
-
-
-def decoder_rows(implementation: str, input_ids: torch.Tensor,
-                 position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows to give the decoder: for :data:`FLATTENED` kernels one row of B·L tokens (every row starts a new
-    document at position 0, so documents stay apart), otherwise the rows as they are."""
-    if implementation in FLATTENED and input_ids.shape[0] > 1:
-        return input_ids.reshape(1, -1), position_ids.reshape(1, -1)
-    return input_ids, position_ids
 
 
 def dense_mask_bytes(implementation: str, position_ids: torch.Tensor, dtype: torch.dtype) -> int:

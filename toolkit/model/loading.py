@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from toolkit.errors import UserError
 from toolkit.hub_ids import looks_local
-from toolkit.model.attention import TORCH_VARLEN, select_attention
+from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 
@@ -54,7 +54,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtypes[precision]
 
 
-EVAL_ATTENTION = {TORCH_VARLEN: "sdpa"}
+EVAL_ATTENTION = dict.fromkeys(TRAINING_ONLY, "sdpa")
 """Training-only kernels and what evaluation (padding masks, KV cache) runs on instead."""
 
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from toolkit.data.batches import Batch
 from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
-from toolkit.model.attention import DENSE_MASK, continue_padding_tail, decoder_rows, dense_mask_bytes
+from toolkit.model.attention import DENSE_MASK, dense_mask_bytes
 from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.model.segments import decoder_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ class CausalLMObjective(nn.Module):
     """``forward(batch) -> (sum of token losses, number of target tokens)`` for a causal LM.
 
     Packed rows carry ``position_ids`` restarting per document and no ``attention_mask`` (with ``use_cache=False``),
-    which keeps documents apart in every kernel; how each kernel is given the rows is ``toolkit.model.attention``'s
-    concern (padding tail, flattening for flash-attn). A kernel that needs a dense L×L mask for them gets a warning
-    with its size, once per row length.
+    which keeps documents apart in every kernel; how each kernel is given the rows is ``toolkit.model.segments``'s
+    concern (padding tail, flattening for flash-attn, boundaries). A kernel that needs a dense L×L mask for them gets a
+    warning with its size, once per row length.
     """
 
     def __init__(self, model: CausalLM, loss_chunk_size: int | None):
@@ -70,10 +71,10 @@ class CausalLMObjective(nn.Module):
         if labels is None:
             raise TypeError("forward needs labels or shift_labels")
         implementation = unwrap_peft(self.model).config._attn_implementation
-        position_ids = continue_padding_tail(position_ids, labels)
-        self._warn_dense_mask(implementation, position_ids)
-        rows, positions = decoder_rows(implementation, input_ids, position_ids)
-        hidden = decoder(input_ids=rows, position_ids=positions, use_cache=False).last_hidden_state
+        rows = decoder_inputs(implementation, input_ids, position_ids, labels)
+        self._warn_dense_mask(implementation, rows.position_ids)
+        hidden = decoder(input_ids=rows.input_ids, position_ids=rows.position_ids, use_cache=False,
+                         **rows.kernel_kwargs()).last_hidden_state
         return causal_lm_loss(hidden.view(*input_ids.shape, -1), head, labels, self.loss_chunk_size)
 
     def _warn_dense_mask(self, implementation: str, position_ids: torch.Tensor) -> None:
