@@ -1,8 +1,9 @@
 """What the sections of ``benchmarks/gpu_check.py`` share (the device :class:`Profile`, each :class:`Section`'s
-budget, rows, checks and skips), sections 1, 4 and 5, and the device's facts. Each section runs its work in
+budget, rows, checks and skips), sections 1 and 4, and the device's facts. Each section runs its work in
 subprocesses that never outlive its budget, and calls ``section.save()`` after every row or check so that an
 interrupted check still leaves what it measured. Sections 2 and 3 (training comparisons) are in
-``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``."""
+``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``, section 5 (the longest-context probe) in
+``benchmarks/gpu_check_probe.py``."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ class Profile:
     engines: tuple[tuple[str, str | None, tuple[str, ...]], ...]
     """Section 3: each engine's name, launch config (from the repository root; None: it needs a GPU) and extra
     ``accelerate launch`` options."""
-    search_limit: int
+    probe_lengths: tuple[int, ...]
+    """Section 5: the longest-context probe's lengths (benchmarks/gpu_check_probe.py)."""
+    probe_layers: int
+    """The full depth the probe extrapolates to."""
+    probe_offload: int
+    """Layers of the full depth whose checkpointed inputs the probe keeps in host memory."""
     budgets: tuple[float, float, float, float]
     """Seconds for sections 1-4; section 5 gets what is left of the total."""
     total_s: float
@@ -156,31 +162,6 @@ def throughput(section: Section, profile: Profile, scratch: Path, peak_tflops: f
                 last[variant] = row if row["status"] == "ok" else last[variant]
                 if row["status"] == "oom":
                     failed[variant] = seq_len
-
-
-# 5. the longest LoRA context that trains one step
-
-def longest_context(section: Section, profile: Profile, scratch: Path, peak_tflops: float,
-                    measured: list[dict[str, Any]]) -> None:
-    """Doubling from the longest length of section 4 with checkpointing + CPU offload + tiled MLP + chunked
-    loss (its row counts when it had all four), one step per probe, while the budget lasts."""
-    config = Config(shape=profile.shape, method="lora", steps=1, warmup=0, offload=True, tiles=profile.tiles,
-                    peak_tflops=peak_tflops)
-    start = profile.lengths[-1]
-    previous = next((r for r in measured if r.get("variant") == "toolkit" and r.get("seq_len") == start
-                     and r.get("status") == "ok" and r.get("offload") and r.get("tiles")), None)
-    seq_len = start
-    if previous is not None:
-        section.notes.append(f"{start:,} trained in section 4 with the same settings ({previous['step_s']:.1f} s/step)")
-        seq_len = start * 2
-    longest = start if previous is not None else 0
-    while seq_len <= profile.search_limit:
-        row = _run_or_skip(section, replace(config, seq_len=seq_len), previous, profile.min_row_s)
-        if row is None or row["status"] != "ok":
-            break
-        longest, previous, seq_len = seq_len, row, seq_len * 2
-    section.notes.append(f"longest LoRA context that trained one step: {longest:,} tokens"
-                         + ("" if seq_len <= profile.search_limit else " (the search's limit)"))
 
 
 def device_facts() -> dict[str, Any]:

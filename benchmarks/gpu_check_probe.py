@@ -1,0 +1,96 @@
+"""The plan against what ``benchmarks/gpu_check.py`` measures: section 4's toolkit rows, and section 5, the
+longest-context probe.
+
+At each of the profile's probe lengths, :mod:`benchmarks.context_probe` runs one step of a 1- and a 2-layer model
+of the profile's shape (LoRA r=16 on attention, checkpointing, the first ``probe_offload`` layers' inputs in host
+memory, tiled MLP, chunked loss) in a child process within what is left of the budget, and extrapolates GPU memory,
+host memory and step time to the full depth. Each row puts the plan's figures for the full depth beside it
+(:func:`toolkit.plan.memory.estimate`: allocated, i.e. without its allocator reserve and runtime overhead, and the
+host's offloaded bytes), and a check holds the plan within 10% of the extrapolated allocated peak. A length that
+the previous one's step time says will not finish is skipped with that estimate; its plan row still says what it
+would take.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
+from benchmarks.harness import LORA_TARGETS, ROOT, SHAPES
+from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
+
+PLAN_TOLERANCE = 0.10
+"""The plan's allocated peak against the probe's, relative."""
+
+
+def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict[str, float]:
+    """The plan's allocated GPU GiB and host GiB for one step of LoRA r=16 on attention at ``seq_len`` on a
+    ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 unless
+    ``param_bytes`` says otherwise)."""
+    shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
+    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", **settings}, seq_len=seq_len, lora_rank=16,
+                  lora_targets=LORA_TARGETS)
+    result = estimate(shape, setup)
+    allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
+    return {"plan_gib": allocated / GIB, "plan_host_gib": result.host / GIB}
+
+
+def throughput_against_plan(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
+    """Section 4 (:func:`benchmarks.gpu_check_sections.throughput`), then its toolkit rows against the plan: the
+    measured peak allocated (CUDA; the CPU's is the resident set the step added, in float32) within 10%."""
+    throughput(section, profile, scratch, peak_tflops)
+    for row in section.rows:
+        if row.get("variant") != "toolkit" or row.get("status") != "ok" or row.get("method") != "lora":
+            continue
+        plan = planned(row["shape"], SHAPES[row["shape"]]["num_hidden_layers"], row["seq_len"],
+                       param_bytes=2 if profile.device == "cuda" else 4, checkpointing=row["checkpointing"],
+                       offload=row["offload"], loss_chunk=row["loss_chunk"], tiles=row["tiles"])
+        row.update(plan)
+        section.check(f"plan vs toolkit at {row['seq_len']:,}: allocated GiB",
+                      abs(plan["plan_gib"] / row["peak_gib"] - 1), PLAN_TOLERANCE)
+
+
+def _probe(section: Section, profile: Profile, seq_len: int, scratch: Path) -> dict[str, Any] | None:
+    out = scratch / f"probe-{seq_len}.json"
+    command = [sys.executable, "benchmarks/context_probe.py", "--device", profile.device, "--shape", profile.shape,
+               "--seq-len", str(seq_len), "--layers-total", str(profile.probe_layers), "--offload",
+               str(profile.probe_offload), "--tiles", str(profile.tiles), "--json", str(out)]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                              timeout=max(section.left(), 1))
+    except subprocess.TimeoutExpired:
+        section.skip(f"probe at {seq_len:,}", f"did not finish within the {section.budget_s:.0f} s budget")
+        return None
+    if done.returncode != 0:
+        section.skip(f"probe at {seq_len:,}", f"exit code {done.returncode}: {done.stderr.strip()[-300:]}")
+        return None
+    row: dict[str, Any] = json.loads(out.read_text())["rows"][0]
+    return row
+
+
+def longest_context(section: Section, profile: Profile, scratch: Path) -> None:
+    """Probe each length while the budget lasts (attention-bound: a length's step time from the previous one's,
+    squared in the ratio); every length gets the plan's row."""
+    previous: dict[str, Any] | None = None
+    for seq_len in profile.probe_lengths:
+        plan = planned(profile.shape, profile.probe_layers, seq_len, checkpointing=True,
+                       offload=profile.probe_offload, loss_chunk=4096, tiles=profile.tiles)
+        measured_s = sum(step["step_s"] for step in previous["measured"]) if previous else None
+        guess = None if measured_s is None else measured_s * (seq_len / previous["seq_len"]) ** 2  # type: ignore[index]
+        if section.left() < (profile.min_row_s if guess is None else guess):
+            why = f"about {guess:.0f} s by extrapolation, " if guess is not None else ""
+            section.skip(f"probe at {seq_len:,}", f"{why}{max(section.left(), 0):.0f} s left")
+            section.add({"seq_len": seq_len, "status": "planned only", **plan})
+            continue
+        row = _probe(section, profile, seq_len, scratch)
+        if row is None:
+            section.add({"seq_len": seq_len, "status": "planned only", **plan})
+            break
+        section.add({**row, "status": "ok", **plan})
+        section.check(f"plan vs probe at {seq_len:,}, {profile.probe_layers} layers: allocated GiB",
+                      abs(plan["plan_gib"] / row["device_gib"] - 1), PLAN_TOLERANCE)
+        previous = row
