@@ -348,12 +348,24 @@ def _stage_job(session: Session, index: int) -> StageJob:
     recipe, accelerator, state = session.recipe, session.accelerator, session.resumed
     stage = recipe.train.stages[index]
     start = state if state and index == state.stage else None
+    data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
+    if start and start.stream is None and start.step:
+        accelerator.print(f"note: the checkpoint saved no data stream position (an older one); replaying the "
+                          f"{start.step * stage.grad_accum} batches stage {index} consumed")
     batches = stage_batches(recipe.train.stage_data(index), session.tokenizer, stage.seq_len, stage.batch_size,
                             seed=recipe.seed + 1000 * index, sharers=row_sharers(accelerator),
-                            prepare=lambda loader: prepare_loader(accelerator, loader, session.objective))
-    data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
+                            prepare=lambda loader: prepare_loader(accelerator, loader, session.objective),
+                            data_parallel=data_parallel, per_read=_ulysses_degree(accelerator),
+                            start=start.stream if start else None,
+                            consumed=start.step * stage.grad_accum if start else 0)
     steps = stage_steps(stage, recipe.train, data_parallel)
     return StageJob(index, stage, steps, tokens_per_step(stage, data_parallel), batches, start, session.global_step)
+
+
+def _ulysses_degree(accelerator: Accelerator) -> int:
+    """Batches DeepSpeed's Ulysses adapter hands out per batch it reads (one per rank of a group), else 1."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config.sp_size if config is not None and config.sp_enabled else 1
 
 
 # 4. finish

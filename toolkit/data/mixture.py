@@ -6,7 +6,7 @@ every point of the stream, whatever each source's document lengths, and upsampli
 what that source gives, not how much. ``datasets.interleave_datasets`` with probabilities draws records, not
 tokens: its token shares would follow each source's mean document length, which a stream does not know in
 advance, and would move with every length filter or upsampling. The order is a pure function of the streams,
-which are seeded, so a resumed run draws exactly the same documents.
+which are seeded, so a stream resumed with the counts drawn so far draws exactly the same documents.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from dataclasses import replace
 from toolkit.data.packing import Document
 
 
-def interleave(streams: Sequence[Iterator[Document]], weights: Sequence[float]) -> Iterator[Document]:
-    """Documents from ``streams`` (endless), each tagged with its stream's index in ``Document.source``."""
+def interleave(streams: Sequence[Iterator[Document]], weights: Sequence[float],
+               drawn: list[int] | None = None) -> Iterator[Document]:
+    """Documents from ``streams`` (endless), each tagged with its stream's index in ``Document.source``. ``drawn``:
+    the tokens drawn so far from each stream (a resumed stream's), updated in place as documents are drawn."""
     if len(streams) != len(weights) or not streams or min(weights) <= 0:
         raise ValueError("interleave needs one positive weight per stream")
-    drawn = [0] * len(streams)
+    drawn = [0] * len(streams) if drawn is None else drawn
     while True:
         index = min(range(len(streams)), key=lambda i: drawn[i] / weights[i])
         doc = next(streams[index])

@@ -8,10 +8,10 @@ The first label of every document and piece is ignored, so no token learns to pr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal
+from typing import Literal, TypeVar
 
 IGNORE_INDEX = -100
 """Label of positions that take no part in the loss (PyTorch's and transformers' convention)."""
@@ -20,6 +20,9 @@ PAD_SOURCE = -1
 """Source index of padding tokens in a row's ``sources``."""
 
 Row = dict[str, list[int]]
+
+P = TypeVar("P")
+"""A position in a document stream (:func:`laid_rows`)."""
 
 
 @dataclass
@@ -37,11 +40,12 @@ class Document:
             raise ValueError(f"{len(self.input_ids)} input ids but {len(self.labels)} labels")
 
 
-def pieces(doc: Document, seq_len: int) -> Iterator[Document]:
-    """``doc`` cut into pieces of at most ``seq_len`` tokens, each with its first label ignored."""
-    for start in range(0, len(doc.input_ids), seq_len):
+def _pieces(doc: Document, seq_len: int, offset: int = 0) -> Iterator[tuple[int, Document]]:
+    """``doc`` from token ``offset`` on, cut into pieces of at most ``seq_len`` tokens, each with its first label
+    ignored, with the token each starts at."""
+    for start in range(offset, len(doc.input_ids), seq_len):
         labels = doc.labels[start:start + seq_len]
-        yield Document(doc.input_ids[start:start + seq_len], [IGNORE_INDEX] + labels[1:], doc.source)
+        yield start, Document(doc.input_ids[start:start + seq_len], [IGNORE_INDEX] + labels[1:], doc.source)
 
 
 def _row(parts: list[Document], seq_len: int, pad_id: int) -> Row:
@@ -61,18 +65,33 @@ def _row(parts: list[Document], seq_len: int, pad_id: int) -> Row:
     return row
 
 
-def _packed(docs: Iterable[Document], seq_len: int, pad_id: int) -> Iterator[Row]:
+def laid_rows(docs: Iterator[Document], seq_len: int, mode: Literal["pack", "split", "pad"], pad_id: int,
+              position: Callable[[], P], offset: int = 0) -> Iterator[tuple[Row, P, int]]:
+    """The rows of :func:`pack_rows`, each with where the next row begins: the position of ``docs`` (``position()``)
+    before the document it begins in, and the tokens of that document earlier rows hold. ``offset``: tokens of the
+    first document to leave out (a stream resumed from such a pair)."""
     parts: list[Document] = []
     used = 0
-    for doc in docs:
-        for piece in pieces(doc, seq_len):
+    while True:
+        before = position()
+        doc = next(docs, None)
+        if doc is None:
+            break
+        cut = _pieces(doc, seq_len, offset)
+        offset = 0
+        for start, piece in cut if mode != "pad" else islice(cut, 1):
+            if mode != "pack":
+                end = start + seq_len
+                more = mode == "split" and end < len(doc.input_ids)
+                yield (_row([piece], seq_len, pad_id), *((before, end) if more else (position(), 0)))
+                continue
             if used + len(piece.input_ids) > seq_len:
-                yield _row(parts, seq_len, pad_id)
+                yield _row(parts, seq_len, pad_id), before, start
                 parts, used = [], 0
             parts.append(piece)
             used += len(piece.input_ids)
     if parts:
-        yield _row(parts, seq_len, pad_id)
+        yield _row(parts, seq_len, pad_id), position(), 0
 
 
 def pack_rows(docs: Iterable[Document], seq_len: int, mode: Literal["pack", "split", "pad"],
@@ -83,10 +102,5 @@ def pack_rows(docs: Iterable[Document], seq_len: int, mode: Literal["pack", "spl
     ``seq_len`` is cut into ``seq_len`` pieces first. ``split``: one document per row, cut into pieces, the
     last one padded. ``pad``: one document per row, truncated to ``seq_len`` or padded.
     """
-    if mode == "pack":
-        yield from _packed(docs, seq_len, pad_id)
-        return
-    for doc in docs:
-        cut = pieces(doc, seq_len)
-        for piece in cut if mode == "split" else islice(cut, 1):
-            yield _row([piece], seq_len, pad_id)
+    for row, _, _ in laid_rows(iter(docs), seq_len, mode, pad_id, lambda: None):
+        yield row

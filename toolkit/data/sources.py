@@ -6,20 +6,23 @@ record becomes a document by the source's ``format``
 (:mod:`toolkit.data.formats`); documents outside ``min_tokens``/``max_tokens`` are dropped, and with
 ``upsample`` each document shorter than ``upsample.min_tokens`` is kept with probability ``1 / factor`` (seeded),
 so long documents are drawn ``factor`` times as often relative to the rest of the source. A bad record stops the
-run naming its file and line, or is skipped and counted (``bad_rows: skip``).
+run naming its file and line, or is skipped and counted (``bad_rows: skip``). A stream starts from a
+:class:`toolkit.data.stream_state.SourceCursor` (a resumed run's position) and keeps it up to date as it reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from toolkit.data.formats import BadRow, chat_template, to_document
 from toolkit.data.local_files import LOCAL_FORMATS, data_files, reason
 from toolkit.data.packing import Document
 from toolkit.data.records import record_dataset
+from toolkit.data.stream_state import SourceCursor
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.errors import UserError
 from toolkit.recipe.schema import SourceSpec
@@ -36,35 +39,46 @@ def check_source(spec: SourceSpec, tokenizer, label: str) -> None:
         data_files(spec, label)
 
 
-def _rows(spec: SourceSpec, seed: int, label: str) -> Iterator[dict[str, Any] | None]:
-    """Rows ``{"record", "where"}`` forever, None after each epoch."""
-    dataset = record_dataset(spec, label).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
-    epoch = 0
+def _read(records: Iterator[dict[str, Any]], spec: SourceSpec, label: str) -> Iterator[dict[str, Any]]:
+    """``records``, a hub shard that cannot be parsed stopping the run with a one-line error."""
     while True:
-        dataset.set_epoch(epoch)
-        iterator = iter(dataset)
-        while True:
-            try:
-                row = next(iterator)
-            except StopIteration:
-                break
-            except (OSError, ValueError) as exc:  # a hub shard that cannot be parsed
-                raise UserError(f"{label}.path: cannot read {spec.path}: {reason(exc)}") from None
+        try:
+            row = next(records)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{label}.path: cannot read {spec.path}: {reason(exc)}") from None
+        yield row
+
+
+def _rows(spec: SourceSpec, seed: int, label: str, cursor: SourceCursor) -> Iterator[dict[str, Any] | None]:
+    """Rows ``{"record", "where"}`` forever, None after each epoch, from ``cursor``'s epoch and record on (those
+    before it read and dropped, never tokenized); ``cursor`` counts the rows handed out."""
+    dataset = record_dataset(spec, label).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+    while True:
+        dataset.set_epoch(cursor.epoch)
+        rows = _read(iter(dataset), spec, label)
+        if sum(1 for _ in islice(rows, cursor.records)) < cursor.records:
+            raise UserError(f"{label}.path: {spec.path} holds fewer records than the checkpoint had read in epoch "
+                            f"{cursor.epoch}; it changed since. Restore it, or start a new run with output.dir=...")
+        for row in rows:
+            cursor.records += 1
             yield row
         yield None  # end of an epoch
-        epoch += 1
+        cursor.epoch, cursor.records = cursor.epoch + 1, 0
 
 
 def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = "train.data",
-                   on_skip: Callable[[], None] | None = None) -> Iterator[Document]:
+                   cursor: SourceCursor | None = None) -> Iterator[Document]:
     """Endless documents of a file or hub source, in ``spec.format``, with its filters and upsampling; each epoch
-    reshuffles (seeded)."""
+    reshuffles (seeded). ``cursor``: where to start (a resumed stream's position), kept up to date as it reads."""
+    cursor = SourceCursor() if cursor is None else cursor
     template = chat_template(spec, tokenizer, label)
-    thinning = random.Random(f"{seed}:upsample")
-    produced = False
-    for row in _rows(spec, seed, label):
+    if cursor.rng is None:
+        cursor.rng = random.Random(f"{seed}:upsample")
+    for row in _rows(spec, seed, label, cursor):
         if row is None:
-            if not produced:
+            if not cursor.produced:
                 raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}")
             continue
         try:
@@ -72,12 +86,11 @@ def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = "train.d
         except BadRow as bad:
             if spec.bad_rows == "error":
                 raise UserError(f"{label}.{bad.field}: {bad} in {row['where']}{bad.detail}") from None
-            if on_skip is not None:
-                on_skip()
+            cursor.skipped += 1
             continue
-        if doc is None or not _kept(len(doc.input_ids), spec, thinning):
+        if doc is None or not _kept(len(doc.input_ids), spec, cursor.rng):
             continue
-        produced = True
+        cursor.produced = True
         yield doc
 
 
@@ -97,11 +110,12 @@ def _kept(length: int, spec: SourceSpec, thinning: random.Random) -> bool:
 
 
 def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data",
-                     on_skip: Callable[[], None] | None = None) -> Iterator[Document]:
-    """Endless documents of any source; synthetic ones are generated from :func:`synthetic_seed`."""
+                     cursor: SourceCursor | None = None) -> Iterator[Document]:
+    """Endless documents of any source, from ``cursor``'s position (kept up to date); synthetic ones are generated
+    from :func:`synthetic_seed`."""
     if spec.source == "synthetic":
-        return synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(seed))
-    return text_documents(spec, tokenizer, seed, label, on_skip)
+        return synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(seed), cursor)
+    return text_documents(spec, tokenizer, seed, label, cursor)
 
 
 def synthetic_seed(seed: int) -> int:

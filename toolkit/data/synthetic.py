@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, filler_sentence, make_needles
 from toolkit.data.packing import IGNORE_INDEX, Document
+from toolkit.data.stream_state import SourceCursor
 from toolkit.errors import UserError
 from toolkit.recipe.schema import SourceSpec
 
@@ -35,17 +36,21 @@ def _depth(rng: random.Random, edge_fraction: float) -> float:
     return rng.random()
 
 
-def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int) -> Iterator[Document]:
+def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int,
+                        cursor: SourceCursor | None = None) -> Iterator[Document]:
     """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
 
     Labels cover the answer and eos (``loss_on: answer``) or every token but the first (``loss_on: all``).
+    ``cursor``: a resumed stream's generator state (the filler pool is drawn from ``seed`` again), kept up to date.
     """
     count = 1 if spec.task == "passkey" else spec.num_keys
     if count > len(KEY_NAMES):
         raise UserError(f"train.data.num_keys: {count} is more than the {len(KEY_NAMES)} distinct keys available")
-    rng = random.Random(seed)
+    cursor = SourceCursor() if cursor is None else cursor
+    first = random.Random(seed)
     tokens = SentenceTokens(tokenizer)
-    pool = [filler_sentence(rng) for _ in range(FILLER_POOL_SIZE)]
+    pool = [filler_sentence(first) for _ in range(FILLER_POOL_SIZE)]
+    rng = cursor.rng = first if cursor.rng is None else cursor.rng
     shortest_filler = min(len(tokens(sentence)) for sentence in pool)
     while True:
         needles = make_needles(rng, count)

@@ -2,7 +2,8 @@
 
 Each checkpoint is a folder ``checkpoints/stage-<k>-step-<n>/`` written by ``accelerator.save_state``
 (safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``
-(where training stands, and what its data stream depends on: ``toolkit.training.data_identity``).
+(where training stands, where its data stream stands, and what that stream depends on:
+``toolkit.training.data_identity``).
 Its weights are the trainable parameters only (:func:`keep_trainable`): for LoRA the adapter (and any modules
 trained beside it), not the frozen base, which a resumed run rebuilds from the recipe as the first run did;
 for full fine-tuning, every parameter and buffer, as before.
@@ -27,6 +28,7 @@ from accelerate.utils import SAFE_MODEL_NAME
 from safetensors.torch import load_file
 from torch import nn
 
+from toolkit.data.stream_state import StreamState
 from toolkit.errors import RunFailure
 from toolkit.run_folder import CHECKPOINTS
 
@@ -37,13 +39,16 @@ _STATE = "trainer_state.json"
 @dataclass(frozen=True)
 class TrainerState:
     """Where training stands: the stage, the optimizer steps done in it, and in the run; ``data`` is what the
-    data stream depends on (:func:`toolkit.training.data_identity.data_identity`), None in older checkpoints."""
+    data stream depends on (:func:`toolkit.training.data_identity.data_identity`) and ``stream`` where the stage's
+    row stream stands after the steps done (:meth:`toolkit.data.batches.StageBatches.position`), each None in older
+    checkpoints."""
 
     stage: int
     step: int
     global_step: int
     stage_done: bool = False
     data: dict[str, Any] | None = field(default=None, compare=False)
+    stream: StreamState | None = field(default=None, compare=False)
 
 
 class CheckpointManager:
@@ -69,6 +74,8 @@ class CheckpointManager:
             return None
         state = json.loads((done[-1] / _STATE).read_text())
         known = {f.name for f in fields(TrainerState)}
+        if state.get("stream") is not None:
+            state["stream"] = StreamState.from_json(state["stream"])
         return done[-1], TrainerState(**{k: v for k, v in state.items() if k in known})
 
     def remove_partial(self) -> None:

@@ -1,9 +1,11 @@
 """What a run's training data depends on, recorded in every checkpoint and checked on resume.
 
 A stage's batch stream is a pure function of (data spec, tokenizer, seq_len, batch size, seed, process index and
-count), and a resumed run skips the ``step * grad_accum`` batches already consumed (``toolkit.data.batches``,
-``toolkit.training.loop``). So a checkpoint records those inputs, and a resume that would change the stream of
-a stage that has started or is still to come stops with a :class:`UserError` naming the field.
+count), and a resumed run continues it from the position its checkpoint saved (``toolkit.data.stream_state``; an
+older checkpoint without one replays the ``step * grad_accum`` batches consumed: ``toolkit.data.batches``). That
+position only means the same rows under the same inputs, so a checkpoint records those inputs, and a resume that
+would change the stream of a stage that has started or is still to come stops with a :class:`UserError` naming the
+field.
 
 What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes, and for
 the stage the checkpoint is inside ``seq_len``, ``batch_size``, ``grad_accum`` and its effective data spec (its

@@ -57,6 +57,7 @@ class StageJob:
     step_tokens: int
     """Tokens of one optimizer step over all processes."""
     batches: StageBatches
+    """Built from where ``start`` left the stream (``toolkit.data.batches.stage_batches``)."""
     start: TrainerState | None
     """Resume point inside this stage (its step counts as done), or None to start at step 0."""
     global_step: int
@@ -113,8 +114,6 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
     if first == 0:
         parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
     start_stage(acc, spec.grad_accum)
-    for _ in range(first * spec.grad_accum):
-        next(job.batches)
     global_step = job.global_step
     bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
@@ -148,7 +147,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
                                   **job.batches.logged(summed)})
                 if step + 1 < job.steps:  # after the last row the stage's peak stays for the caller (benchmarks)
                     reset_peak_memory(acc.device)
-            state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps)
+            state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps,
+                                 stream=job.batches.position())
             saved = None
             if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):
                 saved = parts.checkpoints.save(state)
