@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 
-Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
+Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
 
 class FieldError(ValueError):
@@ -53,8 +53,8 @@ class ModelSpec(Strict):
     backend: Literal["transformers", "unsloth"] = "transformers"
     """``unsloth`` loads through unsloth's FastLanguageModel (GPU only, optional extra)."""
     attention: Attention = "auto"
-    """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_2 (installed, bf16/fp16), else PyTorch's
-    varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
+    """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_4 (the fa4 extra, Hopper or newer, bf16/fp16,
+    training), else flash_attention_2 (installed, bf16/fp16), else PyTorch's varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
     sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.model.attention``)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. bf16 runs keep fp32 master
