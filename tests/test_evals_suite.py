@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_model import with_corpus_marks
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.evals.lm_eval import LmEvalTask
@@ -23,7 +24,7 @@ def test_suites_are_shipped():
     assert {"niah.yaml", "niah-tiny.yaml", "ruler.yaml", "ruler-tiny.yaml", "short-context.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", SUITES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", with_corpus_marks(SUITES), ids=lambda p: p.name)
 def test_shipped_suite_validates(path: Path):
     suite = load_suite(path)
     assert suite.name == path.stem

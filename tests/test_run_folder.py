@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.real_model import with_corpus_marks
 from toolkit.errors import UserError
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
@@ -40,10 +41,10 @@ def test_eval_tag_of_a_recipe() -> None:
     assert [eval_tag(recipe, i) for i in range(3)] == ["stage-0-copy-64", "stage-1-passkey-256", "stage-2-yarn-1024"]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
-def test_resolved_recipe_reads_typed(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("path", with_corpus_marks(sorted(RECIPES.glob("*.yaml"))), ids=lambda p: p.name)
+def test_resolved_recipe_reads_typed(tmp_path: Path, path: Path) -> None:
     """Every shipped recipe, written out with all its defaults, reads back as the same typed recipe."""
-    recipe = load_recipe(RECIPES / name, [])
+    recipe = load_recipe(path, [])
     dump_recipe(recipe, tmp_path / "recipe.resolved.yaml")
     run = load_run(tmp_path)
     assert run.typed_recipe == recipe

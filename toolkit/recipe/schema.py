@@ -389,6 +389,8 @@ class VerdictSpec(Strict):
     """Least accuracy at the native (trained) length, model before extension."""
     extended_min: float = Field(0.90, ge=0, le=1)
     """Least accuracy at the last stage's seq_len, final model."""
+    extended_before_max: float | None = Field(None, ge=0, le=1)
+    """Most accuracy at the last stage's seq_len before extension (the task is out of the base model's reach)."""
     retention_suites: list[str] = ["short-context"]
     """Suite names whose every task's score ratio final / before extension must reach ``retention_min``."""
     retention_min: float = Field(0.95, ge=0, le=2)

@@ -99,6 +99,10 @@ class Verdict:
                  f"  {extended}: {self.extended_after} (>= {spec.extended_min:.2f} {mark[extended]})"]
         if self.native_after is not None:
             lines.append(f"  accuracy at {self.native_length} after extension: {self.native_after}")
+        if spec.extended_before_max is not None:
+            name = _BEFORE_AT_EXTENDED.format(self.extended_length)
+            lines.append(f"  {name}: {self.before[self.extended_length]} (<= {spec.extended_before_max:.2f} "
+                         f"{mark[name]})")
         lines.append(f"  effective length (>= {spec.effective_threshold:g}): {_length(self.effective_before)} "
                      f"before, {_length(self.effective_after)} after")
         if self.retention:
@@ -106,6 +110,9 @@ class Verdict:
                          f"(>= {spec.retention_min:.2f} {mark['retention']})")
         lines.append(f"  models: {self.reference} (before extension), {self.final} (final)")
         return "\n".join(lines)
+
+
+_BEFORE_AT_EXTENDED = "accuracy at {} before extension"
 
 
 def _ratio(value: float | None) -> str:
@@ -196,6 +203,12 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
                     f"{before[native].value:.2f} vs {spec.native_min:.2f}"),
               Check(f"accuracy at {extended} after extension", after[extended].value >= spec.extended_min,
                     f"{after[extended].value:.2f} vs {spec.extended_min:.2f}")]
+    if spec.extended_before_max is not None:
+        if extended not in before:
+            raise UserError(f"{run.folder}: {spec.task} at {reference} has no length {extended} "
+                            f"(needed by eval.verdict.extended_before_max)")
+        checks.append(Check(_BEFORE_AT_EXTENDED.format(extended), before[extended].value <= spec.extended_before_max,
+                            f"{before[extended].value:.2f} vs {spec.extended_before_max:.2f}"))
     if retention:
         low = [f"{key} {_ratio(value)}" for key, value in retention.items()
                if value is None or value < spec.retention_min]

@@ -1,0 +1,255 @@
+"""The GPU demo (``make gpu-demo``): SmolLM2-135M-Instruct extended from 8K to 32K, proven before and after.
+
+One command, in this order, everything checked before the first expensive step:
+
+1. with ``--parts``: the model and corpus parts put back together and checked by sha256 (``benchmarks/gpu_parts.py``);
+2. the model folder, the corpus and the recipe with its suites load (a missing file: one line, exit 2);
+3. ``python -m toolkit train recipes/smollm2-135m-yarn-32k-lora.yaml``: the suites on the base model, the YaRN x4
+   LoRA stage, the suites on the extended model, the report and its verdict (``eval.verdict``);
+4. the reference: the base model under zero-shot YaRN x4 (the run's own RoPE parameters, no training) on the
+   held-out perplexity suite (``python -m toolkit eval``);
+5. the checks the verdict cannot express (perplexity at the far positions against that reference, short perplexity
+   and 1K passkey against the base) and the verdict's, into ``gpu-demo.md`` and ``gpu-demo.json`` under ``--out``,
+   with the run's report, plots, metrics and evaluation results.
+
+``--device cpu`` runs the same steps at tiny scale (the real model declared native at 128 tokens, YaRN x4 to 512,
+two steps, suites of a few prompts), so every part of the GPU run is exercised on every commit.
+
+    python benchmarks/gpu_demo.py --device cuda --out runs/gpu-demo-out --parts .gpu-parts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu_parts import join  # noqa: E402
+
+RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
+MODEL = "models/smollm2-135m-instruct"
+CORPUS = "data/corpus"
+SHORT_PERPLEXITY_MAX = 1.05
+"""The extended model's short-context perplexity at most 5% above the base model's."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    overrides: tuple[str, ...]
+    needles: str
+    """Suite of the passkey (verdict) task."""
+    heldout: str
+    """Suite file of the held-out perplexity at the extended length (also run on the zero-shot reference)."""
+    short: str
+    """Suite name of the short-context retention tasks (``passkey``, ``heldout``)."""
+    precision: str
+    native: int | None = None
+    """Declare the model native at this many tokens (tiny scale): a copy of its folder with that config."""
+
+
+_TINY_SUITES = "[evals/smollm2-needles-tiny.yaml, evals/smollm2-heldout-tiny.yaml, evals/smollm2-short-tiny.yaml]"
+PROFILES = {
+    "cuda": Profile((), "smollm2-needles-32k", "evals/smollm2-heldout-32k.yaml", "smollm2-short", "bf16"),
+    "cpu": Profile(("model.precision=fp32", "train.gradient_checkpointing=false", "train.max_steps=2",
+                    "stages[0].seq_len=512", "stages[0].rope.original_max_position_embeddings=128",
+                    "stages[0].grad_accum=1", "stages[0].warmup_steps=0", "logging.every=1",
+                    f"eval.suites={_TINY_SUITES}", "eval.verdict.task=smollm2-needles-tiny/passkey",
+                    "eval.verdict.retention_suites=[smollm2-short-tiny]"),
+                   "smollm2-needles-tiny", "evals/smollm2-heldout-tiny.yaml", "smollm2-short-tiny", "fp32",
+                   native=128),
+}
+
+
+def model_copy(source: Path, out: Path, **config: Any) -> Path:
+    """``source``'s model with ``config`` keys replaced: its files linked, its ``config.json`` rewritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.name != "config.json" and not (out / path.name).exists():
+            (out / path.name).symlink_to(path.resolve())
+    settings = json.loads((source / "config.json").read_text()) | config
+    (out / "config.json").write_text(json.dumps(settings, indent=1) + "\n")
+    return out
+
+
+def _toolkit(args: list[str], log: Path) -> None:
+    """``python -m toolkit ARGS``, its output into ``log`` (and its tail into the exception when it fails)."""
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "toolkit", *args], stdout=out, stderr=subprocess.STDOUT,
+                              cwd=REPO)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        print(f"error: python -m toolkit {args[0]} exited {done.returncode} ({log}):\n{tail}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def check_inputs() -> None:
+    """The model folder and the corpus are complete (exit 2 with one line otherwise)."""
+    from toolkit.data.corpus import is_complete as corpus_complete
+    from toolkit.model.small_model import is_complete as model_complete
+
+    if not model_complete(REPO / MODEL):
+        _refuse(f"no model at {MODEL}: make small-model (or make gpu-parts where it is, then send the parts)")
+    if not corpus_complete(REPO / CORPUS):
+        _refuse(f"no corpus at {CORPUS}: make corpus (or make gpu-parts where it is, then send the parts)")
+
+
+def check_recipe(overrides: list[str]) -> None:
+    """The recipe with ``overrides`` validates and its suites load (exit 2 with one line otherwise)."""
+    from toolkit.errors import UserError
+    from toolkit.recipe.loading import load_recipe
+
+    try:
+        load_recipe(REPO / RECIPE, overrides)
+    except UserError as exc:
+        _refuse(str(exc))
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _suite(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text())["tasks"] if path.is_file() else {}
+
+
+def _far_loss(entry: dict[str, Any], start: int) -> float:
+    """Mean loss over the position buckets from ``start`` on."""
+    losses = [loss for first, loss in entry["loss_by_bucket"].items() if int(first) >= start]
+    return sum(losses) / len(losses)
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail}
+
+
+def checks(run_dir: Path, profile: Profile, reference: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The verdict's text, and every check: the verdict's, then those it cannot express."""
+    from toolkit.errors import UserError
+    from toolkit.report.verdict import check_run
+    from toolkit.run_folder import load_run
+
+    run = load_run(run_dir)
+    try:
+        verdict = check_run(run_dir)
+        text, found = verdict.text(), [_check(c.name, c.passed, c.detail) for c in verdict.checks]
+    except UserError as exc:
+        text, found = f"Verdict not computed: {exc}", [_check("verdict", False, str(exc))]
+    base, final = run.reference or "base", run.final or "base"
+    heldout, far = Path(profile.heldout).stem, int(run.info["stages"][-1]["seq_len"]) // 2
+    after, zero_shot = run.entry(final, heldout, "heldout") or {}, _suite(reference, heldout).get("heldout", {})
+    name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
+    if after and zero_shot:
+        new, old = _far_loss(after, far), _far_loss(zero_shot, far)
+        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}"))
+    else:
+        found.append(_check(name, False, f"no {heldout}/heldout results for {final} or the reference"))
+    short = [run.entry(tag, profile.short, "heldout") or {} for tag in (base, final)]
+    name = "short held-out perplexity within 5% of the base"
+    if all("perplexity" in entry for entry in short):
+        ratio = short[1]["perplexity"] / short[0]["perplexity"]
+        found.append(_check(name, ratio <= SHORT_PERPLEXITY_MAX,
+                            f"{ratio:.3f} x the base's (<= {SHORT_PERPLEXITY_MAX})"))
+    else:
+        found.append(_check(name, False, f"no {profile.short}/heldout results for {base} and {final}"))
+    passkey = [run.entry(tag, profile.short, "passkey") or {} for tag in (base, final)]
+    name = "short chat passkey no lower than the base"
+    if all("score" in entry for entry in passkey):
+        found.append(_check(name, passkey[1]["score"] >= passkey[0]["score"],
+                            f"{passkey[1]['score']:.2f} vs {passkey[0]['score']:.2f}"))
+    else:
+        found.append(_check(name, False, f"no {profile.short}/passkey results for {base} and {final}"))
+    return text, found
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """``gpu-demo.md``: what ran where, every check, the verdict."""
+    passed = sum(c["passed"] for c in result["checks"])
+    lines = [f"# GPU demo ({result['device']}): {passed} of {len(result['checks'])} checks pass", "",
+             f"Recipe `{RECIPE}` {' '.join(result['overrides'])}".rstrip() + f"; {result['steps']} steps; "
+             f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
+             + ").", ""]
+    lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
+    lines += ["", "```", result["verdict"], "```", "", "The run's report: `run/report.md` (plots beside it); the "
+              "zero-shot YaRN x4 reference: `zero-shot-yarn/`.", ""]
+    return "\n".join(lines)
+
+
+def _bring_back(run_dir: Path, out: Path) -> None:
+    """The report, plots, metrics and evaluation results (no weights) into ``out``."""
+    for path in run_dir.rglob("*"):
+        relative = path.relative_to(run_dir)
+        if path.is_file() and relative.parts[0] not in ("final", "checkpoints") and \
+                path.suffix in (".md", ".html", ".png", ".json", ".jsonl", ".yaml"):
+            target = out / ("run" if relative.parts[0] != "zero-shot-yarn" else "") / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every step in order (``extra``: more recipe overrides); the result as written to ``out``."""
+    profile, started, phases = PROFILES[device], time.monotonic(), {}
+
+    def lap(name: str, since: float) -> float:
+        phases[name] = time.monotonic() - since
+        return time.monotonic()
+
+    now = started
+    if parts is not None:
+        join(parts, REPO)
+        now = lap("join", now)
+    check_inputs()
+    overrides = [f"output.dir={run_dir}", *profile.overrides, *extra]
+    models = run_dir.parent / f"{run_dir.name}-models"
+    if profile.native:
+        native = model_copy(REPO / MODEL, models / f"native-{profile.native}", max_position_embeddings=profile.native)
+        overrides.append(f"model.name_or_path={native}")
+    check_recipe(overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _toolkit(["train", RECIPE, *overrides], out / "train.log")
+    now = lap("train, evaluations and report", now)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    stage = info["stages"][-1]
+    yarn = model_copy(Path(info["base_model"]), models / "zero-shot-yarn", rope_parameters=stage["rope_parameters"],
+                      max_position_embeddings=stage["max_position_embeddings"])
+    reference = run_dir / "zero-shot-yarn"
+    _toolkit(["eval", "--model", str(yarn), "--suite", profile.heldout, "--out", str(reference),
+              "--precision", profile.precision], out / "zero-shot-yarn.log")
+    lap("zero-shot YaRN reference", now)
+    verdict, found = checks(run_dir, profile, reference)
+    result = {"device": info["device"], "overrides": [*profile.overrides, *extra], "steps": stage["steps"],
+              "phases": phases, "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
+    _bring_back(run_dir, out)
+    (out / "gpu-demo.json").write_text(json.dumps(result, indent=1))
+    (out / "gpu-demo.md").write_text(markdown(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
+    parser.add_argument("--out", type=Path, default=Path("runs/gpu-demo-out"))
+    parser.add_argument("--run", type=Path, default=None, help="run folder (default: runs/gpu-demo-DEVICE)")
+    parser.add_argument("--parts", type=Path, default=None, help="join and check these parts first (gpu_parts.py)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more recipe override, e.g. train.max_steps=30")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `timeout`: the child stops too
+    run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
+    print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))
+
+
+if __name__ == "__main__":
+    main()

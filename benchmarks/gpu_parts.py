@@ -1,0 +1,193 @@
+"""Files for a GPU machine that takes at most 64 MiB per call: one gzip'd tar of them cut into numbered parts with
+a sha256 manifest (``make gpu-parts``), sent one call after another, put back together and checked there
+(``make gpu-demo`` does it first). Standard library only: it runs before anything is installed.
+
+    python benchmarks/gpu_parts.py split --out .gpu-parts models/smollm2-135m-instruct data/corpus
+    python benchmarks/gpu_parts.py join --parts .gpu-parts --into .
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+MANIFEST = "manifest.json"
+PART_MIB = 56
+"""A 56 MiB part, the manifest and the working tree fit a 64 MiB call; the wheelhouse (7 MiB) travels with the last,
+smaller part."""
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` holds: the packed paths, the whole archive's sha256 and each part."""
+
+    paths: list[str]
+    archive_sha256: str
+    parts: list[Part]
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        data = json.loads(path.read_text())
+        return cls(data["paths"], data["archive_sha256"], [Part(**part) for part in data["parts"]])
+
+
+class PartsWriter:
+    """A write-only stream that cuts what it is given into ``part-NN`` files of ``size`` bytes, hashing each."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size = folder, size
+        self.parts: list[Part] = []
+        self.whole = hashlib.sha256()
+        self._file: BinaryIO | None = None
+        self._digest, self._used = hashlib.sha256(), 0
+
+    def _name(self) -> str:
+        return f"part-{len(self.parts):02d}"
+
+    def _next(self) -> None:
+        self._close()
+        self._file, self._digest, self._used = (self.folder / self._name()).open("wb"), hashlib.sha256(), 0
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self.parts.append(Part(self._name(), self._used, self._digest.hexdigest()))
+            self._file = None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            if self._file is None or self._used == self.size:
+                self._next()
+            take = view[:self.size - self._used]
+            assert self._file is not None
+            self._file.write(take)
+            self._digest.update(take)
+            self.whole.update(take)
+            self._used += len(take)
+            view = view[len(take):]
+        return len(data)
+
+    def close(self) -> None:
+        self._close()
+
+
+def split(paths: list[Path], out: Path, part_mib: int = PART_MIB, root: Path = Path(".")) -> Manifest:
+    """Pack ``paths`` (relative to ``root``) into ``out``'s parts and manifest; returns the manifest."""
+    missing = [str(path) for path in paths if not (root / path).exists()]
+    if missing:
+        sys.exit(f"error: not there: {', '.join(missing)} (make small-model, make corpus)")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-*"):
+        old.unlink()
+    writer = PartsWriter(out, part_mib << 20)
+    with gzip.GzipFile(fileobj=cast(BinaryIO, writer), mode="wb", compresslevel=1, mtime=0) as packed:
+        with tarfile.open(fileobj=packed, mode="w|") as archive:
+            for path in paths:
+                archive.add(root / path, arcname=str(path))
+    writer.close()
+    manifest = Manifest([str(path) for path in paths], writer.whole.hexdigest(), writer.parts)
+    (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1) + "\n")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PartsReader:
+    """The parts one after another as one read-only stream, hashing the whole."""
+
+    def __init__(self, files: list[Path]):
+        self.whole = hashlib.sha256()
+        self._chunks = self._read(files)
+        self._buffer = b""
+
+    @staticmethod
+    def _read(files: list[Path]) -> Iterator[bytes]:
+        for path in files:
+            with path.open("rb") as f:
+                yield from iter(lambda: f.read(1 << 20), b"")  # noqa: B023  (used before f closes)
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self.whole.update(chunk)
+            self._buffer += chunk
+        size = len(self._buffer) if size < 0 else size
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+def check_parts(folder: Path) -> Manifest:
+    """The manifest in ``folder``, after checking every part it lists is there with its sha256 (exit otherwise)."""
+    if not (folder / MANIFEST).is_file():
+        sys.exit(f"error: no {MANIFEST} in {folder} (make gpu-parts, then send it with the parts)")
+    manifest = Manifest.read(folder / MANIFEST)
+    bad = []
+    for part in manifest.parts:
+        path = folder / part.name
+        if not path.is_file():
+            bad.append(f"{part.name} missing")
+        elif path.stat().st_size != part.bytes or _sha256(path) != part.sha256:
+            bad.append(f"{part.name} damaged (sha256 differs)")
+    if bad:
+        sys.exit(f"error: {folder}: {', '.join(bad)}; send those parts again")
+    return manifest
+
+
+def join(folder: Path, into: Path) -> list[str]:
+    """Check the parts in ``folder``, unpack them below ``into`` and check the whole; the paths unpacked."""
+    manifest = check_parts(folder)
+    reader = PartsReader([folder / part.name for part in manifest.parts])
+    with gzip.GzipFile(fileobj=cast(BinaryIO, reader), mode="rb") as packed:
+        with tarfile.open(fileobj=packed, mode="r|") as archive:
+            archive.extractall(into, filter="data")
+    reader.read()  # what the unpacking left unread (tar padding), into the hash
+    if reader.whole.hexdigest() != manifest.archive_sha256:
+        sys.exit(f"error: {folder}: the joined parts' sha256 differs from the manifest's")
+    return manifest.paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cut = sub.add_parser("split")
+    cut.add_argument("paths", nargs="+", type=Path)
+    cut.add_argument("--out", type=Path, default=Path(".gpu-parts"))
+    cut.add_argument("--part-mib", type=int, default=PART_MIB)
+    put = sub.add_parser("join")
+    put.add_argument("--parts", type=Path, default=Path(".gpu-parts"))
+    put.add_argument("--into", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    if args.command == "split":
+        manifest = split(args.paths, args.out, args.part_mib)
+        print(f"{len(manifest.parts)} parts in {args.out} ({sum(p.bytes for p in manifest.parts) / 2**20:.1f} "
+              f"MiB), sha256 {manifest.archive_sha256}")
+    else:
+        print(f"joined and checked: {', '.join(join(args.parts, args.into))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``make gpu-demo DEVICE=cpu``: the GPU demo's script end to end at tiny scale, on the real model and the real
+corpus, through the real CLI: the run, its evaluations before and after, the report with the verdict, the zero-shot
+YaRN reference and every check with its numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.real_model import REPO, needs_corpus, needs_small_model
+
+sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu_demo import check_recipe  # noqa: E402
+
+pytestmark = [needs_small_model, needs_corpus]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("gpu-demo")
+    done = subprocess.run([sys.executable, "benchmarks/gpu_demo.py", "--device", "cpu", "--out", str(folder / "out"),
+                           "--run", str(folder / "run")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_every_check_is_computed_with_numbers(demo: Path) -> None:
+    result = json.loads((demo / "out" / "gpu-demo.json").read_text())
+    assert result["steps"] == 2 and result["device"].startswith("CPU")
+    names = [check["name"] for check in result["checks"]]
+    assert names == ["accuracy at 128 before extension", "accuracy at 512 after extension",
+                     "accuracy at 512 before extension", "retention",
+                     "held-out loss at positions >= 256 below zero-shot YaRN x4",
+                     "short held-out perplexity within 5% of the base", "short chat passkey no lower than the base"]
+    assert all(any(ch.isdigit() for ch in check["detail"]) for check in result["checks"])
+    assert result["verdict"].startswith("Verdict (smollm2-needles-tiny/passkey): ")
+    markdown = (demo / "out" / "gpu-demo.md").read_text()
+    assert markdown.startswith("# GPU demo (CPU") and markdown.count("- **") == len(names)
+
+
+def test_the_report_has_each_before_and_after_section(demo: Path) -> None:
+    report = (demo / "out" / "run" / "report.md").read_text()
+    for heading in ("Needle in a haystack", "Loss by position", "RULER"):
+        assert heading in report, heading
+    assert "Verdict (smollm2-needles-tiny/passkey)" in report
+    for tag in ("base", "stage-0-yarn-32k"):
+        for suite in ("smollm2-needles-tiny", "smollm2-heldout-tiny", "smollm2-short-tiny"):
+            assert (demo / "out" / "run" / "eval" / tag / f"{suite}.json").is_file(), (tag, suite)
+    assert list((demo / "out" / "run").glob("*.png"))
+
+
+def test_the_reference_is_the_base_under_zero_shot_yarn(demo: Path) -> None:
+    config = json.loads((demo / "run-models" / "zero-shot-yarn" / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "yarn" and config["rope_parameters"]["factor"] == 4.0
+    assert config["max_position_embeddings"] == 512
+    heldout = json.loads((demo / "out" / "zero-shot-yarn" / "smollm2-heldout-tiny.json").read_text())
+    losses = heldout["tasks"]["heldout"]["loss_by_bucket"]
+    assert sorted(map(int, losses)) == [0, 128, 256, 384]
+    assert all(math.isfinite(value) and 0 < value < 20 for value in losses.values())
+
+
+def test_a_bad_recipe_setting_stops_before_training(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        check_recipe(["eval.suites=[evals/no-such-suite.yaml]"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-suite.yaml" in err and err.count("\n") == 1
