@@ -40,6 +40,7 @@ def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
 
 def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
     from toolkit.data.batches import StageBatches, collate, stage_loader
+    from toolkit.data.stream_state import StreamState
     from toolkit.model.lora import count_parameters
     from toolkit.recipe.schema import Recipe
     from toolkit.run_folder import METRICS
@@ -52,6 +53,12 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
         def save(self, state: TrainerState) -> Path:
             return self.root
 
+    class GivenBatches(StageBatches):
+        """The benchmark's own rows, handed in: no stream read them, so no position is kept (nothing is saved)."""
+
+        def position(self) -> StreamState:
+            return self.rows.start
+
     with tempfile.TemporaryDirectory() as folder:
         recipe = Recipe.model_validate(bench_recipe(config, Path(folder) / "run"))
         session = setup(recipe)
@@ -60,7 +67,7 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
                           NoCheckpoints(recipe.run_dir, 1, session.accelerator), session.logger, 1, StopFlag())
         spec = recipe.train.stages[0]
         packed = stage_loader(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed).dataset
-        batches = StageBatches(iter([collate([step.row]) for step in rows]), packed)  # type: ignore[arg-type]
+        batches = GivenBatches(iter([collate([step.row]) for step in rows]), packed)  # type: ignore[arg-type]
         train_stage(parts, StageJob(0, spec, spec.max_steps or 0, spec.seq_len * spec.grad_accum, batches, None, 0))
         session.logger.close()
         records = [json.loads(line) for line in (recipe.run_dir / METRICS).read_text().splitlines()]
