@@ -2,12 +2,13 @@
 
 ``POST /v1/chat/completions`` is answered by a script ``(request JSON, call number) -> Answer``: a chat completion
 with the script's text and token usage, or an error status, a delay, a body that is not a completion. Every
-request is recorded with its headers.
+request is recorded with its headers. :func:`arena_script` answers the pairwise jury's prompts by a rule per model.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,31 @@ def completion(answer: Answer) -> bytes:
                                     "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                  "total_tokens": prompt_tokens + completion_tokens}}).encode()
+
+
+_PAIR = re.compile(r"\[Assistant A\]\n(.*?)\n\n\[Assistant B\]\n(.*?)(?=\n\n=== Turn |\Z)", re.DOTALL)
+Shown = tuple[tuple[str, ...], tuple[str, ...]]
+"""The answers of assistant A and of assistant B, every turn, as a pairwise prompt shows them."""
+
+
+def shown_pair(request: dict[str, Any]) -> Shown:
+    turns = _PAIR.findall(request["messages"][0]["content"])
+    return tuple(a for a, _ in turns), tuple(b for _, b in turns)
+
+
+def arena_script(winners: dict[Shown, int], usage: tuple[int, int] = (300, 1)) -> Script:
+    """Pairwise verdicts by the requested model: ``oracle`` answers as the humans did, in the order shown
+    (``winners``: 0 A, 1 B, 2 tie); ``first`` always says A (pure position bias); ``mumbles`` says nothing
+    parseable; ``down`` fails with HTTP 500."""
+    def answer(request: dict[str, Any], number: int) -> Answer:
+        model = request["model"]
+        if model == "down":
+            return Answer(status=500)
+        if model == "mumbles":
+            return Answer("Both answers have merit.", usage=usage)
+        text = "A" if model == "first" else ("A", "B", "tie")[winners[shown_pair(request)]]
+        return Answer(text, usage=usage)
+    return answer
 
 
 @contextmanager

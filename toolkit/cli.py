@@ -1,4 +1,4 @@
-"""The command line: train, eval, validate, plan, report, push, merge, export, small-model.
+"""The command line: train, eval, validate, plan, report, predict, push, merge, export, small-model.
 
 User mistakes (:class:`UserError`) print one line and exit 2; run-time failures (:class:`RunFailure`) exit 1.
 """
@@ -54,6 +54,16 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                           help="weights' dtype (auto: bf16 on a GPU that has it, else fp32; bf16 is about 3x "
                                "faster on CPUs with AVX512-BF16)")
+
+    predict = sub.add_parser("predict", help="write a Chatbot Arena submission (id and three probabilities per row) "
+                                             "with a run trained on format: arena data")
+    predict.add_argument("run", metavar="RUN", help="run folder (its final/ model and recipe)")
+    predict.add_argument("--data", required=True, help="comparisons in the competition's CSV or Parquet columns")
+    predict.add_argument("--out", required=True, help="the submission CSV to write")
+    predict.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    predict.add_argument("--max-tokens", type=int, default=None,
+                         help="cut each comparison to N tokens (default: the recipe's truncate_tokens)")
+    predict.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
 
     report = sub.add_parser("report", help="rebuild report.md and report.html of a run; check its verdict; "
                                            "tabulate the verdict across runs")
@@ -170,6 +180,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return print_plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory)
     if args.command == "report":
         return _report(args)
+    if args.command == "predict":
+        from toolkit.preference.predict import predict
+
+        print(predict(Path(args.run), Path(args.data), Path(args.out), args.batch_size, args.device,
+                      args.max_tokens).summary())
+        return 0
     if args.command == "push":
         from toolkit.hub.push import push_run
 

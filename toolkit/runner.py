@@ -28,7 +28,7 @@ from accelerate.utils import DistributedType, set_seed
 from torch import nn
 
 from toolkit.data.batches import check_stage_data, stage_batches
-from toolkit.data.formats import trained_chat_template
+from toolkit.data.formats import choice_token_ids, trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
@@ -116,7 +116,8 @@ def setup(recipe: Recipe) -> Session:
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loaded = _load_model(recipe, accelerator, tokenizer)
-    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size)
+    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
+                                  choice_token_ids(recipe.train, tokenizer))
     optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
                                 recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator),
                                 masters=not keeps_own_masters(accelerator))

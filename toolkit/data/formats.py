@@ -5,18 +5,24 @@ loss on the completion and eos. ``chat``: the messages rendered with the chat te
 the recipe's), loss on the assistant turns exactly as the template writes them (content and end-of-turn
 marker): each assistant turn is the text between the conversation rendered up to it with the generation prompt
 and rendered through it, and every part is tokenised on its own, as a model sees the prompt and then writes.
-A record that cannot become a document raises :class:`BadRow`.
+``arena``: a Chatbot Arena comparison laid out by :mod:`toolkit.data.arena_prompt` and cut to ``truncate_tokens``,
+then its label token (A, B or tie), the one label. A record that cannot become a document raises :class:`BadRow`.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+from toolkit.data.arena import BadArenaRow, arena_row
+from toolkit.data.arena_prompt import arena_input, label_token_ids, swaps
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
 from toolkit.recipe.schema import SourceSpec, TrainSpec
+
+log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -31,10 +37,13 @@ class BadRow(ValueError):
 
 
 def chat_template(spec: SourceSpec, tokenizer: Any, label: str) -> str | None:
-    """The template a ``format: chat`` source renders with (None for other formats); no template is an error."""
-    if spec.format != "chat":
+    """The template a ``format: chat`` or ``arena`` source renders with (None for other formats, and for arena
+    without one: its plain layout); a chat source without one is an error."""
+    if spec.format not in ("chat", "arena"):
         return None
     if spec.chat_template is None:
+        if spec.format == "arena":
+            return getattr(tokenizer, "chat_template", None) or None
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(f"{label}.chat_template: the tokenizer has no chat template; name one (Jinja text or "
                             "a .jinja file) for format: chat")
@@ -135,6 +144,42 @@ def chat_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, temp
     return Document(input_ids, labels)
 
 
+class Truncations:
+    """Comparisons of arena sources read in this process and how many were cut to fit; logged when the count of
+    cut ones doubles, so a run's log says how much the inputs lost."""
+
+    def __init__(self) -> None:
+        self.rows = self.cut_rows = self.cut_tokens = 0
+
+    def add(self, cut: int, limit: int) -> None:
+        self.rows += 1
+        if cut:
+            self.cut_rows += 1
+            self.cut_tokens += cut
+            if self.cut_rows & (self.cut_rows - 1) == 0:  # 1, 2, 4, 8, ...
+                log.info("format arena: %d of %d comparisons read so far were cut to truncate_tokens %d "
+                         "(%d tokens cut, %.0f per cut comparison)", self.cut_rows, self.rows, limit,
+                         self.cut_tokens, self.cut_tokens / self.cut_rows)
+
+
+TRUNCATIONS = Truncations()
+
+
+def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str | None) -> Document:
+    """The comparison up to the answer position (no label), then the winner's label token (the one label)."""
+    try:
+        row = arena_row(record, "", labelled=True)
+    except BadArenaRow as bad:
+        raise BadRow("path", str(bad)) from None
+    if swaps(row, spec.swap):
+        row = row.swapped()
+    assert spec.truncate_tokens is not None and row.winner is not None  # the schema requires it; labelled=True
+    given = arena_input(row, tokenizer, template, spec.truncate_tokens)
+    TRUNCATIONS.add(given.cut, spec.truncate_tokens)
+    answer = label_token_ids(tokenizer, spec.label_tokens)[row.winner]
+    return Document(given.ids + [answer], [IGNORE_INDEX] * len(given.ids) + [answer])
+
+
 def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
                 label: str = "train.data") -> Document | None:
     """``record`` (a mapping) as a document of ``spec.format``; None for an empty text record."""
@@ -145,6 +190,8 @@ def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | N
         return chat_document(record, spec, tokenizer, template, label)
     if spec.format == "prompt_completion":
         return prompt_completion_document(record, spec, tokenizer)
+    if spec.format == "arena":
+        return arena_document(record, spec, tokenizer, template)
     return text_document(record, spec, tokenizer)
 
 
@@ -152,5 +199,11 @@ def trained_chat_template(train: TrainSpec, tokenizer: Any) -> str | None:
     """The chat template the model last trained on when a recipe named one (so ``final/`` answers in it); None
     when no stage names a template."""
     named = [spec for index in range(len(train.stages)) for _, _, spec in train.stage_data(index).sources()
-             if spec.format == "chat" and spec.chat_template is not None]
+             if spec.format in ("chat", "arena") and spec.chat_template is not None]
     return chat_template(named[-1], tokenizer, "train.data") if named else None
+
+
+def choice_token_ids(train: TrainSpec, tokenizer: Any) -> tuple[int, ...] | None:
+    """The token ids an arena run's loss is restricted to (its ``label_tokens``); None for other runs."""
+    labels = train.choice_tokens()
+    return None if labels is None else label_token_ids(tokenizer, labels, "train.data.label_tokens")

@@ -1,12 +1,14 @@
-"""Local data files (``source: jsonl | parquet | text``): which files a source names, and one reader per format that
-yields each record with where it came from (``file:line`` for JSONL), which errors about bad rows name. The formats
-table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
+"""Local data files (``source: jsonl | csv | parquet | text``): which files a source names, and one reader per format
+that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name.
+The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,24 @@ def _jsonl_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
                 yield {"record": value, "where": f"{file}:{number}"}
 
 
+def _csv_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+    """One record per row, keyed by the header; ``where`` is the line the row starts on (quoted fields may span
+    lines)."""
+    csv.field_size_limit(sys.maxsize)
+    for file in files:
+        try:
+            with _open(file) as handle:
+                reader = csv.DictReader(handle)
+                if reader.fieldnames is None:  # reads the header; None for an empty file
+                    continue
+                line = reader.line_num + 1
+                for value in reader:
+                    yield {"record": value, "where": f"{file}:{line}"}
+                    line = reader.line_num + 1
+        except (OSError, ValueError, csv.Error) as exc:
+            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+
+
 def _parquet_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as parquet
 
@@ -100,6 +120,7 @@ class LocalFormat:
 
 
 FORMATS = {"jsonl": LocalFormat((".jsonl", ".json", ".jsonl.gz", ".json.gz"), _jsonl_rows),
+           "csv": LocalFormat((".csv", ".csv.gz"), _csv_rows),
            "parquet": LocalFormat((".parquet",), _parquet_rows),
            "text": LocalFormat((".txt", ".md"), _text_rows)}
 LOCAL_FORMATS = frozenset(FORMATS)

@@ -4,12 +4,18 @@ Pooling: max voting for binary verdicts (1 correct, 0 incorrect; the QA setting)
 (the arena setting). Agreement: Fleiss' kappa among the judges, Cohen's kappa of one rater against human labels,
 unweighted for binary verdicts and quadratic-weighted for 1-5 ratings (ordinal: 4 against 5 is a smaller
 disagreement than 1 against 5). A kappa is ``None`` when it is undefined (too few items, or no expected
-disagreement: every rating in one category).
+disagreement: every rating in one category). :func:`kappa_with_interval` adds a percentile bootstrap interval over
+items (unweighted kappa), for the pairwise jury and the preference table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
 
 Vote = int | None
 """A judge's verdict on one answer (``None``: the judge failed or answered unparseably)."""
@@ -56,3 +62,34 @@ def cohen_kappa(a: Sequence[int], b: Sequence[int], categories: Sequence[int], q
     share_b = [sum(index[y] == j for y in b) / n for j in range(k)]
     expected = sum(share_a[i] * share_b[j] * weight(i, j) for i in range(k) for j in range(k))
     return None if expected == 0 else 1.0 - observed / expected
+
+
+@dataclass(frozen=True)
+class Kappa:
+    """Unweighted Cohen's kappa over ``n`` items with its 95% bootstrap interval (``None`` where undefined)."""
+
+    value: float | None
+    ci: tuple[float, float] | None
+    n: int
+
+
+def kappa_with_interval(a: Sequence[int], b: Sequence[int], categories: Sequence[int], seed: int = 0) -> Kappa:
+    """Cohen's kappa of ``a`` against ``b`` and the 2.5-97.5 percentiles of its value over items resampled with
+    replacement (fixed ``seed``; resamples where kappa is undefined are left out)."""
+    value, n = cohen_kappa(a, b, categories), len(a)
+    if value is None:
+        return Kappa(None, None, n)
+    k, index = len(categories), {c: i for i, c in enumerate(categories)}
+    codes = np.array([index[x] * k + index[y] for x, y in zip(a, b, strict=True)])
+    picks = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    offsets = np.arange(BOOTSTRAP_RESAMPLES)[:, None] * k * k
+    counts = np.bincount((codes[picks] + offsets).ravel(), minlength=BOOTSTRAP_RESAMPLES * k * k)
+    tables = counts.reshape(BOOTSTRAP_RESAMPLES, k, k) / n  # each resample's shares of (a, b) pairs
+    observed = np.trace(tables, axis1=1, axis2=2)
+    expected = (tables.sum(axis=2) * tables.sum(axis=1)).sum(axis=1)
+    defined = expected < 1.0 - 1e-12
+    if not defined.any():
+        return Kappa(value, None, n)
+    kappas = (observed[defined] - expected[defined]) / (1.0 - expected[defined])
+    low, high = np.percentile(kappas, [2.5, 97.5])
+    return Kappa(value, (float(low), float(high)), n)

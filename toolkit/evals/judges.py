@@ -1,6 +1,7 @@
 """The judges' backends: a local transformers model, or an OpenAI-compatible chat-completions endpoint over HTTP
 (standard library only). Each turns prompts into :class:`Reply` objects: the text, or why there is none, with the
-attempts, tokens and seconds it cost. A failed call is a reply with an ``error``, never an exception.
+attempts, tokens and seconds it cost. A failed call is a reply with an ``error``, never an exception. A local judge
+with ``choose`` answers with the verdict whose first token its logits rank highest instead of generating.
 
 HTTP retries: timeouts, connection errors, 408, 429 and 5xx are retried up to ``max_attempts`` times, waiting
 ``backoff_s * 2**(attempt - 1)`` (or the server's ``Retry-After``), at most ``max_wait_s``. Other 4xx and a
@@ -25,7 +26,7 @@ import torch
 from toolkit.data.tokens import pad_id
 from toolkit.errors import UserError
 from toolkit.evals.jury_spec import JudgeSpec
-from toolkit.evals.scoring import batched, generate_ids
+from toolkit.evals.scoring import batched, generate_ids, model_device
 
 RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -45,7 +46,10 @@ class Reply:
 class Judge(Protocol):
     spec: JudgeSpec
 
-    def ask(self, prompts: list[str]) -> list[Reply]: ...
+    def ask(self, prompts: list[str], verdicts: tuple[str, ...] = ()) -> list[Reply]:
+        """One reply per prompt; ``verdicts``: the replies the prompt asks for (a local judge with ``choose``
+        answers one of them)."""
+        ...
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -68,7 +72,7 @@ class HttpJudge:
                 raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
             self.headers["Authorization"] = f"Bearer {key}"
 
-    def ask(self, prompts: list[str]) -> list[Reply]:
+    def ask(self, prompts: list[str], verdicts: tuple[str, ...] = ()) -> list[Reply]:
         return [self._call(prompt) for prompt in prompts]
 
     def _call(self, prompt: str) -> Reply:
@@ -130,7 +134,9 @@ class LocalJudge:
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt + "\nVerdict:")["input_ids"]
 
-    def ask(self, prompts: list[str]) -> list[Reply]:
+    def ask(self, prompts: list[str], verdicts: tuple[str, ...] = ()) -> list[Reply]:
+        if self.spec.choose and verdicts:
+            return self._choose([self._encode(p) for p in prompts], verdicts)
         replies: list[Reply] = []
         for chunk in batched([self._encode(p) for p in prompts], self.spec.batch_size):
             start = time.monotonic()
@@ -138,6 +144,29 @@ class LocalJudge:
             seconds = (time.monotonic() - start) / len(chunk)
             replies += [Reply(self.tokenizer.decode(row, skip_special_tokens=True), None, 1, len(ids), len(row),
                               seconds) for ids, row in zip(chunk, rows, strict=True)]
+        return replies
+
+    @torch.inference_mode()
+    def _choose(self, encoded: list[list[int]], verdicts: tuple[str, ...]) -> list[Reply]:
+        """The verdict whose first token has the highest logit after each prompt (rows right-padded without a
+        mask: causal attention never sees the pads after a row; only the rows' last positions are computed)."""
+        firsts = [self.tokenizer(verdict, add_special_tokens=False)["input_ids"][0] for verdict in verdicts]
+        if len(set(firsts)) != len(firsts):
+            raise UserError(f"judge {self.spec.name}: choose: the verdicts {verdicts} share a first token")
+        device, replies = model_device(self.model), []
+        for chunk in batched(encoded, self.spec.batch_size):
+            start = time.monotonic()
+            ids = torch.full((len(chunk), max(map(len, chunk))), self.pad_id, dtype=torch.long)
+            for r, row in enumerate(chunk):
+                ids[r, :len(row)] = torch.tensor(row)
+            keep = sorted({len(row) - 1 for row in chunk})
+            logits = self.model(input_ids=ids.to(device), logits_to_keep=torch.tensor(keep, device=device),
+                                use_cache=False).logits
+            at = torch.tensor([keep.index(len(row) - 1) for row in chunk], device=device)
+            picks = logits[torch.arange(len(chunk), device=device), at][:, firsts].argmax(-1).tolist()
+            seconds = (time.monotonic() - start) / len(chunk)
+            replies += [Reply(verdicts[pick], None, 1, len(row), 1, seconds) for row, pick in zip(chunk, picks,
+                                                                                                  strict=True)]
         return replies
 
 

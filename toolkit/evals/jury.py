@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import PositiveInt
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
-from toolkit.evals.jury_spec import JudgeSpec, JuryItem, Pooling, read_items
+from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batched, generate_greedy
 from toolkit.evals.sources import filler_window, load_sentences
@@ -43,7 +43,7 @@ class JuryTask(TaskBase):
     type: Literal["jury"]
     data: str
     """JSONL of items (relative to the suite); see the module docstring."""
-    judges: list[JudgeSpec] = Field(min_length=1)
+    judges: Judges
     pooling: Pooling = "max_vote"
     """``max_vote``: each judge says correct/incorrect, the majority decides (ties: incorrect), score = fraction
     correct. ``average``: each judge rates 1-5, the ratings are averaged, score = (mean - 1) / 4."""
@@ -61,19 +61,10 @@ class JuryTask(TaskBase):
     haystack: HaystackSpec = HaystackSpec()
     """Filler text (with ``length``)."""
 
-    @model_validator(mode="after")
-    def _unique_judges(self) -> JuryTask:
-        names = [judge.name for judge in self.judges]
-        if len(set(names)) != len(names):
-            raise ValueError(f"judges: names must be unique (got {', '.join(names)})")
-        return self
-
     def resolve_paths(self, base: Path, where: str) -> None:
         super().resolve_paths(base, where)
         self.data = resolve_relative(self.data, base) or self.data
-        for judge in self.judges:
-            if judge.url is None:
-                judge.model = resolve_relative(judge.model, base) or judge.model
+        resolve_judges(self.judges, base)
         if not Path(self.data).is_file():
             raise UserError(f"{where}.data: no such file {self.data}")
         read_items(Path(self.data), self.pooling)  # bad data fails before any model is loaded

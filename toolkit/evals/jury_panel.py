@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ JUDGE_PROMPTS: dict[str, str] = {
                 "4 correct but incomplete or imprecise, 5 fully correct. Reply with the number only.\n\n"
                 "Question: {question}\nReference answer: {reference}\nProvided answer: {answer}"),
 }
+VERDICTS: dict[str, tuple[str, ...]] = {"max_vote": ("True", "False"), "average": ("1", "2", "3", "4", "5")}
+"""The replies each prompt asks for (what a local judge with ``choose`` picks from)."""
+USAGE_FIELDS = ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds", "cost_usd")
 _VERDICT = {"max_vote": re.compile(r"\b(true|false)\b", re.IGNORECASE), "average": re.compile(r"\b([1-5])\b")}
 
 
@@ -50,11 +55,18 @@ def item_key(item: JuryItem) -> str:
     return hashlib.sha1(item.model_dump_json().encode()).hexdigest()[:12]
 
 
-def _vote(pooling: Pooling, reply: Reply) -> dict[str, Any]:
-    verdict = parse_verdict(pooling, reply.text) if reply.text is not None else None
+def vote(reply: Reply, parse: Callable[[str], int | None]) -> dict[str, Any]:
+    """One judge's vote as recorded in a cell: the ``parse``d verdict (``None``: failed or unparsed), its status and
+    what the call cost."""
+    verdict = parse(reply.text) if reply.text is not None else None
     status = "failed" if reply.text is None else "ok" if verdict is not None else "unparsed"
     return {"verdict": verdict, "status": status, "attempts": reply.attempts, "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 4)}
+
+
+def raw_line(judge: str, reply: Reply, recorded: dict[str, Any], **where: Any) -> str:
+    """A line of the raw-outputs JSONL: where the call belongs, the judge, its text or error and its vote."""
+    return json.dumps({**where, "judge": judge, "output": reply.text, "error": reply.error, **recorded}) + "\n"
 
 
 def judge_chunk(pooling: Pooling, judges: list[Judge], chunk: list[JuryItem], answers: list[str],
@@ -68,14 +80,14 @@ def judge_chunk(pooling: Pooling, judges: list[Judge], chunk: list[JuryItem], an
     prompts = [JUDGE_PROMPTS[pooling].format(question=questions[c["key"]].question,
                                              reference=questions[c["key"]].reference, answer=c["answer"])
                for c in cells]
-    replies = {judge.spec.name: judge.ask(prompts) for judge in judges}
+    replies = {judge.spec.name: judge.ask(prompts, VERDICTS[pooling]) for judge in judges}
     with raw_path.open("a", encoding="utf-8") as raw:
         for i, cell in enumerate(cells):
-            cell["votes"] = {name: _vote(pooling, answered[i]) for name, answered in replies.items()}
+            cell["votes"] = {name: vote(answered[i], partial(parse_verdict, pooling))
+                             for name, answered in replies.items()}
             for name, answered in replies.items():
-                raw.write(json.dumps({"item": cell["id"], "labelled": cell["labelled"], "judge": name,
-                                      "output": answered[i].text, "error": answered[i].error,
-                                      **cell["votes"][name]}) + "\n")
+                raw.write(raw_line(name, answered[i], cell["votes"][name], item=cell["id"],
+                                   labelled=cell["labelled"]))
     return cells
 
 
@@ -94,22 +106,31 @@ def _score(pooling: Pooling, values: list[float]) -> float | None:
     return mean if pooling == "max_vote" else (mean - 1) / 4
 
 
+def judge_usage(spec: JudgeSpec, votes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A judge's backend and model, and its calls, attempts, failures, tokens, seconds and estimated cost."""
+    tokens_in, tokens_out = sum(v["prompt_tokens"] for v in votes), sum(v["completion_tokens"] for v in votes)
+    return {"backend": "http" if spec.url else "local", "model": spec.model, "calls": len(votes),
+            "attempts": sum(v["attempts"] for v in votes), "failed": sum(v["status"] == "failed" for v in votes),
+            "unparsed": sum(v["status"] == "unparsed" for v in votes),
+            "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+            "seconds": round(sum(v["seconds"] for v in votes), 3),
+            "cost_usd": (tokens_in * spec.price_input + tokens_out * spec.price_output) / 1e6}
+
+
+def panel_usage(judges: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The panel's calls, attempts, failures, tokens, seconds and cost: its judges' summed."""
+    stats = list(judges)
+    return {field: sum(judge[field] for judge in stats) for field in USAGE_FIELDS}
+
+
 def _judge_stats(spec: JudgeSpec, pooling: Pooling, cells: list[Cell]) -> dict[str, Any]:
     name = spec.name
-    votes = [cell["votes"][name] for cell in cells]
     valid = [c["votes"][name]["verdict"] for c in cells
              if not c["labelled"] and c["votes"][name]["verdict"] is not None]
     pairs = [(c["votes"][name]["verdict"], c["human"]) for c in cells
              if c["labelled"] and c["votes"][name]["verdict"] is not None]
-    tokens_in, tokens_out = sum(v["prompt_tokens"] for v in votes), sum(v["completion_tokens"] for v in votes)
-    return {"backend": "http" if spec.url else "local", "model": spec.model, "score": _score(pooling, valid),
-            "n": len(valid), "calls": len(votes), "attempts": sum(v["attempts"] for v in votes),
-            "failed": sum(v["status"] == "failed" for v in votes),
-            "unparsed": sum(v["status"] == "unparsed" for v in votes),
-            "prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-            "seconds": round(sum(v["seconds"] for v in votes), 3),
-            "cost_usd": (tokens_in * spec.price_input + tokens_out * spec.price_output) / 1e6,
-            "human_kappa": _kappa_with_humans(pooling, pairs), "human_n": len(pairs)}
+    return {**judge_usage(spec, [cell["votes"][name] for cell in cells]), "score": _score(pooling, valid),
+            "n": len(valid), "human_kappa": _kappa_with_humans(pooling, pairs), "human_n": len(pairs)}
 
 
 def jury_summary(cells: list[Cell], judges: list[JudgeSpec], pooling: Pooling) -> dict[str, Any]:
@@ -129,9 +150,7 @@ def jury_summary(cells: list[Cell], judges: list[JudgeSpec], pooling: Pooling) -
     panel = {"score": _score(pooling, judged), "n": len(judged), "unjudged": len(model) - len(judged),
              "fleiss_kappa": fleiss_kappa(complete, LABELS[pooling]), "fleiss_n": len(complete),
              "human_kappa": _kappa_with_humans(pooling, pairs), "human_n": len(pairs)}
-    for field in ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds",
-                  "cost_usd"):
-        panel[field] = sum(judge[field] for judge in stats.values())
+    panel.update(panel_usage(stats.values()))
     summary: dict[str, Any] = {"score": panel["score"], "pooling": pooling, "n": len(judged),
                                "items": len(model), "panel": panel, "judges": stats}
     if pooling == "max_vote":

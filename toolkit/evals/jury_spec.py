@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Strict
-from toolkit.recipe.yaml_files import format_loc
+from toolkit.recipe.yaml_files import format_loc, resolve_relative
 
 Pooling = Literal["max_vote", "average"]
 LABELS: dict[str, tuple[int, ...]] = {"max_vote": (0, 1), "average": (1, 2, 3, 4, 5)}
@@ -55,12 +63,36 @@ class JudgeSpec(Strict):
     """Local: verdicts generated per forward batch."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Local: weights' dtype."""
+    choose: bool = False
+    """Local: instead of generating, answer with the verdict (``True``/``False``, ``1``-``5``, ``A``/``B``/``tie``)
+    whose first token the model finds most likely next: one forward pass, and always a verdict, for small models
+    that do not keep to the reply format."""
 
     @model_validator(mode="after")
-    def _key_needs_url(self) -> JudgeSpec:
+    def _local_or_http(self) -> JudgeSpec:
         if self.api_key_env and not self.url:
             raise ValueError("api_key_env is for HTTP judges: give url too")
+        if self.choose and self.url:
+            raise ValueError("choose is for local judges (an HTTP judge generates its reply)")
         return self
+
+
+def _unique_names(judges: list[JudgeSpec]) -> list[JudgeSpec]:
+    names = [judge.name for judge in judges]
+    if len(set(names)) != len(names):
+        raise ValueError(f"names must be unique (got {', '.join(names)})")
+    return judges
+
+
+Judges = Annotated[list[JudgeSpec], Field(min_length=1), AfterValidator(_unique_names)]
+"""A panel: at least one judge, names unique (they key the votes and the results)."""
+
+
+def resolve_judges(judges: list[JudgeSpec], base: Path) -> None:
+    """Local judges' model folders relative to the suite's folder ``base`` (hub ids and HTTP models stay)."""
+    for judge in judges:
+        if judge.url is None:
+            judge.model = resolve_relative(judge.model, base) or judge.model
 
 
 class LabelledAnswer(Strict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal, get_args, get_origin
 
 from toolkit.errors import UserError
-from toolkit.evals import jury, lm_eval, niah, perplexity, rope_compare, ruler
+from toolkit.evals import jury, jury_pairwise, lm_eval, niah, perplexity, preference, rope_compare, ruler
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, score_metric
 from toolkit.formatting.numbers import is_number
@@ -77,7 +77,7 @@ def card_detail(entry: Entry) -> str:
 
 
 BUILT_IN = (niah.TASK_TYPE, ruler.TASK_TYPE, lm_eval.TASK_TYPE, perplexity.TASK_TYPE, rope_compare.TASK_TYPE,
-            jury.TASK_TYPE)
+            jury.TASK_TYPE, jury_pairwise.TASK_TYPE, preference.TASK_TYPE)
 """The built-in types, in the order suites list them in error messages."""
 for _kind in BUILT_IN:
     register(_kind)

@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 
+ARENA_LABELS = ("A", "B", "tie")
+"""The default answer tokens of ``format: arena`` for A preferred, B preferred and a tie."""
+ARENA_FIELDS = ("label_tokens", "swap", "truncate_tokens")
+"""The source fields that apply to ``format: arena`` alone."""
+
 Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
 
@@ -54,8 +59,9 @@ class ModelSpec(Strict):
     """``unsloth`` loads through unsloth's FastLanguageModel (GPU only, optional extra)."""
     attention: Attention = "auto"
     """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_4 (the fa4 extra, Hopper or newer, bf16/fp16,
-    training), else flash_attention_2 (installed, bf16/fp16), else PyTorch's varlen flash attention ``torch_varlen`` (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere.
-    sdpa and eager keep packed documents apart with a dense L×L mask (see ``toolkit.model.attention``)."""
+    training), else flash_attention_2 (installed, bf16/fp16), else PyTorch's varlen flash attention ``torch_varlen``
+    (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere. sdpa and eager keep packed documents apart
+    with a dense L×L mask (see ``toolkit.model.attention``)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. bf16 runs keep fp32 master
     weights of what they train (docs/scaling.md). fp16 does not train here: it needs loss scaling, which the toolkit
@@ -171,21 +177,34 @@ class Upsample(Strict):
 class SourceSpec(Strict):
     """One source of training documents: where its records are and how each becomes a document."""
 
-    source: Literal["synthetic", "jsonl", "parquet", "text", "hub"] = "synthetic"
+    source: Literal["synthetic", "jsonl", "csv", "parquet", "text", "hub"] = "synthetic"
     path: str | None = None
-    """File or folder (jsonl/parquet/text; relative to the recipe) or dataset name (hub)."""
+    """File or folder (jsonl/csv/parquet/text; relative to the recipe) or dataset name (hub)."""
     hub_config: str | None = None
     split: str = "train"
-    format: Literal["text", "chat", "prompt_completion"] = "text"
+    format: Literal["text", "chat", "prompt_completion", "arena"] = "text"
     """``text``: loss on every token. ``chat``: a list of ``{role, content}`` messages rendered with the chat
-    template, loss on the assistant turns. ``prompt_completion``: prompt then completion, loss on the completion."""
+    template, loss on the assistant turns. ``prompt_completion``: prompt then completion, loss on the completion.
+    ``arena``: a Chatbot Arena comparison (prompt, two models' responses, winner; docs/preference.md), loss on the
+    one answer token, a softmax over ``label_tokens`` alone."""
     text_field: str = "text"
     messages_field: str = "messages"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     chat_template: str | None = None
     """``format: chat``: a Jinja template, or a ``.jinja`` file (relative to the recipe), used instead of the
-    tokenizer's own; required when the tokenizer has none."""
+    tokenizer's own; required when the tokenizer has none. ``format: arena`` lays its question out in it (the
+    tokenizer's own by default; a plain layout when there is none)."""
+    label_tokens: tuple[str, str, str] = ARENA_LABELS
+    """``format: arena``: the answers for A preferred, B preferred and a tie, each one token of the tokenizer; the
+    training loss is the cross-entropy over these three tokens' logits at the answer position."""
+    swap: Literal["none", "all", "half"] = "none"
+    """``format: arena``: exchange responses A and B (and the winner) in every row, or in a fixed half of the rows
+    (chosen by the row's id), so the model cannot learn which position wins. List a file twice in a mixture,
+    ``swap: none`` and ``swap: all``, to train on both orders."""
+    truncate_tokens: PositiveInt | None = None
+    """``format: arena`` (required, at most the stage's seq_len): the most tokens of one comparison with its answer;
+    longer ones keep the head and the tail of every prompt and response turn within per-part budgets."""
     bad_rows: Literal["error", "skip"] = "error"
     """A record that cannot become a document (unknown role, empty messages, missing field): stop naming its file
     and line, or skip it and count it in ``metrics.jsonl``."""
@@ -219,8 +238,14 @@ class SourceSpec(Strict):
         if self.source == "text" and self.format != "text":
             raise FieldError("format", "a text source holds plain text; chat and prompt_completion need records "
                                        "(jsonl, parquet or hub)")
-        if self.chat_template is not None and self.format != "chat":
-            raise FieldError("chat_template", "applies to format: chat")
+        if self.chat_template is not None and self.format not in ("chat", "arena"):
+            raise FieldError("chat_template", "applies to format: chat or arena")
+        if self.format != "arena":
+            for key in ARENA_FIELDS:
+                if _changed(self, key):
+                    raise FieldError(key, "applies to format: arena")
+        elif self.truncate_tokens is None:
+            raise FieldError("truncate_tokens", "format: arena needs truncate_tokens (at most the stage's seq_len)")
         if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
             raise FieldError("max_tokens", f"{self.max_tokens} is less than min_tokens {self.min_tokens}")
         return self
@@ -345,6 +370,7 @@ class TrainSpec(Strict):
             raise FieldError("activation_offload", "needs gradient_checkpointing: true")
         if self.activation_offload_dtype != "native" and not self.activation_offload:
             raise FieldError("activation_offload_dtype", "needs activation_offload: true or a number of layers")
+        self._arena_stages()
         if self.stage_length_must_grow:
             for i in range(1, len(self.stages)):
                 if self.stages[i].seq_len < self.stages[i - 1].seq_len:
@@ -352,6 +378,30 @@ class TrainSpec(Strict):
                         f"stages[{i}].seq_len", f"{self.stages[i].seq_len} is shorter than stages[{i - 1}].seq_len "
                         f"{self.stages[i - 1].seq_len} (set train.stage_length_must_grow: false if meant)")
         return self
+
+    def _arena_stages(self) -> None:
+        """A run with an arena source trains on arena sources alone (the objective restricts every labelled token to
+        the label tokens), all with the same label tokens, each comparison fitting its stage."""
+        specs = [(i, spec) for i in range(len(self.stages)) for _, _, spec in self.stage_data(i).sources()]
+        arena = [(i, spec) for i, spec in specs if spec.format == "arena"]
+        if not arena:
+            return
+        for i, spec in specs:
+            where = f"stages[{i}].data" if self.stages[i].data is not None else "data"
+            if spec.format != "arena":
+                raise FieldError(f"{where}.format", f"{spec.format} beside format: arena sources; an arena run "
+                                 "trains only the answer among the label tokens, so every source must be arena")
+            if spec.label_tokens != arena[0][1].label_tokens:
+                raise FieldError(f"{where}.label_tokens", f"{list(spec.label_tokens)} differs from "
+                                 f"{list(arena[0][1].label_tokens)}; one run has one set of label tokens")
+            if (spec.truncate_tokens or 0) > self.stages[i].seq_len:
+                raise FieldError(f"{where}.truncate_tokens", f"{spec.truncate_tokens} is longer than "
+                                 f"stages[{i}].seq_len {self.stages[i].seq_len}")
+
+    def choice_tokens(self) -> tuple[str, str, str] | None:
+        """The label tokens of an arena run (the objective's softmax is over these alone); None for other runs."""
+        specs = [spec for i in range(len(self.stages)) for _, _, spec in self.stage_data(i).sources()]
+        return specs[0].label_tokens if specs[0].format == "arena" else None
 
     def stage_name(self, index: int) -> str:
         """Stage ``index``'s name, or ``stage-<index>`` when it has none."""

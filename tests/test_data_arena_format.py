@@ -1,0 +1,138 @@
+"""The ``arena`` record format: the layout, the per-part truncation, the one label at the answer position, swap
+augmentation, and the recipe checks of an arena run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.real_model import SMALL_MODEL, needs_small_model
+from toolkit.data.arena import ArenaRow
+from toolkit.data.arena_prompt import arena_input, label_token_ids, share_budget, swaps
+from toolkit.data.formats import chat_template, choice_token_ids, to_document
+from toolkit.data.packing import IGNORE_INDEX
+from toolkit.errors import UserError
+from toolkit.recipe.loading import load_recipe
+from toolkit.recipe.schema import SourceSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_share_budget_gives_short_parts_all_and_splits_the_rest() -> None:
+    assert share_budget([5, 100, 50], 200) == [5, 100, 50]  # fits: nothing cut
+    assert share_budget([5, 100, 50], 60) == [5, 28, 27]  # 55 left over 2 long parts: 27 each, 1 spare to the longest
+    assert share_budget([10, 10, 10], 7) == [3, 2, 2]
+    assert sum(share_budget([3, 900, 40, 41, 7], 100)) == 100
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    if not (SMALL_MODEL / "tokenizer.json").is_file():
+        pytest.skip("no real model tokenizer (make small-model)")
+    return AutoTokenizer.from_pretrained(SMALL_MODEL)
+
+
+ROW = ArenaRow("7", "m1", "m2", ("What is 2+2?",), ("It is 4.",), ("word " * 300,), 0, "f.csv:2")
+
+
+@needs_small_model
+@pytest.mark.parametrize("chat", [True, False])
+def test_long_parts_keep_head_and_tail(tokenizer, chat: bool) -> None:
+    template = tokenizer.chat_template if chat else None
+    whole = arena_input(ROW, tokenizer, template, 10_000)
+    assert whole.cut == 0
+    cut = arena_input(ROW, tokenizer, template, 120)
+    assert len(cut.ids) == 119  # the answer token makes 120
+    assert cut.cut == len(whole.ids) - len(cut.ids)
+    text = tokenizer.decode(cut.ids)
+    assert "What is 2+2?" in text and "It is 4." in text  # short parts whole
+    assert text.count("word") < 300 and "## Response B 1\nword" in text  # the long one's head ...
+    assert text.rstrip().endswith("assistant") if chat else text.endswith("word \nAnswer:\n")  # ... and tail
+    with pytest.raises(UserError, match="truncate_tokens: 20 leaves no room for the comparison in f.csv:2"):
+        arena_input(ROW, tokenizer, template, 20)
+
+
+@needs_small_model
+def test_label_tokens_must_be_single_tokens(tokenizer) -> None:
+    assert label_token_ids(tokenizer, ["A", "B", "tie"]) == (49, 50, 36521)
+    with pytest.raises(UserError, match=r"label_tokens: 'Tie' is 2 tokens of the tokenizer, not one"):
+        label_token_ids(tokenizer, ["A", "B", "Tie"])
+    with pytest.raises(UserError, match="not three different tokens"):
+        label_token_ids(tokenizer, ["A", "A", "tie"])
+
+
+def _record(winner: int) -> dict[str, str]:
+    flags = [str(int(k == winner)) for k in range(3)]
+    return {"id": "7", "model_a": "m1", "model_b": "m2", "prompt": json.dumps(["q?"]),
+            "response_a": json.dumps(["first"]), "response_b": json.dumps(["second"]),
+            **dict(zip(("winner_model_a", "winner_model_b", "winner_tie"), flags, strict=True))}
+
+
+@needs_small_model
+@pytest.mark.parametrize(("swap", "winner", "label"), [("none", 0, "A"), ("all", 0, "B"), ("all", 2, "tie")])
+def test_document_has_one_label_at_the_answer(tokenizer, swap: str, winner: int, label: str) -> None:
+    spec = SourceSpec(source="csv", path="x.csv", format="arena", truncate_tokens=256, swap=swap)
+    doc = to_document(_record(winner), spec, tokenizer, chat_template(spec, tokenizer, "train.data"))
+    assert doc is not None
+    assert doc.labels[:-1] == [IGNORE_INDEX] * (len(doc.labels) - 1)
+    assert tokenizer.decode([doc.labels[-1]]) == label == tokenizer.decode([doc.input_ids[-1]])
+    text = tokenizer.decode(doc.input_ids)
+    first, second = ("first", "second") if swap == "none" else ("second", "first")
+    assert f"## Response A 1\n{first}" in text and f"## Response B 1\n{second}" in text
+
+
+def test_half_swaps_a_fixed_half() -> None:
+    chosen = [swaps(ArenaRow(str(i), "", "", ("q",), ("a",), ("b",), 0, ""), "half") for i in range(400)]
+    assert 160 < sum(chosen) < 240
+    assert chosen == [swaps(ArenaRow(str(i), "", "", ("q",), ("a",), ("b",), 0, ""), "half") for i in range(400)]
+
+
+def _recipe(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load((ROOT / "recipes" / "smollm2-135m-arena.yaml").read_text())
+    data["train"]["data"]["path"] = str(ROOT / "data" / "arena-example" / "train.csv")
+    data["eval"]["suites"] = []
+    edit(data)
+    path = tmp_path / "mutated.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["train"]["data"].pop("truncate_tokens"), "train.data.truncate_tokens: format: arena needs"),
+    (lambda d: d["train"]["data"].update(truncate_tokens=4096), "train.data.truncate_tokens: 4096 is longer than "
+                                                                "stages[0].seq_len 256"),
+    (lambda d: d["train"]["data"].update(format="text"), "train.data.swap: applies to format: arena"),
+    (lambda d: d["train"]["stages"].append({"seq_len": 512, "max_steps": 1, "data": {"source": "synthetic"}}),
+     "train.stages[1].data.format: text beside format: arena sources"),
+])
+def test_recipe_checks_of_an_arena_run(tmp_path: Path, edit, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe(_recipe(tmp_path, edit))
+
+
+@needs_small_model
+def test_the_objective_gets_the_label_token_ids(tokenizer) -> None:
+    recipe = load_recipe(ROOT / "recipes" / "smollm2-135m-arena.yaml")
+    assert choice_token_ids(recipe.train, tokenizer) == (49, 50, 36521)
+    assert choice_token_ids(load_recipe(ROOT / "recipes" / "tiny-passkey.yaml").train, tokenizer) is None
+
+
+@needs_small_model
+def test_cut_comparisons_are_counted_and_logged(tokenizer, caplog) -> None:
+    from toolkit.data.formats import TRUNCATIONS
+
+    record = {**_record(0), "response_b": json.dumps(["word " * 200])}
+    spec = SourceSpec(source="csv", path="x.csv", format="arena", truncate_tokens=100)
+    before = (TRUNCATIONS.rows, TRUNCATIONS.cut_rows, TRUNCATIONS.cut_tokens)
+    with caplog.at_level("INFO", logger="toolkit.data.formats"):
+        doc = to_document(record, spec, tokenizer, chat_template(spec, tokenizer, "train.data"))
+    assert doc is not None and len(doc.input_ids) == 100
+    assert (TRUNCATIONS.rows - before[0], TRUNCATIONS.cut_rows - before[1]) == (1, 1)
+    assert TRUNCATIONS.cut_tokens - before[2] > 100
+    if TRUNCATIONS.cut_rows & (TRUNCATIONS.cut_rows - 1) == 0:
+        assert "comparisons read so far were cut to truncate_tokens 100" in caplog.text

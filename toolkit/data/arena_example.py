@@ -1,0 +1,87 @@
+"""A small Chatbot Arena-format data set whose preferences follow signals a small model can learn, written as CSV
+files in the competition's columns: ``python -m toolkit.data.arena_example data/arena-example``.
+
+Each comparison is one of: a correct against a wrong sum (the correct one wins), an answer against a refusal (the
+answer wins), or two equally good or equally bad responses (a tie: both correct, both refusals, both wrong). Which
+side holds the better response is drawn at random, so the winners are balanced between A and B. The rows are a
+pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from toolkit.data.arena import ArenaRow, write_arena
+
+MODELS = ("model-north", "model-south", "model-east", "model-west")
+REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that request.",
+            "Sorry, I am not able to assist with this.")
+FACTS = (("What is the capital of France?", "The capital of France is Paris."),
+         ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+         ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
+         ("How many days are in a week?", "A week has seven days."),
+         ("What do bees make?", "Bees make honey."),
+         ("What is the largest ocean?", "The Pacific is the largest ocean."),
+         ("Which planet is known as the red planet?", "Mars is known as the red planet."),
+         ("What gas do plants take in?", "Plants take in carbon dioxide."))
+SPLITS = {"train": 320, "test": 120}
+
+
+def _sum(rng: random.Random) -> tuple[str, str, str]:
+    """A sum question, a correct answer and a wrong one."""
+    a, b = rng.randint(2, 49), rng.randint(2, 49)
+    wrong = a + b + rng.choice([-10, -3, -2, -1, 1, 2, 3, 10])
+    phrase = rng.choice(["{a} + {b} = {c}.", "The answer is {c}.", "{a} plus {b} is {c}."])
+    return f"What is {a} + {b}?", phrase.format(a=a, b=b, c=a + b), phrase.format(a=a, b=b, c=wrong)
+
+
+def comparison(rng: random.Random) -> tuple[str, str, str, int]:
+    """(prompt, better or first response, worse or second response, winner if the first is shown as A)."""
+    kind = rng.choice(["sum", "refusal", "tie", "tie"])
+    if kind == "sum":
+        return (*_sum(rng), 0)
+    if kind == "refusal":
+        prompt, answer = rng.choice(FACTS)
+        return prompt, answer, rng.choice(REFUSALS), 0
+    tie = rng.choice(["correct", "refusal", "wrong"])
+    prompt, correct, wrong = _sum(rng)
+    if tie == "refusal":
+        return prompt, rng.choice(REFUSALS), rng.choice(REFUSALS), 2
+    return prompt, correct if tie == "correct" else wrong, correct if tie == "correct" else wrong, 2
+
+
+def rows(count: int, seed: int, first_id: int) -> list[ArenaRow]:
+    """``count`` comparisons; which side holds the better response is drawn at random."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        prompt, first, second, winner = comparison(rng)
+        model_a, model_b = rng.sample(MODELS, 2)
+        row = ArenaRow(str(first_id + i), model_a, model_b, (prompt,), (first,), (second,), winner, "")
+        out.append(row.swapped() if rng.random() < 0.5 else row)
+    return out
+
+
+def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``train.csv`` and ``test.csv`` (held out, with winners) into ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, first_id = {}, 1000
+    for offset, (split, count) in enumerate(SPLITS.items()):
+        paths[split] = write_arena(rows(count, seed * 100 + offset, first_id), folder / f"{split}.csv")
+        first_id += count
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for split, path in write_example(args.folder, args.seed).items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()

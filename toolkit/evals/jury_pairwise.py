@@ -1,0 +1,134 @@
+"""The ``jury_pairwise`` task: a panel of judges (PoLL) says which of two answers people preferred, on Chatbot Arena
+rows with human labels, scored as the fine-tuned classifier is (``preference``) on the same rows.
+
+The rows are read by :func:`toolkit.data.arena.read_arena` (the competition's CSV or Parquet, with the winner
+columns); the judges' prompt, votes and pooling are in :mod:`toolkit.evals.jury_pairwise_panel`, the scores in
+:mod:`toolkit.evals.jury_pairwise_scores`. The evaluated model plays no part: run this task in the suite of the
+``preference`` task so both are scored at the same tag, and the report shows them side by side with the prior
+(:mod:`toolkit.evals.jury_pairwise_table`). Cells keep every vote, so a resumed run judges only new rows; the
+judges' raw outputs go to ``<folder>/<suite>-<task>-judges.jsonl``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import PositiveFloat, PositiveInt
+
+from toolkit.data.arena import ArenaRow, read_arena
+from toolkit.errors import UserError
+from toolkit.evals.context import EvalContext
+from toolkit.evals.judges import make_judge
+from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
+from toolkit.evals.jury_pairwise_scores import pairwise_summary, prior_summary
+from toolkit.evals.jury_pairwise_table import side_by_side_section
+from toolkit.evals.jury_panel import Cell
+from toolkit.evals.jury_spec import Judges, resolve_judges
+from toolkit.evals.preference_stats import prior_probs
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.scoring import batched
+from toolkit.evals.specs import TaskBase
+from toolkit.evals.stats import Rate
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.formatting.numbers import fmt
+from toolkit.recipe.yaml_files import resolve_relative
+from toolkit.run_folder import Run
+
+RECORD_EVERY = 16
+"""Rows judged between two saves of the results (an interrupted run loses at most these)."""
+
+
+class JuryPairwiseTask(TaskBase):
+    """A panel of judges says A, B or tie on human-labelled Chatbot Arena rows; their votes pooled into
+    probabilities are scored against the labels."""
+
+    type: Literal["jury_pairwise"]
+    data: str
+    """Arena CSV or Parquet with the winner columns (relative to the suite)."""
+    judges: Judges
+    swap: bool = True
+    """Also show every row with A and B exchanged (twice the calls): position bias cancels in the pooled
+    probabilities, and the results say how consistent the judges are (``swap_consistency``, 0 = perfectly)."""
+    smoothing: PositiveFloat = 1.0
+    """Added to every class's vote count before the shares are taken (1: Laplace); see the panel module."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """A malformed row stops the suite naming its line (``error``) or is skipped and counted (``skip``)."""
+    prior_data: str | None = None
+    """Training rows (arena CSV or Parquet, relative to the suite) whose label frequencies are the baseline scored
+    beside the jury; ``None``: no prior."""
+    limit: PositiveInt | None = None
+    """Judge only the first rows of ``data`` (cost control); ``None``: all."""
+    cache_ignores: ClassVar[frozenset[str]] = frozenset({"smoothing", "bad_rows", "prior_data", "limit"})
+
+    def resolve_paths(self, base: Path, where: str) -> None:
+        super().resolve_paths(base, where)
+        self.data = resolve_relative(self.data, base) or self.data
+        self.prior_data = resolve_relative(self.prior_data, base)
+        resolve_judges(self.judges, base)
+        labelled_rows(self.data, self.bad_rows, f"{where}.data")  # bad data fails before any model is loaded
+        if self.prior_data is not None:
+            labelled_rows(self.prior_data, self.bad_rows, f"{where}.prior_data")
+
+
+def labelled_rows(path: str, bad_rows: Literal["error", "skip"], label: str) -> tuple[list[ArenaRow], int]:
+    """The rows of an arena file and the bad rows skipped; a UserError when it has no winner columns."""
+    rows, skipped = read_arena(path, bad_rows, label)
+    if rows[0].winner is None:
+        raise UserError(f"{label}: {path} has no winner columns (the jury is scored against human labels)")
+    return rows, skipped
+
+
+def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    rows, skipped = labelled_rows(task.data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: data")
+    rows = rows[:task.limit]
+    recorded: dict[str, Cell] = {cell["key"]: cell for cell in results.cells(task)}
+    raw_path = ctx.folder / f"{ctx.suite}-{task.key}-judges.jsonl"
+    if not recorded:
+        raw_path.unlink(missing_ok=True)
+    todo = [row for row in rows if row_key(row) not in recorded]
+    if todo:
+        judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
+        raw_path.parent.mkdir(parents=True, exist_ok=True)
+        for chunk in batched(todo, RECORD_EVERY):
+            recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
+            results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
+    cells = [recorded[row_key(row)] for row in rows]
+    summary = pairwise_summary(cells, task.judges, task.swap, task.smoothing)
+    summary.update(rows=len(rows), bad_rows=skipped, raw_outputs=raw_path.name)
+    if task.prior_data is not None:
+        train, _ = labelled_rows(task.prior_data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: prior_data")
+        summary["prior"] = prior_summary(prior_probs([row.winner for row in train if row.winner is not None]),
+                                         [int(cell["human"]) for cell in cells])
+    return results.record(task, cells, summary)
+
+
+def jury_pairwise_headline(entry: Entry) -> str | None:
+    panel = entry.get("panel")
+    if not panel:
+        return None
+    prior = f" (prior {fmt(entry['prior']['log_loss'])})" if entry.get("prior") else ""
+    swap = f", swap consistency {fmt(panel['swap_consistency'])}" if "swap_consistency" in panel else ""
+    return (f"panel of {len(entry['judges'])} over {panel['n']} rows: log loss {fmt(panel['log_loss'])}{prior}, "
+            f"kappa {fmt(panel['kappa'])}{swap}, {panel['failed']} failed, {panel['unparsed']} unparsed of "
+            f"{panel['calls']} judge calls, {panel['prompt_tokens']}/{panel['completion_tokens']} tokens, "
+            f"${panel['cost_usd']:.4f}")
+
+
+def jury_pairwise_cell(run: Run, tag: str, entry: Entry) -> str:
+    """The panel's accuracy (its most probable class against the human label) with its Wilson interval and n."""
+    return Rate.of(int(entry["correct"]), int(entry["n"])).format()
+
+
+def no_card_metrics(key: str, entry: Entry) -> CardMetrics:
+    """None in the model-index: the panel's accuracy measures the judges, not the evaluated model."""
+    return {}
+
+
+def jury_pairwise_detail(entry: Entry) -> str:
+    return "the judges' accuracy on human preferences, not this model's"
+
+
+TASK_TYPE = TaskType(JuryPairwiseTask, run_jury_pairwise, headline=jury_pairwise_headline,
+                     section=side_by_side_section, rank=62, score_cell=jury_pairwise_cell,
+                     card_metrics=no_card_metrics, card_detail=jury_pairwise_detail)

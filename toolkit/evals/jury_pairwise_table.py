@@ -1,0 +1,68 @@
+"""The report's side-by-side table of human-preference predictors (the ``jury_pairwise`` type's section): at each
+evaluation tag, the fine-tuned classifier (``preference`` tasks), the jury's panel and each judge, and the class
+prior, with n, log loss, accuracy, ECE and Cohen's kappa against the human labels (95% intervals), swap
+consistency, and the jury's tokens and cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.formatting.numbers import fmt
+from toolkit.run_folder import Run
+
+HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Cohen kappa [95% CI]",
+          "swap consistency", "tokens in/out", "est. cost"]
+
+
+def _with_ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def table_row(name: str, scores: dict[str, Any]) -> list[str]:
+    """One predictor's row from its recorded scores (``toolkit.evals.jury_pairwise_scores.scores_of``'s fields;
+    usage where the predictor is a judge or the panel)."""
+    tokens = (f"{scores['prompt_tokens']}/{scores['completion_tokens']}" if "prompt_tokens" in scores else "-")
+    cost = f"${scores['cost_usd']:.4f}" if "cost_usd" in scores else "-"
+    return [name, str(scores.get("n", "-")), _with_ci(scores.get("log_loss"), scores.get("log_loss_ci")),
+            _with_ci(scores.get("accuracy"), scores.get("accuracy_ci")), fmt(scores.get("ece")),
+            _with_ci(scores.get("kappa"), scores.get("kappa_ci")), fmt(scores.get("swap_consistency")), tokens, cost]
+
+
+def _jury_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:
+    rows = [table_row(f"{label}: jury panel ({len(entry['judges'])} judges)", entry["panel"])]
+    rows += [table_row(f"{label}: judge {name} ({stats['backend']}: {stats['model']})", stats)
+             for name, stats in entry["judges"].items()]
+    if entry.get("prior"):
+        rows.append(table_row(f"{label}: class prior", entry["prior"]))
+    return rows
+
+
+def _classifier_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:
+    """The ``preference`` entry's scores, and its prior's (recorded with a ``prior_`` prefix)."""
+    prior = {key.removeprefix("prior_"): value for key, value in entry.items() if key.startswith("prior_")}
+    rows = [table_row(f"{label}: fine-tuned classifier", entry)]
+    if "log_loss" in prior:
+        rows.append(table_row(f"{label}: class prior of the {entry.get('prior_from', 'training file')}", prior))
+    return rows
+
+
+def side_by_side_section(run: Run) -> list[Block]:
+    """Every ``preference`` and ``jury_pairwise`` task of a tag in one table (the rows each scored may differ:
+    compare their n and data)."""
+    blocks: list[Block] = []
+    kinds = {"preference": _classifier_rows, "jury_pairwise": _jury_rows}
+    for tag in run.tags:
+        rows = [row for kind, rows_of in kinds.items() for suite, task in run.tasks(kind)
+                if (entry := run.entry(tag, suite, task)) and entry.get("complete")
+                for row in rows_of(f"{suite}/{task}", entry)]
+        if rows:
+            blocks += [Paragraph(f"At {tag}: probabilities of A better, B better and tie against the human labels. "
+                                 "Log loss as the Chatbot Arena competition scores it (lower is better); accuracy "
+                                 "and Cohen's kappa of the most probable class; ECE over 10 bins; swap consistency "
+                                 "is the mean absolute change of the probabilities when A and B are exchanged "
+                                 "(0 = none)."), Table(HEADER, rows)]
+    return [Heading("Human preference: classifier, jury and prior"), *blocks] if blocks else []

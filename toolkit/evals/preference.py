@@ -1,0 +1,128 @@
+"""The ``preference`` task: predict which of two responses a person preferred (Chatbot Arena format), from the
+model's probabilities of three label tokens at the answer position, each comparison asked in both orders and
+averaged (:mod:`toolkit.evals.preference_model`).
+
+Reports the competition's log loss, accuracy and calibration error with 95% intervals and n
+(:mod:`toolkit.evals.preference_stats`), next to the baseline that predicts the class frequencies of ``prior`` (the
+training file) for every row, and the swap consistency of the two orders. The score is the accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import PositiveInt
+
+from toolkit.data.arena import ArenaRow, read_arena
+from toolkit.errors import UserError
+from toolkit.evals.context import EvalContext
+from toolkit.evals.preference_model import predict_rows
+from toolkit.evals.preference_stats import preference_scores, prior_probs, swap_consistency
+from toolkit.evals.results import SuiteResults
+from toolkit.evals.specs import TaskBase
+from toolkit.evals.task_type import Entry, TaskType
+from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
+from toolkit.formatting.numbers import fmt
+from toolkit.recipe.schema import ARENA_LABELS
+from toolkit.recipe.yaml_files import resolve_relative
+from toolkit.run_folder import Run
+
+
+class PreferenceTask(TaskBase):
+    """Three-way human preference (A, B, tie) on held-out comparisons, scored against the class-prior baseline."""
+
+    type: Literal["preference"]
+    data: str
+    """Held-out comparisons with winners: the competition's CSV or Parquet columns (relative to the suite)."""
+    prior: str | None = None
+    """The training file whose class frequencies make the baseline; ``None``: the held-out file's own (a baseline
+    that has seen the answers' frequencies)."""
+    label_tokens: tuple[str, str, str] = ARENA_LABELS
+    """The answer tokens for A, B and tie, as the model was trained (the recipe source's ``label_tokens``)."""
+    truncate_tokens: PositiveInt = 1024
+    """Most tokens of one comparison with its answer, cut as in training (``truncate_tokens`` of the recipe)."""
+    batch_size: PositiveInt = 8
+    """Prompts per forward pass."""
+
+    def resolve_paths(self, base: Path, where: str) -> None:
+        super().resolve_paths(base, where)
+        self.data = resolve_relative(self.data, base) or self.data
+        self.prior = resolve_relative(self.prior, base)
+        for field in ("data", "prior"):
+            path = getattr(self, field)
+            if path is not None and not Path(path).is_file():
+                raise UserError(f"{where}.{field}: no such file {path}")
+
+
+def _winners(rows: list[ArenaRow], label: str) -> list[int]:
+    winners = [row.winner for row in rows if row.winner is not None]
+    if len(winners) < len(rows):
+        raise UserError(f"{label}: {rows[0].where} has no winner; the preference task needs labelled comparisons")
+    return winners
+
+
+def _scores(probs: Any, labels: list[int], prefix: str = "") -> dict[str, Any]:
+    return {f"{prefix}{key}": value for key, value in asdict(preference_scores(probs, labels)).items()}
+
+
+def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
+    if (done := results.finished(task)) is not None:
+        return done
+    where = f"suite {ctx.suite}: task {task.key}"
+    rows, _ = read_arena(task.data, label=f"{where}: data")
+    labels = _winners(rows, f"{where}: data")
+    prior = prior_probs(_winners(read_arena(task.prior, label=f"{where}: prior")[0], f"{where}: prior")
+                        if task.prior else labels)
+    predictions = predict_rows(ctx.model, ctx.tokenizer, rows, task.label_tokens, task.truncate_tokens,
+                               task.batch_size)
+    summary = {**_scores(predictions.averaged, labels), **_scores([prior] * len(labels), labels, "prior_"),
+               **_scores(predictions.probs, labels, "first_order_"), "prior": list(prior),
+               "prior_from": "training file" if task.prior else "held-out file",
+               "swap_consistency": swap_consistency(predictions.probs, predictions.swapped),
+               "inputs": predictions.inputs, "truncated_inputs": predictions.cut_inputs,
+               "tokens_cut": predictions.cut_tokens, "truncate_tokens": task.truncate_tokens}
+    summary["score"] = summary["accuracy"]
+    return results.record(task, summary=summary)
+
+
+def _interval(entry: Entry, key: str) -> str:
+    low, high = entry[f"{key}_ci"]
+    return f"{fmt(entry[key], 3)} [{fmt(low, 3)}, {fmt(high, 3)}]"
+
+
+def preference_headline(entry: Entry) -> str | None:
+    if "log_loss" not in entry:
+        return None
+    return (f"log loss {_interval(entry, 'log_loss')} vs prior {_interval(entry, 'prior_log_loss')}, n={entry['n']}, "
+            f"swap consistency {fmt(entry['swap_consistency'], 3)}")
+
+
+def preference_cell(run: Run, tag: str, entry: Entry) -> str:
+    return f"log loss {_interval(entry, 'log_loss')} n={entry['n']}" if "log_loss" in entry else "-"
+
+
+def _row(tag: str, entry: Entry) -> list[str]:
+    return [tag, str(entry["n"]), _interval(entry, "log_loss"), _interval(entry, "first_order_log_loss"),
+            fmt(entry["swap_consistency"], 3), f"{entry['truncated_inputs']} of {entry['inputs']} "
+            f"({entry['tokens_cut']} tokens cut, truncate_tokens {entry['truncate_tokens']})"]
+
+
+def preference_section(run: Run) -> list[Block]:
+    """The classifier's order effects and truncation; its scores against the prior and the jury are in the side
+    by side table (``toolkit.evals.jury_pairwise_table``)."""
+    blocks: list[Block] = []
+    for suite, task in run.tasks("preference"):
+        found = [(tag, entry) for tag, entry in run.found(suite, task) if "log_loss" in entry]
+        if found:
+            blocks += [Paragraph(f"{suite}/{task}: the log loss of both orders averaged (what predict writes) and "
+                                 "of the order as given; swap consistency is the mean |p - p(swapped, exchanged "
+                                 "back)| of one pass (0: the order is ignored); inputs of both orders cut to fit."),
+                       Table(["tag", "n", "log loss, both orders", "log loss, one order", "swap consistency",
+                              "inputs cut to fit"], [_row(tag, entry) for tag, entry in found])]
+    return [Heading("Human preference: order and truncation"), *blocks] if blocks else []
+
+
+TASK_TYPE = TaskType(PreferenceTask, run_preference, headline=preference_headline, section=preference_section,
+                     rank=65, score_cell=preference_cell)

@@ -1,0 +1,75 @@
+"""A model's preference between two responses: the probabilities of its three label tokens (A, B, tie) at the answer
+position, each comparison asked in both orders and averaged.
+
+:func:`label_probs` is the one call into the model (a batch of prompts -> three probabilities each); everything else
+(layout, truncation, the second order) is plain data, so another backend replaces that function alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from toolkit.data.arena import ArenaRow
+from toolkit.data.arena_prompt import arena_input, label_token_ids
+from toolkit.data.tokens import pad_id
+from toolkit.evals.preference_stats import unswapped
+from toolkit.evals.scoring import batched, model_device
+
+if TYPE_CHECKING:
+    from toolkit.model.lora import CausalLM
+
+Probs = tuple[float, float, float]
+
+
+@torch.inference_mode()
+def label_probs(model: CausalLM, prompts: Sequence[Sequence[int]], label_ids: Sequence[int],
+                pad: int) -> list[Probs]:
+    """For each prompt (token ids ending at the answer position), the softmax over the label tokens' logits of
+    the next token: (A, B, tie)."""
+    length = max(len(ids) for ids in prompts)
+    device = model_device(model)
+    ids = torch.tensor([list(p) + [pad] * (length - len(p)) for p in prompts], device=device)
+    mask = torch.tensor([[1] * len(p) + [0] * (length - len(p)) for p in prompts], device=device)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(prompts), device=device), torch.tensor([len(p) - 1 for p in prompts],
+                                                                          device=device)]
+    logits = model.get_output_embeddings()(last).float()[:, list(label_ids)]
+    return [(a, b, tie) for a, b, tie in logits.softmax(dim=-1).tolist()]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Each comparison's probabilities as asked (``probs``) and with A and B exchanged (``swapped``, in the order
+    the model saw them), and how many inputs (of both orders) were cut to fit and by how many tokens."""
+
+    probs: list[Probs]
+    swapped: list[Probs]
+    inputs: int
+    cut_inputs: int
+    cut_tokens: int
+
+    @property
+    def averaged(self) -> list[Probs]:
+        """Both orders' probabilities in the original order, averaged (what a submission holds)."""
+        pairs = [(p, unswapped(q)) for p, q in zip(self.probs, self.swapped, strict=True)]
+        return [((p[0] + q[0]) / 2, (p[1] + q[1]) / 2, (p[2] + q[2]) / 2) for p, q in pairs]
+
+
+def predict_rows(model: CausalLM, tokenizer: Any, rows: Sequence[ArenaRow], labels: Sequence[str],
+                 max_tokens: int, batch_size: int = 8) -> Predictions:
+    """Every row asked in both orders, ``batch_size`` prompts per model call, each cut to ``max_tokens``."""
+    template = getattr(tokenizer, "chat_template", None) or None
+    ids = label_token_ids(tokenizer, labels)
+    inputs = [arena_input(r, tokenizer, template, max_tokens) for row in rows for r in (row, row.swapped())]
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))  # similar lengths share a batch
+    probs: list[Probs] = [(0.0, 0.0, 0.0)] * len(inputs)
+    for chunk in batched(order, batch_size):
+        for i, p in zip(chunk, label_probs(model, [inputs[i].ids for i in chunk], ids, pad_id(tokenizer)),
+                        strict=True):
+            probs[i] = p
+    cut = [given.cut for given in inputs if given.cut]
+    return Predictions(probs[0::2], probs[1::2], len(inputs), len(cut), sum(cut))

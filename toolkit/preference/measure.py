@@ -1,0 +1,113 @@
+"""``python -m toolkit.preference.measure``: train the small arena recipe, predict its held-out file in both orders,
+and write what was measured into ``docs/preference.md`` (the part between its ``measured`` markers).
+
+What it writes: the held-out log loss, accuracy and calibration against the class prior of the training file (the
+run's ``preference`` evaluation), the submission's checks (rows, each summing to 1) and how far the submission for
+the A/B-swapped file is from the swapped submission, the inputs cut to fit, and the wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from toolkit.data.arena import read_arena, write_arena
+from toolkit.errors import UserError
+from toolkit.evals.preference import PreferenceTask
+from toolkit.evals.preference_stats import unswapped
+from toolkit.evals.suite import load_suite
+from toolkit.preference.predict import predict
+from toolkit.recipe.loading import load_recipe
+from toolkit.run_folder import load_run
+from toolkit.runner import run_recipe
+
+BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
+
+
+def _task(suites: list[str]) -> tuple[str, PreferenceTask]:
+    """The first preference task of the recipe's suites, with its suite's name."""
+    for path in suites:
+        suite = load_suite(path)
+        for task in suite.tasks:
+            if isinstance(task, PreferenceTask):
+                return suite.name, task
+    raise UserError("eval.suites: no preference task to measure")
+
+
+def measure(recipe_path: Path, run_dir: Path) -> dict[str, Any]:
+    """Train, evaluate and predict; the figures for the doc."""
+    recipe = load_recipe(recipe_path, [f"output.dir={run_dir}"])
+    suite, task = _task(recipe.eval.suites)
+    start = time.perf_counter()
+    run_recipe(recipe)
+    trained = time.perf_counter()
+    first = predict(run_dir, Path(task.data), run_dir / "submission.csv")
+    predicted = time.perf_counter()
+    swapped_file = write_arena([row.swapped() for row in read_arena(task.data)[0]], run_dir / "test-swapped.csv")
+    second = predict(run_dir, swapped_file, run_dir / "submission-swapped.csv")
+    run = load_run(run_dir)
+    entry = run.found(suite, task.key)[-1][1]
+    return {"entry": entry, "train_s": trained - start, "predict_s": predicted - trained, "rows": len(first.ids),
+            "sum_error": max(abs(sum(p) - 1) for p in first.predictions.averaged),
+            "swap_gap": max(abs(a - b) for p, q in zip(first.predictions.averaged, second.predictions.averaged,
+                                                        strict=True) for a, b in zip(p, unswapped(q), strict=True)),
+            "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _interval(entry: dict[str, Any], key: str) -> str:
+    low, high = entry[f"{key}_ci"]
+    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def section(m: dict[str, Any]) -> str:
+    """The measured figures as Markdown."""
+    e = m["entry"]
+    rows = [("held-out comparisons (n)", str(e["n"])),
+            ("log loss, both orders averaged", _interval(e, "log_loss")),
+            ("log loss of the class prior " + f"({', '.join(f'{p:.3f}' for p in e['prior'])})",
+             _interval(e, "prior_log_loss")),
+            ("log loss, one order only", _interval(e, "first_order_log_loss")),
+            ("accuracy", _interval(e, "accuracy")), ("accuracy of the prior", _interval(e, "prior_accuracy")),
+            ("expected calibration error (10 bins)", f"{e['ece']:.3f}"),
+            ("swap consistency of one pass (mean abs. difference)", f"{e['swap_consistency']:.4f}"),
+            ("inputs cut to fit (both orders)", f"{e['truncated_inputs']} of {e['inputs']} ({e['tokens_cut']} tokens)"),
+            ("submission rows; largest deviation of a row's sum from 1", f"{m['rows']}; {m['sum_error']:.1e}"),
+            ("largest difference, swapped file's submission vs the submission swapped", f"{m['swap_gap']:.1e}"),
+            ("wall time: train (with the held-out evaluation); predict",
+             f"{m['train_s']:.0f} s; {m['predict_s']:.0f} s")]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, suite {m['suite']}, "
+            f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={m['threads'] or 'unset'}); 95% intervals:\n\n"
+            f"| measure | value |\n|---|---|\n{table}\n{END}")
+
+
+def write_section(doc: Path, text: str) -> None:
+    """Replace the part of ``doc`` between the markers with ``text``."""
+    content = doc.read_text(encoding="utf-8")
+    if BEGIN not in content or END not in content:
+        raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
+    head, rest = content.split(BEGIN, 1)
+    doc.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
+    parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/preference.md"))
+    args = parser.parse_args()
+    try:
+        text = section(measure(args.recipe, args.run))
+        write_section(args.doc, text)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``python -m toolkit predict RUN --data test.csv --out submission.csv``: the Chatbot Arena competition's
+submission from a run trained on ``format: arena`` data.
+
+The run's ``final/`` model asks every comparison in both orders (:mod:`toolkit.evals.preference_model`), laid out and
+cut as the run's recipe trained it (its arena source's ``label_tokens`` and ``truncate_tokens``, the final
+tokenizer's chat template), and writes ``id,winner_model_a,winner_model_b,winner_tie`` with the two orders'
+probabilities averaged (each row sums to 1). The file is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.data.arena import read_arena
+from toolkit.errors import UserError
+from toolkit.evals.preference_model import Predictions, predict_rows
+from toolkit.evals.preference_stats import CLASSES, swap_consistency
+from toolkit.recipe.schema import SourceSpec
+from toolkit.run_folder import FINAL, RECIPE, read_recipe_dict, typed_train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What ``predict`` wrote: the rows, where, and the predictions behind them."""
+
+    out: Path
+    ids: list[str]
+    predictions: Predictions
+
+    def summary(self) -> str:
+        p = self.predictions
+        return (f"{self.out}: {len(self.ids)} rows; {p.cut_inputs} of {p.inputs} inputs (both orders) cut to fit "
+                f"({p.cut_tokens} tokens); swap consistency {swap_consistency(p.probs, p.swapped):.4f}")
+
+
+def arena_source(run: Path) -> SourceSpec:
+    """The arena source of the run's last stage (its label tokens and truncation are the model's input format)."""
+    if not (run / FINAL).is_dir():
+        raise UserError(f"{run}: no {FINAL}/ model (is it a finished run folder of `python -m toolkit train`?)")
+    train = typed_train(read_recipe_dict(run))
+    if train is None:
+        raise UserError(f"{run / RECIPE}: missing or not a valid recipe")
+    sources = [spec for _, _, spec in train.stage_data(len(train.stages) - 1).sources() if spec.format == "arena"]
+    if not sources:
+        raise UserError(f"{run / RECIPE}: the run did not train on format: arena data; predict needs one that did")
+    return sources[0]
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--out: {out} is a folder or in no folder that exists; name a .csv file")
+
+
+def write_submission(out: Path, ids: list[str], probs: list[tuple[float, float, float]]) -> None:
+    """``id`` and the three class probabilities per row, written to a temporary file then renamed over ``out``."""
+    _check_out(out)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *CLASSES])
+        for id_, row in zip(ids, probs, strict=True):
+            total = sum(row)
+            writer.writerow([id_, *(f"{p / total:.6f}" for p in row)])
+    os.replace(tmp, out)
+
+
+def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str | None = None,
+            max_tokens: int | None = None) -> Prediction:
+    """Predict every comparison of ``data`` (the competition's test or train columns) with ``run``'s model."""
+    from toolkit.model.loading import load_for_eval
+
+    _check_out(out)
+    for flag, value in (("--batch-size", batch_size), ("--max-tokens", max_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: {value} is not a positive number")
+    spec = arena_source(run)
+    rows, _ = read_arena(data, label="--data")
+    model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device)
+    limit = max_tokens or spec.truncate_tokens
+    assert limit is not None  # the schema requires truncate_tokens of an arena source
+    predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size)
+    ids = [row.id for row in rows]
+    write_submission(out, ids, predictions.averaged)
+    return Prediction(out, ids, predictions)
