@@ -1,5 +1,6 @@
 """``python -m toolkit.preference.measure``: train the small arena recipe, predict its held-out file in both orders,
-and write what was measured into ``docs/preference.md`` (the part between its ``measured`` markers).
+and write what was measured into ``docs/preference.md`` and ``README.md`` (the part between their ``measured``
+markers).
 
 What it writes: the held-out log loss, accuracy and calibration against the class prior of the training file (the
 run's ``preference`` evaluation), the submission's checks (rows, each summing to 1) and how far the submission for
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from toolkit.data.arena import read_arena, write_arena
+from toolkit.environment import describe_device
 from toolkit.errors import UserError
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import unswapped
@@ -55,7 +61,19 @@ def measure(recipe_path: Path, run_dir: Path) -> dict[str, Any]:
             "sum_error": max(abs(sum(p) - 1) for p in first.predictions.averaged),
             "swap_gap": max(abs(a - b) for p, q in zip(first.predictions.averaged, second.predictions.averaged,
                                                         strict=True) for a, b in zip(p, unswapped(q), strict=True)),
-            "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS")}
+            "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS"),
+            "seed": recipe.seed, "machine": describe_device(torch.device("cpu")), "commit": _commit(),
+            "date": datetime.now(timezone.utc).date().isoformat()}
+
+
+def _commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or ``unknown`` outside a git checkout."""
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return found.stdout.strip()
 
 
 def _interval(entry: dict[str, Any], key: str) -> str:
@@ -80,8 +98,9 @@ def section(m: dict[str, Any]) -> str:
             ("wall time: train (with the held-out evaluation); predict",
              f"{m['train_s']:.0f} s; {m['predict_s']:.0f} s")]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, suite {m['suite']}, "
-            f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={m['threads'] or 'unset'}); 95% intervals:\n\n"
+    return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, seed {m['seed']}, suite "
+            f"{m['suite']}) on {m['machine']}, OMP_NUM_THREADS={m['threads'] or 'unset'}, commit {m['commit']}, "
+            f"{m['date']}; 95% intervals:\n\n"
             f"| measure | value |\n|---|---|\n{table}\n{END}")
 
 
@@ -98,11 +117,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
-    parser.add_argument("--doc", type=Path, default=Path("docs/preference.md"))
+    parser.add_argument("--doc", type=Path, action="append",
+                        help="a file with the markers to write into (repeatable; default: docs/preference.md, "
+                             "README.md)")
     args = parser.parse_args()
+    docs = args.doc or [Path("docs/preference.md"), Path("README.md")]
     try:
+        for doc in docs:  # every target checked before the minutes of training
+            if BEGIN not in doc.read_text(encoding="utf-8"):
+                raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
         text = section(measure(args.recipe, args.run))
-        write_section(args.doc, text)
+        for doc in docs:
+            write_section(doc, text)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
