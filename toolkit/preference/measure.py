@@ -44,9 +44,9 @@ def _task(suites: list[str]) -> tuple[str, PreferenceTask]:
     raise UserError("eval.suites: no preference task to measure")
 
 
-def measure(recipe_path: Path, run_dir: Path) -> dict[str, Any]:
-    """Train, evaluate and predict; the figures for the doc."""
-    recipe = load_recipe(recipe_path, [f"output.dir={run_dir}"])
+def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[str, Any]:
+    """Train, evaluate and predict (with the recipe's seed, or ``seed``); the figures for the doc."""
+    recipe = load_recipe(recipe_path, [f"output.dir={run_dir}"] + ([f"seed={seed}"] if seed is not None else []))
     suite, task = _task(recipe.eval.suites)
     start = time.perf_counter()
     run_recipe(recipe)
@@ -117,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
+    parser.add_argument("--seed", type=int, help="another seed than the recipe's")
     parser.add_argument("--doc", type=Path, action="append",
                         help="a file with the markers to write into (repeatable; default: docs/preference.md, "
                              "README.md)")
@@ -126,7 +127,7 @@ def main() -> None:
         for doc in docs:  # every target checked before the minutes of training
             if BEGIN not in doc.read_text(encoding="utf-8"):
                 raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
-        text = section(measure(args.recipe, args.run))
+        text = section(measure(args.recipe, args.run, args.seed))
         for doc in docs:
             write_section(doc, text)
     except UserError as exc:
