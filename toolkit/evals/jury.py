@@ -5,6 +5,8 @@ human-labelled answers, which measure the judges' agreement with people (not the
 vote, so the summary is recomputed from them and a resumed run judges only new items. The judges' raw outputs go to
 ``<folder>/<suite>-<task>-judges.jsonl``. With ``length``, each context is hidden at ``depth`` inside filler text
 up to that many tokens, so the same items test any context length. The report shows every judge and the panel.
+It keeps the transformers model (``ctx.model``): local judges are loaded on the evaluated model's device, and its
+answers are still generated from the model directly, not yet through the backend's ``generate``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ averaged (:mod:`toolkit.evals.preference_model`).
 
 Reports the competition's log loss, accuracy and calibration error with 95% intervals and n
 (:mod:`toolkit.evals.preference_stats`), next to the baseline that predicts the class frequencies of ``prior`` (the
-training file) for every row, and the swap consistency of the two orders. The score is the accuracy.
+training file) for every row, and the swap consistency of the two orders. The score is the accuracy. It asks the
+transformers model (``ctx.model``) directly, through the one call ``predict`` shares, as no backend request gives
+label-token probabilities yet.
 """
 
 from __future__ import annotations
