@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from toolkit.file_digest import sha256_of  # noqa: E402
+
 MANIFEST = "manifest.json"
 PART_MIB = 56
 """A 56 MiB part, the manifest and the working tree fit a 64 MiB call; the wheelhouse (7 MiB) travels with the last,
@@ -106,14 +110,6 @@ def split(paths: list[Path], out: Path, part_mib: int = PART_MIB, root: Path = P
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class PartsReader:
     """The parts one after another as one read-only stream, hashing the whole."""
 
@@ -150,7 +146,7 @@ def check_parts(folder: Path) -> Manifest:
         path = folder / part.name
         if not path.is_file():
             bad.append(f"{part.name} missing")
-        elif path.stat().st_size != part.bytes or _sha256(path) != part.sha256:
+        elif path.stat().st_size != part.bytes or sha256_of(path) != part.sha256:
             bad.append(f"{part.name} damaged (sha256 differs)")
     if bad:
         sys.exit(f"error: {folder}: {', '.join(bad)}; send those parts again")
