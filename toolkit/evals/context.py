@@ -65,11 +65,12 @@ class EvalContext:
     @property
     def model(self) -> CausalLM:
         """The transformers model, for the task types whose machinery needs more than the backend's requests
-        (``rope_compare``, ``lm_eval``, ``jury``)."""
+        (``rope_compare``, ``lm_eval``, ``preference``)."""
         return self._transformers().model
 
     @property
     def device(self) -> torch.device:
+        """The transformers model's device: where the jury's local judges load."""
         return self._transformers().device
 
     def plot_path(self, task_key: str, what: str = "") -> Path:

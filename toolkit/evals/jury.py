@@ -5,8 +5,8 @@ human-labelled answers, which measure the judges' agreement with people (not the
 vote, so the summary is recomputed from them and a resumed run judges only new items. The judges' raw outputs go to
 ``<folder>/<suite>-<task>-judges.jsonl``. With ``length``, each context is hidden at ``depth`` inside filler text
 up to that many tokens, so the same items test any context length. The report shows every judge and the panel.
-It keeps the transformers model (``ctx.model``): local judges are loaded on the evaluated model's device, and its
-answers are still generated from the model directly, not yet through the backend's ``generate``.
+The answers are the backend's greedy ``generate`` (:mod:`toolkit.evals.backend`); local judges are loaded on the
+evaluated model's device.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batched, generate_greedy
+from toolkit.evals.scoring import batched
 from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.evals.stats import Rate
@@ -121,7 +121,7 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
         sentences = load_sentences(task.haystack) if task.length else None
         for chunk in batched(todo, task.batch_size):
             prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
-            answers = generate_greedy(ctx.model, ctx.tokenizer, prompts, task.max_new_tokens, ctx.pad_id)
+            answers = ctx.backend.generate(prompts, task.max_new_tokens)
             for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
                 recorded.setdefault(cell["key"], []).append(cell)
             results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
