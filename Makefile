@@ -67,14 +67,21 @@ corpus: small-model
 
 # The GPU check (docs/benchmarks.md): one command, a 420 s budget under a hard 470 s, run on the GPU machine's own
 # Python with what its image lacks installed from .whl/, which `make wheelhouse` fills here (Python 3.12 wheels;
-# deepspeed, a source distribution, built here as a pure-Python wheel: its ops compile where they are first used).
+# deepspeed, a source distribution, built here as a pure-Python wheel: its ops compile where they are first used), and
+# flash-attn-4 from its parts where they were sent (`make wheelhouse-fa4`, below).
 # `make gpu-check DEVICE=cpu` runs the same script at tiny shapes in one to two minutes.
 # Results: $(OUT)/gpu-check.md
-.PHONY: wheelhouse gpu-check
+.PHONY: wheelhouse wheelhouse-fa4 gpu-check
 DEVICE ?= cuda
 OUT ?= runs/gpu-check
 GPU_PYTHON ?= python3
 WHEEL_SITE ?= /tmp/gpu-check-site
+# The check's and the demo's environment there: nvidia-cutlass-dsl puts its `cutlass` package on the path with a .pth file, which
+# Python reads in site folders only, not in PYTHONPATH's; flash-attn-4 keeps the kernels it compiles on disk, so the
+# check's processes compile each once.
+GPU_ENV = PYTHONPATH=$(WHEEL_SITE):$(WHEEL_SITE)/nvidia_cutlass_dsl/dsl_packages FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+PIP_DOWNLOAD = $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	typing-extensions==4.16.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0 liger-kernel==0.8.5 \
 	hjson==3.1.0
@@ -82,17 +89,37 @@ DEEPSPEED ?= $(shell grep -o 'deepspeed==[0-9.]*' pyproject.toml)
 
 wheelhouse:
 	rm -rf .whl && mkdir -p .whl
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl $(WHEELS)
+	$(PIP_DOWNLOAD) -d .whl $(WHEELS)
 	DS_BUILD_OPS=0 $(PYTHON) -m pip wheel -q --no-deps --no-binary deepspeed --no-cache-dir -w .whl "$(DEEPSPEED)"
 	@ls .whl/deepspeed-*-py3-none-any.whl >/dev/null || { echo "error: no pure-Python deepspeed wheel"; exit 1; }
 	@size=$$(du -sm .whl | cut -f1); echo "wheelhouse: $$(ls .whl | wc -l) wheels, $$size MiB"; \
 		test $$size -lt 60 || { echo "error: the wheelhouse is over 60 MiB"; exit 1; }
 
-# What the GPU machine's image lacks, from .whl/, into $(WHEEL_SITE) (then PYTHONPATH=$(WHEEL_SITE))
+# flash-attn-4 (the fa4 extra) for the GPU machine (Python 3.12, torch 2.11, CUDA 13): it and what it needs that the
+# image lacks, pinned (the image has torch, einops, typing-extensions, cuda-bindings and protobuf); nvidia-cutlass-dsl
+# with its CUDA 13 libraries (its cu13 extra) instead of its default CUDA 12 ones. 97 MiB, more than one call takes:
+# `make wheelhouse-fa4` cuts them into $(FA4_PARTS)/ (benchmarks/gpu_parts.py: parts of 56 MiB, sha256 manifest),
+# sent one a call (docs/benchmarks.md); gpu-check and gpu-demo join, check and install them where the manifest is.
+FA4_WHEELS ?= flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+	nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5 \
+	apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+FA4_DIR := .whl-fa4
+FA4_PARTS ?= .fa4-parts
+FA4_SENT = $(wildcard $(FA4_PARTS)/manifest.json)
+
+wheelhouse-fa4:
+	rm -rf $(FA4_DIR) && mkdir -p $(FA4_DIR)
+	$(PIP_DOWNLOAD) -d $(FA4_DIR) $(FA4_WHEELS)
+	$(PYTHON) benchmarks/gpu_parts.py split --out $(FA4_PARTS) $(FA4_DIR)
+
+# What the GPU machine's image lacks, from .whl/ and (where its manifest was sent) flash-attn-4's joined and checked
+# parts, into $(WHEEL_SITE) (then $(GPU_ENV))
 define install-wheels
 	@ls .whl/*.whl >/dev/null || { echo "error: no wheels in .whl/: run make wheelhouse first"; exit 2; }
-	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEEL_SITE) .whl/*.whl
+	$(if $(FA4_SENT),$(GPU_PYTHON) benchmarks/gpu_parts.py join --parts $(FA4_PARTS) --into .,@echo "flash-attn-4 \
+		not installed: no $(FA4_PARTS)/manifest.json (make wheelhouse-fa4; docs/benchmarks.md)")
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEEL_SITE) \
+		.whl/*.whl $(if $(FA4_SENT),$(FA4_DIR)/*.whl)
 endef
 
 gpu-check: $(if $(filter cpu,$(DEVICE)),setup)
@@ -100,7 +127,7 @@ ifeq ($(DEVICE),cpu)
 	$(PY) benchmarks/gpu_check.py --device cpu --out $(OUT)
 else
 	$(install-wheels)
-	PYTHONPATH=$(WHEEL_SITE) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_check.py --device $(DEVICE) --out $(OUT)
+	$(GPU_ENV) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_check.py --device $(DEVICE) --out $(OUT)
 endif
 
 # The GPU demo (docs/benchmarks.md "GPU demo"): SmolLM2-135M-Instruct from 8K to 32K, its evaluations before and
@@ -121,7 +148,7 @@ ifeq ($(DEVICE),cpu)
 	$(PY) benchmarks/gpu_demo.py --device cpu --out $(DEMO_OUT) $(ARGS)
 else
 	$(install-wheels)
-	PYTHONPATH=$(WHEEL_SITE) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_demo.py --device $(DEVICE) --out $(DEMO_OUT) \
+	$(GPU_ENV) timeout -k 5 470 $(GPU_PYTHON) benchmarks/gpu_demo.py --device $(DEVICE) --out $(DEMO_OUT) \
 		$(if $(wildcard $(GPU_PARTS)/manifest.json),--parts $(GPU_PARTS)) $(ARGS)
 endif
 

@@ -5,10 +5,12 @@ bf16 on CUDA; on CPU the same code in float32 over the reference varlen kernel, 
 
 Kernels: ``varlen_fa2`` (the toolkit's ``torch_varlen`` adapter over PyTorch's varlen_attn, K/V repeated where
 that torch has no ``enable_gqa``), ``sdpa_cudnn`` and ``sdpa_flash`` (sdpa restricted to that backend, K/V heads
-grouped), ``flash_attn_4`` (where flash-attn-4 imports). A kernel that cannot run the shape is a row with its error.
-TFLOP/s counts causal attention as ``step_flops`` does (forward and backward, recomputation not counted).
+grouped), ``flash_attn_4`` (where flash-attn-4 imports); ``--kernels`` picks some. A kernel that cannot run the shape
+is a row with its error. TFLOP/s counts causal attention as ``step_flops`` does (forward and backward, recomputation
+not counted); ``first_s`` is the first, untimed pass (a JIT-compiled kernel's compile included).
 
     python benchmarks/attention_kernels.py --shape llama3-8b --seq-len 8192 32768 65536
+    python benchmarks/attention_kernels.py --kernels varlen_fa2 flash_attn_4 --seq-len 32768 131072 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES  # noqa: E402
 
+KERNELS = ("varlen_fa2", "sdpa_cudnn", "sdpa_flash", "flash_attn_4")
+"""Every kernel's name, in the order they run (the CPU has ``varlen_fa2`` alone)."""
 Attention = Callable[[Any, Any, Any, Any], Any]
 """``(query, key, value, cu_seqlens) -> output`` on ``(B, H, L, D)`` query and ``(B, H_kv, L, D)`` key/value."""
 
@@ -71,7 +75,8 @@ def _kernels(device: str) -> dict[str, Attention]:
 
 
 def time_kernel(kernel: Attention, shape: str, seq_len: int, rows: int, repeats: int, device: str) -> dict:
-    """Median seconds of ``repeats`` forward+backward passes (after one warm-up) and the TFLOP/s they give."""
+    """Median seconds of ``repeats`` forward+backward passes (after one warm-up, ``first_s``) and the TFLOP/s they
+    give."""
     import torch
 
     from toolkit.plan.memory import shape_from_config, step_flops
@@ -94,7 +99,8 @@ def time_kernel(kernel: Attention, shape: str, seq_len: int, rows: int, repeats:
     model = shape_from_config(config)
     attention = (step_flops(model, seq_len, seq_len) - step_flops(model, seq_len, 0)) / model.layers * rows
     median = statistics.median(seconds[1:])
-    return {"seconds": median, "spread": [min(seconds[1:]), max(seconds[1:])], "tflops": attention / median / 1e12}
+    return {"seconds": median, "spread": [min(seconds[1:]), max(seconds[1:])], "tflops": attention / median / 1e12,
+            "first_s": seconds[0]}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -105,11 +111,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seq-len", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--rows", type=int, default=1, help="rows (one document each) per call")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, help="these kernels only (default: every one "
+                        "this device offers)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    offered = _kernels(device)
+    missing = sorted(set(args.kernels or ()) - set(offered))
+    if missing:
+        parser.error(f"not on {device}: {', '.join(missing)}")
+    chosen = {name: offered[name] for name in args.kernels or offered}
     results = []
     for seq_len in args.seq_len:
-        for name, kernel in _kernels(device).items():
+        for name, kernel in chosen.items():
             row: dict[str, Any] = {"kernel": name, "seq_len": seq_len, "rows": args.rows}
             try:
                 row |= time_kernel(kernel, args.shape, seq_len, args.rows, args.repeats, device)

@@ -1,4 +1,4 @@
-"""One prepared command that checks the single-GPU path (``make gpu-check``): five sections, each within its own
+"""One prepared command that checks the single-GPU path (``make gpu-check``): six sections, each within its own
 time budget, so the whole ends within the total (420 s on CUDA) and writes what it measured and checked into
 ``gpu-check.json`` and ``gpu-check.md`` (device, versions, every row and check, what was skipped and why),
 rewritten after every row.
@@ -9,10 +9,14 @@ rewritten after every row.
 3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps in bf16 from those
    weights: every step's loss within 1e-3 of one plain process's;
 4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, packed rows: toolkit vs baseline tokens/s,
-   MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory);
+   MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory); each row names the
+   attention it ran (``attention_used``: the toolkit's ``auto``, flash_attention_4 where flash-attn-4 is installed);
 5. the longest-context probe: one step of a 1- and a 2-layer model with the 8B per-layer shapes at 512K and 1M
    (while the time left allows), extrapolated to 32 layers (GPU memory, host memory, step time), each beside the
-   plan's figures, the plan within 10% of the extrapolated allocated peak; within what is left.
+   plan's figures, the plan within 10% of the extrapolated allocated peak; within what is left but section 6's
+   seconds;
+6. flash-attn-4 against PyTorch's varlen FA2: one attention layer of the 8B shape, forward and backward, one
+   document per row at 32K and 128K, TFLOP/s of each (flash-attn-4 where installed: ``make wheelhouse-fa4``).
 
 ``--device cpu`` runs the same code at tiny shapes in one to two minutes (``make gpu-check DEVICE=cpu``).
 
@@ -35,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import gpu_check_engines as engines  # noqa: E402
+from benchmarks import gpu_check_kernels as kernels  # noqa: E402
 from benchmarks import gpu_check_probe as probe  # noqa: E402
 from benchmarks import gpu_check_sections as sections  # noqa: E402
 from benchmarks import gpu_check_training as training  # noqa: E402
@@ -49,16 +54,18 @@ PROFILES = {
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
                              probe_lengths=(524288, 1048576), probe_layers=32, probe_offload=26,
-                             budgets=(100, 80, 50, 120), total_s=420, min_row_s=30),
+                             kernel_lengths=(32768, 131072), budgets=(100, 80, 50, 120), kernels_s=60, total_s=420,
+                             min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), offload_from=256, tiles=2, tiles_from=256,
                             stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),
                             engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),
                                      ("FSDP2", None, ())),
-                            probe_lengths=(256, 512), probe_layers=4, probe_offload=4,
-                            budgets=(15, 45, 45, 22), total_s=135, min_row_s=5),
+                            probe_lengths=(256, 512), probe_layers=4, probe_offload=4, kernel_lengths=(256, 512),
+                            budgets=(15, 45, 45, 22), kernels_s=20, total_s=155, min_row_s=5),
 }
-_EXTRA_PACKAGES = ("pydantic", "pydantic-core", "datasets", "pyarrow", "fsspec", "liger-kernel", "deepspeed", "pytest")
+_EXTRA_PACKAGES = ("pydantic", "pydantic-core", "datasets", "pyarrow", "fsspec", "liger-kernel", "deepspeed", "pytest",
+                   "flash-attn-4", "nvidia-cutlass-dsl")
 
 
 def _versions(found: dict[str, str]) -> dict[str, str]:
@@ -71,7 +78,7 @@ def _versions(found: dict[str, str]) -> dict[str, str]:
 
 
 def check(profile: sections.Profile, out: Path) -> dict[str, Any]:
-    """Run the five sections within ``profile``'s budgets; the results as written to ``out``."""
+    """Run the six sections within ``profile``'s budgets; the results as written to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -97,10 +104,12 @@ def check(profile: sections.Profile, out: Path) -> dict[str, Any]:
                 ("4. throughput and memory: toolkit vs baseline", profile.budgets[3],
                  lambda s, p, d: probe.throughput_against_plan(s, p, d, peak)),
                 ("5. longest context: 1- and 2-layer probe extrapolated, against the plan", None,
-                 probe.longest_context)]
+                 probe.longest_context),
+                ("6. attention kernels: flash-attn-4 vs varlen FA2", profile.kernels_s, kernels.attention_kernels)]
         for name, budget, run in plan:
             left = profile.total_s - (time.monotonic() - started)
-            section = sections.Section(name, min(budget or left, left), save)
+            section = sections.Section(name, max(left - profile.kernels_s, 0) if budget is None else min(budget, left),
+                                       save)
             done.append(section)
             try:
                 run(section, profile, scratch)

@@ -14,6 +14,7 @@ _COLUMNS = {  # per section: the row keys shown, in order (losses, logs and erro
           "wall_s"),
 }
 _COLUMNS["5"] = _COLUMNS["4"]
+_COLUMNS["6"] = ("variant", "seq_len", "rows", "status", "tflops", "vs_varlen_fa2", "seconds", "first_s")
 
 
 def _cell(value: Any) -> str:

@@ -3,7 +3,8 @@ budget, rows, checks and skips), sections 1 and 4, and the device's facts. Each 
 subprocesses that never outlive its budget, and calls ``section.save()`` after every row or check so that an
 interrupted check still leaves what it measured. Sections 2 and 3 (training comparisons) are in
 ``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``, section 5 (the longest-context probe) in
-``benchmarks/gpu_check_probe.py``."""
+``benchmarks/gpu_check_probe.py``, section 6 (flash-attn-4 against varlen FA2) in
+``benchmarks/gpu_check_kernels.py``."""
 
 from __future__ import annotations
 
@@ -43,8 +44,12 @@ class Profile:
     """The full depth the probe extrapolates to."""
     probe_offload: int
     """Layers of the full depth whose checkpointed inputs the probe keeps in host memory."""
+    kernel_lengths: tuple[int, ...]
+    """Section 6: flash-attn-4 and varlen FA2 over one layer at each length (benchmarks/gpu_check_kernels.py)."""
     budgets: tuple[float, float, float, float]
-    """Seconds for sections 1-4; section 5 gets what is left of the total."""
+    """Seconds for sections 1-4; section 5 gets what is left of the total but section 6's ``kernels_s``."""
+    kernels_s: float
+    """Section 6's seconds, held back from section 5's remainder."""
     total_s: float
     min_row_s: float
     """A measurement whose time cannot be extrapolated yet starts only with this many seconds left."""

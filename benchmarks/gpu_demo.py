@@ -92,6 +92,16 @@ def _toolkit(args: list[str], log: Path) -> None:
         raise SystemExit(1)
 
 
+def _join(parts: Path) -> None:
+    """The model and corpus parts joined and checked (exit 2 with one line naming a missing or damaged part)."""
+    from toolkit.errors import UserError
+
+    try:
+        join(parts, REPO)
+    except UserError as exc:
+        _refuse(str(exc))
+
+
 def check_inputs() -> None:
     """The model folder and the corpus are complete (exit 2 with one line otherwise)."""
     from toolkit.data.corpus import is_complete as corpus_complete
@@ -207,7 +217,7 @@ def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple
 
     now = started
     if parts is not None:
-        join(parts, REPO)
+        _join(parts)
         now = lap("join", now)
     check_inputs()
     overrides = [f"output.dir={run_dir}", *profile.overrides, *extra]

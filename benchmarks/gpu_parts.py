@@ -1,6 +1,8 @@
 """Files for a GPU machine that takes at most 64 MiB per call: one gzip'd tar of them cut into numbered parts with
-a sha256 manifest (``make gpu-parts``), sent one call after another, put back together and checked there
-(``make gpu-demo`` does it first). Standard library only: it runs before anything is installed.
+a sha256 manifest, sent one call after another, put back together and checked there. ``make gpu-parts`` (the
+demo's model and corpus; ``make gpu-demo`` joins them first) and ``make wheelhouse-fa4`` (flash-attn-4's wheels;
+``make gpu-check`` and ``make gpu-demo`` join and install them). Standard library only: it runs before anything is
+installed. A missing or damaged part, or a missing manifest: one line naming it, exit 2.
 
     python benchmarks/gpu_parts.py split --out .gpu-parts models/smollm2-135m-instruct data/corpus
     python benchmarks/gpu_parts.py join --parts .gpu-parts --into .
@@ -21,6 +23,7 @@ from typing import BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toolkit.errors import UserError  # noqa: E402
 from toolkit.file_digest import sha256_of  # noqa: E402
 
 MANIFEST = "manifest.json"
@@ -46,8 +49,11 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        data = json.loads(path.read_text())
-        return cls(data["paths"], data["archive_sha256"], [Part(**part) for part in data["parts"]])
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["paths"], data["archive_sha256"], [Part(**part) for part in data["parts"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a parts manifest ({type(exc).__name__}: {exc})") from exc
 
 
 class PartsWriter:
@@ -93,9 +99,9 @@ class PartsWriter:
 
 def split(paths: list[Path], out: Path, part_mib: int = PART_MIB, root: Path = Path(".")) -> Manifest:
     """Pack ``paths`` (relative to ``root``) into ``out``'s parts and manifest; returns the manifest."""
-    missing = [str(path) for path in paths if not (root / path).exists()]
+    missing = [str(root / path) for path in paths if not (root / path).exists()]
     if missing:
-        sys.exit(f"error: not there: {', '.join(missing)} (make small-model, make corpus)")
+        raise UserError(f"nothing to pack at {', '.join(missing)}")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*"):
         old.unlink()
@@ -137,9 +143,11 @@ class PartsReader:
 
 
 def check_parts(folder: Path) -> Manifest:
-    """The manifest in ``folder``, after checking every part it lists is there with its sha256 (exit otherwise)."""
+    """The manifest in ``folder``, after checking every part it lists is there with its sha256 (a
+    :class:`UserError` naming the missing and damaged parts otherwise)."""
     if not (folder / MANIFEST).is_file():
-        sys.exit(f"error: no {MANIFEST} in {folder} (make gpu-parts, then send it with the parts)")
+        raise UserError(f"{folder / MANIFEST}: not there (split the files where they are, then send it with the "
+                        "parts: docs/benchmarks.md)")
     manifest = Manifest.read(folder / MANIFEST)
     bad = []
     for part in manifest.parts:
@@ -149,7 +157,7 @@ def check_parts(folder: Path) -> Manifest:
         elif path.stat().st_size != part.bytes or sha256_of(path) != part.sha256:
             bad.append(f"{part.name} damaged (sha256 differs)")
     if bad:
-        sys.exit(f"error: {folder}: {', '.join(bad)}; send those parts again")
+        raise UserError(f"{folder}: {', '.join(bad)}; send those parts again")
     return manifest
 
 
@@ -162,7 +170,7 @@ def join(folder: Path, into: Path) -> list[str]:
             archive.extractall(into, filter="data")
     reader.read()  # what the unpacking left unread (tar padding), into the hash
     if reader.whole.hexdigest() != manifest.archive_sha256:
-        sys.exit(f"error: {folder}: the joined parts' sha256 differs from the manifest's")
+        raise UserError(f"{folder}: the joined parts' sha256 differs from {MANIFEST}'s")
     return manifest.paths
 
 
@@ -177,12 +185,17 @@ def main(argv: list[str] | None = None) -> None:
     put.add_argument("--parts", type=Path, default=Path(".gpu-parts"))
     put.add_argument("--into", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    if args.command == "split":
-        manifest = split(args.paths, args.out, args.part_mib)
-        print(f"{len(manifest.parts)} parts in {args.out} ({sum(p.bytes for p in manifest.parts) / 2**20:.1f} "
-              f"MiB), sha256 {manifest.archive_sha256}")
-    else:
-        print(f"joined and checked: {', '.join(join(args.parts, args.into))}")
+    try:
+        if args.command == "split":
+            manifest = split(args.paths, args.out, args.part_mib)
+            sizes = ", ".join(f"{part.name} {part.bytes / 2**20:.1f} MiB" for part in manifest.parts)
+            print(f"{len(manifest.parts)} parts in {args.out} ({sizes}; "
+                  f"{sum(p.bytes for p in manifest.parts) / 2**20:.1f} MiB), sha256 {manifest.archive_sha256}")
+        else:
+            print(f"joined and checked: {', '.join(join(args.parts, args.into))}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -111,6 +111,17 @@ def test_attention_kernels_time_the_varlen_adapter_on_cpu() -> None:
     assert row["tflops"] * row["seconds"] * 1e12 == pytest.approx(3_145_728)
 
 
+def test_attention_kernels_run_the_kernels_asked_for() -> None:
+    """``--kernels`` picks; one this device does not offer is refused in one line (exit 2)."""
+    from benchmarks.attention_kernels import main
+
+    [row] = main(["--shape", "tiny", "--seq-len", "64", "--repeats", "1", "--kernels", "varlen_fa2"])
+    assert row["kernel"] == "varlen_fa2" and row["first_s"] > 0
+    with pytest.raises(SystemExit) as refused:
+        main(["--shape", "tiny", "--seq-len", "64", "--kernels", "flash_attn_4"])
+    assert refused.value.code == 2
+
+
 def test_packed_mixture_rows_train_like_their_documents_unpacked() -> None:
     """Mixture rows: the toolkit trains them packed, the baseline each document alone; same losses at every step,
     real tokens counted without the padding."""

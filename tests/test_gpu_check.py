@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from benchmarks.gpu_check import PROFILES
+from benchmarks.gpu_check_kernels import _fa4_missing, _row, attention_kernels
 from benchmarks.gpu_check_report import markdown
+from benchmarks.gpu_check_sections import Section
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = PROFILES["cpu"].total_s
@@ -34,7 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_section_reports_rows_or_reasons(result: dict) -> None:
     assert result["mode"] == "cpu" and result["elapsed_s"] <= BUDGET_S + 5
     assert result["versions"]["transformers"] == "5.17.0"
-    assert [s["name"][0] for s in result["sections"]] == ["1", "2", "3", "4", "5"]
+    assert [s["name"][0] for s in result["sections"]] == ["1", "2", "3", "4", "5", "6"]
     for section in result["sections"]:
         assert section["rows"] or section["skipped"], section
         assert not any(note.startswith("failed:") for note in section["notes"]), section["notes"]
@@ -81,7 +84,40 @@ def test_measured_rows_hold_real_numbers(result: dict) -> None:
     throughput = [row for row in result["sections"][3]["rows"] if row["status"] == "ok"]
     for row in throughput:
         assert row["seq_len"] == 256 and row["tokens_per_s"] > 0 and 0 < row["mfu"] and row["peak_gib"] > 0
+        assert row["attention_used"] == "sdpa"  # auto off a GPU; on one, flash_attention_4 where it is installed
     assert throughput or result["sections"][3]["skipped"]
+
+
+def test_attention_kernels_run_varlen_over_the_reference_and_skip_flash_attn_4(result: dict) -> None:
+    section = result["sections"][5]
+    assert section["budget_s"] <= PROFILES["cpu"].kernels_s  # less only where sections 1-4 overran the total
+    assert section["skipped"][0] == {"what": "flash_attn_4", "why": "flash-attn-4 needs a CUDA GPU (sm90 or newer)"}
+    for row in section["rows"]:
+        assert row["variant"] == "varlen_fa2" and row["status"] == "ok" and row["tflops"] > 0 and row["first_s"] > 0
+    assert [row["seq_len"] for row in section["rows"]] == [256, 512] or len(section["skipped"]) > 1  # or cut off
+
+
+def test_what_section_6_cannot_measure_within_its_budget_is_a_skip(tmp_path: Path) -> None:
+    section = Section("6. attention kernels", 10, lambda: None)
+    attention_kernels(section, replace(PROFILES["cpu"], kernel_lengths=(64, 4096)), tmp_path)
+    assert time.monotonic() - section.started < 15  # the child stopped at the budget (4 passes at 4096: about 40 s)
+    assert section.skipped[-1] == {"what": "varlen_fa2 at 4,096", "why": "not measured within the section's 10 s"}
+    assert [row["seq_len"] for row in section.rows] in ([64], [])  # [] only on a machine too busy to start it
+
+
+def test_flash_attn_4_rows_stand_beside_varlen_fa2s() -> None:
+    missing = _fa4_missing(PROFILES["cuda"])
+    assert missing is not None and missing.startswith("flash-attn-4 not installed")  # not here
+    fa2: dict[int, float] = {}
+    rows = [_row({"kernel": kernel, "seq_len": 32768, "rows": 1, "seconds": 1.0, "tflops": tflops, "first_s": 9.0},
+                 fa2) for kernel, tflops in (("varlen_fa2", 300.0), ("flash_attn_4", 450.0))]
+    broken = _row({"kernel": "flash_attn_4", "seq_len": 131072, "rows": 1, "error": "RuntimeError: no sm90"}, fa2)
+    assert rows[1]["vs_varlen_fa2"] == 1.5 and "vs_varlen_fa2" not in rows[0] and broken["status"] == "error"
+    section = {"name": "6. attention kernels", "budget_s": 60.0, "elapsed_s": 50.0, "rows": [*rows, broken],
+               "checks": [], "skipped": [], "notes": []}
+    text = markdown({"mode": "cuda", "started": "now", "budget_s": 420.0, "sections": [section]})
+    assert "| flash_attn_4 | 32,768 | 1 | ok | 450 | 1.5 | 1 | 9 |" in text
+    assert "- flash_attn_4 at 131072: error: RuntimeError: no sm90" in text
 
 
 def test_report_states_every_check() -> None:

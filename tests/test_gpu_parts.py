@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_parts import MANIFEST, join, split  # noqa: E402
+from toolkit.errors import UserError  # noqa: E402
 
 
 @pytest.fixture
@@ -43,12 +44,12 @@ def test_a_missing_or_damaged_part_is_named(tree: Path, tmp_path: Path) -> None:
     parts = tmp_path / "parts"
     split([Path("models/m")], parts, part_mib=1, root=tree)
     (parts / "part-01").unlink()
-    with pytest.raises(SystemExit, match="part-01 missing; send those parts again"):
+    with pytest.raises(UserError, match="part-01 missing; send those parts again"):
         join(parts, tmp_path / "out")
     split([Path("models/m")], parts, part_mib=1, root=tree)
     damaged = bytearray((parts / "part-02").read_bytes())
     damaged[100] ^= 1
     (parts / "part-02").write_bytes(bytes(damaged))
-    with pytest.raises(SystemExit, match=r"part-02 damaged \(sha256 differs\)"):
+    with pytest.raises(UserError, match=r"part-02 damaged \(sha256 differs\)"):
         join(parts, tmp_path / "out")
     assert not (tmp_path / "out").exists()
