@@ -8,6 +8,7 @@ loads it before anything else.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +17,28 @@ import numpy as np
 _LOSS_CHUNK = 256
 
 
-def _llama(gguf: Path, n_ctx: int) -> Any:
+def load_llama(gguf: Path, n_ctx: int) -> Any:
+    """llama.cpp's ``Llama`` on ``gguf``, a context of ``n_ctx``, logits kept at every position, a thread per core
+    this process may use (llama-cpp-python's default is half the machine's cores)."""
     return importlib.import_module("llama_cpp").Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx,
-                                                      n_ubatch=n_ctx, logits_all=True, verbose=False)
+                                                      n_ubatch=n_ctx, logits_all=True, verbose=False,
+                                                      n_threads=len(os.sched_getaffinity(0)))
 
 
-def _logits(llm: Any, ids: list[int]) -> np.ndarray:
-    """The logits at every position of ``ids`` (a fresh sequence)."""
+def logits_at(llm: Any, ids: list[int]) -> np.ndarray:
+    """The logits at every position of ``ids`` (a fresh sequence), copied: llama.cpp reuses its buffer."""
     llm.reset()
     llm.eval(ids)
-    return np.asarray(llm.scores[:len(ids)])
+    return np.array(llm.scores[:len(ids)])
 
 
 def greedy_matches(gguf: Path, n_ctx: int, cases: list[tuple[list[int], list[int]]]) -> list[bool]:
     """For each (prompt, answer): would greedy decoding after the prompt produce the answer? One teacher-forced pass
     each, as in :func:`toolkit.evals.scoring.greedy_matches`."""
-    llm = _llama(gguf, n_ctx)
+    llm = load_llama(gguf, n_ctx)
     matches = []
     for prompt, answer in cases:
-        logits = _logits(llm, prompt + answer[:-1])[len(prompt) - 1:]
+        logits = logits_at(llm, prompt + answer[:-1])[len(prompt) - 1:]
         matches.append(logits.argmax(-1).tolist() == answer)
     llm.close()
     return matches
@@ -43,7 +47,7 @@ def greedy_matches(gguf: Path, n_ctx: int, cases: list[tuple[list[int], list[int
 def generate(gguf: Path, n_ctx: int, prompts: list[list[int]], max_new_tokens: int,
              eos_id: int | None) -> list[list[int]]:
     """Greedy continuations of at most ``max_new_tokens`` tokens, each ending at its first ``eos_id``."""
-    llm = _llama(gguf, n_ctx)
+    llm = load_llama(gguf, n_ctx)
     rows = []
     for prompt in prompts:
         llm.reset()
@@ -60,10 +64,10 @@ def generate(gguf: Path, n_ctx: int, prompts: list[list[int]], max_new_tokens: i
 
 def token_losses(gguf: Path, n_ctx: int, sequences: list[list[int]]) -> np.ndarray:
     """(batch, length - 1) float32 losses of sequences of one length: entry i is the loss of token i + 1."""
-    llm = _llama(gguf, n_ctx)
+    llm = load_llama(gguf, n_ctx)
     out = []
     for ids in sequences:
-        logits = _logits(llm, ids[:-1])
+        logits = logits_at(llm, ids[:-1])
         targets = np.asarray(ids[1:])
         losses = []
         for start in range(0, len(targets), _LOSS_CHUNK):
