@@ -9,12 +9,15 @@ rewritten after every row.
 3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps in bf16 from those
    weights: every step's loss within 1e-3 of one plain process's;
 4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, packed rows: toolkit vs baseline tokens/s,
-   MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory);
+   MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory); after the 32K rows,
+   ``python -m toolkit train`` on the toolkit row's rows (the same recipe, the rows as a token-id file): its
+   ``metrics.jsonl`` median real tokens/s within 10% of the benchmark's;
 5. the longest-context probe: one step of a 1- and a 2-layer model with the 8B per-layer shapes at 512K and 1M
    (while the time left allows), extrapolated to 32 layers (GPU memory, host memory, step time), each beside the
    plan's figures, the plan within 10% of the extrapolated allocated peak; within what is left.
 
-``--device cpu`` runs the same code at tiny shapes in one to two minutes (``make gpu-check DEVICE=cpu``).
+``--device cpu`` runs the same code at tiny shapes in two to three minutes (``make gpu-check DEVICE=cpu``); there the
+CLI's speed against the benchmark's is reported, not asserted.
 
     python benchmarks/gpu_check.py --device cuda --out runs/gpu-check
 """
@@ -45,18 +48,20 @@ NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "n
 first use."""
 PROFILES = {
     "cuda": sections.Profile(device="cuda", shape="llama3-8b", lengths=(8192, 32768, 65536, 131072),
-                             offload_from=131072, tiles=8, tiles_from=65536, stage_overrides=(),
+                             cli_length=32768, timing_asserted=True, offload_from=131072, tiles=8,
+                             tiles_from=65536, stage_overrides=(),
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
                              probe_lengths=(524288, 1048576), probe_layers=32, probe_offload=26,
-                             budgets=(100, 80, 50, 120), total_s=420, min_row_s=30),
-    "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), offload_from=256, tiles=2, tiles_from=256,
+                             budgets=(100, 80, 50, 160), total_s=420, min_row_s=30),
+    "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), cli_length=256, timing_asserted=False,
+                            offload_from=256, tiles=2, tiles_from=256,
                             stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),
                             engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),
                                      ("FSDP2", None, ())),
                             probe_lengths=(256, 512), probe_layers=4, probe_offload=4,
-                            budgets=(15, 45, 45, 22), total_s=135, min_row_s=5),
+                            budgets=(15, 45, 45, 55), total_s=170, min_row_s=5),
 }
 _EXTRA_PACKAGES = ("pydantic", "pydantic-core", "datasets", "pyarrow", "fsspec", "liger-kernel", "deepspeed", "pytest")
 
