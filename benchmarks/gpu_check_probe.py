@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu_check_cli import cli_against_benchmark
 from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
 from benchmarks.harness import LORA_TARGETS, ROOT, SHAPES
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
@@ -40,9 +42,11 @@ def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict
 
 
 def throughput_against_plan(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
-    """Section 4 (:func:`benchmarks.gpu_check_sections.throughput`), then its toolkit rows against the plan: the
-    measured peak allocated (CUDA; the CPU's is the resident set the step added, in float32) within 10%."""
-    throughput(section, profile, scratch, peak_tflops)
+    """Section 4 (:func:`benchmarks.gpu_check_sections.throughput`, with the CLI against the benchmark at the
+    profile's ``cli_length``: :func:`benchmarks.gpu_check_cli.cli_against_benchmark`), then its toolkit rows against
+    the plan: the measured peak allocated (CUDA; the CPU's is the resident set the step added, in float32) within
+    10%."""
+    throughput(section, profile, peak_tflops, partial(cli_against_benchmark, section, profile, scratch))
     for row in section.rows:
         if row.get("variant") != "toolkit" or row.get("status") != "ok" or row.get("method") != "lora":
             continue

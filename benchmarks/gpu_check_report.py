@@ -44,7 +44,8 @@ def markdown(result: dict[str, Any]) -> str:
              "budget",
              f"- device: {result.get('device', '?')}{memory}; measured matmul rate (MFU denominator): "
              f"{result.get('matmul_tflops', 0):.3g} TFLOP/s",
-             f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed",
+             f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed"
+             + (f", {checks.count('reported')} reported (not asserted)" if "reported" in checks else ""),
              f"- versions: {versions}", ""]
     for section in result["sections"]:
         lines += [f"## {section['name']}", "",

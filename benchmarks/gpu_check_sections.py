@@ -2,9 +2,9 @@
 budget, rows, checks and skips), sections 1 and 4, and the device's facts. Each section runs its work in
 subprocesses that never outlive its budget, and calls ``section.save()`` after every row or check so that an
 interrupted check still leaves what it measured. Sections 2 and 3 (training comparisons) are in
-``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``, section 5 (the longest-context probe) in
-``benchmarks/gpu_check_probe.py``, section 6 (flash-attn-4 against varlen FA2) in
-``benchmarks/gpu_check_kernels.py``."""
+``benchmarks/gpu_check_training.py`` and ``benchmarks/gpu_check_engines.py``, section 4's CLI check in
+``benchmarks/gpu_check_cli.py``, section 5 (the longest-context probe) in ``benchmarks/gpu_check_probe.py``, section 6
+(flash-attn-4 against varlen FA2) in ``benchmarks/gpu_check_kernels.py``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ class Profile:
     shape: str
     lengths: tuple[int, ...]
     """Section 4: toolkit and baseline at each length."""
+    cli_length: int
+    """Section 4: the length (one of ``lengths``) at which the CLI trains the toolkit row's rows
+    (``benchmarks/gpu_check_cli.py``)."""
+    timing_asserted: bool
+    """Whether the CLI's speed against the benchmark's is a pass/fail check, or only reported."""
     offload_from: int
     tiles: int
     tiles_from: int
@@ -64,7 +69,7 @@ class Section:
     elapsed_s: float | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
-    """Pass or fail: a measured difference against its tolerance."""
+    """Pass or fail (or only reported): a measured difference against its tolerance."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -75,11 +80,14 @@ class Section:
         self.rows.append(row)
         self.save()
 
-    def check(self, what: str, difference: float | None, tolerance: float, why: str = "") -> None:
-        """Passes when ``difference`` (None: not measured, ``why`` says why) is at most ``tolerance``."""
+    def check(self, what: str, difference: float | None, tolerance: float, why: str = "",
+              asserted: bool = True) -> None:
+        """Passes when ``difference`` (None: not measured, ``why`` says why) is at most ``tolerance``; not
+        ``asserted``: the result is "reported" whatever the difference."""
         passed = difference is not None and difference <= tolerance  # NaN fails too
-        self.checks.append({"what": what, "difference": difference, "tolerance": tolerance,
-                            "result": "pass" if passed else "fail", "why": why})
+        result = ("pass" if passed else "fail") if asserted else "reported"
+        self.checks.append({"what": what, "difference": difference, "tolerance": tolerance, "result": result,
+                            "why": why})
         self.save()
 
     def skip(self, what: str, why: str) -> None:
@@ -149,24 +157,30 @@ def _run_or_skip(section: Section, config: Config, previous: dict[str, Any] | No
     return row
 
 
-def throughput(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
+def throughput(section: Section, profile: Profile, peak_tflops: float,
+               at_cli_length: Callable[[Config, dict[str, Any] | None], None]) -> None:
     """Toolkit (offload and tiles per length) and baseline at each length, LoRA r=16 on attention; the
-    baseline is not run past its first out-of-memory length (that length's row is its result)."""
+    baseline is not run past its first out-of-memory length (that length's row is its result). After the rows at
+    ``profile.cli_length``: ``at_cli_length`` with the toolkit's configuration and row there (None: not run)."""
     common = Config(shape=profile.shape, method="lora", steps=3, warmup=1, tiles=profile.tiles,
                     peak_tflops=peak_tflops)
     last: dict[str, dict[str, Any] | None] = {"toolkit": None, "baseline": None}
     failed: dict[str, int] = {}
     for seq_len in profile.lengths:
-        for variant in ("toolkit", "baseline"):
+        configs = {variant: for_length(replace(common, variant=variant), seq_len, profile.offload_from,
+                                       profile.tiles_from) for variant in ("toolkit", "baseline")}
+        rows: dict[str, dict[str, Any] | None] = {}
+        for variant, config in configs.items():
             if variant in failed:
                 section.skip(f"{variant} at {seq_len:,}", f"ran out of memory at {failed[variant]:,}")
                 continue
-            config = for_length(replace(common, variant=variant), seq_len, profile.offload_from, profile.tiles_from)
-            row = _run_or_skip(section, config, last[variant] or last["toolkit"], profile.min_row_s)
+            rows[variant] = row = _run_or_skip(section, config, last[variant] or last["toolkit"], profile.min_row_s)
             if row is not None:
                 last[variant] = row if row["status"] == "ok" else last[variant]
                 if row["status"] == "oom":
                     failed[variant] = seq_len
+        if seq_len == profile.cli_length:
+            at_cli_length(configs["toolkit"], rows.get("toolkit"))
 
 
 def device_facts() -> dict[str, Any]:

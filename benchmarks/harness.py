@@ -40,6 +40,10 @@ SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256),
 }
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+"""The environment every measurement runs in. glibc serves allocations below its (growing) mmap threshold from the
+heap and keeps freed heap pages, so the resident set would count fragmentation; a fixed 64 KiB threshold maps and
+unmaps every tensor (on CPU, at the cost of speed: the tiny shape's steps at 256 tokens take twice as long)."""
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_RANK = 16
 BF16_SPEC_TFLOPS = 989.0
@@ -126,14 +130,23 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_rows(config: Config) -> list[StepRow]:
-    """The rows of every step (warm-up first) that both variants train on."""
-    return step_rows(config.rows, config.seq_len, SHAPES[config.shape]["vocab_size"], config.warmup + config.steps)
+def bench_rows(config: Config, extra: int = 0) -> list[StepRow]:
+    """The rows of every step (warm-up first) that both variants train on, and ``extra`` rows after them; padded
+    with the pad id of the benchmark recipe's tokenizer."""
+    from benchmarks.toolkit_variant import bench_recipe
+    from toolkit.data.tokenizer import load_tokenizer
+    from toolkit.data.tokens import pad_id
+    from toolkit.recipe.schema import Recipe
+
+    recipe = Recipe.model_validate(bench_recipe(config, Path("unused")))
+    return step_rows(config.rows, config.seq_len, SHAPES[config.shape]["vocab_size"],
+                     config.warmup + config.steps + extra, pad_id(load_tokenizer(recipe.model, recipe.seed)))
 
 
 def _speeds(config: Config, trial: Trial, rows: list[StepRow], peak_tflops: float, on_gpu: bool) -> dict:
-    """Tokens/s (real and all), step times and MFU of the timed steps. Model FLOPs are counted per document
-    (``step_flops`` of each document alone: attention from the sum of squared document lengths)."""
+    """Tokens/s (real and all), step times (each, their median and spread) and MFU of the timed steps. Model FLOPs
+    are counted per document (``step_flops`` of each document alone: attention from the sum of squared document
+    lengths)."""
     from toolkit.plan.memory import shape_from_config, step_flops
 
     shape = shape_from_config(SHAPES[config.shape])
@@ -144,8 +157,8 @@ def _speeds(config: Config, trial: Trial, rows: list[StepRow], peak_tflops: floa
     model_tflops = flops / seconds / 1e12
     return {"tokens_per_s": config.seq_len * len(timed) / seconds, "real_tokens_per_s": real / seconds,
             "real_fraction": real / (config.seq_len * len(timed)), "step_s": median(trial.step_s),
-            "step_s_min": min(trial.step_s), "step_s_max": max(trial.step_s), "model_tflops": model_tflops,
-            "peak_tflops": peak_tflops, "mfu": model_tflops / peak_tflops,
+            "step_s_min": min(trial.step_s), "step_s_max": max(trial.step_s), "step_times_s": trial.step_s,
+            "model_tflops": model_tflops, "peak_tflops": peak_tflops, "mfu": model_tflops / peak_tflops,
             "mfu_spec": model_tflops / BF16_SPEC_TFLOPS if on_gpu else None,
             "documents": [row.lengths for row in timed]}
 
@@ -182,10 +195,8 @@ def measure(config: Config, budget_s: float) -> dict:
     """Run ``config`` in a fresh Python process, stopped after ``budget_s`` seconds; an out-of-memory error, a
     timeout or any failure comes back as the row's status."""
     command = [sys.executable, "-m", "benchmarks.harness", json.dumps(asdict(config))]
-    # glibc serves allocations below its (growing) mmap threshold from the heap and keeps freed heap pages,
-    # so the resident set would count fragmentation; a fixed 64 KiB threshold maps and unmaps every tensor.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "MALLOC_MMAP_THRESHOLD_": "65536"}
+           **FIXED_MMAP}
     started = time.monotonic()
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(budget_s, 1))

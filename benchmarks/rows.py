@@ -42,8 +42,9 @@ def _lengths(kind: str, seq_len: int, rng: random.Random) -> Iterator[int]:
             yield max(MIN_DOCUMENT, min(seq_len, int(drawn)))
 
 
-def step_rows(kind: str, seq_len: int, vocab: int, count: int, seed: int = 0) -> list[StepRow]:
-    """``count`` rows of ``kind`` (:data:`ROWS`), tokens drawn from 3 .. ``vocab`` - 1, loss on every token."""
+def step_rows(kind: str, seq_len: int, vocab: int, count: int, pad_id: int, seed: int = 0) -> list[StepRow]:
+    """``count`` rows of ``kind`` (:data:`ROWS`), tokens drawn from 3 .. ``vocab`` - 1, loss on every token, padded
+    with ``pad_id`` (the tokenizer's, as the data path pads)."""
     from toolkit.data.packing import PAD_SOURCE, Document, pack_rows
 
     if kind not in ROWS:
@@ -56,7 +57,7 @@ def step_rows(kind: str, seq_len: int, vocab: int, count: int, seed: int = 0) ->
             yield Document(ids, list(ids))
 
     result = []
-    for row in islice(pack_rows(documents(), seq_len, "pack", pad_id=0), count):
+    for row in islice(pack_rows(documents(), seq_len, "pack", pad_id), count):
         starts = [i for i, p in enumerate(row["position_ids"]) if p == 0 and row["sources"][i] != PAD_SOURCE]
         real = sum(source != PAD_SOURCE for source in row["sources"])
         ends = [*starts[1:], real]

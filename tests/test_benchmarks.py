@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
@@ -90,8 +91,8 @@ def test_mixture_rows_are_real_documents_packed_and_unpacked_alike() -> None:
     from benchmarks.rows import step_rows
     from toolkit.data.packing import IGNORE_INDEX
 
-    rows = step_rows("mixture", 1024, 512, 4)
-    assert [step.lengths for step in rows] == [step.lengths for step in step_rows("mixture", 1024, 512, 4)]
+    rows = step_rows("mixture", 1024, 512, 4, pad_id=2)
+    assert [step.lengths for step in rows] == [step.lengths for step in step_rows("mixture", 1024, 512, 4, pad_id=2)]
     assert [len(step.lengths) for step in rows] == [14, 11, 1, 2]
     assert [sum(step.lengths) for step in rows] == [720, 940, 451, 798]
     for step in rows:
@@ -132,3 +133,27 @@ def test_packed_mixture_rows_train_like_their_documents_unpacked() -> None:
     real = sum(map(sum, ours["documents"]))
     assert ours["real_fraction"] == pytest.approx(real / (2 * 256)) and real < 2 * 256
     assert ours["real_tokens_per_s"] == pytest.approx(ours["tokens_per_s"] * ours["real_fraction"])
+
+
+@pytest.mark.parametrize("rows", ["one-document", "mixture"])
+def test_the_cli_recipe_packs_the_benchmark_rows_token_for_token(rows: str, tmp_path) -> None:
+    """The recipe gpu-check's CLI run trains (``benchmarks/cli_rows.py``), read as a run reads it, packs the rows the
+    toolkit variant trains on: ids, labels, positions and sources, padding included; the same steps, one row each."""
+    import torch
+
+    from benchmarks.cli_rows import write_cli_recipe
+    from benchmarks.harness import bench_rows
+    from toolkit.data.batches import stage_loader
+    from toolkit.data.tokenizer import load_tokenizer
+    from toolkit.recipe.loading import load_recipe
+
+    config = Config(shape="tiny", seq_len=256, rows=rows)
+    recipe = load_recipe(str(write_cli_recipe(config, tmp_path)))
+    stage, expected = recipe.train.stages[0], bench_rows(config)
+    assert (stage.seq_len, stage.batch_size, stage.max_steps) == (256, 1, len(expected))
+    loader = stage_loader(recipe.train.stage_data(0), load_tokenizer(recipe.model, recipe.seed), stage.seq_len,
+                          stage.batch_size, recipe.seed)
+    for batch, step in zip(loader, expected, strict=False):
+        drawn = {key: value.tolist() for key, value in cast(dict[str, torch.Tensor], batch).items()}
+        assert drawn == {key: [values] for key, values in step.row.items()}
+    assert rows == "one-document" or any(0 < sum(step.lengths) < 256 for step in expected)  # padding compared too

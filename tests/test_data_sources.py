@@ -1,4 +1,5 @@
-"""Text sources from local JSONL, parquet and text files: documents, epochs, sharding and user errors."""
+"""Text and token-id sources from local JSONL, parquet and text files: documents, epochs, order, sharding and user
+errors."""
 
 import json
 from itertools import islice
@@ -7,12 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import train
 from toolkit.data.batches import stage_batches
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.yaml_files import validate_as
 
 TEXTS = [f"Document number {i}: the quiet river {'flows ' * i}at dawn." for i in range(6)]
 
@@ -71,6 +75,40 @@ def test_stage_batches_from_jsonl(tokenizer, tmp_path):
     starts = batch["position_ids"] == 0
     assert (batch["labels"][starts] == IGNORE_INDEX).all()
     assert set(batch["input_ids"][starts].tolist()) - {tokenizer.pad_token_id} == {tokenizer.bos_token_id}
+
+
+def test_token_ids_train_as_given_and_in_file_order_without_shuffle(tokenizer, tmp_path):
+    """``format: tokens``: a record's ids as they are (no bos or eos), loss on all but the first; ``shuffle: false``:
+    every epoch reads the file in order."""
+    ids = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    (tmp_path / "ids.jsonl").write_text("".join(json.dumps({"input_ids": i}) + "\n" for i in ids))
+    spec = DataSpec(source="jsonl", path=str(tmp_path / "ids.jsonl"), format="tokens", shuffle=False)
+    docs = list(islice(text_documents(spec, tokenizer, seed=0), 3 * len(ids)))
+    assert [doc.input_ids for doc in docs] == 3 * ids
+    assert all(doc.labels == [IGNORE_INDEX] + doc.input_ids[1:] for doc in docs)
+    shuffled = [doc.input_ids for doc in islice(text_documents(spec.model_copy(update={"shuffle": True}), tokenizer,
+                                                                seed=0), 3 * len(ids))]
+    assert shuffled != 3 * ids and sorted(shuffled) == sorted(3 * ids)
+
+
+def test_a_record_without_token_ids_is_a_user_error(tokenizer, tmp_path):
+    (tmp_path / "ids.jsonl").write_text('{"input_ids": [1, 2]}\n{"input_ids": "1 2"}\n')
+    spec = DataSpec(source="jsonl", path=str(tmp_path / "ids.jsonl"), format="tokens", shuffle=False)
+    with pytest.raises(UserError, match=r"^train\.data\.ids_field: 'input_ids' is not a list of token ids \(integers "
+                                        r"from 0\) in .*ids\.jsonl:2$"):
+        list(islice(text_documents(spec, tokenizer, 0), 2))
+    with pytest.raises(UserError, match="^r.yaml: shuffle: applies to file and hub sources, not synthetic"):
+        validate_as(DataSpec, {"source": "synthetic", "shuffle": False}, "r.yaml")
+
+
+def test_token_ids_past_the_models_vocabulary_stop_the_run_in_one_line(tmp_path, capsys):
+    (tmp_path / "ids.jsonl").write_text('{"input_ids": [5, 6, 7]}\n{"input_ids": [8, 100000]}\n')
+    data = {"source": "jsonl", "path": str(tmp_path / "ids.jsonl"), "format": "tokens"}
+    recipe = dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data}, output={"dir": str(tmp_path / "run")})
+    assert train(write_recipe(tmp_path, recipe), "train.max_steps=1") == 2
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")] == [
+        "error: train.data: token id 100000 is not below the model's vocabulary size 320 (format: tokens ids must "
+        "come from the model's tokenizer)"]
 
 
 def test_missing_file_is_a_user_error(tokenizer, tmp_path):

@@ -358,7 +358,8 @@ def _stage_job(session: Session, index: int) -> StageJob:
                             prepare=lambda loader: prepare_loader(accelerator, loader, session.objective),
                             data_parallel=data_parallel, per_read=_ulysses_degree(accelerator),
                             start=start.stream if start else None,
-                            consumed=start.step * stage.grad_accum if start else 0)
+                            consumed=start.step * stage.grad_accum if start else 0,
+                            vocab_size=session.model.config.vocab_size)
     steps = stage_steps(stage, recipe.train, data_parallel)
     return StageJob(index, stage, steps, tokens_per_step(stage, data_parallel), batches, start, session.global_step)
 

@@ -25,7 +25,7 @@ from toolkit.data.packing import IGNORE_INDEX, PAD_SOURCE, Row, laid_rows
 from toolkit.data.sources import check_source, source_documents
 from toolkit.data.stream_state import DocsState, SourceCursor, StreamState
 from toolkit.data.tokens import pad_id
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError
 from toolkit.recipe.schema import DataSpec, TrainSpec
 
 SOURCE_SEED_STRIDE = 7919
@@ -141,15 +141,17 @@ class StageBatches(Iterator[Batch]):
     counts the (non-padding) tokens of source ``i`` in the batches drawn so far by this process."""
 
     def __init__(self, batches: Iterator[Mapping[str, torch.Tensor]] | DataLoader, rows: PackedRows,
-                 sharers: int = 1, *, rows_per_batch: int = 1, per_read: int = 1, consumed: int = 0):
+                 sharers: int = 1, *, rows_per_batch: int = 1, per_read: int = 1, consumed: int = 0,
+                 vocab_size: int | None = None):
         """``sharers``: processes that draw the same tokens (context-parallel ranks slice rows only later).
         ``rows_per_batch``: rows of the stream one batch drawn by every process consumes (batch size times
         data-parallel groups); ``per_read``: batches handed out per batch read from the loader (the Ulysses adapter
         hands each rank of a group its slice of each of the group's batches). ``consumed``: batches drawn before
         (a resumed stage's, ``step * grad_accum``): those past ``rows.start`` are drawn again here and dropped (all of
-        them where a checkpoint saved no position)."""
+        them where a checkpoint saved no position). ``vocab_size``: the model's; a batch with an id at or past it
+        stops the run with a :class:`UserError` (only ``format: tokens`` gives ids no tokenizer made)."""
         self._batches = iter(batches)
-        self.rows, self.sharers = rows, sharers
+        self.rows, self.sharers, self.vocab_size = rows, sharers, vocab_size
         self.rows_per_batch, self.per_read = rows_per_batch, per_read
         self.tokens = [0] * len(rows.names)
         self.earlier = list(rows.start.tokens)
@@ -164,6 +166,9 @@ class StageBatches(Iterator[Batch]):
     def __next__(self) -> Batch:
         batch = as_batch(next(self._batches))
         sources = batch.pop("sources")
+        if self.vocab_size is not None and (top := int(batch["input_ids"].max())) >= self.vocab_size:
+            raise UserError(f"{self.rows.label}: token id {top} is not below the model's vocabulary size "
+                            f"{self.vocab_size} (format: tokens ids must come from the model's tokenizer)")
         drawn = torch.bincount(sources[sources != PAD_SOURCE].flatten().cpu(), minlength=len(self.tokens)).tolist()
         self.tokens = [a + b for a, b in zip(self.tokens, drawn, strict=True)]
         self.count += 1
@@ -208,15 +213,16 @@ def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed:
 def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
                   prepare: Callable[[DataLoader], Any] = lambda loader: loader, sharers: int = 1, *,
                   data_parallel: int = 1, per_read: int = 1, start: StreamState | None = None,
-                  consumed: int = 0) -> StageBatches:
+                  consumed: int = 0, vocab_size: int | None = None) -> StageBatches:
     """The batches of one stage (see :class:`StageBatches`); ``prepare`` turns the DataLoader into this process's
     (``toolkit.parallel.sequence.prepare_loader`` in a run). ``data_parallel``: groups of processes training on
-    different rows; ``start`` and ``consumed``: a resumed stage's saved position and batches drawn before."""
+    different rows; ``start`` and ``consumed``: a resumed stage's saved position and batches drawn before;
+    ``vocab_size``: the model's, which every id must be below."""
     loader = stage_loader(spec, tokenizer, seq_len, batch_size, seed, start)
     rows = loader.dataset
     assert isinstance(rows, PackedRows)
     return StageBatches(prepare(loader), rows, sharers, rows_per_batch=batch_size * data_parallel,
-                        per_read=per_read, consumed=consumed)
+                        per_read=per_read, consumed=consumed, vocab_size=vocab_size)
 
 
 def check_stage_data(train: TrainSpec, tokenizer) -> None:

@@ -6,7 +6,8 @@ the recipe's), loss on the assistant turns exactly as the template writes them (
 marker): each assistant turn is the text between the conversation rendered up to it with the generation prompt
 and rendered through it, and every part is tokenised on its own, as a model sees the prompt and then writes.
 ``arena``: a Chatbot Arena comparison laid out by :mod:`toolkit.data.arena_prompt` and cut to ``truncate_tokens``,
-then its label token (A, B or tie), the one label. A record that cannot become a document raises :class:`BadRow`.
+then its label token (A, B or tie), the one label. ``tokens``: the record's token ids as they are (no bos or eos
+added), loss on every token. A record that cannot become a document raises :class:`BadRow`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def text_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> D
     bos, eos = _ends(tokenizer)
     input_ids = bos + _ids(tokenizer, text) + eos
     return Document(input_ids, [IGNORE_INDEX] + input_ids[1:])
+
+
+def tokens_document(record: dict[str, Any], spec: SourceSpec) -> Document | None:
+    """Already tokenized: every id but the first is a label; None for an empty list."""
+    ids = _field(record, spec.ids_field, "ids_field")
+    if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+        raise BadRow("ids_field", f"{spec.ids_field!r} is not a list of token ids (integers from 0)")
+    if not ids:
+        return None
+    return Document(list(ids), [IGNORE_INDEX] + ids[1:])
 
 
 def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document:
@@ -182,7 +193,7 @@ def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, tem
 
 def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
                 label: str = "train.data") -> Document | None:
-    """``record`` (a mapping) as a document of ``spec.format``; None for an empty text record."""
+    """``record`` (a mapping) as a document of ``spec.format``; None for an empty text or tokens record."""
     if not isinstance(record, dict):
         raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
     if spec.format == "chat":
@@ -192,6 +203,8 @@ def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | N
         return prompt_completion_document(record, spec, tokenizer)
     if spec.format == "arena":
         return arena_document(record, spec, tokenizer, template)
+    if spec.format == "tokens":
+        return tokens_document(record, spec)
     return text_document(record, spec, tokenizer)
 
 

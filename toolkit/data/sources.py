@@ -1,8 +1,8 @@
 """Documents of one source: real records (local JSONL, parquet or text files, or a hub dataset) or synthetic needles.
 
-Records stream (nothing is loaded whole), are shuffled with a small seeded buffer that reshuffles every epoch,
-and cycled forever; every process reads the same stream (``toolkit.data.batches`` says who trains on what). Each
-record becomes a document by the source's ``format``
+Records stream (nothing is loaded whole), are shuffled with a small seeded buffer that reshuffles every epoch
+(``shuffle: false``: read in file order), and cycled forever; every process reads the same stream
+(``toolkit.data.batches`` says who trains on what). Each record becomes a document by the source's ``format``
 (:mod:`toolkit.data.formats`); documents outside ``min_tokens``/``max_tokens`` are dropped, and with
 ``upsample`` each document shorter than ``upsample.min_tokens`` is kept with probability ``1 / factor`` (seeded),
 so long documents are drawn ``factor`` times as often relative to the rest of the source. A bad record stops the
@@ -52,9 +52,12 @@ def _read(records: Iterator[dict[str, Any]], spec: SourceSpec, label: str) -> It
 
 
 def _rows(spec: SourceSpec, seed: int, label: str, cursor: SourceCursor) -> Iterator[dict[str, Any] | None]:
-    """Rows ``{"record", "where"}`` forever, None after each epoch, from ``cursor``'s epoch and record on (those
-    before it read and dropped, never tokenized); ``cursor`` counts the rows handed out."""
-    dataset = record_dataset(spec, label).shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+    """Rows ``{"record", "where"}`` forever (shuffled unless ``spec.shuffle`` is false), None after each epoch, from
+    ``cursor``'s epoch and record on (those before it read and dropped, never tokenized); ``cursor`` counts the rows
+    handed out."""
+    dataset = record_dataset(spec, label)
+    if spec.shuffle:
+        dataset = dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     while True:
         dataset.set_epoch(cursor.epoch)
         rows = _read(iter(dataset), spec, label)

@@ -182,12 +182,15 @@ class SourceSpec(Strict):
     """File or folder (jsonl/csv/parquet/text; relative to the recipe) or dataset name (hub)."""
     hub_config: str | None = None
     split: str = "train"
-    format: Literal["text", "chat", "prompt_completion", "arena"] = "text"
+    format: Literal["text", "chat", "prompt_completion", "arena", "tokens"] = "text"
     """``text``: loss on every token. ``chat``: a list of ``{role, content}`` messages rendered with the chat
     template, loss on the assistant turns. ``prompt_completion``: prompt then completion, loss on the completion.
     ``arena``: a Chatbot Arena comparison (prompt, two models' responses, winner; docs/preference.md), loss on the
-    one answer token, a softmax over ``label_tokens`` alone."""
+    one answer token, a softmax over ``label_tokens`` alone. ``tokens``: already tokenized, a list of token ids
+    (below the model's vocabulary size) taken as they are, no bos or eos added; loss on every token."""
     text_field: str = "text"
+    ids_field: str = "input_ids"
+    """``format: tokens``: the record field holding the token ids."""
     messages_field: str = "messages"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
@@ -205,6 +208,9 @@ class SourceSpec(Strict):
     truncate_tokens: PositiveInt | None = None
     """``format: arena`` (required, at most the stage's seq_len): the most tokens of one comparison with its answer;
     longer ones keep the head and the tail of every prompt and response turn within per-part budgets."""
+    shuffle: bool = True
+    """Read the records in a seeded shuffled order (reshuffled every epoch); false: in file order (files in name
+    order), every epoch alike, for data shuffled beforehand or whose order matters."""
     bad_rows: Literal["error", "skip"] = "error"
     """A record that cannot become a document (unknown role, empty messages, missing field): stop naming its file
     and line, or skip it and count it in ``metrics.jsonl``."""
@@ -229,15 +235,15 @@ class SourceSpec(Strict):
     @model_validator(mode="after")
     def _fits_source(self) -> SourceSpec:
         if self.source == "synthetic":
-            for key in ("format", "chat_template", "min_tokens", "max_tokens", "upsample"):
+            for key in ("format", "chat_template", "min_tokens", "max_tokens", "upsample", "shuffle"):
                 if _changed(self, key):
                     raise FieldError(key, "applies to file and hub sources, not synthetic")
             return self
         if not self.path:
             raise FieldError("path", f"source {self.source!r} needs a path")
         if self.source == "text" and self.format != "text":
-            raise FieldError("format", "a text source holds plain text; chat and prompt_completion need records "
-                                       "(jsonl, parquet or hub)")
+            raise FieldError("format", "a text source holds plain text; chat, prompt_completion and tokens need "
+                                       "records (jsonl, parquet or hub)")
         if self.chat_template is not None and self.format not in ("chat", "arena"):
             raise FieldError("chat_template", "applies to format: chat or arena")
         if self.format != "arena":
