@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-_PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "lm-eval", "flash-attn", "unsloth",
-             "deepspeed", "liger-kernel")
+_PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "lm-eval", "flash-attn", "flash-attn-4",
+             "unsloth", "deepspeed", "liger-kernel")
 
 
 def package_versions() -> dict[str, str]:
