@@ -73,6 +73,15 @@ class EvalContext:
         """The transformers model's device: where the jury's local judges load."""
         return self._transformers().device
 
+    def judges_log(self, task_key: str, fresh: bool) -> Path:
+        """Where a judged task (``jury``, ``jury_pairwise``) appends its judges' raw outputs,
+        ``<folder>/<suite>-<task>-judges.jsonl``; emptied when ``fresh`` (no cell recorded yet)."""
+        path = self.folder / f"{self.suite}-{task_key}-judges.jsonl"
+        if fresh:
+            path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def plot_path(self, task_key: str, what: str = "") -> Path:
         suffix = f"-{what}" if what else ""
         return self.folder / f"{self.suite}-{task_key}{suffix}.png"

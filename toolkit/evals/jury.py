@@ -111,13 +111,10 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
     recorded: dict[str, list[Cell]] = {}
     for cell in results.cells(task):
         recorded.setdefault(cell["key"], []).append(cell)
-    raw_path = ctx.folder / f"{ctx.suite}-{task.key}-judges.jsonl"
-    if not recorded:
-        raw_path.unlink(missing_ok=True)
+    raw_path = ctx.judges_log(task.key, fresh=not recorded)
     todo = [item for item in items if item_key(item) not in recorded]
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
-        raw_path.parent.mkdir(parents=True, exist_ok=True)
         sentences = load_sentences(task.haystack) if task.length else None
         for chunk in batched(todo, task.batch_size):
             prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]

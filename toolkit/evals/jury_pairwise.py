@@ -83,13 +83,10 @@ def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteRe
     rows, skipped = labelled_rows(task.data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: data")
     rows = rows[:task.limit]
     recorded: dict[str, Cell] = {cell["key"]: cell for cell in results.cells(task)}
-    raw_path = ctx.folder / f"{ctx.suite}-{task.key}-judges.jsonl"
-    if not recorded:
-        raw_path.unlink(missing_ok=True)
+    raw_path = ctx.judges_log(task.key, fresh=not recorded)
     todo = [row for row in rows if row_key(row) not in recorded]
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
-        raw_path.parent.mkdir(parents=True, exist_ok=True)
         for chunk in batched(todo, RECORD_EVERY):
             recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
             results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
