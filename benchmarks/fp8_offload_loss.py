@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{results[-1].final('fp8'):.4f} fp8", flush=True)
     totals = summary(results)
     title = f"{args.recipe.name}, stage {args.stage}, {args.steps} steps, every layer offloaded"
+    title += "".join(f", {override}" for override in args.overrides)
     text = table(results, totals)
     (args.out / "fp8-offload-loss.md").write_text(f"{title}\n\n{text}\n")
     (args.out / "fp8-offload-loss.json").write_text(json.dumps(
