@@ -12,13 +12,20 @@ from tests.runs import train
 from toolkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_tiny_passkey_writes_the_whole_run_folder(tmp_path: Path) -> None:
-    run = tmp_path / "tiny"
-    assert train(ROOT / "recipes" / "tiny-passkey.yaml", "train.max_steps=2", f"output.dir={run}",
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default recipe with two steps per stage: every stage, suite and report, and too little training for
+    retrieval."""
+    folder = tmp_path_factory.mktemp("tiny") / "run"
+    assert train(ROOT / "recipes" / "tiny-passkey.yaml", "train.max_steps=2", f"output.dir={folder}",
                  "model.train_tokenizer.corpus_documents=200") == 0
+    return folder
+
+
+def test_tiny_passkey_writes_the_whole_run_folder(run: Path) -> None:
     assert not (run / "eval" / "stage-0-copy-64").exists(), "the curriculum stage is not evaluated"
     assert not (run / "eval" / "base").exists(), "a random init is not evaluated (eval.before: false)"
     tags = ["stage-1-passkey-256", "stage-2-yarn-1024"]
@@ -36,14 +43,9 @@ def test_tiny_passkey_writes_the_whole_run_folder(tmp_path: Path) -> None:
     assert "Verdict (niah-tiny/passkey): FAIL" in report
 
 
-@pytest.mark.slow
-def test_check_fails_when_the_claim_does_not_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_fails_when_the_claim_does_not_hold(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """What CI runs after `make train` (`make check`), on the default recipe deliberately broken: two steps
     per stage cannot learn retrieval, so the verdict fails and the check exits 1, naming the failed checks."""
-    run = tmp_path / "broken"
-    assert train(ROOT / "recipes" / "tiny-passkey.yaml", "train.max_steps=2", f"output.dir={run}",
-                 "model.train_tokenizer.corpus_documents=200") == 0
-    capsys.readouterr()
     assert main(["report", str(run), "--check"]) == 1
     out = capsys.readouterr()
     assert "accuracy at 256 before extension" in out.err + out.out
