@@ -152,6 +152,13 @@ def _far_loss(entry: dict[str, Any], start: int) -> float:
     return sum(losses) / len(losses)
 
 
+def peak_memory_gib(run_dir: Path) -> float | None:
+    """The most memory training held (GPU tensors; on CPU the peak resident set), from the run's metrics."""
+    from toolkit.run_folder import read_metrics
+
+    return max((m["peak_memory_gib"] for m in read_metrics(run_dir) if "peak_memory_gib" in m), default=None)
+
+
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"name": name, "passed": passed, "detail": detail}
 
@@ -197,9 +204,12 @@ def checks(run_dir: Path, profile: Profile, reference: Path) -> tuple[str, list[
 
 def markdown(result: dict[str, Any]) -> str:
     """``gpu-demo.md``: what ran where, every check, the verdict."""
+    from toolkit.formatting.numbers import fmt
+
     passed = sum(c["passed"] for c in result["checks"])
     lines = [f"# GPU demo ({result['device']}): {passed} of {len(result['checks'])} checks pass", "",
              f"Recipe `{RECIPE}` {' '.join(result['overrides'])}".rstrip() + f"; {result['steps']} steps; "
+             f"peak memory in training {fmt(result['peak_memory_gib'], 2)} GiB; "
              f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
              + ").", ""]
     lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
@@ -254,7 +264,8 @@ def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple
     lap("zero-shot YaRN reference", now)
     verdict, found = checks(run_dir, profile, reference)
     result = {"device": info["device"], "overrides": [*profile.overrides, *extra], "steps": stage["steps"],
-              "phases": phases, "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
+              "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
+              "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
     _bring_back(run_dir, out)
     (out / "gpu-demo.json").write_text(json.dumps(result, indent=1))
     (out / "gpu-demo.md").write_text(markdown(result))

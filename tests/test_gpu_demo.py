@@ -32,7 +32,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_check_is_computed_with_numbers(demo: Path) -> None:
     result = json.loads((demo / "out" / "gpu-demo.json").read_text())
-    assert result["steps"] == 2 and result["device"].startswith("CPU")
+    assert result["steps"] == 2 and result["device"].startswith("CPU") and 0 < result["peak_memory_gib"] < 24
     names = [check["name"] for check in result["checks"]]
     assert names == ["accuracy at 128 before extension", "accuracy at 512 after extension",
                      "accuracy at 512 before extension", "retention",
@@ -42,6 +42,7 @@ def test_every_check_is_computed_with_numbers(demo: Path) -> None:
     assert result["verdict"].startswith("Verdict (smollm2-needles-tiny/passkey): ")
     markdown = (demo / "out" / "gpu-demo.md").read_text()
     assert markdown.startswith("# GPU demo (CPU") and markdown.count("- **") == len(names)
+    assert f"peak memory in training {result['peak_memory_gib']:.2f} GiB" in markdown
 
 
 def test_the_report_has_each_before_and_after_section(demo: Path) -> None:
