@@ -12,7 +12,8 @@ One command, in this order, everything checked before the first expensive step:
    held-out perplexity suite (``python -m toolkit eval``);
 5. the checks the verdict cannot express (perplexity at the far positions against that reference, short perplexity
    and 1K passkey against the base) and the verdict's, into ``gpu-demo.md`` and ``gpu-demo.json`` under ``--out``,
-   with the run's report, plots, metrics and evaluation results.
+   with the run's ``report.md`` and, in one file (:data:`RESULTS`), the run's report, plots, metrics and evaluation
+   results and the reference's.
 
 ``--device cpu`` runs the same steps at tiny scale (the real model declared native at 128 tokens, YaRN x4 to 512,
 two steps, suites of a few prompts), so every part of the GPU run is exercised on every commit.
@@ -28,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,11 @@ from benchmarks.gpu_parts import join  # noqa: E402
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = "models/smollm2-135m-instruct"
 CORPUS = "data/corpus"
+RESULTS = "gpu-demo-results.tar.gz"
+"""What the demo brings back besides ``gpu-demo.md``/``.json``, the run's ``report.md`` and the logs: a GPU machine
+may give back only a few files, none deep in folders."""
+REFERENCE = "zero-shot-yarn"
+"""The zero-shot YaRN x4 reference's evaluation folder, inside the run folder."""
 SHORT_PERPLEXITY_MAX = 1.05
 """The extended model's short-context perplexity at most 5% above the base model's."""
 
@@ -213,20 +220,26 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
              + ").", ""]
     lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
-    lines += ["", "```", result["verdict"], "```", "", "The run's report: `run/report.md` (plots beside it); the "
-              "zero-shot YaRN x4 reference: `zero-shot-yarn/`.", ""]
+    lines += ["", "```", result["verdict"], "```", "", f"The run's report: `report.md`; with its plots, metrics and "
+              f"evaluation results in `{RESULTS}` (`run/`; the zero-shot YaRN x4 reference: `{REFERENCE}/`).", ""]
     return "\n".join(lines)
 
 
-def _bring_back(run_dir: Path, out: Path) -> None:
-    """The report, plots, metrics and evaluation results (no weights) into ``out``."""
-    for path in run_dir.rglob("*"):
-        relative = path.relative_to(run_dir)
-        if path.is_file() and relative.parts[0] not in ("final", "checkpoints") and \
-                path.suffix in (".md", ".html", ".png", ".json", ".jsonl", ".yaml"):
-            target = out / ("run" if relative.parts[0] != "zero-shot-yarn" else "") / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+def bundle(run_dir: Path, out: Path) -> Path:
+    """The run without its weights (report, plots, metrics, evaluation results, run_info, the resolved recipe) as
+    ``run/`` and the zero-shot reference as ``zero-shot-yarn/`` in one gzip'd tar, :data:`RESULTS` in ``out``, with
+    the run's ``report.md`` beside it to read at once."""
+    target = out / RESULTS
+    partial = target.with_name(f".{RESULTS}.partial")
+    with tarfile.open(partial, "w:gz") as archive:
+        for path in sorted(run_dir.rglob("*")):
+            relative = path.relative_to(run_dir)
+            if path.is_file() and relative.parts[0] not in ("final", "checkpoints"):
+                top = "" if relative.parts[0] == REFERENCE else "run"
+                archive.add(path, arcname=str(Path(top) / relative))
+    partial.replace(target)
+    shutil.copyfile(run_dir / "report.md", out / "report.md")
+    return target
 
 
 def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -256,17 +269,17 @@ def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple
     now = lap("train, evaluations and report", now)
     info = json.loads((run_dir / "run_info.json").read_text())
     stage = info["stages"][-1]
-    yarn = model_copy(Path(info["base_model"]), models / "zero-shot-yarn", rope_parameters=stage["rope_parameters"],
+    yarn = model_copy(Path(info["base_model"]), models / REFERENCE, rope_parameters=stage["rope_parameters"],
                       max_position_embeddings=stage["max_position_embeddings"])
-    reference = run_dir / "zero-shot-yarn"
+    reference = run_dir / REFERENCE
     _toolkit(["eval", "--model", str(yarn), "--suite", profile.heldout, "--out", str(reference),
-              "--precision", profile.precision], out / "zero-shot-yarn.log")
+              "--precision", profile.precision], out / f"{REFERENCE}.log")
     lap("zero-shot YaRN reference", now)
     verdict, found = checks(run_dir, profile, reference)
     result = {"device": info["device"], "overrides": [*profile.overrides, *extra], "steps": stage["steps"],
               "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
               "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
-    _bring_back(run_dir, out)
+    bundle(run_dir, out)
     (out / "gpu-demo.json").write_text(json.dumps(result, indent=1))
     (out / "gpu-demo.md").write_text(markdown(result))
     return result

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,18 +17,28 @@ from tests.real_model import REPO, needs_corpus, needs_small_model
 
 sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_demo import check_recipe  # noqa: E402
+from benchmarks.gpu_demo import RESULTS, check_recipe  # noqa: E402
 
 pytestmark = [needs_small_model, needs_corpus]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's folder: ``out/`` as the demo wrote it, and ``back/`` its results file unpacked."""
     folder = tmp_path_factory.mktemp("gpu-demo")
     done = subprocess.run([sys.executable, "benchmarks/gpu_demo.py", "--device", "cpu", "--out", str(folder / "out"),
                            "--run", str(folder / "run")], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    with tarfile.open(folder / "out" / RESULTS) as archive:
+        archive.extractall(folder / "back", filter="data")
     return folder
+
+
+def test_what_comes_back_is_a_few_files_at_the_top(demo: Path) -> None:
+    """A GPU machine gives back at most 8 files, none more than two folders down."""
+    names = sorted(path.name for path in (demo / "out").rglob("*"))
+    assert names == sorted(["gpu-demo.json", "gpu-demo.md", RESULTS, "report.md", "train.log", "zero-shot-yarn.log"])
+    assert (demo / "out" / "report.md").read_text() == (demo / "back" / "run" / "report.md").read_text()
 
 
 def test_every_check_is_computed_with_numbers(demo: Path) -> None:
@@ -46,21 +57,22 @@ def test_every_check_is_computed_with_numbers(demo: Path) -> None:
 
 
 def test_the_report_has_each_before_and_after_section(demo: Path) -> None:
-    report = (demo / "out" / "run" / "report.md").read_text()
+    report = (demo / "back" / "run" / "report.md").read_text()
     for heading in ("Needle in a haystack", "Loss by position", "RULER"):
         assert heading in report, heading
     assert "Verdict (smollm2-needles-tiny/passkey)" in report
     for tag in ("base", "stage-0-yarn-32k"):
         for suite in ("smollm2-needles-tiny", "smollm2-heldout-tiny", "smollm2-short-tiny"):
-            assert (demo / "out" / "run" / "eval" / tag / f"{suite}.json").is_file(), (tag, suite)
-    assert list((demo / "out" / "run").glob("*.png"))
+            assert (demo / "back" / "run" / "eval" / tag / f"{suite}.json").is_file(), (tag, suite)
+    assert list((demo / "back" / "run").glob("*.png"))
+    assert not (demo / "back" / "run" / "final").exists()  # no weights
 
 
 def test_the_reference_is_the_base_under_zero_shot_yarn(demo: Path) -> None:
     config = json.loads((demo / "run-models" / "zero-shot-yarn" / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == "yarn" and config["rope_parameters"]["factor"] == 4.0
     assert config["max_position_embeddings"] == 512
-    heldout = json.loads((demo / "out" / "zero-shot-yarn" / "smollm2-heldout-tiny.json").read_text())
+    heldout = json.loads((demo / "back" / "zero-shot-yarn" / "smollm2-heldout-tiny.json").read_text())
     losses = heldout["tasks"]["heldout"]["loss_by_bucket"]
     assert sorted(map(int, losses)) == [0, 128, 256, 384]
     assert all(math.isfinite(value) and 0 < value < 20 for value in losses.values())
