@@ -46,6 +46,8 @@ CORPUS = "data/corpus"
 RESULTS = "gpu-demo-results.tar.gz"
 """What the demo brings back besides ``gpu-demo.md``/``.json``, the run's ``report.md`` and the logs: a GPU machine
 may give back only a few files, none deep in folders."""
+STOPPED = 128 + signal.SIGTERM
+"""The exit code of a demo stopped by ``timeout`` (SIGTERM), after it saved what had finished."""
 REFERENCE = "zero-shot-yarn"
 """The zero-shot YaRN x4 reference's evaluation folder, inside the run folder."""
 SHORT_PERPLEXITY_MAX = 1.05
@@ -238,19 +240,58 @@ def bundle(run_dir: Path, out: Path) -> Path:
                 top = "" if relative.parts[0] == REFERENCE else "run"
                 archive.add(path, arcname=str(Path(top) / relative))
     partial.replace(target)
-    shutil.copyfile(run_dir / "report.md", out / "report.md")
+    if (run_dir / "report.md").is_file():
+        shutil.copyfile(run_dir / "report.md", out / "report.md")
     return target
 
 
+def stopped_early(run_dir: Path, out: Path, phases: dict[str, float], elapsed_s: float) -> str:
+    """What a demo stopped by its time limit leaves, to size a shorter rerun: the run folder so far in
+    :data:`RESULTS`, and ``gpu-demo.md`` naming the phases and evaluations that finished and the last training
+    step logged."""
+    from toolkit.formatting.numbers import fmt
+    from toolkit.run_folder import eval_tags, read_metrics
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()) or "nothing"
+    lines = [f"# GPU demo stopped by its time limit after {elapsed_s:.0f} s", "", f"Phases finished: {done}."]
+    if run_dir.is_dir():
+        bundle(run_dir, out)
+        lines.append(f"Evaluations finished: {', '.join(eval_tags(run_dir)) or 'none'}.")
+        steps = [m for m in read_metrics(run_dir) if "step" in m]
+        if steps:
+            last = steps[-1]
+            lines.append(f"Last training step logged: {last['step']} at {fmt(last.get('elapsed_s'), 0)} s of "
+                         f"training, {fmt(last.get('tokens_per_s'), 0)} tokens/s, peak memory "
+                         f"{fmt(last.get('peak_memory_gib'), 2)} GiB.")
+        lines.append(f"The run folder so far is in `{RESULTS}`. A shorter rerun: "
+                     "`make gpu-demo OUT=$OUT ARGS=\"--set train.max_steps=N\"`.")
+    text = "\n".join(lines) + "\n"
+    (out / "gpu-demo.md").write_text(text)
+    return text
+
+
 def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every step in order (``extra``: more recipe overrides); the result as written to ``out``."""
-    profile, started, phases = PROFILES[device], time.monotonic(), {}
+    """Every step in order (``extra``: more recipe overrides); the result as written to ``out``. Stopped by its time
+    limit, it leaves what finished (:func:`stopped_early`)."""
+    started, phases = time.monotonic(), dict[str, float]()
+    try:
+        return _steps(PROFILES[device], out, run_dir, parts, extra, phases)
+    except SystemExit as stop:
+        if stop.code == STOPPED:
+            stopped_early(run_dir, out, phases, time.monotonic() - started)
+        raise
+
+
+def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...],
+           phases: dict[str, float]) -> dict[str, Any]:
+    """The demo's steps; each phase's seconds into ``phases`` as it ends."""
+    started = now = time.monotonic()
 
     def lap(name: str, since: float) -> float:
         phases[name] = time.monotonic() - since
         return time.monotonic()
 
-    now = started
     if parts is not None:
         _join(parts)
         now = lap("join", now)
@@ -294,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="one more recipe override, e.g. train.max_steps=30")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `timeout`: the child stops too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too
     run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
     print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))
 
