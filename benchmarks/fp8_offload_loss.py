@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.evals.plots import finish_axes, save_figure  # noqa: E402
 from toolkit.recipe.yaml_files import read_yaml  # noqa: E402
-from toolkit.run_folder import METRICS  # noqa: E402
+from toolkit.run_folder import read_metrics  # noqa: E402
 
 DTYPES = ("native", "fp8")
 FINAL_STEPS = 10
@@ -96,8 +96,7 @@ def train(recipe: str | Path, overrides: list[str], run: Path) -> list[float]:
     if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         raise SystemExit(f"{run.name}: python -m toolkit train exited {code} ({log}): {' '.join(tail)}")
-    records = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
-    return [r["loss"] for r in records]
+    return [r["loss"] for r in read_metrics(run)]
 
 
 def interval(values: list[float]) -> tuple[float, float]:

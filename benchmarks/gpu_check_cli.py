@@ -23,7 +23,7 @@ from benchmarks.cli_rows import RUN, write_cli_recipe
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.gpu_check_training import Ended, stop
 from benchmarks.harness import FIXED_MMAP, ROOT, Config
-from toolkit.run_folder import METRICS, RUN_INFO
+from toolkit.run_folder import RUN_INFO, read_metrics
 
 CLI_TOLERANCE = 0.10
 """The CLI's median real tokens/s against the benchmark's, relative."""
@@ -38,13 +38,6 @@ def benchmark_median(row: dict[str, Any]) -> float:
     return median(n / seconds for n, seconds in zip(real, row["step_times_s"], strict=True))
 
 
-def _records(run: Path) -> list[dict[str, Any]]:
-    """The complete lines of ``run/metrics.jsonl`` (a line being written is left out)."""
-    path = run / METRICS
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("\n")]
-
-
 def _train(section: Section, recipe: Path, steps: int, log: Path) -> tuple[list[dict[str, Any]], Ended]:
     """``python -m toolkit train recipe`` until its ``steps``-th step is logged (then stopped), it ends, or the
     section's time runs out; its ``metrics.jsonl`` records and how it ended (code None: stopped)."""
@@ -54,12 +47,12 @@ def _train(section: Section, recipe: Path, steps: int, log: Path) -> tuple[list[
         proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(recipe)], cwd=ROOT,
                                 env=child_env(**FIXED_MMAP), stdout=out, stderr=subprocess.STDOUT)
     try:
-        while len(_records(run)) < steps and proc.poll() is None and section.left() > 0:
+        while len(read_metrics(run)) < steps and proc.poll() is None and section.left() > 0:
             time.sleep(0.2)
     finally:
         code = proc.poll()
         stop(proc)
-    return _records(run), Ended(code, log.read_text(errors="replace"), time.monotonic() - started)
+    return read_metrics(run), Ended(code, log.read_text(errors="replace"), time.monotonic() - started)
 
 
 def _row(config: Config, timed: list[dict[str, Any]], run: Path, wall_s: float) -> dict[str, Any]:

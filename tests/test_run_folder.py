@@ -16,6 +16,7 @@ from toolkit.run_folder import (
     final_stage_tag,
     load_run,
     parse_stage_tag,
+    read_metrics,
     read_run_info,
     stage_data,
     stage_tag,
@@ -70,3 +71,9 @@ def test_missing_files(tmp_path: Path) -> None:
     (tmp_path / "eval" / "base" / "broken.json").write_text("{")
     (tmp_path / "eval" / "base" / "s.json").write_text(json.dumps({"suite": "s", "tasks": {}}))
     assert load_run(tmp_path).evals == {"base": {"s": {"suite": "s", "tasks": {}}}}
+
+
+def test_metrics_leave_out_a_line_cut_off_by_a_killed_run(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "loss": 2.0}\n\n{"step": 10, "loss": 1.5}\n{"step": 15, "lo')
+    assert read_metrics(tmp_path) == [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}]
+    assert read_metrics(tmp_path / "missing") == []

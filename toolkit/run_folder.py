@@ -122,10 +122,11 @@ def read_run_info(run_dir: Path, required: bool = False) -> dict[str, Any]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl`` (empty when missing)."""
+    """The complete rows of ``metrics.jsonl`` (empty when missing; a line still being written, or cut off by a
+    killed run, is left out)."""
     path = run_dir / METRICS
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    return [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
 
 
 def eval_dir(run_dir: Path, tag: str) -> Path:

