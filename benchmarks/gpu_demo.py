@@ -12,8 +12,8 @@ One command, in this order, everything checked before the first expensive step:
    held-out perplexity suite (``python -m toolkit eval``);
 5. the checks the verdict cannot express (perplexity at the far positions against that reference, short perplexity
    and 1K passkey against the base) and the verdict's, into ``gpu-demo.md`` and ``gpu-demo.json`` under ``--out``,
-   with the run's ``report.md`` and, in one file (:data:`RESULTS`), the run's report, plots, metrics and evaluation
-   results and the reference's.
+   with the run's ``report.md`` and, in one file (``gpu-demo-results.tar.gz``, ``benchmarks/gpu_demo_results.py``),
+   the run's report, plots, metrics and evaluation results and the reference's.
 
 ``--device cpu`` runs the same steps at tiny scale (the real model declared native at 128 tokens, YaRN x4 to 512,
 two steps, suites of a few prompts), so every part of the GPU run is exercised on every commit.
@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,20 +37,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early  # noqa: E402
 from benchmarks.gpu_parts import join  # noqa: E402
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = "models/smollm2-135m-instruct"
 CORPUS = "data/corpus"
-RESULTS = "gpu-demo-results.tar.gz"
-"""What the demo brings back besides ``gpu-demo.md``/``.json``, the run's ``report.md`` and the logs: a GPU machine
-may give back only a few files, none deep in folders."""
 STOPPED = 128 + signal.SIGTERM
 """The exit code of a demo stopped by ``timeout`` (SIGTERM), after it saved what had finished."""
-REFERENCE = "zero-shot-yarn"
-"""The zero-shot YaRN x4 reference's evaluation folder, inside the run folder."""
-SHORT_PERPLEXITY_MAX = 1.05
-"""The extended model's short-context perplexity at most 5% above the base model's."""
 
 
 @dataclass(frozen=True)
@@ -150,127 +143,6 @@ def _refuse(message: str) -> None:
     raise SystemExit(2)
 
 
-def _suite(folder: Path, name: str) -> dict[str, Any]:
-    path = folder / f"{name}.json"
-    return json.loads(path.read_text())["tasks"] if path.is_file() else {}
-
-
-def _far_loss(entry: dict[str, Any], start: int) -> float:
-    """Mean loss over the position buckets from ``start`` on."""
-    losses = [loss for first, loss in entry["loss_by_bucket"].items() if int(first) >= start]
-    return sum(losses) / len(losses)
-
-
-def peak_memory_gib(run_dir: Path) -> float | None:
-    """The most memory training held (GPU tensors; on CPU the peak resident set), from the run's metrics."""
-    from toolkit.run_folder import read_metrics
-
-    return max((m["peak_memory_gib"] for m in read_metrics(run_dir) if "peak_memory_gib" in m), default=None)
-
-
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": passed, "detail": detail}
-
-
-def checks(run_dir: Path, profile: Profile, reference: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The verdict's text, and every check: the verdict's, then those it cannot express."""
-    from toolkit.errors import UserError
-    from toolkit.report.verdict import check_run
-    from toolkit.run_folder import load_run
-
-    run = load_run(run_dir)
-    try:
-        verdict = check_run(run_dir)
-        text, found = verdict.text(), [_check(c.name, c.passed, c.detail) for c in verdict.checks]
-    except UserError as exc:
-        text, found = f"Verdict not computed: {exc}", [_check("verdict", False, str(exc))]
-    base, final = run.reference or "base", run.final or "base"
-    heldout, far = Path(profile.heldout).stem, int(run.info["stages"][-1]["seq_len"]) // 2
-    after, zero_shot = run.entry(final, heldout, "heldout") or {}, _suite(reference, heldout).get("heldout", {})
-    name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
-    if after and zero_shot:
-        new, old = _far_loss(after, far), _far_loss(zero_shot, far)
-        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}"))
-    else:
-        found.append(_check(name, False, f"no {heldout}/heldout results for {final} or the reference"))
-    short = [run.entry(tag, profile.short, "heldout") or {} for tag in (base, final)]
-    name = "short held-out perplexity within 5% of the base"
-    if all("perplexity" in entry for entry in short):
-        ratio = short[1]["perplexity"] / short[0]["perplexity"]
-        found.append(_check(name, ratio <= SHORT_PERPLEXITY_MAX,
-                            f"{ratio:.3f} x the base's (<= {SHORT_PERPLEXITY_MAX})"))
-    else:
-        found.append(_check(name, False, f"no {profile.short}/heldout results for {base} and {final}"))
-    passkey = [run.entry(tag, profile.short, "passkey") or {} for tag in (base, final)]
-    name = "short chat passkey no lower than the base"
-    if all("score" in entry for entry in passkey):
-        found.append(_check(name, passkey[1]["score"] >= passkey[0]["score"],
-                            f"{passkey[1]['score']:.2f} vs {passkey[0]['score']:.2f}"))
-    else:
-        found.append(_check(name, False, f"no {profile.short}/passkey results for {base} and {final}"))
-    return text, found
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """``gpu-demo.md``: what ran where, every check, the verdict."""
-    from toolkit.formatting.numbers import fmt
-
-    passed = sum(c["passed"] for c in result["checks"])
-    lines = [f"# GPU demo ({result['device']}): {passed} of {len(result['checks'])} checks pass", "",
-             f"Recipe `{RECIPE}` {' '.join(result['overrides'])}".rstrip() + f"; {result['steps']} steps; "
-             f"peak memory in training {fmt(result['peak_memory_gib'], 2)} GiB; "
-             f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
-             + ").", ""]
-    lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
-    lines += ["", "```", result["verdict"], "```", "", f"The run's report: `report.md`; with its plots, metrics and "
-              f"evaluation results in `{RESULTS}` (`run/`; the zero-shot YaRN x4 reference: `{REFERENCE}/`).", ""]
-    return "\n".join(lines)
-
-
-def bundle(run_dir: Path, out: Path) -> Path:
-    """The run without its weights (report, plots, metrics, evaluation results, run_info, the resolved recipe) as
-    ``run/`` and the zero-shot reference as ``zero-shot-yarn/`` in one gzip'd tar, :data:`RESULTS` in ``out``, with
-    the run's ``report.md`` beside it to read at once."""
-    target = out / RESULTS
-    partial = target.with_name(f".{RESULTS}.partial")
-    with tarfile.open(partial, "w:gz") as archive:
-        for path in sorted(run_dir.rglob("*")):
-            relative = path.relative_to(run_dir)
-            if path.is_file() and relative.parts[0] not in ("final", "checkpoints"):
-                top = "" if relative.parts[0] == REFERENCE else "run"
-                archive.add(path, arcname=str(Path(top) / relative))
-    partial.replace(target)
-    if (run_dir / "report.md").is_file():
-        shutil.copyfile(run_dir / "report.md", out / "report.md")
-    return target
-
-
-def stopped_early(run_dir: Path, out: Path, phases: dict[str, float], elapsed_s: float) -> str:
-    """What a demo stopped by its time limit leaves, to size a shorter rerun: the run folder so far in
-    :data:`RESULTS`, and ``gpu-demo.md`` naming the phases and evaluations that finished and the last training
-    step logged."""
-    from toolkit.formatting.numbers import fmt
-    from toolkit.run_folder import eval_tags, read_metrics
-
-    out.mkdir(parents=True, exist_ok=True)
-    done = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()) or "nothing"
-    lines = [f"# GPU demo stopped by its time limit after {elapsed_s:.0f} s", "", f"Phases finished: {done}."]
-    if run_dir.is_dir():
-        bundle(run_dir, out)
-        lines.append(f"Evaluations finished: {', '.join(eval_tags(run_dir)) or 'none'}.")
-        steps = [m for m in read_metrics(run_dir) if "step" in m]
-        if steps:
-            last = steps[-1]
-            lines.append(f"Last training step logged: {last['step']} at {fmt(last.get('elapsed_s'), 0)} s of "
-                         f"training, {fmt(last.get('tokens_per_s'), 0)} tokens/s, peak memory "
-                         f"{fmt(last.get('peak_memory_gib'), 2)} GiB.")
-        lines.append(f"The run folder so far is in `{RESULTS}`. A shorter rerun: "
-                     "`make gpu-demo OUT=$OUT ARGS=\"--set train.max_steps=N\"`.")
-    text = "\n".join(lines) + "\n"
-    (out / "gpu-demo.md").write_text(text)
-    return text
-
-
 def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every step in order (``extra``: more recipe overrides); the result as written to ``out``. Stopped by its time
     limit, it leaves what finished (:func:`stopped_early`)."""
@@ -316,9 +188,9 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
     _toolkit(["eval", "--model", str(yarn), "--suite", profile.heldout, "--out", str(reference),
               "--precision", profile.precision], out / f"{REFERENCE}.log")
     lap("zero-shot YaRN reference", now)
-    verdict, found = checks(run_dir, profile, reference)
-    result = {"device": info["device"], "overrides": [*profile.overrides, *extra], "steps": stage["steps"],
-              "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
+    verdict, found = checks(run_dir, profile.heldout, profile.short, reference)
+    result = {"device": info["device"], "recipe": RECIPE, "overrides": [*profile.overrides, *extra],
+              "steps": stage["steps"], "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
               "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
     bundle(run_dir, out)
     (out / "gpu-demo.json").write_text(json.dumps(result, indent=1))

@@ -14,7 +14,7 @@ from tests.real_model import REPO
 
 sys.path.insert(0, str(REPO))
 
-from benchmarks import gpu_demo  # noqa: E402
+from benchmarks import gpu_demo, gpu_demo_results  # noqa: E402
 
 
 def _half_run(run_dir: Path) -> None:
@@ -44,12 +44,12 @@ def test_a_stopped_demo_brings_back_what_finished(tmp_path: Path, monkeypatch: p
     assert text.startswith("# GPU demo stopped by its time limit after ")
     assert "Phases finished: join 2 s." in text and "Evaluations finished: base." in text
     assert "Last training step logged: 10 at 41 s of training, 20500 tokens/s, peak memory 31.60 GiB." in text
-    with tarfile.open(out / gpu_demo.RESULTS) as archive:
+    with tarfile.open(out / gpu_demo_results.RESULTS) as archive:
         assert sorted(archive.getnames()) == ["run/eval/base/smollm2-short.json", "run/metrics.jsonl"]
 
 
 def test_a_demo_stopped_before_its_run_says_so(tmp_path: Path) -> None:
-    text = gpu_demo.stopped_early(tmp_path / "no-run", tmp_path / "out", {}, 3.0)
+    text = gpu_demo_results.stopped_early(tmp_path / "no-run", tmp_path / "out", {}, 3.0)
     assert text == "# GPU demo stopped by its time limit after 3 s\n\nPhases finished: nothing.\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-demo.md"]
 
