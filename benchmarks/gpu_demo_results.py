@@ -3,7 +3,6 @@ that brings the run back; and what a demo stopped by its time limit leaves."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -16,11 +15,6 @@ REFERENCE = "zero-shot-yarn"
 """The zero-shot YaRN x4 reference's evaluation folder, inside the run folder."""
 SHORT_PERPLEXITY_MAX = 1.05
 """The extended model's short-context perplexity at most 5% above the base model's."""
-
-
-def _suite(folder: Path, name: str) -> dict[str, Any]:
-    path = folder / f"{name}.json"
-    return json.loads(path.read_text())["tasks"] if path.is_file() else {}
 
 
 def _far_loss(entry: dict[str, Any], start: int) -> float:
@@ -46,7 +40,7 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     ``passkey`` and ``heldout`` tasks)."""
     from toolkit.errors import UserError
     from toolkit.report.verdict import check_run
-    from toolkit.run_folder import load_run
+    from toolkit.run_folder import load_run, read_suites
 
     run = load_run(run_dir)
     try:
@@ -56,7 +50,8 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
         text, found = f"Verdict not computed: {exc}", [_check("verdict", False, str(exc))]
     base, final = run.reference or "base", run.final or "base"
     heldout, far = Path(heldout_suite).stem, int(run.info["stages"][-1]["seq_len"]) // 2
-    after, zero_shot = run.entry(final, heldout, "heldout") or {}, _suite(reference, heldout).get("heldout", {})
+    after = run.entry(final, heldout, "heldout") or {}
+    zero_shot = read_suites(reference).get(heldout, {}).get("tasks", {}).get("heldout", {})
     name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
     if after and zero_shot:
         new, old = _far_loss(after, far), _far_loss(zero_shot, far)
