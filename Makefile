@@ -202,6 +202,7 @@ llama-cpp: $(CONVERTER)
 		&& printf '%s' '$(LLAMA_CPP_BUILD)' > $(LLAMA_CPP_MARKER); \
 	fi
 
-export: $(CONVERTER)
+# The converter only once RUN is given: a usage mistake is told before any download.
+export: $(if $(RUN),$(CONVERTER))
 	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|q8_0] [OUT=file.gguf|folder] [CHECK=1]"; exit 2; }
 	$(PY) -m toolkit export $(RUN) --format $(FORMAT) $(if $(OUTTYPE),--outtype $(OUTTYPE)) $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(if $(CHECK),--check)

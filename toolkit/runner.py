@@ -42,6 +42,7 @@ from toolkit.model.loading import LoadedModel, evaluating, load_model, resolve_d
 from toolkit.model.lora import CausalLM
 from toolkit.model.rope import check_coverage, rope_setting, use_rope
 from toolkit.model.saving import save_final
+from toolkit.output_paths import check_writable
 from toolkit.parallel.engines import (
     engine_kwargs,
     keeps_own_masters,
@@ -141,6 +142,7 @@ def _start(recipe: Recipe) -> Accelerator:
     _check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
+        check_writable(recipe.run_dir, "output.dir")
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
     return accelerator
 

@@ -32,11 +32,15 @@ SHUFFLE_BUFFER = 64
 
 
 def check_source(spec: SourceSpec, tokenizer, label: str) -> None:
-    """Fail before training for what can be known up front: a missing local path, a chat source without a
-    template."""
+    """Fail before the model loads for what can be known up front: a missing local path, a chat source without a
+    template, a hub dataset that cannot be reached, records (in file order) that give no first document: a field
+    missing, a line that does not parse. A bad record further on stops the run when it is read."""
     chat_template(spec, tokenizer, label)
+    if spec.source == "synthetic":
+        return
     if spec.source in LOCAL_FORMATS:
         data_files(spec, label)
+    next(text_documents(spec.model_copy(update={"shuffle": False}), tokenizer, 0, label))
 
 
 def _read(records: Iterator[dict[str, Any]], spec: SourceSpec, label: str) -> Iterator[dict[str, Any]]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from toolkit.errors import UserError
 from toolkit.evals.accuracy_table import accuracy_table
-from toolkit.evals.api import run_suites_into
+from toolkit.evals.api import capped, run_suites_into
 from toolkit.evals.registry import headline
 from toolkit.evals.results import write_json
 from toolkit.evals.suite import load_suite
+from toolkit.output_paths import check_writable
 
 
 def default_out(model: str) -> Path:
@@ -23,12 +25,16 @@ def default_out(model: str) -> Path:
 def evaluate_command(model: str, adapter: str | None, suites: list[str], out: str | None,
                      device: str | None, max_length: int | None = None, precision: str = "auto") -> None:
     """Load the model once, run every suite into ``out`` (``<out>/<suite>.json``, plots), print a summary."""
-    for path in suites:
-        load_suite(path)  # a bad suite fails before minutes of model loading
+    if max_length is not None and max_length < 1:
+        raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
+    for path in suites:  # a bad suite, or one left empty by --max-length, fails before minutes of model loading
+        if not any(capped(task, max_length) for task in load_suite(path).tasks):
+            raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
+    folder = Path(out) if out else default_out(model)
+    check_writable(folder, "--out")
     from toolkit.model.loading import load_for_eval
 
     loaded, tokenizer, info = load_for_eval(model, adapter, device, precision)
-    folder = Path(out) if out else default_out(model)
     write_json(folder / "eval_info.json", info)
     results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model,
                               max_length=max_length)

@@ -10,6 +10,7 @@ shows both runtimes' grids and accuracies. Needs ``llama-cpp-python`` (``make ll
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -30,15 +31,23 @@ def needle_context(tasks: list[NiahTask]) -> int:
     return max(max(task.lengths) + 2 * task.digits + 8 for task in tasks)
 
 
-def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
-    """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
+def needle_tasks(run_dir: Path) -> tuple[str, dict[str, list[NiahTask]]]:
+    """The run's final evaluation tag and the niah tasks of its suites by suite name; a UserError when there is
+    nothing to compare with or no llama.cpp to score in (checked before the export: ``export --check``)."""
     run = load_run(run_dir)
     recipe, final = run.typed_recipe, run.final
     if recipe is None or final is None:
         raise UserError(f"export --check: {run_dir} has no evaluations to compare with (a run folder is needed)")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise UserError("export --check: llama-cpp-python is not installed (make llama-cpp)")
     needles = {suite.name: [task for task in suite.tasks if isinstance(task, NiahTask)]
                for suite in map(load_suite, recipe.eval.suites)}
-    needles = {name: tasks for name, tasks in needles.items() if tasks}
+    return final, {name: tasks for name, tasks in needles.items() if tasks}
+
+
+def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
+    """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
+    final, needles = needle_tasks(run_dir)
     if not needles:
         return []
     backend = LlamaCppBackend(gguf, needle_context([task for tasks in needles.values() for task in tasks]),

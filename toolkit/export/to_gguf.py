@@ -49,6 +49,7 @@ def _model_folder(source: Path) -> Path:
 def _merged(folder: Path, stack: ExitStack) -> Path:
     """``folder``, or its LoRA adapter merged into full weights in a temporary folder."""
     if (folder / "adapter_config.json").is_file():
+        converter_dir()  # fetched before minutes of merging
         merged = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-merge-"))) / "merged"
         log.info("merging the LoRA adapter of %s", folder)
         merge_adapter(folder, merged)

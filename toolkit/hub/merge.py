@@ -11,6 +11,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.model.saving import MERGED_FOLDER, merge_adapter
+from toolkit.output_paths import check_writable
 from toolkit.run_folder import FINAL
 
 
@@ -22,6 +23,19 @@ def merge_run(run_dir: Path, out: Path | None) -> Path:
     if not (final / "adapter_config.json").is_file():
         raise UserError(f"nothing to merge: {run_dir} is not a LoRA run (no final/adapter_config.json)")
     target = out if out is not None else final / MERGED_FOLDER
+    _check_target(target)
     merge_adapter(final, target)
     print(f"merged {final} into {target}")
     return target
+
+
+def _check_target(target: Path) -> None:
+    """A UserError unless ``target`` can be written and replaced: new, an empty folder, or full weights (an earlier
+    merge): the merge replaces the whole folder, so a file, a run or an adapter there would be lost."""
+    check_writable(target.parent, "--out")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out: {target} is a file; name a folder for the merged model")
+    replaceable = (target / "config.json").is_file() and not (target / "adapter_config.json").exists()
+    if target.is_dir() and any(target.iterdir()) and not replaceable:
+        raise UserError(f"--out: {target} holds files and is no merged model (config.json without an adapter); "
+                        "the merge replaces the folder, so name a new one")

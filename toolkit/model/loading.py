@@ -212,7 +212,7 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
     ``model`` is a hub id or folder: full weights, or a LoRA run's ``final/`` (adapter_config.json present),
     whose base comes from its ``base/`` folder or the adapter config. The adapter is merged into the weights.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = chosen_device(device)
     base, adapter = lora_sources(model, adapter)
     dtype = resolve_dtype(precision, device)
     implementation, reason = select_attention(attention, device, dtype, training=False)
@@ -228,6 +228,17 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
             "max_position_embeddings": loaded.config.max_position_embeddings,
             "native_length": native_length_of(loaded.config)}
     return loaded, tokenizer, info
+
+
+def chosen_device(device: torch.device | str | None) -> torch.device:
+    """``device`` (default: CUDA where present, else CPU); a UserError naming --device when it is no device here."""
+    try:
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device: {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return chosen
 
 
 def has_tokenizer(folder: Path) -> bool:

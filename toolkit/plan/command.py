@@ -114,9 +114,9 @@ def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib
     error)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1, got {gpus}")
-    if gpu_memory_gib <= 0:
+    if not 0 < gpu_memory_gib < math.inf:
         raise UserError(f"--gpu-memory: must be positive GiB, got {gpu_memory_gib:g}")
-    if host_memory_gib is not None and host_memory_gib <= 0:
+    if host_memory_gib is not None and not 0 < host_memory_gib < math.inf:
         raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)

@@ -19,6 +19,7 @@ from toolkit.data.arena import read_arena
 from toolkit.errors import UserError
 from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
+from toolkit.output_paths import check_writable
 from toolkit.recipe.schema import SourceSpec
 from toolkit.run_folder import FINAL, RECIPE, read_recipe_dict, typed_train
 
@@ -55,6 +56,7 @@ def arena_source(run: Path) -> SourceSpec:
 def _check_out(out: Path) -> None:
     if out.is_dir() or not out.parent.is_dir():
         raise UserError(f"--out: {out} is a folder or in no folder that exists; name a .csv file")
+    check_writable(out.parent, "--out")
 
 
 def write_submission(out: Path, ids: list[str], probs: list[tuple[float, float, float]]) -> None:

@@ -75,11 +75,27 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _check_suites(recipe: Recipe, path: Path) -> None:
-    """Every suite the recipe names exists and validates, so a typo fails before hours of training."""
+    """Every suite the recipe names exists and validates, and holds what ``eval.verdict`` checks, so a typo fails
+    before hours of training."""
+    types: dict[str, dict[str, str]] = {}  # suite name -> task key -> task type
     for i, suite in enumerate(recipe.eval.suites):
         if not Path(suite).is_file():
             raise UserError(f"{path}: eval.suites[{i}]: no such file: {suite}")
-        load_suite(suite)
+        loaded = load_suite(suite)
+        types[loaded.name] = {task.key: task.type for task in loaded.tasks}
+    verdict = recipe.eval.verdict
+    if verdict is None:
+        return
+    suite, key = verdict.task.split("/", 1)
+    if types.get(suite, {}).get(key) != "niah":
+        found = ", ".join(f"{name}/{task}" for name, tasks in types.items() for task, kind in tasks.items()
+                          if kind == "niah")
+        raise UserError(f"{path}: eval.verdict.task: {verdict.task} is no niah task of eval.suites "
+                        f"(theirs: {found or 'none'})")
+    for i, name in enumerate(verdict.retention_suites):
+        if name not in types:
+            raise UserError(f"{path}: eval.verdict.retention_suites[{i}]: no suite named {name} in eval.suites "
+                            f"(names: {', '.join(types) or 'none'})")
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -253,6 +253,12 @@ def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str
     """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
     runs = [load_run(Path(folder)) for folder in folders]
     verdicts = [compute_verdict(run) for run in runs]
+    first = verdicts[0].spec.model_dump()
+    for run, verdict in zip(runs[1:], verdicts[1:], strict=True):
+        for key, value in verdict.spec.model_dump().items():
+            if value != first[key]:
+                raise UserError(f"--summary: eval.verdict.{key} is {value} in {run.folder} but {first[key]} in "
+                                f"{runs[0].folder}; one table takes runs of one verdict")
     rows: list[tuple[Run, Verdict, str, dict[int, Rate]]] = []
     for run, verdict in zip(runs, verdicts, strict=True):
         rows.append((run, verdict, f"before extension ({verdict.reference})", verdict.before))

@@ -1,0 +1,158 @@
+"""User mistakes on every command: each exits 2 with one line naming the field or file at fault, before any model is
+loaded or trained, and leaves no file behind (nor replaces one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import ROOT, needle_suite
+from tests.test_verdict import fake_run
+from toolkit.cli import main
+
+NO_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (no files can be made there)")
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line a command that exits 2 prints, without ``error: ``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+def test_a_recipe_that_is_not_utf8_text(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"\xff\xfename: x\n")
+    assert _error(["validate", str(recipe)], capsys) == f"{recipe}: not UTF-8 text (byte 0: invalid start byte)"
+
+
+def test_a_verdict_the_suites_cannot_give(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(needle_suite(tmp_path))]}))
+    assert _error(["validate", str(recipe), "--set", "eval.verdict={task: needles/nope}"], capsys) == (
+        f"{recipe}: eval.verdict.task: needles/nope is no niah task of eval.suites (theirs: needles/passkey)")
+    assert _error(["validate", str(recipe), "--set", "eval.verdict={task: needles/passkey}"], capsys) == (
+        f"{recipe}: eval.verdict.retention_suites[0]: no suite named short-context in eval.suites (names: needles)")
+    assert main(["validate", str(recipe), "--set", "eval.verdict={task: needles/passkey, retention_suites: []}"]) == 0
+
+
+def test_an_output_dir_under_a_file_stops_train_before_the_model(tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("kept")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(tmp_path / "taken" / "run")}))
+    assert _error(["train", str(recipe)], capsys) == f"output.dir: {tmp_path / 'taken'} is a file, not a folder"
+    assert (tmp_path / "taken").read_text() == "kept"
+
+
+def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Path, capsys) -> None:
+    (tmp_path / "docs.jsonl").write_text('{"body": "no text field"}\n' * 3)
+    data = {"source": "jsonl", "path": str(tmp_path / "docs.jsonl"), "loss_on": "all"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        f"train.data.text_field: no field 'text' in {tmp_path / 'docs.jsonl'}:1 (fields: body)")
+    assert sorted(os.listdir(tmp_path / "run")) == []  # no model loaded: no run_info.json, no resolved recipe
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--max-length", "0"], "--max-length: 0 is not a positive number of tokens"),
+    (["--max-length", "32"], "--max-length 32: leaves out every prompt length of {suite}"),
+    (["--out", "{tmp}/taken/out"], "--out: {tmp}/taken is a file, not a folder"),
+    (["--device", "bogus"], "--device: 'bogus' is not a device (cpu, cuda, cuda:1, ...)")])
+def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    suite = needle_suite(tmp_path)
+    (tmp_path / "taken").write_text("kept")
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    # no such model: a check that came after loading it would fail on the model instead
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), *out, *args]
+    assert _error(argv, capsys) == expected.format(tmp=tmp_path, suite=suite)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("out", "expected"), [
+    ("notes.txt", "--out: {tmp}/notes.txt is a file; name a folder for the merged model"),
+    ("other-run", "--out: {tmp}/other-run holds files and is no merged model (config.json without an adapter); "
+                  "the merge replaces the folder, so name a new one"),
+    ("run/final", "--out: {tmp}/run/final holds files and is no merged model (config.json without an adapter); "
+                  "the merge replaces the folder, so name a new one")])
+def test_merge_never_replaces_what_it_did_not_make(out: str, expected: str, tmp_path: Path, capsys) -> None:
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_config.json").write_text("{}")  # refused before it is read: no model is loaded
+    (final / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("kept")
+    (tmp_path / "other-run").mkdir()
+    (tmp_path / "other-run" / "metrics.jsonl").write_text("kept")
+    assert _error(["merge", str(tmp_path / "run"), "--out", str(tmp_path / out)], capsys) == expected.format(
+        tmp=tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == (tmp_path / "other-run" / "metrics.jsonl").read_text() == "kept"
+    assert sorted(os.listdir(final)) == ["adapter_config.json", "config.json"]
+
+
+@NO_PROC
+def test_predict_refuses_an_out_it_cannot_write_before_predicting(tmp_path: Path, capsys) -> None:
+    assert _error(["predict", str(tmp_path), "--data", "x.csv", "--out", "/proc/submission.csv"], capsys) == (
+        "--out: cannot write in /proc (No such file or directory)")
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.md").write_text("kept")
+    assert _error(["report", str(tmp_path)], capsys) == (
+        f"{tmp_path}: not a run folder (it holds files, but no recipe.resolved.yaml, run_info.json or eval/)")
+    assert os.listdir(tmp_path) == ["notes.md"]
+
+
+def test_summary_refuses_runs_of_different_verdicts(tmp_path: Path, capsys) -> None:
+    fake_run(tmp_path, "a", verdict={"task": "niah-tiny/passkey"})
+    fake_run(tmp_path, "b", verdict={"task": "niah-tiny/passkey", "extended_min": 0.5})
+    assert _error(["report", "--summary", str(tmp_path / "a"), str(tmp_path / "b")], capsys) == (
+        f"--summary: eval.verdict.extended_min is 0.5 in {tmp_path / 'b'} but 0.9 in {tmp_path / 'a'}; one table "
+        "takes runs of one verdict")
+
+
+def test_export_check_refuses_before_converting(tmp_path: Path, capsys) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert _error(["export", str(model), "--format", "gguf", "--check"], capsys) == (
+        f"export --check: {model} has no evaluations to compare with (a run folder is needed)")
+    assert os.listdir(tmp_path) == ["model"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--gpu-memory", "nan"), ("--host-memory", "inf")])
+def test_plan_refuses_memory_that_is_no_number(flag: str, value: str, capsys) -> None:
+    assert _error(["plan", str(ROOT / "recipes" / "tiny-passkey.yaml"), flag, value], capsys) == (
+        f"{flag}: must be positive GiB, got {value}")
+
+
+@pytest.mark.parametrize("command", ["small-model", "corpus"])
+def test_fetch_refuses_an_out_under_a_file(command: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("kept")
+    assert _error([command, "--out", str(tmp_path / "taken" / "x")], capsys) == (
+        f"--out: {tmp_path / 'taken'} is a file, not a folder")
+
+
+def test_make_export_without_run_says_how_before_fetching_anything(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("RUN", "MAKEFLAGS")}
+    done = subprocess.run(["make", "-n", "export", f"LLAMA_CPP_DIR={tmp_path / 'none'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "pip download" not in done.stdout and "usage: make export RUN=" in done.stdout
+
+
+def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without the network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    data = {"source": "hub", "path": "nobody/no-such-dataset", "loss_on": "all"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys).startswith(
+        "train.data.path: cannot open hub dataset 'nobody/no-such-dataset': ")
+    assert sorted(os.listdir(tmp_path / "run")) == []  # no model loaded: no run_info.json, no resolved recipe
