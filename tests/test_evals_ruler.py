@@ -15,15 +15,16 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.data.needle import SentenceTokens
 from toolkit.evals.api import run_suites
-from toolkit.evals.ruler import RULER_TASKS, effective_length
+from toolkit.evals.ruler import RULER_TASKS
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import string_match_all
+from toolkit.evals.stats import effective_length
 
 
 @pytest.mark.parametrize("scores, expected", [
     ({256: 1.0, 512: 0.9, 1024: 0.5, 2048: 0.95}, 512),  # 2048 passes but 1024 does not: stop at 512
     ({"2048": 0.9, "256": 0.99, "1024": 0.97, "512": 0.9}, 2048),  # string keys, any order
-    ({256: 0.856, 512: 1.0}, None),  # at the threshold is not above it
+    ({256: 0.856, 512: 0.85}, 256),  # at the threshold passes, as in the verdict's table
     ({256: 0.2}, None),
 ])
 def test_effective_length(scores, expected):

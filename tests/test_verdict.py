@@ -14,7 +14,7 @@ from toolkit.evals.niah import heatmap_panels
 from toolkit.evals.stats import Rate
 from toolkit.recipe.schema import EvalSpec
 from toolkit.report.report import build_report
-from toolkit.report.verdict import check_run, compute_verdict, effective_length, verdict_spec, verdict_text
+from toolkit.report.verdict import check_run, compute_verdict, verdict_spec, verdict_text
 from toolkit.run_folder import load_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -75,13 +75,6 @@ def test_schema_takes_a_verdict() -> None:
         EvalSpec(verdict={"task": "passkey"})  # not <suite>/<task>
     with pytest.raises(ValueError):
         EvalSpec(verdict={"task": "a/b", "native_min": 1.5})
-
-
-def test_effective_length() -> None:
-    rates = {128: Rate.of(99, 100), 256: Rate.of(90, 100), 512: Rate.of(80, 100), 1024: Rate.of(95, 100)}
-    assert effective_length(rates, 0.856) == 256  # 1024 passes, but 512 below it does not
-    assert effective_length(rates, 0.995) is None
-    assert effective_length(rates, 0.5) == 1024
 
 
 def test_passing_run(tmp_path: Path) -> None:

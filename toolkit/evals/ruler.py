@@ -3,16 +3,15 @@ score by string match.
 
 Score of a prompt: the fraction of expected answers present in the greedy output (RULER's string_match_all).
 Scores average over samples, then over tasks at each length. Effective length follows RULER: the longest
-tested length L such that the score at L and at every shorter tested length exceeds the threshold. The report
+tested length L such that the score at L and at every shorter tested length is at least the threshold. The report
 shows the mean score by length with the threshold, and the effective length per tag.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from statistics import mean
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field, PositiveInt
 from tqdm.auto import tqdm
@@ -24,14 +23,13 @@ from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import batch_size_for, batched, string_match_all
 from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import HaystackSpec, TaskBase
-from toolkit.evals.stats import Rate
+from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, is_number, number, rounded
 from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
-Length = TypeVar("Length", int, str)
 RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
 RULER_TASKS: tuple[RulerName, ...] = get_args(RulerName)
 
@@ -45,28 +43,11 @@ class RulerTask(TaskBase):
     lengths: list[PositiveInt] = Field(min_length=1)
     samples: PositiveInt = 4
     """Prompts per (task, length)."""
-    threshold: float = Field(0.856, ge=0.0, le=1.0)
-    """Effective length: the longest length whose score, and that of every shorter length, exceeds this."""
+    threshold: float = Field(RULER_THRESHOLD, ge=0.0, le=1.0)
+    """Effective length: the longest length whose score, and that of every shorter length, is at least this."""
     digits: int = Field(5, ge=1, le=12)
     haystack: HaystackSpec = HaystackSpec()
     batch_tokens: PositiveInt = 16384
-
-
-def longest_passing(scores_by_length: Mapping[Length, float], threshold: float, inclusive: bool = False) -> int | None:
-    """Longest length whose score, and the score of every shorter tested length, is above ``threshold`` (or
-    equal to it when ``inclusive``); ``None`` when even the shortest length is not."""
-    best = None
-    for length in sorted(scores_by_length, key=int):
-        score = scores_by_length[length]
-        if score < threshold or (score == threshold and not inclusive):
-            break
-        best = int(length)
-    return best
-
-
-def effective_length(scores_by_length: Mapping[Length, float], threshold: float) -> int | None:
-    """RULER's effective length: the longest length whose score, and every shorter one's, exceeds ``threshold``."""
-    return longest_passing(scores_by_length, threshold)
 
 
 def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:
@@ -138,8 +119,8 @@ def ruler_section(run: Run) -> list[Block]:
                          [[tag, fmt(e.get("effective_length")), fmt(e.get("score"))] for tag, e in found])]
     if not blocks:
         return []
-    return [Heading("RULER"), Paragraph("Effective length: the longest length whose score, and every shorter "
-                                        "length's, exceeds the threshold (RULER: 85.6%)."), *blocks]
+    return [Heading("RULER"), Paragraph("Effective length: the longest length whose score, and every shorter length's, "
+                                        f"is at least the threshold (RULER's: {RULER_THRESHOLD:.1%})."), *blocks]
 
 
 def ruler_cell(run: Run, tag: str, entry: Entry) -> str:

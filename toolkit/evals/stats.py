@@ -111,3 +111,18 @@ def lm_eval_rates(entry: Mapping[str, Any], counts: Mapping[str, int] | None = N
             if metric.split(",")[0] in BINARY_METRICS and 0.0 <= value <= 1.0:
                 rates[(task, metric)] = Rate.of(round(value * n), n) if isinstance(n, int) and n > 0 else Rate(value)
     return rates
+
+
+RULER_THRESHOLD = 0.856
+"""RULER's bar for the effective context length: Llama-2-7B's score at 4K."""
+
+
+def effective_length(scores_by_length: Mapping[Any, float], threshold: float) -> int | None:
+    """The effective length (RULER): the longest tested length whose score, and every shorter tested length's, is at
+    least ``threshold``; ``None`` when even the shortest is below it. Lengths may be ints or their strings."""
+    best = None
+    for length in sorted(scores_by_length, key=int):
+        if scores_by_length[length] < threshold:
+            break
+        best = int(length)
+    return best

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 
 ARENA_LABELS = ("A", "B", "tie")
@@ -450,7 +451,7 @@ class VerdictSpec(Strict):
     retention_suites: list[str] = ["short-context"]
     """Suite names whose every task's score ratio final / before extension must reach ``retention_min``."""
     retention_min: float = Field(0.95, ge=0, le=2)
-    effective_threshold: float = Field(0.856, ge=0, le=1)
+    effective_threshold: float = Field(RULER_THRESHOLD, ge=0, le=1)
     """RULER's threshold for the effective context length (reported, not checked)."""
 
 

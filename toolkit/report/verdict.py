@@ -19,8 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from toolkit.errors import UserError
-from toolkit.evals.ruler import longest_passing
-from toolkit.evals.stats import Rate, common_n, niah_rates
+from toolkit.evals.stats import Rate, common_n, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
@@ -68,11 +67,11 @@ class Verdict:
 
     @property
     def effective_before(self) -> int | None:
-        return effective_length(self.before, self.spec.effective_threshold)
+        return effective_length(_values(self.before), self.spec.effective_threshold)
 
     @property
     def effective_after(self) -> int | None:
-        return effective_length(self.after, self.spec.effective_threshold)
+        return effective_length(_values(self.after), self.spec.effective_threshold)
 
     @property
     def passed(self) -> bool:
@@ -115,6 +114,10 @@ class Verdict:
 _BEFORE_AT_EXTENDED = "accuracy at {} before extension"
 
 
+def _values(rates: Mapping[int, Rate]) -> dict[int, float]:
+    return {length: rate.value for length, rate in rates.items()}
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -142,12 +145,6 @@ def retention_suites(run: Run) -> list[str]:
     except UserError:
         spec = None
     return list(spec.retention_suites if spec else VerdictSpec.model_fields["retention_suites"].default)
-
-
-def effective_length(rates: Mapping[int, Rate], threshold: float) -> int | None:
-    """Longest length whose accuracy, and every shorter length's, is at least ``threshold``; ``None`` if the
-    shortest is below."""
-    return longest_passing({length: rate.value for length, rate in rates.items()}, threshold, inclusive=True)
 
 
 def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
