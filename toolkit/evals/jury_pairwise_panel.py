@@ -20,16 +20,17 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
-from toolkit.data.arena import ArenaRow
+from toolkit.data.arena import TIE, WINNER_COLUMNS, ArenaRow
 from toolkit.evals.judges import Judge
 from toolkit.evals.jury_panel import Cell, raw_line, vote
 from toolkit.evals.preference_stats import unswapped
+from toolkit.recipe.schema import ARENA_LABELS
 
-CLASS_IDS = (0, 1, 2)
-"""A preferred, B preferred, tie (the order of ``toolkit.evals.preference_stats.CLASSES``)."""
+CLASS_IDS = tuple(range(len(WINNER_COLUMNS)))
+"""A preferred, B preferred, tie (the order of the label columns)."""
 EXCHANGED = tuple(int(c) for c in unswapped(CLASS_IDS))
 """A vote on the swapped row as a vote on the row: B for A, A for B, tie for tie."""
-VERDICTS = ("A", "B", "tie")
+VERDICTS = ARENA_LABELS
 """The replies the prompt asks for, in class order (what a local judge with ``choose`` picks from)."""
 ORDERS = ("original", "swapped")
 PAIRWISE_PROMPT = (
@@ -54,7 +55,7 @@ def parse_preference(text: str) -> int | None:
     match = _PREFERENCE.search(text)
     if match is None:
         return None
-    return CLASS_IDS[2] if match.group(1) is None else VERDICTS.index(match.group(1))
+    return TIE if match.group(1) is None else VERDICTS.index(match.group(1))
 
 
 def row_key(row: ArenaRow) -> str:

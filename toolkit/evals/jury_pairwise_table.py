@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.evals.preference_stats import BINS
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.run_folder import Run
@@ -62,7 +63,7 @@ def side_by_side_section(run: Run) -> list[Block]:
         if rows:
             blocks += [Paragraph(f"At {tag}: probabilities of A better, B better and tie against the human labels. "
                                  "Log loss as the Chatbot Arena competition scores it (lower is better); accuracy "
-                                 "and Cohen's kappa of the most probable class; ECE over 10 bins; swap consistency "
-                                 "is the mean absolute change of the probabilities when A and B are exchanged "
-                                 "(0 = none)."), Table(HEADER, rows)]
+                                 f"and Cohen's kappa of the most probable class; ECE over {BINS} bins; swap "
+                                 "consistency is the mean absolute change of the probabilities when A and B are "
+                                 "exchanged (0 = none)."), Table(HEADER, rows)]
     return [Heading("Human preference: classifier, jury and prior"), *blocks] if blocks else []

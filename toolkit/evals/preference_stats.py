@@ -12,9 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from toolkit.data.arena import WINNER_COLUMNS
 from toolkit.evals.stats import wilson
 
-CLASSES = ("winner_model_a", "winner_model_b", "winner_tie")
+CLASSES = WINNER_COLUMNS
+"""The three classes, named by the competition's label columns."""
 EPSILON = 1e-15
 """The competition clips probabilities to [EPSILON, 1] before taking logs."""
 BINS = 10

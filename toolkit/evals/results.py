@@ -19,6 +19,7 @@ import torch
 
 from toolkit.evals.sources import fallback_reason
 from toolkit.evals.specs import TaskBase
+from toolkit.run_folder import read_json
 
 _GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold"}
 
@@ -40,10 +41,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=jsonable), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def haystack_fallbacks(task: TaskBase) -> list[str]:
@@ -68,13 +65,9 @@ class SuiteResults:
         self.path = path
         self.data: dict[str, Any] = {"suite": suite, "tag": tag, "model": model, "fingerprint": fingerprint,
                                      "tasks": {}}
-        if path.is_file():
-            try:
-                old = read_json(path)
-            except (json.JSONDecodeError, OSError):
-                old = {}
-            if old.get("fingerprint") == fingerprint and old.get("suite") == suite:
-                self.data["tasks"] = old.get("tasks", {})
+        old = read_json(path)
+        if isinstance(old, dict) and old.get("fingerprint") == fingerprint and old.get("suite") == suite:
+            self.data["tasks"] = old.get("tasks", {})
 
     def _entry(self, task: TaskBase) -> dict[str, Any] | None:
         entry = self.data["tasks"].get(task.key)

@@ -23,9 +23,8 @@ from typing import Any
 from toolkit.errors import UserError
 from toolkit.export.child_process import child_failure
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
-from toolkit.model.rope_methods import GGUF_METHODS
-from toolkit.model.saving import merge_adapter
-from toolkit.run_folder import FINAL
+from toolkit.model.rope_methods import GGUF_METHODS, METHODS
+from toolkit.run_folder import FINAL, is_adapter_folder
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ CONVERTER_DIR = Path(__file__).resolve().parents[2] / ".llama-cpp" / "converter"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
 ARCHITECTURES = ("LlamaForCausalLM",)
 YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}  # transformers' defaults (modeling_rope_utils)
-YARN_KEYS = {"rope_type", "rope_theta", "factor", "original_max_position_embeddings", "attention_factor", "truncate",
-             *YARN_DEFAULTS}
+YARN_KEYS = {"rope_type", "rope_theta", "original_max_position_embeddings", "truncate", *METHODS["yarn"].keys}
 
 
 def _model_folder(source: Path) -> Path:
@@ -48,10 +46,12 @@ def _model_folder(source: Path) -> Path:
 
 def _merged(folder: Path, stack: ExitStack) -> Path:
     """``folder``, or its LoRA adapter merged into full weights in a temporary folder."""
-    if (folder / "adapter_config.json").is_file():
+    if is_adapter_folder(folder):
         converter_dir()  # fetched before minutes of merging
         merged = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-merge-"))) / "merged"
         log.info("merging the LoRA adapter of %s", folder)
+        from toolkit.model.saving import merge_adapter  # torch and peft, for LoRA runs only
+
         merge_adapter(folder, merged)
         folder = merged
     return folder

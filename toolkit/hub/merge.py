@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.model.saving import MERGED_FOLDER, merge_adapter
+from toolkit.model.saving import merge_adapter
 from toolkit.output_paths import check_writable
-from toolkit.run_folder import FINAL
+from toolkit.run_folder import ADAPTER_CONFIG, FINAL, MERGED_FOLDER, is_adapter_folder
 
 
 def merge_run(run_dir: Path, out: Path | None) -> Path:
@@ -20,7 +20,7 @@ def merge_run(run_dir: Path, out: Path | None) -> Path:
     final = run_dir / FINAL
     if not final.is_dir():
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
-    if not (final / "adapter_config.json").is_file():
+    if not is_adapter_folder(final):
         raise UserError(f"nothing to merge: {run_dir} is not a LoRA run (no final/adapter_config.json)")
     target = out if out is not None else final / MERGED_FOLDER
     _check_target(target)
@@ -35,7 +35,7 @@ def _check_target(target: Path) -> None:
     check_writable(target.parent, "--out")
     if target.exists() and not target.is_dir():
         raise UserError(f"--out: {target} is a file; name a folder for the merged model")
-    replaceable = (target / "config.json").is_file() and not (target / "adapter_config.json").exists()
+    replaceable = (target / "config.json").is_file() and not (target / ADAPTER_CONFIG).exists()
     if target.is_dir() and any(target.iterdir()) and not replaceable:
         raise UserError(f"--out: {target} holds files and is no merged model (config.json without an adapter); "
                         "the merge replaces the folder, so name a new one")

@@ -15,9 +15,18 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from toolkit.errors import UserError
-from toolkit.hub.card import build_card
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
-from toolkit.run_folder import EVAL, FINAL, RECIPE, REPORT_HTML, REPORT_MD, RUN_INFO
+from toolkit.run_folder import (
+    BASE_FOLDER,
+    EVAL,
+    FINAL,
+    MERGED_FOLDER,
+    RECIPE,
+    REPORT_HTML,
+    REPORT_MD,
+    RUN_INFO,
+    is_adapter_folder,
+)
 
 UPLOAD_DIR = "upload"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -63,7 +72,7 @@ def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
     if what not in (None, *WEIGHT_CHOICES):
         raise UserError(f"--what: {what!r} is not one of {', '.join(WEIGHT_CHOICES)}")
-    if what == "adapter" and not (final / "adapter_config.json").is_file():
+    if what == "adapter" and not is_adapter_folder(final):
         raise UserError(f"--what adapter: {run_dir} is not a LoRA run (no final/adapter_config.json)")
     files = _weight_files(run_dir, what) + _report_files(run_dir)
     _refuse_pickles(files)
@@ -74,6 +83,8 @@ def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     for source, name in files:
         _place(source, scratch / name)
+    from toolkit.hub.card import build_card  # the evaluation registry: only when a folder is written
+
     build_card(run_dir, repo_id, what).save(scratch / "README.md")
     scratch.rename(folder)
     return folder
@@ -95,15 +106,15 @@ def _weight_files(run_dir: Path, what: str | None) -> list[tuple[Path, str]]:
     if what == "merged":
         from toolkit.hub.merge import merge_run
 
-        merged = final / "merged"
+        merged = final / MERGED_FOLDER
         if not (merged / "config.json").is_file():
             merged = merge_run(run_dir, out=None)
         return _tree(merged, "")
     # final/README.md (peft writes one) gives way to our card.
     top = [(p, p.name) for p in sorted(final.iterdir()) if p.is_file() and p.name != "README.md"]
-    base = final / "base"
+    base = final / BASE_FOLDER
     # A LoRA run from a random init keeps its base weights in final/base: the adapter is useless without them.
-    return top + (_tree(base, "base/") if (final / "adapter_config.json").is_file() and base.is_dir() else [])
+    return top + (_tree(base, f"{BASE_FOLDER}/") if is_adapter_folder(final) and base.is_dir() else [])
 
 
 def _report_files(run_dir: Path) -> list[tuple[Path, str]]:

@@ -18,9 +18,9 @@ from toolkit.hub_ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.recipe.schema import MethodSpec, ModelSpec
+from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, is_adapter_folder
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
-BASE_FOLDER = "base"
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
 
 
@@ -179,7 +179,7 @@ def _adapter_base(adapter_dir: Path) -> str:
     """Where a LoRA folder's base weights are: its own ``base/`` or the base named in adapter_config.json."""
     if (adapter_dir / BASE_FOLDER / "config.json").is_file():
         return str(adapter_dir / BASE_FOLDER)
-    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not base:
         raise UserError(f"{adapter_dir}/adapter_config.json: names no base_model_name_or_path and there is no "
                         f"{BASE_FOLDER}/ folder")
@@ -188,9 +188,9 @@ def _adapter_base(adapter_dir: Path) -> str:
 
 def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
     """``(base, adapter)``: a LoRA run's ``final/`` given as the model names its own base."""
-    if adapter is None and (Path(model) / "adapter_config.json").is_file():
+    if adapter is None and is_adapter_folder(model):
         return _adapter_base(Path(model)), model
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+    if adapter is not None and not is_adapter_folder(adapter):
         raise UserError(f"--adapter: no adapter_config.json in {adapter}")
     return model, adapter
 

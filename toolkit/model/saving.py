@@ -21,11 +21,10 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from toolkit.errors import UserError
 from toolkit.model.eval_copy import tied_names
-from toolkit.model.loading import BASE_FOLDER, has_tokenizer, load_merged, lora_sources
+from toolkit.model.loading import has_tokenizer, load_merged, lora_sources
 from toolkit.model.lora import CausalLM, unwrap_peft
 from toolkit.recipe.schema import MethodSpec
-
-MERGED_FOLDER = "merged"
+from toolkit.run_folder import BASE_FOLDER, MERGED_FOLDER, is_adapter_folder
 
 
 @contextmanager
@@ -136,7 +135,7 @@ def merge_adapter(final_dir: Path, out_dir: Path) -> None:
     Works on CPU in the saved dtype, from the files alone, so the training model is never touched.
     """
     final_dir = Path(final_dir)
-    if not (final_dir / "adapter_config.json").is_file():
+    if not is_adapter_folder(final_dir):
         raise UserError(f"{final_dir}: not a LoRA folder (no adapter_config.json)")
     base, adapter = lora_sources(str(final_dir), None)
     merged = load_merged(base, adapter, field=f"{final_dir}/adapter_config.json base_model_name_or_path",

@@ -121,6 +121,12 @@ def row_sharers(accelerator: Any) -> int:
     return config.cp_size if config is not None and config.cp_enabled else 1
 
 
+def ulysses_degree(accelerator: Any) -> int:
+    """Batches DeepSpeed's Ulysses adapter hands out per batch it reads (one per rank of a group), else 1."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config.sp_size if config is not None and config.sp_enabled else 1
+
+
 def data_parallel_size(parallel: ParallelSpec, num_processes: int) -> int:
     """Groups training on different rows at once: the processes over the sequence-parallel degree."""
     return max(1, num_processes // parallel.degree)

@@ -19,10 +19,14 @@ from toolkit.errors import UserError
 from toolkit.model.attention import DENSE_MASK
 from toolkit.plan.memory import GIB, ModelShape, Setup, estimate, shape_for
 from toolkit.plan.placement import Fit, fit, machine_memory, placement, placement_setting
-from toolkit.recipe.schema import Recipe
+from toolkit.recipe.schema import LoraSpec, Recipe, TrainSpec
 
 TILE_TOKENS = 8192
 """Sequence tile of the tiled MLP that the advice proposes (tokens per tile per GPU)."""
+
+LORA = LoraSpec()
+"""The LoRA it advises: the schema's defaults."""
+LOSS_CHUNK: int = TrainSpec.model_fields["loss_chunk_size"].default
 
 
 def recipe_shape(recipe: Recipe) -> ModelShape:
@@ -61,8 +65,8 @@ def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
         setup = setup.with_(attention="flash/sdpa", dense_mask=False)
         yield "model.attention: auto (flash-attention, varlen or flex on a GPU: no L^2 matrix or mask)", setup
     if setup.loss_chunk is None:
-        setup = setup.with_(loss_chunk=4096)
-        yield "train.loss_chunk_size: 4096", setup
+        setup = setup.with_(loss_chunk=LOSS_CHUNK)
+        yield f"train.loss_chunk_size: {LOSS_CHUNK}", setup
     if not setup.checkpointing:
         setup = setup.with_(checkpointing=True)
         yield "train.gradient_checkpointing: true", setup
@@ -78,7 +82,7 @@ def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
         setup = setup.with_(sequence_degree=degree)
         yield f"parallel: {{sequence: ulysses, degree: {degree}}}", setup
     if setup.lora_rank is None:
-        setup = setup.with_(lora_rank=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+        setup = setup.with_(lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules))
         yield "method.kind: lora", setup
     if setup.optimizer == "adamw":
         setup = setup.with_(optimizer="adamw_8bit")

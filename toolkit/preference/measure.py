@@ -24,7 +24,7 @@ from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
 from toolkit.errors import UserError
 from toolkit.evals.preference import PreferenceTask
-from toolkit.evals.preference_stats import unswapped
+from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
@@ -90,7 +90,7 @@ def section(m: dict[str, Any]) -> str:
              _interval(e, "prior_log_loss")),
             ("log loss, one order only", _interval(e, "first_order_log_loss")),
             ("accuracy", _interval(e, "accuracy")), ("accuracy of the prior", _interval(e, "prior_accuracy")),
-            ("expected calibration error (10 bins)", f"{e['ece']:.3f}"),
+            (f"expected calibration error ({BINS} bins)", f"{e['ece']:.3f}"),
             ("swap consistency of one pass (mean abs. difference)", f"{e['swap_consistency']:.4f}"),
             ("inputs cut to fit (both orders)", f"{e['truncated_inputs']} of {e['inputs']} ({e['tokens_cut']} tokens)"),
             ("submission rows; largest deviation of a row's sum from 1", f"{m['rows']}; {m['sum_error']:.1e}"),
@@ -104,12 +104,17 @@ def section(m: dict[str, Any]) -> str:
             f"| measure | value |\n|---|---|\n{table}\n{END}")
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace the part of ``doc`` between the markers with ``text``."""
+def _marked(doc: Path) -> str:
+    """``doc``'s text; a UserError unless it holds both markers."""
     content = doc.read_text(encoding="utf-8")
     if BEGIN not in content or END not in content:
         raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
-    head, rest = content.split(BEGIN, 1)
+    return content
+
+
+def write_section(doc: Path, text: str) -> None:
+    """Replace the part of ``doc`` between the markers with ``text``."""
+    head, rest = _marked(doc).split(BEGIN, 1)
     doc.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
 
 
@@ -125,8 +130,7 @@ def main() -> None:
     docs = args.doc or [Path("docs/preference.md"), Path("README.md")]
     try:
         for doc in docs:  # every target checked before the minutes of training
-            if BEGIN not in doc.read_text(encoding="utf-8"):
-                raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
+            _marked(doc)
         text = section(measure(args.recipe, args.run, args.seed))
         for doc in docs:
             write_section(doc, text)
