@@ -372,27 +372,21 @@ class TrainSpec(Strict):
     """Reject a stage shorter than the one before it."""
 
     @model_validator(mode="after")
-    def _lengths_grow(self) -> TrainSpec:
+    def _offload_needs_checkpointing(self) -> TrainSpec:
         if self.activation_offload and not self.gradient_checkpointing:
             raise FieldError("activation_offload", "needs gradient_checkpointing: true")
         if self.activation_offload_dtype != "native" and not self.activation_offload:
             raise FieldError("activation_offload_dtype", "needs activation_offload: true or a number of layers")
-        self._arena_stages()
-        if self.stage_length_must_grow:
-            for i in range(1, len(self.stages)):
-                if self.stages[i].seq_len < self.stages[i - 1].seq_len:
-                    raise FieldError(
-                        f"stages[{i}].seq_len", f"{self.stages[i].seq_len} is shorter than stages[{i - 1}].seq_len "
-                        f"{self.stages[i - 1].seq_len} (set train.stage_length_must_grow: false if meant)")
         return self
 
-    def _arena_stages(self) -> None:
+    @model_validator(mode="after")
+    def _arena_stages(self) -> TrainSpec:
         """A run with an arena source trains on arena sources alone (the objective restricts every labelled token to
         the label tokens), all with the same label tokens, each comparison fitting its stage."""
         specs = [(i, spec) for i in range(len(self.stages)) for _, _, spec in self.stage_data(i).sources()]
         arena = [(i, spec) for i, spec in specs if spec.format == "arena"]
         if not arena:
-            return
+            return self
         for i, spec in specs:
             where = f"stages[{i}].data" if self.stages[i].data is not None else "data"
             if spec.format != "arena":
@@ -404,6 +398,17 @@ class TrainSpec(Strict):
             if (spec.truncate_tokens or 0) > self.stages[i].seq_len:
                 raise FieldError(f"{where}.truncate_tokens", f"{spec.truncate_tokens} is longer than "
                                  f"stages[{i}].seq_len {self.stages[i].seq_len}")
+        return self
+
+    @model_validator(mode="after")
+    def _lengths_grow(self) -> TrainSpec:
+        if self.stage_length_must_grow:
+            for i in range(1, len(self.stages)):
+                if self.stages[i].seq_len < self.stages[i - 1].seq_len:
+                    raise FieldError(
+                        f"stages[{i}].seq_len", f"{self.stages[i].seq_len} is shorter than stages[{i - 1}].seq_len "
+                        f"{self.stages[i - 1].seq_len} (set train.stage_length_must_grow: false if meant)")
+        return self
 
     def choice_tokens(self) -> tuple[str, str, str] | None:
         """The label tokens of an arena run (the objective's softmax is over these alone); None for other runs."""
