@@ -1,8 +1,14 @@
-"""Output locations checked before any expensive step, without creating anything."""
+"""Where outputs go: locations checked before any expensive step (without creating anything), and files and folders
+written beside their target and renamed over it at the end, so a crash never leaves half of one."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolkit.errors import UserError
@@ -21,3 +27,41 @@ def check_writable(folder: Path, label: str) -> None:
             pass
     except OSError as exc:
         raise UserError(f"{label}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a sibling temporary path to write; it replaces ``path`` once the block has finished, and is removed
+    when the block fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a sibling temporary folder that replaces ``out_dir`` only once the block has finished (the old folder
+    is moved aside first and removed last); the temporary folder is removed when the block fails."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out_dir, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = _sibling(out_dir, "old")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)

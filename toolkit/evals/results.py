@@ -10,7 +10,6 @@ so adding lengths to a sweep computes only the new cells.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from toolkit.evals.sources import fallback_reason
 from toolkit.evals.specs import TaskBase
+from toolkit.output_paths import atomic_file
 from toolkit.run_folder import read_json
 
 _GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold"}
@@ -37,10 +37,8 @@ def jsonable(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=jsonable), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=jsonable), encoding="utf-8")
 
 
 def haystack_fallbacks(task: TaskBase) -> list[str]:

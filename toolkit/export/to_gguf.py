@@ -24,6 +24,7 @@ from toolkit.errors import UserError
 from toolkit.export.child_process import child_failure
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
+from toolkit.output_paths import atomic_file
 from toolkit.run_folder import FINAL, is_adapter_folder
 
 log = logging.getLogger(__name__)
@@ -149,16 +150,12 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
         raise UserError(f"--outtype: {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     folder, name = _model_folder(source), source.resolve().name
     target = _target(source, out, f"{name}-{outtype}.gguf")
-    partial = target.with_name(f".{target.name}.partial")
     with ExitStack() as stack:
         folder = _merged(folder, stack)
         pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")
         config = _checked_config(folder / "config.json")
-        try:
+        with atomic_file(target) as partial:
             _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
     meta = gguf_metadata(target)
     arch = meta["general.architecture"]
     rope = meta.get(f"{arch}.rope.scaling.type", "none")

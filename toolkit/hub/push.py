@@ -16,6 +16,7 @@ from huggingface_hub import HfApi
 
 from toolkit.errors import UserError
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
+from toolkit.output_paths import atomic_dir
 from toolkit.run_folder import (
     BASE_FOLDER,
     EVAL,
@@ -77,16 +78,13 @@ def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
     files = _weight_files(run_dir, what) + _report_files(run_dir)
     _refuse_pickles(files)
 
-    folder = run_dir / UPLOAD_DIR
-    scratch = run_dir / f".{UPLOAD_DIR}.tmp"
-    for stale in (folder, scratch):
-        shutil.rmtree(stale, ignore_errors=True)
-    for source, name in files:
-        _place(source, scratch / name)
     from toolkit.hub.card import build_card  # the evaluation registry: only when a folder is written
 
-    build_card(run_dir, repo_id, what).save(scratch / "README.md")
-    scratch.rename(folder)
+    folder = run_dir / UPLOAD_DIR
+    with atomic_dir(folder) as scratch:
+        for source, name in files:
+            _place(source, scratch / name)
+        build_card(run_dir, repo_id, what).save(scratch / "README.md")
     return folder
 
 

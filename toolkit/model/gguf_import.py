@@ -8,13 +8,13 @@ moved into a fresh model built from the same config, which saves like any other.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from toolkit.errors import UserError
+from toolkit.output_paths import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,9 @@ def import_gguf(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.bfloa
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    with atomic_dir(out_dir) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     log.info("wrote %s (%s, %d parameters)", out_dir, str(dtype).removeprefix("torch."),
              sum(p.numel() for p in model.parameters()))
     return out_dir

@@ -8,11 +8,6 @@ trained RoPE as ``config.json``, the base weights in ``base/`` when the base was
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,28 +18,9 @@ from toolkit.errors import UserError
 from toolkit.model.eval_copy import tied_names
 from toolkit.model.loading import has_tokenizer, load_merged, lora_sources
 from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.output_paths import atomic_dir
 from toolkit.recipe.schema import MethodSpec
 from toolkit.run_folder import BASE_FOLDER, MERGED_FOLDER, is_adapter_folder
-
-
-@contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a sibling temporary folder that replaces ``out_dir`` only once the block has finished."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def base_state_dict(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from toolkit.data.arena import read_arena
 from toolkit.errors import UserError
 from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
-from toolkit.output_paths import check_writable
+from toolkit.output_paths import atomic_file, check_writable
 from toolkit.recipe.schema import SourceSpec
 from toolkit.run_folder import FINAL, RECIPE, read_recipe_dict, typed_train
 
@@ -62,14 +61,12 @@ def _check_out(out: Path) -> None:
 def write_submission(out: Path, ids: list[str], probs: list[tuple[float, float, float]]) -> None:
     """``id`` and the three class probabilities per row, written to a temporary file then renamed over ``out``."""
     _check_out(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+    with atomic_file(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", *CLASSES])
         for id_, row in zip(ids, probs, strict=True):
             total = sum(row)
             writer.writerow([id_, *(f"{p / total:.6f}" for p in row)])
-    os.replace(tmp, out)
 
 
 def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str | None = None,
