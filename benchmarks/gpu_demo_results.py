@@ -96,17 +96,18 @@ def bundle(run_dir: Path, out: Path) -> Path:
     """The run without its weights (report, plots, metrics, evaluation results, run_info, the resolved recipe) as
     ``run/`` and the zero-shot reference as ``zero-shot-yarn/`` in one gzip'd tar, :data:`RESULTS` in ``out``, with
     the run's ``report.md`` beside it to read at once."""
+    from toolkit.output_paths import atomic_file
+    from toolkit.run_folder import CHECKPOINTS, FINAL, REPORT_MD
+
     target = out / RESULTS
-    partial = target.with_name(f".{RESULTS}.partial")
-    with tarfile.open(partial, "w:gz") as archive:
+    with atomic_file(target) as partial, tarfile.open(partial, "w:gz") as archive:
         for path in sorted(run_dir.rglob("*")):
             relative = path.relative_to(run_dir)
-            if path.is_file() and relative.parts[0] not in ("final", "checkpoints"):
+            if path.is_file() and relative.parts[0] not in (FINAL, CHECKPOINTS):
                 top = "" if relative.parts[0] == REFERENCE else "run"
                 archive.add(path, arcname=str(Path(top) / relative))
-    partial.replace(target)
-    if (run_dir / "report.md").is_file():
-        shutil.copyfile(run_dir / "report.md", out / "report.md")
+    if (run_dir / REPORT_MD).is_file():
+        shutil.copyfile(run_dir / REPORT_MD, out / REPORT_MD)
     return target
 
 

@@ -30,22 +30,31 @@ from statistics import median
 from typing import Any
 
 from benchmarks.rows import StepRow, step_rows
+from toolkit.plan.memory import GIB, LLAMA3_8B, ModelShape
+from toolkit.recipe.schema import LoraSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def llama_config(shape: ModelShape) -> dict[str, Any]:
+    """``shape`` as LlamaConfig keyword arguments."""
+    return dict(hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab)
+
+
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512),
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=8192),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256),
+    "llama3-8b": llama_config(LLAMA3_8B),
 }
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 """The environment every measurement runs in. glibc serves allocations below its (growing) mmap threshold from the
 heap and keeps freed heap pages, so the resident set would count fragmentation; a fixed 64 KiB threshold maps and
 unmaps every tensor (on CPU, at the cost of speed: the tiny shape's steps at 256 tokens take twice as long)."""
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-LORA_RANK = 16
+LORA = LoraSpec()
+"""The LoRA every benchmark trains and plans: the toolkit's defaults."""
 BF16_SPEC_TFLOPS = 989.0
 """H100/H200 SXM dense bf16 peak (spec sheet): the second MFU denominator on CUDA."""
 
@@ -179,7 +188,7 @@ def run(config: Config) -> dict:
         from benchmarks.toolkit_variant import run_toolkit as variant
     trial = variant(config, torch.cuda.reset_peak_memory_stats if device.type == "cuda" else lambda: None, rows)
     if device.type == "cuda":
-        peak, reserved = max(torch.cuda.max_memory_allocated(), (trial.peak_gib or 0) * 1024**3), \
+        peak, reserved = max(torch.cuda.max_memory_allocated(), (trial.peak_gib or 0) * GIB), \
             torch.cuda.max_memory_reserved()
     else:
         peak, reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start, None
@@ -187,7 +196,7 @@ def run(config: Config) -> dict:
     return {**asdict(config), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "attention_used": trial.attention, "threads": torch.get_num_threads(),
             "load_average": os.getloadavg()[0], **speeds,
-            "peak_gib": peak / 1024**3, "reserved_gib": None if reserved is None else reserved / 1024**3,
+            "peak_gib": peak / GIB, "reserved_gib": None if reserved is None else reserved / GIB,
             "losses": trial.losses, "loss": trial.losses[-1], "status": "ok"}
 
 

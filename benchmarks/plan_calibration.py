@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import LORA_TARGETS, SHAPES, Config, measure  # noqa: E402
+from benchmarks.harness import LORA, SHAPES, Config, measure  # noqa: E402
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config  # noqa: E402
 
 SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
@@ -34,7 +34,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
     import torch
 
     shape = shape_from_config(SHAPES[shape_name])
-    lora: dict[str, Any] = dict(lora_rank=16, lora_targets=LORA_TARGETS) if method == "lora" else {}
+    lora: dict[str, Any] = dict(lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules)) if method == "lora" else {}
     rows = []
     for label, checkpointing, chunk, tiles in SETTINGS:
         config = Config(shape=shape_name, method=method, seq_len=seq_len, steps=1, checkpointing=checkpointing,

@@ -6,13 +6,12 @@ Step times are the loop's own (``metrics.jsonl``), drawing each batch included; 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import LORA_RANK, LORA_TARGETS, SHAPES, Config, Trial
+from benchmarks.harness import LORA, SHAPES, Config, Trial
 from benchmarks.rows import StepRow
 
 BENCH_TOKENIZER = {"vocab_size": 320, "corpus_documents": 50}
@@ -26,8 +25,7 @@ def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
     return {
         "name": "benchmark", "seed": 0,
         "model": {"init_config": init, "train_tokenizer": BENCH_TOKENIZER, "attention": config.attention},
-        "method": {"kind": config.method, "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK,
-                                                   "target_modules": list(LORA_TARGETS)}},
+        "method": {"kind": config.method, "lora": LORA.model_dump()},
         "train": {"data": {"source": "synthetic", "loss_on": "all", "min_length_fraction": 0.125},
                   "stages": [{"seq_len": config.seq_len, "max_steps": config.warmup + config.steps, "lr": LR}],
                   "scheduler": "constant", "gradient_checkpointing": config.checkpointing,
@@ -43,7 +41,7 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
     from toolkit.data.stream_state import StreamState
     from toolkit.model.lora import count_parameters
     from toolkit.recipe.schema import Recipe
-    from toolkit.run_folder import METRICS
+    from toolkit.run_folder import read_metrics
     from toolkit.runner import setup
     from toolkit.training.checkpoints import CheckpointManager, TrainerState
     from toolkit.training.faults import StopFlag
@@ -70,7 +68,7 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
         batches = GivenBatches(iter([collate([step.row]) for step in rows]), packed)  # type: ignore[arg-type]
         train_stage(parts, StageJob(0, spec, spec.max_steps or 0, spec.seq_len * spec.grad_accum, batches, None, 0))
         session.logger.close()
-        records = [json.loads(line) for line in (recipe.run_dir / METRICS).read_text().splitlines()]
+        records = read_metrics(recipe.run_dir)
     trainable, total = count_parameters(session.model)
     timed = records[config.warmup:]
     return Trial(losses=[r["loss"] for r in records], step_s=[config.seq_len / r["tokens_per_s"] for r in timed],

@@ -94,15 +94,15 @@ class ModelShape:
         return sum(self.layers * rank * sum(dims[t]) for t in targets if t in dims)
 
 
-_LLAMA3_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
+LLAMA3_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
 _LLAMA3_70B = ModelShape(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=128256)
 KNOWN_SHAPES: dict[str, ModelShape] = {
-    **{f"meta-llama/{name}{suffix}": _LLAMA3_8B for name in ("Meta-Llama-3-8B", "Llama-3.1-8B", "Meta-Llama-3.1-8B")
+    **{f"meta-llama/{name}{suffix}": LLAMA3_8B for name in ("Meta-Llama-3-8B", "Llama-3.1-8B", "Meta-Llama-3.1-8B")
        for suffix in ("", "-Instruct")},
     **{f"meta-llama/{name}{suffix}": _LLAMA3_70B
        for name in ("Meta-Llama-3-70B", "Llama-3.1-70B", "Meta-Llama-3.1-70B", "Llama-3.3-70B")
        for suffix in ("", "-Instruct")},
-    "gradientai/Llama-3-8B-Instruct-Gradient-1048k": _LLAMA3_8B,
+    "gradientai/Llama-3-8B-Instruct-Gradient-1048k": LLAMA3_8B,
 }
 
 
