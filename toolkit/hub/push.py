@@ -8,11 +8,11 @@ with ``HfApi.upload_folder`` in one commit; pushing again updates the same repos
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from toolkit.errors import UserError
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
@@ -31,7 +31,6 @@ from toolkit.run_folder import (
 
 UPLOAD_DIR = "upload"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 RUN_FILES = (REPORT_MD, REPORT_HTML, RECIPE, RUN_INFO)
 WEIGHT_CHOICES = ("adapter", "merged", "report")
 
@@ -58,10 +57,13 @@ def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_r
 
 
 def check_repo_id(repo_id: str) -> None:
-    """A UserError naming --repo-id unless ``repo_id`` is ``org/name`` with Hub-legal characters."""
-    if not REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id or repo_id.endswith((".git", ".")):
-        raise UserError(f"--repo-id: {repo_id!r} is not a Hub repo id of the form ORG/NAME "
-                        "(letters, digits, '-', '_', '.'; at most 96 characters each)")
+    """A UserError naming --repo-id unless ``repo_id`` is ``org/name`` and the Hub's own check accepts it."""
+    if "/" not in repo_id:
+        raise UserError(f"--repo-id: {repo_id!r} is not of the form ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UserError(f"--repo-id: {' '.join(str(exc).split())}") from None
 
 
 def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
