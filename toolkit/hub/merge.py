@@ -12,7 +12,7 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.model.saving import merge_adapter
 from toolkit.output_paths import check_writable
-from toolkit.run_folder import ADAPTER_CONFIG, FINAL, MERGED_FOLDER, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, FINAL, MERGED_FOLDER, RECIPE, is_adapter_folder
 
 
 def merge_run(run_dir: Path, out: Path | None) -> Path:
@@ -30,11 +30,13 @@ def merge_run(run_dir: Path, out: Path | None) -> Path:
 
 
 def _check_target(target: Path) -> None:
-    """A UserError unless ``target`` can be written and replaced: new, an empty folder, or full weights (an earlier
-    merge): the merge replaces the whole folder, so a file, a run or an adapter there would be lost."""
+    """A UserError unless ``target`` can be written and replaced: new, an empty folder, or full weights of an earlier
+    merge (not a run's ``final/``): the merge replaces the whole folder, so what is there would be lost."""
     check_writable(target.parent, "--out")
     if target.exists() and not target.is_dir():
         raise UserError(f"--out: {target} is a file; name a folder for the merged model")
+    if target.name == FINAL and (target.parent / RECIPE).is_file():
+        raise UserError(f"--out: {target} is a run's final model; name a new folder for the merged model")
     replaceable = (target / "config.json").is_file() and not (target / ADAPTER_CONFIG).exists()
     if target.is_dir() and any(target.iterdir()) and not replaceable:
         raise UserError(f"--out: {target} holds files and is no merged model (config.json without an adapter); "
