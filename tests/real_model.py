@@ -1,13 +1,13 @@
-"""The real pretrained model of the tests (SmolLM2-135M-Instruct, ``make small-model``), the real corpus
-(``make corpus``) and real English text.
+"""What the tests download once: the real pretrained model (SmolLM2-135M-Instruct, ``make small-model``), the real
+corpus (``make corpus``) and llama.cpp (``make llama-cpp``); and real English text.
 
-Tests that use the model skip, with the reason, when the folder is absent; ``.ci/run`` makes it first, so CI runs
-them. Tests that use the corpus (and the recipes and suites that name ``data/corpus/``) skip when it is absent
-outside CI; under ``CI=true`` they run, and fail when ``make corpus`` did not make it.
+Tests that need one of them skip, with the reason, when it is absent outside CI; ``.ci/run`` makes all three first,
+so under ``CI=true`` they run, and fail when a make target did not make what they need.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -17,17 +17,26 @@ import pytest
 
 from toolkit.data.corpus import DEFAULT_DIR as CORPUS_DIR
 from toolkit.data.corpus import is_complete as corpus_complete
+from toolkit.export.to_gguf import CONVERTER_DIR
 from toolkit.model.small_model import DEFAULT_DIR, is_complete
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = REPO / DEFAULT_DIR
-
-needs_small_model = pytest.mark.skipif(
-    not is_complete(SMALL_MODEL), reason=f"no real model at {DEFAULT_DIR}: run `make small-model` (CI does)")
 CORPUS = REPO / CORPUS_DIR
-needs_corpus = pytest.mark.skipif(
-    not corpus_complete(CORPUS) and os.environ.get("CI") != "true",
-    reason=f"no corpus at {CORPUS_DIR}: run `make corpus` (CI does)")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _needs(present: bool, reason: str) -> pytest.MarkDecorator:
+    """Skip when a download is absent, except in CI, which makes it first (there the test runs, and fails)."""
+    return pytest.mark.skipif(not present and not IN_CI, reason=f"{reason} (CI does)")
+
+
+needs_small_model = _needs(is_complete(SMALL_MODEL), f"no real model at {DEFAULT_DIR}: run `make small-model`")
+needs_corpus = _needs(corpus_complete(CORPUS), f"no corpus at {CORPUS_DIR}: run `make corpus`")
+needs_converter = _needs((CONVERTER_DIR / "convert_hf_to_gguf.py").is_file(),
+                         "no llama.cpp converter in .llama-cpp/converter: run `make llama-cpp`")
+needs_llama_cpp = _needs(importlib.util.find_spec("llama_cpp") is not None,
+                         "llama-cpp-python is not installed: run `make llama-cpp` (a CPU build from source, once)")
 
 
 def uses_corpus(path: Path) -> bool:
@@ -37,7 +46,7 @@ def uses_corpus(path: Path) -> bool:
 
 def loadable(paths: list[Path]) -> list[Path]:
     """``paths`` less those naming the corpus when it is absent outside CI (their suites would not load)."""
-    ready = corpus_complete(CORPUS) or os.environ.get("CI") == "true"
+    ready = corpus_complete(CORPUS) or IN_CI
     return [path for path in paths if ready or not uses_corpus(path)]
 
 

@@ -84,7 +84,7 @@ def test_packed_rows_train_in_bf16_with_documents_apart(device: str, kernel: str
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_auto_on_this_device_trains_packed_rows(device: str) -> None:
+def test_auto_on_this_device_avoids_the_dense_mask(device: str) -> None:
     """On a GPU auto avoids the dense L×L mask; on CPU it takes sdpa (flex cannot train there)."""
     implementation, reason = select_attention("auto", torch.device(device), torch.bfloat16)
     if device == "cpu":

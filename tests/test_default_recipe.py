@@ -4,11 +4,12 @@ training and after each stage, and the report is written with its plots."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from tests.runs import train
+from tests.runs import metrics, train
 from toolkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_passkey_writes_the_whole_run_folder(run: Path) -> None:
+    steps = [row for row in metrics(run) if "loss" in row]
+    assert [max(row["step"] for row in steps if row["stage"] == stage) for stage in range(3)] == [2, 2, 2]
+    assert all(math.isfinite(row["loss"]) for row in steps)
     assert not (run / "eval" / "stage-0-copy-64").exists(), "the curriculum stage is not evaluated"
     assert not (run / "eval" / "base").exists(), "a random init is not evaluated (eval.before: false)"
     tags = ["stage-1-passkey-256", "stage-2-yarn-1024"]

@@ -17,17 +17,14 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import MICRO_RECIPE, write_recipe
-from tests.real_model import SMALL_MODEL, needs_small_model
+from tests.real_model import SMALL_MODEL, needs_converter, needs_small_model
 from tests.runs import train
 from toolkit.cli import main
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.export.pretokenizer import LLAMA3_SPLIT, llama_cpp_pre_tokenizer
-from toolkit.export.to_gguf import CONVERTER_DIR, gguf_metadata
+from toolkit.export.to_gguf import gguf_metadata
 from toolkit.recipe.schema import TokenizerTraining
-
-needs_converter = pytest.mark.skipif(not (CONVERTER_DIR / "convert_hf_to_gguf.py").is_file(),
-                                     reason="no llama.cpp converter in .llama-cpp/converter: run `make llama-cpp`")
 
 NATIVE, FACTOR = 64, 4
 EXPORT_RECIPE: dict[str, Any] = copy.deepcopy(MICRO_RECIPE)
@@ -203,11 +200,17 @@ def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(full_run: Path,
 
 @needs_converter
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
-def test_f16_and_q8_0_files_are_smaller(outtype: str, full_run: Path, tmp_path: Path) -> None:
+def test_f16_and_q8_0_files_hold_their_tensor_types(outtype: str, full_run: Path, tmp_path: Path) -> None:
+    """The matrices in ``outtype`` (2 bytes a weight, or 8 bits and a scale per block of 32), the norms in f32."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
     out = tmp_path / f"m-{outtype}.gguf"
     assert main(["export", str(full_run), "--format", "gguf", "--outtype", outtype, "--out", str(out)]) == 0
     assert gguf_metadata(out)["general.file_type"] == {"f16": 1, "q8_0": 7}[outtype]
     assert gguf_metadata(out)["llama.rope.scaling.factor"] == FACTOR
+    types = {t.name: t.tensor_type for t in GGUFReader(out).tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType[outtype.upper()]
+    assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
 
 
 @needs_converter

@@ -14,7 +14,6 @@ Every llama.cpp call runs in a child process (``tests/llama_cpp_calls.py`` throu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from collections.abc import Callable
@@ -27,16 +26,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests import llama_cpp_calls
-from tests.real_model import SMALL_MODEL, english_documents, needs_small_model
-from tests.test_export_gguf import FACTOR, NATIVE, micro_run, needs_converter
+from tests.real_model import SMALL_MODEL, english_documents, needs_converter, needs_llama_cpp, needs_small_model
+from tests.test_export_gguf import FACTOR, NATIVE, micro_run
 from toolkit.data.needle import SentenceTokens, build_haystack, make_needles
 from toolkit.data.tokenizer import BOS, EOS
 from toolkit.export.child_process import in_child
 from toolkit.export.to_gguf import export_gguf
 
-pytestmark = [needs_converter, pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed: run `make llama-cpp` (a CPU build from source, once per machine)")]
+pytestmark = [needs_converter, needs_llama_cpp]
 
 T = TypeVar("T")
 RTOL = {"f16": 0.05, "q8_0": 0.2}

@@ -7,13 +7,12 @@ llama.cpp must find right too. Each batch runs in one llama.cpp child process.""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.test_export_gguf import micro_run, needs_converter
+from tests.real_model import needs_converter, needs_llama_cpp
+from tests.test_export_gguf import micro_run
 from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.context import sentence_tokens
 from toolkit.evals.niah import NiahTask, needle_prompt
@@ -23,8 +22,7 @@ from toolkit.export.llama_cpp_backend import LlamaCppBackend
 from toolkit.export.llama_cpp_needles import needle_context
 from toolkit.export.to_gguf import export_gguf
 
-pytestmark = [needs_converter, pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                                  reason="llama-cpp-python is not installed: run `make llama-cpp`")]
+pytestmark = [needs_converter, needs_llama_cpp]
 
 TASK = NiahTask(type="niah", lengths=[64, 128, 256], depths=[0.0, 0.5, 1.0], samples=2)
 

@@ -3,19 +3,18 @@ and scoring as transformers, and written beside them into the run's final evalua
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_export_gguf import micro_run, needs_converter
+from tests.real_model import needs_converter, needs_llama_cpp
+from tests.test_export_gguf import micro_run
 from toolkit.cli import main
 from toolkit.run_folder import load_run
 
-pytestmark = [needs_converter, pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                                  reason="llama-cpp-python is not installed: run `make llama-cpp`")]
+pytestmark = [needs_converter, needs_llama_cpp]
 
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "runs" / "tiny-passkey"
 

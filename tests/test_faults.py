@@ -91,8 +91,29 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(micro_recipe: Path, un
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
+SLOW_STEPS = """
+import time
+from toolkit.training.objective import CausalLMObjective
+
+_forward = CausalLMObjective.forward
+
+
+def forward(self, **batch):
+    time.sleep(0.25)
+    return _forward(self, **batch)
+
+
+CausalLMObjective.forward = forward
+"""
+"""A ``sitecustomize`` for the child: every forward pass waits 0.25 s, so the run is still training seconds after
+its first checkpoint and a signal sent then always lands mid-run (the weights are those of an unslowed run)."""
+
+
 def _spawn(recipe: Path, *overrides: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    slow = recipe.parent / "slow-steps"
+    slow.mkdir(exist_ok=True)
+    (slow / "sitecustomize.py").write_text(SLOW_STEPS)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(slow), str(ROOT)]))
     return subprocess.Popen([sys.executable, "-m", "toolkit", "train", str(recipe), *overrides], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -116,8 +137,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninte
     _wait_for_checkpoint(run, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "stopped by SIGTERM; checkpoint saved at" in err
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
@@ -131,6 +150,7 @@ def test_kill_9_mid_checkpoint_leaves_last_complete_one(micro_recipe: Path, unin
     _wait_for_checkpoint(run, proc)
     proc.kill()
     proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (run / "final").exists()  # killed mid-run
     # what a kill during a write leaves behind: a temporary folder with part of a checkpoint
     partial = run / "checkpoints" / ".tmp-stage-0-step-000099"
     partial.mkdir(parents=True, exist_ok=True)

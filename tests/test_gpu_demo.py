@@ -51,6 +51,17 @@ def test_every_check_is_computed_with_numbers(demo: Path) -> None:
                      "held-out loss at positions >= 256 below zero-shot YaRN x4",
                      "short held-out perplexity within 5% of the base", "short chat passkey no lower than the base"]
     assert all(any(ch.isdigit() for ch in check["detail"]) for check in result["checks"])
+    assert not [check for check in result["checks"] if check["detail"].startswith(("no ", "Verdict not computed"))]
+    # the held-out check, recomputed from the results that came back: mean loss over the buckets from 256 on
+    far = {}
+    for name, folder in (("after", "run/eval/stage-0-yarn-32k"), ("zero-shot", "zero-shot-yarn")):
+        buckets = json.loads((demo / "back" / folder / "smollm2-heldout-tiny.json").read_text())[
+            "tasks"]["heldout"]["loss_by_bucket"]
+        losses = [loss for first, loss in buckets.items() if int(first) >= 256]
+        far[name] = sum(losses) / len(losses)
+    heldout = result["checks"][4]
+    assert heldout["detail"] == f"{far['after']:.3f} vs {far['zero-shot']:.3f}"
+    assert heldout["passed"] == (far["after"] < far["zero-shot"])
     assert result["verdict"].startswith("Verdict (smollm2-needles-tiny/passkey): ")
     markdown = (demo / "out" / "gpu-demo.md").read_text()
     assert markdown.startswith("# GPU demo (CPU") and markdown.count("- **") == len(names)

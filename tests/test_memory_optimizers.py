@@ -59,7 +59,12 @@ def test_8bit_on_the_device(device: str, monkeypatch: pytest.MonkeyPatch) -> Non
         return
     if importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("needs bitsandbytes")
-    optimizer = build_optimizer(layer.parameters(), _train(optimizer="adamw_8bit"), lr=1e-3)
+    optimizer = build_optimizer(layer.parameters(), _train(optimizer="adamw_8bit", weight_decay=0.0), lr=1e-3)
+    before = layer.weight.detach().clone()
     layer(torch.ones(2, 256, device="cuda")).sum().backward()
     optimizer.step()
     assert type(optimizer).__name__ == "AdamW8bit"
+    # Adam's first step moves each weight by about lr against the sign of its gradient
+    grad = layer.weight.grad
+    assert grad is not None
+    torch.testing.assert_close(layer.weight.detach() - before, -1e-3 * grad.sign(), atol=1e-4, rtol=0)

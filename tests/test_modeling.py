@@ -7,7 +7,6 @@ import torch
 
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.model.attention import select_attention
 from toolkit.model.loading import load_model, resolve_dtype
 from toolkit.recipe.schema import LoraSpec, MethodSpec, ModelSpec, TokenizerTraining
 
@@ -23,20 +22,6 @@ def tokenizer():
 
 def spec(**changes) -> ModelSpec:
     return ModelSpec(init_config=dict(TINY), train_tokenizer=TokenizerTraining(), **changes)
-
-
-def test_auto_attention_on_cpu_is_sdpa() -> None:
-    assert select_attention("auto", CPU) == ("sdpa", "auto: no CUDA device (cpu), so PyTorch sdpa")
-
-
-def test_impossible_attention_is_a_user_error() -> None:
-    """Every branch of the choice is in tests/test_attention_select.py; here, what load_model relies on."""
-    with pytest.raises(UserError, match=r"^model.attention: flash_attention_2 needs a CUDA or ROCm GPU"):
-        select_attention("flash_attention_2", CPU)
-    with pytest.raises(UserError, match=r"^model.attention: flex_attention has no backward pass on CPU"):
-        select_attention("flex_attention", CPU, training=True)
-    assert select_attention("flex_attention", CPU, training=False) == ("flex_attention", "requested")
-    assert select_attention("eager", CPU)[0] == "eager"
 
 
 def test_resolve_dtype() -> None:

@@ -62,8 +62,10 @@ def test_ulysses_config() -> None:
     assert config.sp_handler.sp_attn_implementation == "flash_attention_2"
 
 
-@pytest.mark.skipif(HAS_DEEPSPEED, reason="deepspeed installed")
-def test_ulysses_without_deepspeed_is_a_user_error() -> None:
+def test_ulysses_without_deepspeed_is_a_user_error(monkeypatch) -> None:
+    find_spec = importlib.util.find_spec  # as on a machine without the deepspeed extra
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
     with pytest.raises(UserError, match="parallel.sequence: ulysses needs DeepSpeed"):
         accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=4), env=DEEPSPEED)
 
