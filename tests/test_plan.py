@@ -101,13 +101,17 @@ def test_print_plan_gives_verdicts_and_advice(capsys: pytest.CaptureFixture[str]
 
 
 def test_plan_of_the_shipped_1m_recipe(capsys: pytest.CaptureFixture[str]) -> None:
-    path = ROOT / "recipes/llama3-8b-1m-progressive.yaml"
-    if not path.exists():
-        pytest.skip("1M recipe not present")
-    print_plan(load_recipe(path), gpus=8, gpu_memory_gib=80)
-    out = capsys.readouterr().out
-    assert "total per GPU (GiB)" in out and "verdict:" in out
-    assert len(next(line for line in out.splitlines() if line.startswith("seq_len x batch")).split("x")) > 2
+    """Its four stages up to 1M tokens fit 8 x 80 GiB with a large host, and each total is the sum of its parts."""
+    assert print_plan(load_recipe(ROOT / "recipes/llama3-8b-1m-progressive.yaml"), gpus=8, gpu_memory_gib=80,
+                      host_memory_gib=1000) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("seq_len x batch"))
+    total = next(i for i, line in enumerate(lines) if line.startswith("total per GPU (GiB)"))
+    assert lines[first].split()[-3:] == ["1,048,576", "x", "1"]
+    parts = [[float(value) for value in line.split()[-4:]] for line in lines[first + 1:total]]
+    totals = [float(value) for value in lines[total].split()[-4:]]
+    assert totals == pytest.approx([sum(column) for column in zip(*parts, strict=True)], abs=0.06)
+    assert "verdict: 4 of 4 stage(s) fit the GPU and the host" in lines
 
 
 def test_shapes_come_from_config_or_table_never_a_download(tmp_path: Path) -> None:
