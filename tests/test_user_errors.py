@@ -161,3 +161,20 @@ def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path,
     assert _error(["train", str(recipe)], capsys).startswith(
         "train.data.path: cannot open hub dataset 'nobody/no-such-dataset': ")
     assert sorted(os.listdir(tmp_path / "run")) == []  # no model loaded: no run_info.json, no resolved recipe
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_a_haystack_dataset_out_of_reach_stops_before_the_model(command: str, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without the network
+    suite = tmp_path / "hay.yaml"
+    suite.write_text("name: hay\ntasks:\n  - {type: niah, lengths: [48], samples: 2, "
+                     "haystack: {source: dataset, path: nobody/no-such-dataset}}\n")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite)]},
+                                         output={"dir": str(tmp_path / "run")}))
+    argv = (["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
+            if command == "eval" else ["train", str(recipe)])
+    assert _error(argv, capsys).startswith("haystack dataset nobody/no-such-dataset (split train) could not be read")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run" / "run_info.json").exists()

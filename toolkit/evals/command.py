@@ -11,6 +11,7 @@ from toolkit.evals.accuracy_table import accuracy_table
 from toolkit.evals.api import capped, run_suites_into
 from toolkit.evals.registry import headline
 from toolkit.evals.results import write_json
+from toolkit.evals.sources import open_haystacks
 from toolkit.evals.suite import load_suite
 from toolkit.output_paths import check_writable
 
@@ -28,8 +29,10 @@ def evaluate_command(model: str, adapter: str | None, suites: list[str], out: st
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
     for path in suites:  # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-        if not any(capped(task, max_length) for task in load_suite(path).tasks):
+        tasks = [task for task in load_suite(path).tasks if capped(task, max_length)]
+        if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
+        open_haystacks(tasks)
     folder = Path(out) if out else default_out(model)
     check_writable(folder, "--out")
     from toolkit.model.loading import load_for_eval
