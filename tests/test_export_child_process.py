@@ -48,6 +48,7 @@ def test_export_check_exits_1_with_one_line_when_llama_cpp_crashes(tmp_path: Pat
     import toolkit.export.llama_cpp_needles as needles
     import toolkit.export.to_gguf as to_gguf
 
+    monkeypatch.setattr(needles, "needle_tasks", lambda run: ("stage-0", {}))  # the preflight: a run to compare with
     monkeypatch.setattr(to_gguf, "export_gguf", lambda run, out, outtype: tmp_path / "run-f16.gguf")
     monkeypatch.setattr(needles, "score_needles_in_llama_cpp",
                         lambda run, gguf, outtype: in_child(_segfault, doing=f"scoring needles on {gguf.name}"))
