@@ -178,3 +178,11 @@ def test_a_haystack_dataset_out_of_reach_stops_before_the_model(command: str, tm
             if command == "eval" else ["train", str(recipe)])
     assert _error(argv, capsys).startswith("haystack dataset nobody/no-such-dataset (split train) could not be read")
     assert not (tmp_path / "out").exists() and not (tmp_path / "run" / "run_info.json").exists()
+
+
+def test_an_lm_eval_task_lm_eval_does_not_know_stops_eval_before_the_model(tmp_path: Path, capsys) -> None:
+    suite = tmp_path / "lm.yaml"
+    suite.write_text(f"name: lm\ntasks:\n  - {{type: lm_eval, tasks: [longctx_passkey_shorts], "
+                     f"include_path: {ROOT / 'evals' / 'lm_eval_tasks'}}}\n")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == "lm_eval task lm_eval: unknown lm-eval task(s) longctx_passkey_shorts"

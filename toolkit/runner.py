@@ -32,7 +32,7 @@ from toolkit.data.formats import choice_token_ids, trained_chat_template
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import describe_device, package_versions
 from toolkit.errors import UserError
-from toolkit.evals.sources import open_haystacks
+from toolkit.evals.registry import check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import loss_kernel
@@ -117,7 +117,7 @@ def setup(recipe: Recipe) -> Session:
     checkpoints.remove_partial()
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     check_stage_data(recipe.train, tokenizer)
-    open_haystacks(task for suite in recipe.eval.suites for task in load_suite(suite).tasks)
+    check_tasks(task for suite in recipe.eval.suites for task in load_suite(suite).tasks)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loaded = _load_model(recipe, accelerator, tokenizer)

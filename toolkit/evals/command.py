@@ -9,9 +9,8 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.evals.accuracy_table import accuracy_table
 from toolkit.evals.api import capped, run_suites_into
-from toolkit.evals.registry import headline
+from toolkit.evals.registry import check_tasks, headline
 from toolkit.evals.results import write_json
-from toolkit.evals.sources import open_haystacks
 from toolkit.evals.suite import load_suite
 from toolkit.output_paths import check_writable
 
@@ -32,7 +31,7 @@ def evaluate_command(model: str, adapter: str | None, suites: list[str], out: st
         tasks = [task for task in load_suite(path).tasks if capped(task, max_length)]
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
-        open_haystacks(tasks)
+        check_tasks(tasks)
     folder = Path(out) if out else default_out(model)
     check_writable(folder, "--out")
     from toolkit.model.loading import load_for_eval

@@ -67,10 +67,7 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
     if metadata and tokenizer_name:
         metadata.setdefault("tokenizer", tokenizer_name)  # lm-eval's ruler sizes prompts with it
     manager = task_manager(task.tasks, task.include_path, metadata or None)
-    unknown = [name for name in task.tasks if name not in manager.all_tasks]
-    if unknown:
-        raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
-                        f"{'' if task.include_path else ' (set include_path for local task folders)'}")
+    _check_known(task, manager)
     device = str(next(model.parameters()).device)
     # BOS first where the tokenizer puts one in front of a text (Llama 3); lm-eval leaves it out unless asked
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=task.batch_size,
@@ -81,6 +78,18 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
         raise UserError("lm_eval: run evaluation in a single process")
     output.pop("samples", None)
     return output
+
+
+def _check_known(task: LmEvalTask, manager: Any) -> None:
+    unknown = [name for name in task.tasks if name not in manager.all_tasks]
+    if unknown:
+        raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
+                        f"{'' if task.include_path else ' (set include_path for local task folders)'}")
+
+
+def check_lm_eval(task: LmEvalTask) -> None:
+    """Every task name is one lm-eval knows (its own or under ``include_path``), before a model is loaded."""
+    _check_known(task, task_manager(task.tasks, task.include_path))
 
 
 def run_lm_eval(task: LmEvalTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -151,4 +160,4 @@ def lm_eval_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(LmEvalTask, run_lm_eval, section=lm_eval_section, rank=50, score_cell=lm_eval_cell,
-                     card_metrics=lm_eval_card)
+                     card_metrics=lm_eval_card, check=check_lm_eval)

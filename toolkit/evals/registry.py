@@ -8,10 +8,12 @@ niah, rope_compare and ruler build prompts with ``toolkit.data.needle.build_hays
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, get_args, get_origin
 
 from toolkit.errors import UserError
 from toolkit.evals import jury, jury_pairwise, lm_eval, niah, perplexity, preference, rope_compare, ruler
+from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, score_metric
 from toolkit.formatting.numbers import is_number
@@ -81,3 +83,13 @@ BUILT_IN = (niah.TASK_TYPE, ruler.TASK_TYPE, lm_eval.TASK_TYPE, perplexity.TASK_
 """The built-in types, in the order suites list them in error messages."""
 for _kind in BUILT_IN:
     register(_kind)
+
+
+def check_tasks(tasks: Iterable[TaskBase]) -> None:
+    """What can be known of ``tasks`` before any model is loaded: every haystack read (kept for the evaluation), so a
+    dataset out of reach stops the run now (or falls back where its spec says so), and each type's own check."""
+    for task in tasks:
+        for spec in task.haystacks().values():
+            load_sentences(spec)
+        if (check := TASK_TYPES[task.type].check) is not None:
+            check(task)

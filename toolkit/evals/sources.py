@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 from toolkit.data.needle import SentenceTokens, filler_sentence
 from toolkit.errors import UserError
-from toolkit.evals.specs import HaystackSpec, TaskBase
+from toolkit.evals.specs import HaystackSpec
 
 log = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -71,14 +70,6 @@ def _load(spec_json: str) -> tuple[tuple[str, ...] | None, str | None]:
     if not sentences:
         raise UserError(f"haystack.path: {spec.path} holds no text")
     return sentences, None
-
-
-def open_haystacks(tasks: Iterable[TaskBase]) -> None:
-    """Read every haystack of ``tasks`` now (kept for the evaluation), so a dataset that cannot be read stops the run
-    before any model is loaded, or falls back to the filler now where its spec says so."""
-    for task in tasks:
-        for spec in task.haystacks().values():
-            load_sentences(spec)
 
 
 def load_sentences(spec: HaystackSpec) -> tuple[str, ...] | None:

@@ -58,6 +58,9 @@ class TaskType:
     """The main score as a report table cell, with its 95% interval and n where counted (``None``: the score)."""
     card_metrics: Callable[[str, Entry], CardMetrics] = score_metric
     """The model card's metrics of one task: ``(task key, entry) -> {dataset: [(type, name, value)]}``."""
+    check: Callable[[Any], None] | None = None
+    """What can be checked of one task before any model is loaded (a UserError when it fails), beyond its
+    haystacks, which every type's are read then."""
     card_detail: Callable[[Entry], str] = no_detail
     """The "details" cell of the model card's results table, e.g. RULER's score per length."""
 
