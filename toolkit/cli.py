@@ -76,8 +76,8 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
 def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     from toolkit.data import corpus as corpus_module
-    from toolkit.export.to_gguf import OUTTYPES
-    from toolkit.hub.push import WEIGHT_CHOICES
+    from toolkit.export import OUTTYPES
+    from toolkit.hub import WEIGHT_CHOICES
 
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
     push.add_argument("run")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.export import OUTTYPES
 from toolkit.export.child_process import child_failure
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
@@ -30,7 +31,6 @@ from toolkit.run_folder import FINAL, is_adapter_folder
 log = logging.getLogger(__name__)
 
 CONVERTER_DIR = Path(__file__).resolve().parents[2] / ".llama-cpp" / "converter"
-OUTTYPES = ("f16", "bf16", "q8_0", "f32")
 ARCHITECTURES = ("LlamaForCausalLM",)
 YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}  # transformers' defaults (modeling_rope_utils)
 YARN_KEYS = {"rope_type", "rope_theta", "original_max_position_embeddings", "truncate", *METHODS["yarn"].keys}

@@ -15,6 +15,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from toolkit.errors import UserError
+from toolkit.hub import WEIGHT_CHOICES
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
 from toolkit.output_paths import atomic_dir
 from toolkit.run_folder import (
@@ -32,7 +33,6 @@ from toolkit.run_folder import (
 UPLOAD_DIR = "upload"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 RUN_FILES = (REPORT_MD, REPORT_HTML, RECIPE, RUN_INFO)
-WEIGHT_CHOICES = ("adapter", "merged", "report")
 
 
 def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_run: bool) -> None:
