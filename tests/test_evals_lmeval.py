@@ -81,3 +81,26 @@ def test_bridge_runs_offline_on_a_tiny_model(tmp_path: Path, monkeypatch):
     again = run_suites(tiny_model(max_positions=2048), tiny_tokenizer(), [suite], tmp_path, "base", "tiny")
     assert again["lm"]["tasks"]["lm_eval"]["metrics"] == entry["metrics"]
 
+
+
+def test_task_datasets_are_read_from_the_index_groups_and_tags_expanded(tmp_path: Path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    for name in ("local_a", "local_b"):  # one dataset for both: checked once
+        (folder / f"{name}.yaml").write_text(
+            f"task: {name}\ntag: [local_tag]\ndataset_path: json\n"
+            f"dataset_kwargs: {{data_files: {{test: {tmp_path / 'docs.jsonl'}}}}}\n"
+            "output_type: loglikelihood\ntest_split: test\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n")
+    names = ["mmlu", "ruler", "local_tag"]
+    manager = lmeval_bridge.task_manager(names, str(folder))
+    found = lmeval_bridge.task_datasets(manager, names)
+    assert [(d.path, d.task, d.kwargs) for d in found] == [  # mmlu's 57 subjects share one; RULER makes its own
+        ("cais/mmlu", "mmlu_abstract_algebra", {}),
+        ("json", "local_a", {"data_files": {"test": str(tmp_path / "docs.jsonl")}})]
+
+    task = lm_eval.LmEvalTask(type="lm_eval", tasks=["local_tag"], include_path=str(folder))
+    with pytest.raises(lm_eval.UserError, match=r"^lm_eval task lm_eval: dataset 'json' of lm-eval task local_a "
+                                                r"cannot be opened: .*docs\.jsonl"):
+        lm_eval.check_lm_eval(task)
+    (tmp_path / "docs.jsonl").write_text('{"q": "2+2=", "a": "4"}\n')
+    lm_eval.check_lm_eval(task)

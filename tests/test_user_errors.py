@@ -186,3 +186,15 @@ def test_an_lm_eval_task_lm_eval_does_not_know_stops_eval_before_the_model(tmp_p
                      f"include_path: {ROOT / 'evals' / 'lm_eval_tasks'}}}\n")
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
     assert _error(argv, capsys) == "lm_eval task lm_eval: unknown lm-eval task(s) longctx_passkey_shorts"
+
+
+def test_an_lm_eval_dataset_out_of_reach_stops_eval_before_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # hellaswag not in the cache, as on a fresh machine
+    suite = tmp_path / "lm.yaml"
+    suite.write_text("name: lm\ntasks:\n  - {type: lm_eval, tasks: [hellaswag]}\n")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == ("lm_eval task lm_eval: dataset 'Rowan/hellaswag' of lm-eval task hellaswag cannot "
+                                    "be opened: Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
+    assert not (tmp_path / "out").exists()

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt
 
+from toolkit.data.local_files import reason
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
-from toolkit.evals.lmeval_bridge import summarize, task_manager
+from toolkit.evals.lmeval_bridge import summarize, task_datasets, task_manager
 from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import BINARY_METRICS, Rate, lm_eval_rates
@@ -88,8 +89,19 @@ def _check_known(task: LmEvalTask, manager: Any) -> None:
 
 
 def check_lm_eval(task: LmEvalTask) -> None:
-    """Every task name is one lm-eval knows (its own or under ``include_path``), before a model is loaded."""
-    _check_known(task, task_manager(task.tasks, task.include_path))
+    """Before a model is loaded: every task name is one lm-eval knows (its own or under ``include_path``), and every
+    dataset its tasks load opens (a hub dataset reachable or cached, local files there; the data itself is fetched
+    when the task runs)."""
+    from datasets import load_dataset_builder
+
+    manager = task_manager(task.tasks, task.include_path)
+    _check_known(task, manager)
+    for dataset in task_datasets(manager, task.tasks):
+        try:
+            load_dataset_builder(dataset.path, dataset.name, **dataset.kwargs)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"lm_eval task {task.key}: dataset {dataset.path!r} of lm-eval task {dataset.task} cannot "
+                            f"be opened: {reason(exc)}") from None
 
 
 def run_lm_eval(task: LmEvalTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:

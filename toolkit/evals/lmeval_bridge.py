@@ -1,9 +1,11 @@
-"""What the ``lm_eval`` task (:mod:`toolkit.evals.lm_eval`) reads of lm-eval: its task index, and the metrics of its
-output with the task's score."""
+"""What the ``lm_eval`` task (:mod:`toolkit.evals.lm_eval`) reads of lm-eval: its task index, the datasets its tasks
+load, and the metrics of its output with the task's score."""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
@@ -19,6 +21,47 @@ def task_manager(tasks: list[str], include_path: str | None, metadata: dict[str,
         if all(name in local.all_tasks for name in tasks):
             return local
     return TaskManager(include_path=include_path, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    """A dataset an lm-eval task loads, as lm-eval loads it: ``datasets.load_dataset(path, name, **kwargs)``."""
+
+    task: str
+    path: str
+    name: str | None
+    kwargs: dict[str, Any]
+
+
+def task_datasets(manager, names: Iterable[str]) -> list[TaskDataset]:
+    """The datasets ``names`` load (groups and tags expanded to their tasks), one per dataset path, from the task
+    index's configs, without building a task (which downloads). Tasks that make their own data (``custom_dataset``,
+    e.g. lm-eval's RULER) and Python-defined tasks are left out: only running them shows whether they can."""
+    found: dict[str, TaskDataset] = {}
+    for task, config in _task_configs(manager.task_index, names):
+        path = config.get("dataset_path")
+        if path and "custom_dataset" not in config and path not in found:
+            kwargs = {key: value for key, value in (config.get("dataset_kwargs") or {}).items()
+                      if key != "trust_remote_code"}  # as lm-eval drops it: datasets 4 runs no loading scripts
+            found[path] = TaskDataset(task, path, config.get("dataset_name") or None, kwargs)
+    return list(found.values())
+
+
+def _task_configs(index: dict[str, Any], names: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for member in names:
+        name = member if isinstance(member, str) else member.get("task")
+        entry = index.get(name) if isinstance(name, str) else None
+        if entry is None:
+            if isinstance(member, dict):  # a task written out inside its group
+                yield str(name), member
+            continue
+        config = entry.cfg or {}
+        if entry.kind.name == "TAG":
+            yield from _task_configs(index, [other for other, e in index.items() if name in e.tags])
+        elif entry.kind.name == "GROUP":
+            yield from _task_configs(index, config.get("task") or [])
+        elif entry.kind.name == "TASK":
+            yield name, config
 
 
 def summarize(output: dict[str, Any], metric: str | None) -> tuple[dict[str, dict[str, float]], float | None]:
