@@ -56,7 +56,8 @@ NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "n
 first use."""
 PROFILES = {
     "cuda": sections.Profile(device="cuda", shape="llama3-8b", lengths=(8192, 32768, 65536, 131072),
-                             cli_length=32768, timing_asserted=True, offload_from=131072, tiles=8,
+                             cli_length=32768, timing_asserted=True, memory_asserted=True,
+                             offload_from=131072, tiles=8,
                              tiles_from=65536, stage_overrides=(),
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
@@ -64,7 +65,7 @@ PROFILES = {
                              kernel_lengths=(32768, 131072), budgets=(60, 80, 50, 160), kernels_s=40, total_s=440,
                              min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), cli_length=256, timing_asserted=False,
-                            offload_from=256, tiles=2, tiles_from=256,
+                            memory_asserted=False, offload_from=256, tiles=2, tiles_from=256,
                             stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),
                             engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),

@@ -35,6 +35,9 @@ class Profile:
     (``benchmarks/gpu_check_cli.py``)."""
     timing_asserted: bool
     """Whether the CLI's speed against the benchmark's is a pass/fail check, or only reported."""
+    memory_asserted: bool
+    """Whether the plan's memory against the measured peak is a pass/fail check, or only reported
+    (:data:`benchmarks.gpu_check_probe.MEMORY_REPORTED_ONLY`)."""
     offload_from: int
     tiles: int
     tiles_from: int

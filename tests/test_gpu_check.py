@@ -14,12 +14,20 @@ import pytest
 
 from benchmarks.gpu_check import PROFILES
 from benchmarks.gpu_check_kernels import _fa4_missing, _row, attention_kernels
+from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY
 from benchmarks.gpu_check_report import markdown
 from benchmarks.gpu_check_sections import Section
+from tests.real_model import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = PROFILES["cpu"].total_s
 OUT_OF_TIME = "stopped at the section's budget"
+
+
+def _short_of_time(what: object) -> None:
+    """Only a machine busy with other work stops a section at its budget; under CI, on an idle machine (74 s of the
+    190 s budget on 2 cores, 2026-12-05), every section measures."""
+    assert not IN_CI, f"out of time under CI: {what}"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,9 @@ def test_gpu_tests_skip_cleanly_without_a_gpu(result: dict) -> None:
     tests = result["sections"][0]
     for row in tests["rows"]:
         assert row["outcome"] == "skipped" and row["message"], row
-    assert tests["rows"] or "did not finish" in tests["skipped"][0]["why"]
+    if not tests["rows"]:
+        _short_of_time(tests["skipped"])
+        assert "did not finish" in tests["skipped"][0]["why"]
 
 
 def test_device_and_cpu_runs_start_from_the_same_weights(result: dict) -> None:
@@ -60,6 +70,7 @@ def test_device_and_cpu_runs_start_from_the_same_weights(result: dict) -> None:
     if len(stage) == 2 and all(row["steps"] == 10 for row in stage.values()):  # both on the CPU here: one curve
         assert [(c["result"], c["difference"]) for c in section["checks"]] == [("pass", 0.0), ("pass", 0.0)]
     else:  # a run stopped at the budget on a busy machine: the check says so, it measures no difference
+        _short_of_time(section["checks"])
         assert all(c["difference"] is None and "steps logged" in c["why"] for c in section["checks"] if
                    c["result"] == "fail")
 
@@ -77,6 +88,7 @@ def test_deepspeed_trains_like_one_process_and_fsdp2_is_skipped(result: dict) ->
         assert (deepspeed["engine"], deepspeed["processes"], deepspeed["steps"]) == ("deepspeed", 1, 5)
         assert deepspeed["precision"].startswith("bf16") and check["difference"] <= 1e-3
     else:  # only for lack of time on a busy machine
+        _short_of_time(check)
         assert OUT_OF_TIME in check["why"], check
 
 
@@ -86,7 +98,14 @@ def test_measured_rows_hold_real_numbers(result: dict) -> None:
     for row in throughput:
         assert row["seq_len"] == 256 and row["tokens_per_s"] > 0 and 0 < row["mfu"] and row["peak_gib"] > 0
         assert row["attention_used"] == "sdpa"  # auto off a GPU; on one, flash_attention_4 where it is installed
-    assert throughput or result["sections"][3]["skipped"]
+    if not throughput:
+        _short_of_time(result["sections"][3]["skipped"])
+        assert result["sections"][3]["skipped"]
+    plan = [check for section in result["sections"][3:5] for check in section["checks"]
+            if check["what"].startswith("plan vs")]  # on the CPU reported: the plan models GPU memory
+    probed = [row for row in result["sections"][4]["rows"] if row["status"] == "ok"]
+    assert len(plan) == sum(row["variant"] == "toolkit" for row in throughput) + len(probed) > 0
+    assert all(check["result"] == "reported" and check["why"] == MEMORY_REPORTED_ONLY for check in plan), plan
 
 
 def test_attention_kernels_run_varlen_over_the_reference_and_skip_flash_attn_4(result: dict) -> None:
@@ -95,7 +114,9 @@ def test_attention_kernels_run_varlen_over_the_reference_and_skip_flash_attn_4(r
     assert section["skipped"][0] == {"what": "flash_attn_4", "why": "flash-attn-4 needs a CUDA GPU (sm90 or newer)"}
     for row in section["rows"]:
         assert row["variant"] == "varlen_fa2" and row["status"] == "ok" and row["tflops"] > 0 and row["first_s"] > 0
-    assert [row["seq_len"] for row in section["rows"]] == [256, 512] or len(section["skipped"]) > 1  # or cut off
+    if [row["seq_len"] for row in section["rows"]] != [256, 512]:  # cut off
+        _short_of_time(section["skipped"])
+        assert len(section["skipped"]) > 1
 
 
 def test_what_section_6_cannot_measure_within_its_budget_is_a_skip(tmp_path: Path) -> None:
@@ -127,12 +148,14 @@ def test_the_cli_trains_the_benchmark_rows_and_its_speed_is_reported(result: dic
     section = result["sections"][3]
     checks = [c for c in section["checks"] if c["what"].startswith("CLI metrics.jsonl vs benchmark, same rows")]
     if not checks:  # only for lack of time on a busy machine
+        _short_of_time(section["skipped"])
         [skip] = [s for s in section["skipped"] if s["what"] == "CLI at 256"]
         assert "left of the section's budget" in skip["why"] or "row at 256 is" in skip["why"], skip
         return
     [check] = checks
     assert check["result"] == "reported" and check["tolerance"] == 0.1 and "not asserted" in check["why"]
     if check["difference"] is None:  # stopped at the budget on a busy machine
+        _short_of_time(check)
         assert OUT_OF_TIME in check["why"], check
         return
     rows = {row["variant"]: row for row in section["rows"]}
