@@ -177,10 +177,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_recipe(load_recipe(args.recipe, args.overrides))
         return 0
     if args.command == "eval":
-        from toolkit.evals.command import evaluate_command
+        from toolkit.evals.command import evaluate, print_summary
 
-        evaluate_command(model=args.model, adapter=args.adapter, suites=args.suite, out=args.out,
-                         device=args.device, max_length=args.max_length, precision=args.precision)
+        print_summary(evaluate(args.model, args.suite, adapter=args.adapter, out=args.out, device=args.device,
+                               max_length=args.max_length, precision=args.precision))
         return 0
     if args.command == "plan":
         from toolkit.plan.command import print_plan

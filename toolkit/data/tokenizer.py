@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from toolkit.data.needle import filler_sentence, make_needles
 from toolkit.errors import UserError
-from toolkit.hub_ids import looks_local
+from toolkit.hub.ids import looks_local
 from toolkit.recipe.schema import ModelSpec, TokenizerTraining
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"

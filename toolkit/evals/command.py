@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.evals.accuracy_table import accuracy_table
@@ -22,9 +24,21 @@ def default_out(model: str) -> Path:
     return Path("eval-results") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def evaluate_command(model: str, adapter: str | None, suites: list[str], out: str | None,
-                     device: str | None, max_length: int | None = None, precision: str = "auto") -> None:
-    """Load the model once, run every suite into ``out`` (``<out>/<suite>.json``, plots), print a summary."""
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` wrote into ``folder``."""
+
+    folder: Path
+    info: dict[str, Any]
+    """``eval_info.json``: the model, adapter, dtype and device evaluated."""
+    results: dict[str, dict[str, Any]]
+    """{suite name: the suite's results}, as in ``<folder>/<suite>.json``."""
+
+
+def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: str | Path | None = None,
+             device: str | None = None, max_length: int | None = None, precision: str = "auto") -> Evaluation:
+    """Load ``model`` (a folder or hub id, with ``adapter``) once and run every suite into ``out`` (default
+    :func:`default_out`): ``<out>/<suite>.json`` with plots. Every suite, its data and ``out`` are checked first."""
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
     for path in suites:  # a bad suite, or one left empty by --max-length, fails before minutes of model loading
@@ -40,9 +54,15 @@ def evaluate_command(model: str, adapter: str | None, suites: list[str], out: st
     write_json(folder / "eval_info.json", info)
     results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model,
                               max_length=max_length)
-    for suite, data in results.items():
+    return Evaluation(folder, info, results)
+
+
+def print_summary(evaluation: Evaluation) -> None:
+    """Each task's headline, the needle accuracy table, and where the results are."""
+    for suite, data in evaluation.results.items():
         for key, entry in data["tasks"].items():
             print(f"{suite}/{key}: {headline(entry)}")
-    if table := accuracy_table(results):
+    if table := accuracy_table(evaluation.results):
+        info = evaluation.info
         print(f"\nneedle accuracy, 95% Wilson interval, n prompts ({info['dtype']}, {info['device']}):\n{table}\n")
-    print(f"results in {folder}")
+    print(f"results in {evaluation.folder}")

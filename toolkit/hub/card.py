@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from toolkit.evals.registry import card_detail, card_metrics
 from toolkit.formatting.numbers import fmt, number
-from toolkit.hub_ids import looks_local
+from toolkit.hub.ids import looks_local
 from toolkit.run_folder import (
     BASE_TAG,
     RECIPE,

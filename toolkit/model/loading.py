@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 from toolkit.errors import UserError
-from toolkit.hub_ids import looks_local
+from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.recipe.schema import MethodSpec, ModelSpec

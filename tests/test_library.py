@@ -1,0 +1,52 @@
+"""The toolkit as a library (``toolkit.library``): a recipe loaded and changed in Python trains like the same change
+given on the command line, evaluating its final model scores what the run scored after its last stage, and its
+verdict and report come from the same functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import final_weights, metrics, needle_suite, train
+from toolkit import library
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("library")
+    recipe_path = write_recipe(folder, dict(MICRO_RECIPE, eval={"suites": [str(needle_suite(folder))]}))
+    recipe = library.load_recipe(recipe_path, [f"output.dir={folder / 'python'}"])
+    recipe.train.stages[1].max_steps = 2
+    assert library.train(recipe) == folder / "python"
+    assert train(recipe_path, f"output.dir={folder / 'cli'}", "train.stages[1].max_steps=2") == 0
+    return {"python": folder / "python", "cli": folder / "cli", "suite": folder / "needles.yaml"}
+
+
+def test_a_recipe_changed_in_python_trains_like_the_same_override(runs: dict[str, Path]) -> None:
+    python, cli = metrics(runs["python"]), metrics(runs["cli"])
+    assert [row["loss"] for row in python if "loss" in row] == [row["loss"] for row in cli if "loss" in row]
+    assert max(row["step"] for row in python if row.get("stage") == 1) == 2
+    python_weights, cli_weights = final_weights(runs["python"]), final_weights(runs["cli"])
+    assert all((python_weights[key] == cli_weights[key]).all() for key in cli_weights)
+
+
+def test_evaluating_the_final_model_scores_what_the_run_scored_last(runs: dict[str, Path], tmp_path: Path) -> None:
+    evaluation = library.evaluate(str(runs["python"] / "final"), [str(runs["suite"])], out=tmp_path / "eval")
+    assert evaluation.folder == tmp_path / "eval" and evaluation.info["device"] == "cpu"
+    last = sorted((runs["python"] / "eval").iterdir())[-1]
+    in_run = json.loads((last / "needles.json").read_text())["tasks"]["passkey"]
+    scores = evaluation.results["needles"]["tasks"]["passkey"]
+    assert scores["scores_by_length"] == in_run["scores_by_length"] and scores["n"] == in_run["n"] == 8
+    assert json.loads((tmp_path / "eval" / "needles.json").read_text())["tasks"]["passkey"] == scores
+
+
+def test_a_user_mistake_raises_user_error_naming_the_field(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, MICRO_RECIPE)
+    with pytest.raises(library.UserError, match=r"train\.stages\[0\]\.seq_len"):
+        library.load_recipe(recipe, ["train.stages[0].seq_len=0"])
+    loaded = library.load_recipe(recipe)
+    with pytest.raises(ValueError, match="seq_len"):
+        loaded.train.stages[0].seq_len = 0
