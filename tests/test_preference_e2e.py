@@ -1,7 +1,7 @@
 """End to end on CPU: the small arena recipe trains on the shipped example through the CLI, its held-out log loss
-beats the class prior's, ``predict`` writes a valid submission, and the submission for the A/B-swapped file is
-the swapped submission, on the first rows. 131 s on 2 idle cores (2026-12-05; 15 minutes on the same cores shared
-with other jobs): marked slow."""
+beats the class prior's, ``predict`` writes a valid submission that scores what the evaluation scored, and the
+submission for the A/B-swapped file is the swapped submission, on the first rows. 145 s in CI on 2 idle cores
+(2026-12-05; 15 minutes on the same cores shared with other jobs): marked slow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from tests.real_model import needs_small_model
 from toolkit.cli import main
 from toolkit.data.arena import read_arena, write_arena
-from toolkit.evals.preference_stats import CLASSES
+from toolkit.evals.preference_stats import CLASSES, preference_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST = ROOT / "data" / "arena-example" / "test.csv"
@@ -46,8 +46,12 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
     assert main(["predict", str(run), "--data", str(TEST), "--out", str(out), "--batch-size", "16"]) == 0
     assert "120 rows; 0 of 240 inputs (both orders) cut" in capsys.readouterr().out
     submission = _submission(out)
-    assert list(submission) == [row.id for row in read_arena(TEST)[0]]
+    test_rows = read_arena(TEST)[0]
+    assert list(submission) == [row.id for row in test_rows]
     assert all(abs(sum(p) - 1) < 1e-5 and min(p) > 0 for p in submission.values())
+    scored = preference_scores(list(submission.values()), [row.winner for row in test_rows])  # as the suite scored
+    assert scored.log_loss == pytest.approx(entry["log_loss"], abs=SWAP_TOLERANCE)
+    assert scored.accuracy == pytest.approx(entry["accuracy"])
 
     rows = read_arena(TEST)[0][:SWAPPED_ROWS]
     swapped_file = write_arena([row.swapped() for row in rows], tmp_path / "swapped.csv")
