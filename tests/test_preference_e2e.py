@@ -44,12 +44,16 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
 
     out = tmp_path / "submission.csv"
     assert main(["predict", str(run), "--data", str(TEST), "--out", str(out), "--batch-size", "16"]) == 0
-    assert "120 rows; 0 of 240 inputs (both orders) cut" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "120 rows; 0 of 240 inputs (both orders) cut" in printed.out
+    assert "predict test.csv: 100%" in printed.err and "240/240" in printed.err  # the progress bar
     submission = _submission(out)
     test_rows = read_arena(TEST)[0]
     assert list(submission) == [row.id for row in test_rows]
     assert all(abs(sum(p) - 1) < 1e-5 and min(p) > 0 for p in submission.values())
-    scored = preference_scores(list(submission.values()), [row.winner for row in test_rows])  # as the suite scored
+    labels = [row.winner for row in test_rows if row.winner is not None]
+    assert len(labels) == len(test_rows)
+    scored = preference_scores(list(submission.values()), labels)  # as the suite scored it
     assert scored.log_loss == pytest.approx(entry["log_loss"], abs=SWAP_TOLERANCE)
     assert scored.accuracy == pytest.approx(entry["accuracy"])
 

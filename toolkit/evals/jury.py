@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import PositiveInt
+from tqdm.auto import tqdm
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
@@ -116,12 +117,14 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
         sentences = load_sentences(task.haystack) if task.length else None
-        for chunk in batched(todo, task.batch_size):
-            prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
-            answers = ctx.backend.generate(prompts, task.max_new_tokens)
-            for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
-                recorded.setdefault(cell["key"], []).append(cell)
-            results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
+        with tqdm(total=len(todo), desc=f"{ctx.suite}/{task.key}", unit="question") as bar:
+            for chunk in batched(todo, task.batch_size):
+                prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
+                answers = ctx.backend.generate(prompts, task.max_new_tokens)
+                for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
+                    recorded.setdefault(cell["key"], []).append(cell)
+                results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
+                bar.update(len(chunk))
     cells = [c for item in items for c in recorded[item_key(item)]]
     summary = jury_summary(cells, task.judges, task.pooling)
     summary["raw_outputs"] = raw_path.name

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveFloat, PositiveInt
+from tqdm.auto import tqdm
 
 from toolkit.data.arena import ArenaRow, read_arena
 from toolkit.errors import UserError
@@ -87,9 +88,11 @@ def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteRe
     todo = [row for row in rows if row_key(row) not in recorded]
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
-        for chunk in batched(todo, RECORD_EVERY):
-            recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
-            results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
+        with tqdm(total=len(todo), desc=f"{ctx.suite}/{task.key}", unit="row") as bar:
+            for chunk in batched(todo, RECORD_EVERY):
+                recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
+                results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
+                bar.update(len(chunk))
     cells = [recorded[row_key(row)] for row in rows]
     summary = pairwise_summary(cells, task.judges, task.swap, task.smoothing)
     summary.update(rows=len(rows), bad_rows=skipped, raw_outputs=raw_path.name)

@@ -78,7 +78,7 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
     prior = prior_probs(_winners(read_arena(task.prior, label=f"{where}: prior")[0], f"{where}: prior")
                         if task.prior else labels)
     predictions = predict_rows(ctx.model, ctx.tokenizer, rows, task.label_tokens, task.truncate_tokens,
-                               task.batch_size)
+                               task.batch_size, desc=f"{ctx.suite}/{task.key}")
     summary = {**_scores(predictions.averaged, labels), **_scores([prior] * len(labels), labels, "prior_"),
                **_scores(predictions.probs, labels, "first_order_"), "prior": list(prior),
                "prior_from": "training file" if task.prior else "held-out file",

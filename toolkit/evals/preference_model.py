@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from toolkit.data.arena import ArenaRow
 from toolkit.data.arena_prompt import arena_input, label_token_ids
@@ -60,16 +61,19 @@ class Predictions:
 
 
 def predict_rows(model: CausalLM, tokenizer: Any, rows: Sequence[ArenaRow], labels: Sequence[str],
-                 max_tokens: int, batch_size: int = 8) -> Predictions:
-    """Every row asked in both orders, ``batch_size`` prompts per model call, each cut to ``max_tokens``."""
+                 max_tokens: int, batch_size: int = 8, desc: str = "predict") -> Predictions:
+    """Every row asked in both orders, ``batch_size`` prompts per model call, each cut to ``max_tokens``; a progress
+    bar named ``desc`` counts the inputs."""
     template = getattr(tokenizer, "chat_template", None) or None
     ids = label_token_ids(tokenizer, labels)
     inputs = [arena_input(r, tokenizer, template, max_tokens) for row in rows for r in (row, row.swapped())]
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))  # similar lengths share a batch
     probs: list[Probs] = [(0.0, 0.0, 0.0)] * len(inputs)
-    for chunk in batched(order, batch_size):
-        for i, p in zip(chunk, label_probs(model, [inputs[i].ids for i in chunk], ids, pad_id(tokenizer)),
-                        strict=True):
-            probs[i] = p
+    with tqdm(total=len(inputs), desc=desc, unit="input") as bar:
+        for chunk in batched(order, batch_size):
+            for i, p in zip(chunk, label_probs(model, [inputs[i].ids for i in chunk], ids, pad_id(tokenizer)),
+                            strict=True):
+                probs[i] = p
+            bar.update(len(chunk))
     cut = [given.cut for given in inputs if given.cut]
     return Predictions(probs[0::2], probs[1::2], len(inputs), len(cut), sum(cut))

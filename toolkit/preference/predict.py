@@ -83,7 +83,8 @@ def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str |
     model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device)
     limit = max_tokens or spec.truncate_tokens
     assert limit is not None  # the schema requires truncate_tokens of an arena source
-    predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size)
+    predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
+                               desc=f"predict {data.name}")
     ids = [row.id for row in rows]
     write_submission(out, ids, predictions.averaged)
     return Prediction(out, ids, predictions)
