@@ -1,5 +1,5 @@
-"""The ``toolkit`` variant: a one-stage recipe set up by ``toolkit.runner.setup`` (accelerate with autocast,
-attention choice, LoRA, checkpointing / offload / tiled MLP, chunked-loss objective, optimizer) and trained by
+"""The ``toolkit`` variant: a one-stage recipe set up by ``toolkit.training.session.setup`` (accelerate with
+autocast, attention choice, LoRA, checkpointing / offload / tiled MLP, chunked-loss objective, optimizer) and trained by
 ``toolkit.training.loop.train_stage`` (gradient clipping, token-weighted loss) on the harness's rows
 (``benchmarks/rows.py``), one row a step, as the data path hands them to the loop.
 Step times are the loop's own (``metrics.jsonl``), drawing each batch included; checkpoints are not written."""
@@ -42,10 +42,10 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
     from toolkit.model.lora import count_parameters
     from toolkit.recipe.schema import Recipe
     from toolkit.run_folder import read_metrics
-    from toolkit.runner import setup
     from toolkit.training.checkpoints import CheckpointManager, TrainerState
     from toolkit.training.faults import StopFlag
     from toolkit.training.loop import LoopParts, StageJob, train_stage
+    from toolkit.training.session import setup
 
     class NoCheckpoints(CheckpointManager):
         def save(self, state: TrainerState) -> Path:

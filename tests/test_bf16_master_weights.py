@@ -24,7 +24,8 @@ from toolkit.memory.master_weights import MASTERS_KEY, MasterWeights, describe_p
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.model.loading import build_random
 from toolkit.recipe.schema import ModelSpec, Recipe, TrainSpec
-from toolkit.runner import setup, train_stages
+from toolkit.runner import train_stages
+from toolkit.training.session import setup
 
 STEPS, LR = 40, 1e-5
 

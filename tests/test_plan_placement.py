@@ -100,10 +100,10 @@ def _offload_recipe(tmp_path: Path) -> Path:
 
 def test_run_that_would_not_fit_in_host_memory_stops_before_loading(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import toolkit.runner
+    import toolkit.training.session
 
     loads = []
-    monkeypatch.setattr(toolkit.runner, "_load_model", lambda *args: loads.append(1))
+    monkeypatch.setattr(toolkit.training.session, "_load_model", lambda *args: loads.append(1))
     monkeypatch.setenv(HOST_MEMORY_ENV, "0.5")
     assert train(_offload_recipe(tmp_path)) == 1
     failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed:")]

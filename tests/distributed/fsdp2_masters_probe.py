@@ -7,8 +7,8 @@ preparing, the dtypes of the sharded parameters, of the loss's logits and of the
 entries the step moved.
 
 ``python -m tests.distributed.fsdp2_masters_probe LAUNCH_ENV.json STORE_FILE``. accelerate sets FSDP up for GPU
-processes only (``toolkit.runner`` refuses an FSDP2 launch on CPU), so the preparation is called directly, with the
-accelerator's attributes it reads.
+processes only (``toolkit.training.session`` refuses an FSDP2 launch on CPU), so the preparation is called directly,
+with the accelerator's attributes it reads.
 """
 
 from __future__ import annotations

@@ -1,0 +1,247 @@
+"""What the steps of one run share (:class:`Session`), and :func:`setup`, which builds it: the accelerator (checked
+against the launch config), the run folder, the tokenizer, every input checked, the model with its memory features,
+the objective and optimizer prepared, ``run_info.json``, and a resumed run's checkpoint, once its data still
+matches."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+
+from toolkit.data.batches import check_stage_data
+from toolkit.data.formats import choice_token_ids
+from toolkit.data.tokenizer import load_tokenizer
+from toolkit.environment import describe_device, package_versions
+from toolkit.errors import UserError
+from toolkit.evals.registry import check_tasks
+from toolkit.evals.suite import load_suite
+from toolkit.memory.checkpointing import enable_checkpointing
+from toolkit.memory.chunked_loss import loss_kernel
+from toolkit.memory.master_weights import describe_precision
+from toolkit.memory.optimizers import build_optimizer
+from toolkit.memory.tiled_mlp import enable_tiled_mlp
+from toolkit.model.loading import LoadedModel, load_model, resolve_dtype
+from toolkit.model.lora import CausalLM
+from toolkit.model.rope import check_coverage, rope_setting
+from toolkit.output_paths import check_writable
+from toolkit.parallel.engines import (
+    engine_kwargs,
+    keeps_own_masters,
+    launched_engine,
+    mixed_precision,
+    offloads_optimizer,
+)
+from toolkit.parallel.sequence import (
+    accelerator_kwargs,
+    data_parallel_size,
+    use_model_attention,
+)
+from toolkit.plan.preflight import check_host_memory
+from toolkit.recipe.loading import dump_recipe
+from toolkit.recipe.schema import Recipe
+from toolkit.run_folder import RECIPE, RUN_INFO
+from toolkit.training.checkpoints import CheckpointManager, TrainerState
+from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
+from toolkit.training.loop import stage_steps
+from toolkit.training.metrics import MetricsLogger
+from toolkit.training.objective import CausalLMObjective, causal_lm_parts
+
+
+@dataclass
+class Session:
+    """What the steps of one run share."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    tokenizer: Any
+    loaded: LoadedModel
+    objective: nn.Module
+    """The model with its loss, prepared by accelerate (DDP, FSDP, DeepSpeed wrap this one)."""
+    optimizer: torch.optim.Optimizer
+    checkpoints: CheckpointManager
+    logger: MetricsLogger
+    resumed: TrainerState | None = None
+    """Where the checkpoint this run continues stood; None for a fresh run."""
+    global_step: int = 0
+
+    @property
+    def model(self) -> CausalLM:
+        return self.loaded.model
+
+
+
+
+def setup(recipe: Recipe) -> Session:
+    """Everything a run needs before its first step; a run folder with checkpoints must be resumed."""
+    accelerator = _start(recipe)
+    checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
+    resume = _resume_point(recipe, checkpoints)
+    checkpoints.remove_partial()
+    tokenizer = load_tokenizer(recipe.model, recipe.seed)
+    check_stage_data(recipe.train, tokenizer)
+    check_tasks(task for suite in recipe.eval.suites for task in load_suite(suite).tasks)
+    checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
+    check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    loaded = _load_model(recipe, accelerator, tokenizer)
+    objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
+                                  choice_token_ids(recipe.train, tokenizer))
+    optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
+                                recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator),
+                                masters=not keeps_own_masters(accelerator))
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    if accelerator.is_main_process:
+        dump_recipe(recipe, recipe.run_dir / RECIPE)
+        _write_run_info(recipe, loaded, accelerator)
+    logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
+    session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
+    if resume:
+        _restore(session, *resume)
+    return session
+
+
+def _start(recipe: Recipe) -> Accelerator:
+    """The accelerator (checked against the recipe), the seed, and the run folder."""
+    dtype = _weights_dtype(recipe)
+    _forget_earlier_runs()
+    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
+                              **engine_kwargs(recipe, dtype))
+    _check_engine(accelerator)
+    set_seed(recipe.seed)
+    if accelerator.is_main_process:
+        check_writable(recipe.run_dir, "output.dir")
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    return accelerator
+
+
+def _forget_earlier_runs() -> None:
+    """Forget the accelerate settings of an earlier run in this process (mixed precision, engine plugins,
+    accumulation), keeping its device and process group: accelerate refuses a second ``Accelerator`` that changes
+    them, so a bf16 run followed by an fp32 one in the same process (a sweep, the tests) would fail."""
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+ENGINE_TYPES = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP}
+ENGINE_DROPPED = {"deepspeed": "DeepSpeed, which accelerate drops when ACCELERATE_USE_CPU is set; unset it",
+                  "fsdp": "FSDP2, which accelerate 1.15 sets up on GPUs only; on CPU launch with "
+                          "configs/cpu-ddp-2proc.yaml (DDP) or with DeepSpeed "
+                          "(tests/distributed/cpu-deepspeed-zero3-2proc.yaml)"}
+
+
+def _check_engine(accelerator: Accelerator) -> None:
+    """The engine the launch config names is the one accelerate set up; otherwise accelerate would train plain data
+    parallel under it, silently (FSDP on CPU; DeepSpeed with ``ACCELERATE_USE_CPU`` set)."""
+    engine = launched_engine()
+    if engine in ENGINE_TYPES and accelerator.distributed_type != ENGINE_TYPES[engine]:
+        device = describe_device(accelerator.device)
+        raise UserError(f"accelerate set up {accelerator.distributed_type.value} on {device}, but the launch config "
+                        f"asks for {ENGINE_DROPPED[engine]}")
+
+
+def _weights_dtype(recipe: Recipe) -> torch.dtype:
+    """The recipe's precision on this machine (fp16 does not train: schema, model.precision)."""
+    return resolve_dtype(recipe.model.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path, TrainerState] | None:
+    latest = checkpoints.latest()
+    if latest and not recipe.train.resume:
+        raise UserError(f"{recipe.run_dir} already holds checkpoints ({latest[0].name}): set train.resume=true "
+                        "to continue that run, or output.dir=... for a new one")
+    return latest
+
+
+def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, tokenizer,
+                  accelerator: Accelerator) -> dict:
+    """What this run's data depends on (recorded in every checkpoint); on resume, stop with a UserError if that
+    differs from the checkpoint's record in a way that changes the data still to train on."""
+    identity = data_identity(recipe, tokenizer_identity(tokenizer), accelerator.num_processes)
+    if resume:
+        path, state = resume
+        for note in check_resume(state.data, identity, state.stage, state.step, state.stage_done, str(path)):
+            accelerator.print(note)
+    return identity
+
+
+def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
+    """The recipe's model on the accelerator's device, every stage's RoPE checked against its native length,
+    with the memory features the recipe switches on."""
+    with _built_whole(accelerator, recipe):
+        loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
+    check_coverage(recipe.train, loaded.native_length)
+    packed = any(recipe.train.stage_data(i).packing == "pack" for i in range(len(recipe.train.stages)))
+    use_model_attention(accelerator, loaded.attention, packed)
+    accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
+                      f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
+    if recipe.train.gradient_checkpointing:
+        enable_checkpointing(loaded.model, offload=recipe.train.activation_offload,
+                             fp8=recipe.train.activation_offload_dtype == "fp8")
+    if recipe.train.tiled_mlp:
+        enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
+    return loaded
+
+
+@contextmanager
+def _built_whole(accelerator: Accelerator, recipe: Recipe) -> Iterator[None]:
+    """A model from ``model.init_config`` is built whole, as on one process, so that a seed gives the same weights
+    under every engine; ZeRO-3 partitions it in ``accelerator.prepare``. (accelerate registers its DeepSpeed config
+    with transformers whatever ``zero3_init_flag`` says, and transformers then builds the model inside
+    ``deepspeed.zero.Init``, whose initialisation draws different weights.)"""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or recipe.model.init_config is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
+    """``run_info.json``: versions, device, launcher, attention and loss kernel and why, and each stage's length, RoPE
+    and steps."""
+    stages = []
+    data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
+    for i, stage in enumerate(recipe.train.stages):
+        rope = rope_setting(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
+                            base_theta=loaded.native_theta)
+        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len,
+                       "rope_parameters": rope.parameters, "max_position_embeddings": rope.context_length,
+                       "steps": stage_steps(stage, recipe.train, data_parallel)})
+    kernel, kernel_reason = ("plain", "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
+        loss_kernel(causal_lm_parts(loaded.model)[1], accelerator.device.type == "cuda")  # after prepare: ZeRO-3
+    info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
+            "processes": accelerator.num_processes, "data_parallel": data_parallel,
+            "engine": launched_engine() or ("ddp" if accelerator.num_processes > 1 else "single process"),
+            "precision": describe_precision(loaded.dtype),
+            "attention": loaded.attention, "attention_reason": loaded.attention_reason,
+            "loss_kernel": kernel, "loss_kernel_reason": kernel_reason,
+            "versions": package_versions(),
+            "base_model": recipe.model.name_or_path or "random init from model.init_config",
+            "native_length": loaded.native_length, "stages": stages,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (recipe.run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+def _restore(session: Session, path: Path, state: TrainerState) -> None:
+    """Load the checkpoint at ``path``; metrics logged after it are dropped (they will be logged again)."""
+    session.checkpoints.load(path)
+    session.resumed, session.global_step = state, state.global_step
+    session.accelerator.print(f"resumed from {path}")
+    if session.accelerator.is_main_process:
+        session.logger.truncate_after(state.global_step)
