@@ -15,8 +15,8 @@ from toolkit.data.arena_prompt import arena_input, label_token_ids, share_budget
 from toolkit.data.formats import chat_template, choice_token_ids, to_document
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
+from toolkit.recipe.data_spec import SourceSpec
 from toolkit.recipe.loading import load_recipe
-from toolkit.recipe.schema import SourceSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,9 @@ from toolkit.data.packing import IGNORE_INDEX, pack_rows
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
+from toolkit.recipe.data_spec import DataSpec
 from toolkit.recipe.loading import load_recipe
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.schema import TokenizerTraining
 from toolkit.recipe.yaml_files import validate_as
 
 ROOT = Path(__file__).resolve().parents[1]

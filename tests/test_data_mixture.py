@@ -18,7 +18,8 @@ from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.data.batches import stage_batches
 from toolkit.data.tokenizer import train_tokenizer
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 from toolkit.recipe.yaml_files import validate_as
 from toolkit.report.report import build_report
 

@@ -8,7 +8,8 @@ import torch
 from toolkit.data.batches import as_batch, collate, stage_batches, target_tokens
 from toolkit.data.packing import IGNORE_INDEX, Document, pack_rows
 from toolkit.data.tokenizer import train_tokenizer
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 
 PAD = 0
 SEQ_LEN = 10

@@ -32,7 +32,8 @@ import torch
 from toolkit.data.batches import PackedRows, StageBatches, as_batch, stage_batches, stage_loader, target_tokens
 from toolkit.data.packing import IGNORE_INDEX, PAD_SOURCE
 from toolkit.data.tokenizer import train_tokenizer
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 
 ROOT = Path(__file__).resolve().parents[1]
 RANKS = ROOT / "tests/distributed/data_ranks.py"

@@ -15,7 +15,8 @@ from toolkit.data.packing import IGNORE_INDEX
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 from toolkit.recipe.yaml_files import validate_as
 
 TEXTS = [f"Document number {i}: the quiet river {'flows ' * i}at dawn." for i in range(6)]
@@ -142,7 +143,7 @@ def test_the_schema_offers_exactly_the_local_formats_that_have_readers() -> None
     from typing import get_args
 
     from toolkit.data.local_files import LOCAL_FORMATS
-    from toolkit.recipe.schema import SourceSpec
+    from toolkit.recipe.data_spec import SourceSpec
 
     offered = set(get_args(SourceSpec.model_fields["source"].annotation))
     assert offered - {"synthetic", "hub"} == LOCAL_FORMATS

@@ -12,7 +12,8 @@ from toolkit.data.packing import IGNORE_INDEX
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 
 SEQ_LEN = 256
 NEEDLE = re.compile(r"The pass key for (\w+) is (\d+)\.")

@@ -16,7 +16,7 @@ from toolkit.errors import UserError
 from toolkit.evals.preference_model import label_probs, predict_rows
 from toolkit.evals.preference_stats import unswapped
 from toolkit.preference.predict import write_submission
-from toolkit.recipe.schema import ARENA_LABELS
+from toolkit.recipe.data_spec import ARENA_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

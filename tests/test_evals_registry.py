@@ -18,7 +18,7 @@ from toolkit.evals.results import SuiteResults, task_identity
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import TaskType
 from toolkit.evals.transformers_backend import TransformersBackend
-from toolkit.recipe.schema import Strict
+from toolkit.recipe.strict import Strict
 from toolkit.report import report
 from toolkit.run_folder import load_run
 

@@ -22,7 +22,8 @@ from toolkit.data.packing import Row
 from toolkit.data.stream_state import StreamState
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import RunFailure, UserError
-from toolkit.recipe.schema import DataSpec, TokenizerTraining
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TokenizerTraining
 
 SEQ_LEN = 64
 ROWS = 48

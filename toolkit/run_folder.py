@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from toolkit.errors import UserError
-from toolkit.recipe.schema import DataSpec, Recipe, TrainSpec
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import Recipe, TrainSpec
 from toolkit.recipe.yaml_files import validate_as
 
 RECIPE = "recipe.resolved.yaml"

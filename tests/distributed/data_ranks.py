@@ -36,7 +36,8 @@ from transformers import AutoTokenizer
 
 from toolkit.data.batches import StageBatches, as_batch, stage_batches, stage_loader, target_tokens
 from toolkit.parallel.sequence import accelerator_kwargs, prepare_loader, row_sharers, shard_for_sequence_parallel
-from toolkit.recipe.schema import DataSpec, ParallelSpec
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import ParallelSpec
 
 SP = 2
 """Sequence-parallel (Ulysses or context-parallel) degree: both processes form one group."""

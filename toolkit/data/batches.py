@@ -26,7 +26,8 @@ from toolkit.data.sources import check_source, source_documents
 from toolkit.data.stream_state import DocsState, SourceCursor, StreamState
 from toolkit.data.tokens import pad_id
 from toolkit.errors import RunFailure, UserError
-from toolkit.recipe.schema import DataSpec, TrainSpec
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import TrainSpec
 
 SOURCE_SEED_STRIDE = 7919
 """Source ``i`` of a mixture streams with seed ``seed + i * SOURCE_SEED_STRIDE`` (source 0 keeps ``seed``)."""

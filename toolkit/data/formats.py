@@ -21,7 +21,8 @@ from toolkit.data.arena_prompt import arena_input, label_token_ids, swaps
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
-from toolkit.recipe.schema import SourceSpec, TrainSpec
+from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.schema import TrainSpec
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from toolkit.errors import UserError
-from toolkit.recipe.schema import SourceSpec
+from toolkit.recipe.data_spec import SourceSpec
 
 
 def reason(exc: BaseException) -> str:

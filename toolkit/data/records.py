@@ -12,7 +12,7 @@ from datasets import IterableDataset, load_dataset
 
 from toolkit.data.local_files import FORMATS, data_files, reason, source_path
 from toolkit.errors import UserError
-from toolkit.recipe.schema import SourceSpec
+from toolkit.recipe.data_spec import SourceSpec
 
 
 def record_dataset(spec: SourceSpec, label: str) -> IterableDataset:

@@ -25,7 +25,7 @@ from toolkit.data.records import record_dataset
 from toolkit.data.stream_state import SourceCursor
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.errors import UserError
-from toolkit.recipe.schema import SourceSpec
+from toolkit.recipe.data_spec import SourceSpec
 
 SHUFFLE_BUFFER = 64
 """Records held for shuffling; small, because long-context records can be megabytes each."""

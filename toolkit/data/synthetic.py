@@ -15,7 +15,7 @@ from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, fille
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.stream_state import SourceCursor
 from toolkit.errors import UserError
-from toolkit.recipe.schema import SourceSpec
+from toolkit.recipe.data_spec import SourceSpec
 
 FILLER_POOL_SIZE = 2048
 """Distinct filler sentences a stream draws from; each is tokenised once, so long documents stay cheap."""

@@ -24,7 +24,7 @@ from toolkit.data.arena import TIE, WINNER_COLUMNS, ArenaRow
 from toolkit.evals.judges import Judge
 from toolkit.evals.jury_panel import Cell, raw_line, vote
 from toolkit.evals.preference_stats import unswapped
-from toolkit.recipe.schema import ARENA_LABELS
+from toolkit.recipe.data_spec import ARENA_LABELS
 
 CLASS_IDS = tuple(range(len(WINNER_COLUMNS)))
 """A preferred, B preferred, tie (the order of the label columns)."""

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from toolkit.errors import UserError
-from toolkit.recipe.schema import Strict
+from toolkit.recipe.strict import Strict
 from toolkit.recipe.yaml_files import format_loc, resolve_relative
 
 Pooling = Literal["max_vote", "average"]

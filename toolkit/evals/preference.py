@@ -27,7 +27,7 @@ from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt
-from toolkit.recipe.schema import ARENA_LABELS
+from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
 

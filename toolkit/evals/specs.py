@@ -12,7 +12,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
-from toolkit.recipe.schema import Strict
+from toolkit.recipe.strict import Strict
 from toolkit.recipe.yaml_files import resolve_relative
 
 Depth = Annotated[float, Field(ge=0.0, le=1.0)]

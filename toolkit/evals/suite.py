@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from toolkit.errors import UserError
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.specs import TaskBase
-from toolkit.recipe.schema import Strict
+from toolkit.recipe.strict import Strict
 from toolkit.recipe.yaml_files import read_yaml, resolve_relative, validate_as, validation_message
 
 if TYPE_CHECKING:

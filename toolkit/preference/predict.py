@@ -19,7 +19,7 @@ from toolkit.errors import UserError
 from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
 from toolkit.output_paths import atomic_file, check_writable
-from toolkit.recipe.schema import SourceSpec
+from toolkit.recipe.data_spec import SourceSpec
 from toolkit.run_folder import FINAL, RECIPE, read_recipe_dict, typed_train
 
 log = logging.getLogger(__name__)

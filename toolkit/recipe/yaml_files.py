@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from toolkit.errors import UserError
-from toolkit.recipe.schema import FieldError
+from toolkit.recipe.strict import FieldError
 
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)")
 Model = TypeVar("Model", bound=BaseModel)
