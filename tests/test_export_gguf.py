@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,9 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, cap
 def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(full_run: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(full_run), "--format", "gguf", "--outtype", "q8_0", "--out", str(tmp_path)]) == 0
     path = tmp_path / "run-q8_0.gguf"
-    assert f"wrote {path}" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"wrote {path}" in printed.out
+    assert "converting to GGUF (q8_0)" in printed.err and "Writing: 100%" in printed.err  # the converter's bar, live
     assert [p.name for p in tmp_path.iterdir()] == ["run-q8_0.gguf"]
     meta = gguf_metadata(path)
     assert (meta["general.file_type"], meta["llama.context_length"]) == (7, NATIVE * FACTOR)
@@ -211,6 +214,21 @@ def test_f16_and_q8_0_files_hold_their_tensor_types(outtype: str, full_run: Path
     types = {t.name: t.tensor_type for t in GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == GGMLQuantizationType[outtype.upper()]
     assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+
+
+@needs_converter
+def test_a_converter_failure_is_one_line_naming_its_last_message(full_run: Path, tmp_path: Path, capsys) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(full_run / "final", model)
+    weights = model / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:100])  # cut inside its header
+    need = 8 + int.from_bytes(whole[:8], "little")  # safetensors: the header's length, then the header
+    assert main(["export", str(model), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 1
+    failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed:")]
+    assert failures == [f"failed: llama.cpp's converter failed while converting {model}: ValueError: Could not read "
+                        f"complete metadata. Need {need} bytes, got 100"], failures
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no GGUF, whole or partial
 
 
 @needs_converter

@@ -3,15 +3,20 @@
 :func:`in_child` runs a module-level function in a fresh ``spawn`` process and returns its result; an exception it
 raises is raised again here; a child killed by a signal (a segfault in native code) becomes one
 :class:`~toolkit.errors.RunFailure` line naming the runtime and the signal. :func:`child_failure` words the same
-line for a child started otherwise (a subprocess).
+line for a child started otherwise (a subprocess); :func:`run_showing_stderr` runs such a child with its messages and
+progress bar shown as they come.
 """
 
 from __future__ import annotations
 
+import codecs
 import multiprocessing
+import re
 import signal
+import subprocess
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -30,6 +35,22 @@ def child_failure(runtime: str, doing: str, exitcode: int, detail: str = "") -> 
             name = f"signal {-exitcode}"
         return RunFailure(f"{runtime} crashed with {name} while {doing}")
     return RunFailure(f"{runtime} failed while {doing}: {detail or f'exit code {exitcode}'}")
+
+
+def run_showing_stderr(command: list[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """Run ``command``, its stderr copied to ours as it comes (a progress bar redrawn with carriage returns
+    included); its exit code and the last line it wrote there, for the error when it fails."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    with subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+        assert child.stderr is not None
+        while chunk := child.stderr.read1(1 << 16):  # type: ignore[attr-defined]
+            text = decode.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-4096:]
+    lines = [line.strip() for line in re.split(r"[\r\n]", tail) if line.strip()]
+    return child.returncode, lines[-1] if lines else ""
 
 
 def _serve(send: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -22,7 +21,7 @@ from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.export import OUTTYPES
-from toolkit.export.child_process import child_failure
+from toolkit.export.child_process import child_failure, run_showing_stderr
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
 from toolkit.output_paths import atomic_file
@@ -122,15 +121,16 @@ def converter_dir() -> Path:
     return CONVERTER_DIR
 
 
-def _convert(model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, name: str) -> None:
+def _convert(model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, name: str, source: Path) -> None:
+    """llama.cpp's converter on ``model_dir`` (the staged copy of ``source``, which errors name) into ``out``."""
     converter = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(converter), str(converter / "gguf-py")]))
     script = Path(__file__).with_name("llama_cpp_convert.py")
-    done = subprocess.run([sys.executable, str(script), str(model_dir), str(out), outtype, pre_tokenizer, name],
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [""]
-        raise child_failure("llama.cpp's converter", f"converting {model_dir}", done.returncode, lines[-1])
+    print(f"converting to GGUF ({outtype}) with llama.cpp's converter", file=sys.stderr, flush=True)
+    returncode, last_line = run_showing_stderr(
+        [sys.executable, str(script), str(model_dir), str(out), outtype, pre_tokenizer, name], env)
+    if returncode != 0:
+        raise child_failure("llama.cpp's converter", f"converting {source}", returncode, last_line)
 
 
 def gguf_metadata(path: Path) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
         pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")
         config = _checked_config(folder / "config.json")
         with atomic_file(target) as partial:
-            _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name)
+            _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name, source)
     meta = gguf_metadata(target)
     arch = meta["general.architecture"]
     rope = meta.get(f"{arch}.rope.scaling.type", "none")
