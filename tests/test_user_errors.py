@@ -55,7 +55,7 @@ def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Pa
                                          output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys) == (
         f"train.data.text_field: no field 'text' in {tmp_path / 'docs.jsonl'}:1 (fields: body)")
-    assert sorted(os.listdir(tmp_path / "run")) == []  # no model loaded: no run_info.json, no resolved recipe
+    assert not (tmp_path / "run").exists()  # stopped before the model loaded: no run folder at all
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -160,7 +160,7 @@ def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path,
                                          output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys).startswith(
         "train.data.path: cannot open hub dataset 'nobody/no-such-dataset': ")
-    assert sorted(os.listdir(tmp_path / "run")) == []  # no model loaded: no run_info.json, no resolved recipe
+    assert not (tmp_path / "run").exists()  # stopped before the model loaded: no run folder at all
 
 
 @pytest.mark.parametrize("command", ["eval", "train"])
@@ -177,7 +177,7 @@ def test_a_haystack_dataset_out_of_reach_stops_before_the_model(command: str, tm
     argv = (["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
             if command == "eval" else ["train", str(recipe)])
     assert _error(argv, capsys).startswith("haystack dataset nobody/no-such-dataset (split train) could not be read")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "run" / "run_info.json").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
 def test_an_lm_eval_task_lm_eval_does_not_know_stops_eval_before_the_model(tmp_path: Path, capsys) -> None:

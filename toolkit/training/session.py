@@ -84,7 +84,8 @@ class Session:
 
 
 def setup(recipe: Recipe) -> Session:
-    """Everything a run needs before its first step; a run folder with checkpoints must be resumed."""
+    """Everything a run needs before its first step; a run folder with checkpoints must be resumed. The run folder is
+    made once every input has been checked and the model loaded: a mistake found before leaves none behind."""
     accelerator = _start(recipe)
     checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
     resume = _resume_point(recipe, checkpoints)
@@ -102,6 +103,7 @@ def setup(recipe: Recipe) -> Session:
                                 masters=not keeps_own_masters(accelerator))
     objective, optimizer = accelerator.prepare(objective, optimizer)
     if accelerator.is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, recipe.run_dir / RECIPE)
         _write_run_info(recipe, loaded, accelerator)
     logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
@@ -112,7 +114,7 @@ def setup(recipe: Recipe) -> Session:
 
 
 def _start(recipe: Recipe) -> Accelerator:
-    """The accelerator (checked against the recipe), the seed, and the run folder."""
+    """The accelerator (checked against the recipe), the seed, and the run folder checked writable."""
     dtype = _weights_dtype(recipe)
     _forget_earlier_runs()
     accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
@@ -120,8 +122,7 @@ def _start(recipe: Recipe) -> Accelerator:
     _check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
-        check_writable(recipe.run_dir, "output.dir")
-        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(recipe.run_dir, "output.dir")  # made once every input has been checked (setup)
     return accelerator
 
 
