@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
-from tests.runs import final_weights, metrics, needle_suite, train
+from tests.runs import ROOT, final_weights, metrics, needle_suite, train
 from toolkit import library
+from toolkit.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,15 @@ def test_a_user_mistake_raises_user_error_naming_the_field(tmp_path: Path) -> No
     loaded = library.load_recipe(recipe)
     with pytest.raises(ValueError, match="seq_len"):
         loaded.train.stages[0].seq_len = 0
+
+
+def test_the_plan_is_what_the_plan_command_prints(capsys) -> None:
+    recipe = library.load_recipe(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml")
+    result = library.plan(recipe, gpus=1, gpu_memory_gib=141, host_memory_gib=128)
+    assert main(["plan", str(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml"), "--gpu-memory", "141",
+                 "--host-memory", "128"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    totals = next(line for line in printed if line.startswith("total per GPU (GiB)")).split()[4:]
+    assert totals == [f"{stage.estimate.total / 2**30:,.2f}" for stage in result.fits]  # 132.58, 144.01, 132.58
+    assert [stage.gpu_fits for stage in result.fits] == [True, False, True]
+    assert f"verdict: {result.fitting_stages} of 3 stage(s) fit the GPU and the host" in printed

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.plan.command import print_plan
+from toolkit.plan.command import plan, print_plan
 from toolkit.plan.memory import GIB, KNOWN_SHAPES, RUNTIME_OVERHEAD, Setup, estimate, shape_for, step_flops
 from toolkit.recipe.loading import load_recipe
 from toolkit.recipe.schema import Recipe
@@ -90,7 +90,7 @@ def _recipe(**train: object) -> Recipe:
 
 
 def test_print_plan_gives_verdicts_and_advice(capsys: pytest.CaptureFixture[str]) -> None:
-    assert print_plan(_recipe(loss_chunk_size=None), gpus=8, gpu_memory_gib=80) == 0
+    assert print_plan(plan(_recipe(loss_chunk_size=None), gpus=8, gpu_memory_gib=80)) == 0
     out = capsys.readouterr().out
     verdict_row = next(line for line in out.splitlines() if line.startswith("verdict "))
     assert verdict_row.split()[1:] == ["FITS", "DOES", "NOT", "FIT"]
@@ -102,8 +102,8 @@ def test_print_plan_gives_verdicts_and_advice(capsys: pytest.CaptureFixture[str]
 
 def test_plan_of_the_shipped_1m_recipe(capsys: pytest.CaptureFixture[str]) -> None:
     """Its four stages up to 1M tokens fit 8 x 80 GiB with a large host, and each total is the sum of its parts."""
-    assert print_plan(load_recipe(ROOT / "recipes/llama3-8b-1m-progressive.yaml"), gpus=8, gpu_memory_gib=80,
-                      host_memory_gib=1000) == 0
+    assert print_plan(plan(load_recipe(ROOT / "recipes/llama3-8b-1m-progressive.yaml"), gpus=8, gpu_memory_gib=80,
+                           host_memory_gib=1000)) == 0
     lines = capsys.readouterr().out.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("seq_len x batch"))
     total = next(i for i, line in enumerate(lines) if line.startswith("total per GPU (GiB)"))
@@ -129,7 +129,7 @@ def test_shapes_come_from_config_or_table_never_a_download(tmp_path: Path) -> No
 @pytest.mark.parametrize("gpus, memory, message", [(0, 80, "--gpus"), (1, 0, "--gpu-memory")])
 def test_bad_arguments_are_user_errors(gpus: int, memory: float, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        print_plan(_recipe(), gpus=gpus, gpu_memory_gib=memory)
+        plan(_recipe(), gpus=gpus, gpu_memory_gib=memory)
 
 
 def test_overhead_is_counted_once() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.runs import train
-from toolkit.plan.command import print_plan
+from toolkit.plan.command import plan, print_plan
 from toolkit.plan.memory import GIB, HOST_OVERHEAD, KNOWN_SHAPES, Setup, estimate, pinned_block
 from toolkit.plan.placement import HOST_MEMORY_ENV, available_memory, fit, machine_memory, placement
 from toolkit.recipe.loading import load_recipe
@@ -61,7 +61,7 @@ def test_the_h200_probe_before_and_after(capsys: pytest.CaptureFixture[str]) -> 
     before it counted the recomputed layer's norms and backward, and the allocator's reserve."""
     recipe_yaml = PROBE.read_text().split("```yaml\n")[1].split("```")[0]
     recipe = Recipe.model_validate(__import__("yaml").safe_load(recipe_yaml))
-    print_plan(recipe, gpus=1, gpu_memory_gib=141, host_memory_gib=128)
+    print_plan(plan(recipe, gpus=1, gpu_memory_gib=141, host_memory_gib=128))
     rows = {line[:34].strip(): line[34:].strip() for line in capsys.readouterr().out.splitlines()}
     total = float(rows["total per GPU (GiB)"])
     held = total - float(rows["allocator reserve (GiB)"]) - float(rows["runtime overhead (GiB)"])
@@ -73,7 +73,7 @@ def test_the_h200_probe_before_and_after(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_plan_says_whether_the_host_fits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = load_recipe(_offload_recipe(tmp_path))
-    print_plan(recipe, gpus=1, gpu_memory_gib=80, host_memory_gib=0.001)
+    print_plan(plan(recipe, gpus=1, gpu_memory_gib=80, host_memory_gib=0.001))
     out = capsys.readouterr().out
     assert next(line for line in out.splitlines() if line.startswith("host verdict")).split()[2:] == \
         ["DOES", "NOT", "FIT"] * 2

@@ -183,10 +183,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                                max_length=args.max_length, precision=args.precision))
         return 0
     if args.command == "plan":
-        from toolkit.plan.command import print_plan
+        from toolkit.plan.command import plan, print_plan
         from toolkit.recipe.loading import load_recipe
 
-        return print_plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory)
+        return print_plan(plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory))
     if args.command == "report":
         return _report(args)
     if args.command == "predict":

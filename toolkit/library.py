@@ -1,5 +1,5 @@
-"""The toolkit as a library: what ``train``, ``eval`` and ``report --check`` do, as functions, for notebooks,
-sweeps and pipelines of your own (docs/library.md).
+"""The toolkit as a library: what ``train``, ``eval``, ``plan`` and ``report --check`` do, as functions, for
+notebooks, sweeps and pipelines of your own (docs/library.md).
 
     from toolkit.library import check_run, evaluate, load_recipe, train
 
@@ -18,11 +18,12 @@ from toolkit.evals.api import run_suites
 from toolkit.evals.command import Evaluation, evaluate
 from toolkit.evals.registry import register
 from toolkit.evals.task_type import TaskType
+from toolkit.plan.command import Plan, plan
 from toolkit.recipe.loading import load_recipe
 from toolkit.recipe.schema import Recipe
 from toolkit.report.report import build_report
 from toolkit.report.verdict import Verdict, check_run
 from toolkit.runner import run_recipe as train
 
-__all__ = ["Evaluation", "Recipe", "TaskType", "UserError", "Verdict", "build_report", "check_run", "evaluate",
-           "load_recipe", "register", "run_suites", "train"]
+__all__ = ["Evaluation", "Plan", "Recipe", "TaskType", "UserError", "Verdict", "build_report", "check_run", "evaluate",
+           "load_recipe", "plan", "register", "run_suites", "train"]

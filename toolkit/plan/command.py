@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from toolkit.errors import UserError
 from toolkit.model.attention import DENSE_MASK
@@ -113,9 +114,29 @@ def _cell(value: float) -> str:
     return f"{value / GIB:,.2f}"
 
 
-def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None) -> int:
-    """Print the per-stage memory table with GPU and host verdicts and advice; returns 0 (a verdict is not an
-    error)."""
+@dataclass(frozen=True)
+class Plan:
+    """Every stage's setup and its fit on ``gpus`` GPUs of ``gpu_memory_gib`` and a host of ``host_gib``."""
+
+    recipe: Recipe
+    shape: ModelShape
+    gpus: int
+    gpu_memory_gib: float
+    host_gib: float
+    host_source: str
+    """Where ``host_gib`` came from: ``--host-memory`` or this machine."""
+    names: list[str]
+    setups: list[Setup]
+    fits: list[Fit]
+
+    @property
+    def fitting_stages(self) -> int:
+        """Stages that fit both the GPU and the host."""
+        return sum(f.gpu_fits and f.host_fits for f in self.fits)
+
+
+def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None) -> Plan:
+    """The memory of every stage of ``recipe`` against the GPUs and the host (by default this machine's RAM)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1, got {gpus}")
     if not 0 < gpu_memory_gib < math.inf:
@@ -124,22 +145,28 @@ def print_plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib
         raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
-    budget, host_budget = gpu_memory_gib * GIB, host_gib * GIB
     names = [recipe.train.stage_name(i) for i in range(len(recipe.train.stages))]
     setups = [stage_setup(recipe, i, gpus) for i in range(len(names))]
-    fits = [fit(shape, setup, budget, host_budget) for setup in setups]
-    _print_header(recipe, shape, gpus, gpu_memory_gib, host_gib, "--host-memory" if host_memory_gib else "this machine")
-    _print_table(names, setups, fits)
-    for name, setup, result in zip(names, setups, fits, strict=True):
-        if not (result.gpu_fits and result.host_fits):
-            _print_advice(name, shape, setup, result)
-    both = sum(f.gpu_fits and f.host_fits for f in fits)
-    print(f"verdict: {both} of {len(fits)} stage(s) fit the GPU and the host")
+    fits = [fit(shape, setup, gpu_memory_gib * GIB, host_gib * GIB) for setup in setups]
+    return Plan(recipe, shape, gpus, gpu_memory_gib, host_gib, "--host-memory" if host_memory_gib else "this machine",
+                names, setups, fits)
+
+
+def print_plan(result: Plan) -> int:
+    """Print the per-stage memory table with GPU and host verdicts and advice; returns 0 (a verdict is not an
+    error)."""
+    _print_header(result)
+    _print_table(result.names, result.setups, result.fits)
+    for name, setup, stage_fit in zip(result.names, result.setups, result.fits, strict=True):
+        if not (stage_fit.gpu_fits and stage_fit.host_fits):
+            _print_advice(name, result.shape, setup, stage_fit)
+    print(f"verdict: {result.fitting_stages} of {len(result.fits)} stage(s) fit the GPU and the host")
     return 0
 
 
-def _print_header(recipe: Recipe, shape: ModelShape, gpus: int, gpu_memory_gib: float, host_gib: float,
-                  host_source: str) -> None:
+def _print_header(result: Plan) -> None:
+    recipe, shape, gpus = result.recipe, result.shape, result.gpus
+    gpu_memory_gib, host_gib, host_source = result.gpu_memory_gib, result.host_gib, result.host_source
     print(f"plan: {recipe.name} on {gpus} GPU(s) x {gpu_memory_gib:g} GiB, host {host_gib:,.1f} GiB ({host_source}); "
           f"model {shape.params / 1e6:,.1f}M params ({shape.layers} layers, hidden {shape.hidden}, vocab "
           f"{shape.vocab}); method {recipe.method.kind}")
