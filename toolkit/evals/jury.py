@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import PositiveInt
-from tqdm.auto import tqdm
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
@@ -26,7 +25,7 @@ from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batched
+from toolkit.evals.scoring import batched_with_progress
 from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.evals.stats import Rate
@@ -117,14 +116,12 @@ def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[st
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
         sentences = load_sentences(task.haystack) if task.length else None
-        with tqdm(total=len(todo), desc=f"{ctx.suite}/{task.key}", unit="question") as bar:
-            for chunk in batched(todo, task.batch_size):
-                prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
-                answers = ctx.backend.generate(prompts, task.max_new_tokens)
-                for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
-                    recorded.setdefault(cell["key"], []).append(cell)
-                results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
-                bar.update(len(chunk))
+        for chunk in batched_with_progress(todo, task.batch_size, f"{ctx.suite}/{task.key}", "question"):
+            prompts = [answer_prompt(task, ctx, item, sentences) for item in chunk]
+            answers = ctx.backend.generate(prompts, task.max_new_tokens)
+            for cell in judge_chunk(task.pooling, judges, list(chunk), [a.strip() for a in answers], raw_path):
+                recorded.setdefault(cell["key"], []).append(cell)
+            results.record(task, [c for item in items for c in recorded.get(item_key(item), [])])
     cells = [c for item in items for c in recorded[item_key(item)]]
     summary = jury_summary(cells, task.judges, task.pooling)
     summary["raw_outputs"] = raw_path.name

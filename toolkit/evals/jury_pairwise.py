@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveFloat, PositiveInt
-from tqdm.auto import tqdm
 
 from toolkit.data.arena import ArenaRow, read_arena
 from toolkit.errors import UserError
@@ -28,7 +27,7 @@ from toolkit.evals.jury_panel import Cell
 from toolkit.evals.jury_spec import Judges, resolve_judges
 from toolkit.evals.preference_stats import prior_probs
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batched
+from toolkit.evals.scoring import batched_with_progress
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
@@ -88,11 +87,9 @@ def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteRe
     todo = [row for row in rows if row_key(row) not in recorded]
     if todo:
         judges = [make_judge(spec, ctx.device) for spec in task.judges]  # each loaded once
-        with tqdm(total=len(todo), desc=f"{ctx.suite}/{task.key}", unit="row") as bar:
-            for chunk in batched(todo, RECORD_EVERY):
-                recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
-                results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
-                bar.update(len(chunk))
+        for chunk in batched_with_progress(todo, RECORD_EVERY, f"{ctx.suite}/{task.key}", "row"):
+            recorded.update((cell["key"], cell) for cell in judge_rows(judges, chunk, task.swap, raw_path))
+            results.record(task, [recorded[key] for row in rows if (key := row_key(row)) in recorded])
     cells = [recorded[row_key(row)] for row in rows]
     summary = pairwise_summary(cells, task.judges, task.swap, task.smoothing)
     summary.update(rows=len(rows), bad_rows=skipped, raw_outputs=raw_path.name)

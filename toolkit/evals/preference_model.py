@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from toolkit.data.arena import ArenaRow
 from toolkit.data.arena_prompt import arena_input, label_token_ids
 from toolkit.data.tokens import pad_id
 from toolkit.evals.preference_stats import unswapped
-from toolkit.evals.scoring import batched, model_device
+from toolkit.evals.scoring import batched_with_progress, model_device
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
@@ -69,11 +68,9 @@ def predict_rows(model: CausalLM, tokenizer: Any, rows: Sequence[ArenaRow], labe
     inputs = [arena_input(r, tokenizer, template, max_tokens) for row in rows for r in (row, row.swapped())]
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))  # similar lengths share a batch
     probs: list[Probs] = [(0.0, 0.0, 0.0)] * len(inputs)
-    with tqdm(total=len(inputs), desc=desc, unit="input") as bar:
-        for chunk in batched(order, batch_size):
-            for i, p in zip(chunk, label_probs(model, [inputs[i].ids for i in chunk], ids, pad_id(tokenizer)),
-                            strict=True):
-                probs[i] = p
-            bar.update(len(chunk))
+    for chunk in batched_with_progress(order, batch_size, desc, "input"):
+        for i, p in zip(chunk, label_probs(model, [inputs[i].ids for i in chunk], ids, pad_id(tokenizer)),
+                        strict=True):
+            probs[i] = p
     cut = [given.cut for given in inputs if given.cut]
     return Predictions(probs[0::2], probs[1::2], len(inputs), len(cut), sum(cut))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
@@ -27,6 +28,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def batched_with_progress(items: Sequence[T], size: int, desc: str, unit: str) -> Iterator[Sequence[T]]:
+    """:func:`batched`, a progress bar named ``desc`` counting the items as each batch is done."""
+    with tqdm(total=len(items), desc=desc, unit=unit) as bar:
+        for chunk in batched(items, size):
+            yield chunk
+            bar.update(len(chunk))
 
 
 def batch_size_for(length: int, batch_tokens: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import multiprocessing
+import os
 import re
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def run_showing_stderr(command: list[str], env: Mapping[str, str]) -> tuple[int,
     tail = ""
     with subprocess.Popen(command, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
         assert child.stderr is not None
-        while chunk := child.stderr.read1(1 << 16):  # type: ignore[attr-defined]
+        while chunk := os.read(child.stderr.fileno(), 1 << 16):  # what is there, not a full buffer
             text = decode.decode(chunk)
             sys.stderr.write(text)
             sys.stderr.flush()

@@ -125,9 +125,13 @@ class Plan:
     host_gib: float
     host_source: str
     """Where ``host_gib`` came from: ``--host-memory`` or this machine."""
-    names: list[str]
     setups: list[Setup]
     fits: list[Fit]
+    """Per stage, in the recipe's order."""
+
+    @property
+    def names(self) -> list[str]:
+        return [self.recipe.train.stage_name(i) for i in range(len(self.setups))]
 
     @property
     def fitting_stages(self) -> int:
@@ -145,11 +149,10 @@ def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: floa
         raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
-    names = [recipe.train.stage_name(i) for i in range(len(recipe.train.stages))]
-    setups = [stage_setup(recipe, i, gpus) for i in range(len(names))]
+    setups = [stage_setup(recipe, i, gpus) for i in range(len(recipe.train.stages))]
     fits = [fit(shape, setup, gpu_memory_gib * GIB, host_gib * GIB) for setup in setups]
     return Plan(recipe, shape, gpus, gpu_memory_gib, host_gib, "--host-memory" if host_memory_gib else "this machine",
-                names, setups, fits)
+                setups, fits)
 
 
 def print_plan(result: Plan) -> int:
