@@ -23,11 +23,10 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
 
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.model.loading import build_random
-    from toolkit.recipe.schema import Recipe
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    recipe = Recipe.model_validate(bench_recipe(config, Path("unused")))
+    recipe = bench_recipe(config, Path("unused"))
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     documents = [_documents(step, device) for step in rows]
     assert recipe.model.init_config is not None

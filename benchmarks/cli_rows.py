@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from benchmarks.harness import Config, bench_rows
 from benchmarks.toolkit_variant import bench_recipe
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.loading import dump_recipe
 
 RECIPE, ROWS, RUN = "recipe.yaml", "rows.jsonl", "run"
 """What :func:`write_cli_recipe` writes into its folder: the recipe, the rows' documents, and the run folder the
@@ -29,7 +29,6 @@ def write_cli_recipe(config: Config, folder: Path) -> Path:
         for step in bench_rows(config, extra=1):
             for start, length in step.documents:
                 out.write(json.dumps({"input_ids": step.row["input_ids"][start:start + length]}) + "\n")
-    recipe = bench_recipe(config, folder / RUN)
-    recipe["train"]["data"] = {"source": "jsonl", "path": str(folder / ROWS), "format": "tokens", "shuffle": False}
-    (folder / RECIPE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+    rows = DataSpec(source="jsonl", path=str(folder / ROWS), format="tokens", shuffle=False)
+    dump_recipe(bench_recipe(config, folder / RUN, rows), folder / RECIPE)
     return folder / RECIPE

@@ -50,6 +50,7 @@ from benchmarks import gpu_check_probe as probe  # noqa: E402
 from benchmarks import gpu_check_sections as sections  # noqa: E402
 from benchmarks import gpu_check_training as training  # noqa: E402
 from benchmarks.gpu_check_report import markdown  # noqa: E402
+from toolkit.output_paths import write_text  # noqa: E402
 
 NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "none")
 """ZeRO-3 with weights and optimizer on the GPU: DeepSpeed's CPU Adam, which offload needs, compiles for minutes at its
@@ -98,8 +99,8 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
     def save() -> None:
         result["elapsed_s"] = time.monotonic() - started
         result["sections"] = [_section_json(s) for s in done]
-        (out / "gpu-check.json").write_text(json.dumps(result, indent=1))
-        (out / "gpu-check.md").write_text(markdown(result))
+        write_text(out / "gpu-check.json", json.dumps(result, indent=1))
+        write_text(out / "gpu-check.md", markdown(result))
 
     done: list[sections.Section] = []
     facts = sections.device_facts()

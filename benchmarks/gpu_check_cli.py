@@ -60,7 +60,7 @@ def _row(config: Config, timed: list[dict[str, Any]], run: Path, wall_s: float) 
     real = sum(r["real_tokens_per_s"] * s for r, s in zip(timed, seconds, strict=True))
     info = read_run_info(run)
     return {"variant": "CLI (metrics.jsonl)", "rows": config.rows, "seq_len": config.seq_len, "status": "ok",
-            "attention_used": info.get("attention"), "offload": config.offload, "tiles": config.tiles,
+            "attention_used": info.attention, "offload": config.offload, "tiles": config.tiles,
             "real_tokens_per_s": real / sum(seconds), "tokens_per_s": config.seq_len * len(timed) / sum(seconds),
             "step_s": median(seconds), "step_s_min": min(seconds), "step_s_max": max(seconds), "wall_s": wall_s}
 

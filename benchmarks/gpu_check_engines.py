@@ -16,6 +16,7 @@ import yaml
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.gpu_check_training import Ended, logged, run_side_by_side, starting_recipe
 from benchmarks.harness import ROOT
+from toolkit.run_folder import RunInfo
 
 ENGINE_STEPS = 5
 LOSS_ATOL = 1e-3
@@ -48,14 +49,14 @@ def engines(section: Section, profile: Profile, scratch: Path) -> None:
         commands[name] = ([*launch, *train, f"output.dir={runs[name]}"], env)
     ended = run_side_by_side(section, commands, scratch)
     plain, _ = logged(runs[PLAIN])
-    plain_failed = _failure(ended[PLAIN], {}, plain, None)
+    plain_failed = _failure(ended[PLAIN], RunInfo(), plain, None)
     for name, run in runs.items():
         records, info = logged(run)
         losses, reference = [r["loss"] for r in records], [r["loss"] for r in plain]
         gaps = [abs(a - b) for a, b in zip(losses, reference, strict=False)] if name != PLAIN else []
-        section.add({"run": name, "config": configs.get(name), "engine": info.get("engine"),
-                     "processes": info.get("processes"), "precision": info.get("precision"),
-                     "attention": info.get("attention"), "exit_code": ended[name].code, "steps": len(records),
+        section.add({"run": name, "config": configs.get(name), "engine": info.engine,
+                     "processes": info.processes, "precision": info.precision,
+                     "attention": info.attention, "exit_code": ended[name].code, "steps": len(records),
                      "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                      "max_loss_diff": max(gaps, default=None), "wall_s": ended[name].wall_s, "losses": losses,
                      "log_tail": ended[name].log[-2000:] if ended[name].code != 0 else ""})
@@ -67,13 +68,13 @@ def engines(section: Section, profile: Profile, scratch: Path) -> None:
                       "(largest difference)", None if why else max(gaps), LOSS_ATOL, why)
 
 
-def _failure(ended: Ended, info: dict[str, Any], records: list[dict[str, Any]], engine: str | None) -> str:
+def _failure(ended: Ended, info: RunInfo, records: list[dict[str, Any]], engine: str | None) -> str:
     """Why a run has no losses to compare ('' when it has): its exit, the engine and process count it recorded in
     ``run_info.json`` (when ``engine`` is given), or too few steps logged."""
     if ended.code != 0:
         return ended.reason()
-    if engine is not None and (info.get("engine"), info.get("processes")) != (engine, 1):
-        return f"ran as {info.get('engine')} on {info.get('processes')} processes, not {engine} on 1"
+    if engine is not None and (info.engine, info.processes) != (engine, 1):
+        return f"ran as {info.engine} on {info.processes} processes, not {engine} on 1"
     if len(records) < ENGINE_STEPS:
         return f"logged {len(records)} of {ENGINE_STEPS} steps"
     return ""

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.harness import ROOT
-from toolkit.run_folder import read_metrics, read_run_info
+from toolkit.recipe.loading import dump_recipe, load_recipe
+from toolkit.recipe.schema import EvalSpec, LoggingSpec, ModelSpec
+from toolkit.run_folder import RunInfo, read_metrics, read_run_info
 
 COMPARED_STEPS = 10
 FIRST_STEP_ATOL = 1e-5
@@ -49,25 +49,24 @@ def save_start(recipe_path: str, folder: str, overrides: list[str]) -> None:
 
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.model.loading import load_model
-    from toolkit.recipe.loading import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     loaded = load_model(recipe.model, recipe.method, tokenizer, torch.device("cpu"), recipe.seed)
     loaded.model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    data = recipe.model_dump(mode="json")
-    data["model"] = {"name_or_path": folder, "attention": recipe.model.attention, "precision": recipe.model.precision}
-    (Path(folder) / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    recipe.model = ModelSpec(name_or_path=folder, attention=recipe.model.attention, precision=recipe.model.precision)
+    dump_recipe(recipe, Path(folder) / "recipe.yaml")
 
 
 def _first_stage_recipe(folder: Path) -> Path:
-    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-passkey.yaml").read_text())
-    recipe["train"]["stages"] = recipe["train"]["stages"][:1]
-    recipe["eval"] = {"suites": [], "before": False}
-    recipe["logging"] = {"backend": "none", "every": 1}
+    """The tiny recipe's first stage alone, logging every step, with no evaluations."""
+    recipe = load_recipe(ROOT / "recipes" / "tiny-passkey.yaml")
+    recipe.train.stages = recipe.train.stages[:1]
+    recipe.eval = EvalSpec(before=False)
+    recipe.logging = LoggingSpec(backend="none", every=1)
     path = folder / "tiny-first-stage.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    dump_recipe(recipe, path)
     return path
 
 
@@ -166,7 +165,7 @@ def _family(pid: int) -> list[int]:
     return family
 
 
-def logged(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def logged(run: Path) -> tuple[list[dict[str, Any]], RunInfo]:
     """A run folder's ``metrics.jsonl`` records and ``run_info.json`` (empty where missing)."""
     return read_metrics(run), read_run_info(run)
 
@@ -191,7 +190,7 @@ def device_vs_cpu(section: Section, profile: Profile, scratch: Path) -> None:
             section.skip(f"tiny stage on {where}", f"no step logged ({ended[where].reason()})")
             continue
         curves[where] = [r["loss"] for r in records]
-        section.add({"run": where, "device": info.get("device"), "attention": info.get("attention"),
+        section.add({"run": where, "device": info.device, "attention": info.attention,
                      "steps": len(records), "first_loss": curves[where][0], "last_loss": curves[where][-1],
                      "train_s": records[-1]["elapsed_s"], "tokens_per_s": records[-1]["tokens_per_s"],
                      "losses": curves[where]})

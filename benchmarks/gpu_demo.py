@@ -41,6 +41,7 @@ from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, pea
 from benchmarks.gpu_parts import join  # noqa: E402
 from toolkit.data import corpus  # noqa: E402
 from toolkit.model import small_model  # noqa: E402
+from toolkit.output_paths import write_text  # noqa: E402
 from toolkit.run_folder import read_run_info  # noqa: E402
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
@@ -179,20 +180,21 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
     _toolkit(["train", RECIPE, *overrides], out / "train.log")
     now = lap("train, evaluations and report", now)
     info = read_run_info(run_dir, required=True)
-    stage = info["stages"][-1]
-    yarn = model_copy(Path(info["base_model"]), models / REFERENCE, rope_parameters=stage["rope_parameters"],
-                      max_position_embeddings=stage["max_position_embeddings"])
+    stage = info.stages[-1]
+    assert info.base_model is not None  # the runner records it
+    yarn = model_copy(Path(info.base_model), models / REFERENCE, rope_parameters=stage.rope_parameters,
+                      max_position_embeddings=stage.max_position_embeddings)
     reference = run_dir / REFERENCE
     _toolkit(["eval", "--model", str(yarn), "--suite", profile.heldout, "--out", str(reference),
               "--precision", profile.precision], out / f"{REFERENCE}.log")
     lap("zero-shot YaRN reference", now)
     verdict, found = checks(run_dir, profile.heldout, profile.short, reference)
-    result = {"device": info["device"], "recipe": RECIPE, "overrides": [*profile.overrides, *extra],
-              "steps": stage["steps"], "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
+    result = {"device": info.device, "recipe": RECIPE, "overrides": [*profile.overrides, *extra],
+              "steps": stage.steps, "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
               "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
     bundle(run_dir, out)
-    (out / "gpu-demo.json").write_text(json.dumps(result, indent=1))
-    (out / "gpu-demo.md").write_text(markdown(result))
+    write_text(out / "gpu-demo.json", json.dumps(result, indent=1))
+    write_text(out / "gpu-demo.md", markdown(result))
     return result
 
 

@@ -49,7 +49,9 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     except UserError as exc:
         text, found = f"Verdict not computed: {exc}", [_check("verdict", False, str(exc))]
     base, final = run.reference or "base", run.final or "base"
-    heldout, far = Path(heldout_suite).stem, int(run.info["stages"][-1]["seq_len"]) // 2
+    longest = run.info.stages[-1].seq_len
+    assert longest is not None  # the runner records every stage's length
+    heldout, far = Path(heldout_suite).stem, longest // 2
     after = run.entry(final, heldout, "heldout") or {}
     zero_shot = read_suites(reference).get(heldout, {}).get("tasks", {}).get("heldout", {})
     name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
@@ -107,7 +109,8 @@ def bundle(run_dir: Path, out: Path) -> Path:
                 top = "" if relative.parts[0] == REFERENCE else "run"
                 archive.add(path, arcname=str(Path(top) / relative))
     if (run_dir / REPORT_MD).is_file():
-        shutil.copyfile(run_dir / REPORT_MD, out / REPORT_MD)
+        with atomic_file(out / REPORT_MD) as partial:
+            shutil.copyfile(run_dir / REPORT_MD, partial)
     return target
 
 
@@ -116,6 +119,7 @@ def stopped_early(run_dir: Path, out: Path, phases: dict[str, float], elapsed_s:
     :data:`RESULTS`, and ``gpu-demo.md`` naming the phases and evaluations that finished and the last training
     step logged."""
     from toolkit.formatting.numbers import fmt
+    from toolkit.output_paths import write_text
     from toolkit.run_folder import eval_tags, read_metrics
 
     out.mkdir(parents=True, exist_ok=True)
@@ -133,5 +137,5 @@ def stopped_early(run_dir: Path, out: Path, phases: dict[str, float], elapsed_s:
         lines.append(f"The run folder so far is in `{RESULTS}`. A shorter rerun: "
                      "`make gpu-demo OUT=$OUT ARGS=\"--set train.max_steps=N\"`.")
     text = "\n".join(lines) + "\n"
-    (out / "gpu-demo.md").write_text(text)
+    write_text(out / "gpu-demo.md", text)
     return text

@@ -24,7 +24,7 @@ from typing import BinaryIO, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit.errors import UserError  # noqa: E402
-from toolkit.file_digest import sha256_of  # noqa: E402
+from toolkit.file_reading import sha256_of  # noqa: E402
 
 MANIFEST = "manifest.json"
 PART_MIB = 56

@@ -145,9 +145,8 @@ def bench_rows(config: Config, extra: int = 0) -> list[StepRow]:
     from benchmarks.toolkit_variant import bench_recipe
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.data.tokens import pad_id
-    from toolkit.recipe.schema import Recipe
 
-    recipe = Recipe.model_validate(bench_recipe(config, Path("unused")))
+    recipe = bench_recipe(config, Path("unused"))
     return step_rows(config.rows, config.seq_len, SHAPES[config.shape]["vocab_size"],
                      config.warmup + config.steps + extra, pad_id(load_tokenizer(recipe.model, recipe.seed)))
 

@@ -9,38 +9,45 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from benchmarks.harness import LORA, SHAPES, Config, Trial
 from benchmarks.rows import StepRow
+from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.schema import (
+    LoggingSpec,
+    MethodSpec,
+    ModelSpec,
+    OutputSpec,
+    Recipe,
+    StageSpec,
+    TokenizerTraining,
+    TrainSpec,
+)
 
-BENCH_TOKENIZER = {"vocab_size": 320, "corpus_documents": 50}
-"""A small trained tokenizer: the model's vocabulary is the shape's, the tokenizer only provides special ids."""
 LR = 1e-5
 
 
-def bench_recipe(config: Config, run_dir: Path) -> dict[str, Any]:
-    """The recipe (as data) that ``config`` trains: one stage of ``warmup + steps`` steps, constant lr."""
+def bench_recipe(config: Config, run_dir: Path, data: DataSpec | None = None) -> Recipe:
+    """The recipe that ``config`` trains: one stage of ``warmup + steps`` steps, constant lr, on ``data`` (default:
+    synthetic documents of 1/8 to all of the length, loss on every token). Its trained tokenizer is small: the
+    model's vocabulary is the shape's, the tokenizer only provides special ids."""
     init = {**SHAPES[config.shape], "max_position_embeddings": max(config.seq_len, 8192)}
-    return {
-        "name": "benchmark", "seed": 0,
-        "model": {"init_config": init, "train_tokenizer": BENCH_TOKENIZER, "attention": config.attention},
-        "method": {"kind": config.method, "lora": LORA.model_dump()},
-        "train": {"data": {"source": "synthetic", "loss_on": "all", "min_length_fraction": 0.125},
-                  "stages": [{"seq_len": config.seq_len, "max_steps": config.warmup + config.steps, "lr": LR}],
-                  "scheduler": "constant", "gradient_checkpointing": config.checkpointing,
-                  "activation_offload": config.offload, "tiled_mlp": config.tiles,
-                  "loss_chunk_size": config.loss_chunk},
-        "logging": {"every": 1},
-        "output": {"dir": str(run_dir)},
-    }
+    stage = StageSpec(seq_len=config.seq_len, max_steps=config.warmup + config.steps, lr=LR)
+    return Recipe(
+        name="benchmark", seed=0,
+        model=ModelSpec(init_config=init, train_tokenizer=TokenizerTraining(vocab_size=320, corpus_documents=50),
+                        attention=config.attention),
+        method=MethodSpec(kind=config.method, lora=LORA.model_copy(deep=True)),
+        train=TrainSpec(data=data or DataSpec(source="synthetic", loss_on="all", min_length_fraction=0.125),
+                        stages=[stage], scheduler="constant", gradient_checkpointing=config.checkpointing,
+                        activation_offload=config.offload, tiled_mlp=config.tiles, loss_chunk_size=config.loss_chunk),
+        logging=LoggingSpec(every=1), output=OutputSpec(dir=str(run_dir)))
 
 
 def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
     from toolkit.data.batches import StageBatches, collate, stage_loader
     from toolkit.data.stream_state import StreamState
     from toolkit.model.lora import count_parameters
-    from toolkit.recipe.schema import Recipe
     from toolkit.run_folder import read_metrics
     from toolkit.training.checkpoints import CheckpointManager, TrainerState
     from toolkit.training.faults import StopFlag
@@ -58,7 +65,7 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
             return self.rows.start
 
     with tempfile.TemporaryDirectory() as folder:
-        recipe = Recipe.model_validate(bench_recipe(config, Path(folder) / "run"))
+        recipe = bench_recipe(config, Path(folder) / "run")
         session = setup(recipe)
         built()
         parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,

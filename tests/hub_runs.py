@@ -69,7 +69,8 @@ def _write_run_files(run: Path, method: str) -> None:
             "base_model": "random init from model.init_config", "stages": stages}
     (run / "run_info.json").write_text(json.dumps(info))
     (run / "recipe.resolved.yaml").write_text(
-        "name: tiny-test\ntrain:\n  data: {source: synthetic, task: multikey, packing: pack}\n"
+        "name: tiny-test\nmodel: {init_config: {}, train_tokenizer: {}}\n"
+        "train:\n  data: {source: synthetic, task: multikey, packing: pack}\n"
         "  stages:\n  - {name: short, seq_len: 128, max_steps: 5}\n"
         "  - {name: long, seq_len: 256, max_steps: 5, data: {source: hub, path: org/long-texts}}\n")
     (run / "metrics.jsonl").write_text(json.dumps({"stage": 0, "step": 1, "loss": 4.0}) + "\n")

@@ -371,9 +371,9 @@ def test_run_records_failed_and_unparsed_judges_and_resumes(tmp_path: Path) -> N
 def test_report_cell_and_headline() -> None:
     from toolkit.evals.jury import jury_cell
     from toolkit.evals.registry import headline
-    from toolkit.run_folder import Run
+    from toolkit.run_folder import Run, RunInfo
 
-    run = Run(Path("."), {}, {}, [], {})
+    run = Run(Path("."), None, RunInfo(), [], {})
     panel = {"n": 2, "unjudged": 1, "fleiss_kappa": 0.04, "human_kappa": None, "failed": 3, "unparsed": 1, "calls": 12}
     rated = {"type": "jury", "score": 0.5625, "pooling": "average", "mean_rating": 3.25, "n": 2, "panel": panel}
     assert jury_cell(run, "t", rated) == "3.25/5 n=2 (1 unjudged)"

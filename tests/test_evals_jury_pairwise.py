@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.arena_fixture import TEST_ROWS, shown_winners, train_rows, write_arena
+from tests.arena_fixture import TEST_ROWS, shown_winners, train_rows
 from tests.fake_judge import arena_script, serving
 from tests.real_model import SMALL_MODEL, needs_small_model
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
-from toolkit.data.arena import ArenaRow, read_arena
+from toolkit.data.arena import ArenaRow, read_arena, write_arena
 from toolkit.errors import UserError
 from toolkit.evals.agreement import cohen_kappa, kappa_with_interval
 from toolkit.evals.context import EvalContext
@@ -118,7 +119,7 @@ def test_summary_by_hand() -> None:
 # --- a run against the loopback server --------------------------------------------------------------------------
 
 def _data(tmp_path: Path) -> tuple[Path, Path]:
-    return write_arena(tmp_path / "test.csv", TEST_ROWS), write_arena(tmp_path / "train.csv", train_rows())
+    return write_arena(TEST_ROWS, tmp_path / "test.csv"), write_arena(train_rows(), tmp_path / "train.csv")
 
 
 def test_run_with_failing_judges_resumes_and_scores_the_prior(tmp_path: Path) -> None:
@@ -180,7 +181,7 @@ def test_suite_errors(tmp_path: Path) -> None:
     suite.write_text(head + judge + "    bad_rows: skip\n")
     [task] = load_suite(suite).tasks
     assert isinstance(task, JuryPairwiseTask) and task.bad_rows == "skip"
-    unlabelled = write_arena(tmp_path / "unlabelled.csv", TEST_ROWS, labelled=False)
+    unlabelled = write_arena([replace(row, winner=None) for row in TEST_ROWS], tmp_path / "unlabelled.csv")
     assert read_arena(unlabelled)[0][0].winner is None
     suite.write_text(head.replace("test.csv", "unlabelled.csv") + judge)
     with pytest.raises(UserError, match=r"tasks\[0\].data: .*unlabelled.csv has no winner columns"):
@@ -213,7 +214,7 @@ def test_the_model_card_leaves_the_judges_out() -> None:
 def test_local_judge_on_the_real_small_model(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    data = write_arena(tmp_path / "test.csv", TEST_ROWS[:3])
+    data = write_arena(TEST_ROWS[:3], tmp_path / "test.csv")
     judge = JudgeSpec(name="smollm2", model=str(SMALL_MODEL), batch_size=8, choose=True)
     task = JuryPairwiseTask(type="jury_pairwise", data=str(data), judges=[judge])
     backend = TransformersBackend(tiny_model(max_positions=512), tiny_tokenizer())

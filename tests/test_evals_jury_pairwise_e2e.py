@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.arena_fixture import TEST_ROWS, shown_winners, train_rows, write_arena
+from tests.arena_fixture import TEST_ROWS, shown_winners, train_rows
 from tests.fake_judge import arena_script, serving
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.cli import main
+from toolkit.data.arena import write_arena
 from toolkit.report import report
 
 EVALS = Path(__file__).resolve().parents[1] / "evals"
@@ -28,8 +29,8 @@ def _suite(tmp_path: Path, url: str) -> Path:
     suite = yaml.safe_load((EVALS / "jury-pairwise-example.yaml").read_text())
     task = suite["tasks"][0]
     assert (task["swap"], task["smoothing"]) == (True, 1.0)
-    task["data"] = str(write_arena(tmp_path / "test.csv", TEST_ROWS))
-    task["prior_data"] = str(write_arena(tmp_path / "train.csv", train_rows()))
+    task["data"] = str(write_arena(TEST_ROWS, tmp_path / "test.csv"))
+    task["prior_data"] = str(write_arena(train_rows(), tmp_path / "train.csv"))
     judges = {judge["name"]: judge for judge in task["judges"]}
     judges["llama"].update(url=url, model="oracle")
     judges["gpt-4o-mini"].update(url=url, model="first")

@@ -4,6 +4,7 @@ run resumes to the same result as an uninterrupted one."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,9 @@ import torch
 
 import toolkit.training.checkpoints as checkpoints_module
 from tests.runs import assert_same_weights, final_weights, train
+from toolkit.recipe.schema import LoggingSpec
+from toolkit.run_folder import METRICS, read_metrics
+from toolkit.training.metrics import MetricsLogger
 from toolkit.training.objective import CausalLMObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +55,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(micro_recipe: Path
     assert "non-finite loss in stage short at step 5" in err and "stage-0-step-000004" in err
     assert _checkpoints(run) == ["stage-0-step-000002", "stage-0-step-000004"]
     monkeypatch.undo()
+    with open(run / METRICS, "a") as metrics:
+        metrics.write('{"global_step": 5, "lo')  # cut off, as a kill -9 in the middle of a write leaves it
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
+    assert [row["global_step"] for row in read_metrics(run)] == list(range(1, 11))
+    assert (run / METRICS).read_text().count("\n") == 10  # no cut-off line left inside the file
+
+
+def test_resume_keeps_the_complete_metrics_up_to_the_checkpoint(tmp_path: Path) -> None:
+    rows = [{"global_step": step, "loss": 4.0 - step} for step in (1, 2, 3)]
+    (tmp_path / METRICS).write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"global_step": 4, "lo')
+    logger = MetricsLogger(tmp_path, LoggingSpec(), "t")
+    logger.truncate_after(3)
+    assert (tmp_path / METRICS).read_text() == "".join(json.dumps(row) + "\n" for row in rows)
+    logger.truncate_after(1)
+    assert read_metrics(tmp_path) == rows[:1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS]  # rewritten in place: no temporary file left
 
 
 def test_out_of_memory_names_what_to_change(micro_recipe: Path, monkeypatch, capsys) -> None:

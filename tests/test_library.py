@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import ROOT, final_weights, metrics, needle_suite, train
-from toolkit import library
+from toolkit import library, runner
 from toolkit.cli import main
 
 
@@ -51,6 +51,19 @@ def test_a_user_mistake_raises_user_error_naming_the_field(tmp_path: Path) -> No
     loaded = library.load_recipe(recipe)
     with pytest.raises(ValueError, match="seq_len"):
         loaded.train.stages[0].seq_len = 0
+
+
+@pytest.mark.parametrize("seq_len", [8, 8192])  # shorter than stage 0's 64; longer than stage 2's 1024
+@pytest.mark.parametrize("entry", ["train", "plan"])
+def test_a_recipe_changed_in_python_is_checked_across_fields_before_any_model(
+        entry: str, seq_len: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An assignment checks its field alone; ``train`` and ``plan`` check the stages against each other again."""
+    monkeypatch.setattr(runner, "setup", lambda recipe: pytest.fail("the run started"))
+    recipe = library.load_recipe(ROOT / "recipes" / "tiny-passkey.yaml", [f"output.dir={tmp_path / 'run'}"])
+    recipe.train.stages[1].seq_len = seq_len  # accepted: the field alone is valid
+    with pytest.raises(library.UserError, match=r"^recipe: train\.stages\[[12]\]\.seq_len: \d+ is shorter than "):
+        library.train(recipe) if entry == "train" else library.plan(recipe, gpus=1, gpu_memory_gib=80)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_plan_is_what_the_plan_command_prints(capsys) -> None:

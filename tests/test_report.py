@@ -44,7 +44,8 @@ def _tasks(level: float) -> dict:
 def _run_folder(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
-    recipe = {"name": "tiny", "description": "A tiny test run.", "model": {"init_config": {"hidden_size": 64}},
+    recipe = {"name": "tiny", "description": "A tiny test run.",
+              "model": {"init_config": {"hidden_size": 64}, "train_tokenizer": {}},
               "method": {"kind": "full"}, "train": {"stages": [
                   {"name": "base-256", "seq_len": 256, "rope": {"type": "default"}, "max_steps": 3, "lr": 0.003},
                   {"name": "yarn-1024", "seq_len": 1024, "rope": {"type": "yarn", "factor": 4.0}, "max_steps": 2,
@@ -128,15 +129,13 @@ def test_missing_run_folder_is_a_user_error(tmp_path: Path):
 
 
 def test_reference_is_the_last_model_before_context_extension(tmp_path) -> None:
-    from toolkit.run_folder import Run
+    from toolkit.run_folder import Run, RunInfo, StageInfo
 
     evals: dict[str, dict[str, Any]] = {tag: {} for tag in ("base", "stage-0-short", "stage-1-long")}
-    from_scratch = Run(tmp_path, {}, {"native_length": 256, "stages": [{"seq_len": 256}, {"seq_len": 1024}]}, [],
-                       evals)
-    assert from_scratch.reference == "stage-0-short"
-    extended_only = Run(tmp_path, {}, {"native_length": 8192, "stages": [{"seq_len": 32768}, {"seq_len": 65536}]},
-                        [], evals)
-    assert extended_only.reference == "base"
+    from_scratch = RunInfo(native_length=256, stages=[StageInfo(seq_len=256), StageInfo(seq_len=1024)])
+    assert Run(tmp_path, None, from_scratch, [], evals).reference == "stage-0-short"
+    extended_only = RunInfo(native_length=8192, stages=[StageInfo(seq_len=32768), StageInfo(seq_len=65536)])
+    assert Run(tmp_path, None, extended_only, [], evals).reference == "base"
 
 
 def test_lm_eval_counts_from_the_raw_lm_eval_json(tmp_path: Path) -> None:
@@ -162,3 +161,28 @@ def test_wide_content_stays_inside_the_html_page(tmp_path: Path) -> None:
     assert '<div class="scroll"><table>' in page and '<pre class="pass">' in page
     assert "overflow-wrap:anywhere" in page and "pre{white-space:pre-wrap" in page
     assert to_markdown([Code("a\nb")], tmp_path) == "```text\na\nb\n```\n"
+
+
+def test_a_plot_replaces_its_file_whole_in_the_format_its_suffix_names(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from toolkit.evals.plots import save_figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1])
+    path = tmp_path / "plot.png"
+    path.write_bytes(b"earlier")
+
+    def fails_midway(self: Figure, fname: Path, **kwargs: Any) -> None:
+        Path(fname).write_bytes(PNG)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", fails_midway)
+    with pytest.raises(OSError):
+        save_figure(fig, path)
+    assert path.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+    monkeypatch.undo()
+    save_figure(fig, path)
+    save_figure(fig, tmp_path / "plot.svg")
+    assert path.read_bytes().startswith(PNG) and (tmp_path / "plot.svg").read_text().startswith("<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "plot.svg"]

@@ -6,22 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.real_model import with_corpus_marks
 from toolkit.errors import UserError
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
+    RunInfo,
     eval_tag,
     final_stage_tag,
     load_run,
     parse_stage_tag,
     read_metrics,
+    read_recipe,
     read_run_info,
-    stage_data,
     stage_tag,
     tag_order,
-    typed_recipe,
 )
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -47,24 +46,39 @@ def test_resolved_recipe_reads_typed(tmp_path: Path, path: Path) -> None:
     """Every shipped recipe, written out with all its defaults, reads back as the same typed recipe."""
     recipe = load_recipe(path, [])
     dump_recipe(recipe, tmp_path / "recipe.resolved.yaml")
-    run = load_run(tmp_path)
-    assert run.typed_recipe == recipe
-    assert stage_data(run.recipe) == [recipe.train.stage_data(i) for i in range(len(recipe.train.stages))]
+    assert load_run(tmp_path).recipe == recipe
 
 
-def test_partial_recipe_still_gives_stage_data() -> None:
-    data = yaml.safe_load("train:\n  data: {task: multikey}\n  stages:\n  - {seq_len: 128, max_steps: 5}\n"
-                          "  - {seq_len: 256, max_steps: 5, data: {source: hub, path: org/texts}}\n")
-    assert typed_recipe(data) is None  # no model: not a complete recipe
-    assert [(d.source, d.task, d.path) for d in stage_data(data)] == [("synthetic", "multikey", None),
-                                                                      ("hub", "passkey", "org/texts")]
-    assert stage_data({"train": {"stages": "nonsense"}}) == []
+def test_a_recipe_that_is_no_valid_recipe_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.resolved.yaml"
+    path.write_text("name: x\ntrain:\n  stages:\n  - {seq_len: 128, max_steps: 5}\n")
+    with pytest.raises(UserError) as caught:
+        read_recipe(tmp_path)
+    assert str(caught.value) == f"{path}: model: Field required"
+    path.write_text("name: x\nmodel: {init_config: {}, train_tokenizer: {}}\ntrain: [1]\n")
+    with pytest.raises(UserError, match=rf"^{path}:3: train: Input should be a valid dictionary"):
+        read_recipe(tmp_path)
+
+
+def test_run_info_reads_typed_and_tolerates_missing_keys(tmp_path: Path) -> None:
+    (tmp_path / "run_info.json").write_text(json.dumps({
+        "device": "cpu", "native_length": 64, "stages": [{"seq_len": 128}], "dropped_key": 1}))
+    info = read_run_info(tmp_path)
+    assert (info.device, info.native_length, info.attention, info.versions) == ("cpu", 64, None, {})
+    assert (info.stages[0].seq_len, info.stages[0].rope_parameters) == (128, None)
+    (tmp_path / "run_info.json").write_text('{"stages": [{"seq_len": "long"}]}')
+    with pytest.raises(UserError, match=r"run_info.json: stages\[0\]\.seq_len: Input should be a valid integer"):
+        read_run_info(tmp_path)
+    (tmp_path / "run_info.json").write_text('{\n  "device": "cpu",\n')
+    with pytest.raises(UserError, match=r"run_info.json:3: not valid JSON \(Expecting"):
+        read_run_info(tmp_path)
 
 
 def test_missing_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such run folder"):
         load_run(tmp_path / "nope")
-    assert read_run_info(tmp_path) == {}
+    assert read_recipe(tmp_path) is None
+    assert read_run_info(tmp_path) == RunInfo()
     with pytest.raises(UserError, match="run_info.json: not found"):
         read_run_info(tmp_path, required=True)
     (tmp_path / "eval" / "base").mkdir(parents=True)
@@ -77,3 +91,12 @@ def test_metrics_leave_out_a_line_cut_off_by_a_killed_run(tmp_path: Path) -> Non
     (tmp_path / "metrics.jsonl").write_text('{"step": 5, "loss": 2.0}\n\n{"step": 10, "loss": 1.5}\n{"step": 15, "lo')
     assert read_metrics(tmp_path) == [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}]
     assert read_metrics(tmp_path / "missing") == []
+
+
+def test_metrics_name_a_complete_line_that_is_no_json_object(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n{"step": 10, loss}\n{"step": 15, "lo')
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'metrics.jsonl'}:2: not valid JSON \(Expecting"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n[5]\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: expected a JSON object, got list$"):
+        read_metrics(tmp_path)

@@ -112,6 +112,22 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> No
     assert os.listdir(tmp_path) == ["notes.md"]
 
 
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("metrics.jsonl", '{"global_step": 1}\n{"global_step": 2, loss}\n{"glo',
+     "{path}:2: not valid JSON (Expecting property name enclosed in double quotes)"),
+    ("recipe.resolved.yaml", "name: x\ntrain: {stages: [\n",
+     "{path}:3: YAML syntax error: expected the node content, but found '<stream end>'"),
+    ("recipe.resolved.yaml", "name: x\nmodel: {init_config: {}, train_tokenizer: {}}\ntrain: [1]\n",
+     "{path}:3: train: Input should be a valid dictionary or instance of TrainSpec"),
+    ("run_info.json", '{"stages": 5}', "{path}: stages: Input should be a valid list")],
+    ids=["metrics-line", "recipe-yaml", "recipe-schema", "run-info"])
+def test_report_names_a_corrupt_file_of_the_run(name: str, text: str, expected: str, tmp_path: Path, capsys) -> None:
+    run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
+    (run / name).write_text(text)
+    assert _error(["report", str(run)], capsys) == expected.format(path=run / name)
+    assert not (run / "report.md").exists()
+
+
 def test_summary_refuses_runs_of_different_verdicts(tmp_path: Path, capsys) -> None:
     fake_run(tmp_path, "a", verdict={"task": "niah-tiny/passkey"})
     fake_run(tmp_path, "b", verdict={"task": "niah-tiny/passkey", "extended_min": 0.5})
@@ -133,6 +149,20 @@ def test_export_check_refuses_before_converting(tmp_path: Path, capsys) -> None:
 def test_plan_refuses_memory_that_is_no_number(flag: str, value: str, capsys) -> None:
     assert _error(["plan", str(ROOT / "recipes" / "tiny-passkey.yaml"), flag, value], capsys) == (
         f"{flag}: must be positive GiB, got {value}")
+
+
+@pytest.mark.parametrize(("command", "broken"), [
+    ("plan", "config.json"), ("export", "tokenizer.json"), ("eval", "adapter_config.json")])
+def test_a_model_folder_with_broken_json_names_the_file(command: str, broken: str, tmp_path: Path, capsys) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / broken).write_text('{"hidden_size": 64,\n"num_hidden_layers": }')
+    argv = {"plan": ["plan", str(write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": str(model)})))],
+            "export": ["export", str(model), "--format", "gguf"],
+            "eval": ["eval", "--model", str(model), "--suite", str(needle_suite(tmp_path)), "--out",
+                     str(tmp_path / "out")]}[command]
+    assert _error(argv, capsys) == f"{model / broken}:2: not valid JSON (Expecting value)"
 
 
 @pytest.mark.parametrize("command", ["small-model", "corpus"])

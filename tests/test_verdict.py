@@ -43,8 +43,9 @@ def fake_run(root: Path, name: str, *, seed: int = 0, extended: float = 0.95, sh
     """base (untrained: zeros), stage-0 trained at 256, stage-1 extended to 1024 (scores as given)."""
     run = root / name
     run.mkdir(parents=True)
-    recipe = {"name": "tiny-passkey", "seed": seed, "train": {"stages": [
-        {"name": "passkey-256", "seq_len": 256}, {"name": "yarn-1024", "seq_len": 1024}]},
+    recipe = {"name": "tiny-passkey", "seed": seed, "model": {"init_config": {}, "train_tokenizer": {}},
+              "train": {"stages": [{"name": "passkey-256", "seq_len": 256, "max_steps": 1},
+                                   {"name": "yarn-1024", "seq_len": 1024, "max_steps": 1}]},
         "eval": {"suites": ["../evals/niah-tiny.yaml", "../evals/short-context.yaml"], "verdict": verdict}}
     (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
     (run / "run_info.json").write_text(json.dumps({

@@ -4,8 +4,8 @@ notebooks, sweeps and pipelines of your own (docs/library.md).
     from toolkit.library import check_run, evaluate, load_recipe, train
 
     recipe = load_recipe("recipes/tiny-passkey.yaml", ["output.dir=runs/mine"])
-    recipe.train.stages[-1].max_steps = 200      # the typed recipe, checked again on assignment
-    run = train(recipe)                           # the run folder, as `python -m toolkit train` writes it
+    recipe.train.stages[-1].max_steps = 200      # the typed recipe, its field checked on assignment
+    run = train(recipe)                           # checked again as a whole; the run folder, as the CLI writes it
     print(check_run(run).text())                  # the verdict of the recipe's eval.verdict
     scores = evaluate(str(run / "final"), ["evals/niah-tiny.yaml"], out="runs/mine-eval").results
 

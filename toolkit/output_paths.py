@@ -47,6 +47,13 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """``text`` written to ``path`` (UTF-8) through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 @contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a sibling temporary folder that replaces ``out_dir`` only once the block has finished (the old folder

@@ -3,7 +3,8 @@
 ``runs/<name>/``: ``recipe.resolved.yaml``, ``run_info.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``
 (full weights, or a LoRA adapter with ``merged/`` full weights and, from a random init, its ``base/``),
 ``eval/<tag>/<suite>.json`` (``<tag>``: ``base`` before training, ``stage-<i>-<name>`` after stage i),
-``report.md``, ``report.html`` and PNG plots. Readers are tolerant: a missing or unreadable file reads as empty.
+``report.md``, ``report.html`` and PNG plots. A missing file reads as empty; a corrupt recipe, run info or
+``metrics.jsonl`` line is a UserError naming the file (and line); evaluation results that cannot be read are left out.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel
 
 from toolkit.errors import UserError
-from toolkit.recipe.data_spec import DataSpec
-from toolkit.recipe.schema import Recipe, TrainSpec
-from toolkit.recipe.yaml_files import validate_as
+from toolkit.file_reading import json_object, read_json_object
+from toolkit.recipe.schema import Recipe
+from toolkit.recipe.yaml_files import read_yaml, validate_as
 
 RECIPE = "recipe.resolved.yaml"
 RUN_INFO = "run_info.json"
@@ -90,53 +90,67 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def read_recipe_dict(run_dir: Path) -> dict[str, Any]:
-    """``recipe.resolved.yaml`` as written (a dict; empty when missing)."""
+def read_recipe(run_dir: Path) -> Recipe | None:
+    """``recipe.resolved.yaml`` typed (``None`` when missing; a UserError naming the file and line when it is no valid
+    recipe)."""
     path = run_dir / RECIPE
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return data if isinstance(data, dict) else {}
-
-
-def typed_recipe(data: dict[str, Any]) -> Recipe | None:
-    """``data`` validated as a :class:`Recipe` (``None`` when it is not a complete valid recipe)."""
-    try:
-        return validate_as(Recipe, data, RECIPE)
-    except UserError:
+    if not path.is_file():
         return None
+    data, node = read_yaml(path)
+    return validate_as(Recipe, data, str(path), node)
 
 
-def typed_train(data: dict[str, Any]) -> TrainSpec | None:
-    """The ``train`` block typed: the recipe's when it validates, else the block alone, else ``None``."""
-    recipe = typed_recipe(data)
-    if recipe is not None:
-        return recipe.train
-    try:
-        return validate_as(TrainSpec, data.get("train") or {}, RECIPE)
-    except UserError:
-        return None
+class StageInfo(BaseModel):
+    """One stage as it ran: its length, the RoPE written into the model's config, and its steps."""
+
+    name: str | None = None
+    seq_len: int | None = None
+    rope_parameters: dict[str, Any] | None = None
+    max_position_embeddings: int | None = None
+    steps: int | None = None
 
 
-def stage_data(data: dict[str, Any]) -> list[DataSpec]:
-    """The data of every stage (``TrainSpec.stage_data``); empty when the train block does not validate."""
-    train = typed_train(data)
-    return [train.stage_data(i) for i in range(len(train.stages))] if train else []
+class RunInfo(BaseModel):
+    """``run_info.json``, written by the runner: what the run ran on (versions, device, engine, precision, attention
+    and loss kernel and why) and each stage. Every key may be missing from an older file."""
+
+    recipe: str | None = None
+    method: str | None = None
+    device: str | None = None
+    processes: int | None = None
+    data_parallel: int | None = None
+    engine: str | None = None
+    precision: str | None = None
+    attention: str | None = None
+    attention_reason: str | None = None
+    loss_kernel: str | None = None
+    loss_kernel_reason: str | None = None
+    versions: dict[str, str] = {}
+    base_model: str | None = None
+    native_length: int | None = None
+    stages: list[StageInfo] = []
+    started: str | None = None
+    """When the run started (ISO 8601, UTC)."""
 
 
-def read_run_info(run_dir: Path, required: bool = False) -> dict[str, Any]:
-    """``run_info.json`` (empty when missing, or a UserError naming the file when ``required``)."""
+def read_run_info(run_dir: Path, required: bool = False) -> RunInfo:
+    """``run_info.json`` typed (empty when missing, or a UserError naming the file when ``required``; a UserError
+    naming the file when it is no JSON object of the expected keys)."""
     path = run_dir / RUN_INFO
-    if required and not path.is_file():
-        raise UserError(f"{path}: not found (is {run_dir} a run folder written by `python -m toolkit train`?)")
-    info = read_json(path)
-    return info if isinstance(info, dict) else {}
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path}: not found (is {run_dir} a run folder written by `python -m toolkit train`?)")
+        return RunInfo()
+    return validate_as(RunInfo, read_json_object(path), str(path))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The complete rows of ``metrics.jsonl`` (empty when missing; a line still being written, or cut off by a
-    killed run, is left out)."""
+    killed run, is left out; a complete line that is no JSON object is a UserError naming the file and line)."""
     path = run_dir / METRICS
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
-    return [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
+    return [json_object(line, path, number) for number, line in enumerate(lines, start=1)
+            if line.endswith("\n") and line.strip()]
 
 
 def eval_dir(run_dir: Path, tag: str) -> Path:
@@ -167,17 +181,13 @@ def read_evals(run_dir: Path) -> Evals:
 
 @dataclass
 class Run:
-    """A run folder read once: recipe (as written), run_info, metrics and eval results."""
+    """A run folder read once: recipe (``None`` when it wrote none), run info, metrics and eval results."""
 
     folder: Path
-    recipe: dict[str, Any]
-    info: dict[str, Any]
+    recipe: Recipe | None
+    info: RunInfo
     metrics: list[dict[str, Any]]
     evals: Evals
-
-    @cached_property
-    def typed_recipe(self) -> Recipe | None:
-        return typed_recipe(self.recipe)
 
     @property
     def tags(self) -> list[str]:
@@ -192,10 +202,10 @@ class Run:
     def reference(self) -> str | None:
         """The model before any context extension, which the final model is compared with: the last stage
         trained within the native length (a model trained from scratch), else the starting model (``base``)."""
-        tags, native = self.tags, self.info.get("native_length")
+        tags, native = self.tags, self.info.native_length
         found = BASE_TAG if BASE_TAG in tags else None
-        for index, stage in enumerate(self.info.get("stages") or []):
-            if native and stage.get("seq_len", native + 1) <= native:
+        for index, stage in enumerate(self.info.stages):
+            if native and stage.seq_len is not None and stage.seq_len <= native:
                 found = next((tag for tag in tags if stage_index(tag) == index), found)
         return found
 
@@ -228,7 +238,7 @@ def require_run(folder: Path) -> None:
 
 
 def load_run(folder: Path) -> Run:
-    """Read the run folder ``folder`` (a UserError when it does not exist)."""
+    """Read the run folder ``folder`` (a UserError when it does not exist or a file of it is corrupt)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such run folder")
-    return Run(folder, read_recipe_dict(folder), read_run_info(folder), read_metrics(folder), read_evals(folder))
+    return Run(folder, read_recipe(folder), read_run_info(folder), read_metrics(folder), read_evals(folder))

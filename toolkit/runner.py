@@ -34,15 +34,18 @@ from toolkit.parallel.sequence import (
     ulysses_degree,
     without_ulysses_attention,
 )
+from toolkit.recipe.loading import check_recipe
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import EVAL, FINAL, eval_dir, eval_tag
+from toolkit.run_folder import EVAL, FINAL, REPORT_MD, eval_dir, eval_tag
 from toolkit.training.faults import stop_on_signals
 from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
 from toolkit.training.session import Session, setup
 
 
 def run_recipe(recipe: Recipe) -> Path:
-    """Train and evaluate every stage of ``recipe``; returns the run folder."""
+    """Train and evaluate every stage of ``recipe`` (checked again as a whole first: it may have been changed in
+    Python); returns the run folder."""
+    recipe = check_recipe(recipe)
     session = setup(recipe)
     try:
         evaluate_before(session)
@@ -185,7 +188,7 @@ def _report(recipe: Recipe, accelerator: Accelerator) -> None:
     from toolkit.report.report import build_report
 
     build_report(recipe.run_dir)
-    accelerator.print(f"run folder: {recipe.run_dir} (report: {recipe.run_dir / 'report.md'})")
+    accelerator.print(f"run folder: {recipe.run_dir} (report: {recipe.run_dir / REPORT_MD})")
     if recipe.eval.verdict is not None:
         from toolkit.report.verdict import verdict_text
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from toolkit.data.local_files import FORMATS
 from toolkit.errors import UserError
+from toolkit.output_paths import atomic_file
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -141,9 +142,10 @@ def read_arena(path: str | Path, bad_rows: Literal["error", "skip"] = "error",
 
 
 def write_arena(rows: Sequence[ArenaRow], path: str | Path) -> Path:
-    """``rows`` as a competition CSV (winner columns when every row has a winner); ``read_arena`` reads it back."""
+    """``rows`` as a competition CSV (winner columns when every row has a winner), written whole or not at all;
+    ``read_arena`` reads it back."""
     labelled = all(row.winner is not None for row in rows)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with atomic_file(Path(path)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*COLUMNS, *(WINNER_COLUMNS if labelled else ())])
         for row in rows:

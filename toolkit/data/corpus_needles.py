@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from toolkit.data.needle import ChatFrame, SentenceTokens, build_haystack, make_needles
+from toolkit.data.needle import ChatFrame, SentenceTokens, build_haystack, draw_depth, make_needles
 
 NEEDLES_FILE = "needles-chat.jsonl"
 RECORDS = 256
@@ -22,14 +22,7 @@ MULTIKEY = 4
 SHORTEST, LONGEST = 1024, 32000
 """Prompt lengths in tokens (template included), uniform; the longest leaves room for the answer in 32K."""
 EDGE_SHARE = 0.1
-"""Needles put at depth 0 or 1 (half each); uniform depths seldom reach the edges that evaluation grids test."""
-
-
-def _depth(rng: random.Random) -> float:
-    draw = rng.random()
-    if draw < EDGE_SHARE:
-        return 0.0 if draw < EDGE_SHARE / 2 else 1.0
-    return rng.random()
+"""Needles put at depth 0 or 1 (half each): :func:`toolkit.data.needle.draw_depth`'s ``edge_fraction``."""
 
 
 def chat_needle(tokenizer, tokens: SentenceTokens, frame: ChatFrame, rng: random.Random,
@@ -37,7 +30,8 @@ def chat_needle(tokenizer, tokens: SentenceTokens, frame: ChatFrame, rng: random
     """One conversation of about ``length`` tokens with ``count`` needles."""
     needles = make_needles(rng, count)
     asked = rng.choice(needles)
-    haystack = build_haystack(tokens, length, needles, [_depth(rng) for _ in needles], asked, rng, chat=frame)
+    depths = [draw_depth(rng, EDGE_SHARE) for _ in needles]
+    haystack = build_haystack(tokens, length, needles, depths, asked, rng, chat=frame)
     lead = len(frame.turn) + len(tokens(asked.lead))
     user = tokenizer.decode(haystack.input_ids[len(frame.head):-lead])
     return {"messages": [{"role": "user", "content": user},

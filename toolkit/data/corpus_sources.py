@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import RunFailure
-from toolkit.file_digest import sha256_of
+from toolkit.file_reading import sha256_of
 
 HELDOUT_ONE_IN = 6
 """A work is held out when the sha256 of its name is 0 modulo this."""

@@ -126,6 +126,16 @@ def make_needles(rng: random.Random, count: int, digits: int = 5) -> list[Needle
     return [Needle(k, str(rng.randrange(10 ** (digits - 1), 10 ** digits))) for k in keys]
 
 
+def draw_depth(rng: random.Random, edge_fraction: float) -> float:
+    """A training needle's depth: 0 or 1 with probability ``edge_fraction`` (half each), else uniform in [0, 1);
+    uniform depths seldom reach the edges that evaluation grids test."""
+    if edge_fraction:
+        draw = rng.random()
+        if draw < edge_fraction:
+            return 0.0 if draw < edge_fraction / 2 else 1.0
+    return rng.random()
+
+
 class SentenceTokens:
     """Tokenises sentences one by one and caches them (filler sentences repeat across cells)."""
 

@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Iterator
 
-from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, filler_sentence, make_needles
+from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, draw_depth, filler_sentence, make_needles
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.stream_state import SourceCursor
 from toolkit.errors import UserError
@@ -25,15 +25,6 @@ def _labels(input_ids: list[int], answer_start: int, loss_on: str) -> list[int]:
     if loss_on == "all":
         return [IGNORE_INDEX] + input_ids[1:]
     return [IGNORE_INDEX] * answer_start + input_ids[answer_start:]
-
-
-def _depth(rng: random.Random, edge_fraction: float) -> float:
-    """A needle's depth: 0 or 1 with probability ``edge_fraction`` (half each), else uniform in [0, 1)."""
-    if edge_fraction:
-        draw = rng.random()
-        if draw < edge_fraction:
-            return 0.0 if draw < edge_fraction / 2 else 1.0
-    return rng.random()
 
 
 def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int,
@@ -65,7 +56,7 @@ def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int,
         length = rng.randint(max(shortest_prompt, min(math.ceil(spec.min_length_fraction * seq_len), longest)),
                              longest)
         filler = rng.choices(pool, k=length // shortest_filler + 1)
-        depths = [_depth(rng, spec.edge_depth_fraction) for _ in needles]
+        depths = [draw_depth(rng, spec.edge_depth_fraction) for _ in needles]
         haystack = build_haystack(tokens, length, needles, depths, asked, rng, filler)
         input_ids = haystack.input_ids + answer + [tokenizer.eos_token_id]
         yield Document(input_ids, _labels(input_ids, len(haystack.input_ids), spec.loss_on))

@@ -82,6 +82,6 @@ class EvalContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def plot_path(self, task_key: str, what: str = "") -> Path:
-        suffix = f"-{what}" if what else ""
-        return self.folder / f"{self.suite}-{task_key}{suffix}.png"
+    def plot_path(self, task_key: str) -> Path:
+        """Where a task's plot goes, ``<folder>/<suite>-<task>.png``."""
+        return self.folder / f"{self.suite}-{task_key}.png"

@@ -10,7 +10,7 @@ from typing import Any
 
 from toolkit.evals.preference_stats import BINS
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
-from toolkit.formatting.numbers import fmt
+from toolkit.formatting.numbers import fmt, with_interval
 from toolkit.run_folder import Run
 
 HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Cohen kappa [95% CI]",
@@ -18,9 +18,7 @@ HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Co
 
 
 def _with_ci(value: Any, ci: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+    return "-" if value is None else with_interval(value, ci)
 
 
 def table_row(name: str, scores: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from toolkit.data.needle import filler_sentence, make_needles
+from toolkit.output_paths import write_text
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "evals" / "lm_eval_tasks" / "longctx"
 # file -> (filler sentences per document, documents per size, needles per document, seed)
@@ -41,9 +42,7 @@ def write_datasets(folder: Path = DEFAULT_FOLDER) -> list[Path]:
     for name, (sizes, per_size, num_needles, seed) in DATASETS.items():
         rng = random.Random(seed)
         rows = [passkey_document(rng, size, num_needles) for size in sizes for _ in range(per_size)]
-        path = folder / name
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        written.append(path)
+        written.append(write_text(folder / name, "".join(json.dumps(row) + "\n" for row in rows)))
     return written
 
 

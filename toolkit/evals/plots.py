@@ -10,10 +10,13 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from toolkit.output_paths import atomic_file
+
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    """Write ``fig`` to ``path`` in the format its suffix names, through a temporary file renamed into place."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or None, dpi=110, bbox_inches="tight")
     return path
 
 

@@ -26,7 +26,7 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
-from toolkit.formatting.numbers import fmt
+from toolkit.formatting.numbers import fmt, with_interval
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
@@ -90,8 +90,7 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
 
 
 def _interval(entry: Entry, key: str) -> str:
-    low, high = entry[f"{key}_ci"]
-    return f"{fmt(entry[key], 3)} [{fmt(low, 3)}, {fmt(high, 3)}]"
+    return with_interval(entry[key], entry[f"{key}_ci"])
 
 
 def preference_headline(entry: Entry) -> str | None:

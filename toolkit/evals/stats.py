@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from toolkit.formatting.numbers import with_interval
+
 BINARY_METRICS = ("acc", "acc_norm", "exact_match", "em", "accuracy")
 """lm-eval metrics that are a fraction of right answers (one 0/1 outcome per document)."""
 
@@ -45,11 +47,10 @@ class Rate:
 
     def format(self, digits: int = 2, with_n: bool = True) -> str:
         """``0.97 [0.92, 0.99] n=100``; ``0.97 (n unknown)`` without counts."""
-        if self.interval is None:
-            return f"{self.value:.{digits}f}" + (" (n unknown)" if with_n else "")
-        low, high = self.interval
-        text = f"{self.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-        return text + (f" n={self.n}" if with_n else "")
+        text = with_interval(self.value, self.interval, digits)
+        if not with_n:
+            return text
+        return text + (" (n unknown)" if self.interval is None else f" n={self.n}")
 
     def __str__(self) -> str:
         return self.format()

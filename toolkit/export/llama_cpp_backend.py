@@ -22,7 +22,7 @@ from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.scoring import decode_all
 from toolkit.export import llama_cpp_scoring
 from toolkit.export.child_process import in_child
-from toolkit.file_digest import sha256_of
+from toolkit.file_reading import sha256_of
 
 T = TypeVar("T")
 

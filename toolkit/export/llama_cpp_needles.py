@@ -35,7 +35,7 @@ def needle_tasks(run_dir: Path) -> tuple[str, dict[str, list[NiahTask]]]:
     """The run's final evaluation tag and the niah tasks of its suites by suite name; a UserError when there is
     nothing to compare with or no llama.cpp to score in (checked before the export: ``export --check``)."""
     run = load_run(run_dir)
-    recipe, final = run.typed_recipe, run.final
+    recipe, final = run.recipe, run.final
     if recipe is None or final is None:
         raise UserError(f"export --check: {run_dir} has no evaluations to compare with (a run folder is needed)")
     if importlib.util.find_spec("llama_cpp") is None:

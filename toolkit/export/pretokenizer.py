@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.file_reading import read_json_object
 
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
@@ -74,7 +75,7 @@ def llama_cpp_pre_tokenizer(tokenizer_json: Path) -> str:
     """llama.cpp's name for the pre-tokenizer of ``tokenizer_json``; a UserError when llama.cpp has no faithful one."""
     if not tokenizer_json.is_file():
         raise UserError(f"{tokenizer_json}: not found; GGUF export needs a byte-level BPE tokenizer.json (as Llama 3)")
-    config = json.loads(tokenizer_json.read_text())
+    config = read_json_object(tokenizer_json)
     model = config.get("model") or {}
     where = str(tokenizer_json)
     if model.get("type") != "BPE":

@@ -23,6 +23,7 @@ from toolkit.errors import UserError
 from toolkit.export import OUTTYPES
 from toolkit.export.child_process import child_failure, run_showing_stderr
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
+from toolkit.file_reading import read_json_object
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
 from toolkit.output_paths import atomic_file
 from toolkit.run_folder import FINAL, is_adapter_folder
@@ -80,7 +81,7 @@ def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
 
 def _checked_config(config_json: Path) -> dict[str, Any]:
     """``config.json`` with YaRN's defaults written out; a UserError for what llama.cpp's Llama computes otherwise."""
-    config = json.loads(config_json.read_text())
+    config = read_json_object(config_json)
     if not set(config.get("architectures") or ()) & set(ARCHITECTURES):
         raise UserError(f"{config_json} architectures: {config.get('architectures')}; GGUF export supports "
                         f"{', '.join(ARCHITECTURES)}")

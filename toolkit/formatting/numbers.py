@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 
@@ -25,3 +26,9 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def with_interval(value: float, interval: Sequence[float] | None, digits: int = 3) -> str:
+    """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals; the value alone without one."""
+    text = f"{value:.{digits}f}"
+    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text

@@ -16,18 +16,20 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from toolkit.evals.registry import card_detail, card_metrics
 from toolkit.formatting.numbers import fmt, number
 from toolkit.hub.ids import looks_local
+from toolkit.recipe.data_spec import DataSpec
 from toolkit.run_folder import (
     BASE_TAG,
     RECIPE,
     REPORT_MD,
     RUN_INFO,
+    RunInfo,
+    StageInfo,
     eval_dir,
     eval_tags,
     final_stage_tag,
-    read_recipe_dict,
+    read_recipe,
     read_run_info,
     read_suites,
-    stage_data,
 )
 
 TASK_TYPE = "text-generation"
@@ -37,17 +39,19 @@ def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCar
     """The model card of ``run_dir`` as published to ``repo_id``; ``what`` as in ``push_run``
     (adapter/merged/report)."""
     info = read_run_info(run_dir, required=True)
-    lora = info.get("method") == "lora"
+    recipe = read_recipe(run_dir)
+    stage_data = [recipe.train.stage_data(i) for i in range(len(recipe.train.stages))] if recipe else []
+    lora = info.method == "lora"
     model_name = repo_id.split("/")[-1]
     final_tag, final = final_eval(run_dir)
-    base_model = info.get("base_model")
+    base_model = info.base_model
     data = ModelCardData(
         model_name=model_name,
         base_model=base_model if is_hub_id(base_model) else None,
         library_name="peft" if lora and what in (None, "adapter") else "transformers",
         pipeline_tag="text-generation",
         tags=_tags(info),
-        datasets=_hub_datasets(run_dir) or None,
+        datasets=_hub_datasets(stage_data) or None,
         eval_results=[result for suite in final.values() for result in eval_results(suite)] or None,
     )
     body = "\n\n".join([
@@ -56,7 +60,7 @@ def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCar
         _results_section(run_dir, final_tag, final),
         _rope_section(info),
         _stages_section(info),
-        _data_section(run_dir),
+        _data_section(stage_data),
         _files_section(run_dir),
     ])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
@@ -87,36 +91,35 @@ def is_hub_id(name: str | None) -> bool:
     return bool(name and not looks_local(name))
 
 
-def _final_stage(info: dict[str, Any]) -> dict[str, Any]:
-    return (info.get("stages") or [{}])[-1]
+def _final_stage(info: RunInfo) -> StageInfo:
+    return (info.stages or [StageInfo()])[-1]
 
 
-def _tags(info: dict[str, Any]) -> list[str]:
-    rope_type = _final_stage(info).get("rope_parameters", {}).get("rope_type")
-    method = "lora" if info.get("method") == "lora" else "full-finetune"
+def _tags(info: RunInfo) -> list[str]:
+    rope_type = (_final_stage(info).rope_parameters or {}).get("rope_type")
+    method = "lora" if info.method == "lora" else "full-finetune"
     return ["long-context", "rope", "llama-3", method] + ([f"rope-{rope_type}"] if rope_type else [])
 
 
-def _hub_datasets(run_dir: Path) -> list[str]:
-    return sorted({s.path for d in stage_data(read_recipe_dict(run_dir)) for _, _, s in d.sources()
-                   if s.source == "hub" and s.path})
+def _hub_datasets(stage_data: list[DataSpec]) -> list[str]:
+    return sorted({s.path for data in stage_data for _, _, s in data.sources() if s.source == "hub" and s.path})
 
 
-def _summary(info: dict[str, Any], repo_id: str, what: str | None) -> str:
-    base = info.get("base_model") or "a randomly initialised Llama"
-    stages = info.get("stages") or []
-    longest = max((s.get("seq_len", 0) for s in stages), default=0)
-    method = "LoRA" if info.get("method") == "lora" else "full-parameter"
+def _summary(info: RunInfo, repo_id: str, what: str | None) -> str:
+    base = info.base_model or "a randomly initialised Llama"
+    stages = info.stages
+    longest = max((s.seq_len or 0 for s in stages), default=0)
+    method = "LoRA" if info.method == "lora" else "full-parameter"
     if what == "report":
         content = "This repository holds the evaluation report only (no weights)."
-    elif info.get("method") == "lora" and what != "merged":
+    elif info.method == "lora" and what != "merged":
         content = (f"This repository holds the LoRA adapter: `PeftModel.from_pretrained(base, \"{repo_id}\")` "
                    "on the base model loaded with this repository's `config.json` (it carries the new RoPE).")
     else:
         content = f"Load with `AutoModelForCausalLM.from_pretrained(\"{repo_id}\")`."
     return (f"`{base}` extended to {longest} tokens of context with {method} fine-tuning over {len(stages)} "
-            f"stage(s) (recipe `{info.get('recipe', '?')}`), trained on {info.get('device', '?')} in "
-            f"{info.get('precision', '?')} with {info.get('attention', '?')} attention. {content}")
+            f"stage(s) (recipe `{info.recipe or '?'}`), trained on {info.device or '?'} in "
+            f"{info.precision or '?'} with {info.attention or '?'} attention. {content}")
 
 
 def _results_section(run_dir: Path, final_tag: str | None, final: dict[str, dict[str, Any]]) -> str:
@@ -137,25 +140,25 @@ def _cell(value: Any) -> str:
     return fmt(number(value))
 
 
-def _rope_section(info: dict[str, Any]) -> str:
+def _rope_section(info: RunInfo) -> str:
     stage = _final_stage(info)
-    rope = json.dumps(stage.get("rope_parameters", {}), sort_keys=True)
+    rope = json.dumps(stage.rope_parameters or {}, sort_keys=True)
     return (f"## RoPE\n\n`config.json` carries `rope_parameters = {rope}` and "
-            f"`max_position_embeddings = {stage.get('max_position_embeddings', '?')}`.")
+            f"`max_position_embeddings = {stage.max_position_embeddings or '?'}`.")
 
 
-def _stages_section(info: dict[str, Any]) -> str:
+def _stages_section(info: RunInfo) -> str:
     rows = ["| # | stage | seq_len | rope type | theta | factor | steps |", "|---|---|---|---|---|---|---|"]
-    for i, stage in enumerate(info.get("stages") or []):
-        rope = stage.get("rope_parameters", {})
-        rows.append(f"| {i} | {stage.get('name')} | {stage.get('seq_len')} | {rope.get('rope_type')} | "
-                    f"{rope.get('rope_theta', '-')} | {rope.get('factor', '-')} | {stage.get('steps')} |")
+    for i, stage in enumerate(info.stages):
+        rope = stage.rope_parameters or {}
+        rows.append(f"| {i} | {stage.name} | {stage.seq_len} | {rope.get('rope_type')} | "
+                    f"{rope.get('rope_theta', '-')} | {rope.get('factor', '-')} | {stage.steps} |")
     return "## Stages\n\n" + "\n".join(rows)
 
 
-def _data_section(run_dir: Path) -> str:
+def _data_section(stage_data: list[DataSpec]) -> str:
     lines = []
-    for i, data in enumerate(stage_data(read_recipe_dict(run_dir))):
+    for i, data in enumerate(stage_data):
         parts = [f"{s.source} " + (f"task `{s.task}`" if s.source == "synthetic" else f"`{s.path}`")
                  + ("" if data.mixture is None else f" ({weight:.0%})") for _, weight, s in data.sources()]
         lines.append(f"- stage {i}: {', '.join(parts)}, packing `{data.packing}`")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 from toolkit.errors import UserError
+from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
@@ -144,12 +144,11 @@ def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dt
     return materialise(build_on_meta(config, attention, dtype), torch.device(device), seed)
 
 
-def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int,
-               training: bool = True) -> LoadedModel:
+def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int) -> LoadedModel:
     """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked."""
     device = torch.device(device)
     dtype = resolve_dtype(spec.precision, device)
-    attention, reason = select_attention(spec.attention, device, dtype, training=training)
+    attention, reason = select_attention(spec.attention, device, dtype)
     if attention == TORCH_VARLEN:
         from toolkit.model.attention_varlen import register_torch_varlen
 
@@ -179,7 +178,7 @@ def _adapter_base(adapter_dir: Path) -> str:
     """Where a LoRA folder's base weights are: its own ``base/`` or the base named in adapter_config.json."""
     if (adapter_dir / BASE_FOLDER / "config.json").is_file():
         return str(adapter_dir / BASE_FOLDER)
-    base = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    base = read_json_object(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path")
     if not base:
         raise UserError(f"{adapter_dir}/adapter_config.json: names no base_model_name_or_path and there is no "
                         f"{BASE_FOLDER}/ folder")
@@ -205,8 +204,8 @@ def load_merged(model: str, adapter: str | None, field: str = "--model", **kwarg
     return PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
 
 
-def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None, precision: str = "auto",
-                  attention: str = "auto") -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None,
+                  precision: str = "auto") -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     """A model to evaluate, its tokenizer, and a description of what was loaded.
 
     ``model`` is a hub id or folder: full weights, or a LoRA run's ``final/`` (adapter_config.json present),
@@ -215,7 +214,7 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
     device = chosen_device(device)
     base, adapter = lora_sources(model, adapter)
     dtype = resolve_dtype(precision, device)
-    implementation, reason = select_attention(attention, device, dtype, training=False)
+    implementation, reason = select_attention("auto", device, dtype, training=False)
     loaded = load_merged(base, adapter, attn_implementation=implementation, dtype=dtype)
     tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import RunFailure
-from toolkit.file_digest import sha256_of
+from toolkit.file_reading import sha256_of
 from toolkit.model.gguf_import import import_gguf
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from toolkit.errors import UserError
 from toolkit.model.attention import DENSE_MASK
 from toolkit.plan.memory import GIB, ModelShape, Setup, estimate, shape_for
 from toolkit.plan.placement import Fit, fit, machine_memory, placement, placement_setting
+from toolkit.recipe.loading import check_recipe
 from toolkit.recipe.schema import LoraSpec, Recipe, TrainSpec
 
 TILE_TOKENS = 8192
@@ -140,13 +141,15 @@ class Plan:
 
 
 def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None) -> Plan:
-    """The memory of every stage of ``recipe`` against the GPUs and the host (by default this machine's RAM)."""
+    """The memory of every stage of ``recipe`` (checked again as a whole: it may have been changed in Python) against
+    the GPUs and the host (by default this machine's RAM)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1, got {gpus}")
     if not 0 < gpu_memory_gib < math.inf:
         raise UserError(f"--gpu-memory: must be positive GiB, got {gpu_memory_gib:g}")
     if host_memory_gib is not None and not 0 < host_memory_gib < math.inf:
         raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
+    recipe = check_recipe(recipe)
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
     setups = [stage_setup(recipe, i, gpus) for i in range(len(recipe.train.stages))]

@@ -18,12 +18,12 @@ docs/benchmarks.md and docs/scaling.md.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.file_reading import read_json_object
 from toolkit.memory.offload import offloaded_layers
 
 GIB = 1024**3
@@ -124,7 +124,7 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     assert name_or_path is not None
     local = Path(name_or_path) / "config.json"
     if local.is_file():
-        return shape_from_config(json.loads(local.read_text(encoding="utf-8")))
+        return shape_from_config(read_json_object(local))
     if name_or_path in KNOWN_SHAPES:
         return KNOWN_SHAPES[name_or_path]
     raise UserError(f"model.name_or_path: no shape known for {name_or_path!r} without a download; give a local folder "

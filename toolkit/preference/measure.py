@@ -26,6 +26,8 @@ from toolkit.errors import UserError
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
+from toolkit.formatting.numbers import with_interval
+from toolkit.output_paths import write_text
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
 from toolkit.run_folder import load_run
@@ -77,8 +79,7 @@ def _commit() -> str:
 
 
 def _interval(entry: dict[str, Any], key: str) -> str:
-    low, high = entry[f"{key}_ci"]
-    return f"{entry[key]:.3f} [{low:.3f}, {high:.3f}]"
+    return with_interval(entry[key], entry[f"{key}_ci"])
 
 
 def section(m: dict[str, Any]) -> str:
@@ -115,7 +116,7 @@ def _marked(doc: Path) -> str:
 def write_section(doc: Path, text: str) -> None:
     """Replace the part of ``doc`` between the markers with ``text``."""
     head, rest = _marked(doc).split(BEGIN, 1)
-    doc.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
+    write_text(doc, head + text + rest.split(END, 1)[1])
 
 
 def main() -> None:

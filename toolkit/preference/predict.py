@@ -20,7 +20,7 @@ from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
 from toolkit.output_paths import atomic_file, check_writable
 from toolkit.recipe.data_spec import SourceSpec
-from toolkit.run_folder import FINAL, RECIPE, read_recipe_dict, typed_train
+from toolkit.run_folder import FINAL, RECIPE, read_recipe
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ def arena_source(run: Path) -> SourceSpec:
     """The arena source of the run's last stage (its label tokens and truncation are the model's input format)."""
     if not (run / FINAL).is_dir():
         raise UserError(f"{run}: no {FINAL}/ model (is it a finished run folder of `python -m toolkit train`?)")
-    train = typed_train(read_recipe_dict(run))
-    if train is None:
-        raise UserError(f"{run / RECIPE}: missing or not a valid recipe")
+    recipe = read_recipe(run)
+    if recipe is None:
+        raise UserError(f"{run / RECIPE}: not found")
+    train = recipe.train
     sources = [spec for _, _, spec in train.stage_data(len(train.stages) - 1).sources() if spec.format == "arena"]
     if not sources:
         raise UserError(f"{run / RECIPE}: the run did not train on format: arena data; predict needs one that did")

@@ -14,6 +14,7 @@ import yaml
 from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
 from toolkit.evals.suite import load_suite
+from toolkit.output_paths import write_text
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
 
@@ -74,7 +75,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
-def _check_suites(recipe: Recipe, path: Path) -> None:
+def check_recipe(recipe: Recipe) -> Recipe:
+    """``recipe`` validated again as a whole, suites included: an assignment in Python checks only its field, not the
+    checks across fields (stage lengths, RoPE coverage). Errors name the field as loading a file does."""
+    checked = validate_as(Recipe, recipe.model_dump(), "recipe")
+    _check_suites(checked, "recipe")
+    return checked
+
+
+def _check_suites(recipe: Recipe, path: Path | str) -> None:
     """Every suite the recipe names exists and validates, and holds what ``eval.verdict`` checks, so a typo fails
     before hours of training."""
     types: dict[str, dict[str, str]] = {}  # suite name -> task key -> task type
@@ -100,4 +109,4 @@ def _check_suites(recipe: Recipe, path: Path) -> None:
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the resolved recipe (defaults filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    write_text(Path(path), yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

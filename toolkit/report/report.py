@@ -18,6 +18,7 @@ from typing import Any
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from toolkit.formatting.numbers import fmt, is_number
+from toolkit.output_paths import write_text
 from toolkit.report.cells import score_cell
 from toolkit.report.data import data_section
 from toolkit.report.plots import training_curves
@@ -30,39 +31,35 @@ RETENTION_RANK = 25
 
 def recipe_section(run: Run) -> list[Block]:
     recipe, info = run.recipe, run.info
-    model = recipe.get("model") or {}
-    init = model.get("init_config")
-    source = model.get("name_or_path") or (
-        "random init " + json.dumps(init, separators=(",", ":")) if init else info.get("base_model", "-"))
-    method = (recipe.get("method") or {}).get("kind") or info.get("method", "-")
-    blocks: list[Block] = [Paragraph(recipe["description"])] if recipe.get("description") else []
-    blocks += [Heading("Recipe"), Paragraph(f"Base model: {source}. Method: {method}.")]
-    stages = (recipe.get("train") or {}).get("stages") or []
-    if stages:
-        rows = []
-        for stage in stages:
-            rope = stage.get("rope") or {}
-            rope_text = ", ".join(f"{k}={v}" for k, v in rope.items() if v is not None)
-            budget = stage.get("max_steps") or f"{stage.get('max_tokens')} tokens"
-            rows.append([str(stage.get("name") or "-"), str(stage.get("seq_len")), rope_text, str(budget),
-                         fmt(stage.get("lr"), 6), f"{stage.get('batch_size', 1)} x {stage.get('grad_accum', 1)}"])
-        blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
+    if recipe is None:
+        return [Heading("Recipe"), Paragraph(f"Base model: {info.base_model or '-'}. Method: {info.method or '-'}.")]
+    model = recipe.model
+    source = model.name_or_path or ("random init " + json.dumps(model.init_config, separators=(",", ":"))
+                                    if model.init_config else info.base_model or "-")
+    blocks: list[Block] = [Paragraph(recipe.description)] if recipe.description else []
+    blocks += [Heading("Recipe"), Paragraph(f"Base model: {source}. Method: {recipe.method.kind}.")]
+    rows = []
+    for stage in recipe.train.stages:
+        rope_text = ", ".join(f"{k}={v}" for k, v in stage.rope.model_dump(mode="json").items() if v is not None)
+        budget = stage.max_steps or f"{stage.max_tokens} tokens"
+        rows.append([stage.name or "-", str(stage.seq_len), rope_text, str(budget), fmt(stage.lr, 6),
+                     f"{stage.batch_size} x {stage.grad_accum}"])
+    blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
     return blocks
 
 
 def environment_section(run: Run) -> list[Block]:
     info = run.info
-    if not info:
+    if not info.model_fields_set:  # no run_info.json, or an empty one
         return []
-    versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in info.versions.items())
     blocks: list[Block] = [Heading("Environment"), Paragraph(
-        f"Device: {info.get('device', '-')}; precision: {info.get('precision', '-')}; attention: "
-        f"{info.get('attention', '-')} ({info.get('attention_reason', 'no reason recorded')}). Versions: {versions}.")]
-    stages = info.get("stages") or []
-    if stages:
+        f"Device: {info.device or '-'}; precision: {info.precision or '-'}; attention: {info.attention or '-'} "
+        f"({info.attention_reason or 'no reason recorded'}). Versions: {versions}.")]
+    if info.stages:
         blocks.append(Table(["stage", "seq_len", "RoPE parameters", "max_position_embeddings", "steps"], [
-            [str(s.get("name")), str(s.get("seq_len")), json.dumps(s.get("rope_parameters"), separators=(",", ":")),
-             str(s.get("max_position_embeddings")), str(s.get("steps"))] for s in stages]))
+            [str(s.name), str(s.seq_len), json.dumps(s.rope_parameters, separators=(",", ":")),
+             str(s.max_position_embeddings), str(s.steps)] for s in info.stages]))
     return blocks
 
 
@@ -154,9 +151,9 @@ def _sections() -> list[Callable[[Run], list[Block]]]:
 def build_report(run_dir: Path) -> None:
     """Write ``report.md``, ``report.html`` and the plots into ``run_dir``."""
     run = load_run(Path(run_dir))
-    title = f"Run report: {run.recipe.get('name') or run.info.get('recipe') or run.folder.name}"
+    title = f"Run report: {run.recipe.name if run.recipe else run.info.recipe or run.folder.name}"
     blocks: list[Block] = [Heading(title, 1), *verdict_blocks(run)]
     for section in _sections():
         blocks += section(run)
-    (run.folder / REPORT_MD).write_text(to_markdown(blocks, run.folder), encoding="utf-8")
-    (run.folder / REPORT_HTML).write_text(to_html(blocks, title), encoding="utf-8")
+    for name, text in ((REPORT_MD, to_markdown(blocks, run.folder)), (REPORT_HTML, to_html(blocks, title))):
+        write_text(run.folder / name, text)

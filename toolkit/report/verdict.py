@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from toolkit.errors import UserError
 from toolkit.evals.stats import Rate, common_n, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
-from toolkit.recipe.yaml_files import validation_message
-from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
+from toolkit.run_folder import RUN_INFO, Run, load_run
 
 
 @dataclass(frozen=True)
@@ -127,23 +124,14 @@ def _length(value: int | None) -> str:
 
 
 def verdict_spec(run: Run) -> VerdictSpec | None:
-    """The run's ``eval.verdict`` from its recipe.resolved.yaml, typed; ``None`` when it has none."""
-    block = (run.recipe.get("eval") or {}).get("verdict")
-    if block is None:
-        return None
-    try:
-        return VerdictSpec.model_validate(block)
-    except ValidationError as exc:
-        raise UserError(validation_message(exc, str(run.folder / RECIPE), prefix=("eval", "verdict"))) from None
+    """The run's ``eval.verdict``; ``None`` when its recipe has none (or it wrote no recipe)."""
+    return run.recipe.eval.verdict if run.recipe else None
 
 
 def retention_suites(run: Run) -> list[str]:
     """The suites whose scores must hold after extension: the recipe's ``eval.verdict.retention_suites``, or the
-    schema's default when the recipe claims nothing (or its claim does not validate)."""
-    try:
-        spec = verdict_spec(run)
-    except UserError:
-        spec = None
+    schema's default when the recipe claims nothing."""
+    spec = verdict_spec(run)
     return list(spec.retention_suites if spec else VerdictSpec.model_fields["retention_suites"].default)
 
 
@@ -180,11 +168,11 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
     spec = spec or verdict_spec(run)
     if spec is None:
         raise UserError(f"{run.folder}: the recipe has no eval.verdict (e.g. verdict: {{task: niah-tiny/passkey}})")
-    native = run.info.get("native_length")
-    stages = run.info.get("stages") or (run.recipe.get("train") or {}).get("stages") or []
-    if not native or not stages:
+    native = run.info.native_length
+    stages = run.info.stages or (run.recipe.train.stages if run.recipe else [])
+    extended = stages[-1].seq_len if stages else None
+    if not native or not extended:
         raise UserError(f"{run.folder}: {RUN_INFO} lacks native_length or stages (needed by eval.verdict)")
-    extended = int(stages[-1]["seq_len"])
     reference, final = run.reference, run.final
     if reference is None or final is None or reference == final:
         raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
@@ -210,7 +198,7 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
         low = [f"{key} {_ratio(value)}" for key, value in retention.items()
                if value is None or value < spec.retention_min]
         checks.append(Check("retention", not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
-    return Verdict(spec, reference, final, int(native), extended, before, after, retention, tuple(checks))
+    return Verdict(spec, reference, final, native, extended, before, after, retention, tuple(checks))
 
 
 def check_run(folder: Path) -> Verdict:
@@ -239,14 +227,14 @@ def verdict_blocks(run: Run) -> list[Block]:
 
 def _run_date(run: Run) -> str:
     """The day the run started (``run_info.json``), else the day that file or the folder was last written."""
-    if isinstance(run.info.get("started"), str):
-        return run.info["started"][:10]
+    if run.info.started is not None:
+        return run.info.started[:10]
     path = run.folder / RUN_INFO
     stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
     return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
 
 
-def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str:
+def summary_markdown(folders: Sequence[Path]) -> str:
     """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
     runs = [load_run(Path(folder)) for folder in folders]
     verdicts = [compute_verdict(run) for run in runs]
@@ -272,7 +260,7 @@ def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str
         cells = [rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths]
         effective = verdict.effective_after if after else verdict.effective_before
         lines.append("| " + " | ".join([
-            run.folder.name, str(run.recipe.get("seed", "-")), model, *cells, _length(effective),
+            run.folder.name, str(run.recipe.seed if run.recipe else "-"), model, *cells, _length(effective),
             verdict.retention_text() if after else "", ("PASS" if verdict.passed else "FAIL") if after else ""]) + " |")
     spec = verdicts[0].spec
     tasks = sorted({v.spec.task for v in verdicts})
@@ -282,9 +270,9 @@ def summary_markdown(folders: Sequence[Path], command: str | None = None) -> str
                f"Retention: score of the final model / the model before extension on "
                f"{', '.join(spec.retention_suites)} (bar {spec.retention_min:g}). Verdict: native accuracy >= "
                f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}, retention >= {spec.retention_min:g}.")
-    devices = list(dict.fromkeys(str(run.info.get("device", "unknown device")) for run in runs))
+    devices = list(dict.fromkeys(run.info.device or "unknown device" for run in runs))
     dates = sorted({_run_date(run) for run in runs})
-    command = command or "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
+    command = "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
     footer = (f"Machine: {'; '.join(devices)}. Runs dated {dates[0]}"
               f"{f' to {dates[-1]}' if len(dates) > 1 else ''}. Table: `{command}`.")
     return "\n".join([caption, "", *lines, "", footer]) + "\n"

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from toolkit.errors import UserError
+from toolkit.output_paths import write_text
 from toolkit.recipe.schema import LoggingSpec
-from toolkit.run_folder import METRICS
+from toolkit.run_folder import METRICS, read_metrics
 
 
 class MetricsLogger:
@@ -21,6 +22,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, spec: LoggingSpec, run_name: str, enabled: bool = True):
         self.enabled = enabled
+        self.run_dir = run_dir
         self.path = run_dir / METRICS
         self._tb = self._wandb = None
         if not enabled:
@@ -52,12 +54,12 @@ class MetricsLogger:
             self._wandb.log(scalars, step=record["global_step"])
 
     def truncate_after(self, global_step: int) -> None:
-        """On resume, drop records past the checkpoint so the curve has no duplicates."""
+        """On resume, keep the complete records up to the checkpoint's ``global_step`` (:func:`read_metrics`), so the
+        curve has no duplicates and no line cut off by a killed run."""
         if not self.enabled or not self.path.exists():
             return
-        lines = [line for line in self.path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["global_step"] <= global_step]
-        self.path.write_text("".join(line + "\n" for line in lines))
+        kept = [record for record in read_metrics(self.run_dir) if record["global_step"] <= global_step]
+        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -5,7 +5,6 @@ matches."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import LoadedModel, load_model, resolve_dtype
 from toolkit.model.lora import CausalLM
 from toolkit.model.rope import check_coverage, rope_setting
-from toolkit.output_paths import check_writable
+from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
     engine_kwargs,
     keeps_own_masters,
@@ -51,7 +50,7 @@ from toolkit.parallel.sequence import (
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import RECIPE, RUN_INFO
+from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
@@ -221,22 +220,22 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
     for i, stage in enumerate(recipe.train.stages):
         rope = rope_setting(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
                             base_theta=loaded.native_theta)
-        stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len,
-                       "rope_parameters": rope.parameters, "max_position_embeddings": rope.context_length,
-                       "steps": stage_steps(stage, recipe.train, data_parallel)})
+        stages.append(StageInfo(name=recipe.train.stage_name(i), seq_len=stage.seq_len,
+                                rope_parameters=rope.parameters, max_position_embeddings=rope.context_length,
+                                steps=stage_steps(stage, recipe.train, data_parallel)))
     kernel, kernel_reason = ("plain", "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
         loss_kernel(causal_lm_parts(loaded.model)[1], accelerator.device.type == "cuda")  # after prepare: ZeRO-3
-    info = {"recipe": recipe.name, "method": recipe.method.kind, "device": describe_device(accelerator.device),
-            "processes": accelerator.num_processes, "data_parallel": data_parallel,
-            "engine": launched_engine() or ("ddp" if accelerator.num_processes > 1 else "single process"),
-            "precision": describe_precision(loaded.dtype),
-            "attention": loaded.attention, "attention_reason": loaded.attention_reason,
-            "loss_kernel": kernel, "loss_kernel_reason": kernel_reason,
-            "versions": package_versions(),
-            "base_model": recipe.model.name_or_path or "random init from model.init_config",
-            "native_length": loaded.native_length, "stages": stages,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (recipe.run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+    info = RunInfo(recipe=recipe.name, method=recipe.method.kind, device=describe_device(accelerator.device),
+                   processes=accelerator.num_processes, data_parallel=data_parallel,
+                   engine=launched_engine() or ("ddp" if accelerator.num_processes > 1 else "single process"),
+                   precision=describe_precision(loaded.dtype),
+                   attention=loaded.attention, attention_reason=loaded.attention_reason,
+                   loss_kernel=kernel, loss_kernel_reason=kernel_reason,
+                   versions=package_versions(),
+                   base_model=recipe.model.name_or_path or "random init from model.init_config",
+                   native_length=loaded.native_length, stages=stages,
+                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
 
 def _restore(session: Session, path: Path, state: TrainerState) -> None:

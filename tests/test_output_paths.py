@@ -1,0 +1,20 @@
+"""Files written beside their target and renamed over it: a write cut short leaves the previous file whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.output_paths import atomic_file, write_text
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_partial(tmp_path: Path) -> None:
+    target = write_text(tmp_path / "sub" / "gpu-check.md", "first\n")
+    with pytest.raises(KeyboardInterrupt), atomic_file(target) as partial:
+        partial.write_text("half of the sec")
+        raise KeyboardInterrupt
+    assert target.read_text() == "first\n" and [p.name for p in target.parent.iterdir()] == ["gpu-check.md"]
+    assert write_text(target, "second, ünicode\n") == target
+    assert target.read_text(encoding="utf-8") == "second, ünicode\n"
+    assert [p.name for p in target.parent.iterdir()] == ["gpu-check.md"]
