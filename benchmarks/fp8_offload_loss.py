@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.evals.plots import finish_axes, save_figure  # noqa: E402
+from toolkit.output_paths import write_text  # noqa: E402
 from toolkit.recipe.yaml_files import read_yaml  # noqa: E402
 from toolkit.run_folder import read_metrics  # noqa: E402
 
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     title = f"{args.recipe.name}, stage {args.stage}, {args.steps} steps, every layer offloaded"
     title += "".join(f", {override}" for override in args.overrides)
     text = table(results, totals)
-    (args.out / "fp8-offload-loss.md").write_text(f"{title}\n\n{text}\n")
-    (args.out / "fp8-offload-loss.json").write_text(json.dumps(
+    write_text(args.out / "fp8-offload-loss.md", f"{title}\n\n{text}\n")
+    write_text(args.out / "fp8-offload-loss.json", json.dumps(
         {"recipe": str(args.recipe), "stage": args.stage, "steps": args.steps, "overrides": args.overrides,
          "summary": totals, "seeds": [asdict(r) for r in results]}, indent=2))
     plot(results, title, args.out / "fp8-offload-loss.png")

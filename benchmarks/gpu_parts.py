@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.file_reading import sha256_of  # noqa: E402
+from toolkit.output_paths import write_text  # noqa: E402
 
 MANIFEST = "manifest.json"
 PART_MIB = 56
@@ -112,7 +113,7 @@ def split(paths: list[Path], out: Path, part_mib: int = PART_MIB, root: Path = P
                 archive.add(root / path, arcname=str(path))
     writer.close()
     manifest = Manifest([str(path) for path in paths], writer.whole.hexdigest(), writer.parts)
-    (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1) + "\n")
+    write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=1) + "\n")
     return manifest
 
 

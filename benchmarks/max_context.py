@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, measure  # noqa: E402
+from toolkit.output_paths import write_text
 
 
 class OutOfTime(Exception):
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         partial = "" if result["complete"] else " (time budget ran out; longest probed so far)"
         print(f"{result['variant']}: longest context within budget = {result['max_seq_len']:,} tokens{partial}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_text(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

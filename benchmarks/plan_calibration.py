@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import LORA, SHAPES, Config, measure  # noqa: E402
+from toolkit.output_paths import write_text
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config  # noqa: E402
 
 SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = calibrate(args.shape, args.method, args.seq_len, args.threads, args.budget_s)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        write_text(args.json, json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

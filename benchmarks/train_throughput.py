@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure  # noqa: E402
 from benchmarks.rows import ROWS  # noqa: E402
+from toolkit.output_paths import write_text
 
 COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_per_s", "mfu", "mfu_spec", "peak_gib",
            "reserved_gib", "step_s", "step_s_min", "step_s_max")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(measure(for_length(config, seq_len, args.offload_from, args.tiles_from), args.budget_s))
                 print(format_row(results[-1]), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_text(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from toolkit.data.corpus_needles import NEEDLES_FILE, RECORDS, write_chat_needles
 from toolkit.data.corpus_sources import PACKAGES, Package, Work
 from toolkit.errors import RunFailure
+from toolkit.output_paths import write_text
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: st
                             Counts.of([length[work.name] for work in train]),
                             Counts.of([length[work.name] for work in heldout]),
                             [work.name for work in heldout], needles)
-    (out_dir / SOURCE_FILE).write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    write_text(out_dir / SOURCE_FILE, json.dumps(asdict(summary), indent=1) + "\n")
     return summary
 
 

