@@ -71,5 +71,5 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
     assert main(["predict", str(tmp_path), "--data", str(TEST), "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: --data: no such file: {tmp_path / 'missing.csv'}",
-                      f"error: {tmp_path}: no final/ model (is it a finished run folder of `python -m toolkit "
-                      "train`?)"]
+                      f"error: {tmp_path / 'final'}: not found; the run has no final model yet (train it to the end "
+                      "first)"]

@@ -228,3 +228,110 @@ def test_an_lm_eval_dataset_out_of_reach_stops_eval_before_the_model(tmp_path: P
     assert _error(argv, capsys) == ("lm_eval task lm_eval: dataset 'Rowan/hellaswag' of lm-eval task hellaswag cannot "
                                     "be opened: Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_named_as_a_yaml_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "recipes").mkdir()
+    assert _error(["validate", str(tmp_path / "recipes")], capsys) == (
+        f"{tmp_path / 'recipes'}: is a folder, not a YAML file")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(tmp_path / "recipes")]}))
+    assert _error(["validate", str(recipe)], capsys) == (
+        f"{recipe}: eval.suites[0]: {tmp_path / 'recipes'} is a folder, not a suite YAML file")
+
+
+def test_suites_of_one_name_would_overwrite_each_others_results(tmp_path: Path, capsys) -> None:
+    suite = needle_suite(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text("name: needles\ntasks:\n  - {type: niah, lengths: [48], samples: 2}\n")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite), str(other)]}))
+    assert _error(["validate", str(recipe)], capsys) == (
+        f"{recipe}: eval.suites[1]: {other} is named needles like eval.suites[0]; results are written per suite "
+        "name, so names must differ")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--suite", str(suite), "--out",
+            str(tmp_path / "out")]
+    assert _error(argv, capsys) == (f"--suite {suite}: named needles like --suite {suite}; results are written per "
+                                    "suite name, so names must differ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_a_run_folder_points_at_its_model(tmp_path: Path, capsys) -> None:
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("kept")
+    argv = ["eval", "--suite", str(needle_suite(tmp_path)), "--out", str(tmp_path / "out"), "--model"]
+    assert _error([*argv, str(tmp_path / "run")], capsys) == (
+        f"--model: {tmp_path / 'run'} is no model folder: it holds no config.json (a run folder? its model is "
+        f"{tmp_path / 'run' / 'final'})")
+    assert _error([*argv, str(tmp_path / "notes.txt")], capsys) == (
+        f"--model: {tmp_path / 'notes.txt'} is a file; name a model folder (with config.json) or a hub id")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_never_writes_over_a_finished_run_or_among_other_files(tmp_path: Path, capsys) -> None:
+    run = fake_run(tmp_path, "run")
+    (run / "final").mkdir()  # a finished run whose checkpoints/ were deleted: nothing to resume
+    (run / "final" / "model.safetensors").write_text("kept")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(run)}))
+    assert _error(["train", str(recipe), "train.resume=true"], capsys) == (
+        f"output.dir: {run} holds a finished run (final/) and no checkpoint to resume; name a new folder, or move "
+        "that run away")
+    assert (run / "final" / "model.safetensors").read_text() == "kept"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.md").write_text("kept")
+    assert _error(["train", str(recipe), f"output.dir={tmp_path / 'notes'}"], capsys) == (
+        f"output.dir: {tmp_path / 'notes'} holds files and is no run folder; name a new or empty folder")
+    assert os.listdir(tmp_path / "notes") == ["todo.md"]
+
+
+@pytest.mark.parametrize("command", ["merge", "push"])
+def test_merge_and_push_name_a_run_folder_that_is_not_there(command: str, tmp_path: Path, capsys) -> None:
+    argv = [command, str(tmp_path / "nowhere"), *(["--repo-id", "me/x", "--dry-run"] if command == "push" else [])]
+    assert _error(argv, capsys) == f"{tmp_path / 'nowhere'}: run folder not found"
+
+
+def test_push_without_login_merges_and_writes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    from tests.hub_runs import write_run
+
+    run = write_run(tmp_path, "lora")
+    monkeypatch.setattr("toolkit.hub.push.get_token", lambda: None)  # as on a machine never logged in
+    capsys.readouterr()
+    assert _error(["push", str(run), "--repo-id", "me/x", "--what", "merged"], capsys) == (
+        "not logged in: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+    assert not (run / "upload").exists() and not (run / "final" / "merged").exists()
+
+
+def test_export_of_a_model_folder_without_weights_writes_no_file(tmp_path: Path, capsys) -> None:
+    from toolkit.data.tokenizer import train_tokenizer
+    from toolkit.recipe.schema import TokenizerTraining
+
+    model = tmp_path / "model"
+    train_tokenizer(TokenizerTraining(vocab_size=320, corpus_documents=50), seed=0).save_pretrained(model)
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert _error(["export", str(model), "--format", "gguf", "--out", str(tmp_path / "m.gguf")], capsys) == (
+        f"{model}: no weights to convert (no *.safetensors file)")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ("", "--data: {tmp} is a folder; name a CSV or Parquet file"),
+    ("test.parquet", "--data: cannot read {tmp}/test.parquet: Parquet magic bytes not found in footer.")])
+def test_predict_names_its_data_flag(data: str, expected: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "run" / "final").mkdir(parents=True)  # refused before the model is loaded
+    arena = {"source": "csv", "path": "train.csv", "format": "arena", "label_tokens": ["A", "B", "tie"],
+             "truncate_tokens": 64}
+    write_recipe(tmp_path / "run", dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": arena}),
+                 "recipe.resolved.yaml")
+    (tmp_path / "test.parquet").write_text("id,prompt\n")  # a CSV named .parquet
+    argv = ["predict", str(tmp_path / "run"), "--data", f"{tmp_path}/{data}", "--out", str(tmp_path / "sub.csv")]
+    assert _error(argv, capsys).startswith(expected.format(tmp=tmp_path))
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_model_folder_without_a_tokenizer_says_so(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty-model").mkdir()
+    model = {"name_or_path": str(tmp_path / "empty-model"), "precision": "fp32"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        f"model.tokenizer: cannot load '{tmp_path / 'empty-model'}' (from model.name_or_path): no tokenizer in it "
+        "(none of tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json)")
+    assert not (tmp_path / "run").exists()

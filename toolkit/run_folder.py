@@ -228,12 +228,29 @@ class Run:
         return [(tag, entry) for tag in self.tags if (entry := self.entry(tag, suite, task))]
 
 
+def holds_other_files(folder: Path) -> bool:
+    """Whether ``folder`` holds files but none of a run's (its recipe, its run info or evaluations): a run or a report
+    is never written among them."""
+    return (folder.is_dir() and any(folder.iterdir())
+            and not any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL)))
+
+
+def require_final(run_dir: Path) -> Path:
+    """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no folder or its run has not finished."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    final = run_dir / FINAL
+    if not final.is_dir():
+        raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
+    return final
+
+
 def require_run(folder: Path) -> None:
     """A UserError unless ``folder`` is a run folder: one holding its recipe, its run info or evaluations, or an empty
     one (a run stopped before writing anything); a report is never written among other files."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such run folder")
-    if any(folder.iterdir()) and not any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL)):
+    if holds_other_files(folder):
         raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
 
 

@@ -100,6 +100,8 @@ def arena_row(record: Mapping[str, Any], where: str, labelled: bool = True) -> A
 
 
 def _records(file: Path, label: str) -> Iterator[tuple[dict[str, Any], str]]:
+    if file.is_dir():
+        raise UserError(f"{label}: {file} is a folder; name a CSV or Parquet file")
     if not file.is_file():
         raise UserError(f"{label}: no such file: {file}")
     reader = FORMATS["parquet" if file.suffix == ".parquet" else "csv"].reader

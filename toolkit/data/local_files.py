@@ -48,7 +48,7 @@ def _open(file: str) -> IO[str]:
     return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
 
 
-def _jsonl_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+def _jsonl_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     """One record per non-blank line; a ``.json`` file holding one array gives one record per element."""
     for file in files:
         with _open(file) as handle:
@@ -64,11 +64,11 @@ def _jsonl_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
                 try:
                     value = json.loads(line)
                 except ValueError as exc:
-                    raise UserError(f"{label}.path: cannot read {file}: line {number}: {reason(exc)}") from None
+                    raise UserError(f"{field}: cannot read {file}: line {number}: {reason(exc)}") from None
                 yield {"record": value, "where": f"{file}:{number}"}
 
 
-def _csv_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+def _csv_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     """One record per row, keyed by the header; ``where`` is the line the row starts on (quoted fields may span
     lines)."""
     csv.field_size_limit(sys.maxsize)
@@ -83,10 +83,10 @@ def _csv_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
                     yield {"record": value, "where": f"{file}:{line}"}
                     line = reader.line_num + 1
         except (OSError, ValueError, csv.Error) as exc:
-            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+            raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
-def _parquet_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+def _parquet_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as parquet
 
     for file in files:
@@ -98,22 +98,22 @@ def _parquet_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
                     number += 1
                     yield {"record": value, "where": f"{file} row {number}"}
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+            raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
-def _text_rows(files: list[str], label: str) -> Iterator[dict[str, Any]]:
+def _text_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     """A text file is one document (books, code files)."""
     for file in files:
         try:
             yield {"record": {"text": Path(file).read_text(encoding="utf-8")}, "where": file}
         except (OSError, ValueError) as exc:
-            raise UserError(f"{label}.path: cannot read {file}: {reason(exc)}") from None
+            raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
 @dataclass(frozen=True)
 class LocalFormat:
-    """A local file format: the file names it reads below a folder, and its reader of ``(files, label)`` that yields
-    ``{"record", "where"}`` rows."""
+    """A local file format: the file names it reads below a folder, and its reader of ``(files, field)`` that yields
+    ``{"record", "where"}`` rows (a file it cannot read: a UserError naming ``field``, e.g. ``train.data.path``)."""
 
     suffixes: tuple[str, ...]
     reader: Callable[[list[str], str], Iterator[dict[str, Any]]]

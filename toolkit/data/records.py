@@ -26,4 +26,5 @@ def record_dataset(spec: SourceSpec, label: str) -> IterableDataset:
         return hub.map(lambda record: {"record": record, "where": f"hub dataset {path!r}"},
                        remove_columns=list(hub.column_names or []))
     files = data_files(spec, label)
-    return IterableDataset.from_generator(FORMATS[spec.source].reader, gen_kwargs={"files": files, "label": label})
+    return IterableDataset.from_generator(FORMATS[spec.source].reader,
+                                          gen_kwargs={"files": files, "field": f"{label}.path"})

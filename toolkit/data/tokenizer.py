@@ -47,6 +47,10 @@ def train_tokenizer(spec: TokenizerTraining, seed: int) -> PreTrainedTokenizerFa
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""A saved tokenizer holds one of these (transformers' fast, its settings, sentencepiece's, BPE's vocabulary)."""
+
+
 def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     """The run's tokenizer: trained (``model.train_tokenizer``) or loaded; always has a pad token."""
     if spec.train_tokenizer is not None:
@@ -58,6 +62,9 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
         if not Path(source).expanduser().is_dir():
             raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
         source = str(Path(source).expanduser())
+        if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
+                            f"{', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
                                                   trust_remote_code=spec.trust_remote_code)

@@ -41,8 +41,14 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     :func:`default_out`): ``<out>/<suite>.json`` with plots. Every suite, its data and ``out`` are checked first."""
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
+    named: dict[str, str] = {}  # suite name -> its file: each writes <out>/<name>.json
     for path in suites:  # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-        tasks = [task for task in load_suite(path).tasks if capped(task, max_length)]
+        suite = load_suite(path)
+        if suite.name in named:
+            raise UserError(f"--suite {path}: named {suite.name} like --suite {named[suite.name]}; results are "
+                            "written per suite name, so names must differ")
+        named[suite.name] = path
+        tasks = [task for task in suite.tasks if capped(task, max_length)]
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
         check_tasks(tasks)

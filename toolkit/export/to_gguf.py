@@ -155,6 +155,8 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
         folder = _merged(folder, stack)
         pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")
         config = _checked_config(folder / "config.json")
+        if not any(folder.glob("*.safetensors")):  # else the converter writes a GGUF file without tensors
+            raise UserError(f"{folder}: no weights to convert (no *.safetensors file)")
         with atomic_file(target) as partial:
             _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name, source)
     meta = gguf_metadata(target)

@@ -12,14 +12,12 @@ from pathlib import Path
 from toolkit.errors import UserError
 from toolkit.model.saving import merge_adapter
 from toolkit.output_paths import check_writable
-from toolkit.run_folder import ADAPTER_CONFIG, FINAL, MERGED_FOLDER, RECIPE, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, FINAL, MERGED_FOLDER, RECIPE, is_adapter_folder, require_final
 
 
 def merge_run(run_dir: Path, out: Path | None) -> Path:
     """Merge the adapter of ``run_dir`` into full weights at ``out`` (default ``RUN/final/merged``); return it."""
-    final = run_dir / FINAL
-    if not final.is_dir():
-        raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
+    final = require_final(run_dir)
     if not is_adapter_folder(final):
         raise UserError(f"nothing to merge: {run_dir} is not a LoRA run (no final/adapter_config.json)")
     target = out if out is not None else final / MERGED_FOLDER

@@ -28,6 +28,7 @@ from toolkit.run_folder import (
     REPORT_MD,
     RUN_INFO,
     is_adapter_folder,
+    require_final,
 )
 
 UPLOAD_DIR = "upload"
@@ -38,14 +39,17 @@ RUN_FILES = (REPORT_MD, REPORT_HTML, RECIPE, RUN_INFO)
 def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_run: bool) -> None:
     """Publish ``run_dir`` to the Hub model repo ``repo_id`` (``what``: adapter, merged, report; None: by method)."""
     check_repo_id(repo_id)
+    _check_run(run_dir, what)
+    token = None
+    if not dry_run:  # checked before the upload folder is built (a merge, for --what merged)
+        token = get_token()
+        if token is None:
+            raise UserError(f"not logged in: {LOGIN_HINT} (or use --dry-run)")
     folder = build_upload_folder(run_dir, repo_id, what)
     if dry_run:
         print(f"dry run: would upload {folder} to {repo_id} ({'private' if private else 'public'}); nothing sent")
         print(describe_folder(folder))
         return
-    token = get_token()
-    if token is None:
-        raise UserError(f"not logged in: {LOGIN_HINT} (or use --dry-run)")
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -68,15 +72,7 @@ def check_repo_id(repo_id: str) -> None:
 
 def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
     """Rebuild ``RUN/upload/`` with everything to publish and return it."""
-    final = run_dir / FINAL
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
-    if not final.is_dir():
-        raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
-    if what not in (None, *WEIGHT_CHOICES):
-        raise UserError(f"--what: {what!r} is not one of {', '.join(WEIGHT_CHOICES)}")
-    if what == "adapter" and not is_adapter_folder(final):
-        raise UserError(f"--what adapter: {run_dir} is not a LoRA run (no final/adapter_config.json)")
+    _check_run(run_dir, what)
     files = _weight_files(run_dir, what) + _report_files(run_dir)
     _refuse_pickles(files)
 
@@ -88,6 +84,15 @@ def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
             _place(source, scratch / name)
         build_card(run_dir, repo_id, what).save(scratch / "README.md")
     return folder
+
+
+def _check_run(run_dir: Path, what: str | None) -> None:
+    """A UserError unless ``run_dir`` is a finished run that has what ``what`` publishes."""
+    final = require_final(run_dir)
+    if what not in (None, *WEIGHT_CHOICES):
+        raise UserError(f"--what: {what!r} is not one of {', '.join(WEIGHT_CHOICES)}")
+    if what in ("adapter", "merged") and not is_adapter_folder(final):
+        raise UserError(f"--what {what}: {run_dir} is not a LoRA run (no final/adapter_config.json)")
 
 
 def describe_folder(folder: Path) -> str:

@@ -18,7 +18,7 @@ from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.recipe.schema import MethodSpec, ModelSpec
-from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, FINAL, is_adapter_folder
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
@@ -85,8 +85,17 @@ def native_length_of(config: Any) -> int:
 
 
 def _check_source(source: str, field: str) -> None:
-    if looks_local(source) and not Path(source).expanduser().is_dir():
+    """A UserError naming ``field`` unless ``source`` is a hub id or a folder with ``config.json``."""
+    if not looks_local(source):
+        return
+    folder = Path(source).expanduser()
+    if folder.is_file():
+        raise UserError(f"{field}: {source} is a file; name a model folder (with config.json) or a hub id")
+    if not folder.is_dir():
         raise UserError(f"{field}: no such folder, and not a hub id: {source}")
+    if not (folder / "config.json").is_file():
+        run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / "config.json").is_file() else ""
+        raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
 
 
 def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:

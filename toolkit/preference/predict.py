@@ -20,7 +20,7 @@ from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
 from toolkit.output_paths import atomic_file, check_writable
 from toolkit.recipe.data_spec import SourceSpec
-from toolkit.run_folder import FINAL, RECIPE, read_recipe
+from toolkit.run_folder import FINAL, RECIPE, read_recipe, require_final
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class Prediction:
 
 def arena_source(run: Path) -> SourceSpec:
     """The arena source of the run's last stage (its label tokens and truncation are the model's input format)."""
-    if not (run / FINAL).is_dir():
-        raise UserError(f"{run}: no {FINAL}/ model (is it a finished run folder of `python -m toolkit train`?)")
+    require_final(run)
     recipe = read_recipe(run)
     if recipe is None:
         raise UserError(f"{run / RECIPE}: not found")

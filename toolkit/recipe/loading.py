@@ -87,10 +87,17 @@ def _check_suites(recipe: Recipe, path: Path | str) -> None:
     """Every suite the recipe names exists and validates, and holds what ``eval.verdict`` checks, so a typo fails
     before hours of training."""
     types: dict[str, dict[str, str]] = {}  # suite name -> task key -> task type
+    named: dict[str, int] = {}  # suite name -> its index in eval.suites
     for i, suite in enumerate(recipe.eval.suites):
+        if Path(suite).is_dir():
+            raise UserError(f"{path}: eval.suites[{i}]: {suite} is a folder, not a suite YAML file")
         if not Path(suite).is_file():
             raise UserError(f"{path}: eval.suites[{i}]: no such file: {suite}")
         loaded = load_suite(suite)
+        if loaded.name in named:
+            raise UserError(f"{path}: eval.suites[{i}]: {suite} is named {loaded.name} like eval.suites"
+                            f"[{named[loaded.name]}]; results are written per suite name, so names must differ")
+        named[loaded.name] = i
         types[loaded.name] = {task.key: task.type for task in loaded.tasks}
     verdict = recipe.eval.verdict
     if verdict is None:

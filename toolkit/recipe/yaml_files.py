@@ -23,6 +23,8 @@ Model = TypeVar("Model", bound=BaseModel)
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node]:
     """Parse a YAML mapping and keep its node tree (for line numbers). Errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     text = read_text(path)

@@ -50,7 +50,7 @@ from toolkit.parallel.sequence import (
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo
+from toolkit.run_folder import FINAL, RECIPE, RUN_INFO, RunInfo, StageInfo, holds_other_files
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
@@ -160,6 +160,11 @@ def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path,
     if latest and not recipe.train.resume:
         raise UserError(f"{recipe.run_dir} already holds checkpoints ({latest[0].name}): set train.resume=true "
                         "to continue that run, or output.dir=... for a new one")
+    if latest is None and (recipe.run_dir / FINAL).exists():  # a finished run whose checkpoints were deleted
+        raise UserError(f"output.dir: {recipe.run_dir} holds a finished run ({FINAL}/) and no checkpoint to resume; "
+                        "name a new folder, or move that run away")
+    if holds_other_files(recipe.run_dir):
+        raise UserError(f"output.dir: {recipe.run_dir} holds files and is no run folder; name a new or empty folder")
     return latest
 
 
