@@ -42,3 +42,5 @@ def test_verbose_and_quiet_exclude_each_other(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["-v", "-q", "validate", "x.yaml"])
     assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: python -m toolkit: argument -q/--quiet: not allowed with argument "
+                                       "-v/--verbose (options: python -m toolkit --help)\n")

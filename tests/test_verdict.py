@@ -128,6 +128,10 @@ def test_report_check_exit_codes(tmp_path: Path, capsys) -> None:
     assert main(["report", str(no_spec), "--check"]) == 2
     assert "has no eval.verdict" in capsys.readouterr().err
     assert "Verdict" not in (no_spec / "report.md").read_text()
+    (no_spec / "recipe.resolved.yaml").unlink()
+    assert main(["report", str(no_spec), "--check"]) == 2
+    assert capsys.readouterr().err == (f"error: {no_spec}: no recipe.resolved.yaml, so no verdict to check (is it a "
+                                       "run folder of `python -m toolkit train`?)\n")
 
     unfinished = fake_run(tmp_path, "unfinished", verdict=SPEC, final=False)
     assert main(["report", str(unfinished), "--check"]) == 2

@@ -9,12 +9,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from toolkit.errors import RunFailure, Stopped, UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line like every other user error (its subcommands' parsers too), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m toolkit", description=__doc__.splitlines()[0])
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and other libraries' info")
     loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -21,7 +21,7 @@ from toolkit.evals.stats import Rate, common_n, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
-from toolkit.run_folder import RUN_INFO, Run, load_run
+from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,9 @@ def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[
 def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
     """The verdict of ``run`` under ``spec`` (default: the run's own); UserError when something it needs is missing."""
     spec = spec or verdict_spec(run)
+    if spec is None and run.recipe is None:
+        raise UserError(f"{run.folder}: no {RECIPE}, so no verdict to check (is it a run folder of `python -m toolkit "
+                        "train`?)")
     if spec is None:
         raise UserError(f"{run.folder}: the recipe has no eval.verdict (e.g. verdict: {{task: niah-tiny/passkey}})")
     native = run.info.native_length
