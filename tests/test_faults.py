@@ -17,6 +17,8 @@ import torch
 
 import toolkit.training.checkpoints as checkpoints_module
 from tests.runs import assert_same_weights, final_weights, train
+from toolkit.data.batches import StageBatches
+from toolkit.errors import UserError
 from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS, read_metrics
 from toolkit.training.metrics import MetricsLogger
@@ -61,6 +63,32 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(micro_recipe: Path
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
     assert [row["global_step"] for row in read_metrics(run)] == list(range(1, 11))
     assert (run / METRICS).read_text().count("\n") == 10  # no cut-off line left inside the file
+
+
+def test_a_bad_record_met_in_training_keeps_the_steps_before_it(micro_recipe: Path, uninterrupted: Path,
+                                                                 monkeypatch, capsys) -> None:
+    """A data mistake past the first record (which is checked up front) stops the run with exit 2 after saving the
+    last step trained; with the data mended, the resumed run ends where the uninterrupted one did."""
+    original = StageBatches.__next__
+    calls = {"n": 0}
+
+    def draw(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # stage short's 6th and last step (one micro-batch a step)
+            raise UserError("train.data.path: cannot read data.jsonl: line 7: not JSON")
+        return original(self)
+
+    monkeypatch.setattr(StageBatches, "__next__", draw)
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "train.save_every=4") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: train.data.path: cannot read data.jsonl: line 7: not JSON; the steps trained so far "
+                      f"are in {run / 'checkpoints' / 'stage-0-step-000005'}: mend the data, then resume with "
+                      "train.resume=true"]
+    assert _checkpoints(run) == ["stage-0-step-000004", "stage-0-step-000005"]
+    monkeypatch.undo()
+    assert train(micro_recipe, "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
 def test_resume_keeps_the_complete_metrics_up_to_the_checkpoint(tmp_path: Path) -> None:

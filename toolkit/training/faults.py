@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError
 
 
 class StopFlag:
@@ -44,6 +44,15 @@ def non_finite_loss(stage: str, step: int, last_checkpoint: str | None) -> RunFa
     kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
     return RunFailure(f"non-finite loss in stage {stage} at step {step}; {kept}. Lower the stage's lr, "
                       "raise warmup_steps or check the data, then resume with train.resume=true")
+
+
+def data_mistake(error: UserError, last_checkpoint: str | None) -> UserError:
+    """A mistake in the data met during training (a bad record past the first, which is checked up front), saying
+    where the steps trained so far are kept."""
+    if last_checkpoint is None:
+        return UserError(f"{error}; no step was saved yet: mend the data and run again")
+    return UserError(f"{error}; the steps trained so far are in {last_checkpoint}: mend the data, then resume with "
+                     "train.resume=true")
 
 
 def out_of_memory(stage: str, seq_len: int) -> RunFailure:

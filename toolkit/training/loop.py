@@ -13,18 +13,19 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from toolkit.data.batches import Batch, StageBatches, as_batch, target_tokens
-from toolkit.errors import Stopped
+from toolkit.errors import Stopped, UserError
 from toolkit.parallel.engines import backward, start_stage
 from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
 from toolkit.recipe.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
-from toolkit.training.faults import StopFlag, non_finite_loss, out_of_memory
+from toolkit.training.faults import StopFlag, data_mistake, non_finite_loss, out_of_memory
 from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
 from toolkit.training.objective import objective_loss
 from toolkit.training.schedule import lr_at
@@ -125,6 +126,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
 
     reset_peak_memory(acc.device)
     started = time.perf_counter()
+    state: TrainerState | None = None  # after the last step trained here
+    saved: Path | None = None  # the checkpoint of that step, when one was written
     try:
         for step in range(first, job.steps):
             tick = time.perf_counter()
@@ -132,7 +135,14 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
             drawn = job.batches.drawn
-            loss = train_step(parts, [next(job.batches) for _ in range(spec.grad_accum)], name, step + 1)
+            try:
+                micro_batches = [next(job.batches) for _ in range(spec.grad_accum)]
+            except UserError as error:  # one process alone can save: others may be past the bad record
+                if state is not None and saved is None and acc.num_processes == 1:
+                    parts.checkpoints.save(state)
+                kept = parts.checkpoints.latest()
+                raise data_mistake(error, str(kept[0]) if kept else None) from None
+            loss = train_step(parts, micro_batches, name, step + 1)
             global_step += 1
             seconds = max(time.perf_counter() - tick, 1e-9)
             bar.update(1)
