@@ -109,7 +109,7 @@ def test_token_ids_past_the_models_vocabulary_stop_the_run_in_one_line(tmp_path,
     assert train(write_recipe(tmp_path, recipe), "train.max_steps=1") == 2
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")] == [
         "error: train.data: token id 100000 is not below the model's vocabulary size 320 (format: tokens ids must "
-        "come from the model's tokenizer)"]
+        "come from the model's tokenizer); no step was saved yet: mend the data and run again"]
 
 
 def test_missing_file_is_a_user_error(tokenizer, tmp_path):

@@ -105,6 +105,19 @@ def train_step(parts: LoopParts, micro_batches: Sequence[Batch], stage: str, ste
     return (acc.reduce(loss_sum, "sum") / window).item()
 
 
+def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list[Batch]:
+    """The micro-batches of one step; a mistake in the data saves ``unsaved`` (the last step trained, when no
+    checkpoint holds it) first, so the run resumes once the data is mended. One process alone saves: others may be
+    past the bad record."""
+    try:
+        return [next(job.batches) for _ in range(job.spec.grad_accum)]
+    except UserError as error:
+        if unsaved is not None and parts.accelerator.num_processes == 1:
+            parts.checkpoints.save(unsaved)
+        kept = parts.checkpoints.latest()
+        raise data_mistake(error, str(kept[0]) if kept else None) from None
+
+
 def train_stage(parts: LoopParts, job: StageJob) -> int:
     """Run the remaining optimizer steps of one stage; returns the run's global step at its end. A logged row has the
     step's speed over every token of its rows (``tokens_per_s``) and over those that are no padding
@@ -135,13 +148,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
             drawn = job.batches.drawn
-            try:
-                micro_batches = [next(job.batches) for _ in range(spec.grad_accum)]
-            except UserError as error:  # one process alone can save: others may be past the bad record
-                if state is not None and saved is None and acc.num_processes == 1:
-                    parts.checkpoints.save(state)
-                kept = parts.checkpoints.latest()
-                raise data_mistake(error, str(kept[0]) if kept else None) from None
+            micro_batches = _draw(parts, job, state if saved is None else None)
             loss = train_step(parts, micro_batches, name, step + 1)
             global_step += 1
             seconds = max(time.perf_counter() - tick, 1e-9)
