@@ -85,7 +85,7 @@ PIP_DOWNLOAD = $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --pyth
 	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	typing-extensions==4.16.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0 liger-kernel==0.8.5 \
-	hjson==3.1.0 gguf==0.19.0
+	hjson==3.1.0 msgpack==1.2.4 gguf==0.19.0
 DEEPSPEED ?= $(shell grep -o 'deepspeed==[0-9.]*' pyproject.toml)
 
 wheelhouse:

@@ -1,9 +1,10 @@
 """The varlen adapter (PyTorch's varlen flash attention through transformers' AttentionInterface): its document
 boundaries come from the position ids, it adapts to each torch signature, and packed documents stay apart.
 
-PyTorch's kernel runs on CUDA only; on CPU the adapter drives reference kernels with the torch 2.13 and 2.10
-signatures (sdpa per document, ``tests/varlen_reference.py``), so everything but the kernel itself is exercised here.
-Documents stay apart forward and backward through the model: over the real kernel on a GPU, the reference on CPU."""
+PyTorch's kernel runs on CUDA only; on CPU the adapter drives reference kernels with the signatures of torch 2.12+,
+2.11 (the GPU image's) and 2.10 (sdpa per document, ``tests/varlen_reference.py``), so everything but the kernel
+itself is exercised here. Documents stay apart forward and backward through the model: over the real kernel on a
+GPU, the reference on CPU."""
 
 from __future__ import annotations
 
@@ -31,12 +32,22 @@ def kernel_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=F
     return per_document(query, key, value, cu_seq_q, is_causal, None, False)
 
 
-def test_the_reference_takes_what_this_torchs_kernel_takes() -> None:
-    """The CPU stand-in takes arguments of PyTorch's own ``varlen_attn`` alone, by name, kind and default."""
+def kernel_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1)):
+    """torch 2.11 (the GPU image's): causal as a window, a scale, equal head counts (no ``enable_gqa``)."""
+    assert query.shape[1] == key.shape[1]
+    return per_document(query, key, value, cu_seq_q, tuple(window_size) == (-1, 0), scale, False)
+
+
+def test_a_reference_takes_what_this_torchs_kernel_takes() -> None:
+    """The CPU stand-in of this torch's own ``varlen_attn`` (2.12 and newer, or 2.11) takes its arguments alone, by
+    name, kind and default."""
     varlen = pytest.importorskip("torch.nn.attention.varlen")
-    ours, theirs = (inspect.signature(f).parameters for f in (reference_varlen_attn, varlen.varlen_attn))
+    theirs = inspect.signature(varlen.varlen_attn).parameters
     if "window_size" not in theirs:
         pytest.skip("this torch's varlen_attn has the torch 2.10 signature (kernel_2_10)")
+    stand_in = reference_varlen_attn if "enable_gqa" in theirs else kernel_2_11
+    ours = inspect.signature(stand_in).parameters
     assert all(name in theirs and (p.kind, p.default) == (theirs[name].kind, theirs[name].default)
                for name, p in ours.items())
 
@@ -55,7 +66,7 @@ def _model(attention: str) -> LlamaForCausalLM:
     return micro_llama(attention, SEQ_LEN)
 
 
-@pytest.mark.parametrize("kernel", [reference_varlen_attn, kernel_2_10])
+@pytest.mark.parametrize("kernel", [reference_varlen_attn, kernel_2_11, kernel_2_10])
 def test_packed_rows_under_the_adapter_equal_each_document_alone(kernel) -> None:
     seen: list[object] = []
     adapter = varlen_attention(kernel)

@@ -1,5 +1,6 @@
 """Two CPU processes (DDP over gloo, configs/cpu-ddp-2proc.yaml) train like one process with the same global batch,
-and a stopped two-process run resumes to the uninterrupted one.
+and a two-process run stopped by a fault one process met (a stop signal, a bad record) resumes to the
+uninterrupted one.
 
 Every process reads the same row stream and accelerate gives each its share of every global batch, so two processes
 with batch size B train on the rows one process with 2B does, micro-batch for micro-batch, with the same token-weighted
@@ -18,33 +19,51 @@ import pytest
 
 from tests.runs import HALF_BATCH, ROOT, accelerate_launch, assert_same_weights, final_weights, metrics, train
 
-STOPPING = '''
+ONE_PROCESS_FAULT = '''
+import os
 import sys
 from contextlib import contextmanager
 
 import toolkit.runner
 from tests.runs import StopAfter
 from toolkit.cli import main
+from toolkit.data.batches import StageBatches
+from toolkit.errors import UserError
+from toolkit.training.faults import StopFlag
+
+fault, n = sys.argv[1], int(sys.argv[2])
+faulty = os.environ.get("RANK") == "1"
+draws = StageBatches.__next__
+drawn = [0]
 
 
 @contextmanager
 def stop_after():
-    yield StopAfter(int(sys.argv[1]))
+    yield StopAfter(n) if faulty and fault == "stop" else StopFlag()
+
+
+def draw(self):
+    drawn[0] += 1
+    if faulty and fault == "bad-record" and drawn[0] == n:
+        raise UserError("train.data.path: cannot read data.jsonl: line 7: not JSON")
+    return draws(self)
 
 
 toolkit.runner.stop_on_signals = stop_after
-sys.exit(main(sys.argv[2:]))
+StageBatches.__next__ = draw
+sys.exit(main(sys.argv[3:]))
 '''
-"""A training entry point that stops after ``argv[1]`` optimizer steps, as a SIGTERM to every process would."""
+"""A training entry point where the second process alone meets a fault: ``stop N`` (a SIGTERM reaching it after N
+optimizer steps, before the other process) or ``bad-record N`` (a mistake in the data at its Nth draw)."""
 
 
-def _two_processes(recipe: Path, run: Path, *overrides: str, stop_after: int | None = None,
+def _two_processes(recipe: Path, run: Path, *overrides: str, fault: tuple[str, int] | None = None,
                    ) -> subprocess.CompletedProcess:
     entry = ["-m", "toolkit"]
-    if stop_after is not None:
-        script = run.parent / "stopping_train.py"
-        script.write_text(STOPPING)
-        entry = [str(script), str(stop_after)]
+    if fault is not None:
+        script = run.parent / "faulty_train.py"
+        script.write_text(ONE_PROCESS_FAULT)
+        entry = [str(script), fault[0], str(fault[1])]
     return accelerate_launch(ROOT / "configs/cpu-ddp-2proc.yaml", *entry, "train", str(recipe), f"output.dir={run}",
                              *HALF_BATCH, *overrides)
 
@@ -76,19 +95,40 @@ def test_two_process_ddp_matches_one_process(micro_recipe: Path, two_process_run
 
 @pytest.mark.slow
 def test_two_process_resume_reproduces_uninterrupted_run(tmp_path: Path, two_process_run: Path) -> None:
+    """A stop signal seen by one process stops both after the same step, with one checkpoint."""
     from tests.conftest import MICRO_RECIPE, write_recipe
 
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE))
     run = tmp_path / "run"
-    stopped = _two_processes(recipe, run, "train.save_every=2", stop_after=7)  # inside stage 1, between checkpoints
+    stopped = _two_processes(recipe, run, "train.save_every=2", fault=("stop", 7))  # in stage 1, between checkpoints
     assert stopped.returncode != 0 and "checkpoint saved" in stopped.stderr, stopped.stderr[-3000:]
     assert not (run / "final").exists()
+    _assert_resumes_to(recipe, run, two_process_run)
+
+
+@pytest.mark.slow
+def test_a_bad_record_met_by_one_process_saves_the_steps_of_both(tmp_path: Path, two_process_run: Path) -> None:
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE))
+    run = tmp_path / "run"
+    stopped = _two_processes(recipe, run, "train.save_every=2", fault=("bad-record", 6))  # stage 0's last step
+    assert stopped.returncode != 0, stopped.stderr[-3000:]
+    kept = run / "checkpoints" / "stage-0-step-000005"
+    assert (f"error: train.data.path: cannot read data.jsonl: line 7: not JSON; the steps trained so far are in "
+            f"{kept}: mend the data") in stopped.stderr, stopped.stderr[-3000:]
+    assert f"error: train.data: another process met a mistake in the data; the steps trained so far are in {kept}" \
+        in stopped.stderr
+    _assert_resumes_to(recipe, run, two_process_run)
+
+
+def _assert_resumes_to(recipe: Path, run: Path, reference: Path) -> None:
     resumed = _two_processes(recipe, run, "train.save_every=2", "train.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ours, reference = metrics(run), metrics(two_process_run)
-    assert [r["global_step"] for r in ours] == [r["global_step"] for r in reference]
-    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in reference], abs=1e-6)
-    assert_same_weights(final_weights(run), final_weights(two_process_run))
+    ours, expected = metrics(run), metrics(reference)
+    assert [r["global_step"] for r in ours] == [r["global_step"] for r in expected]
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in expected], abs=1e-6)
+    assert_same_weights(final_weights(run), final_weights(reference))
 
 
 def _mean(values: list[float]) -> float:

@@ -104,3 +104,32 @@ def test_task_datasets_are_read_from_the_index_groups_and_tags_expanded(tmp_path
         lm_eval.check_lm_eval(task)
     (tmp_path / "docs.jsonl").write_text('{"q": "2+2=", "a": "4"}\n')
     lm_eval.check_lm_eval(task)
+
+
+def _own_data_task(tmp_path: Path, builder: str) -> lm_eval.LmEvalTask:
+    """A local task that builds its own data (``custom_dataset``, as lm-eval's RULER does) with ``builder``'s code."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "builder.py").write_text(builder)
+    (folder / "own_data.yaml").write_text(
+        "task: own_data\ndataset_path: ''\ncustom_dataset: !function builder.build\noutput_type: loglikelihood\n"
+        "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n")
+    return lm_eval.LmEvalTask(type="lm_eval", tasks=["own_data"], include_path=str(folder))
+
+
+def test_task_code_that_does_not_import_stops_before_the_model(tmp_path: Path):
+    task = _own_data_task(tmp_path, "import a_package_not_installed\n\n\ndef build(**kwargs):\n    pass\n")
+    with pytest.raises(lm_eval.UserError) as raised:
+        lm_eval.check_lm_eval(task)
+    assert str(raised.value) == ("lm_eval task lm_eval: the code of lm-eval task own_data does not import: No module "
+                                 "named 'a_package_not_installed'")
+
+
+def test_data_a_task_builds_out_of_reach_is_one_line(tmp_path: Path):
+    task = _own_data_task(tmp_path, "def build(**kwargs):\n    raise ConnectionError(\"Couldn't reach 'x/essays' on "
+                                    "the Hub (LocalEntryNotFoundError)\")\n")
+    lm_eval.check_lm_eval(task)  # its code imports; whether its data can be built shows when it runs
+    with pytest.raises(lm_eval.UserError) as raised:
+        lm_eval.evaluate(tiny_model(max_positions=256), tiny_tokenizer(), task)
+    assert str(raised.value) == ("lm_eval task lm_eval: its tasks build their data when they run, and it could not "
+                                 "be reached: Couldn't reach 'x/essays' on the Hub (LocalEntryNotFoundError)")

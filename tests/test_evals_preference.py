@@ -66,3 +66,6 @@ def test_submission_is_written_whole(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
     with pytest.raises(UserError, match="--out: .* is a folder or in no folder that exists"):
         write_submission(tmp_path, ["7"], [(0.2, 0.3, 0.5)])
+    with pytest.raises(UserError, match=r"--out: .*submission\.json would hold a CSV submission under another name"):
+        write_submission(tmp_path / "submission.json", ["7"], [(0.2, 0.3, 0.5)])
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from toolkit.errors import UserError
 from toolkit.memory.checkpointing import decoder_layers, enable_checkpointing
-from toolkit.memory.offload import FP8_MAX, OffloadStore, dequantize, offloaded_layers, quantize
+from toolkit.memory.offload import FP8_MAX, OffloadStore, Stored, dequantize, offloaded_layers, quantize
 
 CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=97, max_position_embeddings=2048, attn_implementation="sdpa")
@@ -85,7 +85,8 @@ def test_backward_fetches_the_previous_layer_while_one_recomputes() -> None:
     unpack = store.unpack
 
     def watched(stored: Any) -> torch.Tensor:
-        fetched_when_asked.append(getattr(stored, "fetched", None) is not None)
+        if isinstance(stored, Stored):  # not the small tensors left in place (torch 2.11 saves more of them)
+            fetched_when_asked.append(stored.fetched is not None)
         return unpack(stored)
 
     store.unpack = watched  # type: ignore[method-assign]

@@ -27,7 +27,7 @@ DEEPSPEED = {"WORLD_SIZE": "8", "ACCELERATE_USE_DEEPSPEED": "true"}
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
-CPU_ONLY = {"cpu": True} if torch.accelerator.current_accelerator() is None else {}
+CPU_ONLY = {} if torch.accelerator.is_available() else {"cpu": True}
 
 
 def test_no_sequence_parallelism_adds_no_parallelism_config() -> None:
@@ -35,6 +35,14 @@ def test_no_sequence_parallelism_adds_no_parallelism_config() -> None:
                                                                           env={})):
         assert set(kwargs) == set(CPU_ONLY) | {"kwargs_handlers", "dataloader_config"}
         assert kwargs.items() >= CPU_ONLY.items()
+
+
+def test_a_gpu_build_of_torch_without_a_gpu_joins_the_cpu_processes(monkeypatch) -> None:
+    """A CUDA wheel on a CPU-only machine names CUDA as its accelerator without one present: the processes must still
+    form one gloo group (``cpu=True``), not each train alone."""
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert accelerator_kwargs(ParallelSpec())["cpu"] is True
 
 
 def test_collectives_wait_the_recipes_timeout_and_every_process_reads_its_data() -> None:

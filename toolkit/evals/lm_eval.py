@@ -21,7 +21,7 @@ from toolkit.data.local_files import reason
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
-from toolkit.evals.lmeval_bridge import summarize, task_datasets, task_manager
+from toolkit.evals.lmeval_bridge import summarize, task_datasets, task_manager, unimportable_code
 from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import BINARY_METRICS, Rate, lm_eval_rates
@@ -73,8 +73,12 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
     # BOS first where the tokenizer puts one in front of a text (Llama 3); lm-eval leaves it out unless asked
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=task.batch_size,
               max_length=task.max_length, add_bos_token=bool(bos_prefix(tokenizer)))
-    output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
-                             task_manager=manager, log_samples=False, random_seed=task.seed)
+    try:
+        output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
+                                 task_manager=manager, log_samples=False, random_seed=task.seed)
+    except ConnectionError as exc:  # a task that builds its own data out of reach (lm-eval's RULER: its essays)
+        raise UserError(f"lm_eval task {task.key}: its tasks build their data when they run, and it could not be "
+                        f"reached: {reason(exc)}") from None
     if output is None:  # only non-zero ranks of a distributed run get None
         raise UserError("lm_eval: run evaluation in a single process")
     output.pop("samples", None)
@@ -89,13 +93,16 @@ def _check_known(task: LmEvalTask, manager: Any) -> None:
 
 
 def check_lm_eval(task: LmEvalTask) -> None:
-    """Before a model is loaded: every task name is one lm-eval knows (its own or under ``include_path``), and every
-    dataset its tasks load opens (a hub dataset reachable or cached, local files there; the data itself is fetched
-    when the task runs)."""
+    """Before a model is loaded: every task name is one lm-eval knows (its own or under ``include_path``), the Python
+    code its tasks name imports (lm-eval's RULER needs the ``lm-eval[ruler]`` extra), and every dataset its tasks load
+    opens (a hub dataset reachable or cached, local files there; the data itself is fetched when the task runs; a task
+    that builds its own data shows whether it can only then)."""
     from datasets import load_dataset_builder
 
     manager = task_manager(task.tasks, task.include_path)
     _check_known(task, manager)
+    if (broken := unimportable_code(manager, task.tasks)) is not None:
+        raise UserError(f"lm_eval task {task.key}: the code of lm-eval task {broken[0]} does not import: {broken[1]}")
     for dataset in task_datasets(manager, task.tasks):
         try:
             load_dataset_builder(dataset.path, dataset.name, **dataset.kwargs)

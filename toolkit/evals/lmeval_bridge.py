@@ -47,6 +47,22 @@ def task_datasets(manager, names: Iterable[str]) -> list[TaskDataset]:
     return list(found.values())
 
 
+def unimportable_code(manager, names: Iterable[str]) -> tuple[str, str] | None:
+    """The first of ``names``' tasks (groups and tags expanded) whose YAML names Python code (``!function``: a data
+    builder, a filter, a metric) that does not import, with the reason; None when all of it imports. lm-eval imports
+    that code only when it builds the task, after the model is loaded."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for task, _config in _task_configs(manager.task_index, names):
+        entry = manager.task_index.get(task)
+        if entry is not None and entry.yaml_path:
+            try:
+                load_yaml(entry.yaml_path, resolve_func=True)
+            except ImportError as exc:
+                return task, str(exc)
+    return None
+
+
 def _task_configs(index: dict[str, Any], names: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for member in names:
         name = member if isinstance(member, str) else member.get("task")

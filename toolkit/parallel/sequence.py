@@ -56,7 +56,7 @@ def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
     Impossible settings raise :class:`UserError` before any process group is created.
     """
     timeout = timedelta(minutes=parallel.timeout_minutes)
-    if torch.accelerator.current_accelerator() is not None:
+    if torch.accelerator.is_available():  # a device present, not only built for (a CUDA wheel on a CPU-only machine)
         kwargs: dict[str, Any] = {"kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
     elif env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # cpu=True would make accelerate drop DeepSpeed
         kwargs = {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]}

@@ -55,6 +55,8 @@ def arena_source(run: Path) -> SourceSpec:
 def _check_out(out: Path) -> None:
     if out.is_dir() or not out.parent.is_dir():
         raise UserError(f"--out: {out} is a folder or in no folder that exists; name a .csv file")
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out: {out} would hold a CSV submission under another name; name a .csv file")
     check_writable(out.parent, "--out")
 
 

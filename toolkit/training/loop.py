@@ -105,17 +105,29 @@ def train_step(parts: LoopParts, micro_batches: Sequence[Batch], stage: str, ste
     return (acc.reduce(loss_sum, "sum") / window).item()
 
 
+def _on_any_process(acc: Accelerator, value: int) -> int:
+    """The largest of ``value`` over every process (one small gather; none in a single process): what every process
+    acts on together, since a checkpoint is saved by all of them at once."""
+    if acc.num_processes == 1:
+        return value
+    return int(acc.gather(torch.tensor([value], device=acc.device)).max().item())
+
+
 def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list[Batch]:
-    """The micro-batches of one step; a mistake in the data saves ``unsaved`` (the last step trained, when no
-    checkpoint holds it) first, so the run resumes once the data is mended. One process alone saves: others may be
-    past the bad record."""
+    """The micro-batches of one step. A mistake in the data met by any process stops every one of them after saving
+    ``unsaved`` (the last step trained, when no checkpoint holds it), so the run resumes once the data is mended."""
+    error: UserError | None = None
     try:
-        return [next(job.batches) for _ in range(job.spec.grad_accum)]
-    except UserError as error:
-        if unsaved is not None and parts.accelerator.num_processes == 1:
+        batches = [next(job.batches) for _ in range(job.spec.grad_accum)]
+    except UserError as met:
+        error, batches = met, []
+    if _on_any_process(parts.accelerator, int(error is not None)):
+        if unsaved is not None:
             parts.checkpoints.save(unsaved)
         kept = parts.checkpoints.latest()
-        raise data_mistake(error, str(kept[0]) if kept else None) from None
+        raise data_mistake(error or UserError("train.data: another process met a mistake in the data"),
+                           str(kept[0]) if kept else None) from None
+    return batches
 
 
 def train_stage(parts: LoopParts, job: StageJob) -> int:
@@ -169,7 +181,8 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             saved = None
             if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):
                 saved = parts.checkpoints.save(state)
-            if parts.stop and (signum := parts.stop.signum) is not None:
+            stop = parts.stop.signum if parts.stop else None  # the flag is read once a step
+            if signum := _on_any_process(acc, stop or 0):
                 raise Stopped(signum, str(saved or parts.checkpoints.save(state)))
     except torch.OutOfMemoryError:
         raise out_of_memory(name, spec.seq_len) from None
