@@ -245,11 +245,11 @@ def test_suites_of_one_name_would_overwrite_each_others_results(tmp_path: Path, 
     other.write_text("name: needles\ntasks:\n  - {type: niah, lengths: [48], samples: 2}\n")
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite), str(other)]}))
     assert _error(["validate", str(recipe)], capsys) == (
-        f"{recipe}: eval.suites[1]: {other} is named needles like eval.suites[0]; results are written per suite "
+        f"{recipe}: eval.suites[1]: {other} is named needles like {suite}; results are written per suite "
         "name, so names must differ")
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--suite", str(suite), "--out",
             str(tmp_path / "out")]
-    assert _error(argv, capsys) == (f"--suite {suite}: named needles like --suite {suite}; results are written per "
+    assert _error(argv, capsys) == (f"--suite: {suite} is named needles like {suite}; results are written per "
                                     "suite name, so names must differ")
     assert not (tmp_path / "out").exists()
 

@@ -13,7 +13,7 @@ from toolkit.evals.accuracy_table import accuracy_table
 from toolkit.evals.api import capped, run_suites_into
 from toolkit.evals.registry import check_tasks, headline
 from toolkit.evals.results import write_json
-from toolkit.evals.suite import load_suite
+from toolkit.evals.suite import load_suites
 from toolkit.output_paths import check_writable
 
 
@@ -41,13 +41,8 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     :func:`default_out`): ``<out>/<suite>.json`` with plots. Every suite, its data and ``out`` are checked first."""
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
-    named: dict[str, str] = {}  # suite name -> its file: each writes <out>/<name>.json
-    for path in suites:  # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-        suite = load_suite(path)
-        if suite.name in named:
-            raise UserError(f"--suite {path}: named {suite.name} like --suite {named[suite.name]}; results are "
-                            "written per suite name, so names must differ")
-        named[suite.name] = path
+    # a bad suite, or one left empty by --max-length, fails before minutes of model loading
+    for path, suite in zip(suites, load_suites(suites, lambda _: "--suite"), strict=True):
         tasks = [task for task in suite.tasks if capped(task, max_length)]
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")

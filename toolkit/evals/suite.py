@@ -7,6 +7,7 @@ tasks of other suite files in first. Local paths resolve against the suite file'
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
@@ -82,3 +83,17 @@ def load_suite(path: str | Path, _seen: tuple[Path, ...] = ()) -> Suite:
     for i, task in enumerate(tasks):
         task.resolve_paths(base, f"{path}: tasks[{i}]")
     return validate_as(Suite, {**data, "tasks": included + tasks}, str(path), node)
+
+
+def load_suites(paths: Sequence[str | Path], label: Callable[[int], str]) -> list[Suite]:
+    """Every suite of ``paths``, in order. Each writes ``<name>.json``, so two with one name is a one-line
+    :class:`UserError` through ``label(i)``, the way the caller names its i-th suite."""
+    suites: list[Suite] = []
+    first: dict[str, int] = {}  # suite name -> the index of the path that named it first
+    for i, path in enumerate(paths):
+        suite = load_suite(path)
+        if (j := first.setdefault(suite.name, i)) != i:
+            raise UserError(f"{label(i)}: {path} is named {suite.name} like {paths[j]}; results are written per "
+                            "suite name, so names must differ")
+        suites.append(suite)
+    return suites

@@ -13,7 +13,7 @@ import yaml
 
 from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
-from toolkit.evals.suite import load_suite
+from toolkit.evals.suite import load_suites
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
@@ -86,19 +86,13 @@ def check_recipe(recipe: Recipe) -> Recipe:
 def _check_suites(recipe: Recipe, path: Path | str) -> None:
     """Every suite the recipe names exists and validates, and holds what ``eval.verdict`` checks, so a typo fails
     before hours of training."""
-    types: dict[str, dict[str, str]] = {}  # suite name -> task key -> task type
-    named: dict[str, int] = {}  # suite name -> its index in eval.suites
     for i, suite in enumerate(recipe.eval.suites):
         if Path(suite).is_dir():
             raise UserError(f"{path}: eval.suites[{i}]: {suite} is a folder, not a suite YAML file")
         if not Path(suite).is_file():
             raise UserError(f"{path}: eval.suites[{i}]: no such file: {suite}")
-        loaded = load_suite(suite)
-        if loaded.name in named:
-            raise UserError(f"{path}: eval.suites[{i}]: {suite} is named {loaded.name} like eval.suites"
-                            f"[{named[loaded.name]}]; results are written per suite name, so names must differ")
-        named[loaded.name] = i
-        types[loaded.name] = {task.key: task.type for task in loaded.tasks}
+    loaded = load_suites(recipe.eval.suites, lambda i: f"{path}: eval.suites[{i}]")
+    types = {suite.name: {task.key: task.type for task in suite.tasks} for suite in loaded}  # name -> key -> type
     verdict = recipe.eval.verdict
     if verdict is None:
         return
