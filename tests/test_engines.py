@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,14 @@ from accelerate.utils.launch import (
 
 from toolkit.errors import UserError
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.parallel.engines import backward, engine_kwargs, optimizer_offloaded, start_stage
+from toolkit.parallel.engines import (
+    STALE_BUILD_LOCK_S,
+    backward,
+    engine_kwargs,
+    optimizer_offloaded,
+    start_stage,
+    warn_of_stale_build_locks,
+)
 from toolkit.recipe.schema import Recipe, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,3 +385,20 @@ def test_start_stage_on_a_real_accelerator(monkeypatch: pytest.MonkeyPatch) -> N
     expected = torch.autograd.grad(model(inputs).sum(), model.weight)[0]
     assert model.weight.grad is not None
     torch.testing.assert_close(model.weight.grad, expected)
+
+
+def test_a_build_lock_left_by_a_stopped_build_is_named_before_deepspeed_hangs_on_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """torch's extension builds wait for a lock file to go; a build stopped midway leaves it behind."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "py311_cpu" / "cpu_adam" / "lock", tmp_path / "py311_cpu" / "fused_adam" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    then = time.time() - STALE_BUILD_LOCK_S - 120
+    os.utime(stale, (then, then))
+    with caplog.at_level("WARNING", logger="toolkit.parallel.engines"):
+        warn_of_stale_build_locks()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{stale}: left 12 minutes ago by a build of torch extension cpu_adam that was stopped midway (unless "
+        "another run is building it now); DeepSpeed waits on it for ever: delete it"]

@@ -17,8 +17,11 @@ The launcher (``accelerate launch --config_file configs/X.yaml``) says which eng
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +31,12 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Recipe
 
+log = logging.getLogger(__name__)
+
 DEEPSPEED_TAKES_FROM_RECIPE = ("optimizer", "scheduler")
 """Sections of a DeepSpeed config file that would replace what the recipe sets; refused."""
+STALE_BUILD_LOCK_S = 600
+"""A torch extension build's lock older than this was left by an interrupted build: one op builds in a few minutes."""
 
 
 def launched_engine(env: Mapping[str, str] = os.environ) -> str | None:
@@ -136,3 +143,29 @@ def start_stage(accelerator: Accelerator, grad_accum: int) -> None:
     """Accumulate ``grad_accum`` micro-batches per step from here on (each stage may differ)."""
     accelerator.gradient_accumulation_steps = grad_accum
     accelerator.step = 0
+
+
+def stale_build_locks(root: Path | None = None) -> list[tuple[Path, float]]:
+    """The lock files of torch extension builds (DeepSpeed's JIT-built ops: ``cpu_adam``, ``fused_adam``, the CPU
+    ``deepspeed_shm_comm``) older than :data:`STALE_BUILD_LOCK_S`, with their ages in seconds. A build stopped midway
+    (Ctrl-C, a killed job) leaves its lock, and every later load of that op waits for it to go, silently, for ever."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = root or Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # where torch builds them
+    stale = []
+    for lock in sorted(root.glob("*/*/lock")):
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # a build that finished meanwhile
+            continue
+        if age > STALE_BUILD_LOCK_S:
+            stale.append((lock, age))
+    return stale
+
+
+def warn_of_stale_build_locks() -> None:
+    """Under DeepSpeed, before its ops load: name each stale build lock, which would make the run hang."""
+    for lock, age in stale_build_locks():
+        log.warning("%s: left %.0f minutes ago by a build of torch extension %s that was stopped midway (unless "
+                    "another run is building it now); DeepSpeed waits on it for ever: delete it", lock, age / 60,
+                    lock.parent.name)

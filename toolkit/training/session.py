@@ -41,6 +41,7 @@ from toolkit.parallel.engines import (
     launched_engine,
     mixed_precision,
     offloads_optimizer,
+    warn_of_stale_build_locks,
 )
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
@@ -116,6 +117,8 @@ def _start(recipe: Recipe) -> Accelerator:
     """The accelerator (checked against the recipe), the seed, and the run folder checked writable."""
     dtype = _weights_dtype(recipe)
     _forget_earlier_runs()
+    if launched_engine() == "deepspeed":
+        warn_of_stale_build_locks()
     accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
                               **engine_kwargs(recipe, dtype))
     _check_engine(accelerator)
