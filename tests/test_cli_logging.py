@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from toolkit.cli import configure_logging, main
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "recipes/tiny-passkey.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +50,18 @@ def test_verbose_and_quiet_exclude_each_other(capsys) -> None:
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: python -m toolkit: argument -q/--quiet: not allowed with argument "
                                        "-v/--verbose (options: python -m toolkit --help)\n")
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="DeepSpeed finds the accelerator itself")
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+def test_deepspeed_imported_by_a_command_on_a_cpu_machine_does_not_ask_for_a_gpu() -> None:
+    """DeepSpeed, which accelerate and transformers import on the way, warns on a machine without a GPU that it was
+    "unable to detect it"; a command tells it the CPU first."""
+    ask = "from deepspeed.accelerator import get_accelerator; print(get_accelerator().device_name())"
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    outputs = [subprocess.run([sys.executable, "-c", f"{before}; {ask}"], env=env, capture_output=True, text=True,
+                              check=True, cwd=ROOT)
+               for before in ("pass", f"from toolkit.cli import main; main(['validate', '{RECIPE}'])")]
+    assert "unable to detect it" in outputs[0].stderr + outputs[0].stdout  # what it says unprompted
+    assert outputs[1].stdout.splitlines() == [f"{RECIPE}: ok", "cpu"]
+    assert "unable to detect it" not in outputs[1].stderr

@@ -254,6 +254,9 @@ def _fetch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
+    from toolkit.environment import name_cpu_for_deepspeed
+
+    name_cpu_for_deepspeed()
     try:
         return _dispatch(args)
     except UserError as exc:

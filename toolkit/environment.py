@@ -24,6 +24,14 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def name_cpu_for_deepspeed() -> None:
+    """DeepSpeed, which accelerate and transformers import on the way in runs that do not launch it, guesses its
+    device on import and, finding no GPU, warns "If you have GPU or other accelerator, we were unable to detect it":
+    where there is none, it is told the CPU (``DS_ACCELERATOR``, unless set)."""
+    if not torch.accelerator.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         backend = f"ROCm {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
