@@ -162,7 +162,7 @@ clean:
 
 # llama.cpp (README "Export to GGUF"). The converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) comes
 # from the llama-cpp-python source distribution, which vendors llama.cpp, pinned here; `make llama-cpp` also builds
-# llama-cpp-python from that source for CPU (9 to 17 minutes on 2 cores the first time; pip caches the wheel),
+# llama-cpp-python from that source for CPU (4 to 17 minutes on 2 cores the first time; pip caches the wheel),
 # which the round-trip tests in tests/test_export_llama_cpp.py need.
 .PHONY: export llama-cpp
 LLAMA_CPP_VERSION ?= 0.3.36
@@ -196,7 +196,7 @@ llama-cpp: $(CONVERTER)
 		2>/dev/null && [ "$$(cat $(LLAMA_CPP_MARKER) 2>/dev/null)" = '$(LLAMA_CPP_BUILD)' ]; then \
 		echo "llama-cpp-python $(LLAMA_CPP_VERSION) is installed ($(LLAMA_CPP_CMAKE_ARGS))"; \
 	else \
-		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (CPU; 9 to 17 minutes on 2 cores): $(LLAMA_CPP_CMAKE_ARGS)" \
+		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (CPU; 4 to 17 minutes on 2 cores): $(LLAMA_CPP_CMAKE_ARGS)" \
 		&& rm -f $(LLAMA_CPP_MARKER) && $(PY) -m pip uninstall -qq -y llama-cpp-python \
 		&& time CMAKE_ARGS='$(LLAMA_CPP_CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q \
 			--no-binary llama-cpp-python --cache-dir $(LLAMA_CPP_CACHE) \
