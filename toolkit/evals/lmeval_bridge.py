@@ -53,9 +53,11 @@ def unimportable_code(manager, names: Iterable[str]) -> tuple[str, str] | None:
     that code only when it builds the task, after the model is loaded."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
+    read: set[str] = set()  # tasks of one file (a group's) need it read once
     for task, _config in _task_configs(manager.task_index, names):
         entry = manager.task_index.get(task)
-        if entry is not None and entry.yaml_path:
+        if entry is not None and entry.yaml_path and entry.yaml_path not in read:
+            read.add(entry.yaml_path)
             try:
                 load_yaml(entry.yaml_path, resolve_func=True)
             except ImportError as exc:

@@ -145,13 +145,13 @@ def start_stage(accelerator: Accelerator, grad_accum: int) -> None:
     accelerator.step = 0
 
 
-def stale_build_locks(root: Path | None = None) -> list[tuple[Path, float]]:
+def stale_build_locks() -> list[tuple[Path, float]]:
     """The lock files of torch extension builds (DeepSpeed's JIT-built ops: ``cpu_adam``, ``fused_adam``, the CPU
     ``deepspeed_shm_comm``) older than :data:`STALE_BUILD_LOCK_S`, with their ages in seconds. A build stopped midway
     (Ctrl-C, a killed job) leaves its lock, and every later load of that op waits for it to go, silently, for ever."""
     from torch.utils.cpp_extension import get_default_build_root
 
-    root = root or Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # where torch builds them
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # where torch builds them
     stale = []
     for lock in sorted(root.glob("*/*/lock")):
         try:
