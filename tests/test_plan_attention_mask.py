@@ -37,7 +37,7 @@ def test_the_mask_term(attention: str, packing: str, gib: tuple[float, float]) -
 def test_advice_first_drops_the_mask() -> None:
     setup = stage_setup(_recipe("sdpa"), 1, gpus=1)
     with_mask = estimate(LLAMA3_8B, setup).total
-    steps = advice(LLAMA3_8B, setup, budget=80 * GIB)
+    steps = advice(LLAMA3_8B, setup, budget=80 * GIB).lines
     assert steps[0].startswith("model.attention: auto")
     assert float(steps[0].split("-> ")[1].split(" GiB")[0]) == pytest.approx((with_mask - 32 * GIB) / GIB, abs=0.05)
     assert estimate(LLAMA3_8B, Setup(seq_len=131072, batch_size=2)).parts["attention mask"] == 0

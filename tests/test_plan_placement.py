@@ -20,7 +20,8 @@ LLAMA3_8B = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B"]
 LORA_512K = Setup(seq_len=524288, checkpointing=True, tiles=16, loss_chunk=4096, lora_rank=16,
                   lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"))
 """Llama-3-8B LoRA at 512K tokens with the memory switches on, nothing offloaded."""
-PROBE = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "2026-12-04-h200" / "probe-512k-2layer.md"
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "docs" / "measurements" / "2026-12-04-h200" / "probe-512k-2layer.md"
 """What the 2-layer probe measured on an H200, with its recipe."""
 
 
@@ -79,6 +80,20 @@ def test_plan_says_whether_the_host_fits(tmp_path: Path, capsys: pytest.CaptureF
         ["DOES", "NOT", "FIT"] * 2
     assert "host needs 4.6 GiB of 0.0" in out and "no placement of offloaded layers fits both" in out
     assert "verdict: 0 of 2 stage(s) fit the GPU and the host" in out
+
+
+def test_placement_is_sought_with_the_advised_switches_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """Full fine-tuning of the 8B at 512K fits no 80 GiB GPU however its layers are placed; with LoRA, the switch
+    advised, it does: the placement is given for that, not denied."""
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml")
+    print_plan(plan(recipe, gpus=1, gpu_memory_gib=80, host_memory_gib=128))
+    out = capsys.readouterr().out
+    assert "prolong-512k: needs 144.0 GiB of 80; switch on, in order:\n  - method.kind: lora -> 39.5 GiB\n" in out
+    assert "no placement" not in out
+    placed = next(line for line in out.splitlines() if line.startswith("prolong-512k: placement"))
+    assert placed.startswith("prolong-512k: placement that fits both with the switches above: "
+                             "train.activation_offload: ")
+    assert float(placed.split("GPU ")[1].split(" GiB")[0]) <= 80
 
 
 def test_host_memory_of_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ one-layer working set), logits, the eager attention matrix, the dense L×L atten
 under sdpa or eager (one per step, shared by the layers), the allocator's reserve and runtime overhead (see
 ``toolkit.plan.memory``), then FITS or DOES NOT FIT for the GPU; then the host memory of the offloaded activations
 and the processes (all ``--gpus`` processes on the host memory given, by default this machine's RAM) and FITS or
-DOES NOT FIT for the host. A stage that does not fit gets the placement of offloaded layers that fits both, when
-one does, and a path of switches, applied one after the other with the total after each, until the GPU fits.
+DOES NOT FIT for the host. A stage that does not fit gets a path of switches, applied one after the other with the
+total after each, until the GPU fits, then the placement of offloaded layers that fits both (with those switches on),
+when one does.
 """
 
 from __future__ import annotations
@@ -91,7 +92,17 @@ def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
         yield "train.optimizer: adamw_8bit", setup
 
 
-def advice(shape: ModelShape, setup: Setup, budget: float) -> list[str]:
+@dataclass(frozen=True)
+class Advice:
+    """What to switch on for a stage to fit the GPU."""
+
+    lines: list[str]
+    """The switches in order, each with the total it leads to; last, the GPUs needed where switches do not do."""
+    switched: Setup | None
+    """The setup with the switches on, when they alone make the stage fit."""
+
+
+def advice(shape: ModelShape, setup: Setup, budget: float) -> Advice:
     """Switches to apply in order, each with the total it leads to, until the stage fits; else the GPUs needed."""
     lines = []
     for label, changed in _switches(shape, setup):
@@ -101,14 +112,15 @@ def advice(shape: ModelShape, setup: Setup, budget: float) -> list[str]:
         setup = changed
         lines.append(f"{label} -> {total / GIB:.1f} GiB")
         if total <= budget:
-            return lines
+            return Advice(lines, setup)
     for gpus in (2**k for k in range(1, 11)):
         if gpus <= setup.gpus:
             continue
         grown = setup.with_(gpus=gpus, sequence_degree=max(setup.sequence_degree, _sequence_degree(shape, gpus)))
         if (total := estimate(shape, grown).total) <= budget:
-            return lines + [f"{gpus} GPUs (sequence degree {grown.sequence_degree}) -> {total / GIB:.1f} GiB"]
-    return lines + ["more than 1024 GPUs with these settings: shorten the stage"]
+            return Advice(lines + [f"{gpus} GPUs (sequence degree {grown.sequence_degree}) -> {total / GIB:.1f} GiB"],
+                          None)
+    return Advice(lines + ["more than 1024 GPUs with these settings: shorten the stage"], None)
 
 
 def _cell(value: float) -> str:
@@ -209,20 +221,26 @@ def _verdict(fits: bool) -> str:
 
 
 def _print_advice(name: str, shape: ModelShape, setup: Setup, result: Fit) -> None:
-    """The switches that make the GPU fit, then the placement of offloaded layers that fits the GPU and the host."""
+    """The switches that make the GPU fit, then the placement of offloaded layers that fits the GPU and the host
+    (with those switches on, where they alone make the GPU fit)."""
     gpu_budget, host_budget = result.gpu_budget, result.host_budget
+    after = ""
     if not result.gpu_fits:
         print(f"{name}: needs {result.estimate.total / GIB:.1f} GiB of {gpu_budget / GIB:g}; switch on, in order:")
-        for line in advice(shape, setup, gpu_budget):
+        advised = advice(shape, setup, gpu_budget)
+        for line in advised.lines:
             print(f"  - {line}")
+        if advised.switched is not None:
+            setup, after = advised.switched, " with the switches above"
     if not result.host_fits:
         print(f"{name}: host needs {result.host / GIB:.1f} GiB of {host_budget / GIB:,.1f} ({setup.gpus} process(es) "
               f"x {result.estimate.host_needed / GIB:.1f} GiB: offloaded activations and the process)")
     found = placement(shape, setup, gpu_budget, host_budget)
     if found is None:
-        print(f"{name}: no placement of offloaded layers fits both the GPU and the host; shorten the stage, add "
-              "host memory, or spread the sequence over more GPUs (parallel.sequence)")
+        print(f"{name}: no placement of offloaded layers fits both the GPU and the host{after}; shorten the stage, "
+              "add host memory, or spread the sequence over more GPUs (parallel.sequence)")
         return
     placed, placed_fit = found
-    print(f"{name}: placement that fits both: {placement_setting(placed, shape.layers)} (the first layers' inputs "
-          f"in host memory) -> GPU {placed_fit.estimate.total / GIB:.1f} GiB, host {placed_fit.host / GIB:.1f} GiB")
+    where = " (the first layers' inputs in host memory)" if placed.offload else ""
+    print(f"{name}: placement that fits both{after}: {placement_setting(placed, shape.layers)}{where} -> GPU "
+          f"{placed_fit.estimate.total / GIB:.1f} GiB, host {placed_fit.host / GIB:.1f} GiB")
