@@ -151,6 +151,16 @@ def test_plan_refuses_memory_that_is_no_number(flag: str, value: str, capsys) ->
         f"{flag}: must be positive GiB, got {value}")
 
 
+@pytest.mark.parametrize("command", ["train", "plan"])
+def test_a_command_without_its_recipe_asks_for_the_recipe_alone(command: str, capsys) -> None:
+    """Overrides are optional: only the recipe is named as missing (argparse exits 2 itself)."""
+    with pytest.raises(SystemExit) as stopped:
+        main([command])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"error: python -m toolkit {command}: the following arguments are required: "
+                                       f"recipe (options: python -m toolkit {command} --help)\n")
+
+
 @pytest.mark.parametrize(("command", "broken"), [
     ("plan", "config.json"), ("export", "tokenizer.json"), ("eval", "adapter_config.json")])
 def test_a_model_folder_with_broken_json_names_the_file(command: str, broken: str, tmp_path: Path, capsys) -> None:

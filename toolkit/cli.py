@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
     train.add_argument("recipe")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=5")
+    train.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. train.max_steps=5")
 
     validate = sub.add_parser("validate", help="check recipes without running them")
     validate.add_argument("recipes", nargs="+")
@@ -44,7 +44,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
 
     plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
     plan.add_argument("recipe")
-    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("overrides", nargs="*", default=[])
     plan.add_argument("--gpus", type=int, default=1)
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     plan.add_argument("--host-memory", type=float, help="GiB of host memory (default: this machine's RAM)")
