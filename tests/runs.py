@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit.cli import main
+from toolkit.training.faults import StopFlag
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDLE_SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
@@ -68,12 +69,12 @@ def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
-class StopAfter:
+class StopAfter(StopFlag):
     """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
 
     def __init__(self, n: int):
+        super().__init__()
         self.checks, self.n = 0, n
-        self.signum: int | None = None
 
     def __bool__(self) -> bool:
         self.checks += 1

@@ -21,6 +21,7 @@ from toolkit.data.batches import StageBatches
 from toolkit.errors import UserError
 from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS, read_metrics
+from toolkit.training.faults import SHUTDOWN_TIMEOUT_ENV, launcher_grace_s
 from toolkit.training.metrics import MetricsLogger
 from toolkit.training.objective import CausalLMObjective
 
@@ -110,6 +111,35 @@ def test_out_of_memory_names_what_to_change(micro_recipe: Path, monkeypatch, cap
     err = failures[0]
     for advice in ("seq_len 64", "gradient_checkpointing", "activation_offload", "parallel.sequence", "toolkit plan"):
         assert advice in err
+
+
+@pytest.mark.parametrize(("launched", "grace", "warnings"), [(True, "0", 1), (True, "3600", 0), (False, "0", 0)])
+def test_steps_longer_than_torchruns_grace_are_warned_of_once(launched: bool, grace: str, warnings: int,
+                                                             micro_recipe: Path, monkeypatch, capsys) -> None:
+    """torchrun kills its processes a grace period after passing on a stop signal, and a stop is acted on at a step's
+    end: a run whose step and checkpoint outlast that grace says so, once, with the setting to change."""
+    if launched:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, grace)
+    assert launcher_grace_s() == (int(grace) if launched else None)
+    assert train(micro_recipe, "train.save_every=2") == 0
+    said = [line[line.index("a step of"):] for line in capsys.readouterr().err.splitlines() if "torchrun waits" in line]
+    assert len(said) == warnings, said
+    if warnings:
+        assert said[0].startswith("a step of stage short takes ")
+        assert "longer than the 0 s torchrun waits after passing on a stop signal before it kills" in said[0]
+        assert f"Launch with {SHUTDOWN_TIMEOUT_ENV}=1 (torch 2.12 or later) or set train.save_every" in said[0]
+
+
+@pytest.mark.parametrize(("version", "grace"), [("2.11.0+cu130", 30), ("2.12.0", 45), ("2.13.0+cpu", 45)])
+def test_torch_before_2_12_gives_its_processes_30_seconds_whatever_the_setting(version: str, grace: int,
+                                                                              monkeypatch) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, "45")
+    monkeypatch.setattr(torch, "__version__", version)
+    assert launcher_grace_s() == grace
 
 
 def test_full_disk_while_saving_keeps_previous_checkpoint(micro_recipe: Path, uninterrupted: Path,

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -58,6 +59,8 @@ class CheckpointManager:
         self.accelerator = accelerator
         self.data_identity: dict[str, Any] | None = None
         """Written into every checkpoint's state (unless the state carries its own)."""
+        self.last_save_s = 0.0
+        """Seconds the latest save took (0 before the first)."""
         accelerator.register_save_state_pre_hook(keep_trainable)
         accelerator.register_load_state_pre_hook(load_trainable)
 
@@ -89,6 +92,7 @@ class CheckpointManager:
         """Write a checkpoint atomically and prune old ones. A failed write keeps the previous ones."""
         if state.data is None and self.data_identity is not None:
             state = replace(state, data=self.data_identity)
+        started = time.perf_counter()
         name = f"stage-{state.stage}-step-{state.step:06d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"
         if self.accelerator.is_main_process:
@@ -114,6 +118,7 @@ class CheckpointManager:
             for old in self.complete()[:-self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        self.last_save_s = time.perf_counter() - started
         return final
 
     def load(self, path: Path) -> None:

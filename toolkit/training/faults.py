@@ -3,26 +3,65 @@ out-of-memory error becomes one message saying what to change."""
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from contextlib import contextmanager
 
+import torch
+
 from toolkit.errors import RunFailure, UserError
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+"""torchrun's wait, in seconds, between passing a stop signal on to its processes and killing them (read from torch
+2.12 on; 30 before, and by default)."""
+TORCHRUN_GRACE_S = 30
+
+
+def launcher_grace_s() -> int | None:
+    """How long torchrun (``accelerate launch`` of several processes) lets its processes finish after passing a stop
+    signal on to them; None when torchrun did not start this process."""
+    if not torch.distributed.is_torchelastic_launched():
+        return None
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 12):
+        return TORCHRUN_GRACE_S
+    try:
+        return int(os.environ.get(SHUTDOWN_TIMEOUT_ENV, TORCHRUN_GRACE_S))
+    except ValueError:
+        return TORCHRUN_GRACE_S
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGINT; the loop checks it after each optimizer step."""
+    """Set by SIGTERM or SIGINT; the loop checks it after each optimizer step. ``grace_s``: how long the launcher
+    waits after a stop signal before it kills the process (:func:`launcher_grace_s`), when known."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: int | None = None) -> None:
         self.signum: int | None = None
+        self.grace_s = grace_s
+        self._warned = False
 
     def __bool__(self) -> bool:
         return self.signum is not None
+
+    def warn_if_too_slow(self, stage: str, step_s: float, save_s: float) -> None:
+        """Warn once when a step and a checkpoint take longer than the launcher's grace: a stop signal met early in
+        a step would then be acted on after the processes are killed, losing the steps since the last checkpoint."""
+        if self._warned or self.grace_s is None or step_s + save_s <= self.grace_s:
+            return
+        self._warned = True
+        needed = int(1.5 * (step_s + save_s)) + 1
+        log.warning("a step of stage %s takes %.0f s and a checkpoint %.0f s, longer than the %d s torchrun waits "
+                    "after passing on a stop signal before it kills the processes: a stop would lose the steps since "
+                    "the last checkpoint. Launch with %s=%d (torch 2.12 or later) or set train.save_every", stage,
+                    step_s, save_s, self.grace_s, SHUTDOWN_TIMEOUT_ENV, needed)
 
 
 @contextmanager
 def stop_on_signals():
     """Within the block, SIGTERM and SIGINT set the returned flag instead of killing the process."""
-    flag = StopFlag()
+    flag = StopFlag(launcher_grace_s())
     previous = {}
 
     def handler(signum, _frame):

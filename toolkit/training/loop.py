@@ -130,6 +130,23 @@ def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list
     return batches
 
 
+def _save_and_heed_stops(parts: LoopParts, state: TrainerState, stage: str, step_s: float | None) -> Path | None:
+    """After a step: its checkpoint when one is due (every ``train.save_every`` steps and at the stage's end), then
+    every process stops together when any of them was sent a stop signal (the flag is read once a step). ``step_s``:
+    the step's seconds, for the warning when stops would come too late; None for a step that may have compiled
+    kernels. Returns the checkpoint written, if any."""
+    acc, train = parts.accelerator, parts.train
+    saved = None
+    if state.stage_done or (train.save_every and state.step % train.save_every == 0):
+        saved = parts.checkpoints.save(state)
+    if step_s is not None and acc.is_main_process:
+        parts.stop.warn_if_too_slow(stage, step_s, parts.checkpoints.last_save_s)
+    stop = parts.stop.signum if parts.stop else None
+    if signum := _on_any_process(acc, stop or 0):
+        raise Stopped(signum, str(saved or parts.checkpoints.save(state)))
+    return saved
+
+
 def train_stage(parts: LoopParts, job: StageJob) -> int:
     """Run the remaining optimizer steps of one stage; returns the run's global step at its end. A logged row has the
     step's speed over every token of its rows (``tokens_per_s``) and over those that are no padding
@@ -178,12 +195,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
                     reset_peak_memory(acc.device)
             state = TrainerState(job.index, step + 1, global_step, stage_done=step + 1 == job.steps,
                                  stream=job.batches.position())
-            saved = None
-            if state.stage_done or (train.save_every and (step + 1) % train.save_every == 0):
-                saved = parts.checkpoints.save(state)
-            stop = parts.stop.signum if parts.stop else None  # the flag is read once a step
-            if signum := _on_any_process(acc, stop or 0):
-                raise Stopped(signum, str(saved or parts.checkpoints.save(state)))
+            saved = _save_and_heed_stops(parts, state, name, seconds if step > first else None)
     except torch.OutOfMemoryError:
         raise out_of_memory(name, spec.seq_len) from None
     finally:
