@@ -337,6 +337,19 @@ def test_predict_names_its_data_flag(data: str, expected: str, tmp_path: Path, c
     assert not (tmp_path / "sub.csv").exists()
 
 
+def test_a_model_that_is_no_folder_and_out_of_reach_on_the_hub(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A mistyped folder shaped like a hub id is looked up on the hub; offline, the line says it was taken as one."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without the network
+    model = {"name_or_path": "models/no-such-model", "precision": "fp32"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys).startswith(
+        "model.tokenizer: cannot load 'models/no-such-model' (from model.name_or_path), a hub id (no such folder here "
+        "or beside the recipe): ")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_model_folder_without_a_tokenizer_says_so(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty-model").mkdir()
     model = {"name_or_path": str(tmp_path / "empty-model"), "precision": "fp32"}

@@ -70,7 +70,8 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
                                                   trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: {reason}") from None
+        hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
+        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}{hub}: {reason}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"model.tokenizer: {source!r} has neither a pad nor an eos token")
