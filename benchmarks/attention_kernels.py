@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import SHAPES  # noqa: E402
+from benchmarks.harness import SHAPES
 
 KERNELS = ("varlen_fa2", "sdpa_cudnn", "sdpa_flash", "flash_attn_4")
 """Every kernel's name, in the order they run (the CPU has ``varlen_fa2`` alone)."""

@@ -34,15 +34,15 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import LORA, SHAPES  # noqa: E402
-from toolkit.memory.checkpointing import enable_checkpointing  # noqa: E402
-from toolkit.memory.chunked_loss import causal_lm_loss  # noqa: E402
-from toolkit.memory.offload import OffloadStore  # noqa: E402
-from toolkit.memory.tiled_mlp import enable_tiled_mlp  # noqa: E402
-from toolkit.model.loading import build_on_meta, materialise  # noqa: E402
-from toolkit.model.lora import apply_lora  # noqa: E402
-from toolkit.plan.memory import GIB  # noqa: E402
-from toolkit.training.objective import causal_lm_parts  # noqa: E402
+from benchmarks.harness import LORA, SHAPES
+from toolkit.memory.checkpointing import enable_checkpointing
+from toolkit.memory.chunked_loss import causal_lm_loss
+from toolkit.memory.offload import OffloadStore
+from toolkit.memory.tiled_mlp import enable_tiled_mlp
+from toolkit.model.loading import build_on_meta, materialise
+from toolkit.model.lora import apply_lora
+from toolkit.plan.memory import GIB
+from toolkit.training.objective import causal_lm_parts
 
 
 class LiveBytes(TorchDispatchMode):

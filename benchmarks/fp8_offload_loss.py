@@ -32,11 +32,11 @@ from scipy.stats import t as student_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.errors import UserError  # noqa: E402
-from toolkit.evals.plots import finish_axes, save_figure  # noqa: E402
-from toolkit.output_paths import write_text  # noqa: E402
-from toolkit.recipe.yaml_files import read_yaml  # noqa: E402
-from toolkit.run_folder import read_metrics  # noqa: E402
+from toolkit.errors import UserError
+from toolkit.evals.plots import finish_axes, save_figure
+from toolkit.output_paths import write_text
+from toolkit.recipe.yaml_files import read_yaml
+from toolkit.run_folder import read_metrics
 
 DTYPES = ("native", "fp8")
 FINAL_STEPS = 10

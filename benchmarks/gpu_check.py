@@ -44,13 +44,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import gpu_check_engines as engines  # noqa: E402
-from benchmarks import gpu_check_kernels as kernels  # noqa: E402
-from benchmarks import gpu_check_probe as probe  # noqa: E402
-from benchmarks import gpu_check_sections as sections  # noqa: E402
-from benchmarks import gpu_check_training as training  # noqa: E402
-from benchmarks.gpu_check_report import markdown  # noqa: E402
-from toolkit.output_paths import write_text  # noqa: E402
+from benchmarks import gpu_check_engines as engines
+from benchmarks import gpu_check_kernels as kernels
+from benchmarks import gpu_check_probe as probe
+from benchmarks import gpu_check_sections as sections
+from benchmarks import gpu_check_training as training
+from benchmarks.gpu_check_report import markdown
+from toolkit.output_paths import write_text
 
 NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "none")
 """ZeRO-3 with weights and optimizer on the GPU: DeepSpeed's CPU Adam, which offload needs, compiles for minutes at its

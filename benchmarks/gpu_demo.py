@@ -37,12 +37,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early  # noqa: E402
-from benchmarks.gpu_parts import join  # noqa: E402
-from toolkit.data import corpus  # noqa: E402
-from toolkit.model import small_model  # noqa: E402
-from toolkit.output_paths import write_text  # noqa: E402
-from toolkit.run_folder import read_run_info  # noqa: E402
+from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
+from benchmarks.gpu_parts import join
+from toolkit.data import corpus
+from toolkit.model import small_model
+from toolkit.output_paths import write_text
+from toolkit.run_folder import read_run_info
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = str(small_model.DEFAULT_DIR)

@@ -23,9 +23,9 @@ from typing import BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.errors import UserError  # noqa: E402
-from toolkit.file_reading import sha256_of  # noqa: E402
-from toolkit.output_paths import write_text  # noqa: E402
+from toolkit.errors import UserError
+from toolkit.file_reading import sha256_of
+from toolkit.output_paths import write_text
 
 MANIFEST = "manifest.json"
 PART_MIB = 56

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import SHAPES, Config, for_length, measure  # noqa: E402
+from benchmarks.harness import SHAPES, Config, for_length, measure
 from toolkit.output_paths import write_text
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import LORA, SHAPES, Config, measure  # noqa: E402
+from benchmarks.harness import LORA, SHAPES, Config, measure
 from toolkit.output_paths import write_text
-from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config  # noqa: E402
+from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 
 SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
     ("no checkpointing, plain loss", False, None, None),

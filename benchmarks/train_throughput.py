@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure  # noqa: E402
-from benchmarks.rows import ROWS  # noqa: E402
+from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
+from benchmarks.rows import ROWS
 from toolkit.output_paths import write_text
 
 COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_per_s", "mfu", "mfu_spec", "peak_gib",
