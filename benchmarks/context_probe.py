@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import LORA, SHAPES
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import causal_lm_loss
+from toolkit.memory.lean_norm import enable_lean_rmsnorm
 from toolkit.memory.offload import OffloadStore
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
@@ -89,6 +90,8 @@ class Probe:
     """bf16 weights under bf16 autocast (on CPU too, to see the GPU's tensors); else float32."""
     vocab: int | None = None
     """A smaller vocabulary than the shape's (the logits do not depend on the depth; CPU probes of 8B widths)."""
+    lean_norm: bool = True
+    """The RMSNorms as ``train.lean_rmsnorm`` makes them (the recipe's default); else transformers' own."""
 
     @property
     def sizes(self) -> dict[str, Any]:
@@ -110,6 +113,8 @@ def _model(probe: Probe, layers: int) -> tuple[PeftModel, OffloadStore | None]:
     store = enable_checkpointing(model, offload=offloaded, fp8=probe.fp8)
     if probe.tiles:
         enable_tiled_mlp(model, probe.tiles)
+    if probe.lean_norm:
+        enable_lean_rmsnorm(model)
     return model.train(), store
 
 
@@ -200,11 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp32", action="store_true", help="float32 weights and compute instead of bf16")
     parser.add_argument("--vocab", type=int, help="a smaller vocabulary than the shape's")
+    parser.add_argument("--transformers-norm", action="store_true",
+                        help="transformers' RMSNorm (float32 copies) instead of the lean one recipes use")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     probe = Probe(shape=args.shape, layers_total=args.layers_total, offload=args.offload, fp8=args.fp8,
                   tiles=args.tiles, loss_chunk=args.loss_chunk, device=args.device, bf16=not args.fp32,
-                  vocab=args.vocab)
+                  vocab=args.vocab, lean_norm=not args.transformers_norm)
     rows = probe_lengths(probe, args.seq_len)
     print(table(rows, probe))
     if args.json:

@@ -34,11 +34,11 @@ MEMORY_REPORTED_ONLY = ("reported, not asserted: the plan models GPU memory; on 
 
 def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict[str, float]:
     """The plan's allocated GPU GiB and host GiB for one step of :data:`benchmarks.harness.LORA` at ``seq_len`` on
-    a ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 unless
-    ``param_bytes`` says otherwise)."""
+    a ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 and the
+    lean norm, as recipes have it, unless they say otherwise)."""
     shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
-    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", **settings}, seq_len=seq_len, lora_rank=LORA.r,
-                  lora_targets=tuple(LORA.target_modules))
+    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", "lean_norm": True, **settings}, seq_len=seq_len,
+                  lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules))
     result = estimate(shape, setup)
     allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
     return {"plan_gib": allocated / GIB, "plan_host_gib": result.host / GIB}

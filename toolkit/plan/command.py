@@ -27,6 +27,9 @@ from toolkit.recipe.schema import LoraSpec, Recipe, TrainSpec
 TILE_TOKENS = 8192
 """Sequence tile of the tiled MLP that the advice proposes (tokens per tile per GPU)."""
 
+MIN_SAVING = 0.005
+"""A switch is advised when it saves at least this share of the stage's memory (an 8-bit optimizer for LoRA's few
+trainable weights does not)."""
 LORA = LoraSpec()
 """The LoRA it advises: the schema's defaults."""
 LOSS_CHUNK: int = TrainSpec.model_fields["loss_chunk_size"].default
@@ -51,7 +54,7 @@ def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:
                  loss_chunk=train.loss_chunk_size, tiles=train.tiled_mlp,
                  attention="eager" if recipe.model.attention == "eager" else "flash/sdpa",
                  dense_mask=recipe.model.attention in DENSE_MASK and train.stage_data(index).packing == "pack",
-                 sequence_degree=recipe.parallel.degree)
+                 sequence_degree=recipe.parallel.degree, lean_norm=train.lean_rmsnorm)
 
 
 def _sequence_degree(shape: ModelShape, gpus: int) -> int:
@@ -67,6 +70,9 @@ def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
     if setup.attention == "eager" or setup.dense_mask:
         setup = setup.with_(attention="flash/sdpa", dense_mask=False)
         yield "model.attention: auto (flash-attention, varlen or flex on a GPU: no L^2 matrix or mask)", setup
+    if not setup.lean_norm:
+        setup = setup.with_(lean_norm=True)
+        yield "train.lean_rmsnorm: true", setup
     if setup.loss_chunk is None:
         setup = setup.with_(loss_chunk=LOSS_CHUNK)
         yield f"train.loss_chunk_size: {LOSS_CHUNK}", setup
@@ -77,7 +83,7 @@ def _switches(shape: ModelShape, setup: Setup) -> Iterator[tuple[str, Setup]]:
         tokens = setup.batch_size * setup.seq_len // setup.sequence_degree
         setup = setup.with_(tiles=max(2, math.ceil(tokens / TILE_TOKENS)))
         yield f"train.tiled_mlp: {setup.tiles}", setup
-    if not setup.offload:
+    if setup.offload is not True and setup.offload != shape.layers:
         setup = setup.with_(offload=True)
         yield "train.activation_offload: true", setup
     degree = _sequence_degree(shape, setup.gpus)
@@ -107,7 +113,7 @@ def advice(shape: ModelShape, setup: Setup, budget: float) -> Advice:
     lines = []
     for label, changed in _switches(shape, setup):
         total = estimate(shape, changed).total
-        if total >= estimate(shape, setup).total:
+        if total > (1 - MIN_SAVING) * estimate(shape, setup).total:
             continue
         setup = changed
         lines.append(f"{label} -> {total / GIB:.1f} GiB")

@@ -8,7 +8,9 @@ keeps only each layer's input (``a H``) and recomputes one layer at a time in th
 those inputs to host memory (the first N layers', see ``toolkit.memory.checkpointing``), where CUDA's caching
 host allocator rounds each pinned block up to a power of two. The recomputed layer's backward also holds the
 gradients of its output and of a norm's output (``2 a H``) and the float32 temporaries of an RMSNorm's backward
-(``NORM_BACKWARD_COPIES x 4H``); the tiled MLP divides only the MLP's own tensors, not the norm before it.
+(``NORM_BACKWARD_COPIES x 4H``); the tiled MLP divides only the MLP's own tensors, not the norm before it. The lean
+RMSNorm (``toolkit.memory.lean_norm``) keeps its input as it came (``a H``) and a float32 per token instead of the
+float32 copy, and its backward's float32 temporaries span one chunk of rows, not the sequence.
 Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax kept for the backward, its gradient).
 The caching allocator holds more than it hands out (``ALLOCATOR_RESERVE_PER_HIDDEN``). Sharding (FSDP2 / ZeRO-3)
 divides weights, gradients and optimizer state by the GPU count and gathers about two layers at a time;
@@ -24,6 +26,7 @@ from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
+from toolkit.memory.lean_norm import CHUNK_ROWS as NORM_CHUNK_ROWS
 from toolkit.memory.offload import offloaded_layers
 
 GIB = 1024**3
@@ -153,6 +156,9 @@ class Setup:
     dense_mask: bool = False
     """Rows holding several documents reach sdpa or eager, so transformers builds a ``[B,1,L,L]`` mask."""
     sequence_degree: int = 1
+    lean_norm: bool = False
+    """RMSNorms keep their low-precision input, not a float32 copy, and run their backward in chunks of rows
+    (``train.lean_rmsnorm``)."""
 
     def with_(self, **changes: Any) -> Setup:
         return replace(self, **changes)
@@ -207,7 +213,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     per_layer_kept, working = _layer_activations(shape, setup)
     offloaded = _offloaded_layers(shape, setup)
     on_gpu = max(shape.layers - offloaded, min(offloaded, 2))  # offloaded: the one recomputed, the next fetched
-    end_of_forward = 4 * h + 2 * a * h  # the final norm's float32 input and output, the loss's copy of it
+    end_of_forward = _norm_input(setup) * h + 2 * a * h  # the final norm's input and output, the loss's copy of it
     eager = setup.attention == "eager"
     attention_matrix = setup.batch_size * shape.heads * setup.seq_len**2 / setup.sequence_degree * (4 + a)
     logits_tokens = min(tokens, setup.loss_chunk) if setup.loss_chunk else tokens
@@ -231,17 +237,26 @@ def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
     """(bytes per token each layer keeps for the backward, bytes per token of the layer being worked on: what its
     backward holds, the recomputed activations with checkpointing)."""
     a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
-    norm_saved = 4 * h + a * h  # an RMSNorm's float32 input and its output
+    lean = setup.lean_norm and a < 4
+    # an RMSNorm's float32 input and its output; lean: its input as it came and a float32 per token
+    norm_saved = a * h + (4 if lean else 4 * h)
     attention_saved = norm_saved + a * (3 * h + 2 * shape.kv_dim)  # + q, k, v and the attention output
     mlp_own = a * 4 * i  # gate, up, SiLU(gate), their product: what the tiled MLP divides
     mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
-    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h
+    tokens = setup.batch_size * setup.seq_len / setup.sequence_degree
+    norm_rows = min(1.0, NORM_CHUNK_ROWS / tokens) if lean else 1.0  # lean: one chunk of rows at a time
+    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h * norm_rows
     tiles = setup.tiles or 1
     if setup.checkpointing:
         return a * h, attention_saved + norm_saved + (mlp_own + mlp_transient) / tiles + backward
     if setup.tiles:  # tiles keep only their input, recompute the rest
         return attention_saved + norm_saved, (mlp_own + mlp_transient) / tiles + backward
     return attention_saved + norm_saved + mlp_own, mlp_transient + backward
+
+
+def _norm_input(setup: Setup) -> int:
+    """Bytes per hidden unit and token an RMSNorm keeps of its input: a float32 copy, or the input (lean)."""
+    return setup.param_bytes if setup.lean_norm and setup.param_bytes < 4 else 4
 
 
 def _offloaded_layers(shape: ModelShape, setup: Setup) -> int:

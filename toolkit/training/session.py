@@ -28,6 +28,7 @@ from toolkit.evals.registry import check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import loss_kernel
+from toolkit.memory.lean_norm import enable_lean_rmsnorm
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
@@ -198,6 +199,8 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
                              fp8=recipe.train.activation_offload_dtype == "fp8")
     if recipe.train.tiled_mlp:
         enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
+    if recipe.train.lean_rmsnorm:
+        enable_lean_rmsnorm(loaded.model)
     return loaded
 
 
