@@ -62,7 +62,7 @@ PROFILES = {
                              tiles_from=65536, stage_overrides=(),
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
-                             probe_lengths=(524288, 1048576), probe_layers=32, probe_offload=20,
+                             probe_lengths=(524288, 1048576), probe_layers=32, probe_offload=25,
                              kernel_lengths=(32768, 131072), budgets=(60, 80, 50, 160), kernels_s=40, total_s=440,
                              min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), cli_length=256, timing_asserted=False,

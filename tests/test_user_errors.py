@@ -161,6 +161,18 @@ def test_a_command_without_its_recipe_asks_for_the_recipe_alone(command: str, ca
                                        f"recipe (options: python -m toolkit {command} --help)\n")
 
 
+def test_overrides_may_follow_the_options_and_anything_else_unknown_is_refused(capsys) -> None:
+    recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
+    assert main(["plan", recipe, "--gpus", "1", "train.stages[0].seq_len=128"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seq_len x batch"))
+    assert row.split()[3:6] == ["128", "x", "64"]  # the override, given after --gpus, took effect
+    for argv in (["plan", recipe, "--gpus", "1", "--bogus"], ["eval", "--model", "m", "--suite", "s", "k=1"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.startswith("error: python -m toolkit: unrecognized arguments: ")
+
+
 @pytest.mark.parametrize(("command", "broken"), [
     ("plan", "config.json"), ("export", "tokenizer.json"), ("eval", "adapter_config.json")])
 def test_a_model_folder_with_broken_json_names_the_file(command: str, broken: str, tmp_path: Path, capsys) -> None:

@@ -251,8 +251,19 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; ``KEY=VALUE`` overrides of ``train`` and ``plan`` may also follow their options."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in ("train", "plan") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     from toolkit.environment import name_cpu_for_deepspeed
 

@@ -9,8 +9,8 @@ those inputs to host memory (the first N layers', see ``toolkit.memory.checkpoin
 host allocator rounds each pinned block up to a power of two. The recomputed layer's backward also holds the
 gradients of its output and of a norm's output (``2 a H``) and the float32 temporaries of an RMSNorm's backward
 (``NORM_BACKWARD_COPIES x 4H``); the tiled MLP divides only the MLP's own tensors, not the norm before it. The lean
-RMSNorm (``toolkit.memory.lean_norm``) keeps its input as it came (``a H``) and a float32 per token instead of the
-float32 copy, and its backward's float32 temporaries span one chunk of rows, not the sequence.
+RMSNorm (``toolkit.memory.lean_norm``) keeps no float32 copy, and the second norm of a layer keeps its input as it came
+(``a H``) instead: ``(8 - a) H`` per token less.
 Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax kept for the backward, its gradient).
 The caching allocator holds more than it hands out (``ALLOCATOR_RESERVE_PER_HIDDEN``). Sharding (FSDP2 / ZeRO-3)
 divides weights, gradients and optimizer state by the GPU count and gathers about two layers at a time;
@@ -26,7 +26,6 @@ from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
-from toolkit.memory.lean_norm import CHUNK_ROWS as NORM_CHUNK_ROWS
 from toolkit.memory.offload import offloaded_layers
 
 GIB = 1024**3
@@ -238,20 +237,22 @@ def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
     backward holds, the recomputed activations with checkpointing)."""
     a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
     lean = setup.lean_norm and a < 4
-    # an RMSNorm's float32 input and its output; lean: its input as it came and a float32 per token
-    norm_saved = a * h + (4 if lean else 4 * h)
-    attention_saved = norm_saved + a * (3 * h + 2 * shape.kv_dim)  # + q, k, v and the attention output
+    # an RMSNorm's output (the projections after it keep it), its float32 input and its float32 reciprocal RMS; lean:
+    # the second norm keeps its input as it came instead (the residual sum; the first norm's is the layer's input)
+    first_norm = a * h + 4 + (0 if lean else 4 * h)
+    second_norm = a * h + 4 + (a * h if lean else 4 * h)
+    attention_saved = first_norm + a * (3 * h + 2 * shape.kv_dim)  # + q, k, v and the attention output
     mlp_own = a * 4 * i  # gate, up, SiLU(gate), their product: what the tiled MLP divides
     mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
-    tokens = setup.batch_size * setup.seq_len / setup.sequence_degree
-    norm_rows = min(1.0, NORM_CHUNK_ROWS / tokens) if lean else 1.0  # lean: one chunk of rows at a time
-    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h * norm_rows
+    # the norm backward's temporaries stay counted with the lean norm too: on CPU its step's peak fell by the
+    # float32 copies alone (docs/scaling.md), not by the temporaries its chunks leave out
+    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h
     tiles = setup.tiles or 1
     if setup.checkpointing:
-        return a * h, attention_saved + norm_saved + (mlp_own + mlp_transient) / tiles + backward
+        return a * h, attention_saved + second_norm + (mlp_own + mlp_transient) / tiles + backward
     if setup.tiles:  # tiles keep only their input, recompute the rest
-        return attention_saved + norm_saved, (mlp_own + mlp_transient) / tiles + backward
-    return attention_saved + norm_saved + mlp_own, mlp_transient + backward
+        return attention_saved + second_norm, (mlp_own + mlp_transient) / tiles + backward
+    return attention_saved + second_norm + mlp_own, mlp_transient + backward
 
 
 def _norm_input(setup: Setup) -> int:

@@ -201,8 +201,8 @@ class TrainSpec(Strict):
     """Run each MLP over this many sequence tiles (saves activation memory at long lengths)."""
     lean_rmsnorm: bool = True
     """Llama RMSNorms keep their bf16/fp16 input for the backward, not a float32 copy, and run in chunks of rows
-    (``toolkit.memory.lean_norm``; the same numbers): at Llama-3-8B's width a layer keeps 32 KiB a token less, and a
-    layer's backward holds 48 KiB a token less at once. fp32 runs are unaffected."""
+    (``toolkit.memory.lean_norm``; the same numbers): a layer keeps 6 bytes per hidden unit and token less, 24 KiB a
+    token at Llama-3-8B's width. fp32 runs are unaffected."""
     save_every: PositiveInt | None = None
     """Checkpoint every N steps (and always at each stage's end)."""
     keep_last: PositiveInt = 2
