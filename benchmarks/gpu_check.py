@@ -50,11 +50,15 @@ from benchmarks import gpu_check_probe as probe
 from benchmarks import gpu_check_sections as sections
 from benchmarks import gpu_check_training as training
 from benchmarks.gpu_check_report import markdown
+from benchmarks.harness import ROOT
 from toolkit.output_paths import write_text
+from toolkit.recipe.loading import load_recipe
 
 NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "none")
 """ZeRO-3 with weights and optimizer on the GPU: DeepSpeed's CPU Adam, which offload needs, compiles for minutes at its
 first use."""
+ONE_GPU = load_recipe(ROOT / "recipes" / "llama3-8b-512k-lora-1gpu.yaml").train
+"""Section 5 probes the placement and tiles of the one-GPU 512K recipe."""
 PROFILES = {
     "cuda": sections.Profile(device="cuda", shape="llama3-8b", lengths=(8192, 32768, 65536, 131072),
                              cli_length=32768, timing_asserted=True, memory_asserted=True,
@@ -62,7 +66,8 @@ PROFILES = {
                              tiles_from=65536, stage_overrides=(),
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
-                             probe_lengths=(524288, 1048576), probe_layers=32, probe_offload=25,
+                             probe_lengths=(524288, 1048576), probe_layers=32,
+                             probe_offload=int(ONE_GPU.activation_offload), probe_tiles=ONE_GPU.tiled_mlp or 1,
                              kernel_lengths=(32768, 131072), budgets=(60, 80, 50, 160), kernels_s=40, total_s=440,
                              min_row_s=30),
     "cpu": sections.Profile(device="cpu", shape="tiny", lengths=(256,), cli_length=256, timing_asserted=False,
@@ -71,7 +76,8 @@ PROFILES = {
                                              "model.train_tokenizer.corpus_documents=200"),
                             engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),
                                      ("FSDP2", None, ())),
-                            probe_lengths=(256, 512), probe_layers=4, probe_offload=4, kernel_lengths=(256, 512),
+                            probe_lengths=(256, 512), probe_layers=4, probe_offload=4, probe_tiles=2,
+                            kernel_lengths=(256, 512),
                             budgets=(15, 45, 45, 55), kernels_s=20, total_s=190, min_row_s=5),
 }
 ALL_SECTIONS = frozenset(range(1, 7))

@@ -70,7 +70,7 @@ def _probe(section: Section, profile: Profile, seq_len: int, scratch: Path) -> d
     out = scratch / f"probe-{seq_len}.json"
     command = [sys.executable, "benchmarks/context_probe.py", "--device", profile.device, "--shape", profile.shape,
                "--seq-len", str(seq_len), "--layers-total", str(profile.probe_layers), "--offload",
-               str(profile.probe_offload), "--tiles", str(profile.tiles), "--json", str(out)]
+               str(profile.probe_offload), "--tiles", str(profile.probe_tiles), "--json", str(out)]
     try:
         done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
                               timeout=max(section.left(), 1))
@@ -90,7 +90,7 @@ def longest_context(section: Section, profile: Profile, scratch: Path) -> None:
     previous: dict[str, Any] | None = None
     for seq_len in profile.probe_lengths:
         plan = planned(profile.shape, profile.probe_layers, seq_len, checkpointing=True,
-                       offload=profile.probe_offload, loss_chunk=4096, tiles=profile.tiles)
+                       offload=profile.probe_offload, loss_chunk=4096, tiles=profile.probe_tiles)
         measured_s = sum(step["step_s"] for step in previous["measured"]) if previous else None
         guess = None if measured_s is None else measured_s * (seq_len / previous["seq_len"]) ** 2  # type: ignore[index]
         if section.left() < (profile.min_row_s if guess is None else guess):

@@ -52,6 +52,8 @@ class Profile:
     """The full depth the probe extrapolates to."""
     probe_offload: int
     """Layers of the full depth whose checkpointed inputs the probe keeps in host memory."""
+    probe_tiles: int
+    """The probe's MLP tiles."""
     kernel_lengths: tuple[int, ...]
     """Section 6: flash-attn-4 and varlen FA2 over one layer at each length (benchmarks/gpu_check_kernels.py)."""
     budgets: tuple[float, float, float, float]
