@@ -14,6 +14,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 import toolkit.memory.lean_norm as lean_norm
 from benchmarks.context_probe import LiveBytes, Probe, measure_step
 from benchmarks.harness import LORA, SHAPES
+from tests.devices import DEVICES
 from toolkit.memory.lean_norm import LeanNormForward, LeanRMSNorm, enable_lean_rmsnorm
 from toolkit.plan.memory import Setup, estimate, shape_from_config
 
@@ -40,15 +41,27 @@ def _saved_bytes(run) -> int:
     return sum(seen.values())
 
 
+def _agree(ours: torch.Tensor, theirs: torch.Tensor, device: str) -> None:
+    """Bit for bit on the CPU; within bf16's rounding on CUDA, whose reduction kernels may split a row differently
+    for tensors of other sizes (the chunks)."""
+    assert ours.dtype == theirs.dtype
+    if device == "cpu":
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
-def test_forward_and_gradients_are_transformers_norms_over_chunks(weight_dtype: torch.dtype, monkeypatch) -> None:
+def test_forward_and_gradients_are_transformers_norms_over_chunks(weight_dtype: torch.dtype, device: str,
+                                                                  monkeypatch) -> None:
     """13 rows in chunks of 5: the output and the input's gradient equal transformers' bit for bit; the weight's
     gradient too in bf16, and within float32 summation order for a float32 weight (a norm trained beside LoRA)."""
     monkeypatch.setattr(lean_norm, "CHUNK_ROWS", 5)
-    norm = _norm(weight_dtype)
+    norm = _norm(weight_dtype).to(device)
     generator = torch.Generator().manual_seed(0)
-    hidden = (3 * torch.randn(2, 13, HIDDEN, generator=generator)).to(torch.bfloat16)
-    grad = torch.randn(2, 13, HIDDEN, generator=generator).to(torch.result_type(norm.weight, hidden))
+    hidden = (3 * torch.randn(2, 13, HIDDEN, generator=generator)).to(device, torch.bfloat16)
+    grad = torch.randn(2, 13, HIDDEN, generator=generator).to(device, torch.result_type(norm.weight, hidden))
     theirs_in, ours_in = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
     theirs = norm(theirs_in)
     theirs.backward(grad)
@@ -56,13 +69,14 @@ def test_forward_and_gradients_are_transformers_norms_over_chunks(weight_dtype: 
     their_weight_grad, norm.weight.grad = norm.weight.grad.clone(), None
     ours = LeanRMSNorm.apply(ours_in, norm.weight, norm.variance_epsilon)
     ours.backward(grad)
-    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
-    assert ours_in.grad is not None and theirs_in.grad is not None and torch.equal(ours_in.grad, theirs_in.grad)
+    _agree(ours, theirs, device)
+    assert ours_in.grad is not None and theirs_in.grad is not None
+    _agree(ours_in.grad, theirs_in.grad, device)
     assert norm.weight.grad is not None
     if weight_dtype == torch.bfloat16:
-        assert torch.equal(norm.weight.grad, their_weight_grad)
+        _agree(norm.weight.grad, their_weight_grad, device)
     else:
-        torch.testing.assert_close(norm.weight.grad, their_weight_grad, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(norm.weight.grad, their_weight_grad, rtol=1e-5, atol=1e-4)
 
 
 def test_the_backward_keeps_the_input_as_it_came_and_one_float_a_row() -> None:
@@ -98,24 +112,25 @@ def test_the_backward_holds_one_chunk_of_float32_at_a_time(monkeypatch) -> None:
     assert peaks[1] < peaks[0] / 2
 
 
-def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike(device: str) -> None:
     """Every norm of a tiny bf16 Llama (two a layer and the last) is routed; the loss and every gradient equal the
     model's own; without gradients, or in float32, the norms' own forward runs."""
     config = LlamaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
-    theirs = LlamaForCausalLM(config).bfloat16()
-    ours = LlamaForCausalLM(config).bfloat16()
+    theirs = LlamaForCausalLM(config).bfloat16().to(device)  # type: ignore[arg-type]  # transformers' wrapped .to
+    ours = LlamaForCausalLM(config).bfloat16().to(device)  # type: ignore[arg-type]
     ours.load_state_dict(theirs.state_dict())
     assert enable_lean_rmsnorm(ours) == 5 and enable_lean_rmsnorm(ours) == 5  # twice: still routed once
     assert all(isinstance(module.forward, LeanNormForward) and not isinstance(module.forward.forward, LeanNormForward)
                for module in ours.modules() if isinstance(module, LlamaRMSNorm))
-    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0)).to(device)
     for model in (theirs, ours):
         model(input_ids=ids, labels=ids).loss.backward()
     for (name, theirs_param), ours_param in zip(theirs.named_parameters(), ours.parameters(), strict=True):
-        assert theirs_param.grad is not None and ours_param.grad is not None
-        assert torch.equal(theirs_param.grad, ours_param.grad), name
+        assert theirs_param.grad is not None and ours_param.grad is not None, name
+        _agree(ours_param.grad, theirs_param.grad, device)
 
     calls = {"lean": 0}
     original = LeanRMSNorm.apply
