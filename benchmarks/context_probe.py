@@ -43,7 +43,11 @@ from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
 from toolkit.model.lora import apply_lora
 from toolkit.plan.memory import GIB
+from toolkit.recipe.schema import TrainSpec
 from toolkit.training.objective import causal_lm_parts
+
+LEAN_NORM: bool = TrainSpec.model_fields["lean_rmsnorm"].default
+"""Whether a recipe's RMSNorms are the lean ones unless it says otherwise."""
 
 
 class LiveBytes(TorchDispatchMode):
@@ -90,8 +94,8 @@ class Probe:
     """bf16 weights under bf16 autocast (on CPU too, to see the GPU's tensors); else float32."""
     vocab: int | None = None
     """A smaller vocabulary than the shape's (the logits do not depend on the depth; CPU probes of 8B widths)."""
-    lean_norm: bool = True
-    """The RMSNorms as ``train.lean_rmsnorm`` makes them (the recipe's default); else transformers' own."""
+    lean_norm: bool = LEAN_NORM
+    """The RMSNorms as ``train.lean_rmsnorm`` makes them (the recipes' default); else transformers' own."""
 
     @property
     def sizes(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.context_probe import LEAN_NORM
 from benchmarks.gpu_check_cli import cli_against_benchmark
 from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
 from benchmarks.harness import LORA, ROOT, SHAPES
@@ -37,7 +38,7 @@ def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict
     a ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 and the
     lean norm, as recipes have it, unless they say otherwise)."""
     shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
-    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", "lean_norm": True, **settings}, seq_len=seq_len,
+    setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", "lean_norm": LEAN_NORM, **settings}, seq_len=seq_len,
                   lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules))
     result = estimate(shape, setup)
     allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]

@@ -19,6 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.context_probe import LEAN_NORM
 from benchmarks.harness import LORA, SHAPES, Config, measure
 from toolkit.output_paths import write_text
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
@@ -42,7 +43,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
                         loss_chunk=chunk, tiles=tiles, threads=threads, peak_tflops=1.0)
         measured = measure(config, budget_s)
         setup = Setup(seq_len=seq_len, param_bytes=2 if torch.cuda.is_available() else 4,
-                      checkpointing=checkpointing, loss_chunk=chunk, tiles=tiles, lean_norm=True, **lora)
+                      checkpointing=checkpointing, loss_chunk=chunk, tiles=tiles, lean_norm=LEAN_NORM, **lora)
         result = estimate(shape, setup)  # measured: allocated, so without the allocator's reserve
         planned = (result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]) / GIB
         rows.append({"setting": label, "measured_gib": measured.get("peak_gib"), "planned_gib": planned,

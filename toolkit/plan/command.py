@@ -111,11 +111,12 @@ class Advice:
 def advice(shape: ModelShape, setup: Setup, budget: float) -> Advice:
     """Switches to apply in order, each with the total it leads to, until the stage fits; else the GPUs needed."""
     lines = []
+    current = estimate(shape, setup).total
     for label, changed in _switches(shape, setup):
         total = estimate(shape, changed).total
-        if total > (1 - MIN_SAVING) * estimate(shape, setup).total:
+        if total > (1 - MIN_SAVING) * current:
             continue
-        setup = changed
+        setup, current = changed, total
         lines.append(f"{label} -> {total / GIB:.1f} GiB")
         if total <= budget:
             return Advice(lines, setup)

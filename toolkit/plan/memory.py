@@ -236,7 +236,7 @@ def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
     """(bytes per token each layer keeps for the backward, bytes per token of the layer being worked on: what its
     backward holds, the recomputed activations with checkpointing)."""
     a, h, i = setup.param_bytes, shape.hidden, shape.intermediate
-    lean = setup.lean_norm and a < 4
+    lean = _lean_norm(setup)
     # an RMSNorm's output (the projections after it keep it), its float32 input and its float32 reciprocal RMS; lean:
     # the second norm keeps its input as it came instead (the residual sum; the first norm's is the layer's input)
     first_norm = a * h + 4 + (0 if lean else 4 * h)
@@ -255,9 +255,15 @@ def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
     return attention_saved + second_norm + mlp_own, mlp_transient + backward
 
 
+def _lean_norm(setup: Setup) -> bool:
+    """Whether the lean RMSNorm changes what the norms keep: it is on, and the activations are below float32 (a float32
+    run's norms make no copy)."""
+    return setup.lean_norm and setup.param_bytes < 4
+
+
 def _norm_input(setup: Setup) -> int:
     """Bytes per hidden unit and token an RMSNorm keeps of its input: a float32 copy, or the input (lean)."""
-    return setup.param_bytes if setup.lean_norm and setup.param_bytes < 4 else 4
+    return setup.param_bytes if _lean_norm(setup) else 4
 
 
 def _offloaded_layers(shape: ModelShape, setup: Setup) -> int:
