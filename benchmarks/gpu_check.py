@@ -111,7 +111,7 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
     done: list[sections.Section] = []
     facts = sections.device_facts()
     result.update(device=facts["device"], memory_gib=facts["memory_gib"], matmul_tflops=facts["matmul_tflops"],
-                  versions=_versions(facts["versions"]))
+                  allocator=facts["allocator"], versions=_versions(facts["versions"]))
     peak = facts["matmul_tflops"]
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)

@@ -43,7 +43,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"- started {result['started']}, took {result.get('elapsed_s', 0):.0f} s of a {result['budget_s']:.0f} s "
              "budget",
              f"- device: {result.get('device', '?')}{memory}; measured matmul rate (MFU denominator): "
-             f"{result.get('matmul_tflops', 0):.3g} TFLOP/s",
+             f"{result.get('matmul_tflops', 0):.3g} TFLOP/s; memory allocator: {result.get('allocator', '?')}",
              f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed"
              + (f", {checks.count('reported')} reported (not asserted)" if "reported" in checks else ""),
              f"- versions: {versions}", ""]

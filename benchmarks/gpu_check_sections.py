@@ -189,14 +189,15 @@ def throughput(section: Section, profile: Profile, peak_tflops: float,
 
 
 def device_facts() -> dict[str, Any]:
-    """The device, its memory and a measured bf16 (CUDA) or fp32 (CPU) matmul rate, from a fresh process so
-    that this one holds no CUDA context while the measurements run."""
+    """The device, its memory, its allocator's settings and a measured bf16 (CUDA) or fp32 (CPU) matmul rate, from a
+    fresh process so that this one holds no CUDA context while the measurements run."""
     code = ("import json, torch; from benchmarks.harness import matmul_peak_tflops; from toolkit.environment import "
-            "describe_device, package_versions; from toolkit.plan.memory import GIB; "
+            "allocator_setting, describe_device, package_versions; from toolkit.plan.memory import GIB; "
             "cuda = torch.cuda.is_available(); device = torch.device('cuda' if cuda else 'cpu'); "
             "print(json.dumps({'device': describe_device(device), "
             "'memory_gib': torch.cuda.get_device_properties(0).total_memory / GIB if cuda else None, "
-            "'matmul_tflops': matmul_peak_tflops(), 'versions': package_versions()}))")
+            "'matmul_tflops': matmul_peak_tflops(), 'allocator': allocator_setting(), "
+            "'versions': package_versions()}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:

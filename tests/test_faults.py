@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import toolkit.training.checkpoints as checkpoints_module
+import toolkit.training.faults as faults_module
 from tests.runs import assert_same_weights, final_weights, train
 from toolkit.data.batches import StageBatches
 from toolkit.errors import UserError
@@ -122,7 +123,8 @@ def test_steps_longer_than_torchruns_grace_are_warned_of_once(launched: bool, gr
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     else:
         monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, grace)
+    monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, grace)  # read from torch 2.12 on
+    monkeypatch.setattr(faults_module, "TORCHRUN_GRACE_S", int(grace))  # the fixed wait of torch before 2.12
     assert launcher_grace_s() == (int(grace) if launched else None)
     assert train(micro_recipe, "train.save_every=2") == 0
     said = [line[line.index("a step of"):] for line in capsys.readouterr().err.splitlines() if "torchrun waits" in line]

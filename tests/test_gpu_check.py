@@ -18,6 +18,7 @@ from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY
 from benchmarks.gpu_check_report import markdown
 from benchmarks.gpu_check_sections import Section
 from tests.real_model import IN_CI
+from toolkit.environment import allocator_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = PROFILES["cpu"].total_s
@@ -45,6 +46,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_section_reports_rows_or_reasons(result: dict) -> None:
     assert result["mode"] == "cpu" and result["elapsed_s"] <= BUDGET_S + 5
     assert result["versions"]["transformers"] == "5.17.0"
+    assert result["allocator"] == allocator_setting()  # what reserved memory depends on
     assert [s["name"][0] for s in result["sections"]] == ["1", "2", "3", "4", "5", "6"]
     for section in result["sections"]:
         assert section["rows"] or section["skipped"], section

@@ -113,6 +113,18 @@ def test_full_report(tmp_path: Path):
     assert "<table>" in page and "src=\"training.png\"" not in page  # nothing but the HTML file is needed
 
 
+def test_a_gpu_runs_environment_names_its_memory_allocator(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path)
+    info = json.loads((run / "run_info.json").read_text())
+    build_report(run)
+    assert "allocator" not in (run / "report.md").read_text()  # on the CPU it shapes no figure
+    info.update(device="NVIDIA H200 (CUDA 13.0)", allocator="PYTORCH_ALLOC_CONF=expandable_segments:True")
+    (run / "run_info.json").write_text(json.dumps(info))
+    build_report(run)
+    assert ("attention: sdpa (flash-attn needs CUDA); GPU memory allocator: PYTORCH_ALLOC_CONF=expandable_segments:"
+            "True. Versions:") in (run / "report.md").read_text()
+
+
 def test_partial_run_still_renders(tmp_path: Path):
     run = tmp_path / "bare"
     run.mkdir()

@@ -24,6 +24,19 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+"""Where PyTorch reads its caching allocator's settings; the first set wins (the second: its name before torch 2.9)."""
+
+
+def allocator_setting() -> str:
+    """The caching allocator's settings this process was given (``PYTORCH_ALLOC_CONF=expandable_segments:True``, say),
+    or "torch's default": GPU memory figures (reserved above all) depend on them."""
+    for name in ALLOCATOR_VARIABLES:
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return "torch's default"
+
+
 def name_cpu_for_deepspeed() -> None:
     """DeepSpeed, which accelerate and transformers import on the way in runs that do not launch it, guesses its
     device on import and, finding no GPU, warns "If you have GPU or other accelerator, we were unable to detect it":

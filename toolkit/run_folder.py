@@ -125,6 +125,8 @@ class RunInfo(BaseModel):
     attention_reason: str | None = None
     loss_kernel: str | None = None
     loss_kernel_reason: str | None = None
+    allocator: str | None = None
+    """The caching allocator's settings (:func:`toolkit.environment.allocator_setting`)."""
     versions: dict[str, str] = {}
     base_model: str | None = None
     native_length: int | None = None

@@ -38,7 +38,7 @@ ALLOCATOR_RESERVE_PER_HIDDEN = 8
 """Bytes per token and hidden unit that PyTorch's caching allocator reserves beyond what is allocated at long
 lengths (blocks of the size of a float32 hidden state that it cannot split for smaller requests). H200, 8B
 shapes, LoRA: reserved minus peak allocated 18.8 GiB at 512K, 4.8 GiB at 128K, 2.0 GiB at 64K (8 x 4096 B per
-token: 16, 4 and 2 GiB)."""
+token: 16, 4 and 2 GiB), with torch's default allocator settings (docs/scaling.md: expandable segments)."""
 HOST_OVERHEAD = int(4.6 * GIB)
 """Host memory of one training process besides the offloaded activations (Python, torch and CUDA libraries, the
 CUDA context's host side, tokenizer, data): H200, 2-layer 8B probe at 512K, 12.6 GiB resident of which 8 GiB were

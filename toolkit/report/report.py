@@ -53,9 +53,11 @@ def environment_section(run: Run) -> list[Block]:
     if not info.model_fields_set:  # no run_info.json, or an empty one
         return []
     versions = ", ".join(f"{k} {v}" for k, v in info.versions.items())
+    on_gpu = info.allocator and not (info.device or "CPU").startswith("CPU")
+    allocator = f"; GPU memory allocator: {info.allocator}" if on_gpu else ""
     blocks: list[Block] = [Heading("Environment"), Paragraph(
         f"Device: {info.device or '-'}; precision: {info.precision or '-'}; attention: {info.attention or '-'} "
-        f"({info.attention_reason or 'no reason recorded'}). Versions: {versions}.")]
+        f"({info.attention_reason or 'no reason recorded'}){allocator}. Versions: {versions}.")]
     if info.stages:
         blocks.append(Table(["stage", "seq_len", "RoPE parameters", "max_position_embeddings", "steps"], [
             [str(s.name), str(s.seq_len), json.dumps(s.rope_parameters, separators=(",", ":")),

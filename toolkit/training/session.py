@@ -22,7 +22,7 @@ from torch import nn
 from toolkit.data.batches import check_stage_data
 from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
-from toolkit.environment import describe_device, package_versions
+from toolkit.environment import allocator_setting, describe_device, package_versions
 from toolkit.errors import UserError
 from toolkit.evals.registry import check_tasks
 from toolkit.evals.suite import load_suite
@@ -242,7 +242,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
                    precision=describe_precision(loaded.dtype),
                    attention=loaded.attention, attention_reason=loaded.attention_reason,
                    loss_kernel=kernel, loss_kernel_reason=kernel_reason,
-                   versions=package_versions(),
+                   allocator=allocator_setting(), versions=package_versions(),
                    base_model=recipe.model.name_or_path or "random init from model.init_config",
                    native_length=loaded.native_length, stages=stages,
                    started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
