@@ -14,9 +14,9 @@ rewritten after every row.
    after the 32K rows, ``python -m toolkit train`` on the toolkit row's rows (the same recipe, the rows as a
    token-id file): its ``metrics.jsonl`` median real tokens/s within 10% of the benchmark's;
 5. the longest-context probe: one step of a 1- and a 2-layer model with the 8B per-layer shapes at 512K and 1M
-   (while the time left allows), extrapolated to 32 layers (GPU memory, host memory, step time), each beside the
-   plan's figures, the plan within 10% of the extrapolated allocated peak; within what is left but section 6's
-   seconds;
+   (while the time left allows; a length whose 2-layer step the plan says the card cannot hold, at its longest half
+   that it can), extrapolated to 32 layers (GPU memory, host memory, step time), each beside the plan's figures,
+   the plan within 10% of the extrapolated allocated peak; within what is left but section 6's seconds;
 6. flash-attn-4 against PyTorch's varlen FA2: one attention layer of the 8B shape, forward and backward, one
    document per row at 32K and 128K, TFLOP/s of each (flash-attn-4 where installed: ``make wheelhouse-fa4``).
 
@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -113,6 +114,7 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
     result.update(device=facts["device"], memory_gib=facts["memory_gib"], matmul_tflops=facts["matmul_tflops"],
                   allocator=facts["allocator"], versions=_versions(facts["versions"]))
     peak = facts["matmul_tflops"]
+    profile = replace(profile, memory_gib=facts["memory_gib"])  # None on the CPU
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         plan = [("1. pytest -m gpu", profile.budgets[0], sections.gpu_tests),

@@ -34,15 +34,16 @@ MEMORY_REPORTED_ONLY = ("reported, not asserted: the plan models GPU memory; on 
 
 
 def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict[str, float]:
-    """The plan's allocated GPU GiB and host GiB for one step of :data:`benchmarks.harness.LORA` at ``seq_len`` on
-    a ``layers``-layer model of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 and the
-    lean norm, as recipes have it, unless they say otherwise)."""
+    """The plan's allocated GPU GiB, its total (what has to fit the card: with the allocator's reserve and the runtime
+    overhead) and host GiB for one step of :data:`benchmarks.harness.LORA` at ``seq_len`` on a ``layers``-layer model
+    of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 and the lean norm, as recipes have
+    it, unless they say otherwise)."""
     shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
     setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", "lean_norm": LEAN_NORM, **settings}, seq_len=seq_len,
                   lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules))
     result = estimate(shape, setup)
     allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
-    return {"plan_gib": allocated / GIB, "plan_host_gib": result.host / GIB}
+    return {"plan_gib": allocated / GIB, "plan_total_gib": result.total / GIB, "plan_host_gib": result.host / GIB}
 
 
 def throughput_against_plan(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:
@@ -85,25 +86,59 @@ def _probe(section: Section, profile: Profile, seq_len: int, scratch: Path) -> d
     return row
 
 
+def _probe_plan(profile: Profile, layers: int, seq_len: int) -> dict[str, float]:
+    """The plan of a ``layers``-layer probe step (the profile's placement, as far as the layers go)."""
+    return planned(profile.shape, layers, seq_len, checkpointing=True, offload=min(profile.probe_offload, layers),
+                   loss_chunk=4096, tiles=profile.probe_tiles)
+
+
+def length_for_card(profile: Profile, seq_len: int) -> int | None:
+    """``seq_len``, or the longest of its halves (down to an eighth) whose 2-layer probe step the plan fits in the
+    card's memory, or None; ``seq_len`` where the profile knows no card memory (the CPU)."""
+    for length in (seq_len, seq_len // 2, seq_len // 4, seq_len // 8):
+        if profile.memory_gib is None or _probe_plan(profile, 2, length)["plan_total_gib"] <= profile.memory_gib:
+            return length
+    return None
+
+
 def longest_context(section: Section, profile: Profile, scratch: Path) -> None:
     """Probe each length while the budget lasts (attention-bound: a length's step time from the previous one's,
-    squared in the ratio); every length gets the plan's row."""
+    squared in the ratio); every length gets the plan's row. A length whose 2-layer step the plan says this card
+    cannot hold is probed at the longest half that it can (an H100's 80 GB at 512K), once."""
     previous: dict[str, Any] | None = None
-    for seq_len in profile.probe_lengths:
-        plan = planned(profile.shape, profile.probe_layers, seq_len, checkpointing=True,
-                       offload=profile.probe_offload, loss_chunk=4096, tiles=profile.probe_tiles)
-        measured_s = sum(step["step_s"] for step in previous["measured"]) if previous else None
-        guess = None if measured_s is None else measured_s * (seq_len / previous["seq_len"]) ** 2  # type: ignore[index]
-        if section.left() < (profile.min_row_s if guess is None else guess):
-            why = f"about {guess:.0f} s by extrapolation, " if guess is not None else ""
-            section.skip(f"probe at {seq_len:,}", f"{why}{max(section.left(), 0):.0f} s left")
-            section.add({"seq_len": seq_len, "status": "planned only", **plan})
+    for wanted in profile.probe_lengths:
+        seq_len = length_for_card(profile, wanted)
+        probed = {row["seq_len"] for row in section.rows if row.get("status") == "ok"}
+        if seq_len != wanted:
+            section.add({"seq_len": wanted, "status": "planned only", **_probe_plan(profile, profile.probe_layers,
+                                                                                   wanted)})
+            instead = "none down to an eighth" if seq_len is None else f"probed at {seq_len:,} instead"
+            section.skip(f"probe at {wanted:,}", f"the plan's 2-layer step needs more than this card's "
+                                                 f"{profile.memory_gib:.1f} GiB; {instead}")
+        if seq_len is None or seq_len in probed:
             continue
-        row = _probe(section, profile, seq_len, scratch)
-        if row is None:
-            section.add({"seq_len": seq_len, "status": "planned only", **plan})
+        previous, failed = _probe_length(section, profile, seq_len, previous, scratch)
+        if failed:
             break
-        section.add({**row, "status": "ok", **plan})
-        _against_plan(section, profile, f"plan vs probe at {seq_len:,}, {profile.probe_layers} layers: allocated GiB",
-                      plan["plan_gib"], row["device_gib"])
-        previous = row
+
+
+def _probe_length(section: Section, profile: Profile, seq_len: int, previous: dict[str, Any] | None,
+                  scratch: Path) -> tuple[dict[str, Any] | None, bool]:
+    """One length's row (probed, or planned only where the budget will not last), against the plan; the row that
+    times the next length (this one's if probed, else ``previous``), and whether the probe failed."""
+    plan = _probe_plan(profile, profile.probe_layers, seq_len)
+    measured_s = sum(step["step_s"] for step in previous["measured"]) if previous else None
+    guess = None if measured_s is None else measured_s * (seq_len / previous["seq_len"]) ** 2  # type: ignore[index]
+    if section.left() < (profile.min_row_s if guess is None else guess):
+        why = f"about {guess:.0f} s by extrapolation, " if guess is not None else ""
+        section.skip(f"probe at {seq_len:,}", f"{why}{max(section.left(), 0):.0f} s left")
+        section.add({"seq_len": seq_len, "status": "planned only", **plan})
+        return previous, False
+    row = _probe(section, profile, seq_len, scratch)
+    if row is None:
+        section.add({"seq_len": seq_len, "status": "planned only", **plan})
+        return previous, True
+    section.add({**row, "status": "ok", **plan})
+    _against_plan(section, profile, f"plan vs probe at {seq_len:,}, {profile.probe_layers} layers: allocated GiB",
+                  plan["plan_gib"], row["device_gib"])
+    return row, False

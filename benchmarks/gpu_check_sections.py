@@ -63,6 +63,8 @@ class Profile:
     total_s: float
     min_row_s: float
     """A measurement whose time cannot be extrapolated yet starts only with this many seconds left."""
+    memory_gib: float | None = None
+    """The device's memory, as read at the start (None: the CPU, where section 5 does not size its lengths by it)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.gpu_check import PROFILES
 from benchmarks.gpu_check_kernels import _fa4_missing, _row, attention_kernels
-from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY
+from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY, length_for_card, longest_context, planned
 from benchmarks.gpu_check_report import markdown
 from benchmarks.gpu_check_sections import Section
 from tests.real_model import IN_CI
@@ -181,6 +181,20 @@ def test_report_states_every_check() -> None:
     assert "- **pass**: FSDP2 vs one process: 2.00e-04 (tolerance 1e-03)" in text
     assert "- **fail**: ZeRO-3 vs one process: not measured (tolerance 1e-03): exit code 1: RuntimeError: boom" in text
     assert "- **reported**: CLI vs benchmark: 5.00e-01 (tolerance 1e-01): reported, not asserted" in text
+
+
+def test_a_length_the_card_cannot_hold_is_probed_at_the_longest_half_it_can(tmp_path: Path) -> None:
+    cpu = PROFILES["cpu"]
+    step = {n: planned(cpu.shape, 2, n, checkpointing=True, offload=2, loss_chunk=4096,
+                       tiles=cpu.probe_tiles)["plan_total_gib"] for n in (256, 512)}
+    card = replace(cpu, memory_gib=(step[256] + step[512]) / 2)  # holds the 2-layer step at 256, not at 512
+    assert [length_for_card(card, n) for n in (256, 512, 1024, 4096)] == [256, 256, 256, None]
+    assert length_for_card(cpu, 4096) == 4096  # no card memory known: the length asked for
+    section = Section("5. longest context", budget_s=120, save=lambda: None)
+    longest_context(section, card, tmp_path)
+    assert [(row["seq_len"], row["status"]) for row in section.rows] == [(256, "ok"), (512, "planned only")]
+    assert section.skipped == [{"what": "probe at 512", "why": "the plan's 2-layer step needs more than this card's "
+                                f"{card.memory_gib:.1f} GiB; probed at 256 instead"}]
 
 
 def test_sections_not_chosen_are_skips_and_their_seconds_go_to_the_probe(tmp_path: Path) -> None:
