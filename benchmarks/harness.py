@@ -47,6 +47,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                  num_key_value_heads=2, vocab_size=512),
     "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=8192),
+    "8b-ratios": dict(hidden_size=512, intermediate_size=1792, num_hidden_layers=4, num_attention_heads=16,
+                      num_key_value_heads=4, vocab_size=512),  # Llama-3-8B's proportions at an eighth of its width
     "llama3-8b": llama_config(LLAMA3_8B),
 }
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}

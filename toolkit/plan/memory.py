@@ -10,7 +10,8 @@ host allocator rounds each pinned block up to a power of two. The recomputed lay
 gradients of its output and of a norm's output (``2 a H``) and the float32 temporaries of an RMSNorm's backward
 (``NORM_BACKWARD_COPIES x 4H``); the tiled MLP divides only the MLP's own tensors, not the norm before it. The lean
 RMSNorm (``toolkit.memory.lean_norm``) keeps no float32 copy, and the second norm of a layer keeps its input as it came
-(``a H``) instead: ``(8 - a) H`` per token less.
+(``a H``) instead: ``(8 - a) H`` per token less; its backward's float32 temporaries exist for one chunk of rows at a
+time (``LEAN_NORM_CHUNK_COPIES x 4H x`` the chunk's rows), not per token.
 Logits cost ``(a + 8) V`` bytes per token (head output, float32 log-softmax kept for the backward, its gradient).
 The caching allocator holds more than it hands out (``ALLOCATOR_RESERVE_PER_HIDDEN``). Sharding (FSDP2 / ZeRO-3)
 divides weights, gradients and optimizer state by the GPU count and gathers about two layers at a time;
@@ -26,6 +27,7 @@ from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
+from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
 
 GIB = 1024**3
@@ -34,6 +36,10 @@ RUNTIME_OVERHEAD = int(1.5 * GIB)
 NORM_BACKWARD_COPIES = 3
 """Float32 ``[tokens, hidden]`` temporaries alive at once in an RMSNorm's backward (autograd of its decomposed ops:
 the incoming gradient cast to float32, the gradient through ``x * rsqrt``, the one through ``pow``)."""
+LEAN_NORM_CHUNK_COPIES = 4
+"""Float32 ``[chunk rows, hidden]`` temporaries alive at once in the lean RMSNorm's backward (the row times its
+reciprocal RMS, the incoming gradient, and two products of the closed form): counted by the probe's live tensors on
+CPU at 16K and 32K tokens (docs/scaling.md)."""
 ALLOCATOR_RESERVE_PER_HIDDEN = 8
 """Bytes per token and hidden unit that PyTorch's caching allocator reserves beyond what is allocated at long
 lengths (blocks of the size of a float32 hidden state that it cannot split for smaller requests). H200, 8B
@@ -222,7 +228,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         "fp32 master weights": int(4 * mastered / setup.gpus),
         "optimizer state": int(optimizer_state / setup.gpus),
         "activations kept": int(on_gpu * per_layer_kept * tokens),
-        "layer working set": int(max(working, end_of_forward) * tokens),
+        "layer working set": int(max(working * tokens + _lean_norm_chunk(h, setup, tokens), end_of_forward * tokens)),
         "logits": int(logits_tokens * shape.vocab * (a + 8)),
         "attention matrix": int(attention_matrix * (1 if setup.checkpointing else shape.layers)) if eager else 0,
         "attention mask": setup.batch_size * setup.seq_len**2 * (a if eager else 1) if setup.dense_mask else 0,
@@ -244,9 +250,8 @@ def _layer_activations(shape: ModelShape, setup: Setup) -> tuple[float, float]:
     attention_saved = first_norm + a * (3 * h + 2 * shape.kv_dim)  # + q, k, v and the attention output
     mlp_own = a * 4 * i  # gate, up, SiLU(gate), their product: what the tiled MLP divides
     mlp_transient = a * 2 * i  # gradients of gate and up during the MLP backward
-    # the norm backward's temporaries stay counted with the lean norm too: on CPU its step's peak fell by the
-    # float32 copies alone (docs/scaling.md), not by the temporaries its chunks leave out
-    backward = 2 * a * h + NORM_BACKWARD_COPIES * 4 * h
+    # the lean norm's backward temporaries are one chunk's, not the sequence's: estimate adds them once
+    backward = 2 * a * h + (0 if lean else NORM_BACKWARD_COPIES * 4 * h)
     tiles = setup.tiles or 1
     if setup.checkpointing:
         return a * h, attention_saved + second_norm + (mlp_own + mlp_transient) / tiles + backward
@@ -259,6 +264,11 @@ def _lean_norm(setup: Setup) -> bool:
     """Whether the lean RMSNorm changes what the norms keep: it is on, and the activations are below float32 (a float32
     run's norms make no copy)."""
     return setup.lean_norm and setup.param_bytes < 4
+
+
+def _lean_norm_chunk(hidden: int, setup: Setup, tokens: float) -> int:
+    """Bytes of the lean norm's backward temporaries: float32 copies of one chunk of rows (0 without the lean norm)."""
+    return int(LEAN_NORM_CHUNK_COPIES * 4 * hidden * min(tokens, lean_norm.CHUNK_ROWS)) if _lean_norm(setup) else 0
 
 
 def _norm_input(setup: Setup) -> int:
