@@ -106,17 +106,18 @@ def longest_context(section: Section, profile: Profile, scratch: Path) -> None:
     squared in the ratio); every length gets the plan's row. A length whose 2-layer step the plan says this card
     cannot hold is probed at the longest half that it can (an H100's 80 GB at 512K), once."""
     previous: dict[str, Any] | None = None
+    tried: set[int] = set()
     for wanted in profile.probe_lengths:
         seq_len = length_for_card(profile, wanted)
-        probed = {row["seq_len"] for row in section.rows if row.get("status") == "ok"}
         if seq_len != wanted:
             section.add({"seq_len": wanted, "status": "planned only", **_probe_plan(profile, profile.probe_layers,
                                                                                    wanted)})
             instead = "none down to an eighth" if seq_len is None else f"probed at {seq_len:,} instead"
             section.skip(f"probe at {wanted:,}", f"the plan's 2-layer step needs more than this card's "
                                                  f"{profile.memory_gib:.1f} GiB; {instead}")
-        if seq_len is None or seq_len in probed:
+        if seq_len is None or seq_len in tried:
             continue
+        tried.add(seq_len)
         previous, failed = _probe_length(section, profile, seq_len, previous, scratch)
         if failed:
             break
