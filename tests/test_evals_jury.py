@@ -376,7 +376,7 @@ def test_report_cell_and_headline() -> None:
     run = Run(Path("."), None, RunInfo(), [], {})
     panel = {"n": 2, "unjudged": 1, "fleiss_kappa": 0.04, "human_kappa": None, "failed": 3, "unparsed": 1, "calls": 12}
     rated = {"type": "jury", "score": 0.5625, "pooling": "average", "mean_rating": 3.25, "n": 2, "panel": panel}
-    assert jury_cell(run, "t", rated) == "3.25/5 n=2 (1 unjudged)"
+    assert jury_cell(run, "t", rated) == "0.56 (mean rating 3.25/5) n=2 (1 unjudged)"  # the score, (3.25 - 1) / 4
     assert headline(rated) == ("score 0.562, average over 2 answers (1 unjudged), Fleiss kappa 0.040, human kappa -, "
                                "3 failed, 1 unparsed of 12 judge calls")
     voted = {"type": "jury", "score": 0.5, "pooling": "max_vote", "correct": 2, "n": 4, "panel": {"unjudged": 0}}

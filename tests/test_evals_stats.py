@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit.evals.niah import grid_summary
+from toolkit.evals.niah import NiahTask, grid_summary
 from toolkit.evals.stats import Rate, lm_eval_rates, niah_overall, niah_rates, total, wilson
 
 
@@ -41,7 +41,11 @@ def test_format() -> None:
 def test_grid_summary_records_counts() -> None:
     cells = [{"length": length, "depth": depth, "sample": s, "correct": (length == 128 or s == 0)}
              for length in (128, 256) for depth in (0.0, 1.0) for s in range(3)]
-    summary = grid_summary(cells, [128, 256], [0.0, 1.0])
+    # kept by a resumed run from earlier settings (a fourth sample, another length): not of this grid
+    stale = [{"length": 256, "depth": 0.0, "sample": 3, "correct": True},
+             {"length": 512, "depth": 0.0, "sample": 0, "correct": False}]
+    task = NiahTask(type="niah", lengths=[128, 256], depths=[0.0, 1.0], samples=3)
+    summary = grid_summary(cells + stale, task)
     assert summary["n_by_length"] == {"128": 6, "256": 6}
     assert summary["correct_by_length"] == {"128": 6, "256": 2}
     assert (summary["n"], summary["correct"]) == (12, 8)

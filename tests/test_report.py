@@ -21,8 +21,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _suite_json(folder: Path, suite: str, tag: str, tasks: dict) -> None:
+    """A suite's results, every task finished (``complete``, as the evaluation records it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{suite}.json").write_text(json.dumps({"suite": suite, "tag": tag, "model": "m", "tasks": tasks}))
+    finished = {key: {**entry, "complete": True} for key, entry in tasks.items()}
+    (folder / f"{suite}.json").write_text(json.dumps({"suite": suite, "tag": tag, "model": "m", "tasks": finished}))
 
 
 def _tasks(level: float) -> dict:
@@ -111,6 +113,28 @@ def test_full_report(tmp_path: Path):
     images = _embedded_images(page)
     assert len(images) == 4 and all(image.startswith(PNG) for image in images)
     assert "<table>" in page and "src=\"training.png\"" not in page  # nothing but the HTML file is needed
+
+
+def test_an_interrupted_ruler_or_rope_comparison_is_left_out_of_their_sections(tmp_path: Path) -> None:
+    from toolkit.evals.results import SuiteResults
+    from toolkit.evals.rope_compare import RopeCompareTask
+    from toolkit.evals.ruler import RulerTask
+
+    run = _run_folder(tmp_path)
+    final = "stage-1-yarn-1024"  # its evaluation stopped midway: the progress saved after the first batch
+    results = SuiteResults(run / "eval" / final / "extra.json", "extra", final, "m", "fingerprint")
+    ruler = RulerTask(type="ruler", tasks=["niah_single"], lengths=[256])
+    results.record(ruler, [{"task": "niah_single", "length": 256, "sample": 0, "score": 1.0}])
+    rope = RopeCompareTask(type="rope_compare", name="rope", lengths=[1024],
+                           settings={"yarn": {"type": "yarn", "factor": 4.0}})
+    results.record(rope, [{"length": 1024, "depth": 0.5, "sample": 0, "correct": True, "setting": "yarn"}])
+    assert {key: entry["complete"] for key, entry in results.data["tasks"].items()} == {"ruler": False, "rope": False}
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | - | - |" in md  # no score yet, no difference
+    assert "| stage-0-base-256 | 512 | 0.480 |" in md and f"| {final} | 512" not in md  # RULER: the finished tags
+    assert "| RoPE setting | base | stage-0-base-256 | parameters |" in md
+    assert '| yarn | 0.18 [0.12, 0.27] n=100 | 0.53 [0.43, 0.62] n=100 | {"rope_type":"yarn","factor":4.0} |' in md
 
 
 def test_a_gpu_runs_environment_names_its_memory_allocator(tmp_path: Path) -> None:

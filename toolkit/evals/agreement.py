@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+"""Fixed, so the same votes give the same interval."""
 
 Vote = int | None
 """A judge's verdict on one answer (``None``: the judge failed or answered unparseably)."""
@@ -73,15 +75,15 @@ class Kappa:
     n: int
 
 
-def kappa_with_interval(a: Sequence[int], b: Sequence[int], categories: Sequence[int], seed: int = 0) -> Kappa:
+def kappa_with_interval(a: Sequence[int], b: Sequence[int], categories: Sequence[int]) -> Kappa:
     """Cohen's kappa of ``a`` against ``b`` and the 2.5-97.5 percentiles of its value over items resampled with
-    replacement (fixed ``seed``; resamples where kappa is undefined are left out)."""
+    replacement (:data:`BOOTSTRAP_SEED`; resamples where kappa is undefined are left out)."""
     value, n = cohen_kappa(a, b, categories), len(a)
     if value is None:
         return Kappa(None, None, n)
     k, index = len(categories), {c: i for i, c in enumerate(categories)}
     codes = np.array([index[x] * k + index[y] for x, y in zip(a, b, strict=True)])
-    picks = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    picks = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
     offsets = np.arange(BOOTSTRAP_RESAMPLES)[:, None] * k * k
     counts = np.bincount((codes[picks] + offsets).ravel(), minlength=BOOTSTRAP_RESAMPLES * k * k)
     tables = counts.reshape(BOOTSTRAP_RESAMPLES, k, k) / n  # each resample's shares of (a, b) pairs

@@ -169,11 +169,12 @@ def jury_section(run: Run) -> list[Block]:
 
 
 def jury_cell(run: Run, tag: str, entry: Entry) -> str:
-    """The panel's score: fraction correct with its interval (max voting), or the mean 1-5 rating (average)."""
+    """The panel's score: fraction correct with its interval (max voting), or (mean rating - 1) / 4 next to the
+    mean 1-5 rating (average)."""
     unjudged = (entry.get("panel") or {}).get("unjudged")
     note = f" ({unjudged} unjudged)" if unjudged else ""
     if entry.get("pooling") == "average":
-        return f"{fmt(entry.get('mean_rating'), 2)}/5 n={entry.get('n')}{note}"
+        return f"{fmt(entry['score'], 2)} (mean rating {fmt(entry.get('mean_rating'), 2)}/5) n={entry.get('n')}{note}"
     return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
 
 

@@ -95,11 +95,6 @@ def pool(votes: Sequence[int], smoothing: float) -> tuple[float, float, float]:
     return a, b, tie
 
 
-def most_probable(probs: Sequence[float]) -> int:
-    """The class with the highest probability, the first on a tie (as ``preference_scores`` counts accuracy)."""
-    return max(range(len(probs)), key=lambda k: probs[k])
-
-
 def cell_votes(cell: Cell, names: Sequence[str]) -> list[int]:
     """Every valid vote of ``names`` on a row, both orders, in the row's A and B."""
     return [v for order in ORDERS if order in cell["votes"] for v in verdicts(cell, names, order)]

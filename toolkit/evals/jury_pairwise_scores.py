@@ -1,6 +1,6 @@
 """The scores of a ``jury_pairwise`` task: per judge, for the panel and for the class prior, the classifier's
-metrics on the same rows (:func:`toolkit.evals.preference_stats.preference_scores`: log loss, accuracy, ECE with
-intervals and n) plus Cohen's kappa of the most probable class against the human labels (95% bootstrap interval),
+metrics on the same rows (:func:`toolkit.evals.preference_stats.preference_scores`: log loss and accuracy with
+95% intervals, ECE, n) plus Cohen's kappa of the most probable class against the human labels (95% bootstrap interval),
 swap consistency (with ``swap``), and calls, tokens and cost (:mod:`toolkit.evals.jury_panel`).
 """
 
@@ -16,14 +16,13 @@ from toolkit.evals.jury_pairwise_panel import (
     ORDERS,
     cell_votes,
     complete_votes,
-    most_probable,
     pool,
     usage_votes,
     verdicts,
 )
 from toolkit.evals.jury_panel import Cell, judge_usage, panel_usage
 from toolkit.evals.jury_spec import JudgeSpec
-from toolkit.evals.preference_stats import preference_scores, swap_consistency
+from toolkit.evals.preference_stats import most_probable, preference_scores, swap_consistency
 
 Probs = Sequence[Sequence[float]]
 

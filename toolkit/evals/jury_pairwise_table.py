@@ -1,6 +1,6 @@
 """The report's side-by-side table of human-preference predictors (the ``jury_pairwise`` type's section): at each
 evaluation tag, the fine-tuned classifier (``preference`` tasks), the jury's panel and each judge, and the class
-prior, with n, log loss, accuracy, ECE and Cohen's kappa against the human labels (95% intervals), swap
+prior, with n, log loss, accuracy and Cohen's kappa against the human labels (each with its 95% interval), ECE, swap
 consistency, and the jury's tokens and cost.
 """
 
@@ -17,8 +17,11 @@ HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Co
           "swap consistency", "tokens in/out", "est. cost"]
 
 
-def _with_ci(value: Any, ci: Any) -> str:
-    return "-" if value is None else with_interval(value, ci)
+def with_ci(scores: dict[str, Any], key: str) -> str:
+    """A recorded score ``scores[key]`` with its 95% interval ``scores[key + "_ci"]`` where there is one; ``-``
+    where the score is missing or undefined."""
+    value = scores.get(key)
+    return "-" if value is None else with_interval(value, scores.get(f"{key}_ci"))
 
 
 def table_row(name: str, scores: dict[str, Any]) -> list[str]:
@@ -26,9 +29,8 @@ def table_row(name: str, scores: dict[str, Any]) -> list[str]:
     usage where the predictor is a judge or the panel)."""
     tokens = (f"{scores['prompt_tokens']}/{scores['completion_tokens']}" if "prompt_tokens" in scores else "-")
     cost = f"${scores['cost_usd']:.4f}" if "cost_usd" in scores else "-"
-    return [name, str(scores.get("n", "-")), _with_ci(scores.get("log_loss"), scores.get("log_loss_ci")),
-            _with_ci(scores.get("accuracy"), scores.get("accuracy_ci")), fmt(scores.get("ece")),
-            _with_ci(scores.get("kappa"), scores.get("kappa_ci")), fmt(scores.get("swap_consistency")), tokens, cost]
+    return [name, str(scores.get("n", "-")), with_ci(scores, "log_loss"), with_ci(scores, "accuracy"),
+            fmt(scores.get("ece")), with_ci(scores, "kappa"), fmt(scores.get("swap_consistency")), tokens, cost]
 
 
 def _jury_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:

@@ -21,10 +21,10 @@ from toolkit.data.local_files import reason
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
-from toolkit.evals.lmeval_bridge import summarize, task_datasets, task_manager, unimportable_code
+from toolkit.evals.lmeval_bridge import main_metrics, summarize, task_datasets, task_manager, unimportable_code
 from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import TaskBase
-from toolkit.evals.stats import BINARY_METRICS, Rate, lm_eval_rates
+from toolkit.evals.stats import Rate, lm_eval_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, rounded
@@ -139,23 +139,18 @@ def lm_eval_counts(run: Run, tag: str, entry: Entry) -> dict[str, int]:
 
 
 def lm_eval_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
-    """The main score of an lm_eval entry with pooled counts; ``None`` for a metric that is not a fraction."""
-    metric, counts = (entry.get("identity") or {}).get("metric"), lm_eval_counts(run, tag, entry)
-    correct = total = 0
-    for task, values in (entry.get("metrics") or {}).items():
-        chosen = [(k, v) for k, v in values.items() if metric is None or k.split(",")[0] == metric][:1]
-        if not chosen:
-            continue
-        (name, value), n = chosen[0], counts.get(task)
-        if name.split(",")[0] not in BINARY_METRICS:
-            return None
-        if n is None:
-            return Rate(float(entry["score"]))
-        correct, total = correct + round(value * n), total + n
-    return Rate.of(correct, total) if total else None
+    """The score of an lm_eval entry as a rate with its counts: only where it is one lm-eval task's main metric
+    and that is a fraction correct (the score of several tasks is their unweighted mean, which no pooled count
+    gives); ``None`` otherwise."""
+    mains = main_metrics(entry.get("metrics") or {}, (entry.get("identity") or {}).get("metric"))
+    if len(mains) != 1:
+        return None
+    [(task, (name, _))] = mains.items()
+    return lm_eval_rates(entry, lm_eval_counts(run, tag, entry)).get((task, name))
 
 
 def lm_eval_cell(run: Run, tag: str, entry: Entry) -> str:
+    """The score: with its interval and n where it is a single task's fraction correct, else the number alone."""
     rate = lm_eval_rate(run, tag, entry)
     return rate.format() if rate is not None else fmt(entry["score"])
 

@@ -82,16 +82,24 @@ def _task_configs(index: dict[str, Any], names: Iterable[str]) -> Iterator[tuple
             yield name, config
 
 
+def main_metrics(metrics: dict[str, dict[str, float]], metric: str | None) -> dict[str, tuple[str, float]]:
+    """Each lm-eval task's main metric (name and value): the first named ``metric`` (any filter), or its first
+    metric when ``metric`` is ``None``; tasks without one are left out."""
+    mains: dict[str, tuple[str, float]] = {}
+    for task, values in metrics.items():
+        chosen = [(k, v) for k, v in values.items() if metric is None or k.split(",")[0] == metric]
+        if chosen:
+            mains[task] = chosen[0]
+    return mains
+
+
 def summarize(output: dict[str, Any], metric: str | None) -> tuple[dict[str, dict[str, float]], float | None]:
-    """Metrics per task (lm-eval names them ``metric,filter``; stderr dropped) and the mean main metric."""
+    """Metrics per task (lm-eval names them ``metric,filter``; stderr dropped) and the score: the unweighted mean
+    over tasks of their main metric (:func:`main_metrics`)."""
     metrics: dict[str, dict[str, float]] = {}
     for name, values in output.get("results", {}).items():
         metrics[name] = {key: float(value) for key, value in values.items()
                          if "," in key and "_stderr" not in key and isinstance(value, numbers.Real)
                          and not isinstance(value, (bool, np.bool_))}
-    mains = []
-    for values in metrics.values():
-        chosen = [v for k, v in values.items() if metric is None or k.split(",")[0] == metric]
-        if chosen:
-            mains.append(chosen[0])
+    mains = [value for _, value in main_metrics(metrics, metric).values()]
     return metrics, (mean(mains) if mains else None)

@@ -79,17 +79,19 @@ def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Calla
     return cells
 
 
-def grid_summary(cells: list[Cell], lengths: list[int], depths: list[float]) -> dict[str, Any]:
-    """``grid`` {length: {depth: accuracy}}, ``scores_by_length``, and ``mean`` (= ``score``) over the grid; the
+def grid_summary(cells: list[Cell], task: NeedleGrid) -> dict[str, Any]:
+    """``grid`` {length: {depth: accuracy}}, ``scores_by_length``, and ``mean`` (= ``score``) over the grid of
+    ``task`` as it is now (cells of other lengths, depths or samples, which a resumed run keeps, are left out); the
     counts behind them: ``n_by_length``/``correct_by_length`` (prompts per length) and ``n``/``correct``."""
     grid: dict[str, dict[str, float]] = {}
     n_by_length: dict[str, int] = {}
     correct_by_length: dict[str, int] = {}
-    for length in lengths:
+    for length in task.lengths:
         grid[str(length)] = {}
         n_by_length[str(length)] = correct_by_length[str(length)] = 0
-        for depth in depths:
-            hits = [c["correct"] for c in cells if c["length"] == length and c["depth"] == depth]
+        for depth in task.depths:
+            hits = [c["correct"] for c in cells
+                    if c["length"] == length and c["depth"] == depth and c["sample"] < task.samples]
             grid[str(length)][str(depth)] = float(mean(hits)) if hits else 0.0
             n_by_length[str(length)] += len(hits)
             correct_by_length[str(length)] += sum(map(bool, hits))
@@ -102,7 +104,7 @@ def grid_summary(cells: list[Cell], lengths: list[int], depths: list[float]) -> 
 
 def run_niah(task: NiahTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     cells = score_grid(task, ctx, results.cells(task), lambda cells: results.record(task, cells))
-    summary = grid_summary(cells, task.lengths, task.depths)
+    summary = grid_summary(cells, task)
     niah_heatmap(summary["grid"], f"{ctx.model_name} [{ctx.folder.name}] {task.key}", ctx.plot_path(task.key))
     return results.record(task, cells, summary)
 

@@ -2,16 +2,16 @@
 model's probabilities of three label tokens at the answer position, each comparison asked in both orders and
 averaged (:mod:`toolkit.evals.preference_model`).
 
-Reports the competition's log loss, accuracy and calibration error with 95% intervals and n
-(:mod:`toolkit.evals.preference_stats`), next to the baseline that predicts the class frequencies of ``prior`` (the
-training file) for every row, and the swap consistency of the two orders. The score is the accuracy. It asks the
-transformers model (``ctx.model``) directly, through the one call ``predict`` shares, as no backend request gives
-label-token probabilities yet.
+Reports, over n rows, the competition's log loss and the accuracy with 95% intervals, the calibration error and
+Cohen's kappa of the most probable class with its bootstrap interval (the fields of
+:func:`toolkit.evals.jury_pairwise_scores.scores_of`, as the jury's rows have them), next to the baseline that
+predicts the class frequencies of ``prior`` (the training file) for every row, and the swap consistency of the two
+orders. The score is the accuracy. It asks the transformers model (``ctx.model``) directly, through the one call
+``predict`` shares, as no backend request gives label-token probabilities yet.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +20,16 @@ from pydantic import PositiveInt
 from toolkit.data.arena import ArenaRow, read_arena
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
+from toolkit.evals.jury_pairwise_scores import scores_of
+from toolkit.evals.jury_pairwise_table import with_ci
 from toolkit.evals.preference_model import predict_rows
-from toolkit.evals.preference_stats import preference_scores, prior_probs, swap_consistency
+from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase
+from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
-from toolkit.formatting.numbers import fmt, with_interval
+from toolkit.formatting.numbers import fmt
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
@@ -66,7 +69,7 @@ def _winners(rows: list[ArenaRow], label: str) -> list[int]:
 
 
 def _scores(probs: Any, labels: list[int], prefix: str = "") -> dict[str, Any]:
-    return {f"{prefix}{key}": value for key, value in asdict(preference_scores(probs, labels)).items()}
+    return {f"{prefix}{key}": value for key, value in scores_of(probs, labels).items()}
 
 
 def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -89,23 +92,21 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
     return results.record(task, summary=summary)
 
 
-def _interval(entry: Entry, key: str) -> str:
-    return with_interval(entry[key], entry[f"{key}_ci"])
-
-
 def preference_headline(entry: Entry) -> str | None:
     if "log_loss" not in entry:
         return None
-    return (f"log loss {_interval(entry, 'log_loss')} vs prior {_interval(entry, 'prior_log_loss')}, n={entry['n']}, "
+    return (f"log loss {with_ci(entry, 'log_loss')} vs prior {with_ci(entry, 'prior_log_loss')}, n={entry['n']}, "
             f"swap consistency {fmt(entry['swap_consistency'], 3)}")
 
 
 def preference_cell(run: Run, tag: str, entry: Entry) -> str:
-    return f"log loss {_interval(entry, 'log_loss')} n={entry['n']}" if "log_loss" in entry else "-"
+    """The score, the accuracy: with its Wilson interval and n (the number alone for results recorded before the
+    count of right answers was kept)."""
+    return Rate.of(int(entry["correct"]), int(entry["n"])).format() if "correct" in entry else fmt(entry["score"])
 
 
 def _row(tag: str, entry: Entry) -> list[str]:
-    return [tag, str(entry["n"]), _interval(entry, "log_loss"), _interval(entry, "first_order_log_loss"),
+    return [tag, str(entry["n"]), with_ci(entry, "log_loss"), with_ci(entry, "first_order_log_loss"),
             fmt(entry["swap_consistency"], 3), f"{entry['truncated_inputs']} of {entry['inputs']} "
             f"({entry['tokens_cut']} tokens cut, truncate_tokens {entry['truncate_tokens']})"]
 

@@ -1,9 +1,10 @@
 """Scores of three-way preference predictions (A better, B better, tie), as the Chatbot Arena competition scores
 them: log loss with probabilities clipped to [1e-15, 1], accuracy of the most probable class, and calibration.
 
-Every figure carries ``n`` and a 95% interval: the log loss a normal interval over rows (mean +- 1.96 standard
-errors), the accuracy a Wilson interval (:func:`toolkit.evals.stats.wilson`). Calibration is the expected
-calibration error over 10 equal-width bins of the most probable class's probability.
+All over the same ``n`` rows. The log loss carries a 95% normal interval over rows (mean +- 1.96 standard errors),
+the accuracy a 95% Wilson interval (:func:`toolkit.evals.stats.wilson`); calibration is the expected calibration
+error over :data:`BINS` equal-width bins of the most probable class's probability, a point estimate without an
+interval.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ CLASSES = WINNER_COLUMNS
 EPSILON = 1e-15
 """The competition clips probabilities to [EPSILON, 1] before taking logs."""
 BINS = 10
+"""Equal-width bins of the expected calibration error."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,18 @@ def _mean_interval(values: list[float]) -> tuple[float, tuple[float, float]]:
     return mean, (mean - half, mean + half)
 
 
-def expected_calibration_error(probs: Sequence[Sequence[float]], labels: Sequence[int], bins: int = BINS) -> float:
-    """Mean |accuracy - confidence| over equal-width bins of the top probability, weighted by the rows in each."""
-    tallies = [[0, 0.0, 0] for _ in range(bins)]  # rows, summed confidence, correct
+def most_probable(probs: Sequence[float]) -> int:
+    """The class with the highest probability, the first on a tie (the class that accuracy and kappa count)."""
+    return max(range(len(probs)), key=lambda k: probs[k])
+
+
+def expected_calibration_error(probs: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
+    """Mean |accuracy - confidence| over :data:`BINS` equal-width bins of the top probability, weighted by the rows
+    in each."""
+    tallies = [[0, 0.0, 0] for _ in range(BINS)]  # rows, summed confidence, correct
     for row, label in zip(probs, labels, strict=True):
-        top = max(range(len(row)), key=lambda k: row[k])
-        tally = tallies[min(int(row[top] * bins), bins - 1)]
+        top = most_probable(row)
+        tally = tallies[min(int(row[top] * BINS), BINS - 1)]
         tally[0] += 1
         tally[1] += row[top]
         tally[2] += top == label
@@ -78,8 +86,7 @@ def preference_scores(probs: Sequence[Sequence[float]], labels: Sequence[int]) -
     probabilities in :data:`CLASSES` order) against ``labels`` (0, 1 or 2), with 95% intervals."""
     _checked(probs, labels)
     log_loss, log_loss_ci = _mean_interval(row_log_losses(probs, labels))
-    correct = sum(max(range(len(row)), key=lambda k: row[k]) == label for row, label in zip(probs, labels,
-                                                                                           strict=True))
+    correct = sum(most_probable(row) == label for row, label in zip(probs, labels, strict=True))
     n = len(labels)
     return PreferenceScores(n, log_loss, log_loss_ci, correct / n, wilson(correct, n),
                             expected_calibration_error(probs, labels))

@@ -21,7 +21,7 @@ from toolkit.evals.plots import score_vs_length
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import niah_overall
-from toolkit.evals.task_type import Entry, TaskType
+from toolkit.evals.task_type import Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.recipe.schema import RopeSpec
 from toolkit.run_folder import Run
@@ -64,7 +64,7 @@ def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResu
             mine = score_grid(task, ctx, [c for c in cells if c["setting"] == name],
                               partial(_record_setting, results, task, others, name), label=f" {name}")
         cells = others + _tagged(mine, name)
-        settings[name] = {"rope_parameters": switch.applied.parameters, **grid_summary(mine, task.lengths, task.depths)}
+        settings[name] = {"rope_parameters": switch.applied.parameters, **grid_summary(mine, task)}
     best = max(settings, key=lambda name: settings[name]["score"])
     score_vs_length({name: s["scores_by_length"] for name, s in settings.items()},
                     f"{ctx.model_name} [{ctx.folder.name}] {task.key}: zero-shot RoPE settings (native {native})",
@@ -90,7 +90,9 @@ def _setting_cell(entry: Entry, name: str) -> str:
 def rope_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in run.tasks("rope_compare"):
-        found = run.found(suite, task)
+        found = complete_found(run, suite, task)
+        if not found:
+            continue
         names = list(dict.fromkeys(name for _, e in found for name in e["settings"]))
         rows = [[name, *(_setting_cell(e, name) for _, e in found),
                  json.dumps(next(e["settings"][name]["rope_parameters"] for _, e in found if name in e["settings"]),

@@ -24,9 +24,9 @@ from toolkit.evals.scoring import batch_size_for, batched, string_match_all
 from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
-from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
-from toolkit.formatting.numbers import fmt, is_number, number, rounded
+from toolkit.formatting.numbers import fmt, number, rounded
 from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
@@ -50,8 +50,16 @@ class RulerTask(TaskBase):
     batch_tokens: PositiveInt = 16384
 
 
+def _task_cells(cells: list[Cell], task: RulerTask) -> list[Cell]:
+    """The cells of ``task`` as it is now (its tasks, lengths and samples): cells recorded under other settings,
+    which a resumed run keeps, are left out."""
+    return [c for c in cells if c["task"] in task.tasks and c["length"] in task.lengths and c["sample"] < task.samples]
+
+
 def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:
-    """Per-task and mean scores by length, with their effective lengths."""
+    """Per-task and mean scores by length with their effective lengths, over the cells of ``task`` as it is now;
+    ``n`` prompts scored and ``correct`` (``None`` when some prompt's score is a partial match)."""
+    cells = _task_cells(cells, task)
     subtasks: dict[str, dict[str, Any]] = {}
     for name in task.tasks:
         by_length = {str(length): mean([c["score"] for c in cells if c["task"] == name and c["length"] == length])
@@ -59,9 +67,11 @@ def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:
         subtasks[name] = {"score": mean(by_length.values()), "scores_by_length": by_length,
                           "effective_length": effective_length(by_length, task.threshold)}
     by_length = {str(n): mean(sub["scores_by_length"][str(n)] for sub in subtasks.values()) for n in task.lengths}
+    scores = [c["score"] for c in cells]
+    correct = int(sum(scores)) if all(score in (0, 1) for score in scores) else None
     return {"score": mean(by_length.values()), "scores_by_length": by_length,
             "effective_length": effective_length(by_length, task.threshold), "threshold": task.threshold,
-            "subtasks": subtasks}
+            "n": len(scores), "correct": correct, "subtasks": subtasks}
 
 
 def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -110,7 +120,9 @@ def ruler_detail(entry: Entry) -> str:
 def ruler_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in run.tasks("ruler"):
-        found = run.found(suite, task)
+        found = complete_found(run, suite, task)
+        if not found:
+            continue
         threshold = found[-1][1].get("threshold")
         path = plots.score_vs_length({tag: e["scores_by_length"] for tag, e in found}, f"{suite}/{task}",
                                      run.folder / f"ruler-{suite}-{task}.png", threshold)
@@ -124,10 +136,14 @@ def ruler_section(run: Run) -> list[Block]:
 
 
 def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
-    values = [c["score"] for c in entry.get("cells", []) if is_number(c.get("score"))]
-    if values and not all(v in (0, 1) for v in values):
-        return f"{entry['score']:.2f} n={len(values)} (partial matches)"
-    return (Rate.of(int(sum(values)), len(values)) if values else Rate(float(entry["score"]))).format()
+    """The score with the prompts behind it (``ruler_summary``'s ``n`` and ``correct``): a Wilson interval where
+    every prompt scored 0 or 1; ``n unknown`` for results recorded before the counts were kept."""
+    n, correct = entry.get("n"), entry.get("correct")
+    if not isinstance(n, int):
+        return Rate(float(entry["score"])).format()
+    if correct is None:
+        return f"{entry['score']:.2f} n={n} (partial matches)"
+    return Rate.of(correct, n).format()
 
 
 TASK_TYPE = TaskType(RulerTask, run_ruler, headline=ruler_headline, section=ruler_section, rank=20,

@@ -26,6 +26,10 @@ from toolkit.errors import UserError
 from toolkit.evals.sources import filler_window
 
 _ANSWER_MARGIN = 4
+VT_HOPS = 4
+"""Assignments after the first in a variable-tracking chain (RULER's default): VT_HOPS + 1 variables to name."""
+FWE_ALPHA = 2.0
+"""Zipf exponent of the frequent-words task's word counts (RULER's default)."""
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,17 @@ def _needle_family(name: str, tokens: SentenceTokens, length: int, rng: random.R
 
 
 def _variable_tracking(tokens: SentenceTokens, length: int, rng: random.Random,
-                       sentences: tuple[str, ...] | None, digits: int, hops: int = 4) -> RulerSample:
+                       sentences: tuple[str, ...] | None, digits: int) -> RulerSample:
     names: list[str] = []
-    while len(names) < hops + 1:
+    while len(names) < VT_HOPS + 1:
         name = "".join(rng.choices(string.ascii_uppercase, k=5))
         if name not in names:
             names.append(name)
     value = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
     facts = [Fact(f" VAR {names[0]} = {value}.")] + [Fact(f" VAR {b} = VAR {a}.") for a, b in itertools.pairwise(names)]
     query = Query(f"\nQuestion: Find all variables that are assigned the value {value} in the text above.",
-                  f"Answer: According to the chain of variable assignment in the text above, {hops + 1} variables are "
-                  f"assigned the value {value}, they are:", " " + " ".join(names))
+                  f"Answer: According to the chain of variable assignment in the text above, {VT_HOPS + 1} variables "
+                  f"are assigned the value {value}, they are:", " " + " ".join(names))
     return _haystack_sample(tokens, length, facts, query, names, rng, sentences, ordered=True)
 
 
@@ -168,13 +172,13 @@ def _common_words(tokens: SentenceTokens, length: int, rng: random.Random) -> Ru
     raise UserError(f"ruler: length {length} is too short for task cwe")
 
 
-def _frequent_words(tokens: SentenceTokens, length: int, rng: random.Random, alpha: float = 2.0) -> RulerSample:
+def _frequent_words(tokens: SentenceTokens, length: int, rng: random.Random) -> RulerSample:
     seed = rng.random()
     vocab = ["...."] + _pseudo_words(random.Random(seed), 2000)
-    norm = sum(k ** -alpha for k in range(1, len(vocab) + 1))
+    norm = sum(k ** -FWE_ALPHA for k in range(1, len(vocab) + 1))
 
     def build(total: int) -> tuple[str, list[str]]:
-        words = [w for k, w in enumerate(vocab, 1) for _ in range(int(total * k ** -alpha / norm))]
+        words = [w for k, w in enumerate(vocab, 1) for _ in range(int(total * k ** -FWE_ALPHA / norm))]
         random.Random(f"{seed}:{total}").shuffle(words)
         return (f"Read the following coded text and track the frequency of each coded word. Find the three most "
                 f"frequently appeared coded words. {' '.join(words)}\nQuestion: Do not provide any explanation. "

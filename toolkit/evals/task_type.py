@@ -35,6 +35,12 @@ def no_detail(entry: Entry) -> str:
     return ""
 
 
+def complete_found(run: Run, suite: str, task: str) -> list[tuple[str, Entry]]:
+    """(tag, entry) of every tag where ``suite``/``task`` finished: an interrupted task's partial entry (``complete:
+    false``, cells only) is left out."""
+    return [(tag, entry) for tag, entry in run.found(suite, task) if entry.get("complete")]
+
+
 def score_metric(key: str, entry: Entry) -> CardMetrics:
     """The default card metric: the task's main score."""
     kind = entry.get("type")

@@ -1,7 +1,9 @@
-"""The report's data section: per stage and source, the requested weight next to the tokens actually drawn."""
+"""The report's data section: per stage and source, the requested weight next to the tokens actually drawn; and
+:func:`stage_label`, the stage a ``metrics.jsonl`` row is shown under in every per-stage table and plot."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
@@ -9,12 +11,17 @@ from toolkit.formatting.numbers import fmt
 from toolkit.run_folder import Run
 
 
+def stage_label(row: Mapping[str, Any]) -> str:
+    """The stage of a ``metrics.jsonl`` row: its ``stage_name``, else its stage index, else ``?``."""
+    return str(row.get("stage_name", row.get("stage", "?")))
+
+
 def _last_per_stage(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each stage's last ``metrics.jsonl`` record that counts tokens per source (counts run from the stage start)."""
     last: dict[str, dict[str, Any]] = {}
     for row in metrics:
         if row.get("source_tokens"):
-            last[str(row.get("stage_name", row.get("stage")))] = row
+            last[stage_label(row)] = row
     return last
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from toolkit.evals.plots import finish_axes, save_figure
+from toolkit.report.data import stage_label
 
 
 def training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -17,7 +18,7 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     loss_ax, speed_ax = fig.subplots(1, 2)
     stages: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        stages.setdefault(str(row.get("stage_name", row.get("stage", "?"))), []).append(row)
+        stages.setdefault(stage_label(row), []).append(row)
     for name, points in stages.items():
         steps = [p["global_step"] for p in points]
         loss_ax.plot(steps, [p["loss"] for p in points], label=name)

@@ -17,12 +17,12 @@ from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from toolkit.formatting.numbers import fmt, is_number
+from toolkit.formatting.numbers import fmt, is_number, number
 from toolkit.output_paths import write_text
 from toolkit.report.cells import score_cell
-from toolkit.report.data import data_section
+from toolkit.report.data import data_section, stage_label
 from toolkit.report.plots import training_curves
-from toolkit.report.verdict import retention_suites, verdict_blocks
+from toolkit.report.verdict import retention_suites, suite_retention, verdict_blocks
 from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run, load_run
 
 RETENTION_RANK = 25
@@ -71,7 +71,7 @@ def training_section(run: Run) -> list[Block]:
     image = training_curves(run.metrics, run.folder / "training.png")
     stages: dict[str, list[dict[str, Any]]] = {}
     for row in run.metrics:
-        stages.setdefault(str(row.get("stage_name", row.get("stage"))), []).append(row)
+        stages.setdefault(stage_label(row), []).append(row)
     rows = [[name, str(points[-1].get("step")), fmt(points[0].get("loss")), fmt(points[-1].get("loss")),
              fmt(_mean(points, "tokens_per_s"), 0), fmt(_mean(points, "real_tokens_per_s"), 0),
              fmt(max((p["peak_memory_gib"] for p in points if "peak_memory_gib" in p), default=None), 2),
@@ -121,20 +121,19 @@ def scores_section(run: Run) -> list[Block]:
 
 
 def retention_section(run: Run) -> list[Block]:
-    """Final / before extension on the retention suites (``eval.verdict.retention_suites``)."""
+    """Final / before extension on the retention suites (``eval.verdict.retention_suites``): the tasks and ratios
+    the verdict checks (:func:`toolkit.report.verdict.suite_retention`)."""
     ref, last = run.reference, run.final
     if ref is None or last is None or ref == last:
         return []
-    rows, suites = [], retention_suites(run)
-    for suite, task in run.tasks():
-        if suite not in suites:
-            continue
-        old, new = run.entry(ref, suite, task), run.entry(last, suite, task)
-        before, final = (old or {}).get("score"), (new or {}).get("score")
-        if is_number(before) and is_number(final):
-            ratio = fmt(final / before) if before else "-"
-            rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new),
-                         f"{final - before:+.3f}", ratio])
+    rows = []
+    for suite in retention_suites(run):
+        for task, ratio in suite_retention(run, suite, ref, last).items():
+            old, new = run.entry(ref, suite, task), run.entry(last, suite, task)
+            before, final = (number((entry or {}).get("score")) for entry in (old, new))
+            delta = f"{final - before:+.3f}" if before is not None and final is not None else "-"
+            rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new), delta,
+                         fmt(ratio)])
     if not rows:
         return []
     return [Heading("Short-context regression"),

@@ -148,6 +148,19 @@ def _score(run: Run, tag: str, suite: str, task: str) -> float | None:
     return number((run.entry(tag, suite, task) or {}).get("score"))
 
 
+def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[str, float | None]:
+    """Task -> its retention on ``suite``: the score at ``final`` / the score at ``reference`` (``None`` when either
+    is missing or the score before is 0), for every task with a main score at either tag."""
+    ratios: dict[str, float | None] = {}
+    tasks = (run.evals.get(tag, {}).get(suite, {}).get("tasks", {}) for tag in (reference, final))
+    for task in dict.fromkeys(key for found in tasks for key in found):
+        old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
+        if old is None and new is None:
+            continue  # a task without a main score (perplexity)
+        ratios[task] = new / old if old and new is not None else None
+    return ratios
+
+
 def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, float | None]:
     ratios: dict[str, float | None] = {}
     for suite in spec.retention_suites:
@@ -155,11 +168,7 @@ def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[
         if before is None or after is None:
             missing = reference if before is None else final
             raise UserError(f"{run.folder}: no {suite} results for {missing} (needed by eval.verdict.retention_suites)")
-        for task in dict.fromkeys([*before["tasks"], *after["tasks"]]):
-            old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
-            if old is None and new is None:
-                continue  # a task without a main score (perplexity)
-            ratios[f"{suite}/{task}"] = new / old if old and new is not None else None
+        ratios |= {f"{suite}/{task}": ratio for task, ratio in suite_retention(run, suite, reference, final).items()}
     return ratios
 
 
