@@ -13,6 +13,7 @@ import torch
 from toolkit.data.batches import Batch, collate
 from toolkit.data.packing import Document, pack_rows
 from toolkit.errors import UserError
+from toolkit.model.attention import KernelSupport, select_attention
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
     launched_processes,
@@ -53,12 +54,20 @@ def test_collectives_wait_the_recipes_timeout_and_every_process_reads_its_data()
     assert launched_processes({}) == 1 and launched_processes({"WORLD_SIZE": "16"}) == 16
 
 
-@pytest.mark.parametrize("degree, shards", [(2, 4), (4, 2), (8, 1)])
-def test_context_parallel_shards_the_rest(degree: int, shards: int) -> None:
-    config = accelerator_kwargs(ParallelSpec(sequence="context_parallel", degree=degree), attention="sdpa",
+@pytest.mark.parametrize("degree, shards, attention", [(2, 4, "sdpa"), (4, 2, "auto"), (8, 1, None)])
+def test_context_parallel_shards_the_rest(degree: int, shards: int, attention: str | None) -> None:
+    config = accelerator_kwargs(ParallelSpec(sequence="context_parallel", degree=degree), attention=attention,
                                 env=FSDP2)["parallelism_config"]
     assert (config.cp_size, config.dp_shard_size, config.sp_size) == (degree, shards, 1)
     assert config.total_size == 8 and config.cp_enabled
+
+
+def test_auto_attention_on_a_gpu_is_sdpa_under_context_parallel_alone() -> None:
+    """Where every faster kernel is installed, ``auto`` still picks sdpa under ring attention, and only there."""
+    every = KernelSupport(flash_attn=True, torch_varlen=True, flex=True, flash_attn_4=True)
+    cuda = torch.device("cuda")
+    assert select_attention("auto", cuda, torch.bfloat16, support=every, context_parallel=True).implementation == "sdpa"
+    assert select_attention("auto", cuda, torch.bfloat16, support=every).implementation == "flash_attention_4"
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
@@ -68,6 +77,16 @@ def test_ulysses_config() -> None:
     assert (config.sp_size, config.sp_backend, config.cp_size) == (4, "deepspeed", 1)
     assert config.sp_handler.sp_seq_length_is_variable
     assert config.sp_handler.sp_attn_implementation == "flash_attention_2"
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
+@pytest.mark.parametrize("attention", ["auto", "torch_varlen", "flash_attention_4"])
+def test_ulysses_starts_with_a_kernel_accelerate_takes_until_the_model_loads(attention: str) -> None:
+    """The run passes ``model.attention`` as the recipe gives it; accelerate's handler takes flash_attention_2 or sdpa
+    alone, and ``use_model_attention`` sets the kernel the model loaded with."""
+    config = accelerator_kwargs(ParallelSpec(sequence="ulysses", degree=4), attention=attention,
+                                env=DEEPSPEED)["parallelism_config"]
+    assert config.sp_handler.sp_attn_implementation in ("flash_attention_2", "sdpa")
 
 
 def test_ulysses_without_deepspeed_is_a_user_error(monkeypatch) -> None:
@@ -128,20 +147,21 @@ def _ulysses_accelerator() -> Any:
 
 def test_ulysses_takes_the_loaded_models_attention() -> None:
     accelerator = _ulysses_accelerator()
-    use_model_attention(accelerator, "torch_varlen", packed=True)  # separates documents by position ids
+    use_model_attention(accelerator, "torch_varlen", "train.data.packing")  # separates documents by position ids
     assert accelerator.parallelism_config.sp_handler.sp_attn_implementation == "torch_varlen"
-    use_model_attention(accelerator, "sdpa", packed=False)
+    use_model_attention(accelerator, "sdpa", None)
     assert accelerator.parallelism_config.sp_handler.sp_attn_implementation == "sdpa"
-    use_model_attention(SimpleNamespace(parallelism_config=None), "eager", packed=True)  # no Ulysses: nothing to say
+    use_model_attention(SimpleNamespace(parallelism_config=None), "eager", "train.data.packing")  # no Ulysses
 
 
-@pytest.mark.parametrize("attention, packed, message", [
-    ("sdpa", True, "train.data.packing: pack under parallel.sequence: ulysses with sdpa"),
-    ("eager", False, "model.attention: eager does not run under Ulysses"),
+@pytest.mark.parametrize("attention, packing, message", [
+    ("sdpa", "train.stages[1].data.packing",
+     r"train\.stages\[1\]\.data\.packing: pack under parallel.sequence: ulysses with sdpa"),
+    ("eager", None, "model.attention: eager does not run under Ulysses"),
 ])
-def test_ulysses_refuses_what_mixes_documents_or_cannot_run(attention: str, packed: bool, message: str) -> None:
+def test_ulysses_refuses_what_mixes_documents_or_cannot_run(attention: str, packing: str | None, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        use_model_attention(_ulysses_accelerator(), attention, packed)
+        use_model_attention(_ulysses_accelerator(), attention, packing)
 
 
 def test_evaluation_runs_outside_the_ulysses_attention_wrapper() -> None:

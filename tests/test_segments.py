@@ -68,10 +68,10 @@ def test_varlen_kernels_do_no_quadratic_work_on_padding(kernel: str) -> None:
     _, rows = packed_batch(DOCS, SEQ_LEN)
     inputs = decoder_inputs(kernel, rows["input_ids"], rows["position_ids"], rows["labels"])
     assert inputs.segments is not None
-    work = sum(n * n for n in inputs.segments.lengths())
+    work = sum(n * n for n in inputs.segments.cu_seqlens.diff().tolist())
     assert work == 40**2 + 2 * 128**2 + 4**2 + 25**2 + 30**2 + 128**2 + 117**2 == 65_982
     joined = Segments.of(continue_padding_tail(rows["position_ids"], rows["labels"]).reshape(1, -1))
-    assert sum(n * n for n in joined.lengths()) == 300**2 + 25**2 + 275**2 == 166_250
+    assert sum(n * n for n in joined.cu_seqlens.diff().tolist()) == 300**2 + 25**2 + 275**2 == 166_250
     assert inputs.segments.longest == 128 and inputs.segments.cu_seqlens.dtype == torch.int32
     assert inputs.kernel_kwargs()["max_length_q"] == 128 and not inputs.kernel_kwargs()[ONE_DOCUMENT_ROWS]
     assert decoder_inputs("sdpa", rows["input_ids"], rows["position_ids"], rows["labels"]).kernel_kwargs() == {}

@@ -30,6 +30,7 @@ CHECKPOINTS = "checkpoints"
 FINAL = "final"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_NAME)
 BASE_FOLDER = "base"
+"""Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
 MERGED_FOLDER = "merged"
 EVAL = "eval"
 REPORT_MD = "report.md"

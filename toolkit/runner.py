@@ -148,7 +148,7 @@ def _stage_job(session: Session, index: int) -> StageJob:
                             data_parallel=data_parallel, per_read=ulysses_degree(accelerator),
                             start=start.stream if start else None,
                             consumed=start.step * stage.grad_accum if start else 0,
-                            vocab_size=session.model.config.vocab_size)
+                            vocab_size=session.model.config.vocab_size, label=recipe.train.data_field(index))
     steps = stage_steps(stage, recipe.train, data_parallel)
     return StageJob(index, stage, steps, tokens_per_step(stage, data_parallel), batches, start, session.global_step)
 

@@ -76,13 +76,10 @@ def target_tokens(batch: Batch) -> torch.Tensor:
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
-def _label(base: str, spec: DataSpec, index: int) -> str:
-    return f"{base}.mixture[{index}]" if spec.mixture is not None else base
-
-
 class PackedRows(IterableDataset):
     """Endless packed rows of ``seq_len`` tokens (:data:`toolkit.data.packing.Row`), from ``start`` (a resumed
     stream's position) or the beginning; ``skipped[i]`` counts the bad records of source ``i`` skipped while reading.
+    ``label`` is where the recipe holds ``spec`` (``TrainSpec.data_field``), which errors in the data name.
 
     It records its position at every row boundary it yields (:meth:`position`), until told to forget it
     (:meth:`forget_before`): what a checkpoint saves is the position at the rows the steps consumed, which is
@@ -107,7 +104,7 @@ class PackedRows(IterableDataset):
         self._cursors = cursors = [SourceCursor.at(state) for state in start.docs.sources]
         drawn = list(start.docs.drawn)
         streams = [source_documents(source, self.tokenizer, self.seq_len, self.seed + i * SOURCE_SEED_STRIDE,
-                                    _label(self.label, self.spec, i), cursors[i])
+                                    self.spec.source_field(self.label, i), cursors[i])
                    for i, (_, _, source) in enumerate(self.spec.sources())]
         docs = streams[0] if len(streams) == 1 else interleave(streams, self.weights, drawn)
 
@@ -204,22 +201,23 @@ class StageBatches(Iterator[Batch]):
 
 
 def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
-                 start: StreamState | None = None) -> DataLoader:
+                 start: StreamState | None = None, label: str = "train.data") -> DataLoader:
     """The DataLoader of one stage's rows, ``batch_size`` rows per batch, before any process takes its share; from
-    ``start`` (a resumed stream's position) or the beginning."""
-    return DataLoader(PackedRows(spec, tokenizer, seq_len, seed, start=start), batch_size=batch_size,
+    ``start`` (a resumed stream's position) or the beginning; ``label``: where the recipe holds ``spec``."""
+    return DataLoader(PackedRows(spec, tokenizer, seq_len, seed, label, start), batch_size=batch_size,
                       collate_fn=collate)
 
 
 def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
                   prepare: Callable[[DataLoader], Any] = lambda loader: loader, sharers: int = 1, *,
                   data_parallel: int = 1, per_read: int = 1, start: StreamState | None = None,
-                  consumed: int = 0, vocab_size: int | None = None) -> StageBatches:
+                  consumed: int = 0, vocab_size: int | None = None, label: str = "train.data") -> StageBatches:
     """The batches of one stage (see :class:`StageBatches`); ``prepare`` turns the DataLoader into this process's
     (``toolkit.parallel.sequence.prepare_loader`` in a run). ``data_parallel``: groups of processes training on
     different rows; ``start`` and ``consumed``: a resumed stage's saved position and batches drawn before;
-    ``vocab_size``: the model's, which every id must be below."""
-    loader = stage_loader(spec, tokenizer, seq_len, batch_size, seed, start)
+    ``vocab_size``: the model's, which every id must be below; ``label``: where the recipe holds ``spec``
+    (``TrainSpec.data_field``), which errors in the data name."""
+    loader = stage_loader(spec, tokenizer, seq_len, batch_size, seed, start, label)
     rows = loader.dataset
     assert isinstance(rows, PackedRows)
     return StageBatches(prepare(loader), rows, sharers, rows_per_batch=batch_size * data_parallel,
@@ -227,9 +225,8 @@ def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed
 
 
 def check_stage_data(train: TrainSpec, tokenizer) -> None:
-    """Every stage's sources checked before the first step (missing files, chat sources without a template)."""
+    """Every stage's sources checked before the first step (missing files, chat sources without a template, synthetic
+    documents that cannot fit the stage: :func:`toolkit.data.sources.check_source`)."""
     for index, stage in enumerate(train.stages):
-        spec = train.stage_data(index)
-        base = f"train.stages[{index}].data" if stage.data is not None else "train.data"
-        for i, (_, _, source) in enumerate(spec.sources()):
-            check_source(source, tokenizer, _label(base, spec, i))
+        for field, source in train.stage_sources(index):
+            check_source(source, tokenizer, stage.seq_len, field)

@@ -212,12 +212,15 @@ def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | N
 def trained_chat_template(train: TrainSpec, tokenizer: Any) -> str | None:
     """The chat template the model last trained on when a recipe named one (so ``final/`` answers in it); None
     when no stage names a template."""
-    named = [spec for index in range(len(train.stages)) for _, _, spec in train.stage_data(index).sources()
+    named = [(field, spec) for index in range(len(train.stages)) for field, spec in train.stage_sources(index)
              if spec.format in ("chat", "arena") and spec.chat_template is not None]
-    return chat_template(named[-1], tokenizer, "train.data") if named else None
+    return chat_template(named[-1][1], tokenizer, named[-1][0]) if named else None
 
 
 def choice_token_ids(train: TrainSpec, tokenizer: Any) -> tuple[int, ...] | None:
     """The token ids an arena run's loss is restricted to (its ``label_tokens``); None for other runs."""
     labels = train.choice_tokens()
-    return None if labels is None else label_token_ids(tokenizer, labels, "train.data.label_tokens")
+    if labels is None:
+        return None
+    field = train.stage_sources(0)[0][0]  # every source has these labels (the schema): the first one is named
+    return label_token_ids(tokenizer, labels, f"{field}.label_tokens")

@@ -31,12 +31,15 @@ SHUFFLE_BUFFER = 64
 """Records held for shuffling; small, because long-context records can be megabytes each."""
 
 
-def check_source(spec: SourceSpec, tokenizer, label: str) -> None:
+def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str) -> None:
     """Fail before the model loads for what can be known up front: a missing local path, a chat source without a
     template, a hub dataset that cannot be reached, records (in file order) that give no first document: a field
-    missing, a line that does not parse. A bad record further on stops the run when it is read."""
+    missing, a line that does not parse; for a synthetic source, its first document at ``seq_len`` (more keys than
+    there are names, a document that cannot fit). A bad record further on stops the run when it is read. ``label``:
+    where the recipe holds ``spec``."""
     chat_template(spec, tokenizer, label)
     if spec.source == "synthetic":
+        next(synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(0), label=label))
         return
     if spec.source in LOCAL_FORMATS:
         data_files(spec, label)
@@ -119,9 +122,9 @@ def _kept(length: int, spec: SourceSpec, thinning: random.Random) -> bool:
 def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data",
                      cursor: SourceCursor | None = None) -> Iterator[Document]:
     """Endless documents of any source, from ``cursor``'s position (kept up to date); synthetic ones are generated
-    from :func:`synthetic_seed`."""
+    from :func:`synthetic_seed`. ``label``: where the recipe holds ``spec``, which errors name."""
     if spec.source == "synthetic":
-        return synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(seed), cursor)
+        return synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(seed), cursor, label)
     return text_documents(spec, tokenizer, seed, label, cursor)
 
 

@@ -27,16 +27,18 @@ def _labels(input_ids: list[int], answer_start: int, loss_on: str) -> list[int]:
     return [IGNORE_INDEX] * answer_start + input_ids[answer_start:]
 
 
-def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int,
-                        cursor: SourceCursor | None = None) -> Iterator[Document]:
+def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, cursor: SourceCursor | None = None,
+                        label: str = "train.data") -> Iterator[Document]:
     """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
 
     Labels cover the answer and eos (``loss_on: answer``) or every token but the first (``loss_on: all``).
     ``cursor``: a resumed stream's generator state (the filler pool is drawn from ``seed`` again), kept up to date.
+    ``label``: where the recipe holds ``spec``; more keys than :data:`KEY_NAMES` or a document that cannot fit
+    ``seq_len`` is a :class:`UserError` naming its field, at the first draw.
     """
     count = 1 if spec.task == "passkey" else spec.num_keys
     if count > len(KEY_NAMES):
-        raise UserError(f"train.data.num_keys: {count} is more than the {len(KEY_NAMES)} distinct keys available")
+        raise UserError(f"{label}.num_keys: {count} is more than the {len(KEY_NAMES)} distinct keys available")
     cursor = SourceCursor() if cursor is None else cursor
     first = random.Random(seed)
     tokens = SentenceTokens(tokenizer)
@@ -51,7 +53,7 @@ def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int,
         fixed = [tokens(n.sentence) for n in needles] + [tokens(asked.question)]
         shortest_prompt = len(tokens.bos) + sum(map(len, fixed))
         if shortest_prompt > longest:
-            raise UserError(f"train.data.task: a {spec.task} document with {count} key(s) needs "
+            raise UserError(f"{label}.task: a {spec.task} document with {count} key(s) needs "
                             f"{shortest_prompt + len(answer) + 1} tokens, more than seq_len {seq_len}")
         length = rng.randint(max(shortest_prompt, min(math.ceil(spec.min_length_fraction * seq_len), longest)),
                              longest)

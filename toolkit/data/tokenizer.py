@@ -51,6 +51,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 """A saved tokenizer holds one of these (transformers' fast, its settings, sentencepiece's, BPE's vocabulary)."""
 
 
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     """The run's tokenizer: trained (``model.train_tokenizer``) or loaded; always has a pad token."""
     if spec.train_tokenizer is not None:
@@ -62,7 +67,7 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
         if not Path(source).expanduser().is_dir():
             raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
         source = str(Path(source).expanduser())
-        if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        if not has_tokenizer(Path(source)):
             raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
                             f"{', '.join(TOKENIZER_FILES)})")
     try:

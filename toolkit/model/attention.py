@@ -37,6 +37,8 @@ DENSE_MASK = ("sdpa", "eager")
 """Kernels that reach rows holding several documents through a dense ``[B,1,L,L]`` mask."""
 TRAINING_ONLY = (TORCH_VARLEN, FLASH_ATTENTION_4)
 """Kernels without padding masks or a KV cache: training rows only, evaluation runs on sdpa."""
+RING_ATTENTION = "sdpa"
+"""The one kernel PyTorch's context parallelism (``parallel.sequence: context_parallel``) runs ring attention over."""
 
 
 def flash_attn_importable() -> bool:
@@ -144,16 +146,21 @@ def _auto_on_gpu(dtype: torch.dtype, training: bool, support: KernelSupport) -> 
 
 
 def select_attention(requested: str, device: torch.device, dtype: torch.dtype = torch.float32, training: bool = True,
-                     support: KernelSupport | None = None) -> AttentionChoice:
+                     support: KernelSupport | None = None, context_parallel: bool = False) -> AttentionChoice:
     """``(implementation, reason)`` for ``model.attention`` on ``device`` computing in ``dtype``.
 
     ``auto`` picks, on a CUDA/ROCm GPU, flash_attention_4 (flash-attn-4 imports, sm90+, bf16/fp16, training), else
     flash_attention_2 (flash-attn imports, bf16/fp16), else PyTorch's varlen flash attention (CUDA, bf16/fp16,
-    training), else flex_attention, else sdpa; elsewhere sdpa. An explicit
-    choice the device cannot run is a :class:`UserError`. ``support`` defaults to :meth:`KernelSupport.detect`.
+    training), else flex_attention, else sdpa; elsewhere sdpa. Under ``context_parallel`` (ring attention) ``auto`` is
+    always sdpa (:data:`RING_ATTENTION`; ``toolkit.parallel.sequence`` refuses any other kernel before the run
+    starts). An explicit choice the device cannot run is a :class:`UserError`. ``support`` defaults to
+    :meth:`KernelSupport.detect`.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
+    if requested == "auto" and context_parallel:
+        return AttentionChoice(RING_ATTENTION, "auto: parallel.sequence: context_parallel runs ring attention over "
+                                               "sdpa only")
     if requested == "auto":
         if not on_gpu:
             return AttentionChoice("sdpa", f"auto: no CUDA device ({device.type}), so PyTorch sdpa")

@@ -10,8 +10,16 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
+from toolkit.data.tokenizer import has_tokenizer
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
@@ -21,7 +29,8 @@ from toolkit.recipe.schema import MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, FINAL, is_adapter_folder
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
-"""Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
+"""The keys ``model.init_config`` may hold: LlamaConfig's fields, and the older ``rope_theta``, which LlamaConfig
+puts into ``rope_parameters``."""
 
 
 @dataclasses.dataclass
@@ -84,7 +93,7 @@ def native_length_of(config: Any) -> int:
     return int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
 
 
-def _check_source(source: str, field: str) -> None:
+def check_model_source(source: str, field: str) -> None:
     """A UserError naming ``field`` unless ``source`` is a hub id or a folder with ``config.json``."""
     if not looks_local(source):
         return
@@ -98,14 +107,30 @@ def _check_source(source: str, field: str) -> None:
         raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
 
 
+def _load_failure(source: str, field: str, exc: Exception) -> UserError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"{field}: cannot load {source!r}: {reason}")
+
+
 def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` with load failures turned into one-line user errors."""
-    _check_source(source, field)
+    check_model_source(source, field)
     try:
         return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{field}: cannot load {source!r}: {reason}") from None
+        raise _load_failure(source, field, exc) from None
+
+
+def model_config(spec: ModelSpec) -> PretrainedConfig:
+    """The config of ``model.name_or_path`` at ``model.revision`` (no weights), read as :func:`load_model` reads it;
+    a source that is no model or cannot be read is a one-line :class:`UserError` naming ``model.name_or_path``."""
+    assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
+    check_model_source(spec.name_or_path, "model.name_or_path")
+    try:
+        return AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
+                                          trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _load_failure(spec.name_or_path, "model.name_or_path", exc) from None
 
 
 def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
@@ -153,11 +178,13 @@ def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dt
     return materialise(build_on_meta(config, attention, dtype), torch.device(device), seed)
 
 
-def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int) -> LoadedModel:
-    """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked."""
+def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int, *,
+               context_parallel: bool = False) -> LoadedModel:
+    """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked;
+    ``context_parallel``: the run slices sequences with ring attention, which runs over sdpa only."""
     device = torch.device(device)
     dtype = resolve_dtype(spec.precision, device)
-    attention, reason = select_attention(spec.attention, device, dtype)
+    attention, reason = select_attention(spec.attention, device, dtype, context_parallel=context_parallel)
     if attention == TORCH_VARLEN:
         from toolkit.model.attention_varlen import register_torch_varlen
 
@@ -247,7 +274,3 @@ def chosen_device(device: torch.device | str | None) -> torch.device:
     if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"--device: {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return chosen
-
-
-def has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()

@@ -46,9 +46,10 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it.
 
     The adapters are held in float32 (peft's ``autocast_adapter_dtype``), so updates far below a bf16 ulp add up, and
-    computed in the model's dtype: training runs under bf16 autocast (``toolkit.runner``), and peft's cast of each
-    adapted layer's input to float32, a hidden full-size copy per layer, is switched off (:func:`adapter_inputs_cast`
-    switches it on where no autocast runs, in evaluation).
+    computed in the model's dtype: training runs under bf16 autocast (``toolkit.training.loop.train_step``, in the
+    mixed precision ``toolkit.training.session`` sets), and peft's cast of each adapted layer's input to float32, a
+    hidden full-size copy per layer, is switched off (:func:`adapter_inputs_cast` switches it on where no autocast
+    runs, in evaluation).
 
     peft matches ``modules_to_save`` by suffix of the module path, so ``norm`` selects the final norm and
     every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.

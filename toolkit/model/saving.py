@@ -14,9 +14,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from toolkit.data.tokenizer import has_tokenizer
 from toolkit.errors import UserError
 from toolkit.model.eval_copy import tied_names
-from toolkit.model.loading import has_tokenizer, load_merged, lora_sources
+from toolkit.model.loading import load_merged, lora_sources
 from toolkit.model.lora import CausalLM, unwrap_peft
 from toolkit.output_paths import atomic_dir
 from toolkit.recipe.schema import MethodSpec

@@ -78,9 +78,6 @@ class Segments:
         one_per_row = len(bounds) == positions.shape[0] + 1
         return cls(bounds.to(position_ids.device, non_blocking=True), int(bounds.diff().max()), one_per_row)
 
-    def lengths(self) -> list[int]:
-        return self.cu_seqlens.diff().tolist()
-
     def kernel_kwargs(self) -> dict[str, Any]:
         """transformers' flash-attention kwargs, which it hands every attention call unchanged."""
         return {"cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens, "max_length_q": self.longest,

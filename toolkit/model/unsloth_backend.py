@@ -7,9 +7,9 @@ given the checkpoint's native length and applies no RoPE scaling of its own.
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig
 
 from toolkit.errors import UserError
+from toolkit.model.loading import model_config
 from toolkit.model.lora import CausalLM
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 
@@ -26,8 +26,7 @@ def load_with_unsloth(spec: ModelSpec, method: MethodSpec, device: torch.device,
         from unsloth import FastLanguageModel
     except ImportError:
         raise UserError("model.backend: unsloth is not installed (pip install unsloth)") from None
-    config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
-                                        trust_remote_code=spec.trust_remote_code)
+    config = model_config(spec)
     model, _ = FastLanguageModel.from_pretrained(
         model_name=spec.name_or_path, max_seq_length=config.max_position_embeddings, dtype=dtype,
         load_in_4bit=False, full_finetuning=method.kind == "full", revision=spec.revision,

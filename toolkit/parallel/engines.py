@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
 from toolkit.errors import UserError
+from toolkit.parallel.sequence import data_parallel_size, launched_processes
 from toolkit.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,10 @@ def deepspeed_plugin(recipe: Recipe, dtype: torch.dtype, env: Mapping[str, str] 
             raise UserError(f"{env.get('ACCELERATE_DEEPSPEED_CONFIG_FILE')}: its {section!r} section would replace "
                             f"the recipe's train.{section}; remove it")
     first = recipe.train.stages[0]
-    processes = int(env.get("WORLD_SIZE", "1"))
-    ulysses = recipe.parallel.degree if recipe.parallel.sequence == "ulysses" else 1
+    data_parallel = data_parallel_size(recipe.parallel, launched_processes(env))
     config["train_micro_batch_size_per_gpu"] = first.batch_size
     config["gradient_accumulation_steps"] = first.grad_accum
-    config["train_batch_size"] = first.batch_size * first.grad_accum * max(1, processes // ulysses)
+    config["train_batch_size"] = first.batch_size * first.grad_accum * data_parallel
     config["gradient_clipping"] = recipe.train.max_grad_norm or 0.0
     config["bf16"] = {"enabled": dtype == torch.bfloat16}
     config["fp16"] = {"enabled": False}
@@ -125,8 +125,8 @@ def offloads_optimizer(accelerator: Accelerator) -> bool:
 def keeps_own_masters(accelerator: Accelerator) -> bool:
     """Whether the engine keeps float32 master weights of bf16 trainable parameters itself: DeepSpeed steps float32
     partitions under ``bf16.enabled``; accelerate upcasts FSDP2's trainable parameters to float32 before sharding when
-    mixed precision is on (the runner turns it on for bf16), and the policy casts them to bf16 for compute. Elsewhere
-    the optimizer keeps them (``toolkit.memory.master_weights``)."""
+    mixed precision is on (``toolkit.training.session`` turns it on for bf16: :func:`mixed_precision`), and the policy
+    casts them to bf16 for compute. Elsewhere the optimizer keeps them (``toolkit.memory.master_weights``)."""
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 

@@ -8,7 +8,8 @@
 - ``context_parallel``: PyTorch context parallelism (ring attention over SDPA) with FSDP2 through
   ``ParallelismConfig(cp_size=N, dp_shard_size=processes / N)``. Launch with ``configs/context-parallel-fsdp2.yaml``;
   the ranks of a group draw the same rows (:func:`prepare_loader`) and each step runs inside
-  :func:`shard_for_sequence_parallel`, which slices the batch along the sequence.
+  :func:`shard_for_sequence_parallel`, which slices the batch along the sequence. ``model.attention: auto`` is sdpa
+  there (:func:`ring_attention`), and any other kernel is refused before the run starts.
 
 Either way every rank computes the loss of its slice (``toolkit.memory.chunked_loss.shifted_lm_loss``), and the loop
 normalises the summed loss by the targets summed over all ranks (``loss_sum * world_size / global_count``), which
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
+from toolkit.model.attention import RING_ATTENTION, flash_attn_importable
 from toolkit.recipe.schema import ParallelSpec
 
 LAUNCH_CONFIGS = {"ulysses": "configs/sequence-parallel-ulysses.yaml",
@@ -50,9 +52,9 @@ def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
     Without an accelerator this has ``cpu=True``, so that processes started by ``accelerate launch`` (torchrun)
     on a CPU-only machine join one gloo process group instead of each training alone. Collectives wait
     ``parallel.timeout_minutes``; DataLoaders are read by every process, each keeping its share (none is sent rows by
-    another). With sequence parallelism it adds ``parallelism_config``. ``attention`` is the model's attention
-    implementation (checked against what each backend supports); ``env`` is the launcher's environment (read for the
-    process count and the launch config's kind).
+    another). With sequence parallelism it adds ``parallelism_config``. ``attention`` is ``model.attention``, checked
+    against what the backend runs (Ulysses: no eager or flex_attention; context parallelism: sdpa or ``auto``, which
+    is sdpa there); ``env`` is the launcher's environment (read for the process count and the launch config's kind).
     Impossible settings raise :class:`UserError` before any process group is created.
     """
     timeout = timedelta(minutes=parallel.timeout_minutes)
@@ -79,14 +81,15 @@ def _parallelism_config(parallel: ParallelSpec, attention: str | None, env: Mapp
             raise UserError("parallel.sequence: ulysses needs DeepSpeed >= 0.18.2: pip install '.[deepspeed]'")
         from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-        from toolkit.model.attention import flash_attn_importable
-
-        automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"  # until use_model_attention says
-        core = automatic if attention in (None, "auto") else attention
+        # accelerate takes flash_attention_2 or sdpa here; use_model_attention sets the loaded model's kernel later
+        automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"
+        core = attention if attention in ("flash_attention_2", "sdpa") else automatic
         handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation=core)
         return ParallelismConfig(sp_size=parallel.degree, sp_backend="deepspeed", sp_handler=handler)
-    if attention not in (None, "sdpa"):
-        raise UserError(f"model.attention: context_parallel runs on sdpa attention only, not {attention}")
+    if attention not in (None, "auto", RING_ATTENTION):
+        raise UserError(f"model.attention: {attention} does not run under parallel.sequence: context_parallel, whose "
+                        f"ring attention runs over {RING_ATTENTION} only; use {RING_ATTENTION} or auto (which picks "
+                        f"{RING_ATTENTION} there)")
     return ParallelismConfig(cp_size=parallel.degree, dp_shard_size=processes // parallel.degree)
 
 
@@ -115,10 +118,16 @@ def prepare_loader(accelerator: Any, loader: DataLoader, model: torch.nn.Module)
     return prepared
 
 
+def ring_attention(accelerator: Any) -> bool:
+    """Whether the run slices sequences with context parallelism, whose ring attention runs over sdpa alone (the model
+    loads with ``select_attention(..., context_parallel=True)``)."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config is not None and bool(config.cp_enabled)
+
+
 def row_sharers(accelerator: Any) -> int:
     """Processes that draw the same rows before the step slices them: the context-parallel degree, else 1."""
-    config = getattr(accelerator, "parallelism_config", None)
-    return config.cp_size if config is not None and config.cp_enabled else 1
+    return accelerator.parallelism_config.cp_size if ring_attention(accelerator) else 1
 
 
 def ulysses_degree(accelerator: Any) -> int:
@@ -132,15 +141,16 @@ def data_parallel_size(parallel: ParallelSpec, num_processes: int) -> int:
     return max(1, num_processes // parallel.degree)
 
 
-def use_model_attention(accelerator: Any, attention: str, packed: bool) -> None:
+def use_model_attention(accelerator: Any, attention: str, packing: str | None) -> None:
     """Tell DeepSpeed's Ulysses wrapper which attention the loaded model runs (it must match the model's).
-    ``packed``: some stage packs several documents into a row, which SDPA cannot keep apart under Ulysses (the
+    ``packing``: the ``packing`` field of a stage that packs several documents into a row (e.g.
+    ``train.stages[1].data.packing``), None when none does; SDPA cannot keep packed documents apart under Ulysses (the
     wrapper drops the mask; flash-attention 2 and PyTorch's varlen kernel separate documents by position ids)."""
     config = getattr(accelerator, "parallelism_config", None)
     if config is not None and config.sp_enabled:
         _check_ulysses_attention(attention)
-        if packed and attention == "sdpa":
-            raise UserError("train.data.packing: pack under parallel.sequence: ulysses with sdpa attention lets packed "
+        if packing is not None and attention == "sdpa":
+            raise UserError(f"{packing}: pack under parallel.sequence: ulysses with sdpa attention lets packed "
                             "documents attend to each other (DeepSpeed drops the mask); use packing: split or pad, or "
                             "flash-attention 2 (model.attention: auto picks it where installed)")
         config.sp_handler.sp_attn_implementation = attention
@@ -179,8 +189,7 @@ def shard_for_sequence_parallel(accelerator: Any, batch: Batch) -> contextlib.Ab
     positions, which slices each along the sequence for this rank on entry. Otherwise (no sequence parallelism, or
     Ulysses whose DataLoader already yields slices) it changes nothing and returns a null context.
     """
-    config = getattr(accelerator, "parallelism_config", None)
-    if config is None or not config.cp_enabled:
+    if not ring_attention(accelerator):
         return contextlib.nullcontext()
     if "shift_labels" not in batch:
         padded = torch.nn.functional.pad(batch.pop("labels"), (0, 1), value=IGNORE_INDEX)

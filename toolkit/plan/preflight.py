@@ -11,19 +11,21 @@ from toolkit.recipe.schema import Recipe
 
 
 def _shape(recipe: Recipe) -> ModelShape:
-    """The model's shape without its weights: the plan's table or local config, else the hub's ``config.json``."""
+    """The model's shape without its weights: the plan's table or local config, else the config the loader reads
+    (``model.revision``, ``model.trust_remote_code``); a source that is no model is a :class:`UserError` naming
+    ``model.name_or_path``."""
     try:
-        return recipe_shape(recipe)
+        return recipe_shape(recipe)  # a recipe with init_config always has a shape
     except UserError:
-        from transformers import AutoConfig
+        from toolkit.model.loading import model_config
 
-        assert recipe.model.name_or_path is not None  # a recipe without one has init_config, which always has a shape
-        return shape_from_config(AutoConfig.from_pretrained(recipe.model.name_or_path).to_dict())
+        return shape_from_config(model_config(recipe.model).to_dict())
 
 
 def check_host_memory(recipe: Recipe, processes: int, local_processes: int) -> None:
     """Raise :class:`RunFailure` when a stage's offloaded activations and the ``local_processes`` training processes
-    on this machine need more host memory than is available (``TOOLKIT_HOST_MEMORY_GIB`` replaces that)."""
+    on this machine need more host memory than is available (``TOOLKIT_HOST_MEMORY_GIB`` replaces that); a model
+    source that is no model raises :class:`UserError`."""
     if not (recipe.train.gradient_checkpointing and recipe.train.activation_offload):
         return
     shape = _shape(recipe)

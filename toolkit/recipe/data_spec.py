@@ -151,6 +151,11 @@ class DataSpec(SourceSpec):
             seen[entry.label] = i
         return self
 
+    def source_field(self, field: str, index: int) -> str:
+        """Where source ``index`` of :meth:`sources` is in the recipe, this block being at ``field``: ``field`` itself,
+        or ``<field>.mixture[<index>]`` in a mixture."""
+        return field if self.mixture is None else f"{field}.mixture[{index}]"
+
     def sources(self) -> list[tuple[str, float, SourceSpec]]:
         """``(name, weight, spec)`` of every source, weights summing to 1: the mixture's, or this block alone."""
         if self.mixture is None:

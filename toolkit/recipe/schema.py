@@ -14,7 +14,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 
 from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
-from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.data_spec import DataSpec, SourceSpec
 from toolkit.recipe.strict import FieldError, Strict
 
 Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
@@ -46,7 +46,8 @@ class ModelSpec(Strict):
     """Attention kernel; ``auto`` on a CUDA/ROCm GPU picks flash_attention_4 (the fa4 extra, Hopper or newer, bf16/fp16,
     training), else flash_attention_2 (installed, bf16/fp16), else PyTorch's varlen flash attention ``torch_varlen``
     (CUDA, bf16/fp16), else flex_attention, else sdpa; sdpa elsewhere. sdpa and eager keep packed documents apart
-    with a dense L×L mask (see ``toolkit.model.attention``)."""
+    with a dense L×L mask (see ``toolkit.model.attention``). Under ``parallel.sequence: context_parallel`` ring
+    attention runs over sdpa only: ``auto`` is sdpa there, and any other kernel is refused before the run starts."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision; ``auto`` is bf16 where the device supports it, else fp32. bf16 runs keep fp32 master
     weights of what they train (docs/scaling.md). fp16 does not train here: it needs loss scaling, which the toolkit
@@ -155,7 +156,8 @@ class StageSpec(Strict):
     max_steps: PositiveInt | None = None
     """Optimizer steps; or give max_tokens."""
     max_tokens: PositiveInt | None = None
-    """Token budget; converted to steps as max_tokens / (seq_len * batch_size * grad_accum * processes)."""
+    """Token budget; converted to steps as max_tokens / (seq_len * batch_size * grad_accum * data-parallel groups),
+    rounded up, at least 1; the groups are the processes over ``parallel.degree`` (``toolkit.training.loop``)."""
     lr: PositiveFloat = 2e-5
     batch_size: PositiveInt = 1
     """Sequences per device per micro-step."""
@@ -223,12 +225,12 @@ class TrainSpec(Strict):
     def _arena_stages(self) -> TrainSpec:
         """A run with an arena source trains on arena sources alone (the objective restricts every labelled token to
         the label tokens), all with the same label tokens, each comparison fitting its stage."""
-        specs = [(i, spec) for i in range(len(self.stages)) for _, _, spec in self.stage_data(i).sources()]
-        arena = [(i, spec) for i, spec in specs if spec.format == "arena"]
+        specs = [(i, field, spec) for i in range(len(self.stages)) for field, spec in self.stage_sources(i)]
+        arena = [(i, spec) for i, _, spec in specs if spec.format == "arena"]
         if not arena:
             return self
-        for i, spec in specs:
-            where = f"stages[{i}].data" if self.stages[i].data is not None else "data"
+        for i, field, spec in specs:
+            where = field.removeprefix("train.")  # a FieldError's path is below this block
             if spec.format != "arena":
                 raise FieldError(f"{where}.format", f"{spec.format} beside format: arena sources; an arena run "
                                  "trains only the answer among the label tokens, so every source must be arena")
@@ -252,8 +254,8 @@ class TrainSpec(Strict):
 
     def choice_tokens(self) -> tuple[str, str, str] | None:
         """The label tokens of an arena run (the objective's softmax is over these alone); None for other runs."""
-        specs = [spec for i in range(len(self.stages)) for _, _, spec in self.stage_data(i).sources()]
-        return specs[0].label_tokens if specs[0].format == "arena" else None
+        first = self.stage_sources(0)[0][1]
+        return first.label_tokens if first.format == "arena" else None
 
     def stage_name(self, index: int) -> str:
         """Stage ``index``'s name, or ``stage-<index>`` when it has none."""
@@ -262,6 +264,17 @@ class TrainSpec(Strict):
     def stage_data(self, index: int) -> DataSpec:
         """The data of stage ``index``: its own, or the shared ``train.data``."""
         return self.stages[index].data or self.data
+
+    def data_field(self, index: int) -> str:
+        """Where the recipe holds the data of stage ``index``, as errors name it: ``train.stages[<index>].data`` for
+        its own, else ``train.data``."""
+        return f"train.stages[{index}].data" if self.stages[index].data is not None else "train.data"
+
+    def stage_sources(self, index: int) -> list[tuple[str, SourceSpec]]:
+        """``(field, spec)`` of every source of stage ``index``: where the recipe holds it (``train.data``,
+        ``train.stages[1].data.mixture[2]``, ...) and its settings."""
+        data = self.stage_data(index)
+        return [(data.source_field(self.data_field(index), i), spec) for i, (_, _, spec) in enumerate(data.sources())]
 
 
 class ParallelSpec(Strict):
@@ -364,12 +377,11 @@ class Recipe(Strict):
     def _context_parallel_packing(self) -> Recipe:
         """Ring attention runs causal over the whole row (no mask), so packed documents would see each other."""
         if self.parallel.sequence == "context_parallel":
-            for i, stage in enumerate(self.train.stages):
+            for i in range(len(self.train.stages)):
                 if self.train.stage_data(i).packing == "pack":
-                    field = f"train.stages[{i}].data.packing" if stage.data is not None else "train.data.packing"
-                    raise FieldError(field, "pack under parallel.sequence: context_parallel lets packed documents "
-                                     "attend to each other (ring attention is causal over the whole row); use split "
-                                     "or pad")
+                    raise FieldError(f"{self.train.data_field(i)}.packing", "pack under parallel.sequence: "
+                                     "context_parallel lets packed documents attend to each other (ring attention is "
+                                     "causal over the whole row); use split or pad")
         return self
 
     @model_validator(mode="after")

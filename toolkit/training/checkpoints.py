@@ -31,6 +31,7 @@ from torch import nn
 
 from toolkit.data.stream_state import StreamState
 from toolkit.errors import RunFailure
+from toolkit.model.eval_copy import tied_names
 from toolkit.run_folder import CHECKPOINTS
 
 _NAME = re.compile(r"^stage-(\d+)-step-(\d+)$")
@@ -131,8 +132,7 @@ def _frozen(model: nn.Module) -> set[str]:
 
 def _tied(model: nn.Module) -> set[str]:
     """Second names of shared parameters (a tied ``lm_head.weight``), which a safetensors file holds once."""
-    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    return every - {name for name, _ in model.named_parameters()}
+    return {name for names in tied_names(model) for name in names[1:]}
 
 
 def keep_trainable(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], _folder: str) -> None:

@@ -53,7 +53,7 @@ def data_identity(recipe: Recipe, tokenizer: dict[str, Any], num_processes: int)
     stages = []
     for i, stage in enumerate(recipe.train.stages):
         stages.append({"name": recipe.train.stage_name(i), "seq_len": stage.seq_len, "batch_size": stage.batch_size,
-                       "grad_accum": stage.grad_accum, "own_data": stage.data is not None,
+                       "grad_accum": stage.grad_accum, "data_field": recipe.train.data_field(i),
                        "data": recipe.train.stage_data(i).model_dump(mode="json"),
                        "steps": stage_steps(stage, recipe.train, data_parallel_size(recipe.parallel, num_processes))})
     return {"version": VERSION, "seed": recipe.seed, "processes": num_processes, "tokenizer": tokenizer,
@@ -138,8 +138,7 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
         found = next(((f"train.stages[{i}].{key}", old[key], new[key]) for key in _STAGE_FIELDS
                       if key in old and old[key] != new[key]), None)
         if found is None and "data" in old:
-            base = f"train.stages[{i}].data" if new["own_data"] else "train.data"
-            found = _first_difference(old["data"], new["data"], base)
+            found = _first_difference(old["data"], new["data"], new["data_field"])
         if found and i > stage:
             notes.append(f"stage {i} ({new['name']}): {found[0]} {_show(found[1])} -> {_show(found[2])}; the stage "
                          "has not started, so it trains as a new run of this recipe would")

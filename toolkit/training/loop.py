@@ -125,8 +125,8 @@ def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list
         if unsaved is not None:
             parts.checkpoints.save(unsaved)
         kept = parts.checkpoints.latest()
-        raise data_mistake(error or UserError("train.data: another process met a mistake in the data"),
-                           str(kept[0]) if kept else None) from None
+        error = error or UserError(f"{parts.train.data_field(job.index)}: another process met a mistake in the data")
+        raise data_mistake(error, str(kept[0]) if kept else None) from None
     return batches
 
 

@@ -47,6 +47,7 @@ from toolkit.parallel.engines import (
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
+    ring_attention,
     use_model_attention,
 )
 from toolkit.plan.preflight import check_host_memory
@@ -120,8 +121,8 @@ def _start(recipe: Recipe) -> Accelerator:
     _forget_earlier_runs()
     if launched_engine() == "deepspeed":
         warn_of_stale_build_locks()
-    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **accelerator_kwargs(recipe.parallel),
-                              **engine_kwargs(recipe, dtype))
+    parallel = accelerator_kwargs(recipe.parallel, attention=recipe.model.attention)  # before any process group
+    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **parallel, **engine_kwargs(recipe, dtype))
     _check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
@@ -185,13 +186,16 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
 
 
 def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
-    """The recipe's model on the accelerator's device, every stage's RoPE checked against its native length,
-    with the memory features the recipe switches on."""
+    """The recipe's model on the accelerator's device (sdpa for ``model.attention: auto`` under context parallelism),
+    every stage's RoPE checked against its native length, with the memory features the recipe switches on."""
     with _built_whole(accelerator, recipe):
-        loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed)
+        loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
+                            context_parallel=ring_attention(accelerator))
     check_coverage(recipe.train, loaded.native_length)
-    packed = any(recipe.train.stage_data(i).packing == "pack" for i in range(len(recipe.train.stages)))
-    use_model_attention(accelerator, loaded.attention, packed)
+    train = recipe.train
+    packing = next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
+                    if train.stage_data(i).packing == "pack"), None)
+    use_model_attention(accelerator, loaded.attention, packing)
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
