@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -45,19 +44,3 @@ def assert_rows_match_documents(logits: torch.Tensor, docs: Sequence[Sequence[to
             torch.testing.assert_close(logits[row, start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
             start += len(doc)
 
-
-def train_losses(model: torch.nn.Module, ids: torch.Tensor, steps: int, lr: float,
-                 autocast: torch.dtype | None = None) -> list[float]:
-    """Losses of ``steps`` AdamW steps (trainable parameters) on one fixed batch, labels = inputs; with ``autocast``,
-    each forward under its own CPU autocast, as in the loop (autocast keeps its casts of float32 weights until its
-    block ends)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        with torch.autocast("cpu", dtype=autocast) if autocast else nullcontext():
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses

@@ -41,7 +41,8 @@ def kernel_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_a
 
 def test_a_reference_takes_what_this_torchs_kernel_takes() -> None:
     """The CPU stand-in of this torch's own ``varlen_attn`` (2.12 and newer, or 2.11) takes its arguments alone, by
-    name, kind and default."""
+    name, kind and default, and every argument torch's kernel requires: what torch takes beyond it has a default
+    (a newer torch's optional extras, which the adapter does not pass)."""
     varlen = pytest.importorskip("torch.nn.attention.varlen")
     theirs = inspect.signature(varlen.varlen_attn).parameters
     if "window_size" not in theirs:
@@ -50,6 +51,10 @@ def test_a_reference_takes_what_this_torchs_kernel_takes() -> None:
     ours = inspect.signature(stand_in).parameters
     assert all(name in theirs and (p.kind, p.default) == (theirs[name].kind, theirs[name].default)
                for name, p in ours.items())
+    required = {name for name, p in theirs.items() if p.default is inspect.Parameter.empty
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    assert required <= ours.keys(), sorted(required - ours.keys())
+    assert list(ours) == [name for name in theirs if name in ours]  # in torch's order
 
 
 def test_cu_seqlens_from_restarting_positions() -> None:

@@ -86,19 +86,32 @@ def test_context_search_stops_when_its_time_runs_out(monkeypatch) -> None:
 
 
 def test_mixture_rows_are_real_documents_packed_and_unpacked_alike() -> None:
-    """Mixture rows: heavy-tailed document lengths packed by the toolkit's packing, each row's documents where the
-    positions restart, padding excluded; the same configuration draws the same rows."""
-    from benchmarks.rows import step_rows
+    """Mixture rows: heavy-tailed document lengths packed by the toolkit's packing (whole documents side by side,
+    one that no longer fits opening the next row), each row's documents where the positions restart, padding
+    excluded; the same configuration draws the same rows."""
+    from benchmarks.rows import MIN_DOCUMENT, step_rows
     from toolkit.data.packing import IGNORE_INDEX
 
-    rows = step_rows("mixture", 1024, 512, 4, pad_id=2)
-    assert [step.lengths for step in rows] == [step.lengths for step in step_rows("mixture", 1024, 512, 4, pad_id=2)]
-    assert [len(step.lengths) for step in rows] == [14, 11, 1, 2]
-    assert [sum(step.lengths) for step in rows] == [720, 940, 451, 798]
-    for step in rows:
-        assert all(32 <= n <= 1024 for n in step.lengths)
-        assert all(label == IGNORE_INDEX for label in step.row["labels"][sum(step.lengths):])  # the padding tail
-        assert all(step.row["position_ids"][start] == 0 for start, _ in step.documents)
+    seq_len, vocab, pad_id = 1024, 512, 2
+    rows = step_rows("mixture", seq_len, vocab, 4, pad_id=pad_id)
+    assert [step.row for step in rows] == [step.row for step in step_rows("mixture", seq_len, vocab, 4, pad_id)]
+    assert [step.row for step in rows] != [step.row for step in step_rows("mixture", seq_len, vocab, 4, pad_id, 1)]
+    assert len(rows) == 4 and any(len(step.lengths) > 1 for step in rows)  # packed: rows of several documents
+    for step, following in zip(rows, [*rows[1:], None], strict=True):
+        row, real = step.row, sum(step.lengths)
+        assert all(len(column) == seq_len for column in row.values()) and real <= seq_len
+        assert all(MIN_DOCUMENT <= n <= seq_len for n in step.lengths)
+        # the documents lie side by side from the row's start, positions counting from 0 in each
+        assert [start for start, _ in step.documents] == [sum(step.lengths[:i]) for i in range(len(step.lengths))]
+        for start, n in step.documents:
+            assert row["position_ids"][start:start + n] == list(range(n))
+            assert all(3 <= token < vocab for token in row["input_ids"][start:start + n])
+            # loss on every token but the document's first (the packing ignores it: nothing before it to predict)
+            assert row["labels"][start:start + n] == [IGNORE_INDEX, *row["input_ids"][start + 1:start + n]]
+        # the padding tail: the tokenizer's pad id, no loss
+        assert set(row["input_ids"][real:]) <= {pad_id} and set(row["labels"][real:]) <= {IGNORE_INDEX}
+        if following is not None:  # the next row's first document did not fit in what this one left
+            assert real + following.lengths[0] > seq_len
 
 
 def test_attention_kernels_time_the_varlen_adapter_on_cpu() -> None:

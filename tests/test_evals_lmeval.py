@@ -7,27 +7,53 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals import lm_eval, lmeval_bridge
 from toolkit.evals.api import run_suites
-from toolkit.evals.lmeval_data import DEFAULT_FOLDER, write_datasets
+from toolkit.evals.lmeval_data import DATASETS, DEFAULT_FOLDER, write_datasets
 
 TASKS = Path(__file__).resolve().parents[1] / "evals" / "lm_eval_tasks"
 
 
+class _TaskYamlLoader(yaml.SafeLoader):
+    """lm-eval's task YAML: ``!function`` names a hook (read here as its dotted name)."""
+
+
+def _hook(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+_TaskYamlLoader.add_constructor("!function", _hook)
+TASK_CONFIGS = {path: yaml.load(path.read_text(encoding="utf-8"), _TaskYamlLoader)
+                for path in sorted(TASKS.rglob("*.yaml"))}
+"""Every task YAML of the folder, as its file says (so a new task file is validated too)."""
+TASK_NAMES = [config["task"] for config in TASK_CONFIGS.values()]
+
+
 @pytest.fixture(scope="module")
 def loaded_tasks():
-    manager = lmeval_bridge.task_manager(["longctx_passkey", "longctx_passkey_short"], str(TASKS))
-    return manager.load(["longctx_passkey", "longctx_passkey_short"])["tasks"]
+    manager = lmeval_bridge.task_manager(TASK_NAMES, str(TASKS))
+    return manager.load(TASK_NAMES)["tasks"]
 
 
 def test_task_yamls_load_with_task_manager(loaded_tasks):
-    assert set(loaded_tasks) == {"longctx_passkey", "longctx_passkey_short"}
-    for name, count in (("longctx_passkey", 30), ("longctx_passkey_short", 40)):
-        task = loaded_tasks[name]
+    """Every task YAML of the folder loads with its documents, one per line of its data file; the passkey tasks'
+    data (``toolkit.evals.lmeval_data``) as many as the generator writes, and their prompts end in the question
+    whose answer is the target."""
+    assert TASK_NAMES and len(set(TASK_NAMES)) == len(TASK_NAMES)
+    assert set(loaded_tasks) == set(TASK_NAMES)
+    for path, config in TASK_CONFIGS.items():
+        task, data_file = loaded_tasks[config["task"]], config["dataset_kwargs"]["data_file"]
         docs = list(task.test_docs())
-        assert len(docs) == count
+        lines = (path.parent / data_file).read_text(encoding="utf-8").splitlines()
+        assert len(docs) == sum(1 for line in lines if line.strip()) > 0, path.name
+        if data_file not in DATASETS:
+            continue
+        sizes, per_size, _, _ = DATASETS[data_file]
+        assert len(docs) == len(sizes) * per_size, path.name
         for doc in docs:
             text, target = task.doc_to_text(doc), task.doc_to_target(doc)
             assert text.endswith(f"The pass key for {doc['key']} is") and target == f" {doc['answer']}"

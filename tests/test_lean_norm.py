@@ -113,8 +113,9 @@ def test_the_backward_holds_one_chunk_of_float32_at_a_time(monkeypatch) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike(device: str) -> None:
-    """Every norm of a tiny bf16 Llama (two a layer and the last) is routed; the loss and every gradient equal the
-    model's own; without gradients, or in float32, the norms' own forward runs."""
+    """Every norm of a tiny bf16 Llama (two a layer and the last) is routed, and a bf16 forward with gradients runs
+    each of them through the lean norm once; the loss and every gradient equal the model's own; without gradients,
+    or in float32, the norms' own forward runs."""
     config = LlamaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
@@ -124,13 +125,9 @@ def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike(device: str) 
     assert enable_lean_rmsnorm(ours) == 5 and enable_lean_rmsnorm(ours) == 5  # twice: still routed once
     assert all(isinstance(module.forward, LeanNormForward) and not isinstance(module.forward.forward, LeanNormForward)
                for module in ours.modules() if isinstance(module, LlamaRMSNorm))
+    norms = sum(isinstance(module, LlamaRMSNorm) for module in ours.modules())
+    assert norms == 2 * config.num_hidden_layers + 1
     ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0)).to(device)
-    for model in (theirs, ours):
-        model(input_ids=ids, labels=ids).loss.backward()
-    for (name, theirs_param), ours_param in zip(theirs.named_parameters(), ours.parameters(), strict=True):
-        assert theirs_param.grad is not None and ours_param.grad is not None, name
-        _agree(ours_param.grad, theirs_param.grad, device)
-
     calls = {"lean": 0}
     original = LeanRMSNorm.apply
 
@@ -138,8 +135,19 @@ def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike(device: str) 
         calls["lean"] += 1
         return original(*args)
 
+    their_loss = theirs(input_ids=ids, labels=ids).loss
+    their_loss.backward()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LeanRMSNorm, "apply", counted)
+        our_loss = ours(input_ids=ids, labels=ids).loss
+        our_loss.backward()
+        assert calls["lean"] == norms  # the bf16 training step: every norm's forward once through the lean one
+        for (name, theirs_param), ours_param in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+            assert theirs_param.grad is not None and ours_param.grad is not None, name
+            _agree(ours_param.grad, theirs_param.grad, device)
+        _agree(our_loss.detach(), their_loss.detach(), device)
+
+        calls["lean"] = 0
         with torch.no_grad():
             ours(input_ids=ids)
         ours.float()(input_ids=ids, labels=ids).loss.backward()

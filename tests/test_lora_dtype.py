@@ -4,10 +4,13 @@ every adapted layer's input that peft's input cast leaves under autocast; evalua
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tests.micro_models import micro_llama, train_losses
+from tests.micro_models import micro_llama
+from tests.steps import rows_batch, train_losses
 from toolkit.model.loading import evaluating
 from toolkit.model.lora import apply_lora
 from toolkit.recipe.schema import LoraSpec
@@ -26,7 +29,8 @@ def _peft_default():
     return get_peft_model(_bf16_model(), config)
 
 
-def test_adapters_are_float32_and_train_like_peft_default_under_autocast() -> None:
+def test_adapters_are_float32_and_train_like_peft_default_under_autocast(tmp_path: Path) -> None:
+    """Five steps of the loop (bf16 weights: it trains under bf16 autocast) from the same adapter weights."""
     ours, default = apply_lora(_bf16_model(), SPEC), _peft_default()
     adapters = {name: p.dtype for name, p in ours.named_parameters() if "lora_" in name}
     assert len(adapters) == 2 * 4 * 2 and set(adapters.values()) == {torch.float32}
@@ -34,8 +38,8 @@ def test_adapters_are_float32_and_train_like_peft_default_under_autocast() -> No
     with torch.no_grad():  # the same adapter weights in both, so only where the adapters compute differs
         for target, source in zip(ours.parameters(), default.parameters(), strict=True):
             target.copy_(source)
-    ours_losses, default_losses = (train_losses(model, IDS, 5, lr=1e-2, autocast=torch.bfloat16)
-                                   for model in (ours, default))
+    ours_losses, default_losses = (train_losses(model, rows_batch(IDS), 5, 1e-2, tmp_path / name)
+                                   for name, model in (("ours", ours), ("default", default)))
     assert abs(ours_losses[0] - default_losses[0]) < 1e-6  # B = 0: both are the base model
     for mine, theirs in zip(ours_losses[1:], default_losses[1:], strict=True):
         assert abs(mine - theirs) < 1e-2 * theirs  # within bf16 rounding of the adapter path

@@ -9,10 +9,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.devices import DEVICES
 from toolkit.errors import UserError
 from toolkit.memory.checkpointing import decoder_layers, enable_checkpointing
 from toolkit.memory.offload import FP8_MAX, OffloadStore, Stored, dequantize, offloaded_layers, quantize
 
+GRADIENT_TOLERANCE = {"cpu": (1e-6, 1e-5), "cuda": (1e-5, 1e-4)}
+"""(atol, rtol) of gradients of one step with and without offload: on CUDA the attention backward may sum in
+another order."""
 CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=97, max_position_embeddings=2048, attn_implementation="sdpa")
 BATCH, LENGTH = 2, 1024  # 2 x 1024 x 64 = 131,072 elements per layer input: above OffloadStore's SMALL
@@ -23,9 +27,9 @@ def _model() -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**CONFIG)).train()
 
 
-def _step(model: torch.nn.Module) -> tuple[float, dict[str, torch.Tensor]]:
+def _step(model: torch.nn.Module, device: str = "cpu") -> tuple[float, dict[str, torch.Tensor]]:
     ids = torch.randint(0, CONFIG["vocab_size"], (BATCH, LENGTH), generator=torch.Generator().manual_seed(1))
-    loss = model(input_ids=ids, labels=ids).loss
+    loss = model(input_ids=ids.to(device), labels=ids.to(device)).loss
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -49,19 +53,33 @@ def test_fp8_round_trip_within_its_precision() -> None:
     assert torch.equal(dequantize(zeros, zero_scale, torch.float32), torch.zeros(8))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("offload", [1, 3, True])
-def test_offload_as_computed_keeps_loss_and_gradients(offload: bool | int) -> None:
-    reference_loss, reference = _step(_model())
-    model = _model()
+def test_offload_as_computed_keeps_loss_and_gradients(offload: bool | int, device: str) -> None:
+    """On CUDA each offloaded layer's input goes to host memory and back as computed: the host holds one input a
+    layer at the peak, nothing after the step, and the loss and gradients are the model's own. On CPU the inputs are
+    already in host memory: the same hooks run and nothing is copied."""
+    # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
+    reference_loss, reference = _step(_model().to(device), device)  # type: ignore[arg-type]
+    model = _model().to(device)  # type: ignore[arg-type]
     store = enable_checkpointing(model, offload=offload)
     assert store is not None and store.fp8 is False
-    offloaded = [layer._gradient_checkpointing_func == store.checkpoint for layer in decoder_layers(model)]
-    assert offloaded == [i < offloaded_layers(offload, 4) for i in range(4)]
-    loss, grads = _step(model)
+    layers = decoder_layers(model)
+    offloaded = [layer._gradient_checkpointing_func == store.checkpoint for layer in layers]
+    assert offloaded == [i < offloaded_layers(offload, len(layers)) for i in range(len(layers))]
+    loss, grads = _step(model, device)
     assert loss == pytest.approx(reference_loss, abs=1e-6)
+    assert grads.keys() == reference.keys() and len(grads) == len(list(model.parameters()))
+    atol, rtol = GRADIENT_TOLERANCE[device]
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-5, msg=name)
-    assert store.peak_host_bytes == 0  # on CPU the inputs are already in host memory: nothing is copied
+        torch.testing.assert_close(grad, reference[name], atol=atol, rtol=rtol, msg=name)
+    if device == "cpu":
+        assert store.peak_host_bytes == 0  # the inputs are already in host memory: nothing is copied
+    else:  # each offloaded layer's input (batch x length x hidden, in the model's dtype) held at once, then freed
+        element = torch.empty((), dtype=model.dtype).element_size()
+        inputs = offloaded_layers(offload, len(layers)) * BATCH * LENGTH * CONFIG["hidden_size"]
+        assert store.peak_host_bytes == inputs * element
+    assert store.host_bytes == 0
 
 
 def test_fp8_stores_a_byte_per_element_and_perturbs_only_gradients() -> None:

@@ -3,7 +3,8 @@ describe, and a model materialised this way has the rotary buffers and initial w
 
 from __future__ import annotations
 
-import time
+import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from tests.devices import DEVICES
-from tests.micro_models import train_losses
+from tests.steps import rows_batch, train_losses
 from toolkit.model.loading import build_on_meta, build_random, materialise
 
 LLAMA3_8B: dict[str, Any] = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
@@ -38,14 +39,11 @@ class _Tokenizer:
 
 
 def test_an_8b_shape_on_meta_allocates_nothing() -> None:
-    start = time.perf_counter()
     model = build_on_meta(LlamaConfig(**LLAMA3_8B), "sdpa", torch.bfloat16)
-    elapsed = time.perf_counter() - start
     tensors = list(model.parameters()) + list(model.buffers())
     assert all(t.is_meta for t in tensors)  # no storage anywhere: nothing allocated
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(8.03e9, rel=0.001)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert elapsed < 10  # about 0.02 s measured; CPU fills of the same model take minutes
 
 
 def _in_place(seed: int) -> PreTrainedModel:
@@ -74,17 +72,19 @@ def test_materialised_model_has_the_rotary_buffers_and_initialisation() -> None:
     assert not torch.equal(model.lm_head.weight, _materialised(1).lm_head.weight)
 
 
-def _losses(model: PreTrainedModel, steps: int = 30) -> list[float]:
+def _losses(model: PreTrainedModel, folder: Path, steps: int = 30) -> list[float]:
+    """``steps`` steps of the loop on a copy task: each row's second half repeats its first."""
     ids = torch.randint(3, 256, (4, 64), generator=torch.Generator().manual_seed(5))
-    ids[:, 32:] = ids[:, :32]  # a copy task: the second half repeats the first
-    return train_losses(model, ids, steps, lr=3e-3)
+    ids[:, 32:] = ids[:, :32]
+    return train_losses(model, rows_batch(ids), steps, 3e-3, folder)
 
 
-def test_materialised_model_trains_like_one_built_in_place() -> None:
+def test_materialised_model_trains_like_one_built_in_place(tmp_path: Path) -> None:
     """Same data, same optimizer, different draws of the same initialisation: the curves agree (seeds 0-2 measured:
     at most 0.07 apart at any step, from about ln 256 = 5.545 down to about 0.6 after 30 steps)."""
-    materialised, in_place = _losses(_materialised(0)), _losses(_in_place(0))
-    assert materialised[0] == pytest.approx(5.545, abs=0.1) and in_place[0] == pytest.approx(5.545, abs=0.1)
+    materialised, in_place = _losses(_materialised(0), tmp_path / "a"), _losses(_in_place(0), tmp_path / "b")
+    uniform = math.log(TINY["vocab_size"])  # an untrained model's loss
+    assert materialised[0] == pytest.approx(uniform, abs=0.1) and in_place[0] == pytest.approx(uniform, abs=0.1)
     for step in range(0, 30, 5):
         assert materialised[step] == pytest.approx(in_place[step], abs=0.15), step
     assert materialised[-1] < 1.0
@@ -93,19 +93,15 @@ def test_materialised_model_trains_like_one_built_in_place() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_random_init_on_the_device(device: str) -> None:
     """Built where it runs (on a GPU: on meta, initialised there): the tiny model's buffers and initialisation as
-    built in place on CPU; an 8B shape in seconds on a GPU."""
+    built in place on CPU; an 8B shape too on a GPU (its speed is the benchmarks' to check)."""
     tiny = build_random(TINY, _Tokenizer(256), "sdpa", torch.float32, 0, torch.device(device))
     assert {p.device.type for p in tiny.parameters()} == {device}
     torch.testing.assert_close(tiny.model.rotary_emb.inv_freq.cpu(), _in_place(0).model.rotary_emb.inv_freq)
     assert tiny.model.layers[1].mlp.down_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     if device == "cpu":
         return  # CPU builds an 8B shape in place: 16 GB and minutes (test_an_8b_shape_on_meta_allocates_nothing)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
     big = build_random(LLAMA3_8B, _Tokenizer(128256), "sdpa", torch.bfloat16, 0, torch.device(device))
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"8B random init took {elapsed:.1f} s"
+    assert {p.device.type for p in big.parameters()} == {device}
     assert big.model.layers[31].mlp.down_proj.weight.float().std().item() == pytest.approx(0.02, rel=0.05)
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](big.config)  # computed on CPU
     torch.testing.assert_close(big.model.rotary_emb.inv_freq.cpu(), expected)

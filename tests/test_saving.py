@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -11,6 +12,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from tests.steps import rows_batch, train_losses
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.model.loading import load_for_eval, load_model
@@ -33,19 +35,15 @@ def tokenizer():
     return train_tokenizer(TokenizerTraining(vocab_size=300, corpus_documents=50), seed=0)
 
 
-def trained(tokenizer, method: MethodSpec, **init_config: Any) -> CausalLM:
-    """A tiny model after a few steps at TARGET length with yarn, as the runner would leave it."""
+def trained(tokenizer, method: MethodSpec, folder: Path, **init_config: Any) -> CausalLM:
+    """A tiny model after two steps of the loop at TARGET length with yarn, as the runner would leave it."""
     spec = ModelSpec(init_config={**TINY, **init_config}, train_tokenizer=TokenizerTraining())
     loaded = load_model(spec, method, tokenizer, CPU, seed=0)
     model = loaded.model
     params = rope_parameters(RopeSpec(type="yarn"), TARGET, model.config, loaded.native_length)
     apply_rope(model, params, TARGET)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.randint(0, len(tokenizer), (1, TARGET), generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_losses(model, rows_batch(ids), 2, 1e-2, folder / "run")
     return model.eval()
 
 
@@ -60,7 +58,7 @@ def leftovers(folder) -> list[str]:
 
 
 def test_full_model_reloads_with_plain_transformers(tokenizer, tmp_path) -> None:
-    model = trained(tokenizer, MethodSpec())
+    model = trained(tokenizer, MethodSpec(), tmp_path)
     final = tmp_path / "final"
     save_final(model, tokenizer, final, MethodSpec())
     save_final(model, tokenizer, final, MethodSpec())  # replacing an existing final/ works too
@@ -76,7 +74,7 @@ def test_full_model_reloads_with_plain_transformers(tokenizer, tmp_path) -> None
 
 
 def test_lora_final_is_self_sufficient(tokenizer, tmp_path) -> None:
-    model = trained(tokenizer, LORA)
+    model = trained(tokenizer, LORA, tmp_path)
     expected = logits(model)
     final = tmp_path / "final"
     save_final(model, tokenizer, final, LORA, base_is_local_init=True)
@@ -103,7 +101,7 @@ def test_lora_final_is_self_sufficient(tokenizer, tmp_path) -> None:
 
 
 def test_merge_adapter_and_failed_save_keep_folders_whole(tokenizer, tmp_path) -> None:
-    model = trained(tokenizer, LORA)
+    model = trained(tokenizer, LORA, tmp_path)
     final = tmp_path / "final"
     save_final(model, tokenizer, final, MethodSpec(kind="lora", lora=LORA.lora), base_is_local_init=True)
     merge_adapter(final, tmp_path / "merged")
@@ -152,7 +150,7 @@ def config_dtype(folder) -> str:
 
 
 def test_full_final_is_saved_in_the_recipe_dtype(tokenizer, tmp_path) -> None:
-    model, gathered = upcast(trained(tokenizer, MethodSpec(), tie_word_embeddings=True))
+    model, gathered = upcast(trained(tokenizer, MethodSpec(), tmp_path, tie_word_embeddings=True))
     before = snapshot(model)
     final = tmp_path / "final"
     save_final(model, tokenizer, final, MethodSpec(), state_dict=gathered, dtype=torch.bfloat16)
@@ -165,7 +163,7 @@ def test_full_final_is_saved_in_the_recipe_dtype(tokenizer, tmp_path) -> None:
 
 
 def test_lora_final_is_saved_in_the_recipe_dtype(tokenizer, tmp_path) -> None:
-    model, gathered = upcast(trained(tokenizer, LORA))
+    model, gathered = upcast(trained(tokenizer, LORA, tmp_path))
     before = snapshot(model)
     final = tmp_path / "final"
     save_final(model, tokenizer, final, LORA, base_is_local_init=True, state_dict=gathered, dtype=torch.bfloat16)
