@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data.arena import ArenaRow, read_arena
+from toolkit.data.arena import ArenaRow, read_arena, read_labelled_arena
 from toolkit.errors import UserError
 
 HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b",
@@ -52,6 +52,15 @@ def test_test_file_has_no_winner(tmp_path: Path) -> None:
     path = _write(tmp_path / "test.csv", [_row("1")[:6]], HEADER[:6])
     rows, _ = read_arena(path)
     assert rows[0].winner is None
+    with pytest.raises(UserError) as error:
+        read_labelled_arena(path, label="task.data", needed_by="scored against human labels")
+    assert str(error.value) == f"task.data: {path} has no winner columns (scored against human labels)"
+
+
+def test_a_labelled_file_gives_its_rows_winners(tmp_path: Path) -> None:
+    path = _write(tmp_path / "train.csv", [_row("1"), _row("2", (0, 0, 1)), _row("3", (1, 0, 0))])
+    rows, winners, skipped = read_labelled_arena(path)
+    assert winners == [row.winner for row in read_arena(path)[0]] == [0, 2, 0] and len(rows) == 3 and skipped == 0
 
 
 @pytest.mark.parametrize(("row", "message"), [

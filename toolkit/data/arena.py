@@ -143,6 +143,17 @@ def read_arena(path: str | Path, bad_rows: Literal["error", "skip"] = "error",
     return rows, skipped
 
 
+def read_labelled_arena(path: str | Path, bad_rows: Literal["error", "skip"] = "error", label: str = "data",
+                        needed_by: str = "scored against human labels") -> tuple[list[ArenaRow], list[int], int]:
+    """:func:`read_arena`'s rows, their winners and the bad rows skipped; a UserError when the file has no winner
+    columns (``needed_by`` says what needs them). Winners are all or none in a file."""
+    rows, skipped = read_arena(path, bad_rows, label)
+    winners = [row.winner for row in rows if row.winner is not None]
+    if not winners:
+        raise UserError(f"{label}: {path} has no winner columns ({needed_by})")
+    return rows, winners, skipped
+
+
 def write_arena(rows: Sequence[ArenaRow], path: str | Path) -> Path:
     """``rows`` as a competition CSV (winner columns when every row has a winner), written whole or not at all;
     ``read_arena`` reads it back."""

@@ -1,8 +1,8 @@
 """The ``jury_pairwise`` task: a panel of judges (PoLL) says which of two answers people preferred, on Chatbot Arena
 rows with human labels, scored as the fine-tuned classifier is (``preference``) on the same rows.
 
-The rows are read by :func:`toolkit.data.arena.read_arena` (the competition's CSV or Parquet, with the winner
-columns); the judges' prompt, votes and pooling are in :mod:`toolkit.evals.jury_pairwise_panel`, the scores in
+The rows are read by :func:`toolkit.data.arena.read_labelled_arena` (the competition's CSV or Parquet, with the
+winner columns); the judges' prompt, votes and pooling are in :mod:`toolkit.evals.jury_pairwise_panel`, the scores in
 :mod:`toolkit.evals.jury_pairwise_scores`. The evaluated model plays no part: run this task in the suite of the
 ``preference`` task so both are scored at the same tag, and the report shows them side by side with the prior
 (:mod:`toolkit.evals.jury_pairwise_table`). Cells keep every vote, so a resumed run judges only new rows; the
@@ -16,8 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveFloat, PositiveInt
 
-from toolkit.data.arena import ArenaRow, read_arena
-from toolkit.errors import UserError
+from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
@@ -38,6 +37,8 @@ from toolkit.run_folder import Run
 RECORD_EVERY = 16
 """Rows judged between two saves of the results (an interrupted run loses at most these)."""
 
+
+JURY_LABELS = "the jury is scored against human labels"
 
 class JuryPairwiseTask(TaskBase):
     """A panel of judges says A, B or tie on human-labelled Chatbot Arena rows; their votes pooled into
@@ -66,21 +67,15 @@ class JuryPairwiseTask(TaskBase):
         self.data = resolve_relative(self.data, base) or self.data
         self.prior_data = resolve_relative(self.prior_data, base)
         resolve_judges(self.judges, base)
-        labelled_rows(self.data, self.bad_rows, f"{where}.data")  # bad data fails before any model is loaded
+        # bad data fails before any model is loaded
+        read_labelled_arena(self.data, self.bad_rows, f"{where}.data", JURY_LABELS)
         if self.prior_data is not None:
-            labelled_rows(self.prior_data, self.bad_rows, f"{where}.prior_data")
-
-
-def labelled_rows(path: str, bad_rows: Literal["error", "skip"], label: str) -> tuple[list[ArenaRow], int]:
-    """The rows of an arena file and the bad rows skipped; a UserError when it has no winner columns."""
-    rows, skipped = read_arena(path, bad_rows, label)
-    if rows[0].winner is None:
-        raise UserError(f"{label}: {path} has no winner columns (the jury is scored against human labels)")
-    return rows, skipped
+            read_labelled_arena(self.prior_data, self.bad_rows, f"{where}.prior_data", JURY_LABELS)
 
 
 def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
-    rows, skipped = labelled_rows(task.data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: data")
+    rows, _, skipped = read_labelled_arena(task.data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: data",
+                                           JURY_LABELS)
     rows = rows[:task.limit]
     recorded: dict[str, Cell] = {cell["key"]: cell for cell in results.cells(task)}
     raw_path = ctx.judges_log(task.key, fresh=not recorded)
@@ -94,9 +89,9 @@ def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteRe
     summary = pairwise_summary(cells, task.judges, task.swap, task.smoothing)
     summary.update(rows=len(rows), bad_rows=skipped, raw_outputs=raw_path.name)
     if task.prior_data is not None:
-        train, _ = labelled_rows(task.prior_data, task.bad_rows, f"suite {ctx.suite}: task {task.key}: prior_data")
-        summary["prior"] = prior_summary(prior_probs([row.winner for row in train if row.winner is not None]),
-                                         [int(cell["human"]) for cell in cells])
+        _, winners, _ = read_labelled_arena(task.prior_data, task.bad_rows,
+                                            f"suite {ctx.suite}: task {task.key}: prior_data", JURY_LABELS)
+        summary["prior"] = prior_summary(prior_probs(winners), [int(cell["human"]) for cell in cells])
     return results.record(task, cells, summary)
 
 

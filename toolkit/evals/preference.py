@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import PositiveInt
 
-from toolkit.data.arena import ArenaRow, read_arena
+from toolkit.data.arena import read_labelled_arena
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.jury_pairwise_scores import scores_of
@@ -33,6 +33,8 @@ from toolkit.formatting.numbers import fmt
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
+
+PREFERENCE_LABELS = "the preference task is scored against human labels"
 
 
 class PreferenceTask(TaskBase):
@@ -61,13 +63,6 @@ class PreferenceTask(TaskBase):
                 raise UserError(f"{where}.{field}: no such file {path}")
 
 
-def _winners(rows: list[ArenaRow], label: str) -> list[int]:
-    winners = [row.winner for row in rows if row.winner is not None]
-    if len(winners) < len(rows):
-        raise UserError(f"{label}: {rows[0].where} has no winner; the preference task needs labelled comparisons")
-    return winners
-
-
 def _scores(probs: Any, labels: list[int], prefix: str = "") -> dict[str, Any]:
     return {f"{prefix}{key}": value for key, value in scores_of(probs, labels).items()}
 
@@ -76,9 +71,8 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
     if (done := results.finished(task)) is not None:
         return done
     where = f"suite {ctx.suite}: task {task.key}"
-    rows, _ = read_arena(task.data, label=f"{where}: data")
-    labels = _winners(rows, f"{where}: data")
-    prior = prior_probs(_winners(read_arena(task.prior, label=f"{where}: prior")[0], f"{where}: prior")
+    rows, labels, _ = read_labelled_arena(task.data, label=f"{where}: data", needed_by=PREFERENCE_LABELS)
+    prior = prior_probs(read_labelled_arena(task.prior, label=f"{where}: prior", needed_by=PREFERENCE_LABELS)[1]
                         if task.prior else labels)
     predictions = predict_rows(ctx.model, ctx.tokenizer, rows, task.label_tokens, task.truncate_tokens,
                                task.batch_size, desc=f"{ctx.suite}/{task.key}")
