@@ -10,18 +10,11 @@ from typing import Any
 
 from toolkit.evals.preference_stats import BINS
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
-from toolkit.formatting.numbers import fmt, with_interval
+from toolkit.formatting.numbers import fmt, score_with_interval
 from toolkit.run_folder import Run
 
 HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Cohen kappa [95% CI]",
           "swap consistency", "tokens in/out", "est. cost"]
-
-
-def with_ci(scores: dict[str, Any], key: str) -> str:
-    """A recorded score ``scores[key]`` with its 95% interval ``scores[key + "_ci"]`` where there is one; ``-``
-    where the score is missing or undefined."""
-    value = scores.get(key)
-    return "-" if value is None else with_interval(value, scores.get(f"{key}_ci"))
 
 
 def table_row(name: str, scores: dict[str, Any]) -> list[str]:
@@ -29,8 +22,9 @@ def table_row(name: str, scores: dict[str, Any]) -> list[str]:
     usage where the predictor is a judge or the panel)."""
     tokens = (f"{scores['prompt_tokens']}/{scores['completion_tokens']}" if "prompt_tokens" in scores else "-")
     cost = f"${scores['cost_usd']:.4f}" if "cost_usd" in scores else "-"
-    return [name, str(scores.get("n", "-")), with_ci(scores, "log_loss"), with_ci(scores, "accuracy"),
-            fmt(scores.get("ece")), with_ci(scores, "kappa"), fmt(scores.get("swap_consistency")), tokens, cost]
+    log_loss, accuracy, kappa = (score_with_interval(scores, key) for key in ("log_loss", "accuracy", "kappa"))
+    return [name, str(scores.get("n", "-")), log_loss, accuracy, fmt(scores.get("ece")), kappa,
+            fmt(scores.get("swap_consistency")), tokens, cost]
 
 
 def _jury_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:

@@ -21,7 +21,6 @@ from toolkit.data.arena import read_labelled_arena
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.jury_pairwise_scores import scores_of
-from toolkit.evals.jury_pairwise_table import with_ci
 from toolkit.evals.preference_model import predict_rows
 from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
@@ -29,7 +28,7 @@ from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
-from toolkit.formatting.numbers import fmt
+from toolkit.formatting.numbers import fmt, score_with_interval
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
@@ -89,8 +88,8 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
 def preference_headline(entry: Entry) -> str | None:
     if "log_loss" not in entry:
         return None
-    return (f"log loss {with_ci(entry, 'log_loss')} vs prior {with_ci(entry, 'prior_log_loss')}, n={entry['n']}, "
-            f"swap consistency {fmt(entry['swap_consistency'], 3)}")
+    ours, prior = score_with_interval(entry, "log_loss"), score_with_interval(entry, "prior_log_loss")
+    return f"log loss {ours} vs prior {prior}, n={entry['n']}, swap consistency {fmt(entry['swap_consistency'], 3)}"
 
 
 def preference_cell(run: Run, tag: str, entry: Entry) -> str:
@@ -100,7 +99,8 @@ def preference_cell(run: Run, tag: str, entry: Entry) -> str:
 
 
 def _row(tag: str, entry: Entry) -> list[str]:
-    return [tag, str(entry["n"]), with_ci(entry, "log_loss"), with_ci(entry, "first_order_log_loss"),
+    return [tag, str(entry["n"]), score_with_interval(entry, "log_loss"),
+            score_with_interval(entry, "first_order_log_loss"),
             fmt(entry["swap_consistency"], 3), f"{entry['truncated_inputs']} of {entry['inputs']} "
             f"({entry['tokens_cut']} tokens cut, truncate_tokens {entry['truncate_tokens']})"]
 

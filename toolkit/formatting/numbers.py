@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
 
@@ -32,3 +32,10 @@ def with_interval(value: float, interval: Sequence[float] | None, digits: int = 
     """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals; the value alone without one."""
     text = f"{value:.{digits}f}"
     return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+
+
+def score_with_interval(scores: Mapping[str, Any], key: str) -> str:
+    """A recorded score ``scores[key]`` with its 95% interval ``scores[key + "_ci"]`` where there is one; ``-``
+    where the score is missing or undefined."""
+    value = scores.get(key)
+    return "-" if value is None else with_interval(value, scores.get(f"{key}_ci"))

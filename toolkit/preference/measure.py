@@ -23,10 +23,10 @@ import torch
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
 from toolkit.errors import UserError
-from toolkit.evals.jury_pairwise_table import with_ci
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
+from toolkit.formatting.numbers import score_with_interval
 from toolkit.output_paths import write_text
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
@@ -82,11 +82,12 @@ def section(m: dict[str, Any]) -> str:
     """The measured figures as Markdown."""
     e = m["entry"]
     rows = [("held-out comparisons (n)", str(e["n"])),
-            ("log loss, both orders averaged", with_ci(e, "log_loss")),
+            ("log loss, both orders averaged", score_with_interval(e, "log_loss")),
             ("log loss of the class prior " + f"({', '.join(f'{p:.3f}' for p in e['prior'])})",
-             with_ci(e, "prior_log_loss")),
-            ("log loss, one order only", with_ci(e, "first_order_log_loss")),
-            ("accuracy", with_ci(e, "accuracy")), ("accuracy of the prior", with_ci(e, "prior_accuracy")),
+             score_with_interval(e, "prior_log_loss")),
+            ("log loss, one order only", score_with_interval(e, "first_order_log_loss")),
+            ("accuracy", score_with_interval(e, "accuracy")),
+            ("accuracy of the prior", score_with_interval(e, "prior_accuracy")),
             (f"expected calibration error ({BINS} bins)", f"{e['ece']:.3f}"),
             ("swap consistency of one pass (mean abs. difference)", f"{e['swap_consistency']:.4f}"),
             ("inputs cut to fit (both orders)", f"{e['truncated_inputs']} of {e['inputs']} ({e['tokens_cut']} tokens)"),
