@@ -170,8 +170,8 @@ LLAMA_CPP_DIR := .llama-cpp
 # The CPU kernels every x86-64 machine here has (AMD EPYC, Intel Xeon), not -march=native: the native build
 # segfaults in Llama.eval on a Xeon with AMX. No AVX512 (older CPUs lack it), no AMX. llama.cpp's runtime-dispatched
 # CPU variants are no option: llama-cpp-python 0.3.36's CMakeLists installs only the plain ggml-cpu library.
-# No multimodal library (LLAVA_BUILD=OFF: llama-cpp-python loads it only for vision chat handlers): 227 s instead of
-# 275 s for the build on 2 cores (AMD EPYC, 2026-12-06).
+# No multimodal library (LLAVA_BUILD=OFF): llama-cpp-python loads it only for vision chat handlers, and it is a
+# sizeable share of the build.
 LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 # Always built here (--no-binary), with one pip cache per version and flags, kept across clones in the user's cache
