@@ -150,7 +150,8 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from toolkit.report.report import build_report
-    from toolkit.report.verdict import check_run, summary_markdown
+    from toolkit.report.seed_table import summary_markdown
+    from toolkit.report.verdict import check_run
     from toolkit.run_folder import require_run
 
     if args.summary:

@@ -5,19 +5,17 @@ stage's length after it, each with its 95% Wilson interval and n; the effective 
 (RULER's sense: the longest length of the grid whose accuracy, and every shorter length's, reaches the
 threshold); the short-context retention ratios (final / before extension); pass or fail per check and overall.
 Printed at the end of a run, put at the top of the report, checked by ``python -m toolkit report RUN --check``
-and tabulated across runs (seeds) by ``python -m toolkit report --summary RUN [RUN ...]``.
+and tabulated across runs (seeds) by ``toolkit.report.seed_table``.
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.evals.stats import Rate, common_n, effective_length, niah_rates
+from toolkit.evals.stats import Rate, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
@@ -99,8 +97,8 @@ class Verdict:
             name = _BEFORE_AT_EXTENDED.format(self.extended_length)
             lines.append(f"  {name}: {self.before[self.extended_length]} (<= {spec.extended_before_max:.2f} "
                          f"{mark[name]})")
-        lines.append(f"  effective length (>= {spec.effective_threshold:g}): {_length(self.effective_before)} "
-                     f"before, {_length(self.effective_after)} after")
+        lines.append(f"  effective length (>= {spec.effective_threshold:g}): {length_text(self.effective_before)} "
+                     f"before, {length_text(self.effective_after)} after")
         if self.retention:
             lines.append(f"  {', '.join(spec.retention_suites)} retention (final / before): {self.retention_text()} "
                          f"(>= {spec.retention_min:.2f} {mark['retention']})")
@@ -119,7 +117,8 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _length(value: int | None) -> str:
+def length_text(value: int | None) -> str:
+    """An effective length as printed: ``none`` when no length reaches the threshold."""
     return "none" if value is None else str(value)
 
 
@@ -235,57 +234,3 @@ def verdict_blocks(run: Run) -> list[Block]:
     except UserError as exc:
         return [Paragraph(f"Verdict not computed: {exc}")]
     return [Code(verdict.text(), "pass" if verdict.passed else "fail")]
-
-
-def _run_date(run: Run) -> str:
-    """The day the run started (``run_info.json``), else the day that file or the folder was last written."""
-    if run.info.started is not None:
-        return run.info.started[:10]
-    path = run.folder / RUN_INFO
-    stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
-    return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
-
-
-def summary_markdown(folders: Sequence[Path]) -> str:
-    """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
-    runs = [load_run(Path(folder)) for folder in folders]
-    verdicts = [compute_verdict(run) for run in runs]
-    first = verdicts[0].spec.model_dump()
-    for run, verdict in zip(runs[1:], verdicts[1:], strict=True):
-        for key, value in verdict.spec.model_dump().items():
-            if value != first[key]:
-                raise UserError(f"--summary: eval.verdict.{key} is {value} in {run.folder} but {first[key]} in "
-                                f"{runs[0].folder}; one table takes runs of one verdict")
-    rows: list[tuple[Run, Verdict, str, dict[int, Rate]]] = []
-    for run, verdict in zip(runs, verdicts, strict=True):
-        rows.append((run, verdict, f"before extension ({verdict.reference})", verdict.before))
-        rows.append((run, verdict, f"after extension ({verdict.final})", verdict.after))
-    lengths = sorted({length for *_, rates in rows for length in rates})
-    n = common_n(rates for *_, rates in rows)
-    marks = {v.native_length: "native" for v in verdicts}
-    marks |= {v.extended_length: f"{v.extended_length / v.native_length:g}x" for v in verdicts}
-    header = ["run", "seed", "model", *(f"{k} ({marks[k]})" if k in marks else str(k) for k in lengths),
-              "effective length", "retention", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run, verdict, model, rates in rows:
-        after = model.startswith("after")
-        cells = [rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths]
-        effective = verdict.effective_after if after else verdict.effective_before
-        lines.append("| " + " | ".join([
-            run.folder.name, str(run.recipe.seed if run.recipe else "-"), model, *cells, _length(effective),
-            verdict.retention_text() if after else "", ("PASS" if verdict.passed else "FAIL") if after else ""]) + " |")
-    spec = verdicts[0].spec
-    tasks = sorted({v.spec.task for v in verdicts})
-    n_text = f"n={n} prompts per length" if n is not None else "n per cell"
-    caption = (f"Needle accuracy on {', '.join(tasks)} with 95% Wilson intervals, {n_text}. Effective length: the "
-               f"longest length whose accuracy, and every shorter length's, is at least {spec.effective_threshold:g}. "
-               f"Retention: score of the final model / the model before extension on "
-               f"{', '.join(spec.retention_suites)} (bar {spec.retention_min:g}). Verdict: native accuracy >= "
-               f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}, retention >= {spec.retention_min:g}.")
-    devices = list(dict.fromkeys(run.info.device or "unknown device" for run in runs))
-    dates = sorted({_run_date(run) for run in runs})
-    command = "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
-    footer = (f"Machine: {'; '.join(devices)}. Runs dated {dates[0]}"
-              f"{f' to {dates[-1]}' if len(dates) > 1 else ''}. Table: `{command}`.")
-    return "\n".join([caption, "", *lines, "", footer]) + "\n"
-
