@@ -52,6 +52,7 @@ from benchmarks import gpu_check_sections as sections
 from benchmarks import gpu_check_training as training
 from benchmarks.gpu_check_report import markdown
 from benchmarks.harness import ROOT
+from toolkit.hub.reach import work_offline
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", type=int, nargs="+", choices=sorted(ALL_SECTIONS), default=sorted(ALL_SECTIONS),
                         help="the sections to run (default: all); the others are skips, their seconds go to section 5")
     args = parser.parse_args(argv)
+    work_offline()  # all it reads is local and the GPU machine reaches no network: its commands need not ask the Hub
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `timeout`: children stopped too
     result = check(PROFILES[args.device], args.out, frozenset(args.sections))
     print(markdown(result))

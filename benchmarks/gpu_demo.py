@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
+from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.output_paths import write_text
 from toolkit.run_folder import read_run_info
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="one more recipe override, e.g. train.max_steps=30")
     args = parser.parse_args(argv)
+    work_offline()  # all it reads is local and the GPU machine reaches no network: its commands need not ask the Hub
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too
     run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
     print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))

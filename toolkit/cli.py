@@ -264,8 +264,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to the process's command line, which alone may set the process's
+    environment (:mod:`toolkit.hub.reach`: offline when the Hub cannot be reached)."""
     args = _parse(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
+    if argv is None:
+        from toolkit.hub.reach import cache_only_unless_reachable
+
+        offline = cache_only_unless_reachable(args.command)
+        if offline:
+            logging.getLogger("toolkit").info(offline)
     from toolkit.environment import name_cpu_for_deepspeed
 
     name_cpu_for_deepspeed()
