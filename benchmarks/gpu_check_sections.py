@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -114,23 +115,50 @@ _GPU_MARKS = ("pytest.mark.gpu", "tests.devices")
 """What a test file with gpu-marked tests names: the mark, or the device list whose CUDA entry carries it."""
 
 
+_VERBOSE_LINE = re.compile(r"^(?P<path>tests/\S+)\.py::(?P<name>\S+) "
+                           r"(?P<outcome>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+"""A test's line in ``pytest -v`` output, written when the test ends (the junit report comes only at the end)."""
+_JUNIT_OUTCOMES = {"PASSED": "passed", "FAILED": "failure", "ERROR": "error", "SKIPPED": "skipped", "XFAIL": "skipped",
+                   "XPASS": "passed"}
+"""``pytest -v``'s word for an outcome -> the junit report's, which the section's rows use."""
+
+
+def finished_tests(output: str | bytes | None) -> list[dict[str, Any]]:
+    """The tests that ``pytest -v`` said had ended, as rows named like the junit report's (``tests.module::name``):
+    what a run stopped at its budget still tells."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return [{"test": f"{m['path'].replace('/', '.')}::{m['name']}", "outcome": _JUNIT_OUTCOMES[m["outcome"]],
+             "seconds": None,
+             "message": "ended before the section's budget ran out (pytest was stopped before its report)"}
+            for m in map(_VERBOSE_LINE.match, text.splitlines()) if m]
+
+
 def gpu_tests(section: Section, profile: Profile, scratch: Path) -> None:
-    """``pytest -m gpu`` over the test files that hold gpu-marked tests; one row per test."""
+    """``pytest -m gpu`` over the test files that hold gpu-marked tests; one row per test (stopped at its budget:
+    one per test that had ended)."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
                    if any(mark in p.read_text() for mark in _GPU_MARKS))
     report = scratch / "junit.xml"
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider",
                "--continue-on-collection-errors", f"--junitxml={report}", *files]
     try:
         done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
                               timeout=section.left())
-    except subprocess.TimeoutExpired:
-        section.skip("pytest -m gpu", f"did not finish within {section.budget_s:.0f} s")
+    except subprocess.TimeoutExpired as stopped:
+        ended = finished_tests(stopped.stdout)
+        for row in ended:
+            section.add(row)
+        section.skip("pytest -m gpu", f"did not finish within {section.budget_s:.0f} s ({len(ended)} tests ended)")
         return
     section.notes.append(f"exit code {done.returncode}: {(done.stdout.strip().splitlines() or [''])[-1]}")
     if not report.exists():
         section.skip("pytest -m gpu", f"no report: {done.stderr[-300:]}")
         return
+    parse_report(section, report)
+
+
+def parse_report(section: Section, report: Path) -> None:
+    """A row per test case of pytest's junit ``report``: its outcome, seconds and first line of message."""
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         outcome, message = "passed", ""
         for kind in ("failure", "error", "skipped"):

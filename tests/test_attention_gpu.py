@@ -90,4 +90,4 @@ def test_auto_on_this_device_avoids_the_dense_mask(device: str) -> None:
     if device == "cpu":
         assert (implementation, reason) == ("sdpa", "auto: no CUDA device (cpu), so PyTorch sdpa")
     else:
-        assert implementation in ("flash_attention_2", TORCH_VARLEN, "flex_attention"), reason
+        assert implementation in (FLASH_ATTENTION_4, "flash_attention_2", TORCH_VARLEN, "flex_attention"), reason

@@ -16,7 +16,7 @@ from benchmarks.gpu_check import PROFILES
 from benchmarks.gpu_check_kernels import _fa4_missing, _row, attention_kernels
 from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY, length_for_card, longest_context, planned
 from benchmarks.gpu_check_report import markdown
-from benchmarks.gpu_check_sections import Section
+from benchmarks.gpu_check_sections import Section, finished_tests, parse_report
 from tests.real_model import IN_CI
 from toolkit.environment import allocator_setting
 
@@ -58,9 +58,25 @@ def test_gpu_tests_skip_cleanly_without_a_gpu(result: dict) -> None:
     tests = result["sections"][0]
     for row in tests["rows"]:
         assert row["outcome"] == "skipped" and row["message"], row
-    if not tests["rows"]:
+    if tests["skipped"]:  # stopped at its budget, with a row per test that had ended
         _short_of_time(tests["skipped"])
         assert "did not finish" in tests["skipped"][0]["why"]
+    else:
+        assert tests["rows"]
+
+
+def test_tests_that_ended_before_the_budget_are_rows_named_as_in_the_report(tmp_path: Path) -> None:
+    """Section 1 stopped at its budget keeps a row per test that had ended, read off ``pytest -v``'s lines, named
+    and judged as the junit report names and judges them."""
+    report = tmp_path / "junit.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider",
+                           f"--junitxml={report}", "tests/test_lean_norm.py"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    section = Section("1. pytest -m gpu", 60, lambda: None)
+    parse_report(section, report)
+    ended = finished_tests(done.stdout.encode())  # bytes, as a stopped run leaves them
+    assert [(row["test"], row["outcome"]) for row in ended] == [(row["test"], row["outcome"]) for row in section.rows]
+    assert len(ended) == 3 and all(row["message"] for row in ended)
 
 
 def test_device_and_cpu_runs_start_from_the_same_weights(result: dict) -> None:

@@ -13,6 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from tests.devices import DEVICES
 from toolkit.memory.checkpointing import enable_checkpointing
+from toolkit.memory.offload import OffloadStore
 from toolkit.model.lora import CausalLM
 
 GRADIENT_TOLERANCE = {"cpu": (1e-6, 1e-5), "cuda": (1e-5, 1e-4)}
@@ -73,39 +74,48 @@ def test_layers_recompute_in_backward() -> None:
     assert _mlp_calls(model) == 2
 
 
+OFFLOAD_LAYERS = 6
+"""Layers of the offload test's model: in the backward the store fetches the next layer's input back while one is
+recomputed, so with 2 layers the peak holds as many layer inputs with offload as without."""
+
+
+def _offload_step(device: str, offload: bool, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor],
+                                                                          int | None, OffloadStore | None]:
+    """One step of a fresh model: its loss, its gradients copied to the CPU, its peak device memory (CUDA) and its
+    offload store; nothing of the step is left on the device when it returns."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**CONFIG, "num_hidden_layers": OFFLOAD_LAYERS})).train().to(device)
+    store = enable_checkpointing(model, offload=offload)
+    assert (store is None) == (not offload)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    grads = {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
+    assert len(grads) == len(list(model.parameters()))
+    return loss.item(), grads, peak, store
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_offload_lowers_peak_device_memory(device: str) -> None:
     """Offload moves the checkpointed layers' inputs off the GPU to host memory and back: a lower peak there, every
     layer's input held in host memory at once, the same loss and gradients. On CPU the activations already live in
     host memory, so nothing is copied and the step is the same (no device memory to measure)."""
-    losses, peaks, grads = [], [], []
     batch, length = 8, 4096 if device == "cuda" else 256
     ids = torch.randint(0, CONFIG["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(1))
-    ids = ids.to(device)
-    for offload in (False, True):
-        # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
-        model = _model(lora=False).to(device)  # type: ignore[arg-type]
-        store = enable_checkpointing(model, offload=offload)
-        assert (store is None) == (not offload)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-        if device == "cuda":
-            peaks.append(torch.cuda.max_memory_allocated())
+    loss, grads, peak, _ = _offload_step(device, False, ids.to(device))
+    offloaded_loss, offloaded_grads, offloaded_peak, store = _offload_step(device, True, ids.to(device))
     uniform = math.log(CONFIG["vocab_size"])  # an untrained model's loss
-    assert losses[1] == pytest.approx(losses[0], abs=1e-5) and losses[0] == pytest.approx(uniform, abs=0.05)
-    assert grads[1].keys() == grads[0].keys()
+    assert offloaded_loss == pytest.approx(loss, abs=1e-5) and loss == pytest.approx(uniform, abs=0.05)
+    assert offloaded_grads.keys() == grads.keys()
     atol, rtol = GRADIENT_TOLERANCE[device]
-    for name, grad in grads[1].items():
-        assert grad is not None, name
-        torch.testing.assert_close(grad, grads[0][name], atol=atol, rtol=rtol, msg=name)
+    for name, grad in offloaded_grads.items():
+        torch.testing.assert_close(grad, grads[name], atol=atol, rtol=rtol, msg=name)
     assert store is not None and store.host_bytes == 0  # freed with the graph
     if device == "cuda":
-        assert peaks[1] < peaks[0]
-        element = torch.empty((), dtype=model.dtype).element_size()
-        assert store.peak_host_bytes == CONFIG["num_hidden_layers"] * batch * length * CONFIG["hidden_size"] * element
+        assert offloaded_peak is not None and peak is not None and offloaded_peak < peak
+        element = torch.empty((), dtype=torch.float32).element_size()
+        assert store.peak_host_bytes == OFFLOAD_LAYERS * batch * length * CONFIG["hidden_size"] * element
     else:
         assert store.peak_host_bytes == 0
