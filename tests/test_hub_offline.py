@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from tests.fake_hub import FakeHub
 from tests.real_model import REPO, SMALL_MODEL, needs_small_model
+from toolkit.errors import UserError
 from toolkit.hub import reach
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
@@ -62,14 +64,25 @@ def test_an_unreachable_hub_puts_a_reading_command_offline(monkeypatch: pytest.M
     assert reach.cache_only_unless_reachable("train") is None
 
 
+def test_an_endpoint_that_is_no_address_is_one_line_naming_it(tmp_path: Path, online_unset) -> None:
+    for address in ("http://[::1", "ftp://example.org"):
+        with pytest.raises(UserError, match=rf"^HF_ENDPOINT: '{re.escape(address)}' is no http\(s\) address"):
+            reach.reachable(address)
+    done = _eval("nobody/none", tmp_path, tmp_path / "eval", tmp_path / "suite.yaml", endpoint="http://[::1")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()  # before any model or suite is read
+    assert line.startswith("error: HF_ENDPOINT: 'http://[::1' is no http(s) address (")
+
+
 def test_a_reachable_hub_changes_nothing(fake_hub: FakeHub, online_unset) -> None:
     assert reach.cache_only_unless_reachable("train") is None
     assert "HF_HUB_OFFLINE" not in os.environ
 
 
-def _eval(model: str, home: Path, out: Path, suite: Path) -> subprocess.CompletedProcess:
+def _eval(model: str, home: Path, out: Path, suite: Path, endpoint: str = "") -> subprocess.CompletedProcess:
+    """``python -m toolkit eval`` with the Hub at ``endpoint`` (default: a closed port) and its cache in ``home``."""
     env = {key: value for key, value in os.environ.items() if key not in reach.OFFLINE_VARIABLES}
-    env |= {"HF_HOME": str(home), "HF_ENDPOINT": _closed_port()}
+    env |= {"HF_HOME": str(home), "HF_ENDPOINT": endpoint or _closed_port()}
     return subprocess.run([sys.executable, "-m", "toolkit", "eval", "--model", model, "--suite", str(suite),
                            "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

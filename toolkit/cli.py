@@ -263,21 +263,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _offline_unless_reachable(command: str) -> None:
+    """Before huggingface_hub is imported: offline, and one line saying so, when the Hub cannot be reached."""
+    from toolkit.hub.reach import cache_only_unless_reachable
+
+    offline = cache_only_unless_reachable(command)
+    if offline:
+        logging.getLogger("toolkit").info(offline)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; ``argv`` defaults to the process's command line, which alone may set the process's
     environment (:mod:`toolkit.hub.reach`: offline when the Hub cannot be reached)."""
     args = _parse(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
-    if argv is None:
-        from toolkit.hub.reach import cache_only_unless_reachable
-
-        offline = cache_only_unless_reachable(args.command)
-        if offline:
-            logging.getLogger("toolkit").info(offline)
-    from toolkit.environment import name_cpu_for_deepspeed
-
-    name_cpu_for_deepspeed()
     try:
+        if argv is None:
+            _offline_unless_reachable(args.command)
+        from toolkit.environment import name_cpu_for_deepspeed
+
+        name_cpu_for_deepspeed()
         return _dispatch(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

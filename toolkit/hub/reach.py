@@ -13,6 +13,8 @@ import os
 
 import httpx
 
+from toolkit.errors import UserError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 5.0
 """Seconds to wait for the endpoint: a firewall that drops packets answers nothing, a DNS failure at once."""
@@ -33,9 +35,12 @@ def offline_set() -> bool:
 
 
 def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether ``url`` answers at all (any HTTP status counts; no connection, or none within ``timeout``, does not)."""
+    """Whether ``url`` answers at all (any HTTP status counts; no connection, or none within ``timeout``, does not);
+    a UserError naming ``HF_ENDPOINT`` when ``url`` is no http(s) address."""
     try:
         httpx.head(url, timeout=timeout)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise UserError(f"HF_ENDPOINT: {url!r} is no http(s) address ({exc})") from None
     except httpx.TransportError:
         return False
     return True
