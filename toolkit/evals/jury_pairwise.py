@@ -39,6 +39,8 @@ RECORD_EVERY = 16
 
 
 JURY_LABELS = "the jury is scored against human labels"
+"""What needs the winner columns, in the message of a file without them."""
+
 
 class JuryPairwiseTask(TaskBase):
     """A panel of judges says A, B or tie on human-labelled Chatbot Arena rows; their votes pooled into

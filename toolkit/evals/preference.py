@@ -34,6 +34,7 @@ from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run
 
 PREFERENCE_LABELS = "the preference task is scored against human labels"
+"""What needs the winner columns, in the message of a file without them."""
 
 
 class PreferenceTask(TaskBase):

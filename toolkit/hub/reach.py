@@ -30,7 +30,8 @@ def endpoint() -> str:
 
 
 def offline_set() -> bool:
-    """Whether the user already put the Hub client offline."""
+    """Whether the user already put the Hub client offline: the variables read as huggingface_hub reads them, here
+    because importing it would fix its settings before this module could change them."""
     return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in OFFLINE_VARIABLES)
 
 
