@@ -16,6 +16,7 @@ TINY = ROOT / "recipes" / "tiny-passkey.yaml"
 def test_parse_path() -> None:
     assert parse_path("train.stages[1].seq_len") == ["train", "stages", 1, "seq_len"]
     assert parse_path("a[0][2].b") == ["a", 0, 2, "b"]
+    assert parse_path("train.stages.1.seq_len") == ["train", "stages", 1, "seq_len"]  # as other tools write it
 
 
 def test_values_are_typed_and_nested_keys_created() -> None:
@@ -49,3 +50,21 @@ def test_bad_overrides_are_user_errors(override: str, expected: str) -> None:
         load_recipe(TINY, [override])
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.lr=abc", "override 'train.lr=abc': train.lr: unknown key"),
+    ("stages.0.seq_len=-5", "override 'stages.0.seq_len=-5': train.stages[0].seq_len: Input should be greater than 0"),
+    ("model.rope={type: bogus}", "override 'model.rope={type: bogus}': model.rope"),
+])
+def test_a_field_an_override_set_is_named_by_the_override_not_by_a_line_of_the_file(override: str,
+                                                                                      expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe(TINY, [override])
+    assert str(info.value).startswith(f"{TINY}: {expected}"), str(info.value)
+
+
+def test_the_last_override_of_a_field_is_the_one_named() -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe(TINY, ["stages[1].seq_len=300", "stages.1.seq_len=-1"])
+    assert str(info.value).startswith(f"{TINY}: override 'stages.1.seq_len=-1': train.stages[1].seq_len:")

@@ -19,14 +19,18 @@ from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists)."""
+def override_keys(assignment: str) -> list[str | int]:
+    """The recipe keys ``key.path[i]=value`` sets; ``stages`` is short for ``train.stages``."""
     if "=" not in assignment:
         raise UserError(f"override {assignment!r}: expected key=value")
+    keys = parse_path(assignment.split("=", 1)[0].strip())
+    return ["train", *keys] if keys[0] == "stages" else keys
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists)."""
+    keys = override_keys(assignment)
     dotted, raw = assignment.split("=", 1)
-    keys = parse_path(dotted.strip())
-    if keys[0] == "stages":  # shorthand for train.stages
-        keys.insert(0, "train")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -59,7 +63,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data, node = read_yaml(path)
     for assignment in overrides:
         apply_override(data, assignment)
-    recipe = validate_as(Recipe, data, str(path), node)
+    recipe = validate_as(Recipe, data, str(path), node, {tuple(override_keys(text)): text for text in overrides})
     base = path.resolve().parent
     model = recipe.model
     model.name_or_path = resolve_relative(model.name_or_path, base)

@@ -6,6 +6,7 @@ Shared by recipes (``toolkit.recipe.loading``) and evaluation suites (``toolkit.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,9 +45,12 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node]:
 
 
 def parse_path(dotted: str) -> list[str | int]:
-    """``train.stages[1].seq_len`` -> ``["train", "stages", 1, "seq_len"]``."""
+    """``train.stages[1].seq_len`` (or ``train.stages.1.seq_len``) -> ``["train", "stages", 1, "seq_len"]``."""
     keys: list[str | int] = []
     for part in dotted.split("."):
+        if re.fullmatch(r"-?\d+", part):
+            keys.append(int(part))
+            continue
         match = _STEP.fullmatch(part)
         if not match:
             raise UserError(f"override {dotted!r}: cannot read key {part!r}")
@@ -80,8 +84,10 @@ def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
     return line
 
 
-def validation_message(exc: ValidationError, source: str, node: yaml.Node | None = None, prefix: tuple = ()) -> str:
-    """The first pydantic error as ``file:line: field.path: message``."""
+def validation_message(exc: ValidationError, source: str, node: yaml.Node | None = None, prefix: tuple = (),
+                       overrides: Mapping[tuple[str | int, ...], str] | None = None) -> str:
+    """The first pydantic error as ``file:line: field.path: message``, or ``file: override 'key=value': field.path:
+    message`` where the field is one an override (keys -> its text) set or lies within it."""
     err = exc.errors()[0]
     loc = list(prefix) + [k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))]
     cause = (err.get("ctx") or {}).get("error")
@@ -94,16 +100,20 @@ def validation_message(exc: ValidationError, source: str, node: yaml.Node | None
         message = "unknown key"
     line = _line_of(node, loc)
     where = f"{source}:{line}" if line else source
+    setting = [text for keys, text in (overrides or {}).items() if tuple(loc[:len(keys)]) == keys]
+    if setting:
+        where = f"{source}: override {setting[-1]!r}"
     field = format_loc(loc)
     return f"{where}: {field}: {message}" if field else f"{where}: {message}"
 
 
-def validate_as(model: type[Model], data: dict[str, Any], source: str, node: yaml.Node | None = None) -> Model:
+def validate_as(model: type[Model], data: dict[str, Any], source: str, node: yaml.Node | None = None,
+                overrides: Mapping[tuple[str | int, ...], str] | None = None) -> Model:
     """Validate ``data`` as ``model``; a failure is a one-line :class:`UserError`."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(validation_message(exc, source, node)) from None
+        raise UserError(validation_message(exc, source, node, overrides=overrides)) from None
 
 
 def resolve_relative(value: str | None, base: Path) -> str | None:
