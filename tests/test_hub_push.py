@@ -74,7 +74,7 @@ def test_invalid_repo_id_names_the_flag(tmp_path: Path, repo_id: str, capsys: py
 
 
 def test_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="run folder not found"):
+    with pytest.raises(UserError, match="no such run folder"):
         push_run(tmp_path / "nope", "me/x", private=False, what=None, dry_run=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"final: not found"):

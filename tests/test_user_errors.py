@@ -308,7 +308,7 @@ def test_train_never_writes_over_a_finished_run_or_among_other_files(tmp_path: P
 @pytest.mark.parametrize("command", ["merge", "push"])
 def test_merge_and_push_name_a_run_folder_that_is_not_there(command: str, tmp_path: Path, capsys) -> None:
     argv = [command, str(tmp_path / "nowhere"), *(["--repo-id", "me/x", "--dry-run"] if command == "push" else [])]
-    assert _error(argv, capsys) == f"{tmp_path / 'nowhere'}: run folder not found"
+    assert _error(argv, capsys) == f"{tmp_path / 'nowhere'}: no such run folder"
 
 
 def test_push_without_login_merges_and_writes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:

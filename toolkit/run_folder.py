@@ -241,7 +241,7 @@ def holds_other_files(folder: Path) -> bool:
 def require_final(run_dir: Path) -> Path:
     """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no folder or its run has not finished."""
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
+        raise UserError(f"{run_dir}: no such run folder")
     final = run_dir / FINAL
     if not final.is_dir():
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
