@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from lm_eval.api.instance import Instance
 
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals import lm_eval, lmeval_bridge
 from toolkit.evals.api import run_suites
+from toolkit.evals.lm_eval import LmEvalTask
 from toolkit.evals.lmeval_data import DATASETS, DEFAULT_FOLDER, write_datasets
+from toolkit.evals.results import SuiteResults
 
 TASKS = Path(__file__).resolve().parents[1] / "evals" / "lm_eval_tasks"
 
@@ -55,9 +59,33 @@ def test_task_yamls_load_with_task_manager(loaded_tasks):
         sizes, per_size, _, _ = DATASETS[data_file]
         assert len(docs) == len(sizes) * per_size, path.name
         for doc in docs:
-            text, target = task.doc_to_text(doc), task.doc_to_target(doc)
-            assert text.endswith(f"The pass key for {doc['key']} is") and target == f" {doc['answer']}"
-            assert f" The pass key for {doc['key']} is{target}." in text
+            text, target = task.doc_to_text(doc), str(task.doc_to_target(doc))
+            assert text.endswith(f"The pass key for {doc['key']} is") and target.strip() == doc["answer"]
+            assert f" The pass key for {doc['key']} is {doc['answer']}." in text
+
+
+def _scored(task, doc: dict, generated: str) -> dict:
+    """``generated`` as the model's continuation, through the task's own filters and metrics."""
+    instance = Instance(request_type="generate_until", doc=doc, arguments=("", {}), idx=0,
+                        metadata=(task.config.task, 0, 1))
+    instance.resps = [generated]
+    for ensemble in task._filters:
+        ensemble.apply([instance])
+    return {name: task.process_results(doc, [out]) for name, out in instance.filtered_resps.items()}
+
+
+def test_generated_answers_score_what_they_are(loaded_tasks):
+    """A generation task's filters and metric count the right number as right and another as wrong, whatever
+    surrounds it (the model continues "... is" with a space)."""
+    for config in TASK_CONFIGS.values():
+        if config["output_type"] != "generate_until":
+            continue
+        task = loaded_tasks[config["task"]]
+        doc = next(iter(task.test_docs()))
+        for generated, expected in [(f" {doc['answer']}", 1.0), (f"{doc['answer']}.", 1.0),
+                                    (f" {int(doc['answer']) + 1}", 0.0), (" none", 0.0)]:
+            scores = [value for metrics in _scored(task, doc, generated).values() for value in metrics.values()]
+            assert scores == [expected], (config["task"], generated, scores)
 
 
 def test_short_context_documents_fit_the_tiny_training_length(loaded_tasks):
@@ -159,3 +187,17 @@ def test_data_a_task_builds_out_of_reach_is_one_line(tmp_path: Path):
         lm_eval.evaluate(tiny_model(max_positions=256), tiny_tokenizer(), task)
     assert str(raised.value) == ("lm_eval task lm_eval: its tasks build their data when they run, and it could not "
                                  "be reached: Couldn't reach 'x/essays' on the Hub (LocalEntryNotFoundError)")
+
+
+def test_results_of_an_edited_task_folder_are_not_reused(tmp_path: Path):
+    """The content of ``include_path`` is part of what recorded results are reused for: a task YAML or its data
+    edited since (a corrected target) is evaluated again, an unchanged folder is not."""
+    folder = tmp_path / "tasks"
+    shutil.copytree(TASKS, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    task = LmEvalTask(type="lm_eval", tasks=["longctx_passkey"], include_path=str(folder))
+    path = tmp_path / "lm.json"
+    SuiteResults(path, "lm", "base", "tiny", "f").record(task, summary={"score": 0.0})
+    assert SuiteResults(path, "lm", "base", "tiny", "f").finished(task) is not None
+    yaml_file = folder / "longctx" / "passkey.yaml"
+    yaml_file.write_text(yaml_file.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    assert SuiteResults(path, "lm", "base", "tiny", "f").finished(task) is None

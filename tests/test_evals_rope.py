@@ -41,3 +41,29 @@ def test_rope_compare_applies_each_setting_and_restores(tmp_path: Path):
         assert result["score"] == sum(c["correct"] for c in cells) / 4
     assert entry["best"] in entry["settings"] and entry["score"] is None
     assert (tmp_path / "base" / "r-rope_compare.png").is_file()
+
+
+def test_cells_scored_under_the_rope_of_another_longest_length_are_scored_again(tmp_path: Path):
+    """``theta: auto`` and a YaRN factor left out follow the longest length: a length added to the grid changes the
+    RoPE every length is scored under, so the cells recorded before are not reused; an unchanged grid reuses all."""
+    def suite(lengths: str) -> str:
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: r\ntasks:\n  - type: rope_compare\n    lengths: {lengths}\n    depths: [0.5]\n"
+                        "    samples: 2\n    native_length: 64\n    settings:\n"
+                        "      ntk: {type: default, theta: auto}\n      yarn: {type: yarn}\n")
+        return str(path)
+
+    model, tok = tiny_model(max_positions=64), tiny_tokenizer()
+    scored: list[int] = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: scored.append(len(kwargs["input_ids"])), with_kwargs=True)
+
+    first = run_suites(model, tok, [suite("[128]")], tmp_path, "base", "tiny")["r"]["tasks"]["rope_compare"]
+    assert sum(scored) == 4 and first["settings"]["yarn"]["rope_parameters"]["factor"] == 2.0
+    scored.clear()
+    again = run_suites(model, tok, [suite("[128]")], tmp_path, "base", "tiny")["r"]["tasks"]["rope_compare"]
+    assert sum(scored) == 0 and again["settings"] == first["settings"]
+    longer = run_suites(model, tok, [suite("[128, 512]")], tmp_path, "base", "tiny")["r"]["tasks"]["rope_compare"]
+    assert sum(scored) == 8  # both lengths, both settings, two prompts each
+    assert longer["settings"]["yarn"]["rope_parameters"]["factor"] == 8.0
+    assert {(c["setting"], c["length"], c["rope_length"]) for c in longer["cells"]} == {
+        (name, length, 512) for name in ("ntk", "yarn") for length in (128, 512)}

@@ -13,9 +13,9 @@ It takes the transformers model (``EvalContext.model``), not the backend's reque
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 
 from toolkit.data.local_files import reason
 from toolkit.data.tokens import bos_prefix
@@ -23,25 +23,33 @@ from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.lmeval_bridge import main_metrics, summarize, task_datasets, task_manager, unimportable_code
 from toolkit.evals.results import SuiteResults, write_json
-from toolkit.evals.specs import TaskBase
+from toolkit.evals.specs import Distinct, TaskBase
 from toolkit.evals.stats import Rate, lm_eval_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.file_reading import sha256_of
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, rounded
 from toolkit.recipe.yaml_files import resolve_relative
 from toolkit.run_folder import Run, eval_dir, read_json
 
 
+def _documents_or_fraction(limit: float) -> float:
+    """lm-eval reads a limit under 1 as a fraction and cuts any other to a whole number (0 runs every document)."""
+    if not (0 < limit < 1 or (limit >= 1 and limit == int(limit))):
+        raise ValueError(f"a whole number of documents or a fraction between 0 and 1, not {limit}")
+    return int(limit) if limit >= 1 else limit
+
+
 class LmEvalTask(TaskBase):
     """Tasks run through lm-eval on the loaded model (lm-eval's own tasks or ours in ``evals/lm_eval_tasks``)."""
 
     type: Literal["lm_eval"]
-    tasks: list[str] = Field(min_length=1)
+    tasks: Annotated[list[str], Field(min_length=1), Distinct]
     include_path: str | None = None
     """Folder of extra task YAMLs (relative to the suite)."""
     num_fewshot: NonNegativeInt | None = None
-    limit: PositiveInt | float | None = None
-    """Documents per task (or a fraction); ``None`` runs all."""
+    limit: Annotated[float, AfterValidator(_documents_or_fraction)] | None = None
+    """Documents per task (a whole number), or a fraction of them (between 0 and 1); ``None`` runs all."""
     metadata: dict[str, Any] | None = None
     """Passed to the tasks, e.g. ``{max_seq_lengths: [4096, 8192]}`` for lm-eval's ``ruler``."""
     metric: str | None = None
@@ -49,6 +57,12 @@ class LmEvalTask(TaskBase):
     batch_size: PositiveInt = 1
     max_length: PositiveInt | None = None
     """Context cap of lm-eval's HFLM; ``None`` lets HFLM read it from the model config."""
+
+    def read_files(self) -> dict[str, str]:
+        """Also every file of ``include_path`` (its task YAMLs, their data and code)."""
+        files = sorted(path for path in Path(self.include_path).rglob("*")
+                       if path.is_file() and "__pycache__" not in path.parts) if self.include_path else []
+        return {**super().read_files(), **{str(path): sha256_of(path) for path in files}}
 
     def resolve_paths(self, base: Path, where: str) -> None:
         super().resolve_paths(base, where)

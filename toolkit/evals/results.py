@@ -48,9 +48,11 @@ def haystack_fallbacks(task: TaskBase) -> list[str]:
 
 def task_identity(task: TaskBase) -> dict[str, Any]:
     """What must match for recorded cells to be reused: settings minus the axes cells are keyed by, the type's
-    version, and whether a haystack fell back to the built-in filler."""
+    version, the content of the files the task reads, and whether a haystack fell back to the built-in filler."""
     identity = task.model_dump(mode="json", exclude=_GRID_AXES | task.cache_ignores)
     identity["version"] = task.version
+    if files := task.read_files():
+        identity["files"] = files
     if haystack_fallbacks(task):
         identity["haystack_fallback"] = True
     return identity
@@ -66,10 +68,17 @@ class SuiteResults:
         old = read_json(path)
         if isinstance(old, dict) and old.get("fingerprint") == fingerprint and old.get("suite") == suite:
             self.data["tasks"] = old.get("tasks", {})
+        self._identities: dict[str, dict[str, Any]] = {}
+
+    def _identity(self, task: TaskBase) -> dict[str, Any]:
+        """:func:`task_identity`, once per task: it hashes the files the task reads, and progress is saved often."""
+        if task.key not in self._identities:
+            self._identities[task.key] = task_identity(task)
+        return self._identities[task.key]
 
     def _entry(self, task: TaskBase) -> dict[str, Any] | None:
         entry = self.data["tasks"].get(task.key)
-        return entry if entry and entry.get("identity") == task_identity(task) else None
+        return entry if entry and entry.get("identity") == self._identity(task) else None
 
     def cells(self, task: TaskBase) -> list[dict[str, Any]]:
         """Cells recorded earlier for this task (empty when its settings changed)."""
@@ -86,7 +95,7 @@ class SuiteResults:
         """Save progress (``summary=None``: partial) or the final result; returns the task's entry."""
         entry: dict[str, Any] = {"type": task.type, "score": None}
         entry.update(summary or {})
-        entry.update(complete=summary is not None, identity=task_identity(task))
+        entry.update(complete=summary is not None, identity=self._identity(task))
         if fallbacks := haystack_fallbacks(task):
             entry["haystack_fallback"] = "; ".join(fallbacks)
         if cells is not None:

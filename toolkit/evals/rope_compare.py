@@ -37,14 +37,16 @@ class RopeCompareTask(NeedleGrid):
     """The context the model was trained at; ``None`` takes ``config.max_position_embeddings``."""
 
 
-def _tagged(cells: list[Cell], setting: str) -> list[Cell]:
-    return [{**cell, "setting": setting} for cell in cells]
+def _tagged(cells: list[Cell], setting: str, rope_length: int) -> list[Cell]:
+    """``cells`` marked with their setting and the length its RoPE was derived for (the longest of ``lengths``:
+    ``theta: auto`` and a factor left out depend on it, so a cell scored for another is scored again)."""
+    return [{**cell, "setting": setting, "rope_length": rope_length} for cell in cells]
 
 
 def _record_setting(results: SuiteResults, task: RopeCompareTask, others: list[Cell], setting: str,
-                    done: list[Cell]) -> dict[str, Any]:
+                    rope_length: int, done: list[Cell]) -> dict[str, Any]:
     """Save the cells of the other settings and those of ``setting`` done so far."""
-    return results.record(task, others + _tagged(done, setting))
+    return results.record(task, others + _tagged(done, setting, rope_length))
 
 
 def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -61,9 +63,9 @@ def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResu
         # restored after each setting, so every one derives from the model's own RoPE (theta included)
         with use_rope(ctx.model, spec, seq_len, native) as switch:
             others = [c for c in cells if c["setting"] != name]
-            mine = score_grid(task, ctx, [c for c in cells if c["setting"] == name],
-                              partial(_record_setting, results, task, others, name), label=f" {name}")
-        cells = others + _tagged(mine, name)
+            mine = score_grid(task, ctx, [c for c in cells if c["setting"] == name and c.get("rope_length") == seq_len],
+                              partial(_record_setting, results, task, others, name, seq_len), label=f" {name}")
+        cells = others + _tagged(mine, name, seq_len)
         settings[name] = {"rope_parameters": switch.applied.parameters, **grid_summary(mine, task)}
     best = max(settings, key=lambda name: settings[name]["score"])
     score_vs_length({name: s["scores_by_length"] for name, s in settings.items()},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from statistics import mean
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, PositiveInt
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import batch_size_for, batched, string_match_all
 from toolkit.evals.sources import load_sentences
-from toolkit.evals.specs import HaystackSpec, TaskBase
+from toolkit.evals.specs import Distinct, HaystackSpec, TaskBase
 from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
@@ -39,8 +39,8 @@ class RulerTask(TaskBase):
 
     type: Literal["ruler"]
     cache_ignores: ClassVar[frozenset[str]] = frozenset({"tasks"})
-    tasks: list[RulerName] = Field(default_factory=lambda: list(RULER_TASKS), min_length=1)
-    lengths: list[PositiveInt] = Field(min_length=1)
+    tasks: Annotated[list[RulerName], Field(min_length=1), Distinct] = Field(default_factory=lambda: list(RULER_TASKS))
+    lengths: Annotated[list[PositiveInt], Field(min_length=1), Distinct]
     samples: PositiveInt = 4
     """Prompts per (task, length)."""
     threshold: float = Field(RULER_THRESHOLD, ge=0.0, le=1.0)

@@ -6,16 +6,29 @@ and the text sources. Also the needle grid that ``niah`` and ``rope_compare`` sh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
+from toolkit.file_reading import sha256_of
 from toolkit.recipe.strict import Strict
 from toolkit.recipe.yaml_files import resolve_relative
 
 Depth = Annotated[float, Field(ge=0.0, le=1.0)]
+Item = TypeVar("Item")
+
+
+def _distinct(values: list[Item]) -> list[Item]:
+    repeated = sorted({str(value) for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once (each would be scored again and count twice)")
+    return values
+
+
+Distinct = AfterValidator(_distinct)
+"""A list whose items must differ: a repeated length, depth or task name would inflate n with the same prompts."""
 
 
 class HaystackSpec(Strict):
@@ -57,6 +70,12 @@ class TaskBase(Strict):
     def key(self) -> str:
         return self.name or self.type
 
+    def read_files(self) -> dict[str, str]:
+        """The files whose content decides the results (name -> SHA-256), so that recorded results of another
+        content are not reused: the local text haystacks."""
+        return {str(spec.path): sha256_of(Path(spec.path)) for spec in self.haystacks().values()
+                if spec.source == "text" and spec.path and Path(spec.path).is_file()}
+
     def haystacks(self) -> dict[str, HaystackSpec]:
         """The task's text sources by field name."""
         return {name: value for name in type(self).model_fields
@@ -75,9 +94,9 @@ class TaskBase(Strict):
 class NeedleGrid(TaskBase):
     """Needle retrieval over a depth x length grid, scored by exact match of the asked needle's value."""
 
-    lengths: list[PositiveInt] = Field(min_length=1)
+    lengths: Annotated[list[PositiveInt], Field(min_length=1), Distinct]
     """Prompt lengths in the evaluated model's tokens."""
-    depths: list[Depth] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    depths: Annotated[list[Depth], Distinct] = [0.0, 0.25, 0.5, 0.75, 1.0]
     """Where the asked needle sits: fraction of the haystack before it."""
     samples: PositiveInt = 3
     """Prompts per (length, depth) cell."""

@@ -52,7 +52,7 @@ def _parse_task(item: Any, index: int, source: str, node: Any) -> TaskBase:
     if not isinstance(item, dict):
         raise UserError(f"{where}: expected a mapping with a type")
     kind = item.get("type")
-    if kind not in TASK_TYPES:
+    if not isinstance(kind, str) or kind not in TASK_TYPES:
         raise UserError(f"{where}.type: must be one of {', '.join(TASK_TYPES)} (got {kind!r})")
     try:
         return TASK_TYPES[kind].spec.model_validate(item)
