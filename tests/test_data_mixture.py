@@ -117,7 +117,13 @@ def test_mixture_schema_errors_name_the_field():
              ({"mixture": [{"source": "jsonl", "weight": 1}]}, r"mixture\[0\]\.path: source 'jsonl' needs a path"),
              ({"mixture": [{"weight": 0}]}, r"mixture\[0\]\.weight: Input should be greater than 0"),
              ({"mixture": [{"source": "jsonl", "path": "a", "weight": 1, "upsample": {"min_tokens": 9, "factor": 1}}]},
-              r"mixture\[0\]\.upsample\.factor: Input should be greater than 1")]
+              r"mixture\[0\]\.upsample\.factor: Input should be greater than 1"),
+             ({"min_tokens": 5, "mixture": mixture}, "min_tokens: set it inside each mixture entry"),
+             ({"path": "a.jsonl", "bad_rows": "skip"},  # no source: would read synthetic needles
+              r"path: applies to file and hub sources, not synthetic \(name one with source:\)"),
+             ({"mixture": [{"path": "a.jsonl", "weight": 1}]}, r"mixture\[0\]\.path: applies to file and hub"),
+             ({"source": "jsonl", "path": "a.jsonl", "task": "multikey"}, "task: applies to source: synthetic, not "),
+             ({"source": "text", "path": "a.txt", "loss_on": "all"}, "loss_on: applies to source: synthetic, not text")]
     for data, message in cases:
         with pytest.raises(Exception, match=f"^r.yaml: {message}"):
             validate_as(DataSpec, data, "r.yaml")

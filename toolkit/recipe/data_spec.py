@@ -13,6 +13,8 @@ ARENA_LABELS = ("A", "B", "tie")
 """The default answer tokens of ``format: arena`` for A preferred, B preferred and a tie."""
 ARENA_FIELDS = ("label_tokens", "swap", "truncate_tokens")
 """The source fields that apply to ``format: arena`` alone."""
+SYNTHETIC_FIELDS = ("task", "num_keys", "loss_on", "min_length_fraction", "edge_depth_fraction")
+"""The source fields that apply to ``source: synthetic`` alone (every other one but ``source`` to files and hub)."""
 
 
 class Upsample(Strict):
@@ -85,11 +87,18 @@ class SourceSpec(Strict):
 
     @model_validator(mode="after")
     def _fits_source(self) -> SourceSpec:
+        self._check_source_fields()
+        return self
+
+    def _check_source_fields(self) -> None:
+        """Every field set applies to the source: a ``path`` without ``source:`` would read synthetic needles."""
+        for key in SourceSpec.model_fields:
+            if key in SYNTHETIC_FIELDS and self.source != "synthetic" and changed(self, key):
+                raise FieldError(key, f"applies to source: synthetic, not {self.source}")
+            if key not in (*SYNTHETIC_FIELDS, "source") and self.source == "synthetic" and changed(self, key):
+                raise FieldError(key, "applies to file and hub sources, not synthetic (name one with source:)")
         if self.source == "synthetic":
-            for key in ("format", "chat_template", "min_tokens", "max_tokens", "upsample", "shuffle"):
-                if changed(self, key):
-                    raise FieldError(key, "applies to file and hub sources, not synthetic")
-            return self
+            return
         if not self.path:
             raise FieldError("path", f"source {self.source!r} needs a path")
         if self.source == "text" and self.format != "text":
@@ -105,7 +114,6 @@ class SourceSpec(Strict):
             raise FieldError("truncate_tokens", "format: arena needs truncate_tokens (at most the stage's seq_len)")
         if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
             raise FieldError("max_tokens", f"{self.max_tokens} is less than min_tokens {self.min_tokens}")
-        return self
 
     @property
     def label(self) -> str:
@@ -136,10 +144,11 @@ class DataSpec(SourceSpec):
     """Several sources, each with its weight: the stage draws each source's share of tokens, interleaved
     deterministically (see ``toolkit.data.mixture``). The source fields then go inside each entry."""
 
-    @model_validator(mode="after")
-    def _mixture_or_source(self) -> DataSpec:
+    def _check_source_fields(self) -> None:
+        """A block with a mixture sets no source field itself; its entries are checked as sources."""
         if self.mixture is None:
-            return self
+            super()._check_source_fields()
+            return
         for key in sorted(SourceSpec.model_fields):
             if changed(self, key):
                 raise FieldError(key, "set it inside each mixture entry (this data block has a mixture)")
@@ -149,7 +158,6 @@ class DataSpec(SourceSpec):
                 raise FieldError(f"mixture[{i}].name", f"{entry.label!r} names mixture[{seen[entry.label]}] too; "
                                                        "give each source its own name")
             seen[entry.label] = i
-        return self
 
     def source_field(self, field: str, index: int) -> str:
         """Where source ``index`` of :meth:`sources` is in the recipe, this block being at ``field``: ``field`` itself,
