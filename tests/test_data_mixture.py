@@ -65,8 +65,10 @@ def corpora(tmp_path_factory, tokenizer) -> dict[str, str]:
             "mixed": _jsonl(folder / "mixed.jsonl", _texts(2, 200, (2, 8)) + _texts(3, 40, (60, 100)))}
 
 
-def test_token_shares_follow_the_weights(tokenizer, corpora):
-    spec = DataSpec(packing="pack", mixture=[
+@pytest.mark.parametrize("packing", ["pack", "split", "pad"])
+def test_token_shares_follow_the_weights(tokenizer, corpora, packing: str):
+    """The shares of the tokens trained on, also where rows keep a document's first ``seq_len`` tokens alone."""
+    spec = DataSpec(packing=packing, mixture=[
         {"name": "short", "source": "jsonl", "path": corpora["short"], "weight": 5},
         {"name": "long", "source": "jsonl", "path": corpora["long"], "weight": 3},
         {"name": "needles", "source": "synthetic", "loss_on": "all", "weight": 2}])

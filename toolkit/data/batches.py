@@ -106,7 +106,8 @@ class PackedRows(IterableDataset):
         streams = [source_documents(source, self.tokenizer, self.seq_len, self.seed + i * SOURCE_SEED_STRIDE,
                                     self.spec.source_field(self.label, i), cursors[i])
                    for i, (_, _, source) in enumerate(self.spec.sources())]
-        docs = streams[0] if len(streams) == 1 else interleave(streams, self.weights, drawn)
+        kept = self.seq_len if self.spec.packing == "pad" else None
+        docs = streams[0] if len(streams) == 1 else interleave(streams, self.weights, drawn, kept)
 
         def position() -> DocsState:
             return DocsState(tuple(cursor.snapshot() for cursor in cursors), tuple(drawn))

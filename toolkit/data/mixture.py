@@ -17,15 +17,17 @@ from dataclasses import replace
 from toolkit.data.packing import Document
 
 
-def interleave(streams: Sequence[Iterator[Document]], weights: Sequence[float],
-               drawn: list[int] | None = None) -> Iterator[Document]:
+def interleave(streams: Sequence[Iterator[Document]], weights: Sequence[float], drawn: list[int] | None = None,
+               kept: int | None = None) -> Iterator[Document]:
     """Documents from ``streams`` (endless), each tagged with its stream's index in ``Document.source``. ``drawn``:
-    the tokens drawn so far from each stream (a resumed stream's), updated in place as documents are drawn."""
+    the tokens drawn so far from each stream (a resumed stream's), updated in place as documents are drawn.
+    ``kept``: the most tokens of one document the rows keep (``packing: pad`` keeps one row's worth), counted
+    instead of its length."""
     if len(streams) != len(weights) or not streams or min(weights) <= 0:
         raise ValueError("interleave needs one positive weight per stream")
     drawn = [0] * len(streams) if drawn is None else drawn
     while True:
         index = min(range(len(streams)), key=lambda i: drawn[i] / weights[i])
         doc = next(streams[index])
-        drawn[index] += len(doc.input_ids)
+        drawn[index] += len(doc.input_ids) if kept is None else min(len(doc.input_ids), kept)
         yield replace(doc, source=index)
