@@ -245,3 +245,42 @@ def test_checkpoint_folders_without_state_are_not_resumed(tmp_path: Path) -> Non
     manager = checkpoints_module.CheckpointManager(tmp_path, 2, Accelerator(cpu=True))
     (tmp_path / "checkpoints" / "stage-0-step-000004").mkdir(parents=True)
     assert manager.latest() is None
+
+
+def test_an_evaluation_cut_short_is_finished_by_the_resumed_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A run that dies in the evaluation after its last stage (out of memory in the second task) leaves the first
+    task's results; resumed, it evaluates the second, reuses the first, and writes ``final/`` and the report."""
+    from tests.conftest import MICRO_RECIPE, write_recipe
+    from toolkit.evals.transformers_backend import TransformersBackend
+
+    suite = tmp_path / "mini.yaml"
+    suite.write_text("name: mini\ntasks:\n  - {type: niah, name: a, lengths: [64], depths: [0.5], samples: 2}\n"
+                     "  - {type: niah, name: b, lengths: [64], depths: [0.5], samples: 2}\n")
+    stages = [dict(MICRO_RECIPE["train"]["stages"][0], max_steps=2)]
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train=dict(MICRO_RECIPE["train"], stages=stages),
+                                         eval={"suites": [str(suite)], "before": False},
+                                         output={"dir": str(tmp_path / "run")}))
+    scored: list[int] = []
+    original = TransformersBackend.greedy_matches
+
+    def greedy_matches(self, requests):
+        scored.append(len(requests))
+        if len(scored) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(self, requests)
+
+    monkeypatch.setattr(TransformersBackend, "greedy_matches", greedy_matches)
+    assert train(recipe) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "failed: stage-0-short/mini b: out of memory while evaluating; what it finished is saved and a rerun continues "
+        "from there (train.resume=true for a run): lower the task's batch_tokens or batch_size, or leave out its "
+        "longest lengths")
+    run = tmp_path / "run"
+    results = run / "eval" / "stage-0-short" / "mini.json"
+    assert list(json.loads(results.read_text())["tasks"]) == ["a"] and not (run / "final").exists()
+
+    assert train(recipe, "train.resume=true") == 0
+    assert scored == [2, 2, 2]  # a once, b cut short, b again: a's results were reused
+    tasks = json.loads(results.read_text())["tasks"]
+    assert sorted(tasks) == ["a", "b"] and all(entry["complete"] for entry in tasks.values())
+    assert (run / "final").is_dir() and "mini" in (run / "report.md").read_text()

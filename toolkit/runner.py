@@ -36,7 +36,7 @@ from toolkit.parallel.sequence import (
 )
 from toolkit.recipe.loading import check_recipe
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import EVAL, FINAL, REPORT_MD, eval_dir, eval_tag
+from toolkit.run_folder import EVAL, FINAL, REPORT_MD, eval_tag
 from toolkit.training.faults import stop_on_signals
 from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
 from toolkit.training.session import Session, setup
@@ -126,10 +126,10 @@ def _finished_before_resume(session: Session, index: int) -> bool:
 
 
 def _catch_up_evaluation(session: Session, index: int) -> None:
-    """The evaluation after the stage the checkpoint finished, when the run stopped before writing it."""
+    """The evaluation after the stage the checkpoint finished: the run stopped before or during it (what it had
+    finished is reused, the rest evaluated)."""
     recipe, state = session.recipe, session.resumed
-    if (state is not None and index == state.stage and recipe.evaluates_after(index)
-            and not eval_dir(recipe.run_dir, eval_tag(recipe, index)).exists()):
+    if state is not None and index == state.stage and recipe.evaluates_after(index):
         _evaluate(session, index)
 
 

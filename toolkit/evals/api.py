@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from toolkit.errors import RunFailure
 from toolkit.evals.backend import Backend
 from toolkit.evals.context import EvalContext
 from toolkit.evals.registry import task_type
@@ -43,7 +44,12 @@ def run_tasks(backend: Backend, tasks: Sequence[TaskBase], folder: Path, suite: 
     ctx = EvalContext(backend, folder, suite, model_name)
     limit = min((n for n in (max_length, backend.max_length) if n is not None), default=None)
     for task in filter(None, (capped(task, limit) for task in tasks)):
-        entry = task_type(task.type).run(task, ctx, results)
+        try:
+            entry = task_type(task.type).run(task, ctx, results)
+        except torch.OutOfMemoryError:
+            raise RunFailure(f"{tag}/{suite} {task.key}: out of memory while evaluating; what it finished is saved and "
+                             "a rerun continues from there (train.resume=true for a run): lower the task's "
+                             "batch_tokens or batch_size, or leave out its longest lengths") from None
         log.info("%s/%s %s (%s): score %s", tag, suite, task.key, backend.name, entry.get("score"))
     return results.finish({task.key for task in tasks})
 
