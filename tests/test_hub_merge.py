@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,21 @@ def test_full_run_has_nothing_to_merge(tmp_path: Path) -> None:
     run = write_run(tmp_path, "full")
     with pytest.raises(UserError, match=r"nothing to merge: .* is not a LoRA run"):
         merge_run(run, out=None)
+
+
+def test_an_earlier_merge_is_replaced_and_any_other_model_folder_kept(tmp_path: Path) -> None:
+    """``--out`` naming the folder of an earlier merge (it holds ``merged_from.json``) merges again into it; the
+    adapter's base, even one an earlier merge made, is never replaced."""
+    run = write_run(tmp_path, "lora")
+    out = tmp_path / "merged-model"
+    assert merge_run(run, out=out) == out
+    assert list(json.loads((out / "merged_from.json").read_text())) == ["base_model_name_or_path"]
+    (out / "stale.txt").write_text("from before")
+    merge_run(run, out=out)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+
+    base = run / "final" / "base"
+    (base / "merged_from.json").write_text("{}")  # as if the base were itself an earlier merge
+    with pytest.raises(UserError, match=r"--out: .*/final/base is the base model of the adapter; name a new folder"):
+        merge_run(run, out=base)
+    assert (base / "model.safetensors").is_file()

@@ -76,10 +76,12 @@ def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, t
 
 @pytest.mark.parametrize(("out", "expected"), [
     ("notes.txt", "--out: {tmp}/notes.txt is a file; name a folder for the merged model"),
-    ("other-run", "--out: {tmp}/other-run holds files and is no merged model (config.json without an adapter); "
-                  "the merge replaces the folder, so name a new one"),
-    ("run/final", "--out: {tmp}/run/final holds files and is no merged model (config.json without an adapter); "
-                  "the merge replaces the folder, so name a new one"),
+    ("other-run", "--out: {tmp}/other-run holds files and is no earlier merge (no merged_from.json); the merge "
+                  "replaces the folder, so name a new one"),
+    ("run/final", "--out: {tmp}/run/final holds files and is no earlier merge (no merged_from.json); the merge "
+                  "replaces the folder, so name a new one"),
+    ("base-model", "--out: {tmp}/base-model holds files and is no earlier merge (no merged_from.json); the merge "
+                   "replaces the folder, so name a new one"),
     ("full-run/final", "--out: {tmp}/full-run/final is a run's final model; name a new folder for the merged model")])
 def test_merge_never_replaces_what_it_did_not_make(out: str, expected: str, tmp_path: Path, capsys) -> None:
     final = tmp_path / "run" / "final"
@@ -92,10 +94,13 @@ def test_merge_never_replaces_what_it_did_not_make(out: str, expected: str, tmp_
     (tmp_path / "full-run" / "final").mkdir(parents=True)  # a full fine-tune: weights like an earlier merge
     (tmp_path / "full-run" / "final" / "config.json").write_text("kept")
     (tmp_path / "full-run" / "recipe.resolved.yaml").write_text("name: full-run\n")
+    (tmp_path / "base-model").mkdir()  # a model folder: weights like an earlier merge, the adapter's own base
+    (tmp_path / "base-model" / "config.json").write_text("kept")
     assert _error(["merge", str(tmp_path / "run"), "--out", str(tmp_path / out)], capsys) == expected.format(
         tmp=tmp_path)
     assert (tmp_path / "notes.txt").read_text() == (tmp_path / "other-run" / "metrics.jsonl").read_text() == "kept"
     assert (tmp_path / "full-run" / "final" / "config.json").read_text() == "kept"
+    assert (tmp_path / "base-model" / "config.json").read_text() == "kept"
     assert sorted(os.listdir(final)) == ["adapter_config.json", "config.json"]
 
 

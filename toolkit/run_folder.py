@@ -32,6 +32,8 @@ ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_
 BASE_FOLDER = "base"
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
 MERGED_FOLDER = "merged"
+MERGED_MARKER = "merged_from.json"
+"""Written into every merged model's folder (the base the adapter named): a folder ``merge --out`` may replace."""
 EVAL = "eval"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

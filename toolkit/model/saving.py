@@ -8,6 +8,7 @@ trained RoPE as ``config.json``, the base weights in ``base/`` when the base was
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -16,12 +17,13 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from toolkit.data.tokenizer import has_tokenizer
 from toolkit.errors import UserError
+from toolkit.file_reading import read_json_object
 from toolkit.model.eval_copy import tied_names
 from toolkit.model.loading import load_merged, lora_sources
 from toolkit.model.lora import CausalLM, unwrap_peft
-from toolkit.output_paths import atomic_dir
+from toolkit.output_paths import atomic_dir, write_text
 from toolkit.recipe.schema import MethodSpec
-from toolkit.run_folder import BASE_FOLDER, MERGED_FOLDER, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MERGED_FOLDER, MERGED_MARKER, is_adapter_folder
 
 
 def base_state_dict(peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,7 +119,9 @@ def merge_adapter(final_dir: Path, out_dir: Path) -> None:
     base, adapter = lora_sources(str(final_dir), None)
     merged = load_merged(base, adapter, field=f"{final_dir}/adapter_config.json base_model_name_or_path",
                          dtype="auto")
+    named_base = read_json_object(final_dir / ADAPTER_CONFIG).get("base_model_name_or_path")
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         if has_tokenizer(final_dir):
             AutoTokenizer.from_pretrained(final_dir).save_pretrained(tmp)
+        write_text(tmp / MERGED_MARKER, json.dumps({"base_model_name_or_path": named_base}) + "\n")
