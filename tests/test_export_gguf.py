@@ -246,7 +246,8 @@ def test_a_converter_failure_is_one_line_naming_its_last_message(full_run: Path,
 
 
 @needs_converter
-def test_a_lora_run_is_merged_first(tmp_path: Path) -> None:
+def test_a_lora_run_is_merged_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A LoRA run is merged, then converted; what llama.cpp would compute otherwise is refused before the merge."""
     run = micro_run(tmp_path, "method.kind=lora", "method.lora.r=4")
     out = tmp_path / "lora.gguf"
     assert main(["export", str(run), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
@@ -258,6 +259,16 @@ def test_a_lora_run_is_merged_first(tmp_path: Path) -> None:
     assert not torch.equal(merged[name], base[name])
     np.testing.assert_allclose(_tensor(out, "blk.0.attn_v.weight"), merged[name].numpy(), rtol=0, atol=1e-6)
     assert gguf_metadata(out)["llama.rope.scaling.type"] == "yarn"
+
+    config = json.loads((run / "final" / "config.json").read_text())
+    config["rope_parameters"]["rope_type"] = "dynamic"
+    (run / "final" / "config.json").write_text(json.dumps(config))
+    import toolkit.model.saving
+
+    monkeypatch.setattr(toolkit.model.saving, "merge_adapter", lambda *a: pytest.fail("merged before the check"))
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "gguf", "--out", str(tmp_path / "dynamic.gguf")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run / 'final' / 'config.json'} rope_parameters.rope_type: ")
 
 
 @needs_converter

@@ -87,6 +87,14 @@ def _checked_config(config_json: Path) -> dict[str, Any]:
     if not set(config.get("architectures") or ()) & set(ARCHITECTURES):
         raise UserError(f"{config_json} architectures: {config.get('architectures')}; GGUF export supports "
                         f"{', '.join(ARCHITECTURES)}")
+    if rope := _checked_rope(config, config_json):
+        config["rope_parameters"] = rope
+    return config
+
+
+def _checked_rope(config: dict[str, Any], config_json: Path) -> dict[str, Any]:
+    """The config's ``rope_parameters`` with YaRN's defaults written out; a UserError for a RoPE llama.cpp computes
+    otherwise."""
     rope = dict(config.get("rope_parameters") or {})
     rope_type = rope.get("rope_type", "default")
     if rope_type not in GGUF_METHODS:
@@ -104,8 +112,8 @@ def _checked_config(config_json: Path) -> dict[str, Any]:
         if abs(rope.get("attention_factor", default_attention) - default_attention) > 1e-6:
             raise UserError(f"{config_json} rope_parameters.attention_factor: {rope['attention_factor']}; llama.cpp "
                             f"always uses YaRN's 0.1*ln(factor)+1 = {default_attention:.6f}")
-        config["rope_parameters"] = {**YARN_DEFAULTS, **rope}
-    return config
+        return {**YARN_DEFAULTS, **rope}
+    return rope
 
 
 def _staged(folder: Path, config: dict[str, Any], stack: ExitStack) -> Path:
@@ -153,9 +161,11 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
         raise UserError(f"--outtype: {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     folder, name = _model_folder(source), source.resolve().name
     target = _target(source, out, f"{name}-{outtype}.gguf")
+    pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")  # a LoRA run's final/ holds its tokenizer
+    if (folder / "config.json").is_file():  # and its trained RoPE: both refused, if at all, before the merge
+        _checked_rope(read_json_object(folder / "config.json"), folder / "config.json")
     with ExitStack() as stack:
         folder = _merged(folder, stack)
-        pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")
         config = _checked_config(folder / "config.json")
         if not any(folder.glob("*.safetensors")):  # else the converter writes a GGUF file without tensors
             raise UserError(f"{folder}: no weights to convert (no *.safetensors file)")
