@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.runs import train
+from toolkit.cli import main
 from toolkit.memory import lean_norm
 from toolkit.plan.command import advice, plan, print_plan
 from toolkit.plan.memory import GIB, HOST_OVERHEAD, KNOWN_SHAPES, LEAN_NORM_CHUNK_COPIES, Setup, estimate, pinned_block
@@ -131,6 +132,21 @@ def test_host_memory_of_this_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert available_memory(meminfo) == 1000000 * 1024
     monkeypatch.setenv(HOST_MEMORY_ENV, "2.5")
     assert machine_memory() == available_memory(meminfo) == int(2.5 * GIB)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "inf", ""])
+def test_a_host_memory_setting_that_is_no_amount_is_one_line(value: str, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(HOST_MEMORY_ENV, value)
+    assert main(["plan", str(ROOT / "recipes" / "tiny-passkey.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: TOOLKIT_HOST_MEMORY_GIB: {value!r} is no positive number of GiB"
+
+
+def test_the_plan_names_where_its_host_memory_comes_from(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(HOST_MEMORY_ENV, "4")
+    assert main(["plan", str(ROOT / "recipes" / "tiny-passkey.yaml")]) == 0
+    assert "host 4.0 GiB (TOOLKIT_HOST_MEMORY_GIB)" in capsys.readouterr().out.splitlines()[0]
 
 
 def _offload_recipe(tmp_path: Path) -> Path:

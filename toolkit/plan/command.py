@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from toolkit.errors import UserError
 from toolkit.model.attention import DENSE_MASK
 from toolkit.plan.memory import GIB, ModelShape, Setup, estimate, shape_for
-from toolkit.plan.placement import Fit, fit, machine_memory, placement, placement_setting
+from toolkit.plan.placement import Fit, fit, machine_memory, machine_memory_label, placement, placement_setting
 from toolkit.recipe.loading import check_recipe
 from toolkit.recipe.schema import LoraSpec, Recipe, TrainSpec
 
@@ -173,8 +173,8 @@ def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: floa
     shape = recipe_shape(recipe)
     setups = [stage_setup(recipe, i, gpus) for i in range(len(recipe.train.stages))]
     fits = [fit(shape, setup, gpu_memory_gib * GIB, host_gib * GIB) for setup in setups]
-    return Plan(recipe, shape, gpus, gpu_memory_gib, host_gib, "--host-memory" if host_memory_gib else "this machine",
-                setups, fits)
+    where = "--host-memory" if host_memory_gib else machine_memory_label()
+    return Plan(recipe, shape, gpus, gpu_memory_gib, host_gib, where, setups, fits)
 
 
 def print_plan(result: Plan) -> int:

@@ -8,10 +8,12 @@ other jobs).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.errors import UserError
 from toolkit.plan.memory import GIB, Estimate, ModelShape, Setup, estimate
 
 HOST_MEMORY_ENV = "TOOLKIT_HOST_MEMORY_GIB"
@@ -20,8 +22,19 @@ HOST_MEMORY_ENV = "TOOLKIT_HOST_MEMORY_GIB"
 def machine_memory() -> int:
     """Bytes of RAM of this machine (or ``TOOLKIT_HOST_MEMORY_GIB``)."""
     if (override := os.environ.get(HOST_MEMORY_ENV)) is not None:
-        return int(float(override) * GIB)
+        try:
+            gib = float(override)
+        except ValueError:
+            gib = math.nan
+        if not 0 < gib < math.inf:
+            raise UserError(f"{HOST_MEMORY_ENV}: {override!r} is no positive number of GiB")
+        return int(gib * GIB)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def machine_memory_label() -> str:
+    """Where :func:`machine_memory` comes from, for the plan's header."""
+    return HOST_MEMORY_ENV if os.environ.get(HOST_MEMORY_ENV) is not None else "this machine"
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
