@@ -115,6 +115,19 @@ def test_full_report(tmp_path: Path):
     assert "<table>" in page and "src=\"training.png\"" not in page  # nothing but the HTML file is needed
 
 
+def test_the_recipe_table_gives_the_steps_train_max_steps_leaves(tmp_path: Path) -> None:
+    """A quick trial (``train.max_steps=2``) caps every stage: the table says so beside the stage's own budget."""
+    run = _run_folder(tmp_path)
+    recipe = yaml.safe_load((run / "recipe.resolved.yaml").read_text())
+    recipe["train"]["max_steps"] = 2
+    recipe["train"]["stages"][1] = {**recipe["train"]["stages"][1], "max_steps": None, "max_tokens": 4096}
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "| base-256 | 256 | type=default | 2 (train.max_steps; the stage's 3) | 0.003000 | 1 x 1 |" in md
+    assert "| 4096 tokens, at most 2 (train.max_steps) |" in md
+
+
 def test_an_interrupted_ruler_or_rope_comparison_is_left_out_of_their_sections(tmp_path: Path) -> None:
     from toolkit.evals.results import SuiteResults
     from toolkit.evals.rope_compare import RopeCompareTask

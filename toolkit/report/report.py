@@ -19,6 +19,7 @@ from toolkit.evals.registry import TASK_TYPES
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from toolkit.formatting.numbers import fmt, is_number, number
 from toolkit.output_paths import write_text
+from toolkit.recipe.schema import StageSpec
 from toolkit.report.cells import score_cell
 from toolkit.report.data import data_section, stage_label
 from toolkit.report.plots import training_curves
@@ -41,11 +42,20 @@ def recipe_section(run: Run) -> list[Block]:
     rows = []
     for stage in recipe.train.stages:
         rope_text = ", ".join(f"{k}={v}" for k, v in stage.rope.model_dump(mode="json").items() if v is not None)
-        budget = stage.max_steps or f"{stage.max_tokens} tokens"
-        rows.append([stage.name or "-", str(stage.seq_len), rope_text, str(budget), fmt(stage.lr, 6),
+        rows.append([stage.name or "-", str(stage.seq_len), rope_text, _budget(stage, recipe.train.max_steps),
+                     fmt(stage.lr, 6),
                      f"{stage.batch_size} x {stage.grad_accum}"])
     blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
     return blocks
+
+
+def _budget(stage: StageSpec, cap: int | None) -> str:
+    """A stage's steps as the loop runs them (``train.max_steps`` caps every stage), or its token budget."""
+    if stage.max_steps is None:
+        return f"{stage.max_tokens} tokens" + (f", at most {cap} (train.max_steps)" if cap else "")
+    if cap and cap < stage.max_steps:
+        return f"{cap} (train.max_steps; the stage's {stage.max_steps})"
+    return str(stage.max_steps)
 
 
 def environment_section(run: Run) -> list[Block]:
