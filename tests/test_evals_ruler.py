@@ -78,7 +78,7 @@ def test_samples_fit_and_hold_their_answers(task: str):
 def test_too_short_length_is_a_user_error():
     from toolkit.errors import UserError
 
-    with pytest.raises(UserError, match="ruler: task vt: length"):
+    with pytest.raises(UserError, match="^ruler task vt: length 64 is too short for its needles, question and answer"):
         ruler_sample("vt", SentenceTokens(tiny_tokenizer()), 64, random.Random(0), None)
 
 

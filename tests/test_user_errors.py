@@ -50,7 +50,7 @@ def test_an_output_dir_under_a_file_stops_train_before_the_model(tmp_path: Path,
 
 def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Path, capsys) -> None:
     (tmp_path / "docs.jsonl").write_text('{"body": "no text field"}\n' * 3)
-    data = {"source": "jsonl", "path": str(tmp_path / "docs.jsonl"), "loss_on": "all"}
+    data = {"source": "jsonl", "path": str(tmp_path / "docs.jsonl")}
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data},
                                          output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys) == (
@@ -72,6 +72,36 @@ def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, t
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), *out, *args]
     assert _error(argv, capsys) == expected.format(tmp=tmp_path, suite=suite)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("task", "expected"), [
+    ("{type: niah, lengths: [16, 64], depths: [0.0], samples: 1}",
+     "niah task niah: length 16 is too short for its needles and question ("),
+    ("{type: niah, lengths: [64], samples: 1, chat: true}",
+     "niah task niah: chat: true, but the tokenizer has no chat template (ask without it for base models)"),
+    ("{type: ruler, lengths: [40], tasks: [vt], samples: 1}",
+     "ruler task vt: length 40 is too short for its needles, question and answer")])
+def test_prompts_the_tokenizer_cannot_build_stop_eval_and_train_before_the_model(
+        task: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Prompt lengths are counted in the model's tokens: what its tokenizer cannot build is known before the model
+    loads (in a run, before training: a run without ``eval.before`` would meet it after the first stage)."""
+    import toolkit.model.loading
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    capsys.readouterr()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: s\ntasks:\n  - {task}\n")
+    monkeypatch.setattr(toolkit.model.loading, "load_merged", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert _error(["eval", "--model", str(folder), "--suite", str(suite), "--out", str(tmp_path / "out")],
+                  capsys).startswith(expected)
+    monkeypatch.setattr(toolkit.model.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite)], "before": False},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys).startswith(expected)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("out", "expected"), [
@@ -212,7 +242,7 @@ def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path,
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without the network
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    data = {"source": "hub", "path": "nobody/no-such-dataset", "loss_on": "all"}
+    data = {"source": "hub", "path": "nobody/no-such-dataset"}
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data},
                                          output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys).startswith(

@@ -152,6 +152,14 @@ class SentenceTokens:
         return self._encode(text)
 
 
+class TooShort(ValueError):
+    """A prompt length that cannot hold its needles and question (``needed`` tokens of them)."""
+
+    def __init__(self, length: int, needed: int):
+        super().__init__(f"length {length} is too short for the needles and the question ({needed} tokens)")
+        self.length, self.needed = length, needed
+
+
 def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statement], depths: list[float],
                    asked: Question, rng: random.Random, filler: list[str] | None = None,
                    chat: ChatFrame | None = None) -> Haystack:
@@ -171,7 +179,7 @@ def build_haystack(tokens: SentenceTokens, length: int, needles: Sequence[Statem
     fixed = len(head) + sum(len(tokens(n.sentence)) for n in needles) + len(tail)
     budget = length - fixed
     if budget < 0:
-        raise ValueError(f"length {length} is too short for the needles and the question ({fixed} tokens)")
+        raise TooShort(length, fixed)
     sentences: list[tuple[int, ...]] = []
     used, i = 0, 0
     while True:

@@ -11,7 +11,7 @@ from typing import Any
 from toolkit.errors import UserError
 from toolkit.evals.accuracy_table import accuracy_table
 from toolkit.evals.api import capped, run_suites_into
-from toolkit.evals.registry import check_tasks, headline
+from toolkit.evals.registry import check_prompts, check_tasks, headline
 from toolkit.evals.results import write_json
 from toolkit.evals.suite import load_suites
 from toolkit.output_paths import check_writable
@@ -42,16 +42,21 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
     # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-    for path, suite in zip(suites, load_suites(suites, lambda _: "--suite"), strict=True):
+    loaded_suites = load_suites(suites, lambda _: "--suite")
+    for path, suite in zip(suites, loaded_suites, strict=True):
         tasks = [task for task in suite.tasks if capped(task, max_length)]
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
         check_tasks(tasks)
     folder = Path(out) if out else default_out(model)
     check_writable(folder, "--out")
-    from toolkit.model.loading import load_for_eval
+    from toolkit.model.loading import chosen_device, eval_tokenizer, load_for_eval
 
-    loaded, tokenizer, info = load_for_eval(model, adapter, device, precision)
+    chosen_device(device)
+    tokenizer = eval_tokenizer(model, adapter)
+    for suite in loaded_suites:
+        check_prompts([task for task in (capped(task, max_length) for task in suite.tasks) if task], tokenizer)
+    loaded, tokenizer, info = load_for_eval(model, adapter, device, precision, tokenizer)
     write_json(folder / "eval_info.json", info)
     results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model,
                               max_length=max_length)

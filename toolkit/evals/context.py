@@ -30,6 +30,14 @@ def sentence_tokens(tokenizer) -> SentenceTokens:
     return _SENTENCE_CACHES[tokenizer]
 
 
+def chat_frame(tokenizer, where: str) -> ChatFrame:
+    """``tokenizer``'s chat template around a haystack prompt; a UserError naming ``where`` when it has none."""
+    try:
+        return ChatFrame.of(tokenizer)
+    except ValueError as exc:
+        raise UserError(f"{where}: chat: true, but {exc} (ask without it for base models)") from None
+
+
 @dataclass
 class EvalContext:
     backend: Backend
@@ -52,10 +60,7 @@ class EvalContext:
     @cached_property
     def chat_frame(self) -> ChatFrame:
         """The tokenizer's chat template around a haystack prompt (tasks with ``chat: true``)."""
-        try:
-            return ChatFrame.of(self.tokenizer)
-        except ValueError as exc:
-            raise UserError(f"suite {self.suite}: chat: true, but {exc} (ask without it for base models)") from None
+        return chat_frame(self.tokenizer, f"suite {self.suite}")
 
     def _transformers(self) -> TransformersBackend:
         if not isinstance(self.backend, TransformersBackend):

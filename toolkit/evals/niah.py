@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, build_haystack, make_needles
+from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, TooShort, build_haystack, make_needles
+from toolkit.errors import UserError
 from toolkit.evals.backend import AnswerRequest
-from toolkit.evals.context import EvalContext
+from toolkit.evals.context import EvalContext, chat_frame, sentence_tokens
 from toolkit.evals.plots import niah_heatmap, niah_heatmaps
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched
@@ -47,8 +48,20 @@ def needle_prompt(task: NeedleGrid, tokens: SentenceTokens, chat: ChatFrame | No
     rng = random.Random(f"{task.seed}:{length}:{depth}:{sample}")
     needles = make_needles(rng, task.num_needles, task.digits)
     depths = [depth] + [rng.random() for _ in needles[1:]]
-    return build_haystack(tokens, length, needles, depths, needles[0], rng, filler_window(sentences, rng, length),
-                          chat)
+    try:
+        return build_haystack(tokens, length, needles, depths, needles[0], rng, filler_window(sentences, rng, length),
+                              chat)
+    except TooShort as exc:
+        raise UserError(f"{task.type} task {task.key}: length {length} is too short for its needles and question "
+                        f"({exc.needed} tokens)") from None
+
+
+def check_needle_prompts(task: NeedleGrid, tokenizer: Any) -> None:
+    """With the tokenizer, before the model: a chat task's template is there and the shortest length holds the
+    needles and question."""
+    chat = chat_frame(tokenizer, f"{task.type} task {task.key}") if task.chat else None
+    needle_prompt(task, sentence_tokens(tokenizer), chat, load_sentences(task.haystack), min(task.lengths),
+                  task.depths[0], 0)
 
 
 def pending_cells(task: NeedleGrid, done: list[Cell]) -> list[tuple[int, float, int]]:
@@ -166,4 +179,4 @@ def niah_cell(run: Run, tag: str, entry: Entry) -> str:
 
 
 TASK_TYPE = TaskType(NiahTask, run_niah, section=niah_section, rank=10, score_cell=niah_cell, card_metrics=niah_card,
-                     card_detail=niah_detail)
+                     card_detail=niah_detail, check_prompts=check_needle_prompts)

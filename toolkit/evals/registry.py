@@ -9,7 +9,7 @@ niah, rope_compare and ruler build prompts with ``toolkit.data.needle.build_hays
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from toolkit.errors import UserError
 from toolkit.evals import jury, jury_pairwise, lm_eval, niah, perplexity, preference, rope_compare, ruler
@@ -93,3 +93,10 @@ def check_tasks(tasks: Iterable[TaskBase]) -> None:
             load_sentences(spec)
         if (check := TASK_TYPES[task.type].check) is not None:
             check(task)
+
+
+def check_prompts(tasks: Iterable[TaskBase], tokenizer: Any) -> None:
+    """With the tokenizer, before the model: every task's prompts can be built (each type's ``check_prompts``)."""
+    for task in tasks:
+        if (check := TASK_TYPES[task.type].check_prompts) is not None:
+            check(task, tokenizer)

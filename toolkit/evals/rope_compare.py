@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt
 
 from toolkit.evals.context import EvalContext
-from toolkit.evals.niah import Cell, grid_summary, score_grid
+from toolkit.evals.niah import Cell, check_needle_prompts, grid_summary, score_grid
 from toolkit.evals.plots import score_vs_length
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import NeedleGrid
@@ -107,4 +107,5 @@ def rope_section(run: Run) -> list[Block]:
     return [Heading("Zero-shot RoPE comparison"), *blocks] if blocks else []
 
 
-TASK_TYPE = TaskType(RopeCompareTask, run_rope_compare, headline=rope_headline, section=rope_section, rank=30)
+TASK_TYPE = TaskType(RopeCompareTask, run_rope_compare, headline=rope_headline, section=rope_section, rank=30,
+                     check_prompts=check_needle_prompts)

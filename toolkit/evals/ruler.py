@@ -17,7 +17,7 @@ from pydantic import Field, PositiveInt
 from tqdm.auto import tqdm
 
 from toolkit.evals import plots
-from toolkit.evals.context import EvalContext
+from toolkit.evals.context import EvalContext, sentence_tokens
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample
 from toolkit.evals.scoring import batch_size_for, batched, string_match_all
@@ -146,5 +146,13 @@ def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
     return Rate.of(correct, n).format()
 
 
+def check_ruler_prompts(task: RulerTask, tokenizer: Any) -> None:
+    """With the tokenizer, before the model: the shortest length holds a prompt of every task."""
+    sentences = load_sentences(task.haystack)
+    for name in task.tasks:
+        ruler_sample(name, sentence_tokens(tokenizer), min(task.lengths), random.Random(0), sentences, task.digits)
+
+
 TASK_TYPE = TaskType(RulerTask, run_ruler, headline=ruler_headline, section=ruler_section, rank=20,
-                     score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail)
+                     score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail,
+                     check_prompts=check_ruler_prompts)

@@ -21,7 +21,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from toolkit.data.needle import Needle, Question, SentenceTokens, Statement, build_haystack, make_needles
+from toolkit.data.needle import Needle, Question, SentenceTokens, Statement, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.sources import filler_window
 
@@ -199,8 +199,9 @@ def ruler_sample(task: str, tokens: SentenceTokens, length: int, rng: random.Ran
             return _needle_family(task, tokens, length, rng, sentences, digits)
         if task == "vt":
             return _variable_tracking(tokens, length, rng, sentences, digits)
-    except ValueError as exc:  # build_haystack: the length cannot hold the needles and question
-        raise UserError(f"ruler: task {task}: {exc}") from None
+    except TooShort as exc:  # the answer's budget comes off the length before the haystack is built
+        raise UserError(f"ruler task {task}: length {length} is too short for its needles, question and answer "
+                        f"({exc.needed + length - exc.length} tokens)") from None
     if task == "cwe":
         return _common_words(tokens, length, rng)
     if task == "fwe":

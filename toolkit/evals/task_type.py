@@ -67,6 +67,9 @@ class TaskType:
     check: Callable[[Any], None] | None = None
     """What can be checked of one task before any model is loaded (a UserError when it fails), beyond its
     haystacks, which every type's are read then."""
+    check_prompts: Callable[[Any, Any], None] | None = None
+    """What can be checked of one task with the tokenizer, before the model is loaded: ``(task, tokenizer)``, a
+    UserError when its prompts cannot be built (too short a length, no chat template)."""
     card_detail: Callable[[Entry], str] = no_detail
     """The "details" cell of the model card's results table, e.g. RULER's score per length."""
 

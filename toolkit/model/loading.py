@@ -240,22 +240,20 @@ def load_merged(model: str, adapter: str | None, field: str = "--model", **kwarg
     return PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
 
 
-def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None,
-                  precision: str = "auto") -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None, precision: str = "auto",
+                  tokenizer: Any = None) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     """A model to evaluate, its tokenizer, and a description of what was loaded.
 
     ``model`` is a hub id or folder: full weights, or a LoRA run's ``final/`` (adapter_config.json present),
     whose base comes from its ``base/`` folder or the adapter config. The adapter is merged into the weights.
+    ``tokenizer``: :func:`eval_tokenizer`'s, where loaded already.
     """
     device = chosen_device(device)
+    tokenizer = eval_tokenizer(model, adapter) if tokenizer is None else tokenizer
     base, adapter = lora_sources(model, adapter)
     dtype = resolve_dtype(precision, device)
     implementation, reason = select_attention("auto", device, dtype, training=False)
     loaded = load_merged(base, adapter, attn_implementation=implementation, dtype=dtype)
-    tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     loaded.to(device).eval()  # type: ignore[arg-type]  # as in load_model
     info = {"model": model, "base": base, "adapter": adapter, "device": str(device),
             "dtype": str(dtype).removeprefix("torch."), "attention": implementation, "attention_reason": reason,
@@ -263,6 +261,22 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
             "max_position_embeddings": loaded.config.max_position_embeddings,
             "native_length": native_length_of(loaded.config)}
     return loaded, tokenizer, info
+
+
+def eval_tokenizer(model: str, adapter: str | None) -> Any:
+    """The tokenizer of ``model`` to evaluate (the adapter's own where it has one; pad = eos where there is none):
+    the evaluation checks its prompts with it before the model loads."""
+    check_model_source(model, "--model")
+    base, adapter = lora_sources(model, adapter)
+    tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
+    check_model_source(tokenizer_source, "--model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    except (OSError, ValueError) as exc:
+        raise _load_failure(tokenizer_source, "--model", exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def chosen_device(device: torch.device | str | None) -> torch.device:

@@ -24,7 +24,7 @@ from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import allocator_setting, describe_device, package_versions
 from toolkit.errors import UserError
-from toolkit.evals.registry import check_tasks
+from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import loss_kernel
@@ -94,7 +94,9 @@ def setup(recipe: Recipe) -> Session:
     checkpoints.remove_partial()
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     check_stage_data(recipe.train, tokenizer)
-    check_tasks(task for suite in recipe.eval.suites for task in load_suite(suite).tasks)
+    tasks = [task for suite in recipe.eval.suites for task in load_suite(suite).tasks]
+    check_tasks(tasks)
+    check_prompts(tasks, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loaded = _load_model(recipe, accelerator, tokenizer)
