@@ -42,7 +42,7 @@ def tokenizer():
 
 
 def _chat_spec(path: Path | str = "chat.jsonl", **fields) -> DataSpec:
-    return DataSpec(source="jsonl", path=str(path), format="chat", chat_template=TEMPLATE, **fields)
+    return DataSpec(**{"source": "jsonl", "path": str(path), "format": "chat", "chat_template": TEMPLATE, **fields})
 
 
 def _spans(ids: list[int], labels: list[int]) -> list[list[int]]:
@@ -139,6 +139,28 @@ def test_bad_rows_skipped_and_counted_when_asked(tokenizer, tmp_path):
     epochs, remainder = divmod(batches.rows.skipped[0], 2)  # two bad records per pass over the file
     assert epochs >= 1 and remainder in (0, 1)
     assert batches.logged()["source_skipped_rows"] == {str(path): batches.rows.skipped[0]}
+
+
+STRICT = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations start with the user') }}{% endif %}"
+
+
+def test_a_conversation_the_template_refuses_is_a_bad_row(tokenizer, tmp_path):
+    """A template's ``raise_exception`` is about one conversation: stop naming its line, or skip and count it."""
+    path = _write(tmp_path / "chat.jsonl", [GOOD, {"messages": CONVERSATION}, GOOD])  # the 2nd starts with system
+    with pytest.raises(UserError, match=r"^train\.data\.messages_field: the chat template refuses the conversation: "
+                                        r"Conversations start with the user in .*chat\.jsonl:2$"):
+        list(islice(text_documents(_chat_spec(path, chat_template=STRICT + TEMPLATE), tokenizer, seed=0), 3))
+    spec = _chat_spec(path, chat_template=STRICT + TEMPLATE, bad_rows="skip", shuffle=False)
+    batches = stage_batches(spec, tokenizer, seq_len=64, batch_size=4, seed=0)
+    next(batches)
+    assert batches.rows.skipped[0] >= 1
+
+
+def test_a_template_that_is_no_jinja_is_one_line_naming_the_field(tokenizer, tmp_path):
+    path = _write(tmp_path / "chat.jsonl", [GOOD])
+    with pytest.raises(UserError, match=r"^train\.data\.chat_template: line 1 of the template: Unexpected end"):
+        next(text_documents(_chat_spec(path, chat_template="{% for m in messages %}{{ m['content'] }}}"), tokenizer,
+                            seed=0))
 
 
 def test_no_chat_template_is_an_error(tokenizer, tmp_path):

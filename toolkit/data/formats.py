@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from toolkit.data.arena import BadArenaRow, arena_row
 from toolkit.data.arena_prompt import arena_input, label_token_ids, swaps
 from toolkit.data.packing import IGNORE_INDEX, Document
@@ -133,8 +135,13 @@ def chat_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, temp
     messages = _messages(record, spec)
 
     def render(turns: list[dict[str, str]], prompt: bool = False) -> str:
-        return str(tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=prompt))
+        try:
+            return str(tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
+                                                     add_generation_prompt=prompt))
+        except jinja2.TemplateSyntaxError as exc:
+            raise UserError(f"{label}.chat_template: line {exc.lineno} of the template: {exc.message}") from None
+        except jinja2.TemplateError as exc:  # the template's raise_exception: this conversation, not every one
+            raise BadRow("messages_field", f"the chat template refuses the conversation: {exc}") from None
 
     full = render(messages)
     cuts = [0]
