@@ -193,6 +193,17 @@ def test_finished_stages_do_not_matter() -> None:
                                              r["train"]["stages"][1].__setitem__("data", moved))), stage=1) == []
 
 
+def test_a_finished_stage_given_more_steps_is_said_not_to_train_again() -> None:
+    base = _identity()
+    longer = _identity(lambda r: r["train"]["stages"][0].__setitem__("max_steps", 9))
+    assert _check(base, longer, stage=0, step=6, done=True) == [
+        "stage 0 (short): 6 -> 9 steps, but the stage had finished; it is not trained again (a new run with "
+        "output.dir=... trains it to the new count)"]
+    assert _check(base, longer, stage=1, step=2) == _check(base, longer, stage=0, step=6, done=True)
+    assert _check(base, longer, stage=0, step=3) == ["stage 0 (short): 6 -> 9 steps, the schedule continues from "
+                                                     "step 3"]
+
+
 def test_removed_stages() -> None:
     base = _identity()
 

@@ -125,6 +125,11 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
                     "Keep the checkpoint's tokenizer (model.tokenizer, model.train_tokenizer; a trained one "
                     "also depends on seed)")
 
+    for i in sorted(set(range(min(len(old_stages), len(new_stages)))) - set(pending)):
+        if old_stages[i].get("steps") not in (None, new_stages[i]["steps"]):
+            notes.append(f"stage {i} ({new_stages[i]['name']}): {old_stages[i]['steps']} -> {new_stages[i]['steps']} "
+                         f"steps, but the stage had finished; it is not trained again (a new run with output.dir=... "
+                         "trains it to the new count)")
     for i in pending:
         old = old_stages[i]
         if i >= len(new_stages):
