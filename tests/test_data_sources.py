@@ -112,6 +112,17 @@ def test_token_ids_past_the_models_vocabulary_stop_the_run_in_one_line(tmp_path,
         "come from the model's tokenizer); no step was saved yet: mend the data and run again"]
 
 
+def test_token_ids_of_another_tokenizer_stop_the_run_before_the_model(tmp_path, capsys):
+    (tmp_path / "ids.jsonl").write_text('{"input_ids": [990, 1009]}\n')
+    data = {"source": "jsonl", "path": str(tmp_path / "ids.jsonl"), "format": "tokens"}
+    recipe = dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": data}, output={"dir": str(tmp_path / "run")})
+    assert train(write_recipe(tmp_path, recipe)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: train.data.ids_field: token id 1009 in the first record of {tmp_path / 'ids.jsonl'} is not below the "
+        "tokenizer's 320 (format: tokens ids must come from the model's tokenizer)")
+    assert not (tmp_path / "run").exists()  # stopped before the model and the run folder
+
+
 def test_missing_file_is_a_user_error(tokenizer, tmp_path):
     spec = DataSpec(source="jsonl", path=str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match=r"^train\.data\.path: no such file: .*missing\.jsonl$"):

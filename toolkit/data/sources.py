@@ -43,7 +43,10 @@ def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str) -> None:
         return
     if spec.source in LOCAL_FORMATS:
         data_files(spec, label)
-    next(text_documents(spec.model_copy(update={"shuffle": False}), tokenizer, 0, label))
+    first = next(text_documents(spec.model_copy(update={"shuffle": False}), tokenizer, 0, label))
+    if spec.format == "tokens" and first.input_ids and (top := max(first.input_ids)) >= len(tokenizer):
+        raise UserError(f"{label}.ids_field: token id {top} in the first record of {spec.path} is not below the "
+                        f"tokenizer's {len(tokenizer)} (format: tokens ids must come from the model's tokenizer)")
 
 
 def _read(records: Iterator[dict[str, Any]], spec: SourceSpec, label: str) -> Iterator[dict[str, Any]]:
