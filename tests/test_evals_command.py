@@ -35,6 +35,9 @@ def test_default_out_folder(tmp_path: Path):
     assert default_out(str(tmp_path / "final") + "/") == Path("eval-results/final")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_max_length_leaves_out_longer_prompts() -> None:
     from toolkit.evals.api import capped
     from toolkit.evals.suite import load_suite
@@ -44,3 +47,8 @@ def test_max_length_leaves_out_longer_prompts() -> None:
     assert kept is not None and kept.lengths == [4096, 8192, 16384]
     assert capped(grid, None) is grid
     assert capped(grid, 1000) is None
+    for path, kind in (("smollm2-heldout-32k.yaml", "perplexity"), ("jury-example.yaml", "jury")):
+        if kind == "perplexity" and not (ROOT / "data" / "corpus").is_dir():
+            continue  # its held-out text comes with `make corpus`
+        task = next(t for t in load_suite(ROOT / "evals" / path).tasks if t.type == kind and t.length)
+        assert capped(task, task.length) is task and capped(task, task.length - 1) is None

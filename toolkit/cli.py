@@ -58,7 +58,9 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="output folder (default: eval-results/<model name>)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     evaluate.add_argument("--max-length", type=int, default=None,
-                          help="leave out prompt lengths above N tokens (e.g. a 128K suite on a 32K model)")
+                          help="leave out prompt lengths above N tokens (e.g. a 128K suite on a 32K model): needle, "
+                               "RULER and RoPE grids keep their shorter lengths; perplexity and jury tasks longer "
+                               "than N are left out; lm-eval tasks size their own prompts")
     evaluate.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                           help="weights' dtype (auto: bf16 on a GPU that has it, else fp32; bf16 is about 3x "
                                "faster on CPUs with AVX512-BF16)")

@@ -28,9 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def capped(task: Any, max_length: int | None) -> Any | None:
-    """``task`` with its lengths above ``max_length`` left out; None when none is left."""
+    """``task`` with its lengths above ``max_length`` left out; None when none is left, or when its one ``length``
+    (perplexity's documents, the jury's padded prompts) is above it. lm-eval's tasks size their own prompts."""
+    if max_length is None:
+        return task
+    if isinstance(length := getattr(task, "length", None), int) and length > max_length:
+        return None
     lengths = getattr(task, "lengths", None)
-    if max_length is None or lengths is None:
+    if lengths is None:
         return task
     kept = [length for length in lengths if length <= max_length]
     return task.model_copy(update={"lengths": kept}) if kept else None
