@@ -47,8 +47,12 @@ def test_max_length_leaves_out_longer_prompts() -> None:
     assert kept is not None and kept.lengths == [4096, 8192, 16384]
     assert capped(grid, None) is grid
     assert capped(grid, 1000) is None
-    for path, kind in (("smollm2-heldout-32k.yaml", "perplexity"), ("jury-example.yaml", "jury")):
-        if kind == "perplexity" and not (ROOT / "data" / "corpus").is_dir():
+    from toolkit.evals.jury import JuryTask
+    from toolkit.evals.perplexity import PerplexityTask
+
+    for path, kind in (("smollm2-heldout-32k.yaml", PerplexityTask), ("jury-example.yaml", JuryTask)):
+        if kind is PerplexityTask and not (ROOT / "data" / "corpus").is_dir():
             continue  # its held-out text comes with `make corpus`
-        task = next(t for t in load_suite(ROOT / "evals" / path).tasks if t.type == kind and t.length)
+        task = next(t for t in load_suite(ROOT / "evals" / path).tasks if isinstance(t, kind) and t.length)
+        assert isinstance(task, (PerplexityTask, JuryTask)) and task.length is not None
         assert capped(task, task.length) is task and capped(task, task.length - 1) is None
