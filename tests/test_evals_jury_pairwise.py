@@ -212,6 +212,19 @@ def test_the_model_card_leaves_the_judges_out() -> None:
 # --- the real small model as a local judge ----------------------------------------------------------------------
 
 @needs_small_model
+def test_a_choosing_judge_without_a_chat_template_compares_the_verdicts_as_it_writes_them() -> None:
+    """After a plain prompt's "Verdict:" the model writes " True" (one token with its space in SmolLM2's BPE), not
+    "True": the spaced tokens are compared; in its chat template's answer turn, the verdicts as they are."""
+    judge = LocalJudge(JudgeSpec(name="smollm2", model=str(SMALL_MODEL), choose=True), torch.device("cpu"))
+    first = {text: judge.tokenizer(text, add_special_tokens=False)["input_ids"] for text in
+             (" True", " False", "True", "False")}
+    assert all(len(ids) == 1 for ids in first.values())
+    assert judge._first_tokens(("True", "False")) == first["True"] + first["False"]
+    judge.tokenizer.chat_template = None
+    assert judge._first_tokens(("True", "False")) == first[" True"] + first[" False"]
+
+
+@needs_small_model
 def test_local_judge_on_the_real_small_model(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -245,7 +258,8 @@ def test_a_choosing_local_judge_picks_the_likeliest_verdict(tmp_path: Path) -> N
     judge = LocalJudge(JudgeSpec(name="tiny", model=str(folder), batch_size=3, choose=True), torch.device("cpu"))
     prompts = [pairwise_prompt(ROW), "Which is better?", pairwise_prompt(ROW.swapped()) + " Think twice."]
     replies = judge.ask(prompts, VERDICTS)
-    # each prompt alone, unpadded: the verdict whose first token has the highest next-token logit
+    # each prompt alone, unpadded: the verdict whose first token has the highest next-token logit (this tokenizer
+    # writes a space as a token of its own, so the verdicts' own first tokens)
     firsts = [judge.tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in VERDICTS]
     for prompt, reply in zip(prompts, replies, strict=True):
         ids = judge._encode(prompt)

@@ -60,6 +60,24 @@ def _retry_after(headers: Any) -> float | None:
         return None  # an HTTP date: fall back to the backoff
 
 
+def _api_key(spec: JudgeSpec) -> str:
+    key = os.environ.get(spec.api_key_env or "")
+    if not key:
+        raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
+    return key
+
+
+def check_judges(specs: list[JudgeSpec]) -> None:
+    """Before any model is loaded: each HTTP judge's API key is set, each local judge's model folder is there."""
+    from toolkit.model.loading import check_model_source
+
+    for spec in specs:
+        if spec.api_key_env:
+            _api_key(spec)
+        if not spec.url:
+            check_model_source(spec.model, f"judge {spec.name}: model")
+
+
 class HttpJudge:
     """A judge behind ``POST {url}/chat/completions`` (vLLM, llama.cpp's server, hosted APIs)."""
 
@@ -67,10 +85,7 @@ class HttpJudge:
         self.spec, self.sleep = spec, sleep
         self.headers = {"Content-Type": "application/json"}
         if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if not key:
-                raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
-            self.headers["Authorization"] = f"Bearer {key}"
+            self.headers["Authorization"] = f"Bearer {_api_key(spec)}"
 
     def ask(self, prompts: list[str], verdicts: tuple[str, ...] = ()) -> list[Reply]:
         return [self._call(prompt) for prompt in prompts]
@@ -146,13 +161,22 @@ class LocalJudge:
                               seconds) for ids, row in zip(chunk, rows, strict=True)]
         return replies
 
+    def _first_tokens(self, verdicts: tuple[str, ...]) -> list[int]:
+        """Each verdict's first token as the judge would write it next: as it is in the chat template's answer
+        turn; after a plain prompt's "Verdict:" with its space, unless the tokenizer makes the space a token of its
+        own (then the verdicts' own first tokens)."""
+        leads = ("",) if getattr(self.tokenizer, "chat_template", None) else (" ", "")
+        for lead in leads:
+            firsts = [self.tokenizer(lead + verdict, add_special_tokens=False)["input_ids"][0] for verdict in verdicts]
+            if len(set(firsts)) == len(firsts):
+                return firsts
+        raise UserError(f"judge {self.spec.name}: choose: the verdicts {verdicts} share a first token")
+
     @torch.inference_mode()
     def _choose(self, encoded: list[list[int]], verdicts: tuple[str, ...]) -> list[Reply]:
         """The verdict whose first token has the highest logit after each prompt (rows right-padded without a
         mask: causal attention never sees the pads after a row; only the rows' last positions are computed)."""
-        firsts = [self.tokenizer(verdict, add_special_tokens=False)["input_ids"][0] for verdict in verdicts]
-        if len(set(firsts)) != len(firsts):
-            raise UserError(f"judge {self.spec.name}: choose: the verdicts {verdicts} share a first token")
+        firsts = self._first_tokens(verdicts)
         device, replies = model_device(self.model), []
         for chunk in batched(encoded, self.spec.batch_size):
             start = time.monotonic()
