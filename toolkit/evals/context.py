@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from toolkit.data.needle import ChatFrame, SentenceTokens
-from toolkit.data.tokens import pad_id
 from toolkit.errors import UserError
 from toolkit.evals.backend import Backend
 from toolkit.evals.transformers_backend import TransformersBackend
@@ -47,11 +46,9 @@ class EvalContext:
     suite: str
     model_name: str
     tokens: SentenceTokens = field(init=False)
-    pad_id: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = sentence_tokens(self.tokenizer)
-        self.pad_id = pad_id(self.tokenizer)
 
     @property
     def tokenizer(self) -> Any:

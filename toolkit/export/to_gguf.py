@@ -25,7 +25,7 @@ from toolkit.export.child_process import child_failure, run_showing_stderr
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.file_reading import read_json_object
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
-from toolkit.output_paths import atomic_file
+from toolkit.output_paths import atomic_file, check_writable
 from toolkit.run_folder import FINAL, is_adapter_folder
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,7 @@ def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
         raise UserError(f"{where}: {target.parent} is a file, not a folder")
     if not target.parent.is_dir():
         raise UserError(f"{where}: {target.parent} is not an existing folder")
-    try:
-        with tempfile.TemporaryFile(dir=target.parent):
-            pass
-    except OSError as exc:
-        raise UserError(f"{where}: cannot write in {target.parent} ({exc.strerror})") from None
+    check_writable(target.parent, where)
     return target
 
 
