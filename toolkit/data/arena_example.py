@@ -25,7 +25,13 @@ FACTS = (("What is the capital of France?", "The capital of France is Paris."),
          ("What do bees make?", "Bees make honey."),
          ("What is the largest ocean?", "The Pacific is the largest ocean."),
          ("Which planet is known as the red planet?", "Mars is known as the red planet."),
-         ("What gas do plants take in?", "Plants take in carbon dioxide."))
+         ("What gas do plants take in?", "Plants take in carbon dioxide."),
+         ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+         ("How many legs does a spider have?", "A spider has eight legs."),
+         ("What is the capital of Italy?", "The capital of Italy is Rome."),
+         ("Which animal is known as the king of the jungle?", "The lion is known as the king of the jungle."))
+HELD_OUT_FACTS = 4
+"""The last facts are asked in the held-out file only: its answer-against-refusal comparisons are new questions."""
 SPLITS = {"train": 320, "test": 120}
 
 
@@ -37,13 +43,13 @@ def _sum(rng: random.Random) -> tuple[str, str, str]:
     return f"What is {a} + {b}?", phrase.format(a=a, b=b, c=a + b), phrase.format(a=a, b=b, c=wrong)
 
 
-def comparison(rng: random.Random) -> tuple[str, str, str, int]:
+def comparison(rng: random.Random, facts: tuple[tuple[str, str], ...]) -> tuple[str, str, str, int]:
     """(prompt, better or first response, worse or second response, winner if the first is shown as A)."""
     kind = rng.choice(["sum", "refusal", "tie", "tie"])
     if kind == "sum":
         return (*_sum(rng), 0)
     if kind == "refusal":
-        prompt, answer = rng.choice(FACTS)
+        prompt, answer = rng.choice(facts)
         return prompt, answer, rng.choice(REFUSALS), 0
     tie = rng.choice(["correct", "refusal", "wrong"])
     prompt, correct, wrong = _sum(rng)
@@ -52,26 +58,34 @@ def comparison(rng: random.Random) -> tuple[str, str, str, int]:
     return prompt, correct if tie == "correct" else wrong, correct if tie == "correct" else wrong, 2
 
 
-def rows(count: int, seed: int, first_id: int) -> list[ArenaRow]:
-    """``count`` comparisons; which side holds the better response is drawn at random."""
+def _key(row: ArenaRow) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]]:
+    """A comparison whichever side each response is shown on."""
+    return row.prompt, frozenset((row.response_a, row.response_b))
+
+
+def rows(count: int, seed: int, first_id: int, facts: tuple[tuple[str, str], ...] = FACTS[:-HELD_OUT_FACTS],
+         seen: frozenset = frozenset()) -> list[ArenaRow]:
+    """``count`` comparisons, none of them one in ``seen`` (keys of :func:`_key`); which side holds the better
+    response is drawn at random."""
     rng = random.Random(seed)
-    out = []
-    for i in range(count):
-        prompt, first, second, winner = comparison(rng)
+    out: list[ArenaRow] = []
+    while len(out) < count:
+        prompt, first, second, winner = comparison(rng, facts)
         model_a, model_b = rng.sample(MODELS, 2)
-        row = ArenaRow(str(first_id + i), model_a, model_b, (prompt,), (first,), (second,), winner, "")
-        out.append(row.swapped() if rng.random() < 0.5 else row)
+        row = ArenaRow(str(first_id + len(out)), model_a, model_b, (prompt,), (first,), (second,), winner, "")
+        row = row.swapped() if rng.random() < 0.5 else row
+        if _key(row) not in seen:
+            out.append(row)
     return out
 
 
 def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``train.csv`` and ``test.csv`` (held out, with winners) into ``folder``; returns their paths."""
+    """Write ``train.csv`` and ``test.csv`` (held out, with winners: new questions beside the training file's, and
+    none of its comparisons again) into ``folder``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths, first_id = {}, 1000
-    for offset, (split, count) in enumerate(SPLITS.items()):
-        paths[split] = write_arena(rows(count, seed * 100 + offset, first_id), folder / f"{split}.csv")
-        first_id += count
-    return paths
+    train = rows(SPLITS["train"], seed * 100, 1000)
+    test = rows(SPLITS["test"], seed * 100 + 1, 1000 + SPLITS["train"], FACTS, frozenset(map(_key, train)))
+    return {"train": write_arena(train, folder / "train.csv"), "test": write_arena(test, folder / "test.csv")}
 
 
 def main() -> None:
