@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,20 @@ def test_card_round_trips_with_the_final_stage_numbers(tmp_path: Path) -> None:
     assert "| 1 | long | 256 | yarn |" in card.text
     assert "[report.md](report.md)" in card.text
     assert f"eval tag `{FINAL_TAG}`" in card.text
+
+
+def test_the_card_compares_with_the_model_before_extension_as_the_report_does(tmp_path: Path) -> None:
+    """Without an evaluation of the starting model (``eval.before: false``), the last stage trained within the native
+    length is what the final model is compared with, in the card as in the report."""
+    run = write_run(tmp_path)
+    assert "against the model before context extension (eval tag `base`)" in build_card(run, "me/x").text
+    shutil.rmtree(run / "eval" / "base")
+    info = json.loads((run / "run_info.json").read_text())
+    (run / "run_info.json").write_text(json.dumps({**info, "native_length": 128}))
+    text = build_card(run, "me/x").text
+    assert "against the model before context extension (eval tag `stage-0-short`)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| long | passkey |"))
+    assert row.split(" | ")[3] != "-"  # the stage's score, not a missing base
 
 
 def test_full_run_from_hub_model(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from toolkit.formatting.numbers import fmt, number
 from toolkit.hub.ids import looks_local
 from toolkit.recipe.data_spec import DataSpec
 from toolkit.run_folder import (
-    BASE_TAG,
     RECIPE,
     REPORT_MD,
     RUN_INFO,
@@ -27,6 +26,7 @@ from toolkit.run_folder import (
     eval_dir,
     eval_tags,
     final_stage_tag,
+    load_run,
     read_recipe,
     read_run_info,
     read_suites,
@@ -125,14 +125,16 @@ def _summary(info: RunInfo, repo_id: str, what: str | None) -> str:
 def _results_section(run_dir: Path, final_tag: str | None, final: dict[str, dict[str, Any]]) -> str:
     if not final:
         return "## Results\n\nNo stage evaluation was recorded for this run."
-    base = read_suites(eval_dir(run_dir, BASE_TAG))
-    rows = ["| suite | task | type | base | final | details |", "|---|---|---|---|---|---|"]
+    reference = load_run(run_dir).reference  # as the report compares: the model before context extension
+    base = read_suites(eval_dir(run_dir, reference)) if reference else {}
+    rows = ["| suite | task | type | before | final | details |", "|---|---|---|---|---|---|"]
     for suite_name, suite in final.items():
         for task_name, task in suite.get("tasks", {}).items():
             before = base.get(suite_name, {}).get("tasks", {}).get(task_name, {}).get("score")
             rows.append(f"| {suite_name} | {task_name} | {task.get('type')} | {_cell(before)} | "
                         f"{_cell(task.get('score'))} | {card_detail(task)} |")
-    intro = f"## Results\n\nScores of the final model (eval tag `{final_tag}`) against the starting model.\n\n"
+    before = f"the model before context extension (eval tag `{reference}`)" if reference else "no earlier evaluation"
+    intro = f"## Results\n\nScores of the final model (eval tag `{final_tag}`) against {before}.\n\n"
     return intro + "\n".join(rows)
 
 
