@@ -138,6 +138,18 @@ def test_refusals_name_the_field() -> None:
     assert _refusal(base, _identity(lambda r: r.__setitem__("seed", 7))).startswith("seed: 0 in the checkpoint")
     assert _refusal(base, _identity(processes=2)).startswith("processes: 1 in the checkpoint")
     assert "Launch 1 process(es) again" in _refusal(base, _identity(processes=2))
+    def layout(degree: int):  # 4 processes: 4 data-parallel groups, or 2 sharing each sequence in pairs
+        def change(r):
+            r["train"]["stages"][1]["batch_size"] = 4  # Ulysses: one micro-batch size for every stage
+            if degree > 1:
+                r["parallel"] = {"sequence": "ulysses", "degree": degree}
+        return change
+
+    four, paired = _identity(layout(1), processes=4), _identity(layout(2), processes=4)
+    assert _refusal(four, paired) == (
+        "parallel: 4 data-parallel group(s) in the checkpoint (runs/x/checkpoints/stage-0-step-000002), 2 now; "
+        "resuming would change the training data. Keep parallel.sequence and parallel.degree as they were, or start "
+        "a new run with output.dir=...")
     other = {"vocab_size": 320, "sha256": "fedcba9876543210"}
     assert _refusal(base, _identity(tokenizer=other)).startswith("tokenizer: vocab 320 (sha256 0123456789abcdef)")
     assert _refusal(base, _identity(lambda r: r["train"]["data"].__setitem__("task", "multikey"))).startswith(

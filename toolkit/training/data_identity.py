@@ -56,7 +56,8 @@ def data_identity(recipe: Recipe, tokenizer: dict[str, Any], num_processes: int)
                        "grad_accum": stage.grad_accum, "data_field": recipe.train.data_field(i),
                        "data": recipe.train.stage_data(i).model_dump(mode="json"),
                        "steps": stage_steps(stage, recipe.train, data_parallel_size(recipe.parallel, num_processes))})
-    return {"version": VERSION, "seed": recipe.seed, "processes": num_processes, "tokenizer": tokenizer,
+    return {"version": VERSION, "seed": recipe.seed, "processes": num_processes,
+            "data_parallel": data_parallel_size(recipe.parallel, num_processes), "tokenizer": tokenizer,
             "stages": stages}
 
 
@@ -118,6 +119,9 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
     if pending and "processes" in recorded and recorded["processes"] != now["processes"]:
         raise _stop("processes", str(recorded["processes"]), str(now["processes"]), checkpoint,
                     f"Launch {recorded['processes']} process(es) again")
+    if pending and "data_parallel" in recorded and recorded["data_parallel"] != now["data_parallel"]:
+        raise _stop("parallel", f"{recorded['data_parallel']} data-parallel group(s)",
+                    f"{now['data_parallel']}", checkpoint, "Keep parallel.sequence and parallel.degree as they were")
     old_tok, new_tok = recorded.get("tokenizer"), now["tokenizer"]
     if old_tok is not None and old_tok != new_tok:
         # the trained weights and final/ belong to one tokenizer, so this stops even with nothing left to train
