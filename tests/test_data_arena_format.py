@@ -87,6 +87,29 @@ def test_document_has_one_label_at_the_answer(tokenizer, swap: str, winner: int,
     assert f"## Response A 1\n{first}" in text and f"## Response B 1\n{second}" in text
 
 
+@needs_small_model
+def test_a_comparison_whose_layout_leaves_no_room_is_a_bad_row(tokenizer, tmp_path: Path) -> None:
+    """Each turn adds fixed text: a comparison of many turns may not fit where others do; it is a bad row named by
+    its file and line (skipped under ``bad_rows: skip``), not a stop without a place."""
+    import csv
+    from itertools import islice
+
+    from toolkit.data.sources import text_documents
+
+    many = {**_record(0), "id": "8", **{key: json.dumps(["x"] * 30) for key in ("prompt", "response_a", "response_b")}}
+    path = tmp_path / "arena.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(_record(0)))
+        writer.writeheader()
+        writer.writerows([_record(0), many, _record(1)])
+    spec = SourceSpec(source="csv", path=str(path), format="arena", truncate_tokens=256, shuffle=False)
+    with pytest.raises(UserError, match=r"^train\.data\.truncate_tokens: 256 leaves no room for the comparison \(its "
+                                        rf"layout alone takes \d+ tokens\) in {path}:3$"):
+        list(islice(text_documents(spec, tokenizer, 0), 2))
+    skipping = spec.model_copy(update={"bad_rows": "skip"})
+    assert len(list(islice(text_documents(skipping, tokenizer, 0), 4))) == 4  # the other two rows, twice
+
+
 def test_half_swaps_a_fixed_half() -> None:
     chosen = [swaps(ArenaRow(str(i), "", "", ("q",), ("a",), ("b",), 0, ""), "half") for i in range(400)]
     assert 160 < sum(chosen) < 240

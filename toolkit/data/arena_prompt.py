@@ -104,6 +104,15 @@ def _head_and_tail(ids: list[int], keep: int) -> list[int]:
     return ids[:head] + (ids[len(ids) - keep // 2:] if keep // 2 else [])
 
 
+class NoRoom(UserError):
+    """A comparison whose layout alone (the fixed text around its turns) leaves no room within ``max_tokens``."""
+
+    def __init__(self, max_tokens: int, layout: int, where: str):
+        super().__init__(f"truncate_tokens: {max_tokens} leaves no room for the comparison in {where} (the layout "
+                         f"alone takes {layout} tokens)")
+        self.max_tokens, self.layout = max_tokens, layout
+
+
 def arena_input(row: ArenaRow, tokenizer: Any, template: str | None, max_tokens: int) -> ArenaInput:
     """``row`` laid out up to the answer position, cut to leave room for the answer token in ``max_tokens``."""
     comparison, parts = _comparison(row)
@@ -113,8 +122,7 @@ def arena_input(row: ArenaRow, tokenizer: Any, template: str | None, max_tokens:
     part_ids = [list(tokenizer(parts[int(k)], add_special_tokens=False)["input_ids"]) for k in pieces[1::2]]
     budget = max_tokens - 1 - len(prefix) - sum(len(ids) for ids in fixed)
     if budget < len(part_ids):
-        raise UserError(f"truncate_tokens: {max_tokens} leaves no room for the comparison in {row.where} (the "
-                        f"layout alone takes {max_tokens - budget - 1} tokens)")
+        raise NoRoom(max_tokens, max_tokens - budget - 1, row.where)
     kept = share_budget([len(ids) for ids in part_ids], budget)
     ids = prefix + fixed[0]
     for part, keep, after in zip(part_ids, kept, fixed[1:], strict=True):

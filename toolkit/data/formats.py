@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 from toolkit.data.arena import BadArenaRow, arena_row
-from toolkit.data.arena_prompt import arena_input, label_token_ids, swaps
+from toolkit.data.arena_prompt import NoRoom, arena_input, label_token_ids, swaps
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
@@ -193,7 +193,11 @@ def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, tem
     if swaps(row, spec.swap):
         row = row.swapped()
     assert spec.truncate_tokens is not None and row.winner is not None  # the schema requires it; labelled=True
-    given = arena_input(row, tokenizer, template, spec.truncate_tokens)
+    try:
+        given = arena_input(row, tokenizer, template, spec.truncate_tokens)
+    except NoRoom as exc:  # this comparison's many turns: a bad row like any other
+        raise BadRow("truncate_tokens", f"{exc.max_tokens} leaves no room for the comparison (its layout alone takes "
+                                        f"{exc.layout} tokens)") from None
     TRUNCATIONS.add(given.cut, spec.truncate_tokens)
     answer = label_token_ids(tokenizer, spec.label_tokens)[row.winner]
     return Document(given.ids + [answer], [IGNORE_INDEX] * len(given.ids) + [answer])
