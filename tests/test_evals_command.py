@@ -56,3 +56,20 @@ def test_max_length_leaves_out_longer_prompts() -> None:
         task = next(t for t in load_suite(ROOT / "evals" / path).tasks if isinstance(t, kind) and t.length)
         assert isinstance(task, (PerplexityTask, JuryTask)) and task.length is not None
         assert capped(task, task.length) is task and capped(task, task.length - 1) is None
+
+
+def test_an_adapter_folder_with_its_own_tokenizer_gives_the_tokenizer(tmp_path: Path) -> None:
+    """``--adapter DIR`` (peft's folder: no config.json) with tokenizer files: its tokenizer is the one evaluated."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+    from toolkit.model.loading import eval_tokenizer
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    tiny_model().save_pretrained(base)
+    get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(adapter))
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens(["<only-in-the-adapter>"])
+    tokenizer.save_pretrained(adapter)
+    assert not (adapter / "config.json").exists()
+    assert "<only-in-the-adapter>" in eval_tokenizer(str(base), str(adapter)).get_vocab()

@@ -223,26 +223,6 @@ def test_http_judge_needs_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
         _http("http://127.0.0.1:9/v1", api_key_env="JURY_ABSENT_KEY")
 
 
-ARENA_TEST = Path(__file__).resolve().parents[1] / "data" / "arena-example" / "test.csv"
-
-
-def test_judges_are_checked_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key not set, a local judge's folder not there: the suite's check says so before the evaluated model loads."""
-    from toolkit.evals.registry import check_tasks
-
-    monkeypatch.delenv("JURY_ABSENT_KEY", raising=False)
-    for judge, message in [("{name: a, model: m, url: 'http://127.0.0.1:9/v1', api_key_env: JURY_ABSENT_KEY}",
-                            "judge a: api_key_env: environment variable JURY_ABSENT_KEY is not set"),
-                           (f"{{name: b, model: {tmp_path / 'gone'}}}", "judge b: model: no such folder")]:
-        for kind, extra in (("jury", "data: items.jsonl"), ("jury_pairwise", "data: pairs.csv")):
-            suite = tmp_path / "s.yaml"
-            suite.write_text(f"name: s\ntasks:\n  - {{type: {kind}, {extra}, judges: [{judge}]}}\n")
-            (tmp_path / "items.jsonl").write_text('{"id": "q", "question": "?", "reference": "!"}\n')
-            (tmp_path / "pairs.csv").write_text("\n".join(ARENA_TEST.read_text(encoding="utf-8").splitlines()[:3]))
-            with pytest.raises(UserError, match=message):
-                check_tasks(load_suite(suite).tasks)
-
-
 # --- local judges -----------------------------------------------------------------------------------------------
 
 def _tiny_folder(folder: Path) -> Path:

@@ -69,3 +69,19 @@ def test_submission_is_written_whole(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--out: .*submission\.json would hold a CSV submission under another name"):
         write_submission(tmp_path / "submission.json", ["7"], [(0.2, 0.3, 0.5)])
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_results_on_an_edited_held_out_file_are_not_reused(tmp_path: Path) -> None:
+    """The held-out file's content is part of what recorded results are reused for (the shipped one was rewritten)."""
+    import shutil
+
+    from toolkit.evals.preference import PreferenceTask
+    from toolkit.evals.results import SuiteResults
+
+    data = Path(shutil.copy(Path(__file__).resolve().parents[1] / "data" / "arena-example" / "test.csv", tmp_path))
+    task = PreferenceTask(type="preference", data=str(data))
+    path = tmp_path / "s.json"
+    SuiteResults(path, "s", "t", "m", "f").record(task, summary={"score": 0.5})
+    assert SuiteResults(path, "s", "t", "m", "f").finished(task) is not None
+    data.write_text("\n".join(data.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
+    assert SuiteResults(path, "s", "t", "m", "f").finished(task) is None

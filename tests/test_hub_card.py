@@ -66,6 +66,12 @@ def test_the_card_compares_with_the_model_before_extension_as_the_report_does(tm
     assert "against the model before context extension (eval tag `stage-0-short`)" in text
     row = next(line for line in text.splitlines() if line.startswith("| long | passkey |"))
     assert row.split(" | ")[3] != "-"  # the stage's score, not a missing base
+    info["stages"] = info["stages"][:1]  # one stage within the native length: nothing before extension
+    (run / "run_info.json").write_text(json.dumps({**info, "native_length": 128}))
+    shutil.rmtree(run / "eval" / "stage-0-short")
+    shutil.copytree(run / "eval" / FINAL_TAG, run / "eval" / "stage-0-short")
+    shutil.rmtree(run / "eval" / FINAL_TAG)
+    assert "against no earlier evaluation" in build_card(run, "me/x").text
 
 
 def test_full_run_from_hub_model(tmp_path: Path) -> None:

@@ -214,6 +214,13 @@ class Run:
                 found = next((tag for tag in tags if stage_index(tag) == index), found)
         return found
 
+    @property
+    def compared(self) -> str | None:
+        """:attr:`reference` when it is not the final model itself (a run that never extended the context has no
+        model before extension to compare with)."""
+        reference = self.reference
+        return reference if reference != self.final else None
+
     def entry(self, tag: str, suite: str, task: str) -> dict[str, Any] | None:
         """One task's results at one tag."""
         return self.evals.get(tag, {}).get(suite, {}).get("tasks", {}).get(task)

@@ -61,21 +61,11 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _api_key(spec: JudgeSpec) -> str:
+    """The key of an HTTP judge, read when it is first asked (rescoring recorded votes needs none)."""
     key = os.environ.get(spec.api_key_env or "")
     if not key:
         raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
     return key
-
-
-def check_judges(specs: list[JudgeSpec]) -> None:
-    """Before any model is loaded: each HTTP judge's API key is set, each local judge's model folder is there."""
-    from toolkit.model.loading import check_model_source
-
-    for spec in specs:
-        if spec.api_key_env:
-            _api_key(spec)
-        if not spec.url:
-            check_model_source(spec.model, f"judge {spec.name}: model")
 
 
 class HttpJudge:

@@ -21,7 +21,7 @@ from pydantic import PositiveInt
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import check_judges, make_judge
+from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
@@ -178,5 +178,4 @@ def jury_cell(run: Run, tag: str, entry: Entry) -> str:
     return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
 
 
-TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell,
-                     check=lambda task: check_judges(task.judges))
+TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell)

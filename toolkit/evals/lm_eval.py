@@ -23,10 +23,9 @@ from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.lmeval_bridge import main_metrics, summarize, task_datasets, task_manager, unimportable_code
 from toolkit.evals.results import SuiteResults, write_json
-from toolkit.evals.specs import Distinct, TaskBase
+from toolkit.evals.specs import Distinct, TaskBase, file_digests
 from toolkit.evals.stats import Rate, lm_eval_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
-from toolkit.file_reading import sha256_of
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, rounded
 from toolkit.recipe.yaml_files import resolve_relative
@@ -61,8 +60,8 @@ class LmEvalTask(TaskBase):
     def read_files(self) -> dict[str, str]:
         """Also every file of ``include_path`` (its task YAMLs, their data and code)."""
         files = sorted(path for path in Path(self.include_path).rglob("*")
-                       if path.is_file() and "__pycache__" not in path.parts) if self.include_path else []
-        return {**super().read_files(), **{str(path): sha256_of(path) for path in files}}
+                       if "__pycache__" not in path.parts) if self.include_path else []
+        return {**super().read_files(), **file_digests(files)}
 
     def resolve_paths(self, base: Path, where: str) -> None:
         super().resolve_paths(base, where)

@@ -24,7 +24,7 @@ from toolkit.evals.jury_pairwise_scores import scores_of
 from toolkit.evals.preference_model import predict_rows
 from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.specs import TaskBase
+from toolkit.evals.specs import TaskBase, file_digests
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
@@ -52,6 +52,10 @@ class PreferenceTask(TaskBase):
     """Most tokens of one comparison with its answer, cut as in training (``truncate_tokens`` of the recipe)."""
     batch_size: PositiveInt = 8
     """Prompts per forward pass."""
+
+    def read_files(self) -> dict[str, str]:
+        """Also the held-out file and the prior's: results recorded on other rows are not reused."""
+        return {**super().read_files(), **file_digests((self.data, self.prior))}
 
     def resolve_paths(self, base: Path, where: str) -> None:
         super().resolve_paths(base, where)

@@ -5,6 +5,7 @@ and the text sources. Also the needle grid that ``niah`` and ``rope_compare`` sh
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
@@ -25,6 +26,11 @@ def _distinct(values: list[Item]) -> list[Item]:
     if repeated:
         raise ValueError(f"{', '.join(repeated)} given more than once (each would be scored again and count twice)")
     return values
+
+
+def file_digests(paths: Iterable[str | Path | None]) -> dict[str, str]:
+    """Path -> SHA-256 of each of ``paths`` that is a file."""
+    return {str(path): sha256_of(Path(path)) for path in paths if path and Path(path).is_file()}
 
 
 Distinct = AfterValidator(_distinct)
@@ -73,8 +79,7 @@ class TaskBase(Strict):
     def read_files(self) -> dict[str, str]:
         """The files whose content decides the results (name -> SHA-256), so that recorded results of another
         content are not reused: the local text haystacks."""
-        return {str(spec.path): sha256_of(Path(spec.path)) for spec in self.haystacks().values()
-                if spec.source == "text" and spec.path and Path(spec.path).is_file()}
+        return file_digests(spec.path for spec in self.haystacks().values() if spec.source == "text")
 
     def haystacks(self) -> dict[str, HaystackSpec]:
         """The task's text sources by field name."""

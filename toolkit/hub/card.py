@@ -125,7 +125,7 @@ def _summary(info: RunInfo, repo_id: str, what: str | None) -> str:
 def _results_section(run_dir: Path, final_tag: str | None, final: dict[str, dict[str, Any]]) -> str:
     if not final:
         return "## Results\n\nNo stage evaluation was recorded for this run."
-    reference = load_run(run_dir).reference  # as the report compares: the model before context extension
+    reference = load_run(run_dir).compared  # as the report compares: the model before context extension
     base = read_suites(eval_dir(run_dir, reference)) if reference else {}
     rows = ["| suite | task | type | before | final | details |", "|---|---|---|---|---|---|"]
     for suite_name, suite in final.items():

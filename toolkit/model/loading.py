@@ -268,12 +268,12 @@ def eval_tokenizer(model: str, adapter: str | None) -> Any:
     the evaluation checks its prompts with it before the model loads."""
     check_model_source(model, "--model")
     base, adapter = lora_sources(model, adapter)
-    tokenizer_source = adapter if adapter is not None and has_tokenizer(Path(adapter)) else base
-    check_model_source(tokenizer_source, "--model")
+    own = adapter is not None and has_tokenizer(Path(adapter))  # an adapter folder holds no config.json
+    tokenizer_source = adapter if own and adapter is not None else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     except (OSError, ValueError) as exc:
-        raise _load_failure(tokenizer_source, "--model", exc) from None
+        raise _load_failure(tokenizer_source, "--adapter" if own else "--model", exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

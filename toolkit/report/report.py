@@ -111,7 +111,7 @@ def scores_section(run: Run) -> list[Block]:
     tags, ref = run.tags, run.reference
     if not tags:
         return [Heading("Evaluation"), Paragraph("No evaluation results in eval/.")]
-    compared = ref if ref != run.final else None  # the reference, when it is not the final model itself
+    compared = run.compared
     header = ["suite / task", *tags] + ([f"final - {ref}"] if compared is not None else [])
     rows = []
     for suite, task in run.tasks():
@@ -133,8 +133,8 @@ def scores_section(run: Run) -> list[Block]:
 def retention_section(run: Run) -> list[Block]:
     """Final / before extension on the retention suites (``eval.verdict.retention_suites``): the tasks and ratios
     the verdict checks (:func:`toolkit.report.verdict.suite_retention`)."""
-    ref, last = run.reference, run.final
-    if ref is None or last is None or ref == last:
+    ref, last = run.compared, run.final
+    if ref is None or last is None:
         return []
     rows = []
     for suite in retention_suites(run):
