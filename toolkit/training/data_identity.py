@@ -7,12 +7,14 @@ position only means the same rows under the same inputs, so a checkpoint records
 would change the stream of a stage that has started or is still to come stops with a :class:`UserError` naming the
 field.
 
-What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes, and for
+What stops, while a stage of the checkpoint's recipe is unfinished: ``seed``, the number of processes and how
+they share sequences (``parallel.sequence``/``degree``: the data-parallel groups), and for
 the stage the checkpoint is inside ``seq_len``, ``batch_size``, ``grad_accum`` and its effective data spec (its
 own ``data`` or ``train.data``: for a mixture, every source with its weight, filters, upsampling and format, and
 sources added or removed); removing the stage the checkpoint is inside; and always a different tokenizer (the
 weights and ``final/`` belong to it). What does not: step or token budgets, learning rates, warmup and other
-optimisation settings; any setting of a finished stage (each stage's stream is seeded with ``seed + 1000 * index``
+optimisation settings (a finished stage given more steps is said not to train again); any setting of a finished
+stage (each stage's stream is seeded with ``seed + 1000 * index``
 and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
 stages that have not started (the resumed run then trains them exactly as a new run of the changed recipe
 would, said in one line); stages added after the last; removing stages that had not started.
@@ -99,6 +101,24 @@ def _stop(field: str, old: str, new: str, checkpoint: str, keep: str | None = No
                      f"training data. {keep or f'Keep {old}'}, or start a new run with output.dir=...")
 
 
+def _check_run_wide(recorded: dict[str, Any], now: dict[str, Any], checkpoint: str, pending: bool) -> None:
+    """The settings of the whole run: seed, processes and their layout (while a stage is left to train) and the
+    tokenizer (always: the trained weights and final/ belong to one)."""
+    if pending and "seed" in recorded and recorded["seed"] != now["seed"]:
+        raise _stop("seed", _show(recorded["seed"]), _show(now["seed"]), checkpoint)
+    if pending and "processes" in recorded and recorded["processes"] != now["processes"]:
+        raise _stop("processes", str(recorded["processes"]), str(now["processes"]), checkpoint,
+                    f"Launch {recorded['processes']} process(es) again")
+    if pending and "data_parallel" in recorded and recorded["data_parallel"] != now["data_parallel"]:
+        raise _stop("parallel", f"{recorded['data_parallel']} data-parallel group(s)",
+                    f"{now['data_parallel']}", checkpoint, "Keep parallel.sequence and parallel.degree as they were")
+    old_tok, new_tok = recorded.get("tokenizer"), now["tokenizer"]
+    if old_tok is not None and old_tok != new_tok:
+        raise _stop("tokenizer", _show_tokenizer(old_tok), _show_tokenizer(new_tok), checkpoint,
+                    "Keep the checkpoint's tokenizer (model.tokenizer, model.train_tokenizer; a trained one "
+                    "also depends on seed)")
+
+
 def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: int, step: int, stage_done: bool,
                  checkpoint: str) -> list[str]:
     """Compare the checkpoint's record with the current recipe's.
@@ -112,28 +132,12 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
                  "resuming keeps the same training data")]
     old_stages, new_stages = recorded.get("stages", []), now["stages"]
     pending = [i for i in range(len(old_stages)) if i > stage or (i == stage and not stage_done)]
-    notes: list[str] = []
 
-    if pending and "seed" in recorded and recorded["seed"] != now["seed"]:
-        raise _stop("seed", _show(recorded["seed"]), _show(now["seed"]), checkpoint)
-    if pending and "processes" in recorded and recorded["processes"] != now["processes"]:
-        raise _stop("processes", str(recorded["processes"]), str(now["processes"]), checkpoint,
-                    f"Launch {recorded['processes']} process(es) again")
-    if pending and "data_parallel" in recorded and recorded["data_parallel"] != now["data_parallel"]:
-        raise _stop("parallel", f"{recorded['data_parallel']} data-parallel group(s)",
-                    f"{now['data_parallel']}", checkpoint, "Keep parallel.sequence and parallel.degree as they were")
-    old_tok, new_tok = recorded.get("tokenizer"), now["tokenizer"]
-    if old_tok is not None and old_tok != new_tok:
-        # the trained weights and final/ belong to one tokenizer, so this stops even with nothing left to train
-        raise _stop("tokenizer", _show_tokenizer(old_tok), _show_tokenizer(new_tok), checkpoint,
-                    "Keep the checkpoint's tokenizer (model.tokenizer, model.train_tokenizer; a trained one "
-                    "also depends on seed)")
-
-    for i in sorted(set(range(min(len(old_stages), len(new_stages)))) - set(pending)):
-        if old_stages[i].get("steps") not in (None, new_stages[i]["steps"]):
-            notes.append(f"stage {i} ({new_stages[i]['name']}): {old_stages[i]['steps']} -> {new_stages[i]['steps']} "
-                         f"steps, but the stage had finished; it is not trained again (a new run with output.dir=... "
-                         "trains it to the new count)")
+    _check_run_wide(recorded, now, checkpoint, bool(pending))
+    notes = [f"stage {i} ({new_stages[i]['name']}): {old_stages[i]['steps']} -> {new_stages[i]['steps']} steps, but "
+             "the stage had finished; it is not trained again (a new run with output.dir=... trains it to the new "
+             "count)" for i in range(min(len(old_stages), len(new_stages)))
+             if i not in pending and old_stages[i].get("steps") not in (None, new_stages[i]["steps"])]
     for i in pending:
         old = old_stages[i]
         if i >= len(new_stages):
