@@ -68,3 +68,9 @@ def test_the_last_override_of_a_field_is_the_one_named() -> None:
     with pytest.raises(UserError) as info:
         load_recipe(TINY, ["stages[1].seq_len=300", "stages.1.seq_len=-1"])
     assert str(info.value).startswith(f"{TINY}: override 'stages.1.seq_len=-1': train.stages[1].seq_len:")
+    with pytest.raises(UserError) as info:  # the field set again after its whole stage was
+        load_recipe(TINY, ["stages[1].seq_len=-1", "stages[1]={seq_len: 256, max_steps: 2}", "stages.1.seq_len=-2"])
+    assert str(info.value).startswith(f"{TINY}: override 'stages.1.seq_len=-2': train.stages[1].seq_len:")
+    with pytest.raises(UserError) as info:  # a negative index names the stage as validation counts it
+        load_recipe(TINY, ["stages[-1].seq_len=-1"])
+    assert str(info.value).startswith(f"{TINY}: override 'stages[-1].seq_len=-1': train.stages[2].seq_len:")

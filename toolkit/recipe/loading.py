@@ -27,8 +27,9 @@ def override_keys(assignment: str) -> list[str | int]:
     return ["train", *keys] if keys[0] == "stages" else keys
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists)."""
+def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ...]:
+    """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists). Returns the keys
+    set, a negative index counted from the start (as validation names the field)."""
     keys = override_keys(assignment)
     dotted, raw = assignment.split("=", 1)
     try:
@@ -41,6 +42,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if isinstance(key, int):
             if not isinstance(target, list) or not -len(target) <= key < len(target):
                 raise UserError(f"override {dotted}: index {key} is out of range")
+            keys[depth] = key % len(target)
             target = target[key]
             continue
         if not isinstance(target, dict):
@@ -52,18 +54,23 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if isinstance(last, int):
         if not isinstance(target, list) or not -len(target) <= last < len(target):
             raise UserError(f"override {dotted}: index {last} is out of range")
+        keys[-1] = last % len(target)
     elif not isinstance(target, dict):
         raise UserError(f"override {dotted}: {last!r} is not inside a mapping")
     target[last] = value
+    return tuple(keys)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override, validate. Local paths in the recipe resolve against the recipe's folder."""
     path = Path(path)
     data, node = read_yaml(path)
+    setters: dict[tuple[str | int, ...], str] = {}  # keys -> the override that set them last, in the order set
     for assignment in overrides:
-        apply_override(data, assignment)
-    recipe = validate_as(Recipe, data, str(path), node, {tuple(override_keys(text)): text for text in overrides})
+        keys = apply_override(data, assignment)
+        setters.pop(keys, None)
+        setters[keys] = assignment
+    recipe = validate_as(Recipe, data, str(path), node, setters)
     base = path.resolve().parent
     model = recipe.model
     model.name_or_path = resolve_relative(model.name_or_path, base)
