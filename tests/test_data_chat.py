@@ -154,6 +154,13 @@ def test_a_conversation_the_template_refuses_is_a_bad_row(tokenizer, tmp_path):
     batches = stage_batches(spec, tokenizer, seq_len=64, batch_size=4, seed=0)
     next(batches)
     assert batches.rows.skipped[0] >= 1
+    # a template that refuses every conversation: the skips leave nothing, and the error says why
+    only = _write(tmp_path / "system-first.jsonl", [{"messages": CONVERSATION}] * 2)
+    with pytest.raises(UserError, match=r"^train\.data\.path: no chat documents in .*system-first\.jsonl; 2 "
+                                        r"record\(s\) skipped as bad, the last: train\.data\.messages_field: the chat "
+                                        r"template refuses the conversation: Conversations start with the user in "
+                                        r".*system-first\.jsonl:\d$"):
+        next(text_documents(_chat_spec(only, chat_template=STRICT + TEMPLATE, bad_rows="skip"), tokenizer, seed=0))
 
 
 def test_a_template_that_is_no_jinja_is_one_line_naming_the_field(tokenizer, tmp_path):

@@ -89,16 +89,19 @@ def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = "train.d
     template = chat_template(spec, tokenizer, label)
     if cursor.rng is None:
         cursor.rng = random.Random(f"{seed}:upsample")
+    last_bad = ""  # why the last record skipped was bad: when every one is, that is the error to show
     for row in _rows(spec, seed, label, cursor):
         if row is None:
             if not cursor.produced:
-                raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}")
+                skipped = f"; {cursor.skipped} record(s) skipped as bad, the last: {last_bad}" if last_bad else ""
+                raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}{skipped}")
             continue
         try:
             doc = to_document(row["record"], spec, tokenizer, template, label)
         except BadRow as bad:
+            last_bad = f"{label}.{bad.field}: {bad} in {row['where']}{bad.detail}"
             if spec.bad_rows == "error":
-                raise UserError(f"{label}.{bad.field}: {bad} in {row['where']}{bad.detail}") from None
+                raise UserError(last_bad) from None
             cursor.skipped += 1
             continue
         if doc is None or not _kept(len(doc.input_ids), spec, cursor.rng):
