@@ -119,8 +119,13 @@ def test_token_ids_of_another_tokenizer_stop_the_run_before_the_model(tmp_path, 
     assert train(write_recipe(tmp_path, recipe)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: train.data.ids_field: token id 1009 in the first record of {tmp_path / 'ids.jsonl'} is not below the "
-        "tokenizer's 320 (format: tokens ids must come from the model's tokenizer)")
+        "model's vocabulary size 320 (format: tokens ids must come from the model's tokenizer)")
     assert not (tmp_path / "run").exists()  # stopped before the model and the run folder
+    from toolkit.data.sources import check_source
+
+    spec = DataSpec(source="jsonl", path=str(tmp_path / "ids.jsonl"), format="tokens")
+    check_source(spec, train_tokenizer(TokenizerTraining(vocab_size=320, corpus_documents=50), seed=0), 64,
+                 "train.data", vocab_size=1024)  # an embedding padded past the tokenizer holds them
 
 
 def test_missing_file_is_a_user_error(tokenizer, tmp_path):

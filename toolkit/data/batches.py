@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from toolkit.data.mixture import interleave
 from toolkit.data.packing import IGNORE_INDEX, PAD_SOURCE, Row, laid_rows
-from toolkit.data.sources import check_source, source_documents
+from toolkit.data.sources import check_source, check_token_ids, source_documents
 from toolkit.data.stream_state import DocsState, SourceCursor, StreamState
 from toolkit.data.tokens import pad_id
-from toolkit.errors import RunFailure, UserError
+from toolkit.errors import RunFailure
 from toolkit.recipe.data_spec import DataSpec
 from toolkit.recipe.schema import TrainSpec
 
@@ -165,9 +165,8 @@ class StageBatches(Iterator[Batch]):
     def __next__(self) -> Batch:
         batch = as_batch(next(self._batches))
         sources = batch.pop("sources")
-        if self.vocab_size is not None and (top := int(batch["input_ids"].max())) >= self.vocab_size:
-            raise UserError(f"{self.rows.label}: token id {top} is not below the model's vocabulary size "
-                            f"{self.vocab_size} (format: tokens ids must come from the model's tokenizer)")
+        if self.vocab_size is not None:
+            check_token_ids(int(batch["input_ids"].max()), self.vocab_size, self.rows.label)
         drawn = torch.bincount(sources[sources != PAD_SOURCE].flatten().cpu(), minlength=len(self.tokens)).tolist()
         self.tokens = [a + b for a, b in zip(self.tokens, drawn, strict=True)]
         self.count += 1
@@ -225,9 +224,10 @@ def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed
                         per_read=per_read, consumed=consumed, vocab_size=vocab_size)
 
 
-def check_stage_data(train: TrainSpec, tokenizer) -> None:
+def check_stage_data(train: TrainSpec, tokenizer, vocab_size: int | None = None) -> None:
     """Every stage's sources checked before the first step (missing files, chat sources without a template, synthetic
-    documents that cannot fit the stage: :func:`toolkit.data.sources.check_source`)."""
+    documents that cannot fit the stage, token ids past ``vocab_size``, the model's:
+    :func:`toolkit.data.sources.check_source`)."""
     for index, stage in enumerate(train.stages):
         for field, source in train.stage_sources(index):
-            check_source(source, tokenizer, stage.seq_len, field)
+            check_source(source, tokenizer, stage.seq_len, field, vocab_size)

@@ -31,12 +31,12 @@ SHUFFLE_BUFFER = 64
 """Records held for shuffling; small, because long-context records can be megabytes each."""
 
 
-def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str) -> None:
+def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str, vocab_size: int | None = None) -> None:
     """Fail before the model loads for what can be known up front: a missing local path, a chat source without a
     template, a hub dataset that cannot be reached, records (in file order) that give no first document: a field
     missing, a line that does not parse; for a synthetic source, its first document at ``seq_len`` (more keys than
-    there are names, a document that cannot fit). A bad record further on stops the run when it is read. ``label``:
-    where the recipe holds ``spec``."""
+    there are names, a document that cannot fit); ``format: tokens`` ids of the first record below ``vocab_size``,
+    the model's. A bad record further on stops the run when it is read. ``label``: where the recipe holds ``spec``."""
     chat_template(spec, tokenizer, label)
     if spec.source == "synthetic":
         next(synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(0), label=label))
@@ -44,9 +44,15 @@ def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str) -> None:
     if spec.source in LOCAL_FORMATS:
         data_files(spec, label)
     first = next(text_documents(spec.model_copy(update={"shuffle": False}), tokenizer, 0, label))
-    if spec.format == "tokens" and first.input_ids and (top := max(first.input_ids)) >= len(tokenizer):
-        raise UserError(f"{label}.ids_field: token id {top} in the first record of {spec.path} is not below the "
-                        f"tokenizer's {len(tokenizer)} (format: tokens ids must come from the model's tokenizer)")
+    if spec.format == "tokens" and vocab_size is not None and first.input_ids:
+        check_token_ids(max(first.input_ids), vocab_size, f"{label}.ids_field", f" in the first record of {spec.path}")
+
+
+def check_token_ids(top: int, vocab_size: int, label: str, where: str = "") -> None:
+    """A UserError when token id ``top`` is not below the model's vocabulary size."""
+    if top >= vocab_size:
+        raise UserError(f"{label}: token id {top}{where} is not below the model's vocabulary size {vocab_size} "
+                        "(format: tokens ids must come from the model's tokenizer)")
 
 
 def _read(records: Iterator[dict[str, Any]], spec: SourceSpec, label: str) -> Iterator[dict[str, Any]]:

@@ -133,6 +133,14 @@ def model_config(spec: ModelSpec) -> PretrainedConfig:
         raise _load_failure(spec.name_or_path, "model.name_or_path", exc) from None
 
 
+def vocabulary_size(spec: ModelSpec, tokenizer: Any) -> int:
+    """The model's vocabulary size, read without its weights: ``init_config``'s (the tokenizer's by default) or the
+    config's."""
+    if spec.init_config is not None:
+        return int(spec.init_config.get("vocab_size", len(tokenizer)))
+    return int(model_config(spec).vocab_size)
+
+
 def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
     """``model.init_config`` as a LlamaConfig, its vocabulary and special ids from the tokenizer."""
     unknown = sorted(set(init_config) - _INIT_CONFIG_KEYS)

@@ -32,7 +32,7 @@ from toolkit.memory.lean_norm import enable_lean_rmsnorm
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
-from toolkit.model.loading import LoadedModel, load_model, resolve_dtype
+from toolkit.model.loading import LoadedModel, load_model, resolve_dtype, vocabulary_size
 from toolkit.model.lora import CausalLM
 from toolkit.model.rope import check_coverage, rope_setting
 from toolkit.output_paths import check_writable, write_text
@@ -93,7 +93,7 @@ def setup(recipe: Recipe) -> Session:
     resume = _resume_point(recipe, checkpoints)
     checkpoints.remove_partial()
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
-    check_stage_data(recipe.train, tokenizer)
+    check_stage_data(recipe.train, tokenizer, vocabulary_size(recipe.model, tokenizer))
     tasks = [task for suite in recipe.eval.suites for task in load_suite(suite).tasks]
     check_tasks(tasks)
     check_prompts(tasks, tokenizer)
