@@ -40,22 +40,23 @@ def recipe_section(run: Run) -> list[Block]:
     blocks: list[Block] = [Paragraph(recipe.description)] if recipe.description else []
     blocks += [Heading("Recipe"), Paragraph(f"Base model: {source}. Method: {recipe.method.kind}.")]
     rows = []
-    for stage in recipe.train.stages:
+    ran = [stage.steps for stage in info.stages]
+    for index, stage in enumerate(recipe.train.stages):
         rope_text = ", ".join(f"{k}={v}" for k, v in stage.rope.model_dump(mode="json").items() if v is not None)
-        rows.append([stage.name or "-", str(stage.seq_len), rope_text, _budget(stage, recipe.train.max_steps),
-                     fmt(stage.lr, 6),
+        steps = ran[index] if index < len(ran) else None
+        rows.append([stage.name or "-", str(stage.seq_len), rope_text, _budget(stage, steps), fmt(stage.lr, 6),
                      f"{stage.batch_size} x {stage.grad_accum}"])
     blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
     return blocks
 
 
-def _budget(stage: StageSpec, cap: int | None) -> str:
-    """A stage's steps as the loop runs them (``train.max_steps`` caps every stage), or its token budget."""
-    if stage.max_steps is None:
-        return f"{stage.max_tokens} tokens" + (f", at most {cap} (train.max_steps)" if cap else "")
-    if cap and cap < stage.max_steps:
-        return f"{cap} (train.max_steps; the stage's {stage.max_steps})"
-    return str(stage.max_steps)
+def _budget(stage: StageSpec, steps: int | None) -> str:
+    """The steps the run gave a stage (``run_info.json``) beside the stage's own budget where they differ (a token
+    budget, or ``train.max_steps`` capping it)."""
+    own = str(stage.max_steps) if stage.max_steps is not None else f"{stage.max_tokens} tokens"
+    if steps is None or own == str(steps):
+        return own
+    return f"{steps} ({own})" if stage.max_steps is None else f"{steps} (train.max_steps; the stage's {own})"
 
 
 def environment_section(run: Run) -> list[Block]:
