@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -79,3 +80,24 @@ def test_evaluation_runs_without_autocast() -> None:
             target.copy_(source)
         expected = default.eval()(input_ids=IDS[:1]).logits
     torch.testing.assert_close(logits, expected, atol=0, rtol=0)
+
+
+def test_the_base_revision_trained_on_is_the_one_merged_into(tmp_path: Path, monkeypatch) -> None:
+    """``model.revision`` goes into ``adapter_config.json``, and loading the adapter's base asks for it."""
+    import json
+
+    import toolkit.model.loading as loading
+
+    adapter = tmp_path / "final"
+    apply_lora(micro_llama("sdpa", 64), SPEC, revision="0123abc").save_pretrained(str(adapter))
+    assert json.loads((adapter / "adapter_config.json").read_text())["revision"] == "0123abc"
+    asked: dict = {}
+
+    def pretrained(source: str, field: str, **kwargs):
+        asked.update(kwargs)
+        raise loading.UserError("stop here")
+
+    monkeypatch.setattr(loading, "_pretrained", pretrained)
+    with pytest.raises(loading.UserError, match="stop here"):
+        loading.load_merged("org/base", str(adapter))
+    assert asked["revision"] == "0123abc"

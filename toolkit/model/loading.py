@@ -213,7 +213,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
     native_length = native_length_of(model.config)
     native_theta = float(model.config.rope_parameters["rope_theta"])
     if method.kind == "lora" and spec.backend != "unsloth":
-        model = apply_lora(model, method.lora)
+        model = apply_lora(model, method.lora, spec.revision)
     return LoadedModel(model=model, attention=attention, attention_reason=reason, dtype=dtype,
                        native_length=native_length, device=device, native_theta=native_theta)
 
@@ -242,6 +242,8 @@ def load_merged(model: str, adapter: str | None, field: str = "--model", **kwarg
     """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's."""
     if adapter is not None and (Path(adapter) / "config.json").is_file():
         kwargs["config"] = AutoConfig.from_pretrained(adapter)
+    if adapter is not None and (revision := read_json_object(Path(adapter) / ADAPTER_CONFIG).get("revision")):
+        kwargs.setdefault("revision", revision)  # the base's revision it was trained on
     loaded = _pretrained(model, field, **kwargs)
     if adapter is None:
         return loaded

@@ -42,8 +42,9 @@ def _check_names(model: nn.Module, names: list[str], field: str) -> None:
             raise UserError(f"method.lora.{field}: no module of {type(model).__name__} ends with {name!r}")
 
 
-def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
-    """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it.
+def apply_lora(model: nn.Module, spec: LoraSpec, revision: str | None = None) -> PeftModel:
+    """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it. The base's
+    ``revision`` (``model.revision``) goes into ``adapter_config.json``, so merging and evaluating load that base.
 
     The adapters are held in float32 (peft's ``autocast_adapter_dtype``), so updates far below a bf16 ulp add up, and
     computed in the model's dtype: training runs under bf16 autocast (``toolkit.training.loop.train_step``, in the
@@ -59,7 +60,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     # peft annotates lora_alpha as int, but scales by lora_alpha / r: a float alpha works
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
                         target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
-                        task_type="CAUSAL_LM")
+                        task_type="CAUSAL_LM", revision=revision)
     peft_model = get_peft_model(model, config)
     _cast_adapter_inputs(peft_model, False)
     trainable, total = count_parameters(peft_model)
