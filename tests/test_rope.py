@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from toolkit.errors import UserError
+from toolkit.model.loading import native_length_of
 from toolkit.model.rope import apply_rope, check_coverage, rope_parameters, theta_for_length, use_rope
 from toolkit.recipe.schema import RopeSpec, StageSpec, TrainSpec
 
@@ -100,6 +101,8 @@ def test_saved_model_reloads_with_plain_transformers(spec: RopeSpec, expected: d
     assert saved["max_position_embeddings"] == (TARGET // 2 if spec.type == "dynamic" else TARGET)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     torch.testing.assert_close(logits(reloaded), in_memory, rtol=0, atol=1e-6)
+    if spec.type not in ("default", "dynamic"):  # scaled: a run continued from it extends from the native length
+        assert native_length_of(reloaded.config) == NATIVE
 
 
 def test_stages_switch_back_and_forth_and_through_peft() -> None:

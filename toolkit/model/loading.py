@@ -88,9 +88,14 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def native_length_of(config: Any) -> int:
-    """The context length the weights were trained for."""
+    """The context length the weights were trained for: YaRN, llama3 and longrope record it; linear scaling covers
+    ``factor`` times it in ``max_position_embeddings`` (as a linear stage writes it)."""
     rope = config.rope_parameters or {}
-    return int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
+    if rope.get("original_max_position_embeddings"):
+        return int(rope["original_max_position_embeddings"])
+    if rope.get("rope_type") == "linear" and rope.get("factor"):
+        return round(config.max_position_embeddings / rope["factor"])
+    return int(config.max_position_embeddings)
 
 
 def check_model_source(source: str, field: str) -> None:
