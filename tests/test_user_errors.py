@@ -104,6 +104,32 @@ def test_prompts_the_tokenizer_cannot_build_stop_eval_and_train_before_the_model
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
+def test_weights_cut_short_and_an_adapter_of_another_model_are_one_line(tmp_path: Path, capsys) -> None:
+    """A half-copied ``model.safetensors``, and an adapter trained on other shapes, name what cannot be loaded."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+
+    base, cut, adapter = tmp_path / "base", tmp_path / "cut", tmp_path / "adapter"
+    for folder in (base, cut):
+        tiny_model().save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    other = tiny_model()
+    other.resize_token_embeddings(other.config.vocab_size + 64)  # another model's shapes
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["embed_tokens"])).save_pretrained(
+        str(adapter))
+    capsys.readouterr()
+    suite = needle_suite(tmp_path)
+    assert _error(["eval", "--model", str(cut), "--suite", str(suite), "--out", str(tmp_path / "o1")],
+                  capsys).startswith(f"--model: cannot load {str(cut)!r}: ")
+    argv = ["eval", "--model", str(base), "--adapter", str(adapter), "--suite", str(suite), "--out", str(tmp_path)]
+    assert main(argv) == 2  # after the base's progress bar: the adapter is read onto the loaded base
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {adapter}: the adapter does not load onto {str(base)!r}: "), last
+
+
 @pytest.mark.parametrize(("out", "expected"), [
     ("notes.txt", "--out: {tmp}/notes.txt is a file; name a folder for the merged model"),
     ("other-run", "--out: {tmp}/other-run holds files and is no earlier merge (no merged_from.json); the merge "

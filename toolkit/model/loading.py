@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -122,7 +123,7 @@ def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
     check_model_source(source, field)
     try:
         return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a weights file cut short
         raise _load_failure(source, field, exc) from None
 
 
@@ -252,7 +253,11 @@ def load_merged(model: str, adapter: str | None, field: str = "--model", **kwarg
     loaded = _pretrained(model, field, **kwargs)
     if adapter is None:
         return loaded
-    return PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
+    try:
+        return PeftModel.from_pretrained(loaded, adapter).merge_and_unload()
+    except (RuntimeError, SafetensorError) as exc:  # RuntimeError: an adapter trained on another model's shapes
+        raise UserError(f"{adapter}: the adapter does not load onto {model!r}: "
+                        f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def load_for_eval(model: str, adapter: str | None, device: torch.device | str | None, precision: str = "auto",
