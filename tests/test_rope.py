@@ -217,3 +217,16 @@ def test_every_method_of_the_table_is_one_transformers_computes_with_keys_the_re
 def test_an_unknown_rope_method_names_the_methods() -> None:
     with pytest.raises(ValueError, match="unknown RoPE method 'yarnn'; one of default, linear, dynamic, yarn"):
         RopeSpec(type="yarnn")
+
+
+def test_longrope_factors_are_checked_against_the_models_rotary_frequencies() -> None:
+    """One factor per frequency (head dimension / 2): checked when the model is loaded, not when the stage starts."""
+    config = tiny_model().config
+    good = RopeSpec(type="longrope", short_factor=SHORT_FACTOR, long_factor=LONG_FACTOR)
+    train = TrainSpec(stages=[StageSpec(seq_len=256, max_steps=1), StageSpec(seq_len=1024, max_steps=1, rope=good)])
+    check_coverage(train, NATIVE, config)
+    short = good.model_copy(update={"short_factor": SHORT_FACTOR[:3]})
+    train = TrainSpec(stages=[StageSpec(seq_len=256, max_steps=1), StageSpec(seq_len=1024, max_steps=1, rope=short)])
+    with pytest.raises(UserError, match=r"^train.stages\[1\].rope.short_factor: 3 values; the model's rotary "
+                                        rf"embedding has {HEAD_DIM // 2} frequencies"):
+        check_coverage(train, NATIVE, config)

@@ -102,13 +102,22 @@ def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                        context_length(spec, seq_len, native_length))
 
 
-def check_coverage(train: TrainSpec, native_length: int) -> None:
+def check_coverage(train: TrainSpec, native_length: int, config: Any = None) -> None:
     """Refuse, before training, a stage whose explicit ``rope.factor`` times the original length (the spec's, or
-    the loaded model's native length) falls short of its ``seq_len``."""
+    the loaded model's native length) falls short of its ``seq_len``, or (with the model's ``config``) whose
+    longrope factors are not one per rotary frequency."""
+    pairs = None
+    if config is not None:
+        pairs = (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) // 2
     for index, stage in enumerate(train.stages):
         problem = stage.rope.shortfall(stage.seq_len, native_length)
         if problem:
             raise UserError(f"train.stages[{index}].rope.factor: {problem}")
+        for field in ("short_factor", "long_factor"):
+            values = getattr(stage.rope, field)
+            if pairs is not None and values is not None and len(values) != pairs:
+                raise UserError(f"train.stages[{index}].rope.{field}: {len(values)} values; the model's rotary "
+                                f"embedding has {pairs} frequencies (head dimension / 2)")
 
 
 def _write(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:

@@ -33,7 +33,7 @@ from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import LoadedModel, load_model, resolve_dtype, vocabulary_size
-from toolkit.model.lora import CausalLM
+from toolkit.model.lora import CausalLM, unwrap_peft
 from toolkit.model.rope import check_coverage, rope_setting
 from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
@@ -193,7 +193,7 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     with _built_whole(accelerator, recipe):
         loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
                             context_parallel=ring_attention(accelerator))
-    check_coverage(recipe.train, loaded.native_length)
+    check_coverage(recipe.train, loaded.native_length, unwrap_peft(loaded.model).config)
     train = recipe.train
     packing = next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
                     if train.stage_data(i).packing == "pack"), None)
