@@ -42,9 +42,9 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
     # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-    loaded_suites = load_suites(suites, lambda _: "--suite")
-    for path, suite in zip(suites, loaded_suites, strict=True):
-        tasks = [task for task in suite.tasks if capped(task, max_length)]
+    kept = [[kept for task in suite.tasks if (kept := capped(task, max_length))]
+            for suite in load_suites(suites, lambda _: "--suite")]  # each suite's tasks as they will run
+    for path, tasks in zip(suites, kept, strict=True):
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
         check_tasks(tasks)
@@ -54,8 +54,8 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
 
     chosen_device(device)
     tokenizer = eval_tokenizer(model, adapter)
-    for suite in loaded_suites:
-        check_prompts([task for task in (capped(task, max_length) for task in suite.tasks) if task], tokenizer)
+    for tasks in kept:
+        check_prompts(tasks, tokenizer)
     loaded, tokenizer, info = load_for_eval(model, adapter, device, precision, tokenizer)
     write_json(folder / "eval_info.json", info)
     results = run_suites_into(loaded, tokenizer, suites, folder, tag=folder.name, model_name=model,
