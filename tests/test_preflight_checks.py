@@ -20,6 +20,7 @@ from toolkit.errors import UserError
 from toolkit.plan.placement import HOST_MEMORY_ENV
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.schema import Recipe, TokenizerTraining
+from toolkit.training.model_fit import check_model_fit
 from toolkit.training.session import _load_model
 
 FSDP2_LAUNCH = {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
@@ -92,7 +93,43 @@ def test_packed_rows_under_ulysses_on_sdpa_name_the_stage_that_packs() -> None:
     recipe = Recipe.model_validate(raw)
     with pytest.raises(UserError, match=r"^train\.stages\[1\]\.data\.packing: pack under parallel\.sequence: "
                                         r"ulysses with sdpa attention"):
-        _load_model(recipe, _accelerator(sp_enabled=True), load_tokenizer(recipe.model, recipe.seed))
+        check_model_fit(recipe, _accelerator(sp_enabled=True), load_tokenizer(recipe.model, recipe.seed))
+
+
+@pytest.fixture(scope="module")
+def weightless_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder with a config and a tokenizer but no weights: a run that loaded it would stop there."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path_factory.mktemp("weightless")
+    for file in tokenizer_dir.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, vocab_size=320).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("method", "stage_rope", "expected"), [
+    ({"kind": "lora", "lora": {"target_modules": ["q_proj", "v_projj"]}}, None,
+     "method.lora.target_modules: no module of LlamaForCausalLM ends with 'v_projj'"),
+    ({"kind": "lora", "lora": {"trainable_modules": ["nrom"]}}, None,
+     "method.lora.trainable_modules: no module of LlamaForCausalLM ends with 'nrom'"),
+    ({"kind": "full"}, {"type": "longrope", "factor": 2.0, "short_factor": [1.0] * 3, "long_factor": [2.0] * 8},
+     "train.stages[1].rope.short_factor: 3 values; the model's rotary embedding has 8 frequencies (head dimension "
+     "/ 2)"),
+])
+def test_what_the_model_cannot_take_stops_the_run_before_its_weights_load(
+        tmp_path: Path, weightless_model: Path, capsys, method: dict[str, Any], stage_rope: dict[str, Any] | None,
+        expected: str) -> None:
+    """Checked on the model's structure (meta device): the folder has no weights, so a check made after loading them
+    would never be reached."""
+    stages = [dict(stage) for stage in MICRO_RECIPE["train"]["stages"]]
+    if stage_rope is not None:
+        stages[1]["rope"] = stage_rope
+    recipe = _recipe(tmp_path, model={"name_or_path": str(weightless_model), "precision": "fp32"}, method=method,
+                     train={"stages": stages})
+    assert _error(recipe, capsys) == expected
+    assert not (tmp_path / "run").exists()
 
 
 def test_more_keys_than_there_are_names_stops_train_before_the_model(tmp_path: Path, capsys) -> None:

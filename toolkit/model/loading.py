@@ -163,10 +163,18 @@ def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
         raise UserError(f"model.init_config: {str(exc).strip().splitlines()[0]}") from None
 
 
-def build_on_meta(config: LlamaConfig, attention: str, dtype: torch.dtype) -> PreTrainedModel:
+def build_on_meta(config: PretrainedConfig, attention: str, dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
     """The model's structure on the meta device: shapes and dtypes, no storage, no initialisation."""
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype, **kwargs)
+
+
+def model_structure(spec: ModelSpec, tokenizer: Any) -> PreTrainedModel:
+    """The recipe's model on the meta device, from its config alone (seconds for 8B, no weights read): what a run
+    checks the recipe against before loading it."""
+    if spec.init_config is not None:
+        return build_on_meta(random_config(spec.init_config, tokenizer), "sdpa", torch.float32)
+    return build_on_meta(model_config(spec), "sdpa", torch.float32, trust_remote_code=spec.trust_remote_code)
 
 
 def materialise(model: PreTrainedModel, device: torch.device, seed: int) -> PreTrainedModel:

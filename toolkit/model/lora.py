@@ -34,12 +34,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
 
-def _check_names(model: nn.Module, names: list[str], field: str) -> None:
-    """Every name must match a module the way peft matches (the module path ends with it)."""
+def check_lora_names(model: nn.Module, spec: LoraSpec) -> None:
+    """Every name in ``target_modules`` and ``trainable_modules`` must match a module of ``model`` (its structure on the
+    meta device is enough) the way peft matches: the module path ends with it."""
     paths = [path for path, _ in model.named_modules()]
-    for name in names:
-        if not any(path.endswith(name) for path in paths):
-            raise UserError(f"method.lora.{field}: no module of {type(model).__name__} ends with {name!r}")
+    for field in ("target_modules", "trainable_modules"):
+        for name in getattr(spec, field):
+            if not any(path.endswith(name) for path in paths):
+                raise UserError(f"method.lora.{field}: no module of {type(model).__name__} ends with {name!r}")
 
 
 def apply_lora(model: nn.Module, spec: LoraSpec, revision: str | None = None) -> PeftModel:
@@ -55,8 +57,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec, revision: str | None = None) ->
     peft matches ``modules_to_save`` by suffix of the module path, so ``norm`` selects the final norm and
     every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.
     """
-    _check_names(model, spec.target_modules, "target_modules")
-    _check_names(model, spec.trainable_modules, "trainable_modules")
+    check_lora_names(model, spec)
     # peft annotates lora_alpha as int, but scales by lora_alpha / r: a float alpha works
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
                         target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,

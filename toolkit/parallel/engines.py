@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,22 @@ def warn_of_stale_build_locks() -> None:
         log.warning("%s: left %.0f minutes ago by a build of torch extension %s that was stopped midway (unless "
                     "another run is building it now); DeepSpeed waits on it for ever: delete it", lock, age / 60,
                     lock.parent.name)
+
+
+@contextmanager
+def built_whole(accelerator: Accelerator) -> Iterator[None]:
+    """Within the block, transformers builds models whole, as on one process, not inside DeepSpeed's
+    ``deepspeed.zero.Init`` (accelerate registers its DeepSpeed config with transformers whatever
+    ``zero3_init_flag`` says): a model from ``model.init_config`` then gets the same weights for a seed under every
+    engine (ZeRO-3 partitions it in ``accelerator.prepare``), and a meta-device structure needs no process group."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()

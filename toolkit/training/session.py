@@ -6,8 +6,7 @@ matches."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,10 +32,11 @@ from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import LoadedModel, load_model, resolve_dtype, vocabulary_size
-from toolkit.model.lora import CausalLM, unwrap_peft
-from toolkit.model.rope import check_coverage, rope_setting
+from toolkit.model.lora import CausalLM
+from toolkit.model.rope import rope_setting
 from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
+    built_whole,
     engine_kwargs,
     keeps_own_masters,
     launched_engine,
@@ -48,7 +48,6 @@ from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
     ring_attention,
-    use_model_attention,
 )
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
@@ -58,6 +57,7 @@ from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger
+from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
 
@@ -98,6 +98,7 @@ def setup(recipe: Recipe) -> Session:
     check_tasks(tasks)
     check_prompts(tasks, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
+    check_model_fit(recipe, accelerator, tokenizer)
     check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loaded = _load_model(recipe, accelerator, tokenizer)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
@@ -189,15 +190,10 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
 
 def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
     """The recipe's model on the accelerator's device (sdpa for ``model.attention: auto`` under context parallelism),
-    every stage's RoPE checked against its native length, with the memory features the recipe switches on."""
-    with _built_whole(accelerator, recipe):
+    with the memory features the recipe switches on."""
+    with built_whole(accelerator) if recipe.model.init_config is not None else nullcontext():
         loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
                             context_parallel=ring_attention(accelerator))
-    check_coverage(recipe.train, loaded.native_length, unwrap_peft(loaded.model).config)
-    train = recipe.train
-    packing = next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
-                    if train.stage_data(i).packing == "pack"), None)
-    use_model_attention(accelerator, loaded.attention, packing)
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
@@ -208,25 +204,6 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     if recipe.train.lean_rmsnorm:
         enable_lean_rmsnorm(loaded.model)
     return loaded
-
-
-@contextmanager
-def _built_whole(accelerator: Accelerator, recipe: Recipe) -> Iterator[None]:
-    """A model from ``model.init_config`` is built whole, as on one process, so that a seed gives the same weights
-    under every engine; ZeRO-3 partitions it in ``accelerator.prepare``. (accelerate registers its DeepSpeed config
-    with transformers whatever ``zero3_init_flag`` says, and transformers then builds the model inside
-    ``deepspeed.zero.Init``, whose initialisation draws different weights.)"""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or recipe.model.init_config is None:
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
 
 
 def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:

@@ -1,0 +1,32 @@
+"""The recipe checked against its model before the weights load, on the model's structure (meta device, no weights
+read): every stage's RoPE, LoRA's module names, and the attention kernel under sequence parallelism. A mistake there
+costs seconds, not the minutes an 8B model takes to load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.model.attention import select_attention
+from toolkit.model.loading import model_structure, native_length_of, resolve_dtype
+from toolkit.model.lora import check_lora_names
+from toolkit.model.rope import check_coverage
+from toolkit.parallel.engines import built_whole
+from toolkit.parallel.sequence import ring_attention, use_model_attention
+from toolkit.recipe.schema import Recipe
+
+
+def check_model_fit(recipe: Recipe, accelerator: Any, tokenizer: Any) -> None:
+    """Raise :class:`~toolkit.errors.UserError`, naming the field, where the recipe does not fit its model; tells
+    DeepSpeed's Ulysses wrapper the attention :func:`~toolkit.model.loading.load_model` will choose."""
+    with built_whole(accelerator):
+        structure = model_structure(recipe.model, tokenizer)
+    check_coverage(recipe.train, native_length_of(structure.config), structure.config)
+    if recipe.method.kind == "lora":
+        check_lora_names(structure, recipe.method.lora)
+    dtype = resolve_dtype(recipe.model.precision, accelerator.device)
+    attention = select_attention(recipe.model.attention, accelerator.device, dtype,
+                                 context_parallel=ring_attention(accelerator)).implementation
+    train = recipe.train
+    packing = next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
+                    if train.stage_data(i).packing == "pack"), None)
+    use_model_attention(accelerator, attention, packing)
