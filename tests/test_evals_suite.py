@@ -84,7 +84,7 @@ def _error(tmp_path: Path, text: str) -> str:
     ("name: s\ntasks:\n  - {type: niah, lengths: [64]}\n  - {type: niah, lengths: [32]}\n",
      "two tasks are named 'niah'"),
     ("name: s\ntasks:\n  - {type: niah, lengths: [64], haystack: {source: text, path: gone.txt}}\n",
-     "tasks[0].haystack.path: no such text file gone.txt"),
+     "tasks[0].haystack.path: no such text file /"),
     ("name: s\ntasks:\n  - {type: lm_eval, tasks: [x], include_path: nowhere}\n",
      "tasks[0].include_path: no such folder nowhere"),
     ("name: s\n", "no tasks"),

@@ -32,6 +32,24 @@ def test_a_recipe_that_is_not_utf8_text(tmp_path: Path, capsys) -> None:
     assert _error(["validate", str(recipe)], capsys) == f"{recipe}: not UTF-8 text (byte 0: invalid start byte)"
 
 
+def test_validate_checks_every_recipe_and_names_each_mistake(tmp_path: Path, capsys) -> None:
+    """One line per recipe at fault, the recipes after it still checked; a corpus file not made yet says how to make
+    it (a fresh clone before ``make corpus``)."""
+    suite = tmp_path / "evals" / "heldout.yaml"
+    suite.parent.mkdir()
+    suite.write_text("name: heldout\ntasks:\n  - {type: perplexity, length: 64, bucket: 32, source: {source: text, "
+                     "path: ../data/corpus/heldout.txt}}\n")
+    good = write_recipe(tmp_path, MICRO_RECIPE, "good.yaml")
+    corpus = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite)]}), "corpus.yaml")
+    assert main(["validate", str(corpus), str(tmp_path / "gone.yaml"), str(good)]) == 2
+    out, err = capsys.readouterr()
+    assert out == f"{good}: ok\n"
+    assert err.splitlines() == [
+        f"error: {corpus}: {suite}: tasks[0].source.path: no such text file "
+        f"{suite.parent / '../data/corpus/heldout.txt'} (`make corpus` writes it)",
+        f"error: {tmp_path / 'gone.yaml'}: no such file"]
+
+
 def test_a_verdict_the_suites_cannot_give(tmp_path: Path, capsys) -> None:
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(needle_suite(tmp_path))]}))
     assert _error(["validate", str(recipe), "--set", "eval.verdict={task: needles/nope}"], capsys) == (

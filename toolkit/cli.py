@@ -173,14 +173,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(paths: list[str], overrides: list[str]) -> int:
+    """Every recipe checked, each one's mistake on its own line; exit 2 when any has one."""
+    from toolkit.recipe.loading import load_recipe
+
+    failed = 0
+    for path in paths:
+        try:
+            load_recipe(path, overrides)
+        except UserError as exc:
+            failed += 1
+            message = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+            print(f"error: {message}", file=sys.stderr)
+            continue
+        print(f"{path}: ok")
+    return 2 if failed else 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        from toolkit.recipe.loading import load_recipe
-
-        for path in args.recipes:
-            load_recipe(path, args.overrides)
-            print(f"{path}: ok")
-        return 0
+        return _validate(args.recipes, args.overrides)
     if args.command == "train":
         from toolkit.recipe.loading import load_recipe
         from toolkit.runner import run_recipe

@@ -31,6 +31,12 @@ LONG = 32768
 """Documents at least this long (in tokens) are counted apart: they fill a whole 32K row."""
 
 
+def missing_file_hint(path: str | Path) -> str:
+    """How to make a missing file of a corpus folder (a path ``.../data/corpus/NAME``): the recipes and suites that
+    read the corpus name its files before ``make corpus`` has written them on a fresh clone."""
+    return " (`make corpus` writes it)" if Path(path).parts[-3:-1] == DEFAULT_DIR.parts else ""
+
+
 def is_complete(out_dir: Path, packages: tuple[Package, ...] = PACKAGES) -> bool:
     """Whether ``out_dir`` holds a finished corpus made of ``packages`` (one made of other packages is stale)."""
     path = out_dir / SOURCE_FILE

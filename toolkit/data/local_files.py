@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from toolkit.data.corpus import missing_file_hint
 from toolkit.errors import UserError
 from toolkit.recipe.data_spec import SourceSpec
 
@@ -36,7 +37,7 @@ def data_files(spec: SourceSpec, label: str = "train.data") -> list[str]:
     if path.is_file():
         return [str(path)]
     if not path.is_dir():
-        raise UserError(f"{label}.path: no such file: {spec.path}")
+        raise UserError(f"{label}.path: no such file: {spec.path}{missing_file_hint(path)}")
     suffixes = FORMATS[spec.source].suffixes
     files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
     if not files:

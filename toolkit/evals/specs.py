@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
+from toolkit.data.corpus import missing_file_hint
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
 from toolkit.file_reading import sha256_of
@@ -92,8 +93,10 @@ class TaskBase(Strict):
         for field, spec in self.haystacks().items():
             if spec.source == "text":
                 spec.path = resolve_relative(spec.path, base)
-                if not Path(spec.path or "").is_file():
-                    raise UserError(f"{where}.{field}.path: no such text file {spec.path}")
+                path = Path(spec.path or "")
+                if not path.is_file():
+                    path = path if path.is_absolute() else base / path
+                    raise UserError(f"{where}.{field}.path: no such text file {path}{missing_file_hint(path)}")
 
 
 class NeedleGrid(TaskBase):
