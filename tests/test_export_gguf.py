@@ -216,14 +216,14 @@ def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(full_run: Path,
 
 
 @needs_converter
-@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
-def test_f16_and_q8_0_files_hold_their_tensor_types(outtype: str, full_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_each_outtype_file_holds_its_tensor_types(outtype: str, full_run: Path, tmp_path: Path) -> None:
     """The matrices in ``outtype`` (2 bytes a weight, or 8 bits and a scale per block of 32), the norms in f32."""
     from gguf import GGMLQuantizationType, GGUFReader
 
     out = tmp_path / f"m-{outtype}.gguf"
     assert main(["export", str(full_run), "--format", "gguf", "--outtype", outtype, "--out", str(out)]) == 0
-    assert gguf_metadata(out)["general.file_type"] == {"f16": 1, "q8_0": 7}[outtype]
+    assert gguf_metadata(out)["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7}[outtype]
     assert gguf_metadata(out)["llama.rope.scaling.factor"] == FACTOR
     types = {t.name: t.tensor_type for t in GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == GGMLQuantizationType[outtype.upper()]

@@ -21,8 +21,11 @@ import gguf
 import torch
 from conversion import ModelBase, ModelType, get_model_architecture, get_model_class  # type: ignore[import-not-found]
 
-OUTTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+
+def file_type(outtype: str) -> gguf.LlamaFileType:
+    """llama.cpp's file type for an ``export --outtype`` name (``toolkit.export.OUTTYPES``, which this script does not
+    import): ``ALL_F32`` for f32, ``MOSTLY_<NAME>`` for the others."""
+    return gguf.LlamaFileType["ALL_F32" if outtype == "f32" else f"MOSTLY_{outtype.upper()}"]
 
 
 def convert(model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, name: str) -> None:
@@ -39,7 +42,7 @@ def convert(model_dir: Path, out: Path, outtype: str, pre_tokenizer: str, name: 
             return pre_tokenizer
 
     with torch.inference_mode():
-        Converter(model_dir, OUTTYPES[outtype], out, model_name=name).write()
+        Converter(model_dir, file_type(outtype), out, model_name=name).write()
 
 
 if __name__ == "__main__":
