@@ -35,6 +35,14 @@ def test_log_loss_clips_like_the_competition() -> None:
     assert scores.log_loss == pytest.approx(-math.log(1e-15 / (1 + 2e-15)))
 
 
+def test_log_loss_interval_stays_within_what_a_log_loss_can_be() -> None:
+    """One row has no spread: its interval is the whole range (it was zero wide); a normal interval whose lower end
+    falls below zero is cut there."""
+    worst = -math.log(1e-15 / (2 + 1e-15))
+    assert preference_scores([(0.7, 0.2, 0.1)], [0]).log_loss_ci == pytest.approx((0.0, worst))
+    assert preference_scores([(0.999, 5e-4, 5e-4), (0.6, 0.2, 0.2)], [0, 0]).log_loss_ci[0] == 0.0
+
+
 def test_calibration_error() -> None:
     # bin 0.9: two rows at confidence 0.9, one right -> |0.5 - 0.9|; bin 0.5: one row at 0.5, right -> 0.5
     probs = [(0.9, 0.05, 0.05), (0.9, 0.05, 0.05), (0.25, 0.5, 0.25)]

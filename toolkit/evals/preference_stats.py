@@ -20,6 +20,8 @@ CLASSES = WINNER_COLUMNS
 """The three classes, named by the competition's label columns."""
 EPSILON = 1e-15
 """The competition clips probabilities to [EPSILON, 1] before taking logs."""
+WORST_LOG_LOSS = -math.log(EPSILON / (2 + EPSILON))
+"""A row's largest log loss: its label clipped to EPSILON, the other two classes at 1."""
 BINS = 10
 """Equal-width bins of the expected calibration error."""
 
@@ -55,12 +57,15 @@ def row_log_losses(probs: Sequence[Sequence[float]], labels: Sequence[int]) -> l
     return losses
 
 
-def _mean_interval(values: list[float]) -> tuple[float, tuple[float, float]]:
-    n = len(values)
-    mean = sum(values) / n
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * spread / math.sqrt(n)
-    return mean, (mean - half, mean + half)
+def _mean_interval(losses: list[float]) -> tuple[float, tuple[float, float]]:
+    """The mean log loss and its normal 95% interval, within the range a log loss can take; one row gives no spread,
+    so its interval is that whole range."""
+    n = len(losses)
+    mean = sum(losses) / n
+    if n == 1:
+        return mean, (0.0, WORST_LOG_LOSS)
+    half = 1.96 * math.sqrt(sum((v - mean) ** 2 for v in losses) / (n - 1)) / math.sqrt(n)
+    return mean, (max(mean - half, 0.0), min(mean + half, WORST_LOG_LOSS))
 
 
 def most_probable(probs: Sequence[float]) -> int:
