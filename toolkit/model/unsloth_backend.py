@@ -1,7 +1,8 @@
 """``model.backend: unsloth``: load through unsloth's FastLanguageModel (CUDA GPUs only, optional extra).
 
 Untested here (unsloth imports only with a GPU); RoPE is still set by ``toolkit.model.rope`` per stage, so unsloth is
-given the checkpoint's native length and applies no RoPE scaling of its own.
+given the checkpoint's own ``max_position_embeddings`` as ``max_seq_length`` (unsloth scales RoPE itself only past
+it) and applies no RoPE scaling of its own.
 """
 
 from __future__ import annotations
