@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,7 +112,12 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
         write_text(out / "gpu-check.md", markdown(result))
 
     done: list[sections.Section] = []
-    facts = sections.device_facts()
+    try:
+        facts = sections.device_facts()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:  # no device: said, and written
+        result["failed"] = f"{type(exc).__name__}: {str(exc)[-400:]}"
+        save()
+        return result
     result.update(device=facts["device"], memory_gib=facts["memory_gib"], matmul_tflops=facts["matmul_tflops"],
                   allocator=facts["allocator"], versions=_versions(facts["versions"]))
     peak = facts["matmul_tflops"]
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `timeout`: children stopped too
     result = check(PROFILES[args.device], args.out, frozenset(args.sections))
     print(markdown(result))
+    if "failed" in result:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed"
              + (f", {checks.count('reported')} reported (not asserted)" if "reported" in checks else ""),
              f"- versions: {versions}", ""]
+    if result.get("failed"):
+        lines[-1:] = [f"- failed before any section: {result['failed']}", ""]
     for section in result["sections"]:
         lines += [f"## {section['name']}", "",
                   f"{section['elapsed_s']:.0f} s of a {section['budget_s']:.0f} s budget.", ""]

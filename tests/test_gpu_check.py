@@ -227,3 +227,18 @@ def test_sections_not_chosen_are_skips_and_their_seconds_go_to_the_probe(tmp_pat
     bad = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--sections", "7"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--sections" in bad.stderr
+
+
+def test_a_device_that_cannot_be_read_is_a_written_result_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    """A broken driver stops the check before its first section; what stopped it is in gpu-check.md and .json."""
+    from benchmarks import gpu_check, gpu_check_sections
+
+    def broken() -> dict:
+        raise RuntimeError("device facts: RuntimeError: CUDA driver initialization failed")
+
+    monkeypatch.setattr(gpu_check_sections, "device_facts", broken)
+    result = gpu_check.check(PROFILES["cpu"], tmp_path)
+    assert result["failed"] == "RuntimeError: device facts: RuntimeError: CUDA driver initialization failed"
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["sections"] == []
+    assert ("- failed before any section: RuntimeError: device facts: RuntimeError: CUDA driver initialization "
+            "failed") in (tmp_path / "gpu-check.md").read_text().splitlines()
