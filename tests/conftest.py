@@ -50,15 +50,25 @@ def micro_recipe(tmp_path: Path) -> Path:
     return write_recipe(tmp_path, recipe)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The micro recipe trained in one go, saving every 2 steps: the reference for resume tests."""
+    """The micro recipe trained in one go, saving every 2 steps: the reference for resume tests (read, never
+    changed)."""
     from tests.runs import train
 
     folder = tmp_path_factory.mktemp("reference")
     recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
     assert train(recipe, "train.save_every=2") == 0
     return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def export_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The export tests' micro run (``tests.test_export_gguf.micro_run``: YaRN x4 past its native 64 tokens), trained
+    once for every file that exports or evaluates it; they write their files elsewhere, or beside it."""
+    from tests.test_export_gguf import micro_run
+
+    return micro_run(tmp_path_factory.mktemp("export-run"))
 
 
 @pytest.fixture

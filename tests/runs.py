@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,8 +17,10 @@ from toolkit.training.faults import StopFlag
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDLE_SUITE = ("name: needles\ntasks:\n  - {type: niah, name: passkey, lengths: [64, 128], depths: [0.0, 1.0], "
-                "samples: 2}\n")
-"""A needle suite small enough to evaluate the micro recipe before and after each stage in seconds."""
+                "samples: 2}\n  - {type: perplexity, name: loss, length: 128, bucket: 64, documents: 2}\n")
+"""A suite small enough to evaluate the micro recipe before and after each stage in seconds: needles (which the
+micro model seldom finds, so their scores alone tell little) and the loss by position (which tells every weight
+apart)."""
 HALF_BATCH = ("stages[0].batch_size=2", "stages[1].batch_size=1")
 """The micro recipe's batches halved (stage 0: 4, stage 1: 2 x grad_accum 2), for each of two processes."""
 
@@ -53,10 +56,23 @@ def needle_suite(folder: Path) -> Path:
 
 
 def needle_scores(run_dir: Path) -> dict[str, dict]:
-    """Each evaluation's needle scores by length, by tag."""
-    return {folder.name: {task: result["scores_by_length"]
-                          for task, result in json.loads((folder / "needles.json").read_text())["tasks"].items()}
-            for folder in sorted((run_dir / "eval").iterdir())}
+    """Each evaluation's scores of :data:`NEEDLE_SUITE`, by tag: the needles' by length, the loss by position."""
+    found = {}
+    for folder in sorted((run_dir / "eval").iterdir()):
+        tasks = json.loads((folder / "needles.json").read_text())["tasks"]
+        found[folder.name] = {"passkey": tasks["passkey"]["scores_by_length"], "loss": tasks["loss"]["loss_by_bucket"]}
+    return found
+
+
+def assert_same_scores(a: dict[str, dict], b: dict[str, dict], loss_atol: float = 1e-5) -> None:
+    """:func:`needle_scores` of two runs: the same evaluations, the same needle scores, losses within ``loss_atol``;
+    and training moved the loss, so the comparison tells the weights of each evaluation apart."""
+    assert a.keys() == b.keys()
+    for tag in a:
+        assert a[tag]["passkey"] == b[tag]["passkey"], tag
+        assert a[tag]["loss"] == pytest.approx(b[tag]["loss"], abs=loss_atol), tag
+    first, last = (a[tag]["loss"] for tag in (min(a), max(a)))
+    assert all(abs(first[bucket] - last[bucket]) > 100 * loss_atol for bucket in first), (first, last)
 
 
 def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),

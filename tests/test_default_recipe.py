@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def test_tiny_passkey_writes_the_whole_run_folder(run: Path) -> None:
     config = json.loads((run / "final" / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == "yarn" and config["max_position_embeddings"] == 1024
     report = (run / "report.md").read_text()
-    assert "yarn" in report and "passkey-256" in report
+    assert "| passkey-256 | 256 |" in report and "| yarn-1024 | 1024 | type=yarn, factor=" in report, report
+    assert report.count("| 2 (train.max_steps; the stage's ") == 3, report
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert list(run.glob("*.png"))
@@ -51,5 +53,6 @@ def test_check_fails_when_the_claim_does_not_hold(run: Path, capsys: pytest.Capt
     """What CI runs after `make train` (`make check`), on the default recipe deliberately broken: two steps
     per stage cannot learn retrieval, so the verdict fails and the check exits 1, naming the failed checks."""
     assert main(["report", str(run), "--check"]) == 1
-    out = capsys.readouterr()
-    assert "accuracy at 256 before extension" in out.err + out.out
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1, failed
+    assert re.match(r"failed: verdict failed: accuracy at 256 before extension \(\d\.\d\d vs 0\.\d\d\)", failed[0])

@@ -115,6 +115,26 @@ def test_niah_results_json_and_heatmap(tmp_path: Path):
     assert (tmp_path / "eval" / "base" / "grid-keys.png").read_bytes().startswith(PNG)
 
 
+class ShortSighted(Oracle):
+    """The oracle on rows up to ``limit`` tokens, wrong on longer ones: a model that lost its long context."""
+
+    def __init__(self, vocab: int, limit: int):
+        super().__init__(vocab)
+        self.limit = limit
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: torch.Tensor, use_cache: bool = False):
+        self.shift = 1 if input_ids.shape[1] <= self.limit else 2
+        return super().forward(input_ids, logits_to_keep, use_cache)
+
+
+def test_niah_grid_tells_lengths_apart(tmp_path: Path):
+    model = ShortSighted(len(tiny_tokenizer()), limit=192)  # a 128-token prompt with its answer
+    out = run_suites(model, tiny_tokenizer(), [_suite(tmp_path, [128, 256])], tmp_path, "base", "short-sighted")
+    entry = out["grid"]["tasks"]["keys"]
+    assert entry["grid"] == {"128": {"0.0": 1.0, "0.5": 1.0, "1.0": 1.0}, "256": {"0.0": 0.0, "0.5": 0.0, "1.0": 0.0}}
+    assert entry["scores_by_length"] == {"128": 1.0, "256": 0.0} and entry["score"] == entry["mean"] == 0.5
+
+
 def test_niah_random_model_scores_per_cell(tmp_path: Path):
     out = run_suites(tiny_model(), tiny_tokenizer(), [_suite(tmp_path, [128])], tmp_path, "t", "tiny")
     entry = out["grid"]["tasks"]["keys"]

@@ -170,9 +170,9 @@ def test_an_out_folder_without_write_permission_exits_2(tmp_path: Path, capsys: 
     assert list(locked.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return micro_run(tmp_path_factory.mktemp("export-full"))
+@pytest.fixture
+def full_run(export_run: Path) -> Path:
+    return export_run
 
 
 def _tensor(path: Path, name: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests import llama_cpp_calls
 from tests.real_model import SMALL_MODEL, english_documents, needs_converter, needs_llama_cpp, needs_small_model
-from tests.test_export_gguf import FACTOR, NATIVE, micro_run
+from tests.test_export_gguf import FACTOR, NATIVE
 from toolkit.data.needle import SentenceTokens, build_haystack, make_needles
 from toolkit.data.tokenizer import BOS, EOS
 from toolkit.export.child_process import in_child
@@ -89,9 +89,8 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    folder = tmp_path_factory.mktemp("llama-cpp")
-    return Exported(micro_run(folder), folder, NATIVE, FACTOR)
+def micro(tmp_path_factory: pytest.TempPathFactory, export_run: Path) -> Exported:
+    return Exported(export_run, tmp_path_factory.mktemp("llama-cpp"), NATIVE, FACTOR)
 
 
 def _check_tokenization(exported: Exported) -> None:

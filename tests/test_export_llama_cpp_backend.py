@@ -7,12 +7,13 @@ llama.cpp must find right too. Each batch runs in one llama.cpp child process.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.real_model import needs_converter, needs_llama_cpp
-from tests.test_export_gguf import micro_run
 from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.context import sentence_tokens
 from toolkit.evals.niah import NiahTask, needle_prompt
@@ -28,9 +29,9 @@ TASK = NiahTask(type="niah", lengths=[64, 128, 256], depths=[0.0, 0.5, 1.0], sam
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> tuple[TransformersBackend, LlamaCppBackend]:
-    folder = tmp_path_factory.mktemp("backends")
-    run = micro_run(folder)
+def backends(tmp_path_factory: pytest.TempPathFactory,
+             export_run: Path) -> tuple[TransformersBackend, LlamaCppBackend]:
+    folder, run = tmp_path_factory.mktemp("backends"), export_run
     tokenizer = AutoTokenizer.from_pretrained(run / "final")
     model = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32).eval()
     gguf = export_gguf(run, folder / "micro-f32.gguf", "f32")

@@ -38,10 +38,12 @@ def test_evaluating_the_final_model_scores_what_the_run_scored_last(runs: dict[s
     evaluation = library.evaluate(str(runs["python"] / "final"), [str(runs["suite"])], out=tmp_path / "eval")
     assert evaluation.folder == tmp_path / "eval" and evaluation.info["device"] == "cpu"
     last = sorted((runs["python"] / "eval").iterdir())[-1]
-    in_run = json.loads((last / "needles.json").read_text())["tasks"]["passkey"]
-    scores = evaluation.results["needles"]["tasks"]["passkey"]
-    assert scores["scores_by_length"] == in_run["scores_by_length"] and scores["n"] == in_run["n"] == 8
-    assert json.loads((tmp_path / "eval" / "needles.json").read_text())["tasks"]["passkey"] == scores
+    in_run = json.loads((last / "needles.json").read_text())["tasks"]
+    scores = evaluation.results["needles"]["tasks"]
+    passkey = scores["passkey"]
+    assert passkey["scores_by_length"] == in_run["passkey"]["scores_by_length"] and passkey["n"] == 8
+    assert scores["loss"]["loss_by_bucket"] == pytest.approx(in_run["loss"]["loss_by_bucket"], abs=1e-6)
+    assert json.loads((tmp_path / "eval" / "needles.json").read_text())["tasks"] == scores
 
 
 def test_a_user_mistake_raises_user_error_naming_the_field(tmp_path: Path) -> None:

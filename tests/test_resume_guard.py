@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
-from tests.runs import StopAfter, metrics, train
+from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Recipe
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
@@ -78,11 +78,16 @@ def test_data_change_is_refused(resumable: Path, capsys) -> None:
     assert err.startswith("error: train.data.min_length_fraction: 0.5 in the checkpoint (") and "0.25 now" in err
 
 
-def test_stage_not_started_may_change(resumable: Path, capsys) -> None:
+def test_stage_not_started_may_change(resumable: Path, tmp_path: Path, capsys) -> None:
     """A stage the checkpoint has not reached trains on its new settings, as a new run of the recipe would."""
     assert train(resumable, "train.resume=true", "train.stages[1].grad_accum=1") == 0
     assert ("stage 1 (long): train.stages[1].grad_accum 2 -> 1; the stage has not started"
             in capsys.readouterr().out)
+    assert train(resumable, "train.stages[1].grad_accum=1", f"output.dir={tmp_path / 'new'}") == 0
+    resumed, new = ([r for r in metrics(tmp_path / run) if "loss" in r] for run in ("run", "new"))
+    assert [(r["stage"], r["global_step"]) for r in resumed] == [(r["stage"], r["global_step"]) for r in new]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in new], rel=1e-5)
+    assert_same_weights(final_weights(tmp_path / "run"), final_weights(tmp_path / "new"), atol=1e-5)
 
 
 def test_budget_and_lr_changes_resume(resumable: Path, capsys) -> None:

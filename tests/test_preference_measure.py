@@ -1,0 +1,38 @@
+"""``python -m toolkit.preference.measure``'s table: one column per seed, each from that seed's own figures, written
+between the markers of a doc and nowhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from toolkit.preference.measure import BEGIN, END, section, write_section
+
+
+def _measured(seed: int, log_loss: float) -> dict[str, Any]:
+    entry = {"n": 120, "log_loss": log_loss, "log_loss_ci": [log_loss - 0.1, log_loss + 0.1], "prior": [0.2, 0.3, 0.5],
+             "prior_log_loss": 1.0, "prior_log_loss_ci": [0.9, 1.1], "first_order_log_loss": 0.9,
+             "first_order_log_loss_ci": [0.8, 1.0], "accuracy": 0.6, "accuracy_ci": [0.5, 0.7],
+             "prior_accuracy": 0.5, "prior_accuracy_ci": [0.4, 0.6], "ece": 0.15, "swap_consistency": 0.16,
+             "truncated_inputs": 0, "inputs": 240, "tokens_cut": 0}
+    return {"entry": entry, "train_s": 200.0, "predict_s": 50.0, "rows": 120, "sum_error": 1e-7, "swap_gap": 0.0,
+            "recipe": "recipes/smollm2-135m-arena.yaml", "suite": "arena-example/heldout", "threads": "1",
+            "seed": seed, "machine": "CPU (test)", "commit": "abc", "date": "2026-12-06"}
+
+
+def test_each_seed_is_a_column_of_its_own_figures(tmp_path: Path) -> None:
+    text = section([_measured(0, 0.792), _measured(1, 0.801)])
+    lines = text.splitlines()
+    assert lines[0] == BEGIN and lines[-1] == END
+    assert lines[1].startswith("Measured by `python -m toolkit.preference.measure` (recipes/smollm2-135m-arena.yaml, "
+                               "seeds 0, 1, suite arena-example/heldout) on CPU (test), OMP_NUM_THREADS=1, commit abc")
+    assert lines[3:5] == ["| measure | seed 0 | seed 1 |", "|---|---|---|"]
+    assert "| log loss, both orders averaged | 0.792 [0.692, 0.892] | 0.801 [0.701, 0.901] |" in lines
+    assert "| held-out comparisons (n) | 120 | 120 |" in lines
+    one = section([_measured(0, 0.792)]).splitlines()
+    assert "seed 0, suite" in one[1] and one[3:5] == ["| measure | seed 0 |", "|---|---|"]
+
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{BEGIN}\nold\n{END}\nafter\n")
+    write_section(doc, text)
+    assert doc.read_text() == f"before\n{text}\nafter\n"
