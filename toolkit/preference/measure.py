@@ -78,10 +78,10 @@ def _commit() -> str:
     return found.stdout.strip()
 
 
-def section(m: dict[str, Any]) -> str:
-    """The measured figures as Markdown."""
+def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """One seed's figures, by measure."""
     e = m["entry"]
-    rows = [("held-out comparisons (n)", str(e["n"])),
+    return [("held-out comparisons (n)", str(e["n"])),
             ("log loss, both orders averaged", score_with_interval(e, "log_loss")),
             ("log loss of the class prior " + f"({', '.join(f'{p:.3f}' for p in e['prior'])})",
              score_with_interval(e, "prior_log_loss")),
@@ -95,11 +95,20 @@ def section(m: dict[str, Any]) -> str:
             ("largest difference, swapped file's submission vs the submission swapped", f"{m['swap_gap']:.1e}"),
             ("wall time: train (with the held-out evaluation); predict",
              f"{m['train_s']:.0f} s; {m['predict_s']:.0f} s")]
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, seed {m['seed']}, suite "
-            f"{m['suite']}) on {m['machine']}, OMP_NUM_THREADS={m['threads'] or 'unset'}, commit {m['commit']}, "
-            f"{m['date']}; 95% intervals:\n\n"
-            f"| measure | value |\n|---|---|\n{table}\n{END}")
+
+
+def section(measured: list[dict[str, Any]]) -> str:
+    """The figures of one or more seeds (one column each) as Markdown."""
+    m = measured[0]
+    columns = [_rows(each) for each in measured]
+    table = "\n".join("| " + " | ".join([name, *(rows[i][1] for rows in columns)]) + " |"
+                      for i, (name, _) in enumerate(columns[0]))
+    seeds = ("seeds " if len(measured) > 1 else "seed ") + ", ".join(str(each["seed"]) for each in measured)
+    header = "| measure | " + " | ".join(f"seed {each['seed']}" for each in measured) + " |"
+    return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, {seeds}, "
+            f"suite {m['suite']}) on {m['machine']}, OMP_NUM_THREADS={m['threads'] or 'unset'}, commit "
+            f"{m['commit']}, {m['date']}; 95% intervals:\n\n"
+            f"{header}\n|---|{'---|' * len(measured)}\n{table}\n{END}")
 
 
 def _marked(doc: Path) -> str:
@@ -120,7 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
-    parser.add_argument("--seed", type=int, help="another seed than the recipe's")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="seeds to measure, one column each (default: the recipe's); with several, each run "
+                             "goes to RUN-seedN")
     parser.add_argument("--doc", type=Path, action="append",
                         help="a file with the markers to write into (repeatable; default: docs/preference.md, "
                              "README.md)")
@@ -129,7 +140,9 @@ def main() -> None:
     try:
         for doc in docs:  # every target checked before the minutes of training
             _marked(doc)
-        text = section(measure(args.recipe, args.run, args.seed))
+        seeds = args.seeds or [None]
+        runs = [args.run if len(seeds) == 1 else args.run.with_name(f"{args.run.name}-seed{seed}") for seed in seeds]
+        text = section([measure(args.recipe, run, seed) for run, seed in zip(runs, seeds, strict=True)])
         for doc in docs:
             write_section(doc, text)
     except UserError as exc:
