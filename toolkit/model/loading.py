@@ -171,10 +171,11 @@ def build_on_meta(config: PretrainedConfig, attention: str, dtype: torch.dtype, 
 
 def model_structure(spec: ModelSpec, tokenizer: Any) -> PreTrainedModel:
     """The recipe's model on the meta device, from its config alone (seconds for 8B, no weights read): what a run
-    checks the recipe against before loading it."""
+    checks the recipe against before loading it. Eager attention, which every architecture supports: the kernel is
+    chosen when the model loads."""
     if spec.init_config is not None:
-        return build_on_meta(random_config(spec.init_config, tokenizer), "sdpa", torch.float32)
-    return build_on_meta(model_config(spec), "sdpa", torch.float32, trust_remote_code=spec.trust_remote_code)
+        return build_on_meta(random_config(spec.init_config, tokenizer), "eager", torch.float32)
+    return build_on_meta(model_config(spec), "eager", torch.float32, trust_remote_code=spec.trust_remote_code)
 
 
 def materialise(model: PreTrainedModel, device: torch.device, seed: int) -> PreTrainedModel:
