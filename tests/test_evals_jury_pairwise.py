@@ -247,8 +247,17 @@ def test_local_judge_on_the_real_small_model(tmp_path: Path) -> None:
     assert (stats["backend"], stats["calls"], stats["failed"], stats["unparsed"], len(raw)) == ("local", 6, 0, 0, 6)
     assert (stats["prompt_tokens"], stats["completion_tokens"]) == (sum(lengths), 6)
     assert {r["output"] for r in raw} <= {"A", "B", "tie"} and stats["unjudged"] == 0
-    # the panel of one is scored like any other: its two votes per row pooled, against 2 A and 1 B
-    assert stats["n"] == 3 and stats["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0) and stats["log_loss"] > 0.0
+    # the panel of one is scored like any other: its two votes per row (the swapped one read back) pooled with
+    # smoothing 1, the likeliest class (A before B before tie on a tie) against the row's label
+    labels = {row.id: row.winner for row in rows}
+    back = {"original": {"A": 0, "B": 1, "tie": 2}, "swapped": {"A": 1, "B": 0, "tie": 2}}
+    pooled = {row_id: [1.0, 1.0, 1.0] for row_id in labels}
+    for reply in raw:
+        pooled[reply["row"]][back[reply["order"]][reply["output"]]] += 1
+    right = sum(max(range(3), key=lambda c: pooled[i][c]) == labels[i] for i in labels)
+    losses = [-math.log(pooled[i][labels[i]] / 5) for i in labels]
+    assert stats["n"] == 3 and stats["accuracy"] == pytest.approx(right / 3)
+    assert stats["log_loss"] == pytest.approx(sum(losses) / 3)
 
 
 def test_a_choosing_local_judge_picks_the_likeliest_verdict(tmp_path: Path) -> None:
