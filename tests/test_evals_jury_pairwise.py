@@ -249,7 +249,7 @@ def test_local_judge_on_the_real_small_model(tmp_path: Path) -> None:
     assert {r["output"] for r in raw} <= {"A", "B", "tie"} and stats["unjudged"] == 0
     # the panel of one is scored like any other: its two votes per row (the swapped one read back) pooled with
     # smoothing 1, the likeliest class (A before B before tie on a tie) against the row's label
-    labels = {row.id: row.winner for row in rows}
+    labels = {row.id: row.winner for row in rows if row.winner is not None}
     back = {"original": {"A": 0, "B": 1, "tie": 2}, "swapped": {"A": 1, "B": 0, "tie": 2}}
     pooled = {row_id: [1.0, 1.0, 1.0] for row_id in labels}
     for reply in raw:

@@ -39,7 +39,9 @@ def test_overrides_reach_the_typed_recipe() -> None:
 @pytest.mark.parametrize("override,expected", [
     ("train.max_steps=-5", "train.max_steps: Input should be greater than 0"),
     ("stages[2].seq_len=2048", "train.stages[2].rope.factor: 4.0 x original length 256 covers 1024"),
-    ("stages[7].lr=1", "index 7 is out of range"),
+    ("stages[7].lr=1", "override stages[7].lr: index 7 is out of range (the list holds 3)"),
+    ("stages[-4]=1", "override stages[-4]: index -4 is out of range (the list holds 3)"),
+    ("seed[0]=1", "override seed[0]: index 0 of something that is not a list"),
     ("train.stages[0].nonsense=1", "train.stages[0].nonsense: unknown key"),
     ("method.kind=qlora", "method.kind: Input should be 'full' or 'lora'"),
     ("no_equals_sign", "expected key=value"),

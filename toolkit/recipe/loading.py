@@ -27,6 +27,16 @@ def override_keys(assignment: str) -> list[str | int]:
     return ["train", *keys] if keys[0] == "stages" else keys
 
 
+def _index(target: Any, index: int, dotted: str) -> int:
+    """``index`` into the list ``target`` counted from the start; a UserError naming the override where there is no
+    such item."""
+    if not isinstance(target, list):
+        raise UserError(f"override {dotted}: index {index} of something that is not a list")
+    if not -len(target) <= index < len(target):
+        raise UserError(f"override {dotted}: index {index} is out of range (the list holds {len(target)})")
+    return index % len(target)
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ...]:
     """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists). Returns the keys
     set, a negative index counted from the start (as validation names the field)."""
@@ -40,9 +50,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ..
     for depth, key in enumerate(keys[:-1]):
         nxt = keys[depth + 1]
         if isinstance(key, int):
-            if not isinstance(target, list) or not -len(target) <= key < len(target):
-                raise UserError(f"override {dotted}: index {key} is out of range")
-            keys[depth] = key % len(target)
+            keys[depth] = _index(target, key, dotted)
             target = target[key]
             continue
         if not isinstance(target, dict):
@@ -52,9 +60,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ..
         target = target[key]
     last = keys[-1]
     if isinstance(last, int):
-        if not isinstance(target, list) or not -len(target) <= last < len(target):
-            raise UserError(f"override {dotted}: index {last} is out of range")
-        keys[-1] = last % len(target)
+        keys[-1] = _index(target, last, dotted)
     elif not isinstance(target, dict):
         raise UserError(f"override {dotted}: {last!r} is not inside a mapping")
     target[last] = value
