@@ -14,7 +14,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from toolkit.errors import UserError
 from toolkit.model.loading import native_length_of
-from toolkit.model.rope import apply_rope, check_coverage, rope_parameters, theta_for_length, use_rope
+from toolkit.model.rope import (
+    apply_rope,
+    check_coverage,
+    rope_parameters,
+    rope_setting,
+    theta_for_length,
+    use_rope,
+)
 from toolkit.recipe.schema import RopeSpec, StageSpec, TrainSpec
 
 NATIVE, TARGET, THETA, HEAD_DIM = 256, 1024, 10000.0, 16
@@ -70,13 +77,13 @@ def logits(model: torch.nn.Module, length: int = TARGET) -> torch.Tensor:
 @pytest.mark.parametrize(("spec", "expected"), CASES, ids=IDS)
 def test_parameters_and_switch_match_transformers(spec: RopeSpec, expected: dict) -> None:
     model = tiny_model()
-    params = rope_parameters(spec, TARGET, model.config, NATIVE)
-    assert params == expected
+    setting = rope_setting(spec, TARGET, model.config, NATIVE)
+    assert setting.parameters == expected
     before = model.model.rotary_emb.inv_freq.clone()
-    apply_rope(model, params, TARGET)
+    apply_rope(model, setting.parameters, setting.max_position_embeddings)
 
-    # dynamic NTK rescales beyond max_position_embeddings: it stays at TARGET / factor
-    max_positions = TARGET // 2 if spec.type == "dynamic" else TARGET
+    # dynamic NTK rescales beyond max_position_embeddings: it stays at the native length
+    max_positions = NATIVE if spec.type == "dynamic" else TARGET
     assert model.config.max_position_embeddings == max_positions
     reference = LlamaConfig(**DIMS, max_position_embeddings=max_positions, rope_parameters=dict(expected))
     init = ROPE_INIT_FUNCTIONS.get(spec.type, type(model.model.rotary_emb).compute_default_rope_parameters)
@@ -93,16 +100,28 @@ def test_parameters_and_switch_match_transformers(spec: RopeSpec, expected: dict
 @pytest.mark.parametrize(("spec", "expected"), CASES, ids=IDS)
 def test_saved_model_reloads_with_plain_transformers(spec: RopeSpec, expected: dict, tmp_path) -> None:
     model = tiny_model()
-    apply_rope(model, rope_parameters(spec, TARGET, model.config, NATIVE), TARGET)
+    setting = rope_setting(spec, TARGET, model.config, NATIVE)
+    apply_rope(model, setting.parameters, setting.max_position_embeddings)
     in_memory = logits(model)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["rope_parameters"] == expected
-    assert saved["max_position_embeddings"] == (TARGET // 2 if spec.type == "dynamic" else TARGET)
+    assert saved["max_position_embeddings"] == (NATIVE if spec.type == "dynamic" else TARGET)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     torch.testing.assert_close(logits(reloaded), in_memory, rtol=0, atol=1e-6)
-    if spec.type not in ("default", "dynamic"):  # scaled: a run continued from it extends from the native length
+    if spec.type != "default":  # scaled: a run continued from it extends from the native length
         assert native_length_of(reloaded.config) == NATIVE
+
+
+@pytest.mark.parametrize("factor", [2.0, 8.0])
+def test_dynamic_rescales_from_the_native_length_on_whatever_its_factor(factor: float) -> None:
+    """Within the native length the model is as it was; past it the base grows (an explicit factor other than
+    target / native once set the threshold to target / factor: 128 for x8, inside the native 256)."""
+    model = tiny_model()
+    native_logits, long_logits = logits(model, NATIVE - 16), logits(model, TARGET)
+    with use_rope(model, RopeSpec(type="dynamic", factor=factor), TARGET, NATIVE):
+        torch.testing.assert_close(logits(model, NATIVE - 16), native_logits, rtol=0, atol=1e-6)
+        assert not torch.allclose(logits(model, TARGET), long_logits, atol=1e-3)
 
 
 def test_stages_switch_back_and_forth_and_through_peft() -> None:
@@ -168,7 +187,7 @@ def test_use_rope_restores_the_previous_setting_exactly(start: dict) -> None:
     before = (rope_of(model), model.config.max_position_embeddings, logits(model, 64))
     with use_rope(model, RopeSpec(type="dynamic", factor=2.0), TARGET, NATIVE) as switch:
         assert switch.applied.parameters == {"rope_type": "dynamic", "rope_theta": THETA, "factor": 2.0}
-        assert switch.applied.context_length == TARGET and model.config.max_position_embeddings == TARGET // 2
+        assert switch.applied.context_length == TARGET and model.config.max_position_embeddings == NATIVE
     assert (model.config.rope_parameters, model.config.max_position_embeddings) == before[:2]  # no rounding back
     torch.testing.assert_close(logits(model, 64), before[2], rtol=0, atol=0)
 

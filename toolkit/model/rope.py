@@ -7,7 +7,7 @@ rewrites the config *and* rebuilds that module, so one model can move from stage
 
 Context length has three notions, all owned here: the model's native length (``LoadedModel.native_length``),
 the context a setting covers (:func:`context_length`: never below native), and ``config.max_position_embeddings``
-(the covered context, except for ``dynamic``, see :func:`apply_rope`).
+(the covered context, except for ``dynamic``: :attr:`RopeSetting.max_position_embeddings`).
 See ``docs/rope.md`` for the methods and their keys.
 """
 
@@ -89,17 +89,22 @@ def context_length(spec: RopeSpec, seq_len: int, native_length: int) -> int:
 
 @dataclass(frozen=True)
 class RopeSetting:
-    """A complete RoPE setting: ``config.rope_parameters`` and the context length it covers."""
+    """A complete RoPE setting: ``config.rope_parameters``, the context length it covers, and the
+    ``config.max_position_embeddings`` it needs."""
 
     parameters: dict[str, Any]
     context_length: int
+    max_position_embeddings: int
+    """The context length, but for ``dynamic`` the native length: transformers rescales that method's base as a
+    sequence grows past ``max_position_embeddings``, continuously from the native length on, by ``factor``."""
 
 
 def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                  base_theta: float | None = None) -> RopeSetting:
     """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
-    return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta),
-                       context_length(spec, seq_len, native_length))
+    covered = context_length(spec, seq_len, native_length)
+    return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta), covered,
+                       native_length if spec.type == "dynamic" else covered)
 
 
 def check_coverage(train: TrainSpec, native_length: int, config: Any = None) -> None:
@@ -120,8 +125,10 @@ def check_coverage(train: TrainSpec, native_length: int, config: Any = None) -> 
                                 f"embedding has {pairs} frequencies (head dimension / 2)")
 
 
-def _write(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
-    """Set the config's RoPE fields as given and rebuild every rotary embedding module from them."""
+def apply_rope(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
+    """Switch ``model`` (plain or peft-wrapped) to ``params`` with ``config.max_position_embeddings`` as given
+    (:attr:`RopeSetting.max_position_embeddings`), in place: the config's RoPE fields are set and every rotary
+    embedding module is rebuilt from them, on the device and dtype of the old one."""
     base = unwrap_peft(model)
     config = base.config
     config.rope_parameters = dict(params)
@@ -139,18 +146,6 @@ def _write(model: CausalLM, params: dict[str, Any], max_position_embeddings: int
         setattr(parent, child, fresh.to(device=old.inv_freq.device, dtype=old.inv_freq.dtype))
 
 
-def apply_rope(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
-    """Switch ``model`` (plain or peft-wrapped) to ``params`` covering ``max_position_embeddings`` tokens, in place.
-
-    Rebuilds every rotary embedding module from the updated config, on the device and dtype of the old one.
-    For ``dynamic``, transformers only rescales beyond ``config.max_position_embeddings``, so that field is set
-    to ``max_position_embeddings / factor`` (the original length when the factor was derived from it).
-    """
-    if params["rope_type"] == "dynamic":
-        max_position_embeddings = round(max_position_embeddings / params["factor"])
-    _write(model, params, max_position_embeddings)
-
-
 @final
 @dataclass(frozen=True)
 class RopeSwitch:
@@ -163,7 +158,7 @@ class RopeSwitch:
     """The config's ``rope_parameters`` and ``max_position_embeddings`` before the switch."""
 
     def restore(self) -> None:
-        _write(self.model, *self.previous)
+        apply_rope(self.model, *self.previous)
 
     def __enter__(self) -> RopeSwitch:
         return self
@@ -183,8 +178,8 @@ def use_rope(model: CausalLM, spec: RopeSpec, seq_len: int, native_length: int,
     previous = (dict(config.rope_parameters), int(config.max_position_embeddings))
     setting = rope_setting(spec, seq_len, config, native_length, base_theta)
     try:
-        apply_rope(model, setting.parameters, setting.context_length)
+        apply_rope(model, setting.parameters, setting.max_position_embeddings)
     except BaseException:
-        _write(model, *previous)
+        apply_rope(model, *previous)
         raise
     return RopeSwitch(model, setting, previous)

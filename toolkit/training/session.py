@@ -215,7 +215,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
         rope = rope_setting(stage.rope, stage.seq_len, loaded.model.config, loaded.native_length,
                             base_theta=loaded.native_theta)
         stages.append(StageInfo(name=recipe.train.stage_name(i), seq_len=stage.seq_len,
-                                rope_parameters=rope.parameters, max_position_embeddings=rope.context_length,
+                                rope_parameters=rope.parameters, max_position_embeddings=rope.max_position_embeddings,
                                 steps=stage_steps(stage, recipe.train, data_parallel)))
     kernel, kernel_reason = ("plain", "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
         loss_kernel(causal_lm_parts(loaded.model)[1], accelerator.device.type == "cuda")  # after prepare: ZeRO-3
