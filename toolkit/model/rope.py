@@ -95,16 +95,18 @@ class RopeSetting:
     parameters: dict[str, Any]
     context_length: int
     max_position_embeddings: int
-    """The context length, but for ``dynamic`` the native length: transformers rescales that method's base as a
-    sequence grows past ``max_position_embeddings``, continuously from the native length on, by ``factor``."""
+    """The context length, but for ``dynamic`` the original length (``original_max_position_embeddings``, else the
+    native length): transformers rescales that method's base as a sequence grows past ``max_position_embeddings``,
+    continuously from there on, by ``factor``."""
 
 
 def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                  base_theta: float | None = None) -> RopeSetting:
     """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
     covered = context_length(spec, seq_len, native_length)
+    original = spec.original_max_position_embeddings or native_length
     return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta), covered,
-                       native_length if spec.type == "dynamic" else covered)
+                       original if spec.type == "dynamic" else covered)
 
 
 def check_coverage(train: TrainSpec, native_length: int, config: Any = None) -> None:
