@@ -230,6 +230,7 @@ def device_facts() -> dict[str, Any]:
             "'versions': package_versions()}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"device facts: {done.stderr[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"device facts: {done.stderr[-500:] or 'nothing printed'}")
+    return json.loads(lines[-1])

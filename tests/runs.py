@@ -64,15 +64,16 @@ def needle_scores(run_dir: Path) -> dict[str, dict]:
     return found
 
 
-def assert_same_scores(a: dict[str, dict], b: dict[str, dict], loss_atol: float = 1e-5) -> None:
-    """:func:`needle_scores` of two runs: the same evaluations, the same needle scores, losses within ``loss_atol``;
-    and training moved the loss, so the comparison tells the weights of each evaluation apart."""
+def assert_same_scores(a: dict[str, dict], b: dict[str, dict], loss_atol: float = 1e-4) -> None:
+    """:func:`needle_scores` of two runs: the same evaluations, the same needle scores, losses within ``loss_atol``
+    (engines differ in the order of their sums as much as the training losses they are held to); and training moved
+    the loss far more, so the comparison tells the weights of each evaluation apart."""
     assert a.keys() == b.keys()
     for tag in a:
         assert a[tag]["passkey"] == b[tag]["passkey"], tag
         assert a[tag]["loss"] == pytest.approx(b[tag]["loss"], abs=loss_atol), tag
     first, last = (a[tag]["loss"] for tag in (min(a), max(a)))
-    assert all(abs(first[bucket] - last[bucket]) > 100 * loss_atol for bucket in first), (first, last)
+    assert all(abs(first[bucket] - last[bucket]) > 10 * loss_atol for bucket in first), (first, last)
 
 
 def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),

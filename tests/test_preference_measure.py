@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.preference.measure import BEGIN, END, section, write_section
+import pytest
+
+from toolkit.preference.measure import BEGIN, END, main, section, write_section
 
 
 def _measured(seed: int, log_loss: float) -> dict[str, Any]:
@@ -36,3 +38,21 @@ def test_each_seed_is_a_column_of_its_own_figures(tmp_path: Path) -> None:
     doc.write_text(f"before\n{BEGIN}\nold\n{END}\nafter\n")
     write_section(doc, text)
     assert doc.read_text() == f"before\n{text}\nafter\n"
+
+
+@pytest.mark.parametrize(("seeds", "taken", "expected"), [
+    (["0", "1"], "runs-seed1", "--run: {tmp}/runs-seed1 exists; measure trains a new run (delete it, or give another "
+                               "--run)"),
+    (["0", "0"], None, "--seeds: 0 0 names a seed twice"),
+])
+def test_a_run_folder_taken_or_a_seed_twice_stops_before_any_training(seeds: list[str], taken: str | None,
+                                                                       expected: str, tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{BEGIN}\n{END}\n")
+    if taken:
+        (tmp_path / taken).mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--run", str(tmp_path / "runs"), "--doc", str(doc), "--seeds", *seeds])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {expected.format(tmp=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["doc.md", *([taken] if taken else [])])

@@ -67,7 +67,8 @@ def test_context_parallel_refuses_another_kernel_before_any_process_group(tmp_pa
 
 
 def _accelerator(**parallelism: bool) -> Any:
-    """What :func:`_load_model` reads of an accelerator set up for sequence parallelism, on this CPU."""
+    """What the checks before loading and :func:`_load_model` read of an accelerator set up for sequence
+    parallelism, on this CPU."""
     handler = SimpleNamespace(sp_attn_implementation="sdpa")
     config = SimpleNamespace(**{"cp_enabled": False, "sp_enabled": False, **parallelism}, sp_handler=handler)
     return SimpleNamespace(parallelism_config=config, device=torch.device("cpu"), num_processes=2,
@@ -107,6 +108,17 @@ def weightless_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFacto
     LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=64, vocab_size=320).save_pretrained(folder)
     return folder
+
+
+def test_a_model_that_is_no_causal_lm_is_one_line_before_loading(tmp_path: Path, tokenizer_dir: Path, capsys) -> None:
+    from transformers import T5Config
+
+    folder = tmp_path / "t5"
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=320).save_pretrained(folder)
+    recipe = _recipe(tmp_path, model={"name_or_path": str(folder), "tokenizer": str(tokenizer_dir),
+                                      "precision": "fp32"})
+    assert _error(recipe, capsys).startswith(f"model.name_or_path: cannot load {str(folder)!r}: ")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("method", "stage_rope", "expected"), [

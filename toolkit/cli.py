@@ -183,7 +183,7 @@ def _validate(paths: list[str], overrides: list[str]) -> int:
             load_recipe(path, overrides)
         except UserError as exc:
             failed += 1
-            message = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+            message = str(exc) if str(exc).startswith(str(Path(path))) else f"{path}: {exc}"
             print(f"error: {message}", file=sys.stderr)
             continue
         print(f"{path}: ok")

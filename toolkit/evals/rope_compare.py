@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -35,6 +35,9 @@ class RopeCompareTask(NeedleGrid):
     """Name -> RoPE setting, e.g. ``{none: {type: default}, yarn: {type: yarn, factor: 4}}``."""
     native_length: PositiveInt | None = None
     """The context the model was trained at; ``None`` takes ``config.max_position_embeddings``."""
+    version: ClassVar[int] = 2
+    """2: ``dynamic`` with a factor other than length / native rescales from the native length on (it started at
+    length / factor)."""
 
 
 def _tagged(cells: list[Cell], setting: str, rope_length: int) -> list[Cell]:

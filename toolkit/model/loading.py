@@ -175,7 +175,13 @@ def model_structure(spec: ModelSpec, tokenizer: Any) -> PreTrainedModel:
     chosen when the model loads."""
     if spec.init_config is not None:
         return build_on_meta(random_config(spec.init_config, tokenizer), "eager", torch.float32)
-    return build_on_meta(model_config(spec), "eager", torch.float32, trust_remote_code=spec.trust_remote_code)
+    assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
+    config = model_config(spec)
+    remote = {"trust_remote_code": True, "code_revision": spec.revision} if spec.trust_remote_code else {}
+    try:  # code_revision: the modelling code at the revision the config was read at (read by remote code only)
+        return build_on_meta(config, "eager", torch.float32, **remote)
+    except (OSError, ValueError) as exc:  # no causal LM (ValueError), remote code out of reach (OSError)
+        raise _load_failure(spec.name_or_path, "model.name_or_path", exc) from None
 
 
 def materialise(model: PreTrainedModel, device: torch.device, seed: int) -> PreTrainedModel:

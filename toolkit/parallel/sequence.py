@@ -81,7 +81,8 @@ def _parallelism_config(parallel: ParallelSpec, attention: str | None, env: Mapp
             raise UserError("parallel.sequence: ulysses needs DeepSpeed >= 0.18.2: pip install '.[deepspeed]'")
         from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-        # accelerate takes flash_attention_2 or sdpa here; use_model_attention sets the loaded model's kernel later
+        # accelerate takes flash_attention_2 or sdpa here; use_model_attention sets the model's kernel before the
+        # model loads and again once it has
         automatic = "flash_attention_2" if flash_attn_importable() else "sdpa"
         core = attention if attention in ("flash_attention_2", "sdpa") else automatic
         handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation=core)

@@ -125,7 +125,7 @@ def write_section(doc: Path, text: str) -> None:
     write_text(doc, head + text + rest.split(END, 1)[1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
@@ -135,13 +135,18 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, action="append",
                         help="a file with the markers to write into (repeatable; default: docs/preference.md, "
                              "README.md)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     docs = args.doc or [Path("docs/preference.md"), Path("README.md")]
     try:
         for doc in docs:  # every target checked before the minutes of training
             _marked(doc)
         seeds = args.seeds or [None]
+        if len(set(seeds)) < len(seeds):
+            raise UserError(f"--seeds: {' '.join(map(str, seeds))} names a seed twice")
         runs = [args.run if len(seeds) == 1 else args.run.with_name(f"{args.run.name}-seed{seed}") for seed in seeds]
+        for run in runs:  # every run folder new, before the minutes of the first training
+            if run.exists():
+                raise UserError(f"--run: {run} exists; measure trains a new run (delete it, or give another --run)")
         text = section([measure(args.recipe, run, seed) for run, seed in zip(runs, seeds, strict=True)])
         for doc in docs:
             write_section(doc, text)

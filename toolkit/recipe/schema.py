@@ -364,8 +364,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:
-        """Checked here where the native length is in the recipe (``init_config``); the runner checks every
-        model again after loading (``toolkit.model.rope.check_coverage``)."""
+        """Checked here where the native length is in the recipe (``init_config``); a run checks every model's
+        config again before loading it (``toolkit.training.model_fit``)."""
         native = (self.model.init_config or {}).get("max_position_embeddings")
         for i, stage in enumerate(self.train.stages):
             problem = stage.rope.shortfall(stage.seq_len, native)

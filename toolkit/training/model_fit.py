@@ -12,12 +12,19 @@ from toolkit.model.lora import check_lora_names
 from toolkit.model.rope import check_coverage
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention
-from toolkit.recipe.schema import Recipe
+from toolkit.recipe.schema import Recipe, TrainSpec
+
+
+def packed_stage(train: TrainSpec) -> str | None:
+    """The ``packing`` field of the first stage that packs several documents into a row, None when none does."""
+    return next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
+                 if train.stage_data(i).packing == "pack"), None)
 
 
 def check_model_fit(recipe: Recipe, accelerator: Any, tokenizer: Any) -> None:
-    """Raise :class:`~toolkit.errors.UserError`, naming the field, where the recipe does not fit its model; tells
-    DeepSpeed's Ulysses wrapper the attention :func:`~toolkit.model.loading.load_model` will choose."""
+    """Raise :class:`~toolkit.errors.UserError`, naming the field, where the recipe does not fit its model; the
+    attention is checked as :func:`~toolkit.model.loading.load_model` will choose it (and told to DeepSpeed's Ulysses
+    wrapper again once the model is loaded)."""
     with built_whole(accelerator):
         structure = model_structure(recipe.model, tokenizer)
     check_coverage(recipe.train, native_length_of(structure.config), structure.config)
@@ -26,7 +33,4 @@ def check_model_fit(recipe: Recipe, accelerator: Any, tokenizer: Any) -> None:
     dtype = resolve_dtype(recipe.model.precision, accelerator.device)
     attention = select_attention(recipe.model.attention, accelerator.device, dtype,
                                  context_parallel=ring_attention(accelerator)).implementation
-    train = recipe.train
-    packing = next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
-                    if train.stage_data(i).packing == "pack"), None)
-    use_model_attention(accelerator, attention, packing)
+    use_model_attention(accelerator, attention, packed_stage(recipe.train))

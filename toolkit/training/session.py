@@ -48,6 +48,7 @@ from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
     ring_attention,
+    use_model_attention,
 )
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
@@ -57,7 +58,7 @@ from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger
-from toolkit.training.model_fit import check_model_fit
+from toolkit.training.model_fit import check_model_fit, packed_stage
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
 
@@ -194,6 +195,7 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> Loa
     with built_whole(accelerator) if recipe.model.init_config is not None else nullcontext():
         loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
                             context_parallel=ring_attention(accelerator))
+    use_model_attention(accelerator, loaded.attention, packed_stage(recipe.train))  # the kernel that loaded
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
