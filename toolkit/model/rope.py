@@ -62,7 +62,7 @@ def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: in
       ``toolkit.model.rope_methods``.
     """
     base = base_theta if base_theta is not None else config.rope_parameters["rope_theta"]
-    original = spec.original_max_position_embeddings or native_length
+    original = spec.original_length(native_length)
     if spec.theta == "auto":
         theta = theta_for_length(base, native_length, seq_len, rotary_dim(config))
     else:
@@ -83,7 +83,7 @@ def context_length(spec: RopeSpec, seq_len: int, native_length: int) -> int:
     """The context a setting for ``seq_len`` tokens covers: never less than the model's native length, and for
     a scaling type with an explicit factor (linear, yarn, llama3, longrope) the factor times the original length,
     even when the stage trains on fewer tokens."""
-    scaled = spec.factor * (spec.original_max_position_embeddings or native_length) if spec.factor else 0
+    scaled = spec.factor * spec.original_length(native_length) if spec.factor else 0
     return int(max(seq_len, native_length, scaled if METHODS[spec.type].scaled else 0))
 
 
@@ -104,7 +104,7 @@ def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                  base_theta: float | None = None) -> RopeSetting:
     """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
     covered = context_length(spec, seq_len, native_length)
-    original = spec.original_max_position_embeddings or native_length
+    original = spec.original_length(native_length)
     return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta), covered,
                        original if spec.type == "dynamic" else covered)
 

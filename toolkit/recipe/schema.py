@@ -8,7 +8,7 @@ data's blocks are in ``toolkit.recipe.data_spec``, the base every block shares i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -133,10 +133,21 @@ class RopeSpec(Strict):
             raise FieldError("type", f"{self.type} needs {' and '.join(missing)}")
         return self
 
+    @overload
+    def original_length(self, native_length: int) -> int: ...
+
+    @overload
+    def original_length(self, native_length: None) -> int | None: ...
+
+    def original_length(self, native_length: int | None) -> int | None:
+        """The length the setting scales from: ``original_max_position_embeddings``, else the model's native length
+        (None when neither is known)."""
+        return self.original_max_position_embeddings or native_length
+
     def shortfall(self, seq_len: int, native_length: int | None) -> str | None:
-        """Why an explicit ``factor`` x the original length (``original_max_position_embeddings``, else
-        ``native_length``) covers fewer than ``seq_len`` tokens; None when it covers them or nothing is known."""
-        original = self.original_max_position_embeddings or native_length
+        """Why an explicit ``factor`` x the original length (:meth:`original_length`) covers fewer than ``seq_len``
+        tokens; None when it covers them or nothing is known."""
+        original = self.original_length(native_length)
         if not METHODS[self.type].scaled or not self.factor or not original:
             return None
         covered = int(self.factor * original)
