@@ -17,6 +17,7 @@ from tests.conftest import MICRO_RECIPE, write_recipe
 from toolkit.cli import main
 from toolkit.data.tokenizer import load_tokenizer, train_tokenizer
 from toolkit.errors import UserError
+from toolkit.model.loading import recipe_config
 from toolkit.plan.placement import HOST_MEMORY_ENV
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.schema import Recipe, TokenizerTraining
@@ -79,7 +80,9 @@ def test_auto_attention_loads_sdpa_under_context_parallel() -> None:
     raw = dict(MICRO_RECIPE, parallel={"sequence": "context_parallel", "degree": 2},
                train={**MICRO_RECIPE["train"], "data": {**MICRO_RECIPE["train"]["data"], "packing": "split"}})
     recipe = Recipe.model_validate(raw)
-    loaded = _load_model(recipe, _accelerator(cp_enabled=True), load_tokenizer(recipe.model, recipe.seed))
+    accelerator, tokenizer = _accelerator(cp_enabled=True), load_tokenizer(recipe.model, recipe.seed)
+    attention = check_model_fit(recipe, accelerator, recipe_config(recipe.model, tokenizer))
+    loaded = _load_model(recipe, accelerator, tokenizer, attention)
     assert (loaded.attention, loaded.attention_reason) == (
         "sdpa", "auto: parallel.sequence: context_parallel runs ring attention over sdpa only")
     assert loaded.model.config._attn_implementation == "sdpa"
@@ -94,7 +97,8 @@ def test_packed_rows_under_ulysses_on_sdpa_name_the_stage_that_packs() -> None:
     recipe = Recipe.model_validate(raw)
     with pytest.raises(UserError, match=r"^train\.stages\[1\]\.data\.packing: pack under parallel\.sequence: "
                                         r"ulysses with sdpa attention"):
-        check_model_fit(recipe, _accelerator(sp_enabled=True), load_tokenizer(recipe.model, recipe.seed))
+        tokenizer = load_tokenizer(recipe.model, recipe.seed)
+        check_model_fit(recipe, _accelerator(sp_enabled=True), recipe_config(recipe.model, tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +208,9 @@ def test_host_memory_check_names_a_hub_model_out_of_reach(tmp_path: Path, tokeni
     assert not (tmp_path / "run").exists()
 
 
-def test_host_memory_check_reads_the_revision_the_loader_loads(monkeypatch) -> None:
-    """A hub model outside the plan's table: its config is read at ``model.revision``, with ``trust_remote_code``."""
+def test_the_checks_read_the_config_at_the_revision_the_loader_loads(monkeypatch) -> None:
+    """A hub model outside the plan's table: the config the checks before loading share (the host-memory check's
+    among them) is read at ``model.revision``, with ``trust_remote_code``."""
     from transformers import AutoConfig, LlamaConfig
 
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -218,5 +223,5 @@ def test_host_memory_check_reads_the_revision_the_loader_loads(monkeypatch) -> N
     monkeypatch.setenv(HOST_MEMORY_ENV, "1000")
     model = {"name_or_path": "someone/custom-llama", "revision": "v2", "trust_remote_code": True}
     recipe = Recipe.model_validate(dict(MICRO_RECIPE, model=model, train={**MICRO_RECIPE["train"], **OFFLOAD}))
-    check_host_memory(recipe, processes=1, local_processes=1)
+    check_host_memory(recipe, recipe_config(recipe.model, None), processes=1, local_processes=1)
     assert seen == [("someone/custom-llama", {"revision": "v2", "trust_remote_code": True})]

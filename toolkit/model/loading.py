@@ -24,7 +24,7 @@ from toolkit.data.tokenizer import has_tokenizer
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
-from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, select_attention
+from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, FINAL, is_adapter_folder
@@ -139,12 +139,10 @@ def model_config(spec: ModelSpec) -> PretrainedConfig:
         raise _load_failure(spec.name_or_path, "model.name_or_path", exc) from None
 
 
-def vocabulary_size(spec: ModelSpec, tokenizer: Any) -> int:
-    """The model's vocabulary size, read without its weights: ``init_config``'s (the tokenizer's by default) or the
-    config's."""
-    if spec.init_config is not None:
-        return int(spec.init_config.get("vocab_size", len(tokenizer)))
-    return int(model_config(spec).vocab_size)
+def recipe_config(spec: ModelSpec, tokenizer: Any) -> PretrainedConfig:
+    """The config a run builds its model from, read once before the weights load: ``model.init_config`` as a
+    LlamaConfig (:func:`random_config`), else ``model.name_or_path``'s at ``model.revision`` (:func:`model_config`)."""
+    return random_config(spec.init_config, tokenizer) if spec.init_config is not None else model_config(spec)
 
 
 def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
@@ -169,14 +167,12 @@ def build_on_meta(config: PretrainedConfig, attention: str, dtype: torch.dtype, 
         return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=dtype, **kwargs)
 
 
-def model_structure(spec: ModelSpec, tokenizer: Any) -> PreTrainedModel:
-    """The recipe's model on the meta device, from its config alone (seconds for 8B, no weights read): what a run
-    checks the recipe against before loading it. Eager attention, which every architecture supports: the kernel is
-    chosen when the model loads."""
-    if spec.init_config is not None:
-        return build_on_meta(random_config(spec.init_config, tokenizer), "eager", torch.float32)
-    assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
-    config = model_config(spec)
+def model_structure(spec: ModelSpec, config: PretrainedConfig) -> PreTrainedModel:
+    """The recipe's model on the meta device, from its ``config`` (:func:`recipe_config`; seconds for 8B, no weights
+    read): what a run checks the recipe against before loading it. Eager attention, which every architecture
+    supports: the kernel is chosen apart (:func:`~toolkit.model.attention.select_attention`)."""
+    if spec.name_or_path is None:  # init_config: a LlamaConfig
+        return build_on_meta(config, "eager", torch.float32)
     remote = {"trust_remote_code": True, "code_revision": spec.revision} if spec.trust_remote_code else {}
     try:  # code_revision: the modelling code at the revision the config was read at (read by remote code only)
         return build_on_meta(config, "eager", torch.float32, **remote)
@@ -208,13 +204,14 @@ def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dt
 
 
 def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torch.device, seed: int, *,
-               context_parallel: bool = False) -> LoadedModel:
-    """The recipe's model on ``device``, with the chosen attention and precision, LoRA-wrapped when asked;
-    ``context_parallel``: the run slices sequences with ring attention, which runs over sdpa only."""
+               attention: AttentionChoice | None = None) -> LoadedModel:
+    """The recipe's model on ``device``, with its attention and precision, LoRA-wrapped when asked; ``attention``:
+    the kernel the run chose (:func:`~toolkit.model.attention.select_attention`), by default ``model.attention``'s
+    choice on ``device``."""
     device = torch.device(device)
     dtype = resolve_dtype(spec.precision, device)
-    attention, reason = select_attention(spec.attention, device, dtype, context_parallel=context_parallel)
-    if attention == TORCH_VARLEN:
+    implementation, reason = attention or select_attention(spec.attention, device, dtype)
+    if implementation == TORCH_VARLEN:
         from toolkit.model.attention_varlen import register_torch_varlen
 
         register_torch_varlen()
@@ -224,18 +221,18 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
 
         model = load_with_unsloth(spec, method, device, dtype, seed)
     elif spec.init_config is not None:
-        model = build_random(spec.init_config, tokenizer, attention, dtype, seed, device)
+        model = build_random(spec.init_config, tokenizer, implementation, dtype, seed, device)
     else:
         assert spec.name_or_path is not None  # the schema: name_or_path when there is no init_config
         model = _pretrained(spec.name_or_path, "model.name_or_path", revision=spec.revision,
-                            trust_remote_code=spec.trust_remote_code, attn_implementation=attention, dtype=dtype)
+                            trust_remote_code=spec.trust_remote_code, attn_implementation=implementation, dtype=dtype)
     # transformers wraps .to in functools.wraps(nn.Module.to), whose annotation hides the bound self from mypy
     model.to(device)  # type: ignore[arg-type]
     native_length = native_length_of(model.config)
     native_theta = float(model.config.rope_parameters["rope_theta"])
     if method.kind == "lora" and spec.backend != "unsloth":
         model = apply_lora(model, method.lora, spec.revision)
-    return LoadedModel(model=model, attention=attention, attention_reason=reason, dtype=dtype,
+    return LoadedModel(model=model, attention=implementation, attention_reason=reason, dtype=dtype,
                        native_length=native_length, device=device, native_theta=native_theta)
 
 

@@ -3,32 +3,22 @@ stops here, with the numbers, instead of being killed by the kernel hours later.
 
 from __future__ import annotations
 
-from toolkit.errors import RunFailure, UserError
-from toolkit.plan.command import recipe_shape, stage_setup
-from toolkit.plan.memory import GIB, ModelShape, estimate, shape_from_config
+from transformers import PretrainedConfig
+
+from toolkit.errors import RunFailure
+from toolkit.plan.command import stage_setup
+from toolkit.plan.memory import GIB, estimate, shape_from_config
 from toolkit.plan.placement import HOST_MEMORY_ENV, available_memory
 from toolkit.recipe.schema import Recipe
 
 
-def _shape(recipe: Recipe) -> ModelShape:
-    """The model's shape without its weights: the plan's table or local config, else the config the loader reads
-    (``model.revision``, ``model.trust_remote_code``); a source that is no model is a :class:`UserError` naming
-    ``model.name_or_path``."""
-    try:
-        return recipe_shape(recipe)  # a recipe with init_config always has a shape
-    except UserError:
-        from toolkit.model.loading import model_config
-
-        return shape_from_config(model_config(recipe.model).to_dict())
-
-
-def check_host_memory(recipe: Recipe, processes: int, local_processes: int) -> None:
+def check_host_memory(recipe: Recipe, config: PretrainedConfig, processes: int, local_processes: int) -> None:
     """Raise :class:`RunFailure` when a stage's offloaded activations and the ``local_processes`` training processes
-    on this machine need more host memory than is available (``TOOLKIT_HOST_MEMORY_GIB`` replaces that); a model
-    source that is no model raises :class:`UserError`."""
+    on this machine need more host memory than is available (``TOOLKIT_HOST_MEMORY_GIB`` replaces that); ``config``:
+    the model's (:func:`~toolkit.model.loading.recipe_config`)."""
     if not (recipe.train.gradient_checkpointing and recipe.train.activation_offload):
         return
-    shape = _shape(recipe)
+    shape = shape_from_config(config.to_dict())
     available = available_memory()
     for index in range(len(recipe.train.stages)):
         result = estimate(shape, stage_setup(recipe, index, processes))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.model.attention import select_attention
+from transformers import PretrainedConfig
+
+from toolkit.model.attention import AttentionChoice, select_attention
 from toolkit.model.loading import model_structure, native_length_of, resolve_dtype
 from toolkit.model.lora import check_lora_names
 from toolkit.model.rope import check_coverage
@@ -21,16 +23,17 @@ def packed_stage(train: TrainSpec) -> str | None:
                  if train.stage_data(i).packing == "pack"), None)
 
 
-def check_model_fit(recipe: Recipe, accelerator: Any, tokenizer: Any) -> None:
-    """Raise :class:`~toolkit.errors.UserError`, naming the field, where the recipe does not fit its model; the
-    attention is checked as :func:`~toolkit.model.loading.load_model` will choose it (and told to DeepSpeed's Ulysses
-    wrapper again once the model is loaded)."""
+def check_model_fit(recipe: Recipe, accelerator: Any, config: PretrainedConfig) -> AttentionChoice:
+    """The attention kernel the run loads the model with; a :class:`~toolkit.errors.UserError`, naming the field,
+    where the recipe does not fit its model (``config``: :func:`~toolkit.model.loading.recipe_config`). DeepSpeed's
+    Ulysses wrapper is told the kernel here, for its check, and again once the model has loaded."""
     with built_whole(accelerator):
-        structure = model_structure(recipe.model, tokenizer)
+        structure = model_structure(recipe.model, config)
     check_coverage(recipe.train, native_length_of(structure.config), structure.config)
     if recipe.method.kind == "lora":
         check_lora_names(structure, recipe.method.lora)
     dtype = resolve_dtype(recipe.model.precision, accelerator.device)
     attention = select_attention(recipe.model.attention, accelerator.device, dtype,
-                                 context_parallel=ring_attention(accelerator)).implementation
-    use_model_attention(accelerator, attention, packed_stage(recipe.train))
+                                 context_parallel=ring_attention(accelerator))
+    use_model_attention(accelerator, attention.implementation, packed_stage(recipe.train))
+    return attention

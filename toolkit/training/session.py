@@ -31,7 +31,8 @@ from toolkit.memory.lean_norm import enable_lean_rmsnorm
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
-from toolkit.model.loading import LoadedModel, load_model, resolve_dtype, vocabulary_size
+from toolkit.model.attention import AttentionChoice
+from toolkit.model.loading import LoadedModel, load_model, recipe_config, resolve_dtype
 from toolkit.model.lora import CausalLM
 from toolkit.model.rope import rope_setting
 from toolkit.output_paths import check_writable, write_text
@@ -47,7 +48,6 @@ from toolkit.parallel.engines import (
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
-    ring_attention,
     use_model_attention,
 )
 from toolkit.plan.preflight import check_host_memory
@@ -94,14 +94,15 @@ def setup(recipe: Recipe) -> Session:
     resume = _resume_point(recipe, checkpoints)
     checkpoints.remove_partial()
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
-    check_stage_data(recipe.train, tokenizer, vocabulary_size(recipe.model, tokenizer))
+    config = recipe_config(recipe.model, tokenizer)
+    check_stage_data(recipe.train, tokenizer, int(config.vocab_size))
     tasks = [task for suite in recipe.eval.suites for task in load_suite(suite).tasks]
     check_tasks(tasks)
     check_prompts(tasks, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
-    check_model_fit(recipe, accelerator, tokenizer)
-    check_host_memory(recipe, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    loaded = _load_model(recipe, accelerator, tokenizer)
+    attention = check_model_fit(recipe, accelerator, config)
+    check_host_memory(recipe, config, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    loaded = _load_model(recipe, accelerator, tokenizer, attention)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
                                   choice_token_ids(recipe.train, tokenizer))
     optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
@@ -189,12 +190,12 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
     return identity
 
 
-def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any) -> LoadedModel:
-    """The recipe's model on the accelerator's device (sdpa for ``model.attention: auto`` under context parallelism),
-    with the memory features the recipe switches on."""
+def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attention: AttentionChoice) -> LoadedModel:
+    """The recipe's model on the accelerator's device with ``attention`` (:func:`check_model_fit`'s choice) and the
+    memory features the recipe switches on."""
     with built_whole(accelerator) if recipe.model.init_config is not None else nullcontext():
         loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
-                            context_parallel=ring_attention(accelerator))
+                            attention=attention)
     use_model_attention(accelerator, loaded.attention, packed_stage(recipe.train))  # the kernel that loaded
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
