@@ -14,9 +14,9 @@ from toolkit.data.batches import Batch, collate
 from toolkit.data.packing import Document, pack_rows
 from toolkit.errors import UserError
 from toolkit.model.attention import KernelSupport, select_attention
+from toolkit.parallel.launch import launched_processes
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
-    launched_processes,
     shard_for_sequence_parallel,
     use_model_attention,
     without_ulysses_attention,

@@ -131,7 +131,7 @@ def test_a_model_that_is_no_causal_lm_is_one_line_before_loading(tmp_path: Path,
     ({"kind": "lora", "lora": {"trainable_modules": ["nrom"]}}, None,
      "method.lora.trainable_modules: no module of LlamaForCausalLM ends with 'nrom'"),
     ({"kind": "full"}, {"type": "longrope", "factor": 2.0, "short_factor": [1.0] * 3, "long_factor": [2.0] * 8},
-     "train.stages[1].rope.short_factor: 3 values; the model's rotary embedding has 8 frequencies (head dimension "
+     "train.stages[1].rope.short_factor: 3 values; the model's rotary embedding has 8 frequencies (rotary dimension "
      "/ 2)"),
 ])
 def test_what_the_model_cannot_take_stops_the_run_before_its_weights_load(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -216,10 +217,11 @@ def test_use_rope_through_peft_keeps_the_previous_setting_on_error(monkeypatch) 
 def test_coverage_is_checked_against_the_loaded_native_length() -> None:
     train = TrainSpec(stages=[StageSpec(seq_len=256, max_steps=1),
                               StageSpec(seq_len=1024, max_steps=1, rope=RopeSpec(type="yarn", factor=2.0))])
-    check_coverage(train, 512)
+    config = tiny_model().config
+    check_coverage(train, 512, config)
     with pytest.raises(UserError, match=r"^train.stages\[1\].rope.factor: 2.0 x original length 256 covers 512 "
                                         r"tokens, less than seq_len 1024$"):
-        check_coverage(train, 256)
+        check_coverage(train, 256, config)
 
 
 def test_every_method_of_the_table_is_one_transformers_computes_with_keys_the_recipe_has() -> None:
@@ -239,7 +241,7 @@ def test_an_unknown_rope_method_names_the_methods() -> None:
 
 
 def test_longrope_factors_are_checked_against_the_models_rotary_frequencies() -> None:
-    """One factor per frequency (head dimension / 2): checked when the model is loaded, not when the stage starts."""
+    """One factor per frequency (rotary dimension / 2): checked when the model is loaded, not when the stage starts."""
     config = tiny_model().config
     good = RopeSpec(type="longrope", short_factor=SHORT_FACTOR, long_factor=LONG_FACTOR)
     train = TrainSpec(stages=[StageSpec(seq_len=256, max_steps=1), StageSpec(seq_len=1024, max_steps=1, rope=good)])
@@ -249,3 +251,15 @@ def test_longrope_factors_are_checked_against_the_models_rotary_frequencies() ->
     with pytest.raises(UserError, match=r"^train.stages\[1\].rope.short_factor: 3 values; the model's rotary "
                                         rf"embedding has {HEAD_DIM // 2} frequencies"):
         check_coverage(train, NATIVE, config)
+
+
+def test_longrope_factors_count_the_rotated_dimensions_only() -> None:
+    """A model rotating part of each head (``partial_rotary_factor``, as Phi-4-mini does) has fewer frequencies."""
+    config = SimpleNamespace(head_dim=HEAD_DIM, hidden_size=64, num_attention_heads=4,
+                             rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5})
+    half = RopeSpec(type="longrope", short_factor=SHORT_FACTOR[:HEAD_DIM // 4], long_factor=LONG_FACTOR[:HEAD_DIM // 4])
+    check_coverage(TrainSpec(stages=[StageSpec(seq_len=1024, max_steps=1, rope=half)]), NATIVE, config)
+    whole = RopeSpec(type="longrope", short_factor=SHORT_FACTOR, long_factor=LONG_FACTOR)
+    with pytest.raises(UserError, match=rf"short_factor: {HEAD_DIM // 2} values; the model's rotary embedding has "
+                                        rf"{HEAD_DIM // 4} frequencies \(rotary dimension / 2\)$"):
+        check_coverage(TrainSpec(stages=[StageSpec(seq_len=1024, max_steps=1, rope=whole)]), NATIVE, config)

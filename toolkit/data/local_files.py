@@ -24,16 +24,15 @@ def reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def source_path(spec: SourceSpec, label: str) -> str:
+def source_path(spec: SourceSpec) -> str:
     """``spec.path``, which the schema requires of every source but synthetic."""
-    if spec.path is None:
-        raise UserError(f"{label}.path: source {spec.source!r} needs a path")
+    assert spec.path is not None, f"the schema gives source {spec.source!r} a path"
     return spec.path
 
 
 def data_files(spec: SourceSpec, label: str = "train.data") -> list[str]:
     """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
-    path = Path(source_path(spec, label)).expanduser()
+    path = Path(source_path(spec)).expanduser()
     if path.is_file():
         return [str(path)]
     if not path.is_dir():

@@ -17,7 +17,7 @@ from toolkit.recipe.data_spec import SourceSpec
 
 def record_dataset(spec: SourceSpec, label: str) -> IterableDataset:
     """``{"record", "where"}`` rows of ``spec``'s source, streamed (nothing is loaded whole)."""
-    path = source_path(spec, label)
+    path = source_path(spec)
     if spec.source == "hub":
         try:
             hub = load_dataset(path, spec.hub_config, split=spec.split, streaming=True)

@@ -208,5 +208,10 @@ def dense_mask_bytes(implementation: str, position_ids: torch.Tensor, dtype: tor
     if not bool((torch.diff(position_ids, dim=-1) != 1).any()):
         return 0
     batch, length = position_ids.shape
-    element = 1 if implementation == "sdpa" else torch.finfo(dtype).bits // 8
-    return batch * length * length * element
+    return dense_mask_size(implementation, batch, length, torch.finfo(dtype).bits // 8)
+
+
+def dense_mask_size(implementation: str, batch: int, length: int, element_bytes: int) -> int:
+    """Bytes of a ``[batch,1,length,length]`` mask for a :data:`DENSE_MASK` kernel: bool for sdpa, eager's in the
+    compute dtype (``element_bytes``)."""
+    return batch * length * length * (1 if implementation == "sdpa" else element_bytes)

@@ -14,6 +14,7 @@ from peft import PeftModel
 from torch import nn
 
 from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.model.rope import rebuild_rotary
 
 
 def eval_copy(model: CausalLM, state_dict: dict[str, torch.Tensor], device: torch.device,
@@ -37,7 +38,10 @@ def eval_copy(model: CausalLM, state_dict: dict[str, torch.Tensor], device: torc
                          f"unexpected {result.unexpected_keys[:3]}")
     for names in tied:
         _set_parameter(fresh, names[1:], fresh.get_parameter(names[0]))
-    _rebuild_rotary(unwrap_peft(fresh), torch.device(device))
+    base = unwrap_peft(fresh)
+    rebuild_rotary(base, base.config, torch.device(device))
+    if left := [name for name, buffer in base.named_buffers() if buffer.is_meta]:
+        raise ValueError(f"{type(base).__name__}: no way to compute the buffers {left[:3]}")
     return fresh.requires_grad_(False).eval()
 
 
@@ -70,13 +74,3 @@ def _set_parameter(model: nn.Module, names: list[str], parameter: nn.Parameter) 
     for name in names:
         owner, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(owner), attribute, parameter)
-
-
-def _rebuild_rotary(model: nn.Module, device: torch.device) -> None:
-    """Recompute the rotary embeddings' buffers, which no state dict holds, from the config on ``device``."""
-    for name, module in list(model.named_modules()):
-        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq"):
-            owner, _, attribute = name.rpartition(".")
-            setattr(model.get_submodule(owner), attribute, type(module)(config=module.config).to(device))
-    if left := [name for name, buffer in model.named_buffers() if buffer.is_meta]:
-        raise ValueError(f"{type(model).__name__}: no way to compute the buffers {left[:3]}")

@@ -45,7 +45,6 @@ class LoadedModel:
     native_length: int
     """Context length the loaded weights were trained for (rope ``original_max_position_embeddings`` or
     ``max_position_embeddings``)."""
-    device: torch.device
     native_theta: float
     """RoPE theta of the loaded weights: the base that ``theta: auto`` scales from in every stage."""
 
@@ -233,7 +232,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
     if method.kind == "lora" and spec.backend != "unsloth":
         model = apply_lora(model, method.lora, spec.revision)
     return LoadedModel(model=model, attention=implementation, attention_reason=reason, dtype=dtype,
-                       native_length=native_length, device=device, native_theta=native_theta)
+                       native_length=native_length, native_theta=native_theta)
 
 
 def _adapter_base(adapter_dir: Path) -> str:

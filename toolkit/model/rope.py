@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, final
 
+import torch
+from torch import nn
+
 from toolkit.errors import UserError
 from toolkit.model.lora import CausalLM, unwrap_peft
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
@@ -46,6 +49,21 @@ def rotary_dim(config: Any) -> int:
     """The number of dimensions per head that RoPE rotates (head_dim times partial_rotary_factor)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return int(head_dim * (config.rope_parameters or {}).get("partial_rotary_factor", 1.0))
+
+
+def rebuild_rotary(model: nn.Module, config: Any, device: torch.device | None = None) -> None:
+    """Replace every rotary embedding module of ``model`` by one built from ``config``, on ``device`` (default: the
+    old module's) in the old buffers' dtype: their buffers are computed from the config, and no state dict holds
+    them. A TypeError when ``model`` has none."""
+    rotaries = [(name, module) for name, module in model.named_modules()
+                if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq")]
+    if not rotaries:
+        raise TypeError(f"{type(model).__name__} has no rotary embedding module to rebuild")
+    for name, old in rotaries:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        fresh = type(old)(config=config)
+        setattr(parent, child, fresh.to(device=device or old.inv_freq.device, dtype=old.inv_freq.dtype))
 
 
 def rope_parameters(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
@@ -109,22 +127,20 @@ def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
                        original if spec.type == "dynamic" else covered)
 
 
-def check_coverage(train: TrainSpec, native_length: int, config: Any = None) -> None:
+def check_coverage(train: TrainSpec, native_length: int, config: Any) -> None:
     """Refuse, before training, a stage whose explicit ``rope.factor`` times the original length (the spec's, or
-    the loaded model's native length) falls short of its ``seq_len``, or (with the model's ``config``) whose
-    longrope factors are not one per rotary frequency."""
-    pairs = None
-    if config is not None:
-        pairs = (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) // 2
+    the model's native length) falls short of its ``seq_len``, or whose longrope factors are not one per rotary
+    frequency of the model's ``config``."""
+    pairs = rotary_dim(config) // 2
     for index, stage in enumerate(train.stages):
         problem = stage.rope.shortfall(stage.seq_len, native_length)
         if problem:
             raise UserError(f"train.stages[{index}].rope.factor: {problem}")
         for field in ("short_factor", "long_factor"):
             values = getattr(stage.rope, field)
-            if pairs is not None and values is not None and len(values) != pairs:
+            if values is not None and len(values) != pairs:
                 raise UserError(f"train.stages[{index}].rope.{field}: {len(values)} values; the model's rotary "
-                                f"embedding has {pairs} frequencies (head dimension / 2)")
+                                f"embedding has {pairs} frequencies (rotary dimension / 2)")
 
 
 def apply_rope(model: CausalLM, params: dict[str, Any], max_position_embeddings: int) -> None:
@@ -137,15 +153,7 @@ def apply_rope(model: CausalLM, params: dict[str, Any], max_position_embeddings:
     config.max_position_embeddings = int(max_position_embeddings)
     config.standardize_rope_params()
     config.validate_rope()
-    rotaries = [(name, module) for name, module in base.named_modules()
-                if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq")]
-    if not rotaries:
-        raise TypeError(f"{type(base).__name__} has no rotary embedding module to rebuild")
-    for name, old in rotaries:
-        parent_name, _, child = name.rpartition(".")
-        parent = base.get_submodule(parent_name) if parent_name else base
-        fresh = type(old)(config=config)
-        setattr(parent, child, fresh.to(device=old.inv_freq.device, dtype=old.inv_freq.dtype))
+    rebuild_rotary(base, config)
 
 
 @final

@@ -29,8 +29,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
+from toolkit.environment import describe_device
 from toolkit.errors import UserError
-from toolkit.parallel.sequence import data_parallel_size, launched_processes
+from toolkit.parallel.launch import launched_engine, launched_processes
+from toolkit.parallel.sequence import data_parallel_size
 from toolkit.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
@@ -41,16 +43,21 @@ STALE_BUILD_LOCK_S = 600
 """A torch extension build's lock older than this was left by an interrupted build: one op builds in a few minutes."""
 
 
-def launched_engine(env: Mapping[str, str] = os.environ) -> str | None:
-    """``"deepspeed"``, ``"fsdp"`` (FSDP2) or None (one process, DDP), as ``accelerate launch`` set the environment."""
-    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return "deepspeed"
-    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        if env.get("FSDP_VERSION", "1") != "2":
-            raise UserError("the launch config's fsdp_config.fsdp_version: 1 is not supported; use 2 "
-                            "(configs/fsdp2.yaml)")
-        return "fsdp"
-    return None
+ENGINE_TYPES = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP}
+ENGINE_DROPPED = {"deepspeed": "DeepSpeed, which accelerate drops when ACCELERATE_USE_CPU is set; unset it",
+                  "fsdp": "FSDP2, which accelerate 1.15 sets up on GPUs only; on CPU launch with "
+                          "configs/cpu-ddp-2proc.yaml (DDP) or with DeepSpeed "
+                          "(tests/distributed/cpu-deepspeed-zero3-2proc.yaml)"}
+
+
+def check_engine(accelerator: Accelerator) -> None:
+    """The engine the launch config names is the one accelerate set up; otherwise accelerate would train plain data
+    parallel under it, silently (FSDP on CPU; DeepSpeed with ``ACCELERATE_USE_CPU`` set)."""
+    engine = launched_engine()
+    if engine in ENGINE_TYPES and accelerator.distributed_type != ENGINE_TYPES[engine]:
+        device = describe_device(accelerator.device)
+        raise UserError(f"accelerate set up {accelerator.distributed_type.value} on {device}, but the launch config "
+                        f"asks for {ENGINE_DROPPED[engine]}")
 
 
 def mixed_precision(dtype: torch.dtype) -> str:

@@ -34,15 +34,11 @@ from toolkit.data.batches import Batch
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
 from toolkit.model.attention import RING_ATTENTION, flash_attn_importable
+from toolkit.parallel.launch import launched_engine, launched_processes
 from toolkit.recipe.schema import ParallelSpec
 
 LAUNCH_CONFIGS = {"ulysses": "configs/sequence-parallel-ulysses.yaml",
                   "context_parallel": "configs/context-parallel-fsdp2.yaml"}
-
-
-def launched_processes(env: Mapping[str, str] = os.environ) -> int:
-    """Processes started by ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE``), 1 for a plain ``python``."""
-    return int(env.get("WORLD_SIZE", "1"))
 
 
 def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
@@ -60,7 +56,7 @@ def accelerator_kwargs(parallel: ParallelSpec, *, attention: str | None = None,
     timeout = timedelta(minutes=parallel.timeout_minutes)
     if torch.accelerator.is_available():  # a device present, not only built for (a CUDA wheel on a CPU-only machine)
         kwargs: dict[str, Any] = {"kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
-    elif env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # cpu=True would make accelerate drop DeepSpeed
+    elif launched_engine(env) == "deepspeed":  # cpu=True would make accelerate drop DeepSpeed
         kwargs = {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]}
     else:
         kwargs = {"cpu": True, "kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
@@ -100,10 +96,10 @@ def _check_launch(parallel: ParallelSpec, processes: int, env: Mapping[str, str]
         raise UserError(f"parallel.degree: {parallel.degree} does not divide the {processes} launched process(es); "
                         f"launch with accelerate launch --config_file {config} --num_processes <multiple of "
                         f"{parallel.degree}>")
-    if parallel.sequence == "ulysses" and env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+    if parallel.sequence == "ulysses" and launched_engine(env) != "deepspeed":
         raise UserError("parallel.sequence: ulysses needs a DeepSpeed launch: "
                         f"accelerate launch --config_file {config}")
-    if parallel.sequence == "context_parallel" and env.get("FSDP_VERSION") != "2":
+    if parallel.sequence == "context_parallel" and launched_engine(env) != "fsdp":
         raise UserError(f"parallel.sequence: context_parallel needs an FSDP2 launch: accelerate launch "
                         f"--config_file {config}")
 

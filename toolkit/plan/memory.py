@@ -29,6 +29,7 @@ from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
+from toolkit.model.attention import dense_mask_size
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = int(1.5 * GIB)
@@ -65,14 +66,26 @@ class ModelShape:
     head_dim: int | None = None
 
     @property
+    def head_size(self) -> int:
+        """Dimensions per attention head: ``head_dim``, else hidden / heads."""
+        return self.head_dim or self.hidden // self.heads
+
+    @property
     def kv_dim(self) -> int:
-        return self.kv_heads * (self.head_dim or self.hidden // self.heads)
+        return self.kv_heads * self.head_size
+
+    @property
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """Each linear projection of a layer: (in, out) features."""
+        q_out = self.heads * self.head_size
+        return {"q_proj": (self.hidden, q_out), "k_proj": (self.hidden, self.kv_dim),
+                "v_proj": (self.hidden, self.kv_dim), "o_proj": (q_out, self.hidden),
+                "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
+                "down_proj": (self.intermediate, self.hidden)}
 
     @property
     def layer_params(self) -> int:
-        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
-        attention = self.hidden * q_out * 2 + self.hidden * self.kv_dim * 2
-        return attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return sum(inputs * outputs for inputs, outputs in self.projections.values()) + 2 * self.hidden
 
     @property
     def params(self) -> int:
@@ -81,25 +94,16 @@ class ModelShape:
 
     def module_params(self, name: str) -> int:
         """Parameters of every module whose name ends with ``name`` (peft's suffix matching)."""
-        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
-        per_layer = {"q_proj": self.hidden * q_out, "k_proj": self.hidden * self.kv_dim,
-                     "v_proj": self.hidden * self.kv_dim, "o_proj": q_out * self.hidden,
-                     "gate_proj": self.hidden * self.intermediate, "up_proj": self.hidden * self.intermediate,
-                     "down_proj": self.intermediate * self.hidden}
-        if name in per_layer:
-            return self.layers * per_layer[name]
+        if name in self.projections:
+            inputs, outputs = self.projections[name]
+            return self.layers * inputs * outputs
         norms = {"input_layernorm": self.layers * self.hidden, "post_attention_layernorm": self.layers * self.hidden,
                  "norm": (2 * self.layers + 1) * self.hidden}  # "norm" also matches the layer norms
         return {"embed_tokens": self.vocab * self.hidden, "lm_head": self.vocab * self.hidden, **norms}.get(name, 0)
 
     def lora_params(self, rank: int, targets: list[str]) -> int:
         """Adapter parameters: ``rank * (in + out)`` for every targeted projection of every layer."""
-        q_out = self.heads * (self.head_dim or self.hidden // self.heads)
-        dims = {"q_proj": (self.hidden, q_out), "k_proj": (self.hidden, self.kv_dim),
-                "v_proj": (self.hidden, self.kv_dim), "o_proj": (q_out, self.hidden),
-                "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
-                "down_proj": (self.intermediate, self.hidden)}
-        return sum(self.layers * rank * sum(dims[t]) for t in targets if t in dims)
+        return sum(self.layers * rank * sum(self.projections[t]) for t in targets if t in self.projections)
 
 
 LLAMA3_8B = ModelShape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256)
@@ -231,7 +235,8 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         "layer working set": int(max(working * tokens + _lean_norm_chunk(h, setup, tokens), end_of_forward * tokens)),
         "logits": int(logits_tokens * shape.vocab * (a + 8)),
         "attention matrix": int(attention_matrix * (1 if setup.checkpointing else shape.layers)) if eager else 0,
-        "attention mask": setup.batch_size * setup.seq_len**2 * (a if eager else 1) if setup.dense_mask else 0,
+        "attention mask": dense_mask_size("eager" if eager else "sdpa", setup.batch_size, setup.seq_len, a)
+        if setup.dense_mask else 0,
         "allocator reserve": int(ALLOCATOR_RESERVE_PER_HIDDEN * h * tokens),
         "runtime overhead": RUNTIME_OVERHEAD,
     }
@@ -301,5 +306,5 @@ def step_flops(shape: ModelShape, tokens: int, seq_len: int, trainable_fraction:
     """
     matmul_params = shape.layers * shape.layer_params + shape.vocab * shape.hidden  # layers + head, no lookup
     dense = 2 * matmul_params * tokens * (2 + trainable_fraction)
-    attention_forward = 2 * shape.layers * shape.heads * (shape.hidden // shape.heads) * seq_len * tokens
+    attention_forward = 2 * shape.layers * shape.heads * shape.head_size * seq_len * tokens
     return dense + 3 * attention_forward

@@ -5,7 +5,6 @@ matches."""
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
 from toolkit.data.batches import check_stage_data
@@ -38,13 +37,14 @@ from toolkit.model.rope import rope_setting
 from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
     built_whole,
+    check_engine,
     engine_kwargs,
     keeps_own_masters,
-    launched_engine,
     mixed_precision,
     offloads_optimizer,
     warn_of_stale_build_locks,
 )
+from toolkit.parallel.launch import launched_engine, local_processes
 from toolkit.parallel.sequence import (
     accelerator_kwargs,
     data_parallel_size,
@@ -101,7 +101,7 @@ def setup(recipe: Recipe) -> Session:
     check_prompts(tasks, tokenizer)
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     attention = check_model_fit(recipe, accelerator, config)
-    check_host_memory(recipe, config, accelerator.num_processes, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    check_host_memory(recipe, config, accelerator.num_processes, local_processes())
     loaded = _load_model(recipe, accelerator, tokenizer, attention)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
                                   choice_token_ids(recipe.train, tokenizer))
@@ -128,7 +128,7 @@ def _start(recipe: Recipe) -> Accelerator:
         warn_of_stale_build_locks()
     parallel = accelerator_kwargs(recipe.parallel, attention=recipe.model.attention)  # before any process group
     accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **parallel, **engine_kwargs(recipe, dtype))
-    _check_engine(accelerator)
+    check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
         check_writable(recipe.run_dir, "output.dir")  # made once every input has been checked (setup)
@@ -141,23 +141,6 @@ def _forget_earlier_runs() -> None:
     them, so a bf16 run followed by an fp32 one in the same process (a sweep, the tests) would fail."""
     AcceleratorState._reset_state()
     GradientState._reset_state()
-
-
-ENGINE_TYPES = {"deepspeed": DistributedType.DEEPSPEED, "fsdp": DistributedType.FSDP}
-ENGINE_DROPPED = {"deepspeed": "DeepSpeed, which accelerate drops when ACCELERATE_USE_CPU is set; unset it",
-                  "fsdp": "FSDP2, which accelerate 1.15 sets up on GPUs only; on CPU launch with "
-                          "configs/cpu-ddp-2proc.yaml (DDP) or with DeepSpeed "
-                          "(tests/distributed/cpu-deepspeed-zero3-2proc.yaml)"}
-
-
-def _check_engine(accelerator: Accelerator) -> None:
-    """The engine the launch config names is the one accelerate set up; otherwise accelerate would train plain data
-    parallel under it, silently (FSDP on CPU; DeepSpeed with ``ACCELERATE_USE_CPU`` set)."""
-    engine = launched_engine()
-    if engine in ENGINE_TYPES and accelerator.distributed_type != ENGINE_TYPES[engine]:
-        device = describe_device(accelerator.device)
-        raise UserError(f"accelerate set up {accelerator.distributed_type.value} on {device}, but the launch config "
-                        f"asks for {ENGINE_DROPPED[engine]}")
 
 
 def _weights_dtype(recipe: Recipe) -> torch.dtype:
