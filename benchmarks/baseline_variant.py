@@ -23,6 +23,7 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
 
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.model.loading import build_random
+    from toolkit.model.lora import peft_settings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -32,8 +33,7 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
     assert recipe.model.init_config is not None
     model: Any = build_random(recipe.model.init_config, tokenizer, "sdpa", dtype, recipe.seed, device)
     if config.method == "lora":
-        model = get_peft_model(model, LoraConfig(r=LORA.r, lora_alpha=LORA.alpha,  # type: ignore[arg-type]
-                                                 target_modules=list(LORA.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(**peft_settings(LORA), task_type="CAUSAL_LM"))
     if config.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from toolkit.errors import UserError
-from toolkit.recipe.strict import Strict
+from toolkit.recipe.strict import NAME_PATTERN, Strict
 from toolkit.recipe.yaml_files import format_loc, resolve_relative
 
 Pooling = Literal["max_vote", "average"]
@@ -37,7 +37,7 @@ LABELS: dict[str, tuple[int, ...]] = {"max_vote": (0, 1), "average": (1, 2, 3, 4
 class JudgeSpec(Strict):
     """One judge of the panel: a local transformers model, or an OpenAI-compatible chat-completions endpoint."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     model: str
     """Local: a folder (relative to the suite) or hub id, loaded once. HTTP: the model name the server expects."""
     url: str | None = Field(None, pattern=r"^https?://")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.formatting.numbers import with_interval
+from toolkit.formatting.numbers import is_number, with_interval
 
 BINARY_METRICS = ("acc", "acc_norm", "exact_match", "em", "accuracy")
 """lm-eval metrics that are a fraction of right answers (one 0/1 outcome per document)."""
@@ -98,7 +98,7 @@ def niah_overall(summary: Mapping[str, Any], cells: Iterable[Mapping[str, Any]] 
     if pooled is not None:
         return pooled
     score = summary.get("score")
-    return Rate(float(score)) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    return Rate(float(score)) if is_number(score) else None
 
 
 def lm_eval_rates(entry: Mapping[str, Any], counts: Mapping[str, int] | None = None) -> dict[tuple[str, str], Rate]:

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from toolkit.errors import UserError
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.specs import TaskBase
-from toolkit.recipe.strict import Strict
+from toolkit.recipe.strict import NAME_PATTERN, Strict
 from toolkit.recipe.yaml_files import read_yaml, resolve_relative, validate_as, validation_message
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ else:
 class Suite(Strict):
     """A named list of tasks."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     include: list[str] = []
     """Other suite files whose tasks run first (relative to this file)."""

@@ -24,7 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from toolkit.data.packing import IGNORE_INDEX
 
-LIGER, CHUNKED = "liger", "chunked"
+LIGER, CHUNKED, PLAIN = "liger", "chunked", "plain"
+"""The loss kernels: Liger's fused one, the chunked head, the plain head over the whole row (no chunk size)."""
 FusedLoss = Callable[[Tensor, Tensor], Tensor]  # (hidden, labels) of target positions -> loss sum
 
 

@@ -44,6 +44,13 @@ def check_lora_names(model: nn.Module, spec: LoraSpec) -> None:
                 raise UserError(f"method.lora.{field}: no module of {type(model).__name__} ends with {name!r}")
 
 
+def peft_settings(spec: LoraSpec) -> dict[str, Any]:
+    """``method.lora`` as peft's keyword arguments (``LoraConfig``'s, and unsloth's ``get_peft_model``'s). peft
+    annotates ``lora_alpha`` as int, but scales by ``lora_alpha / r``: a float alpha works."""
+    return {"r": spec.r, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
+            "target_modules": list(spec.target_modules), "modules_to_save": list(spec.trainable_modules) or None}
+
+
 def apply_lora(model: nn.Module, spec: LoraSpec, revision: str | None = None) -> PeftModel:
     """Wrap ``model`` with a LoRA adapter; ``spec.trainable_modules`` are trained fully and saved with it. The base's
     ``revision`` (``model.revision``) goes into ``adapter_config.json``, so merging and evaluating load that base.
@@ -58,11 +65,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec, revision: str | None = None) ->
     every ``input_layernorm`` / ``post_attention_layernorm`` as well, and ``embed_tokens`` the embeddings.
     """
     check_lora_names(model, spec)
-    # peft annotates lora_alpha as int, but scales by lora_alpha / r: a float alpha works
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,  # type: ignore[arg-type]
-                        target_modules=list(spec.target_modules), modules_to_save=list(spec.trainable_modules) or None,
-                        task_type="CAUSAL_LM", revision=revision)
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, LoraConfig(**peft_settings(spec), task_type="CAUSAL_LM", revision=revision))
     _cast_adapter_inputs(peft_model, False)
     trainable, total = count_parameters(peft_model)
     log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)

@@ -11,7 +11,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.model.loading import model_config
-from toolkit.model.lora import CausalLM
+from toolkit.model.lora import CausalLM, peft_settings
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 
 
@@ -34,8 +34,5 @@ def load_with_unsloth(spec: ModelSpec, method: MethodSpec, device: torch.device,
         trust_remote_code=spec.trust_remote_code)
     if method.kind != "lora":
         return model
-    lora = method.lora
-    return FastLanguageModel.get_peft_model(
-        model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        modules_to_save=list(lora.trainable_modules) or None, bias="none", use_gradient_checkpointing="unsloth",
-        random_state=seed)
+    return FastLanguageModel.get_peft_model(model, **peft_settings(method.lora), bias="none",
+                                            use_gradient_checkpointing="unsloth", random_state=seed)

@@ -15,7 +15,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 from toolkit.recipe.data_spec import DataSpec, SourceSpec
-from toolkit.recipe.strict import FieldError, Strict
+from toolkit.recipe.strict import NAME_PATTERN, FieldError, Strict
 
 Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
@@ -281,6 +281,11 @@ class TrainSpec(Strict):
         its own, else ``train.data``."""
         return f"train.stages[{index}].data" if self.stages[index].data is not None else "train.data"
 
+    def packed_field(self) -> str | None:
+        """The ``packing`` field of the first stage that packs several documents into a row, None when none does."""
+        return next((f"{self.data_field(i)}.packing" for i in range(len(self.stages))
+                     if self.stage_data(i).packing == "pack"), None)
+
     def stage_sources(self, index: int) -> list[tuple[str, SourceSpec]]:
         """``(field, spec)`` of every source of stage ``index``: where the recipe holds it (``train.data``,
         ``train.stages[1].data.mixture[2]``, ...) and its settings."""
@@ -351,7 +356,7 @@ class OutputSpec(Strict):
 class Recipe(Strict):
     """A complete recipe: model, method, stages, data, evaluation and output."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     seed: int = 0
     model: ModelSpec
@@ -387,12 +392,10 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _context_parallel_packing(self) -> Recipe:
         """Ring attention runs causal over the whole row (no mask), so packed documents would see each other."""
-        if self.parallel.sequence == "context_parallel":
-            for i in range(len(self.train.stages)):
-                if self.train.stage_data(i).packing == "pack":
-                    raise FieldError(f"{self.train.data_field(i)}.packing", "pack under parallel.sequence: "
-                                     "context_parallel lets packed documents attend to each other (ring attention is "
-                                     "causal over the whole row); use split or pad")
+        packed = self.train.packed_field()
+        if self.parallel.sequence == "context_parallel" and packed:
+            raise FieldError(packed, "pack under parallel.sequence: context_parallel lets packed documents attend to "
+                             "each other (ring attention is causal over the whole row); use split or pad")
         return self
 
     @model_validator(mode="after")

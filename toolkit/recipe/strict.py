@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""What a name that becomes a file or folder name may hold (recipes, suites, tasks, judges): no path separators, no
+leading dot or dash."""
+
 
 class FieldError(ValueError):
     """A validation error about a field below the block that raised it; ``path`` is relative to that block."""

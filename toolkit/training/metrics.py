@@ -13,6 +13,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.output_paths import write_text
+from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS, read_metrics
 
@@ -78,6 +79,6 @@ def peak_memory_gib(device: torch.device) -> float:
     """GiB at the peak: on CUDA the most memory tensors took on ``device`` since :func:`reset_peak_memory`, else this
     process's peak resident memory."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        return torch.cuda.max_memory_allocated(device) / GIB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak * (1 if sys.platform == "darwin" else 1024) / 2**30
+    return peak * (1 if sys.platform == "darwin" else 1024) / GIB

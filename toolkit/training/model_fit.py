@@ -14,13 +14,7 @@ from toolkit.model.lora import check_lora_names
 from toolkit.model.rope import check_coverage
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention
-from toolkit.recipe.schema import Recipe, TrainSpec
-
-
-def packed_stage(train: TrainSpec) -> str | None:
-    """The ``packing`` field of the first stage that packs several documents into a row, None when none does."""
-    return next((f"{train.data_field(i)}.packing" for i in range(len(train.stages))
-                 if train.stage_data(i).packing == "pack"), None)
+from toolkit.recipe.schema import Recipe
 
 
 def check_model_fit(recipe: Recipe, accelerator: Any, config: PretrainedConfig) -> AttentionChoice:
@@ -35,5 +29,5 @@ def check_model_fit(recipe: Recipe, accelerator: Any, config: PretrainedConfig) 
     dtype = resolve_dtype(recipe.model.precision, accelerator.device)
     attention = select_attention(recipe.model.attention, accelerator.device, dtype,
                                  context_parallel=ring_attention(accelerator))
-    use_model_attention(accelerator, attention.implementation, packed_stage(recipe.train))
+    use_model_attention(accelerator, attention.implementation, recipe.train.packed_field())
     return attention

@@ -16,6 +16,7 @@ from toolkit.memory.chunked_loss import causal_lm_loss, shifted_lm_loss
 from toolkit.model.attention import DENSE_MASK, dense_mask_bytes
 from toolkit.model.lora import CausalLM, unwrap_peft
 from toolkit.model.segments import decoder_inputs
+from toolkit.plan.memory import GIB
 
 log = logging.getLogger(__name__)
 
@@ -110,4 +111,4 @@ class CausalLMObjective(nn.Module):
             self._warned_lengths.add(length)
             log.warning("model.attention %s: rows holding several documents make transformers build a dense "
                         "[%d,1,%d,%d] mask of %.1f GiB (and disable sdpa's flash kernel); model.attention: auto keeps "
-                        "packed rows linear in memory on a GPU", implementation, batch, length, length, size / 2**30)
+                        "packed rows linear in memory on a GPU", implementation, batch, length, length, size / GIB)

@@ -25,7 +25,7 @@ from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.checkpointing import enable_checkpointing
-from toolkit.memory.chunked_loss import loss_kernel
+from toolkit.memory.chunked_loss import PLAIN, loss_kernel
 from toolkit.memory.lean_norm import enable_lean_rmsnorm
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
@@ -58,7 +58,7 @@ from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger
-from toolkit.training.model_fit import check_model_fit, packed_stage
+from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
 
@@ -179,7 +179,7 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
     with built_whole(accelerator) if recipe.model.init_config is not None else nullcontext():
         loaded = load_model(recipe.model, recipe.method, tokenizer, accelerator.device, recipe.seed,
                             attention=attention)
-    use_model_attention(accelerator, loaded.attention, packed_stage(recipe.train))  # the kernel that loaded
+    use_model_attention(accelerator, loaded.attention, recipe.train.packed_field())  # the kernel that loaded
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
     if recipe.train.gradient_checkpointing:
@@ -203,7 +203,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
         stages.append(StageInfo(name=recipe.train.stage_name(i), seq_len=stage.seq_len,
                                 rope_parameters=rope.parameters, max_position_embeddings=rope.max_position_embeddings,
                                 steps=stage_steps(stage, recipe.train, data_parallel)))
-    kernel, kernel_reason = ("plain", "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
+    kernel, kernel_reason = (PLAIN, "train.loss_chunk_size is null") if recipe.train.loss_chunk_size is None else \
         loss_kernel(causal_lm_parts(loaded.model)[1], accelerator.device.type == "cuda")  # after prepare: ZeRO-3
     info = RunInfo(recipe=recipe.name, method=recipe.method.kind, device=describe_device(accelerator.device),
                    processes=accelerator.num_processes, data_parallel=data_parallel,
