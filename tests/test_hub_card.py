@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from tests.hub_runs import FINAL_SCORES, FINAL_TAG, write_run
 from toolkit.errors import UserError
 from toolkit.hub.card import build_card, final_eval, is_hub_id
+from toolkit.run_folder import load_run
 
 
 def _data(card: ModelCard) -> ModelCardData:
@@ -90,7 +91,7 @@ def test_final_eval_picks_the_last_stage_not_the_lexically_last(tmp_path: Path) 
     (run / "eval" / "stage-10-longer").mkdir()
     (run / "eval" / "stage-10-longer" / "long.json").write_text(json.dumps({"suite": "long", "tasks": {
         "passkey": {"type": "niah", "score": 0.25, "mean": 0.25, "grid": {}}}}))
-    tag, suites = final_eval(run)
+    tag, suites = final_eval(load_run(run))
     assert tag == "stage-10-longer"
     assert suites["long"]["tasks"]["passkey"]["mean"] == 0.25
 

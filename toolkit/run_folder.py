@@ -266,8 +266,10 @@ def require_run(folder: Path) -> None:
         raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
 
 
-def load_run(folder: Path) -> Run:
-    """Read the run folder ``folder`` (a UserError when it does not exist or a file of it is corrupt)."""
+def load_run(folder: Path, info_required: bool = False) -> Run:
+    """Read the run folder ``folder`` (a UserError when it does not exist, a file of it is corrupt, or, when
+    ``info_required``, it holds no run_info.json)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such run folder")
-    return Run(folder, read_recipe(folder), read_run_info(folder), read_metrics(folder), read_evals(folder))
+    return Run(folder, read_recipe(folder), read_run_info(folder, info_required), read_metrics(folder),
+               read_evals(folder))

@@ -22,7 +22,7 @@ from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import make_judge
-from toolkit.evals.jury_panel import Cell, item_key, judge_chunk, jury_summary
+from toolkit.evals.jury_panel import Cell, cost_text, item_key, judge_chunk, jury_summary, tokens_text, trouble_text
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batched_with_progress
@@ -132,17 +132,15 @@ def jury_headline(entry: Entry) -> str | None:
     panel = entry.get("panel")
     if not panel:
         return None
-    trouble = f"{panel['failed']} failed, {panel['unparsed']} unparsed of {panel['calls']} judge calls"
     return (f"{entry['pooling']} over {panel['n']} answers ({panel['unjudged']} unjudged), Fleiss kappa "
-            f"{fmt(panel['fleiss_kappa'])}, human kappa {fmt(panel['human_kappa'])}, {trouble}")
+            f"{fmt(panel['fleiss_kappa'])}, human kappa {fmt(panel['human_kappa'])}, {trouble_text(panel)}")
 
 
 def _jury_row(name: str, stats: dict[str, Any], fleiss: str) -> list[str]:
     return [name, fmt(stats["score"], 2), str(stats["n"]), str(stats["calls"]), str(stats["failed"]),
             str(stats["unparsed"]), str(stats["attempts"]), fleiss,
             f"{fmt(stats['human_kappa'], 2)} n={stats['human_n']}",
-            f"{stats['prompt_tokens']}/{stats['completion_tokens']}", fmt(stats["seconds"], 1),
-            f"${stats['cost_usd']:.4f}"]
+            tokens_text(stats), fmt(stats["seconds"], 1), cost_text(stats)]
 
 
 def jury_section(run: Run) -> list[Block]:

@@ -22,7 +22,7 @@ from toolkit.evals.judges import make_judge
 from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
 from toolkit.evals.jury_pairwise_scores import pairwise_summary, prior_summary
 from toolkit.evals.jury_pairwise_table import side_by_side_section
-from toolkit.evals.jury_panel import Cell
+from toolkit.evals.jury_panel import Cell, cost_text, tokens_text, trouble_text
 from toolkit.evals.jury_spec import Judges, resolve_judges
 from toolkit.evals.preference_stats import prior_probs
 from toolkit.evals.results import SuiteResults
@@ -104,9 +104,8 @@ def jury_pairwise_headline(entry: Entry) -> str | None:
     prior = f" (prior {fmt(entry['prior']['log_loss'])})" if entry.get("prior") else ""
     swap = f", swap consistency {fmt(panel['swap_consistency'])}" if "swap_consistency" in panel else ""
     return (f"panel of {len(entry['judges'])} over {panel['n']} rows: log loss {fmt(panel['log_loss'])}{prior}, "
-            f"kappa {fmt(panel['kappa'])}{swap}, {panel['failed']} failed, {panel['unparsed']} unparsed of "
-            f"{panel['calls']} judge calls, {panel['prompt_tokens']}/{panel['completion_tokens']} tokens, "
-            f"${panel['cost_usd']:.4f}")
+            f"kappa {fmt(panel['kappa'])}{swap}, {trouble_text(panel)}, {tokens_text(panel)} tokens, "
+            f"{cost_text(panel)}")
 
 
 def jury_pairwise_cell(run: Run, tag: str, entry: Entry) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.evals.jury_panel import cost_text, tokens_text
 from toolkit.evals.preference_stats import BINS
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, score_with_interval
@@ -20,8 +21,8 @@ HEADER = ["predictor", "n", "log loss [95% CI]", "accuracy [95% CI]", "ECE", "Co
 def table_row(name: str, scores: dict[str, Any]) -> list[str]:
     """One predictor's row from its recorded scores (``toolkit.evals.jury_pairwise_scores.scores_of``'s fields;
     usage where the predictor is a judge or the panel)."""
-    tokens = (f"{scores['prompt_tokens']}/{scores['completion_tokens']}" if "prompt_tokens" in scores else "-")
-    cost = f"${scores['cost_usd']:.4f}" if "cost_usd" in scores else "-"
+    tokens = tokens_text(scores) if "prompt_tokens" in scores else "-"
+    cost = cost_text(scores) if "cost_usd" in scores else "-"
     log_loss, accuracy, kappa = (score_with_interval(scores, key) for key in ("log_loss", "accuracy", "kappa"))
     return [name, str(scores.get("n", "-")), log_loss, accuracy, fmt(scores.get("ece")), kappa,
             fmt(scores.get("swap_consistency")), tokens, cost]

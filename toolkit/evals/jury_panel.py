@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,21 @@ VERDICTS: dict[str, tuple[str, ...]] = {"max_vote": ("True", "False"), "average"
 """The replies each prompt asks for (what a local judge with ``choose`` picks from)."""
 USAGE_FIELDS = ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds", "cost_usd")
 _VERDICT = {"max_vote": re.compile(r"\b(true|false)\b", re.IGNORECASE), "average": re.compile(r"\b([1-5])\b")}
+
+
+def trouble_text(usage: Mapping[str, Any]) -> str:
+    """Judge calls that failed or gave no verdict, of all (a usage record: :data:`USAGE_FIELDS`)."""
+    return f"{usage['failed']} failed, {usage['unparsed']} unparsed of {usage['calls']} judge calls"
+
+
+def tokens_text(usage: Mapping[str, Any]) -> str:
+    """Prompt / completion tokens of a usage record."""
+    return f"{usage['prompt_tokens']}/{usage['completion_tokens']}"
+
+
+def cost_text(usage: Mapping[str, Any]) -> str:
+    """The estimated cost of a usage record, in US dollars."""
+    return f"${usage['cost_usd']:.4f}"
 
 
 def parse_verdict(pooling: Pooling, text: str) -> int | None:

@@ -19,17 +19,14 @@ from toolkit.hub.ids import looks_local
 from toolkit.recipe.data_spec import DataSpec
 from toolkit.run_folder import (
     RECIPE,
+    REPORT_HTML,
     REPORT_MD,
     RUN_INFO,
+    Run,
     RunInfo,
     StageInfo,
-    eval_dir,
-    eval_tags,
     final_stage_tag,
     load_run,
-    read_recipe,
-    read_run_info,
-    read_suites,
 )
 
 TASK_TYPE = "text-generation"
@@ -38,18 +35,18 @@ TASK_TYPE = "text-generation"
 def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCard:
     """The model card of ``run_dir`` as published to ``repo_id``; ``what`` as in ``push_run``
     (adapter/merged/report)."""
-    info = read_run_info(run_dir, required=True)
-    recipe = read_recipe(run_dir)
+    run = load_run(run_dir, info_required=True)
+    info, recipe = run.info, run.recipe
     stage_data = [recipe.train.stage_data(i) for i in range(len(recipe.train.stages))] if recipe else []
     lora = info.method == "lora"
     model_name = repo_id.split("/")[-1]
-    final_tag, final = final_eval(run_dir)
+    final_tag, final = final_eval(run)
     base_model = info.base_model
     data = ModelCardData(
         model_name=model_name,
         base_model=base_model if is_hub_id(base_model) else None,
         library_name="peft" if lora and what in (None, "adapter") else "transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag=TASK_TYPE,
         tags=_tags(info),
         datasets=_hub_datasets(stage_data) or None,
         eval_results=[result for suite in final.values() for result in eval_results(suite)] or None,
@@ -57,7 +54,7 @@ def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCar
     body = "\n\n".join([
         f"# {model_name}",
         _summary(info, repo_id, what),
-        _results_section(run_dir, final_tag, final),
+        _results_section(run, final_tag, final),
         _rope_section(info),
         _stages_section(info),
         _data_section(stage_data),
@@ -66,10 +63,10 @@ def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCar
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def final_eval(run_dir: Path) -> tuple[str | None, dict[str, dict[str, Any]]]:
+def final_eval(run: Run) -> tuple[str | None, dict[str, dict[str, Any]]]:
     """The tag of the last stage's evaluation and its suites ({suite name: eval JSON}); (None, {}) if none."""
-    tag = final_stage_tag(eval_tags(run_dir))
-    return (tag, read_suites(eval_dir(run_dir, tag))) if tag else (None, {})
+    tag = final_stage_tag(run.tags)
+    return (tag, run.evals[tag]) if tag else (None, {})
 
 
 def eval_results(suite: dict[str, Any]) -> list[EvalResult]:
@@ -122,15 +119,14 @@ def _summary(info: RunInfo, repo_id: str, what: str | None) -> str:
             f"{info.precision or '?'} with {info.attention or '?'} attention. {content}")
 
 
-def _results_section(run_dir: Path, final_tag: str | None, final: dict[str, dict[str, Any]]) -> str:
+def _results_section(run: Run, final_tag: str | None, final: dict[str, dict[str, Any]]) -> str:
     if not final:
         return "## Results\n\nNo stage evaluation was recorded for this run."
-    reference = load_run(run_dir).compared  # as the report compares: the model before context extension
-    base = read_suites(eval_dir(run_dir, reference)) if reference else {}
+    reference = run.compared  # as the report compares: the model before context extension
     rows = ["| suite | task | type | before | final | details |", "|---|---|---|---|---|---|"]
     for suite_name, suite in final.items():
         for task_name, task in suite.get("tasks", {}).items():
-            before = base.get(suite_name, {}).get("tasks", {}).get(task_name, {}).get("score")
+            before = (run.entry(reference, suite_name, task_name) or {}).get("score") if reference else None
             rows.append(f"| {suite_name} | {task_name} | {task.get('type')} | {_cell(before)} | "
                         f"{_cell(task.get('score'))} | {card_detail(task)} |")
     before = f"the model before context extension (eval tag `{reference}`)" if reference else "no earlier evaluation"
@@ -168,7 +164,7 @@ def _data_section(stage_data: list[DataSpec]) -> str:
 
 
 def _files_section(run_dir: Path) -> str:
-    report = "[report.md](report.md) / [report.html](report.html)" if (run_dir / REPORT_MD).is_file() else "-"
+    report = f"[{REPORT_MD}]({REPORT_MD}) / [{REPORT_HTML}]({REPORT_HTML})" if (run_dir / REPORT_MD).is_file() else "-"
     return (f"## Report and reproduction\n\nFull report: {report}; raw evaluation results in `eval/`; the exact recipe "
             f"in `{RECIPE}` and the environment in `{RUN_INFO}`. Made with the longctx toolkit "
             "(`python -m toolkit train <recipe>`).")

@@ -85,28 +85,32 @@ class Verdict:
         """A few lines: the overall verdict, then one line per measurement."""
         spec, factor = self.spec, self.extended_length / self.native_length
         mark = {check.name: "ok" if check.passed else "FAIL" for check in self.checks}
-        native, extended = (f"accuracy at {self.native_length} before extension",
-                            f"accuracy at {self.extended_length} after extension")
+        native, extended = _accuracy(self.native_length, "before"), _accuracy(self.extended_length, "after")
         lines = [(f"Verdict ({spec.task}): {'PASS' if self.passed else 'FAIL'}. Trained at {self.native_length} "
                   f"tokens, extended {factor:g}x to {self.extended_length}."),
                  f"  {native}: {self.native_before} (>= {spec.native_min:.2f} {mark[native]})",
                  f"  {extended}: {self.extended_after} (>= {spec.extended_min:.2f} {mark[extended]})"]
         if self.native_after is not None:
-            lines.append(f"  accuracy at {self.native_length} after extension: {self.native_after}")
+            lines.append(f"  {_accuracy(self.native_length, 'after')}: {self.native_after}")
         if spec.extended_before_max is not None:
-            name = _BEFORE_AT_EXTENDED.format(self.extended_length)
+            name = _accuracy(self.extended_length, "before")
             lines.append(f"  {name}: {self.before[self.extended_length]} (<= {spec.extended_before_max:.2f} "
                          f"{mark[name]})")
         lines.append(f"  effective length (>= {spec.effective_threshold:g}): {length_text(self.effective_before)} "
                      f"before, {length_text(self.effective_after)} after")
         if self.retention:
             lines.append(f"  {', '.join(spec.retention_suites)} retention (final / before): {self.retention_text()} "
-                         f"(>= {spec.retention_min:.2f} {mark['retention']})")
+                         f"(>= {spec.retention_min:.2f} {mark[_RETENTION]})")
         lines.append(f"  models: {self.reference} (before extension), {self.final} (final)")
         return "\n".join(lines)
 
 
-_BEFORE_AT_EXTENDED = "accuracy at {} before extension"
+_RETENTION = "retention"
+
+
+def _accuracy(length: int, when: str) -> str:
+    """The name of an accuracy check (and its line): at ``length`` tokens, ``when`` (before/after) extension."""
+    return f"accuracy at {length} {when} extension"
 
 
 def _values(rates: Mapping[int, Rate]) -> dict[int, float]:
@@ -195,20 +199,20 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
             raise UserError(f"{run.folder}: {spec.task} at {tag} has no length {length} "
                             f"(grid: {', '.join(map(str, sorted(rates)))})")
     retention = _retention(run, spec, reference, final)
-    checks = [Check(f"accuracy at {native} before extension", before[native].value >= spec.native_min,
+    checks = [Check(_accuracy(native, "before"), before[native].value >= spec.native_min,
                     f"{before[native].value:.2f} vs {spec.native_min:.2f}"),
-              Check(f"accuracy at {extended} after extension", after[extended].value >= spec.extended_min,
+              Check(_accuracy(extended, "after"), after[extended].value >= spec.extended_min,
                     f"{after[extended].value:.2f} vs {spec.extended_min:.2f}")]
     if spec.extended_before_max is not None:
         if extended not in before:
             raise UserError(f"{run.folder}: {spec.task} at {reference} has no length {extended} "
                             f"(needed by eval.verdict.extended_before_max)")
-        checks.append(Check(_BEFORE_AT_EXTENDED.format(extended), before[extended].value <= spec.extended_before_max,
+        checks.append(Check(_accuracy(extended, "before"), before[extended].value <= spec.extended_before_max,
                             f"{before[extended].value:.2f} vs {spec.extended_before_max:.2f}"))
     if retention:
         low = [f"{key} {_ratio(value)}" for key, value in retention.items()
                if value is None or value < spec.retention_min]
-        checks.append(Check("retention", not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
+        checks.append(Check(_RETENTION, not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
     return Verdict(spec, reference, final, native, extended, before, after, retention, tuple(checks))
 
 
