@@ -10,7 +10,8 @@ import torch
 from tests.steps import rows_batch, train_losses
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
-from toolkit.model.loading import load_model, resolve_dtype
+from toolkit.model.loading import load_model
+from toolkit.model.precision import resolve_dtype
 from toolkit.recipe.schema import LoraSpec, MethodSpec, ModelSpec, TokenizerTraining
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

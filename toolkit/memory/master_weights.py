@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolkit.model.precision import HALF, precision_name
+
 MASTERS_KEY = "fp32_master_weights"
 """The optimizer ``state_dict`` entry holding the master values (a list, in parameter order)."""
 
@@ -25,7 +27,7 @@ MASTERS_KEY = "fp32_master_weights"
 def describe_precision(dtype: torch.dtype) -> str:
     """How a run computes and keeps its trainable weights (``run_info.json``, the report): every launcher keeps
     float32 masters of low-precision trainable weights."""
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+    name = precision_name(dtype)
     return name if dtype == torch.float32 else f"{name} compute, fp32 master weights"
 
 
@@ -33,7 +35,7 @@ class MasterWeights:
     """Float32 copies of the low-precision parameters among ``params``, for one optimizer to step."""
 
     def __init__(self, params: list[torch.Tensor]):
-        low = [p for p in params if p.dtype in (torch.bfloat16, torch.float16)]
+        low = [p for p in params if p.dtype in HALF]
         self.pairs = [(p, nn.Parameter(p.detach().float())) for p in low]
         self._master_of = {id(weight): master for weight, master in self.pairs}
 

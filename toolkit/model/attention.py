@@ -23,12 +23,12 @@ from typing import NamedTuple
 import torch
 
 from toolkit.errors import UserError
+from toolkit.model.precision import HALF, dtype_name
 
 TORCH_VARLEN = "torch_varlen"
 """The name :mod:`toolkit.model.attention_varlen` registers PyTorch's varlen flash attention under."""
 FLASH_ATTENTION_4 = "flash_attention_4"
 """transformers' name for flash-attn-4 (``flash_attn.cute.flash_attn_varlen_func``)."""
-HALF = (torch.bfloat16, torch.float16)
 FLATTENED = ("flash_attention_2", FLASH_ATTENTION_4)
 """Kernels that keep packed documents apart at batch size 1 only: the objective gives them one row of B·L tokens."""
 VARLEN_KWARGS = (*FLATTENED, TORCH_VARLEN)
@@ -115,13 +115,9 @@ def cudnn_for_one_document_rows(capability: tuple[int, int] | None, dtype: torch
     return capability is not None and capability[0] == 9 and dtype in HALF
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _auto_on_gpu(dtype: torch.dtype, training: bool, support: KernelSupport) -> AttentionChoice:
     """flash-attn-4, flash-attn, PyTorch varlen, flex, sdpa (see the module docstring); fp32 never takes flash."""
-    half, name = dtype in HALF, _dtype_name(dtype)
+    half, name = dtype in HALF, dtype_name(dtype)
     if half and training and support.flash_attn_4:
         return AttentionChoice(FLASH_ATTENTION_4, f"auto: flash-attn-4 installed, {name} on {support.gpu} sm90+; "
                                                   "packed rows flattened to one row for varlen, K/V heads grouped")
@@ -196,8 +192,8 @@ def _explicit_flash(requested: str, device: torch.device, dtype: torch.dtype, tr
         raise UserError(f"model.attention: {requested} trains on packed rows only; evaluate with sdpa or auto")
     if dtype not in HALF:
         raise UserError(f"model.attention: {requested} runs in bf16 or fp16, and model.precision gives "
-                        f"{_dtype_name(dtype)} (use auto, or precision bf16)")
-    return AttentionChoice(requested, f"requested, {_dtype_name(dtype)} on {support.gpu}")
+                        f"{dtype_name(dtype)} (use auto, or precision bf16)")
+    return AttentionChoice(requested, f"requested, {dtype_name(dtype)} on {support.gpu}")
 
 
 def dense_mask_bytes(implementation: str, position_ids: torch.Tensor, dtype: torch.dtype) -> int:

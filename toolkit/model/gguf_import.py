@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from toolkit.errors import UserError
+from toolkit.model.precision import dtype_name
 from toolkit.output_paths import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,6 @@ def import_gguf(gguf_path: Path, out_dir: Path, dtype: torch.dtype = torch.bfloa
     with atomic_dir(out_dir) as partial:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-    log.info("wrote %s (%s, %d parameters)", out_dir, str(dtype).removeprefix("torch."),
+    log.info("wrote %s (%s, %d parameters)", out_dir, dtype_name(dtype),
              sum(p.numel() for p in model.parameters()))
     return out_dir

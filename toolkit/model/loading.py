@@ -26,6 +26,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
+from toolkit.model.precision import dtype_name, resolve_dtype
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, FINAL, is_adapter_folder
 
@@ -47,20 +48,6 @@ class LoadedModel:
     ``max_position_embeddings``)."""
     native_theta: float
     """RoPE theta of the loaded weights: the base that ``theta: auto`` scales from in every stage."""
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``model.precision`` as a torch dtype: ``auto`` is bf16 on a GPU that supports it, else fp32."""
-    device = torch.device(device)
-    if precision == "auto":
-        gpu_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 else torch.float32
-    if precision == "fp16" and device.type == "cpu":
-        raise UserError("model.precision: fp16 is not supported on CPU (use bf16, fp32 or auto)")
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if precision not in dtypes:
-        raise UserError(f"model.precision: unknown precision {precision!r}")
-    return dtypes[precision]
 
 
 EVAL_ATTENTION = dict.fromkeys(TRAINING_ONLY, "sdpa")
@@ -287,7 +274,7 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
     loaded = load_merged(base, adapter, attn_implementation=implementation, dtype=dtype)
     loaded.to(device).eval()  # type: ignore[arg-type]  # as in load_model
     info = {"model": model, "base": base, "adapter": adapter, "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."), "attention": implementation, "attention_reason": reason,
+            "dtype": dtype_name(dtype), "attention": implementation, "attention_reason": reason,
             "rope_parameters": dict(loaded.config.rope_parameters),
             "max_position_embeddings": loaded.config.max_position_embeddings,
             "native_length": native_length_of(loaded.config)}

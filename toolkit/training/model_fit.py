@@ -9,8 +9,9 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from toolkit.model.attention import AttentionChoice, select_attention
-from toolkit.model.loading import model_structure, native_length_of, resolve_dtype
+from toolkit.model.loading import model_structure, native_length_of
 from toolkit.model.lora import check_lora_names
+from toolkit.model.precision import resolve_dtype
 from toolkit.model.rope import check_coverage
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention

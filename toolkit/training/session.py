@@ -31,8 +31,9 @@ from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.attention import AttentionChoice
-from toolkit.model.loading import LoadedModel, load_model, recipe_config, resolve_dtype
+from toolkit.model.loading import LoadedModel, load_model, recipe_config
 from toolkit.model.lora import CausalLM
+from toolkit.model.precision import resolve_dtype
 from toolkit.model.rope import rope_setting
 from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
