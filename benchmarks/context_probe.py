@@ -42,6 +42,7 @@ from toolkit.memory.offload import OffloadStore
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
 from toolkit.model.lora import apply_lora
+from toolkit.plan.command import LOSS_CHUNK
 from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import TrainSpec
 from toolkit.training.objective import causal_lm_parts
@@ -88,7 +89,7 @@ class Probe:
     offload: int = 0
     fp8: bool = False
     tiles: int | None = None
-    loss_chunk: int = 4096
+    loss_chunk: int = LOSS_CHUNK
     device: str = "cuda"
     bf16: bool = True
     """bf16 weights under bf16 autocast (on CPU too, to see the GPU's tensors); else float32."""
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offload", type=int, default=32, help="layers of the full depth offloaded (first ones)")
     parser.add_argument("--fp8", action="store_true", help="offloaded inputs stored as fp8")
     parser.add_argument("--tiles", type=int, default=16)
-    parser.add_argument("--loss-chunk", type=int, default=4096)
+    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp32", action="store_true", help="float32 weights and compute instead of bf16")
     parser.add_argument("--vocab", type=int, help="a smaller vocabulary than the shape's")

@@ -24,6 +24,7 @@ from benchmarks.context_probe import LEAN_NORM
 from benchmarks.gpu_check_cli import cli_against_benchmark
 from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
 from benchmarks.harness import LORA, ROOT, SHAPES
+from toolkit.plan.command import LOSS_CHUNK
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 
 PLAN_TOLERANCE = 0.10
@@ -89,7 +90,7 @@ def _probe(section: Section, profile: Profile, seq_len: int, scratch: Path) -> d
 def _probe_plan(profile: Profile, layers: int, seq_len: int) -> dict[str, float]:
     """The plan of a ``layers``-layer probe step (the profile's placement, as far as the layers go)."""
     return planned(profile.shape, layers, seq_len, checkpointing=True, offload=min(profile.probe_offload, layers),
-                   loss_chunk=4096, tiles=profile.probe_tiles)
+                   loss_chunk=LOSS_CHUNK, tiles=profile.probe_tiles)
 
 
 def length_for_card(profile: Profile, seq_len: int) -> int | None:

@@ -30,6 +30,7 @@ from statistics import median
 from typing import Any
 
 from benchmarks.rows import StepRow, step_rows
+from toolkit.plan.command import LOSS_CHUNK
 from toolkit.plan.memory import GIB, LLAMA3_8B, ModelShape
 from toolkit.recipe.schema import LoraSpec
 
@@ -76,7 +77,7 @@ class Config:
     warmup: int = 1
     checkpointing: bool = True
     offload: bool = False
-    loss_chunk: int | None = 4096
+    loss_chunk: int | None = LOSS_CHUNK
     tiles: int | None = None
     attention: str = "auto"
     """The toolkit's ``model.attention``; the baseline always runs sdpa."""

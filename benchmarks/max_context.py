@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, measure
 from toolkit.output_paths import write_text
+from toolkit.plan.command import LOSS_CHUNK
 
 
 class OutOfTime(Exception):
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=int, default=1024)
     parser.add_argument("--granularity", type=int, default=1024)
     parser.add_argument("--limit", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--loss-chunk", type=int, default=4096)
+    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
     parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
     parser.add_argument("--tiles", type=int, default=None)
     parser.add_argument("--tiles-from", type=int, default=0, help="tile the MLP from this length on")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
 from benchmarks.rows import ROWS
 from toolkit.output_paths import write_text
+from toolkit.plan.command import LOSS_CHUNK
 
 COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_per_s", "mfu", "mfu_spec", "peak_gib",
            "reserved_gib", "step_s", "step_s_min", "step_s_max")
@@ -46,7 +47,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, nargs="+", default=[1024])
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--rows", choices=ROWS, nargs="+", default=list(ROWS), help="what each step trains on")
-    parser.add_argument("--loss-chunk", type=int, default=4096)
+    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
     parser.add_argument("--tiles", type=int, default=None)
