@@ -16,8 +16,6 @@ from collections.abc import Callable
 from statistics import mean
 from typing import Any, Literal
 
-from tqdm.auto import tqdm
-
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.backend import AnswerRequest
@@ -31,6 +29,7 @@ from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
+from toolkit.formatting.progress import progress_bar
 from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
@@ -78,7 +77,7 @@ def score_grid(task: NeedleGrid, ctx: EvalContext, done: list[Cell], save: Calla
     chat = ctx.chat_frame if task.chat else None
     cells = list(done)
     pending = pending_cells(task, done)
-    with tqdm(total=len(pending), desc=f"{ctx.suite}/{task.key}{label}", unit="prompt") as bar:
+    with progress_bar(total=len(pending), desc=f"{ctx.suite}/{task.key}{label}", unit="prompt") as bar:
         for length in task.lengths:
             todo = [cell for cell in pending if cell[0] == length]
             for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):

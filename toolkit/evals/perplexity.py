@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import PositiveInt, model_validator
-from tqdm.auto import tqdm
 
 from toolkit.evals import plots
 from toolkit.evals.context import EvalContext
@@ -23,6 +22,7 @@ from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Image, Table
 from toolkit.formatting.numbers import fmt
+from toolkit.formatting.progress import progress_bar
 from toolkit.run_folder import Run
 
 
@@ -63,8 +63,8 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
     docs = [long_document(ctx.tokens, sentences, task.length, random.Random(f"{task.seed}:doc:{i}"))
             for i in range(task.documents)]
     rows = []
-    for chunk in tqdm(list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
-                      desc=f"{ctx.suite}/{task.key}", unit="batch"):
+    for chunk in progress_bar(iterable=list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
+                              desc=f"{ctx.suite}/{task.key}", unit="batch"):
         rows.append(ctx.backend.token_losses(chunk))
     losses = torch.cat(rows)
     by_bucket = bucket_losses(losses, task.bucket)

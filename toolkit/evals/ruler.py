@@ -14,7 +14,6 @@ from statistics import mean
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, PositiveInt
-from tqdm.auto import tqdm
 
 from toolkit.evals import plots
 from toolkit.evals.context import EvalContext, sentence_tokens
@@ -27,6 +26,7 @@ from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
+from toolkit.formatting.progress import progress_bar
 from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
@@ -80,7 +80,8 @@ def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[
     seen = {(c["task"], c["length"], c["sample"]) for c in cells}
     groups = [(name, length, [s for s in range(task.samples) if (name, length, s) not in seen])
               for length in task.lengths for name in task.tasks]
-    with tqdm(total=sum(len(todo) for *_, todo in groups), desc=f"{ctx.suite}/{task.key}", unit="prompt") as bar:
+    total = sum(len(todo) for *_, todo in groups)
+    with progress_bar(total=total, desc=f"{ctx.suite}/{task.key}", unit="prompt") as bar:
         for name, length, todo in groups:
             for chunk in batched(todo, batch_size_for(length, task.batch_tokens)):
                 samples = [ruler_sample(name, ctx.tokens, length, random.Random(f"{task.seed}:{name}:{length}:{s}"),

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from toolkit.formatting.progress import progress_bar
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
@@ -32,7 +33,7 @@ def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 def batched_with_progress(items: Sequence[T], size: int, desc: str, unit: str) -> Iterator[Sequence[T]]:
     """:func:`batched`, a progress bar named ``desc`` counting the items as each batch is done."""
-    with tqdm(total=len(items), desc=desc, unit=unit) as bar:
+    with progress_bar(total=len(items), desc=desc, unit=unit) as bar:
         for chunk in batched(items, size):
             yield chunk
             bar.update(len(chunk))

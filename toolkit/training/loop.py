@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from toolkit.data.batches import Batch, StageBatches, as_batch, target_tokens
 from toolkit.errors import Stopped, UserError
+from toolkit.formatting.progress import progress_bar
 from toolkit.parallel.engines import backward, start_stage
 from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
 from toolkit.recipe.schema import StageSpec, TrainSpec
@@ -158,7 +158,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
         parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
     start_stage(acc, spec.grad_accum)
     global_step = job.global_step
-    bar = tqdm(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
+    bar = progress_bar(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     parts.objective.train()
 
@@ -181,8 +181,9 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
             loss = train_step(parts, micro_batches, name, step + 1)
             global_step += 1
             seconds = max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{job.step_tokens / seconds:,.0f}",
+                            refresh=False)  # drawn by update, as often as the bar redraws
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{job.step_tokens / seconds:,.0f}")
             if (step + 1) % parts.log_every == 0 or step + 1 == job.steps:
                 real = int(summed(torch.tensor(job.batches.drawn - drawn))) // job.batches.sharers
                 parts.logger.log({"stage": job.index, "stage_name": name, "step": step + 1,
