@@ -98,6 +98,26 @@ def test_budget_and_lr_changes_resume(resumable: Path, capsys) -> None:
     assert (resumable.parent / "run" / "final").is_dir()
 
 
+@pytest.mark.parametrize("override", ["model.init_config.hidden_size=32", "method.kind=lora"])
+def test_a_model_the_checkpoint_does_not_fit_is_refused_and_the_run_folder_kept(resumable: Path, capsys,
+                                                                                  override: str) -> None:
+    """A weight of another shape, or weights of another method (LoRA adapters for a full run): one line naming the
+    checkpoint, and the run's recipe and run_info as they were (a report would describe another model)."""
+    run = resumable.parent / "run"
+    before = {name: (run / name).read_bytes() for name in ("recipe.resolved.yaml", "run_info.json")}
+    assert train(resumable, "train.resume=true", override) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {run / 'checkpoints' / 'stage-0-step-000002'} "
+                                               "does not fit the model the recipe builds (")
+    assert err[0].endswith("resume with the recipe it was saved with (recipe.resolved.yaml in the run folder), or "
+                           "start a new run with output.dir=...")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    detail = {"model.init_config.hidden_size=32": "(size mismatch for model.model.embed_tokens.weight: copying a "
+              "param with shape torch.Size([320, 64]) from checkpoint, the shape in current model is "
+              "torch.Size([320, 32])):", "method.kind=lora": "(first key: "}[override]
+    assert detail in err[0]
+
+
 # the comparison itself, without training
 
 

@@ -266,6 +266,50 @@ def test_a_model_folder_with_broken_json_names_the_file(command: str, broken: st
     assert _error(argv, capsys) == f"{model / broken}:2: not valid JSON (Expecting value)"
 
 
+@pytest.mark.parametrize("command", ["train", "plan", "eval"])
+def test_a_model_config_with_a_field_of_the_wrong_type_is_one_line(command: str, tmp_path: Path, capsys) -> None:
+    from transformers import LlamaConfig
+
+    from toolkit.data.tokenizer import train_tokenizer
+    from toolkit.recipe.schema import TokenizerTraining
+
+    model = tmp_path / "model"
+    train_tokenizer(TokenizerTraining(vocab_size=320, corpus_documents=200), seed=0).save_pretrained(model)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4).to_dict()
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": str(model), "precision": "fp32"},
+                                         output={"dir": str(tmp_path / "run")}))
+    argv = {"train": ["train", str(recipe)], "plan": ["plan", str(recipe)],
+            "eval": ["eval", "--model", str(model), "--suite", str(needle_suite(tmp_path)), "--out",
+                     str(tmp_path / "out")]}[command]
+    assert _error(argv, capsys).endswith(
+        "Validation error for field 'hidden_size': TypeError: Field 'hidden_size' expected int, got str "
+        "(value: 'big')")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"hidden_size": "abc"}, "model.init_config.hidden_size: 'abc' is not a positive integer"),
+    ({"num_hidden_layers": -4}, "model.init_config.num_hidden_layers: -4 is not a positive integer"),
+    ({"num_key_value_heads": 3}, "model.init_config.num_key_value_heads: 3 does not divide num_attention_heads 4 "
+                                 "(grouped-query attention shares each K/V head among a whole group)"),
+    ({"hidden_size": 66}, "model.init_config.hidden_size: 66 is not a multiple of num_attention_heads 4")])
+def test_init_config_sizes_are_checked_with_the_recipe(change: dict, expected: str, tmp_path: Path, capsys) -> None:
+    """``validate`` finds them (they were tracebacks in train and plan, or errors at the first step)."""
+    model = {**MICRO_RECIPE["model"], "init_config": {**MICRO_RECIPE["model"]["init_config"], **change}}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model))
+    assert _error(["validate", str(recipe)], capsys).endswith(f": {expected}")
+
+
+def test_what_llamaconfig_refuses_in_init_config_is_one_line_before_training(tmp_path: Path, capsys) -> None:
+    model = {**MICRO_RECIPE["model"], "init_config": {**MICRO_RECIPE["model"]["init_config"],
+                                                      "tie_word_embeddings": "yes"}}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        "model.init_config: TypeError: Field 'tie_word_embeddings' expected bool, got str (value: 'yes')")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("command", ["small-model", "corpus"])
 def test_fetch_refuses_an_out_under_a_file(command: str, tmp_path: Path, capsys) -> None:
     (tmp_path / "taken").write_text("kept")

@@ -3,6 +3,11 @@
 import signal
 
 
+def reason(exc: BaseException) -> str:
+    """An exception as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class UserError(Exception):
     """Something the user got wrong (bad recipe, missing file, impossible setting): exit code 2.
 

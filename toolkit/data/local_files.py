@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from toolkit.data.corpus import missing_file_hint
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
 from toolkit.recipe.data_spec import SourceSpec
-
-
-def reason(exc: BaseException) -> str:
-    """An exception as one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def source_path(spec: SourceSpec) -> str:

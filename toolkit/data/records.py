@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datasets import IterableDataset, load_dataset
 
-from toolkit.data.local_files import FORMATS, data_files, reason, source_path
-from toolkit.errors import UserError
+from toolkit.data.local_files import FORMATS, data_files, source_path
+from toolkit.errors import UserError, reason
 from toolkit.recipe.data_spec import SourceSpec
 
 

@@ -19,12 +19,12 @@ from itertools import islice
 from typing import Any
 
 from toolkit.data.formats import BadRow, chat_template, to_document
-from toolkit.data.local_files import LOCAL_FORMATS, data_files, reason
+from toolkit.data.local_files import LOCAL_FORMATS, data_files
 from toolkit.data.packing import Document
 from toolkit.data.records import record_dataset
 from toolkit.data.stream_state import SourceCursor
 from toolkit.data.synthetic import synthetic_documents
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
 from toolkit.recipe.data_spec import SourceSpec
 
 SHUFFLE_BUFFER = 64

@@ -11,11 +11,13 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from toolkit.data.needle import filler_sentence, make_needles
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
+from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.recipe.schema import ModelSpec, TokenizerTraining
 
@@ -67,16 +69,17 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
         if not Path(source).expanduser().is_dir():
             raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
         source = str(Path(source).expanduser())
+        if (Path(source) / "config.json").is_file():
+            read_json_object(Path(source) / "config.json")  # which AutoTokenizer reads: a JSON object
         if not has_tokenizer(Path(source)):
             raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
                             f"{', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
                                                   trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+    except (OSError, ValueError, StrictDataclassError) as exc:  # the last: a config.json field of the wrong type
         hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
-        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}{hub}: {reason}") from None
+        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}{hub}: {reason(exc)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"model.tokenizer: {source!r} has neither a pad nor an eos token")

@@ -17,9 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 
-from toolkit.data.local_files import reason
 from toolkit.data.tokens import bos_prefix
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
 from toolkit.evals.context import EvalContext
 from toolkit.evals.lmeval_bridge import main_metrics, summarize, task_datasets, task_manager, unimportable_code
 from toolkit.evals.results import SuiteResults, write_json

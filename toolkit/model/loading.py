@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from peft import PeftModel
 from safetensors import SafetensorError
 from transformers import (
@@ -21,7 +22,7 @@ from transformers import (
 )
 
 from toolkit.data.tokenizer import has_tokenizer
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
@@ -97,11 +98,14 @@ def check_model_source(source: str, field: str) -> None:
     if not (folder / "config.json").is_file():
         run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / "config.json").is_file() else ""
         raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
+    read_json_object(folder / "config.json")  # a JSON object, or one line naming the file
 
 
 def _load_failure(source: str, field: str, exc: Exception) -> UserError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError(f"{field}: cannot load {source!r}: {reason}")
+    """``field``'s source cannot be loaded: the exception's first line (a config field of the wrong type: all of it,
+    which names the field)."""
+    said = reason(exc) if isinstance(exc, StrictDataclassError) else (str(exc).strip().splitlines() or [""])[0]
+    return UserError(f"{field}: cannot load {source!r}: {said or type(exc).__name__}")
 
 
 def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
@@ -109,7 +113,7 @@ def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
     check_model_source(source, field)
     try:
         return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a weights file cut short
+    except (OSError, ValueError, SafetensorError, StrictDataclassError) as exc:  # weights cut short, a bad config
         raise _load_failure(source, field, exc) from None
 
 
@@ -121,7 +125,7 @@ def model_config(spec: ModelSpec) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision,
                                           trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StrictDataclassError) as exc:
         raise _load_failure(spec.name_or_path, "model.name_or_path", exc) from None
 
 
@@ -143,8 +147,8 @@ def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
                         f"{len(tokenizer)} tokens")
     try:
         return LlamaConfig(**settings)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"model.init_config: {str(exc).strip().splitlines()[0]}") from None
+    except (TypeError, ValueError, StrictDataclassError) as exc:  # the last line says what: "TypeError: Field ..."
+        raise UserError(f"model.init_config: {str(exc).strip().splitlines()[-1].strip()}") from None
 
 
 def build_on_meta(config: PretrainedConfig, attention: str, dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
@@ -290,7 +294,7 @@ def eval_tokenizer(model: str, adapter: str | None) -> Any:
     tokenizer_source = adapter if own and adapter is not None else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StrictDataclassError) as exc:
         raise _load_failure(tokenizer_source, "--adapter" if own else "--model", exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import UserError
+from huggingface_hub.errors import StrictDataclassError
+
+from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
@@ -136,7 +138,10 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     assert name_or_path is not None
     local = Path(name_or_path) / "config.json"
     if local.is_file():
-        return shape_from_config(read_json_object(local))
+        try:
+            return shape_from_config(read_json_object(local))
+        except (TypeError, ValueError, StrictDataclassError) as exc:  # a field of the wrong type or an impossible size
+            raise UserError(f"{local}: {reason(exc)}") from None
     if name_or_path in KNOWN_SHAPES:
         return KNOWN_SHAPES[name_or_path]
     raise UserError(f"model.name_or_path: no shape known for {name_or_path!r} without a download; give a local folder "

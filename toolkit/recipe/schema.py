@@ -29,6 +29,11 @@ class TokenizerTraining(Strict):
     """How many synthetic documents to train on."""
 
 
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "head_dim", "max_position_embeddings")
+"""The sizes of a Llama that ``model.init_config`` may give."""
+
+
 class ModelSpec(Strict):
     """What to load: a hub id or local path, or a random model built from an inline Llama config."""
 
@@ -71,6 +76,23 @@ class ModelSpec(Strict):
             raise ValueError("set exactly one of name_or_path or init_config")
         if self.init_config is not None and self.tokenizer is None and self.train_tokenizer is None:
             raise ValueError("a model built from init_config needs tokenizer or train_tokenizer")
+        return self
+
+    @model_validator(mode="after")
+    def _init_config_sizes(self) -> ModelSpec:
+        """The sizes ``init_config`` gives are positive integers whose heads divide as attention needs (what the
+        loader's LlamaConfig checks besides is checked when it is built)."""
+        sizes = {key: value for key, value in (self.init_config or {}).items() if key in _SIZES}
+        for key, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise FieldError(f"init_config.{key}", f"{value!r} is not a positive integer")
+        heads, kv_heads = sizes.get("num_attention_heads"), sizes.get("num_key_value_heads")
+        if heads and kv_heads and heads % kv_heads:
+            raise FieldError("init_config.num_key_value_heads", f"{kv_heads} does not divide num_attention_heads "
+                             f"{heads} (grouped-query attention shares each K/V head among a whole group)")
+        if heads and "hidden_size" in sizes and "head_dim" not in sizes and sizes["hidden_size"] % heads:
+            raise FieldError("init_config.hidden_size", f"{sizes['hidden_size']} is not a multiple of "
+                             f"num_attention_heads {heads}")
         return self
 
 

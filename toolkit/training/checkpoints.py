@@ -30,9 +30,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from toolkit.data.stream_state import StreamState
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError, reason
 from toolkit.model.eval_copy import tied_names
-from toolkit.run_folder import CHECKPOINTS
+from toolkit.run_folder import CHECKPOINTS, RECIPE
 
 _NAME = re.compile(r"^stage-(\d+)-step-(\d+)$")
 _STATE = "trainer_state.json"
@@ -149,11 +149,21 @@ def load_trainable(models: list[nn.Module], folder: str) -> None:
     nothing else, then take the models off accelerate's list so it does not load them strictly again."""
     for i, model in enumerate(models):
         file = Path(folder) / f"{SAFE_MODEL_NAME}{f'_{i}' if i else ''}.safetensors"  # accelerate's file names
-        missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(load_file(file), strict=False)
+        except RuntimeError as exc:  # a weight of another shape: torch lists each, one per line
+            lines = [line.strip() for line in str(exc).splitlines()]
+            raise _misfit(folder, next((line.rstrip(".") for line in lines if line.startswith("size mismatch")),
+                                       reason(exc))) from None
         wrong = sorted(set(missing) - _frozen(model) - _tied(model)) + sorted(unexpected)
         if wrong:
-            raise RunFailure(f"checkpoint {folder} does not match the model (first key: {wrong[0]})")
+            raise _misfit(folder, f"first key: {wrong[0]}")
     models.clear()
+
+
+def _misfit(folder: str, detail: str) -> UserError:
+    return UserError(f"checkpoint {folder} does not fit the model the recipe builds ({detail}): resume with the recipe "
+                     f"it was saved with ({RECIPE} in the run folder), or start a new run with output.dir=...")
 
 
 def _fsync_tree(folder: Path) -> None:

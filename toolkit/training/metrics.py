@@ -3,6 +3,7 @@ peak memory its rows record."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import sys
@@ -18,6 +19,13 @@ from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS, read_metrics
 
 
+def check_logging_backend(spec: LoggingSpec) -> None:
+    """A :class:`UserError` naming ``logging.backend`` when its package is not installed: checked before the model
+    loads."""
+    if spec.backend in ("tensorboard", "wandb") and importlib.util.find_spec(spec.backend) is None:
+        raise UserError(f"logging.backend: {spec.backend} is not installed (pip install '.[{spec.backend}]')")
+
+
 class MetricsLogger:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to the chosen backend."""
 
@@ -28,18 +36,14 @@ class MetricsLogger:
         self._tb = self._wandb = None
         if not enabled:
             return
+        check_logging_backend(spec)
         if spec.backend == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("logging.backend: tensorboard is not installed "
-                                "(pip install '.[tensorboard]')") from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         elif spec.backend == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("logging.backend: wandb is not installed (pip install '.[wandb]')") from None
+            import wandb
+
             self._wandb = wandb.init(project=spec.project or "longctx", name=run_name, dir=str(run_dir))
 
     def log(self, record: dict[str, Any]) -> None:

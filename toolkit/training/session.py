@@ -58,7 +58,7 @@ from toolkit.run_folder import FINAL, RECIPE, RUN_INFO, RunInfo, StageInfo, hold
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
-from toolkit.training.metrics import MetricsLogger
+from toolkit.training.metrics import MetricsLogger, check_logging_backend
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
@@ -103,6 +103,7 @@ def setup(recipe: Recipe) -> Session:
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     attention = check_model_fit(recipe, accelerator, config)
     check_host_memory(recipe, config, accelerator.num_processes, local_processes())
+    check_logging_backend(recipe.logging)
     loaded = _load_model(recipe, accelerator, tokenizer, attention)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
                                   choice_token_ids(recipe.train, tokenizer))
@@ -110,6 +111,8 @@ def setup(recipe: Recipe) -> Session:
                                 recipe.train.stages[0].lr, offloaded=offloads_optimizer(accelerator),
                                 masters=not keeps_own_masters(accelerator))
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    if resume:  # before anything is written: a checkpoint that does not fit leaves the run folder as it was
+        checkpoints.load(resume[0])
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, recipe.run_dir / RECIPE)
@@ -117,7 +120,7 @@ def setup(recipe: Recipe) -> Session:
     logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
     session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
     if resume:
-        _restore(session, *resume)
+        _resumed(session, *resume)
     return session
 
 
@@ -219,9 +222,9 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
     write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
 
-def _restore(session: Session, path: Path, state: TrainerState) -> None:
-    """Load the checkpoint at ``path``; metrics logged after it are dropped (they will be logged again)."""
-    session.checkpoints.load(path)
+def _resumed(session: Session, path: Path, state: TrainerState) -> None:
+    """Continue from the checkpoint at ``path`` (loaded): metrics logged after it are dropped (they will be logged
+    again)."""
     session.resumed, session.global_step = state, state.global_step
     session.accelerator.print(f"resumed from {path}")
     if session.accelerator.is_main_process:
