@@ -4,6 +4,7 @@ averaged so that a swapped comparison gets exactly the swapped probabilities."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,16 @@ def test_results_on_an_edited_held_out_file_are_not_reused(tmp_path: Path) -> No
     assert SuiteResults(path, "s", "t", "m", "f").finished(task) is not None
     data.write_text("\n".join(data.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
     assert SuiteResults(path, "s", "t", "m", "f").finished(task) is None
+
+
+def test_held_out_rows_without_labels_stop_the_suite_before_any_model(tmp_path: Path) -> None:
+    """A held-out file without the winner columns (a competition test file) was found after the run had trained."""
+    from toolkit.data.arena import write_arena
+    from toolkit.evals.suite import load_suite
+
+    rows = read_arena(ROOT / "data" / "arena-example" / "test.csv")[0][:2]
+    unlabelled = write_arena([dataclasses.replace(row, winner=None) for row in rows], tmp_path / "unlabelled.csv")
+    suite = tmp_path / "pref.yaml"
+    suite.write_text(f"name: pref\ntasks:\n  - {{type: preference, data: {unlabelled}}}\n")
+    with pytest.raises(UserError, match=r"tasks\[0\]\.data: .*unlabelled\.csv has no winner columns"):
+        load_suite(suite)

@@ -118,6 +118,14 @@ def test_a_model_the_checkpoint_does_not_fit_is_refused_and_the_run_folder_kept(
     assert detail in err[0]
 
 
+def test_a_checkpoint_state_cut_short_is_one_line_naming_it(resumable: Path, capsys) -> None:
+    state = resumable.parent / "run" / "checkpoints" / "stage-0-step-000002" / "trainer_state.json"
+    state.write_text('{"stage": 0, "step"')
+    assert train(resumable, "train.resume=true") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err == [f"error: {state}:1: not valid JSON (Expecting ':' delimiter)"]
+
+
 # the comparison itself, without training
 
 

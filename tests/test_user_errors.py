@@ -207,6 +207,32 @@ def test_report_names_a_corrupt_file_of_the_run(name: str, text: str, expected: 
     assert not (run / "report.md").exists()
 
 
+@pytest.mark.parametrize("command", ["report", "push", "merge"])
+def test_a_run_folder_that_cannot_be_written_stops_before_any_work(command: str, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """Each writes into the run (the report and its plots; the upload's staging; final/merged): as a user without
+    write access it was a PermissionError traceback, after the merge for push --what merged and merge."""
+    import tempfile
+
+    from tests.hub_runs import write_run
+
+    run = write_run(tmp_path, "lora")
+    capsys.readouterr()
+    before = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+    real = tempfile.TemporaryFile
+
+    def no_writing_in_the_run(*args, dir=None, **kwargs):  # noqa: A002 (tempfile's own keyword)
+        if dir is not None and Path(dir).is_relative_to(run):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_writing_in_the_run)
+    argv = {"report": ["report", str(run)], "push": ["push", str(run), "--repo-id", "me/x", "--dry-run"],
+            "merge": ["merge", str(run)]}[command]
+    assert _error(argv, capsys).startswith(f"RUN: cannot write in {run}")
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before
+
+
 def test_summary_refuses_runs_of_different_verdicts(tmp_path: Path, capsys) -> None:
     fake_run(tmp_path, "a", verdict={"task": "niah-tiny/passkey"})
     fake_run(tmp_path, "b", verdict={"task": "niah-tiny/passkey", "extended_min": 0.5})
@@ -299,6 +325,28 @@ def test_init_config_sizes_are_checked_with_the_recipe(change: dict, expected: s
     model = {**MICRO_RECIPE["model"], "init_config": {**MICRO_RECIPE["model"]["init_config"], **change}}
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model))
     assert _error(["validate", str(recipe)], capsys).endswith(f": {expected}")
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_a_logging_backend_not_installed_stops_train_before_the_model(backend: str, tmp_path: Path, capsys,
+                                                                       monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, logging={"backend": backend},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        f"logging.backend: {backend} is not installed (pip install '.[{backend}]')")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_name_that_is_no_file_name_is_refused(tmp_path: Path, capsys) -> None:
+    """A stage's name names its evaluation folder: ``../x`` wrote outside ``eval/``."""
+    stages = [dict(MICRO_RECIPE["train"]["stages"][0], name="../x")]
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "stages": stages}))
+    assert _error(["validate", str(recipe)], capsys).endswith(
+        ": train.stages[0].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]*$'")
 
 
 def test_what_llamaconfig_refuses_in_init_config_is_one_line_before_training(tmp_path: Path, capsys) -> None:

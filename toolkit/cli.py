@@ -151,6 +151,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from toolkit.output_paths import check_writable
     from toolkit.report.report import build_report
     from toolkit.report.seed_table import summary_markdown
     from toolkit.report.verdict import check_run
@@ -164,6 +165,7 @@ def _report(args: argparse.Namespace) -> int:
     if len(args.runs) != 1:
         raise UserError(f"report: one RUN expected (got {len(args.runs)}); use --summary for several")
     require_run(Path(args.runs[0]))
+    check_writable(Path(args.runs[0]), "RUN")  # the report and its plots are written into it
     build_report(Path(args.runs[0]))
     if args.check:
         verdict = check_run(Path(args.runs[0]))

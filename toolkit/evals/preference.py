@@ -18,7 +18,6 @@ from typing import Any, Literal
 from pydantic import PositiveInt
 
 from toolkit.data.arena import read_labelled_arena
-from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.jury_pairwise_scores import scores_of
 from toolkit.evals.preference_model import predict_rows
@@ -61,10 +60,9 @@ class PreferenceTask(TaskBase):
         super().resolve_paths(base, where)
         self.data = resolve_relative(self.data, base) or self.data
         self.prior = resolve_relative(self.prior, base)
-        for field in ("data", "prior"):
-            path = getattr(self, field)
-            if path is not None and not Path(path).is_file():
-                raise UserError(f"{where}.{field}: no such file {path}")
+        for field in ("data", "prior"):  # bad rows or no winner columns stop the run before any model is loaded
+            if (path := getattr(self, field)) is not None:
+                read_labelled_arena(path, label=f"{where}.{field}", needed_by=PREFERENCE_LABELS)
 
 
 def _scores(probs: Any, labels: list[int], prefix: str = "") -> dict[str, Any]:

@@ -24,6 +24,8 @@ def merge_run(run_dir: Path, out: Path | None) -> Path:
     target = out if out is not None else final / MERGED_FOLDER  # the run's own, replaced by every merge
     if out is not None:
         _check_target(out, final)
+    else:
+        check_writable(final, "RUN")
     merge_adapter(final, target)
     print(f"merged {final} into {target}")
     return target

@@ -17,7 +17,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from toolkit.errors import UserError
 from toolkit.hub import WEIGHT_CHOICES
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
-from toolkit.output_paths import atomic_dir
+from toolkit.output_paths import atomic_dir, check_writable
 from toolkit.run_folder import (
     BASE_FOLDER,
     EVAL,
@@ -89,6 +89,7 @@ def build_upload_folder(run_dir: Path, repo_id: str, what: str | None) -> Path:
 def _check_run(run_dir: Path, what: str | None) -> None:
     """A UserError unless ``run_dir`` is a finished run that has what ``what`` publishes."""
     final = require_final(run_dir)
+    check_writable(run_dir, "RUN")  # the upload is staged in it (and a merge written to final/merged)
     if what not in (None, *WEIGHT_CHOICES):
         raise UserError(f"--what: {what!r} is not one of {', '.join(WEIGHT_CHOICES)}")
     if what in ("adapter", "merged") and not is_adapter_folder(final):

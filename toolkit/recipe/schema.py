@@ -182,7 +182,7 @@ class RopeSpec(Strict):
 class StageSpec(Strict):
     """One stage of progressive extension; stage k starts from stage k-1's weights."""
 
-    name: str | None = None
+    name: str | None = Field(None, pattern=NAME_PATTERN)
     seq_len: PositiveInt
     """Training sequence length in tokens."""
     rope: RopeSpec = RopeSpec()

@@ -31,6 +31,7 @@ from torch import nn
 
 from toolkit.data.stream_state import StreamState
 from toolkit.errors import RunFailure, UserError, reason
+from toolkit.file_reading import read_json_object
 from toolkit.model.eval_copy import tied_names
 from toolkit.run_folder import CHECKPOINTS, RECIPE
 
@@ -76,7 +77,7 @@ class CheckpointManager:
         done = self.complete()
         if not done:
             return None
-        state = json.loads((done[-1] / _STATE).read_text())
+        state = read_json_object(done[-1] / _STATE)  # a file cut short: one line naming it
         known = {f.name for f in fields(TrainerState)}
         if state.get("stream") is not None:
             state["stream"] = StreamState.from_json(state["stream"])
