@@ -56,3 +56,19 @@ def test_a_run_folder_taken_or_a_seed_twice_stops_before_any_training(seeds: lis
     assert stopped.value.code == 2
     assert capsys.readouterr().err == f"error: {expected.format(tmp=tmp_path)}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["doc.md", *([taken] if taken else [])])
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    ("missing.md", "{tmp}/missing.md: cannot read it (No such file or directory)"),
+    ("latin1.md", "{tmp}/latin1.md: not UTF-8 text (byte 0: invalid continuation byte)"),
+    ("folder", "{tmp}/folder: cannot read it (Is a directory)"),
+])
+def test_a_doc_that_cannot_be_read_stops_before_any_training(doc: str, expected: str, tmp_path: Path,
+                                                             capsys) -> None:
+    (tmp_path / "latin1.md").write_bytes(b"\xe9t\xe9\n")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--run", str(tmp_path / "runs"), "--doc", str(tmp_path / doc)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {expected.format(tmp=tmp_path)}\n"
+    assert not (tmp_path / "runs").exists()

@@ -26,8 +26,9 @@ from toolkit.errors import UserError
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
+from toolkit.file_reading import read_text
 from toolkit.formatting.numbers import score_with_interval
-from toolkit.output_paths import write_text
+from toolkit.output_paths import check_writable, write_text
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
 from toolkit.run_folder import load_run
@@ -112,8 +113,8 @@ def section(measured: list[dict[str, Any]]) -> str:
 
 
 def _marked(doc: Path) -> str:
-    """``doc``'s text; a UserError unless it holds both markers."""
-    content = doc.read_text(encoding="utf-8")
+    """``doc``'s text; a UserError unless it is a text file holding both markers."""
+    content = read_text(doc)
     if BEGIN not in content or END not in content:
         raise UserError(f"{doc}: no {BEGIN} ... {END} markers to write between")
     return content
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for doc in docs:  # every target checked before the minutes of training
             _marked(doc)
+            check_writable(doc.parent, "--doc")
         seeds = args.seeds or [None]
         if len(set(seeds)) < len(seeds):
             raise UserError(f"--seeds: {' '.join(map(str, seeds))} names a seed twice")
@@ -148,12 +150,12 @@ def main(argv: list[str] | None = None) -> None:
             if run.exists():
                 raise UserError(f"--run: {run} exists; measure trains a new run (delete it, or give another --run)")
         text = section([measure(args.recipe, run, seed) for run, seed in zip(runs, seeds, strict=True)])
+        print(text)  # before the documents are written: the figures are not lost if a write fails
         for doc in docs:
             write_section(doc, text)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
-    print(text)
 
 
 if __name__ == "__main__":
