@@ -20,4 +20,5 @@ def progress_bar(**kwargs: Any) -> tqdm:
     stream = kwargs.get("file") or sys.stderr
     if notebook_or_text is text and not getattr(stream, "isatty", lambda: False)():
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        kwargs.setdefault("maxinterval", LOG_INTERVAL_S)  # tqdm's monitor redraws a bar left alone this long
     return tqdm(**kwargs)

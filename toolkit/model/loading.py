@@ -147,6 +147,9 @@ def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
                         f"{len(tokenizer)} tokens")
     try:
         return LlamaConfig(**settings)
+    except KeyError as exc:  # "Missing required keys in `rope_parameters` for 'rope_type'='yarn': {'factor'}"
+        said = str(exc.args[0] if exc.args else exc).strip('"')  # transformers quotes its own message
+        raise UserError(f"model.init_config: {said}") from None
     except (TypeError, ValueError, StrictDataclassError) as exc:  # the last line says what: "TypeError: Field ..."
         raise UserError(f"model.init_config: {str(exc).strip().splitlines()[-1].strip()}") from None
 

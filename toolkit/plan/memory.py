@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.errors import StrictDataclassError
-
 from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
@@ -121,14 +119,28 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
 
 
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
-    """A shape from LlamaConfig keyword arguments or a ``config.json`` (LlamaConfig defaults fill the gaps)."""
+    """A shape from the sizes of LlamaConfig keyword arguments or a ``config.json`` (LlamaConfig's defaults fill the
+    gaps; no LlamaConfig is built, whose checks refuse other architectures' sizes, e.g. a ``head_dim`` that does not
+    divide the hidden size). A ValueError naming the key when a size is no integer."""
+    import dataclasses
+
     from transformers import LlamaConfig
 
-    known = set(LlamaConfig().to_dict())
-    full = LlamaConfig(**{k: v for k, v in config.items() if k in known})
-    return ModelShape(hidden=full.hidden_size, intermediate=full.intermediate_size, layers=full.num_hidden_layers,
-                      heads=full.num_attention_heads, kv_heads=full.num_key_value_heads or full.num_attention_heads,
-                      vocab=full.vocab_size, tied=bool(full.tie_word_embeddings), head_dim=config.get("head_dim"))
+    defaults = {f.name: f.default for f in dataclasses.fields(LlamaConfig) if f.default is not dataclasses.MISSING}
+    sizes = {**defaults, **{key: value for key, value in config.items() if value is not None}}
+
+    def size(key: str) -> int:
+        value = sizes[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: {value!r} is not an integer")
+        return value
+
+    heads = size("num_attention_heads")
+    return ModelShape(hidden=size("hidden_size"), intermediate=size("intermediate_size"),
+                      layers=size("num_hidden_layers"), heads=heads,
+                      kv_heads=size("num_key_value_heads") if sizes.get("num_key_value_heads") else heads,
+                      vocab=size("vocab_size"), tied=bool(sizes["tie_word_embeddings"]),
+                      head_dim=size("head_dim") if sizes.get("head_dim") else None)
 
 
 def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, vocab: int | None = None) -> ModelShape:
@@ -140,7 +152,7 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     if local.is_file():
         try:
             return shape_from_config(read_json_object(local))
-        except (TypeError, ValueError, StrictDataclassError) as exc:  # a field of the wrong type or an impossible size
+        except ValueError as exc:  # a size that is no integer
             raise UserError(f"{local}: {reason(exc)}") from None
     if name_or_path in KNOWN_SHAPES:
         return KNOWN_SHAPES[name_or_path]

@@ -82,7 +82,7 @@ class ModelSpec(Strict):
     def _init_config_sizes(self) -> ModelSpec:
         """The sizes ``init_config`` gives are positive integers whose heads divide as attention needs (what the
         loader's LlamaConfig checks besides is checked when it is built)."""
-        sizes = {key: value for key, value in (self.init_config or {}).items() if key in _SIZES}
+        sizes = {key: value for key, value in (self.init_config or {}).items() if key in _SIZES and value is not None}
         for key, value in sizes.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise FieldError(f"init_config.{key}", f"{value!r} is not a positive integer")
@@ -182,7 +182,9 @@ class RopeSpec(Strict):
 class StageSpec(Strict):
     """One stage of progressive extension; stage k starts from stage k-1's weights."""
 
-    name: str | None = Field(None, pattern=NAME_PATTERN)
+    name: str | None = Field(None, pattern=r"^[^./\\][^/\\]*$")
+    """Names the stage's evaluation folder (``eval/stage-<index>-<name>``): no path separator and no leading dot, so
+    the folder stays inside ``eval/`` (any other character, as ever: runs recorded with them still read)."""
     seq_len: PositiveInt
     """Training sequence length in tokens."""
     rope: RopeSpec = RopeSpec()

@@ -124,7 +124,16 @@ class CheckpointManager:
         return final
 
     def load(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
+        """Load the checkpoint at ``path``; a :class:`UserError` when its weights do not fit the model (another shape
+        or method), whichever engine loads them (:func:`load_trainable`, DeepSpeed's or FSDP's loader)."""
+        try:
+            self.accelerator.load_state(str(path))
+        except RuntimeError as exc:  # torch's load_state_dict lists each weight of another shape, one per line
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
+            lines = [line.strip() for line in str(exc).splitlines()]
+            detail = next((line.rstrip(".") for line in lines[1:] if line), reason(exc))
+            raise _misfit(str(path), detail) from None
 
 
 def _frozen(model: nn.Module) -> set[str]:
@@ -150,12 +159,7 @@ def load_trainable(models: list[nn.Module], folder: str) -> None:
     nothing else, then take the models off accelerate's list so it does not load them strictly again."""
     for i, model in enumerate(models):
         file = Path(folder) / f"{SAFE_MODEL_NAME}{f'_{i}' if i else ''}.safetensors"  # accelerate's file names
-        try:
-            missing, unexpected = model.load_state_dict(load_file(file), strict=False)
-        except RuntimeError as exc:  # a weight of another shape: torch lists each, one per line
-            lines = [line.strip() for line in str(exc).splitlines()]
-            raise _misfit(folder, next((line.rstrip(".") for line in lines if line.startswith("size mismatch")),
-                                       reason(exc))) from None
+        missing, unexpected = model.load_state_dict(load_file(file), strict=False)  # another shape: a RuntimeError
         wrong = sorted(set(missing) - _frozen(model) - _tied(model)) + sorted(unexpected)
         if wrong:
             raise _misfit(folder, f"first key: {wrong[0]}")
