@@ -69,7 +69,12 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
 
     assert main(["predict", str(run), "--data", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
     assert main(["predict", str(tmp_path), "--data", str(TEST), "--out", str(out)]) == 2
+    kept = out.read_bytes()
+    assert main(["predict", str(run), "--data", str(TEST), "--out", str(out), "--max-tokens", "5"]) == 2
+    assert out.read_bytes() == kept
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: --data: no such file: {tmp_path / 'missing.csv'}",
-                      f"error: {tmp_path / 'final'}: not found; the run has no final model yet (train it to the end "
-                      "first)"]
+    assert errors[:2] == [f"error: --data: no such file: {tmp_path / 'missing.csv'}",
+                          f"error: {tmp_path / 'final'}: not found; the run has no final model yet (train it to the "
+                          "end first)"]
+    assert errors[2].startswith(f"error: --max-tokens: 5 leaves no room for the comparison in {TEST}:")
+    assert len(errors) == 3

@@ -80,16 +80,19 @@ def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Pa
     (["--max-length", "0"], "--max-length: 0 is not a positive number of tokens"),
     (["--max-length", "32"], "--max-length 32: leaves out every prompt length of {suite}"),
     (["--out", "{tmp}/taken/out"], "--out: {tmp}/taken is a file, not a folder"),
+    (["--out", "{tmp}/out"], "--out: {tmp}/out/needles.json is a folder; the results of suite needles are written "
+                             "to that file"),
     (["--device", "bogus"], "--device: 'bogus' is not a device (cpu, cuda, cuda:1, ...)")])
 def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
     suite = needle_suite(tmp_path)
     (tmp_path / "taken").write_text("kept")
     args = [arg.format(tmp=tmp_path) for arg in args]
-    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "elsewhere")]
+    (tmp_path / "out" / "needles.json").mkdir(parents=True)  # where a suite's results would go: a folder
     # no such model: a check that came after loading it would fail on the model instead
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), *out, *args]
     assert _error(argv, capsys) == expected.format(tmp=tmp_path, suite=suite)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "elsewhere").exists() and [p.name for p in (tmp_path / "out").iterdir()] == ["needles.json"]
 
 
 @pytest.mark.parametrize(("task", "expected"), [

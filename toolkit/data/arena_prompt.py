@@ -107,10 +107,10 @@ def _head_and_tail(ids: list[int], keep: int) -> list[int]:
 class NoRoom(UserError):
     """A comparison whose layout alone (the fixed text around its turns) leaves no room within ``max_tokens``."""
 
-    def __init__(self, max_tokens: int, layout: int, where: str):
-        super().__init__(f"truncate_tokens: {max_tokens} leaves no room for the comparison in {where} (the layout "
-                         f"alone takes {layout} tokens)")
-        self.max_tokens, self.layout = max_tokens, layout
+    def __init__(self, max_tokens: int, layout: int, where: str, field: str = "truncate_tokens"):
+        super().__init__(f"{field}: {max_tokens} leaves no room for the comparison in {where} (the layout alone takes "
+                         f"{layout} tokens)")
+        self.max_tokens, self.layout, self.where = max_tokens, layout, where
 
 
 def arena_input(row: ArenaRow, tokenizer: Any, template: str | None, max_tokens: int) -> ArenaInput:

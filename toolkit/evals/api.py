@@ -41,11 +41,16 @@ def capped(task: Any, max_length: int | None) -> Any | None:
     return task.model_copy(update={"lengths": kept}) if kept else None
 
 
+def results_file(folder: Path, suite: str) -> Path:
+    """Where the suite ``suite``'s results are written in ``folder``."""
+    return folder / f"{suite}.json"
+
+
 def run_tasks(backend: Backend, tasks: Sequence[TaskBase], folder: Path, suite: str, tag: str, model_name: str,
               max_length: int | None = None) -> dict[str, Any]:
     """Run ``tasks`` as the suite ``suite`` with ``backend`` into ``<folder>/<suite>.json``; returns its results.
     ``max_length`` and the backend's own limit leave out prompt lengths above them."""
-    results = SuiteResults(folder / f"{suite}.json", suite, tag, model_name, backend.fingerprint)
+    results = SuiteResults(results_file(folder, suite), suite, tag, model_name, backend.fingerprint)
     ctx = EvalContext(backend, folder, suite, model_name)
     limit = min((n for n in (max_length, backend.max_length) if n is not None), default=None)
     for task in filter(None, (capped(task, limit) for task in tasks)):

@@ -10,7 +10,7 @@ from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.evals.accuracy_table import accuracy_table
-from toolkit.evals.api import capped, run_suites_into
+from toolkit.evals.api import capped, results_file, run_suites_into
 from toolkit.evals.registry import check_prompts, check_tasks, headline
 from toolkit.evals.results import write_json
 from toolkit.evals.suite import load_suites
@@ -42,14 +42,17 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     if max_length is not None and max_length < 1:
         raise UserError(f"--max-length: {max_length} is not a positive number of tokens")
     # a bad suite, or one left empty by --max-length, fails before minutes of model loading
-    kept = [[kept for task in suite.tasks if (kept := capped(task, max_length))]
-            for suite in load_suites(suites, lambda _: "--suite")]  # each suite's tasks as they will run
+    named = load_suites(suites, lambda _: "--suite")
+    kept = [[kept for task in suite.tasks if (kept := capped(task, max_length))] for suite in named]
     for path, tasks in zip(suites, kept, strict=True):
         if not tasks:
             raise UserError(f"--max-length {max_length}: leaves out every prompt length of {path}")
         check_tasks(tasks)
     folder = Path(out) if out else default_out(model)
     check_writable(folder, "--out")
+    for suite in named:
+        if (taken := results_file(folder, suite.name)).is_dir():
+            raise UserError(f"--out: {taken} is a folder; the results of suite {suite.name} are written to that file")
     from toolkit.model.loading import chosen_device, eval_tokenizer, load_for_eval
 
     chosen_device(device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.data.arena import read_arena
+from toolkit.data.arena_prompt import NoRoom
 from toolkit.errors import UserError
 from toolkit.evals.preference_model import Predictions, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
@@ -85,8 +86,13 @@ def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str |
     model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device)
     limit = max_tokens or spec.truncate_tokens
     assert limit is not None  # the schema requires truncate_tokens of an arena source
-    predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
-                               desc=f"predict {data.name}")
+    try:
+        predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
+                                   desc=f"predict {data.name}")
+    except NoRoom as exc:
+        if max_tokens is None:  # the recipe's truncate_tokens set the limit
+            raise
+        raise NoRoom(exc.max_tokens, exc.layout, exc.where, "--max-tokens") from None
     ids = [row.id for row in rows]
     write_submission(out, ids, predictions.averaged)
     return Prediction(out, ids, predictions)
