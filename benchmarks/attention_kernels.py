@@ -15,7 +15,6 @@ not counted); ``first_s`` is the first, untimed pass (a JIT-compiled kernel's co
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES
+from toolkit.errors import OneLineParser
 
 KERNELS = ("varlen_fa2", "sdpa_cudnn", "sdpa_flash", "flash_attn_4")
 """Every kernel's name, in the order they run (the CPU has ``varlen_fa2`` alone)."""
@@ -106,7 +106,7 @@ def time_kernel(kernel: Attention, shape: str, seq_len: int, rows: int, repeats:
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--rows", type=int, default=1, help="rows (one document each) per call")

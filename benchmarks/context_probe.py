@@ -15,7 +15,6 @@ extra layer (the offloaded layers' cost in host bytes, the others' in device byt
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -35,6 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import LORA, SHAPES
+from toolkit.errors import OneLineParser
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import causal_lm_loss
 from toolkit.memory.lean_norm import enable_lean_rmsnorm
@@ -199,7 +199,7 @@ def table(rows: list[dict[str, Any]], probe: Probe) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[131072, 262144, 524288])
     parser.add_argument("--layers-total", type=int, default=32)

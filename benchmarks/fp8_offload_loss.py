@@ -15,7 +15,6 @@ table; the runs are ``OUT/seed-S-DTYPE/``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -32,7 +31,7 @@ from scipy.stats import t as student_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.errors import UserError
+from toolkit.errors import OneLineParser, UserError
 from toolkit.evals.plots import finish_axes, save_figure
 from toolkit.output_paths import write_text
 from toolkit.recipe.yaml_files import read_yaml
@@ -147,7 +146,7 @@ def plot(results: list[SeedResult], title: str, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes/tiny-passkey.yaml")
     parser.add_argument("--stage", default="0", help="stage name or index (default: the first)")
     parser.add_argument("--steps", type=int, default=50)

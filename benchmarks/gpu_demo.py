@@ -23,7 +23,6 @@ two steps, suites of a few prompts), so every part of the GPU run is exercised o
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import signal
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
+from toolkit.errors import OneLineParser
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.output_paths import write_text
@@ -200,7 +200,7 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-demo-out"))
     parser.add_argument("--run", type=Path, default=None, help="run folder (default: runs/gpu-demo-DEVICE)")

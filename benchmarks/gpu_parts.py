@@ -10,7 +10,6 @@ installed. A missing or damaged part, or a missing manifest: one line naming it,
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -23,7 +22,7 @@ from typing import BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.errors import UserError
+from toolkit.errors import OneLineParser, UserError
 from toolkit.file_reading import sha256_of
 from toolkit.output_paths import write_text
 
@@ -176,7 +175,7 @@ def join(folder: Path, into: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cut = sub.add_parser("split")
     cut.add_argument("paths", nargs="+", type=Path)

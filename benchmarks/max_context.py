@@ -12,7 +12,6 @@ does not fit. When --total-budget-s runs out the search stops and reports the lo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, measure
+from toolkit.errors import OneLineParser
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -82,7 +82,7 @@ def search(config: Config, budget_gib: float | None, start: int, granularity: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--memory-gib", type=float, default=None)

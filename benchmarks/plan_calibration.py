@@ -11,7 +11,6 @@ reserve.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.context_probe import LEAN_NORM
 from benchmarks.harness import LORA, SHAPES, Config, measure
+from toolkit.errors import OneLineParser
 from toolkit.output_paths import write_text
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 
@@ -55,7 +55,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--seq-len", type=int, default=4096)

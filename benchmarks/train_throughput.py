@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
 from benchmarks.rows import ROWS
+from toolkit.errors import OneLineParser
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -41,7 +42,7 @@ COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--seq-len", type=int, nargs="+", default=[1024])

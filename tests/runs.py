@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from toolkit.cli import main
+from toolkit.parallel.engines import stale_build_locks
 from toolkit.training.faults import StopFlag
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +80,10 @@ def assert_same_scores(a: dict[str, dict], b: dict[str, dict], loss_atol: float 
 
 def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),
                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file config [options] args`` from the repository, one thread per process."""
+    """``accelerate launch --config_file config [options] args`` from the repository, one thread per process. A
+    DeepSpeed launch fails at once where a stopped build left a lock its ops would wait on until the timeout."""
+    if yaml.safe_load(config.read_text()).get("distributed_type") == "DEEPSPEED":
+        assert not stale_build_locks(), f"delete the stale torch extension build locks {stale_build_locks()}"
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--config_file", str(config), *options, "--num_cpu_threads_per_process",
                "1", *args]

@@ -25,3 +25,11 @@ def test_no_function_is_longer_than_60_lines() -> None:
 def test_few_loose_modules_at_the_top_of_the_package() -> None:
     loose = sorted(path.name for path in TOOLKIT.glob("*.py"))
     assert len(loose) <= MAX_LOOSE_MODULES, loose
+
+
+def test_every_command_line_parser_reports_mistakes_in_one_line() -> None:
+    """Commands under toolkit/ and benchmarks/ parse with ``OneLineParser`` (argparse's own prints its usage over
+    several lines first)."""
+    plain = [str(path.relative_to(TOOLKIT.parent)) for folder in (TOOLKIT, TOOLKIT.parent / "benchmarks")
+             for path in sorted(folder.rglob("*.py")) if "argparse.ArgumentParser(" in path.read_text()]
+    assert not plain, plain

@@ -11,7 +11,7 @@ import yaml
 
 from tests.real_model import SMALL_MODEL, needs_small_model
 from toolkit.data.arena import ArenaRow
-from toolkit.data.arena_prompt import arena_input, label_token_ids, share_budget, swaps
+from toolkit.data.arena_prompt import NoRoom, arena_input, check_room, label_token_ids, share_budget, swaps
 from toolkit.data.formats import chat_template, choice_token_ids, to_document
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.errors import UserError
@@ -55,6 +55,29 @@ def test_long_parts_keep_head_and_tail(tokenizer, chat: bool) -> None:
     assert text.rstrip().endswith("assistant") if chat else text.endswith("word \nAnswer:\n")  # ... and tail
     with pytest.raises(UserError, match="truncate_tokens: 20 leaves no room for the comparison in f.csv:2"):
         arena_input(ROW, tokenizer, template, 20)
+
+
+@needs_small_model
+@pytest.mark.parametrize("chat", [True, False])
+def test_room_is_checked_before_a_model_as_the_layout_finds_it(tokenizer, chat: bool) -> None:
+    """``check_room`` (the layout tokenised once per number of turns, no part) refuses exactly the limits that
+    ``arena_input`` refuses, for one- and two-turn comparisons, naming the field it is given."""
+    template = tokenizer.chat_template if chat else None
+    two_turns = ArenaRow("8", "m1", "m2", ("Hi", "And 3+3?"), ("Hello", "6"), ("Hey", "Six."), 1, "f.csv:3")
+    for row in (ROW, two_turns):
+        smallest = next(n for n in range(1, 400) if _fits(row, tokenizer, template, n))
+        check_room([ROW, row], tokenizer, template, max(smallest, 120))
+        with pytest.raises(NoRoom, match=rf"^--max-tokens: {smallest - 1} leaves no room for the comparison in "
+                                         rf"{row.where} "):
+            check_room([row], tokenizer, template, smallest - 1, "--max-tokens")
+
+
+def _fits(row: ArenaRow, tokenizer, template: str | None, max_tokens: int) -> bool:
+    try:
+        arena_input(row, tokenizer, template, max_tokens)
+    except NoRoom:
+        return False
+    return True
 
 
 @needs_small_model

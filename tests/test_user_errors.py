@@ -17,6 +17,8 @@ from toolkit.cli import main
 
 NO_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (no files can be made there)")
 
+ARENA_TEST = ROOT / "data" / "arena-example" / "test.csv"
+
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """The one line a command that exits 2 prints, without ``error: ``."""
@@ -76,6 +78,15 @@ def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Pa
     assert not (tmp_path / "run").exists()  # stopped before the model loaded: no run folder at all
 
 
+def test_an_empty_text_source_is_named_with_its_suite_and_task(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ntasks:\n  - {type: perplexity, length: 64, bucket: 32,\n"
+                     "     source: {source: text, path: empty.txt}}\n")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == f"{suite}: tasks[0].source.path: {tmp_path / 'empty.txt'} holds no text"
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--max-length", "0"], "--max-length: 0 is not a positive number of tokens"),
     (["--max-length", "32"], "--max-length 32: leaves out every prompt length of {suite}"),
@@ -101,7 +112,12 @@ def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, t
     ("{type: niah, lengths: [64], samples: 1, chat: true}",
      "niah task niah: chat: true, but the tokenizer has no chat template (ask without it for base models)"),
     ("{type: ruler, lengths: [40], tasks: [vt], samples: 1}",
-     "ruler task vt: length 40 is too short for its needles, question and answer")])
+     "ruler task vt: length 40 is too short for its needles, question and answer"),
+    (f"{{type: preference, data: {ARENA_TEST}}}",
+     "task preference: label_tokens: 'tie' is 2 tokens of the tokenizer, not one"),
+    (f"{{type: preference, data: {ARENA_TEST}, label_tokens: [a, b, c], truncate_tokens: 5}}",
+     f"task preference: truncate_tokens: 5 leaves no room for the comparison in {ARENA_TEST}:2 (the layout alone "
+     "takes")])
 def test_prompts_the_tokenizer_cannot_build_stop_eval_and_train_before_the_model(
         task: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Prompt lengths are counted in the model's tokens: what its tokenizer cannot build is known before the model
@@ -549,3 +565,21 @@ def test_a_model_folder_without_a_tokenizer_says_so(tmp_path: Path, capsys) -> N
         f"model.tokenizer: cannot load '{tmp_path / 'empty-model'}' (from model.name_or_path): no tokenizer in it "
         "(none of tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json)")
     assert not (tmp_path / "run").exists()
+
+
+def test_corpus_without_the_tokenizer_names_the_folder_and_the_flag(tmp_path: Path, capsys) -> None:
+    """Run outside the repository, ``corpus`` looked for the small model under the working folder."""
+    assert _error(["corpus", "--out", str(tmp_path / "corpus"), "--model", str(tmp_path / "none")], capsys) == (
+        f"--model: no tokenizer in {tmp_path / 'none'} (`make small-model` writes one under the repository's "
+        "models/); name the folder of SmolLM2-135M-Instruct with --model")
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_a_module_command_mistake_is_one_line(capsys) -> None:
+    from toolkit.preference import measure
+
+    with pytest.raises(SystemExit) as stop:
+        measure.main(["--bogus"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "unrecognized arguments: --bogus" in err, err

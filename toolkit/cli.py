@@ -9,20 +9,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from toolkit.errors import RunFailure, Stopped, UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are one line like every other user error (its subcommands' parsers too), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")
+from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and other libraries' info")
     loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -123,6 +115,8 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     corpus.add_argument("--out", default=corpus_module.DEFAULT_DIR, type=Path,
                         help="output folder (default: %(default)s)")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
+    corpus.add_argument("--model", type=Path, help="the SmolLM2 folder whose tokenizer counts the tokens (default: "
+                                                   "the one make small-model writes)")
 
 
 class _Stderr(logging.StreamHandler):
@@ -264,7 +258,7 @@ def _fetch(args: argparse.Namespace) -> int:
         return 0
     from toolkit.data.corpus import fetch_corpus
 
-    print(fetch_corpus(DEFAULT_DIR, out, force=args.force).text())
+    print(fetch_corpus(args.model or DEFAULT_DIR, out, force=args.force).text())
     return 0
 
 

@@ -1,6 +1,8 @@
 """Errors that the CLI turns into one line and an exit code."""
 
+import argparse
 import signal
+from typing import NoReturn
 
 
 def reason(exc: BaseException) -> str:
@@ -30,3 +32,10 @@ class Stopped(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {checkpoint}; "
                          "continue with train.resume=true")
         self.exit_code = 128 + signum
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line like every other user error (its subcommands' parsers too), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")

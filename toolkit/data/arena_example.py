@@ -9,11 +9,11 @@ pure function of the seed.
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
+from toolkit.errors import OneLineParser
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
 REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that request.",
@@ -89,7 +89,7 @@ def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -113,16 +113,40 @@ class NoRoom(UserError):
         self.max_tokens, self.layout, self.where = max_tokens, layout, where
 
 
-def arena_input(row: ArenaRow, tokenizer: Any, template: str | None, max_tokens: int) -> ArenaInput:
-    """``row`` laid out up to the answer position, cut to leave room for the answer token in ``max_tokens``."""
+def _layout(row: ArenaRow, tokenizer: Any, template: str | None) -> tuple[list[int], list[list[int]], list[str]]:
+    """The ids before the text, the ids of the fixed text around the parts, and the parts' texts in order."""
     comparison, parts = _comparison(row)
     text, prefix = _frame(tokenizer, comparison, template)
     pieces = text.split("\x00")  # fixed text, part index, fixed text, part index, ...
     fixed = [list(tokenizer(piece, add_special_tokens=False)["input_ids"]) for piece in pieces[0::2]]
-    part_ids = [list(tokenizer(parts[int(k)], add_special_tokens=False)["input_ids"]) for k in pieces[1::2]]
-    budget = max_tokens - 1 - len(prefix) - sum(len(ids) for ids in fixed)
-    if budget < len(part_ids):
-        raise NoRoom(max_tokens, max_tokens - budget - 1, row.where)
+    return prefix, fixed, [parts[int(k)] for k in pieces[1::2]]
+
+
+def _room(max_tokens: int, prefix: list[int], fixed: list[list[int]], parts: int, where: str, field: str) -> int:
+    """The tokens ``max_tokens`` leaves the parts besides the layout and the answer; NoRoom if not one each."""
+    layout = len(prefix) + sum(len(ids) for ids in fixed)
+    if max_tokens - 1 - layout < parts:
+        raise NoRoom(max_tokens, layout, where, field)
+    return max_tokens - 1 - layout
+
+
+def check_room(rows: Sequence[ArenaRow], tokenizer: Any, template: str | None, max_tokens: int,
+               field: str = "truncate_tokens") -> None:
+    """Before a model needs them: every comparison of ``rows`` leaves its parts room within ``max_tokens`` (the
+    layout, counted once per number of turns, is all that can take it; the parts are cut to fit)."""
+    layouts: dict[int, tuple[list[int], list[list[int]], list[str]]] = {}
+    for row in rows:
+        if (turns := len(row.prompt)) not in layouts:
+            layouts[turns] = _layout(row, tokenizer, template)
+        prefix, fixed, parts = layouts[turns]
+        _room(max_tokens, prefix, fixed, len(parts), row.where, field)
+
+
+def arena_input(row: ArenaRow, tokenizer: Any, template: str | None, max_tokens: int) -> ArenaInput:
+    """``row`` laid out up to the answer position, cut to leave room for the answer token in ``max_tokens``."""
+    prefix, fixed, parts = _layout(row, tokenizer, template)
+    part_ids = [list(tokenizer(part, add_special_tokens=False)["input_ids"]) for part in parts]
+    budget = _room(max_tokens, prefix, fixed, len(parts), row.where, "truncate_tokens")
     kept = share_budget([len(ids) for ids in part_ids], budget)
     ids = prefix + fixed[0]
     for part, keep, after in zip(part_ids, kept, fixed[1:], strict=True):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from toolkit.data.corpus_needles import NEEDLES_FILE, RECORDS, write_chat_needles
 from toolkit.data.corpus_sources import PACKAGES, Package, Work
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError
 from toolkit.output_paths import write_text
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ def fetch_corpus(tokenizer_dir: Path, out_dir: Path = DEFAULT_DIR, force: bool =
     from transformers import AutoTokenizer
 
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise RunFailure(f"no tokenizer in {tokenizer_dir}: run `make small-model` first")
+        raise UserError(f"--model: no tokenizer in {tokenizer_dir.resolve()} (`make small-model` writes one under the "
+                        "repository's models/); name the folder of SmolLM2-135M-Instruct with --model")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     works: list[Work] = []

@@ -20,7 +20,7 @@ from pydantic import PositiveInt
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext
 from toolkit.evals.jury_pairwise_scores import scores_of
-from toolkit.evals.preference_model import predict_rows
+from toolkit.evals.preference_model import check_rows_fit, predict_rows
 from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase, file_digests
@@ -67,6 +67,14 @@ class PreferenceTask(TaskBase):
 
 def _scores(probs: Any, labels: list[int], prefix: str = "") -> dict[str, Any]:
     return {f"{prefix}{key}": value for key, value in scores_of(probs, labels).items()}
+
+
+def check_preference_prompts(task: PreferenceTask, tokenizer: Any) -> None:
+    """With the tokenizer, before the model: the label tokens are single tokens and every held-out comparison
+    leaves room within ``truncate_tokens``."""
+    rows = read_labelled_arena(task.data, label=f"task {task.key}: data", needed_by=PREFERENCE_LABELS)[0]
+    check_rows_fit(rows, tokenizer, task.label_tokens, task.truncate_tokens,
+                   (f"task {task.key}: label_tokens", f"task {task.key}: truncate_tokens"))
 
 
 def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -124,4 +132,4 @@ def preference_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(PreferenceTask, run_preference, headline=preference_headline, section=preference_section,
-                     rank=65, score_cell=preference_cell)
+                     rank=65, score_cell=preference_cell, check_prompts=check_preference_prompts)

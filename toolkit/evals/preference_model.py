@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from toolkit.data.arena import ArenaRow
-from toolkit.data.arena_prompt import arena_input, label_token_ids
+from toolkit.data.arena_prompt import arena_input, check_room, label_token_ids
 from toolkit.data.tokens import pad_id
 from toolkit.evals.preference_stats import unswapped
 from toolkit.evals.scoring import batched_with_progress, model_device
@@ -59,11 +59,24 @@ class Predictions:
         return [((p[0] + q[0]) / 2, (p[1] + q[1]) / 2, (p[2] + q[2]) / 2) for p, q in pairs]
 
 
+def _template(tokenizer: Any) -> str | None:
+    """The tokenizer's chat template (a run's ``final/`` holds the one it trained on); None for the plain layout."""
+    return getattr(tokenizer, "chat_template", None) or None
+
+
+def check_rows_fit(rows: Sequence[ArenaRow], tokenizer: Any, labels: Sequence[str], max_tokens: int,
+                   fields: tuple[str, str] = ("label_tokens", "truncate_tokens")) -> None:
+    """With the tokenizer, before the model: the labels are one token each and every comparison leaves room within
+    ``max_tokens`` (a UserError naming the labels' or the limit's field of ``fields`` where not)."""
+    label_token_ids(tokenizer, labels, fields[0])
+    check_room(rows, tokenizer, _template(tokenizer), max_tokens, fields[1])
+
+
 def predict_rows(model: CausalLM, tokenizer: Any, rows: Sequence[ArenaRow], labels: Sequence[str],
                  max_tokens: int, batch_size: int = 8, desc: str = "predict") -> Predictions:
     """Every row asked in both orders, ``batch_size`` prompts per model call, each cut to ``max_tokens``; a progress
     bar named ``desc`` counts the inputs."""
-    template = getattr(tokenizer, "chat_template", None) or None
+    template = _template(tokenizer)
     ids = label_token_ids(tokenizer, labels)
     inputs = [arena_input(r, tokenizer, template, max_tokens) for row in rows for r in (row, row.swapped())]
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].ids))  # similar lengths share a batch

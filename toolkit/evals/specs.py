@@ -97,6 +97,14 @@ class TaskBase(Strict):
                 if not path.is_file():
                     path = path if path.is_absolute() else base / path
                     raise UserError(f"{where}.{field}.path: no such text file {path}{missing_file_hint(path)}")
+                if not _holds_text(path):
+                    raise UserError(f"{where}.{field}.path: {path} holds no text")
+
+
+def _holds_text(path: Path) -> bool:
+    """Whether the file holds anything but white space (read until the first text)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), ""))
 
 
 class NeedleGrid(TaskBase):

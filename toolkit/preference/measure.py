@@ -9,7 +9,6 @@ the A/B-swapped file is from the swapped submission, the inputs cut to fit, and 
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import torch
 
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
-from toolkit.errors import UserError
+from toolkit.errors import OneLineParser, UserError
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
@@ -127,7 +126,7 @@ def write_section(doc: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
     parser.add_argument("--seeds", type=int, nargs="+",

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.data.arena import read_arena
-from toolkit.data.arena_prompt import NoRoom
 from toolkit.errors import UserError
-from toolkit.evals.preference_model import Predictions, predict_rows
+from toolkit.evals.preference_model import Predictions, check_rows_fit, predict_rows
 from toolkit.evals.preference_stats import CLASSES, swap_consistency
 from toolkit.output_paths import atomic_file, check_writable
 from toolkit.recipe.data_spec import SourceSpec
@@ -75,7 +74,7 @@ def write_submission(out: Path, ids: list[str], probs: list[tuple[float, float, 
 def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str | None = None,
             max_tokens: int | None = None) -> Prediction:
     """Predict every comparison of ``data`` (the competition's test or train columns) with ``run``'s model."""
-    from toolkit.model.loading import load_for_eval
+    from toolkit.model.loading import eval_tokenizer, load_for_eval
 
     _check_out(out)
     for flag, value in (("--batch-size", batch_size), ("--max-tokens", max_tokens)):
@@ -83,16 +82,15 @@ def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str |
             raise UserError(f"{flag}: {value} is not a positive number")
     spec = arena_source(run)
     rows, _ = read_arena(data, label="--data")
-    model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device)
     limit = max_tokens or spec.truncate_tokens
     assert limit is not None  # the schema requires truncate_tokens of an arena source
-    try:
-        predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
-                                   desc=f"predict {data.name}")
-    except NoRoom as exc:
-        if max_tokens is None:  # the recipe's truncate_tokens set the limit
-            raise
-        raise NoRoom(exc.max_tokens, exc.layout, exc.where, "--max-tokens") from None
+    tokenizer = eval_tokenizer(str(run / FINAL), None)
+    check_rows_fit(rows, tokenizer, spec.label_tokens, limit,
+                   (f"{run / RECIPE}: label_tokens", "--max-tokens" if max_tokens else f"{run / RECIPE}: "
+                                                                                      "truncate_tokens"))
+    model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device, tokenizer=tokenizer)
+    predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
+                               desc=f"predict {data.name}")
     ids = [row.id for row in rows]
     write_submission(out, ids, predictions.averaged)
     return Prediction(out, ids, predictions)
