@@ -15,12 +15,15 @@ if TYPE_CHECKING:
 
 torch.set_num_threads(2)
 
+MICRO_SHAPE: dict[str, int] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "num_key_value_heads": 2}
+"""The micro Llama's sizes (2 layers, 64 wide, 4 query and 2 KV heads): the micro recipe's and the test models'."""
+
 MICRO_RECIPE: dict[str, Any] = {
     "name": "micro",
     "seed": 0,
     "model": {
-        "init_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "init_config": {**MICRO_SHAPE, "max_position_embeddings": 64,
                         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
         "train_tokenizer": {"vocab_size": 320, "corpus_documents": 200},
         "precision": "fp32",

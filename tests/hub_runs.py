@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tests.micro_models import micro_config
 from toolkit.model.lora import CausalLM
 from toolkit.model.saving import save_final
 from toolkit.recipe.schema import MethodSpec
@@ -29,10 +30,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
 
 def tiny_config(**overrides: object) -> LlamaConfig:
-    settings: dict[str, Any] = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=NATIVE,
-                                    tie_word_embeddings=False)
-    return LlamaConfig(**{**settings, **overrides})
+    return micro_config(**{"vocab_size": 64, "max_position_embeddings": NATIVE, "tie_word_embeddings": False,
+                           **overrides})
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

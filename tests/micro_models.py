@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.conftest import MICRO_SHAPE
 from toolkit.data.batches import Batch, collate
 from toolkit.data.packing import Document, pack_rows
+
+
+def micro_config(**settings: Any) -> LlamaConfig:
+    """The micro Llama's config (:data:`MICRO_SHAPE`) with ``settings`` added or replaced."""
+    return LlamaConfig(**{**MICRO_SHAPE, **settings})
 
 
 def micro_llama(attention: str, max_positions: int) -> LlamaForCausalLM:
     """A 2-layer, 64-wide Llama in eval mode on ``attention``, the same weights on every call."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(micro_config(vocab_size=128, max_position_embeddings=max_positions)).eval()
     model.set_attn_implementation(attention)
     return model
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.micro_models import micro_config
 from tests.runs import metrics, train
 from toolkit.data.batches import stage_batches
 from toolkit.data.formats import chat_document, chat_template, prompt_completion_document
@@ -82,9 +83,7 @@ def test_packed_chat_documents_are_isolated(tokenizer):
     rows = list(pack_rows(docs, seq_len, "pack", tokenizer.pad_token_id))
     assert len(rows) == 1
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=seq_len)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(micro_config(vocab_size=len(tokenizer), max_position_embeddings=seq_len)).eval()
     model.set_attn_implementation("sdpa")
     row = {key: torch.tensor([value]) for key, value in rows[0].items()}
     with torch.no_grad():

@@ -7,6 +7,7 @@ from functools import lru_cache
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.micro_models import micro_config
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.recipe.schema import TokenizerTraining
 
@@ -19,9 +20,8 @@ def tiny_tokenizer():
 def tiny_model(max_positions: int = 256, seed: int = 0) -> LlamaForCausalLM:
     """A random 2-layer Llama (hidden 64) in eval mode."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tiny_tokenizer()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    config = micro_config(vocab_size=len(tiny_tokenizer()), max_position_embeddings=max_positions,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                          bos_token_id=tiny_tokenizer().bos_token_id, eos_token_id=tiny_tokenizer().eos_token_id,
                          pad_token_id=tiny_tokenizer().pad_token_id)
     return LlamaForCausalLM(config).eval()

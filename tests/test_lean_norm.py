@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 import toolkit.memory.lean_norm as lean_norm
@@ -14,6 +14,7 @@ from benchmarks.context_probe import LiveBytes, Probe, measure_step
 from benchmarks.gpu_check_probe import planned as plan
 from benchmarks.harness import SHAPES
 from tests.devices import DEVICES
+from tests.micro_models import micro_config
 from toolkit.memory.lean_norm import LeanNormForward, LeanRMSNorm, enable_lean_rmsnorm
 from toolkit.plan.memory import GIB
 
@@ -116,8 +117,7 @@ def test_a_bf16_llama_routes_its_norms_through_it_and_trains_alike(device: str) 
     """Every norm of a tiny bf16 Llama (two a layer and the last) is routed, and a bf16 forward with gradients runs
     each of them through the lean norm once; the loss and every gradient equal the model's own; without gradients,
     or in float32, the norms' own forward runs."""
-    config = LlamaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = micro_config(vocab_size=128, hidden_size=HIDDEN, max_position_embeddings=64)
     torch.manual_seed(0)
     theirs = LlamaForCausalLM(config).bfloat16().to(device)  # type: ignore[arg-type]  # transformers' wrapped .to
     ours = LlamaForCausalLM(config).bfloat16().to(device)  # type: ignore[arg-type]

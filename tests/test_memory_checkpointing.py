@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from tests.conftest import MICRO_SHAPE
 from tests.devices import DEVICES
+from tests.micro_models import micro_config
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.offload import OffloadStore
 from toolkit.model.lora import CausalLM
@@ -19,14 +21,12 @@ from toolkit.model.lora import CausalLM
 GRADIENT_TOLERANCE = {"cpu": (1e-6, 1e-5), "cuda": (1e-5, 1e-4)}
 """(atol, rtol) of gradients of one step with and without offload: on CUDA the attention backward may sum in
 another order."""
-CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,
-                              attn_implementation="sdpa")
+CONFIG: dict[str, Any] = dict(vocab_size=97, max_position_embeddings=128, attn_implementation="sdpa")
 
 
 def _model(lora: bool) -> CausalLM:
     torch.manual_seed(0)
-    model: CausalLM = LlamaForCausalLM(LlamaConfig(**CONFIG))
+    model: CausalLM = LlamaForCausalLM(micro_config(**CONFIG))
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     return model.train()
@@ -84,7 +84,7 @@ def _offload_step(device: str, offload: bool, ids: torch.Tensor) -> tuple[float,
     """One step of a fresh model: its loss, its gradients copied to the CPU, its peak device memory (CUDA) and its
     offload store; nothing of the step is left on the device when it returns."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**CONFIG, "num_hidden_layers": OFFLOAD_LAYERS})).train().to(device)
+    model = LlamaForCausalLM(micro_config(**{**CONFIG, "num_hidden_layers": OFFLOAD_LAYERS})).train().to(device)
     store = enable_checkpointing(model, offload=offload)
     assert (store is None) == (not offload)
     if device == "cuda":
@@ -116,6 +116,6 @@ def test_offload_lowers_peak_device_memory(device: str) -> None:
     if device == "cuda":
         assert offloaded_peak is not None and peak is not None and offloaded_peak < peak
         element = torch.empty((), dtype=torch.float32).element_size()
-        assert store.peak_host_bytes == OFFLOAD_LAYERS * batch * length * CONFIG["hidden_size"] * element
+        assert store.peak_host_bytes == OFFLOAD_LAYERS * batch * length * MICRO_SHAPE["hidden_size"] * element
     else:
         assert store.peak_host_bytes == 0

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.conftest import MICRO_SHAPE
 from tests.devices import DEVICES
+from tests.micro_models import micro_config
 from toolkit.errors import UserError
 from toolkit.memory.checkpointing import decoder_layers, enable_checkpointing
 from toolkit.memory.offload import FP8_MAX, OffloadStore, Stored, dequantize, offloaded_layers, quantize
@@ -17,14 +19,14 @@ from toolkit.memory.offload import FP8_MAX, OffloadStore, Stored, dequantize, of
 GRADIENT_TOLERANCE = {"cpu": (1e-6, 1e-5), "cuda": (1e-5, 1e-4)}
 """(atol, rtol) of gradients of one step with and without offload: on CUDA the attention backward may sum in
 another order."""
-CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=97, max_position_embeddings=2048, attn_implementation="sdpa")
+CONFIG: dict[str, Any] = dict(num_hidden_layers=4, vocab_size=97, max_position_embeddings=2048,
+                              attn_implementation="sdpa")
 BATCH, LENGTH = 2, 1024  # 2 x 1024 x 64 = 131,072 elements per layer input: above OffloadStore's SMALL
 
 
 def _model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**CONFIG)).train()
+    return LlamaForCausalLM(micro_config(**CONFIG)).train()
 
 
 def _step(model: torch.nn.Module, device: str = "cpu") -> tuple[float, dict[str, torch.Tensor]]:
@@ -77,7 +79,7 @@ def test_offload_as_computed_keeps_loss_and_gradients(offload: bool | int, devic
         assert store.peak_host_bytes == 0  # the inputs are already in host memory: nothing is copied
     else:  # each offloaded layer's input (batch x length x hidden, in the model's dtype) held at once, then freed
         element = torch.empty((), dtype=model.dtype).element_size()
-        inputs = offloaded_layers(offload, len(layers)) * BATCH * LENGTH * CONFIG["hidden_size"]
+        inputs = offloaded_layers(offload, len(layers)) * BATCH * LENGTH * MICRO_SHAPE["hidden_size"]
         assert store.peak_host_bytes == inputs * element
     assert store.host_bytes == 0
 
@@ -89,7 +91,7 @@ def test_fp8_stores_a_byte_per_element_and_perturbs_only_gradients() -> None:
     assert store is not None
     loss, grads = _step(model)
     assert loss == pytest.approx(reference_loss, abs=1e-6)  # the forward runs on the exact inputs
-    assert store.peak_host_bytes == 2 * BATCH * LENGTH * CONFIG["hidden_size"]  # two layers, one byte each
+    assert store.peak_host_bytes == 2 * BATCH * LENGTH * MICRO_SHAPE["hidden_size"]  # two layers, one byte each
     assert store.host_bytes == 0  # freed with the graph
     errors = [((grads[n] - reference[n]).norm() / reference[n].norm()).item() for n in reference]
     assert 1e-4 < max(errors) < 0.1, errors

@@ -6,21 +6,22 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.conftest import MICRO_SHAPE
+from tests.micro_models import micro_config
 from toolkit.errors import UserError
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.tiled_mlp import TiledForward, decoder_mlps, enable_tiled_mlp
 
-CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,
+CONFIG: dict[str, Any] = dict(intermediate_size=160, vocab_size=97, max_position_embeddings=128,
                               attn_implementation="sdpa")
 LENGTH = 50
 
 
 def _model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**CONFIG)).train()
+    return LlamaForCausalLM(micro_config(**CONFIG)).train()
 
 
 def _step(model: LlamaForCausalLM) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
@@ -52,7 +53,7 @@ def test_names_kept_and_reapplying_replaces_tiles() -> None:
     enable_tiled_mlp(model, 5)
     assert list(model.state_dict()) == names
     mlps = decoder_mlps(model)
-    assert len(mlps) == CONFIG["num_hidden_layers"]
+    assert len(mlps) == MICRO_SHAPE["num_hidden_layers"]
     assert all(isinstance(m.forward, TiledForward) and m.forward.tiles == 5 for m in mlps)
     first = mlps[0].forward
     assert isinstance(first, TiledForward) and not isinstance(first.forward, TiledForward)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.micro_models import micro_config
 from toolkit.cli import main
 from toolkit.data.tokenizer import load_tokenizer, train_tokenizer
 from toolkit.errors import UserError
@@ -104,13 +105,11 @@ def test_packed_rows_under_ulysses_on_sdpa_name_the_stage_that_packs() -> None:
 @pytest.fixture(scope="module")
 def weightless_model(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder with a config and a tokenizer but no weights: a run that loaded it would stop there."""
-    from transformers import LlamaConfig
 
     folder = tmp_path_factory.mktemp("weightless")
     for file in tokenizer_dir.iterdir():
         (folder / file.name).write_bytes(file.read_bytes())
-    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64, vocab_size=320).save_pretrained(folder)
+    micro_config(max_position_embeddings=64, vocab_size=320).save_pretrained(folder)
     return folder
 
 
@@ -217,7 +216,7 @@ def test_the_checks_read_the_config_at_the_revision_the_loader_loads(monkeypatch
 
     def from_pretrained(source: str, **kwargs: Any) -> LlamaConfig:
         seen.append((source, kwargs))
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        return micro_config()
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", from_pretrained)
     monkeypatch.setenv(HOST_MEMORY_ENV, "1000")
