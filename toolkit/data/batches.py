@@ -26,7 +26,7 @@ from toolkit.data.sources import check_source, check_token_ids, source_documents
 from toolkit.data.stream_state import DocsState, SourceCursor, StreamState
 from toolkit.data.tokens import pad_id
 from toolkit.errors import RunFailure
-from toolkit.recipe.data_spec import DataSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, DataSpec
 from toolkit.recipe.schema import TrainSpec
 
 SOURCE_SEED_STRIDE = 7919
@@ -85,7 +85,7 @@ class PackedRows(IterableDataset):
     (:meth:`forget_before`): what a checkpoint saves is the position at the rows the steps consumed, which is
     behind what this process has read (every process reads every row, and loaders read ahead)."""
 
-    def __init__(self, spec: DataSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data",
+    def __init__(self, spec: DataSpec, tokenizer, seq_len: int, seed: int, label: str = TRAIN_DATA,
                  start: StreamState | None = None):
         self.spec, self.tokenizer, self.seq_len, self.seed, self.label = spec, tokenizer, seq_len, seed, label
         sources = spec.sources()
@@ -201,7 +201,7 @@ class StageBatches(Iterator[Batch]):
 
 
 def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
-                 start: StreamState | None = None, label: str = "train.data") -> DataLoader:
+                 start: StreamState | None = None, label: str = TRAIN_DATA) -> DataLoader:
     """The DataLoader of one stage's rows, ``batch_size`` rows per batch, before any process takes its share; from
     ``start`` (a resumed stream's position) or the beginning; ``label``: where the recipe holds ``spec``."""
     return DataLoader(PackedRows(spec, tokenizer, seq_len, seed, label, start), batch_size=batch_size,
@@ -211,7 +211,7 @@ def stage_loader(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed:
 def stage_batches(spec: DataSpec, tokenizer, seq_len: int, batch_size: int, seed: int,
                   prepare: Callable[[DataLoader], Any] = lambda loader: loader, sharers: int = 1, *,
                   data_parallel: int = 1, per_read: int = 1, start: StreamState | None = None,
-                  consumed: int = 0, vocab_size: int | None = None, label: str = "train.data") -> StageBatches:
+                  consumed: int = 0, vocab_size: int | None = None, label: str = TRAIN_DATA) -> StageBatches:
     """The batches of one stage (see :class:`StageBatches`); ``prepare`` turns the DataLoader into this process's
     (``toolkit.parallel.sequence.prepare_loader`` in a run). ``data_parallel``: groups of processes training on
     different rows; ``start`` and ``consumed``: a resumed stage's saved position and batches drawn before;

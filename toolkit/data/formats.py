@@ -23,7 +23,7 @@ from toolkit.data.arena_prompt import NoRoom, arena_input, label_token_ids, swap
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
-from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, SourceSpec
 from toolkit.recipe.schema import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _messages(record: dict[str, Any], spec: SourceSpec) -> list[dict[str, str]]:
 
 
 def chat_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str,
-                  label: str = "train.data") -> Document:
+                  label: str = TRAIN_DATA) -> Document:
     """The conversation as the template renders it; labels on the assistant turns only."""
     messages = _messages(record, spec)
 
@@ -204,7 +204,7 @@ def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, tem
 
 
 def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
-                label: str = "train.data") -> Document | None:
+                label: str = TRAIN_DATA) -> Document | None:
     """``record`` (a mapping) as a document of ``spec.format``; None for an empty text or tokens record."""
     if not isinstance(record, dict):
         raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")

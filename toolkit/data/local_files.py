@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from toolkit.data.corpus import missing_file_hint
 from toolkit.errors import UserError, reason
-from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, SourceSpec
 
 
 def source_path(spec: SourceSpec) -> str:
@@ -25,7 +25,7 @@ def source_path(spec: SourceSpec) -> str:
     return spec.path
 
 
-def data_files(spec: SourceSpec, label: str = "train.data") -> list[str]:
+def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
     path = Path(source_path(spec)).expanduser()
     if path.is_file():

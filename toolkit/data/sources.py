@@ -25,7 +25,7 @@ from toolkit.data.records import record_dataset
 from toolkit.data.stream_state import SourceCursor
 from toolkit.data.synthetic import synthetic_documents
 from toolkit.errors import UserError, reason
-from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, SourceSpec
 
 SHUFFLE_BUFFER = 64
 """Records held for shuffling; small, because long-context records can be megabytes each."""
@@ -87,7 +87,7 @@ def _rows(spec: SourceSpec, seed: int, label: str, cursor: SourceCursor) -> Iter
         cursor.epoch, cursor.records = cursor.epoch + 1, 0
 
 
-def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = "train.data",
+def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = TRAIN_DATA,
                    cursor: SourceCursor | None = None) -> Iterator[Document]:
     """Endless documents of a file or hub source, in ``spec.format``, with its filters and upsampling; each epoch
     reshuffles (seeded). ``cursor``: where to start (a resumed stream's position), kept up to date as it reads."""
@@ -131,7 +131,7 @@ def _kept(length: int, spec: SourceSpec, thinning: random.Random) -> bool:
     return True
 
 
-def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, label: str = "train.data",
+def source_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, label: str = TRAIN_DATA,
                      cursor: SourceCursor | None = None) -> Iterator[Document]:
     """Endless documents of any source, from ``cursor``'s position (kept up to date); synthetic ones are generated
     from :func:`synthetic_seed`. ``label``: where the recipe holds ``spec``, which errors name."""

@@ -15,7 +15,7 @@ from toolkit.data.needle import KEY_NAMES, SentenceTokens, build_haystack, draw_
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.stream_state import SourceCursor
 from toolkit.errors import UserError
-from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, SourceSpec
 
 FILLER_POOL_SIZE = 2048
 """Distinct filler sentences a stream draws from; each is tokenised once, so long documents stay cheap."""
@@ -28,7 +28,7 @@ def _labels(input_ids: list[int], answer_start: int, loss_on: str) -> list[int]:
 
 
 def synthetic_documents(spec: SourceSpec, tokenizer, seq_len: int, seed: int, cursor: SourceCursor | None = None,
-                        label: str = "train.data") -> Iterator[Document]:
+                        label: str = TRAIN_DATA) -> Iterator[Document]:
     """An endless, seeded stream of needle documents of ``min_length_fraction * seq_len`` to ``seq_len`` tokens.
 
     Labels cover the answer and eos (``loss_on: answer``) or every token but the first (``loss_on: all``).

@@ -13,6 +13,8 @@ ARENA_LABELS = ("A", "B", "tie")
 """The default answer tokens of ``format: arena`` for A preferred, B preferred and a tie."""
 ARENA_FIELDS = ("label_tokens", "swap", "truncate_tokens")
 """The source fields that apply to ``format: arena`` alone."""
+TRAIN_DATA = "train.data"
+"""The recipe field of the data every stage shares: what errors about data name unless told another field."""
 SYNTHETIC_FIELDS = ("task", "num_keys", "loss_on", "min_length_fraction", "edge_depth_fraction")
 """The source fields that apply to ``source: synthetic`` alone (every other one but ``source`` to files and hub)."""
 

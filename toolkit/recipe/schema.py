@@ -14,7 +14,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 
 from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
-from toolkit.recipe.data_spec import DataSpec, SourceSpec
+from toolkit.recipe.data_spec import TRAIN_DATA, DataSpec, SourceSpec
 from toolkit.recipe.strict import NAME_PATTERN, FieldError, Strict
 
 Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
@@ -303,7 +303,7 @@ class TrainSpec(Strict):
     def data_field(self, index: int) -> str:
         """Where the recipe holds the data of stage ``index``, as errors name it: ``train.stages[<index>].data`` for
         its own, else ``train.data``."""
-        return f"train.stages[{index}].data" if self.stages[index].data is not None else "train.data"
+        return f"train.stages[{index}].data" if self.stages[index].data is not None else TRAIN_DATA
 
     def packed_field(self) -> str | None:
         """The ``packing`` field of the first stage that packs several documents into a row, None when none does."""
