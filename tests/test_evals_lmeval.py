@@ -15,7 +15,7 @@ from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals import lm_eval, lmeval_bridge
 from toolkit.evals.api import run_suites
 from toolkit.evals.lm_eval import LmEvalTask
-from toolkit.evals.lmeval_data import DATASETS, DEFAULT_FOLDER, write_datasets
+from toolkit.evals.lmeval_data import DATASETS, DEFAULT_FOLDER, main
 from toolkit.evals.results import SuiteResults
 
 TASKS = Path(__file__).resolve().parents[1] / "evals" / "lm_eval_tasks"
@@ -95,8 +95,11 @@ def test_short_context_documents_fit_the_tiny_training_length(loaded_tasks):
     assert 100 < min(lengths) and max(lengths) <= 256
 
 
-def test_shipped_data_matches_the_generator(tmp_path: Path):
-    for path in write_datasets(tmp_path):
+def test_shipped_data_matches_the_generator(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    main([str(tmp_path)])  # python -m toolkit.evals.lmeval_data FOLDER
+    written = [Path(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(path.name for path in written) == sorted(DATASETS)
+    for path in written:
         assert path.read_bytes() == (DEFAULT_FOLDER / path.name).read_bytes(), path.name
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 from toolkit.data.needle import filler_sentence, make_needles
+from toolkit.errors import OneLineParser
 from toolkit.output_paths import write_text
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "evals" / "lm_eval_tasks" / "longctx"
@@ -46,6 +46,13 @@ def write_datasets(folder: Path = DEFAULT_FOLDER) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    for path in write_datasets(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_FOLDER):
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
+                        help="where to write the files (default: the tasks' own folder)")
+    for path in write_datasets(parser.parse_args(argv).folder):
         print(path)
+
+
+if __name__ == "__main__":
+    main()
