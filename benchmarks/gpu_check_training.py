@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks.gpu_check_sections import Profile, Section, child_env
 from benchmarks.harness import ROOT
+from toolkit.parallel.engines import release_build_locks
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.recipe.schema import EvalSpec, LoggingSpec, ModelSpec
 from toolkit.run_folder import RunInfo, read_metrics, read_run_info
@@ -116,7 +117,7 @@ def run_side_by_side(section: Section, commands: dict[str, tuple[list[str], dict
                      logs: Path) -> dict[str, Ended]:
     """Start every ``name: (argv, env)`` at once (output into ``logs/name.log``) and wait for each within the
     section's budget; a process (with its children) that outlives it, or this function, is killed."""
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     procs: dict[str, subprocess.Popen] = {}
     ended = {}
     try:
@@ -127,7 +128,7 @@ def run_side_by_side(section: Section, commands: dict[str, tuple[list[str], dict
             try:
                 code: int | None = proc.wait(timeout=max(section.left(), 1))
             except subprocess.TimeoutExpired:
-                stop(proc)
+                stop(proc, wall)
                 code = None
                 section.skip(f"the rest of {name}", f"not done within {section.budget_s:.0f} s")
             output = (logs / f"{name.replace(' ', '-')}.log").read_text(errors="replace")
@@ -135,19 +136,24 @@ def run_side_by_side(section: Section, commands: dict[str, tuple[list[str], dict
     finally:
         for proc in procs.values():
             if proc.poll() is None:
-                stop(proc)
+                stop(proc, wall)
     return ended
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, since: float | None = None) -> None:
     """Kill ``proc`` and every process it started, however deep (torch's launcher starts the training processes
-    with setsid, out of reach of a process-group kill)."""
+    with setsid, out of reach of a process-group kill); with ``since``, the wall-clock time it started, also the
+    torch extension build locks made since, which a killed DeepSpeed process would leave for later launches to wait
+    on for ever."""
     for pid in _family(proc.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     proc.wait()
+    if since is not None:
+        for lock in release_build_locks(since):
+            print(f"deleted {lock}, left by a process killed while it held it", file=sys.stderr)
 
 
 def _family(pid: int) -> list[int]:

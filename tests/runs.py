@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from benchmarks.gpu_check_training import stop
 from toolkit.cli import main
 from toolkit.parallel.engines import stale_build_locks
 from toolkit.training.faults import StopFlag
@@ -79,16 +81,25 @@ def assert_same_scores(a: dict[str, dict], b: dict[str, dict], loss_atol: float 
 
 
 def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),
-                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                      env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file config [options] args`` from the repository, one thread per process. A
-    DeepSpeed launch fails at once where a stopped build left a lock its ops would wait on until the timeout."""
+    DeepSpeed launch fails at once where a killed process left a build lock its ops would wait on until the timeout;
+    a launch that outlives ``timeout`` is killed with its training processes and the locks they held."""
     if yaml.safe_load(config.read_text()).get("distributed_type") == "DEEPSPEED":
         assert not stale_build_locks(), f"delete the stale torch extension build locks {stale_build_locks()}"
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--config_file", str(config), *options, "--num_cpu_threads_per_process",
                "1", *args]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    started = time.time()
+    proc = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc, since=started)  # the training processes too: torch's launcher starts them in their own session
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 class StopAfter(StopFlag):

@@ -256,3 +256,29 @@ def test_a_device_that_cannot_be_read_is_a_written_result_not_a_traceback(tmp_pa
     assert json.loads((tmp_path / "gpu-check.json").read_text())["sections"] == []
     assert ("- failed before any section: RuntimeError: device facts: RuntimeError: CUDA driver initialization "
             "failed") in (tmp_path / "gpu-check.md").read_text().splitlines()
+
+
+def test_a_launch_killed_for_time_takes_its_build_locks_with_it(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DeepSpeed process killed while it held a torch extension's build lock (held for seconds at every load)
+    left it, and every later DeepSpeed launch waited on it for ever; locks made before the launch are not its own."""
+    import os
+
+    from benchmarks.gpu_check_training import stop
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    older, held = tmp_path / "py311_cpu" / "cpu_adam" / "lock", tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    older.parent.mkdir(parents=True)
+    older.touch()
+    os.utime(older, (time.time() - 60, time.time() - 60))
+    started = time.time()
+    grandchild = ("import pathlib, sys, time; lock = pathlib.Path(sys.argv[1]); lock.parent.mkdir(parents=True); "
+                  "lock.touch(); time.sleep(300)")
+    child = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}, sys.argv[1]], " \
+            "start_new_session=True); time.sleep(300)"
+    proc = subprocess.Popen([sys.executable, "-c", child, str(held)])
+    while not held.exists():
+        time.sleep(0.05)
+    stop(proc, since=started)
+    assert not held.exists() and older.exists()
+    assert proc.returncode is not None

@@ -153,22 +153,38 @@ def start_stage(accelerator: Accelerator, grad_accum: int) -> None:
     accelerator.step = 0
 
 
-def stale_build_locks() -> list[tuple[Path, float]]:
+def build_locks() -> list[tuple[Path, float]]:
     """The lock files of torch extension builds (DeepSpeed's JIT-built ops: ``cpu_adam``, ``fused_adam``, the CPU
-    ``deepspeed_shm_comm``) older than :data:`STALE_BUILD_LOCK_S`, with their ages in seconds. A build stopped midway
-    (Ctrl-C, a killed job) leaves its lock, and every later load of that op waits for it to go, silently, for ever."""
+    ``deepspeed_shm_comm``) with the time each was made. Every process that loads such an op holds its lock while
+    torch checks (and if need be builds) it, seconds even when built; one killed meanwhile (Ctrl-C, a killed job or
+    launch) leaves the lock, and every later load of that op waits for it to go, silently, for ever."""
     from torch.utils.cpp_extension import get_default_build_root
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # where torch builds them
-    stale = []
+    locks = []
     for lock in sorted(root.glob("*/*/lock")):
         try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:  # a build that finished meanwhile
+            locks.append((lock, lock.stat().st_mtime))
+        except FileNotFoundError:  # released meanwhile
             continue
-        if age > STALE_BUILD_LOCK_S:
-            stale.append((lock, age))
-    return stale
+    return locks
+
+
+def stale_build_locks() -> list[tuple[Path, float]]:
+    """The build locks older than :data:`STALE_BUILD_LOCK_S`, with their ages in seconds."""
+    now = time.time()
+    return [(lock, now - made) for lock, made in build_locks() if now - made > STALE_BUILD_LOCK_S]
+
+
+def release_build_locks(since: float) -> list[Path]:
+    """Delete the build locks made at or after ``since`` (a wall-clock time) and return them: for whoever has just
+    killed every process it started then, whose locks no process will release now."""
+    released = []
+    for lock, made in build_locks():
+        if made >= since:
+            lock.unlink(missing_ok=True)
+            released.append(lock)
+    return released
 
 
 def warn_of_stale_build_locks() -> None:
