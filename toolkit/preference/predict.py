@@ -85,9 +85,8 @@ def predict(run: Path, data: Path, out: Path, batch_size: int = 8, device: str |
     limit = max_tokens or spec.truncate_tokens
     assert limit is not None  # the schema requires truncate_tokens of an arena source
     tokenizer = eval_tokenizer(str(run / FINAL), None)
-    check_rows_fit(rows, tokenizer, spec.label_tokens, limit,
-                   (f"{run / RECIPE}: label_tokens", "--max-tokens" if max_tokens else f"{run / RECIPE}: "
-                                                                                      "truncate_tokens"))
+    limit_field = "--max-tokens" if max_tokens else f"{run / RECIPE}: truncate_tokens"
+    check_rows_fit(rows, tokenizer, spec.label_tokens, limit, (f"{run / RECIPE}: label_tokens", limit_field))
     model, tokenizer, _ = load_for_eval(str(run / FINAL), None, device, tokenizer=tokenizer)
     predictions = predict_rows(model, tokenizer, rows, spec.label_tokens, limit, batch_size,
                                desc=f"predict {data.name}")
