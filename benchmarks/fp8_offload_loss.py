@@ -31,7 +31,7 @@ from scipy.stats import t as student_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.errors import OneLineParser, UserError
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int
 from toolkit.evals.plots import finish_axes, save_figure
 from toolkit.output_paths import write_text
 from toolkit.recipe.yaml_files import read_yaml
@@ -149,19 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes/tiny-passkey.yaml")
     parser.add_argument("--stage", default="0", help="stage name or index (default: the first)")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=positive_int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="more recipe overrides, e.g. model.precision=bf16")
-    parser.add_argument("--out", type=Path, default=REPO / "runs/fp8-offload-loss")
+    parser.add_argument("--out", type=output_folder, default=REPO / "runs/fp8-offload-loss")
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("--seeds: at least two, for the interval and the seeds' spread")
-    try:
+    with exit_on_user_error():
         base = stage_overrides(args.recipe, args.stage, args.steps) + args.overrides
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     results = []
     for seed in args.seeds:
         losses = {dtype: train(args.recipe, [*base, f"seed={seed}", f"train.activation_offload_dtype={dtype}"],

@@ -52,7 +52,7 @@ from benchmarks import gpu_check_sections as sections
 from benchmarks import gpu_check_training as training
 from benchmarks.gpu_check_report import markdown
 from benchmarks.harness import ROOT
-from toolkit.errors import OneLineParser
+from toolkit.errors import OneLineParser, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
@@ -160,7 +160,7 @@ def _section_json(section: sections.Section) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"))
+    parser.add_argument("--out", type=output_folder, default=Path("runs/gpu-check"))
     parser.add_argument("--sections", type=int, nargs="+", choices=sorted(ALL_SECTIONS), default=sorted(ALL_SECTIONS),
                         help="the sections to run (default: all); the others are skips, their seconds go to section 5")
     args = parser.parse_args(argv)

@@ -39,11 +39,12 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
-from toolkit.errors import OneLineParser
+from toolkit.errors import OneLineParser, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.output_paths import write_text
-from toolkit.run_folder import read_run_info
+from toolkit.run_folder import RECIPE as RECIPE_FILE
+from toolkit.run_folder import RUN_INFO, read_run_info
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = str(small_model.DEFAULT_DIR)
@@ -95,8 +96,11 @@ def _toolkit(args: list[str], log: Path) -> None:
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", "toolkit", *args], stdout=out, stderr=subprocess.STDOUT,
                               cwd=REPO)
+    lines = log.read_text().splitlines()
+    if done.returncode == 2 and lines and lines[-1].startswith("error: "):  # a user mistake: its one line
+        _refuse(f"python -m toolkit {args[0]}: {lines[-1].removeprefix('error: ')}")
     if done.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
+        tail = "\n".join(lines[-15:])
         print(f"error: python -m toolkit {args[0]} exited {done.returncode} ({log}):\n{tail}", file=sys.stderr)
         raise SystemExit(1)
 
@@ -202,15 +206,18 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu-demo-out"))
+    parser.add_argument("--out", type=output_folder, default=Path("runs/gpu-demo-out"))
     parser.add_argument("--run", type=Path, default=None, help="run folder (default: runs/gpu-demo-DEVICE)")
     parser.add_argument("--parts", type=Path, default=None, help="join and check these parts first (gpu_parts.py)")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="one more recipe override, e.g. train.max_steps=30")
     args = parser.parse_args(argv)
+    run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
+    if run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir()) and not any(
+            (run_dir / name).is_file() for name in (RUN_INFO, RECIPE_FILE))):
+        _refuse(f"--run: {run_dir} holds no run, and the demo replaces its run folder: give another --run")
     work_offline()  # all it reads is local and the GPU machine reaches no network: its commands need not ask the Hub
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too
-    run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
     print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))
 
 

@@ -22,9 +22,9 @@ from typing import BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.errors import OneLineParser, UserError
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error
 from toolkit.file_reading import sha256_of
-from toolkit.output_paths import write_text
+from toolkit.output_paths import check_writable, write_text
 
 MANIFEST = "manifest.json"
 PART_MIB = 56
@@ -185,17 +185,18 @@ def main(argv: list[str] | None = None) -> None:
     put.add_argument("--parts", type=Path, default=Path(".gpu-parts"))
     put.add_argument("--into", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         if args.command == "split":
+            if args.part_mib < 1:
+                raise UserError(f"--part-mib: {args.part_mib} is not a positive number of MiB")
+            check_writable(args.out, "--out")
             manifest = split(args.paths, args.out, args.part_mib)
             sizes = ", ".join(f"{part.name} {part.bytes / 2**20:.1f} MiB" for part in manifest.parts)
             print(f"{len(manifest.parts)} parts in {args.out} ({sizes}; "
                   f"{sum(p.bytes for p in manifest.parts) / 2**20:.1f} MiB), sha256 {manifest.archive_sha256}")
         else:
+            check_writable(args.into, "--into")
             print(f"joined and checked: {', '.join(join(args.parts, args.into))}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

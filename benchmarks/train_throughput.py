@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
 from benchmarks.rows import ROWS
-from toolkit.errors import OneLineParser
+from toolkit.errors import OneLineParser, output_file, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -45,8 +45,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
-    parser.add_argument("--seq-len", type=int, nargs="+", default=[1024])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[1024])
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--rows", choices=ROWS, nargs="+", default=list(ROWS), help="what each step trains on")
     parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
@@ -57,7 +57,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=600, help="seconds per configuration")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=output_file, help="also write the results here")
     return parser.parse_args(argv)
 
 

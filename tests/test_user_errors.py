@@ -93,7 +93,9 @@ def test_an_empty_text_source_is_named_with_its_suite_and_task(tmp_path: Path, c
     (["--out", "{tmp}/taken/out"], "--out: {tmp}/taken is a file, not a folder"),
     (["--out", "{tmp}/out"], "--out: {tmp}/out/needles.json is a folder; the results of suite needles are written "
                              "to that file"),
-    (["--device", "bogus"], "--device: 'bogus' is not a device (cpu, cuda, cuda:1, ...)")])
+    (["--device", "bogus"], "--device: 'bogus' is not a device (cpu, cuda, cuda:1, ...)"),
+    (["--device", "mps"], "--device: 'mps': the toolkit runs on cpu or cuda (ROCm's GPUs are cuda devices)"),
+    (["--device", "meta"], "--device: 'meta': the toolkit runs on cpu or cuda (ROCm's GPUs are cuda devices)")])
 def test_eval_refuses_before_loading_the_model(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
     suite = needle_suite(tmp_path)
     (tmp_path / "taken").write_text("kept")
@@ -396,6 +398,34 @@ def test_make_export_without_run_says_how_before_fetching_anything(tmp_path: Pat
     assert "pip download" not in done.stdout and "usage: make export RUN=" in done.stdout
 
 
+@pytest.mark.parametrize("mistake", ["train.max_steps=5", "RECIPIE=recipes/smollm2-135m-yarn-32k-lora.yaml"])
+def test_make_refuses_a_variable_it_does_not_read(mistake: str) -> None:
+    """make ignores a command-line variable no rule reads: the default recipe would have trained in full."""
+    env = {key: value for key, value in os.environ.items() if key != "MAKEFLAGS"}
+    done = subprocess.run(["make", "-n", "train", mistake], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and not done.stdout
+    assert f"*** {mistake.split('=')[0]}: no such variable here (recipe overrides go in ARGS=" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("target", ["gpu-check", "gpu-demo"])
+def test_make_names_a_device_the_gpu_scripts_do_not_run_on_before_installing_anything(target: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "MAKEFLAGS"}
+    done = subprocess.run(["make", "-n", target, "DEVICE=CPU"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and not done.stdout
+    assert "*** DEVICE=CPU: gpu-check and gpu-demo run on cuda (the default) or cpu.  Stop." in done.stderr
+
+
+def test_make_validate_checks_the_recipe_it_is_given() -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("RECIPE", "MAKEFLAGS")}
+    given, every = (subprocess.run(["make", "-n", "--no-print-directory", "validate", *args], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()[-1]
+                    for args in (["RECIPE=mine.yaml"], []))
+    assert given.split()[-1] == "mine.yaml" and every.split()[-1] == "recipes/*.yaml"
+
+
 def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
     import datasets
     import huggingface_hub
@@ -573,6 +603,57 @@ def test_corpus_without_the_tokenizer_names_the_folder_and_the_flag(tmp_path: Pa
         f"--model: no tokenizer in {tmp_path / 'none'} (`make small-model` writes one under the repository's "
         "models/); name the folder of SmolLM2-135M-Instruct with --model")
     assert not (tmp_path / "corpus").exists()
+
+
+@pytest.mark.parametrize(("module", "args", "expected"), [
+    ("toolkit.evals.lmeval_data", ["{tmp}/taken/x"], "folder: {tmp}/taken is a file, not a folder"),
+    ("toolkit.data.arena_example", ["{tmp}/taken"], "folder: {tmp}/taken is a file, not a folder"),
+    ("benchmarks.gpu_parts", ["split", "LICENSE", "--out", "{tmp}/parts", "--part-mib", "0"],
+     "--part-mib: 0 is not a positive number of MiB"),
+    ("benchmarks.gpu_parts", ["split", "LICENSE", "--out", "{tmp}/taken/parts"],
+     "--out: {tmp}/taken is a file, not a folder"),
+    ("benchmarks.gpu_parts", ["join", "--parts", "{tmp}", "--into", "{tmp}/taken"],
+     "--into: {tmp}/taken is a file, not a folder")])
+def test_module_commands_check_where_they_write_first(module: str, args: list[str], expected: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A folder under a file was a traceback after the work (or, for parts of 0 MiB, parts without end)."""
+    import importlib
+
+    (tmp_path / "taken").write_text("kept")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([arg.format(tmp=tmp_path) for arg in args])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {expected.format(tmp=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize(("module", "args", "expected"), [
+    ("benchmarks.train_throughput", ["--json", "{tmp}/taken/rows.json"],
+     "argument --json: {tmp}/taken/rows.json: {tmp}/taken is a file, not a folder"),
+    ("benchmarks.train_throughput", ["--steps", "0"], "argument --steps: '0' is not a positive whole number"),
+    ("benchmarks.context_probe", ["--json", "{tmp}"], "argument --json: {tmp} is a folder; name a file"),
+    ("benchmarks.fp8_offload_loss", ["--out", "{tmp}/taken/x"],
+     "argument --out: {tmp}/taken/x: {tmp}/taken is a file, not a folder"),
+    ("benchmarks.gpu_check", ["--out", "{tmp}/taken/x"],
+     "argument --out: {tmp}/taken/x: {tmp}/taken is a file, not a folder"),
+    ("benchmarks.gpu_demo", ["--device", "cpu", "--run", "{tmp}/kept", "--out", "{tmp}/out"],
+     "--run: {tmp}/kept holds no run, and the demo replaces its run folder: give another --run")])
+def test_benchmarks_check_their_numbers_and_outputs_before_measuring(module: str, args: list[str], expected: str,
+                                                                     tmp_path: Path, capsys) -> None:
+    """A results file under a file was a traceback after the whole benchmark; 0 steps ran rows of errors."""
+    import importlib
+
+    (tmp_path / "taken").write_text("kept")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("kept")  # a folder of the user's: the demo deleted it
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main([arg.format(tmp=tmp_path) for arg in args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected.format(tmp=tmp_path) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "taken"]
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "kept"
 
 
 def test_a_module_command_mistake_is_one_line(capsys) -> None:

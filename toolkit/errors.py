@@ -2,6 +2,10 @@
 
 import argparse
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -34,8 +38,55 @@ class Stopped(Exception):
         self.exit_code = 128 + signum
 
 
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For a module's or script's ``main``: a UserError within the block is its one line on stderr and its exit
+    code, as the CLI gives it."""
+    try:
+        yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose mistakes are one line like every other user error (its subcommands' parsers too), exit 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _writable(folder: Path, text: str) -> None:
+    from toolkit.output_paths import check_writable
+
+    try:
+        check_writable(folder, text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file path in a folder that is, or can be made, writable (checked before the work)."""
+    path = Path(text)
+    _writable(path.parent, text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; name a file")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder that is, or can be made, writable (checked before the work)."""
+    path = Path(text)
+    _writable(path, text)
+    return path

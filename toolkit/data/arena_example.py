@@ -13,7 +13,8 @@ import random
 from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
-from toolkit.errors import OneLineParser
+from toolkit.errors import OneLineParser, exit_on_user_error
+from toolkit.output_paths import check_writable
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
 REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that request.",
@@ -88,13 +89,15 @@ def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
     return {"train": write_arena(train, folder / "train.csv"), "test": write_arena(test, folder / "test.csv")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for split, path in write_example(args.folder, args.seed).items():
-        print(f"{split}: {path}")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        check_writable(args.folder, "folder")
+        for split, path in write_example(args.folder, args.seed).items():
+            print(f"{split}: {path}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 
 from toolkit.data.needle import filler_sentence, make_needles
-from toolkit.errors import OneLineParser
-from toolkit.output_paths import write_text
+from toolkit.errors import OneLineParser, exit_on_user_error
+from toolkit.output_paths import check_writable, write_text
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "evals" / "lm_eval_tasks" / "longctx"
 # file -> (filler sentences per document, documents per size, needles per document, seed)
@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
                         help="where to write the files (default: the tasks' own folder)")
-    for path in write_datasets(parser.parse_args(argv).folder):
-        print(path)
+    folder = parser.parse_args(argv).folder
+    with exit_on_user_error():
+        check_writable(folder, "folder")
+        for path in write_datasets(folder):
+            print(path)
 
 
 if __name__ == "__main__":

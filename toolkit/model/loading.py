@@ -310,6 +310,8 @@ def chosen_device(device: torch.device | str | None) -> torch.device:
         chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise UserError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {device!r}: the toolkit runs on cpu or cuda (ROCm's GPUs are cuda devices)")
     if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"--device: {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return chosen

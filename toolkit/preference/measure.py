@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
-from toolkit.errors import OneLineParser, UserError
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                              "README.md)")
     args = parser.parse_args(argv)
     docs = args.doc or [Path("docs/preference.md"), Path("README.md")]
-    try:
+    with exit_on_user_error():
         for doc in docs:  # every target checked before the minutes of training
             _marked(doc)
             check_writable(doc.parent, "--doc")
@@ -152,9 +151,6 @@ def main(argv: list[str] | None = None) -> None:
         print(text)  # before the documents are written: the figures are not lost if a write fails
         for doc in docs:
             write_section(doc, text)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":
