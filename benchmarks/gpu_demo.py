@@ -43,8 +43,7 @@ from toolkit.errors import OneLineParser, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.output_paths import write_text
-from toolkit.run_folder import RECIPE as RECIPE_FILE
-from toolkit.run_folder import RUN_INFO, read_run_info
+from toolkit.run_folder import holds_other_files, read_run_info
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = str(small_model.DEFAULT_DIR)
@@ -213,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="one more recipe override, e.g. train.max_steps=30")
     args = parser.parse_args(argv)
     run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
-    if run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir()) and not any(
-            (run_dir / name).is_file() for name in (RUN_INFO, RECIPE_FILE))):
+    if run_dir.is_file() or holds_other_files(run_dir):
         _refuse(f"--run: {run_dir} holds no run, and the demo replaces its run folder: give another --run")
     work_offline()  # all it reads is local and the GPU machine reaches no network: its commands need not ask the Hub
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too

@@ -77,6 +77,9 @@ def test_run_info_reads_typed_and_tolerates_missing_keys(tmp_path: Path) -> None
 def test_missing_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such run folder"):
         load_run(tmp_path / "nope")
+    (tmp_path / "notes.md").write_text("kept")
+    with pytest.raises(UserError, match=r"notes\.md: a file, not a run folder"):
+        load_run(tmp_path / "notes.md")
     assert read_recipe(tmp_path) is None
     assert read_run_info(tmp_path) == RunInfo()
     with pytest.raises(UserError, match="run_info.json: not found"):

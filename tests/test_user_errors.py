@@ -78,6 +78,20 @@ def test_a_data_file_without_the_field_stops_train_before_the_model(tmp_path: Pa
     assert not (tmp_path / "run").exists()  # stopped before the model loaded: no run folder at all
 
 
+def test_a_mistyped_local_model_folder_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``models/nope`` is shaped like a hub id, so only the hub (or its cache) was asked; ``models/`` is a folder
+    here, which the line says."""
+    from toolkit.model.loading import _load_failure
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    failed = OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+    assert str(_load_failure("models/nope", "--model", failed)) == (
+        "--model: cannot load 'models/nope': We couldn't connect to 'https://huggingface.co' to load the files. "
+        "(models is a folder here, with no nope in it)")
+    assert str(_load_failure("org/nope", "--model", failed)).endswith("load the files.")  # no folder org here
+
+
 def test_an_empty_text_source_is_named_with_its_suite_and_task(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty.txt").write_text("  \n\n")
     suite = tmp_path / "suite.yaml"

@@ -247,10 +247,16 @@ def holds_other_files(folder: Path) -> bool:
             and not any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL)))
 
 
+def _require_folder(folder: Path) -> None:
+    if folder.is_file():
+        raise UserError(f"{folder}: a file, not a run folder")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such run folder")
+
+
 def require_final(run_dir: Path) -> Path:
     """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no folder or its run has not finished."""
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run folder")
+    _require_folder(run_dir)
     final = run_dir / FINAL
     if not final.is_dir():
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
@@ -260,8 +266,7 @@ def require_final(run_dir: Path) -> Path:
 def require_run(folder: Path) -> None:
     """A UserError unless ``folder`` is a run folder: one holding its recipe, its run info or evaluations, or an empty
     one (a run stopped before writing anything); a report is never written among other files."""
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such run folder")
+    _require_folder(folder)
     if holds_other_files(folder):
         raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
 
@@ -269,7 +274,6 @@ def require_run(folder: Path) -> None:
 def load_run(folder: Path, info_required: bool = False) -> Run:
     """Read the run folder ``folder`` (a UserError when it does not exist, a file of it is corrupt, or, when
     ``info_required``, it holds no run_info.json)."""
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such run folder")
+    _require_folder(folder)
     return Run(folder, read_recipe(folder), read_run_info(folder, info_required), read_metrics(folder),
                read_evals(folder))

@@ -105,7 +105,10 @@ def _load_failure(source: str, field: str, exc: Exception) -> UserError:
     """``field``'s source cannot be loaded: the exception's first line (a config field of the wrong type: all of it,
     which names the field)."""
     said = reason(exc) if isinstance(exc, StrictDataclassError) else (str(exc).strip().splitlines() or [""])[0]
-    return UserError(f"{field}: cannot load {source!r}: {said or type(exc).__name__}")
+    owner = Path(source).parent  # read as a hub id, but maybe a mistyped local path
+    mistyped = not looks_local(source) and owner.name and owner.is_dir()
+    typo = f" ({owner} is a folder here, with no {Path(source).name} in it)" if mistyped else ""
+    return UserError(f"{field}: cannot load {source!r}: {said or type(exc).__name__}{typo}")
 
 
 def _pretrained(source: str, field: str, **kwargs: Any) -> PreTrainedModel:
