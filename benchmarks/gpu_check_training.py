@@ -120,6 +120,7 @@ def run_side_by_side(section: Section, commands: dict[str, tuple[list[str], dict
     started, wall = time.monotonic(), time.time()
     procs: dict[str, subprocess.Popen] = {}
     ended = {}
+    killed = False
     try:
         for name, (argv, env) in commands.items():
             with (logs / f"{name.replace(' ', '-')}.log").open("w") as log:
@@ -128,15 +129,18 @@ def run_side_by_side(section: Section, commands: dict[str, tuple[list[str], dict
             try:
                 code: int | None = proc.wait(timeout=max(section.left(), 1))
             except subprocess.TimeoutExpired:
-                stop(proc, wall)
-                code = None
+                stop(proc)
+                killed, code = True, None
                 section.skip(f"the rest of {name}", f"not done within {section.budget_s:.0f} s")
             output = (logs / f"{name.replace(' ', '-')}.log").read_text(errors="replace")
             ended[name] = Ended(code, output, time.monotonic() - started)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
-                stop(proc, wall)
+                stop(proc)
+                killed = True
+        if killed:  # every process started here is gone now: what locks they made, none will release
+            _release_locks(wall)
     return ended
 
 
@@ -152,8 +156,14 @@ def stop(proc: subprocess.Popen, since: float | None = None) -> None:
             pass
     proc.wait()
     if since is not None:
-        for lock in release_build_locks(since):
-            print(f"deleted {lock}, left by a process killed while it held it", file=sys.stderr)
+        _release_locks(since)
+
+
+def _release_locks(since: float) -> None:
+    """Delete the torch extension build locks made since ``since``, once every process that could hold them was
+    killed (another job building an op in the same extensions folder meanwhile would lose its lock)."""
+    for lock in release_build_locks(since):
+        print(f"deleted {lock}, left by a process killed while it held it", file=sys.stderr)
 
 
 def _family(pid: int) -> list[int]:

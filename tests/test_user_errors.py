@@ -433,11 +433,16 @@ def test_make_names_a_device_the_gpu_scripts_do_not_run_on_before_installing_any
 
 
 def test_make_validate_checks_the_recipe_it_is_given() -> None:
-    env = {key: value for key, value in os.environ.items() if key not in ("RECIPE", "MAKEFLAGS")}
-    given, every = (subprocess.run(["make", "-n", "--no-print-directory", "validate", *args], cwd=ROOT, env=env,
-                                   capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()[-1]
-                    for args in (["RECIPE=mine.yaml"], []))
-    assert given.split()[-1] == "mine.yaml" and every.split()[-1] == "recipes/*.yaml"
+    env = {key: value for key, value in os.environ.items() if key not in ("RECIPE", "ARGS", "MAKEFLAGS")}
+
+    def command(*args: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "--no-print-directory", "validate", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.replace("\\\n", " ").splitlines()[-1].split()
+
+    given = command("RECIPE=mine.yaml", "ARGS=seed=1 train.max_steps=5")
+    assert given[-5:] == ["mine.yaml", "--set", "seed=1", "--set", "train.max_steps=5"]  # validate's form
+    assert command()[-1] == "recipes/*.yaml"
 
 
 def test_a_hub_dataset_out_of_reach_stops_train_before_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
