@@ -40,6 +40,12 @@ lint: setup
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The default run's verdict, or RUN's (a RECIPE names no run folder: that is the recipe's output.dir)
+ifneq ($(filter check,$(MAKECMDGOALS)),)
+ifeq ($(RUN)$(origin RECIPE),command line)
+$(error RECIPE=$(RECIPE): check reads a run, not a recipe; name it with RUN=runs/NAME)
+endif
+endif
 check: setup
 	$(PY) -m toolkit report $(or $(RUN),runs/tiny-passkey) --check
 

@@ -432,6 +432,16 @@ def test_make_names_a_device_the_gpu_scripts_do_not_run_on_before_installing_any
     assert "*** DEVICE=CPU: gpu-check and gpu-demo run on cuda (the default) or cpu.  Stop." in done.stderr
 
 
+def test_make_check_of_a_recipe_asks_for_its_run() -> None:
+    """``make check`` read the default run whatever RECIPE said: another run's verdict."""
+    env = {key: value for key, value in os.environ.items() if key not in ("RUN", "MAKEFLAGS")}
+    done = subprocess.run(["make", "-n", "check", "RECIPE=recipes/smollm2-135m-yarn-32k-lora.yaml"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and not done.stdout
+    assert "*** RECIPE=recipes/smollm2-135m-yarn-32k-lora.yaml: check reads a run, not a recipe; name it with " \
+           "RUN=runs/NAME.  Stop." in done.stderr
+
+
 def test_make_validate_checks_the_recipe_it_is_given() -> None:
     env = {key: value for key, value in os.environ.items() if key not in ("RECIPE", "ARGS", "MAKEFLAGS")}
 
