@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
-from toolkit.errors import OneLineParser, output_folder
+from toolkit.errors import OneLineParser, exit_on_user_error, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.output_paths import write_text
@@ -106,12 +106,8 @@ def _toolkit(args: list[str], log: Path) -> None:
 
 def _join(parts: Path) -> None:
     """The model and corpus parts joined and checked (exit 2 with one line naming a missing or damaged part)."""
-    from toolkit.errors import UserError
-
-    try:
+    with exit_on_user_error():
         join(parts, REPO)
-    except UserError as exc:
-        _refuse(str(exc))
 
 
 def model_from_wheel(log: Path) -> bool:
@@ -132,13 +128,10 @@ def check_inputs() -> None:
 
 def check_recipe(overrides: list[str]) -> None:
     """The recipe with ``overrides`` validates and its suites load (exit 2 with one line otherwise)."""
-    from toolkit.errors import UserError
     from toolkit.recipe.loading import load_recipe
 
-    try:
+    with exit_on_user_error():
         load_recipe(REPO / RECIPE, overrides)
-    except UserError as exc:
-        _refuse(str(exc))
 
 
 def _refuse(message: str) -> None:

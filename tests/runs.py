@@ -102,6 +102,15 @@ def accelerate_launch(config: Path, *args: str, options: tuple[str, ...] = (),
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
+def make_n(*args: str) -> subprocess.CompletedProcess:
+    """``make -n ARGS`` from the repository, as a user runs it: none of the variables or flags of a make this test
+    may run under (``make test``)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RUN", "RECIPE", "ARGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
 class StopAfter(StopFlag):
     """A stop flag that turns on after ``n`` optimizer steps, as a SIGTERM would."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,14 +15,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_parts import MANIFEST, main  # noqa: E402
+from tests.runs import make_n  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_n(*args: str) -> str:
     """What ``make -n ARGS`` would run, from the repository root."""
-    done = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
-                          check=True)
+    done = make_n(*args)
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
-from tests.runs import ROOT, needle_suite
+from tests.runs import ROOT, make_n, needle_suite
 from tests.test_verdict import fake_run
 from toolkit.cli import main
 
@@ -405,24 +404,15 @@ def test_fetch_refuses_an_out_under_a_file(command: str, tmp_path: Path, capsys)
         f"--out: {tmp_path / 'taken'} is a file, not a folder")
 
 
-def _make_n(*args: str) -> subprocess.CompletedProcess:
-    """``make -n ARGS`` from the repository, as a user runs it: none of the variables or flags of a make this test
-    may run under (``make test``)."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RUN", "RECIPE", "ARGS", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    return subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_make_export_without_run_says_how_before_fetching_anything(tmp_path: Path) -> None:
-    done = _make_n("export", f"LLAMA_CPP_DIR={tmp_path / 'none'}")
+    done = make_n("export", f"LLAMA_CPP_DIR={tmp_path / 'none'}")
     assert "pip download" not in done.stdout and "usage: make export RUN=" in done.stdout
 
 
 @pytest.mark.parametrize("mistake", ["train.max_steps=5", "RECIPIE=recipes/smollm2-135m-yarn-32k-lora.yaml"])
 def test_make_refuses_a_variable_it_does_not_read(mistake: str) -> None:
     """make ignores a command-line variable no rule reads: the default recipe would have trained in full."""
-    done = _make_n("train", mistake)
+    done = make_n("train", mistake)
     assert done.returncode == 2 and not done.stdout
     assert f"*** {mistake.split('=')[0]}: no such variable here (recipe overrides go in ARGS=" in done.stderr
     assert done.stderr.count("\n") == 1
@@ -430,14 +420,14 @@ def test_make_refuses_a_variable_it_does_not_read(mistake: str) -> None:
 
 @pytest.mark.parametrize("target", ["gpu-check", "gpu-demo"])
 def test_make_names_a_device_the_gpu_scripts_do_not_run_on_before_installing_anything(target: str) -> None:
-    done = _make_n(target, "DEVICE=CPU")
+    done = make_n(target, "DEVICE=CPU")
     assert done.returncode == 2 and not done.stdout
     assert "*** DEVICE=CPU: gpu-check and gpu-demo run on cuda (the default) or cpu.  Stop." in done.stderr
 
 
 def test_make_check_of_a_recipe_asks_for_its_run() -> None:
     """``make check`` read the default run whatever RECIPE said: another run's verdict."""
-    done = _make_n("check", "RECIPE=recipes/smollm2-135m-yarn-32k-lora.yaml")
+    done = make_n("check", "RECIPE=recipes/smollm2-135m-yarn-32k-lora.yaml")
     assert done.returncode == 2 and not done.stdout
     assert "*** RECIPE=recipes/smollm2-135m-yarn-32k-lora.yaml: check reads a run, not a recipe; name it with " \
            "RUN=runs/NAME.  Stop." in done.stderr
@@ -445,7 +435,7 @@ def test_make_check_of_a_recipe_asks_for_its_run() -> None:
 
 def test_make_validate_checks_the_recipe_it_is_given() -> None:
     def command(*args: str) -> list[str]:
-        done = _make_n("validate", *args)
+        done = make_n("validate", *args)
         assert done.returncode == 0, done.stderr
         return done.stdout.replace("\\\n", " ").splitlines()[-1].split()
 
