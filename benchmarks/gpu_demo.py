@@ -95,13 +95,14 @@ def _toolkit(args: list[str], log: Path) -> None:
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", "toolkit", *args], stdout=out, stderr=subprocess.STDOUT,
                               cwd=REPO)
+    if done.returncode == 0:
+        return
     lines = log.read_text().splitlines()
     if done.returncode == 2 and lines and lines[-1].startswith("error: "):  # a user mistake: its one line
         _refuse(f"python -m toolkit {args[0]}: {lines[-1].removeprefix('error: ')}")
-    if done.returncode != 0:
-        tail = "\n".join(lines[-15:])
-        print(f"error: python -m toolkit {args[0]} exited {done.returncode} ({log}):\n{tail}", file=sys.stderr)
-        raise SystemExit(1)
+    tail = "\n".join(lines[-15:])
+    print(f"error: python -m toolkit {args[0]} exited {done.returncode} ({log}):\n{tail}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def _join(parts: Path) -> None:
