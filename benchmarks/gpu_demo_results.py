@@ -39,12 +39,12 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     suite file of the held-out perplexity at the extended length; ``short_suite``: the suite name of the short-context
     ``passkey`` and ``heldout`` tasks)."""
     from toolkit.errors import UserError
-    from toolkit.report.verdict import check_run
+    from toolkit.report.verdict import compute_verdict
     from toolkit.run_folder import load_run, read_suites
 
     run = load_run(run_dir)
     try:
-        verdict = check_run(run_dir)
+        verdict = compute_verdict(run)
         text, found = verdict.text(), [_check(c.name, c.passed, c.detail) for c in verdict.checks]
     except UserError as exc:
         text, found = f"Verdict not computed: {exc}", [_check("verdict", False, str(exc))]

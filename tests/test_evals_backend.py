@@ -3,6 +3,7 @@ RULER and perplexity runners build, and the results are made of its answers alon
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,11 +73,13 @@ def test_the_needle_runner_asks_its_prompts_in_batches_and_records_the_answers(t
     assert len(backend.batches) == 8
 
 
-def test_a_backends_max_length_caps_the_grid(tmp_path: Path) -> None:
+def test_a_backends_max_length_caps_the_grid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     task = NiahTask(type="niah", lengths=[64, 128], samples=1)
     backend = Recording(max_length=100)
-    entry = run_tasks(backend, [task], tmp_path, "s", "t", "rec")["tasks"]["niah"]
+    with caplog.at_level(logging.WARNING, logger="toolkit.evals.api"):
+        entry = run_tasks(backend, [task], tmp_path, "s", "t", "rec")["tasks"]["niah"]
     assert entry["n_by_length"] == {"64": 5} and [len(batch) for _, batch in backend.batches] == [5]
+    assert caplog.messages == ["t/s niah: prompt length(s) 128 left out (above 100 tokens)"]
 
 
 def test_ruler_asks_for_greedy_continuations(tmp_path: Path) -> None:

@@ -113,6 +113,16 @@ def test_summarize_converts_numpy_and_picks_the_metric():
     assert lmeval_bridge.summarize(output, "acc")[1] == pytest.approx(0.75)
 
 
+def test_summarize_leaves_out_groups_and_lengths_ruler_did_not_run():
+    output = {"results": {"grp": {"acc,none": 0.82}, "grp_a": {"acc,none": 0.9}, "grp_b": {"acc,none": 0.1},
+                          "niah_single_1": {"4096,none": 0.75, "8192,none": -1, "acc,none": -1.0}},
+              "group_subtasks": {"grp": ["grp_a", "grp_b"]}}
+    metrics, score = lmeval_bridge.summarize(output, None)
+    assert metrics["niah_single_1"] == {"4096,none": 0.75, "acc,none": -1.0}  # -1 is only RULER's mark by length
+    assert metrics["grp"] == {"acc,none": 0.82}  # shown, not counted twice in the score
+    assert score == pytest.approx((0.9 + 0.1 + 0.75) / 3)
+
+
 def _suite(tmp_path: Path, tasks: str) -> str:
     path = tmp_path / "lm.yaml"
     path.write_text(f"name: lm\ntasks:\n  - type: lm_eval\n    tasks: {tasks}\n    include_path: {TASKS}\n"

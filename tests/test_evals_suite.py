@@ -69,6 +69,7 @@ def _error(tmp_path: Path, text: str) -> str:
     ("name: s\ntasks:\n  - {type: niah, lengths: [64, 128, 64]}\n",
      ":3: tasks[0].lengths: 64 given more than once"),
     ("name: s\ntasks:\n  - {type: niah, lengths: [64], depths: [0.5, 0.5]}\n", "tasks[0].depths: 0.5 given more than"),
+    ("name: s\ntasks:\n  - {type: niah, lengths: [64], depths: []}\n", "tasks[0].depths: List should have at least 1"),
     ("name: s\ntasks:\n  - {type: ruler, lengths: [64], tasks: [vt, vt]}\n", "tasks[0].tasks: vt given more than"),
     ("name: s\ntasks:\n  - {type: lm_eval, tasks: [a, a]}\n", "tasks[0].tasks: a given more than once"),
     ("name: s\ntasks:\n  - {type: lm_eval, tasks: [a], limit: -0.5}\n", "tasks[0].limit: a whole number of"),

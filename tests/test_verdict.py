@@ -137,11 +137,30 @@ def test_report_check_exit_codes(tmp_path: Path, capsys) -> None:
     assert main(["report", str(unfinished), "--check"]) == 2
     assert "no evaluation of the model before extension and after it" in capsys.readouterr().err
     assert "Verdict not computed:" in (unfinished / "report.md").read_text()
-    assert verdict_text(unfinished).startswith("Verdict not computed:")
+    assert verdict_text(load_run(unfinished)).startswith("Verdict not computed:")
 
     other = fake_run(tmp_path, "other-task", verdict={"task": "niah-tiny/nope"})
     assert main(["report", str(other), "--check"]) == 2
     assert "no niah-tiny/nope results" in capsys.readouterr().err
+
+
+def test_no_verdict_on_a_stopped_run_or_an_interrupted_evaluation(tmp_path: Path) -> None:
+    stopped = fake_run(tmp_path, "stopped", verdict=SPEC)  # a third stage planned, never evaluated
+    info = json.loads((stopped / "run_info.json").read_text())
+    info["stages"].append({"name": "yarn-4096", "seq_len": 4096})
+    (stopped / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"the last stage \(2\) has no evaluation \(the last evaluated is "
+                                        r"stage-1-yarn-1024\)"):
+        check_run(stopped)
+
+    interrupted = fake_run(tmp_path, "interrupted", verdict=SPEC)
+    results = interrupted / "eval" / "stage-1-yarn-1024" / "niah-tiny.json"
+    data = json.loads(results.read_text())
+    data["tasks"]["passkey"]["complete"] = False
+    results.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="niah-tiny/passkey at stage-1-yarn-1024 is unfinished"):
+        check_run(interrupted)
+    assert check_run(fake_run(tmp_path, "finished", verdict=SPEC)).passed
 
 
 def test_invalid_spec_in_the_run_is_a_user_error(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.test_verdict import _write, fake_run, niah_entry
 from toolkit.evals.stats import Rate
+from toolkit.report.seed_table import summary_markdown
 from toolkit.report.verdict import check_run, compute_verdict, verdict_spec
 from toolkit.run_folder import load_run
 
@@ -20,6 +21,8 @@ def test_accuracy_before_extension_at_the_extended_length_is_checked(tmp_path: P
     assert spec is not None
     low = compute_verdict(run, spec.model_copy(update={"extended_before_max": None}))
     assert len(low.checks) == len(verdict.checks) - 1  # unset: not checked
+    assert ("extended accuracy >= 0.9, extended accuracy before extension <= 0.3, retention >= 0.95."
+            in summary_markdown([tmp_path / "good"]))
 
 
 def test_a_base_that_already_reaches_the_extended_length_fails(tmp_path: Path) -> None:

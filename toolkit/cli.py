@@ -148,7 +148,7 @@ def _report(args: argparse.Namespace) -> int:
     from toolkit.output_paths import check_writable
     from toolkit.report.report import build_report
     from toolkit.report.seed_table import summary_markdown
-    from toolkit.report.verdict import check_run
+    from toolkit.report.verdict import compute_verdict
     from toolkit.run_folder import require_run
 
     if args.summary:
@@ -160,9 +160,9 @@ def _report(args: argparse.Namespace) -> int:
         raise UserError(f"report: one RUN expected (got {len(args.runs)}); use --summary for several")
     require_run(Path(args.runs[0]))
     check_writable(Path(args.runs[0]), "RUN")  # the report and its plots are written into it
-    build_report(Path(args.runs[0]))
+    run = build_report(Path(args.runs[0]))
     if args.check:
-        verdict = check_run(Path(args.runs[0]))
+        verdict = compute_verdict(run)
         print(verdict.text())
         if not verdict.passed:
             raise RunFailure("verdict failed: " + "; ".join(f"{c.name} ({c.detail})" for c in verdict.failed))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 
 from toolkit.data.batches import stage_batches
 from toolkit.data.formats import trained_chat_template
@@ -27,6 +26,7 @@ from toolkit.model.eval_copy import eval_copy
 from toolkit.model.loading import evaluating
 from toolkit.model.rope import use_rope
 from toolkit.model.saving import save_final
+from toolkit.parallel.engines import shards_model
 from toolkit.parallel.sequence import (
     data_parallel_size,
     prepare_loader,
@@ -62,11 +62,6 @@ def evaluate_before(session: Session) -> None:
     """The suites on the starting model (``eval.before``); a resumed run did that before it stopped."""
     if session.resumed is None and session.recipe.eval.before:
         _evaluate(session, None)
-
-
-def _sharded(accelerator: Accelerator) -> bool:
-    """Whether no process holds the whole model (FSDP, DeepSpeed)."""
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _evaluate(session: Session, index: int | None) -> None:
@@ -178,7 +173,7 @@ def finish(session: Session) -> None:
 
 def _gathered_weights(session: Session) -> dict[str, torch.Tensor] | None:
     """The full weights of a sharded model (every process takes part; the main one receives them), else None."""
-    if not _sharded(session.accelerator):
+    if not shards_model(session.accelerator):
         return None
     full = session.accelerator.get_state_dict(session.objective) or {}  # ZeRO-3 returns None off the main process
     return {key.removeprefix("model."): value for key, value in full.items()}
@@ -187,9 +182,9 @@ def _gathered_weights(session: Session) -> dict[str, torch.Tensor] | None:
 def _report(recipe: Recipe, accelerator: Accelerator) -> None:
     from toolkit.report.report import build_report
 
-    build_report(recipe.run_dir)
+    run = build_report(recipe.run_dir)
     accelerator.print(f"run folder: {recipe.run_dir} (report: {recipe.run_dir / REPORT_MD})")
     if recipe.eval.verdict is not None:
         from toolkit.report.verdict import verdict_text
 
-        accelerator.print(verdict_text(recipe.run_dir))
+        accelerator.print(verdict_text(run))

@@ -27,18 +27,23 @@ from toolkit.model.loading import evaluating
 log = logging.getLogger(__name__)
 
 
+def _lengths(task: Any) -> list[int]:
+    """The prompt lengths of ``task``: its ``lengths``, or its one ``length`` (perplexity's documents, the jury's
+    padded prompts); none for lm-eval's tasks, which size their own prompts."""
+    if (lengths := getattr(task, "lengths", None)) is not None:
+        return list(lengths)
+    return [length] if isinstance(length := getattr(task, "length", None), int) else []
+
+
 def capped(task: Any, max_length: int | None) -> Any | None:
-    """``task`` with its lengths above ``max_length`` left out; None when none is left, or when its one ``length``
-    (perplexity's documents, the jury's padded prompts) is above it. lm-eval's tasks size their own prompts."""
-    if max_length is None:
-        return task
-    if isinstance(length := getattr(task, "length", None), int) and length > max_length:
-        return None
-    lengths = getattr(task, "lengths", None)
-    if lengths is None:
+    """``task`` with its lengths above ``max_length`` left out; None when none is left."""
+    lengths = _lengths(task)
+    if max_length is None or not lengths:
         return task
     kept = [length for length in lengths if length <= max_length]
-    return task.model_copy(update={"lengths": kept}) if kept else None
+    if not kept:
+        return None
+    return task.model_copy(update={"lengths": kept}) if hasattr(task, "lengths") else task
 
 
 def results_file(folder: Path, suite: str) -> Path:
@@ -53,7 +58,12 @@ def run_tasks(backend: Backend, tasks: Sequence[TaskBase], folder: Path, suite: 
     results = SuiteResults(results_file(folder, suite), suite, tag, model_name, backend.fingerprint)
     ctx = EvalContext(backend, folder, suite, model_name)
     limit = min((n for n in (max_length, backend.max_length) if n is not None), default=None)
-    for task in filter(None, (capped(task, limit) for task in tasks)):
+    for whole in tasks:
+        if limit is not None and (above := [n for n in _lengths(whole) if n > limit]):
+            log.warning("%s/%s %s: prompt length(s) %s left out (above %d tokens)", tag, suite, whole.key,
+                        ", ".join(map(str, above)), limit)
+        if (task := capped(whole, limit)) is None:
+            continue
         try:
             entry = task_type(task.type).run(task, ctx, results)
         except torch.OutOfMemoryError:

@@ -93,13 +93,19 @@ def main_metrics(metrics: dict[str, dict[str, float]], metric: str | None) -> di
     return mains
 
 
+def _measured(key: str, value: Any) -> bool:
+    """A metric value lm-eval measured: a real number, not its stderr, and not the -1 that lm-eval's RULER tasks
+    give a length they were not run at (their metrics are named by length: ``4096,none``)."""
+    return ("," in key and "_stderr" not in key and isinstance(value, numbers.Real)
+            and not isinstance(value, (bool, np.bool_)) and not (key.split(",")[0].isdigit() and value == -1))
+
+
 def summarize(output: dict[str, Any], metric: str | None) -> tuple[dict[str, dict[str, float]], float | None]:
-    """Metrics per task (lm-eval names them ``metric,filter``; stderr dropped) and the score: the unweighted mean
-    over tasks of their main metric (:func:`main_metrics`)."""
-    metrics: dict[str, dict[str, float]] = {}
-    for name, values in output.get("results", {}).items():
-        metrics[name] = {key: float(value) for key, value in values.items()
-                         if "," in key and "_stderr" not in key and isinstance(value, numbers.Real)
-                         and not isinstance(value, (bool, np.bool_))}
-    mains = [value for _, value in main_metrics(metrics, metric).values()]
+    """Metrics per task and group (lm-eval names them ``metric,filter``; stderr dropped, and lengths RULER did not
+    run) and the score: the unweighted mean over tasks, groups left out (their rows combine their tasks'), of their
+    main metric (:func:`main_metrics`)."""
+    metrics = {name: {key: float(value) for key, value in values.items() if _measured(key, value)}
+               for name, values in output.get("results", {}).items()}
+    groups = output.get("group_subtasks", {})
+    mains = [value for name, (_, value) in main_metrics(metrics, metric).items() if name not in groups]
     return metrics, (mean(mains) if mains else None)

@@ -120,11 +120,13 @@ def ruler_detail(entry: Entry) -> str:
 
 def ruler_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
+    thresholds: set[float] = set()
     for suite, task in run.tasks("ruler"):
         found = complete_found(run, suite, task)
         if not found:
             continue
         threshold = found[-1][1].get("threshold")
+        thresholds.add(RULER_THRESHOLD if (value := number(threshold)) is None else value)
         path = plots.score_vs_length({tag: e["scores_by_length"] for tag, e in found}, f"{suite}/{task}",
                                      run.folder / f"ruler-{suite}-{task}.png", threshold)
         blocks += [Image(path, f"RULER {suite}/{task}: mean score by length"),
@@ -132,8 +134,10 @@ def ruler_section(run: Run) -> list[Block]:
                          [[tag, fmt(e.get("effective_length")), fmt(e.get("score"))] for tag, e in found])]
     if not blocks:
         return []
+    used = ", ".join(f"{value:.1%}" for value in sorted(thresholds))
     return [Heading("RULER"), Paragraph("Effective length: the longest length whose score, and every shorter length's, "
-                                        f"is at least the threshold (RULER's: {RULER_THRESHOLD:.1%})."), *blocks]
+                                        f"is at least the threshold ({used}; RULER's is {RULER_THRESHOLD:.1%}, "
+                                        "Llama-2-7B's score at 4K)."), *blocks]
 
 
 def ruler_cell(run: Run, tag: str, entry: Entry) -> str:

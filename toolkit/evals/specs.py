@@ -112,7 +112,7 @@ class NeedleGrid(TaskBase):
 
     lengths: Annotated[list[PositiveInt], Field(min_length=1), Distinct]
     """Prompt lengths in the evaluated model's tokens."""
-    depths: Annotated[list[Depth], Distinct] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    depths: Annotated[list[Depth], Field(min_length=1), Distinct] = [0.0, 0.25, 0.5, 0.75, 1.0]
     """Where the asked needle sits: fraction of the haystack before it."""
     samples: PositiveInt = 3
     """Prompts per (length, depth) cell."""

@@ -130,12 +130,18 @@ def offloads_optimizer(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED and optimizer_offloaded(plugin)
 
 
+def shards_model(accelerator: Accelerator) -> bool:
+    """Whether the engine shards the model's weights, so that no process holds the whole model (FSDP, DeepSpeed)."""
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
 def keeps_own_masters(accelerator: Accelerator) -> bool:
     """Whether the engine keeps float32 master weights of bf16 trainable parameters itself: DeepSpeed steps float32
     partitions under ``bf16.enabled``; accelerate upcasts FSDP2's trainable parameters to float32 before sharding when
     mixed precision is on (``toolkit.training.session`` turns it on for bf16: :func:`mixed_precision`), and the policy
-    casts them to bf16 for compute. Elsewhere the optimizer keeps them (``toolkit.memory.master_weights``)."""
-    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    casts them to bf16 for compute: the engines that shard the model. Elsewhere the optimizer keeps them
+    (``toolkit.memory.master_weights``)."""
+    return shards_model(accelerator)
 
 
 def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:

@@ -160,8 +160,8 @@ def _sections() -> list[Callable[[Run], list[Block]]]:
             *(section for _, section in sorted(ranked, key=lambda pair: pair[0]))]
 
 
-def build_report(run_dir: Path) -> None:
-    """Write ``report.md``, ``report.html`` and the plots into ``run_dir``."""
+def build_report(run_dir: Path) -> Run:
+    """Write ``report.md``, ``report.html`` and the plots into ``run_dir``; returns the run as read for it."""
     run = load_run(Path(run_dir))
     title = f"Run report: {run.recipe.name if run.recipe else run.info.recipe or run.folder.name}"
     blocks: list[Block] = [Heading(title, 1), *verdict_blocks(run)]
@@ -169,3 +169,4 @@ def build_report(run_dir: Path) -> None:
         blocks += section(run)
     for name, text in ((REPORT_MD, to_markdown(blocks, run.folder)), (REPORT_HTML, to_html(blocks, title))):
         write_text(run.folder / name, text)
+    return run

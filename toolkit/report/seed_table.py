@@ -58,7 +58,10 @@ def summary_markdown(folders: Sequence[Path]) -> str:
                f"longest length whose accuracy, and every shorter length's, is at least {spec.effective_threshold:g}. "
                f"Retention: score of the final model / the model before extension on "
                f"{', '.join(spec.retention_suites)} (bar {spec.retention_min:g}). Verdict: native accuracy >= "
-               f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}, retention >= {spec.retention_min:g}.")
+               f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}"
+               + ("" if spec.extended_before_max is None else
+                  f", extended accuracy before extension <= {spec.extended_before_max:g}")
+               + f", retention >= {spec.retention_min:g}.")
     devices = list(dict.fromkeys(run.info.device or "unknown device" for run in runs))
     dates = sorted({_run_date(run) for run in runs})
     command = "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)

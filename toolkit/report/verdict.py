@@ -19,7 +19,7 @@ from toolkit.evals.stats import Rate, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
-from toolkit.run_folder import RECIPE, RUN_INFO, Run, load_run
+from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, load_run, stage_index
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Verdict:
     reference: str
     """Tag of the model before extension (``Run.reference``)."""
     final: str
-    """Tag of the final model (the last evaluation)."""
+    """Tag of the final model (the last stage's evaluation)."""
     native_length: int
     extended_length: int
     before: dict[int, Rate]
@@ -144,6 +144,9 @@ def _rates(run: Run, tag: str, suite: str, task: str) -> dict[int, Rate]:
         raise UserError(f"{run.folder}: no {suite}/{task} results for {tag} (needed by eval.verdict)")
     if entry.get("type") not in (None, "niah"):
         raise UserError(f"eval.verdict.task: {suite}/{task} is a {entry.get('type')} task, not niah")
+    if not entry.get("complete"):
+        raise UserError(f"{run.folder}: {suite}/{task} at {tag} is unfinished (its evaluation was interrupted; the "
+                        "verdict needs every length and depth)")
     return niah_rates(entry)
 
 
@@ -188,10 +191,13 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
     extended = stages[-1].seq_len if stages else None
     if not native or not extended:
         raise UserError(f"{run.folder}: {RUN_INFO} lacks native_length or stages (needed by eval.verdict)")
-    reference, final = run.reference, run.final
+    reference, final = run.reference, final_stage_tag(run.tags)
     if reference is None or final is None or reference == final:
         raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
                         f"(tags: {', '.join(run.tags) or 'none'})")
+    if stage_index(final) != len(stages) - 1:
+        raise UserError(f"{run.folder}: the last stage ({len(stages) - 1}) has no evaluation (the last evaluated is "
+                        f"{final}); the verdict judges the final model")
     suite, task = spec.task.split("/", 1)
     before, after = _rates(run, reference, suite, task), _rates(run, final, suite, task)
     for tag, rates, length in ((reference, before, native), (final, after, extended)):
@@ -221,10 +227,10 @@ def check_run(folder: Path) -> Verdict:
     return compute_verdict(load_run(Path(folder)))
 
 
-def verdict_text(folder: Path) -> str:
+def verdict_text(run: Run) -> str:
     """The verdict as printed at the end of a run, or one line saying why there is none."""
     try:
-        return check_run(folder).text()
+        return compute_verdict(run).text()
     except UserError as exc:
         return f"Verdict not computed: {exc}"
 
