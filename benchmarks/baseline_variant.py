@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.harness import LORA, Config, Trial
 from benchmarks.rows import StepRow
-from benchmarks.toolkit_variant import LR, bench_recipe
+from benchmarks.toolkit_variant import bench_recipe
 
 
 def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
@@ -39,7 +39,8 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
     model.config.use_cache = False
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.95), weight_decay=0.0,
+    train = recipe.train  # the toolkit run's optimizer settings, so the two differ only in how they compute
+    optimizer = torch.optim.AdamW(params, lr=train.stages[0].lr, betas=train.betas, weight_decay=train.weight_decay,
                                   fused=device.type == "cuda" or None)
     built()
     losses, step_s = [], []
@@ -51,7 +52,8 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
             loss = model(input_ids=ids, labels=labels).loss * (count / targets)
             loss.backward()
             total += loss.detach()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(total.item())

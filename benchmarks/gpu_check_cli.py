@@ -19,9 +19,9 @@ from statistics import median
 from typing import Any
 
 from benchmarks.cli_rows import RUN, write_cli_recipe
-from benchmarks.gpu_check_sections import Profile, Section, child_env
+from benchmarks.gpu_check_sections import Profile, Section
 from benchmarks.gpu_check_training import Ended, stop
-from benchmarks.harness import FIXED_MMAP, ROOT, Config
+from benchmarks.harness import FIXED_MMAP, ROOT, Config, child_env
 from toolkit.run_folder import read_metrics, read_run_info
 
 CLI_TOLERANCE = 0.10

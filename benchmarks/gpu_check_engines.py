@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from benchmarks.gpu_check_sections import Profile, Section, child_env
+from benchmarks.gpu_check_sections import Profile, Section
 from benchmarks.gpu_check_training import Ended, logged, run_side_by_side, starting_recipe
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, child_env
 from toolkit.run_folder import RunInfo
 
 ENGINE_STEPS = 5

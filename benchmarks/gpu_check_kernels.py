@@ -18,8 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check_sections import Profile, Section, child_env
-from benchmarks.harness import ROOT
+from benchmarks.gpu_check_sections import Profile, Section
+from benchmarks.harness import ROOT, child_env
 
 FA2, FA4 = "varlen_fa2", "flash_attn_4"
 REPEATS = 3

@@ -22,8 +22,8 @@ from typing import Any
 
 from benchmarks.context_probe import LEAN_NORM
 from benchmarks.gpu_check_cli import cli_against_benchmark
-from benchmarks.gpu_check_sections import Profile, Section, child_env, throughput
-from benchmarks.harness import LORA, ROOT, SHAPES
+from benchmarks.gpu_check_sections import Profile, Section, throughput
+from benchmarks.harness import LORA, ROOT, SHAPES, child_env
 from toolkit.plan.command import LOSS_CHUNK
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 

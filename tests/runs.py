@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from benchmarks.gpu_check_training import stop
 from toolkit.cli import main
 from toolkit.parallel.engines import stale_build_locks
+from toolkit.run_folder import FINAL, read_metrics
 from toolkit.training.faults import StopFlag
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +35,11 @@ def train(recipe: Path, *overrides: str) -> int:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_metrics(run_dir)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    final = run_dir / "final"
+    final = run_dir / FINAL
     name = "adapter_model.safetensors" if (final / "adapter_model.safetensors").exists() else "model.safetensors"
     return load_file(final / name)
 

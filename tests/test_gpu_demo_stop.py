@@ -55,7 +55,10 @@ def test_a_demo_stopped_before_its_run_says_so(tmp_path: Path) -> None:
 
 
 def test_other_exits_are_passed_on_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gpu_demo, "_steps", lambda *args: gpu_demo._refuse("no model"))
+    def refused(*args: object) -> None:
+        raise SystemExit(2)
+
+    monkeypatch.setattr(gpu_demo, "_steps", refused)
     with pytest.raises(SystemExit) as stop:
         gpu_demo.demo("cpu", tmp_path / "out", tmp_path / "run", None)
     assert stop.value.code == 2 and not (tmp_path / "out").exists()

@@ -9,7 +9,6 @@ configuration, and write YaRN's ``beta_fast``/``beta_slow`` explicitly with the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from toolkit.export import OUTTYPES
 from toolkit.export.child_process import child_failure, run_showing_stderr
 from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.file_reading import read_json_object
+from toolkit.model.folder_copy import with_config
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
 from toolkit.output_paths import atomic_file, check_writable
 from toolkit.run_folder import FINAL, is_adapter_folder
@@ -114,12 +114,7 @@ def _checked_rope(config: dict[str, Any], config_json: Path) -> dict[str, Any]:
 
 def _staged(folder: Path, config: dict[str, Any], stack: ExitStack) -> Path:
     """A folder with ``folder``'s files (linked) and ``config`` as its ``config.json``."""
-    staged = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-src-")))
-    for item in folder.iterdir():
-        if item.name != "config.json":
-            (staged / item.name).symlink_to(item.resolve())
-    (staged / "config.json").write_text(json.dumps(config, indent=2))
-    return staged
+    return with_config(folder, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-src-"))), config)
 
 
 def converter_dir() -> Path:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from toolkit.errors import UserError
+from toolkit.memory.checkpointing import decoder_layers
 
 
 class TiledForward:
@@ -40,9 +40,8 @@ class TiledForward:
 
 
 def decoder_mlps(model: nn.Module) -> list[nn.Module]:
-    """The ``mlp`` module of every decoder layer (transformers' GradientCheckpointingLayer) in ``model``."""
-    return [mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
-            and isinstance(mlp := getattr(layer, "mlp", None), nn.Module)]
+    """The ``mlp`` module of every decoder layer of ``model``."""
+    return [mlp for layer in decoder_layers(model) if isinstance(mlp := getattr(layer, "mlp", None), nn.Module)]
 
 
 def enable_tiled_mlp(model: nn.Module, tiles: int) -> None:
