@@ -51,7 +51,7 @@ def test_export_check_exits_1_with_one_line_when_llama_cpp_crashes(tmp_path: Pat
     monkeypatch.setattr(needles, "needle_tasks", lambda run: ("stage-0", {}))  # the preflight: a run to compare with
     monkeypatch.setattr(to_gguf, "export_gguf", lambda run, out, outtype: tmp_path / "run-f16.gguf")
     monkeypatch.setattr(needles, "score_needles_in_llama_cpp",
-                        lambda run, gguf, outtype: in_child(_segfault, doing=f"scoring needles on {gguf.name}"))
+                        lambda run, gguf, outtype, found: in_child(_segfault, doing=f"scoring needles on {gguf.name}"))
     assert main(["export", str(tmp_path), "--format", "gguf", "--check"]) == 1
     err = capsys.readouterr().err
     assert err == "failed: llama.cpp (llama-cpp-python) crashed with SIGSEGV while scoring needles on run-f16.gguf\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from toolkit.errors import UserError
-from toolkit.evals.api import run_tasks
+from toolkit.evals.api import results_file, run_tasks
 from toolkit.evals.niah import NiahTask
 from toolkit.evals.suite import load_suite
 from toolkit.export.llama_cpp_backend import LlamaCppBackend
@@ -45,9 +45,11 @@ def needle_tasks(run_dir: Path) -> tuple[str, dict[str, list[NiahTask]]]:
     return final, {name: tasks for name, tasks in needles.items() if tasks}
 
 
-def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[Path]:
-    """Score every niah task of the run's suites on ``gguf`` in llama.cpp; the results files written."""
-    final, needles = needle_tasks(run_dir)
+def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str,
+                               found: tuple[str, dict[str, list[NiahTask]]]) -> list[Path]:
+    """Score every niah task of the run's suites (``found``: :func:`needle_tasks`) on ``gguf`` in llama.cpp; the
+    results files written."""
+    final, needles = found
     if not needles:
         return []
     backend = LlamaCppBackend(gguf, needle_context([task for tasks in needles.values() for task in tasks]),
@@ -56,6 +58,6 @@ def score_needles_in_llama_cpp(run_dir: Path, gguf: Path, outtype: str) -> list[
     for suite, tasks in needles.items():
         name = f"{suite}@llama.cpp-{outtype}"
         run_tasks(backend, tasks, folder, name, final, gguf.name)
-        written.append(folder / f"{name}.json")
+        written.append(results_file(folder, name))
         log.info("llama.cpp needle scores in %s", written[-1])
     return written
