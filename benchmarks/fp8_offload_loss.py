@@ -31,9 +31,10 @@ from scipy.stats import t as student_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int, seed_number
 from toolkit.evals.plots import finish_axes, save_figure
 from toolkit.output_paths import write_text
+from toolkit.recipe.loading import load_recipe
 from toolkit.recipe.yaml_files import read_yaml
 from toolkit.run_folder import read_metrics
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes/tiny-passkey.yaml")
     parser.add_argument("--stage", default="0", help="stage name or index (default: the first)")
     parser.add_argument("--steps", type=positive_int, default=50)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=seed_number, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="more recipe overrides, e.g. model.precision=bf16")
     parser.add_argument("--out", type=output_folder, default=REPO / "runs/fp8-offload-loss")
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--seeds: at least two, for the interval and the seeds' spread")
     with exit_on_user_error():
         base = stage_overrides(args.recipe, args.stage, args.steps) + args.overrides
+        load_recipe(args.recipe, base)  # every --set checked before the first of the runs
     results = []
     for seed in args.seeds:
         losses = {dtype: train(args.recipe, [*base, f"seed={seed}", f"train.activation_offload_dtype={dtype}"],

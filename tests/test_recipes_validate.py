@@ -56,6 +56,8 @@ def _set(path: list, value):
 
 MUTATIONS = {
     "unknown key": (_set(["train", "stagez"], 1), "train.stagez: unknown key"),
+    "negative seed": (_set(["seed"], -1), "seed: Input should be greater than or equal to 0"),
+    "seed beyond numpy's": (_set(["seed"], 2**32), "seed: Input should be less than 4294967296"),
     "wrong type": (_set(["train", "stages", 0, "seq_len"], "long"), "train.stages[0].seq_len:"),
     "negative length": (_set(["train", "stages", 1, "seq_len"], -1024), "train.stages[1].seq_len:"),
     "shorter stage": (_set(["train", "stages", 2, "seq_len"], 128), "train.stages[2].seq_len: 128 is shorter"),
@@ -85,6 +87,8 @@ def test_mutated_recipe_exits_2_with_one_line(case: str, tmp_path: Path, capsys)
     ("name: x\ntrain: [1, 2\n", "YAML syntax error"),
     ("", "file is empty"),
     ("- just\n- a list\n", "expected a mapping"),
+    ("name: x\nseed: 1\ntrain:\n  stages:\n    - {seq_len: 64, lr: 1.0, lr: 2.0}\nseed: 2\n",
+     ":5: train.stages[0].lr: given twice (first on line 5)"),
 ])
 def test_broken_files_exit_2(content: str, expected: str, tmp_path: Path, capsys) -> None:
     path = tmp_path / "broken.yaml"

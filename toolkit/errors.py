@@ -67,6 +67,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_number(text: str) -> int:
+    """An argparse type: a random seed (a whole number from 0 to 2**32 - 1)."""
+    from toolkit.recipe.strict import SEED_LIMIT
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (a whole number from 0 to {SEED_LIMIT - 1})")
+    return value
+
+
 def _writable(folder: Path, text: str) -> None:
     from toolkit.output_paths import check_writable
 

@@ -15,7 +15,7 @@ from toolkit.data.corpus import missing_file_hint
 from toolkit.data.needle import KEY_NAMES
 from toolkit.errors import UserError
 from toolkit.file_reading import sha256_of
-from toolkit.recipe.strict import NAME_PATTERN, Strict
+from toolkit.recipe.strict import NAME_PATTERN, Seed, Strict
 from toolkit.recipe.yaml_files import resolve_relative
 
 Depth = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -63,7 +63,7 @@ class HaystackSpec(Strict):
 class TaskBase(Strict):
     name: str | None = Field(None, pattern=NAME_PATTERN)
     """Key of the task in the results; defaults to its type."""
-    seed: int = 0
+    seed: Seed = 0
     version: ClassVar[int] = 1
     """The cache version of the type: bump it when its prompts, data or scoring change, so results recorded by
     another version are never reused."""

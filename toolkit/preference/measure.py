@@ -20,7 +20,7 @@ import torch
 
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
     parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
-    parser.add_argument("--seeds", type=int, nargs="+",
+    parser.add_argument("--seeds", type=seed_number, nargs="+",
                         help="seeds to measure, one column each (default: the recipe's); with several, each run "
                              "goes to RUN-seedN")
     parser.add_argument("--doc", type=Path, action="append",

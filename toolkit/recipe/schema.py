@@ -15,7 +15,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
 from toolkit.recipe.data_spec import TRAIN_DATA, DataSpec, SourceSpec
-from toolkit.recipe.strict import NAME_PATTERN, FieldError, Strict
+from toolkit.recipe.strict import NAME_PATTERN, FieldError, Seed, Strict
 
 Attention = Literal["auto", "flash_attention_4", "flash_attention_2", "torch_varlen", "sdpa", "eager", "flex_attention"]
 
@@ -382,7 +382,7 @@ class Recipe(Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     model: ModelSpec
     method: MethodSpec = MethodSpec()
     train: TrainSpec

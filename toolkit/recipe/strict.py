@@ -3,11 +3,16 @@ fields (:class:`FieldError`)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 """What a name that becomes a file or folder name may hold (recipes, suites, tasks, judges): no path separators, no
 leading dot or dash."""
+SEED_LIMIT = 2**32
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+"""A random seed as every generator takes it (numpy's, which accelerate's ``set_seed`` seeds too, is the narrowest)."""
 
 
 class FieldError(ValueError):

@@ -28,20 +28,42 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node]:
         raise UserError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    text = read_text(path)
+    loader = yaml.SafeLoader(read_text(path))
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
     if data is None or node is None:  # no document: compose gives no node exactly when the text holds none
         raise UserError(f"{path}: file is empty")
     if not isinstance(data, dict):
         raise UserError(f"{path}:1: expected a mapping of keys at the top level, got {type(data).__name__}")
+    _refuse_repeated_keys(path, node, [], set())
     return data, node
+
+
+def _refuse_repeated_keys(path: Path, node: yaml.Node, loc: list[Any], seen: set[int]) -> None:
+    """A UserError naming the file, line and key where a mapping gives a key twice (YAML keeps the last silently)."""
+    if id(node) in seen:  # an alias: that node was walked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in lines:
+                    raise UserError(f"{path}:{key.start_mark.line + 1}: {format_loc([*loc, key.value])}: given twice "
+                                    f"(first on line {lines[key.value]}); YAML would keep only the last")
+                lines[key.value] = key.start_mark.line + 1
+            _refuse_repeated_keys(path, value, [*loc, key.value], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(path, item, [*loc, index], seen)
 
 
 def parse_path(dotted: str) -> list[str | int]:
