@@ -13,9 +13,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.real_model import CORPUS, SMALL_MODEL, needs_corpus, needs_small_model
-from toolkit.data.corpus import LONG, CorpusSummary, is_complete, write_corpus
+from toolkit.data.corpus import LONG, CorpusSummary, fetch_corpus, is_complete, write_corpus
 from toolkit.data.corpus_sources import PACKAGES, Work, read_kjv, read_moby_dick, read_sotu
-from toolkit.errors import RunFailure
+from toolkit.errors import RunFailure, UserError
 
 SPEECHES = [(1790, "George Washington"), (1791, "George Washington"), (1801, "Thomas Jefferson"),
             (1829, "Andrew Jackson"), (1830, "Andrew Jackson"), (1909, "William H Taft"), (1913, "Woodrow Wilson")]
@@ -121,3 +121,12 @@ def test_the_corpus_make_corpus_wrote() -> None:
     assert not train & heldout and heldout == set(summary.heldout_works) and len(train | heldout) == 110
     assert (CORPUS / "needles-chat.jsonl").stat().st_size > 10_000_000
 
+
+
+def test_a_folder_of_other_files_is_refused_before_any_download(tmp_path: Path) -> None:
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "train.jsonl").write_text('{"text": "mine"}\n')
+    with pytest.raises(UserError, match=r"mydata: holds files but no corpus made here \(no source.json\)"):
+        fetch_corpus(tmp_path / "no-model", mine)
+    assert (mine / "train.jsonl").read_text() == '{"text": "mine"}\n'

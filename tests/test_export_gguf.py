@@ -138,7 +138,9 @@ def _model_without_tokenizer(folder: Path) -> Path:
     ("missing/m.gguf", "--out {tmp}/missing/m.gguf: {tmp}/missing is not an existing folder"),
     ("newdir/", "--out {tmp}/newdir/: {tmp}/newdir is not an existing folder"),
     ("taken", "--out {tmp}/taken: {tmp}/taken/model-f16.gguf is a folder"),
-    ("config.json/m.gguf", "--out {tmp}/config.json/m.gguf: {tmp}/config.json is a file, not a folder")])
+    ("config.json/m.gguf", "--out {tmp}/config.json/m.gguf: {tmp}/config.json is a file, not a folder"),
+    ("config.json", "--out {tmp}/config.json: {tmp}/config.json would hold a GGUF model under another name; name a "
+                    ".gguf file or a folder")])
 def test_an_unusable_out_exits_2_before_converting(out: str, message: str, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     model = _model_without_tokenizer(tmp_path / "model")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.errors import UserError
 from toolkit.output_paths import atomic_file, write_text
 
 
@@ -18,3 +19,10 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial(tmp_path: Path) 
     assert write_text(target, "second, ünicode\n") == target
     assert target.read_text(encoding="utf-8") == "second, ünicode\n"
     assert [p.name for p in target.parent.iterdir()] == ["gpu-check.md"]
+
+
+def test_a_folder_where_the_file_goes_is_refused_before_the_work(tmp_path: Path) -> None:
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(UserError, match=r"report.md: is a folder, where a file is to be written"):
+        write_text(tmp_path / "report.md", "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]

@@ -16,6 +16,7 @@ from toolkit.run_folder import (
     final_stage_tag,
     load_run,
     parse_stage_tag,
+    read_json,
     read_metrics,
     read_recipe,
     read_run_info,
@@ -103,3 +104,11 @@ def test_metrics_name_a_complete_line_that_is_no_json_object(tmp_path: Path) -> 
     (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n[5]\n')
     with pytest.raises(UserError, match=r"metrics.jsonl:2: expected a JSON object, got list$"):
         read_metrics(tmp_path)
+
+
+def test_files_that_are_not_utf8_are_one_line_or_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 5, "note": "\xe9"}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl: not UTF-8 text \(byte 21"):
+        read_metrics(tmp_path)
+    (tmp_path / "s.json").write_bytes(b'{"tasks": {"\xe9": 1}}')
+    assert read_json(tmp_path / "s.json") is None  # as a missing or damaged results file

@@ -36,8 +36,10 @@ def _sibling(path: Path, kind: str) -> Path:
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a sibling temporary path to write; it replaces ``path`` once the block has finished, and is removed
-    when the block fails."""
+    when the block fails; a UserError before it when ``path`` is a folder."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, where a file is to be written (move it away)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "partial")
     try:

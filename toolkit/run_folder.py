@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from toolkit.errors import UserError
-from toolkit.file_reading import json_object, read_json_object
+from toolkit.file_reading import json_object, read_json_object, read_text
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import read_yaml, validate_as
 
@@ -89,7 +89,7 @@ def read_json(path: Path) -> Any:
     """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not UTF-8, or not JSON
         return None
 
 
@@ -153,7 +153,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The complete rows of ``metrics.jsonl`` (empty when missing; a line still being written, or cut off by a
     killed run, is left out; a complete line that is no JSON object is a UserError naming the file and line)."""
     path = run_dir / METRICS
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    lines = read_text(path).splitlines(keepends=True) if path.is_file() else []
     return [json_object(line, path, number) for number, line in enumerate(lines, start=1)
             if line.endswith("\n") and line.strip()]
 

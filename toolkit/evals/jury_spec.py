@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from toolkit.errors import UserError
+from toolkit.file_reading import read_text
 from toolkit.recipe.strict import NAME_PATTERN, Strict
 from toolkit.recipe.yaml_files import format_loc, resolve_relative
 
@@ -115,7 +116,7 @@ class JuryItem(Strict):
 def read_items(path: Path, pooling: Pooling) -> list[JuryItem]:
     """The items of a jury's JSONL, checked; a UserError naming ``file:line`` and the field otherwise."""
     items: list[JuryItem] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

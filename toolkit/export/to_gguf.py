@@ -69,6 +69,8 @@ def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
     where = f"--out {out}" if out is not None else "export"
     if target.is_dir():
         raise UserError(f"{where}: {target} is a folder")
+    if target.suffix.lower() != ".gguf":  # an existing file of another kind would be replaced
+        raise UserError(f"{where}: {target} would hold a GGUF model under another name; name a .gguf file or a folder")
     if target.parent.is_file():
         raise UserError(f"{where}: {target.parent} is a file, not a folder")
     if not target.parent.is_dir():
