@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.errors import UserError
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import HttpJudge, LocalJudge
+from toolkit.evals.judges import HttpJudge, LocalJudge, check_panel
 from toolkit.evals.jury import ASK, JuryTask, answer_prompt, run_jury
 from toolkit.evals.jury_panel import JUDGE_PROMPTS, jury_summary, parse_verdict
 from toolkit.evals.jury_spec import JudgeSpec, JuryItem, read_items
@@ -282,6 +283,24 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
     data.write_text(_item(id="a") + _item(id="a"))
     with pytest.raises(UserError, match="ids must be unique"):
         read_items(data, "max_vote")
+
+
+def test_every_judge_is_checked_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JURY_ABSENT_KEY", raising=False)
+
+    def panel(**judge: Any) -> SimpleNamespace:
+        return SimpleNamespace(judges=[JudgeSpec(name="j", **judge)])
+
+    with pytest.raises(UserError, match="judge j: api_key_env: environment variable JURY_ABSENT_KEY is not set"):
+        check_panel(panel(model="m", url="http://127.0.0.1:9/v1", api_key_env="JURY_ABSENT_KEY"))
+    with pytest.raises(UserError, match=r"judge j: url: nothing answers at http://127.0.0.1:9/v1 \(is its server"):
+        check_panel(panel(model="m", url="http://127.0.0.1:9/v1"))
+    with pytest.raises(UserError, match="judge j: model: no such folder, and not a hub id: ./no-judge"):
+        check_panel(panel(model="./no-judge"))
+    with serving(lambda request, n: Answer("True")) as server:
+        check_panel(panel(model="m", url=server.url))
+    tiny_model().save_pretrained(tmp_path / "judge")
+    check_panel(panel(model=str(tmp_path / "judge")))
 
 
 def test_suite_errors(tmp_path: Path) -> None:

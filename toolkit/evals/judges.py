@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from transformers import AutoConfig
 
 from toolkit.data.tokens import pad_id
-from toolkit.errors import UserError
+from toolkit.errors import UserError, reason
 from toolkit.evals.jury_spec import JudgeSpec
 from toolkit.evals.scoring import batched, generate_ids, model_device
+from toolkit.hub.reach import reachable
+from toolkit.model.loading import check_model_source
 
 RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -61,7 +64,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _api_key(spec: JudgeSpec) -> str:
-    """The key of an HTTP judge, read when it is first asked (rescoring recorded votes needs none)."""
+    """The key of an HTTP judge (a UserError naming its variable when that is not set)."""
     key = os.environ.get(spec.api_key_env or "")
     if not key:
         raise UserError(f"judge {spec.name}: api_key_env: environment variable {spec.api_key_env} is not set")
@@ -182,6 +185,25 @@ class LocalJudge:
             replies += [Reply(verdicts[pick], None, 1, len(row), 1, seconds) for row, pick in zip(chunk, picks,
                                                                                                   strict=True)]
         return replies
+
+
+def check_panel(task: Any) -> None:
+    """Before any model is loaded or trained (the jury tasks' ``TaskType.check``): each of ``task.judges`` can
+    answer. An HTTP judge's API key is set and something answers at its URL; a local judge's model is found (its
+    folder, or its config in the hub or the cache)."""
+    for spec in task.judges:
+        if spec.url:
+            if spec.api_key_env:
+                _api_key(spec)
+            if not reachable(spec.url):
+                raise UserError(f"judge {spec.name}: url: nothing answers at {spec.url} (is its server up?)")
+            continue
+        field = f"judge {spec.name}: model"
+        check_model_source(spec.model, field)
+        try:
+            AutoConfig.from_pretrained(spec.model)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{field}: cannot load {spec.model!r}: {reason(exc)}") from None
 
 
 def make_judge(spec: JudgeSpec, device: torch.device) -> Judge:

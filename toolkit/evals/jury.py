@@ -21,7 +21,7 @@ from pydantic import PositiveInt
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import make_judge
+from toolkit.evals.judges import check_panel, make_judge
 from toolkit.evals.jury_panel import Cell, cost_text, item_key, judge_chunk, jury_summary, tokens_text, trouble_text
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
@@ -176,4 +176,5 @@ def jury_cell(run: Run, tag: str, entry: Entry) -> str:
     return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
 
 
-TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell)
+TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell,
+                     check=check_panel)

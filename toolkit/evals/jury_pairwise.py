@@ -18,7 +18,7 @@ from pydantic import PositiveFloat, PositiveInt
 
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import make_judge
+from toolkit.evals.judges import check_panel, make_judge
 from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
 from toolkit.evals.jury_pairwise_scores import pairwise_summary, prior_summary
 from toolkit.evals.jury_pairwise_table import side_by_side_section
@@ -124,4 +124,4 @@ def jury_pairwise_detail(entry: Entry) -> str:
 
 TASK_TYPE = TaskType(JuryPairwiseTask, run_jury_pairwise, headline=jury_pairwise_headline,
                      section=side_by_side_section, rank=62, score_cell=jury_pairwise_cell,
-                     card_metrics=no_card_metrics, card_detail=jury_pairwise_detail)
+                     card_metrics=no_card_metrics, card_detail=jury_pairwise_detail, check=check_panel)
