@@ -214,3 +214,13 @@ def test_results_of_an_edited_task_folder_are_not_reused(tmp_path: Path):
     yaml_file = folder / "longctx" / "passkey.yaml"
     yaml_file.write_text(yaml_file.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     assert SuiteResults(path, "lm", "base", "tiny", "f").finished(task) is None
+
+
+def test_a_metric_its_tasks_do_not_declare_stops_before_the_model():
+    task = lm_eval.LmEvalTask(type="lm_eval", name="pk", tasks=["longctx_passkey", "longctx_passkey_short"],
+                              include_path=str(TASKS), metric="exact_match")
+    with pytest.raises(lm_eval.UserError) as raised:
+        lm_eval.check_lm_eval(task)
+    assert str(raised.value) == ("lm_eval task pk: metric: lm-eval task longctx_passkey_short has no 'exact_match' "
+                                 "(its metrics: acc)")
+    lm_eval.check_lm_eval(task.model_copy(update={"tasks": ["longctx_passkey"]}))

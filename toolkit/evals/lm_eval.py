@@ -20,7 +20,14 @@ from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError, reason
 from toolkit.evals.context import EvalContext
-from toolkit.evals.lmeval_bridge import main_metrics, summarize, task_datasets, task_manager, unimportable_code
+from toolkit.evals.lmeval_bridge import (
+    declared_metrics,
+    main_metrics,
+    summarize,
+    task_datasets,
+    task_manager,
+    unimportable_code,
+)
 from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import Distinct, TaskBase, file_digests
 from toolkit.evals.stats import Rate, lm_eval_rates
@@ -115,6 +122,10 @@ def check_lm_eval(task: LmEvalTask) -> None:
     _check_known(task, manager)
     if (broken := unimportable_code(manager, task.tasks)) is not None:
         raise UserError(f"lm_eval task {task.key}: the code of lm-eval task {broken[0]} does not import: {broken[1]}")
+    for name, metrics in declared_metrics(manager, task.tasks).items():
+        if task.metric is not None and task.metric not in metrics:
+            raise UserError(f"lm_eval task {task.key}: metric: lm-eval task {name} has no {task.metric!r} (its "
+                            f"metrics: {', '.join(metrics)})")
     for dataset in task_datasets(manager, task.tasks):
         try:
             load_dataset_builder(dataset.path, dataset.name, **dataset.kwargs)

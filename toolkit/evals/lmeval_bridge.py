@@ -47,6 +47,13 @@ def task_datasets(manager, names: Iterable[str]) -> list[TaskDataset]:
     return list(found.values())
 
 
+def declared_metrics(manager, names: Iterable[str]) -> dict[str, list[str]]:
+    """The metrics each of ``names``' tasks (groups and tags expanded) declares in its ``metric_list``; a task that
+    declares none (lm-eval then takes its output type's defaults) is left out."""
+    return {task: [entry["metric"] for entry in config["metric_list"] if isinstance(entry.get("metric"), str)]
+            for task, config in _task_configs(manager.task_index, names) if config.get("metric_list")}
+
+
 def unimportable_code(manager, names: Iterable[str]) -> tuple[str, str] | None:
     """The first of ``names``' tasks (groups and tags expanded) whose YAML names Python code (``!function``: a data
     builder, a filter, a metric) that does not import, with the reason; None when all of it imports. lm-eval imports
