@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, measure
-from toolkit.errors import OneLineParser, output_file, positive_int
+from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -85,19 +85,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
-    parser.add_argument("--memory-gib", type=float, default=None)
+    parser.add_argument("--memory-gib", type=positive_float, default=None)
     parser.add_argument("--start", type=positive_int, default=1024)
     parser.add_argument("--granularity", type=positive_int, default=1024)
-    parser.add_argument("--limit", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
+    parser.add_argument("--limit", type=positive_int, default=16 * 1024 * 1024)
+    parser.add_argument("--loss-chunk", type=positive_int, default=LOSS_CHUNK)
     parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
-    parser.add_argument("--tiles", type=int, default=None)
+    parser.add_argument("--tiles", type=positive_int, default=None)
     parser.add_argument("--tiles-from", type=int, default=0, help="tile the MLP from this length on")
-    parser.add_argument("--budget-s", type=float, default=600, help="seconds per probe")
-    parser.add_argument("--total-budget-s", type=float, default=3600, help="seconds per variant's search")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--budget-s", type=positive_float, default=600, help="seconds per probe")
+    parser.add_argument("--total-budget-s", type=positive_float, default=3600, help="seconds per variant's search")
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--json", type=output_file)
     args = parser.parse_args(argv)
+    if args.limit < args.start:
+        parser.error(f"--limit: {args.limit} is below --start {args.start}")
     import torch
 
     if args.memory_gib is None and not torch.cuda.is_available():

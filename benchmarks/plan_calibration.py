@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.context_probe import LEAN_NORM
 from benchmarks.harness import LORA, SHAPES, Config, measure
-from toolkit.errors import OneLineParser, output_file, positive_int
+from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
 
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--seq-len", type=positive_int, default=4096)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--budget-s", type=float, default=600, help="seconds per setting")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--budget-s", type=positive_float, default=600, help="seconds per setting")
     parser.add_argument("--json", type=output_file)
     args = parser.parse_args(argv)
     rows = calibrate(args.shape, args.method, args.seq_len, args.threads, args.budget_s)

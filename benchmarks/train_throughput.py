@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
 from benchmarks.rows import ROWS
-from toolkit.errors import OneLineParser, output_file, positive_int
+from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -48,15 +48,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[1024])
     parser.add_argument("--steps", type=positive_int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--rows", choices=ROWS, nargs="+", default=list(ROWS), help="what each step trains on")
-    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK)
+    parser.add_argument("--loss-chunk", type=positive_int, default=LOSS_CHUNK)
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--offload-from", type=int, default=None, help="offload activations from this length on")
-    parser.add_argument("--tiles", type=int, default=None)
+    parser.add_argument("--tiles", type=positive_int, default=None)
     parser.add_argument("--tiles-from", type=int, default=0, help="tile the MLP from this length on")
     parser.add_argument("--attention", default="auto", help="the toolkit's model.attention")
-    parser.add_argument("--budget-s", type=float, default=600, help="seconds per configuration")
-    parser.add_argument("--peak-tflops", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--budget-s", type=positive_float, default=600, help="seconds per configuration")
+    parser.add_argument("--peak-tflops", type=positive_float, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--json", type=output_file, help="also write the results here")
     return parser.parse_args(argv)
 

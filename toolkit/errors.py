@@ -67,6 +67,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (seconds, GiB, TFLOP/s)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def seed_number(text: str) -> int:
     """An argparse type: a random seed (a whole number from 0 to 2**32 - 1)."""
     from toolkit.recipe.strict import SEED_LIMIT
