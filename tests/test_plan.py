@@ -118,8 +118,8 @@ def test_shapes_come_from_config_or_table_never_a_download(tmp_path: Path) -> No
     tiny = shape_for(None, {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                             "intermediate_size": 128}, vocab=300)
     assert (tiny.hidden, tiny.layers, tiny.vocab, tiny.kv_heads) == (64, 2, 300, 4)
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 96, "num_hidden_layers": 3,
-                                                      "num_attention_heads": 4, "vocab_size": 1000}))
+    sizes = {"hidden_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 256}
+    (tmp_path / "config.json").write_text(json.dumps({**sizes, "vocab_size": 1000}))
     assert shape_for(str(tmp_path), None).hidden == 96
     assert shape_for("meta-llama/Llama-3.1-70B-Instruct", None).layers == 80
     with pytest.raises(UserError, match="model.name_or_path: .*init_config"):

@@ -349,6 +349,20 @@ def test_a_model_config_with_a_field_of_the_wrong_type_is_one_line(command: str,
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
 
+def test_plan_of_a_model_that_is_no_llama_names_the_sizes_it_lacks(tmp_path: Path, capsys) -> None:
+    """Its LlamaConfig defaults stood in for them: a 7B plan for a GPT-2 folder."""
+    from toolkit.data.tokenizer import train_tokenizer
+    from toolkit.recipe.schema import TokenizerTraining
+
+    model = tmp_path / "model"
+    train_tokenizer(TokenizerTraining(vocab_size=320, corpus_documents=200), seed=0).save_pretrained(model)
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "vocab_size": 320}))
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": str(model), "precision": "fp32"}))
+    assert _error(["plan", str(recipe)], capsys).endswith(
+        f"{model / 'config.json'}: no hidden_size, intermediate_size, num_hidden_layers, num_attention_heads: plan "
+        "reads a Llama-architecture model's sizes (this one is gpt2)")
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     ({"hidden_size": "abc"}, "model.init_config.hidden_size: 'abc' is not a positive integer"),
     ({"num_hidden_layers": -4}, "model.init_config.num_hidden_layers: -4 is not a positive integer"),

@@ -118,6 +118,11 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
 }
 
 
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+"""The sizes a model's ``config.json`` must give for a plan (a recipe's ``init_config`` may leave them to LlamaConfig's
+defaults)."""
+
+
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
     """A shape from the sizes of LlamaConfig keyword arguments or a ``config.json`` (LlamaConfig's defaults fill the
     gaps; no LlamaConfig is built, whose checks refuse other architectures' sizes, e.g. a ``head_dim`` that does not
@@ -150,8 +155,12 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     assert name_or_path is not None
     local = Path(name_or_path) / "config.json"
     if local.is_file():
+        config = read_json_object(local)
+        if missing := [key for key in SIZE_KEYS if key not in config]:
+            raise UserError(f"{local}: no {', '.join(missing)}: plan reads a Llama-architecture model's sizes "
+                            f"(this one is {config.get('model_type', 'of no model_type')})")
         try:
-            return shape_from_config(read_json_object(local))
+            return shape_from_config(config)
         except ValueError as exc:  # a size that is no integer
             raise UserError(f"{local}: {reason(exc)}") from None
     if name_or_path in KNOWN_SHAPES:
