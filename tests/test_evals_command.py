@@ -73,3 +73,6 @@ def test_an_adapter_folder_with_its_own_tokenizer_gives_the_tokenizer(tmp_path: 
     tokenizer.save_pretrained(adapter)
     assert not (adapter / "config.json").exists()
     assert "<only-in-the-adapter>" in eval_tokenizer(str(base), str(adapter)).get_vocab()
+    config = adapter / "adapter_config.json"  # given as the model, it names its base itself
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(base)}))
+    assert "<only-in-the-adapter>" in eval_tokenizer(str(adapter), None).get_vocab()

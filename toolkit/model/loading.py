@@ -294,8 +294,8 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
 def eval_tokenizer(model: str, adapter: str | None) -> Any:
     """The tokenizer of ``model`` to evaluate (the adapter's own where it has one; pad = eos where there is none):
     the evaluation checks its prompts with it before the model loads."""
-    check_model_source(model, "--model")
-    base, adapter = lora_sources(model, adapter)
+    base, adapter = lora_sources(model, adapter)  # a LoRA folder given as the model: its base, checked next
+    check_model_source(base, "--model")
     own = adapter is not None and has_tokenizer(Path(adapter))  # a peft adapter folder need hold no config.json
     tokenizer_source = adapter if own and adapter is not None else base
     try:

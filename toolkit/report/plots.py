@@ -9,16 +9,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from toolkit.evals.plots import finish_axes, save_figure
-from toolkit.report.data import stage_label
 
 
-def training_curves(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Loss and tokens/s against the global step, one colour per stage."""
+def training_curves(stages: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """Loss and tokens/s against the global step, one colour per stage (``stages``: the metrics rows by stage)."""
     fig = Figure(figsize=(10, 3.6))
     loss_ax, speed_ax = fig.subplots(1, 2)
-    stages: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        stages.setdefault(stage_label(row), []).append(row)
     for name, points in stages.items():
         steps = [p["global_step"] for p in points]
         loss_ax.plot(steps, [p["loss"] for p in points], label=name)

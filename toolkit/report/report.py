@@ -79,10 +79,10 @@ def environment_section(run: Run) -> list[Block]:
 def training_section(run: Run) -> list[Block]:
     if not run.metrics:
         return [Heading("Training"), Paragraph("No metrics.jsonl in this run.")]
-    image = training_curves(run.metrics, run.folder / "training.png")
     stages: dict[str, list[dict[str, Any]]] = {}
     for row in run.metrics:
         stages.setdefault(stage_label(row), []).append(row)
+    image = training_curves(stages, run.folder / "training.png")
     rows = [[name, str(points[-1].get("step")), fmt(points[0].get("loss")), fmt(points[-1].get("loss")),
              fmt(_mean(points, "tokens_per_s"), 0), fmt(_mean(points, "real_tokens_per_s"), 0),
              fmt(max((p["peak_memory_gib"] for p in points if "peak_memory_gib" in p), default=None), 2),
