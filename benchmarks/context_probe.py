@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers-total", type=positive_int, default=32)
     parser.add_argument("--offload", type=int, default=32, help="layers of the full depth offloaded (first ones)")
     parser.add_argument("--fp8", action="store_true", help="offloaded inputs stored as fp8")
-    parser.add_argument("--tiles", type=positive_int, default=16)
+    parser.add_argument("--tiles", type=int, default=16, help="MLP tiles (0: none)")
     parser.add_argument("--loss-chunk", type=positive_int, default=LOSS_CHUNK)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp32", action="store_true", help="float32 weights and compute instead of bf16")

@@ -122,7 +122,6 @@ def test_the_corpus_make_corpus_wrote() -> None:
     assert (CORPUS / "needles-chat.jsonl").stat().st_size > 10_000_000
 
 
-
 def test_a_folder_of_other_files_is_refused_before_any_download(tmp_path: Path) -> None:
     mine = tmp_path / "mydata"
     mine.mkdir()

@@ -295,6 +295,8 @@ def test_every_judge_is_checked_before_any_model_loads(tmp_path: Path, monkeypat
         check_panel(panel(model="m", url="http://127.0.0.1:9/v1", api_key_env="JURY_ABSENT_KEY"))
     with pytest.raises(UserError, match=r"judge j: url: nothing answers at http://127.0.0.1:9/v1 \(is its server"):
         check_panel(panel(model="m", url="http://127.0.0.1:9/v1"))
+    with pytest.raises(UserError, match="judge j: url: 'http://' is no http"):
+        check_panel(panel(model="m", url="http://"))
     with pytest.raises(UserError, match="judge j: model: no such folder, and not a hub id: ./no-judge"):
         check_panel(panel(model="./no-judge"))
     with serving(lambda request, n: Answer("True")) as server:

@@ -224,3 +224,8 @@ def test_a_metric_its_tasks_do_not_declare_stops_before_the_model():
     assert str(raised.value) == ("lm_eval task pk: metric: lm-eval task longctx_passkey_short has no 'exact_match' "
                                  "(its metrics: acc)")
     lm_eval.check_lm_eval(task.model_copy(update={"tasks": ["longctx_passkey"]}))
+
+
+def test_a_metric_defined_by_a_function_is_known_by_its_name():
+    manager = lmeval_bridge.task_manager(["code2text_go"], None)
+    assert "smoothed_bleu_4" in lmeval_bridge.declared_metrics(manager, ["code2text_go"])["code2text_go"]

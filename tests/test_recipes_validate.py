@@ -120,3 +120,12 @@ def test_fp16_training_is_refused_with_the_way_out(capsys) -> None:
     assert err.startswith(f"error: {recipe}: override 'model.precision=fp16': model.precision: fp16 does not "
                           "train here")
     assert "use bf16" in err
+
+
+def test_a_merge_key_may_override_what_it_merges(tmp_path: Path) -> None:
+    from toolkit.recipe.yaml_files import read_yaml
+
+    path = tmp_path / "merged.yaml"
+    path.write_text("base: &b {a: 1, b: 2}\nderived:\n  <<: *b\n  a: 3\n")
+    data, _ = read_yaml(path)
+    assert data["derived"] == {"a": 3, "b": 2}

@@ -1,4 +1,4 @@
-"""The runner's sharded-weights path (FSDP2, DeepSpeed ZeRO-3), run on one process: with ``_sharded`` forced on,
+"""The runner's sharded-weights path (FSDP2, DeepSpeed ZeRO-3), run on one process: with ``shards_model`` forced on,
 every in-run evaluation runs on a copy built from the gathered state dict (``toolkit.model.eval_copy``) and
 ``final/`` is saved from it; both must give exactly what the ordinary path gives."""
 
@@ -29,7 +29,7 @@ def test_sharded_path_evaluates_and_saves_like_the_model(method: tuple[str, ...]
         copies.append(args[1].keys())
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(toolkit.runner, "_sharded", lambda accelerator: True)
+    monkeypatch.setattr(toolkit.runner, "shards_model", lambda accelerator: True)
     monkeypatch.setattr(toolkit.runner, "eval_copy", counted)
     assert train(micro_recipe, *overrides, f"output.dir={tmp_path / 'sharded'}") == 0
 

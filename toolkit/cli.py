@@ -99,7 +99,7 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["gguf"], required=True)
     export.add_argument("--outtype", choices=OUTTYPES, default="f16",
                         help="tensor type of the weights (norms stay f32), default f16")
-    export.add_argument("--out", help="output file, or a folder to write NAME-OUTTYPE.gguf into "
+    export.add_argument("--out", help="output .gguf file, or a folder to write NAME-OUTTYPE.gguf into "
                         "(default: RUN/NAME-OUTTYPE.gguf)")
     export.add_argument("--check", action="store_true",
                         help="score the run's needle grids in llama.cpp on the file (make llama-cpp) and add them to "

@@ -59,8 +59,9 @@ def write_text(path: Path, text: str) -> Path:
 @contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a sibling temporary folder that replaces ``out_dir`` only once the block has finished (the old folder
-    is moved aside first and removed last); the temporary folder is removed when the block fails."""
-    out_dir = Path(out_dir)
+    is moved aside first and removed last); the temporary folder is removed when the block fails. A link to a folder
+    stays a link: the folder it names is replaced."""
+    out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out_dir, "tmp")
     tmp.mkdir()

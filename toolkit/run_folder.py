@@ -200,7 +200,8 @@ class Run:
 
     @property
     def final(self) -> str | None:
-        """The last evaluation (the final model)."""
+        """The last evaluation (the final model; the verdict and the model card take the last stage's:
+        :func:`final_stage_tag`, the same tag unless an evaluation was written under a tag of its own)."""
         return self.tags[-1] if self.evals else None
 
     @property

@@ -28,22 +28,24 @@ log = logging.getLogger(__name__)
 
 
 def _lengths(task: Any) -> list[int]:
-    """The prompt lengths of ``task``: its ``lengths``, or its one ``length`` (perplexity's documents, the jury's
-    padded prompts); none for lm-eval's tasks, which size their own prompts."""
-    if (lengths := getattr(task, "lengths", None)) is not None:
-        return list(lengths)
-    return [length] if isinstance(length := getattr(task, "length", None), int) else []
+    """The prompt lengths of ``task`` (for the log): its ``lengths`` and its one ``length`` (perplexity's documents,
+    the jury's padded prompts); none for lm-eval's tasks, which size their own prompts."""
+    one = getattr(task, "length", None)
+    return [*(getattr(task, "lengths", None) or []), *([one] if isinstance(one, int) else [])]
 
 
 def capped(task: Any, max_length: int | None) -> Any | None:
-    """``task`` with its lengths above ``max_length`` left out; None when none is left."""
-    lengths = _lengths(task)
-    if max_length is None or not lengths:
+    """``task`` with its lengths above ``max_length`` left out; None when none is left, or when its one ``length``
+    is above it."""
+    if max_length is None:
+        return task
+    if isinstance(length := getattr(task, "length", None), int) and length > max_length:
+        return None
+    lengths = getattr(task, "lengths", None)
+    if lengths is None:
         return task
     kept = [length for length in lengths if length <= max_length]
-    if not kept:
-        return None
-    return task.model_copy(update={"lengths": kept}) if hasattr(task, "lengths") else task
+    return task.model_copy(update={"lengths": kept}) if kept else None
 
 
 def results_file(folder: Path, suite: str) -> Path:

@@ -195,7 +195,7 @@ def check_panel(task: Any) -> None:
         if spec.url:
             if spec.api_key_env:
                 _api_key(spec)
-            if not reachable(spec.url):
+            if not reachable(spec.url, field=f"judge {spec.name}: url"):
                 raise UserError(f"judge {spec.name}: url: nothing answers at {spec.url} (is its server up?)")
             continue
         field = f"judge {spec.name}: model"

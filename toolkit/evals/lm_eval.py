@@ -13,7 +13,7 @@ It takes the transformers model (``EvalContext.model``), not the backend's reque
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 
@@ -49,6 +49,8 @@ class LmEvalTask(TaskBase):
     """Tasks run through lm-eval on the loaded model (lm-eval's own tasks or ours in ``evals/lm_eval_tasks``)."""
 
     type: Literal["lm_eval"]
+    version: ClassVar[int] = 2
+    """2: the score leaves out groups' own rows and the lengths lm-eval's RULER did not run."""
     tasks: Annotated[list[str], Field(min_length=1), Distinct]
     include_path: str | None = None
     """Folder of extra task YAMLs (relative to the suite)."""

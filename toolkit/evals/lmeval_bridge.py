@@ -48,10 +48,16 @@ def task_datasets(manager, names: Iterable[str]) -> list[TaskDataset]:
 
 
 def declared_metrics(manager, names: Iterable[str]) -> dict[str, list[str]]:
-    """The metrics each of ``names``' tasks (groups and tags expanded) declares in its ``metric_list``; a task that
-    declares none (lm-eval then takes its output type's defaults) is left out."""
-    return {task: [entry["metric"] for entry in config["metric_list"] if isinstance(entry.get("metric"), str)]
+    """The metrics each of ``names``' tasks (groups and tags expanded) declares in its ``metric_list``, as lm-eval
+    names them in its results (a ``!function module.name`` metric, indexed as its file's path: ``name``); a task
+    that declares none (lm-eval then takes its output type's defaults) is left out."""
+    return {task: [_metric_name(entry["metric"]) for entry in config["metric_list"]
+                   if isinstance(entry.get("metric"), str)]
             for task, config in _task_configs(manager.task_index, names) if config.get("metric_list")}
+
+
+def _metric_name(declared: str) -> str:
+    return declared.rsplit(".", 1)[-1] if "/" in declared else declared
 
 
 def unimportable_code(manager, names: Iterable[str]) -> tuple[str, str] | None:

@@ -35,13 +35,13 @@ def offline_set() -> bool:
     return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE") for name in OFFLINE_VARIABLES)
 
 
-def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S, field: str = "HF_ENDPOINT") -> bool:
     """Whether ``url`` answers at all (any HTTP status counts; no connection, or none within ``timeout``, does not);
-    a UserError naming ``HF_ENDPOINT`` when ``url`` is no http(s) address."""
+    a UserError naming ``field`` (where the address was given) when ``url`` is no http(s) address."""
     try:
         httpx.head(url, timeout=timeout)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise UserError(f"HF_ENDPOINT: {url!r} is no http(s) address ({exc})") from None
+        raise UserError(f"{field}: {url!r} is no http(s) address ({exc})") from None
     except httpx.TransportError:
         return False
     return True

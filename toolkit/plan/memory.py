@@ -156,7 +156,7 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     local = Path(name_or_path) / "config.json"
     if local.is_file():
         config = read_json_object(local)
-        if missing := [key for key in SIZE_KEYS if key not in config]:
+        if missing := [key for key in SIZE_KEYS if config.get(key) is None]:
             raise UserError(f"{local}: no {', '.join(missing)}: plan reads a Llama-architecture model's sizes "
                             f"(this one is {config.get('model_type', 'of no model_type')})")
         try:

@@ -28,17 +28,15 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node]:
         raise UserError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    loader = yaml.SafeLoader(read_text(path))
-    try:
-        node = loader.get_single_node()
-        data = None if node is None else loader.construct_document(node)
+    text = read_text(path)
+    try:  # composed apart from loading, which rewrites the tree it builds from (merge keys)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
-    finally:
-        loader.dispose()
     if data is None or node is None:  # no document: compose gives no node exactly when the text holds none
         raise UserError(f"{path}: file is empty")
     if not isinstance(data, dict):
