@@ -3,10 +3,10 @@
 import argparse
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 
 def reason(exc: BaseException) -> str:
@@ -56,39 +56,36 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")
 
 
+Number = TypeVar("Number", int, float)
+
+
+def _number(text: str, convert: Callable[[str], Number], within: Callable[[Number], bool], what: str) -> Number:
+    """``text`` as an argparse type: ``convert``-ed, an ArgumentTypeError naming ``what`` unless ``within``."""
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not within(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number above 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+    return _number(text, int, lambda value: value >= 1, "a positive whole number")
 
 
 def positive_float(text: str) -> float:
     """An argparse type: a finite number above 0 (seconds, GiB, TFLOP/s)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
+    return _number(text, float, lambda value: 0 < value < float("inf"), "a positive number")
 
 
 def seed_number(text: str) -> int:
     """An argparse type: a random seed (a whole number from 0 to 2**32 - 1)."""
     from toolkit.recipe.strict import SEED_LIMIT
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (a whole number from 0 to {SEED_LIMIT - 1})")
-    return value
+    return _number(text, int, lambda value: 0 <= value < SEED_LIMIT,
+                   f"a seed (a whole number from 0 to {SEED_LIMIT - 1})")
 
 
 def _writable(folder: Path, text: str) -> None:
