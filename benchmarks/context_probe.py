@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import LORA, SHAPES
 from toolkit.errors import OneLineParser, output_file, positive_int
+from toolkit.formatting.blocks import markdown_table
 from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import causal_lm_loss
 from toolkit.memory.lean_norm import enable_lean_rmsnorm
@@ -189,14 +190,13 @@ def probe_lengths(base: Probe, lengths: list[int]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], probe: Probe) -> str:
     """The rows as a Markdown table, at the probe's full depth."""
-    lines = [f"| seq_len | per layer device GiB | per layer host GiB | per layer s | {probe.layers_total} layers: "
-             "device GiB | reserved GiB | host GiB | step s |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        reserved = "-" if row["reserved_gib"] is None else f"{row['reserved_gib']:.2f}"
-        lines.append(f"| {row['seq_len']:,} | {row['per_layer_device_gib']:.3f} | {row['per_layer_host_gib']:.3f} | "
-                     f"{row['per_layer_s']:.2f} | {row['device_gib']:.2f} | {reserved} | {row['host_gib']:.2f} | "
-                     f"{row['step_s']:.1f} |")
-    return "\n".join(lines)
+    header = ["seq_len", "per layer device GiB", "per layer host GiB", "per layer s",
+              f"{probe.layers_total} layers: device GiB", "reserved GiB", "host GiB", "step s"]
+    cells = [[f"{row['seq_len']:,}", f"{row['per_layer_device_gib']:.3f}", f"{row['per_layer_host_gib']:.3f}",
+              f"{row['per_layer_s']:.2f}", f"{row['device_gib']:.2f}",
+              "-" if row["reserved_gib"] is None else f"{row['reserved_gib']:.2f}", f"{row['host_gib']:.2f}",
+              f"{row['step_s']:.1f}"] for row in rows]
+    return markdown_table(header, cells)
 
 
 def main(argv: list[str] | None = None) -> None:

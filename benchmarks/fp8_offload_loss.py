@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int, seed_number
 from toolkit.evals.plots import finish_axes, save_figure
+from toolkit.formatting.blocks import markdown_table
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
 from toolkit.recipe.yaml_files import read_yaml
@@ -115,18 +116,17 @@ def summary(results: list[SeedResult]) -> dict:
 
 
 def table(results: list[SeedResult], totals: dict) -> str:
-    lines = ["| seed | step 1, as computed | step 1, fp8 | final, as computed | final, fp8 | fp8 - as computed "
-             "| mean abs relative gap |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.seed} | {r.native[0]:.4f} | {r.fp8[0]:.4f} | {r.final('native'):.4f} | "
-                     f"{r.final('fp8'):.4f} | {r.final_gap:+.4f} | {r.mean_relative_gap:.2%} |")
+    header = ["seed", "step 1, as computed", "step 1, fp8", "final, as computed", "final, fp8", "fp8 - as computed",
+              "mean abs relative gap"]
+    rows = [[str(r.seed), f"{r.native[0]:.4f}", f"{r.fp8[0]:.4f}", f"{r.final('native'):.4f}", f"{r.final('fp8'):.4f}",
+             f"{r.final_gap:+.4f}", f"{r.mean_relative_gap:.2%}"] for r in results]
     low, high = totals["final_gap_ci95"]
-    lines += ["", f"Final loss (mean of the last {FINAL_STEPS} steps), fp8 - as computed: "
-              f"{totals['final_gap_mean']:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] over {totals['seeds']} seeds; "
-              f"the seeds' own spread of the final loss (standard deviation, as computed): "
-              f"{totals['seed_spread_final']:.4f}. "
-              f"Step 1's loss differs by at most {totals['first_step_gap_max']:.2e}."]
-    return "\n".join(lines)
+    gap = (f"Final loss (mean of the last {FINAL_STEPS} steps), fp8 - as computed: "
+           f"{totals['final_gap_mean']:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] over {totals['seeds']} seeds; "
+           f"the seeds' own spread of the final loss (standard deviation, as computed): "
+           f"{totals['seed_spread_final']:.4f}. "
+           f"Step 1's loss differs by at most {totals['first_step_gap_max']:.2e}.")
+    return markdown_table(header, rows) + "\n\n" + gap
 
 
 def plot(results: list[SeedResult], title: str, path: Path) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.formatting.blocks import markdown_table
+
 _COLUMNS = {  # per section: the row keys shown, in order (losses, logs and errors stay in the JSON)
     "1": ("test", "outcome", "seconds", "message"),
     "2": ("run", "device", "attention", "steps", "first_loss", "last_loss", "train_s", "tokens_per_s"),
@@ -26,7 +28,7 @@ def _cell(value: Any) -> str:
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value).replace("|", "/")
+    return str(value)
 
 
 def _check_line(check: dict[str, Any]) -> str:
@@ -54,9 +56,7 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{section['elapsed_s']:.0f} s of a {section['budget_s']:.0f} s budget.", ""]
         columns = _COLUMNS[section["name"][0]]
         if section["rows"]:
-            lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in section["rows"]]
-            lines.append("")
+            lines += [markdown_table(columns, [[_cell(row.get(c)) for c in columns] for row in section["rows"]]), ""]
         for row in section["rows"]:
             if row.get("error"):
                 error = row["error"].strip().splitlines()[-1] if row["error"].strip() else ""

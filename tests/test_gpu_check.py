@@ -184,6 +184,13 @@ def test_the_cli_trains_the_benchmark_rows_and_its_speed_is_reported(result: dic
     assert check["difference"] == pytest.approx(abs(ratio - 1), abs=1e-3)
 
 
+def test_a_cell_holding_a_pipe_or_a_newline_stays_one_cell() -> None:
+    section = {"name": "1. tests", "budget_s": 1.0, "elapsed_s": 1.0, "checks": [], "skipped": [], "notes": [],
+               "rows": [{"test": "t[a|b]", "outcome": "failed", "seconds": 0.5, "message": "x | y\nz"}]}
+    text = markdown({"mode": "cuda", "started": "now", "budget_s": 1.0, "sections": [section]})
+    assert "| t[a\\|b] | failed | 0.5 | x \\| y z |" in text.splitlines()
+
+
 def test_report_states_every_check() -> None:
     section = {"name": "3. engines", "budget_s": 1.0, "elapsed_s": 1.0, "rows": [], "skipped": [], "notes": [],
                "checks": [{"what": "FSDP2 vs one process", "difference": 2e-4, "tolerance": 1e-3, "result": "pass",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.evals.stats import Rate, niah_rates
+from toolkit.formatting.blocks import markdown_table
 
 
 def _rows(suite: str, key: str, entry: dict[str, Any]) -> list[tuple[str, str, dict[int, Rate]]]:
@@ -25,8 +26,6 @@ def accuracy_table(results: dict[str, dict[str, Any]]) -> str | None:
     if not rows:
         return None
     lengths = sorted({length for _, _, rates in rows for length in rates})
-    lines = ["| task | RoPE | " + " | ".join(map(str, lengths)) + " |", "|---|---|" + "---|" * len(lengths)]
-    for task, rope, rates in rows:
-        lines.append(f"| {task} | {rope} | " + " | ".join(rates[k].format() if k in rates else "" for k in lengths)
-                     + " |")
-    return "\n".join(lines)
+    return markdown_table(["task", "RoPE", *map(str, lengths)],
+                          [[task, rope, *(rates[k].format() if k in rates else "" for k in lengths)]
+                           for task, rope, rates in rows])

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 _e = html.escape
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline), as every table in toolkit/ and benchmarks/ is written; a cell's ``|``
+    is escaped and its newlines become spaces."""
+    return "\n".join([_md_row(header), "|" + "---|" * len(header), *map(_md_row, rows)])
 
 
 @dataclass
@@ -43,8 +50,7 @@ class Table:
     rows: list[list[str]]
 
     def markdown(self, base: Path) -> str:
-        lines = ["| " + " | ".join(map(_md_cell, self.header)) + " |", "|" + "---|" * len(self.header)]
-        return "\n".join(lines + ["| " + " | ".join(map(_md_cell, row)) + " |" for row in self.rows])
+        return markdown_table(self.header, self.rows)
 
     def html(self) -> str:
         head = "".join(f"<th>{_e(h)}</th>" for h in self.header)

@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from toolkit.evals.registry import card_detail, card_metrics
+from toolkit.formatting.blocks import markdown_table
 from toolkit.formatting.numbers import fmt, number
 from toolkit.hub.ids import looks_local
 from toolkit.recipe.data_spec import DataSpec
@@ -123,15 +124,15 @@ def _results_section(run: Run, final_tag: str | None, final: dict[str, dict[str,
     if not final:
         return "## Results\n\nNo stage evaluation was recorded for this run."
     reference = run.compared  # as the report compares: the model before context extension
-    rows = ["| suite | task | type | before | final | details |", "|---|---|---|---|---|---|"]
+    rows = []
     for suite_name, suite in final.items():
         for task_name, task in suite.get("tasks", {}).items():
             before = (run.entry(reference, suite_name, task_name) or {}).get("score") if reference else None
-            rows.append(f"| {suite_name} | {task_name} | {task.get('type')} | {_cell(before)} | "
-                        f"{_cell(task.get('score'))} | {card_detail(task)} |")
+            rows.append([suite_name, task_name, str(task.get("type")), _cell(before), _cell(task.get("score")),
+                         card_detail(task)])
     before = f"the model before context extension (eval tag `{reference}`)" if reference else "no earlier evaluation"
     intro = f"## Results\n\nScores of the final model (eval tag `{final_tag}`) against {before}.\n\n"
-    return intro + "\n".join(rows)
+    return intro + markdown_table(["suite", "task", "type", "before", "final", "details"], rows)
 
 
 def _cell(value: Any) -> str:
@@ -146,12 +147,12 @@ def _rope_section(info: RunInfo) -> str:
 
 
 def _stages_section(info: RunInfo) -> str:
-    rows = ["| # | stage | seq_len | rope type | theta | factor | steps |", "|---|---|---|---|---|---|---|"]
+    rows = []
     for i, stage in enumerate(info.stages):
         rope = stage.rope_parameters or {}
-        rows.append(f"| {i} | {stage.name} | {stage.seq_len} | {rope.get('rope_type')} | "
-                    f"{rope.get('rope_theta', '-')} | {rope.get('factor', '-')} | {stage.steps} |")
-    return "## Stages\n\n" + "\n".join(rows)
+        rows.append([str(i), str(stage.name), str(stage.seq_len), str(rope.get("rope_type")),
+                     str(rope.get("rope_theta", "-")), str(rope.get("factor", "-")), str(stage.steps)])
+    return "## Stages\n\n" + markdown_table(["#", "stage", "seq_len", "rope type", "theta", "factor", "steps"], rows)
 
 
 def _data_section(stage_data: list[DataSpec]) -> str:

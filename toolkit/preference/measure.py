@@ -25,6 +25,7 @@ from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.suite import load_suite
 from toolkit.file_reading import read_text
+from toolkit.formatting.blocks import markdown_table
 from toolkit.formatting.numbers import score_with_interval
 from toolkit.output_paths import check_writable, write_text
 from toolkit.preference.predict import predict
@@ -100,14 +101,13 @@ def section(measured: list[dict[str, Any]]) -> str:
     """The figures of one or more seeds (one column each) as Markdown."""
     m = measured[0]
     columns = [_rows(each) for each in measured]
-    table = "\n".join("| " + " | ".join([name, *(rows[i][1] for rows in columns)]) + " |"
-                      for i, (name, _) in enumerate(columns[0]))
+    table = markdown_table(["measure", *(f"seed {each['seed']}" for each in measured)],
+                           [[name, *(rows[i][1] for rows in columns)] for i, (name, _) in enumerate(columns[0])])
     seeds = ("seeds " if len(measured) > 1 else "seed ") + ", ".join(str(each["seed"]) for each in measured)
-    header = "| measure | " + " | ".join(f"seed {each['seed']}" for each in measured) + " |"
     return (f"{BEGIN}\nMeasured by `python -m toolkit.preference.measure` ({m['recipe']}, {seeds}, "
             f"suite {m['suite']}) on {m['machine']}, OMP_NUM_THREADS={m['threads'] or 'unset'}, commit "
             f"{m['commit']}, {m['date']}; 95% intervals:\n\n"
-            f"{header}\n|---|{'---|' * len(measured)}\n{table}\n{END}")
+            f"{table}\n{END}")
 
 
 def _marked(doc: Path) -> str:

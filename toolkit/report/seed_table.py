@@ -10,6 +10,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.stats import Rate, common_n
+from toolkit.formatting.blocks import markdown_table
 from toolkit.report.verdict import Verdict, compute_verdict, length_text
 from toolkit.run_folder import RUN_INFO, Run, load_run
 
@@ -43,14 +44,14 @@ def summary_markdown(folders: Sequence[Path]) -> str:
     marks |= {v.extended_length: f"{v.extended_length / v.native_length:g}x" for v in verdicts}
     header = ["run", "seed", "model", *(f"{k} ({marks[k]})" if k in marks else str(k) for k in lengths),
               "effective length", "retention", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for run, verdict, model, rates in rows:
         after = model.startswith("after")
-        cells = [rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths]
         effective = verdict.effective_after if after else verdict.effective_before
-        lines.append("| " + " | ".join([
-            run.folder.name, str(run.recipe.seed if run.recipe else "-"), model, *cells, length_text(effective),
-            verdict.retention_text() if after else "", ("PASS" if verdict.passed else "FAIL") if after else ""]) + " |")
+        body.append([run.folder.name, str(run.recipe.seed if run.recipe else "-"), model,
+                      *(rates[k].format(with_n=n is None) if k in rates else "-" for k in lengths),
+                      length_text(effective), verdict.retention_text() if after else "",
+                      ("PASS" if verdict.passed else "FAIL") if after else ""])
     spec = verdicts[0].spec
     tasks = sorted({v.spec.task for v in verdicts})
     n_text = f"n={n} prompts per length" if n is not None else "n per cell"
@@ -67,5 +68,5 @@ def summary_markdown(folders: Sequence[Path]) -> str:
     command = "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
     footer = (f"Machine: {'; '.join(devices)}. Runs dated {dates[0]}"
               f"{f' to {dates[-1]}' if len(dates) > 1 else ''}. Table: `{command}`.")
-    return "\n".join([caption, "", *lines, "", footer]) + "\n"
+    return "\n".join([caption, "", markdown_table(header, body), "", footer]) + "\n"
 
