@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.cli import main
+from toolkit.run_folder import TENSORBOARD
 
 
 def _mean(values: list[float]) -> float:
@@ -57,6 +58,26 @@ def test_lora_trains_adapter_and_trainable_modules(micro_recipe: Path, monkeypat
     assert any("lora_A" in k for k in weights) and any("embed_tokens" in k for k in weights)
     assert json.loads((run / "final" / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
     assert assert_no_secret(run, secret) > 10
+
+
+def test_tensorboard_gets_every_number_of_the_metrics(micro_recipe: Path) -> None:
+    """``logging.backend: tensorboard`` (accelerate's tracker): each number of ``metrics.jsonl`` but the step, as
+    ``train/<key>`` at its global step, in the run folder's ``tensorboard/``."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "logging.backend=tensorboard", "train.max_steps=2") == 0
+    records = metrics(run)
+    assert [r["global_step"] for r in records] == [1, 2, 3, 4]
+    events = EventAccumulator(str(run / TENSORBOARD))
+    events.Reload()
+    keys = [key for key, value in records[0].items() if isinstance(value, int | float) and key != "global_step"]
+    assert {"loss", "lr", "tokens_per_s", "peak_memory_gib", "stage"} <= set(keys)
+    assert sorted(events.Tags()["scalars"]) == sorted(f"train/{key}" for key in keys)
+    for key in keys:
+        logged = [(event.step, event.value) for event in events.Scalars(f"train/{key}")]
+        assert logged == [(r["global_step"], pytest.approx(r[key], rel=1e-6)) for r in records], key
 
 
 def test_existing_run_needs_resume_flag(micro_recipe: Path, capsys) -> None:

@@ -26,6 +26,8 @@ from toolkit.recipe.yaml_files import read_yaml, validate_as
 RECIPE = "recipe.resolved.yaml"
 RUN_INFO = "run_info.json"
 METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+"""TensorBoard's event files (``logging.backend: tensorboard``)."""
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_NAME)

@@ -1,5 +1,5 @@
-"""One logger interface: ``metrics.jsonl`` always, TensorBoard or Weights & Biases when the recipe asks; and the
-peak memory its rows record."""
+"""One logger interface: ``metrics.jsonl`` always, mirrored to TensorBoard or Weights & Biases through accelerate's
+trackers when the recipe asks; and the peak memory its rows record."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from toolkit.errors import UserError
 from toolkit.output_paths import write_text
 from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import LoggingSpec
-from toolkit.run_folder import METRICS, read_metrics
+from toolkit.run_folder import METRICS, TENSORBOARD, read_metrics
 
 
 def check_logging_backend(spec: LoggingSpec) -> None:
@@ -26,37 +27,36 @@ def check_logging_backend(spec: LoggingSpec) -> None:
         raise UserError(f"logging.backend: {spec.backend} is not installed (pip install '.[{spec.backend}]')")
 
 
-class MetricsLogger:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to the chosen backend."""
+def tracker_kwargs(spec: LoggingSpec, run_dir: Path) -> dict[str, Any]:
+    """The ``Accelerator`` arguments of the recipe's backend (its package checked first): accelerate's tracker, which
+    logs on the main process only, with the run folder for TensorBoard's files."""
+    check_logging_backend(spec)
+    return {} if spec.backend == "none" else {"log_with": spec.backend, "project_dir": str(run_dir)}
 
-    def __init__(self, run_dir: Path, spec: LoggingSpec, run_name: str, enabled: bool = True):
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and logs its numbers, as ``train/<key>``, to the
+    trackers of ``accelerator`` (:func:`tracker_kwargs`; none: the file only)."""
+
+    def __init__(self, run_dir: Path, spec: LoggingSpec, run_name: str, accelerator: Accelerator | None = None,
+                 enabled: bool = True):
         self.enabled = enabled
         self.run_dir = run_dir
         self.path = run_dir / METRICS
-        self._tb = self._wandb = None
-        if not enabled:
-            return
-        check_logging_backend(spec)
-        if spec.backend == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        elif spec.backend == "wandb":
-            import wandb
-
-            self._wandb = wandb.init(project=spec.project or "longctx", name=run_name, dir=str(run_dir))
+        self.accelerator = accelerator
+        if enabled and accelerator is not None:  # TensorBoard's tracker names its folder after the project
+            project = TENSORBOARD if spec.backend == "tensorboard" else spec.project or "longctx"
+            accelerator.init_trackers(project, init_kwargs={"wandb": {"name": run_name, "dir": str(run_dir)}})
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "global_step"}
-        if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(f"train/{key}", value, record["global_step"])
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=record["global_step"])
+        if self.accelerator is not None:
+            self.accelerator.log({f"train/{key}": value for key, value in record.items()
+                                  if isinstance(value, (int, float)) and key != "global_step"},
+                                 step=record["global_step"])
 
     def truncate_after(self, global_step: int) -> None:
         """On resume, keep the complete records up to the checkpoint's ``global_step`` (:func:`read_metrics`), so the
@@ -67,10 +67,11 @@ class MetricsLogger:
         write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        """End the trackers however training ended (``accelerator.end_training`` would also end the process group,
+        which saving the run still needs; it ends them again at the run's end, harmlessly)."""
+        if self.accelerator is not None:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -58,7 +58,7 @@ from toolkit.run_folder import FINAL, RECIPE, RUN_INFO, RunInfo, StageInfo, hold
 from toolkit.training.checkpoints import CheckpointManager, TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
-from toolkit.training.metrics import MetricsLogger, check_logging_backend
+from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
@@ -103,7 +103,6 @@ def setup(recipe: Recipe) -> Session:
     checkpoints.data_identity = _check_resume(recipe, resume, tokenizer, accelerator)
     attention = check_model_fit(recipe, accelerator, config)
     check_host_memory(recipe, config, accelerator.num_processes, local_processes())
-    check_logging_backend(recipe.logging)
     loaded = _load_model(recipe, accelerator, tokenizer, attention)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
                                   choice_token_ids(recipe.train, tokenizer))
@@ -117,7 +116,8 @@ def setup(recipe: Recipe) -> Session:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, recipe.run_dir / RECIPE)
         _write_run_info(recipe, loaded, accelerator)
-    logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, enabled=accelerator.is_main_process)
+    logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, accelerator,
+                           enabled=accelerator.is_main_process)
     session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
     if resume:
         _resumed(session, *resume)
@@ -125,13 +125,15 @@ def setup(recipe: Recipe) -> Session:
 
 
 def _start(recipe: Recipe) -> Accelerator:
-    """The accelerator (checked against the recipe), the seed, and the run folder checked writable."""
+    """The accelerator (checked against the recipe, with the tracker of ``logging.backend``), the seed, and the run
+    folder checked writable."""
     dtype = _weights_dtype(recipe)
     _forget_earlier_runs()
     if launched_engine() == "deepspeed":
         warn_of_stale_build_locks()
     parallel = accelerator_kwargs(recipe.parallel, attention=recipe.model.attention)  # before any process group
-    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **parallel, **engine_kwargs(recipe, dtype))
+    accelerator = Accelerator(mixed_precision=mixed_precision(dtype), **parallel, **engine_kwargs(recipe, dtype),
+                              **tracker_kwargs(recipe.logging, recipe.run_dir))
     check_engine(accelerator)
     set_seed(recipe.seed)
     if accelerator.is_main_process:
