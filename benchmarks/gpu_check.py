@@ -1,5 +1,5 @@
 """One prepared command that checks the single-GPU path (``make gpu-check``): six sections, each within its own
-time budget, so the whole ends within the total (420 s on CUDA) and writes what it measured and checked into
+time budget, so the whole ends within the total (440 s on CUDA) and writes what it measured and checked into
 ``gpu-check.json`` and ``gpu-check.md`` (device, versions, every row and check, what was skipped and why),
 rewritten after every row.
 
@@ -8,8 +8,8 @@ rewritten after every row.
    step's loss within 1e-5, every step's within 1e-3;
 3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps in bf16 from those
    weights: every step's loss within 1e-3 of one plain process's;
-4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, packed rows: toolkit vs baseline tokens/s,
-   MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory); each row names the
+4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, one document per row: toolkit vs baseline
+   tokens/s, MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory); each row names the
    attention it ran (``attention_used``: the toolkit's ``auto``, flash_attention_4 where flash-attn-4 is installed);
    after the 32K rows, ``python -m toolkit train`` on the toolkit row's rows (the same recipe, the rows as a
    token-id file): its ``metrics.jsonl`` median real tokens/s within 10% of the benchmark's;
