@@ -3,6 +3,7 @@ loaded or trained, and leaves no file behind (nor replaces one)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -153,6 +154,26 @@ def test_prompts_the_tokenizer_cannot_build_stop_eval_and_train_before_the_model
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite)], "before": False},
                                          output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys).startswith(expected)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_tokenizer_with_neither_pad_nor_eos_stops_eval_and_train_before_the_model(tmp_path: Path, capsys) -> None:
+    """Both pad with eos where a tokenizer has no pad token (:func:`toolkit.data.tokenizer.pretrained_tokenizer`);
+    without either, each names its own field (the evaluation set pad to None before, and went on)."""
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tokenizer = copy.deepcopy(tiny_tokenizer())  # the shared one keeps its specials
+    tokenizer.pad_token = tokenizer.eos_token = None
+    tokenizer.save_pretrained(folder)
+    capsys.readouterr()
+    argv = ["eval", "--model", str(folder), "--suite", str(needle_suite(tmp_path)), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == f"--model: {str(folder)!r} has neither a pad nor an eos token"
+    model = {"name_or_path": str(folder), "precision": "fp32"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        f"model.tokenizer: {str(folder)!r} has neither a pad nor an eos token")
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
