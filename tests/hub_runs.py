@@ -72,7 +72,7 @@ def _write_run_files(run: Path, method: str) -> None:
         "train:\n  data: {source: synthetic, task: multikey, packing: pack}\n"
         "  stages:\n  - {name: short, seq_len: 128, max_steps: 5}\n"
         "  - {name: long, seq_len: 256, max_steps: 5, data: {source: hub, path: org/long-texts}}\n")
-    (run / "metrics.jsonl").write_text(json.dumps({"stage": 0, "step": 1, "loss": 4.0}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"stage": 0, "step": 1, "global_step": 1, "loss": 4.0}) + "\n")
     (run / "report.md").write_text("# Report\n\n![loss](loss.png)\n")
     (run / "report.html").write_text("<html><body>report</body></html>")
     (run / "loss.png").write_bytes(PNG)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from toolkit.data.arena import read_arena
-from toolkit.data.arena_example import FACTS, HELD_OUT_FACTS, _key, write_example
+from toolkit.data.arena_example import FACTS, HELD_OUT_FACTS, _key, main, write_example
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "arena-example"
 
@@ -24,3 +26,17 @@ def test_the_held_out_file_is_held_out() -> None:
     new_questions = {question for question, _ in FACTS[-HELD_OUT_FACTS:]}
     assert not asked & new_questions
     assert {row.prompt[0] for row in test} & new_questions == new_questions  # each asked in the held-out file
+
+
+def test_files_already_there_are_kept_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``arena_example DIR`` replaced DIR's files silently: now one line naming the first, exit 2, nothing written;
+    ``--force`` replaces them (each written whole)."""
+    (tmp_path / "test.csv").write_text("kept")
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'test.csv'}: exists already (--force replaces it)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["test.csv"] and (tmp_path / "test.csv").read_text() == "kept"
+    main([str(tmp_path), "--force"])
+    assert (tmp_path / "test.csv").read_bytes() == (SHIPPED / "test.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv", "train.csv"]

@@ -21,8 +21,10 @@ def _half_run(run_dir: Path) -> None:
     """A run folder as a stopped training leaves it: the base model's evaluation, two logged steps, a checkpoint."""
     (run_dir / "eval" / "base").mkdir(parents=True)
     (run_dir / "eval" / "base" / "smollm2-short.json").write_text('{"tasks": {}}')
-    records = [{"step": 5, "elapsed_s": 20.0, "tokens_per_s": 21000.0, "peak_memory_gib": 31.5},
-               {"step": 10, "elapsed_s": 41.0, "tokens_per_s": 20500.0, "peak_memory_gib": 31.6}]
+    records = [{"step": 5, "global_step": 5, "loss": 2.5, "elapsed_s": 20.0, "tokens_per_s": 21000.0,
+                "peak_memory_gib": 31.5},
+               {"step": 10, "global_step": 10, "loss": 2.4, "elapsed_s": 41.0, "tokens_per_s": 20500.0,
+                "peak_memory_gib": 31.6}]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run_dir / "checkpoints" / "step-5").mkdir(parents=True)
     (run_dir / "checkpoints" / "step-5" / "adapter.safetensors").write_bytes(b"weights")

@@ -9,6 +9,7 @@ import pytest
 
 from tests.real_model import with_corpus_marks
 from toolkit.errors import UserError
+from toolkit.evals.results import SuiteResults
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
     RunInfo,
@@ -87,23 +88,62 @@ def test_missing_files(tmp_path: Path) -> None:
         read_run_info(tmp_path, required=True)
     (tmp_path / "eval" / "base").mkdir(parents=True)
     (tmp_path / "eval" / "base" / "broken.json").write_text("{")
+    (tmp_path / "eval" / "base" / "eval_info.json").write_text('{"model": "m"}')  # no results file: no tasks
     (tmp_path / "eval" / "base" / "s.json").write_text(json.dumps({"suite": "s", "tasks": {}}))
     assert load_run(tmp_path).evals == {"base": {"s": {"suite": "s", "tasks": {}}}}
 
 
 def test_metrics_leave_out_a_line_cut_off_by_a_killed_run(tmp_path: Path) -> None:
-    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "loss": 2.0}\n\n{"step": 10, "loss": 1.5}\n{"step": 15, "lo')
-    assert read_metrics(tmp_path) == [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}]
+    (tmp_path / "metrics.jsonl").write_text('{"global_step": 5, "loss": 2.0}\n\n{"global_step": 10, "loss": 1.5}\n'
+                                            '{"global_step": 15, "lo')
+    assert read_metrics(tmp_path) == [{"global_step": 5, "loss": 2.0}, {"global_step": 10, "loss": 1.5}]
     assert read_metrics(tmp_path / "missing") == []
 
 
 def test_metrics_name_a_complete_line_that_is_no_json_object(tmp_path: Path) -> None:
-    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n{"step": 10, loss}\n{"step": 15, "lo')
+    (tmp_path / "metrics.jsonl").write_text('{"global_step": 5, "loss": 2.0}\n{"global_step": 10, loss}\n{"glo')
     with pytest.raises(UserError, match=rf"^{tmp_path / 'metrics.jsonl'}:2: not valid JSON \(Expecting"):
         read_metrics(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n[5]\n')
+    (tmp_path / "metrics.jsonl").write_text('{"global_step": 5, "loss": 2.0}\n[5]\n')
     with pytest.raises(UserError, match=r"metrics.jsonl:2: expected a JSON object, got list$"):
         read_metrics(tmp_path)
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ({"step": 10, "loss": 1.5}, "global_step: Field required"),
+    ({"global_step": 10}, "loss: Field required"),
+    ({"global_step": "10", "loss": 1.5}, "global_step: Input should be a valid integer"),
+    ({"global_step": 10, "loss": 1.5, "tokens_per_s": None}, "tokens_per_s: Input should be a valid number"),
+    ({"global_step": 10, "loss": 1.5, "source_tokens": {"web": 1.5}}, "source_tokens.web: Input should be a valid "
+     "integer")])
+def test_metrics_name_a_row_without_its_fields(row: dict, expected: str, tmp_path: Path) -> None:
+    """A row edited by hand: the file, line and field at fault (the report read it as a traceback)."""
+    first = {"global_step": 5, "loss": 2.0, "note": "kept"}  # a key of no field is kept
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(UserError) as caught:
+        read_metrics(tmp_path)
+    assert str(caught.value) == f"{tmp_path / 'metrics.jsonl'}:2: {expected}"
+
+
+@pytest.mark.parametrize(("suite", "expected"), [
+    ({"tasks": []}, "tasks: Input should be a valid dictionary"),
+    ({"tasks": {"t": [1]}}, "tasks.t: Input should be a valid dictionary"),
+    ({"tasks": {"t": {"score": 0.5}}}, "tasks.t.type: Field required"),
+    ({"tasks": {"t": {"type": "niah", "score": "0.5"}}}, "tasks.t.score: Input should be a valid number"),
+    ({"tasks": {"t": {"type": "niah", "correct_by_length": {"256": "9"}}}},
+     "tasks.t.correct_by_length.256: Input should be a valid integer"),
+    ({"suite": 5, "tasks": {}}, "suite: Input should be a valid string")])
+def test_a_results_file_without_its_fields_names_the_file_and_field(suite: dict, expected: str,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "eval" / "base" / "s.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(suite))
+    with pytest.raises(UserError) as caught:
+        load_run(tmp_path)
+    assert str(caught.value) == f"{path}: {expected}"
+    with pytest.raises(UserError) as resumed:  # an evaluation resuming from the file reads it the same way
+        SuiteResults(path, "s", "base", "m", "fingerprint")
+    assert str(resumed.value) == str(caught.value)
 
 
 def test_files_that_are_not_utf8_are_one_line_or_unreadable(tmp_path: Path) -> None:

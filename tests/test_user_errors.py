@@ -3,6 +3,7 @@ loaded or trained, and leaves no file behind (nor replaces one)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -156,6 +157,26 @@ def test_prompts_the_tokenizer_cannot_build_stop_eval_and_train_before_the_model
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 
+def test_a_tokenizer_with_neither_pad_nor_eos_stops_eval_and_train_before_the_model(tmp_path: Path, capsys) -> None:
+    """Both pad with eos where a tokenizer has no pad token (:func:`toolkit.data.tokenizer.pretrained_tokenizer`);
+    without either, each names its own field (the evaluation set pad to None before, and went on)."""
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tokenizer = copy.deepcopy(tiny_tokenizer())  # the shared one keeps its specials
+    tokenizer.pad_token = tokenizer.eos_token = None
+    tokenizer.save_pretrained(folder)
+    capsys.readouterr()
+    argv = ["eval", "--model", str(folder), "--suite", str(needle_suite(tmp_path)), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == f"--model: {str(folder)!r} has neither a pad nor an eos token"
+    model = {"name_or_path": str(folder), "precision": "fp32"}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
+    assert _error(["train", str(recipe)], capsys) == (
+        f"model.tokenizer: {str(folder)!r} has neither a pad nor an eos token")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
 def test_weights_cut_short_and_an_adapter_of_another_model_are_one_line(tmp_path: Path, capsys) -> None:
     """A half-copied ``model.safetensors``, and an adapter trained on other shapes, name what cannot be loaded."""
     from peft import LoraConfig, get_peft_model
@@ -226,7 +247,7 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> No
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), [
-    ("metrics.jsonl", '{"global_step": 1}\n{"global_step": 2, loss}\n{"glo',
+    ("metrics.jsonl", '{"global_step": 1, "loss": 2.0}\n{"global_step": 2, loss}\n{"glo',
      "{path}:2: not valid JSON (Expecting property name enclosed in double quotes)"),
     ("recipe.resolved.yaml", "name: x\ntrain: {stages: [\n",
      "{path}:3: YAML syntax error: expected the node content, but found '<stream end>'"),
@@ -238,6 +259,45 @@ def test_report_names_a_corrupt_file_of_the_run(name: str, text: str, expected: 
     run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
     (run / name).write_text(text)
     assert _error(["report", str(run)], capsys) == expected.format(path=run / name)
+    assert not (run / "report.md").exists()
+
+
+def _edited_results(run: Path, tag: str, suite: str, edit) -> Path:
+    path = run / "eval" / tag / f"{suite}.json"
+    data = json.loads(path.read_text())
+    edit(data["tasks"])
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["report", "report-check"])
+@pytest.mark.parametrize(("file", "edit", "expected"), [
+    ("metrics.jsonl", lambda row: row.pop("global_step"), "{path}:2: global_step: Field required"),
+    ("metrics.jsonl", lambda row: row.update(loss="high"), "{path}:2: loss: Input should be a valid number"),
+    ("metrics.jsonl", lambda row: row.update(source_tokens=[1]), "{path}:2: source_tokens: Input should be a valid "
+     "dictionary"),
+    ("niah-tiny", lambda tasks: tasks["passkey"].pop("type"), "{path}: tasks.passkey.type: Field required"),
+    ("niah-tiny", lambda tasks: tasks["passkey"]["correct_by_length"].update({"256": "x"}),
+     "{path}: tasks.passkey.correct_by_length.256: Input should be a valid integer"),
+    ("short-context", lambda tasks: tasks.update(passkey_short=[0.9]),
+     "{path}: tasks.passkey_short: Input should be a valid dictionary")],
+    ids=["metrics-no-global-step", "metrics-loss-text", "metrics-source-tokens-list", "results-no-type",
+         "results-count-text", "results-entry-list"])
+def test_report_names_a_hand_edited_field_of_the_run(file: str, edit, expected: str, check: bool, tmp_path: Path,
+                                                      capsys) -> None:
+    """Valid JSON without the fields the report and the verdict read (a traceback before): one line naming the file
+    (and line) and the field, nothing written."""
+    run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
+    if file == "metrics.jsonl":
+        rows = [{"stage": 0, "stage_name": "passkey-256", "step": step, "global_step": step, "loss": 2.0,
+                 "source_tokens": {"synthetic": 64 * step}} for step in (1, 2)]
+        edit(rows[1])
+        path = run / file
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        path = _edited_results(run, "base", file, edit)
+    argv = ["report", *(["--check"] if check else []), str(run)]
+    assert _error(argv, capsys) == expected.format(path=path)
     assert not (run / "report.md").exists()
 
 

@@ -3,8 +3,10 @@
 ``runs/<name>/``: ``recipe.resolved.yaml``, ``run_info.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``
 (full weights, or a LoRA adapter with ``merged/`` full weights and, from a random init, its ``base/``),
 ``eval/<tag>/<suite>.json`` (``<tag>``: ``base`` before training, ``stage-<i>-<name>`` after stage i),
-``report.md``, ``report.html`` and PNG plots. A missing file reads as empty; a corrupt recipe, run info or
-``metrics.jsonl`` line is a UserError naming the file (and line); evaluation results that cannot be read are left out.
+``report.md``, ``report.html`` and PNG plots. A missing file reads as empty; a corrupt recipe, run info,
+``metrics.jsonl`` line or results file (a field missing or of the wrong type) is a UserError naming the file (and
+line) and the field; a file of ``eval/<tag>/`` that is no JSON object holding ``tasks`` is no results file and is left
+out.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.errors import UserError
 from toolkit.file_reading import json_object, read_json_object, read_text
 from toolkit.recipe.schema import Recipe
-from toolkit.recipe.yaml_files import read_yaml, validate_as
+from toolkit.recipe.yaml_files import read_yaml, validate_as, validation_message
 
 RECIPE = "recipe.resolved.yaml"
 RUN_INFO = "run_info.json"
@@ -95,6 +98,16 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def _checked(shape: TypeAdapter[Any], data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` when it has ``shape``; else a UserError naming ``source`` and the first field missing or of the
+    wrong type."""
+    try:
+        shape.validate_python(data)
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, source)) from None
+    return data
+
+
 def read_recipe(run_dir: Path) -> Recipe | None:
     """``recipe.resolved.yaml`` typed (``None`` when missing; a UserError naming the file and line when it is no valid
     recipe)."""
@@ -151,13 +164,38 @@ def read_run_info(run_dir: Path, required: bool = False) -> RunInfo:
     return validate_as(RunInfo, read_json_object(path), str(path))
 
 
+@with_config(ConfigDict(extra="allow", strict=True))
+class MetricsRow(TypedDict, total=False):
+    """One ``metrics.jsonl`` row as the training loop writes it and the report reads it: the step and its loss always,
+    every other figure of its type where present; other keys are kept."""
+
+    global_step: Required[int]
+    loss: Required[float]
+    stage: int
+    stage_name: str
+    step: int
+    lr: float
+    tokens_per_s: float
+    real_tokens_per_s: float
+    peak_memory_gib: float
+    elapsed_s: float
+    seq_len: int
+    source_weights: dict[str, float]
+    source_tokens: dict[str, int]
+    source_skipped_rows: dict[str, int]
+
+
+_METRICS_ROW = TypeAdapter(MetricsRow)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The complete rows of ``metrics.jsonl`` (empty when missing; a line still being written, or cut off by a
-    killed run, is left out; a complete line that is no JSON object is a UserError naming the file and line)."""
+    killed run, is left out; a complete line that is no JSON object of :class:`MetricsRow`'s fields is a UserError
+    naming the file, line and field)."""
     path = run_dir / METRICS
     lines = read_text(path).splitlines(keepends=True) if path.is_file() else []
-    return [json_object(line, path, number) for number, line in enumerate(lines, start=1)
-            if line.endswith("\n") and line.strip()]
+    return [_checked(_METRICS_ROW, json_object(line, path, number), f"{path}:{number}")
+            for number, line in enumerate(lines, start=1) if line.endswith("\n") and line.strip()]
 
 
 def eval_dir(run_dir: Path, tag: str) -> Path:
@@ -170,12 +208,44 @@ def eval_tags(run_dir: Path) -> list[str]:
     return tag_order(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
 
 
+@with_config(ConfigDict(extra="allow", strict=True))
+class TaskEntry(TypedDict, total=False):
+    """One task's results in a results file (:mod:`toolkit.evals.results` writes them): the fields every task type
+    shares, and the needle counts the verdict reads, of their types where present; each type adds its own."""
+
+    type: Required[str]
+    score: float | None
+    complete: bool
+    haystack_fallback: str
+    cells: list[dict[str, Any]]
+    scores_by_length: dict[str, float]
+    n_by_length: dict[str, int]
+    correct_by_length: dict[str, int]
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class SuiteFile(TypedDict, total=False):
+    """A results file, ``eval/<tag>/<suite>.json``: its suite's name and tasks."""
+
+    suite: str
+    tasks: Required[dict[str, TaskEntry]]
+
+
+_SUITE_FILE = TypeAdapter(SuiteFile)
+
+
+def read_suite(path: Path) -> dict[str, Any] | None:
+    """The results file ``path``; ``None`` when it is missing, unreadable or no JSON object holding ``tasks`` (no
+    results file); a UserError naming the file and field when a field is missing or of the wrong type."""
+    data = read_json(path)
+    return _checked(_SUITE_FILE, data, str(path)) if isinstance(data, dict) and "tasks" in data else None
+
+
 def read_suites(tag_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every results JSON (``<suite>.json`` with a ``tasks`` mapping) of one tag folder, keyed by suite name."""
+    """Every results file (:func:`read_suite`) of one tag folder, keyed by suite name."""
     suites: dict[str, dict[str, Any]] = {}
     for path in sorted(tag_dir.glob("*.json")) if tag_dir.is_dir() else []:
-        data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+        if (data := read_suite(path)) is not None:
             suites[data.get("suite", path.stem)] = data
     return suites
 

@@ -1,5 +1,6 @@
 """A small Chatbot Arena-format data set whose preferences follow signals a small model can learn, written as CSV
-files in the competition's columns: ``python -m toolkit.data.arena_example data/arena-example``.
+files in the competition's columns: ``python -m toolkit.data.arena_example data/arena-example`` (``--force``
+replaces files already there).
 
 Each comparison is one of: a correct against a wrong sum (the correct one wins), an answer against a refusal (the
 answer wins), or two equally good or equally bad responses (a tie: both correct, both refusals, both wrong). Which
@@ -13,7 +14,7 @@ import random
 from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
-from toolkit.errors import OneLineParser, exit_on_user_error, seed_number
+from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
 from toolkit.output_paths import check_writable
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
@@ -80,22 +81,31 @@ def rows(count: int, seed: int, first_id: int, facts: tuple[tuple[str, str], ...
     return out
 
 
+def example_paths(folder: Path) -> dict[str, Path]:
+    """Where :func:`write_example` writes each split: ``<folder>/<split>.csv``."""
+    return {split: folder / f"{split}.csv" for split in SPLITS}
+
+
 def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Write ``train.csv`` and ``test.csv`` (held out, with winners: new questions beside the training file's, and
-    none of its comparisons again) into ``folder``; returns their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    none of its comparisons again) into ``folder``, each whole or not at all; returns their paths."""
     train = rows(SPLITS["train"], seed * 100, 1000)
     test = rows(SPLITS["test"], seed * 100 + 1, 1000 + SPLITS["train"], FACTS, frozenset(map(_key, train)))
-    return {"train": write_arena(train, folder / "train.csv"), "test": write_arena(test, folder / "test.csv")}
+    paths = example_paths(folder)
+    return {"train": write_arena(train, paths["train"]), "test": write_arena(test, paths["test"])}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=seed_number, default=0)
+    parser.add_argument("--force", action="store_true", help="replace train.csv and test.csv where they exist")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         check_writable(args.folder, "folder")
+        taken = [path for path in example_paths(args.folder).values() if path.exists()]
+        if taken and not args.force:
+            raise UserError(f"{taken[0]}: exists already (--force replaces it)")
         for split, path in write_example(args.folder, args.seed).items():
             print(f"{split}: {path}")
 

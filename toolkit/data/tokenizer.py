@@ -8,8 +8,9 @@ and digits split one per token (so a passkey's value is a fixed number of tokens
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -74,14 +75,24 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
         if not has_tokenizer(Path(source)):
             raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
                             f"{', '.join(TOKENIZER_FILES)})")
+    hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
+    return pretrained_tokenizer(
+        source, "model.tokenizer",
+        lambda exc: UserError(f"model.tokenizer: cannot load {source!r}{origin}{hub}: {reason(exc)}"),
+        revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+
+
+def pretrained_tokenizer(source: str, field: str, failure: Callable[[Exception], UserError],
+                         **kwargs: Any) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(source, **kwargs)`` with a pad token (eos where it has none): the training's
+    and the evaluation's. A source that does not load is ``failure``'s one line (the caller's field and wording), a
+    tokenizer with neither a pad nor an eos token one line naming ``field``."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision,
-                                                  trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, StrictDataclassError) as exc:  # the last: a config.json field of the wrong type
-        hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
-        raise UserError(f"model.tokenizer: cannot load {source!r}{origin}{hub}: {reason(exc)}") from None
+        raise failure(exc) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"model.tokenizer: {source!r} has neither a pad nor an eos token")
+            raise UserError(f"{field}: {source!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

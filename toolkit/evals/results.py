@@ -1,10 +1,10 @@
 """The results JSON of one suite at one tag, saved after every batch so an interrupted sweep resumes.
 
-Layout (shared with the report): ``{"suite", "tag", "model", "fingerprint", "tasks": {<key>: {"type",
-"score", ..., "complete", "identity", "cells"}}}``. Recorded cells are reused only when the backend's
-fingerprint (transformers: weights sample + RoPE config; llama.cpp: the GGUF file's hash) and the task's identity
-(its settings minus the grid axes, its type's version, whether its haystack fell back to the built-in filler) match,
-so adding lengths to a sweep computes only the new cells.
+Layout (shared with the report; read back, checked, by :func:`toolkit.run_folder.read_suite`): ``{"suite", "tag",
+"model", "fingerprint", "tasks": {<key>: {"type", "score", ..., "complete", "identity", "cells"}}}``. Recorded cells are
+reused only when the backend's fingerprint (transformers: weights sample + RoPE config; llama.cpp: the GGUF file's hash)
+and the task's identity (its settings minus the grid axes, its type's version, whether its haystack fell back to the
+built-in filler) match, so adding lengths to a sweep computes only the new cells.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from toolkit.evals.sources import fallback_reason
 from toolkit.evals.specs import TaskBase
 from toolkit.output_paths import atomic_file
-from toolkit.run_folder import read_json
+from toolkit.run_folder import read_suite
 
 _GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold"}
 
@@ -65,9 +65,9 @@ class SuiteResults:
         self.path = path
         self.data: dict[str, Any] = {"suite": suite, "tag": tag, "model": model, "fingerprint": fingerprint,
                                      "tasks": {}}
-        old = read_json(path)
-        if isinstance(old, dict) and old.get("fingerprint") == fingerprint and old.get("suite") == suite:
-            self.data["tasks"] = old.get("tasks", {})
+        old = read_suite(path)
+        if old is not None and old.get("fingerprint") == fingerprint and old.get("suite") == suite:
+            self.data["tasks"] = old["tasks"]
         self._identities: dict[str, dict[str, Any]] = {}
 
     def _identity(self, task: TaskBase) -> dict[str, Any]:

@@ -15,13 +15,12 @@ from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
 )
 
-from toolkit.data.tokenizer import has_tokenizer
+from toolkit.data.tokenizer import has_tokenizer, pretrained_tokenizer
 from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
@@ -292,19 +291,13 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
 
 
 def eval_tokenizer(model: str, adapter: str | None) -> Any:
-    """The tokenizer of ``model`` to evaluate (the adapter's own where it has one; pad = eos where there is none):
-    the evaluation checks its prompts with it before the model loads."""
+    """The tokenizer of ``model`` to evaluate (the adapter's own where it has one; pad = eos where there is none, a
+    UserError where there is neither): the evaluation checks its prompts with it before the model loads."""
     base, adapter = lora_sources(model, adapter)  # a LoRA folder given as the model: its base, checked next
     check_model_source(base, "--model")
     own = adapter is not None and has_tokenizer(Path(adapter))  # a peft adapter folder need hold no config.json
-    tokenizer_source = adapter if own and adapter is not None else base
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    except (OSError, ValueError, StrictDataclassError) as exc:
-        raise _load_failure(tokenizer_source, "--adapter" if own else "--model", exc) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    source, field = (adapter, "--adapter") if own and adapter is not None else (base, "--model")
+    return pretrained_tokenizer(source, field, lambda exc: _load_failure(source, field, exc))
 
 
 def chosen_device(device: torch.device | str | None) -> torch.device:
