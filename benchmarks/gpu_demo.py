@@ -35,6 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from transformers.utils import CONFIG_NAME
 
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
@@ -82,7 +83,7 @@ PROFILES = {
 
 def model_copy(source: Path, out: Path, **config: Any) -> Path:
     """``source``'s model with ``config`` keys replaced: its files linked, its ``config.json`` rewritten."""
-    return with_config(source, out, json.loads((source / "config.json").read_text()) | config)
+    return with_config(source, out, json.loads((source / CONFIG_NAME).read_text()) | config)
 
 
 def _toolkit(args: list[str], log: Path) -> None:

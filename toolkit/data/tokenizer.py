@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub.errors import StrictDataclassError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.utils import CONFIG_NAME
 
 from toolkit.data.needle import filler_sentence, make_needles
 from toolkit.errors import UserError, reason
@@ -70,8 +71,8 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
         if not Path(source).expanduser().is_dir():
             raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
         source = str(Path(source).expanduser())
-        if (Path(source) / "config.json").is_file():
-            read_json_object(Path(source) / "config.json")  # which AutoTokenizer reads: a JSON object
+        if (Path(source) / CONFIG_NAME).is_file():
+            read_json_object(Path(source) / CONFIG_NAME)  # which AutoTokenizer reads: a JSON object
         if not has_tokenizer(Path(source)):
             raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
                             f"{', '.join(TOKENIZER_FILES)})")

@@ -18,6 +18,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import CONFIG_NAME
+
 from toolkit.errors import UserError
 from toolkit.export import OUTTYPES
 from toolkit.export.child_process import child_failure, run_showing_stderr
@@ -40,7 +42,7 @@ def _model_folder(source: Path) -> Path:
     """The transformers folder to convert: a run's ``final/`` or a model folder."""
     if (source / FINAL).is_dir():
         return source / FINAL
-    if (source / "config.json").is_file():
+    if (source / CONFIG_NAME).is_file():
         return source
     raise UserError(f"{source}: neither a run folder with final/ nor a model folder with config.json")
 
@@ -155,11 +157,11 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
     folder, name = _model_folder(source), source.resolve().name
     target = _target(source, out, f"{name}-{outtype}.gguf")
     pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")  # a LoRA run's final/ holds its tokenizer
-    if (folder / "config.json").is_file():  # and its trained RoPE: both refused, if at all, before the merge
-        _checked_rope(read_json_object(folder / "config.json"), folder / "config.json")
+    if (folder / CONFIG_NAME).is_file():  # and its trained RoPE: both refused, if at all, before the merge
+        _checked_rope(read_json_object(folder / CONFIG_NAME), folder / CONFIG_NAME)
     with ExitStack() as stack:
         folder = _merged(folder, stack)
-        config = _checked_config(folder / "config.json")
+        config = _checked_config(folder / CONFIG_NAME)
         if not any(folder.glob("*.safetensors")):  # else the converter writes a GGUF file without tensors
             raise UserError(f"{folder}: no weights to convert (no *.safetensors file)")
         with atomic_file(target) as partial:

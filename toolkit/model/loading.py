@@ -19,6 +19,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.utils import CONFIG_NAME
 
 from toolkit.data.tokenizer import has_tokenizer, pretrained_tokenizer
 from toolkit.errors import UserError, reason
@@ -94,10 +95,10 @@ def check_model_source(source: str, field: str) -> None:
         raise UserError(f"{field}: {source} is a file; name a model folder (with config.json) or a hub id")
     if not folder.is_dir():
         raise UserError(f"{field}: no such folder, and not a hub id: {source}")
-    if not (folder / "config.json").is_file():
-        run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / "config.json").is_file() else ""
+    if not (folder / CONFIG_NAME).is_file():
+        run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / CONFIG_NAME).is_file() else ""
         raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
-    read_json_object(folder / "config.json")  # a JSON object, or one line naming the file
+    read_json_object(folder / CONFIG_NAME)  # a JSON object, or one line naming the file
 
 
 def _load_failure(source: str, field: str, exc: Exception) -> UserError:
@@ -233,7 +234,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
 
 def _adapter_base(adapter_dir: Path) -> str:
     """Where a LoRA folder's base weights are: its own ``base/`` or the base named in adapter_config.json."""
-    if (adapter_dir / BASE_FOLDER / "config.json").is_file():
+    if (adapter_dir / BASE_FOLDER / CONFIG_NAME).is_file():
         return str(adapter_dir / BASE_FOLDER)
     base = read_json_object(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path")
     if not base:
@@ -253,7 +254,7 @@ def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
 
 def load_merged(model: str, adapter: str | None, field: str = "--model", **kwargs: Any) -> PreTrainedModel:
     """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's."""
-    if adapter is not None and (Path(adapter) / "config.json").is_file():
+    if adapter is not None and (Path(adapter) / CONFIG_NAME).is_file():
         kwargs["config"] = AutoConfig.from_pretrained(adapter)
     if adapter is not None and (revision := read_json_object(Path(adapter) / ADAPTER_CONFIG).get("revision")):
         kwargs.setdefault("revision", revision)  # the base's revision it was trained on
