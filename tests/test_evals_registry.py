@@ -3,6 +3,7 @@ version, and the README's example of a new type works end to end (runner, headli
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Literal
 import pytest
 
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.niah import NiahTask
 from toolkit.evals.registry import BUILT_IN, TASK_TYPES, card_metrics, headline, register, task_type
@@ -96,3 +98,9 @@ def test_readme_example_of_a_new_type(tmp_path: Path, request: pytest.FixtureReq
     md = (run / "report.md").read_text()
     assert "## Copy" in md and "| toy / copy | base |" in md and "| toy / copy |" in md.split("## Evaluation")[1]
     assert load_run(run).tasks("copy") == [("toy", "copy")]
+    edited = run / "eval" / "base" / "toy.json"  # its entry's shape is checked: a hand-edited one is named
+    data = json.loads(edited.read_text())
+    del data["tasks"]["copy"]["n"]
+    edited.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=re.escape(f"{edited}: tasks.copy.n: Field required")):
+        report.build_report(run)

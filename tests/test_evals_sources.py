@@ -10,7 +10,7 @@ import pytest
 
 from toolkit.errors import UserError
 from toolkit.evals import sources
-from toolkit.evals.niah import NiahTask
+from toolkit.evals.niah import NiahTask, grid_summary
 from toolkit.evals.registry import headline
 from toolkit.evals.results import SuiteResults, task_identity
 from toolkit.evals.specs import HaystackSpec
@@ -43,7 +43,8 @@ def test_fallback_is_recorded_and_reported(unreachable, tmp_path: Path) -> None:
     task = NiahTask(type="niah", name="grid", lengths=[64], haystack=spec)
     run = tmp_path / "run"
     results = SuiteResults(run / "eval" / "base" / "s.json", "s", "base", "m", "fp")
-    entry = results.record(task, [], {"score": 0.5})
+    cells = [{"length": 64, "depth": depth, "sample": 0, "correct": True} for depth in task.depths]
+    entry = results.record(task, cells, grid_summary(cells, task))
     assert entry["haystack_fallback"].startswith("haystack: haystack dataset org/gone")
     assert entry["identity"]["haystack_fallback"] is True
     assert "HAYSTACK FALLBACK" in headline(entry)

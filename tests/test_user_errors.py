@@ -7,6 +7,7 @@ import copy
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,6 +300,74 @@ def test_report_names_a_hand_edited_field_of_the_run(file: str, edit, expected: 
     argv = ["report", *(["--check"] if check else []), str(run)]
     assert _error(argv, capsys) == expected.format(path=path)
     assert not (run / "report.md").exists()
+
+
+_FINISHED: dict[str, dict[str, Any]] = {
+    # a finished entry of each type, short of what its case below finds missing: the field it drops, or jury's and
+    # jury_pairwise's panel and preference's truncate_tokens
+    "ruler": {"type": "ruler", "score": 0.5, "complete": True, "effective_length": 128,
+              "scores_by_length": {"128": 0.9, "256": 0.1}},
+    "perplexity": {"type": "perplexity", "score": None, "complete": True, "loss_by_bucket": {"0": 3.0},
+                   "mean_loss": 3.0, "perplexity": 20.1},
+    "rope_compare": {"type": "rope_compare", "score": None, "complete": True, "best": "yarn", "settings": {
+        "yarn": {"score": 0.5, "scores_by_length": {"256": 0.5}, "rope_parameters": {"rope_type": "yarn"}}}},
+    "jury": {"type": "jury", "score": 0.5, "complete": True, "pooling": "max_vote", "items": 2, "n": 2, "correct": 1,
+             "judges": {}},
+    "jury_pairwise": {"type": "jury_pairwise", "score": 0.5, "complete": True, "n": 2, "correct": 1, "judges": {}},
+    "preference": {"type": "preference", "score": 0.5, "complete": True, "n": 2, "correct": 1, "log_loss": 1.0,
+                   "swap_consistency": 0.1, "inputs": 4, "truncated_inputs": 0, "tokens_cut": 0},
+}
+
+
+def _added(key: str, kind: str, **change):
+    """An edit adding a ``kind`` entry under ``key``, with ``change`` applied (``None``: the field removed)."""
+    entry = {**copy.deepcopy(_FINISHED[kind]), **change}
+    return lambda tasks: tasks.update({key: {k: v for k, v in entry.items() if v is not None}})
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["report", "report-check"])
+@pytest.mark.parametrize(("suite", "edit", "expected"), [
+    ("niah-tiny", lambda tasks: tasks["passkey"].pop("grid"), "tasks.passkey.grid: Field required"),
+    ("niah-tiny", lambda tasks: tasks["passkey"].update(mean="high"), "tasks.passkey.mean: Input should be a valid "
+     "number"),
+    ("short-context", lambda tasks: tasks["passkey_short"].pop("metrics"), "tasks.passkey_short.metrics: Field "
+     "required"),
+    ("niah-tiny", _added("ruler-4k", "ruler", scores_by_length=None), "tasks.ruler-4k.scores_by_length: Field "
+     "required"),
+    ("niah-tiny", _added("loss", "perplexity", loss_by_bucket=None), "tasks.loss.loss_by_bucket: Field required"),
+    ("niah-tiny", _added("rope", "rope_compare", settings=None), "tasks.rope.settings: Field required"),
+    ("niah-tiny", _added("rope", "rope_compare", settings={"yarn": {"score": 0.5, "scores_by_length": {}}}),
+     "tasks.rope.settings.yarn.rope_parameters: Field required"),
+    ("niah-tiny", _added("qa", "jury"), "tasks.qa.panel: Field required"),
+    ("niah-tiny", _added("arena", "jury_pairwise"), "tasks.arena.panel: Field required"),
+    ("niah-tiny", _added("arena", "preference"), "tasks.arena.truncate_tokens: Field required"),
+    ("niah-tiny", _added("loss", "perplexity", complete=False, loss_by_bucket=[3.0]),
+     "tasks.loss.loss_by_bucket: Input should be a valid dictionary")],
+    ids=["niah", "niah-mean-text", "lm_eval", "ruler", "perplexity", "rope_compare", "rope_compare-setting", "jury",
+         "jury_pairwise", "preference", "cut-short-field-of-wrong-type"])
+def test_report_names_a_missing_field_of_a_task_type(suite: str, edit, expected: str, check: bool, tmp_path: Path,
+                                                     capsys) -> None:
+    """The fields one task type's readers take from its entries (its ``TaskType.entry``), missing or of the wrong
+    type: one line naming the file, task and field (a traceback in its report section before), nothing written."""
+    run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
+    path = _edited_results(run, "base", suite, edit)
+    argv = ["report", *(["--check"] if check else []), str(run)]
+    assert _error(argv, capsys) == f"{path}: {expected}"
+    assert not (run / "report.md").exists()
+
+
+def test_report_takes_entries_cut_short_and_of_unknown_types(tmp_path: Path, capsys) -> None:
+    """An entry of an evaluation cut short holds only the shared fields and its cells; one of a type nobody
+    registered keeps its score in the table: both are reported, as before."""
+    run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
+    cut_short: dict[str, dict[str, Any]] = {kind: {"type": kind, "score": None, "complete": False, "cells": []}
+                                            for kind in _FINISHED}
+    _edited_results(run, "stage-1-yarn-1024", "niah-tiny", lambda tasks: tasks.update(
+        cut_short, lm_eval={"type": "lm_eval", "score": None, "complete": False},
+        mystery={"type": "mystery", "score": 0.5, "complete": True}))
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "| niah-tiny / mystery | - | - | 0.500 |" in report
 
 
 @pytest.mark.parametrize("command", ["report", "push", "merge"])

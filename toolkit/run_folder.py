@@ -6,14 +6,15 @@
 ``report.md``, ``report.html`` and PNG plots. A missing file reads as empty; a corrupt recipe, run info,
 ``metrics.jsonl`` line or results file (a field missing or of the wrong type) is a UserError naming the file (and
 line) and the field; a file of ``eval/<tag>/`` that is no JSON object holding ``tasks`` is no results file and is left
-out.
+out. The fields one task type's entries add are that type's (``TaskType.entry``), checked by a reader that knows the
+types (:mod:`toolkit.evals.run_results`) through ``load_run``'s ``check``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,24 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def _checked(shape: TypeAdapter[Any], data: dict[str, Any], source: str) -> dict[str, Any]:
-    """``data`` when it has ``shape``; else a UserError naming ``source`` and the first field missing or of the
-    wrong type."""
+SHAPE_CONFIG = ConfigDict(extra="allow", strict=True)
+"""The config of the shapes of what the run folder's files hold (and of each task type's entry): other keys kept,
+every field of its own type (no ``"0.5"`` for a number)."""
+FileCheck = Callable[[Path, dict[str, Any]], None]
+"""A further check of one results file as read: ``(path, its JSON)``, a UserError when it fails."""
+
+
+def checked(shape: TypeAdapter[Any], data: dict[str, Any], source: str, prefix: tuple[str, ...] = (),
+            partial: bool = False) -> dict[str, Any]:
+    """``data`` when it has ``shape``; else a UserError naming ``source`` and the first field (below ``prefix``)
+    missing or of the wrong type. ``partial``: fields may be missing (an entry of an evaluation cut short)."""
     try:
         shape.validate_python(data)
     except ValidationError as exc:
-        raise UserError(validation_message(exc, source)) from None
+        errors = [error for error in exc.errors() if not (partial and error["type"] == "missing")]
+        if errors:
+            found = ValidationError.from_exception_data(exc.title, errors)  # type: ignore[arg-type]
+            raise UserError(validation_message(found, source, prefix=prefix)) from None
     return data
 
 
@@ -164,7 +176,7 @@ def read_run_info(run_dir: Path, required: bool = False) -> RunInfo:
     return validate_as(RunInfo, read_json_object(path), str(path))
 
 
-@with_config(ConfigDict(extra="allow", strict=True))
+@with_config(SHAPE_CONFIG)
 class MetricsRow(TypedDict, total=False):
     """One ``metrics.jsonl`` row as the training loop writes it and the report reads it: the step and its loss always,
     every other figure of its type where present; other keys are kept."""
@@ -194,7 +206,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     naming the file, line and field)."""
     path = run_dir / METRICS
     lines = read_text(path).splitlines(keepends=True) if path.is_file() else []
-    return [_checked(_METRICS_ROW, json_object(line, path, number), f"{path}:{number}")
+    return [checked(_METRICS_ROW, json_object(line, path, number), f"{path}:{number}")
             for number, line in enumerate(lines, start=1) if line.endswith("\n") and line.strip()]
 
 
@@ -208,10 +220,11 @@ def eval_tags(run_dir: Path) -> list[str]:
     return tag_order(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
 
 
-@with_config(ConfigDict(extra="allow", strict=True))
+@with_config(SHAPE_CONFIG)
 class TaskEntry(TypedDict, total=False):
     """One task's results in a results file (:mod:`toolkit.evals.results` writes them): the fields every task type
-    shares, and the needle counts the verdict reads, of their types where present; each type adds its own."""
+    shares, and the needle counts the verdict reads, of their types where present; each type adds its own
+    (``TaskType.entry``)."""
 
     type: Required[str]
     score: float | None
@@ -223,7 +236,7 @@ class TaskEntry(TypedDict, total=False):
     correct_by_length: dict[str, int]
 
 
-@with_config(ConfigDict(extra="allow", strict=True))
+@with_config(SHAPE_CONFIG)
 class SuiteFile(TypedDict, total=False):
     """A results file, ``eval/<tag>/<suite>.json``: its suite's name and tasks."""
 
@@ -234,25 +247,31 @@ class SuiteFile(TypedDict, total=False):
 _SUITE_FILE = TypeAdapter(SuiteFile)
 
 
-def read_suite(path: Path) -> dict[str, Any] | None:
+def read_suite(path: Path, check: FileCheck | None = None) -> dict[str, Any] | None:
     """The results file ``path``; ``None`` when it is missing, unreadable or no JSON object holding ``tasks`` (no
-    results file); a UserError naming the file and field when a field is missing or of the wrong type."""
+    results file); a UserError naming the file and field when a field is missing or of the wrong type (or ``check``
+    fails)."""
     data = read_json(path)
-    return _checked(_SUITE_FILE, data, str(path)) if isinstance(data, dict) and "tasks" in data else None
+    if not (isinstance(data, dict) and "tasks" in data):
+        return None
+    checked(_SUITE_FILE, data, str(path))
+    if check is not None:
+        check(path, data)
+    return data
 
 
-def read_suites(tag_dir: Path) -> dict[str, dict[str, Any]]:
+def read_suites(tag_dir: Path, check: FileCheck | None = None) -> dict[str, dict[str, Any]]:
     """Every results file (:func:`read_suite`) of one tag folder, keyed by suite name."""
     suites: dict[str, dict[str, Any]] = {}
     for path in sorted(tag_dir.glob("*.json")) if tag_dir.is_dir() else []:
-        if (data := read_suite(path)) is not None:
+        if (data := read_suite(path, check)) is not None:
             suites[data.get("suite", path.stem)] = data
     return suites
 
 
-def read_evals(run_dir: Path) -> Evals:
+def read_evals(run_dir: Path, check: FileCheck | None = None) -> Evals:
     """The results of every tag that has some."""
-    evals = {tag: read_suites(eval_dir(run_dir, tag)) for tag in eval_tags(run_dir)}
+    evals = {tag: read_suites(eval_dir(run_dir, tag), check) for tag in eval_tags(run_dir)}
     return {tag: suites for tag, suites in sorted(evals.items()) if suites}
 
 
@@ -344,9 +363,9 @@ def require_run(folder: Path) -> None:
         raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
 
 
-def load_run(folder: Path, info_required: bool = False) -> Run:
-    """Read the run folder ``folder`` (a UserError when it does not exist, a file of it is corrupt, or, when
-    ``info_required``, it holds no run_info.json)."""
+def load_run(folder: Path, info_required: bool = False, check: FileCheck | None = None) -> Run:
+    """Read the run folder ``folder`` (a UserError when it does not exist, a file of it is corrupt or fails
+    ``check``, or, when ``info_required``, it holds no run_info.json)."""
     _require_folder(folder)
     return Run(folder, read_recipe(folder), read_run_info(folder, info_required), read_metrics(folder),
-               read_evals(folder))
+               read_evals(folder, check))

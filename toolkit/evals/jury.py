@@ -16,13 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import PositiveInt, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import check_panel, make_judge
-from toolkit.evals.jury_panel import Cell, cost_text, item_key, judge_chunk, jury_summary, tokens_text, trouble_text
+from toolkit.evals.jury_panel import (
+    Cell,
+    Usage,
+    cost_text,
+    item_key,
+    judge_chunk,
+    jury_summary,
+    tokens_text,
+    trouble_text,
+)
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batched_with_progress
@@ -33,7 +43,7 @@ from toolkit.evals.task_type import Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 ASK = "\n\nAnswer the question using the text above, in one sentence.\nQuestion: {question}"
 """Follows the context (and filler) in the evaluated model's prompt; without a chat template, then ``\nAnswer:``."""
@@ -106,6 +116,46 @@ def answer_prompt(task: JuryTask, ctx: EvalContext, item: JuryItem, sentences: t
         raise UserError(f"suite {ctx.suite}: task {task.key}: length: item {item.id}: {exc}") from None
 
 
+@with_config(SHAPE_CONFIG)
+class JuryJudge(Usage):
+    """One judge of a finished jury entry (``jury_panel.jury_summary``): its model, usage and scores."""
+
+    backend: str
+    model: str
+    score: float | None
+    n: int
+    human_kappa: float | None
+    human_n: int
+
+
+@with_config(SHAPE_CONFIG)
+class JuryPanel(Usage):
+    """The panel of a finished jury entry: its usage, score and agreement."""
+
+    score: float | None
+    n: int
+    unjudged: int
+    fleiss_kappa: float | None
+    fleiss_n: int
+    human_kappa: float | None
+    human_n: int
+
+
+@with_config(SHAPE_CONFIG)
+class JuryEntry(TypedDict, total=False):
+    """A finished jury entry (``jury_panel.jury_summary``) as its readers take it; ``correct`` with max voting,
+    ``mean_rating`` with average pooling."""
+
+    pooling: Required[Pooling]
+    items: Required[int]
+    n: Required[int]
+    panel: Required[JuryPanel]
+    judges: Required[dict[str, JuryJudge]]
+    correct: int
+    mean_rating: float | None
+    raw_outputs: str
+
+
 def run_jury(task: JuryTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     items = read_items(Path(task.data), task.pooling)
     recorded: dict[str, list[Cell]] = {}
@@ -173,8 +223,9 @@ def jury_cell(run: Run, tag: str, entry: Entry) -> str:
     note = f" ({unjudged} unjudged)" if unjudged else ""
     if entry.get("pooling") == "average":
         return f"{fmt(entry['score'], 2)} (mean rating {fmt(entry.get('mean_rating'), 2)}/5) n={entry.get('n')}{note}"
-    return Rate.of(int(entry["correct"]), int(entry["n"])).format() + note
+    voted = Rate.of(int(entry["correct"]), int(entry["n"])).format() if "correct" in entry else fmt(entry["score"], 2)
+    return voted + note
 
 
 TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell,
-                     check=check_panel)
+                     check=check_panel, entry=JuryEntry)

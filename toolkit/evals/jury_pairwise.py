@@ -14,15 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import PositiveFloat, PositiveInt, with_config
+from typing_extensions import NotRequired, Required, TypedDict
 
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import check_panel, make_judge
 from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
-from toolkit.evals.jury_pairwise_scores import pairwise_summary, prior_summary
+from toolkit.evals.jury_pairwise_scores import Scores, pairwise_summary, prior_summary
 from toolkit.evals.jury_pairwise_table import side_by_side_section
-from toolkit.evals.jury_panel import Cell, cost_text, tokens_text, trouble_text
+from toolkit.evals.jury_panel import Cell, Usage, cost_text, tokens_text, trouble_text
 from toolkit.evals.jury_spec import Judges, resolve_judges
 from toolkit.evals.preference_stats import prior_probs
 from toolkit.evals.results import SuiteResults
@@ -32,7 +33,7 @@ from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
 from toolkit.formatting.numbers import fmt
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 RECORD_EVERY = 16
 """Rows judged between two saves of the results (an interrupted run loses at most these)."""
@@ -73,6 +74,33 @@ class JuryPairwiseTask(TaskBase):
         read_labelled_arena(self.data, self.bad_rows, f"{where}.data", JURY_LABELS)
         if self.prior_data is not None:
             read_labelled_arena(self.prior_data, self.bad_rows, f"{where}.prior_data", JURY_LABELS)
+
+
+@with_config(SHAPE_CONFIG)
+class PairwiseJudge(Usage, Scores):
+    """One judge of a finished jury_pairwise entry (``jury_pairwise_scores.pairwise_summary``)."""
+
+    backend: str
+    model: str
+
+
+@with_config(SHAPE_CONFIG)
+class PairwisePanel(Usage, Scores):
+    """The panel of a finished jury_pairwise entry; ``swap_consistency`` with ``swap``."""
+
+    n: int
+    swap_consistency: NotRequired[float | None]
+
+
+@with_config(SHAPE_CONFIG)
+class JuryPairwiseEntry(TypedDict, total=False):
+    """A finished jury_pairwise entry as its readers take it (``prior`` with ``prior_data``)."""
+
+    n: Required[int]
+    correct: Required[int]
+    panel: Required[PairwisePanel]
+    judges: Required[dict[str, PairwiseJudge]]
+    prior: Scores
 
 
 def run_jury_pairwise(task: JuryPairwiseTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -124,4 +152,5 @@ def jury_pairwise_detail(entry: Entry) -> str:
 
 TASK_TYPE = TaskType(JuryPairwiseTask, run_jury_pairwise, headline=jury_pairwise_headline,
                      section=side_by_side_section, rank=62, score_cell=jury_pairwise_cell,
-                     card_metrics=no_card_metrics, card_detail=jury_pairwise_detail, check=check_panel)
+                     card_metrics=no_card_metrics, card_detail=jury_pairwise_detail, check=check_panel,
+                     entry=JuryPairwiseEntry)

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import with_config
+from typing_extensions import TypedDict
+
 from toolkit.evals.agreement import fleiss_kappa, kappa_with_interval
 from toolkit.evals.jury_pairwise_panel import (
     CLASS_IDS,
@@ -23,8 +26,25 @@ from toolkit.evals.jury_pairwise_panel import (
 from toolkit.evals.jury_panel import Cell, judge_usage, panel_usage
 from toolkit.evals.jury_spec import JudgeSpec
 from toolkit.evals.preference_stats import most_probable, preference_scores, swap_consistency
+from toolkit.run_folder import SHAPE_CONFIG
 
 Probs = Sequence[Sequence[float]]
+
+
+@with_config(SHAPE_CONFIG)
+class Scores(TypedDict, total=False):
+    """:func:`scores_of`'s fields (but ``n``) as the results hold them, where recorded: what the report's preference
+    table reads of a predictor."""
+
+    log_loss: float | None
+    log_loss_ci: list[float] | None
+    accuracy: float | None
+    accuracy_ci: list[float] | None
+    correct: int
+    ece: float | None
+    kappa: float | None
+    kappa_ci: list[float] | None
+    kappa_n: int
 
 
 def scores_of(probs: Probs, labels: Sequence[int]) -> dict[str, Any]:

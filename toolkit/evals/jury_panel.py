@@ -17,9 +17,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import with_config
+from typing_extensions import TypedDict
+
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.judges import Judge, Reply
 from toolkit.evals.jury_spec import LABELS, JudgeSpec, JuryItem, Pooling
+from toolkit.run_folder import SHAPE_CONFIG
 
 Cell = dict[str, Any]
 
@@ -38,6 +42,20 @@ VERDICTS: dict[str, tuple[str, ...]] = {"max_vote": ("True", "False"), "average"
 """The replies each prompt asks for (what a local judge with ``choose`` picks from)."""
 USAGE_FIELDS = ("calls", "attempts", "failed", "unparsed", "prompt_tokens", "completion_tokens", "seconds", "cost_usd")
 _VERDICT = {"max_vote": re.compile(r"\b(true|false)\b", re.IGNORECASE), "average": re.compile(r"\b([1-5])\b")}
+
+
+@with_config(SHAPE_CONFIG)
+class Usage(TypedDict):
+    """A usage record (:data:`USAGE_FIELDS`, a judge's or a panel's) as the results hold it."""
+
+    calls: int
+    attempts: int
+    failed: int
+    unparsed: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    cost_usd: float
 
 
 def trouble_text(usage: Mapping[str, Any]) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError, reason
@@ -31,11 +32,11 @@ from toolkit.evals.lmeval_bridge import (
 from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import Distinct, TaskBase, file_digests
 from toolkit.evals.stats import Rate, lm_eval_rates
-from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.evals.task_type import CardMetrics, Entry, TaskType, not_cut_short
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, rounded
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import Run, eval_dir, read_json
+from toolkit.run_folder import SHAPE_CONFIG, Run, eval_dir, read_json
 
 
 def _documents_or_fraction(limit: float) -> float:
@@ -136,6 +137,17 @@ def check_lm_eval(task: LmEvalTask) -> None:
                             f"be opened: {reason(exc)}") from None
 
 
+@with_config(SHAPE_CONFIG)
+class LmEvalEntry(TypedDict, total=False):
+    """A finished lm_eval entry (:func:`run_lm_eval`) as its readers take it: ``metrics`` {task: {metric: value}},
+    ``n`` {task: documents scored}, lm-eval's own JSON and the task's settings (its ``metric``)."""
+
+    metrics: Required[dict[str, dict[str, Any]]]
+    n: dict[str, int | None]
+    lm_eval_json: str
+    identity: dict[str, Any]
+
+
 def run_lm_eval(task: LmEvalTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     if (done := results.finished(task)) is not None:
         return done
@@ -183,7 +195,7 @@ def lm_eval_cell(run: Run, tag: str, entry: Entry) -> str:
 def lm_eval_section(run: Run) -> list[Block]:
     tags, rows = run.tags, []
     for suite, task in run.tasks("lm_eval"):
-        found = dict(run.found(suite, task))
+        found = dict(not_cut_short(run, suite, task))
         rates = {tag: lm_eval_rates(e, lm_eval_counts(run, tag, e)) for tag, e in found.items()}
         pairs = dict.fromkeys((name, metric) for e in found.values()
                               for name, values in e["metrics"].items() for metric in values)
@@ -199,4 +211,4 @@ def lm_eval_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(LmEvalTask, run_lm_eval, section=lm_eval_section, rank=50, score_cell=lm_eval_cell,
-                     card_metrics=lm_eval_card, check=check_lm_eval)
+                     card_metrics=lm_eval_card, check=check_lm_eval, entry=LmEvalEntry)

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from statistics import mean
 from typing import Any, Literal
 
+from pydantic import with_config
+from typing_extensions import Required, TypedDict
+
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.backend import AnswerRequest
@@ -30,7 +33,7 @@ from toolkit.evals.task_type import CardMetrics, Entry, TaskType
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 Cell = dict[str, Any]
 
@@ -114,6 +117,16 @@ def grid_summary(cells: list[Cell], task: NeedleGrid) -> dict[str, Any]:
             "n": sum(n_by_length.values()), "correct": sum(correct_by_length.values())}
 
 
+@with_config(SHAPE_CONFIG)
+class NiahEntry(TypedDict, total=False):
+    """A finished niah entry (:func:`grid_summary`) as its readers take it; the counts by length are shared."""
+
+    grid: Required[dict[str, dict[str, float]]]
+    mean: Required[float]
+    n: int
+    correct: int
+
+
 def run_niah(task: NiahTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     cells = score_grid(task, ctx, results.cells(task), lambda cells: results.record(task, cells))
     summary = grid_summary(cells, task)
@@ -178,4 +191,4 @@ def niah_cell(run: Run, tag: str, entry: Entry) -> str:
 
 
 TASK_TYPE = TaskType(NiahTask, run_niah, section=niah_section, rank=10, score_cell=niah_cell, card_metrics=niah_card,
-                     card_detail=niah_detail, check_prompts=check_needle_prompts)
+                     card_detail=niah_detail, check_prompts=check_needle_prompts, entry=NiahEntry)

@@ -11,7 +11,8 @@ import random
 from typing import Any, Literal
 
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import PositiveInt, model_validator, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.evals import plots
 from toolkit.evals.context import EvalContext
@@ -19,11 +20,11 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import load_sentences, long_document
 from toolkit.evals.specs import HaystackSpec, TaskBase
-from toolkit.evals.task_type import Entry, TaskType
+from toolkit.evals.task_type import Entry, TaskType, not_cut_short
 from toolkit.formatting.blocks import Block, Heading, Image, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 
 class PerplexityTask(TaskBase):
@@ -56,6 +57,15 @@ def bucket_losses(losses: torch.Tensor, bucket: int) -> dict[str, float]:
     return out
 
 
+@with_config(SHAPE_CONFIG)
+class PerplexityEntry(TypedDict, total=False):
+    """A finished perplexity entry (:func:`run_perplexity`) as its readers take it."""
+
+    loss_by_bucket: Required[dict[str, float]]
+    mean_loss: float
+    perplexity: float
+
+
 def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     if (done := results.finished(task)) is not None:
         return done
@@ -83,7 +93,9 @@ def perplexity_headline(entry: Entry) -> str | None:
 def perplexity_section(run: Run) -> list[Block]:
     blocks: list[Block] = []
     for suite, task in run.tasks("perplexity"):
-        found = run.found(suite, task)
+        found = not_cut_short(run, suite, task)
+        if not found:
+            continue
         path = plots.loss_by_position({tag: e["loss_by_bucket"] for tag, e in found}, f"{suite}/{task}",
                                       run.folder / f"perplexity-{suite}-{task}.png")
         blocks += [Image(path, f"loss by position {suite}/{task}"),
@@ -92,4 +104,5 @@ def perplexity_section(run: Run) -> list[Block]:
     return [Heading("Loss by position"), *blocks] if blocks else []
 
 
-TASK_TYPE = TaskType(PerplexityTask, run_perplexity, headline=perplexity_headline, section=perplexity_section, rank=40)
+TASK_TYPE = TaskType(PerplexityTask, run_perplexity, headline=perplexity_headline, section=perplexity_section, rank=40,
+                     entry=PerplexityEntry)

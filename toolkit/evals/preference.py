@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import PositiveInt, with_config
+from typing_extensions import Required
 
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext
-from toolkit.evals.jury_pairwise_scores import scores_of
+from toolkit.evals.jury_pairwise_scores import Scores, scores_of
 from toolkit.evals.preference_model import check_rows_fit, predict_rows
 from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
@@ -30,7 +31,7 @@ from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, score_with_interval
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 PREFERENCE_LABELS = "the preference task is scored against human labels"
 """What needs the winner columns, in the message of a file without them."""
@@ -96,6 +97,22 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
     return results.record(task, summary=summary)
 
 
+@with_config(SHAPE_CONFIG)
+class PreferenceEntry(Scores, total=False):
+    """A finished preference entry (:func:`run_preference`) as its readers take it: the classifier's scores, the
+    order's effect and the inputs cut to fit."""
+
+    n: Required[int]
+    swap_consistency: Required[float | None]
+    inputs: Required[int]
+    truncated_inputs: Required[int]
+    tokens_cut: Required[int]
+    truncate_tokens: Required[int]
+    first_order_log_loss: float | None
+    first_order_log_loss_ci: list[float] | None
+    prior_from: str
+
+
 def preference_headline(entry: Entry) -> str | None:
     if "log_loss" not in entry:
         return None
@@ -132,4 +149,5 @@ def preference_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(PreferenceTask, run_preference, headline=preference_headline, section=preference_section,
-                     rank=65, score_cell=preference_cell, check_prompts=check_preference_prompts)
+                     rank=65, score_cell=preference_cell, check_prompts=check_preference_prompts,
+                     entry=PreferenceEntry)

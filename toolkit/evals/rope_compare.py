@@ -13,7 +13,8 @@ import json
 from functools import partial
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.evals.context import EvalContext
 from toolkit.evals.niah import Cell, check_needle_prompts, grid_summary, score_grid
@@ -24,7 +25,7 @@ from toolkit.evals.stats import niah_overall
 from toolkit.evals.task_type import Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.recipe.schema import RopeSpec
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 
 class RopeCompareTask(NeedleGrid):
@@ -38,6 +39,28 @@ class RopeCompareTask(NeedleGrid):
     version: ClassVar[int] = 2
     """2: ``dynamic`` with a factor other than length / native rescales from the native length on (it started at
     length / factor)."""
+
+
+@with_config(SHAPE_CONFIG)
+class RopeSetting(TypedDict, total=False):
+    """One setting of a finished rope_compare entry: its needle grid (``niah.grid_summary``) and RoPE."""
+
+    score: Required[float]
+    scores_by_length: Required[dict[str, float]]
+    rope_parameters: Required[dict[str, Any]]
+    n_by_length: dict[str, int]
+    correct_by_length: dict[str, int]
+    n: int
+    correct: int
+
+
+@with_config(SHAPE_CONFIG)
+class RopeCompareEntry(TypedDict, total=False):
+    """A finished rope_compare entry (:func:`run_rope_compare`) as its readers take it."""
+
+    settings: Required[dict[str, RopeSetting]]
+    best: str
+    native_length: int
 
 
 def _tagged(cells: list[Cell], setting: str, rope_length: int) -> list[Cell]:
@@ -111,4 +134,4 @@ def rope_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(RopeCompareTask, run_rope_compare, headline=rope_headline, section=rope_section, rank=30,
-                     check_prompts=check_needle_prompts)
+                     check_prompts=check_needle_prompts, entry=RopeCompareEntry)

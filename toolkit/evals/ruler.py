@@ -13,7 +13,8 @@ import random
 from statistics import mean
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, with_config
+from typing_extensions import Required, TypedDict
 
 from toolkit.evals import plots
 from toolkit.evals.context import EvalContext, sentence_tokens
@@ -27,7 +28,7 @@ from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import Run
+from toolkit.run_folder import SHAPE_CONFIG, Run
 
 Cell = dict[str, Any]
 RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
@@ -72,6 +73,18 @@ def ruler_summary(cells: list[Cell], task: RulerTask) -> dict[str, Any]:
     return {"score": mean(by_length.values()), "scores_by_length": by_length,
             "effective_length": effective_length(by_length, task.threshold), "threshold": task.threshold,
             "n": len(scores), "correct": correct, "subtasks": subtasks}
+
+
+@with_config(SHAPE_CONFIG)
+class RulerEntry(TypedDict, total=False):
+    """A finished ruler entry (:func:`ruler_summary`) as its readers take it."""
+
+    scores_by_length: Required[dict[str, float]]
+    effective_length: int | None
+    threshold: float
+    n: int
+    correct: int | None
+    subtasks: dict[str, dict[str, Any]]
 
 
 def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -160,4 +173,4 @@ def check_ruler_prompts(task: RulerTask, tokenizer: Any) -> None:
 
 TASK_TYPE = TaskType(RulerTask, run_ruler, headline=ruler_headline, section=ruler_section, rank=20,
                      score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail,
-                     check_prompts=check_ruler_prompts)
+                     check_prompts=check_ruler_prompts, entry=RulerEntry)

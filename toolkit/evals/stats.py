@@ -109,7 +109,7 @@ def lm_eval_rates(entry: Mapping[str, Any], counts: Mapping[str, int] | None = N
     for task, values in (entry.get("metrics") or {}).items():
         n = (counts or {}).get(task)
         for metric, value in values.items():
-            if metric.split(",")[0] in BINARY_METRICS and 0.0 <= value <= 1.0:
+            if metric.split(",")[0] in BINARY_METRICS and is_number(value) and 0.0 <= value <= 1.0:
                 rates[(task, metric)] = Rate.of(round(value * n), n) if isinstance(n, int) and n > 0 else Rate(value)
     return rates
 

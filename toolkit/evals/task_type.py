@@ -1,6 +1,6 @@
-"""What a task type is: its settings, its runner, and how its results are shown (the one-line headline of
-``toolkit eval``, its report section and score cell, its model-card metrics). Each built-in type's module ends with
-its ``TASK_TYPE``; :mod:`toolkit.evals.registry` registers them.
+"""What a task type is: its settings, its runner, the shape of its results entry, and how its results are shown (the
+one-line headline of ``toolkit eval``, its report section and score cell, its model-card metrics). Each built-in
+type's module ends with its ``TASK_TYPE``; :mod:`toolkit.evals.registry` registers them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ def complete_found(run: Run, suite: str, task: str) -> list[tuple[str, Entry]]:
     return [(tag, entry) for tag, entry in run.found(suite, task) if entry.get("complete")]
 
 
+def not_cut_short(run: Run, suite: str, task: str) -> list[tuple[str, Entry]]:
+    """(tag, entry) of every tag that has results for ``suite``/``task``, but an entry of an evaluation cut short
+    (``complete: false``), which may lack its type's fields; one that does not say is kept."""
+    return [(tag, entry) for tag, entry in run.found(suite, task) if entry.get("complete") is not False]
+
+
 def score_metric(key: str, entry: Entry) -> CardMetrics:
     """The default card metric: the task's main score."""
     kind = entry.get("type")
@@ -72,6 +78,11 @@ class TaskType:
     UserError when its prompts cannot be built (too short a length, no chat template)."""
     card_detail: Callable[[Entry], str] = no_detail
     """The "details" cell of the model card's results table, e.g. RULER's score per length."""
+    entry: type | None = None
+    """The shape of a finished entry (``complete`` not false): a pydantic TypedDict of the fields its headline,
+    section, score cell, card and the verdict take from it, configured ``toolkit.run_folder.SHAPE_CONFIG`` (other
+    keys kept, strict types); an entry cut short may lack them. Checked when a run is read for the report, verdict
+    and card (:mod:`toolkit.evals.run_results`); ``None``: the fields every type shares only."""
 
     @property
     def name(self) -> str:

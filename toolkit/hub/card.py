@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from toolkit.evals.registry import card_detail, card_metrics
+from toolkit.evals.run_results import read_run
 from toolkit.formatting.blocks import markdown_table
 from toolkit.formatting.numbers import fmt, number
 from toolkit.hub.ids import looks_local
@@ -27,7 +28,6 @@ from toolkit.run_folder import (
     RunInfo,
     StageInfo,
     final_stage_tag,
-    load_run,
 )
 
 TASK_TYPE = "text-generation"
@@ -36,7 +36,7 @@ TASK_TYPE = "text-generation"
 def build_card(run_dir: Path, repo_id: str, what: str | None = None) -> ModelCard:
     """The model card of ``run_dir`` as published to ``repo_id``; ``what`` as in ``push_run``
     (adapter/merged/report)."""
-    run = load_run(run_dir, info_required=True)
+    run = read_run(run_dir, info_required=True)
     info, recipe = run.info, run.recipe
     stage_data = [recipe.train.stage_data(i) for i in range(len(recipe.train.stages))] if recipe else []
     lora = info.method == "lora"

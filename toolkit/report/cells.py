@@ -15,5 +15,5 @@ def score_cell(run: Run, tag: str, entry: Entry | None) -> str:
     if entry is None or not is_number(score):
         return "-"
     kind = TASK_TYPES.get(entry.get("type") or "")
-    cell = kind.score_cell if kind else None
+    cell = kind.score_cell if kind and entry.get("complete") is not False else None  # one cut short: its score
     return cell(run, tag, entry) if cell else fmt(score)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
+from toolkit.evals.run_results import read_run
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from toolkit.formatting.numbers import fmt, is_number, number
 from toolkit.output_paths import write_text
@@ -24,7 +25,7 @@ from toolkit.report.cells import score_cell
 from toolkit.report.data import data_section, stage_label
 from toolkit.report.plots import training_curves
 from toolkit.report.verdict import retention_suites, suite_retention, verdict_blocks
-from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run, load_run
+from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run
 
 RETENTION_RANK = 25
 """Where the short-context retention section goes among the task types' sections (after niah and ruler)."""
@@ -162,7 +163,7 @@ def _sections() -> list[Callable[[Run], list[Block]]]:
 
 def build_report(run_dir: Path) -> Run:
     """Write ``report.md``, ``report.html`` and the plots into ``run_dir``; returns the run as read for it."""
-    run = load_run(Path(run_dir))
+    run = read_run(Path(run_dir))
     title = f"Run report: {run.recipe.name if run.recipe else run.info.recipe or run.folder.name}"
     blocks: list[Block] = [Heading(title, 1), *verdict_blocks(run)]
     for section in _sections():

@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.evals.run_results import read_run
 from toolkit.evals.stats import Rate, common_n
 from toolkit.formatting.blocks import markdown_table
 from toolkit.report.verdict import Verdict, compute_verdict, length_text
-from toolkit.run_folder import RUN_INFO, Run, load_run
+from toolkit.run_folder import RUN_INFO, Run
 
 
 def _run_date(run: Run) -> str:
@@ -26,7 +27,7 @@ def _run_date(run: Run) -> str:
 
 def summary_markdown(folders: Sequence[Path]) -> str:
     """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
-    runs = [load_run(Path(folder)) for folder in folders]
+    runs = [read_run(Path(folder)) for folder in folders]
     verdicts = [compute_verdict(run) for run in runs]
     first = verdicts[0].spec.model_dump()
     for run, verdict in zip(runs[1:], verdicts[1:], strict=True):

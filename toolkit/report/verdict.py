@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.evals.run_results import read_run
 from toolkit.evals.stats import Rate, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
-from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, load_run, stage_index
+from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, stage_index
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
 
 def check_run(folder: Path) -> Verdict:
     """The verdict of the run folder ``folder`` under its recipe's ``eval.verdict``."""
-    return compute_verdict(load_run(Path(folder)))
+    return compute_verdict(read_run(Path(folder)))
 
 
 def verdict_text(run: Run) -> str:
