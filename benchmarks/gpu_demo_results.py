@@ -39,10 +39,11 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     suite file of the held-out perplexity at the extended length; ``short_suite``: the suite name of the short-context
     ``passkey`` and ``heldout`` tasks)."""
     from toolkit.errors import UserError
+    from toolkit.evals.run_results import check_entries, read_run
     from toolkit.report.verdict import compute_verdict
-    from toolkit.run_folder import load_run, read_suites
+    from toolkit.run_folder import read_suites
 
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     try:
         verdict = compute_verdict(run)
         text, found = verdict.text(), [_check(c.name, c.passed, c.detail) for c in verdict.checks]
@@ -53,7 +54,7 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     assert longest is not None  # the runner records every stage's length
     heldout, far = Path(heldout_suite).stem, longest // 2
     after = run.entry(final, heldout, "heldout") or {}
-    zero_shot = read_suites(reference).get(heldout, {}).get("tasks", {}).get("heldout", {})
+    zero_shot = read_suites(reference, check_entries).get(heldout, {}).get("tasks", {}).get("heldout", {})
     name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
     if after and zero_shot:
         new, old = _far_loss(after, far), _far_loss(zero_shot, far)

@@ -4,6 +4,7 @@ panel summary, data and suite validation, and a run that records failed judges a
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -301,8 +302,17 @@ def test_every_judge_is_checked_before_any_model_loads(tmp_path: Path, monkeypat
         check_panel(panel(model="./no-judge"))
     with serving(lambda request, n: Answer("True")) as server:
         check_panel(panel(model="m", url=server.url))
-    tiny_model().save_pretrained(tmp_path / "judge")
-    check_panel(panel(model=str(tmp_path / "judge")))
+    judge = tmp_path / "judge"
+    tiny_model().save_pretrained(judge)
+    with pytest.raises(UserError, match=f"judge j: model: cannot load the tokenizer of '{judge}'"):
+        check_panel(panel(model=str(judge)))  # a model folder without its tokenizer
+    tokenizer = copy.deepcopy(tiny_tokenizer())  # the shared one keeps its specials
+    tokenizer.pad_token = tokenizer.eos_token = None
+    tokenizer.save_pretrained(judge)
+    with pytest.raises(UserError, match=f"judge j: model: '{judge}' has neither a pad nor an eos token"):
+        check_panel(panel(model=str(judge)))
+    tiny_tokenizer().save_pretrained(judge)
+    check_panel(panel(model=str(judge)))
 
 
 def test_suite_errors(tmp_path: Path) -> None:

@@ -830,3 +830,23 @@ def test_a_module_command_mistake_is_one_line(capsys) -> None:
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "unrecognized arguments: --bogus" in err, err
+
+
+def test_eval_refuses_a_hand_edited_result_in_out_before_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys) -> None:
+    """Results recorded in ``--out`` are reused; one hand-edited (a niah entry without its grid) is one line naming
+    the file and field before the model loads, not a traceback after it."""
+    import toolkit.model.loading
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    recorded = out / "needles.json"
+    recorded.write_text(json.dumps({"suite": "needles", "tasks": {"passkey": {"type": "niah", "score": 0.5}}}))
+    monkeypatch.setattr(toolkit.model.loading, "load_merged", lambda *a, **k: pytest.fail("the model was loaded"))
+    capsys.readouterr()
+    argv = ["eval", "--model", str(folder), "--suite", str(needle_suite(tmp_path)), "--out", str(out)]
+    assert _error(argv, capsys) == f"{recorded}: tasks.passkey.grid: Field required"

@@ -8,7 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict
+
 from toolkit.errors import UserError
+
+SHAPE_CONFIG = ConfigDict(extra="allow", strict=True)
+"""The config of the shapes of what a run folder's files hold (metrics rows, results files, each task type's entry):
+other keys kept, every field of its own type (no ``"0.5"`` for a number)."""
 
 
 def read_text(path: Path) -> str:

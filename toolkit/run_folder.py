@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import BaseModel, TypeAdapter, ValidationError, with_config
 from typing_extensions import Required, TypedDict
 
 from toolkit.errors import UserError
-from toolkit.file_reading import json_object, read_json_object, read_text
+from toolkit.file_reading import SHAPE_CONFIG, json_object, read_json_object, read_text
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import read_yaml, validate_as, validation_message
 
@@ -99,9 +99,6 @@ def read_json(path: Path) -> Any:
         return None
 
 
-SHAPE_CONFIG = ConfigDict(extra="allow", strict=True)
-"""The config of the shapes of what the run folder's files hold (and of each task type's entry): other keys kept,
-every field of its own type (no ``"0.5"`` for a number)."""
 FileCheck = Callable[[Path, dict[str, Any]], None]
 """A further check of one results file as read: ``(path, its JSON)``, a UserError when it fails."""
 

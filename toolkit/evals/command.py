@@ -13,8 +13,10 @@ from toolkit.evals.accuracy_table import accuracy_table
 from toolkit.evals.api import capped, results_file, run_suites_into
 from toolkit.evals.registry import check_prompts, check_tasks, headline
 from toolkit.evals.results import write_json
+from toolkit.evals.run_results import check_entries
 from toolkit.evals.suite import load_suites
 from toolkit.output_paths import check_writable
+from toolkit.run_folder import read_suite
 
 
 def default_out(model: str) -> Path:
@@ -53,6 +55,7 @@ def evaluate(model: str, suites: list[str], *, adapter: str | None = None, out: 
     for suite in named:
         if (taken := results_file(folder, suite.name)).is_dir():
             raise UserError(f"--out: {taken} is a folder; the results of suite {suite.name} are written to that file")
+        read_suite(taken, check_entries)  # results recorded there are reused: a hand-edited one is refused now
     from toolkit.model.loading import chosen_device, eval_tokenizer, load_for_eval
 
     chosen_device(device)

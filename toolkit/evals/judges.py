@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from transformers import AutoConfig
 
+from toolkit.data.tokenizer import pretrained_tokenizer
 from toolkit.data.tokens import pad_id
 from toolkit.errors import UserError, reason
 from toolkit.evals.jury_spec import JudgeSpec
@@ -190,7 +191,7 @@ class LocalJudge:
 def check_panel(task: Any) -> None:
     """Before any model is loaded or trained (the jury tasks' ``TaskType.check``): each of ``task.judges`` can
     answer. An HTTP judge's API key is set and something answers at its URL; a local judge's model is found (its
-    folder, or its config in the hub or the cache)."""
+    folder, or its config in the hub or the cache) and its tokenizer loads with a pad or an eos token."""
     for spec in task.judges:
         if spec.url:
             if spec.api_key_env:
@@ -198,12 +199,19 @@ def check_panel(task: Any) -> None:
             if not reachable(spec.url, field=f"judge {spec.name}: url"):
                 raise UserError(f"judge {spec.name}: url: nothing answers at {spec.url} (is its server up?)")
             continue
-        field = f"judge {spec.name}: model"
-        check_model_source(spec.model, field)
-        try:
-            AutoConfig.from_pretrained(spec.model)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{field}: cannot load {spec.model!r}: {reason(exc)}") from None
+        _check_local_judge(spec)
+
+
+def _check_local_judge(spec: JudgeSpec) -> None:
+    """A local judge's model is found, its config loads, and its tokenizer loads with a pad or an eos token."""
+    field = f"judge {spec.name}: model"
+    check_model_source(spec.model, field)
+    try:
+        AutoConfig.from_pretrained(spec.model)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{field}: cannot load {spec.model!r}: {reason(exc)}") from None
+    pretrained_tokenizer(spec.model, field, lambda exc: UserError(
+        f"{field}: cannot load the tokenizer of {spec.model!r}: {reason(exc)}"))
 
 
 def make_judge(spec: JudgeSpec, device: torch.device) -> Judge:

@@ -40,10 +40,11 @@ from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 ASK = "\n\nAnswer the question using the text above, in one sentence.\nQuestion: {question}"
 """Follows the context (and filler) in the evaluated model's prompt; without a chat template, then ``\nAnswer:``."""

@@ -31,9 +31,10 @@ from toolkit.evals.scoring import batched_with_progress
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.numbers import fmt
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 RECORD_EVERY = 16
 """Rows judged between two saves of the results (an interrupted run loses at most these)."""

@@ -26,7 +26,7 @@ from toolkit.evals.jury_pairwise_panel import (
 from toolkit.evals.jury_panel import Cell, judge_usage, panel_usage
 from toolkit.evals.jury_spec import JudgeSpec
 from toolkit.evals.preference_stats import most_probable, preference_scores, swap_consistency
-from toolkit.run_folder import SHAPE_CONFIG
+from toolkit.file_reading import SHAPE_CONFIG
 
 Probs = Sequence[Sequence[float]]
 

@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.judges import Judge, Reply
 from toolkit.evals.jury_spec import LABELS, JudgeSpec, JuryItem, Pooling
-from toolkit.run_folder import SHAPE_CONFIG
+from toolkit.file_reading import SHAPE_CONFIG
 
 Cell = dict[str, Any]
 

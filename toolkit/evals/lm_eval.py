@@ -33,10 +33,11 @@ from toolkit.evals.results import SuiteResults, write_json
 from toolkit.evals.specs import Distinct, TaskBase, file_digests
 from toolkit.evals.stats import Rate, lm_eval_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, not_cut_short
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, rounded
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import SHAPE_CONFIG, Run, eval_dir, read_json
+from toolkit.run_folder import Run, eval_dir, read_json
 
 
 def _documents_or_fraction(limit: float) -> float:

@@ -30,10 +30,11 @@ from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
 

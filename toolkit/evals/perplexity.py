@@ -21,10 +21,11 @@ from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import load_sentences, long_document
 from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.task_type import Entry, TaskType, not_cut_short
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Image, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 
 class PerplexityTask(TaskBase):

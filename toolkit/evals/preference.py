@@ -27,11 +27,12 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase, file_digests
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, score_with_interval
 from toolkit.recipe.data_spec import ARENA_LABELS
 from toolkit.recipe.yaml_files import resolve_relative
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 PREFERENCE_LABELS = "the preference task is scored against human labels"
 """What needs the winner columns, in the message of a file without them."""

@@ -23,9 +23,10 @@ from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import niah_overall
 from toolkit.evals.task_type import Entry, TaskType, complete_found
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.recipe.schema import RopeSpec
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 
 class RopeCompareTask(NeedleGrid):

@@ -25,10 +25,11 @@ from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import Distinct, HaystackSpec, TaskBase
 from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt, number, rounded
 from toolkit.formatting.progress import progress_bar
-from toolkit.run_folder import SHAPE_CONFIG, Run
+from toolkit.run_folder import Run
 
 Cell = dict[str, Any]
 RulerName = Literal["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]

@@ -80,7 +80,7 @@ class TaskType:
     """The "details" cell of the model card's results table, e.g. RULER's score per length."""
     entry: type | None = None
     """The shape of a finished entry (``complete`` not false): a pydantic TypedDict of the fields its headline,
-    section, score cell, card and the verdict take from it, configured ``toolkit.run_folder.SHAPE_CONFIG`` (other
+    section, score cell, card and the verdict take from it, configured ``toolkit.file_reading.SHAPE_CONFIG`` (other
     keys kept, strict types); an entry cut short may lack them. Checked when a run is read for the report, verdict
     and card (:mod:`toolkit.evals.run_results`); ``None``: the fields every type shares only."""
 

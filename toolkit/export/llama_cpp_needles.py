@@ -19,9 +19,10 @@ from transformers import AutoTokenizer
 from toolkit.errors import UserError
 from toolkit.evals.api import results_file, run_tasks
 from toolkit.evals.niah import NiahTask
+from toolkit.evals.run_results import read_run
 from toolkit.evals.suite import load_suite
 from toolkit.export.llama_cpp_backend import LlamaCppBackend
-from toolkit.run_folder import FINAL, eval_dir, load_run
+from toolkit.run_folder import FINAL, eval_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def needle_context(tasks: list[NiahTask]) -> int:
 def needle_tasks(run_dir: Path) -> tuple[str, dict[str, list[NiahTask]]]:
     """The run's final evaluation tag and the niah tasks of its suites by suite name; a UserError when there is
     nothing to compare with or no llama.cpp to score in (checked before the export: ``export --check``)."""
-    run = load_run(run_dir)
+    run = read_run(run_dir)  # checked as the report that follows the export reads it
     recipe, final = run.recipe, run.final
     if recipe is None or final is None:
         raise UserError(f"export --check: {run_dir} has no evaluations to compare with (a run folder is needed)")

@@ -23,6 +23,7 @@ from toolkit.environment import describe_device
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
 from toolkit.evals.preference import PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
+from toolkit.evals.run_results import read_run
 from toolkit.evals.suite import load_suite
 from toolkit.file_reading import read_text
 from toolkit.formatting.blocks import markdown_table
@@ -30,7 +31,6 @@ from toolkit.formatting.numbers import score_with_interval
 from toolkit.output_paths import check_writable, write_text
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
-from toolkit.run_folder import load_run
 from toolkit.runner import run_recipe
 
 BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
@@ -57,7 +57,7 @@ def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[s
     predicted = time.perf_counter()
     swapped_file = write_arena([row.swapped() for row in read_arena(task.data)[0]], run_dir / "test-swapped.csv")
     second = predict(run_dir, swapped_file, run_dir / "submission-swapped.csv")
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     entry = run.found(suite, task.key)[-1][1]
     return {"entry": entry, "train_s": trained - start, "predict_s": predicted - trained, "rows": len(first.ids),
             "sum_error": max(abs(sum(p) - 1) for p in first.predictions.averaged),

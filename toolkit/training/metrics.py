@@ -67,11 +67,12 @@ class MetricsLogger:
         write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def close(self) -> None:
-        """End the trackers however training ended (``accelerator.end_training`` would also end the process group,
-        which saving the run still needs; it ends them again at the run's end, harmlessly)."""
+        """End the trackers however training ended, once: ``accelerator.end_training`` would also end the process
+        group, which saving the run still needs, and finds none left to end at the run's end."""
         if self.accelerator is not None:
             for tracker in self.accelerator.trackers:
                 tracker.finish()
+            self.accelerator.trackers.clear()
 
 
 def reset_peak_memory(device: torch.device) -> None:
