@@ -341,10 +341,12 @@ def _added(key: str, kind: str, **change):
     ("niah-tiny", _added("qa", "jury"), "tasks.qa.panel: Field required"),
     ("niah-tiny", _added("arena", "jury_pairwise"), "tasks.arena.panel: Field required"),
     ("niah-tiny", _added("arena", "preference"), "tasks.arena.truncate_tokens: Field required"),
+    ("niah-tiny", _added("arena", "preference", truncate_tokens=1024, prior_log_loss="x"),
+     "tasks.arena.prior_log_loss: Input should be a valid number"),
     ("niah-tiny", _added("loss", "perplexity", complete=False, loss_by_bucket=[3.0]),
      "tasks.loss.loss_by_bucket: Input should be a valid dictionary")],
     ids=["niah", "niah-mean-text", "lm_eval", "ruler", "perplexity", "rope_compare", "rope_compare-setting", "jury",
-         "jury_pairwise", "preference", "cut-short-field-of-wrong-type"])
+         "jury_pairwise", "preference", "preference-prior-text", "cut-short-field-of-wrong-type"])
 def test_report_names_a_missing_field_of_a_task_type(suite: str, edit, expected: str, check: bool, tmp_path: Path,
                                                      capsys) -> None:
     """The fields one task type's readers take from its entries (its ``TaskType.entry``), missing or of the wrong

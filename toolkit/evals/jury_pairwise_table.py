@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.evals.jury_panel import cost_text, tokens_text
+from toolkit.evals.preference import PRIOR
 from toolkit.evals.preference_stats import BINS
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, score_with_interval
@@ -39,7 +40,7 @@ def _jury_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:
 
 def _classifier_rows(label: str, entry: dict[str, Any]) -> list[list[str]]:
     """The ``preference`` entry's scores, and its prior's (recorded with a ``prior_`` prefix)."""
-    prior = {key.removeprefix("prior_"): value for key, value in entry.items() if key.startswith("prior_")}
+    prior = {key.removeprefix(PRIOR): value for key, value in entry.items() if key.startswith(PRIOR)}
     rows = [table_row(f"{label}: fine-tuned classifier", entry)]
     if "log_loss" in prior:
         rows.append(table_row(f"{label}: class prior of the {entry.get('prior_from', 'training file')}", prior))

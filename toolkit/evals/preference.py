@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import PositiveInt, with_config
+from pydantic import PositiveInt
 from typing_extensions import Required
 
 from toolkit.data.arena import read_labelled_arena
@@ -26,8 +26,7 @@ from toolkit.evals.preference_stats import prior_probs, swap_consistency
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase, file_digests
 from toolkit.evals.stats import Rate
-from toolkit.evals.task_type import Entry, TaskType
-from toolkit.file_reading import SHAPE_CONFIG
+from toolkit.evals.task_type import Entry, TaskType, with_prefixed
 from toolkit.formatting.blocks import Block, Heading, Paragraph, Table
 from toolkit.formatting.numbers import fmt, score_with_interval
 from toolkit.recipe.data_spec import ARENA_LABELS
@@ -36,6 +35,8 @@ from toolkit.run_folder import Run
 
 PREFERENCE_LABELS = "the preference task is scored against human labels"
 """What needs the winner columns, in the message of a file without them."""
+PRIOR, FIRST_ORDER = "prior_", "first_order_"
+"""The prefixes of the class prior's scores and of the classifier's on the order as given, beside its own."""
 
 
 class PreferenceTask(TaskBase):
@@ -88,8 +89,8 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
                         if task.prior else labels)
     predictions = predict_rows(ctx.model, ctx.tokenizer, rows, task.label_tokens, task.truncate_tokens,
                                task.batch_size, desc=f"{ctx.suite}/{task.key}")
-    summary = {**_scores(predictions.averaged, labels), **_scores([prior] * len(labels), labels, "prior_"),
-               **_scores(predictions.probs, labels, "first_order_"), "prior": list(prior),
+    summary = {**_scores(predictions.averaged, labels), **_scores([prior] * len(labels), labels, PRIOR),
+               **_scores(predictions.probs, labels, FIRST_ORDER), "prior": list(prior),
                "prior_from": "training file" if task.prior else "held-out file",
                "swap_consistency": swap_consistency(predictions.probs, predictions.swapped),
                "inputs": predictions.inputs, "truncated_inputs": predictions.cut_inputs,
@@ -98,10 +99,10 @@ def run_preference(task: PreferenceTask, ctx: EvalContext, results: SuiteResults
     return results.record(task, summary=summary)
 
 
-@with_config(SHAPE_CONFIG)
-class PreferenceEntry(Scores, total=False):
+class PreferenceFields(Scores, total=False):
     """A finished preference entry (:func:`run_preference`) as its readers take it: the classifier's scores, the
-    order's effect and the inputs cut to fit."""
+    order's effect, the inputs cut to fit and the class prior's probabilities; the prior's and the first order's
+    scores are :class:`Scores` again, prefixed (:data:`PreferenceEntry`)."""
 
     n: Required[int]
     swap_consistency: Required[float | None]
@@ -109,9 +110,13 @@ class PreferenceEntry(Scores, total=False):
     truncated_inputs: Required[int]
     tokens_cut: Required[int]
     truncate_tokens: Required[int]
-    first_order_log_loss: float | None
-    first_order_log_loss_ci: list[float] | None
+    prior: list[float]
     prior_from: str
+
+
+PreferenceEntry = with_prefixed(PreferenceFields, Scores, PRIOR, FIRST_ORDER)
+"""The shape of a finished preference entry: :class:`PreferenceFields` with ``prior_log_loss``, ...,
+``first_order_log_loss``, ... (what :func:`run_preference` records with :func:`_scores`' prefixes)."""
 
 
 def preference_headline(entry: Entry) -> str | None:

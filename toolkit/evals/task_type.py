@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
+
+from pydantic import with_config
 
 from toolkit.evals.specs import TaskBase
+from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.numbers import rounded
 
 if TYPE_CHECKING:
@@ -51,6 +54,15 @@ def score_metric(key: str, entry: Entry) -> CardMetrics:
     """The default card metric: the task's main score."""
     kind = entry.get("type")
     return {key: [(kind or "score", f"{kind} score", rounded(entry.get("score")))]}
+
+
+def with_prefixed(shape: type, fields: type, *prefixes: str) -> type:
+    """The entry shape ``shape`` (a TypedDict) with the fields of the TypedDict ``fields`` added, none required, once
+    under each of ``prefixes``: for an entry that records another predictor's scores flat beside its own
+    (``prior_log_loss``), so the names keep one owner. Configured ``SHAPE_CONFIG``, named as ``shape``."""
+    added = {prefix + name: hint for prefix in prefixes for name, hint in get_type_hints(fields).items()}
+    namespace = {"__annotations__": added, "__module__": shape.__module__, "__doc__": shape.__doc__}
+    return with_config(SHAPE_CONFIG)(type(shape)(shape.__name__, (shape,), namespace, total=False))
 
 
 @dataclass(frozen=True)
