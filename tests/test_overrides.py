@@ -8,6 +8,7 @@ import pytest
 
 from toolkit.errors import UserError
 from toolkit.recipe.loading import apply_override, load_recipe, parse_path
+from toolkit.recipe.yaml_files import format_loc
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny-passkey.yaml"
@@ -17,6 +18,14 @@ def test_parse_path() -> None:
     assert parse_path("train.stages[1].seq_len") == ["train", "stages", 1, "seq_len"]
     assert parse_path("a[0][2].b") == ["a", 0, 2, "b"]
     assert parse_path("train.stages.1.seq_len") == ["train", "stages", 1, "seq_len"]  # as other tools write it
+
+
+def test_a_path_shown_with_a_dotted_key_reads_back() -> None:
+    """A key that holds a dot (a niah depth) is quoted in brackets, so the path is one reading."""
+    loc = ["tasks", "ruler-4k", "grid", "256", "0.5", 0]
+    assert format_loc(loc) == 'tasks.ruler-4k.grid.256["0.5"][0]'
+    assert parse_path(format_loc(loc)) == ["tasks", "ruler-4k", "grid", 256, "0.5", 0]  # digits read as an index
+    assert format_loc(["a b", "x.y"]) == '["a b"]["x.y"]' and parse_path('["a b"]["x.y"]') == ["a b", "x.y"]
 
 
 def test_values_are_typed_and_nested_keys_created() -> None:

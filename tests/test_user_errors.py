@@ -330,6 +330,8 @@ def _added(key: str, kind: str, **change):
     ("niah-tiny", lambda tasks: tasks["passkey"].pop("grid"), "tasks.passkey.grid: Field required"),
     ("niah-tiny", lambda tasks: tasks["passkey"].update(mean="high"), "tasks.passkey.mean: Input should be a valid "
      "number"),
+    ("niah-tiny", lambda tasks: tasks["passkey"]["grid"].update({"256": {"0.5": "x"}}),
+     'tasks.passkey.grid.256["0.5"]: Input should be a valid number'),
     ("short-context", lambda tasks: tasks["passkey_short"].pop("metrics"), "tasks.passkey_short.metrics: Field "
      "required"),
     ("niah-tiny", _added("ruler-4k", "ruler", scores_by_length=None), "tasks.ruler-4k.scores_by_length: Field "
@@ -345,8 +347,9 @@ def _added(key: str, kind: str, **change):
      "tasks.arena.prior_log_loss: Input should be a valid number"),
     ("niah-tiny", _added("loss", "perplexity", complete=False, loss_by_bucket=[3.0]),
      "tasks.loss.loss_by_bucket: Input should be a valid dictionary")],
-    ids=["niah", "niah-mean-text", "lm_eval", "ruler", "perplexity", "rope_compare", "rope_compare-setting", "jury",
-         "jury_pairwise", "preference", "preference-prior-text", "cut-short-field-of-wrong-type"])
+    ids=["niah", "niah-mean-text", "niah-depth-text", "lm_eval", "ruler", "perplexity", "rope_compare",
+         "rope_compare-setting", "jury", "jury_pairwise", "preference", "preference-prior-text",
+         "cut-short-field-of-wrong-type"])
 def test_report_names_a_missing_field_of_a_task_type(suite: str, edit, expected: str, check: bool, tmp_path: Path,
                                                      capsys) -> None:
     """The fields one task type's readers take from its entries (its ``TaskType.entry``), missing or of the wrong

@@ -5,6 +5,7 @@ Shared by recipes (``toolkit.recipe.loading``) and evaluation suites (``toolkit.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,10 @@ from toolkit.errors import UserError
 from toolkit.file_reading import read_text
 from toolkit.recipe.strict import FieldError
 
-_STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+"""A mapping key a path shows after a dot; any other is quoted in brackets."""
+_STEP = re.compile(rf'(?:^|\.)(?:(-?\d+)(?=$|[.\[])|({_PLAIN_KEY.pattern}))|\[(-?\d+)\]|\["([^"\\]*)"\]')
+"""One step of a key path: ``.1`` or ``[1]`` (an index), ``.key``, or ``["0.5"]`` (a key that is no plain word)."""
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -65,24 +69,34 @@ def _refuse_repeated_keys(path: Path, node: yaml.Node, loc: list[Any], seen: set
 
 
 def parse_path(dotted: str) -> list[str | int]:
-    """``train.stages[1].seq_len`` (or ``train.stages.1.seq_len``) -> ``["train", "stages", 1, "seq_len"]``."""
+    """``train.stages[1].seq_len`` (or ``train.stages.1.seq_len``) -> ``["train", "stages", 1, "seq_len"]``; a key
+    with a dot or other signs quoted in brackets, as :func:`format_loc` shows it: ``grid.8["0.5"]``."""
     keys: list[str | int] = []
-    for part in dotted.split("."):
-        if re.fullmatch(r"-?\d+", part):
-            keys.append(int(part))
-            continue
-        match = _STEP.fullmatch(part)
-        if not match:
-            raise UserError(f"override {dotted!r}: cannot read key {part!r}")
-        keys.append(match.group(1))
-        keys.extend(int(i) for i in re.findall(r"-?\d+", match.group(2)))
+    pos = 0
+    while pos < len(dotted) or not keys:
+        step = _STEP.match(dotted, pos)
+        if step is None:
+            raise UserError(f"override {dotted!r}: cannot read key at {dotted[pos:]!r}")
+        number, name, index, quoted = step.groups()
+        keys.append(name or quoted if number is None and index is None else int(number or index))
+        pos = step.end()
     return keys
 
 
+def key_step(key: str, first: bool = False) -> str:
+    """A mapping key as a step of a shown path: ``.key`` (``key`` when ``first``), or ``["0.5"]`` where it holds
+    anything but letters, digits, ``_`` and ``-`` (a dot would read as two steps)."""
+    if _PLAIN_KEY.fullmatch(key):
+        return key if first else f".{key}"
+    return f"[{json.dumps(key, ensure_ascii=False)}]"
+
+
 def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A field's path: list indices in brackets, mapping keys after dots, quoted where they are no plain word
+    (:func:`key_step`): ``tasks.passkey.grid.8["0.5"]``."""
     out = ""
     for key in loc:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+        out += f"[{key}]" if isinstance(key, int) else key_step(str(key), first=not out)
     return out
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from toolkit.errors import UserError
 from toolkit.parallel.sequence import data_parallel_size
 from toolkit.recipe.schema import Recipe
+from toolkit.recipe.yaml_files import key_step
 from toolkit.training.loop import stage_steps
 
 VERSION = 1
@@ -83,7 +84,7 @@ def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | N
     if isinstance(old, dict) and isinstance(new, dict):
         for key in old:
             if key in new:
-                found = _first_difference(old[key], new[key], f"{path}.{key}")
+                found = _first_difference(old[key], new[key], path + key_step(key))
                 if found:
                     return found
         return None
