@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.data.arena import read_arena
+from toolkit.data.arena import read_arena, write_arena
 from toolkit.data.arena_example import FACTS, HELD_OUT_FACTS, _key, main, write_example
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "arena-example"
@@ -40,3 +40,24 @@ def test_files_already_there_are_kept_unless_forced(tmp_path: Path, capsys: pyte
     main([str(tmp_path), "--force"])
     assert (tmp_path / "test.csv").read_bytes() == (SHIPPED / "test.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv", "train.csv"]
+
+
+def test_a_failed_write_keeps_the_old_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--force`` replaced train.csv before test.csv was written, so a failure there left a new training file
+    beside the old held-out one: now both are written first, and a failure keeps the old pair and no temporaries."""
+    old = {name: f"old {name}" for name in ("train.csv", "test.csv")}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    written: list[Path] = []
+
+    def failing_second(rows, path):
+        written.append(Path(path))
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        return write_arena(rows, path)
+
+    monkeypatch.setattr("toolkit.data.arena_example.write_arena", failing_second)
+    with pytest.raises(OSError, match="No space left"):
+        main([str(tmp_path), "--force"])
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+    assert all(path.parent == tmp_path and path.name not in old for path in written)  # temporaries beside them

@@ -1,5 +1,6 @@
 """Where outputs go: locations checked before any expensive step (without creating anything), and files and folders
-written beside their target and renamed over it at the end, so a crash never leaves half of one."""
+written beside their target and renamed over it at the end, so a crash never leaves half of one (nor, for files
+written together, one of them new and another old)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from toolkit.errors import UserError
@@ -47,6 +48,15 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_files(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """:func:`atomic_file` for files that belong together: yield a temporary path for each of ``paths``; once the
+    block has finished (every file written) they replace theirs, one rename after another; when the block fails,
+    all are removed and every old file is kept."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_file(path)) for path in paths]
 
 
 def write_text(path: Path, text: str) -> Path:

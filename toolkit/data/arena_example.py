@@ -1,6 +1,6 @@
 """A small Chatbot Arena-format data set whose preferences follow signals a small model can learn, written as CSV
 files in the competition's columns: ``python -m toolkit.data.arena_example data/arena-example`` (``--force``
-replaces files already there).
+replaces files already there, the pair together).
 
 Each comparison is one of: a correct against a wrong sum (the correct one wins), an answer against a refusal (the
 answer wins), or two equally good or equally bad responses (a tie: both correct, both refusals, both wrong). Which
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
-from toolkit.output_paths import check_writable
+from toolkit.output_paths import atomic_files, check_writable
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
 REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that request.",
@@ -88,18 +88,23 @@ def example_paths(folder: Path) -> dict[str, Path]:
 
 def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Write ``train.csv`` and ``test.csv`` (held out, with winners: new questions beside the training file's, and
-    none of its comparisons again) into ``folder``, each whole or not at all; returns their paths."""
+    none of its comparisons again) into ``folder``, the pair together: both are written to temporary files first,
+    then renamed, so a failed write keeps the old pair; returns their paths."""
     train = rows(SPLITS["train"], seed * 100, 1000)
     test = rows(SPLITS["test"], seed * 100 + 1, 1000 + SPLITS["train"], FACTS, frozenset(map(_key, train)))
     paths = example_paths(folder)
-    return {"train": write_arena(train, paths["train"]), "test": write_arena(test, paths["test"])}
+    with atomic_files([paths["train"], paths["test"]]) as (train_tmp, test_tmp):
+        write_arena(train, train_tmp)
+        write_arena(test, test_tmp)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=seed_number, default=0)
-    parser.add_argument("--force", action="store_true", help="replace train.csv and test.csv where they exist")
+    parser.add_argument("--force", action="store_true",
+                        help="replace train.csv and test.csv where they exist (the pair together)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         check_writable(args.folder, "folder")
