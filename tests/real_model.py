@@ -45,9 +45,11 @@ def uses_corpus(path: Path) -> bool:
 
 
 def loadable(paths: list[Path]) -> list[Path]:
-    """``paths`` less those naming the corpus when it is absent outside CI (their suites would not load)."""
-    ready = corpus_complete(CORPUS) or IN_CI
-    return [path for path in paths if ready or not uses_corpus(path)]
+    """``paths`` less those naming the corpus or the real small model when it is absent outside CI (``validate``
+    checks that the files they name are there)."""
+    corpus, model = corpus_complete(CORPUS) or IN_CI, is_complete(SMALL_MODEL) or IN_CI
+    return [path for path in paths
+            if (corpus or not uses_corpus(path)) and (model or str(DEFAULT_DIR) not in path.read_text())]
 
 
 def with_corpus_marks(paths: list[Path]) -> list:

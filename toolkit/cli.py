@@ -30,9 +30,19 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. train.max_steps=5")
 
-    validate = sub.add_parser("validate", help="check recipes without running them")
+    validate = sub.add_parser("validate", help="check recipes without running them (offline: schema, suites, local "
+                                               "inputs, output.dir)",
+                              description="Check recipes without running them, offline, loading no model or "
+                                          "tokenizer: the schema; the eval suites and their local files; every "
+                                          "local data source's files and first record; chat template files; a "
+                                          "local model or tokenizer folder; that output.dir can be written "
+                                          "(nothing is made). Not checked: names by hub id (listed on the ok "
+                                          "line; train reaches them), the suites' hub datasets, judges and lm-eval "
+                                          "tasks, and what needs the tokenizer (records that make no document, "
+                                          "sequence-length fit).")
     validate.add_argument("recipes", nargs="+")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="a dotted override, as train takes it (repeatable)")
 
     plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
     plan.add_argument("recipe")
@@ -170,19 +180,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _validate(paths: list[str], overrides: list[str]) -> int:
-    """Every recipe checked, each one's mistake on its own line; exit 2 when any has one."""
+    """Every recipe checked (its schema and suites, then its local inputs), each one's mistake on its own line; exit 2
+    when any has one. An ok line names the hub ids left unchecked."""
     from toolkit.recipe.loading import load_recipe
+    from toolkit.recipe.local_inputs import check_local_inputs
 
     failed = 0
     for path in paths:
         try:
-            load_recipe(path, overrides)
+            hub = check_local_inputs(load_recipe(path, overrides))
         except UserError as exc:
             failed += 1
             message = str(exc) if str(exc).startswith(str(Path(path))) else f"{path}: {exc}"
             print(f"error: {message}", file=sys.stderr)
             continue
-        print(f"{path}: ok")
+        print(f"{path}: ok" + (f" (hub ids left to train: {', '.join(hub)})" if hub else ""))
     return 2 if failed else 0
 
 

@@ -46,19 +46,26 @@ def chat_template(spec: SourceSpec, tokenizer: Any, label: str) -> str | None:
     without one: its plain layout); a chat source without one is an error."""
     if spec.format not in ("chat", "arena"):
         return None
-    if spec.chat_template is None:
-        if spec.format == "arena":
-            return getattr(tokenizer, "chat_template", None) or None
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"{label}.chat_template: the tokenizer has no chat template; name one (Jinja text or "
-                            "a .jinja file) for format: chat")
-        return str(tokenizer.chat_template)
-    if spec.chat_template.endswith(".jinja"):
-        path = Path(spec.chat_template).expanduser()
-        if not path.is_file():
-            raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
-        return read_text(path)
-    return spec.chat_template
+    if spec.chat_template is not None:
+        return named_chat_template(spec, label)
+    if spec.format == "arena":
+        return getattr(tokenizer, "chat_template", None) or None
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{label}.chat_template: the tokenizer has no chat template; name one (Jinja text or "
+                        "a .jinja file) for format: chat")
+    return str(tokenizer.chat_template)
+
+
+def named_chat_template(spec: SourceSpec, label: str) -> str | None:
+    """The template ``spec.chat_template`` names, read without a tokenizer (``validate`` checks it so): its Jinja
+    text, or the text of its ``.jinja`` file (one that is not there: a UserError naming ``label``); None when it
+    names none."""
+    if spec.chat_template is None or not spec.chat_template.endswith(".jinja"):
+        return spec.chat_template
+    path = Path(spec.chat_template).expanduser()
+    if not path.is_file():
+        raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
+    return read_text(path)
 
 
 def _field(record: dict[str, Any], name: str, key: str) -> Any:

@@ -1,5 +1,6 @@
-"""Local data files (``source: jsonl | csv | parquet | text``): which files a source names, and one reader per format
-that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name.
+"""Local data files (``source: jsonl | csv | parquet | text``): which files a source names, one reader per format
+that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name,
+and the check of both that needs no tokenizer (``train`` and ``validate`` run it).
 The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
 
@@ -39,6 +40,15 @@ def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     return files
 
 
+def check_local_source(spec: SourceSpec, label: str = TRAIN_DATA) -> None:
+    """What a local source shows without a tokenizer: it has files (:func:`data_files`) and its first record reads in
+    the source's file format (a UserError naming ``label`` otherwise); whether records make documents is
+    :func:`toolkit.data.sources.check_source`'s, with the tokenizer."""
+    files = data_files(spec, label)
+    if next(FORMATS[spec.source].reader(files, f"{label}.path"), None) is None:
+        raise UserError(f"{label}.path: no records in {spec.path}")
+
+
 def _open(file: str) -> IO[str]:
     return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
 
@@ -46,21 +56,28 @@ def _open(file: str) -> IO[str]:
 def _jsonl_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     """One record per non-blank line; a ``.json`` file holding one array gives one record per element."""
     for file in files:
-        with _open(file) as handle:
-            text = handle.read() if file.endswith((".json", ".json.gz")) else None
-            if text is not None and text.lstrip().startswith("["):
-                for i, value in enumerate(json.loads(text)):
-                    yield {"record": value, "where": f"{file}[{i}]"}
+        try:
+            yield from _jsonl_file(file, field)
+        except (OSError, ValueError) as exc:  # not gzip, not UTF-8, a .json array that does not parse
+            raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
+
+
+def _jsonl_file(file: str, field: str) -> Iterator[dict[str, Any]]:
+    with _open(file) as handle:
+        text = handle.read() if file.endswith((".json", ".json.gz")) else None
+        if text is not None and text.lstrip().startswith("["):
+            for i, value in enumerate(json.loads(text)):
+                yield {"record": value, "where": f"{file}[{i}]"}
+            return
+        lines = text.splitlines() if text is not None else handle
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
-            lines = text.splitlines() if text is not None else handle
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except ValueError as exc:
-                    raise UserError(f"{field}: cannot read {file}: line {number}: {reason(exc)}") from None
-                yield {"record": value, "where": f"{file}:{number}"}
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise UserError(f"{field}: cannot read {file}: line {number}: {reason(exc)}") from None
+            yield {"record": value, "where": f"{file}:{number}"}
 
 
 def _csv_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:

@@ -60,22 +60,40 @@ def has_tokenizer(folder: Path) -> bool:
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
-    """The run's tokenizer: trained (``model.train_tokenizer``) or loaded; always has a pad token."""
+def _origin(spec: ModelSpec) -> str:
+    return "" if spec.tokenizer else " (from model.name_or_path)"
+
+
+def tokenizer_source(spec: ModelSpec) -> str | None:
+    """Where the run's tokenizer loads from (``model.tokenizer``, else ``model.name_or_path``), read without loading
+    it (``validate`` checks it so): a hub id as it is, or a local folder, expanded, once it is checked to hold a
+    saved tokenizer (a UserError naming ``model.tokenizer`` otherwise); None when ``model.train_tokenizer`` makes
+    it."""
     if spec.train_tokenizer is not None:
-        return train_tokenizer(spec.train_tokenizer, seed)
+        return None
     source = spec.tokenizer or spec.name_or_path
     assert source is not None  # the schema: a model without name_or_path has tokenizer or train_tokenizer
-    origin = "" if spec.tokenizer else " (from model.name_or_path)"
-    if looks_local(source):
-        if not Path(source).expanduser().is_dir():
-            raise UserError(f"model.tokenizer: no such folder: {source}{origin}")
-        source = str(Path(source).expanduser())
-        if (Path(source) / CONFIG_NAME).is_file():
-            read_json_object(Path(source) / CONFIG_NAME)  # which AutoTokenizer reads: a JSON object
-        if not has_tokenizer(Path(source)):
-            raise UserError(f"model.tokenizer: cannot load {source!r}{origin}: no tokenizer in it (none of "
-                            f"{', '.join(TOKENIZER_FILES)})")
+    if not looks_local(source):
+        return source
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model.tokenizer: no such folder: {source}{_origin(spec)}")
+    if (folder / CONFIG_NAME).is_file():
+        read_json_object(folder / CONFIG_NAME)  # which AutoTokenizer reads: a JSON object
+    if not has_tokenizer(folder):
+        raise UserError(f"model.tokenizer: cannot load {str(folder)!r}{_origin(spec)}: no tokenizer in it (none of "
+                        f"{', '.join(TOKENIZER_FILES)})")
+    return str(folder)
+
+
+def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: trained (``model.train_tokenizer``) or loaded (:func:`tokenizer_source`); always has a pad
+    token."""
+    source = tokenizer_source(spec)
+    if source is None:
+        assert spec.train_tokenizer is not None
+        return train_tokenizer(spec.train_tokenizer, seed)
+    origin = _origin(spec)
     hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
     return pretrained_tokenizer(
         source, "model.tokenizer",

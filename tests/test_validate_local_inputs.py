@@ -1,0 +1,112 @@
+"""``validate`` checks the local inputs ``train`` would stop at (data files, chat templates, a model folder,
+output.dir) with train's own checks, offline and loading no model, and makes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MICRO_RECIPE, write_recipe
+from toolkit.cli import main
+
+
+def _validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], **changes: Any) -> str:
+    """The one line ``validate`` prints for MICRO_RECIPE with ``changes`` (exit 2), without ``error: <recipe>: ``."""
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, **changes))
+    assert main(["validate", str(recipe)]) == 2
+    out, err = capsys.readouterr()
+    assert not out and err.count("\n") == 1 and err.startswith(f"error: {recipe}: "), err
+    return err.removeprefix(f"error: {recipe}: ").rstrip("\n")
+
+
+def _file(path: Path, content: str | bytes) -> str:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return str(path)
+
+
+def _with_stage_mixture(tmp: Path) -> dict[str, Any]:
+    """The second stage reads its own mixture, whose second source is not there."""
+    mixture = [{"name": "a", "weight": 1, "source": "jsonl", "path": _file(tmp / "a.jsonl", '{"text": "x"}\n')},
+               {"name": "b", "weight": 1, "source": "jsonl", "path": str(tmp / "gone.jsonl")}]
+    stages = [MICRO_RECIPE["train"]["stages"][0], {**MICRO_RECIPE["train"]["stages"][1], "data": {"mixture": mixture}}]
+    return {**MICRO_RECIPE["train"], "stages": stages}
+
+
+DATA_MISTAKES: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
+    "missing file": (lambda tmp: {"source": "csv", "path": str(tmp / "nope.csv")},
+                     "train.data.path: no such file: {tmp}/nope.csv"),
+    "folder without its format's files": (lambda tmp: {"source": "parquet", "path": str(tmp)},
+                                          "train.data.path: no .parquet files in {tmp}"),
+    "first record does not parse": (lambda tmp: {"source": "jsonl", "path": _file(tmp / "bad.jsonl", "{broken\n")},
+                                    "train.data.path: cannot read {tmp}/bad.jsonl: line 1: "),
+    "not UTF-8": (lambda tmp: {"source": "jsonl", "path": _file(tmp / "latin.jsonl", b'{"text": "\xe9"}\n')},
+                  "train.data.path: cannot read {tmp}/latin.jsonl: "),
+    "no records": (lambda tmp: {"source": "csv", "path": _file(tmp / "empty.csv", "text\n")},
+                   "train.data.path: no records in {tmp}/empty.csv"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_MISTAKES))
+def test_a_local_data_source_train_would_stop_at(case: str, tmp_path: Path, capsys) -> None:
+    data, expected = DATA_MISTAKES[case]
+    line = _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data(tmp_path)})
+    assert line.startswith(expected.format(tmp=tmp_path))
+
+
+def test_every_stage_and_mixture_source_is_checked(tmp_path: Path, capsys) -> None:
+    assert _validate(tmp_path, capsys, train=_with_stage_mixture(tmp_path)) == (
+        f"train.stages[1].data.mixture[1].path: no such file: {tmp_path / 'gone.jsonl'}")
+
+
+def test_a_missing_chat_template(tmp_path: Path, capsys) -> None:
+    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"messages": []}\n'), "format": "chat",
+            "chat_template": str(tmp_path / "nope.jinja")}
+    assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data}) == (
+        f"train.data.chat_template: no such file: {tmp_path / 'nope.jinja'}")
+
+
+def test_a_missing_local_model_folder(tmp_path: Path, capsys) -> None:
+    model = {**MICRO_RECIPE["model"], "init_config": None, "name_or_path": str(tmp_path / "no-model")}
+    assert _validate(tmp_path, capsys, model=model) == (
+        f"model.name_or_path: no such folder, and not a hub id: {tmp_path / 'no-model'}")
+
+
+def test_a_model_folder_without_a_tokenizer(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    model = {"name_or_path": str(tmp_path / "model"), "precision": "fp32"}
+    assert _validate(tmp_path, capsys, model=model) == (
+        f"model.tokenizer: cannot load '{tmp_path / 'model'}' (from model.name_or_path): no tokenizer in it (none of "
+        "tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json)")
+
+
+def test_an_output_dir_under_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("kept")
+    assert _validate(tmp_path, capsys, output={"dir": str(tmp_path / "taken" / "run")}) == (
+        f"output.dir: {tmp_path / 'taken'} is a file, not a folder")
+    assert (tmp_path / "taken").read_text() == "kept"
+
+
+def test_a_good_recipe_is_ok_and_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+    """Local model, data and template all there: ok, and no output folder (nor any other file) made; a hub id is
+    named on the ok line, not reached."""
+    (tmp_path / "model").mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / "model" / name).write_text("{}")
+    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"messages": []}\n'), "format": "chat",
+            "chat_template": _file(tmp_path / "t.jinja", "{{ messages }}")}
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": str(tmp_path / "model")},
+                                         train={**MICRO_RECIPE["train"], "data": data},
+                                         output={"dir": str(tmp_path / "out" / "run")}))
+    hub = write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": "nobody/no-such-model"},
+                                      output={"dir": str(tmp_path / "out" / "run")}), "hub.yaml")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["validate", str(recipe), str(hub)]) == 0
+    assert capsys.readouterr().out == f"{recipe}: ok\n{hub}: ok (hub ids left to train: nobody/no-such-model)\n"
+    assert sorted(tmp_path.rglob("*")) == before
