@@ -49,7 +49,7 @@ def test_validate_checks_every_recipe_and_names_each_mistake(tmp_path: Path, cap
     assert out == f"{good}: ok\n"
     assert err.splitlines() == [
         f"error: {corpus}: {suite}: tasks[0].source.path: no such text file "
-        f"{suite.parent / '../data/corpus/heldout.txt'} (`make corpus` writes it)",
+        f"{tmp_path / 'data' / 'corpus' / 'heldout.txt'} (`make corpus` writes it)",
         f"error: {tmp_path / 'gone.yaml'}: no such file"]
 
 

@@ -6,6 +6,7 @@ Shared by recipes (``toolkit.recipe.loading``) and evaluation suites (``toolkit.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -151,8 +152,14 @@ def validate_as(model: type[Model], data: dict[str, Any], source: str, node: yam
 
 
 def resolve_relative(value: str | None, base: Path) -> str | None:
-    """A path relative to the recipe's folder, when it exists there; hub ids and absolute paths stay."""
+    """A path relative to the recipe's folder, when it exists there; hub ids, absolute paths and paths that exist in
+    the working folder stay. A path written relative (``./``, ``../``) that is in neither place is named beside the
+    recipe, where the docs say such paths are read, so the error about it points where it was looked for."""
     if value is None or Path(value).is_absolute():
         return value
     candidate = base / value
-    return str(candidate) if candidate.exists() else value
+    if candidate.exists():
+        return str(candidate)
+    if value.startswith(("./", "../")) and not Path(value).exists():
+        return os.path.normpath(candidate)
+    return value
