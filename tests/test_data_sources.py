@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import train
 from toolkit.data.batches import stage_batches
+from toolkit.data.local_files import FORMATS, PARQUET_BATCH_ROWS
 from toolkit.data.packing import IGNORE_INDEX
 from toolkit.data.sources import text_documents
 from toolkit.data.tokenizer import train_tokenizer
@@ -58,6 +59,21 @@ def test_parquet_file_with_a_custom_field(tokenizer, tmp_path):
     pq.write_table(pa.table({"body": TEXTS, "n": list(range(len(TEXTS)))}), tmp_path / "a.parquet")
     spec = DataSpec(source="parquet", path=str(tmp_path / "a.parquet"), text_field="body")
     assert sorted(_decoded(tokenizer, islice(text_documents(spec, tokenizer, 0), len(TEXTS)))) == sorted(TEXTS)
+
+
+def test_parquet_rows_are_read_a_few_at_a_time_in_order(tmp_path, monkeypatch):
+    """Across batch boundaries every row once, in order and numbered; pyarrow is asked for small batches only (its
+    default of 65,536 rows would hold that many long documents in memory to give the first)."""
+    asked = []
+    iter_batches = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
+                        lambda self, **kwargs: asked.append(kwargs) or iter_batches(self, **kwargs))
+    rows = 2 * PARQUET_BATCH_ROWS + 3
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(rows)]}), tmp_path / "a.parquet", row_group_size=rows)
+    read = list(FORMATS["parquet"].reader([str(tmp_path / "a.parquet")], "train.data.path"))
+    assert [r["record"]["text"] for r in read] == [f"row {i}" for i in range(rows)]
+    assert read[PARQUET_BATCH_ROWS]["where"] == f"{tmp_path / 'a.parquet'} row {PARQUET_BATCH_ROWS + 1}"
+    assert asked == [{"batch_size": PARQUET_BATCH_ROWS}]
 
 
 def test_text_folder_gives_one_document_per_file(tokenizer, tmp_path):

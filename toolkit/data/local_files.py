@@ -98,6 +98,11 @@ def _csv_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
             raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
+PARQUET_BATCH_ROWS = 64
+"""Rows a Parquet file is read by: long documents are megabytes each (pyarrow's default, 65,536 rows, would hold
+gigabytes of them in Python at once, to check the first record or resume a stream)."""
+
+
 def _parquet_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as parquet
 
@@ -105,7 +110,7 @@ def _parquet_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
         try:
             table = parquet.ParquetFile(file)
             number = 0
-            for batch in table.iter_batches():
+            for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
                 for value in batch.to_pylist():
                     number += 1
                     yield {"record": value, "where": f"{file} row {number}"}
