@@ -66,8 +66,12 @@ def test_parquet_rows_are_read_a_few_at_a_time_in_order(tmp_path, monkeypatch):
     default of 65,536 rows would hold that many long documents in memory to give the first)."""
     asked = []
     iter_batches = pq.ParquetFile.iter_batches
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
-                        lambda self, **kwargs: asked.append(kwargs) or iter_batches(self, **kwargs))
+
+    def recorded(self, **kwargs):
+        asked.append(kwargs)
+        return iter_batches(self, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recorded)
     rows = 2 * PARQUET_BATCH_ROWS + 3
     pq.write_table(pa.table({"text": [f"row {i}" for i in range(rows)]}), tmp_path / "a.parquet", row_group_size=rows)
     read = list(FORMATS["parquet"].reader([str(tmp_path / "a.parquet")], "train.data.path"))
