@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,10 +71,40 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def export_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The export tests' micro run (``tests.test_export_gguf.micro_run``: YaRN x4 past its native 64 tokens), trained
-    once for every file that exports or evaluates it; they write their files elsewhere, or beside it."""
+    once for every file that exports or evaluates it; they write their files elsewhere, or beside it (:func:`micro_gguf`
+    its f32 file)."""
     from tests.test_export_gguf import micro_run
 
     return micro_run(tmp_path_factory.mktemp("export-run"))
+
+
+@dataclass(frozen=True)
+class CliExport:
+    """One ``python -m toolkit export --format gguf`` of :func:`export_run`: the file, and what the command printed."""
+
+    path: Path
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="session")
+def micro_gguf(export_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], CliExport]:
+    """:func:`export_run` exported by the CLI once per outtype (a conversion takes seconds), for every test that
+    reads the file: f32 beside the run (no ``--out``), the others each into a folder of their own (``--out FOLDER``)."""
+    from toolkit.cli import main
+
+    done: dict[str, CliExport] = {}
+
+    def exported(outtype: str) -> CliExport:
+        if outtype not in done:
+            folder = export_run if outtype == "f32" else tmp_path_factory.mktemp(f"gguf-{outtype}")
+            out = [] if outtype == "f32" else ["--out", str(folder)]
+            with redirect_stdout(io.StringIO()) as printed, redirect_stderr(io.StringIO()) as said:
+                assert main(["export", str(export_run), "--format", "gguf", "--outtype", outtype, *out]) == 0
+            done[outtype] = CliExport(folder / f"run-{outtype}.gguf", printed.getvalue(), said.getvalue())
+        return done[outtype]
+
+    return exported
 
 
 @pytest.fixture

@@ -184,10 +184,10 @@ def _tensor(path: Path, name: str) -> np.ndarray:
 
 
 @needs_converter
-def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, capsys) -> None:
-    assert main(["export", str(full_run), "--format", "gguf", "--outtype", "f32"]) == 0
+def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, micro_gguf) -> None:
+    exported = micro_gguf("f32")  # no --out: beside the run
     path = full_run / "run-f32.gguf"
-    assert f"wrote {path}" in capsys.readouterr().out
+    assert exported.path == path and f"wrote {path}" in exported.out
     meta = gguf_metadata(path)
     assert meta["general.architecture"] == "llama"
     assert meta["llama.context_length"] == NATIVE * FACTOR
@@ -206,25 +206,23 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, cap
 
 
 @needs_converter
-def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(full_run: Path, tmp_path: Path, capsys) -> None:
-    assert main(["export", str(full_run), "--format", "gguf", "--outtype", "q8_0", "--out", str(tmp_path)]) == 0
-    path = tmp_path / "run-q8_0.gguf"
-    printed = capsys.readouterr()
-    assert f"wrote {path}" in printed.out
-    assert "converting to GGUF (q8_0)" in printed.err and "Writing: 100%" in printed.err  # the converter's bar, live
-    assert [p.name for p in tmp_path.iterdir()] == ["run-q8_0.gguf"]
+def test_out_naming_a_folder_writes_run_name_and_outtype_into_it(micro_gguf) -> None:
+    exported = micro_gguf("q8_0")  # --out FOLDER
+    path = exported.path
+    assert f"wrote {path}" in exported.out
+    assert "converting to GGUF (q8_0)" in exported.err and "Writing: 100%" in exported.err  # the converter's bar, live
+    assert [p.name for p in path.parent.iterdir()] == ["run-q8_0.gguf"]
     meta = gguf_metadata(path)
     assert (meta["general.file_type"], meta["llama.context_length"]) == (7, NATIVE * FACTOR)
 
 
 @needs_converter
 @pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
-def test_each_outtype_file_holds_its_tensor_types(outtype: str, full_run: Path, tmp_path: Path) -> None:
+def test_each_outtype_file_holds_its_tensor_types(outtype: str, micro_gguf) -> None:
     """The matrices in ``outtype`` (2 bytes a weight, or 8 bits and a scale per block of 32), the norms in f32."""
     from gguf import GGMLQuantizationType, GGUFReader
 
-    out = tmp_path / f"m-{outtype}.gguf"
-    assert main(["export", str(full_run), "--format", "gguf", "--outtype", outtype, "--out", str(out)]) == 0
+    out = micro_gguf(outtype).path
     assert gguf_metadata(out)["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7}[outtype]
     assert gguf_metadata(out)["llama.rope.scaling.factor"] == FACTOR
     types = {t.name: t.tensor_type for t in GGUFReader(out).tensors}

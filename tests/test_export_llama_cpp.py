@@ -75,13 +75,13 @@ def _prompts(tokenizer, length: int, count: int, seed: int = 0):
 
 
 class Exported:
-    """A trained run's final model in transformers and, exported, in llama.cpp."""
+    """A trained run's final model in transformers and, exported (``files``: f16 and q8_0), in llama.cpp."""
 
-    def __init__(self, run: Path, folder: Path, native: int, factor: int):
+    def __init__(self, run: Path, files: dict[str, Path], native: int, factor: int):
         self.tokenizer = AutoTokenizer.from_pretrained(run / "final")
         self.model = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32).eval()
         self.native, self.extended = native, native * factor
-        self.files = {t: export_gguf(run, folder / f"{t}.gguf", t) for t in ("f16", "q8_0")}
+        self.files = files
 
     def llama_cpp(self, call: Callable[..., T], outtype: str, *args: Any) -> T:
         """``call`` of tests/llama_cpp_calls.py on the ``outtype`` file at the extended context."""
@@ -89,8 +89,8 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory, export_run: Path) -> Exported:
-    return Exported(export_run, tmp_path_factory.mktemp("llama-cpp"), NATIVE, FACTOR)
+def micro(export_run: Path, micro_gguf) -> Exported:
+    return Exported(export_run, {t: micro_gguf(t).path for t in RTOL}, NATIVE, FACTOR)
 
 
 def _check_tokenization(exported: Exported) -> None:
@@ -155,7 +155,7 @@ def test_passkey_answers_at_4x_are_the_same_in_llama_cpp(micro: Exported) -> Non
                     reason="no final model of the default recipe in runs/tiny-passkey: run `make train`")
 def test_the_default_runs_final_model_in_llama_cpp(tmp_path: Path) -> None:
     """The default recipe's model (256 tokens native, YaRN x4 to 1024): tokens, logits, passkey accuracy at 1024."""
-    exported = Exported(DEFAULT_RUN, tmp_path, 256, 4)
+    exported = Exported(DEFAULT_RUN, {t: export_gguf(DEFAULT_RUN, tmp_path / f"{t}.gguf", t) for t in RTOL}, 256, 4)
     _check_tokenization(exported)
     for outtype in ("f16", "q8_0"):
         _check_logits(exported, outtype)

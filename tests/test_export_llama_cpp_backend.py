@@ -21,7 +21,6 @@ from toolkit.evals.scoring import generate_ids
 from toolkit.evals.transformers_backend import TransformersBackend
 from toolkit.export.llama_cpp_backend import LlamaCppBackend
 from toolkit.export.llama_cpp_needles import needle_context
-from toolkit.export.to_gguf import export_gguf
 
 pytestmark = [needs_converter, needs_llama_cpp]
 
@@ -29,12 +28,10 @@ TASK = NiahTask(type="niah", lengths=[64, 128, 256], depths=[0.0, 0.5, 1.0], sam
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory,
-             export_run: Path) -> tuple[TransformersBackend, LlamaCppBackend]:
-    folder, run = tmp_path_factory.mktemp("backends"), export_run
-    tokenizer = AutoTokenizer.from_pretrained(run / "final")
-    model = AutoModelForCausalLM.from_pretrained(run / "final", dtype=torch.float32).eval()
-    gguf = export_gguf(run, folder / "micro-f32.gguf", "f32")
+def backends(export_run: Path, micro_gguf) -> tuple[TransformersBackend, LlamaCppBackend]:
+    tokenizer = AutoTokenizer.from_pretrained(export_run / "final")
+    model = AutoModelForCausalLM.from_pretrained(export_run / "final", dtype=torch.float32).eval()
+    gguf = micro_gguf("f32").path
     return TransformersBackend(model, tokenizer), LlamaCppBackend(gguf, needle_context([TASK]), tokenizer)
 
 
