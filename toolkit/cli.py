@@ -244,17 +244,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from toolkit.export.llama_cpp_needles import needle_tasks, score_needles_in_llama_cpp
     from toolkit.export.to_gguf import export_gguf
 
-    # a run to compare with, and llama.cpp, before minutes of conversion
-    needles = needle_tasks(Path(args.run)) if args.check else None
-    gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
-    if needles is not None:
-        from toolkit.report.report import build_report
+    if not args.check:  # the evaluation code (seconds of imports) only for --check
+        export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
+        return 0
+    from toolkit.export.llama_cpp_needles import needle_tasks, score_needles_in_llama_cpp
+    from toolkit.report.report import build_report
 
-        score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype, needles)
-        build_report(Path(args.run))
+    needles = needle_tasks(Path(args.run))  # a run to compare with, and llama.cpp, before minutes of conversion
+    gguf = export_gguf(Path(args.run), out=args.out, outtype=args.outtype)
+    score_needles_in_llama_cpp(Path(args.run), gguf, args.outtype, needles)
+    build_report(Path(args.run))
     return 0
 
 
