@@ -4,10 +4,10 @@ time budget, so the whole ends within the total (440 s on CUDA) and writes what 
 rewritten after every row.
 
 1. ``pytest -m gpu``;
-2. the tiny recipe's first 10 steps on the device and on the CPU from the same saved weights, in fp32: the first
-   step's loss within 1e-5, every step's within 1e-3;
-3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps in bf16 from those
-   weights: every step's loss within 1e-3 of one plain process's;
+2. the tiny recipe's first 10 steps (4 on the CPU) on the device and on the CPU from the same saved weights, in
+   fp32: the first step's loss within 1e-5, every step's within 1e-3;
+3. the DeepSpeed ZeRO-3 and FSDP2 launch configs on one process, the tiny recipe's first 5 steps (3 on the CPU) in
+   bf16 from those weights: every step's loss within 1e-3 of one plain process's;
 4. Llama-3-8B shape, random weights, LoRA r=16 on attention, bf16, one document per row: toolkit vs baseline
    tokens/s, MFU and peak memory at 8K, 32K, 64K, 128K (the baseline until it runs out of memory); each row names the
    attention it ran (``attention_used``: the toolkit's ``auto``, flash_attention_4 where flash-attn-4 is installed);
@@ -66,7 +66,7 @@ PROFILES = {
     "cuda": sections.Profile(device="cuda", shape="llama3-8b", lengths=(8192, 32768, 65536, 131072),
                              cli_length=32768, timing_asserted=True, memory_asserted=True,
                              offload_from=131072, tiles=8,
-                             tiles_from=65536, stage_overrides=(),
+                             tiles_from=65536, stage_overrides=(), compared_steps=10, engine_steps=5,
                              engines=(("DeepSpeed ZeRO-3", "configs/deepspeed-zero3-offload.yaml", NO_OFFLOAD),
                                       ("FSDP2", "configs/fsdp2.yaml", ())),
                              probe_lengths=(524288, 1048576), probe_layers=32,
@@ -77,6 +77,7 @@ PROFILES = {
                             memory_asserted=False, offload_from=256, tiles=2, tiles_from=256,
                             stage_overrides=("train.stages[0].batch_size=8",
                                              "model.train_tokenizer.corpus_documents=200"),
+                            compared_steps=4, engine_steps=3,
                             engines=(("DeepSpeed ZeRO-3", "tests/distributed/cpu-deepspeed-zero3-2proc.yaml", ()),
                                      ("FSDP2", None, ())),
                             probe_lengths=(256, 512), probe_layers=4, probe_offload=4, probe_tiles=2,

@@ -1,5 +1,5 @@
 """Section 3 of ``benchmarks/gpu_check.py``: the DeepSpeed ZeRO-3 and FSDP2 launch configurations each train the
-tiny recipe's first :data:`ENGINE_STEPS` steps on one device as a user launches them (``accelerate launch
+tiny recipe's first ``engine_steps`` steps (the profile's) on one device as a user launches them (``accelerate launch
 --num_processes 1 --config_file CONFIG -m toolkit train``), beside one plain process (``python -m toolkit train``),
 all at once, from the same saved weights (``benchmarks/gpu_check_training.py``) in bf16. An engine passes when it ran
 as that engine on one process and its loss at every step is within :data:`LOSS_ATOL` of the plain process's.
@@ -18,9 +18,8 @@ from benchmarks.gpu_check_training import Ended, logged, run_side_by_side, start
 from benchmarks.harness import ROOT, child_env
 from toolkit.run_folder import RunInfo
 
-ENGINE_STEPS = 5
 LOSS_ATOL = 1e-3
-"""bf16: the largest loss difference, engine against one plain process, over :data:`ENGINE_STEPS` steps."""
+"""bf16: the largest loss difference, engine against one plain process, over the profile's ``engine_steps``."""
 PLAIN = "one process"
 _RECORDED = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}
 """A launch config's ``distributed_type``: the engine the run must record in ``run_info.json``."""
@@ -35,7 +34,7 @@ def engines(section: Section, profile: Profile, scratch: Path) -> None:
     if recipe is None:
         return
     env = child_env()
-    train = ["-m", "toolkit", "train", str(recipe), "model.precision=bf16", f"train.max_steps={ENGINE_STEPS}"]
+    train = ["-m", "toolkit", "train", str(recipe), "model.precision=bf16", f"train.max_steps={profile.engine_steps}"]
     runs = {PLAIN: scratch / "engine-plain"}
     commands = {PLAIN: ([sys.executable, *train, f"output.dir={runs[PLAIN]}"], env)}
     configs: dict[str, str] = {}
@@ -49,7 +48,8 @@ def engines(section: Section, profile: Profile, scratch: Path) -> None:
         commands[name] = ([*launch, *train, f"output.dir={runs[name]}"], env)
     ended = run_side_by_side(section, commands, scratch)
     plain, _ = logged(runs[PLAIN])
-    plain_failed = _failure(ended[PLAIN], RunInfo(), plain, None)
+    steps = profile.engine_steps
+    plain_failed = _failure(ended[PLAIN], RunInfo(), plain, None, steps)
     for name, run in runs.items():
         records, info = logged(run)
         losses, reference = [r["loss"] for r in records], [r["loss"] for r in plain]
@@ -63,18 +63,18 @@ def engines(section: Section, profile: Profile, scratch: Path) -> None:
         if name == PLAIN:
             continue
         expected = _RECORDED.get(_launch_config(configs[name]).get("distributed_type", ""), "?")
-        why = _failure(ended[name], info, records, expected) or (plain_failed and f"{PLAIN}: {plain_failed}")
-        section.check(f"{name} ({configs[name]}) vs one process: the loss at each of {ENGINE_STEPS} steps, bf16 "
+        why = _failure(ended[name], info, records, expected, steps) or (plain_failed and f"{PLAIN}: {plain_failed}")
+        section.check(f"{name} ({configs[name]}) vs one process: the loss at each of {steps} steps, bf16 "
                       "(largest difference)", None if why else max(gaps), LOSS_ATOL, why)
 
 
-def _failure(ended: Ended, info: RunInfo, records: list[dict[str, Any]], engine: str | None) -> str:
+def _failure(ended: Ended, info: RunInfo, records: list[dict[str, Any]], engine: str | None, steps: int) -> str:
     """Why a run has no losses to compare ('' when it has): its exit, the engine and process count it recorded in
-    ``run_info.json`` (when ``engine`` is given), or too few steps logged."""
+    ``run_info.json`` (when ``engine`` is given), or fewer than ``steps`` steps logged."""
     if ended.code != 0:
         return ended.reason()
     if engine is not None and (info.engine, info.processes) != (engine, 1):
         return f"ran as {info.engine} on {info.processes} processes, not {engine} on 1"
-    if len(records) < ENGINE_STEPS:
-        return f"logged {len(records)} of {ENGINE_STEPS} steps"
+    if len(records) < steps:
+        return f"logged {len(records)} of {steps} steps"
     return ""

@@ -43,6 +43,10 @@ class Profile:
     tiles_from: int
     stage_overrides: tuple[str, ...]
     """Sections 2 and 3: overrides of the tiny recipe's first stage, applied where its starting weights are built."""
+    compared_steps: int
+    """Section 2: the steps compared, device against CPU (``benchmarks/gpu_check_training.py``)."""
+    engine_steps: int
+    """Section 3: the steps compared, each engine against one plain process (``benchmarks/gpu_check_engines.py``)."""
     engines: tuple[tuple[str, str | None, tuple[str, ...]], ...]
     """Section 3: each engine's name, launch config (from the repository root; None: it needs a GPU) and extra
     ``accelerate launch`` options."""

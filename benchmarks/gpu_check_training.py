@@ -27,11 +27,10 @@ from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.recipe.schema import EvalSpec, LoggingSpec, ModelSpec
 from toolkit.run_folder import RunInfo, read_metrics, read_run_info
 
-COMPARED_STEPS = 10
 FIRST_STEP_ATOL = 1e-5
 """fp32, the same weights and rows: the first step's loss on the device against the CPU's."""
 STEPS_ATOL = 1e-3
-"""fp32: the largest loss difference, device against CPU, over the first :data:`COMPARED_STEPS` steps."""
+"""fp32: the largest loss difference, device against CPU, over the profile's first ``compared_steps`` steps."""
 
 _SAVE_START = ("import sys; from benchmarks.gpu_check_training import save_start; "
                "save_start(sys.argv[1], sys.argv[2], sys.argv[3:])")
@@ -187,15 +186,16 @@ def logged(run: Path) -> tuple[list[dict[str, Any]], RunInfo]:
 
 
 def device_vs_cpu(section: Section, profile: Profile, scratch: Path) -> None:
-    """The tiny recipe's first :data:`COMPARED_STEPS` steps in fp32 on the device and, at the same time, on the CPU,
+    """The tiny recipe's first ``profile.compared_steps`` steps in fp32 on the device and, at the same time, on the CPU,
     from the same saved weights; the first step's loss and every step's are checked (:data:`FIRST_STEP_ATOL`,
     :data:`STEPS_ATOL`). On a CPU-only machine both run on the CPU, through the same code."""
     recipe = starting_recipe(section, profile, scratch)
     if recipe is None:
         return
+    steps = profile.compared_steps
     runs = {"device": scratch / "tiny-device", "cpu": scratch / "tiny-cpu"}
     commands = {where: ([sys.executable, "-c", _TRAIN_ONLY, str(recipe), f"output.dir={run}",
-                         f"train.max_steps={COMPARED_STEPS}"],
+                         f"train.max_steps={steps}"],
                         child_env(CUDA_VISIBLE_DEVICES="") if where == "cpu" else child_env())
                 for where, run in runs.items()}
     ended = run_side_by_side(section, commands, scratch)
@@ -211,8 +211,8 @@ def device_vs_cpu(section: Section, profile: Profile, scratch: Path) -> None:
                      "train_s": records[-1]["elapsed_s"], "tokens_per_s": records[-1]["tokens_per_s"],
                      "losses": curves[where]})
     gaps = [abs(a - b) for a, b in zip(curves.get("device", []), curves.get("cpu", []), strict=False)]
-    why = "" if len(gaps) == COMPARED_STEPS else f"{len(gaps)} of {COMPARED_STEPS} steps logged by both runs"
+    why = "" if len(gaps) == steps else f"{len(gaps)} of {steps} steps logged by both runs"
     section.check("the first step's loss, device vs CPU (fp32)", gaps[0] if gaps else None, FIRST_STEP_ATOL,
                   "" if gaps else why)
-    section.check(f"the loss at each of the first {COMPARED_STEPS} steps, device vs CPU (largest difference)",
+    section.check(f"the loss at each of the first {steps} steps, device vs CPU (largest difference)",
                   max(gaps) if not why else None, STEPS_ATOL, why)

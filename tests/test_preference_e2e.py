@@ -1,12 +1,13 @@
 """End to end on CPU: the small arena recipe trains on the shipped example through the CLI, its held-out log loss
-beats the class prior's, ``predict`` writes a valid submission that scores what the evaluation scored, and the
-submission for the A/B-swapped file is the swapped submission, on the first rows. 145 s in CI on 2 idle cores
-(2026-12-05; 15 minutes on the same cores shared with other jobs): marked slow."""
+beats the class prior's, and one ``predict`` of the held-out file with its first rows appended A/B-swapped (under
+their own ids) writes a valid submission whose held-out rows score what the evaluation scored and whose swapped rows
+are the swapped rows' predictions. Minutes on 2 cores: marked slow."""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ TEST = ROOT / "data" / "arena-example" / "test.csv"
 SWAP_TOLERANCE = 1e-4
 """Both orders are averaged, so swapping A and B only changes which batch each prompt is padded in."""
 SWAPPED_ROWS = 24
-"""The rows predicted again with A and B swapped: the check is per row, and all 120 would take a minute more."""
+"""The rows appended again with A and B swapped: the check is per row, and all 120 would take a minute more."""
 
 
 def _submission(path: Path) -> dict[str, tuple[float, float, float]]:
@@ -42,34 +43,31 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
     assert entry["log_loss_ci"][1] < entry["prior_log_loss"], entry  # the interval clears the prior
     assert entry["accuracy"] > entry["prior_accuracy"]
 
-    out = tmp_path / "submission.csv"
-    assert main(["predict", str(run), "--data", str(TEST), "--out", str(out), "--batch-size", "16"]) == 0
-    printed = capsys.readouterr()
-    assert "120 rows; 0 of 240 inputs (both orders) cut" in printed.out
-    assert "predict test.csv: 100%" in printed.err and "240/240" in printed.err  # the progress bar
-    submission = _submission(out)
     test_rows = read_arena(TEST)[0]
-    assert list(submission) == [row.id for row in test_rows]
-    assert all(abs(sum(p) - 1) < 1e-5 and min(p) > 0 for p in submission.values())
+    swapped_rows = [replace(row.swapped(), id=f"{row.id}-swapped") for row in test_rows[:SWAPPED_ROWS]]
+    both = write_arena([*test_rows, *swapped_rows], tmp_path / "with-swapped.csv")
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(run), "--data", str(both), "--out", str(out), "--batch-size", "16"]) == 0
+    printed = capsys.readouterr()
+    rows, inputs = len(test_rows) + SWAPPED_ROWS, 2 * (len(test_rows) + SWAPPED_ROWS)
+    assert f"{rows} rows; 0 of {inputs} inputs (both orders) cut" in printed.out
+    assert "predict with-swapped.csv: 100%" in printed.err and f"{inputs}/{inputs}" in printed.err  # the progress bar
+    predicted = _submission(out)
+    assert list(predicted) == [row.id for row in [*test_rows, *swapped_rows]]
+    assert all(abs(sum(p) - 1) < 1e-5 and min(p) > 0 for p in predicted.values())
+    submission = {row.id: predicted[row.id] for row in test_rows}
     labels = [row.winner for row in test_rows if row.winner is not None]
     assert len(labels) == len(test_rows)
     scored = preference_scores(list(submission.values()), labels)  # as the suite scored it
     assert scored.log_loss == pytest.approx(entry["log_loss"], abs=SWAP_TOLERANCE)
     assert scored.accuracy == pytest.approx(entry["accuracy"])
+    for row in test_rows[:SWAPPED_ROWS]:  # the swapped comparison's submission row is the row's, A and B exchanged
+        a, b, tie = predicted[f"{row.id}-swapped"]
+        assert submission[row.id] == pytest.approx((b, a, tie), abs=SWAP_TOLERANCE)
 
-    rows = read_arena(TEST)[0][:SWAPPED_ROWS]
-    swapped_file = write_arena([row.swapped() for row in rows], tmp_path / "swapped.csv")
-    swapped_out = tmp_path / "swapped-submission.csv"
-    assert main(["predict", str(run), "--data", str(swapped_file), "--out", str(swapped_out),
-                 "--batch-size", "16"]) == 0
-    swapped = _submission(swapped_out)
-    assert list(swapped) == [row.id for row in rows]
-    for id_, (a, b, tie) in swapped.items():
-        assert submission[id_] == pytest.approx((b, a, tie), abs=SWAP_TOLERANCE)
-
+    kept = out.read_bytes()
     assert main(["predict", str(run), "--data", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
     assert main(["predict", str(tmp_path), "--data", str(TEST), "--out", str(out)]) == 2
-    kept = out.read_bytes()
     assert main(["predict", str(run), "--data", str(TEST), "--out", str(out), "--max-tokens", "5"]) == 2
     assert out.read_bytes() == kept
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
