@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.real_model import SMALL_MODEL, needs_converter, needs_small_model
-from tests.runs import train
+from tests.runs import ROOT, train
 from toolkit.cli import main
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
@@ -125,6 +127,16 @@ def test_a_rope_llama_cpp_computes_otherwise_exits_2(rope: dict, field: str, tok
 def test_a_folder_without_a_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path), "--format", "gguf"]) == 2
     assert "neither a run folder with final/ nor a model folder" in capsys.readouterr().err
+
+
+def test_export_without_check_imports_no_evaluation_code(tmp_path: Path) -> None:
+    """The needle check and the eval registry (seconds of imports) load only for ``--check``: a fresh process."""
+    probe = ("import sys; from toolkit.cli import main; code = main(['export', sys.argv[1], '--format', 'gguf']); "
+             "print(code, *sorted(m for m in ('toolkit.export.llama_cpp_needles', 'toolkit.evals.registry') "
+             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.stdout.split() == ["2"], done.stdout + done.stderr
 
 
 def _model_without_tokenizer(folder: Path) -> Path:

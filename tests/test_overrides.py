@@ -26,6 +26,9 @@ def test_a_path_shown_with_a_dotted_key_reads_back() -> None:
     assert format_loc(loc) == 'tasks.ruler-4k.grid.256["0.5"][0]'
     assert parse_path(format_loc(loc)) == ["tasks", "ruler-4k", "grid", 256, "0.5", 0]  # digits read as an index
     assert format_loc(["a b", "x.y"]) == '["a b"]["x.y"]' and parse_path('["a b"]["x.y"]') == ["a b", "x.y"]
+    for unreadable in (".train.max_steps", "train..max_steps", "train.", "a[0]b"):
+        with pytest.raises(UserError, match="cannot read key"):
+            parse_path(unreadable)
 
 
 def test_values_are_typed_and_nested_keys_created() -> None:

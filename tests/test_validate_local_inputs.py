@@ -3,6 +3,8 @@ output.dir) with train's own checks, offline and loading no model, and makes not
 
 from __future__ import annotations
 
+import gzip
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,16 @@ def _file(path: Path, content: str | bytes) -> str:
     return str(path)
 
 
+def _gzip_cut_or_damaged(cut: bool) -> bytes:
+    """One long JSONL line gzip'd, then cut in half (a download stopped) or with bytes of its middle overwritten."""
+    text = "".join(random.Random(0).choice("abcdefgh ") for _ in range(200_000))
+    packed = bytearray(gzip.compress(f'{{"text": "{text}"}}\n'.encode()))
+    if cut:
+        return bytes(packed[:len(packed) // 2])
+    packed[len(packed) // 2:len(packed) // 2 + 64] = bytes(range(64))
+    return bytes(packed)
+
+
 def _with_stage_mixture(tmp: Path) -> dict[str, Any]:
     """The second stage reads its own mixture, whose second source is not there."""
     mixture = [{"name": "a", "weight": 1, "source": "jsonl", "path": _file(tmp / "a.jsonl", '{"text": "x"}\n')},
@@ -47,6 +59,10 @@ DATA_MISTAKES: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
                                     "train.data.path: cannot read {tmp}/bad.jsonl: line 1: "),
     "not UTF-8": (lambda tmp: {"source": "jsonl", "path": _file(tmp / "latin.jsonl", b'{"text": "\xe9"}\n')},
                   "train.data.path: cannot read {tmp}/latin.jsonl: "),
+    "gzip cut short": (lambda tmp: {"source": "jsonl", "path": _file(tmp / "cut.jsonl.gz", _gzip_cut_or_damaged(True))},
+                       "train.data.path: cannot read {tmp}/cut.jsonl.gz: "),
+    "gzip damaged": (lambda tmp: {"source": "jsonl", "path": _file(tmp / "bad.jsonl.gz", _gzip_cut_or_damaged(False))},
+                     "train.data.path: cannot read {tmp}/bad.jsonl.gz: "),
     "no records": (lambda tmp: {"source": "csv", "path": _file(tmp / "empty.csv", "text\n")},
                    "train.data.path: no records in {tmp}/empty.csv"),
 }

@@ -180,8 +180,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _validate(paths: list[str], overrides: list[str]) -> int:
-    """Every recipe checked (its schema and suites, then its local inputs), each one's mistake on its own line; exit 2
-    when any has one. An ok line names the hub ids left unchecked."""
+    """Every recipe checked (its schema and suites, then its local inputs: :mod:`toolkit.recipe.local_inputs`), each
+    one's mistake on its own line; exit 2 when any has one. An ok line names the hub ids left unchecked."""
     from toolkit.recipe.loading import load_recipe
     from toolkit.recipe.local_inputs import check_local_inputs
 

@@ -1,6 +1,6 @@
 """Where outputs go: locations checked before any expensive step (without creating anything), and files and folders
-written beside their target and renamed over it at the end, so a crash never leaves half of one (nor, for files
-written together, one of them new and another old)."""
+written beside their target and renamed over it at the end, so a crash never leaves half of one (and files written
+together replace theirs only once all are written: a failed write keeps the old ones)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Local data files (``source: jsonl | csv | parquet | text``): which files a source names, one reader per format
 that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name,
-and the check of both that needs no tokenizer (``train`` and ``validate`` run it).
+and what ``validate`` checks of them without a tokenizer (``train`` reads the first record with its tokenizer).
 The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
 
@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ def check_local_source(spec: SourceSpec, label: str = TRAIN_DATA) -> None:
         raise UserError(f"{label}.path: no records in {spec.path}")
 
 
+UNREADABLE = (OSError, ValueError, EOFError, zlib.error, csv.Error)
+"""What a file that cannot be read raises: missing or a folder, not UTF-8, not gzip, a gzip file cut short (EOFError)
+or damaged (zlib.error), JSON or CSV that does not parse, Parquet pyarrow cannot read (ArrowInvalid, a ValueError)."""
+
+
 def _open(file: str) -> IO[str]:
     return gzip.open(file, "rt", encoding="utf-8") if file.endswith(".gz") else open(file, encoding="utf-8")
 
@@ -58,7 +64,7 @@ def _jsonl_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     for file in files:
         try:
             yield from _jsonl_file(file, field)
-        except (OSError, ValueError) as exc:  # not gzip, not UTF-8, a .json array that does not parse
+        except UNREADABLE as exc:
             raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
@@ -94,7 +100,7 @@ def _csv_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
                 for value in reader:
                     yield {"record": value, "where": f"{file}:{line}"}
                     line = reader.line_num + 1
-        except (OSError, ValueError, csv.Error) as exc:
+        except UNREADABLE as exc:
             raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
@@ -114,7 +120,7 @@ def _parquet_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
                 for value in batch.to_pylist():
                     number += 1
                     yield {"record": value, "where": f"{file} row {number}"}
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        except UNREADABLE as exc:
             raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 
@@ -123,7 +129,7 @@ def _text_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
     for file in files:
         try:
             yield {"record": {"text": Path(file).read_text(encoding="utf-8")}, "where": file}
-        except (OSError, ValueError) as exc:
+        except UNREADABLE as exc:
             raise UserError(f"{field}: cannot read {file}: {reason(exc)}") from None
 
 

@@ -19,7 +19,7 @@ from itertools import islice
 from typing import Any
 
 from toolkit.data.formats import BadRow, chat_template, to_document
-from toolkit.data.local_files import LOCAL_FORMATS, check_local_source
+from toolkit.data.local_files import LOCAL_FORMATS, data_files
 from toolkit.data.packing import Document
 from toolkit.data.records import record_dataset
 from toolkit.data.stream_state import SourceCursor
@@ -32,18 +32,17 @@ SHUFFLE_BUFFER = 64
 
 
 def check_source(spec: SourceSpec, tokenizer, seq_len: int, label: str, vocab_size: int | None = None) -> None:
-    """Fail before the model loads for what can be known up front: a local source without files or whose first
-    record does not read (:func:`toolkit.data.local_files.check_local_source`), a chat source without a template, a
-    hub dataset that cannot be reached, records (in file order) that give no first document: a field missing, a line
-    that does not parse; for a synthetic source, its first document at ``seq_len`` (more keys than there are names, a
-    document that cannot fit); ``format: tokens`` ids of the first record below ``vocab_size``, the model's. A bad
-    record further on stops the run when it is read. ``label``: where the recipe holds ``spec``."""
+    """Fail before the model loads for what can be known up front: a local source without files, a chat source without
+    a template, a hub dataset that cannot be reached, records (in file order) that give no first document: a field
+    missing, a line that does not parse; for a synthetic source, its first document at ``seq_len`` (more keys than
+    there are names, a document that cannot fit); ``format: tokens`` ids of the first record below ``vocab_size``,
+    the model's. A bad record further on stops the run when it is read. ``label``: where the recipe holds ``spec``."""
     chat_template(spec, tokenizer, label)
     if spec.source == "synthetic":
         next(synthetic_documents(spec, tokenizer, seq_len, synthetic_seed(0), label=label))
         return
     if spec.source in LOCAL_FORMATS:
-        check_local_source(spec, label)
+        data_files(spec, label)
     first = next(text_documents(spec.model_copy(update={"shuffle": False}), tokenizer, 0, label))
     if spec.format == "tokens" and vocab_size is not None and first.input_ids:
         check_token_ids(max(first.input_ids), vocab_size, f"{label}.ids_field", f" in the first record of {spec.path}")

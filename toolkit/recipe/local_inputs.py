@@ -1,7 +1,9 @@
-"""What ``validate`` checks of a recipe beyond its schema and suites, offline and without a model or a tokenizer: the
-local inputs ``train`` reads, each by the check ``train`` runs on it (its owner's), and that ``output.dir`` can be
-written. Names by hub id need the network and are left to ``train``; so is all that needs the tokenizer (records
-that make no document, sequence-length fit)."""
+"""What ``validate`` checks of a recipe beyond its schema and suites, offline and without a model or a tokenizer:
+that ``output.dir`` can be written (first, as ``train`` checks it; nothing is made), a local model or tokenizer
+folder, every local data source of every stage and mixture (files of its format, the first record readable), chat
+template files. Names by hub id need the network and are left to ``train`` (the ok line lists them); so is all that
+needs the tokenizer (records that make no document, sequence-length fit). Each check is its owner's, which ``train``
+runs too."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from toolkit.recipe.schema import Recipe
 
 
 def check_local_inputs(recipe: Recipe) -> list[str]:
-    """A :class:`UserError` naming the field of the first local input that ``train`` would stop at: a model or
-    tokenizer folder, a data source's files or first record, a chat template file, ``output.dir`` (checked without
-    making anything). Returns the hub ids it left unchecked, each once, in the recipe's order."""
+    """A :class:`UserError` naming the field of the first local input at fault (the module's list, in its order);
+    returns the hub ids it left unchecked, each once, in the recipe's order."""
+    check_writable(recipe.run_dir, "output.dir")
     hub: list[str] = []
     model = recipe.model
     if model.name_or_path is not None:
@@ -35,5 +37,4 @@ def check_local_inputs(recipe: Recipe) -> list[str]:
             check_local_source(spec, field)
         elif spec.source == "hub" and spec.path is not None:
             hub.append(spec.path)
-    check_writable(recipe.run_dir, "output.dir")
     return list(dict.fromkeys(hub))

@@ -76,7 +76,7 @@ def parse_path(dotted: str) -> list[str | int]:
     pos = 0
     while pos < len(dotted) or not keys:
         step = _STEP.match(dotted, pos)
-        if step is None:
+        if step is None or dotted.startswith("."):
             raise UserError(f"override {dotted!r}: cannot read key at {dotted[pos:]!r}")
         number, name, index, quoted = step.groups()
         keys.append(name or quoted if number is None and index is None else int(number or index))
