@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import MICRO_RECIPE, write_recipe
+from tests.runs import ROOT
 from toolkit.cli import main
 
 
@@ -126,3 +128,23 @@ def test_a_good_recipe_is_ok_and_leaves_nothing_behind(tmp_path: Path, capsys) -
     assert main(["validate", str(recipe), str(hub)]) == 0
     assert capsys.readouterr().out == f"{recipe}: ok\n{hub}: ok (hub ids left to train: nobody/no-such-model)\n"
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def _jury_suite(tmp: Path, judge_model: str) -> str:
+    """A jury suite (the shipped example's data) whose one judge is the local transformers model ``judge_model``."""
+    suite = {"name": "panel", "tasks": [{"type": "jury", "name": "answers", "data": str(ROOT / "evals" /
+                                                                                        "jury-example.jsonl"),
+                                         "length": 256, "judges": [{"name": "local", "model": judge_model}]}]}
+    return _file(tmp / "panel.yaml", yaml.safe_dump(suite))
+
+
+def test_a_local_judge_folder_that_is_not_there(tmp_path: Path, capsys) -> None:
+    suite = _jury_suite(tmp_path, str(tmp_path / "judge"))
+    assert _validate(tmp_path, capsys, eval={"suites": [suite]}) == (
+        f"{suite}: answers: judge local: model: no such folder, and not a hub id: {tmp_path / 'judge'}")
+
+
+def test_a_judge_by_hub_id_is_named_not_reached(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [_jury_suite(tmp_path, "nobody/judge")]}))
+    assert main(["validate", str(recipe)]) == 0
+    assert capsys.readouterr().out == f"{recipe}: ok (hub ids left to train: nobody/judge)\n"

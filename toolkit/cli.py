@@ -35,11 +35,11 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                               description="Check recipes without running them, offline, loading no model or "
                                           "tokenizer: the schema; the eval suites and their local files; every "
                                           "local data source's files and first record; chat template files; a "
-                                          "local model or tokenizer folder; that output.dir can be written "
-                                          "(nothing is made). Not checked: names by hub id (listed on the ok "
-                                          "line; train reaches them), the suites' hub datasets, judges and lm-eval "
-                                          "tasks, and what needs the tokenizer (records that make no document, "
-                                          "sequence-length fit).")
+                                          "local model or tokenizer folder; local judge folders; that output.dir "
+                                          "can be written (nothing is made). Not checked: names by hub id (listed "
+                                          "on the ok line; train reaches them), the suites' hub datasets, HTTP "
+                                          "judges and lm-eval tasks, and what needs the tokenizer (records that "
+                                          "make no document, sequence-length fit).")
     validate.add_argument("recipes", nargs="+")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="a dotted override, as train takes it (repeatable)")
