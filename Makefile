@@ -68,7 +68,9 @@ push: setup
 plan: setup
 	$(PY) -m toolkit plan $(RECIPE) $(ARGS)
 
-# Every shipped recipe, or the one RECIPE names
+# Every shipped recipe, or the one RECIPE names (offline; a recipe whose model or data is not here yet fails,
+# naming the file: the smollm2 ones before `make small-model` and `make corpus`, the arena-8k one until its
+# downloaded train.csv is in data/lmsys-arena/)
 validate: setup
 	$(PY) -m toolkit validate $(if $(filter command line,$(origin RECIPE)),$(RECIPE),recipes/*.yaml) \
 		$(foreach override,$(ARGS),--set $(override))
