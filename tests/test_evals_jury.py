@@ -19,10 +19,11 @@ from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.errors import UserError
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import HttpJudge, LocalJudge, check_panel
+from toolkit.evals.judges import HttpJudge, check_panel
 from toolkit.evals.jury import ASK, JuryTask, answer_prompt, run_jury
 from toolkit.evals.jury_panel import JUDGE_PROMPTS, jury_summary, parse_verdict
 from toolkit.evals.jury_spec import JudgeSpec, JuryItem, read_items
+from toolkit.evals.local_judge import LocalJudge
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import load_suite
 from toolkit.evals.transformers_backend import TransformersBackend

@@ -21,12 +21,12 @@ from toolkit.data.arena import ArenaRow, read_arena, write_arena
 from toolkit.errors import UserError
 from toolkit.evals.agreement import cohen_kappa, kappa_with_interval
 from toolkit.evals.context import EvalContext
-from toolkit.evals.judges import LocalJudge
 from toolkit.evals.jury_pairwise import JuryPairwiseTask, run_jury_pairwise
 from toolkit.evals.jury_pairwise_panel import VERDICTS, pairwise_prompt, parse_preference, pool
 from toolkit.evals.jury_pairwise_scores import pairwise_summary
 from toolkit.evals.jury_pairwise_table import table_row
 from toolkit.evals.jury_spec import JudgeSpec
+from toolkit.evals.local_judge import LocalJudge
 from toolkit.evals.preference_stats import most_probable
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.suite import load_suite

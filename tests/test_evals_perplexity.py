@@ -12,7 +12,7 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals.api import run_suites
 from toolkit.evals.context import sentence_tokens
-from toolkit.evals.perplexity import bucket_losses
+from toolkit.evals.perplexity import bucket_losses, mean_of
 from toolkit.evals.scoring import token_losses
 from toolkit.evals.sources import long_document
 
@@ -29,7 +29,10 @@ def test_token_losses_match_the_model_loss():
 
 def test_bucket_losses():
     losses = torch.arange(1, 10, dtype=torch.float).reshape(1, 9)  # positions 1..9
-    assert bucket_losses(losses, 4) == {"0": 2.0, "4": 5.5, "8": 8.5}  # [1,2,3], [4..7], [8,9]
+    assert bucket_losses([losses], 4) == {"0": 2.0, "4": 5.5, "8": 8.5}  # [1,2,3], [4..7], [8,9]
+    rows = [torch.stack([losses[0], losses[0] + 1]), losses + 2]  # two batches: rows of 1..9, 2..10 and 3..11
+    assert bucket_losses(rows, 4) == {"0": 3.0, "4": 6.5, "8": 9.5}
+    assert mean_of(rows) == pytest.approx(6.0)
 
 
 def test_perplexity_task(tmp_path: Path):

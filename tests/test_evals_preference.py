@@ -14,8 +14,9 @@ from tests.real_model import SMALL_MODEL, needs_small_model
 from toolkit.data.arena import read_arena
 from toolkit.data.arena_prompt import arena_input, label_token_ids
 from toolkit.errors import UserError
-from toolkit.evals.preference_model import label_probs, predict_rows
+from toolkit.evals.preference_model import predict_rows
 from toolkit.evals.preference_stats import unswapped
+from toolkit.evals.scoring import label_probs
 from toolkit.preference.predict import write_submission
 from toolkit.recipe.data_spec import ARENA_LABELS
 

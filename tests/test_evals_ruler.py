@@ -16,8 +16,7 @@ from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.data.needle import SentenceTokens
 from toolkit.evals.api import run_suites
 from toolkit.evals.ruler import RULER_TASKS
-from toolkit.evals.ruler_data import ruler_sample
-from toolkit.evals.scoring import string_match_all
+from toolkit.evals.ruler_data import ruler_sample, string_match_all
 from toolkit.evals.stats import effective_length
 
 

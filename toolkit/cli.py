@@ -12,6 +12,9 @@ from pathlib import Path
 
 from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError
 
+TORCH_FREE = ("validate", "report")
+"""Commands that import neither torch nor transformers (a test holds them to it): they start in about a second."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
@@ -303,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv is None:
             _offline_unless_reachable(args.command)
-        from toolkit.environment import name_cpu_for_deepspeed
+        if args.command not in TORCH_FREE:
+            from toolkit.environment import name_cpu_for_deepspeed
 
-        name_cpu_for_deepspeed()
+            name_cpu_for_deepspeed()
         return _dispatch(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

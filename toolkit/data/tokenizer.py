@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-from transformers.utils import CONFIG_NAME
 
 from toolkit.data.needle import filler_sentence, make_needles
 from toolkit.errors import UserError, reason
-from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
+from toolkit.model.sources import tokenizer_origin, tokenizer_source
 from toolkit.recipe.schema import ModelSpec, TokenizerTraining
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
@@ -51,41 +49,6 @@ def train_tokenizer(spec: TokenizerTraining, seed: int) -> PreTrainedTokenizerFa
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-"""A saved tokenizer holds one of these (transformers' fast, its settings, sentencepiece's, BPE's vocabulary)."""
-
-
-def has_tokenizer(folder: Path) -> bool:
-    """Whether ``folder`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
-    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
-
-
-def _origin(spec: ModelSpec) -> str:
-    return "" if spec.tokenizer else " (from model.name_or_path)"
-
-
-def tokenizer_source(spec: ModelSpec) -> str | None:
-    """Where the run's tokenizer loads from (``model.tokenizer``, else ``model.name_or_path``), read without loading
-    it (``validate`` checks it so): a hub id as it is, or a local folder, expanded, once it is checked to hold a
-    saved tokenizer (a UserError naming ``model.tokenizer`` otherwise); None when ``model.train_tokenizer`` makes
-    it."""
-    if spec.train_tokenizer is not None:
-        return None
-    source = spec.tokenizer or spec.name_or_path
-    assert source is not None  # the schema: a model without name_or_path has tokenizer or train_tokenizer
-    if not looks_local(source):
-        return source
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"model.tokenizer: no such folder: {source}{_origin(spec)}")
-    if (folder / CONFIG_NAME).is_file():
-        read_json_object(folder / CONFIG_NAME)  # which AutoTokenizer reads: a JSON object
-    if not has_tokenizer(folder):
-        raise UserError(f"model.tokenizer: cannot load {str(folder)!r}{_origin(spec)}: no tokenizer in it (none of "
-                        f"{', '.join(TOKENIZER_FILES)})")
-    return str(folder)
-
-
 def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     """The run's tokenizer: trained (``model.train_tokenizer``) or loaded (:func:`tokenizer_source`); always has a pad
     token."""
@@ -93,7 +56,7 @@ def load_tokenizer(spec: ModelSpec, seed: int) -> PreTrainedTokenizerBase:
     if source is None:
         assert spec.train_tokenizer is not None
         return train_tokenizer(spec.train_tokenizer, seed)
-    origin = _origin(spec)
+    origin = tokenizer_origin(spec)
     hub = "" if looks_local(source) else ", a hub id (no such folder here or beside the recipe)"
     return pretrained_tokenizer(
         source, "model.tokenizer",

@@ -9,14 +9,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from toolkit.data.needle import ChatFrame, SentenceTokens
 from toolkit.errors import UserError
 from toolkit.evals.backend import Backend
-from toolkit.evals.transformers_backend import TransformersBackend
 
 if TYPE_CHECKING:
+    import torch
+
+    from toolkit.evals.transformers_backend import TransformersBackend
     from toolkit.model.lora import CausalLM
 
 _SENTENCE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -60,6 +60,8 @@ class EvalContext:
         return chat_frame(self.tokenizer, f"suite {self.suite}")
 
     def _transformers(self) -> TransformersBackend:
+        from toolkit.evals.transformers_backend import TransformersBackend  # torch: only a model's task asks
+
         if not isinstance(self.backend, TransformersBackend):
             raise UserError(f"suite {self.suite}: this task type needs a transformers model, not {self.backend.name}")
         return self.backend

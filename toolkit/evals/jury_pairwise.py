@@ -18,6 +18,7 @@ from pydantic import PositiveFloat, PositiveInt, with_config
 from typing_extensions import NotRequired, Required, TypedDict
 
 from toolkit.data.arena import read_labelled_arena
+from toolkit.evals.batching import batched_with_progress
 from toolkit.evals.context import EvalContext
 from toolkit.evals.judges import check_panel, make_judge
 from toolkit.evals.jury_pairwise_panel import judge_rows, row_key
@@ -27,7 +28,6 @@ from toolkit.evals.jury_panel import Cell, Usage, cost_text, tokens_text, troubl
 from toolkit.evals.jury_spec import Judges, resolve_judges
 from toolkit.evals.preference_stats import prior_probs
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batched_with_progress
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.arena import TIE, WINNER_COLUMNS, ArenaRow
-from toolkit.evals.judges import Judge
+from toolkit.evals.judge_protocol import Judge
 from toolkit.evals.jury_panel import Cell, raw_line, vote
 from toolkit.evals.preference_stats import unswapped
 from toolkit.recipe.data_spec import ARENA_LABELS

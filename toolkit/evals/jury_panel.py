@@ -21,7 +21,7 @@ from pydantic import with_config
 from typing_extensions import TypedDict
 
 from toolkit.evals.agreement import average, cohen_kappa, fleiss_kappa, max_vote
-from toolkit.evals.judges import Judge, Reply
+from toolkit.evals.judge_protocol import Judge, Reply
 from toolkit.evals.jury_spec import LABELS, JudgeSpec, JuryItem, Pooling
 from toolkit.file_reading import SHAPE_CONFIG
 

@@ -22,10 +22,10 @@ from typing_extensions import Required, TypedDict
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError
 from toolkit.evals.backend import AnswerRequest
+from toolkit.evals.batching import batch_size_for, batched
 from toolkit.evals.context import EvalContext, chat_frame, sentence_tokens
 from toolkit.evals.plots import niah_heatmap, niah_heatmaps
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates

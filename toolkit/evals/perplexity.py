@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import PositiveInt, model_validator, with_config
 from typing_extensions import Required, TypedDict
 
 from toolkit.evals import plots
+from toolkit.evals.batching import batch_size_for, batched
 from toolkit.evals.context import EvalContext
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.scoring import batch_size_for, batched
 from toolkit.evals.sources import load_sentences, long_document
 from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.task_type import Entry, TaskType, not_cut_short
@@ -26,6 +26,9 @@ from toolkit.formatting.blocks import Block, Heading, Image, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.formatting.progress import progress_bar
 from toolkit.run_folder import Run
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PerplexityTask(TaskBase):
@@ -47,15 +50,20 @@ class PerplexityTask(TaskBase):
         return self
 
 
-def bucket_losses(losses: torch.Tensor, bucket: int) -> dict[str, float]:
-    """Mean loss per bucket of predicted-token positions, keyed by the bucket's first position."""
-    positions = torch.arange(1, losses.shape[1] + 1)
-    out = {}
-    for start in range(0, losses.shape[1] + 1, bucket):
-        selected = (positions >= start) & (positions < start + bucket)
-        if selected.any():
-            out[str(start)] = losses[:, selected].mean().item()
+def bucket_losses(rows: Sequence[torch.Tensor], bucket: int) -> dict[str, float]:
+    """Mean loss per bucket of predicted-token positions, keyed by the bucket's first position, over ``rows`` (the
+    backend's losses, batches of one length: position p is column p - 1)."""
+    length, out = rows[0].shape[1], {}
+    for start in range(0, length + 1, bucket):
+        first, stop = max(start, 1) - 1, min(start + bucket, length + 1) - 1
+        if stop > first:
+            out[str(start)] = mean_of([row[:, first:stop] for row in rows])
     return out
+
+
+def mean_of(parts: Sequence[torch.Tensor]) -> float:
+    """The mean of all the values of ``parts`` together."""
+    return sum(part.sum().item() for part in parts) / sum(part.numel() for part in parts)
 
 
 @with_config(SHAPE_CONFIG)
@@ -77,9 +85,8 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
     for chunk in progress_bar(iterable=list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
                               desc=f"{ctx.suite}/{task.key}", unit="batch"):
         rows.append(ctx.backend.token_losses(chunk))
-    losses = torch.cat(rows)
-    by_bucket = bucket_losses(losses, task.bucket)
-    mean_loss = losses.mean().item()
+    by_bucket = bucket_losses(rows, task.bucket)
+    mean_loss = mean_of(rows)
     summary = {"loss_by_bucket": by_bucket, "perplexity_by_bucket": {k: math.exp(v) for k, v in by_bucket.items()},
                "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length}
     plots.loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",

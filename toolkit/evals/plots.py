@@ -1,16 +1,24 @@
 """PNG plots the task types draw (matplotlib's object API, no pyplot state): NIAH heatmaps (one grid, or several
 side by side for the report), score vs length, loss by position; and the pieces the report's own plots
-(:mod:`toolkit.report.plots`) share."""
+(:mod:`toolkit.report.plots`) share. matplotlib is imported when the first figure is made."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from toolkit.output_paths import atomic_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def new_figure(width: float, height: float, **options: Any) -> Figure:
+    """A figure of ``width`` x ``height`` inches outside pyplot's state (``options``: matplotlib's, e.g. layout)."""
+    from matplotlib.figure import Figure  # a second of imports: only where a plot is drawn
+
+    return Figure(figsize=(width, height), **options)
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -48,7 +56,7 @@ def draw_grid(ax: Any, grid: Mapping[str, Mapping[str, float]], title: str, labe
 def niah_heatmap(grid: Mapping[str, Mapping[str, float]], title: str, path: Path) -> Path:
     """Depth (rows, 0% at the top) x length (columns), cells annotated with accuracy in percent."""
     depths = {d for row in grid.values() for d in row}
-    fig = Figure(figsize=(1.1 * len(grid) + 2.5, 0.55 * len(depths) + 1.8))
+    fig = new_figure(1.1 * len(grid) + 2.5, 0.55 * len(depths) + 1.8)
     ax = fig.add_subplot()
     fig.colorbar(draw_grid(ax, grid, title), ax=ax, label="accuracy (%)")
     return save_figure(fig, path)
@@ -56,9 +64,9 @@ def niah_heatmap(grid: Mapping[str, Mapping[str, float]], title: str, path: Path
 
 def niah_heatmaps(panels: Sequence[tuple[str, Mapping[str, Mapping[str, float]]]], title: str, path: Path) -> Path:
     """Several needle grids side by side (e.g. before and after extension), one shared colour scale."""
-    fig = Figure(figsize=(sum(1.0 * len(grid) + 1.2 for _, grid in panels) + 1.5,
-                          0.55 * max(len({d for row in grid.values() for d in row}) for _, grid in panels) + 2.0),
-                 layout="constrained")
+    fig = new_figure(sum(1.0 * len(grid) + 1.2 for _, grid in panels) + 1.5,
+                     0.55 * max(len({d for row in grid.values() for d in row}) for _, grid in panels) + 2.0,
+                     layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     image = None
     for index, (ax, (label, grid)) in enumerate(zip(axes, panels, strict=True)):
@@ -82,7 +90,7 @@ def finish_axes(ax: Any, xlabel: str, ylabel: str, title: str | None = None) -> 
 def score_vs_length(series: Mapping[str, Mapping[str, float]], title: str, path: Path,
                     threshold: float | None = None) -> Path:
     """One line per label (e.g. per tag or per RoPE setting); lengths on a log2 axis."""
-    fig = Figure(figsize=(6.5, 3.8))
+    fig = new_figure(6.5, 3.8)
     ax = fig.add_subplot()
     for label, scores in series.items():
         lengths = sorted(scores, key=int)
@@ -100,7 +108,7 @@ def score_vs_length(series: Mapping[str, Mapping[str, float]], title: str, path:
 
 def loss_by_position(series: Mapping[str, Mapping[str, float]], title: str, path: Path) -> Path:
     """Mean token loss per position bucket (bucket start on the x axis), one line per label."""
-    fig = Figure(figsize=(6.5, 3.8))
+    fig = new_figure(6.5, 3.8)
     ax = fig.add_subplot()
     for label, losses in series.items():
         starts = sorted(losses, key=int)

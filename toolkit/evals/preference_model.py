@@ -1,8 +1,9 @@
 """A model's preference between two responses: the probabilities of its three label tokens (A, B, tie) at the answer
 position, each comparison asked in both orders and averaged.
 
-:func:`label_probs` is the one call into the model (a batch of prompts -> three probabilities each); everything else
-(layout, truncation, the second order) is plain data, so another backend replaces that function alone.
+:func:`toolkit.evals.scoring.label_probs` is the one call into the model (a batch of prompts -> three probabilities
+each); everything else (layout, truncation, the second order) is plain data, so another backend replaces that function
+alone.
 """
 
 from __future__ import annotations
@@ -11,34 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from toolkit.data.arena import ArenaRow
 from toolkit.data.arena_prompt import arena_input, check_room, label_token_ids
 from toolkit.data.tokens import pad_id
+from toolkit.evals.batching import batched_with_progress
 from toolkit.evals.preference_stats import unswapped
-from toolkit.evals.scoring import batched_with_progress, model_device
 
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
 
 Probs = tuple[float, float, float]
-
-
-@torch.inference_mode()
-def label_probs(model: CausalLM, prompts: Sequence[Sequence[int]], label_ids: Sequence[int],
-                pad: int) -> list[Probs]:
-    """For each prompt (token ids ending at the answer position), the softmax over the label tokens' logits of
-    the next token: (A, B, tie)."""
-    length = max(len(ids) for ids in prompts)
-    device = model_device(model)
-    ids = torch.tensor([list(p) + [pad] * (length - len(p)) for p in prompts], device=device)
-    mask = torch.tensor([[1] * len(p) + [0] * (length - len(p)) for p in prompts], device=device)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(len(prompts), device=device), torch.tensor([len(p) - 1 for p in prompts],
-                                                                          device=device)]
-    logits = model.get_output_embeddings()(last).float()[:, list(label_ids)]
-    return [(a, b, tie) for a, b, tie in logits.softmax(dim=-1).tolist()]
 
 
 @dataclass(frozen=True)
@@ -76,6 +59,8 @@ def predict_rows(model: CausalLM, tokenizer: Any, rows: Sequence[ArenaRow], labe
                  max_tokens: int, batch_size: int = 8, desc: str = "predict") -> Predictions:
     """Every row asked in both orders, ``batch_size`` prompts per model call, each cut to ``max_tokens``; a progress
     bar named ``desc`` counts the inputs."""
+    from toolkit.evals.scoring import label_probs  # torch: only where a model is asked
+
     template = _template(tokenizer)
     ids = label_token_ids(tokenizer, labels)
     inputs = [arena_input(r, tokenizer, template, max_tokens) for row in rows for r in (row, row.swapped())]

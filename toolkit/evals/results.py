@@ -13,9 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from toolkit.evals.sources import fallback_reason
 from toolkit.evals.specs import TaskBase
 from toolkit.output_paths import atomic_file
@@ -25,10 +22,8 @@ _GRID_AXES = {"name", "lengths", "depths", "samples", "batch_tokens", "threshold
 
 
 def jsonable(value: Any) -> Any:
-    """numpy scalars/arrays, tensors, sets and paths as plain JSON values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
+    """numpy scalars and arrays, tensors (each has ``tolist``), sets and paths as plain JSON values."""
+    if callable(getattr(value, "tolist", None)):
         return value.tolist()
     if isinstance(value, (set, tuple)):
         return list(value)

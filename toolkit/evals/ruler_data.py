@@ -10,7 +10,7 @@ Following RULER (Hsieh et al. 2024, github.com/NVIDIA/RULER) with our needle for
   cwe              common words extraction: a numbered word list where ten words repeat often; name them.
   fwe              frequent words extraction: Zipf-distributed coded words; name the three most frequent.
 The needle family and vt reuse ``toolkit.data.needle.build_haystack`` (sentence-boundary placement);
-cwe and fwe grow their word lists to the largest size that fits.
+cwe and fwe grow their word lists to the largest size that fits. A prompt scores by ``string_match_all``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from toolkit.data.needle import Needle, Question, SentenceTokens, Statement, TooShort, build_haystack, make_needles
@@ -207,3 +207,10 @@ def ruler_sample(task: str, tokens: SentenceTokens, length: int, rng: random.Ran
     if task == "fwe":
         return _frequent_words(tokens, length, rng)
     raise UserError(f"ruler: unknown task {task!r}")
+
+
+def string_match_all(prediction: str, references: Iterable[str]) -> float:
+    """RULER's metric: the fraction of references found (case-insensitively) in the prediction."""
+    refs = list(references)
+    text = prediction.lower()
+    return sum(ref.lower() in text for ref in refs) / len(refs)

@@ -1,47 +1,26 @@
 """Scoring primitives on a transformers model (teacher-forced greedy exact match, batched greedy generation, per-token
-losses), which the transformers backend (:mod:`toolkit.evals.transformers_backend`) and the jury's local judges call;
-RULER's string match; batches.
+losses, a preference's label probabilities), which the transformers backend (:mod:`toolkit.evals.transformers_backend`),
+the jury's local judges and the preference predictor call.
 
 All of them work on token ids built in the evaluated model's own tokenizer and never reload the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from toolkit.formatting.progress import progress_bar
-
 if TYPE_CHECKING:
     from toolkit.model.lora import CausalLM
 
-T = TypeVar("T")
 _LOGIT_CHUNK = 1024
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def batched_with_progress(items: Sequence[T], size: int, desc: str, unit: str) -> Iterator[Sequence[T]]:
-    """:func:`batched`, a progress bar named ``desc`` counting the items as each batch is done."""
-    with progress_bar(total=len(items), desc=desc, unit=unit) as bar:
-        for chunk in batched(items, size):
-            yield chunk
-            bar.update(len(chunk))
-
-
-def batch_size_for(length: int, batch_tokens: int) -> int:
-    """Rows of ``length`` tokens that fit in a ``batch_tokens`` forward pass (at least one)."""
-    return max(1, batch_tokens // length)
 
 
 @torch.inference_mode()
@@ -129,8 +108,17 @@ def token_losses(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(losses, dim=1)
 
 
-def string_match_all(prediction: str, references: Iterable[str]) -> float:
-    """RULER's metric: the fraction of references found (case-insensitively) in the prediction."""
-    refs = list(references)
-    text = prediction.lower()
-    return sum(ref.lower() in text for ref in refs) / len(refs)
+@torch.inference_mode()
+def label_probs(model: CausalLM, prompts: Sequence[Sequence[int]], label_ids: Sequence[int],
+                pad: int) -> list[tuple[float, float, float]]:
+    """For each prompt (token ids ending at the answer position), the softmax over the label tokens' logits of
+    the next token: (A, B, tie) for a preference (:mod:`toolkit.evals.preference_model`)."""
+    length = max(len(ids) for ids in prompts)
+    device = model_device(model)
+    ids = torch.tensor([list(p) + [pad] * (length - len(p)) for p in prompts], device=device)
+    mask = torch.tensor([[1] * len(p) + [0] * (length - len(p)) for p in prompts], device=device)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(len(prompts), device=device), torch.tensor([len(p) - 1 for p in prompts],
+                                                                          device=device)]
+    logits = model.get_output_embeddings()(last).float()[:, list(label_ids)]
+    return [(a, b, tie) for a, b, tie in logits.softmax(dim=-1).tolist()]

@@ -18,8 +18,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from transformers.utils import CONFIG_NAME
-
 from toolkit.errors import UserError
 from toolkit.export import OUTTYPES
 from toolkit.export.child_process import child_failure, run_showing_stderr
@@ -27,6 +25,7 @@ from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.file_reading import read_json_object
 from toolkit.model.folder_copy import with_config
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
+from toolkit.model.sources import MODEL_CONFIG
 from toolkit.output_paths import atomic_file, check_writable
 from toolkit.run_folder import FINAL, is_adapter_folder
 
@@ -42,7 +41,7 @@ def _model_folder(source: Path) -> Path:
     """The transformers folder to convert: a run's ``final/`` or a model folder."""
     if (source / FINAL).is_dir():
         return source / FINAL
-    if (source / CONFIG_NAME).is_file():
+    if (source / MODEL_CONFIG).is_file():
         return source
     raise UserError(f"{source}: neither a run folder with final/ nor a model folder with config.json")
 
@@ -157,11 +156,11 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
     folder, name = _model_folder(source), source.resolve().name
     target = _target(source, out, f"{name}-{outtype}.gguf")
     pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")  # a LoRA run's final/ holds its tokenizer
-    if (folder / CONFIG_NAME).is_file():  # and its trained RoPE: both refused, if at all, before the merge
-        _checked_rope(read_json_object(folder / CONFIG_NAME), folder / CONFIG_NAME)
+    if (folder / MODEL_CONFIG).is_file():  # and its trained RoPE: both refused, if at all, before the merge
+        _checked_rope(read_json_object(folder / MODEL_CONFIG), folder / MODEL_CONFIG)
     with ExitStack() as stack:
         folder = _merged(folder, stack)
-        config = _checked_config(folder / CONFIG_NAME)
+        config = _checked_config(folder / MODEL_CONFIG)
         if not any(folder.glob("*.safetensors")):  # else the converter writes a GGUF file without tensors
             raise UserError(f"{folder}: no weights to convert (no *.safetensors file)")
         with atomic_file(target) as partial:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from transformers.utils import CONFIG_NAME
 
 from toolkit.errors import UserError
 from toolkit.hub import WEIGHT_CHOICES
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
+from toolkit.model.sources import MODEL_CONFIG
 from toolkit.output_paths import atomic_dir, check_writable
 from toolkit.run_folder import (
     BASE_FOLDER,
@@ -114,7 +114,7 @@ def _weight_files(run_dir: Path, what: str | None) -> list[tuple[Path, str]]:
         from toolkit.hub.merge import merge_run
 
         merged = final / MERGED_FOLDER
-        if not (merged / CONFIG_NAME).is_file():
+        if not (merged / MODEL_CONFIG).is_file():
             merged = merge_run(run_dir, out=None)
         return _tree(merged, "")
     # final/README.md (peft writes one) gives way to our card.

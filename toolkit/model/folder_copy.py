@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers.utils import CONFIG_NAME
+from toolkit.model.sources import MODEL_CONFIG
 
 
 def with_config(source: Path, out: Path, config: dict[str, Any]) -> Path:
     """``out`` (made if missing) holding links to ``source``'s files, and ``config`` as its ``config.json``."""
     out.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
-        if item.name != CONFIG_NAME and not (out / item.name).exists():
+        if item.name != MODEL_CONFIG and not (out / item.name).exists():
             (out / item.name).symlink_to(item.resolve())
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (out / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out

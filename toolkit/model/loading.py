@@ -19,17 +19,17 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.utils import CONFIG_NAME
 
-from toolkit.data.tokenizer import has_tokenizer, pretrained_tokenizer
+from toolkit.data.tokenizer import pretrained_tokenizer
 from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.model.precision import dtype_name, resolve_dtype
+from toolkit.model.sources import MODEL_CONFIG, check_model_source, has_tokenizer
 from toolkit.recipe.schema import MethodSpec, ModelSpec
-from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, FINAL, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, is_adapter_folder
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 """The keys ``model.init_config`` may hold: LlamaConfig's fields, and the older ``rope_theta``, which LlamaConfig
@@ -84,21 +84,6 @@ def native_length_of(config: Any) -> int:
     if rope.get("rope_type") == "linear" and rope.get("factor"):
         return round(config.max_position_embeddings / rope["factor"])
     return int(config.max_position_embeddings)
-
-
-def check_model_source(source: str, field: str) -> None:
-    """A UserError naming ``field`` unless ``source`` is a hub id or a folder with ``config.json``."""
-    if not looks_local(source):
-        return
-    folder = Path(source).expanduser()
-    if folder.is_file():
-        raise UserError(f"{field}: {source} is a file; name a model folder (with config.json) or a hub id")
-    if not folder.is_dir():
-        raise UserError(f"{field}: no such folder, and not a hub id: {source}")
-    if not (folder / CONFIG_NAME).is_file():
-        run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / CONFIG_NAME).is_file() else ""
-        raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
-    read_json_object(folder / CONFIG_NAME)  # a JSON object, or one line naming the file
 
 
 def _load_failure(source: str, field: str, exc: Exception) -> UserError:
@@ -234,7 +219,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, tokenizer: Any, device: torc
 
 def _adapter_base(adapter_dir: Path) -> str:
     """Where a LoRA folder's base weights are: its own ``base/`` or the base named in adapter_config.json."""
-    if (adapter_dir / BASE_FOLDER / CONFIG_NAME).is_file():
+    if (adapter_dir / BASE_FOLDER / MODEL_CONFIG).is_file():
         return str(adapter_dir / BASE_FOLDER)
     base = read_json_object(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path")
     if not base:
@@ -254,7 +239,7 @@ def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
 
 def load_merged(model: str, adapter: str | None, field: str = "--model", **kwargs: Any) -> PreTrainedModel:
     """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's."""
-    if adapter is not None and (Path(adapter) / CONFIG_NAME).is_file():
+    if adapter is not None and (Path(adapter) / MODEL_CONFIG).is_file():
         kwargs["config"] = AutoConfig.from_pretrained(adapter)
     if adapter is not None and (revision := read_json_object(Path(adapter) / ADAPTER_CONFIG).get("revision")):
         kwargs.setdefault("revision", revision)  # the base's revision it was trained on

@@ -15,12 +15,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from toolkit.data.tokenizer import has_tokenizer
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.model.eval_copy import tied_names
 from toolkit.model.loading import load_merged, lora_sources
 from toolkit.model.lora import CausalLM, unwrap_peft
+from toolkit.model.sources import has_tokenizer
 from toolkit.output_paths import atomic_dir, write_text
 from toolkit.recipe.schema import MethodSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MERGED_FOLDER, MERGED_MARKER, is_adapter_folder

@@ -25,13 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from transformers.utils import CONFIG_NAME
-
 from toolkit.errors import UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
 from toolkit.model.attention import dense_mask_size
+from toolkit.model.sources import MODEL_CONFIG
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = int(1.5 * GIB)
@@ -155,7 +154,7 @@ def shape_for(name_or_path: str | None, init_config: dict[str, Any] | None, voca
     if init_config is not None:
         return shape_from_config({**({"vocab_size": vocab} if vocab else {}), **init_config})
     assert name_or_path is not None
-    local = Path(name_or_path) / CONFIG_NAME
+    local = Path(name_or_path) / MODEL_CONFIG
     if local.is_file():
         config = read_json_object(local)
         if missing := [key for key in SIZE_KEYS if config.get(key) is None]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from toolkit.data.formats import named_chat_template
 from toolkit.data.local_files import LOCAL_FORMATS, check_local_source
-from toolkit.data.tokenizer import tokenizer_source
 from toolkit.evals.suite import load_suites
 from toolkit.hub.ids import looks_local
-from toolkit.model.loading import check_model_source
+from toolkit.model.sources import check_model_source, tokenizer_source
 from toolkit.output_paths import check_writable
 from toolkit.recipe.schema import Recipe
 

@@ -6,14 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
-from toolkit.evals.plots import finish_axes, save_figure
+from toolkit.evals.plots import finish_axes, new_figure, save_figure
 
 
 def training_curves(stages: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
     """Loss and tokens/s against the global step, one colour per stage (``stages``: the metrics rows by stage)."""
-    fig = Figure(figsize=(10, 3.6))
+    fig = new_figure(10, 3.6)
     loss_ax, speed_ax = fig.subplots(1, 2)
     for name, points in stages.items():
         steps = [p["global_step"] for p in points]
