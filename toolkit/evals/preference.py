@@ -122,7 +122,7 @@ PreferenceEntry = with_prefixed(PreferenceFields, Scores, PRIOR, FIRST_ORDER)
 def preference_headline(entry: Entry) -> str | None:
     if "log_loss" not in entry:
         return None
-    ours, prior = score_with_interval(entry, "log_loss"), score_with_interval(entry, "prior_log_loss")
+    ours, prior = score_with_interval(entry, "log_loss"), score_with_interval(entry, PRIOR + "log_loss")
     return f"log loss {ours} vs prior {prior}, n={entry['n']}, swap consistency {fmt(entry['swap_consistency'], 3)}"
 
 
@@ -134,7 +134,7 @@ def preference_cell(run: Run, tag: str, entry: Entry) -> str:
 
 def _row(tag: str, entry: Entry) -> list[str]:
     return [tag, str(entry["n"]), score_with_interval(entry, "log_loss"),
-            score_with_interval(entry, "first_order_log_loss"),
+            score_with_interval(entry, FIRST_ORDER + "log_loss"),
             fmt(entry["swap_consistency"], 3), f"{entry['truncated_inputs']} of {entry['inputs']} "
             f"({entry['tokens_cut']} tokens cut, truncate_tokens {entry['truncate_tokens']})"]
 

@@ -21,7 +21,7 @@ import torch
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
-from toolkit.evals.preference import PreferenceTask
+from toolkit.evals.preference import FIRST_ORDER, PRIOR, PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.run_results import read_run
 from toolkit.evals.suite import load_suite
@@ -84,10 +84,10 @@ def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     return [("held-out comparisons (n)", str(e["n"])),
             ("log loss, both orders averaged", score_with_interval(e, "log_loss")),
             ("log loss of the class prior " + f"({', '.join(f'{p:.3f}' for p in e['prior'])})",
-             score_with_interval(e, "prior_log_loss")),
-            ("log loss, one order only", score_with_interval(e, "first_order_log_loss")),
+             score_with_interval(e, PRIOR + "log_loss")),
+            ("log loss, one order only", score_with_interval(e, FIRST_ORDER + "log_loss")),
             ("accuracy", score_with_interval(e, "accuracy")),
-            ("accuracy of the prior", score_with_interval(e, "prior_accuracy")),
+            ("accuracy of the prior", score_with_interval(e, PRIOR + "accuracy")),
             (f"expected calibration error ({BINS} bins)", f"{e['ece']:.3f}"),
             ("swap consistency of one pass (mean abs. difference)", f"{e['swap_consistency']:.4f}"),
             ("inputs cut to fit (both orders)", f"{e['truncated_inputs']} of {e['inputs']} ({e['tokens_cut']} tokens)"),
