@@ -37,6 +37,17 @@ def _index(target: Any, index: int, dotted: str) -> int:
     return index % len(target)
 
 
+def _step(target: Any, key: str | int, dotted: str) -> str | int:
+    """The key of ``target`` that a step of the override names: a list index counted from the start; a digit-only
+    step into a mapping as the key is there (YAML reads ``256:`` as a number, ``"256":`` as a string), a number when
+    it holds neither; a UserError naming the override where ``target`` takes no such step."""
+    if isinstance(target, dict):
+        return str(key) if isinstance(key, int) and key not in target and str(key) in target else key
+    if isinstance(key, int):
+        return _index(target, key, dotted)
+    raise UserError(f"override {dotted}: {key!r} is not inside a mapping")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ...]:
     """Set ``key.path[i]=value`` in ``data``; the value is read as YAML (numbers, booleans, lists). Returns the keys
     set, a negative index counted from the start (as validation names the field)."""
@@ -47,23 +58,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ..
     except yaml.YAMLError:
         value = raw
     target: Any = data
-    for depth, key in enumerate(keys[:-1]):
-        nxt = keys[depth + 1]
-        if isinstance(key, int):
-            keys[depth] = _index(target, key, dotted)
-            target = target[key]
-            continue
-        if not isinstance(target, dict):
-            raise UserError(f"override {dotted}: {key!r} is not inside a mapping")
-        if key not in target or target[key] is None:
-            target[key] = [] if isinstance(nxt, int) else {}
+    for depth in range(len(keys) - 1):
+        key = keys[depth] = _step(target, keys[depth], dotted)
+        if isinstance(target, dict) and target.get(key) is None:
+            target[key] = [] if isinstance(keys[depth + 1], int) else {}
         target = target[key]
-    last = keys[-1]
-    if isinstance(last, int):
-        keys[-1] = _index(target, last, dotted)
-    elif not isinstance(target, dict):
-        raise UserError(f"override {dotted}: {last!r} is not inside a mapping")
-    target[last] = value
+    keys[-1] = _step(target, keys[-1], dotted)
+    target[keys[-1]] = value
     return tuple(keys)
 
 
