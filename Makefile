@@ -37,8 +37,9 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
+# The test suite (what CI runs), its 15 slowest tests listed at the end
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The default run's verdict, or RUN's (a RECIPE names no run folder: that is the recipe's output.dir)
 ifneq ($(filter check,$(MAKECMDGOALS)),)

@@ -28,8 +28,8 @@ class LocalJudge:
         try:
             self.model, self.tokenizer, _ = load_for_eval(spec.model, None, device, spec.precision)
         except (UserError, OSError, ValueError) as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"judge {spec.name}: model: cannot load {spec.model} ({reason})") from None
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"judge {spec.name}: model: cannot load {spec.model} ({why})") from None
         self.pad_id = pad_id(self.tokenizer)
 
     def _encode(self, prompt: str) -> list[int]:
