@@ -35,7 +35,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from transformers.utils import CONFIG_NAME
 
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
@@ -45,7 +44,7 @@ from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.model.folder_copy import with_config
 from toolkit.output_paths import write_text
-from toolkit.run_folder import holds_other_files, read_run_info
+from toolkit.run_folder import MODEL_CONFIG, holds_other_files, read_run_info
 
 RECIPE = "recipes/smollm2-135m-yarn-32k-lora.yaml"
 MODEL = str(small_model.DEFAULT_DIR)
@@ -83,7 +82,7 @@ PROFILES = {
 
 def model_copy(source: Path, out: Path, **config: Any) -> Path:
     """``source``'s model with ``config`` keys replaced: its files linked, its ``config.json`` rewritten."""
-    return with_config(source, out, json.loads((source / CONFIG_NAME).read_text()) | config)
+    return with_config(source, out, json.loads((source / MODEL_CONFIG).read_text()) | config)
 
 
 def _toolkit(args: list[str], log: Path) -> None:

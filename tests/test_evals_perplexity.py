@@ -30,9 +30,9 @@ def test_token_losses_match_the_model_loss():
 def test_bucket_losses():
     losses = torch.arange(1, 10, dtype=torch.float).reshape(1, 9)  # positions 1..9
     assert bucket_losses([losses], 4) == {"0": 2.0, "4": 5.5, "8": 8.5}  # [1,2,3], [4..7], [8,9]
-    rows = [torch.stack([losses[0], losses[0] + 1]), losses + 2]  # two batches: rows of 1..9, 2..10 and 3..11
-    assert bucket_losses(rows, 4) == {"0": 3.0, "4": 6.5, "8": 9.5}
-    assert mean_of(rows) == pytest.approx(6.0)
+    batches = [torch.stack([losses[0], losses[0] + 1]), losses + 2]  # rows of 1..9 and 2..10, then 3..11
+    assert bucket_losses(batches, 4) == {"0": 3.0, "4": 6.5, "8": 9.5}
+    assert mean_of(batches) == pytest.approx(6.0)
 
 
 def test_perplexity_task(tmp_path: Path):

@@ -41,13 +41,15 @@ def test_values_are_typed_and_nested_keys_created() -> None:
 
 
 def test_a_digit_only_step_into_a_mapping_sets_its_key() -> None:
-    """``grid.256`` reads as an index, but into a mapping it is the key as YAML read it: a number or a string."""
+    """``grid.256`` reads as an index, but into a mapping that holds the key it is the key as YAML read it: a number
+    or a string."""
     data = {"grid": {256: {"0.5": 1}}, "named": {"8": 1}, "rows": [[1, 2]]}
     assert apply_override(data, 'grid.256["0.5"]=2') == ("grid", 256, "0.5")
     assert apply_override(data, "named.8=3") == ("named", "8")
-    assert apply_override(data, "grid.512=4") == ("grid", 512)  # a new key: a number, as YAML reads ``512:``
+    with pytest.raises(UserError, match="index 512 of something that is not a list"):  # no such key: read as index
+        apply_override(data, "grid.512=4")
     assert apply_override(data, "rows.0[-1]=5") == ("rows", 0, 1)
-    assert data == {"grid": {256: {"0.5": 2}, 512: 4}, "named": {"8": 3}, "rows": [[1, 5]]}
+    assert data == {"grid": {256: {"0.5": 2}}, "named": {"8": 3}, "rows": [[1, 5]]}
 
 
 def test_overrides_reach_the_typed_recipe() -> None:

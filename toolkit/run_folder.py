@@ -35,6 +35,7 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_NAME)
+MODEL_CONFIG = "config.json"  # transformers' name for a model folder's (transformers.utils.CONFIG_NAME)
 BASE_FOLDER = "base"
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
 MERGED_FOLDER = "merged"

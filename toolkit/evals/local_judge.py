@@ -20,8 +20,7 @@ from toolkit.model.sources import check_model_source
 
 
 class LocalJudge:
-    """A transformers model loaded once (a folder or hub id; a LoRA run's ``final/`` is merged), greedy verdicts
-    in its chat template when it has one."""
+    """A folder or hub id (a LoRA run's ``final/`` is merged), loaded on ``device``."""
 
     def __init__(self, spec: JudgeSpec, device: torch.device):
         self.spec = spec

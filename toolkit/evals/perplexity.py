@@ -50,14 +50,14 @@ class PerplexityTask(TaskBase):
         return self
 
 
-def bucket_losses(rows: Sequence[torch.Tensor], bucket: int) -> dict[str, float]:
-    """Mean loss per bucket of predicted-token positions, keyed by the bucket's first position, over ``rows`` (the
-    backend's losses, batches of one length: position p is column p - 1)."""
-    length, out = rows[0].shape[1], {}
+def bucket_losses(batches: Sequence[torch.Tensor], bucket: int) -> dict[str, float]:
+    """Mean loss per bucket of predicted-token positions, keyed by the bucket's first position, over ``batches`` (the
+    backend's losses, all of one length: position p is column p - 1)."""
+    length, out = batches[0].shape[1], {}
     for start in range(0, length + 1, bucket):
         first, stop = max(start, 1) - 1, min(start + bucket, length + 1) - 1
         if stop > first:
-            out[str(start)] = mean_of([row[:, first:stop] for row in rows])
+            out[str(start)] = mean_of([losses[:, first:stop] for losses in batches])
     return out
 
 
@@ -81,12 +81,12 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
     sentences = load_sentences(task.source)
     docs = [long_document(ctx.tokens, sentences, task.length, random.Random(f"{task.seed}:doc:{i}"))
             for i in range(task.documents)]
-    rows = []
+    batches = []
     for chunk in progress_bar(iterable=list(batched(docs, batch_size_for(task.length, task.batch_tokens))),
                               desc=f"{ctx.suite}/{task.key}", unit="batch"):
-        rows.append(ctx.backend.token_losses(chunk))
-    by_bucket = bucket_losses(rows, task.bucket)
-    mean_loss = mean_of(rows)
+        batches.append(ctx.backend.token_losses(chunk))
+    by_bucket = bucket_losses(batches, task.bucket)
+    mean_loss = mean_of(batches)
     summary = {"loss_by_bucket": by_bucket, "perplexity_by_bucket": {k: math.exp(v) for k, v in by_bucket.items()},
                "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length}
     plots.loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",

@@ -25,9 +25,8 @@ from toolkit.export.pretokenizer import llama_cpp_pre_tokenizer
 from toolkit.file_reading import read_json_object
 from toolkit.model.folder_copy import with_config
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
-from toolkit.model.sources import MODEL_CONFIG
 from toolkit.output_paths import atomic_file, check_writable
-from toolkit.run_folder import FINAL, is_adapter_folder
+from toolkit.run_folder import FINAL, MODEL_CONFIG, is_adapter_folder
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def _model_folder(source: Path) -> Path:
         return source / FINAL
     if (source / MODEL_CONFIG).is_file():
         return source
-    raise UserError(f"{source}: neither a run folder with final/ nor a model folder with config.json")
+    raise UserError(f"{source}: neither a run folder with final/ nor a model folder with {MODEL_CONFIG}")
 
 
 def _merged(folder: Path, stack: ExitStack) -> Path:

@@ -17,13 +17,13 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from toolkit.errors import UserError
 from toolkit.hub import WEIGHT_CHOICES
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
-from toolkit.model.sources import MODEL_CONFIG
 from toolkit.output_paths import atomic_dir, check_writable
 from toolkit.run_folder import (
     BASE_FOLDER,
     EVAL,
     FINAL,
     MERGED_FOLDER,
+    MODEL_CONFIG,
     RECIPE,
     REPORT_HTML,
     REPORT_MD,

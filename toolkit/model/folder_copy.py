@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolkit.model.sources import MODEL_CONFIG
+from toolkit.run_folder import MODEL_CONFIG
 
 
 def with_config(source: Path, out: Path, config: dict[str, Any]) -> Path:

@@ -27,9 +27,9 @@ from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.model.precision import dtype_name, resolve_dtype
-from toolkit.model.sources import MODEL_CONFIG, check_model_source, has_tokenizer
+from toolkit.model.sources import check_model_source, has_tokenizer
 from toolkit.recipe.schema import MethodSpec, ModelSpec
-from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, is_adapter_folder
+from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
 
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 """The keys ``model.init_config`` may hold: LlamaConfig's fields, and the older ``rope_theta``, which LlamaConfig

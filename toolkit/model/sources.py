@@ -9,10 +9,8 @@ from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.hub.ids import looks_local
 from toolkit.recipe.schema import ModelSpec
-from toolkit.run_folder import FINAL
+from toolkit.run_folder import FINAL, MODEL_CONFIG
 
-MODEL_CONFIG = "config.json"
-"""A model folder's configuration, as transformers names it (``transformers.utils.CONFIG_NAME``)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 """A saved tokenizer holds one of these (transformers' fast, its settings, sentencepiece's, BPE's vocabulary)."""
 
@@ -28,12 +26,12 @@ def check_model_source(source: str, field: str) -> None:
         return
     folder = Path(source).expanduser()
     if folder.is_file():
-        raise UserError(f"{field}: {source} is a file; name a model folder (with config.json) or a hub id")
+        raise UserError(f"{field}: {source} is a file; name a model folder (with {MODEL_CONFIG}) or a hub id")
     if not folder.is_dir():
         raise UserError(f"{field}: no such folder, and not a hub id: {source}")
     if not (folder / MODEL_CONFIG).is_file():
         run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / MODEL_CONFIG).is_file() else ""
-        raise UserError(f"{field}: {source} is no model folder: it holds no config.json{run}")
+        raise UserError(f"{field}: {source} is no model folder: it holds no {MODEL_CONFIG}{run}")
     read_json_object(folder / MODEL_CONFIG)  # a JSON object, or one line naming the file
 
 

@@ -30,7 +30,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
 from toolkit.model.attention import dense_mask_size
-from toolkit.model.sources import MODEL_CONFIG
+from toolkit.run_folder import MODEL_CONFIG
 
 GIB = 1024**3
 RUNTIME_OVERHEAD = int(1.5 * GIB)

@@ -38,14 +38,18 @@ def _index(target: Any, index: int, dotted: str) -> int:
 
 
 def _step(target: Any, key: str | int, dotted: str) -> str | int:
-    """The key of ``target`` that a step of the override names: a list index counted from the start; a digit-only
-    step into a mapping as the key is there (YAML reads ``256:`` as a number, ``"256":`` as a string), a number when
-    it holds neither; a UserError naming the override where ``target`` takes no such step."""
+    """The key of ``target`` that a step of the override names: a key of a mapping, or a list index counted from the
+    start; digits into a mapping name its key as it is there (YAML reads ``256:`` as a number, ``"256":`` as a
+    string). A UserError naming the override where ``target`` has no such step."""
+    if isinstance(key, str):
+        if not isinstance(target, dict):
+            raise UserError(f"override {dotted}: {key!r} is not inside a mapping")
+        return key
     if isinstance(target, dict):
-        return str(key) if isinstance(key, int) and key not in target and str(key) in target else key
-    if isinstance(key, int):
-        return _index(target, key, dotted)
-    raise UserError(f"override {dotted}: {key!r} is not inside a mapping")
+        for present in (key, str(key)):
+            if present in target:
+                return present
+    return _index(target, key, dotted)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> tuple[str | int, ...]:
