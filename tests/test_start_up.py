@@ -1,5 +1,5 @@
 """The commands a login node runs before and after a job (the CLI's ``TORCH_FREE``: ``validate``, ``report``) import
-neither torch nor transformers, so they answer in about a second, not seven: each runs in a fresh process that then
+neither torch nor transformers, so they answer in a second or two, not seven: each runs in a fresh process that then
 lists the heavy libraries it imported."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError
 
 TORCH_FREE = ("validate", "report")
-"""Commands that import neither torch nor transformers (a test holds them to it): they start in about a second."""
+"""Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
 
 
 def _parser() -> argparse.ArgumentParser:
