@@ -21,6 +21,7 @@ from toolkit.evals.preference_model import Predictions
 from toolkit.evals.preference_stats import unswapped
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler import RulerTask, ruler_summary
+from toolkit.evals.stats import Rate, ratio_interval
 from toolkit.formatting.blocks import Table
 from toolkit.report.cells import score_cell
 from toolkit.report.report import retention_section, scores_section
@@ -110,8 +111,11 @@ def test_the_retention_table_rates_every_task_the_verdict_rates(tmp_path: Path) 
     verdict = compute_verdict(run)
     rows = _table(retention_section(run)).rows
     assert [(row[0], row[3], row[4]) for row in rows] == [
-        ("short-context / passkey_short", "+0.000", "1.000"), ("short-context / niah_short", "-0.450", "0.526"),
-        ("short-context / added", "-", "-")]  # 0.5 / 0.95; no score before extension: no ratio
+        ("short-context / passkey_short", "+0.000", "1.000 [0.844, 1.184]"),  # 36 of 40 documents at both
+        ("short-context / niah_short", "-0.450", "0.526 [0.453, 0.603]"),  # 100 of 200 prompts / 190 of 200
+        ("short-context / added", "-", "-")]  # no score before extension: no ratio
     assert list(verdict.retention) == [row[0].replace(" / ", "/") for row in rows]
-    assert verdict.retention["short-context/niah_short"] == pytest.approx(0.5 / 0.95)
+    niah_short = verdict.retention["short-context/niah_short"]
+    assert niah_short is not None and niah_short.value == pytest.approx(0.5 / 0.95)
+    assert niah_short.interval == ratio_interval(Rate.of(100, 200), Rate.of(190, 200))
     assert verdict.retention["short-context/added"] is None

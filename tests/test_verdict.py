@@ -11,7 +11,7 @@ import yaml
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.evals.niah import heatmap_panels
-from toolkit.evals.stats import Rate
+from toolkit.evals.stats import RATIO_INTERVAL, Rate, Ratio, ratio_interval
 from toolkit.recipe.schema import EvalSpec
 from toolkit.report.report import build_report
 from toolkit.report.verdict import check_run, compute_verdict, verdict_spec, verdict_text
@@ -86,13 +86,17 @@ def test_passing_run(tmp_path: Path) -> None:
     assert verdict.native_before == Rate.of(98, 100) and verdict.extended_after == Rate.of(95, 100)
     assert verdict.native_after == Rate.of(97, 100)
     assert (verdict.effective_before, verdict.effective_after) == (256, 1024)
-    assert verdict.retention == {"short-context/passkey_short": 1.0, "short-context/niah_short": 1.0}
+    assert {key: ratio.value for key, ratio in verdict.retention.items() if ratio} == {
+        "short-context/passkey_short": 1.0, "short-context/niah_short": 1.0}
+    assert (verdict.retention["short-context/passkey_short"] or Ratio(0)).interval == ratio_interval(
+        Rate.of(36, 40), Rate.of(36, 40))  # 0.9 of 40 documents at both
     text = verdict.text()
     assert text.splitlines()[0] == ("Verdict (niah-tiny/passkey): PASS. Trained at 256 tokens, extended 4x to 1024.")
     assert "accuracy at 256 before extension: 0.98 [0.93, 0.99] n=100 (>= 0.95 ok)" in text
     assert "accuracy at 1024 after extension: 0.95 [0.89, 0.98] n=100 (>= 0.90 ok)" in text
     assert "effective length (>= 0.856): 256 before, 1024 after" in text
-    assert "short-context retention (final / before): passkey_short 1.00, niah_short 1.00 (>= 0.95 ok)" in text
+    assert ("short-context retention (final / before): passkey_short 1.00 [0.84, 1.18], niah_short 1.00 [0.95, 1.05] "
+            "(>= 0.95 ok)") in text
 
 
 def test_failing_run(tmp_path: Path) -> None:
@@ -102,7 +106,7 @@ def test_failing_run(tmp_path: Path) -> None:
     assert verdict.effective_after == 512
     text = verdict.text()
     assert text.startswith("Verdict (niah-tiny/passkey): FAIL.")
-    assert "0.80 [0.71, 0.87] n=100 (>= 0.90 FAIL)" in text and "niah_short 0.89 (>= 0.95 FAIL)" in text
+    assert "0.80 [0.71, 0.87] n=100 (>= 0.90 FAIL)" in text and "niah_short 0.89 [0.83, 0.95] (>= 0.95 FAIL)" in text
     spec = verdict_spec(load_run(tmp_path / "bad"))
     assert spec is not None
     stricter = compute_verdict(load_run(tmp_path / "bad"), spec.model_copy(update={"extended_min": 0.5,
@@ -182,10 +186,10 @@ def test_summary_across_runs(tmp_path: Path, capsys) -> None:
     assert len(table) == 4
     assert table[0].startswith("| seed-0 | 0 | before extension (stage-0-passkey-256) | 0.99 [0.95, 1.00] | "
                                "0.98 [0.93, 0.99] |")
-    assert table[1].endswith("| 1024 | passkey_short 1.00, niah_short 1.00 | PASS |")
+    assert table[1].endswith("| 1024 | passkey_short 1.00 [0.84, 1.18], niah_short 1.00 [0.95, 1.05] | PASS |")
     assert table[3].startswith("| seed-1 | 1 | after extension (stage-1-yarn-1024) |")
     assert "| 0.80 [0.71, 0.87] |" in table[3] and table[3].endswith("| FAIL |")
-    assert "n=100 prompts per length" in out
+    assert "n=100 prompts per length" in out and f" {RATIO_INTERVAL} " in out
     assert "Machine: CPU (x86_64, 2 threads). Runs dated 20" in out
     assert f"`python -m toolkit report --summary {runs[0]} {runs[1]}`" in out
     assert main(["report", *map(str, runs)]) == 2  # several runs need --summary

@@ -187,12 +187,6 @@ def lm_eval_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
     return lm_eval_rates(entry, lm_eval_counts(run, tag, entry)).get((task, name))
 
 
-def lm_eval_cell(run: Run, tag: str, entry: Entry) -> str:
-    """The score: with its interval and n where it is a single task's fraction correct, else the number alone."""
-    rate = lm_eval_rate(run, tag, entry)
-    return rate.format() if rate is not None else fmt(entry["score"])
-
-
 def lm_eval_section(run: Run) -> list[Block]:
     tags, rows = run.tags, []
     for suite, task in run.tasks("lm_eval"):
@@ -211,5 +205,5 @@ def lm_eval_section(run: Run) -> list[Block]:
             Table(["suite / task", "metric", *tags], rows)]
 
 
-TASK_TYPE = TaskType(LmEvalTask, run_lm_eval, section=lm_eval_section, rank=50, score_cell=lm_eval_cell,
+TASK_TYPE = TaskType(LmEvalTask, run_lm_eval, section=lm_eval_section, rank=50, score_rate=lm_eval_rate,
                      card_metrics=lm_eval_card, check=check_lm_eval, entry=LmEvalEntry)

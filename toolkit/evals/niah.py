@@ -186,10 +186,9 @@ def niah_section(run: Run) -> list[Block]:
     return [Heading("Needle in a haystack"), *blocks] if blocks else []
 
 
-def niah_cell(run: Run, tag: str, entry: Entry) -> str:
-    rate = niah_overall(entry)
-    return rate.format() if rate is not None else fmt(entry["score"])
+def niah_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
+    return niah_overall(entry)
 
 
-TASK_TYPE = TaskType(NiahTask, run_niah, section=niah_section, rank=10, score_cell=niah_cell, card_metrics=niah_card,
+TASK_TYPE = TaskType(NiahTask, run_niah, section=niah_section, rank=10, score_rate=niah_rate, card_metrics=niah_card,
                      card_detail=niah_detail, check_prompts=check_needle_prompts, entry=NiahEntry)

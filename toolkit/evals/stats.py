@@ -1,8 +1,9 @@
 """Accuracies with their uncertainty: 95% Wilson score intervals and the number of prompts behind them.
 
 A needle accuracy of 0.90 from 20 prompts ([0.70, 0.97]) and from 100 prompts ([0.83, 0.94]) are not the same
-claim, so every accuracy the report shows carries ``n`` and its interval. Counts come from the results JSON:
-``n_by_length``/``correct_by_length`` of a needle grid (``toolkit.evals.niah.grid_summary``), else its cells.
+claim, so every accuracy the report shows carries ``n`` and its interval, and so does a ratio of two (retention).
+Counts come from the results JSON: ``n_by_length``/``correct_by_length`` of a needle grid
+(``toolkit.evals.niah.grid_summary``), else its cells.
 """
 
 from __future__ import annotations
@@ -51,6 +52,47 @@ class Rate:
         if not with_n:
             return text
         return text + (" (n unknown)" if self.interval is None else f" n={self.n}")
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def ratio_interval(new: Rate, old: Rate) -> tuple[float, float] | None:
+    """95% interval of ``new.value / old.value`` from the two Wilson intervals by MOVER-R (Donner and Zou, 2012),
+    the rates taken as independent samples: conservative when both models answered the same prompts. ``None``
+    without counts or when ``old`` is 0; the upper end is infinite when ``old``'s interval reaches 0."""
+    if new.interval is None or old.interval is None or not old.value:
+        return None
+    (l1, u1), (l2, u2) = new.interval, old.interval
+    p1, p2 = new.value, old.value
+    product = p1 * p2
+    low = (product - math.sqrt(max(0.0, product**2 - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2)))) / (u2 * (2 * p2 - u2))
+    spread = math.sqrt(max(0.0, product**2 - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)))
+    high = (product + spread) / (l2 * (2 * p2 - l2)) if l2 > 0 else math.inf
+    return max(0.0, low), high
+
+
+RATIO_INTERVAL = ("A ratio's interval is 95% by MOVER-R from the two Wilson intervals, the two evaluations taken as "
+                  "independent samples: conservative, as both models answer the same prompts.")
+"""How a ratio's interval is made, in the words of the tables that show one."""
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A score ratio (final / before, e.g. short-context retention) with its 95% interval where both scores are
+    counted rates (:func:`ratio_interval`)."""
+
+    value: float
+    interval: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, new: float, old: float, new_rate: Rate | None = None, old_rate: Rate | None = None) -> Ratio:
+        """``new / old`` (``old`` not 0), with the interval of the rates when both are given and counted."""
+        return cls(new / old, ratio_interval(new_rate, old_rate) if new_rate and old_rate else None)
+
+    def format(self, digits: int = 2) -> str:
+        """``1.03 [0.93, 1.14]``; the value alone without an interval."""
+        return with_interval(self.value, self.interval, digits)
 
     def __str__(self) -> str:
         return self.format()

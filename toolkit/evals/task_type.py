@@ -18,6 +18,7 @@ from toolkit.formatting.numbers import rounded
 if TYPE_CHECKING:
     from toolkit.evals.context import EvalContext
     from toolkit.evals.results import SuiteResults
+    from toolkit.evals.stats import Rate
     from toolkit.formatting.blocks import Block
     from toolkit.run_folder import Run
 
@@ -28,6 +29,7 @@ CardMetrics = dict[str, list[tuple[str, str, Any]]]
 Runner = Callable[[Any, "EvalContext", "SuiteResults"], Entry]
 Section = Callable[["Run"], list["Block"]]
 ScoreCell = Callable[["Run", str, Entry], str]
+ScoreRate = Callable[["Run", str, Entry], "Rate | None"]
 
 
 def no_headline(entry: Entry) -> str | None:
@@ -78,8 +80,11 @@ class TaskType:
     """The report section of every task of this type: ``(Run) -> list[Block]``."""
     rank: int = 100
     """Where the section goes in the report (lower first)."""
+    score_rate: ScoreRate | None = None
+    """The main score as a fraction correct (with its counts where recorded; ``None`` where the score is not one):
+    shown with its 95% interval and n, and a ratio of two (retention) takes its interval from them."""
     score_cell: ScoreCell | None = None
-    """The main score as a report table cell, with its 95% interval and n where counted (``None``: the score)."""
+    """The main score as a report table cell where it is not a counted rate (``score_rate``): ``None``, the score."""
     card_metrics: Callable[[str, Entry], CardMetrics] = score_metric
     """The model card's metrics of one task: ``(task key, entry) -> {dataset: [(type, name, value)]}``."""
     check: Callable[[Any], None] | None = None

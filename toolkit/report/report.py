@@ -17,6 +17,7 @@ from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.run_results import read_run
+from toolkit.evals.stats import RATIO_INTERVAL
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from toolkit.formatting.numbers import fmt, is_number, number
 from toolkit.output_paths import write_text
@@ -145,12 +146,13 @@ def retention_section(run: Run) -> list[Block]:
             before, final = (number((entry or {}).get("score")) for entry in (old, new))
             delta = f"{final - before:+.3f}" if before is not None and final is not None else "-"
             rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new), delta,
-                         fmt(ratio)])
+                         "-" if ratio is None else ratio.format(3)])
     if not rows:
         return []
     return [Heading("Short-context regression"),
             Paragraph(f"Final model ({last}) against the model before context extension ({ref}) on the "
-                      "short-context suite; a ratio near 1 means the extension kept what the model could already do."),
+                      "short-context suite; a ratio near 1 means the extension kept what the model could already do. "
+                      f"{RATIO_INTERVAL}"),
             Table(["suite / task", ref, "final", "delta", f"final / {ref}"], rows)]
 
 

@@ -3,7 +3,8 @@
 From a run folder: the needle task's accuracy at the native (trained) length before extension and at the last
 stage's length after it, each with its 95% Wilson interval and n; the effective context length before and after
 (RULER's sense: the longest length of the grid whose accuracy, and every shorter length's, reaches the
-threshold); the short-context retention ratios (final / before extension); pass or fail per check and overall.
+threshold); the short-context retention ratios (final / before extension, each with its 95% interval where both
+scores are counted); pass or fail per check and overall.
 Printed at the end of a run, put at the top of the report, checked by ``python -m toolkit report RUN --check``
 and tabulated across runs (seeds) by ``toolkit.report.seed_table``.
 """
@@ -16,10 +17,11 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import Rate, effective_length, niah_rates
+from toolkit.evals.stats import Rate, Ratio, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
+from toolkit.report.cells import score_rate
 from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, stage_index
 
 
@@ -45,7 +47,7 @@ class Verdict:
     """The verdict task's accuracy by length, model before extension."""
     after: dict[int, Rate]
     """The same for the final model."""
-    retention: dict[str, float | None]
+    retention: dict[str, Ratio | None]
     """``suite/task`` -> final score / score before extension (``None`` when that is undefined)."""
     checks: tuple[Check, ...]
 
@@ -79,8 +81,8 @@ class Verdict:
 
     def retention_text(self) -> str:
         one_suite = len({key.split("/", 1)[0] for key in self.retention}) <= 1
-        return ", ".join(f"{key.split('/', 1)[1] if one_suite else key} {_ratio(value)}"
-                         for key, value in self.retention.items()) or "-"
+        return ", ".join(f"{key.split('/', 1)[1] if one_suite else key} {_ratio(ratio)}"
+                         for key, ratio in self.retention.items()) or "-"
 
     def text(self) -> str:
         """A few lines: the overall verdict, then one line per measurement."""
@@ -118,8 +120,8 @@ def _values(rates: Mapping[int, Rate]) -> dict[int, float]:
     return {length: rate.value for length, rate in rates.items()}
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _ratio(ratio: Ratio | None) -> str:
+    return "-" if ratio is None else ratio.format()
 
 
 def length_text(value: int | None) -> str:
@@ -155,21 +157,23 @@ def _score(run: Run, tag: str, suite: str, task: str) -> float | None:
     return number((run.entry(tag, suite, task) or {}).get("score"))
 
 
-def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[str, float | None]:
-    """Task -> its retention on ``suite``: the score at ``final`` / the score at ``reference`` (``None`` when either
-    is missing or the score before is 0), for every task with a main score at either tag."""
-    ratios: dict[str, float | None] = {}
+def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[str, Ratio | None]:
+    """Task -> its retention on ``suite``: the score at ``final`` / the score at ``reference``, with its 95% interval
+    where both are counted rates (``None`` when either score is missing or the score before is 0), for every task
+    with a main score at either tag."""
+    ratios: dict[str, Ratio | None] = {}
     tasks = (run.evals.get(tag, {}).get(suite, {}).get("tasks", {}) for tag in (reference, final))
     for task in dict.fromkeys(key for found in tasks for key in found):
         old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
         if old is None and new is None:
             continue  # a task without a main score (perplexity)
-        ratios[task] = new / old if old and new is not None else None
+        rates = (score_rate(run, tag, run.entry(tag, suite, task)) for tag in (final, reference))
+        ratios[task] = Ratio.of(new, old, *rates) if old and new is not None else None
     return ratios
 
 
-def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, float | None]:
-    ratios: dict[str, float | None] = {}
+def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, Ratio | None]:
+    ratios: dict[str, Ratio | None] = {}
     for suite in spec.retention_suites:
         before, after = (run.evals.get(tag, {}).get(suite) for tag in (reference, final))
         if before is None or after is None:
@@ -217,8 +221,8 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
         checks.append(Check(_accuracy(extended, "before"), before[extended].value <= spec.extended_before_max,
                             f"{before[extended].value:.2f} vs {spec.extended_before_max:.2f}"))
     if retention:
-        low = [f"{key} {_ratio(value)}" for key, value in retention.items()
-               if value is None or value < spec.retention_min]
+        low = [f"{key} {_ratio(ratio)}" for key, ratio in retention.items()
+               if ratio is None or ratio.value < spec.retention_min]
         checks.append(Check(_RETENTION, not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
     return Verdict(spec, reference, final, native, extended, before, after, retention, tuple(checks))
 
