@@ -157,12 +157,15 @@ def test_a_gpu_runs_environment_names_its_memory_allocator(tmp_path: Path) -> No
     run = _run_folder(tmp_path)
     info = json.loads((run / "run_info.json").read_text())
     build_report(run)
-    assert "allocator" not in (run / "report.md").read_text()  # on the CPU it shapes no figure
-    info.update(device="NVIDIA H200 (CUDA 13.0)", allocator="PYTORCH_ALLOC_CONF=expandable_segments:True")
+    md = (run / "report.md").read_text()
+    assert "allocator" not in md and "Toolkit commit: not recorded." in md  # on the CPU it shapes no figure
+    info.update(device="NVIDIA H200 (CUDA 13.0)", allocator="PYTORCH_ALLOC_CONF=expandable_segments:True",
+                commit="0123456789ab-dirty")
     (run / "run_info.json").write_text(json.dumps(info))
     build_report(run)
+    md = (run / "report.md").read_text()
     assert ("attention: sdpa (flash-attn needs CUDA); GPU memory allocator: PYTORCH_ALLOC_CONF=expandable_segments:"
-            "True. Versions:") in (run / "report.md").read_text()
+            "True. Versions:") in md and "Toolkit commit: 0123456789ab-dirty." in md
 
 
 def test_partial_run_still_renders(tmp_path: Path):

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.cli import main
+from toolkit.environment import source_commit
 from toolkit.run_folder import TENSORBOARD
 
 
@@ -40,6 +41,7 @@ def test_full_two_stages_loss_falls_and_rope_lands(micro_recipe: Path) -> None:
     assert reloaded.config.rope_parameters["rope_type"] == "yarn"
     info = json.loads((run / "run_info.json").read_text())
     assert info["attention"] == "sdpa" and [s["seq_len"] for s in info["stages"]] == [64, 128]
+    assert info["commit"] == source_commit()  # the checkout's, as the report and `make summary` state it
     assert (run / "recipe.resolved.yaml").is_file()
 
 

@@ -190,7 +190,7 @@ def test_summary_across_runs(tmp_path: Path, capsys) -> None:
     assert table[3].startswith("| seed-1 | 1 | after extension (stage-1-yarn-1024) |")
     assert "| 0.80 [0.71, 0.87] |" in table[3] and table[3].endswith("| FAIL |")
     assert "n=100 prompts per length" in out and f" {RATIO_INTERVAL} " in out
-    assert "Machine: CPU (x86_64, 2 threads). Runs dated 20" in out
+    assert "Machine: CPU (x86_64, 2 threads). Toolkit commit: not recorded. Runs dated 20" in out
     assert f"`python -m toolkit report --summary {runs[0]} {runs[1]}`" in out
     assert main(["report", *map(str, runs)]) == 2  # several runs need --summary
     assert main(["report", "--summary", "--check", str(runs[0])]) == 2

@@ -1,9 +1,10 @@
-"""What a run ran on: library versions and the device, for run_info.json and the report."""
+"""What a run ran on: the toolkit's commit, library versions and the device, for run_info.json and the report."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -22,6 +23,23 @@ def package_versions() -> dict[str, str]:
             continue
     found["python"] = platform.python_version()
     return found
+
+
+TOOLKIT_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding the ``toolkit`` package: the checkout's root when it runs from one."""
+
+
+def source_commit(root: Path = TOOLKIT_ROOT) -> str | None:
+    """The commit of the git checkout at ``root`` (the toolkit's own by default; ``-dirty`` when tracked files changed
+    since), or ``None`` when it is no checkout (an installed package) or git cannot say."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        found = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12",
+                                "--exclude=*"], capture_output=True, text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
 
 
 ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")

@@ -161,6 +161,8 @@ class RunInfo(BaseModel):
     stages: list[StageInfo] = []
     started: str | None = None
     """When the run started (ISO 8601, UTC)."""
+    commit: str | None = None
+    """The toolkit's commit it ran (``toolkit.environment.source_commit``; ``-dirty``: with changes not committed)."""
 
 
 def read_run_info(run_dir: Path, required: bool = False) -> RunInfo:

@@ -10,7 +10,6 @@ the A/B-swapped file is from the swapped submission, the inputs cut to fit, and 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from toolkit.data.arena import read_arena, write_arena
-from toolkit.environment import describe_device
+from toolkit.environment import describe_device, source_commit
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
 from toolkit.evals.preference import FIRST_ORDER, PRIOR, PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
@@ -64,18 +63,8 @@ def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[s
             "swap_gap": max(abs(a - b) for p, q in zip(first.predictions.averaged, second.predictions.averaged,
                                                         strict=True) for a, b in zip(p, unswapped(q), strict=True)),
             "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS"),
-            "seed": recipe.seed, "machine": describe_device(torch.device("cpu")), "commit": _commit(),
-            "date": datetime.now(timezone.utc).date().isoformat()}
-
-
-def _commit() -> str:
-    """The checkout's commit (``-dirty`` with uncommitted changes), or ``unknown`` outside a git checkout."""
-    try:
-        found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                               text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return found.stdout.strip()
+            "seed": recipe.seed, "machine": describe_device(torch.device("cpu")),
+            "commit": source_commit() or "unknown", "date": datetime.now(timezone.utc).date().isoformat()}
 
 
 def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:

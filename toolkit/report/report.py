@@ -70,7 +70,8 @@ def environment_section(run: Run) -> list[Block]:
     allocator = f"; GPU memory allocator: {info.allocator}" if on_gpu else ""
     blocks: list[Block] = [Heading("Environment"), Paragraph(
         f"Device: {info.device or '-'}; precision: {info.precision or '-'}; attention: {info.attention or '-'} "
-        f"({info.attention_reason or 'no reason recorded'}){allocator}. Versions: {versions}.")]
+        f"({info.attention_reason or 'no reason recorded'}){allocator}. Versions: {versions}. Toolkit commit: "
+        f"{info.commit or 'not recorded'}.")]
     if info.stages:
         blocks.append(Table(["stage", "seq_len", "RoPE parameters", "max_position_embeddings", "steps"], [
             [str(s.name), str(s.seq_len), json.dumps(s.rope_parameters, separators=(",", ":")),

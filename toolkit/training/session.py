@@ -20,7 +20,7 @@ from torch import nn
 from toolkit.data.batches import check_stage_data
 from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
-from toolkit.environment import allocator_setting, describe_device, package_versions
+from toolkit.environment import allocator_setting, describe_device, package_versions, source_commit
 from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
@@ -220,7 +220,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
                    allocator=allocator_setting(), versions=package_versions(),
                    base_model=recipe.model.name_or_path or "random init from model.init_config",
                    native_length=loaded.native_length, stages=stages,
-                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=source_commit())
     write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
 
