@@ -79,14 +79,14 @@ def test_lm_eval_rates_only_for_fraction_correct_metrics() -> None:
 
 
 @pytest.mark.parametrize(("new", "old", "n"), [(0.9, 0.9, 100), (0.95, 0.9, 40), (0.6, 0.8, 50), (0.99, 0.97, 200),
-                                               (0.3, 0.5, 20)])
+                                               (0.3, 0.5, 20), (0.1, 0.05, 100)])
 def test_ratio_interval_covers_the_true_ratio_95_percent_of_the_time(new: float, old: float, n: int) -> None:
     """Two independent evaluations of n prompts drawn 4,000 times: the interval holds new / old in 93-97% of them."""
     rng = np.random.default_rng(0)
     draws = [(int(a), int(b)) for a, b in zip(rng.binomial(n, new, 4000), rng.binomial(n, old, 4000), strict=True)]
     intervals = [ratio_interval(Rate.of(a, n), Rate.of(b, n)) for a, b in draws if b]
     covered = [low <= new / old <= high for low, high in filter(None, intervals)]
-    assert len(covered) == len(intervals) > 3900
+    assert len(covered) == len(intervals) > 3950
     assert 0.93 <= sum(covered) / len(covered) <= 0.97
 
 
@@ -106,8 +106,11 @@ def test_more_prompts_narrow_the_ratio_interval() -> None:
     narrow, wide = ratio_interval(Rate.of(90, 100), Rate.of(90, 100)), ratio_interval(Rate.of(9, 10), Rate.of(9, 10))
     assert narrow is not None and wide is not None
     assert wide[0] < narrow[0] < 1 < narrow[1] < wide[1] < math.inf
+    rare = ratio_interval(Rate.of(1, 20), Rate.of(1, 20))  # an upper Wilson end past twice the rate
+    assert rare is not None and 0.05 < rare[0] < 1 < rare[1] < 20
 
 
 def test_a_ratio_prints_with_its_interval_or_alone() -> None:
     assert Ratio.of(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
     assert str(Ratio.of(0.9, 0.9)) == "1.00" and str(Ratio.of(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
+    assert str(Ratio.of(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # a score not 36/40: no interval

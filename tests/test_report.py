@@ -99,7 +99,7 @@ def test_full_report(tmp_path: Path):
     assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | 0.80 (n unknown) | +0.640 |" in md  # final - base
     assert "| niah-tiny / multikey | 1.00 [0.51, 1.00] n=4 | - | 1.00 [0.51, 1.00] n=4 | +0.000 |" in md
     assert "| stage-1-yarn-1024 | 512 | 0.800 |" in md and "| base | - | 0.160 |" in md  # effective lengths
-    assert "| short-context / passkey_short | 0.55 (n unknown) | 0.75 [0.60, 0.86] n=40 | +0.200 | 1.364 |" in md
+    assert "| short-context / passkey_short | 0.55 (n unknown) | 0.75 [0.60, 0.86] n=40 | +0.200 | 1.36 |" in md
     assert "| yarn | 0.18 [0.12, 0.27] n=100 | 0.53 [0.43, 0.62] n=100 | 0.88 [0.80, 0.93] n=100 |" in md  # RoPE
     assert "| none | 0.01 (n unknown) |" in md
     assert ("| short-context / longctx_passkey_short | acc,none | 0.55 (n unknown) | 0.65 [0.50, 0.78] n=40 "

@@ -111,8 +111,8 @@ def test_the_retention_table_rates_every_task_the_verdict_rates(tmp_path: Path) 
     verdict = compute_verdict(run)
     rows = _table(retention_section(run)).rows
     assert [(row[0], row[3], row[4]) for row in rows] == [
-        ("short-context / passkey_short", "+0.000", "1.000 [0.844, 1.184]"),  # 36 of 40 documents at both
-        ("short-context / niah_short", "-0.450", "0.526 [0.453, 0.603]"),  # 100 of 200 prompts / 190 of 200
+        ("short-context / passkey_short", "+0.000", "1.00 [0.84, 1.18]"),  # 36 of 40 documents at both
+        ("short-context / niah_short", "-0.450", "0.53 [0.45, 0.60]"),  # 100 of 200 prompts / 190 of 200
         ("short-context / added", "-", "-")]  # no score before extension: no ratio
     assert list(verdict.retention) == [row[0].replace(" / ", "/") for row in rows]
     niah_short = verdict.retention["short-context/niah_short"]

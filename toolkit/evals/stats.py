@@ -59,21 +59,22 @@ class Rate:
 
 def ratio_interval(new: Rate, old: Rate) -> tuple[float, float] | None:
     """95% interval of ``new.value / old.value`` from the two Wilson intervals by MOVER-R (Donner and Zou, 2012),
-    the rates taken as independent samples: conservative when both models answered the same prompts. ``None``
-    without counts or when ``old`` is 0; the upper end is infinite when ``old``'s interval reaches 0."""
+    the rates taken as independent samples (wider than needed where both models tend to get the same prompts
+    right). ``None`` without counts or when ``old`` is 0."""
     if new.interval is None or old.interval is None or not old.value:
         return None
     (l1, u1), (l2, u2) = new.interval, old.interval
     p1, p2 = new.value, old.value
     product = p1 * p2
-    low = (product - math.sqrt(max(0.0, product**2 - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2)))) / (u2 * (2 * p2 - u2))
-    spread = math.sqrt(max(0.0, product**2 - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)))
-    high = (product + spread) / (l2 * (2 * p2 - l2)) if l2 > 0 else math.inf
-    return max(0.0, low), high
+    # each end is a root of a quadratic; the lower one in its conjugate form, whose denominator cannot reach 0
+    shrink = l1 * (2 * p1 - l1)
+    low = shrink / (product + math.sqrt(max(0.0, product**2 - shrink * u2 * (2 * p2 - u2)))) if p1 else 0.0
+    high = (product + math.sqrt(max(0.0, product**2 - u1 * (2 * p1 - u1) * l2 * (2 * p2 - l2)))) / (l2 * (2 * p2 - l2))
+    return low, high
 
 
 RATIO_INTERVAL = ("A ratio's interval is 95% by MOVER-R from the two Wilson intervals, the two evaluations taken as "
-                  "independent samples: conservative, as both models answer the same prompts.")
+                  "independent samples: wider than needed where both models tend to get the same prompts right.")
 """How a ratio's interval is made, in the words of the tables that show one."""
 
 
@@ -87,8 +88,11 @@ class Ratio:
 
     @classmethod
     def of(cls, new: float, old: float, new_rate: Rate | None = None, old_rate: Rate | None = None) -> Ratio:
-        """``new / old`` (``old`` not 0), with the interval of the rates when both are given and counted."""
-        return cls(new / old, ratio_interval(new_rate, old_rate) if new_rate and old_rate else None)
+        """``new / old`` (``old`` not 0), with the interval of the rates when both are counted and each is its score
+        (to half a prompt: a score that is not the fraction of its counts, e.g. a mean of unequal cells, gets none)."""
+        counted = [rate for rate, score in ((new_rate, new), (old_rate, old))
+                   if rate and rate.n and abs(rate.value - score) <= 0.5 / rate.n]
+        return cls(new / old, ratio_interval(*counted) if len(counted) == 2 else None)
 
     def format(self, digits: int = 2) -> str:
         """``1.03 [0.93, 1.14]``; the value alone without an interval."""

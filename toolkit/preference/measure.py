@@ -64,7 +64,7 @@ def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[s
                                                         strict=True) for a, b in zip(p, unswapped(q), strict=True)),
             "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS"),
             "seed": recipe.seed, "machine": describe_device(torch.device("cpu")),
-            "commit": source_commit() or "unknown", "date": datetime.now(timezone.utc).date().isoformat()}
+            "commit": source_commit() or "not recorded", "date": datetime.now(timezone.utc).date().isoformat()}
 
 
 def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:

@@ -147,7 +147,7 @@ def retention_section(run: Run) -> list[Block]:
             before, final = (number((entry or {}).get("score")) for entry in (old, new))
             delta = f"{final - before:+.3f}" if before is not None and final is not None else "-"
             rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new), delta,
-                         "-" if ratio is None else ratio.format(3)])
+                         "-" if ratio is None else ratio.format()])
     if not rows:
         return []
     return [Heading("Short-context regression"),

@@ -199,8 +199,8 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
 
 
 def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
-    """``run_info.json``: versions, device, launcher, attention and loss kernel and why, and each stage's length, RoPE
-    and steps."""
+    """``run_info.json``: the toolkit's commit, versions, device, launcher, attention and loss kernel and why, and each
+    stage's length, RoPE and steps."""
     stages = []
     data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
     for i, stage in enumerate(recipe.train.stages):
