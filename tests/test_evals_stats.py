@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from toolkit.evals.niah import NiahTask, grid_summary
-from toolkit.evals.stats import Rate, Ratio, lm_eval_rates, niah_overall, niah_rates, ratio_interval, total, wilson
+from toolkit.evals.stats import (
+    Comparison,
+    Rate,
+    difference_interval,
+    lm_eval_rates,
+    niah_overall,
+    niah_rates,
+    ratio_interval,
+    total,
+    wilson,
+)
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high"), [
@@ -78,14 +88,18 @@ def test_lm_eval_rates_only_for_fraction_correct_metrics() -> None:
     assert ("a", "perplexity,none") not in rates
 
 
+@pytest.mark.parametrize("interval", [ratio_interval, difference_interval])
 @pytest.mark.parametrize(("new", "old", "n"), [(0.9, 0.9, 100), (0.95, 0.9, 40), (0.6, 0.8, 50), (0.99, 0.97, 200),
                                                (0.3, 0.5, 20), (0.1, 0.05, 100)])
-def test_ratio_interval_covers_the_true_ratio_95_percent_of_the_time(new: float, old: float, n: int) -> None:
-    """Two independent evaluations of n prompts drawn 4,000 times: the interval holds new / old in 93-97% of them."""
+def test_the_interval_of_two_scores_covers_the_truth_95_percent_of_the_time(interval, new: float, old: float,
+                                                                           n: int) -> None:
+    """Two independent evaluations of n prompts drawn 4,000 times: the interval holds new / old (new - old) in 93-97%
+    of them."""
+    truth = new / old if interval is ratio_interval else new - old
     rng = np.random.default_rng(0)
     draws = [(int(a), int(b)) for a, b in zip(rng.binomial(n, new, 4000), rng.binomial(n, old, 4000), strict=True)]
-    intervals = [ratio_interval(Rate.of(a, n), Rate.of(b, n)) for a, b in draws if b]
-    covered = [low <= new / old <= high for low, high in filter(None, intervals)]
+    intervals = [interval(Rate.of(a, n), Rate.of(b, n)) for a, b in draws if b]
+    covered = [low <= truth <= high for low, high in filter(None, intervals)]
     assert len(covered) == len(intervals) > 3950
     assert 0.93 <= sum(covered) / len(covered) <= 0.97
 
@@ -110,7 +124,15 @@ def test_more_prompts_narrow_the_ratio_interval() -> None:
     assert rare is not None and 0.05 < rare[0] < 1 < rare[1] < 20
 
 
-def test_a_ratio_prints_with_its_interval_or_alone() -> None:
-    assert Ratio.of(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
-    assert str(Ratio.of(0.9, 0.9)) == "1.00" and str(Ratio.of(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
-    assert str(Ratio.of(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # a score not 36/40: no interval
+def test_the_difference_of_two_perfect_scores_reaches_down_to_a_wilson_end() -> None:
+    low, _ = wilson(40, 40)
+    assert difference_interval(Rate.of(40, 40), Rate.of(40, 40)) == pytest.approx((low - 1, 1 - low))
+    assert difference_interval(Rate(0.9), Rate.of(9, 10)) is None
+
+
+def test_a_comparison_prints_with_its_interval_or_alone() -> None:
+    assert Comparison.difference(0.75, 0.55, Rate.of(30, 40), Rate.of(22, 40)).format() == "+0.20 [-0.01, +0.39]"
+    assert Comparison.difference(0.5, 0.95).format(3) == "-0.450"
+    assert Comparison.ratio(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
+    assert str(Comparison.ratio(0.9, 0.9)) == "1.00" and str(Comparison.ratio(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
+    assert str(Comparison.ratio(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # not 36/40: none

@@ -96,10 +96,10 @@ def test_full_report(tmp_path: Path):
     assert '{"rope_type":"yarn","factor":4.0}' in md
     # training table: steps, losses, mean tokens/s, mean real (non-padding) tokens/s, peak memory, time
     assert "| base-256 | 3 | 4.000 | 2.000 | 2000 | 1600 | 2.25 | 1.5 |" in md
-    assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | 0.80 (n unknown) | +0.640 |" in md  # final - base
-    assert "| niah-tiny / multikey | 1.00 [0.51, 1.00] n=4 | - | 1.00 [0.51, 1.00] n=4 | +0.000 |" in md
+    assert "| extra / ruler | 0.16 (n unknown) | 0.48 (n unknown) | 0.80 (n unknown) | +0.64 |" in md  # final - base
+    assert "| niah-tiny / multikey | 1.00 [0.51, 1.00] n=4 | - | 1.00 [0.51, 1.00] n=4 | +0.00 [-0.49, +0.49] |" in md
     assert "| stage-1-yarn-1024 | 512 | 0.800 |" in md and "| base | - | 0.160 |" in md  # effective lengths
-    assert "| short-context / passkey_short | 0.55 (n unknown) | 0.75 [0.60, 0.86] n=40 | +0.200 | 1.36 |" in md
+    assert "| short-context / passkey_short | 0.55 (n unknown) | 0.75 [0.60, 0.86] n=40 | +0.20 | 1.36 |" in md
     assert "| yarn | 0.18 [0.12, 0.27] n=100 | 0.53 [0.43, 0.62] n=100 | 0.88 [0.80, 0.93] n=100 |" in md  # RoPE
     assert "| none | 0.01 (n unknown) |" in md
     assert ("| short-context / longctx_passkey_short | acc,none | 0.55 (n unknown) | 0.65 [0.50, 0.78] n=40 "

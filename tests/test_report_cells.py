@@ -67,8 +67,8 @@ def test_the_preference_cell_is_its_score_the_accuracy_with_kappa_recorded(tmp_p
                 "stage-0-long": {"heldout": perfect, "jury": {**jury, "score": 0.75, "mean_rating": 4.0}}})
     rows = _table(scores_section(run)).rows
     # Wilson intervals of 4/9 and 9/9; final - base subtracts the scores the cells show: 1 - 4/9, 0.75 - 0.5625
-    assert rows == [["s / heldout", "0.44 [0.19, 0.73] n=9", "1.00 [0.70, 1.00] n=9", "+0.556"],
-                    ["s / jury", "0.56 (mean rating 3.25/5) n=2", "0.75 (mean rating 4.00/5) n=2", "+0.188"]]
+    assert rows == [["s / heldout", "0.44 [0.19, 0.73] n=9", "1.00 [0.70, 1.00] n=9", "+0.56 [+0.14, +0.81]"],
+                    ["s / jury", "0.56 (mean rating 3.25/5) n=2", "0.75 (mean rating 4.00/5) n=2", "+0.19"]]
     at_base = [block for block in side_by_side_section(run) if isinstance(block, Table)][0]
     [classifier] = [row for row in at_base.rows if row[0] == "s/heldout: fine-tuned classifier"]
     assert classifier[3] == "0.444 [0.189, 0.733]" and classifier[5].startswith("0.062 [")  # kappa, not "-"
@@ -111,8 +111,8 @@ def test_the_retention_table_rates_every_task_the_verdict_rates(tmp_path: Path) 
     verdict = compute_verdict(run)
     rows = _table(retention_section(run)).rows
     assert [(row[0], row[3], row[4]) for row in rows] == [
-        ("short-context / passkey_short", "+0.000", "1.00 [0.84, 1.18]"),  # 36 of 40 documents at both
-        ("short-context / niah_short", "-0.450", "0.53 [0.45, 0.60]"),  # 100 of 200 prompts / 190 of 200
+        ("short-context / passkey_short", "+0.00 [-0.14, +0.14]", "1.00 [0.84, 1.18]"),  # 36 of 40 documents at both
+        ("short-context / niah_short", "-0.45 [-0.52, -0.37]", "0.53 [0.45, 0.60]"),  # 100 of 200 prompts / 190 of 200
         ("short-context / added", "-", "-")]  # no score before extension: no ratio
     assert list(verdict.retention) == [row[0].replace(" / ", "/") for row in rows]
     niah_short = verdict.retention["short-context/niah_short"]

@@ -11,7 +11,7 @@ import yaml
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.evals.niah import heatmap_panels
-from toolkit.evals.stats import RATIO_INTERVAL, Rate, Ratio, ratio_interval
+from toolkit.evals.stats import COMPARISON_INTERVAL, Comparison, Rate, ratio_interval
 from toolkit.recipe.schema import EvalSpec
 from toolkit.report.report import build_report
 from toolkit.report.verdict import check_run, compute_verdict, verdict_spec, verdict_text
@@ -88,7 +88,7 @@ def test_passing_run(tmp_path: Path) -> None:
     assert (verdict.effective_before, verdict.effective_after) == (256, 1024)
     assert {key: ratio.value for key, ratio in verdict.retention.items() if ratio} == {
         "short-context/passkey_short": 1.0, "short-context/niah_short": 1.0}
-    assert (verdict.retention["short-context/passkey_short"] or Ratio(0)).interval == ratio_interval(
+    assert (verdict.retention["short-context/passkey_short"] or Comparison(0)).interval == ratio_interval(
         Rate.of(36, 40), Rate.of(36, 40))  # 0.9 of 40 documents at both
     text = verdict.text()
     assert text.splitlines()[0] == ("Verdict (niah-tiny/passkey): PASS. Trained at 256 tokens, extended 4x to 1024.")
@@ -189,7 +189,7 @@ def test_summary_across_runs(tmp_path: Path, capsys) -> None:
     assert table[1].endswith("| 1024 | passkey_short 1.00 [0.84, 1.18], niah_short 1.00 [0.95, 1.05] | PASS |")
     assert table[3].startswith("| seed-1 | 1 | after extension (stage-1-yarn-1024) |")
     assert "| 0.80 [0.71, 0.87] |" in table[3] and table[3].endswith("| FAIL |")
-    assert "n=100 prompts per length" in out and f" {RATIO_INTERVAL} " in out
+    assert "n=100 prompts per length" in out and f" {COMPARISON_INTERVAL} " in out
     assert "Machine: CPU (x86_64, 2 threads). Toolkit commit: not recorded. Runs dated 20" in out
     assert f"`python -m toolkit report --summary {runs[0]} {runs[1]}`" in out
     assert main(["report", *map(str, runs)]) == 2  # several runs need --summary

@@ -126,10 +126,10 @@ def preference_headline(entry: Entry) -> str | None:
     return f"log loss {ours} vs prior {prior}, n={entry['n']}, swap consistency {fmt(entry['swap_consistency'], 3)}"
 
 
-def preference_cell(run: Run, tag: str, entry: Entry) -> str:
-    """The score, the accuracy: with its Wilson interval and n (the number alone for results recorded before the
-    count of right answers was kept)."""
-    return Rate.of(int(entry["correct"]), int(entry["n"])).format() if "correct" in entry else fmt(entry["score"])
+def preference_rate(run: Run, tag: str, entry: Entry) -> Rate:
+    """The score, the accuracy, counted (the score alone for results recorded before the count of right answers
+    was kept)."""
+    return Rate.of(int(entry["correct"]), int(entry["n"])) if "correct" in entry else Rate(float(entry["score"]))
 
 
 def _row(tag: str, entry: Entry) -> list[str]:
@@ -155,5 +155,5 @@ def preference_section(run: Run) -> list[Block]:
 
 
 TASK_TYPE = TaskType(PreferenceTask, run_preference, headline=preference_headline, section=preference_section,
-                     rank=65, score_cell=preference_cell, check_prompts=check_preference_prompts,
+                     rank=65, score_rate=preference_rate, check_prompts=check_preference_prompts,
                      entry=PreferenceEntry)

@@ -154,15 +154,19 @@ def ruler_section(run: Run) -> list[Block]:
                                         "Llama-2-7B's score at 4K)."), *blocks]
 
 
-def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
-    """The score with the prompts behind it (``ruler_summary``'s ``n`` and ``correct``): a Wilson interval where
-    every prompt scored 0 or 1; ``n unknown`` for results recorded before the counts were kept."""
+def ruler_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
+    """The score as a fraction of the prompts behind it (``ruler_summary``'s ``n`` and ``correct``) where every
+    prompt scored 0 or 1 (``None`` otherwise: :func:`ruler_cell`); the score alone for results recorded before the
+    counts were kept."""
     n, correct = entry.get("n"), entry.get("correct")
     if not isinstance(n, int):
-        return Rate(float(entry["score"])).format()
-    if correct is None:
-        return f"{entry['score']:.2f} n={n} (partial matches)"
-    return Rate.of(correct, n).format()
+        return Rate(float(entry["score"]))
+    return None if correct is None else Rate.of(correct, n)
+
+
+def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
+    """A score of partial matches (some prompt scored between 0 and 1), with the prompts behind it."""
+    return f"{entry['score']:.2f} n={entry['n']} (partial matches)"
 
 
 def check_ruler_prompts(task: RulerTask, tokenizer: Any) -> None:
@@ -173,5 +177,5 @@ def check_ruler_prompts(task: RulerTask, tokenizer: Any) -> None:
 
 
 TASK_TYPE = TaskType(RulerTask, run_ruler, headline=ruler_headline, section=ruler_section, rank=20,
-                     score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail,
+                     score_rate=ruler_rate, score_cell=ruler_cell, card_metrics=ruler_card, card_detail=ruler_detail,
                      check_prompts=check_ruler_prompts, entry=RulerEntry)

@@ -1,7 +1,8 @@
 """Accuracies with their uncertainty: 95% Wilson score intervals and the number of prompts behind them.
 
 A needle accuracy of 0.90 from 20 prompts ([0.70, 0.97]) and from 100 prompts ([0.83, 0.94]) are not the same
-claim, so every accuracy the report shows carries ``n`` and its interval, and so does a ratio of two (retention).
+claim, so every accuracy the report shows carries ``n`` and its interval, and so do the difference and the ratio of
+two (final against before extension).
 Counts come from the results JSON: ``n_by_length``/``correct_by_length`` of a needle grid
 (``toolkit.evals.niah.grid_summary``), else its cells.
 """
@@ -73,30 +74,62 @@ def ratio_interval(new: Rate, old: Rate) -> tuple[float, float] | None:
     return low, high
 
 
-RATIO_INTERVAL = ("A ratio's interval is 95% by MOVER-R from the two Wilson intervals, the two evaluations taken as "
-                  "independent samples: wider than needed where both models tend to get the same prompts right.")
-"""How a ratio's interval is made, in the words of the tables that show one."""
+def difference_interval(new: Rate, old: Rate) -> tuple[float, float] | None:
+    """95% interval of ``new.value - old.value`` from the two Wilson intervals by Newcombe's hybrid score method
+    (1998; MOVER-D), the rates taken as independent samples, as :func:`ratio_interval`. ``None`` without counts."""
+    if new.interval is None or old.interval is None:
+        return None
+    (l1, u1), (l2, u2) = new.interval, old.interval
+    p1, p2 = new.value, old.value
+    return p1 - p2 - math.hypot(p1 - l1, u2 - p2), p1 - p2 + math.hypot(u1 - p1, p2 - l2)
+
+
+COMPARISON_INTERVAL = ("The interval of a difference or ratio of two scores is 95% by MOVER from their Wilson "
+                       "intervals (Newcombe, 1998; Donner and Zou, 2012), the two evaluations taken as independent "
+                       "samples: wider than needed where both models tend to get the same prompts right.")
+"""How an interval of two scores compared is made, in the words of the tables that show one."""
+
+
+def _counted(new: float, old: float, new_rate: Rate | None, old_rate: Rate | None) -> tuple[Rate, Rate] | None:
+    """Both rates, when both are counted and each is its score (to half a prompt: a score that is not the fraction of
+    its counts, e.g. a mean of unequal cells, is compared without an interval)."""
+    if not (new_rate and new_rate.n and old_rate and old_rate.n):
+        return None
+    if abs(new_rate.value - new) > 0.5 / new_rate.n or abs(old_rate.value - old) > 0.5 / old_rate.n:
+        return None
+    return new_rate, old_rate
 
 
 @dataclass(frozen=True)
-class Ratio:
-    """A score ratio (final / before, e.g. short-context retention) with its 95% interval where both scores are
-    counted rates (:func:`ratio_interval`)."""
+class Comparison:
+    """A final score against the one before (short-context retention, the report's "final - before"): their ratio
+    or difference, with its 95% interval where both scores are counted rates."""
 
     value: float
     interval: tuple[float, float] | None = None
+    signed: bool = False
+    """A difference: printed with its sign."""
 
     @classmethod
-    def of(cls, new: float, old: float, new_rate: Rate | None = None, old_rate: Rate | None = None) -> Ratio:
-        """``new / old`` (``old`` not 0), with the interval of the rates when both are counted and each is its score
-        (to half a prompt: a score that is not the fraction of its counts, e.g. a mean of unequal cells, gets none)."""
-        counted = [rate for rate, score in ((new_rate, new), (old_rate, old))
-                   if rate and rate.n and abs(rate.value - score) <= 0.5 / rate.n]
-        return cls(new / old, ratio_interval(*counted) if len(counted) == 2 else None)
+    def ratio(cls, new: float, old: float, new_rate: Rate | None = None, old_rate: Rate | None = None) -> Comparison:
+        """``new / old`` (``old`` not 0), with :func:`ratio_interval` of the rates."""
+        rates = _counted(new, old, new_rate, old_rate)
+        return cls(new / old, ratio_interval(*rates) if rates else None)
+
+    @classmethod
+    def difference(cls, new: float, old: float, new_rate: Rate | None = None,
+                   old_rate: Rate | None = None) -> Comparison:
+        """``new - old``, with :func:`difference_interval` of the rates."""
+        rates = _counted(new, old, new_rate, old_rate)
+        return cls(new - old, difference_interval(*rates) if rates else None, signed=True)
 
     def format(self, digits: int = 2) -> str:
-        """``1.03 [0.93, 1.14]``; the value alone without an interval."""
-        return with_interval(self.value, self.interval, digits)
+        """``1.03 [0.93, 1.14]``, ``+0.20 [+0.02, +0.36]``; the value alone without an interval."""
+        sign = "+" if self.signed else ""
+        text = f"{self.value:{sign}.{digits}f}"
+        if self.interval is None:
+            return text
+        return f"{text} [{self.interval[0]:{sign}.{digits}f}, {self.interval[1]:{sign}.{digits}f}]"
 
     def __str__(self) -> str:
         return self.format()

@@ -17,12 +17,12 @@ from typing import Any
 
 from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import RATIO_INTERVAL
+from toolkit.evals.stats import COMPARISON_INTERVAL
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from toolkit.formatting.numbers import fmt, is_number, number
+from toolkit.formatting.numbers import fmt, is_number
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import StageSpec
-from toolkit.report.cells import score_cell
+from toolkit.report.cells import difference_cell, score_cell
 from toolkit.report.data import data_section, stage_label
 from toolkit.report.plots import training_curves
 from toolkit.report.verdict import retention_suites, suite_retention, verdict_blocks
@@ -125,13 +125,14 @@ def scores_section(run: Run) -> list[Block]:
             continue  # tasks without a main score (perplexity, RoPE comparison) have their own sections
         row = [f"{suite} / {task}", *(score_cell(run, tag, entry) for tag, entry in zip(tags, entries, strict=True))]
         if compared is not None:
-            before, final = scores[tags.index(compared)], scores[-1]
-            row.append(f"{final - before:+.3f}" if is_number(before) and is_number(final) else "-")
+            at = tags.index(compared)
+            row.append(difference_cell(run, (tags[-1], entries[-1]), (compared, entries[at])))
         rows.append(row)
     return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point with its 95% "
                                              f"Wilson interval and n (prompts or documents scored); the reference "
-                                             f"before context extension is `{ref}`."),
+                                             f"before context extension is `{ref}`. {COMPARISON_INTERVAL}"),
             Table(header, rows), *_fallbacks(run)]
+
 
 
 def retention_section(run: Run) -> list[Block]:
@@ -144,16 +145,14 @@ def retention_section(run: Run) -> list[Block]:
     for suite in retention_suites(run):
         for task, ratio in suite_retention(run, suite, ref, last).items():
             old, new = run.entry(ref, suite, task), run.entry(last, suite, task)
-            before, final = (number((entry or {}).get("score")) for entry in (old, new))
-            delta = f"{final - before:+.3f}" if before is not None and final is not None else "-"
-            rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new), delta,
-                         "-" if ratio is None else ratio.format()])
+            rows.append([f"{suite} / {task}", score_cell(run, ref, old), score_cell(run, last, new),
+                         difference_cell(run, (last, new), (ref, old)), "-" if ratio is None else ratio.format()])
     if not rows:
         return []
     return [Heading("Short-context regression"),
             Paragraph(f"Final model ({last}) against the model before context extension ({ref}) on the "
                       "short-context suite; a ratio near 1 means the extension kept what the model could already do. "
-                      f"{RATIO_INTERVAL}"),
+                      f"{COMPARISON_INTERVAL}"),
             Table(["suite / task", ref, "final", "delta", f"final / {ref}"], rows)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import RATIO_INTERVAL, Rate, common_n
+from toolkit.evals.stats import COMPARISON_INTERVAL, Rate, common_n
 from toolkit.formatting.blocks import markdown_table
 from toolkit.report.verdict import Verdict, compute_verdict, length_text
 from toolkit.run_folder import RUN_INFO, Run
@@ -60,7 +60,7 @@ def summary_markdown(folders: Sequence[Path]) -> str:
                f"longest length whose accuracy, and every shorter length's, is at least {spec.effective_threshold:g}. "
                f"Retention: score of the final model / the model before extension on "
                f"{', '.join(spec.retention_suites)} (bar {spec.retention_min:g}, on the ratio itself). "
-               f"{RATIO_INTERVAL} Verdict: native accuracy >= "
+               f"{COMPARISON_INTERVAL} Verdict: native accuracy >= "
                f"{spec.native_min:g}, extended accuracy >= {spec.extended_min:g}"
                + ("" if spec.extended_before_max is None else
                   f", extended accuracy before extension <= {spec.extended_before_max:g}")

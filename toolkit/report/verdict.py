@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import Rate, Ratio, effective_length, niah_rates
+from toolkit.evals.stats import Comparison, Rate, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
@@ -47,7 +47,7 @@ class Verdict:
     """The verdict task's accuracy by length, model before extension."""
     after: dict[int, Rate]
     """The same for the final model."""
-    retention: dict[str, Ratio | None]
+    retention: dict[str, Comparison | None]
     """``suite/task`` -> final score / score before extension (``None`` when that is undefined)."""
     checks: tuple[Check, ...]
 
@@ -120,7 +120,7 @@ def _values(rates: Mapping[int, Rate]) -> dict[int, float]:
     return {length: rate.value for length, rate in rates.items()}
 
 
-def _ratio(ratio: Ratio | None) -> str:
+def _ratio(ratio: Comparison | None) -> str:
     return "-" if ratio is None else ratio.format()
 
 
@@ -157,23 +157,23 @@ def _score(run: Run, tag: str, suite: str, task: str) -> float | None:
     return number((run.entry(tag, suite, task) or {}).get("score"))
 
 
-def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[str, Ratio | None]:
+def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[str, Comparison | None]:
     """Task -> its retention on ``suite``: the score at ``final`` / the score at ``reference``, with its 95% interval
     where both are counted rates (``None`` when either score is missing or the score before is 0), for every task
     with a main score at either tag."""
-    ratios: dict[str, Ratio | None] = {}
+    ratios: dict[str, Comparison | None] = {}
     tasks = (run.evals.get(tag, {}).get(suite, {}).get("tasks", {}) for tag in (reference, final))
     for task in dict.fromkeys(key for found in tasks for key in found):
         old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
         if old is None and new is None:
             continue  # a task without a main score (perplexity)
         rates = (score_rate(run, tag, run.entry(tag, suite, task)) for tag in (final, reference))
-        ratios[task] = Ratio.of(new, old, *rates) if old and new is not None else None
+        ratios[task] = Comparison.ratio(new, old, *rates) if old and new is not None else None
     return ratios
 
 
-def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, Ratio | None]:
-    ratios: dict[str, Ratio | None] = {}
+def _retention(run: Run, spec: VerdictSpec, reference: str, final: str) -> dict[str, Comparison | None]:
+    ratios: dict[str, Comparison | None] = {}
     for suite in spec.retention_suites:
         before, after = (run.evals.get(tag, {}).get(suite) for tag in (reference, final))
         if before is None or after is None:
