@@ -73,6 +73,14 @@ def test_the_preference_cell_is_its_score_the_accuracy_with_kappa_recorded(tmp_p
     [classifier] = [row for row in at_base.rows if row[0] == "s/heldout: fine-tuned classifier"]
     assert classifier[3] == "0.444 [0.189, 0.733]" and classifier[5].startswith("0.062 [")  # kappa, not "-"
 
+    older = {key: value for key, value in guessed.items() if key != "correct"}  # recorded before the count was kept
+    assert score_cell(run, "base", older) == "0.44 [0.19, 0.73] n=9"  # counted back from the accuracy and n
+    voted = {**jury, "pooling": "max", "panel": {"unjudged": 1}}
+    run = _run({"base": {"jury": {**voted, "score": 0.5, "correct": 1}}, "stage-0-long": {"jury": {
+        **voted, "score": 1.0, "correct": 2}}})
+    assert _table(scores_section(run)).rows == [["s / jury", "0.50 [0.09, 0.91] n=2 (1 unjudged)",
+                                                 "1.00 [0.34, 1.00] n=2 (1 unjudged)", "+0.50 [-0.27, +0.91]"]]
+
 
 def test_the_lm_eval_cell_pools_documents_only_for_a_single_task() -> None:
     output = {"results": {"a": {"acc,none": 0.5, "acc_stderr,none": 0.16}, "b": {"acc,none": 1.0}}}

@@ -217,16 +217,25 @@ def jury_section(run: Run) -> list[Block]:
     return [Heading("Jury (PoLL)"), *blocks] if blocks else []
 
 
+def jury_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
+    """The panel's fraction correct under max voting, counted (``None`` for a mean rating, or results recorded
+    without the count)."""
+    if entry.get("pooling") == "average" or "correct" not in entry:
+        return None
+    return Rate.of(int(entry["correct"]), int(entry["n"]))
+
+
 def jury_cell(run: Run, tag: str, entry: Entry) -> str:
     """The panel's score: fraction correct with its interval (max voting), or (mean rating - 1) / 4 next to the
-    mean 1-5 rating (average)."""
+    mean 1-5 rating (average); with the number of answers no judge rated."""
     unjudged = (entry.get("panel") or {}).get("unjudged")
     note = f" ({unjudged} unjudged)" if unjudged else ""
     if entry.get("pooling") == "average":
         return f"{fmt(entry['score'], 2)} (mean rating {fmt(entry.get('mean_rating'), 2)}/5) n={entry.get('n')}{note}"
-    voted = Rate.of(int(entry["correct"]), int(entry["n"])).format() if "correct" in entry else fmt(entry["score"], 2)
-    return voted + note
+    voted = jury_rate(run, tag, entry)
+    return (voted.format() if voted else fmt(entry["score"], 2)) + note
 
 
-TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_cell=jury_cell,
+TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_rate=jury_rate,
+                     score_cell=jury_cell,
                      check=check_panel, entry=JuryEntry)

@@ -137,9 +137,9 @@ def jury_pairwise_headline(entry: Entry) -> str | None:
             f"{cost_text(panel)}")
 
 
-def jury_pairwise_cell(run: Run, tag: str, entry: Entry) -> str:
-    """The panel's accuracy (its most probable class against the human label) with its Wilson interval and n."""
-    return Rate.of(int(entry["correct"]), int(entry["n"])).format()
+def jury_pairwise_rate(run: Run, tag: str, entry: Entry) -> Rate:
+    """The panel's accuracy (its most probable class against the human label), counted."""
+    return Rate.of(int(entry["correct"]), int(entry["n"]))
 
 
 def no_card_metrics(key: str, entry: Entry) -> CardMetrics:
@@ -152,6 +152,6 @@ def jury_pairwise_detail(entry: Entry) -> str:
 
 
 TASK_TYPE = TaskType(JuryPairwiseTask, run_jury_pairwise, headline=jury_pairwise_headline,
-                     section=side_by_side_section, rank=62, score_cell=jury_pairwise_cell,
+                     section=side_by_side_section, rank=62, score_rate=jury_pairwise_rate,
                      card_metrics=no_card_metrics, card_detail=jury_pairwise_detail, check=check_panel,
                      entry=JuryPairwiseEntry)

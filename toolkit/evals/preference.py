@@ -127,9 +127,10 @@ def preference_headline(entry: Entry) -> str | None:
 
 
 def preference_rate(run: Run, tag: str, entry: Entry) -> Rate:
-    """The score, the accuracy, counted (the score alone for results recorded before the count of right answers
-    was kept)."""
-    return Rate.of(int(entry["correct"]), int(entry["n"])) if "correct" in entry else Rate(float(entry["score"]))
+    """The score, the accuracy, counted (for results recorded before the count of right answers was kept, counted
+    back from the accuracy and ``n``, as ``scores_of`` counts it)."""
+    n = int(entry["n"])
+    return Rate.of(int(entry["correct"]) if "correct" in entry else round(float(entry["score"]) * n), n)
 
 
 def _row(tag: str, entry: Entry) -> list[str]:

@@ -156,8 +156,7 @@ def ruler_section(run: Run) -> list[Block]:
 
 def ruler_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
     """The score as a fraction of the prompts behind it (``ruler_summary``'s ``n`` and ``correct``) where every
-    prompt scored 0 or 1 (``None`` otherwise: :func:`ruler_cell`); the score alone for results recorded before the
-    counts were kept."""
+    prompt scored 0 or 1 (``None`` otherwise); the score alone for results recorded before the counts were kept."""
     n, correct = entry.get("n"), entry.get("correct")
     if not isinstance(n, int):
         return Rate(float(entry["score"]))
@@ -165,8 +164,10 @@ def ruler_rate(run: Run, tag: str, entry: Entry) -> Rate | None:
 
 
 def ruler_cell(run: Run, tag: str, entry: Entry) -> str:
-    """A score of partial matches (some prompt scored between 0 and 1), with the prompts behind it."""
-    return f"{entry['score']:.2f} n={entry['n']} (partial matches)"
+    """The rate (:func:`ruler_rate`), or a score of partial matches (some prompt scored between 0 and 1) with the
+    prompts behind it."""
+    rate = ruler_rate(run, tag, entry)
+    return rate.format() if rate is not None else f"{entry['score']:.2f} n={entry['n']} (partial matches)"
 
 
 def check_ruler_prompts(task: RulerTask, tokenizer: Any) -> None:

@@ -125,11 +125,7 @@ class Comparison:
 
     def format(self, digits: int = 2) -> str:
         """``1.03 [0.93, 1.14]``, ``+0.20 [+0.02, +0.36]``; the value alone without an interval."""
-        sign = "+" if self.signed else ""
-        text = f"{self.value:{sign}.{digits}f}"
-        if self.interval is None:
-            return text
-        return f"{text} [{self.interval[0]:{sign}.{digits}f}, {self.interval[1]:{sign}.{digits}f}]"
+        return with_interval(self.value, self.interval, digits, self.signed)
 
     def __str__(self) -> str:
         return self.format()

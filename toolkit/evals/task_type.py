@@ -82,9 +82,11 @@ class TaskType:
     """Where the section goes in the report (lower first)."""
     score_rate: ScoreRate | None = None
     """The main score as a fraction correct (with its counts where recorded; ``None`` where the score is not one):
-    shown with its 95% interval and n, and a ratio of two (retention) takes its interval from them."""
+    the table cell with its 95% interval and n (unless ``score_cell``), and the counts behind the intervals of two
+    scores compared (the report's final - before, retention's final / before)."""
     score_cell: ScoreCell | None = None
-    """The main score as a report table cell where it is not a counted rate (``score_rate``): ``None``, the score."""
+    """The main score as a report table cell, where more than the rate is shown (a note, partial matches); ``None``:
+    the rate (``score_rate``), else the score."""
     card_metrics: Callable[[str, Entry], CardMetrics] = score_metric
     """The model card's metrics of one task: ``(task key, entry) -> {dataset: [(type, name, value)]}``."""
     check: Callable[[Any], None] | None = None

@@ -28,10 +28,12 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def with_interval(value: float, interval: Sequence[float] | None, digits: int = 3) -> str:
-    """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals; the value alone without one."""
-    text = f"{value:.{digits}f}"
-    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+def with_interval(value: float, interval: Sequence[float] | None, digits: int = 3, signed: bool = False) -> str:
+    """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals (``signed``: each with its sign, as
+    a difference, ``+0.200 [-0.010, +0.390]``); the value alone without one."""
+    form = f"{'+' if signed else ''}.{digits}f"
+    text = f"{value:{form}}"
+    return f"{text} [{interval[0]:{form}}, {interval[1]:{form}}]" if interval else text
 
 
 def score_with_interval(scores: Mapping[str, Any], key: str) -> str:

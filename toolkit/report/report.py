@@ -128,11 +128,11 @@ def scores_section(run: Run) -> list[Block]:
             at = tags.index(compared)
             row.append(difference_cell(run, (tags[-1], entries[-1]), (compared, entries[at])))
         rows.append(row)
+    intervals = f" {COMPARISON_INTERVAL}" if compared is not None else ""
     return [Heading("Evaluation"), Paragraph(f"Main score of every task (0-1) at each evaluation point with its 95% "
                                              f"Wilson interval and n (prompts or documents scored); the reference "
-                                             f"before context extension is `{ref}`. {COMPARISON_INTERVAL}"),
+                                             f"before context extension is `{ref}`.{intervals}"),
             Table(header, rows), *_fallbacks(run)]
-
 
 
 def retention_section(run: Run) -> list[Block]:

@@ -21,7 +21,7 @@ from toolkit.evals.stats import Comparison, Rate, effective_length, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
-from toolkit.report.cells import score_rate
+from toolkit.report.cells import compare
 from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, stage_index
 
 
@@ -167,8 +167,8 @@ def suite_retention(run: Run, suite: str, reference: str, final: str) -> dict[st
         old, new = _score(run, reference, suite, task), _score(run, final, suite, task)
         if old is None and new is None:
             continue  # a task without a main score (perplexity)
-        rates = (score_rate(run, tag, run.entry(tag, suite, task)) for tag in (final, reference))
-        ratios[task] = Comparison.ratio(new, old, *rates) if old and new is not None else None
+        ratios[task] = compare(run, Comparison.ratio, (final, run.entry(final, suite, task)),
+                               (reference, run.entry(reference, suite, task))) if old else None
     return ratios
 
 
