@@ -35,6 +35,8 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it (peft.utils.CONFIG_NAME)
+NO_COMMIT = "not recorded"
+"""What reports say of the toolkit's commit where none is known (an installed package, an older run)."""
 MODEL_CONFIG = "config.json"  # transformers' name for a model folder's (transformers.utils.CONFIG_NAME)
 BASE_FOLDER = "base"
 """Inside a LoRA run's ``final/``: the base weights, written when the base was built from ``init_config``."""
@@ -163,6 +165,11 @@ class RunInfo(BaseModel):
     """When the run started (ISO 8601, UTC)."""
     commit: str | None = None
     """The toolkit's commit it ran (``toolkit.environment.source_commit``; ``-dirty``: with changes not committed)."""
+
+    @property
+    def commit_text(self) -> str:
+        """The commit as reports state it: ``not recorded`` for a run without one (older, or not from a checkout)."""
+        return self.commit or NO_COMMIT
 
 
 def read_run_info(run_dir: Path, required: bool = False) -> RunInfo:

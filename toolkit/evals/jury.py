@@ -237,5 +237,4 @@ def jury_cell(run: Run, tag: str, entry: Entry) -> str:
 
 
 TASK_TYPE = TaskType(JuryTask, run_jury, headline=jury_headline, section=jury_section, rank=60, score_rate=jury_rate,
-                     score_cell=jury_cell,
-                     check=check_panel, entry=JuryEntry)
+                     score_cell=jury_cell, check=check_panel, entry=JuryEntry)

@@ -30,6 +30,7 @@ from toolkit.formatting.numbers import score_with_interval
 from toolkit.output_paths import check_writable, write_text
 from toolkit.preference.predict import predict
 from toolkit.recipe.loading import load_recipe
+from toolkit.run_folder import NO_COMMIT
 from toolkit.runner import run_recipe
 
 BEGIN, END = "<!-- measured: begin -->", "<!-- measured: end -->"
@@ -64,7 +65,7 @@ def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[s
                                                         strict=True) for a, b in zip(p, unswapped(q), strict=True)),
             "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS"),
             "seed": recipe.seed, "machine": describe_device(torch.device("cpu")),
-            "commit": source_commit() or "not recorded", "date": datetime.now(timezone.utc).date().isoformat()}
+            "commit": source_commit() or NO_COMMIT, "date": datetime.now(timezone.utc).date().isoformat()}
 
 
 def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:

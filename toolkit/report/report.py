@@ -71,7 +71,7 @@ def environment_section(run: Run) -> list[Block]:
     blocks: list[Block] = [Heading("Environment"), Paragraph(
         f"Device: {info.device or '-'}; precision: {info.precision or '-'}; attention: {info.attention or '-'} "
         f"({info.attention_reason or 'no reason recorded'}){allocator}. Versions: {versions}. Toolkit commit: "
-        f"{info.commit or 'not recorded'}.")]
+        f"{info.commit_text}.")]
     if info.stages:
         blocks.append(Table(["stage", "seq_len", "RoPE parameters", "max_position_embeddings", "steps"], [
             [str(s.name), str(s.seq_len), json.dumps(s.rope_parameters, separators=(",", ":")),

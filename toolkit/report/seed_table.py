@@ -68,7 +68,7 @@ def summary_markdown(folders: Sequence[Path]) -> str:
     devices = list(dict.fromkeys(run.info.device or "unknown device" for run in runs))
     dates = sorted({_run_date(run) for run in runs})
     command = "python -m toolkit report --summary " + " ".join(shlex.quote(str(f)) for f in folders)
-    commits = list(dict.fromkeys(run.info.commit or "not recorded" for run in runs))
+    commits = list(dict.fromkeys(run.info.commit_text for run in runs))
     footer = (f"Machine: {'; '.join(devices)}. Toolkit commit: {', '.join(commits)}. Runs dated {dates[0]}"
               f"{f' to {dates[-1]}' if len(dates) > 1 else ''}. Table: `{command}`.")
     return "\n".join([caption, "", markdown_table(header, body), "", footer]) + "\n"
