@@ -18,12 +18,12 @@ from toolkit.errors import UserError
 from toolkit.evals.api import run_tasks
 from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.context import sentence_tokens
+from toolkit.evals.haystack import long_document
 from toolkit.evals.niah import NiahTask, needle_prompt
 from toolkit.evals.perplexity import PerplexityTask
 from toolkit.evals.rope_compare import RopeCompareTask
 from toolkit.evals.ruler import RulerTask
 from toolkit.evals.ruler_data import ruler_sample
-from toolkit.evals.sources import long_document
 from toolkit.recipe.schema import RopeSpec
 from toolkit.run_folder import read_json
 

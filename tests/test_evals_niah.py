@@ -14,9 +14,9 @@ from tests.test_evals_fixtures import Oracle, tiny_model, tiny_tokenizer
 from toolkit.data import needle
 from toolkit.evals.api import run_suites
 from toolkit.evals.context import EvalContext
+from toolkit.evals.haystack import load_sentences, split_sentences
 from toolkit.evals.niah import NiahTask, needle_prompt
 from toolkit.evals.scoring import generate_ids, greedy_matches
-from toolkit.evals.sources import load_sentences, split_sentences
 from toolkit.evals.specs import HaystackSpec
 from toolkit.evals.transformers_backend import TransformersBackend
 

@@ -12,9 +12,9 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals.api import run_suites
 from toolkit.evals.context import sentence_tokens
+from toolkit.evals.haystack import long_document
 from toolkit.evals.perplexity import bucket_losses, mean_of
 from toolkit.evals.scoring import token_losses
-from toolkit.evals.sources import long_document
 
 
 def test_token_losses_match_the_model_loss():

@@ -133,6 +133,7 @@ def test_the_difference_of_two_perfect_scores_reaches_down_to_a_wilson_end() -> 
 def test_a_comparison_prints_with_its_interval_or_alone() -> None:
     assert Comparison.difference(0.75, 0.55, Rate.of(30, 40), Rate.of(22, 40)).format() == "+0.20 [-0.01, +0.39]"
     assert Comparison.difference(0.5, 0.95).format(3) == "-0.450"
+    assert Comparison.difference(0.7, 0.701).format() == "+0.00"  # two nearly equal scores: no "-0.00"
     assert Comparison.ratio(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
     assert str(Comparison.ratio(0.9, 0.9)) == "1.00" and str(Comparison.ratio(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
     assert str(Comparison.ratio(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # not 36/40: none

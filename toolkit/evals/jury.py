@@ -23,6 +23,7 @@ from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError
 from toolkit.evals.batching import batched_with_progress
 from toolkit.evals.context import EvalContext
+from toolkit.evals.haystack import filler_window, load_sentences
 from toolkit.evals.judges import check_panel, make_judge
 from toolkit.evals.jury_panel import (
     Cell,
@@ -36,7 +37,6 @@ from toolkit.evals.jury_panel import (
 )
 from toolkit.evals.jury_spec import Judges, JuryItem, Pooling, read_items, resolve_judges
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import Depth, HaystackSpec, TaskBase
 from toolkit.evals.stats import Rate
 from toolkit.evals.task_type import Entry, TaskType

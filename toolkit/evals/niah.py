@@ -24,9 +24,9 @@ from toolkit.errors import UserError
 from toolkit.evals.backend import AnswerRequest
 from toolkit.evals.batching import batch_size_for, batched
 from toolkit.evals.context import EvalContext, chat_frame, sentence_tokens
+from toolkit.evals.haystack import filler_window, load_sentences
 from toolkit.evals.plots import niah_heatmap, niah_heatmaps
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.sources import filler_window, load_sentences
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.stats import Rate, common_n, niah_overall, niah_rates
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType

@@ -17,8 +17,8 @@ from typing_extensions import Required, TypedDict
 from toolkit.evals import plots
 from toolkit.evals.batching import batch_size_for, batched
 from toolkit.evals.context import EvalContext
+from toolkit.evals.haystack import load_sentences, long_document
 from toolkit.evals.results import SuiteResults
-from toolkit.evals.sources import load_sentences, long_document
 from toolkit.evals.specs import HaystackSpec, TaskBase
 from toolkit.evals.task_type import Entry, TaskType, not_cut_short
 from toolkit.file_reading import SHAPE_CONFIG

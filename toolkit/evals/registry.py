@@ -3,7 +3,7 @@ it up here. Each built-in type is one module ending with its ``TASK_TYPE``, list
 this file; to add a type, write its module (see ``evals/README.md``) and list it there.
 
 niah, rope_compare and ruler build prompts with ``toolkit.data.needle.build_haystack``; ruler also with
-``toolkit.evals.ruler_data``; perplexity reads ``toolkit.evals.sources.long_document``.
+``toolkit.evals.ruler_data``; perplexity reads ``toolkit.evals.haystack.long_document``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from toolkit.errors import UserError
 from toolkit.evals import jury, jury_pairwise, lm_eval, niah, perplexity, preference, rope_compare, ruler
-from toolkit.evals.sources import load_sentences
+from toolkit.evals.haystack import load_sentences
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, score_metric
 from toolkit.formatting.numbers import is_number

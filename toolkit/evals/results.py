@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolkit.evals.sources import fallback_reason
+from toolkit.evals.haystack import fallback_reason
 from toolkit.evals.specs import TaskBase
 from toolkit.output_paths import atomic_file
 from toolkit.run_folder import read_suite

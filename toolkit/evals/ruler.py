@@ -19,9 +19,9 @@ from typing_extensions import Required, TypedDict
 from toolkit.evals import plots
 from toolkit.evals.batching import batch_size_for, batched
 from toolkit.evals.context import EvalContext, sentence_tokens
+from toolkit.evals.haystack import load_sentences
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample, string_match_all
-from toolkit.evals.sources import load_sentences
 from toolkit.evals.specs import Distinct, HaystackSpec, TaskBase
 from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found

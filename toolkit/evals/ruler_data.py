@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from toolkit.data.needle import Needle, Question, SentenceTokens, Statement, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError
-from toolkit.evals.sources import filler_window
+from toolkit.evals.haystack import filler_window
 
 _ANSWER_MARGIN = 4
 VT_HOPS = 4

@@ -30,8 +30,9 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def with_interval(value: float, interval: Sequence[float] | None, digits: int = 3, signed: bool = False) -> str:
     """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals (``signed``: each with its sign, as
-    a difference, ``+0.200 [-0.010, +0.390]``); the value alone without one."""
-    form = f"{'+' if signed else ''}.{digits}f"
+    a difference, ``+0.200 [-0.010, +0.390]``); the value alone without one. A value that rounds to zero reads as zero,
+    never ``-0.00``."""
+    form = f"{'+' if signed else ''}z.{digits}f"
     text = f"{value:{form}}"
     return f"{text} [{interval[0]:{form}}, {interval[1]:{form}}]" if interval else text
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.evals import sources
+from toolkit.evals import haystack
 from toolkit.evals.niah import NiahTask, grid_summary
 from toolkit.evals.registry import headline
 from toolkit.evals.results import SuiteResults, task_identity
@@ -22,15 +22,15 @@ def unreachable(monkeypatch: pytest.MonkeyPatch):
     def fail(spec: HaystackSpec) -> str:
         raise ConnectionError(f"cannot reach the hub for {spec.path}\n(offline)")
 
-    monkeypatch.setattr(sources, "_dataset_text", fail)
-    sources._load.cache_clear()
+    monkeypatch.setattr(haystack, "_dataset_text", fail)
+    haystack._load.cache_clear()
     yield
-    sources._load.cache_clear()
+    haystack._load.cache_clear()
 
 
 def test_unreadable_dataset_is_a_user_error_naming_it(unreachable) -> None:
     with pytest.raises(UserError) as info:
-        sources.load_sentences(HaystackSpec(source="dataset", path="org/gone"))
+        haystack.load_sentences(HaystackSpec(source="dataset", path="org/gone"))
     message = str(info.value)
     assert "org/gone" in message and "ConnectionError" in message and "fallback: true" in message
     assert "\n" not in message
@@ -38,8 +38,8 @@ def test_unreadable_dataset_is_a_user_error_naming_it(unreachable) -> None:
 
 def test_fallback_is_recorded_and_reported(unreachable, tmp_path: Path) -> None:
     spec = HaystackSpec(source="dataset", path="org/gone", fallback=True)
-    assert sources.load_sentences(spec) is None
-    assert "org/gone" in (sources.fallback_reason(spec) or "")
+    assert haystack.load_sentences(spec) is None
+    assert "org/gone" in (haystack.fallback_reason(spec) or "")
     task = NiahTask(type="niah", name="grid", lengths=[64], haystack=spec)
     run = tmp_path / "run"
     results = SuiteResults(run / "eval" / "base" / "s.json", "s", "base", "m", "fp")
@@ -62,7 +62,7 @@ def test_cells_of_a_fallback_are_not_reused_once_the_dataset_reads(unreachable, 
     path = tmp_path / "s.json"
     SuiteResults(path, "s", "t", "m", "fp").record(task, [{"length": 64, "depth": 0.0, "sample": 0}])
     assert SuiteResults(path, "s", "t", "m", "fp").cells(task)
-    monkeypatch.setattr(sources, "_dataset_text", lambda spec: "A real sentence. Another one.")
-    sources._load.cache_clear()
+    monkeypatch.setattr(haystack, "_dataset_text", lambda spec: "A real sentence. Another one.")
+    haystack._load.cache_clear()
     assert "haystack_fallback" not in task_identity(task)
     assert SuiteResults(path, "s", "t", "m", "fp").cells(task) == []
