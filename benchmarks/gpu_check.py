@@ -52,10 +52,12 @@ from benchmarks import gpu_check_sections as sections
 from benchmarks import gpu_check_training as training
 from benchmarks.gpu_check_report import markdown
 from benchmarks.harness import ROOT
+from toolkit.environment import source_commit
 from toolkit.errors import OneLineParser, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
+from toolkit.run_folder import NO_COMMIT
 
 NO_OFFLOAD = ("--offload_optimizer_device", "none", "--offload_param_device", "none")
 """ZeRO-3 with weights and optimizer on the GPU: DeepSpeed's CPU Adam, which offload needs, compiles for minutes at its
@@ -104,7 +106,8 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result: dict[str, Any] = {"mode": profile.device, "started": now, "budget_s": profile.total_s, "sections": []}
+    result: dict[str, Any] = {"mode": profile.device, "started": now, "budget_s": profile.total_s,
+                              "commit": source_commit() or NO_COMMIT, "sections": []}
 
     def save() -> None:
         result["elapsed_s"] = time.monotonic() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.formatting.blocks import markdown_table
+from toolkit.run_folder import NO_COMMIT
 
 _COLUMNS = {  # per section: the row keys shown, in order (losses, logs and errors stay in the JSON)
     "1": ("test", "outcome", "seconds", "message"),
@@ -48,7 +49,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result.get('matmul_tflops', 0):.3g} TFLOP/s; memory allocator: {result.get('allocator', '?')}",
              f"- checks: {checks.count('pass')} passed, {checks.count('fail')} failed"
              + (f", {checks.count('reported')} reported (not asserted)" if "reported" in checks else ""),
-             f"- versions: {versions}", ""]
+             f"- versions: {versions}", f"- toolkit commit: {result.get('commit', NO_COMMIT)}", ""]
     if result.get("failed"):
         lines[-1:] = [f"- failed before any section: {result['failed']}", ""]
     for section in result["sections"]:

@@ -175,9 +175,10 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
               "--precision", profile.precision], out / f"{REFERENCE}.log")
     lap("zero-shot YaRN reference", now)
     verdict, found = checks(run_dir, profile.heldout, profile.short, reference)
-    result = {"device": info.device, "recipe": RECIPE, "overrides": [*profile.overrides, *extra],
-              "steps": stage.steps, "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases,
-              "elapsed_s": time.monotonic() - started, "checks": found, "verdict": verdict}
+    result = {"device": info.device, "commit": info.commit_text, "recipe": RECIPE,
+              "overrides": [*profile.overrides, *extra], "steps": stage.steps,
+              "peak_memory_gib": peak_memory_gib(run_dir), "phases": phases, "elapsed_s": time.monotonic() - started,
+              "checks": found, "verdict": verdict}
     bundle(run_dir, out)
     write_text(out / "gpu-demo.json", json.dumps(result, indent=1))
     write_text(out / "gpu-demo.md", markdown(result))

@@ -88,7 +88,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"Recipe `{result['recipe']}` {' '.join(result['overrides'])}".rstrip() + f"; {result['steps']} steps; "
              f"peak memory in training {fmt(result['peak_memory_gib'], 2)} GiB; "
              f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
-             + ").", ""]
+             + f"); toolkit commit {result['commit']}.", ""]
     lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
     lines += ["", "```", result["verdict"], "```", "", f"The run's report: `report.md`; with its plots, metrics and "
               f"evaluation results in `{RESULTS}` (`run/`; the zero-shot YaRN x4 reference: `{REFERENCE}/`).", ""]

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.environment import ALLOCATOR_VARIABLES, TOOLKIT_ROOT, allocator_setting, source_commit
+from toolkit.environment import (
+    ALLOCATOR_VARIABLES,
+    COMMIT_VARIABLE,
+    TOOLKIT_ROOT,
+    allocator_setting,
+    source_commit,
+)
 
 
 def test_the_allocator_setting_names_the_variable_torch_reads_first(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,9 +30,12 @@ def _git(folder: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_the_commit_is_the_checkouts_and_says_when_tracked_files_changed(tmp_path: Path) -> None:
+def test_the_commit_is_the_checkouts_and_says_when_tracked_files_changed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(COMMIT_VARIABLE, raising=False)
     assert source_commit(tmp_path) is None  # no checkout: an installed package
-    _git(tmp_path, "init", "-q")
+    monkeypatch.setenv(COMMIT_VARIABLE, " 0123456789ab\n")  # a copy of the tree, its commit given where it runs
+    assert source_commit(tmp_path) == "0123456789ab"
+    _git(tmp_path, "init", "-q")  # a checkout's own commit wins over what the variable says
     (tmp_path / "a.py").write_text("x = 1\n")
     _git(tmp_path, "add", "a.py")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")

@@ -18,7 +18,8 @@ from benchmarks.gpu_check_probe import MEMORY_REPORTED_ONLY, length_for_card, lo
 from benchmarks.gpu_check_report import markdown
 from benchmarks.gpu_check_sections import Section, finished_tests, parse_report
 from tests.real_model import IN_CI
-from toolkit.environment import allocator_setting
+from toolkit.environment import allocator_setting, source_commit
+from toolkit.run_folder import NO_COMMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = PROFILES["cpu"].total_s
@@ -46,6 +47,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_section_reports_rows_or_reasons(result: dict) -> None:
     assert result["mode"] == "cpu" and result["elapsed_s"] <= BUDGET_S + 5
     assert result["versions"]["transformers"] == "5.17.0"
+    assert result["commit"] == (source_commit() or NO_COMMIT)  # what the figures were measured at
     assert result["allocator"] == allocator_setting()  # what reserved memory depends on
     assert [s["name"][0] for s in result["sections"]] == ["1", "2", "3", "4", "5", "6"]
     for section in result["sections"]:
@@ -201,8 +203,10 @@ def test_report_states_every_check() -> None:
                            "why": "exit code 1: RuntimeError: boom"},
                           {"what": "CLI vs benchmark", "difference": 0.5, "tolerance": 0.1, "result": "reported",
                            "why": "reported, not asserted"}]}
-    text = markdown({"mode": "cuda", "started": "now", "budget_s": 1.0, "sections": [section]})
+    text = markdown({"mode": "cuda", "started": "now", "budget_s": 1.0, "commit": "0123456789ab",
+                     "sections": [section]})
     assert "- checks: 1 passed, 1 failed, 1 reported (not asserted)" in text
+    assert "- toolkit commit: 0123456789ab" in text.splitlines()
     assert "- **pass**: FSDP2 vs one process: 2.00e-04 (tolerance 1e-03)" in text
     assert "- **fail**: ZeRO-3 vs one process: not measured (tolerance 1e-03): exit code 1: RuntimeError: boom" in text
     assert "- **reported**: CLI vs benchmark: 5.00e-01 (tolerance 1e-01): reported, not asserted" in text

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.real_model import REPO, needs_corpus, needs_small_model
+from toolkit.environment import source_commit
 from toolkit.errors import UserError
+from toolkit.run_folder import NO_COMMIT
 
 sys.path.insert(0, str(REPO))
 
@@ -67,6 +69,7 @@ def test_every_check_is_computed_with_numbers(demo: Path) -> None:
     markdown = (demo / "out" / "gpu-demo.md").read_text()
     assert markdown.startswith("# GPU demo (CPU") and markdown.count("- **") == len(names)
     assert f"peak memory in training {result['peak_memory_gib']:.2f} GiB" in markdown
+    assert result["commit"] == (source_commit() or NO_COMMIT) and f"; toolkit commit {result['commit']}." in markdown
 
 
 def test_the_report_has_each_before_and_after_section(demo: Path) -> None:

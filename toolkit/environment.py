@@ -29,11 +29,17 @@ TOOLKIT_ROOT = Path(__file__).resolve().parents[1]
 """The folder holding the ``toolkit`` package: the checkout's root when it runs from one."""
 
 
+COMMIT_VARIABLE = "LONGCTX_COMMIT"
+"""The commit to record where the toolkit runs from no git checkout (an installed package, a copy of the tree sent to
+another machine): what it says is recorded as it is."""
+
+
 def source_commit(root: Path = TOOLKIT_ROOT) -> str | None:
     """The commit of the git checkout at ``root`` (the toolkit's own by default; ``-dirty`` when tracked files changed
-    since), or ``None`` when it is no checkout (an installed package) or git cannot say."""
+    since); where ``root`` is no checkout, what :data:`COMMIT_VARIABLE` says; ``None`` when neither says (or git
+    cannot)."""
     if not (root / ".git").exists():
-        return None
+        return os.environ.get(COMMIT_VARIABLE, "").strip() or None
     try:
         found = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12",
                                 "--exclude=*"], capture_output=True, text=True, check=True, timeout=30)
