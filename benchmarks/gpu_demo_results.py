@@ -8,6 +8,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from toolkit.evals.stats import Comparison
+
 RESULTS = "gpu-demo-results.tar.gz"
 """What the demo brings back besides ``gpu-demo.md``/``.json``, the run's ``report.md`` and the logs: a GPU machine
 may give back only a few files, none deep in folders."""
@@ -17,10 +19,25 @@ SHORT_PERPLEXITY_MAX = 1.05
 """The extended model's short-context perplexity at most 5% above the base model's."""
 
 
-def _far_loss(entry: dict[str, Any], start: int) -> float:
+def _far_loss(by_bucket: dict[str, float], start: int) -> float:
     """Mean loss over the position buckets from ``start`` on."""
-    losses = [loss for first, loss in entry["loss_by_bucket"].items() if int(first) >= start]
+    losses = [loss for first, loss in by_bucket.items() if int(first) >= start]
     return sum(losses) / len(losses)
+
+
+def _far_ratio(new: dict[str, Any], old: dict[str, Any], start: int) -> Comparison:
+    """Perplexity over the positions from ``start`` on of ``new`` against ``old`` (the same documents), with its
+    interval where both kept each document's losses."""
+    documents = [[_far_loss(doc, start) for doc in entry["document_loss_by_bucket"]]
+                 if "document_loss_by_bucket" in entry else None for entry in (new, old)]
+    return Comparison.loss_ratio(_far_loss(new["loss_by_bucket"], start), _far_loss(old["loss_by_bucket"], start),
+                                 *documents)
+
+
+def _documents(entry: dict[str, Any]) -> str:
+    """``, n=8 documents`` where the entry kept its documents' losses."""
+    n = len(entry.get("document_mean_loss", ()))
+    return f", n={n} document{'s' if n > 1 else ''}" if n else ""
 
 
 def peak_memory_gib(run_dir: Path) -> float | None:
@@ -39,7 +56,9 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     suite file of the held-out perplexity at the extended length; ``short_suite``: the suite name of the short-context
     ``passkey`` and ``heldout`` tasks)."""
     from toolkit.errors import UserError
+    from toolkit.evals.perplexity import loss_ratio
     from toolkit.evals.run_results import check_entries, read_run
+    from toolkit.report.cells import compare
     from toolkit.report.verdict import compute_verdict
     from toolkit.run_folder import read_suites
 
@@ -57,23 +76,23 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     zero_shot = read_suites(reference, check_entries).get(heldout, {}).get("tasks", {}).get("heldout", {})
     name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
     if after and zero_shot:
-        new, old = _far_loss(after, far), _far_loss(zero_shot, far)
-        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}"))
+        new, old = _far_loss(after["loss_by_bucket"], far), _far_loss(zero_shot["loss_by_bucket"], far)
+        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}: perplexity "
+                            f"{_far_ratio(after, zero_shot, far).format(3)} x the reference's{_documents(after)}"))
     else:
         found.append(_check(name, False, f"no {heldout}/heldout results for {final} or the reference"))
     short = [run.entry(tag, short_suite, "heldout") or {} for tag in (base, final)]
     name = "short held-out perplexity within 5% of the base"
-    if all("perplexity" in entry for entry in short):
-        ratio = short[1]["perplexity"] / short[0]["perplexity"]
-        found.append(_check(name, ratio <= SHORT_PERPLEXITY_MAX,
-                            f"{ratio:.3f} x the base's (<= {SHORT_PERPLEXITY_MAX})"))
+    if (ratio := loss_ratio(short[1], short[0])) is not None:
+        found.append(_check(name, ratio.value <= SHORT_PERPLEXITY_MAX,
+                            f"{ratio.format(3)} x the base's (<= {SHORT_PERPLEXITY_MAX}){_documents(short[1])}"))
     else:
         found.append(_check(name, False, f"no {short_suite}/heldout results for {base} and {final}"))
     passkey = [run.entry(tag, short_suite, "passkey") or {} for tag in (base, final)]
     name = "short chat passkey no lower than the base"
-    if all("score" in entry for entry in passkey):
-        found.append(_check(name, passkey[1]["score"] >= passkey[0]["score"],
-                            f"{passkey[1]['score']:.2f} vs {passkey[0]['score']:.2f}"))
+    if (difference := compare(run, Comparison.difference, (final, passkey[1]), (base, passkey[0]))) is not None:
+        found.append(_check(name, difference.value >= 0, f"{passkey[1]['score']:.2f} vs {passkey[0]['score']:.2f}: "
+                            f"{difference.format()}"))
     else:
         found.append(_check(name, False, f"no {short_suite}/passkey results for {base} and {final}"))
     return text, found

@@ -13,6 +13,7 @@ from toolkit.evals.stats import (
     Rate,
     difference_interval,
     lm_eval_rates,
+    loss_ratio_interval,
     niah_overall,
     niah_rates,
     ratio_interval,
@@ -137,3 +138,25 @@ def test_a_comparison_prints_with_its_interval_or_alone() -> None:
     assert Comparison.ratio(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
     assert str(Comparison.ratio(0.9, 0.9)) == "1.00" and str(Comparison.ratio(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
     assert str(Comparison.ratio(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # not 36/40: none
+
+
+def test_the_perplexity_ratio_interval_is_the_paired_t_interval_exponentiated() -> None:
+    interval = loss_ratio_interval([1.0, 2.0, 3.0], [0.5, 1.5, 2.0])  # differences 0.5, 0.5, 1.0
+    half = 4.302653 * math.sqrt(1 / 12) / math.sqrt(3)  # t(0.975, 2 df) x sd / sqrt(n)
+    assert interval == pytest.approx((math.exp(2 / 3 - half), math.exp(2 / 3 + half)), rel=1e-5)
+    assert loss_ratio_interval([1.0], [0.5]) is None and loss_ratio_interval([1.0, 2.0], [1.0]) is None
+    ratio = Comparison.loss_ratio(2.0, 2.1, [1.9, 2.1], [2.0, 2.2])
+    assert ratio.value == pytest.approx(math.exp(-0.1)) and ratio.format() == "0.90 [0.90, 0.90]"
+    assert Comparison.loss_ratio(2.0, 2.1).interval is None  # results kept no documents' losses
+
+
+@pytest.mark.parametrize(("n", "shift"), [(8, -0.1), (32, 0.02), (4, 0.0)])
+def test_the_perplexity_ratio_interval_covers_the_truth_95_percent_of_the_time(n: int, shift: float) -> None:
+    """Documents of unequal difficulty (sd 0.5 in mean loss) read by two models whose losses differ by ``shift`` on
+    average and by 0.05 per document, drawn 4,000 times: the interval holds exp(shift) in 93-97% of them."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(3.0, 0.5, (4000, n))
+    new = difficulty + shift + rng.normal(0, 0.05, (4000, n))
+    intervals = [loss_ratio_interval(list(a), list(b)) for a, b in zip(new, difficulty, strict=True)]
+    covered = [low <= math.exp(shift) <= high for low, high in filter(None, intervals)]
+    assert len(covered) == 4000 and 0.93 <= sum(covered) / 4000 <= 0.97

@@ -16,6 +16,7 @@ import pytest
 from tests.real_model import REPO, needs_corpus, needs_small_model
 from toolkit.environment import source_commit
 from toolkit.errors import UserError
+from toolkit.evals.stats import Comparison
 from toolkit.run_folder import NO_COMMIT
 
 sys.path.insert(0, str(REPO))
@@ -45,6 +46,11 @@ def test_what_comes_back_is_a_few_files_at_the_top(demo: Path) -> None:
     assert (demo / "out" / "report.md").read_text() == (demo / "back" / "run" / "report.md").read_text()
 
 
+def _far(buckets: dict[str, float]) -> float:
+    losses = [loss for first, loss in buckets.items() if int(first) >= 256]
+    return sum(losses) / len(losses)
+
+
 def test_every_check_is_computed_with_numbers(demo: Path) -> None:
     result = json.loads((demo / "out" / "gpu-demo.json").read_text())
     assert result["steps"] == 2 and result["device"].startswith("CPU") and 0 < result["peak_memory_gib"] < 24
@@ -55,16 +61,21 @@ def test_every_check_is_computed_with_numbers(demo: Path) -> None:
                      "short held-out perplexity within 5% of the base", "short chat passkey no lower than the base"]
     assert all(any(ch.isdigit() for ch in check["detail"]) for check in result["checks"])
     assert not [check for check in result["checks"] if check["detail"].startswith(("no ", "Verdict not computed"))]
-    # the held-out check, recomputed from the results that came back: mean loss over the buckets from 256 on
-    far = {}
+    # the held-out check, recomputed from the results that came back: mean loss over the buckets from 256 on, of
+    # both documents together and of each, and the ratio of perplexities with its paired interval over the two
+    far, documents = {}, {}
     for name, folder in (("after", "run/eval/stage-0-yarn-32k"), ("zero-shot", "zero-shot-yarn")):
-        buckets = json.loads((demo / "back" / folder / "smollm2-heldout-tiny.json").read_text())[
-            "tasks"]["heldout"]["loss_by_bucket"]
-        losses = [loss for first, loss in buckets.items() if int(first) >= 256]
-        far[name] = sum(losses) / len(losses)
+        entry = json.loads((demo / "back" / folder / "smollm2-heldout-tiny.json").read_text())["tasks"]["heldout"]
+        far[name] = _far(entry["loss_by_bucket"])
+        documents[name] = [_far(doc) for doc in entry["document_loss_by_bucket"]]
+    ratio = Comparison.loss_ratio(far["after"], far["zero-shot"], documents["after"], documents["zero-shot"])
+    assert ratio.interval is not None and len(documents["after"]) == 2
     heldout = result["checks"][4]
-    assert heldout["detail"] == f"{far['after']:.3f} vs {far['zero-shot']:.3f}"
+    assert heldout["detail"] == (f"{far['after']:.3f} vs {far['zero-shot']:.3f}: perplexity {ratio.format(3)} x the "
+                                 "reference's, n=2 documents")
     assert heldout["passed"] == (far["after"] < far["zero-shot"])
+    short = result["checks"][5]["detail"]
+    assert " x the base's (<= 1.05), n=2 documents" in short and short.count("[") == 1  # with its interval
     assert result["verdict"].startswith("Verdict (smollm2-needles-tiny/passkey): ")
     markdown = (demo / "out" / "gpu-demo.md").read_text()
     assert markdown.startswith("# GPU demo (CPU") and markdown.count("- **") == len(names)

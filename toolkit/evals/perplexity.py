@@ -20,9 +20,10 @@ from toolkit.evals.context import EvalContext
 from toolkit.evals.haystack import load_sentences, long_document
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import HaystackSpec, TaskBase
+from toolkit.evals.stats import LOSS_RATIO_INTERVAL, Comparison
 from toolkit.evals.task_type import Entry, TaskType, not_cut_short
 from toolkit.file_reading import SHAPE_CONFIG
-from toolkit.formatting.blocks import Block, Heading, Image, Table
+from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
 from toolkit.formatting.numbers import fmt
 from toolkit.formatting.progress import progress_bar
 from toolkit.run_folder import Run
@@ -61,6 +62,13 @@ def bucket_losses(batches: Sequence[torch.Tensor], bucket: int) -> dict[str, flo
     return out
 
 
+def document_losses(batches: Sequence[torch.Tensor], bucket: int) -> tuple[list[float], list[dict[str, float]]]:
+    """Each document's mean loss and its mean loss per bucket (:func:`bucket_losses`), in order: what an interval of
+    two models' perplexities on the same documents is made from."""
+    rows = [losses[i:i + 1] for losses in batches for i in range(losses.shape[0])]
+    return [mean_of([row]) for row in rows], [bucket_losses([row], bucket) for row in rows]
+
+
 def mean_of(parts: Sequence[torch.Tensor]) -> float:
     """The mean of all the values of ``parts`` together."""
     return sum(part.sum().item() for part in parts) / sum(part.numel() for part in parts)
@@ -73,6 +81,8 @@ class PerplexityEntry(TypedDict, total=False):
     loss_by_bucket: Required[dict[str, float]]
     mean_loss: float
     perplexity: float
+    document_mean_loss: list[float]
+    document_loss_by_bucket: list[dict[str, float]]
 
 
 def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
@@ -87,8 +97,10 @@ def run_perplexity(task: PerplexityTask, ctx: EvalContext, results: SuiteResults
         batches.append(ctx.backend.token_losses(chunk))
     by_bucket = bucket_losses(batches, task.bucket)
     mean_loss = mean_of(batches)
+    document_mean, document_by_bucket = document_losses(batches, task.bucket)
     summary = {"loss_by_bucket": by_bucket, "perplexity_by_bucket": {k: math.exp(v) for k, v in by_bucket.items()},
-               "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length}
+               "mean_loss": mean_loss, "perplexity": math.exp(mean_loss), "length": task.length,
+               "document_mean_loss": document_mean, "document_loss_by_bucket": document_by_bucket}
     plots.loss_by_position({ctx.folder.name: by_bucket}, f"{ctx.model_name} {task.key}: loss by position",
                            ctx.plot_path(task.key))
     return results.record(task, summary=summary)
@@ -98,18 +110,37 @@ def perplexity_headline(entry: Entry) -> str | None:
     return f"perplexity {entry['perplexity']:.3f}" if "perplexity" in entry else None
 
 
+def loss_ratio(new: Entry, old: Entry) -> Comparison | None:
+    """``new``'s perplexity / ``old``'s on the same documents, with its interval where both kept each document's
+    loss; ``None`` without both mean losses."""
+    if "mean_loss" not in new or "mean_loss" not in old:
+        return None
+    return Comparison.loss_ratio(new["mean_loss"], old["mean_loss"], new.get("document_mean_loss"),
+                                 old.get("document_mean_loss"))
+
+
 def perplexity_section(run: Run) -> list[Block]:
+    """Loss by position of every tag, and each tag's perplexity against the model before extension's."""
     blocks: list[Block] = []
+    ref, compared = run.compared, False
     for suite, task in run.tasks("perplexity"):
         found = not_cut_short(run, suite, task)
         if not found:
             continue
         path = plots.loss_by_position({tag: e["loss_by_bucket"] for tag, e in found}, f"{suite}/{task}",
                                       run.folder / f"perplexity-{suite}-{task}.png")
-        blocks += [Image(path, f"loss by position {suite}/{task}"),
-                   Table(["tag", "mean loss", "perplexity"],
-                         [[tag, fmt(e.get("mean_loss")), fmt(e.get("perplexity"))] for tag, e in found])]
-    return [Heading("Loss by position"), *blocks] if blocks else []
+        before = dict(found).get(ref) if ref else None
+        ratios = [loss_ratio(e, before) if before and tag != ref else None for tag, e in found]
+        header, rows = ["tag", "mean loss", "perplexity"], [[tag, fmt(e.get("mean_loss")), fmt(e.get("perplexity"))]
+                                                            for tag, e in found]
+        if any(ratios):
+            compared = True
+            header.append(f"perplexity / {ref}'s")
+            rows = [[*row, "-" if ratio is None else ratio.format(3)] for row, ratio in zip(rows, ratios, strict=True)]
+        blocks += [Image(path, f"loss by position {suite}/{task}"), Table(header, rows)]
+    if not blocks:
+        return []
+    return [Heading("Loss by position"), *([Paragraph(LOSS_RATIO_INTERVAL)] if compared else []), *blocks]
 
 
 TASK_TYPE = TaskType(PerplexityTask, run_perplexity, headline=perplexity_headline, section=perplexity_section, rank=40,

@@ -2,7 +2,7 @@
 
 A needle accuracy of 0.90 from 20 prompts ([0.70, 0.97]) and from 100 prompts ([0.83, 0.94]) are not the same
 claim, so every accuracy the report shows carries ``n`` and its interval, and so do the difference and the ratio of
-two (final against before extension).
+two (final against before extension), and the ratio of two perplexities on the same documents.
 Counts come from the results JSON: ``n_by_length``/``correct_by_length`` of a needle grid
 (``toolkit.evals.niah.grid_summary``), else its cells.
 """
@@ -10,7 +10,8 @@ Counts come from the results JSON: ``n_by_length``/``correct_by_length`` of a ne
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,24 @@ COMPARISON_INTERVAL = ("The interval of a difference or ratio of two scores is 9
                        "intervals (Newcombe, 1998; Donner and Zou, 2012), the two evaluations taken as independent "
                        "samples: wider than needed where both models tend to get the same prompts right.")
 """How an interval of two scores compared is made, in the words of the tables that show one."""
+LOSS_RATIO_INTERVAL = ("The interval of a ratio of perplexities is 95%: the paired t interval of the documents' "
+                       "differences of mean loss (both models read the same documents), exponentiated.")
+"""How the interval of two perplexities compared is made, in the words of the tables that show one."""
+
+
+def loss_ratio_interval(new_losses: Sequence[float], old_losses: Sequence[float]) -> tuple[float, float] | None:
+    """95% interval of ``exp(mean(new) - mean(old))``, the ratio of two perplexities over the same documents, from the
+    per-document mean losses: the paired t interval of their differences (n - 1 degrees of freedom), exponentiated.
+    ``None`` unless both hold the same number (two or more) of documents."""
+    n = len(new_losses)
+    if n < 2 or len(old_losses) != n:
+        return None
+    from scipy.stats import t
+
+    differences = [a - b for a, b in zip(new_losses, old_losses, strict=True)]
+    centre = statistics.fmean(differences)
+    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(differences) / math.sqrt(n)
+    return math.exp(centre - half), math.exp(centre + half)
 
 
 def _counted(new: float, old: float, new_rate: Rate | None, old_rate: Rate | None) -> tuple[Rate, Rate] | None:
@@ -103,7 +122,8 @@ def _counted(new: float, old: float, new_rate: Rate | None, old_rate: Rate | Non
 @dataclass(frozen=True)
 class Comparison:
     """A final score against the one before (short-context retention, the report's "final - before"): their ratio
-    or difference, with its 95% interval where both scores are counted rates."""
+    or difference, with its 95% interval where both scores are counted rates; or the ratio of two perplexities, with
+    its interval where both kept their documents' losses."""
 
     value: float
     interval: tuple[float, float] | None = None
@@ -122,6 +142,14 @@ class Comparison:
         """``new - old``, with :func:`difference_interval` of the rates."""
         rates = _counted(new, old, new_rate, old_rate)
         return cls(new - old, difference_interval(*rates) if rates else None, signed=True)
+
+    @classmethod
+    def loss_ratio(cls, new_loss: float, old_loss: float, new_documents: Sequence[float] | None = None,
+                   old_documents: Sequence[float] | None = None) -> Comparison:
+        """The ratio of two perplexities, ``exp(new_loss - old_loss)`` (mean losses), with
+        :func:`loss_ratio_interval` of the per-document mean losses where both evaluations kept them."""
+        return cls(math.exp(new_loss - old_loss), loss_ratio_interval(new_documents, old_documents)
+                   if new_documents is not None and old_documents is not None else None)
 
     def format(self, digits: int = 2) -> str:
         """``1.03 [0.93, 1.14]``, ``+0.20 [+0.02, +0.36]``; the value alone without an interval."""
