@@ -23,6 +23,7 @@ two steps, suites of a few prompts), so every part of the GPU run is exercised o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -113,6 +114,12 @@ def model_from_wheel(log: Path) -> bool:
     return True
 
 
+def check_packages() -> None:
+    """What the checks at the end import is installed (a UserError otherwise): found out before any work."""
+    if importlib.util.find_spec("scipy") is None:
+        raise UserError("scipy is not installed: the checks at the end need it for their intervals (pip install scipy)")
+
+
 def check_inputs() -> None:
     """The model folder and the corpus are complete (a UserError otherwise)."""
     if not small_model.is_complete(REPO / MODEL):
@@ -149,6 +156,7 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
         phases[name] = time.monotonic() - since
         return time.monotonic()
 
+    check_packages()
     if parts is not None:
         _join(parts)
         now = lap("join", now)

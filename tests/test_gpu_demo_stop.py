@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.real_model import REPO
+from toolkit.errors import UserError
 
 sys.path.insert(0, str(REPO))
 
@@ -64,3 +65,11 @@ def test_other_exits_are_passed_on_untouched(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(SystemExit) as stop:
         gpu_demo.demo("cpu", tmp_path / "out", tmp_path / "run", None)
     assert stop.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_a_missing_package_the_checks_need_stops_the_demo_before_any_work(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu_demo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="^scipy is not installed: the checks at the end need it") as stop:
+        gpu_demo.demo("cpu", tmp_path / "out", tmp_path / "run", tmp_path / "parts")  # no parts joined yet
+    assert stop.value.exit_code == 2 and not (tmp_path / "out").exists()
