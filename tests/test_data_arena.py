@@ -86,8 +86,16 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="has winner_model_a but no winner_model_b, winner_tie"):
         read_arena(partial)
     no_prompt = _write(tmp_path / "no_prompt.csv", [["1"]], ["id"])
-    with pytest.raises(UserError, match="has no column 'model_a'"):
+    with pytest.raises(UserError, match="has no column 'prompt'"):
         read_arena(no_prompt)
+
+
+def test_the_competitions_test_file_names_no_models_and_no_winners(tmp_path: Path) -> None:
+    columns = ["id", "prompt", "response_a", "response_b"]  # the columns of the competition's test.csv
+    full = dict(zip(HEADER, _row("9"), strict=True))
+    [row], skipped = read_arena(_write(tmp_path / "test.csv", [[full[c] for c in columns]], columns))
+    assert (row.id, row.model_a, row.model_b, row.winner, skipped) == ("9", "", "", None, 0)
+    assert row.prompt == ("What is 2+2?", "And 3+3?") and row.response_a == ("4", "6")
 
 
 def test_parquet(tmp_path: Path) -> None:

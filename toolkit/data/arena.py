@@ -23,6 +23,8 @@ TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 WINNER_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
 """The label columns, in class order: 0 = A preferred, 1 = B preferred, 2 = tie."""
 COLUMNS = ("id", "model_a", "model_b", *TEXT_COLUMNS)
+REQUIRED_COLUMNS = ("id", *TEXT_COLUMNS)
+"""What every file holds: the competition's test file names no models."""
 TIE = 2
 
 
@@ -111,7 +113,7 @@ def _records(file: Path, label: str) -> Iterator[tuple[dict[str, Any], str]]:
 
 def _labelled(columns: list[str], file: Path, label: str) -> bool:
     """Whether the file has the winner columns (all three, or none in a test file)."""
-    missing = [column for column in COLUMNS if column not in columns]
+    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     if missing:
         raise UserError(f"{label}: {file} has no column {missing[0]!r} (columns: {', '.join(columns)})")
     present = [column for column in WINNER_COLUMNS if column in columns]
