@@ -33,6 +33,13 @@ def test_default_out_folder(tmp_path: Path):
     assert default_out("meta-llama/Meta-Llama-3-8B") == Path("eval-results/meta-llama--Meta-Llama-3-8B")
     (tmp_path / "final").mkdir()
     assert default_out(str(tmp_path / "final") + "/") == Path("eval-results/final")
+    for run in ("a", "b"):  # two runs' final models and checkpoints: each its own results folder
+        (tmp_path / run / "final").mkdir(parents=True)
+        (tmp_path / run / "checkpoints" / "step-5").mkdir(parents=True)
+        (tmp_path / run / "run_info.json").write_text("{}")
+        assert default_out(str(tmp_path / run / "final")) == Path(f"eval-results/{run}-final")
+        checkpoint = default_out(str(tmp_path / run / "checkpoints" / "step-5"))
+        assert checkpoint == Path(f"eval-results/{run}-checkpoints-step-5")
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.data.needle import SentenceTokens
 from toolkit.evals.api import run_suites
-from toolkit.evals.ruler import RULER_TASKS
+from toolkit.evals.ruler import RULER_TASKS, ruler_headline
 from toolkit.evals.ruler_data import ruler_sample, string_match_all
 from toolkit.evals.stats import effective_length
 
@@ -132,3 +132,8 @@ def test_ruler_run_tiny_model(tmp_path: Path):
     assert entry["scores_by_length"]["512"] == pytest.approx(
         (entry["subtasks"]["niah_single"]["score"] + entry["subtasks"]["fwe"]["score"]) / 2)
     assert entry["effective_length"] == effective_length(entry["scores_by_length"], 0.856)
+
+
+def test_the_headline_says_none_where_no_length_reaches_the_threshold() -> None:
+    assert ruler_headline({"effective_length": None}) == "effective length none"  # as the verdict says it
+    assert ruler_headline({"effective_length": 4096}) == "effective length 4096"

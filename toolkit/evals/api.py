@@ -17,7 +17,7 @@ import torch
 from toolkit.errors import RunFailure
 from toolkit.evals.backend import Backend
 from toolkit.evals.context import EvalContext
-from toolkit.evals.registry import task_type
+from toolkit.evals.registry import headline, task_type
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.specs import TaskBase
 from toolkit.evals.suite import load_suite
@@ -72,7 +72,7 @@ def run_tasks(backend: Backend, tasks: Sequence[TaskBase], folder: Path, suite: 
             raise RunFailure(f"{tag}/{suite} {task.key}: out of memory while evaluating; what it finished is saved and "
                              "a rerun continues from there (train.resume=true for a run): lower the task's "
                              "batch_tokens or batch_size, or leave out its longest lengths") from None
-        log.info("%s/%s %s (%s): score %s", tag, suite, task.key, backend.name, entry.get("score"))
+        log.info("%s/%s %s (%s): %s", tag, suite, task.key, backend.name, headline(entry))
     return results.finish({task.key for task in tasks})
 
 

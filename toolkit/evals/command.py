@@ -16,13 +16,20 @@ from toolkit.evals.results import write_json
 from toolkit.evals.run_results import check_entries
 from toolkit.evals.suite import load_suites
 from toolkit.output_paths import check_writable
-from toolkit.run_folder import read_suite
+from toolkit.run_folder import RUN_INFO, read_suite
 
 
 def default_out(model: str) -> Path:
-    """``eval-results/<model name>``: a folder's name, or a hub id with ``/`` turned into ``--``."""
+    """``eval-results/<model name>``: a folder's name, or a hub id with ``/`` turned into ``--``. A folder inside a
+    run folder is named with the run's name and the way down (``runs/a/final`` -> ``a-final``), so two runs' final
+    models, each a folder named ``final``, do not write over each other's results."""
     path = Path(model.rstrip("/"))
-    name = path.name if path.exists() else model.replace("/", "--")
+    if path.exists():
+        folder = path.resolve()
+        run = next((parent for parent in folder.parents if (parent / RUN_INFO).is_file()), None)
+        name = "-".join(folder.relative_to(run.parent).parts) if run is not None else folder.name
+    else:
+        name = model.replace("/", "--")
     return Path("eval-results") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 

@@ -23,7 +23,7 @@ from toolkit.evals.haystack import load_sentences
 from toolkit.evals.results import SuiteResults
 from toolkit.evals.ruler_data import ruler_sample, string_match_all
 from toolkit.evals.specs import Distinct, HaystackSpec, TaskBase
-from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length
+from toolkit.evals.stats import RULER_THRESHOLD, Rate, effective_length, length_text
 from toolkit.evals.task_type import CardMetrics, Entry, TaskType, complete_found
 from toolkit.file_reading import SHAPE_CONFIG
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table
@@ -109,12 +109,12 @@ def run_ruler(task: RulerTask, ctx: EvalContext, results: SuiteResults) -> dict[
     summary = ruler_summary(cells, task)
     series = {"mean": summary["scores_by_length"]} | {n: s["scores_by_length"] for n, s in summary["subtasks"].items()}
     plots.score_vs_length(series, f"{ctx.model_name} [{ctx.folder.name}] {task.key}: effective length "
-                          f"{summary['effective_length']}", ctx.plot_path(task.key), task.threshold)
+                          f"{length_text(summary['effective_length'])}", ctx.plot_path(task.key), task.threshold)
     return results.record(task, cells, summary)
 
 
 def ruler_headline(entry: Entry) -> str:
-    return f"effective length {entry.get('effective_length')}"
+    return f"effective length {length_text(entry.get('effective_length'))}"
 
 
 def _per_length(entry: Entry) -> list[tuple[str, Any]]:

@@ -230,3 +230,8 @@ def effective_length(scores_by_length: Mapping[Any, float], threshold: float) ->
             break
         best = int(length)
     return best
+
+
+def length_text(value: int | None) -> str:
+    """An effective length as printed: ``none`` when no length reaches the threshold."""
+    return "none" if value is None else str(value)

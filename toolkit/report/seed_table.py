@@ -10,9 +10,9 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import COMPARISON_INTERVAL, Rate, common_n
+from toolkit.evals.stats import COMPARISON_INTERVAL, Rate, common_n, length_text
 from toolkit.formatting.blocks import markdown_table
-from toolkit.report.verdict import Verdict, compute_verdict, length_text
+from toolkit.report.verdict import Verdict, compute_verdict
 from toolkit.run_folder import RUN_INFO, Run
 
 

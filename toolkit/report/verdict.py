@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toolkit.errors import UserError
 from toolkit.evals.run_results import read_run
-from toolkit.evals.stats import Comparison, Rate, effective_length, niah_rates
+from toolkit.evals.stats import Comparison, Rate, effective_length, length_text, niah_rates
 from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
@@ -122,11 +122,6 @@ def _values(rates: Mapping[int, Rate]) -> dict[int, float]:
 
 def _ratio(ratio: Comparison | None) -> str:
     return "-" if ratio is None else ratio.format()
-
-
-def length_text(value: int | None) -> str:
-    """An effective length as printed: ``none`` when no length reaches the threshold."""
-    return "none" if value is None else str(value)
 
 
 def verdict_spec(run: Run) -> VerdictSpec | None:
