@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from toolkit.cli import main
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.export.pretokenizer import LLAMA3_SPLIT, llama_cpp_pre_tokenizer
-from toolkit.export.to_gguf import gguf_metadata
+from toolkit.export.to_gguf import _staged, gguf_metadata
 from toolkit.recipe.schema import TokenizerTraining
 
 NATIVE, FACTOR = 64, 4
@@ -202,6 +203,8 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, mic
     assert exported.path == path and f"wrote {path}" in exported.out
     meta = gguf_metadata(path)
     assert meta["general.architecture"] == "llama"
+    assert meta["general.name"] == "run"  # the run's name, and nothing read off a temporary folder's
+    assert "general.finetune" not in meta and not any("gguf-src" in str(value) for value in meta.values())
     assert meta["llama.context_length"] == NATIVE * FACTOR
     assert meta["llama.rope.freq_base"] == 10000.0
     assert meta["llama.rope.scaling.type"] == "yarn"
@@ -215,6 +218,16 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, mic
     np.testing.assert_array_equal(_tensor(path, "token_embd.weight"), weights["model.embed_tokens.weight"].numpy())
     np.testing.assert_array_equal(_tensor(path, "blk.1.attn_v.weight"),
                                   weights["model.layers.1.self_attn.v_proj.weight"].numpy())
+
+
+def test_the_converter_reads_a_folder_named_as_the_model(tmp_path: Path) -> None:
+    """llama.cpp's converter takes general.basename and general.finetune from its folder's name: a temporary
+    folder's random name would land in the file (and make each export differ)."""
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with ExitStack() as stack:
+        staged = _staged(tmp_path, {"model_type": "llama"}, "tiny-passkey", stack)
+        assert staged.name == "tiny-passkey" and (staged / "weights.safetensors").is_symlink()
+        assert json.loads((staged / "config.json").read_text()) == {"model_type": "llama"}
 
 
 @needs_converter

@@ -114,9 +114,11 @@ def _checked_rope(config: dict[str, Any], config_json: Path) -> dict[str, Any]:
     return rope
 
 
-def _staged(folder: Path, config: dict[str, Any], stack: ExitStack) -> Path:
-    """A folder with ``folder``'s files (linked) and ``config`` as its ``config.json``."""
-    return with_config(folder, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-src-"))), config)
+def _staged(folder: Path, config: dict[str, Any], name: str, stack: ExitStack) -> Path:
+    """A folder named ``name`` with ``folder``'s files (linked) and ``config`` as its ``config.json``: llama.cpp's
+    converter names the model (``general.basename``, ``general.finetune``) after the folder it reads."""
+    return with_config(folder, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gguf-src-"))) / name,
+                       config)
 
 
 def converter_dir() -> Path:
@@ -163,7 +165,7 @@ def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16
         if not any(folder.glob("*.safetensors")):  # else the converter writes a GGUF file without tensors
             raise UserError(f"{folder}: no weights to convert (no *.safetensors file)")
         with atomic_file(target) as partial:
-            _convert(_staged(folder, config, stack), partial, outtype, pre_tokenizer, name, source)
+            _convert(_staged(folder, config, name, stack), partial, outtype, pre_tokenizer, name, source)
     meta = gguf_metadata(target)
     arch = meta["general.architecture"]
     rope = meta.get(f"{arch}.rope.scaling.type", "none")
