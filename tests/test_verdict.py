@@ -127,6 +127,7 @@ def test_report_check_exit_codes(tmp_path: Path, capsys) -> None:
     out, err = capsys.readouterr()
     assert "FAIL" in out and err.startswith("failed: verdict failed: accuracy at 1024 after extension (0.80 vs 0.90)")
     assert main(["report", str(bad)]) == 0  # without --check the report is only rebuilt
+    assert capsys.readouterr().out == f"wrote {bad / 'report.md'} and report.html beside it\n"
 
     no_spec = fake_run(tmp_path, "no-spec")
     assert main(["report", str(no_spec), "--check"]) == 2

@@ -162,7 +162,7 @@ def _report(args: argparse.Namespace) -> int:
     from toolkit.report.report import build_report
     from toolkit.report.seed_table import summary_markdown
     from toolkit.report.verdict import compute_verdict
-    from toolkit.run_folder import require_run
+    from toolkit.run_folder import REPORT_HTML, REPORT_MD, require_run
 
     if args.summary:
         if args.check:
@@ -174,6 +174,7 @@ def _report(args: argparse.Namespace) -> int:
     require_run(Path(args.runs[0]))
     check_writable(Path(args.runs[0]), "RUN")  # the report and its plots are written into it
     run = build_report(Path(args.runs[0]))
+    print(f"wrote {run.folder / REPORT_MD} and {REPORT_HTML} beside it")
     if args.check:
         verdict = compute_verdict(run)
         print(verdict.text())
