@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit.cli import configure_logging, main
+from toolkit.cli import main
+from toolkit.formatting.console_logging import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/tiny-passkey.yaml"
@@ -33,6 +34,23 @@ def test_toolkit_info_is_printed_plainly_and_other_libraries_stay_at_warning(cap
     configure_logging()  # again: still one handler
     logging.getLogger("toolkit.evals.api").info("once")
     assert capsys.readouterr().err == "once\n"
+
+
+def test_warnings_known_to_be_expected_are_not_shown_but_with_verbose(capsys) -> None:
+    configure_logging()
+    handler = logging.StreamHandler()  # what the libraries' records reach, as a root handler would get them
+    logging.getLogger().addHandler(handler)
+    try:
+        logging.getLogger("accelerate.utils.other").warning("[RANK 0] Removed shared tensor {'model.lm_head.weight'} "
+                                                            "while saving.")  # as accelerate's adapter words it
+        logging.getLogger("lm_eval.api.task").warning("passkey: Custom kwargs can be passed to `--metadata` in console")
+        logging.getLogger("accelerate.utils.other").warning("something else")
+        assert capsys.readouterr().err == "something else\n"
+        configure_logging(verbose=True)
+        logging.getLogger("lm_eval.api.task").warning("passkey: Custom kwargs can be passed to `--metadata` in console")
+        assert "Custom kwargs" in capsys.readouterr().err
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 @pytest.mark.parametrize(("flag", "own", "others"), [("-q", logging.WARNING, logging.ERROR),

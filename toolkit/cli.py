@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError
+from toolkit.formatting.console_logging import configure_logging
 
 TORCH_FREE = ("validate", "report")
 """Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
@@ -130,31 +131,6 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
     corpus.add_argument("--model", type=Path, help="the SmolLM2 folder whose tokenizer counts the tokens (default: "
                                                    "the one make small-model writes)")
-
-
-class _Stderr(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stderr`` is at the time (tests swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """The toolkit's loggers print plain messages on stderr at INFO (DEBUG with -v, WARNING with -q); other
-    libraries print WARNING and above (INFO with -v, ERROR with -q). Calling it again replaces the setting."""
-    own = logging.getLogger("toolkit")
-    own.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    if not any(isinstance(handler, _Stderr) for handler in own.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        own.addHandler(handler)
-    own.propagate = False
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
 
 
 def _report(args: argparse.Namespace) -> int:
