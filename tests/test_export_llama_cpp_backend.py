@@ -65,3 +65,14 @@ def test_both_backends_give_the_same_token_losses(backends: tuple[TransformersBa
     print(f"token losses: max |llama.cpp - transformers| {diff:.2e}, mean loss {theirs.mean().item():.4f}")
     assert ours.shape == theirs.shape == (2, 199) and ours.dtype == torch.float32
     assert diff < 1e-3
+
+
+def test_a_context_past_the_trained_length_loads_without_llama_cpps_warning_each_time(micro_gguf, capfd) -> None:
+    """The evaluations ask past the trained length on purpose; llama.cpp's warning at every load is left out, its
+    other messages are not."""
+    from toolkit.export.llama_cpp_scoring import load_llama
+
+    gguf = micro_gguf("f32").path
+    for _ in range(2):
+        load_llama(gguf, 4 * 256)  # the micro run is trained to 256 tokens
+    assert "training context overflow" not in capfd.readouterr().err

@@ -7,6 +7,7 @@ loads it before anything else.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 from pathlib import Path
@@ -17,12 +18,35 @@ import numpy as np
 _LOSS_CHUNK = 256
 
 
+_EXPECTED = b"possible training context overflow"
+"""llama.cpp's warning at each load when the context is longer than the model was trained for: the evaluations ask
+past it on purpose (a model's accuracy beyond its trained length is part of what they show)."""
+_callbacks: list[Any] = []
+"""The log callback handed to llama.cpp, kept alive as long as llama.cpp may call it."""
+
+
+def _quiet_expected_warning(llama_cpp: Any) -> None:
+    """llama.cpp's log through llama-cpp-python's own printer, less :data:`_EXPECTED` (printed at every load)."""
+    if _callbacks:
+        return
+    printer = importlib.import_module("llama_cpp._logger").llama_log_callback
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if _EXPECTED not in text:
+            printer(level, text, user_data)
+
+    _callbacks.append(callback)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def load_llama(gguf: Path, n_ctx: int) -> Any:
     """llama.cpp's ``Llama`` on ``gguf``, a context of ``n_ctx``, logits kept at every position, a thread per core
     this process may use (llama-cpp-python's default is half the machine's cores)."""
-    return importlib.import_module("llama_cpp").Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx,
-                                                      n_ubatch=n_ctx, logits_all=True, verbose=False,
-                                                      n_threads=len(os.sched_getaffinity(0)))
+    llama_cpp = importlib.import_module("llama_cpp")
+    _quiet_expected_warning(llama_cpp)
+    return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                           verbose=False, n_threads=len(os.sched_getaffinity(0)))
 
 
 def logits_at(llm: Any, ids: list[int]) -> np.ndarray:
