@@ -3,6 +3,7 @@ errors."""
 
 import json
 from itertools import islice
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -152,6 +153,11 @@ def test_missing_file_is_a_user_error(tokenizer, tmp_path):
     spec = DataSpec(source="jsonl", path=str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match=r"^train\.data\.path: no such file: .*missing\.jsonl$"):
         next(text_documents(spec, tokenizer, 0))
+    relative = DataSpec(source="jsonl", path="data/missing.jsonl")  # neither beside the recipe nor here
+    with pytest.raises(UserError) as stop:
+        next(text_documents(relative, tokenizer, 0))
+    assert str(stop.value) == (f"train.data.path: no such file: data/missing.jsonl (a relative path is read beside "
+                               f"the recipe, else in {Path.cwd()})")
 
 
 def test_folder_without_matching_files_is_a_user_error(tokenizer, tmp_path):

@@ -69,6 +69,7 @@ def test_overrides_reach_the_typed_recipe() -> None:
     ("train.stages[0].nonsense=1", "train.stages[0].nonsense: unknown key"),
     ("method.kind=qlora", "method.kind: Input should be 'full' or 'lora'"),
     ("no_equals_sign", "expected key=value"),
+    ("=5", "override '=5': no key before '=' (key.path=value)"),
     ("train..x=1", "cannot read key"),
 ])
 def test_bad_overrides_are_user_errors(override: str, expected: str) -> None:

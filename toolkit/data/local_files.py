@@ -33,7 +33,8 @@ def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     if path.is_file():
         return [str(path)]
     if not path.is_dir():
-        raise UserError(f"{label}.path: no such file: {spec.path}{missing_file_hint(path)}")
+        where = "" if path.is_absolute() else f" (a relative path is read beside the recipe, else in {Path.cwd()})"
+        raise UserError(f"{label}.path: no such file: {spec.path}{missing_file_hint(path) or where}")
     suffixes = FORMATS[spec.source].suffixes
     files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
     if not files:

@@ -23,6 +23,8 @@ def override_keys(assignment: str) -> list[str | int]:
     """The recipe keys ``key.path[i]=value`` sets; ``stages`` is short for ``train.stages``."""
     if "=" not in assignment:
         raise UserError(f"override {assignment!r}: expected key=value")
+    if not assignment.split("=", 1)[0].strip():
+        raise UserError(f"override {assignment!r}: no key before '=' (key.path=value)")
     keys = parse_path(assignment.split("=", 1)[0].strip())
     return ["train", *keys] if keys[0] == "stages" else keys
 
