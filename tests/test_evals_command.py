@@ -24,7 +24,8 @@ def test_eval_command_on_a_saved_model(tmp_path: Path, capsys):
     assert set(data["tasks"]["niah"]["grid"]["128"]) == {"0.0", "1.0"}
     assert json.loads((out / "eval_info.json").read_text())["device"] == "cpu"
     assert (out / "s-niah.png").is_file() and (out / "s-perplexity.png").is_file()
-    printed = capsys.readouterr().out
+    printed, said = capsys.readouterr()
+    assert "attention: sdpa (" in said and "; device: cpu; float32" in said, said  # as train says it
     assert f"s/niah: score {data['tasks']['niah']['score']:.3f}" in printed
     assert f"perplexity {data['tasks']['perplexity']['perplexity']:.3f}" in printed
 

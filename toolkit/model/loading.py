@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from toolkit.model.sources import check_model_source, has_tokenizer
 from toolkit.recipe.schema import MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
 
+log = logging.getLogger(__name__)
 _INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
 """The keys ``model.init_config`` may hold: LlamaConfig's fields, and the older ``rope_theta``, which LlamaConfig
 puts into ``rope_parameters``."""
@@ -273,6 +275,7 @@ def load_for_eval(model: str, adapter: str | None, device: torch.device | str | 
             "rope_parameters": dict(loaded.config.rope_parameters),
             "max_position_embeddings": loaded.config.max_position_embeddings,
             "native_length": native_length_of(loaded.config)}
+    log.info("attention: %s (%s); device: %s; %s", implementation, reason, device, info["dtype"])
     return loaded, tokenizer, info
 
 
