@@ -101,13 +101,14 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
 def markdown(result: dict[str, Any]) -> str:
     """``gpu-demo.md``: what ran where, every check, the verdict."""
     from toolkit.formatting.numbers import fmt
+    from toolkit.run_folder import NO_COMMIT
 
     passed = sum(c["passed"] for c in result["checks"])
     lines = [f"# GPU demo ({result['device']}): {passed} of {len(result['checks'])} checks pass", "",
              f"Recipe `{result['recipe']}` {' '.join(result['overrides'])}".rstrip() + f"; {result['steps']} steps; "
              f"peak memory in training {fmt(result['peak_memory_gib'], 2)} GiB; "
              f"{result['elapsed_s']:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in result["phases"].items())
-             + f"); toolkit commit {result['commit']}.", ""]
+             + f"); toolkit commit {result.get('commit', NO_COMMIT)}.", ""]
     lines += [f"- **{'pass' if c['passed'] else 'fail'}**: {c['name']}: {c['detail']}" for c in result["checks"]]
     lines += ["", "```", result["verdict"], "```", "", f"The run's report: `report.md`; with its plots, metrics and "
               f"evaluation results in `{RESULTS}` (`run/`; the zero-shot YaRN x4 reference: `{REFERENCE}/`).", ""]

@@ -41,6 +41,8 @@ def test_default_out_folder(tmp_path: Path):
         assert default_out(str(tmp_path / run / "final")) == Path(f"eval-results/{run}-final")
         checkpoint = default_out(str(tmp_path / run / "checkpoints" / "step-5"))
         assert checkpoint == Path(f"eval-results/{run}-checkpoints-step-5")
+    (tmp_path / "llama3").symlink_to(tmp_path / "a" / "final")  # a link named for its model keeps its name
+    assert default_out(str(tmp_path / "llama3")) == Path("eval-results/llama3")
 
 
 ROOT = Path(__file__).resolve().parents[1]

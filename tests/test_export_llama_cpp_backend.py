@@ -70,9 +70,13 @@ def test_both_backends_give_the_same_token_losses(backends: tuple[TransformersBa
 def test_a_context_past_the_trained_length_loads_without_llama_cpps_warning_each_time(micro_gguf, capfd) -> None:
     """The evaluations ask past the trained length on purpose; llama.cpp's warning at every load is left out, its
     other messages are not."""
+    from toolkit.export import llama_cpp_scoring
     from toolkit.export.llama_cpp_scoring import load_llama
 
     gguf = micro_gguf("f32").path
     for _ in range(2):
         load_llama(gguf, 4 * 256)  # the micro run is trained to 256 tokens
     assert "training context overflow" not in capfd.readouterr().err
+    [callback] = llama_cpp_scoring._callbacks  # what llama.cpp calls with each message, installed once
+    callback(3, b"llama_context: something else went wrong\n", None)
+    assert capfd.readouterr().err == "llama_context: something else went wrong\n"

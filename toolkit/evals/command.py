@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ def default_out(model: str) -> Path:
     models, each a folder named ``final``, do not write over each other's results."""
     path = Path(model.rstrip("/"))
     if path.exists():
-        folder = path.resolve()
+        folder = Path(os.path.abspath(path))  # a link keeps its own name
         run = next((parent for parent in folder.parents if (parent / RUN_INFO).is_file()), None)
         name = "-".join(folder.relative_to(run.parent).parts) if run is not None else folder.name
     else:
