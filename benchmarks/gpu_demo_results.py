@@ -19,21 +19,6 @@ SHORT_PERPLEXITY_MAX = 1.05
 """The extended model's short-context perplexity at most 5% above the base model's."""
 
 
-def _far_loss(by_bucket: dict[str, float], start: int) -> float:
-    """Mean loss over the position buckets from ``start`` on."""
-    losses = [loss for first, loss in by_bucket.items() if int(first) >= start]
-    return sum(losses) / len(losses)
-
-
-def _far_ratio(new: dict[str, Any], old: dict[str, Any], start: int) -> Comparison:
-    """Perplexity over the positions from ``start`` on of ``new`` against ``old`` (the same documents), with its
-    interval where both kept each document's losses."""
-    documents = [[_far_loss(doc, start) for doc in entry["document_loss_by_bucket"]]
-                 if "document_loss_by_bucket" in entry else None for entry in (new, old)]
-    return Comparison.loss_ratio(_far_loss(new["loss_by_bucket"], start), _far_loss(old["loss_by_bucket"], start),
-                                 *documents)
-
-
 def _documents(entry: dict[str, Any]) -> str:
     """``, n=8 documents`` where the entry kept its documents' losses."""
     n = len(entry.get("document_mean_loss", ()))
@@ -56,7 +41,7 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     suite file of the held-out perplexity at the extended length; ``short_suite``: the suite name of the short-context
     ``passkey`` and ``heldout`` tasks)."""
     from toolkit.errors import UserError
-    from toolkit.evals.perplexity import loss_ratio
+    from toolkit.evals.perplexity import loss_from, loss_ratio
     from toolkit.evals.run_results import check_entries, read_run
     from toolkit.report.cells import compare
     from toolkit.report.verdict import compute_verdict
@@ -75,10 +60,10 @@ def checks(run_dir: Path, heldout_suite: str, short_suite: str, reference: Path)
     after = run.entry(final, heldout, "heldout") or {}
     zero_shot = read_suites(reference, check_entries).get(heldout, {}).get("tasks", {}).get("heldout", {})
     name = f"held-out loss at positions >= {far} below zero-shot YaRN x4"
-    if after and zero_shot:
-        new, old = _far_loss(after["loss_by_bucket"], far), _far_loss(zero_shot["loss_by_bucket"], far)
-        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}: perplexity "
-                            f"{_far_ratio(after, zero_shot, far).format(3)} x the reference's{_documents(after)}"))
+    if (ratio := loss_ratio(after, zero_shot, far)) is not None:
+        new, old = (loss_from(entry["loss_by_bucket"], far) for entry in (after, zero_shot))
+        found.append(_check(name, new < old, f"{new:.3f} vs {old:.3f}: perplexity {ratio.format(3)} x the "
+                            f"reference's{_documents(after)}"))
     else:
         found.append(_check(name, False, f"no {heldout}/heldout results for {final} or the reference"))
     short = [run.entry(tag, short_suite, "heldout") or {} for tag in (base, final)]

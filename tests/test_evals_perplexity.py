@@ -13,7 +13,7 @@ from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.evals.api import run_suites
 from toolkit.evals.context import sentence_tokens
 from toolkit.evals.haystack import long_document
-from toolkit.evals.perplexity import bucket_losses, document_losses, mean_of, perplexity_section
+from toolkit.evals.perplexity import bucket_losses, document_losses, loss_ratio, mean_of, perplexity_section
 from toolkit.evals.scoring import token_losses
 from toolkit.evals.stats import LOSS_RATIO_INTERVAL
 from toolkit.formatting.blocks import Paragraph, Table
@@ -81,3 +81,19 @@ def test_the_report_gives_each_perplexity_against_the_one_before_extension(tmp_p
     assert table.header == ["tag", "mean loss", "perplexity", "perplexity / base's"]
     # exp(-0.1) = 0.905; t(0.975, 3) = 3.182 x sd 0.0408 / 2 = 0.065 either side of -0.1 in loss
     assert [row[3] for row in table.rows] == ["-", "0.905 [0.848, 0.966]", "0.905"]
+
+
+def test_the_ratio_from_a_position_on_weighs_its_buckets_of_each_document() -> None:
+    def entry(documents: list[dict[str, float]]) -> dict:
+        by_bucket = {first: math.fsum(doc[first] for doc in documents) / len(documents) for first in documents[0]}
+        return {"loss_by_bucket": by_bucket, "document_loss_by_bucket": documents}
+
+    new = entry([{"0": 9.0, "64": 2.0, "128": 2.2}, {"0": 9.0, "64": 2.4, "128": 2.0}])  # far: 2.1 and 2.2
+    old = entry([{"0": 1.0, "64": 2.3, "128": 2.3}, {"0": 1.0, "64": 2.5, "128": 2.3}])  # far: 2.3 and 2.4
+    ratio = loss_ratio(new, old, start=64)
+    assert ratio is not None and ratio.value == pytest.approx(math.exp(-0.2))
+    assert ratio.interval == pytest.approx((math.exp(-0.2), math.exp(-0.2)))  # both documents 0.2 lower: no spread
+    assert loss_ratio(new, old) is None  # whole documents need their mean losses
+    without = {"loss_by_bucket": old["loss_by_bucket"]}  # results from before documents' losses were kept
+    pointwise = loss_ratio(new, without, start=64)
+    assert pointwise is not None and pointwise.value == ratio.value and pointwise.interval is None

@@ -110,13 +110,28 @@ def perplexity_headline(entry: Entry) -> str | None:
     return f"perplexity {entry['perplexity']:.3f}" if "perplexity" in entry else None
 
 
-def loss_ratio(new: Entry, old: Entry) -> Comparison | None:
+def loss_from(by_bucket: dict[str, float], start: int) -> float:
+    """Mean loss over the position buckets from ``start`` on (each bucket's mean weighs the same)."""
+    losses = [loss for first, loss in by_bucket.items() if int(first) >= start]
+    return sum(losses) / len(losses)
+
+
+def loss_ratio(new: Entry, old: Entry, start: int = 0) -> Comparison | None:
     """``new``'s perplexity / ``old``'s on the same documents, with its interval where both kept each document's
-    loss; ``None`` without both mean losses."""
-    if "mean_loss" not in new or "mean_loss" not in old:
-        return None
-    return Comparison.loss_ratio(new["mean_loss"], old["mean_loss"], new.get("document_mean_loss"),
-                                 old.get("document_mean_loss"))
+    losses: over whole documents, or over the positions from ``start`` on (their buckets); ``None`` without both
+    losses."""
+    if start:
+        if "loss_by_bucket" not in new or "loss_by_bucket" not in old:
+            return None
+        new_loss, old_loss = (loss_from(entry["loss_by_bucket"], start) for entry in (new, old))
+        documents = [[loss_from(doc, start) for doc in entry["document_loss_by_bucket"]]
+                     if "document_loss_by_bucket" in entry else None for entry in (new, old)]
+    else:
+        if "mean_loss" not in new or "mean_loss" not in old:
+            return None
+        new_loss, old_loss = new["mean_loss"], old["mean_loss"]
+        documents = [new.get("document_mean_loss"), old.get("document_mean_loss")]
+    return Comparison.loss_ratio(new_loss, old_loss, *documents)
 
 
 def perplexity_section(run: Run) -> list[Block]:
