@@ -91,6 +91,14 @@ def test_a_field_an_override_set_is_named_by_the_override_not_by_a_line_of_the_f
     assert str(info.value).startswith(f"{TINY}: {expected}"), str(info.value)
 
 
+def test_a_check_across_fields_names_the_line_and_the_overrides_it_checked() -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe(TINY, ["seed=3", "stages[2].seq_len=2048"])
+    line = next(i for i, text in enumerate(TINY.read_text().splitlines(), 1) if "factor:" in text)
+    assert str(info.value).startswith(f"{TINY}:{line} (with overrides 'seed=3', 'stages[2].seq_len=2048'): "
+                                      "train.stages[2].rope.factor: 4.0 x original length 256 covers 1024"), info.value
+
+
 def test_the_last_override_of_a_field_is_the_one_named() -> None:
     with pytest.raises(UserError) as info:
         load_recipe(TINY, ["stages[1].seq_len=300", "stages.1.seq_len=-1"])

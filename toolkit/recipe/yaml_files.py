@@ -122,7 +122,8 @@ def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
 def validation_message(exc: ValidationError, source: str, node: yaml.Node | None = None, prefix: tuple = (),
                        overrides: Mapping[tuple[str | int, ...], str] | None = None) -> str:
     """The first pydantic error as ``file:line: field.path: message``, or ``file: override 'key=value': field.path:
-    message`` where the field is one an override (keys -> its text) set or lies within it."""
+    message`` where the field is one an override (keys -> its text) set or lies within it; other errors of an
+    overridden recipe name the overrides after the line."""
     err = exc.errors()[0]
     loc = list(prefix) + [k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))]
     cause = (err.get("ctx") or {}).get("error")
@@ -138,6 +139,8 @@ def validation_message(exc: ValidationError, source: str, node: yaml.Node | None
     setting = [text for keys, text in (overrides or {}).items() if tuple(loc[:len(keys)]) == keys]
     if setting:
         where = f"{source}: override {setting[-1]!r}"
+    elif overrides:  # a check across fields, or a field the overrides left: the values checked are the overridden ones
+        where += f" (with override{'s' if len(overrides) > 1 else ''} {', '.join(map(repr, overrides.values()))})"
     field = format_loc(loc)
     return f"{where}: {field}: {message}" if field else f"{where}: {message}"
 
