@@ -4,6 +4,7 @@ bisection and stops when its time runs out."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -46,7 +47,7 @@ def test_toolkit_loop_and_baseline_train_the_same_model(method: str, monkeypatch
     assert ours["status"] == baseline["status"] == "ok" and ours["attention_used"] == "sdpa"
     # same weights, same packed rows, same clipping and updates through two code paths: the same 3 losses
     assert len(ours["losses"]) == 3 and ours["losses"] == pytest.approx(baseline["losses"], rel=1e-5)
-    assert ours["losses"][0] == pytest.approx(6.249, abs=0.01)  # about ln(512) at random init
+    assert ours["losses"][0] == pytest.approx(math.log(512), abs=0.1)  # a uniform guess over the 512 tokens at init
     assert ours["tokens_per_s"] > 0 and ours["mfu"] > 0 and ours["reserved_gib"] is None  # CPU: no reserve
     # one document fills each row: every token is real; 2 timed steps, their median between the two
     assert ours["real_fraction"] == 1.0 and ours["documents"] == [[128], [128]] and ours["mfu_spec"] is None

@@ -3,6 +3,9 @@ extrapolation from one and two layers to the full depth."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,8 +45,18 @@ def test_layers_kept_on_the_device_cost_device_bytes() -> None:
     assert row["host_gib"] == 0 and row["device_gib"] * 1024**3 == two["device_bytes"] + 30 * per_layer
 
 
-def test_command_line_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--device", "cpu", "--shape", "tiny", "--fp32", "--seq-len", "512", "--offload", "16", "--tiles", "2",
-          "--loss-chunk", "64"])
+def test_command_line_prints_the_table_of_the_rows_it_writes(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "probe.json"
+    main(["--device", "cpu", "--shape", "tiny", "--fp32", "--seq-len", "512", "--offload", "16", "--fp8", "--tiles",
+          "2", "--loss-chunk", "64", "--json", str(out)])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| seq_len | per layer device GiB") and lines[2].startswith("| 512 |")
+    assert lines[0].startswith("| seq_len | per layer device GiB | per layer host GiB | per layer s | 32 layers:")
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["host_gib"] * 1024**3 == 16 * INPUT  # the first 16 layers keep their inputs there, in fp8
+    two = row["measured"][1]
+    assert row["device_gib"] * 1024**3 == two["device_bytes"] + 16 * INPUT * 4  # the other 16, in float32 on the device
+    cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert cells == ["512", f"{row['per_layer_device_gib']:.3f}", f"{row['per_layer_host_gib']:.3f}",
+                     f"{row['per_layer_s']:.2f}", f"{row['device_gib']:.2f}", "-", f"{row['host_gib']:.2f}",
+                     f"{row['step_s']:.1f}"]

@@ -1,5 +1,5 @@
-"""The default recipe end to end through the CLI, shortened: every stage trains, every suite runs before
-training and after each stage, and the report is written with its plots."""
+"""The default recipe end to end through the CLI, shortened: every stage trains, every suite runs after each stage
+past the curriculum (the random init is not evaluated), and the report is written with its plots."""
 
 from __future__ import annotations
 

@@ -130,14 +130,17 @@ def test_a_folder_without_a_model_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert "neither a run folder with final/ nor a model folder" in capsys.readouterr().err
 
 
-def test_export_without_check_imports_no_evaluation_code(tmp_path: Path) -> None:
-    """The needle check and the eval registry (seconds of imports) load only for ``--check``: a fresh process."""
-    probe = ("import sys; from toolkit.cli import main; code = main(['export', sys.argv[1], '--format', 'gguf']); "
-             "print(code, *sorted(m for m in ('toolkit.export.llama_cpp_needles', 'toolkit.evals.registry') "
-             "if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
-    assert done.stdout.split() == ["2"], done.stdout + done.stderr
+@needs_converter
+def test_export_without_check_imports_no_evaluation_code(export_run: Path, tmp_path: Path) -> None:
+    """The needle check and the eval registry (seconds of imports) load only for ``--check``: a fresh process that
+    exports a run."""
+    probe = ("import sys; from toolkit.cli import main; code = main(['export', sys.argv[1], '--format', 'gguf', "
+             "'--out', sys.argv[2]]); print(code, *sorted(m for m in ('toolkit.export.llama_cpp_needles', "
+             "'toolkit.evals.registry') if m in sys.modules))")
+    out = tmp_path / "model.gguf"
+    done = subprocess.run([sys.executable, "-c", probe, str(export_run), str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.stdout.strip().splitlines()[-1] == "0" and out.is_file(), done.stdout + done.stderr
 
 
 def _model_without_tokenizer(folder: Path) -> Path:

@@ -34,6 +34,13 @@ def _checkpoints(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir())
 
 
+def _resumed_from(run: Path, checkpoint: str, printed: str) -> None:
+    """The second run resumed from ``checkpoint`` (it said so), not from scratch, and logged each of the micro
+    recipe's 10 steps once."""
+    assert f"resumed from {run / 'checkpoints' / checkpoint}" in printed, printed[-600:]
+    assert [row["global_step"] for row in read_metrics(run)] == list(range(1, 11))
+
+
 def _fail_on_call(monkeypatch, n: int, error: BaseException | None = None) -> None:
     """Make the objective's n-th call return a NaN loss (or raise ``error``)."""
     original = CausalLMObjective.forward
@@ -63,8 +70,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(micro_recipe: Path
     with open(run / METRICS, "a") as metrics:
         metrics.write('{"global_step": 5, "lo')  # cut off, as a kill -9 in the middle of a write leaves it
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    _resumed_from(run, "stage-0-step-000004", capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
-    assert [row["global_step"] for row in read_metrics(run)] == list(range(1, 11))
     assert (run / METRICS).read_text().count("\n") == 10  # no cut-off line left inside the file
 
 
@@ -91,6 +98,7 @@ def test_a_bad_record_met_in_training_keeps_the_steps_before_it(micro_recipe: Pa
     assert _checkpoints(run) == ["stage-0-step-000004", "stage-0-step-000005"]
     monkeypatch.undo()
     assert train(micro_recipe, "train.resume=true") == 0
+    _resumed_from(run, "stage-0-step-000005", capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
@@ -186,6 +194,7 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(micro_recipe: Path, un
     assert _checkpoints(run) == ["stage-0-step-000002"]
     monkeypatch.undo()
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    _resumed_from(run, "stage-0-step-000002", capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
@@ -229,7 +238,7 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 120
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninterrupted: Path) -> None:
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninterrupted: Path, capsys) -> None:
     run = micro_recipe.parent / "run"
     proc = _spawn(micro_recipe, "train.save_every=2")
     _wait_for_checkpoint(run, proc)
@@ -237,24 +246,30 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninte
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "stopped by SIGTERM; checkpoint saved at" in err
+    saved = _checkpoints(run)[-1]
+    assert f"checkpoint saved at {run / 'checkpoints' / saved}" in err
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    _resumed_from(run, saved, capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
 @pytest.mark.slow
-def test_kill_9_mid_checkpoint_leaves_last_complete_one(micro_recipe: Path, uninterrupted: Path) -> None:
+def test_kill_9_resumes_from_the_last_complete_checkpoint_past_a_torn_one(micro_recipe: Path, uninterrupted: Path,
+                                                                          capsys) -> None:
     run = micro_recipe.parent / "run"
     proc = _spawn(micro_recipe, "train.save_every=2")
     _wait_for_checkpoint(run, proc)
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not (run / "final").exists()  # killed mid-run
+    complete = _checkpoints(run)[-1]
     # what a kill during a write leaves behind: a temporary folder with part of a checkpoint
     partial = run / "checkpoints" / ".tmp-stage-0-step-000099"
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "model.safetensors").write_bytes(b"torn")
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
     assert not partial.exists()
+    _resumed_from(run, complete, capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
