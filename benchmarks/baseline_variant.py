@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import LORA, Config, Trial
+from benchmarks.harness import Config, Trial
 from benchmarks.rows import StepRow
 from benchmarks.toolkit_variant import bench_recipe
+from toolkit.plan.command import LORA
 
 
 def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow]) -> Trial:
@@ -23,7 +24,7 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
 
     from toolkit.data.tokenizer import load_tokenizer
     from toolkit.model.loading import build_random
-    from toolkit.model.lora import peft_settings
+    from toolkit.model.lora import count_parameters, peft_settings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -59,9 +60,8 @@ def run_baseline(config: Config, built: Callable[[], None], rows: list[StepRow])
         losses.append(total.item())
         if i >= config.warmup:
             step_s.append(time.perf_counter() - start)
-    count = sum(p.numel() for p in model.parameters())
-    return Trial(losses=losses, step_s=step_s, trainable_fraction=sum(p.numel() for p in params) / count,
-                 attention="sdpa")
+    trainable, count = count_parameters(model)
+    return Trial(losses=losses, step_s=step_s, trainable_fraction=trainable / count, attention="sdpa")
 
 
 def _documents(step: StepRow, device: Any) -> list[tuple[Any, Any, int]]:

@@ -33,7 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import LORA, SHAPES
+from benchmarks.harness import SHAPES
 from toolkit.errors import OneLineParser, output_file, positive_int
 from toolkit.formatting.blocks import markdown_table
 from toolkit.memory.checkpointing import enable_checkpointing
@@ -44,7 +44,7 @@ from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
 from toolkit.model.lora import apply_lora
 from toolkit.output_paths import write_text
-from toolkit.plan.command import LOSS_CHUNK
+from toolkit.plan.command import LORA, LOSS_CHUNK
 from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import TrainSpec
 from toolkit.training.objective import causal_lm_parts

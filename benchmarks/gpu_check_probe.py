@@ -23,9 +23,9 @@ from typing import Any
 from benchmarks.context_probe import LEAN_NORM
 from benchmarks.gpu_check_cli import cli_against_benchmark
 from benchmarks.gpu_check_sections import Profile, Section, throughput
-from benchmarks.harness import LORA, ROOT, SHAPES, child_env
-from toolkit.plan.command import LOSS_CHUNK
-from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
+from benchmarks.harness import ROOT, SHAPES, child_env
+from toolkit.plan.command import LORA, LOSS_CHUNK
+from toolkit.plan.memory import GIB, Setup, estimate, shape_from_config
 
 PLAN_TOLERANCE = 0.10
 """The plan's allocated peak against the probe's, relative."""
@@ -36,15 +36,15 @@ MEMORY_REPORTED_ONLY = ("reported, not asserted: the plan models GPU memory; on 
 
 def planned(shape_name: str, layers: int, seq_len: int, **settings: Any) -> dict[str, float]:
     """The plan's allocated GPU GiB, its total (what has to fit the card: with the allocator's reserve and the runtime
-    overhead) and host GiB for one step of :data:`benchmarks.harness.LORA` at ``seq_len`` on a ``layers``-layer model
+    overhead) and host GiB for one step of :data:`toolkit.plan.command.LORA` at ``seq_len`` on a ``layers``-layer model
     of the shape; ``settings``: :class:`toolkit.plan.memory.Setup` fields (bf16 and the lean norm, as recipes have
     it, unless they say otherwise)."""
     shape = shape_from_config({**SHAPES[shape_name], "num_hidden_layers": layers})
     setup = Setup(**{"param_bytes": 2, "attention": "flash/sdpa", "lean_norm": LEAN_NORM, **settings}, seq_len=seq_len,
                   lora_rank=LORA.r, lora_targets=tuple(LORA.target_modules))
     result = estimate(shape, setup)
-    allocated = result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
-    return {"plan_gib": allocated / GIB, "plan_total_gib": result.total / GIB, "plan_host_gib": result.host / GIB}
+    return {"plan_gib": result.allocated / GIB, "plan_total_gib": result.total / GIB,
+            "plan_host_gib": result.host / GIB}
 
 
 def throughput_against_plan(section: Section, profile: Profile, scratch: Path, peak_tflops: float) -> None:

@@ -31,16 +31,9 @@ from typing import Any
 
 from benchmarks.rows import StepRow, step_rows
 from toolkit.plan.command import LOSS_CHUNK
-from toolkit.plan.memory import GIB, LLAMA3_8B, ModelShape
-from toolkit.recipe.schema import LoraSpec
+from toolkit.plan.memory import GIB, LLAMA3_8B
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def llama_config(shape: ModelShape) -> dict[str, Any]:
-    """``shape`` as LlamaConfig keyword arguments."""
-    return dict(hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
-                num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab)
 
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -50,14 +43,12 @@ SHAPES: dict[str, dict[str, Any]] = {
                   num_key_value_heads=2, vocab_size=8192),
     "8b-ratios": dict(hidden_size=512, intermediate_size=1792, num_hidden_layers=4, num_attention_heads=16,
                       num_key_value_heads=4, vocab_size=512),  # Llama-3-8B's proportions at an eighth of its width
-    "llama3-8b": llama_config(LLAMA3_8B),
+    "llama3-8b": LLAMA3_8B.llama_config(),
 }
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 """The environment every measurement runs in. glibc serves allocations below its (growing) mmap threshold from the
 heap and keeps freed heap pages, so the resident set would count fragmentation; a fixed 64 KiB threshold maps and
 unmaps every tensor (on CPU, at the cost of speed: the tiny shape's steps at 256 tokens take twice as long)."""
-LORA = LoraSpec()
-"""The LoRA every benchmark trains and plans: the toolkit's defaults."""
 BF16_SPEC_TFLOPS = 989.0
 """H100/H200 SXM dense bf16 peak (spec sheet): the second MFU denominator on CUDA."""
 

@@ -19,10 +19,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.context_probe import LEAN_NORM
-from benchmarks.harness import LORA, SHAPES, Config, measure
+from benchmarks.harness import SHAPES, Config, measure
 from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
-from toolkit.plan.memory import GIB, RUNTIME_OVERHEAD, Setup, estimate, shape_from_config
+from toolkit.plan.command import LORA
+from toolkit.plan.memory import GIB, Setup, estimate, shape_from_config
 
 SETTINGS = [  # (label, checkpointing, loss chunk, tiles)
     ("no checkpointing, plain loss", False, None, None),
@@ -44,8 +45,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
         measured = measure(config, budget_s)
         setup = Setup(seq_len=seq_len, param_bytes=2 if torch.cuda.is_available() else 4,
                       checkpointing=checkpointing, loss_chunk=chunk, tiles=tiles, lean_norm=LEAN_NORM, **lora)
-        result = estimate(shape, setup)  # measured: allocated, so without the allocator's reserve
-        planned = (result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]) / GIB
+        planned = estimate(shape, setup).allocated / GIB  # what is measured
         rows.append({"setting": label, "measured_gib": measured.get("peak_gib"), "planned_gib": planned,
                      "error": planned / measured["peak_gib"] - 1 if measured["status"] == "ok" else None})
         error = "n/a" if rows[-1]["error"] is None else f"{rows[-1]['error']:+.0%}"

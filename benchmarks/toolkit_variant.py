@@ -10,8 +10,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.harness import LORA, SHAPES, Config, Trial
+from benchmarks.harness import SHAPES, Config, Trial
 from benchmarks.rows import StepRow
+from toolkit.plan.command import LORA
 from toolkit.recipe.data_spec import DataSpec
 from toolkit.recipe.schema import (
     LoggingSpec,
@@ -51,7 +52,7 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
     from toolkit.run_folder import read_metrics
     from toolkit.training.checkpoints import CheckpointManager, TrainerState
     from toolkit.training.faults import StopFlag
-    from toolkit.training.loop import LoopParts, StageJob, train_stage
+    from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
     from toolkit.training.session import setup
 
     class NoCheckpoints(CheckpointManager):
@@ -73,7 +74,8 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
         spec = recipe.train.stages[0]
         packed = stage_loader(recipe.train.data, session.tokenizer, spec.seq_len, 1, recipe.seed).dataset
         batches = GivenBatches(iter([collate([step.row]) for step in rows]), packed)  # type: ignore[arg-type]
-        train_stage(parts, StageJob(0, spec, spec.max_steps or 0, spec.seq_len * spec.grad_accum, batches, None, 0))
+        train_stage(parts, StageJob(0, spec, stage_steps(spec, recipe.train, 1), tokens_per_step(spec, 1), batches,
+                                    None, 0))
         session.logger.close()
         records = read_metrics(recipe.run_dir)
     trainable, total = count_parameters(session.model)

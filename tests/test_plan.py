@@ -10,7 +10,17 @@ import pytest
 
 from toolkit.errors import UserError
 from toolkit.plan.command import plan, print_plan
-from toolkit.plan.memory import GIB, KNOWN_SHAPES, RUNTIME_OVERHEAD, Setup, estimate, shape_for, step_flops
+from toolkit.plan.memory import (
+    GIB,
+    KNOWN_SHAPES,
+    RUNTIME_OVERHEAD,
+    ModelShape,
+    Setup,
+    estimate,
+    shape_for,
+    shape_from_config,
+    step_flops,
+)
 from toolkit.recipe.loading import load_recipe
 from toolkit.recipe.schema import Recipe
 
@@ -136,3 +146,11 @@ def test_overhead_is_counted_once() -> None:
     result = estimate(LLAMA3_8B, Setup(seq_len=1))
     assert result.parts["runtime overhead"] == RUNTIME_OVERHEAD
     assert result.total == sum(result.parts.values())
+    # what an allocator reports: neither the runtime's overhead nor the reserve it keeps cached
+    assert result.allocated == result.total - RUNTIME_OVERHEAD - result.parts["allocator reserve"]
+
+
+def test_a_shape_reads_back_from_its_llama_config() -> None:
+    tied = ModelShape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=320, tied=True, head_dim=32)
+    for shape in (LLAMA3_8B, tied):
+        assert shape_from_config(shape.llama_config()) == shape

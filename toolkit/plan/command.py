@@ -31,7 +31,7 @@ MIN_SAVING = 0.005
 """A switch is advised when it saves at least this share of the stage's memory (an 8-bit optimizer for LoRA's few
 trainable weights does not)."""
 LORA = LoraSpec()
-"""The LoRA it advises: the schema's defaults."""
+"""The LoRA the plan advises and the benchmarks train and plan: the schema's defaults."""
 LOSS_CHUNK: int = TrainSpec.model_fields["loss_chunk_size"].default
 
 

@@ -66,6 +66,12 @@ class ModelShape:
     tied: bool = False
     head_dim: int | None = None
 
+    def llama_config(self) -> dict[str, Any]:
+        """The shape as LlamaConfig keyword arguments (:func:`shape_from_config` reads them back)."""
+        return dict(hidden_size=self.hidden, intermediate_size=self.intermediate, num_hidden_layers=self.layers,
+                    num_attention_heads=self.heads, num_key_value_heads=self.kv_heads, vocab_size=self.vocab,
+                    tie_word_embeddings=self.tied, **({"head_dim": self.head_dim} if self.head_dim else {}))
+
     @property
     def head_size(self) -> int:
         """Dimensions per attention head: ``head_dim``, else hidden / heads."""
@@ -211,6 +217,12 @@ class Estimate:
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def allocated(self) -> int:
+        """What a device's allocator reports as allocated at the peak: the total without its reserve and the
+        runtime's overhead."""
+        return self.total - self.parts["allocator reserve"] - self.parts["runtime overhead"]
 
     @property
     def host_needed(self) -> int:
