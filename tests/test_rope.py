@@ -188,7 +188,7 @@ def test_use_rope_restores_the_previous_setting_exactly(start: dict) -> None:
     before = (rope_of(model), model.config.max_position_embeddings, logits(model, 64))
     with use_rope(model, RopeSpec(type="dynamic", factor=2.0), TARGET, NATIVE) as switch:
         assert switch.applied.parameters == {"rope_type": "dynamic", "rope_theta": THETA, "factor": 2.0}
-        assert switch.applied.context_length == TARGET and model.config.max_position_embeddings == NATIVE
+        assert model.config.max_position_embeddings == switch.applied.max_position_embeddings == NATIVE
     assert (model.config.rope_parameters, model.config.max_position_embeddings) == before[:2]  # no rounding back
     torch.testing.assert_close(logits(model, 64), before[2], rtol=0, atol=0)
 

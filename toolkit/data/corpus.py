@@ -107,8 +107,8 @@ class CorpusSummary:
 
 
 def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: str,
-                 packages: tuple[Package, ...] = PACKAGES, needle_records: int | None = None) -> CorpusSummary:
-    """Write the corpus files of ``works`` (read from ``packages``) into ``out_dir`` (``source.json`` last;
+                 needle_records: int | None = None) -> CorpusSummary:
+    """Write the corpus files of ``works`` (read from :data:`PACKAGES`) into ``out_dir`` (``source.json`` last;
     ``needle_records``: that many conversations instead of :data:`~toolkit.data.corpus_needles.RECORDS`); returns
     what it holds."""
     if len({work.name for work in works}) < len(works):
@@ -126,7 +126,7 @@ def write_corpus(works: list[Work], tokenizer, out_dir: Path, tokenizer_name: st
     by_package = [PackageCounts(package.spec, package.sha256, package.license,
                                 sum(work.source == package.key for work in works),
                                 sum(length[work.name] for work in works if work.source == package.key))
-                  for package in packages]
+                  for package in PACKAGES]
     summary = CorpusSummary(by_package, tokenizer_name,
                             Counts.of([length[work.name] for work in train]),
                             Counts.of([length[work.name] for work in heldout]),

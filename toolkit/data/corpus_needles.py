@@ -39,9 +39,9 @@ def chat_needle(tokenizer, tokens: SentenceTokens, frame: ChatFrame, rng: random
             "needles": count, "length": len(haystack.input_ids)}
 
 
-def write_chat_needles(tokenizer, path: Path, records: int = RECORDS, seed: int = 0) -> str:
-    """Write ``records`` conversations to ``path`` (deterministic in ``seed``); a line saying what it wrote."""
-    rng = random.Random(seed)
+def write_chat_needles(tokenizer, path: Path, records: int = RECORDS) -> str:
+    """Write ``records`` conversations to ``path`` (the same ones every time); a line saying what it wrote."""
+    rng = random.Random(0)
     tokens, frame = SentenceTokens(tokenizer), ChatFrame.of(tokenizer)
     total = 0
     with path.open("w", encoding="utf-8") as out:

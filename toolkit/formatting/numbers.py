@@ -32,10 +32,10 @@ def with_interval(value: float, interval: Sequence[float] | None, digits: int = 
     """``0.970 [0.920, 0.990]``: ``value`` and its interval with ``digits`` decimals (``signed``: each with its sign, as
     a difference, ``+0.200 [-0.010, +0.390]``); the value alone without one. A value that rounds to zero reads as zero,
     never ``-0.00``."""
-    form = f"{'+' if signed else ''}.{digits}f"
+    form = f"{'+' if signed else ''}z.{digits}f"
 
     def shown(number: float) -> str:
-        return f"{0.0 if round(number, digits) == 0 else number:{form}}"  # Python 3.10 has no "z" option
+        return f"{number:{form}}"
 
     return f"{shown(value)} [{shown(interval[0])}, {shown(interval[1])}]" if interval else shown(value)
 

@@ -107,15 +107,13 @@ def context_length(spec: RopeSpec, seq_len: int, native_length: int) -> int:
 
 @dataclass(frozen=True)
 class RopeSetting:
-    """A complete RoPE setting: ``config.rope_parameters``, the context length it covers, and the
-    ``config.max_position_embeddings`` it needs."""
+    """A complete RoPE setting: ``config.rope_parameters`` and the ``config.max_position_embeddings`` it needs."""
 
     parameters: dict[str, Any]
-    context_length: int
     max_position_embeddings: int
-    """The context length, but for ``dynamic`` the original length (``original_max_position_embeddings``, else the
-    native length): transformers rescales that method's base as a sequence grows past ``max_position_embeddings``,
-    continuously from there on, by ``factor``."""
+    """The context length it covers (:func:`context_length`), but for ``dynamic`` the original length
+    (``original_max_position_embeddings``, else the native length): transformers rescales that method's base as a
+    sequence grows past ``max_position_embeddings``, continuously from there on, by ``factor``."""
 
 
 def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
@@ -123,7 +121,7 @@ def rope_setting(spec: RopeSpec, seq_len: int, config: Any, native_length: int,
     """The setting of ``spec`` for ``seq_len`` tokens (see :func:`rope_parameters`), without applying it."""
     covered = context_length(spec, seq_len, native_length)
     original = spec.original_length(native_length)
-    return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta), covered,
+    return RopeSetting(rope_parameters(spec, seq_len, config, native_length, base_theta),
                        original if spec.type == "dynamic" else covered)
 
 
