@@ -15,6 +15,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from tests.devices import DEVICES
 from tests.steps import rows_batch, train_losses
 from toolkit.model.loading import build_on_meta, build_random, materialise
+from toolkit.recipe.schema import InitConfig
 
 LLAMA3_8B: dict[str, Any] = {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
@@ -23,7 +24,7 @@ LLAMA3_8B: dict[str, Any] = {"vocab_size": 128256, "hidden_size": 4096, "interme
                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                  "original_max_position_embeddings": 8192}}
 TINY: dict[str, Any] = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "pad_token_id": 0,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
         "rope_parameters": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
                             "original_max_position_embeddings": 64}}
 
@@ -48,11 +49,12 @@ def test_an_8b_shape_on_meta_allocates_nothing() -> None:
 
 def _in_place(seed: int) -> PreTrainedModel:
     """The model as build_random makes it on CPU (and always did)."""
-    return build_random(TINY, _Tokenizer(256), "sdpa", torch.float32, seed, torch.device("cpu"))
+    return build_random(InitConfig(**TINY), _Tokenizer(256), "sdpa", torch.float32, seed, torch.device("cpu"))
 
 
 def _materialised(seed: int) -> PreTrainedModel:
-    return materialise(build_on_meta(LlamaConfig(**TINY), "sdpa", torch.float32), torch.device("cpu"), seed)
+    config = LlamaConfig(**TINY, pad_token_id=0)  # the pad id build_random takes from the tokenizer
+    return materialise(build_on_meta(config, "sdpa", torch.float32), torch.device("cpu"), seed)
 
 
 def test_materialised_model_has_the_rotary_buffers_and_initialisation() -> None:
@@ -94,13 +96,13 @@ def test_materialised_model_trains_like_one_built_in_place(tmp_path: Path) -> No
 def test_random_init_on_the_device(device: str) -> None:
     """Built where it runs (on a GPU: on meta, initialised there): the tiny model's buffers and initialisation as
     built in place on CPU; an 8B shape too on a GPU (its speed is the benchmarks' to check)."""
-    tiny = build_random(TINY, _Tokenizer(256), "sdpa", torch.float32, 0, torch.device(device))
+    tiny = build_random(InitConfig(**TINY), _Tokenizer(256), "sdpa", torch.float32, 0, torch.device(device))
     assert {p.device.type for p in tiny.parameters()} == {device}
     torch.testing.assert_close(tiny.model.rotary_emb.inv_freq.cpu(), _in_place(0).model.rotary_emb.inv_freq)
     assert tiny.model.layers[1].mlp.down_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     if device == "cpu":
         return  # CPU builds an 8B shape in place: 16 GB and minutes (test_an_8b_shape_on_meta_allocates_nothing)
-    big = build_random(LLAMA3_8B, _Tokenizer(128256), "sdpa", torch.bfloat16, 0, torch.device(device))
+    big = build_random(InitConfig(**LLAMA3_8B), _Tokenizer(128256), "sdpa", torch.bfloat16, 0, torch.device(device))
     assert {p.device.type for p in big.parameters()} == {device}
     assert big.model.layers[31].mlp.down_proj.weight.float().std().item() == pytest.approx(0.02, rel=0.05)
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](big.config)  # computed on CPU

@@ -29,13 +29,10 @@ from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.model.precision import dtype_name, resolve_dtype
 from toolkit.model.sources import check_model_source, has_tokenizer
-from toolkit.recipe.schema import MethodSpec, ModelSpec
+from toolkit.recipe.schema import InitConfig, MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
 
 log = logging.getLogger(__name__)
-_INIT_CONFIG_KEYS = {field.name for field in dataclasses.fields(LlamaConfig)} | {"rope_theta"}
-"""The keys ``model.init_config`` may hold: LlamaConfig's fields, and the older ``rope_theta``, which LlamaConfig
-puts into ``rope_parameters``."""
 
 
 @dataclasses.dataclass
@@ -125,13 +122,12 @@ def recipe_config(spec: ModelSpec, tokenizer: Any) -> PretrainedConfig:
     return random_config(spec.init_config, tokenizer) if spec.init_config is not None else model_config(spec)
 
 
-def random_config(init_config: dict[str, Any], tokenizer: Any) -> LlamaConfig:
-    """``model.init_config`` as a LlamaConfig, its vocabulary and special ids from the tokenizer."""
-    unknown = sorted(set(init_config) - _INIT_CONFIG_KEYS)
-    if unknown:
-        raise UserError(f"model.init_config: unknown LlamaConfig key {unknown[0]!r}")
+def random_config(init_config: InitConfig, tokenizer: Any) -> LlamaConfig:
+    """``model.init_config`` as a LlamaConfig (the fields it sets), its vocabulary and special ids from the
+    tokenizer."""
     settings = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **init_config}
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                **init_config.model_dump(exclude_none=True)}
     if settings["vocab_size"] < len(tokenizer):
         raise UserError(f"model.init_config.vocab_size: {settings['vocab_size']} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens")
@@ -172,7 +168,7 @@ def materialise(model: PreTrainedModel, device: torch.device, seed: int) -> PreT
     return model
 
 
-def build_random(init_config: dict[str, Any], tokenizer: Any, attention: str, dtype: torch.dtype, seed: int,
+def build_random(init_config: InitConfig, tokenizer: Any, attention: str, dtype: torch.dtype, seed: int,
                  device: torch.device) -> PreTrainedModel:
     """A randomly initialised Llama from ``model.init_config`` (vocabulary and special ids from the tokenizer).
 

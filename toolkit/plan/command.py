@@ -38,7 +38,8 @@ LOSS_CHUNK: int = TrainSpec.model_fields["loss_chunk_size"].default
 def recipe_shape(recipe: Recipe) -> ModelShape:
     model = recipe.model
     vocab = model.train_tokenizer.vocab_size if model.train_tokenizer else None
-    return shape_for(model.name_or_path, model.init_config, vocab)
+    init = model.init_config.model_dump(exclude_none=True) if model.init_config else None  # LlamaConfig's kwargs
+    return shape_for(model.name_or_path, init, vocab)
 
 
 def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:

@@ -29,9 +29,41 @@ class TokenizerTraining(Strict):
     """How many synthetic documents to train on."""
 
 
-_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-          "num_key_value_heads", "head_dim", "max_position_embeddings")
-"""The sizes of a Llama that ``model.init_config`` may give."""
+class InitConfig(Strict):
+    """LlamaConfig keyword arguments for a randomly initialised Llama (tiny models for CPU runs); a size left out is
+    LlamaConfig's default (the vocabulary: the tokenizer's)."""
+
+    vocab_size: PositiveInt | None = None
+    """Vocabulary size; ``None``: the tokenizer's (a smaller one is refused when the model is built)."""
+    hidden_size: PositiveInt | None = None
+    """Width of the residual stream (LlamaConfig's default 4096)."""
+    intermediate_size: PositiveInt | None = None
+    """Width of the MLP's hidden layer (LlamaConfig's default 11008)."""
+    num_hidden_layers: PositiveInt | None = None
+    """Number of decoder layers (LlamaConfig's default 32)."""
+    num_attention_heads: PositiveInt | None = None
+    """Query heads per layer (LlamaConfig's default 32)."""
+    num_key_value_heads: PositiveInt | None = None
+    """Key/value heads per layer, a divisor of ``num_attention_heads`` (grouped-query attention); ``None``: as many."""
+    head_dim: PositiveInt | None = None
+    """Width of one attention head; ``None``: ``hidden_size / num_attention_heads``."""
+    max_position_embeddings: PositiveInt | None = None
+    """The model's native context length, which RoPE stages extend (LlamaConfig's default 2048)."""
+    rope_parameters: dict[str, Any] | None = None
+    """RoPE as LlamaConfig takes it (``rope_type``, ``rope_theta``, the type's keys); ``None``: default, theta 10000."""
+    tie_word_embeddings: bool | None = None
+    """Share the input embedding's weights with the output head (LlamaConfig's default: false)."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> InitConfig:
+        """The heads divide as attention needs (what LlamaConfig checks besides is checked when it is built)."""
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
+        if heads and kv_heads and heads % kv_heads:
+            raise FieldError("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads} "
+                             "(grouped-query attention shares each K/V head among a whole group)")
+        if heads and self.hidden_size and self.head_dim is None and self.hidden_size % heads:
+            raise FieldError("hidden_size", f"{self.hidden_size} is not a multiple of num_attention_heads {heads}")
+        return self
 
 
 class ModelSpec(Strict):
@@ -39,8 +71,8 @@ class ModelSpec(Strict):
 
     name_or_path: str | None = None
     """Hub id (``meta-llama/Meta-Llama-3-8B``) or local folder; relative paths resolve against the recipe."""
-    init_config: dict[str, Any] | None = None
-    """LlamaConfig keyword arguments for a randomly initialised model (tiny models for CPU runs)."""
+    init_config: InitConfig | None = None
+    """A randomly initialised Llama built from these LlamaConfig keyword arguments (tiny models for CPU runs)."""
     tokenizer: str | None = None
     """Tokenizer hub id or path; defaults to ``name_or_path``."""
     train_tokenizer: TokenizerTraining | None = None
@@ -76,23 +108,6 @@ class ModelSpec(Strict):
             raise ValueError("set exactly one of name_or_path or init_config")
         if self.init_config is not None and self.tokenizer is None and self.train_tokenizer is None:
             raise ValueError("a model built from init_config needs tokenizer or train_tokenizer")
-        return self
-
-    @model_validator(mode="after")
-    def _init_config_sizes(self) -> ModelSpec:
-        """The sizes ``init_config`` gives are positive integers whose heads divide as attention needs (what the
-        loader's LlamaConfig checks besides is checked when it is built)."""
-        sizes = {key: value for key, value in (self.init_config or {}).items() if key in _SIZES and value is not None}
-        for key, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise FieldError(f"init_config.{key}", f"{value!r} is not a positive integer")
-        heads, kv_heads = sizes.get("num_attention_heads"), sizes.get("num_key_value_heads")
-        if heads and kv_heads and heads % kv_heads:
-            raise FieldError("init_config.num_key_value_heads", f"{kv_heads} does not divide num_attention_heads "
-                             f"{heads} (grouped-query attention shares each K/V head among a whole group)")
-        if heads and "hidden_size" in sizes and "head_dim" not in sizes and sizes["hidden_size"] % heads:
-            raise FieldError("init_config.hidden_size", f"{sizes['hidden_size']} is not a multiple of "
-                             f"num_attention_heads {heads}")
         return self
 
 
@@ -406,7 +421,7 @@ class Recipe(Strict):
     def _rope_covers_lengths(self) -> Recipe:
         """Checked here where the native length is in the recipe (``init_config``); a run checks every model's
         config again before loading it (``toolkit.training.model_fit``)."""
-        native = (self.model.init_config or {}).get("max_position_embeddings")
+        native = self.model.init_config.max_position_embeddings if self.model.init_config else None
         for i, stage in enumerate(self.train.stages):
             problem = stage.rope.shortfall(stage.seq_len, native)
             if problem:

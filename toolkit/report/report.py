@@ -37,8 +37,9 @@ def recipe_section(run: Run) -> list[Block]:
     if recipe is None:
         return [Heading("Recipe"), Paragraph(f"Base model: {info.base_model or '-'}. Method: {info.method or '-'}.")]
     model = recipe.model
-    source = model.name_or_path or ("random init " + json.dumps(model.init_config, separators=(",", ":"))
-                                    if model.init_config else info.base_model or "-")
+    init = model.init_config.model_dump(exclude_none=True) if model.init_config else {}
+    source = model.name_or_path or ("random init " + json.dumps(init, separators=(",", ":"))
+                                    if init else info.base_model or "-")
     blocks: list[Block] = [Paragraph(recipe.description)] if recipe.description else []
     blocks += [Heading("Recipe"), Paragraph(f"Base model: {source}. Method: {recipe.method.kind}.")]
     rows = []

@@ -1,0 +1,85 @@
+"""``model.init_config`` is a typed block of the recipe (:class:`~toolkit.recipe.schema.InitConfig`): a typo in it is
+refused by ``validate``, every field is a LlamaConfig keyword argument, and a recipe builds the LlamaConfig its keys
+did when they were passed to LlamaConfig as written."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from transformers import LlamaConfig
+
+from tests.conftest import MICRO_RECIPE
+from toolkit.cli import main
+from toolkit.model.loading import random_config
+from toolkit.recipe.loading import load_recipe
+from toolkit.recipe.schema import InitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPE = ROOT / "recipes" / "tiny-passkey.yaml"
+
+
+class _Tokenizer:
+    """What :func:`random_config` reads of a tokenizer."""
+
+    def __init__(self, size: int):
+        self.size, self.bos_token_id, self.eos_token_id, self.pad_token_id = size, 1, 2, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_a_typo_in_init_config_is_refused_by_validate(capsys) -> None:
+    """It passed ``validate`` and was found only when a run built the model."""
+    typo = "model.init_config.hiden_size=64"
+    assert main(["validate", str(TINY_RECIPE), "--set", typo]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {TINY_RECIPE}: override '{typo}': model.init_config.hiden_size: unknown key\n")
+
+
+def test_a_typo_in_a_recipe_file_names_its_line(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(TINY_RECIPE.read_text().replace("    hidden_size: 128", "    hiden_size: 128"))
+    line = recipe.read_text().splitlines().index("    hiden_size: 128") + 1
+    assert main(["validate", str(recipe)]) == 2
+    assert capsys.readouterr().err == f"error: {recipe}:{line}: model.init_config.hiden_size: unknown key\n"
+
+
+def test_every_field_is_a_llamaconfig_field() -> None:
+    llama = {field.name for field in dataclasses.fields(LlamaConfig)}
+    assert set(InitConfig.model_fields) <= llama, sorted(set(InitConfig.model_fields) - llama)
+
+
+def _as_written(init_config: dict[str, Any], tokenizer: _Tokenizer) -> dict[str, Any]:
+    """The LlamaConfig the keys built when the loader passed them as written, over the tokenizer's ids."""
+    return LlamaConfig(**{"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                          "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                          **init_config}).to_dict()
+
+
+def test_the_tiny_recipe_builds_the_llamaconfig_it_did() -> None:
+    tokenizer = _Tokenizer(512)
+    written = yaml.safe_load(TINY_RECIPE.read_text())["model"]["init_config"]
+    init_config = load_recipe(TINY_RECIPE).model.init_config
+    assert init_config is not None
+    config = random_config(init_config, tokenizer)
+    assert config.to_dict() == _as_written(written, tokenizer)
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.max_position_embeddings,
+            config.tie_word_embeddings) == (512, 128, 512, 2, 4, 2, 32, 256, True)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("written", [
+    MICRO_RECIPE["model"]["init_config"],
+    {"hidden_size": 64},
+    {"vocab_size": 600, "hidden_size": 96, "num_attention_heads": 4, "head_dim": 32, "max_position_embeddings": 256,
+     "tie_word_embeddings": False, "rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0,
+                                                       "original_max_position_embeddings": 64}},
+], ids=["micro", "one-size", "others"])
+def test_init_configs_build_the_llamaconfig_they_did(written: dict[str, Any]) -> None:
+    tokenizer = _Tokenizer(320)
+    assert random_config(InitConfig(**written), tokenizer).to_dict() == _as_written(written, tokenizer)
