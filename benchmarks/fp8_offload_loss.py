@@ -26,6 +26,7 @@ from statistics import mean, stdev
 
 import yaml
 from matplotlib.figure import Figure
+from pydantic import BaseModel
 from scipy.stats import t as student_t
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ from toolkit.evals.plots import finish_axes, save_figure
 from toolkit.formatting.blocks import markdown_table
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
-from toolkit.recipe.yaml_files import read_yaml
+from toolkit.recipe.one_stage import one_stage, stage_index, stage_names
 from toolkit.run_folder import read_metrics
 
 DTYPES = ("native", "fp8")
@@ -70,20 +71,20 @@ class SeedResult:
 def stage_overrides(recipe: str | Path, stage: str, steps: int) -> list[str]:
     """Overrides that train only ``stage`` (a name or an index) of ``recipe`` for ``steps`` steps, every step logged,
     with every layer's input offloaded and no evaluation."""
-    data, _ = read_yaml(recipe)
-    stages = data.get("train", {}).get("stages") or []
-    names = [s.get("name") for s in stages]
-    if stage in names:
-        chosen = dict(stages[names.index(stage)])
-    elif stage.isdigit() and int(stage) < len(stages):
-        chosen = dict(stages[int(stage)])
-    else:
-        raise UserError(f"--stage {stage}: {recipe} has the stages {names}")
-    chosen.pop("max_tokens", None)
-    chosen["max_steps"] = steps
-    return [f"train.stages={yaml.safe_dump([chosen], default_flow_style=True).strip()}", "train.max_steps=null",
-            "train.save_every=null", "train.gradient_checkpointing=true", "train.activation_offload=true",
-            "eval.suites=[]", "eval.verdict=null", "eval.before=false", "logging.every=1", "logging.backend=none"]
+    whole = load_recipe(recipe)
+    index = stage_index(whole.train, stage)
+    if index is None:
+        raise UserError(f"--stage {stage}: {recipe} has the stages {stage_names(whole.train)}")
+    alone = one_stage(whole, index, steps)
+    alone.train = alone.train.model_copy(update={"max_steps": None, "save_every": None,
+                                                 "gradient_checkpointing": True, "activation_offload": True})
+    return [f"{block}={_flow(getattr(alone, block))}" for block in ("train", "eval", "logging")]
+
+
+def _flow(block: BaseModel) -> str:
+    """``block``'s settings other than the defaults, as one line of flow YAML."""
+    return yaml.safe_dump(block.model_dump(mode="json", exclude_defaults=True), default_flow_style=True,
+                          width=math.inf).strip()
 
 
 def train(recipe: str | Path, overrides: list[str], run: Path) -> list[float]:

@@ -24,7 +24,8 @@ from benchmarks.gpu_check_sections import Profile, Section
 from benchmarks.harness import ROOT, child_env
 from toolkit.parallel.engines import release_build_locks
 from toolkit.recipe.loading import dump_recipe, load_recipe
-from toolkit.recipe.schema import EvalSpec, LoggingSpec, ModelSpec
+from toolkit.recipe.one_stage import one_stage
+from toolkit.recipe.schema import ModelSpec
 from toolkit.run_folder import RunInfo, read_metrics, read_run_info
 
 FIRST_STEP_ATOL = 1e-5
@@ -61,10 +62,7 @@ def save_start(recipe_path: str, folder: str, overrides: list[str]) -> None:
 
 def _first_stage_recipe(folder: Path) -> Path:
     """The tiny recipe's first stage alone, logging every step, with no evaluations."""
-    recipe = load_recipe(ROOT / "recipes" / "tiny-passkey.yaml")
-    recipe.train.stages = recipe.train.stages[:1]
-    recipe.eval = EvalSpec(before=False)
-    recipe.logging = LoggingSpec(backend="none", every=1)
+    recipe = one_stage(load_recipe(ROOT / "recipes" / "tiny-passkey.yaml"), 0)
     path = folder / "tiny-first-stage.yaml"
     dump_recipe(recipe, path)
     return path

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.fp8_offload_loss import SeedResult, interval, main, plot, stage_overrides, summary, train
 from toolkit.errors import UserError
-from toolkit.recipe.loading import load_recipe
+from toolkit.recipe.loading import dump_recipe, load_recipe
 
 TINY = "recipes/tiny-passkey.yaml"
 
@@ -24,6 +24,16 @@ def test_the_overrides_train_one_stage_with_every_layer_offloaded_and_no_evaluat
     assert train.activation_offload_dtype == "fp8" and train.save_every is None and recipe.seed == 3
     assert recipe.eval.suites == [] and recipe.eval.verdict is None and recipe.logging.every == 1
     assert load_recipe(TINY, stage_overrides(TINY, "0", 5)).train.stages[0].name == "copy-64"
+
+
+def test_a_stage_without_a_name_goes_by_its_default_name(tmp_path) -> None:
+    recipe = load_recipe(TINY)
+    for stage in recipe.train.stages:
+        stage.name = None
+    path = tmp_path / "unnamed.yaml"
+    dump_recipe(recipe, path)
+    [stage] = load_recipe(path, stage_overrides(path, "stage-1", 3)).train.stages
+    assert (stage.name, stage.seq_len, stage.max_steps) == ("stage-1", 256, 3)
 
 
 def test_an_unknown_stage_is_one_line_naming_the_stages(capsys) -> None:
