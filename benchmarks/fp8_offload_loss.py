@@ -27,13 +27,13 @@ from statistics import mean, stdev
 import yaml
 from matplotlib.figure import Figure
 from pydantic import BaseModel
-from scipy.stats import t as student_t
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int, seed_number
 from toolkit.evals.plots import finish_axes, save_figure
+from toolkit.evals.stats import mean_interval
 from toolkit.formatting.blocks import markdown_table
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
@@ -102,17 +102,11 @@ def train(recipe: str | Path, overrides: list[str], run: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run)]
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """95% Student-t interval of the mean of ``values`` (at least two)."""
-    half = student_t.ppf(0.975, len(values) - 1) * stdev(values) / math.sqrt(len(values))
-    return mean(values) - half, mean(values) + half
-
-
 def summary(results: list[SeedResult]) -> dict:
     gaps = [r.final_gap for r in results]
     finals = [r.final("native") for r in results]
     return {"seeds": len(results), "first_step_gap_max": max(r.first_step_gap for r in results),
-            "final_gap_mean": mean(gaps), "final_gap_ci95": interval(gaps),
+            "final_gap_mean": mean(gaps), "final_gap_ci95": mean_interval(gaps),
             "seed_spread_final": stdev(finals), "mean_relative_gap_max": max(r.mean_relative_gap for r in results)}
 
 

@@ -14,6 +14,7 @@ from toolkit.evals.stats import (
     difference_interval,
     lm_eval_rates,
     loss_ratio_interval,
+    mean_interval,
     niah_overall,
     niah_rates,
     ratio_interval,
@@ -138,6 +139,13 @@ def test_a_comparison_prints_with_its_interval_or_alone() -> None:
     assert Comparison.ratio(0.9, 0.9, Rate.of(36, 40), Rate.of(36, 40)).format() == "1.00 [0.84, 1.18]"
     assert str(Comparison.ratio(0.9, 0.9)) == "1.00" and str(Comparison.ratio(0.9, 0.9, Rate(0.9), Rate(0.9))) == "1.00"
     assert str(Comparison.ratio(0.88, 0.9, Rate.of(36, 40), Rate.of(36, 40))) == "0.98"  # not 36/40: none
+
+
+def test_the_interval_of_a_mean_is_students_t() -> None:
+    # mean 2.5, sd sqrt(5/3) = 1.29099, t(0.975, 3 df) = 3.18245: half 3.18245 x 1.29099 / sqrt(4) = 2.05426
+    assert mean_interval([1.0, 2.0, 3.0, 4.0]) == pytest.approx((0.44574, 4.55426), abs=1e-5)
+    assert mean_interval([2.0, 4.0]) == pytest.approx((-9.7062, 15.7062), abs=1e-4)  # t(0.975, 1 df) = 12.7062
+    assert mean_interval([5.0]) is None and mean_interval([]) is None
 
 
 def test_the_perplexity_ratio_interval_is_the_paired_t_interval_exponentiated() -> None:

@@ -94,19 +94,26 @@ LOSS_RATIO_INTERVAL = ("The interval of a ratio of perplexities is 95%: the pair
 """How the interval of two perplexities compared is made, in the words of the tables that show one."""
 
 
-def loss_ratio_interval(new_losses: Sequence[float], old_losses: Sequence[float]) -> tuple[float, float] | None:
-    """95% interval of ``exp(mean(new) - mean(old))``, the ratio of two perplexities over the same documents, from the
-    per-document mean losses: the paired t interval of their differences (n - 1 degrees of freedom), exponentiated.
-    ``None`` unless both hold the same number (two or more) of documents."""
-    n = len(new_losses)
-    if n < 2 or len(old_losses) != n:
+def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """95% Student-t interval of the mean of ``values`` (n - 1 degrees of freedom); ``None`` for fewer than two."""
+    n = len(values)
+    if n < 2:
         return None
     from scipy.stats import t
 
-    differences = [a - b for a, b in zip(new_losses, old_losses, strict=True)]
-    centre = statistics.fmean(differences)
-    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(differences) / math.sqrt(n)
-    return math.exp(centre - half), math.exp(centre + half)
+    centre = statistics.fmean(values)
+    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return centre - half, centre + half
+
+
+def loss_ratio_interval(new_losses: Sequence[float], old_losses: Sequence[float]) -> tuple[float, float] | None:
+    """95% interval of ``exp(mean(new) - mean(old))``, the ratio of two perplexities over the same documents, from the
+    per-document mean losses: :func:`mean_interval` of their differences, exponentiated. ``None`` unless both hold
+    the same number (two or more) of documents."""
+    if len(old_losses) != len(new_losses):
+        return None
+    interval = mean_interval([a - b for a, b in zip(new_losses, old_losses, strict=True)])
+    return None if interval is None else (math.exp(interval[0]), math.exp(interval[1]))
 
 
 def _counted(new: float, old: float, new_rate: Rate | None, old_rate: Rate | None) -> tuple[Rate, Rate] | None:
