@@ -36,18 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import SHAPES
 from toolkit.errors import OneLineParser, output_file, positive_int
 from toolkit.formatting.blocks import markdown_table
-from toolkit.memory.checkpointing import enable_checkpointing
-from toolkit.memory.chunked_loss import causal_lm_loss
-from toolkit.memory.lean_norm import enable_lean_rmsnorm
+from toolkit.memory.features import enable_memory_features
 from toolkit.memory.offload import OffloadStore
-from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.loading import build_on_meta, materialise
 from toolkit.model.lora import apply_lora
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LORA, LOSS_CHUNK
 from toolkit.plan.memory import GIB
-from toolkit.recipe.schema import TrainSpec
-from toolkit.training.objective import causal_lm_parts
+from toolkit.recipe.schema import StageSpec, TrainSpec
+from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 
 LEAN_NORM: bool = TrainSpec.model_fields["lean_rmsnorm"].default
 """Whether a recipe's RMSNorms are the lean ones unless it says otherwise."""
@@ -104,10 +101,19 @@ class Probe:
     def sizes(self) -> dict[str, Any]:
         return {**SHAPES[self.shape], **({"vocab_size": self.vocab} if self.vocab else {})}
 
+    def train_spec(self, layers: int) -> TrainSpec:
+        """The ``train`` block of a recipe that steps a ``layers``-layer model as this probe does: checkpointing, its
+        layers offloaded as the first ones of the full depth are, tiles, chunked loss and norms."""
+        offloaded = min(layers, self.offload)
+        return TrainSpec(stages=[StageSpec(seq_len=self.seq_len, max_steps=1)], gradient_checkpointing=True,
+                         activation_offload=offloaded or False,
+                         activation_offload_dtype="fp8" if self.fp8 and offloaded else "native",
+                         loss_chunk_size=self.loss_chunk, tiled_mlp=self.tiles or None, lean_rmsnorm=self.lean_norm)
 
-def _model(probe: Probe, layers: int) -> tuple[PeftModel, OffloadStore | None]:
-    """A random ``layers``-layer model of the probe's shape with LoRA, checkpointing, offload and tiles, and the
-    store of its offloaded inputs."""
+
+def _model(probe: Probe, layers: int, train: TrainSpec) -> tuple[PeftModel, OffloadStore | None]:
+    """A random ``layers``-layer model of the probe's shape with LoRA and the memory features ``train`` switches on,
+    and the store of its offloaded inputs."""
     from transformers import LlamaConfig
 
     device = torch.device(probe.device)
@@ -116,12 +122,7 @@ def _model(probe: Probe, layers: int) -> tuple[PeftModel, OffloadStore | None]:
                             "max_position_embeddings": probe.seq_len})
     base = materialise(build_on_meta(config, "sdpa", dtype), device, seed=0)
     model = apply_lora(base, LORA)
-    offloaded = min(layers, probe.offload)  # the probe's layers stand for the first ones of the full depth
-    store = enable_checkpointing(model, offload=offloaded, fp8=probe.fp8)
-    if probe.tiles:
-        enable_tiled_mlp(model, probe.tiles)
-    if probe.lean_norm:
-        enable_lean_rmsnorm(model)
+    store = enable_memory_features(model, train)
     return model.train(), store
 
 
@@ -130,11 +131,17 @@ def measure_step(probe: Probe, layers: int) -> dict[str, Any]:
     if probe.device.startswith("cuda"):
         gc.collect()
         torch.cuda.empty_cache()  # the previous model's cached blocks would count as this one's reserve
-    model, store = _model(probe, layers)
+    train = probe.train_spec(layers)
+    model, store = _model(probe, layers, train)
     device = torch.device(probe.device)
     ids = torch.randint(0, probe.sizes["vocab_size"], (1, probe.seq_len),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    decoder, head = causal_lm_parts(model)
+    positions = torch.arange(probe.seq_len, device=device)[None]
+    objective = CausalLMObjective(model, train.loss_chunk_size)
+    # the decoder's output held to the step's end, as the probe has always measured (the plan's fit counts it; a
+    # training step frees it once the loss has its copy)
+    held: list[torch.Tensor] = []
+    causal_lm_parts(model)[0].register_forward_hook(lambda _module, _args, out: held.append(out.last_hidden_state))
     tracker = LiveBytes()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -142,8 +149,7 @@ def measure_step(probe: Probe, layers: int) -> dict[str, Any]:
     started = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=probe.bf16), \
             (tracker if device.type == "cpu" else nullcontext()):
-        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
-        loss, count = causal_lm_loss(hidden, head, ids, probe.loss_chunk)
+        loss, count = objective(input_ids=ids, position_ids=positions, labels=ids)
         (loss / count).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -24,12 +24,10 @@ from toolkit.environment import allocator_setting, describe_device, package_vers
 from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
-from toolkit.memory.checkpointing import enable_checkpointing
 from toolkit.memory.chunked_loss import PLAIN, loss_kernel
-from toolkit.memory.lean_norm import enable_lean_rmsnorm
+from toolkit.memory.features import enable_memory_features
 from toolkit.memory.master_weights import describe_precision
 from toolkit.memory.optimizers import build_optimizer
-from toolkit.memory.tiled_mlp import enable_tiled_mlp
 from toolkit.model.attention import AttentionChoice
 from toolkit.model.loading import LoadedModel, load_model, recipe_config
 from toolkit.model.lora import CausalLM
@@ -188,13 +186,7 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
     use_model_attention(accelerator, loaded.attention, recipe.train.packed_field())  # the kernel that loaded
     accelerator.print(f"attention: {loaded.attention} ({loaded.attention_reason}); device: "
                       f"{describe_device(accelerator.device)}; processes: {accelerator.num_processes}")
-    if recipe.train.gradient_checkpointing:
-        enable_checkpointing(loaded.model, offload=recipe.train.activation_offload,
-                             fp8=recipe.train.activation_offload_dtype == "fp8")
-    if recipe.train.tiled_mlp:
-        enable_tiled_mlp(loaded.model, recipe.train.tiled_mlp)
-    if recipe.train.lean_rmsnorm:
-        enable_lean_rmsnorm(loaded.model)
+    enable_memory_features(loaded.model, recipe.train)
     return loaded
 
 
