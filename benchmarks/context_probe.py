@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import SHAPES
 from toolkit.errors import OneLineParser, output_file, positive_int
 from toolkit.formatting.blocks import markdown_table
+from toolkit.memory.chunked_loss import causal_lm_loss
 from toolkit.memory.features import enable_memory_features
 from toolkit.memory.offload import OffloadStore
 from toolkit.model.loading import build_on_meta, materialise
@@ -44,7 +45,7 @@ from toolkit.output_paths import write_text
 from toolkit.plan.command import LORA, LOSS_CHUNK
 from toolkit.plan.memory import GIB
 from toolkit.recipe.schema import StageSpec, TrainSpec
-from toolkit.training.objective import CausalLMObjective, causal_lm_parts
+from toolkit.training.objective import causal_lm_parts
 
 LEAN_NORM: bool = TrainSpec.model_fields["lean_rmsnorm"].default
 """Whether a recipe's RMSNorms are the lean ones unless it says otherwise."""
@@ -136,12 +137,7 @@ def measure_step(probe: Probe, layers: int) -> dict[str, Any]:
     device = torch.device(probe.device)
     ids = torch.randint(0, probe.sizes["vocab_size"], (1, probe.seq_len),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    positions = torch.arange(probe.seq_len, device=device)[None]
-    objective = CausalLMObjective(model, train.loss_chunk_size)
-    # the decoder's output held to the step's end, as the probe has always measured (the plan's fit counts it; a
-    # training step frees it once the loss has its copy)
-    held: list[torch.Tensor] = []
-    causal_lm_parts(model)[0].register_forward_hook(lambda _module, _args, out: held.append(out.last_hidden_state))
+    decoder, head = causal_lm_parts(model)
     tracker = LiveBytes()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -149,7 +145,8 @@ def measure_step(probe: Probe, layers: int) -> dict[str, Any]:
     started = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=probe.bf16), \
             (tracker if device.type == "cpu" else nullcontext()):
-        loss, count = objective(input_ids=ids, position_ids=positions, labels=ids)
+        hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+        loss, count = causal_lm_loss(hidden, head, ids, probe.loss_chunk)
         (loss / count).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
