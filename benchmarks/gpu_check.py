@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ def check(profile: sections.Profile, out: Path, chosen: frozenset[int] = ALL_SEC
     ``out``. The seconds of sections not chosen go to section 5."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     result: dict[str, Any] = {"mode": profile.device, "started": now, "budget_s": profile.total_s,
                               "commit": source_commit() or NO_COMMIT, "sections": []}
 

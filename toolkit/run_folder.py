@@ -17,10 +17,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Required
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.errors import UserError
 from toolkit.file_reading import SHAPE_CONFIG, json_object, read_json_object, read_text

@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Required
 
 from pydantic import PositiveInt, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.data.needle import build_haystack
 from toolkit.errors import UserError

@@ -12,10 +12,10 @@ judges' raw outputs go to ``<folder>/<suite>-<task>-judges.jsonl``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NotRequired, Required
 
 from pydantic import PositiveFloat, PositiveInt, with_config
-from typing_extensions import NotRequired, Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.batching import batched_with_progress

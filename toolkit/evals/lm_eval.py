@@ -13,10 +13,10 @@ It takes the transformers model (``EvalContext.model``), not the backend's reque
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Required
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.data.tokens import bos_prefix
 from toolkit.errors import UserError, reason

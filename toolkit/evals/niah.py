@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from statistics import mean
-from typing import Any, Literal
+from typing import Any, Literal, Required
 
 from pydantic import with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.data.needle import ChatFrame, Haystack, SentenceTokens, TooShort, build_haystack, make_needles
 from toolkit.errors import UserError

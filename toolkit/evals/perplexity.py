@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Required
 
 from pydantic import PositiveInt, model_validator, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.evals import plots
 from toolkit.evals.batching import batch_size_for, batched

@@ -13,10 +13,9 @@ orders. The score is the accuracy. It asks the transformers model (``ctx.model``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Required
 
 from pydantic import PositiveInt
-from typing_extensions import Required
 
 from toolkit.data.arena import read_labelled_arena
 from toolkit.evals.context import EvalContext

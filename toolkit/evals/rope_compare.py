@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Required
 
 from pydantic import Field, PositiveInt, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.evals.context import EvalContext
 from toolkit.evals.niah import Cell, check_needle_prompts, grid_summary, score_grid

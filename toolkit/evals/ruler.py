@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 from statistics import mean
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, Required, get_args
 
 from pydantic import Field, PositiveInt, with_config
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 from toolkit.evals import plots
 from toolkit.evals.batching import batch_size_for, batched

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def measure(recipe_path: Path, run_dir: Path, seed: int | None = None) -> dict[s
                                                         strict=True) for a, b in zip(p, unswapped(q), strict=True)),
             "recipe": str(recipe_path), "suite": f"{suite}/{task.key}", "threads": os.environ.get("OMP_NUM_THREADS"),
             "seed": recipe.seed, "machine": describe_device(torch.device("cpu")),
-            "commit": source_commit() or NO_COMMIT, "date": datetime.now(timezone.utc).date().isoformat()}
+            "commit": source_commit() or NO_COMMIT, "date": datetime.now(UTC).date().isoformat()}
 
 
 def _rows(m: dict[str, Any]) -> list[tuple[str, str]]:

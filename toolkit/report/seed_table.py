@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from toolkit.errors import UserError
@@ -22,7 +22,7 @@ def _run_date(run: Run) -> str:
         return run.info.started[:10]
     path = run.folder / RUN_INFO
     stamp = path.stat().st_mtime if path.is_file() else run.folder.stat().st_mtime
-    return datetime.fromtimestamp(stamp, tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(stamp, tz=UTC).date().isoformat()
 
 
 def summary_markdown(folders: Sequence[Path]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
                    allocator=allocator_setting(), versions=package_versions(),
                    base_model=recipe.model.name_or_path or "random init from model.init_config",
                    native_length=loaded.native_length, stages=stages,
-                   started=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=source_commit())
+                   started=datetime.now(UTC).isoformat(timespec="seconds"), commit=source_commit())
     write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
 
