@@ -129,3 +129,15 @@ def test_a_folder_of_other_files_is_refused_before_any_download(tmp_path: Path) 
     with pytest.raises(UserError, match=r"mydata: holds files but no corpus made here \(no source.json\)"):
         fetch_corpus(tmp_path / "no-model", mine)
     assert (mine / "train.jsonl").read_text() == '{"text": "mine"}\n'
+
+
+@needs_small_model
+def test_a_tokenizer_without_a_chat_template_is_refused_before_any_download(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(SMALL_MODEL)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "plain")
+    monkeypatch.setattr(type(PACKAGES[0]), "download", lambda *_: pytest.fail("nothing is downloaded"))
+    with pytest.raises(UserError, match=r"^--model: the tokenizer in .*plain has no chat template"):
+        fetch_corpus(tmp_path / "plain", tmp_path / "corpus")
+    assert not (tmp_path / "corpus").exists()

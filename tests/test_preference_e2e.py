@@ -72,7 +72,7 @@ def test_arena_recipe_beats_the_prior_and_predicts(tmp_path: Path, capsys) -> No
     assert out.read_bytes() == kept
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors[:2] == [f"error: --data: no such file: {tmp_path / 'missing.csv'}",
-                          f"error: {tmp_path / 'final'}: not found; the run has no final model yet (train it to the "
-                          "end first)"]
+                          f"error: {tmp_path}: not a run folder (it holds files, but no recipe.resolved.yaml, "
+                          "run_info.json or eval/)"]
     assert errors[2].startswith(f"error: --max-tokens: 5 leaves no room for the comparison in {TEST}:")
     assert len(errors) == 3

@@ -401,6 +401,18 @@ def test_a_run_folder_that_cannot_be_written_stops_before_any_work(command: str,
     assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before
 
 
+@pytest.mark.parametrize("command", [["push", "--repo-id", "me/x", "--dry-run"], ["merge"], ["predict", "--data",
+                                     str(ARENA_TEST), "--out", "submission.csv"]], ids=["push", "merge", "predict"])
+def test_a_runs_final_model_given_as_the_run_names_its_run_folder(command: list[str], tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: x\n")
+    (run / "final" / "config.json").write_text("{}")
+    assert _error([command[0], str(run / "final"), *command[1:]], capsys) == (
+        f"{run / 'final'}: not a run folder (it holds files, but no recipe.resolved.yaml, run_info.json or eval/); "
+        f"name its run folder, {run}")
+
+
 def test_summary_refuses_runs_of_different_verdicts(tmp_path: Path, capsys) -> None:
     fake_run(tmp_path, "a", verdict={"task": "niah-tiny/passkey"})
     fake_run(tmp_path, "b", verdict={"task": "niah-tiny/passkey", "extended_min": 0.5})
@@ -444,6 +456,40 @@ def test_overrides_may_follow_the_options_and_anything_else_unknown_is_refused(c
             main(argv)
         assert stopped.value.code == 2
         assert capsys.readouterr().err.startswith("error: python -m toolkit: unrecognized arguments: ")
+
+
+def test_overrides_are_taken_as_set_options_too_and_validate_says_how_it_takes_them(capsys) -> None:
+    recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
+    assert main(["plan", recipe, "--set", "train.stages[0].seq_len=128", "train.stages[0].batch_size=2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seq_len x batch"))
+    assert row.split()[3:6] == ["128", "x", "2"]  # both forms took effect
+    assert _error(["validate", recipe, "train.max_steps=5"], capsys) == (
+        "train.max_steps=5: no such file (an override? validate takes it as --set train.max_steps=5)")
+
+
+def test_lora_settings_in_a_full_fine_tune_are_refused(capsys) -> None:
+    recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
+    line = next(i for i, text in enumerate(Path(recipe).read_text().splitlines(), 1) if text == "  kind: full")
+    assert _error(["validate", recipe, "--set", "method.lora.r=8"], capsys) == (
+        f"{recipe}:{line} (with override 'method.lora.r=8'): method.lora: LoRA settings, but method.kind is full (set "
+        "method.kind: lora, or drop them)")
+    assert _error(["validate", recipe, "--set", "method.merge_on_save=true"], capsys) == (
+        f"{recipe}: override 'method.merge_on_save=true': method.merge_on_save: merges a LoRA adapter, but "
+        "method.kind is full")
+
+
+def test_a_home_folder_written_as_tilde_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a shell leaves unexpanded (``--out=~/x``, a ``~`` in a recipe) is the user's home, not a folder named
+    ``~``."""
+    from toolkit.errors import output_folder, user_path
+    from toolkit.recipe.loading import load_recipe
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_path("~/results") == str(tmp_path / "results") and output_folder("~/out") == tmp_path / "out"
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n')
+    recipe = load_recipe(ROOT / "recipes" / "tiny-passkey.yaml",
+                         ["output.dir=~/run", "train.data={source: jsonl, path: ~/data.jsonl}"])
+    assert recipe.run_dir == tmp_path / "run" and recipe.train.data.path == str(tmp_path / "data.jsonl")
 
 
 @pytest.mark.parametrize(("command", "broken"), [

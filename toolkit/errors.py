@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one line and an exit code."""
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -97,9 +98,15 @@ def _writable(folder: Path, text: str) -> None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def user_path(text: str) -> str:
+    """An argparse type: a path with ``~`` expanded, as a shell does for a word of its own (``--out=~/x`` arrives
+    unexpanded)."""
+    return os.path.expanduser(text)
+
+
 def output_file(text: str) -> Path:
     """An argparse type: a file path in a folder that is, or can be made, writable (checked before the work)."""
-    path = Path(text)
+    path = Path(user_path(text))
     _writable(path.parent, text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a folder; name a file")
@@ -108,6 +115,6 @@ def output_file(text: str) -> Path:
 
 def output_folder(text: str) -> Path:
     """An argparse type: a folder that is, or can be made, writable (checked before the work)."""
-    path = Path(text)
+    path = Path(user_path(text))
     _writable(path, text)
     return path

@@ -354,8 +354,8 @@ def _require_folder(folder: Path) -> None:
 
 
 def require_final(run_dir: Path) -> Path:
-    """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no folder or its run has not finished."""
-    _require_folder(run_dir)
+    """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no run folder or its run has not finished."""
+    require_run(run_dir)
     final = run_dir / FINAL
     if not final.is_dir():
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
@@ -367,7 +367,9 @@ def require_run(folder: Path) -> None:
     one (a run stopped before writing anything); a report is never written among other files."""
     _require_folder(folder)
     if holds_other_files(folder):
-        raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/)")
+        run = f"; name its run folder, {folder.parent}" if folder.name == FINAL and (folder.parent / RECIPE).is_file() \
+            else ""
+        raise UserError(f"{folder}: not a run folder (it holds files, but no {RECIPE}, {RUN_INFO} or {EVAL}/){run}")
 
 
 def load_run(folder: Path, info_required: bool = False, check: FileCheck | None = None) -> Run:

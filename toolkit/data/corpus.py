@@ -148,6 +148,9 @@ def fetch_corpus(tokenizer_dir: Path, out_dir: Path = DEFAULT_DIR, force: bool =
         raise UserError(f"--model: no tokenizer in {tokenizer_dir.resolve()} (`make small-model` writes one under the "
                         "repository's models/); name the folder of SmolLM2-135M-Instruct with --model")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if not tokenizer.chat_template:  # the chat-form needles are laid out in it
+        raise UserError(f"--model: the tokenizer in {tokenizer_dir.resolve()} has no chat template, which the corpus's "
+                        "chat-form needles are written in; name the folder of SmolLM2-135M-Instruct with --model")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     works: list[Work] = []
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:

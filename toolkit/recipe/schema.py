@@ -130,6 +130,15 @@ class MethodSpec(Strict):
     merge_on_save: bool = False
     """LoRA only: also write merged full weights to ``final/merged``."""
 
+    @model_validator(mode="after")
+    def _lora_settings_need_lora(self) -> MethodSpec:
+        """A LoRA setting in a full fine-tune would be ignored: refused instead."""
+        if self.kind == "full" and self.lora != LoraSpec():
+            raise FieldError("lora", "LoRA settings, but method.kind is full (set method.kind: lora, or drop them)")
+        if self.kind == "full" and self.merge_on_save:
+            raise FieldError("merge_on_save", "merges a LoRA adapter, but method.kind is full")
+        return self
+
 
 class RopeSpec(Strict):
     """RoPE setting for a stage, written into transformers' ``config.rope_parameters``."""
@@ -415,7 +424,7 @@ class Recipe(Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+        return Path(self.output.dir).expanduser() if self.output.dir else Path("runs") / self.name
 
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:

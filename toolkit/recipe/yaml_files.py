@@ -155,11 +155,14 @@ def validate_as(model: type[Model], data: dict[str, Any], source: str, node: yam
 
 
 def resolve_relative(value: str | None, base: Path) -> str | None:
-    """A path relative to the recipe's folder, when it exists there; hub ids, absolute paths and paths that exist in
-    the working folder stay. A path written relative (``./``, ``../``) that is in neither place is named beside the
-    recipe, where the docs say such paths are read, so the error about it points where it was looked for."""
-    if value is None or Path(value).is_absolute():
-        return value
+    """A path relative to the recipe's folder, when it exists there; hub ids, absolute paths (``~`` expanded, as a
+    shell does) and paths that exist in the working folder stay. A path written relative (``./``, ``../``) that is
+    in neither place is named beside the recipe, where the docs say such paths are read, so the error about it points
+    where it was looked for."""
+    if value is None:
+        return None
+    if Path(value).expanduser().is_absolute():
+        return os.path.expanduser(value)
     candidate = base / value
     if candidate.exists():
         return str(candidate)
