@@ -80,7 +80,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data, node = read_yaml(path)
     setters: dict[tuple[str | int, ...], str] = {}  # keys -> the override that set them last, in the order set
     for assignment in overrides:
-        keys = apply_override(data, assignment)
+        try:
+            keys = apply_override(data, assignment)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
         setters.pop(keys, None)
         setters[keys] = assignment
     recipe = validate_as(Recipe, data, str(path), node, setters)
