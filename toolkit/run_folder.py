@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Required
+from typing import Any, NamedTuple, Required
 
 from pydantic import BaseModel, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
 from toolkit.errors import UserError
 from toolkit.file_reading import SHAPE_CONFIG, json_object, read_json_object, read_text
-from toolkit.recipe.schema import Recipe
+from toolkit.recipe.schema import Recipe, VerdictSpec
 from toolkit.recipe.yaml_files import read_yaml, validate_as, validation_message
 
 RECIPE = "recipe.resolved.yaml"
@@ -92,6 +92,58 @@ def final_stage_tag(tags: Iterable[str]) -> str | None:
     """The tag of the last stage evaluated (by index, not by name); ``None`` if no stage was."""
     stages = [(index, tag) for tag in tags if (index := stage_index(tag)) is not None]
     return max(stages)[1] if stages else None
+
+
+def evaluations(tags: Iterable[str]) -> dict[str, int | None]:
+    """Each evaluation of the model among ``tags`` (in their order) -> the stage after which it was made, ``None`` for
+    the starting model's (``base``); tags of other names are left out."""
+    return {tag: stage_index(tag) for tag in tags if tag == BASE_TAG or stage_index(tag) is not None}
+
+
+def before_extension(evaluated: Mapping[str, int | None], native: int | None,
+                     stage_lengths: Sequence[int | None]) -> str | None:
+    """Of the ``evaluated`` models (:func:`evaluations`), the one before any context extension, which the final model
+    is compared with: the last stage trained within the ``native`` length (a model trained from scratch), else the
+    starting model; ``None`` when neither was evaluated."""
+    found = next((tag for tag, index in evaluated.items() if index is None), None)
+    for index, length in enumerate(stage_lengths):
+        if native and length is not None and length <= native:
+            found = next((tag for tag, at in evaluated.items() if at == index), found)
+    return found
+
+
+class VerdictLength(NamedTuple):
+    """One length of the verdict task's grid that ``eval.verdict`` reads."""
+
+    before: bool
+    """At the model before extension (else at the final model)."""
+    length: int
+    field: str
+    """The recipe's field that asks for it."""
+    what: str
+    """What that length is, e.g. ``the native length``."""
+
+
+def verdict_lengths(spec: VerdictSpec, native: int | None, extended: int) -> list[VerdictLength]:
+    """The lengths of ``spec.task``'s grid the verdict reads (``toolkit.report.verdict.compute_verdict``) and the
+    recipe's check before training (``toolkit.recipe.loading``) requires, both from here: the ``native`` length before
+    extension (left out when not known), the last stage's seq_len (``extended``) after it, and before it too under
+    ``extended_before_max``."""
+    task, last = "eval.verdict.task", "the last stage's seq_len"
+    needs = [] if native is None else [VerdictLength(True, native, task, "the native length")]
+    needs.append(VerdictLength(False, extended, task, last))
+    if spec.extended_before_max is not None:
+        needs.append(VerdictLength(True, extended, "eval.verdict.extended_before_max", last))
+    return needs
+
+
+def verdict_models(evaluated: Mapping[str, int | None], native: int | None,
+                   stage_lengths: Sequence[int | None]) -> tuple[str, str] | None:
+    """The two models ``eval.verdict`` compares, from the ``evaluated`` ones (:func:`evaluations`): the one before
+    extension (:func:`before_extension`) and the final model (the last stage's evaluation); ``None`` unless both were
+    evaluated and differ."""
+    reference, final = before_extension(evaluated, native, stage_lengths), final_stage_tag(evaluated)
+    return (reference, final) if reference is not None and final is not None and reference != final else None
 
 
 def read_json(path: Path) -> Any:
@@ -306,12 +358,8 @@ class Run:
     def reference(self) -> str | None:
         """The model before any context extension, which the final model is compared with: the last stage
         trained within the native length (a model trained from scratch), else the starting model (``base``)."""
-        tags, native = self.tags, self.info.native_length
-        found = BASE_TAG if BASE_TAG in tags else None
-        for index, stage in enumerate(self.info.stages):
-            if native and stage.seq_len is not None and stage.seq_len <= native:
-                found = next((tag for tag in tags if stage_index(tag) == index), found)
-        return found
+        return before_extension(evaluations(self.tags), self.info.native_length,
+                                [stage.seq_len for stage in self.info.stages])
 
     @property
     def compared(self) -> str | None:

@@ -6,6 +6,7 @@ Every failure becomes a :class:`UserError` whose one line names the file, line a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ import yaml
 
 from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
-from toolkit.evals.suite import load_suites
+from toolkit.evals.specs import NeedleGrid
+from toolkit.evals.suite import Suite, load_suites
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
+from toolkit.run_folder import eval_tag, verdict_lengths, verdict_models
 
 
 def override_keys(assignment: str) -> list[str | int]:
@@ -133,6 +136,57 @@ def _check_suites(recipe: Recipe, path: Path | str) -> None:
         if name not in types:
             raise UserError(f"{path}: eval.verdict.retention_suites[{i}]: no suite named {name} in eval.suites "
                             f"(names: {', '.join(types) or 'none'})")
+    check_verdict_evaluations(recipe, loaded, stated_native_length(recipe), f"{path}: ")
+
+
+def stated_native_length(recipe: Recipe) -> int | None:
+    """The native length where the recipe states it, offline: a model built from ``init_config`` with its
+    ``max_position_embeddings`` and plain RoPE (``None`` otherwise: the run reads it from the model's config,
+    ``toolkit.training.model_fit``)."""
+    init = recipe.model.init_config
+    rope = (init.rope_parameters or {}) if init else {}
+    plain = not rope.get("original_max_position_embeddings") and rope.get("rope_type") != "linear"
+    return init.max_position_embeddings if init and plain else None
+
+
+def check_verdict_evaluations(recipe: Recipe, suites: Sequence[Suite], native: int | None, where: str = "") -> None:
+    """The evaluations the recipe runs hold all ``eval.verdict`` reads (``toolkit.run_folder.verdict_models`` and
+    ``verdict_lengths``, which the verdict computes from): an evaluation before extension and the final model's, and
+    every length it looks up in the verdict task's grid (of ``suites``, the recipe's loaded; every evaluation runs the
+    same grid). ``native``: the model's native length, ``None`` where not known yet (then only the last stage's length
+    is checked). A UserError naming the field, after ``where`` (the recipe file)."""
+    verdict, stages = recipe.eval.verdict, recipe.train.stages
+    if verdict is None:
+        return
+    suite, key = verdict.task.split("/", 1)
+    grid = next((task.lengths for found in suites if found.name == suite for task in found.tasks
+                 if task.key == key and isinstance(task, NeedleGrid)), None)
+    if grid is None:
+        return  # no such needle task: _check_suites says so
+    lengths = [stage.seq_len for stage in stages]
+    if native is not None:
+        evaluated: dict[str, int | None] = {eval_tag(recipe, None): None} if recipe.eval.before else {}
+        evaluated |= {eval_tag(recipe, i): i for i in range(len(stages)) if recipe.evaluates_after(i)}
+        if verdict_models(evaluated, native, lengths) is None:
+            raise UserError(f"{where}eval.verdict: {_no_comparison(recipe, native)}")
+    for need in verdict_lengths(verdict, native, lengths[-1]):
+        if need.length not in grid:
+            raise UserError(f"{where}{need.field}: {verdict.task} has no length {need.length} (grid: "
+                            f"{', '.join(map(str, sorted(grid)))}), {need.what}")
+
+
+def _no_comparison(recipe: Recipe, native: int) -> str:
+    """Why the recipe evaluates no model before extension and after it, naming the fields that turned it off."""
+    stages = recipe.train.stages
+    if stages[-1].seq_len <= native:
+        return (f"no stage extends the context: the last stage's seq_len {stages[-1].seq_len} is within the native "
+                f"length {native}, so there is no model before extension to compare with")
+    off = [] if recipe.eval.before else ["eval.before: false"]
+    for i, stage in enumerate(stages):
+        if stage.seq_len <= native and not recipe.evaluates_after(i):
+            off.append(f"train.stages[{i}].evaluate: false" if stage.evaluate is not None
+                       else "eval.after_each_stage: false")
+    return f"no evaluation of the model before extension ({', '.join(dict.fromkeys(off))})"
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -385,7 +385,9 @@ class EvalSpec(Strict):
     before: bool = True
     after_each_stage: bool = True
     verdict: VerdictSpec | None = None
-    """The run's claim (needle accuracy before/after extension, short-context retention), checked after the run."""
+    """The run's claim (needle accuracy before/after extension, short-context retention), checked after the run;
+    refused before it (``validate``, ``train``) where the evaluations the recipe runs cannot give it
+    (``toolkit.recipe.loading.check_verdict_evaluations``)."""
 
 
 class LoggingSpec(Strict):

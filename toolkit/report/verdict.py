@@ -22,7 +22,15 @@ from toolkit.formatting.blocks import Block, Code, Paragraph
 from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
 from toolkit.report.cells import compare
-from toolkit.run_folder import RECIPE, RUN_INFO, Run, final_stage_tag, stage_index
+from toolkit.run_folder import (
+    RECIPE,
+    RUN_INFO,
+    Run,
+    evaluations,
+    stage_index,
+    verdict_lengths,
+    verdict_models,
+)
 
 
 @dataclass(frozen=True)
@@ -191,28 +199,28 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
     extended = stages[-1].seq_len if stages else None
     if not native or not extended:
         raise UserError(f"{run.folder}: {RUN_INFO} lacks native_length or stages (needed by eval.verdict)")
-    reference, final = run.reference, final_stage_tag(run.tags)
-    if reference is None or final is None or reference == final:
+    models = verdict_models(evaluations(run.tags), native, [stage.seq_len for stage in run.info.stages])
+    if models is None:
         raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
                         f"(tags: {', '.join(run.tags) or 'none'})")
+    reference, final = models
     if stage_index(final) != len(stages) - 1:
         raise UserError(f"{run.folder}: the last stage ({len(stages) - 1}) has no evaluation (the last evaluated is "
                         f"{final}); the verdict judges the final model")
     suite, task = spec.task.split("/", 1)
     before, after = _rates(run, reference, suite, task), _rates(run, final, suite, task)
-    for tag, rates, length in ((reference, before, native), (final, after, extended)):
-        if length not in rates:
-            raise UserError(f"{run.folder}: {spec.task} at {tag} has no length {length} "
-                            f"(grid: {', '.join(map(str, sorted(rates)))})")
+    for need in verdict_lengths(spec, native, extended):
+        tag, rates = (reference, before) if need.before else (final, after)
+        if need.length not in rates:
+            why = (f"grid: {', '.join(map(str, sorted(rates)))}" if need.field == "eval.verdict.task"
+                   else f"needed by {need.field}")
+            raise UserError(f"{run.folder}: {spec.task} at {tag} has no length {need.length} ({why})")
     retention = _retention(run, spec, reference, final)
     checks = [Check(_accuracy(native, "before"), before[native].value >= spec.native_min,
                     f"{before[native].value:.2f} vs {spec.native_min:.2f}"),
               Check(_accuracy(extended, "after"), after[extended].value >= spec.extended_min,
                     f"{after[extended].value:.2f} vs {spec.extended_min:.2f}")]
     if spec.extended_before_max is not None:
-        if extended not in before:
-            raise UserError(f"{run.folder}: {spec.task} at {reference} has no length {extended} "
-                            f"(needed by eval.verdict.extended_before_max)")
         checks.append(Check(_accuracy(extended, "before"), before[extended].value <= spec.extended_before_max,
                             f"{before[extended].value:.2f} vs {spec.extended_before_max:.2f}"))
     if retention:

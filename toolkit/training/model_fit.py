@@ -1,6 +1,7 @@
 """The recipe checked against its model before the weights load, on the model's structure (meta device, no weights
-read): every stage's RoPE, LoRA's module names, and the attention kernel under sequence parallelism. A mistake there
-costs seconds, not the minutes an 8B model takes to load."""
+read): every stage's RoPE, LoRA's module names, the attention kernel under sequence parallelism, and the evaluations
+``eval.verdict`` reads at the model's native length. A mistake there costs seconds, not the minutes an 8B model takes
+to load."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from toolkit.evals.suite import load_suites
 from toolkit.model.attention import AttentionChoice, select_attention
 from toolkit.model.loading import model_structure, native_length_of
 from toolkit.model.lora import check_lora_names
@@ -15,6 +17,7 @@ from toolkit.model.precision import resolve_dtype
 from toolkit.model.rope import check_coverage
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention
+from toolkit.recipe.loading import check_verdict_evaluations
 from toolkit.recipe.schema import Recipe
 
 
@@ -24,7 +27,10 @@ def check_model_fit(recipe: Recipe, accelerator: Any, config: PretrainedConfig) 
     Ulysses wrapper is told the kernel here, for its check, and again once the model has loaded."""
     with built_whole(accelerator):
         structure = model_structure(recipe.model, config)
-    check_coverage(recipe.train, native_length_of(structure.config), structure.config)
+    native = native_length_of(structure.config)
+    check_coverage(recipe.train, native, structure.config)
+    if recipe.eval.verdict is not None:
+        check_verdict_evaluations(recipe, load_suites(recipe.eval.suites, lambda i: f"eval.suites[{i}]"), native)
     if recipe.method.kind == "lora":
         check_lora_names(structure, recipe.method.lora)
     dtype = resolve_dtype(recipe.model.precision, accelerator.device)
