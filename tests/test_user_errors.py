@@ -204,6 +204,39 @@ def test_weights_cut_short_and_an_adapter_of_another_model_are_one_line(tmp_path
     assert last.startswith(f"error: {adapter}: the adapter does not load onto {str(base)!r}: "), last
 
 
+def test_a_lora_run_of_another_base_model_is_one_line_before_the_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A LoRA run's ``final/`` records the base it was trained on in its config.json: one of another width than
+    ``--model`` is one line naming both, before any weights load (transformers printed its size-mismatch report, then
+    a traceback)."""
+    from transformers import LlamaForCausalLM
+
+    import toolkit.model.loading
+    from tests.micro_models import micro_config
+    from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
+    from toolkit.model.lora import apply_lora
+    from toolkit.model.saving import save_final
+    from toolkit.recipe.schema import LoraSpec, MethodSpec
+
+    base, run_b, wider_base = tmp_path / "run-a" / "final", tmp_path / "run-b" / "final", tmp_path / "wider"
+    tiny_model().save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    wider = LlamaForCausalLM(micro_config(hidden_size=96, intermediate_size=192, vocab_size=len(tiny_tokenizer())))
+    wider.config.save_pretrained(wider_base)  # which peft reads on saving (a hub id: looked up on the network)
+    wider.name_or_path = str(wider_base)  # as loading from there sets it, and peft records it in adapter_config.json
+    method = MethodSpec(kind="lora", lora=LoraSpec(r=2, target_modules=["q_proj"]))
+    save_final(apply_lora(wider, method.lora), tiny_tokenizer(), run_b, method)
+    monkeypatch.setattr(toolkit.model.loading, "_pretrained", lambda *a, **k: pytest.fail("the weights were loaded"))
+    capsys.readouterr()
+    argv = ["eval", "--model", str(base), "--adapter", str(run_b), "--suite", str(needle_suite(tmp_path)), "--out",
+            str(tmp_path / "out")]
+    assert _error(argv, capsys) == (
+        f"{run_b}: the adapter was trained on a different base model (base_model_name_or_path {str(wider_base)!r}) "
+        f"than --model {str(base)!r}: its config.json has hidden_size 96, intermediate_size 192, head_dim 24; "
+        f"{str(base)!r} has hidden_size 64, intermediate_size 128, head_dim 16")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("out", "expected"), [
     ("notes.txt", "--out: {tmp}/notes.txt is a file; name a folder for the merged model"),
     ("other-run", "--out: {tmp}/other-run holds files and is no earlier merge (no merged_from.json); the merge "

@@ -235,12 +235,45 @@ def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
     return model, adapter
 
 
+ADAPTER_BASE_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "vocab_size")
+"""The sizes of the base a LoRA adapter was trained on that the model it is merged into must have."""
+
+
+def check_adapter_base(model: str, adapter: str, field: str, revision: str | None = None) -> None:
+    """A UserError naming both unless ``model``'s config has the sizes (:data:`ADAPTER_BASE_SIZES`) of the base
+    ``adapter`` was trained on, as its config.json records it (a LoRA run's ``final/``): read before any weights load,
+    so that an adapter of another model is one line, not transformers' size-mismatch report and a traceback. An
+    adapter without config.json (peft's own folder), or a base whose config is not readable here, is checked as its
+    weights load."""
+    recorded = Path(adapter) / MODEL_CONFIG
+    if not recorded.is_file():
+        return
+    try:
+        base, _ = PretrainedConfig.get_config_dict(model, revision=revision)
+    except (OSError, ValueError):  # no config (the weights' load names it)
+        return
+    trained = read_json_object(recorded)
+    differ = [key for key in ADAPTER_BASE_SIZES
+              if trained.get(key) is not None and base.get(key) is not None and trained[key] != base[key]]
+    if not differ:
+        return
+    named = read_json_object(Path(adapter) / ADAPTER_CONFIG).get("base_model_name_or_path")
+    trained_on = f"base_model_name_or_path {named!r}" if named else "no base_model_name_or_path recorded"
+    theirs, ours = (", ".join(f"{key} {sizes[key]}" for key in differ) for sizes in (trained, base))
+    raise UserError(f"{adapter}: the adapter was trained on a different base model ({trained_on}) than {field} "
+                    f"{model!r}: its config.json has {theirs}; {model!r} has {ours}")
+
+
 def load_merged(model: str, adapter: str | None, field: str = "--model", **kwargs: Any) -> PreTrainedModel:
-    """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's."""
-    if adapter is not None and (Path(adapter) / MODEL_CONFIG).is_file():
-        kwargs["config"] = AutoConfig.from_pretrained(adapter)
+    """``model`` with ``adapter`` merged in; an adapter folder's config.json (the trained RoPE) replaces the base's,
+    once its sizes are found to be the base's (:func:`check_adapter_base`)."""
     if adapter is not None and (revision := read_json_object(Path(adapter) / ADAPTER_CONFIG).get("revision")):
         kwargs.setdefault("revision", revision)  # the base's revision it was trained on
+    if adapter is not None and (Path(adapter) / MODEL_CONFIG).is_file():
+        check_model_source(model, field)
+        check_adapter_base(model, adapter, field, kwargs.get("revision"))
+        kwargs["config"] = AutoConfig.from_pretrained(adapter)
     loaded = _pretrained(model, field, **kwargs)
     if adapter is None:
         return loaded
