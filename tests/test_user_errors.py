@@ -91,6 +91,11 @@ def test_a_mistyped_local_model_folder_says_so(tmp_path: Path, monkeypatch: pyte
         "--model: cannot load 'models/nope': We couldn't connect to 'https://huggingface.co' to load the files. "
         "(models is a folder here, with no nope in it)")
     assert str(_load_failure("org/nope", "--model", failed)).endswith("load the files.")  # no folder org here
+    listed = ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers` library "
+                        "serialization file, \n(2) a slow tokenizer instance to convert")
+    assert str(_load_failure("/m", "--model", listed)) == (  # a first line that ends in a colon: all of it
+        "--model: cannot load '/m': Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` library "
+        "serialization file, (2) a slow tokenizer instance to convert")
 
 
 def test_an_empty_text_source_is_named_with_its_suite_and_task(tmp_path: Path, capsys) -> None:
@@ -844,6 +849,23 @@ def test_a_model_folder_without_a_tokenizer_says_so(tmp_path: Path, capsys) -> N
         f"model.tokenizer: cannot load '{tmp_path / 'empty-model'}' (from model.name_or_path): no tokenizer in it "
         "(none of tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json)")
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_a_model_folder_without_a_tokenizer_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys) -> None:
+    """A config.json and no tokenizer files: one line saying so (transformers' error was cut to "Couldn't instantiate
+    the backend tokenizer from one of: ")."""
+    import toolkit.model.loading
+    from tests.test_evals_fixtures import tiny_model
+
+    folder = tmp_path / "model"
+    tiny_model().config.save_pretrained(folder)
+    monkeypatch.setattr(toolkit.model.loading, "load_merged", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = ["eval", "--model", str(folder), "--suite", str(needle_suite(tmp_path)), "--out", str(tmp_path / "out")]
+    assert _error(argv, capsys) == (
+        f"--model: cannot load {str(folder)!r}: no tokenizer in it (none of tokenizer.json, tokenizer_config.json, "
+        "tokenizer.model, vocab.json)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_corpus_without_the_tokenizer_names_the_folder_and_the_flag(tmp_path: Path, capsys) -> None:

@@ -28,7 +28,7 @@ from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.model.precision import dtype_name, resolve_dtype
-from toolkit.model.sources import check_model_source, has_tokenizer
+from toolkit.model.sources import check_model_source, check_tokenizer_folder, has_tokenizer
 from toolkit.recipe.schema import InitConfig, MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
 
@@ -85,10 +85,18 @@ def native_length_of(config: Any) -> int:
     return int(config.max_position_embeddings)
 
 
+def _first_line(exc: Exception) -> str:
+    """The exception's first line (what failed; the lines after it give advice), or all of it as one line where the
+    first ends with a colon (what follows it says what failed: "Couldn't instantiate the backend tokenizer from one
+    of: ...")."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    return reason(exc) if first.endswith(":") else first
+
+
 def _load_failure(source: str, field: str, exc: Exception) -> UserError:
-    """``field``'s source cannot be loaded: the exception's first line (a config field of the wrong type: all of it,
-    which names the field)."""
-    said = reason(exc) if isinstance(exc, StrictDataclassError) else (str(exc).strip().splitlines() or [""])[0]
+    """``field``'s source cannot be loaded: the exception's first line (:func:`_first_line`; a config field of the
+    wrong type: all of it, which names the field)."""
+    said = reason(exc) if isinstance(exc, StrictDataclassError) else _first_line(exc)
     owner = Path(source).parent  # read as a hub id, but maybe a mistyped local path
     mistyped = not looks_local(source) and owner.name and owner.is_dir()
     typo = f" ({owner} is a folder here, with no {Path(source).name} in it)" if mistyped else ""
@@ -315,6 +323,7 @@ def eval_tokenizer(model: str, adapter: str | None) -> Any:
     check_model_source(base, "--model")
     own = adapter is not None and has_tokenizer(Path(adapter))  # a peft adapter folder need hold no config.json
     source, field = (adapter, "--adapter") if own and adapter is not None else (base, "--model")
+    check_tokenizer_folder(source, field)
     return pretrained_tokenizer(source, field, lambda exc: _load_failure(source, field, exc))
 
 

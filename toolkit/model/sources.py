@@ -13,11 +13,21 @@ from toolkit.run_folder import FINAL, MODEL_CONFIG
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 """A saved tokenizer holds one of these (transformers' fast, its settings, sentencepiece's, BPE's vocabulary)."""
+NO_TOKENIZER = f"no tokenizer in it (none of {', '.join(TOKENIZER_FILES)})"
+"""What is said of a folder that holds none of them, after ``cannot load '<folder>'``."""
 
 
 def has_tokenizer(folder: Path) -> bool:
     """Whether ``folder`` holds a saved tokenizer (one of :data:`TOKENIZER_FILES`)."""
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def check_tokenizer_folder(source: str, field: str) -> None:
+    """A UserError naming ``field`` when ``source`` is a local folder that holds no saved tokenizer (transformers'
+    own error then says it cannot instantiate a backend tokenizer, naming no file)."""
+    folder = Path(source).expanduser()
+    if looks_local(source) and folder.is_dir() and not has_tokenizer(folder):
+        raise UserError(f"{field}: cannot load {source!r}: {NO_TOKENIZER}")
 
 
 def check_model_source(source: str, field: str) -> None:
@@ -57,6 +67,5 @@ def tokenizer_source(spec: ModelSpec) -> str | None:
     if (folder / MODEL_CONFIG).is_file():
         read_json_object(folder / MODEL_CONFIG)  # which AutoTokenizer reads: a JSON object
     if not has_tokenizer(folder):
-        raise UserError(f"model.tokenizer: cannot load {str(folder)!r}{tokenizer_origin(spec)}: no tokenizer in it "
-                        f"(none of {', '.join(TOKENIZER_FILES)})")
+        raise UserError(f"model.tokenizer: cannot load {str(folder)!r}{tokenizer_origin(spec)}: {NO_TOKENIZER}")
     return str(folder)
