@@ -498,22 +498,33 @@ def test_overrides_may_follow_the_options_and_anything_else_unknown_is_refused(c
 
 def test_overrides_are_taken_as_set_options_too_and_validate_says_how_it_takes_them(capsys) -> None:
     recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
-    assert main(["plan", recipe, "--set", "train.stages[0].seq_len=128", "train.stages[0].batch_size=2"]) == 0
+    assert main(["plan", recipe, "--set", "train.stages[0].seq_len=128", "--set", "train.stages[0].batch_size=2",
+                 "--set", "train.stages[0].batch_size=3"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seq_len x batch"))
-    assert row.split()[3:6] == ["128", "x", "2"]  # both forms took effect
+    assert row.split()[3:6] == ["128", "x", "3"]  # each took effect, the last of a key given twice
+    with pytest.raises(SystemExit) as stopped:  # both forms at once: which came last is not kept
+        main(["plan", recipe, "--set", "train.max_steps=2", "train.max_steps=3"])
+    assert stopped.value.code == 2
+    assert "overrides either as KEY=VALUE after the recipe or each after --set, not both" in capsys.readouterr().err
     assert _error(["validate", recipe, "train.max_steps=5"], capsys) == (
         "train.max_steps=5: no such file (an override? validate takes it as --set train.max_steps=5)")
 
 
-def test_lora_settings_in_a_full_fine_tune_are_refused(capsys) -> None:
+def test_lora_settings_in_a_full_fine_tune_are_refused_but_a_run_that_had_them_reads_back(tmp_path: Path,
+                                                                                          capsys) -> None:
+    from toolkit.recipe.loading import dump_recipe, load_recipe
+    from toolkit.run_folder import RECIPE, read_recipe
+
     recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
-    line = next(i for i, text in enumerate(Path(recipe).read_text().splitlines(), 1) if text == "  kind: full")
     assert _error(["validate", recipe, "--set", "method.lora.r=8"], capsys) == (
-        f"{recipe}:{line} (with override 'method.lora.r=8'): method.lora: LoRA settings, but method.kind is full (set "
-        "method.kind: lora, or drop them)")
+        f"{recipe}: method.lora: LoRA settings, but method.kind is full (set method.kind: lora, or drop them)")
     assert _error(["validate", recipe, "--set", "method.merge_on_save=true"], capsys) == (
-        f"{recipe}: override 'method.merge_on_save=true': method.merge_on_save: merges a LoRA adapter, but "
-        "method.kind is full")
+        f"{recipe}: method.merge_on_save: merges a LoRA adapter, but method.kind is full")
+    ran = load_recipe(recipe)  # a run made before the check, its LoRA settings recorded
+    ran.method.lora.r, ran.method.merge_on_save = 8, True
+    dump_recipe(ran, tmp_path / RECIPE)
+    read = read_recipe(tmp_path)
+    assert read is not None and read.method.lora.r == 8
 
 
 def test_a_home_folder_written_as_tilde_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -524,6 +535,7 @@ def test_a_home_folder_written_as_tilde_is_the_home_folder(tmp_path: Path, monke
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert user_path("~/results") == str(tmp_path / "results") and output_folder("~/out") == tmp_path / "out"
+    assert user_path("~nobody-here/x") == "~nobody-here/x"  # an unknown user's: left as written, no error
     (tmp_path / "data.jsonl").write_text('{"text": "a"}\n')
     recipe = load_recipe(ROOT / "recipes" / "tiny-passkey.yaml",
                          ["output.dir=~/run", "train.data={source: jsonl, path: ~/data.jsonl}"])

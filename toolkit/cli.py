@@ -57,7 +57,8 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _overrides(command: argparse.ArgumentParser) -> None:
-    """``KEY=VALUE`` overrides after the recipe, or each after ``--set`` (as ``validate`` takes them)."""
+    """``KEY=VALUE`` overrides after the recipe, or each after ``--set`` (as ``validate`` takes them; one form or the
+    other)."""
     command.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                          help="dotted overrides of the recipe, e.g. train.max_steps=5 (or --set train.max_steps=5)")
     command.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -275,8 +276,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("train", "plan"):
-        args.overrides = [*args.overrides, *args.set_overrides]
+    if args.command in ("train", "plan") and args.set_overrides:
+        if args.overrides:  # their order on the command line (which decides a key given twice) is not kept across both
+            parser.error("overrides either as KEY=VALUE after the recipe or each after --set, not both")
+        args.overrides = args.set_overrides
     return args
 
 

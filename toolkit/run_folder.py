@@ -403,9 +403,10 @@ def _require_folder(folder: Path) -> None:
 
 def require_final(run_dir: Path) -> Path:
     """``run_dir``'s ``final/`` model; a UserError when ``run_dir`` is no run folder or its run has not finished."""
-    require_run(run_dir)
+    _require_folder(run_dir)
     final = run_dir / FINAL
     if not final.is_dir():
+        require_run(run_dir)  # a folder of other files (a run's final/ itself, say) is no unfinished run
         raise UserError(f"{final}: not found; the run has no final model yet (train it to the end first)")
     return final
 

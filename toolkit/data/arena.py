@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -127,7 +128,7 @@ def read_arena(path: str | Path, bad_rows: Literal["error", "skip"] = "error",
                label: str = "data") -> tuple[list[ArenaRow], int]:
     """Every row of a competition CSV or Parquet file, and how many bad rows were skipped (``bad_rows="skip"``);
     with ``bad_rows="error"`` a bad row is a UserError ``<label>: <what> in <file:line>``."""
-    file = Path(path).expanduser()
+    file = Path(os.path.expanduser(path))
     rows: list[ArenaRow] = []
     skipped = 0
     labelled: bool | None = None

@@ -13,6 +13,7 @@ added), loss on every token. A record that cannot become a document raises :clas
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def named_chat_template(spec: SourceSpec, label: str) -> str | None:
     names none."""
     if spec.chat_template is None or not spec.chat_template.endswith(".jinja"):
         return spec.chat_template
-    path = Path(spec.chat_template).expanduser()
+    path = Path(os.path.expanduser(spec.chat_template))
     if not path.is_file():
         raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
     return read_text(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ def source_path(spec: SourceSpec) -> str:
 
 def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     """The files of a local source: ``spec.path`` itself, or every matching file below that folder."""
-    path = Path(source_path(spec)).expanduser()
+    path = Path(os.path.expanduser(source_path(spec)))
     if path.is_file():
         return [str(path)]
     if not path.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,4 +12,4 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def looks_local(source: str) -> bool:
     """A path rather than a hub id: starts with ``.``, ``/`` or ``~``, exists here, or is not shaped like an id."""
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or not HUB_ID.match(source)
+    return source.startswith((".", "/", "~")) or Path(os.path.expanduser(source)).exists() or not HUB_ID.match(source)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from toolkit.errors import UserError
@@ -25,7 +26,7 @@ def has_tokenizer(folder: Path) -> bool:
 def check_tokenizer_folder(source: str, field: str) -> None:
     """A UserError naming ``field`` when ``source`` is a local folder that holds no saved tokenizer (transformers'
     own error then says it cannot instantiate a backend tokenizer, naming no file)."""
-    folder = Path(source).expanduser()
+    folder = Path(os.path.expanduser(source))
     if looks_local(source) and folder.is_dir() and not has_tokenizer(folder):
         raise UserError(f"{field}: cannot load {source!r}: {NO_TOKENIZER}")
 
@@ -34,7 +35,7 @@ def check_model_source(source: str, field: str) -> None:
     """A UserError naming ``field`` unless ``source`` is a hub id or a folder with ``config.json``."""
     if not looks_local(source):
         return
-    folder = Path(source).expanduser()
+    folder = Path(os.path.expanduser(source))
     if folder.is_file():
         raise UserError(f"{field}: {source} is a file; name a model folder (with {MODEL_CONFIG}) or a hub id")
     if not folder.is_dir():
@@ -61,7 +62,7 @@ def tokenizer_source(spec: ModelSpec) -> str | None:
     assert source is not None  # the schema: a model without name_or_path has tokenizer or train_tokenizer
     if not looks_local(source):
         return source
-    folder = Path(source).expanduser()
+    folder = Path(os.path.expanduser(source))
     if not folder.is_dir():
         raise UserError(f"model.tokenizer: no such folder: {source}{tokenizer_origin(spec)}")
     if (folder / MODEL_CONFIG).is_file():

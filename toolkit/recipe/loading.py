@@ -17,7 +17,7 @@ from toolkit.errors import UserError
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.suite import Suite, load_suites
 from toolkit.output_paths import write_text
-from toolkit.recipe.schema import Recipe
+from toolkit.recipe.schema import LoraSpec, Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
 from toolkit.run_folder import eval_tag, verdict_lengths, verdict_models
 
@@ -101,8 +101,20 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             if spec.chat_template and spec.chat_template.endswith(".jinja"):
                 spec.chat_template = resolve_relative(spec.chat_template, base)
     recipe.eval.suites = [resolve_relative(s, base) or s for s in recipe.eval.suites]
+    _check_method(recipe, path)
     _check_suites(recipe, path)
     return recipe
+
+
+def _check_method(recipe: Recipe, path: Path | str) -> None:
+    """LoRA settings in a full fine-tune would be ignored: refused in a recipe to run (a run folder's recorded recipe
+    is read as it was written)."""
+    method = recipe.method
+    if method.kind == "full" and method.lora != LoraSpec():
+        raise UserError(f"{path}: method.lora: LoRA settings, but method.kind is full (set method.kind: lora, or drop "
+                        "them)")
+    if method.kind == "full" and method.merge_on_save:
+        raise UserError(f"{path}: method.merge_on_save: merges a LoRA adapter, but method.kind is full")
 
 
 def check_recipe(recipe: Recipe) -> Recipe:

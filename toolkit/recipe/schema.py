@@ -7,10 +7,19 @@ data's blocks are in ``toolkit.recipe.data_spec``, the base every block shares i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from toolkit.evals.stats import RULER_THRESHOLD
 from toolkit.model.rope_methods import METHODS, TYPE_KEYS
@@ -53,6 +62,24 @@ class InitConfig(Strict):
     """RoPE as LlamaConfig takes it (``rope_type``, ``rope_theta``, the type's keys); ``None``: default, theta 10000."""
     tie_word_embeddings: bool | None = None
     """Share the input embedding's weights with the output head (LlamaConfig's default: false)."""
+    rope_theta: PositiveFloat | None = None
+    """The older form of ``rope_parameters.rope_theta``, which LlamaConfig moves there."""
+    rms_norm_eps: PositiveFloat | None = None
+    """The RMSNorms' epsilon (LlamaConfig's default 1e-6)."""
+    initializer_range: PositiveFloat | None = None
+    """Standard deviation of the random initial weights (LlamaConfig's default 0.02)."""
+    hidden_act: str | None = None
+    """The MLP's activation, a name transformers knows (LlamaConfig's default ``silu``)."""
+    attention_bias: bool | None = None
+    """Biases on the attention projections (LlamaConfig's default: none)."""
+    mlp_bias: bool | None = None
+    """Biases on the MLP projections (LlamaConfig's default: none)."""
+    attention_dropout: NonNegativeFloat | None = None
+    """Dropout on the attention weights (LlamaConfig's default 0)."""
+    bos_token_id: NonNegativeInt | None = None
+    """``None``: the tokenizer's (as for the other two ids)."""
+    eos_token_id: NonNegativeInt | None = None
+    pad_token_id: NonNegativeInt | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self) -> InitConfig:
@@ -129,15 +156,6 @@ class MethodSpec(Strict):
     lora: LoraSpec = LoraSpec()
     merge_on_save: bool = False
     """LoRA only: also write merged full weights to ``final/merged``."""
-
-    @model_validator(mode="after")
-    def _lora_settings_need_lora(self) -> MethodSpec:
-        """A LoRA setting in a full fine-tune would be ignored: refused instead."""
-        if self.kind == "full" and self.lora != LoraSpec():
-            raise FieldError("lora", "LoRA settings, but method.kind is full (set method.kind: lora, or drop them)")
-        if self.kind == "full" and self.merge_on_save:
-            raise FieldError("merge_on_save", "merges a LoRA adapter, but method.kind is full")
-        return self
 
 
 class RopeSpec(Strict):
@@ -426,7 +444,7 @@ class Recipe(Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output.dir).expanduser() if self.output.dir else Path("runs") / self.name
+        return Path(os.path.expanduser(self.output.dir)) if self.output.dir else Path("runs") / self.name
 
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:

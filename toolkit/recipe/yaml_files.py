@@ -161,7 +161,7 @@ def resolve_relative(value: str | None, base: Path) -> str | None:
     where it was looked for."""
     if value is None:
         return None
-    if Path(value).expanduser().is_absolute():
+    if Path(os.path.expanduser(value)).is_absolute():  # os.path's expanduser leaves an unknown ~user as it is
         return os.path.expanduser(value)
     candidate = base / value
     if candidate.exists():
