@@ -88,6 +88,11 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     no_prompt = _write(tmp_path / "no_prompt.csv", [["1"]], ["id"])
     with pytest.raises(UserError, match="has no column 'prompt'"):
         read_arena(no_prompt)
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"id": "1", "prompt": "[\\"hi\\"]"}\n')  # read as CSV: a header and no rows
+    with pytest.raises(UserError, match=r"^--data: .*rows.jsonl is not a CSV or Parquet file \(its name ends .csv, "
+                                        r".csv.gz, .parquet\)$"):
+        read_arena(jsonl, label="--data")
 
 
 def test_the_competitions_test_file_names_no_models_and_no_winners(tmp_path: Path) -> None:

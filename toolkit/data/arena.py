@@ -102,11 +102,17 @@ def arena_row(record: Mapping[str, Any], where: str, labelled: bool = True) -> A
                     prompt, response_a, response_b, _winner(record) if labelled else None, where)
 
 
+ARENA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+"""The competition's files: CSV (gzip'd or not) or Parquet."""
+
+
 def _records(file: Path, label: str) -> Iterator[tuple[dict[str, Any], str]]:
     if file.is_dir():
         raise UserError(f"{label}: {file} is a folder; name a CSV or Parquet file")
     if not file.is_file():
         raise UserError(f"{label}: no such file: {file}")
+    if not file.name.endswith(ARENA_SUFFIXES):  # a JSONL file read as CSV has no rows, or no columns it needs
+        raise UserError(f"{label}: {file} is not a CSV or Parquet file (its name ends {', '.join(ARENA_SUFFIXES)})")
     reader = FORMATS["parquet" if file.suffix == ".parquet" else "csv"].reader
     for row in reader([str(file)], label):
         yield row["record"], row["where"]
