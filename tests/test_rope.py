@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from toolkit.errors import UserError
-from toolkit.model.loading import native_length_of
 from toolkit.model.rope import (
     apply_rope,
     check_coverage,
@@ -23,6 +22,7 @@ from toolkit.model.rope import (
     theta_for_length,
     use_rope,
 )
+from toolkit.model.rope_methods import native_length_of
 from toolkit.recipe.schema import RopeSpec, StageSpec, TrainSpec
 
 NATIVE, TARGET, THETA, HEAD_DIM = 256, 1024, 10000.0, 16

@@ -78,9 +78,9 @@ def _record_setting(results: SuiteResults, task: RopeCompareTask, others: list[C
 
 def run_rope_compare(task: RopeCompareTask, ctx: EvalContext, results: SuiteResults) -> dict[str, Any]:
     # imported here: transformers and peft load only when a comparison runs, not with every suite or report
-    from toolkit.model.loading import native_length_of
     from toolkit.model.lora import unwrap_peft
     from toolkit.model.rope import use_rope
+    from toolkit.model.rope_methods import native_length_of
 
     native = task.native_length or native_length_of(unwrap_peft(ctx.model).config)
     seq_len = max(task.lengths)

@@ -28,6 +28,7 @@ from toolkit.hub.ids import looks_local
 from toolkit.model.attention import TORCH_VARLEN, TRAINING_ONLY, AttentionChoice, select_attention
 from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap_peft
 from toolkit.model.precision import dtype_name, resolve_dtype
+from toolkit.model.rope_methods import native_length_of
 from toolkit.model.sources import check_model_source, check_tokenizer_folder, has_tokenizer
 from toolkit.recipe.schema import InitConfig, MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
@@ -72,17 +73,6 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
         if base is not None and training_kernel in EVAL_ATTENTION:
             base.set_attn_implementation(training_kernel)
-
-
-def native_length_of(config: Any) -> int:
-    """The context length the weights were trained for: YaRN, llama3 and longrope record it; linear scaling covers
-    ``factor`` times it in ``max_position_embeddings`` (as a linear stage writes it)."""
-    rope = config.rope_parameters or {}
-    if rope.get("original_max_position_embeddings"):
-        return int(rope["original_max_position_embeddings"])
-    if rope.get("rope_type") == "linear" and rope.get("factor"):
-        return round(config.max_position_embeddings / rope["factor"])
-    return int(config.max_position_embeddings)
 
 
 def _first_line(exc: Exception) -> str:

@@ -8,6 +8,7 @@ Adding a method is a row here (plus whatever transformers or llama.cpp need to c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,14 @@ TYPE_KEYS: tuple[str, ...] = tuple(sorted(set().union(*(method.keys for method i
 """Every type-specific key but ``factor``, which every scaling method takes."""
 
 GGUF_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.gguf)
+
+
+def native_length_of(config: Any) -> int:
+    """The context length the weights were trained for: YaRN, llama3 and longrope record it; linear scaling covers
+    ``factor`` times it in ``max_position_embeddings`` (as a linear stage writes it)."""
+    rope = config.rope_parameters or {}
+    if rope.get("original_max_position_embeddings"):
+        return int(rope["original_max_position_embeddings"])
+    if rope.get("rope_type") == "linear" and rope.get("factor"):
+        return round(config.max_position_embeddings / rope["factor"])
+    return int(config.max_position_embeddings)

@@ -16,6 +16,7 @@ from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.suite import Suite, load_suites
+from toolkit.model.rope_methods import native_length_of
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import LoraSpec, Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
@@ -153,12 +154,10 @@ def _check_suites(recipe: Recipe, path: Path | str) -> None:
 
 def stated_native_length(recipe: Recipe) -> int | None:
     """The native length where the recipe states it, offline: a model built from ``init_config`` with its
-    ``max_position_embeddings`` and plain RoPE (``None`` otherwise: the run reads it from the model's config,
-    ``toolkit.training.model_fit``)."""
+    ``max_position_embeddings``, read as a run reads it from the model's config (:func:`native_length_of`); ``None``
+    otherwise (the run checks then, ``toolkit.training.model_fit``)."""
     init = recipe.model.init_config
-    rope = (init.rope_parameters or {}) if init else {}
-    plain = not rope.get("original_max_position_embeddings") and rope.get("rope_type") != "linear"
-    return init.max_position_embeddings if init and plain else None
+    return native_length_of(init) if init and init.max_position_embeddings else None
 
 
 def check_verdict_evaluations(recipe: Recipe, suites: Sequence[Suite], native: int | None, where: str = "") -> None:

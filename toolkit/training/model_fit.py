@@ -11,10 +11,11 @@ from transformers import PretrainedConfig
 
 from toolkit.evals.suite import load_suites
 from toolkit.model.attention import AttentionChoice, select_attention
-from toolkit.model.loading import model_structure, native_length_of
+from toolkit.model.loading import model_structure
 from toolkit.model.lora import check_lora_names
 from toolkit.model.precision import resolve_dtype
 from toolkit.model.rope import check_coverage
+from toolkit.model.rope_methods import native_length_of
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention
 from toolkit.recipe.loading import check_verdict_evaluations
