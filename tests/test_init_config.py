@@ -15,8 +15,9 @@ from transformers import LlamaConfig
 from tests.conftest import MICRO_RECIPE
 from toolkit.cli import main
 from toolkit.model.loading import random_config
+from toolkit.model.rope_methods import native_length_of
 from toolkit.recipe.loading import load_recipe
-from toolkit.recipe.schema import InitConfig
+from toolkit.recipe.schema import InitConfig, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = ROOT / "recipes" / "tiny-passkey.yaml"
@@ -85,3 +86,33 @@ def test_the_tiny_recipe_builds_the_llamaconfig_it_did() -> None:
 def test_init_configs_build_the_llamaconfig_they_did(written: dict[str, Any]) -> None:
     tokenizer = _Tokenizer(320)
     assert random_config(InitConfig(**written), tokenizer).to_dict() == _as_written(written, tokenizer)
+
+
+@pytest.mark.parametrize("rope,native", [
+    (None, 1024),
+    ({"rope_type": "linear", "factor": 4.0}, 256),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}, 128),
+], ids=["default", "linear", "yarn"])
+def test_the_recipe_reads_the_native_length_as_a_run_reads_it(rope: dict[str, Any] | None, native: int) -> None:
+    """The length the recipe's checks start from is the one a run reads from the built model's config."""
+    init = InitConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=1024, rope_parameters=rope)
+    stated = ModelSpec(init_config=init, tokenizer="tokenizer").stated_native_length()
+    assert stated == native_length_of(random_config(init, _Tokenizer(512))) == native
+
+
+def test_a_linear_init_config_scales_from_its_native_length(capsys) -> None:
+    """``max_position_embeddings`` 1024 under linear RoPE x4 is a native 256: a factor 2 stage covers 512 tokens."""
+    init = ("model.init_config.rope_parameters={rope_type: linear, factor: 4.0}",
+            "model.init_config.max_position_embeddings=1024")
+    stage = "train.stages[2].rope={type: linear, factor: 2.0}"
+    assert main(["validate", str(TINY_RECIPE), *(arg for s in (*init, stage) for arg in ("--set", s))]) == 2
+    assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{stage}': train.stages[2].rope.factor: 2.0 x "
+                                       "original length 256 covers 512 tokens, less than seq_len 1024\n")
+
+
+def test_a_rope_factor_that_is_no_number_is_one_line(capsys) -> None:
+    """The native length is read from it (:func:`native_length_of`): a word there is one line, not a traceback."""
+    rope = "model.init_config.rope_parameters={rope_type: linear, factor: four}"
+    assert main(["validate", str(TINY_RECIPE), "--set", rope]) == 2
+    assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{rope}': model.init_config.rope_parameters."
+                                       "factor: 'four' is not a positive number\n")

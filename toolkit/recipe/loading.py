@@ -16,7 +16,6 @@ from toolkit.data.local_files import LOCAL_FORMATS
 from toolkit.errors import UserError
 from toolkit.evals.specs import NeedleGrid
 from toolkit.evals.suite import Suite, load_suites
-from toolkit.model.rope_methods import native_length_of
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import LoraSpec, Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
@@ -149,15 +148,7 @@ def _check_suites(recipe: Recipe, path: Path | str) -> None:
         if name not in types:
             raise UserError(f"{path}: eval.verdict.retention_suites[{i}]: no suite named {name} in eval.suites "
                             f"(names: {', '.join(types) or 'none'})")
-    check_verdict_evaluations(recipe, loaded, stated_native_length(recipe), f"{path}: ")
-
-
-def stated_native_length(recipe: Recipe) -> int | None:
-    """The native length where the recipe states it, offline: a model built from ``init_config`` with its
-    ``max_position_embeddings``, read as a run reads it from the model's config (:func:`native_length_of`); ``None``
-    otherwise (the run checks then, ``toolkit.training.model_fit``)."""
-    init = recipe.model.init_config
-    return native_length_of(init) if init and init.max_position_embeddings else None
+    check_verdict_evaluations(recipe, loaded, recipe.model.stated_native_length(), f"{path}: ")
 
 
 def check_verdict_evaluations(recipe: Recipe, suites: Sequence[Suite], native: int | None, where: str = "") -> None:

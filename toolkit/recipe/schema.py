@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from toolkit.evals.stats import RULER_THRESHOLD
-from toolkit.model.rope_methods import METHODS, TYPE_KEYS
+from toolkit.model.rope_methods import METHODS, TYPE_KEYS, native_length_of
 from toolkit.recipe.data_spec import TRAIN_DATA, DataSpec, SourceSpec
 from toolkit.recipe.strict import NAME_PATTERN, FieldError, Seed, Strict
 
@@ -92,6 +92,15 @@ class InitConfig(Strict):
             raise FieldError("hidden_size", f"{self.hidden_size} is not a multiple of num_attention_heads {heads}")
         return self
 
+    @model_validator(mode="after")
+    def _rope_lengths_are_numbers(self) -> InitConfig:
+        """The RoPE keys the native length is read from (:func:`native_length_of`) are positive numbers."""
+        for key in ("factor", "original_max_position_embeddings"):
+            value = (self.rope_parameters or {}).get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise FieldError(f"rope_parameters.{key}", f"{value!r} is not a positive number")
+        return self
+
 
 class ModelSpec(Strict):
     """What to load: a hub id or local path, or a random model built from an inline Llama config."""
@@ -136,6 +145,13 @@ class ModelSpec(Strict):
         if self.init_config is not None and self.tokenizer is None and self.train_tokenizer is None:
             raise ValueError("a model built from init_config needs tokenizer or train_tokenizer")
         return self
+
+    def stated_native_length(self) -> int | None:
+        """The native length where the recipe states it, offline: a model built from ``init_config`` with its
+        ``max_position_embeddings``, read as a run reads it from the model's config (:func:`native_length_of`);
+        ``None`` otherwise (a run reads it from the model's config, ``toolkit.training.model_fit``)."""
+        init = self.init_config
+        return native_length_of(init) if init and init.max_position_embeddings else None
 
 
 class LoraSpec(Strict):
@@ -448,9 +464,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _rope_covers_lengths(self) -> Recipe:
-        """Checked here where the native length is in the recipe (``init_config``); a run checks every model's
-        config again before loading it (``toolkit.training.model_fit``)."""
-        native = self.model.init_config.max_position_embeddings if self.model.init_config else None
+        """Checked here where the recipe states the native length (:meth:`ModelSpec.stated_native_length`); a run
+        checks every model's config again before loading it (``toolkit.training.model_fit``)."""
+        native = self.model.stated_native_length()
         for i, stage in enumerate(self.train.stages):
             problem = stage.rope.shortfall(stage.seq_len, native)
             if problem:
