@@ -14,6 +14,7 @@ from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
     RunInfo,
     eval_tag,
+    evaluations,
     final_stage_tag,
     load_run,
     parse_stage_tag,
@@ -21,6 +22,7 @@ from toolkit.run_folder import (
     read_metrics,
     read_recipe,
     read_run_info,
+    recipe_evaluations,
     stage_tag,
     tag_order,
 )
@@ -41,6 +43,19 @@ def test_eval_tag_of_a_recipe() -> None:
     recipe = load_recipe(RECIPES / "tiny-passkey.yaml", [])
     assert eval_tag(recipe, None) == "base"
     assert [eval_tag(recipe, i) for i in range(3)] == ["stage-0-copy-64", "stage-1-passkey-256", "stage-2-yarn-1024"]
+
+
+@pytest.mark.parametrize("overrides,evaluated", [
+    ([], {"stage-1-passkey-256": 1, "stage-2-yarn-1024": 2}),
+    (["eval.before=true", "eval.after_each_stage=false"], {"base": None, "stage-2-yarn-1024": 2}),
+    (["train.stages[0].evaluate=true", "train.stages[2].evaluate=false"],
+     {"stage-0-copy-64": 0, "stage-1-passkey-256": 1, "stage-2-yarn-1024": 2}),
+    (["eval.suites=[]", "eval.verdict=null", "eval.before=true"], {}),
+], ids=["as-written", "before-and-last", "the-last-always", "no-suites"])
+def test_the_evaluations_a_recipe_makes(overrides: list[str], evaluated: dict[str, int | None]) -> None:
+    """What the runner evaluates (``Recipe.evaluates``) under the tags it writes, as the verdict reads them back."""
+    recipe = load_recipe(RECIPES / "tiny-passkey.yaml", overrides)
+    assert recipe_evaluations(recipe) == evaluated == evaluations(evaluated)
 
 
 @pytest.mark.parametrize("path", with_corpus_marks(sorted(RECIPES.glob("*.yaml"))), ids=lambda p: p.name)

@@ -100,6 +100,12 @@ def evaluations(tags: Iterable[str]) -> dict[str, int | None]:
     return {tag: stage_index(tag) for tag in tags if tag == BASE_TAG or stage_index(tag) is not None}
 
 
+def recipe_evaluations(recipe: Recipe) -> dict[str, int | None]:
+    """The evaluations a run of ``recipe`` makes (:meth:`Recipe.evaluated_models`), as :func:`evaluations` reads them
+    back from its folder."""
+    return {eval_tag(recipe, index): index for index in recipe.evaluated_models()}
+
+
 def before_extension(evaluated: Mapping[str, int | None], native: int | None,
                      stage_lengths: Sequence[int | None]) -> str | None:
     """Of the ``evaluated`` models (:func:`evaluations`), the one before any context extension, which the final model

@@ -60,15 +60,13 @@ def run_recipe(recipe: Recipe) -> Path:
 
 def evaluate_before(session: Session) -> None:
     """The suites on the starting model (``eval.before``); a resumed run did that before it stopped."""
-    if session.resumed is None and session.recipe.eval.before:
+    if session.resumed is None and session.recipe.evaluates(None):
         _evaluate(session, None)
 
 
 def _evaluate(session: Session, index: int | None) -> None:
     """Run the recipe's suites on the main process (tag: :func:`eval_tag`) while the others wait."""
     recipe, accelerator = session.recipe, session.accelerator
-    if not recipe.eval.suites:
-        return
     gathered = _gathered_weights(session)
     if accelerator.is_main_process:
         from toolkit.evals.api import run_suites
@@ -111,7 +109,7 @@ def train_stages(session: Session) -> None:
                 _catch_up_evaluation(session, index)
                 continue
             session.global_step = train_stage(parts, _stage_job(session, index))
-            if recipe.evaluates_after(index):
+            if recipe.evaluates(index):
                 _evaluate(session, index)
 
 
@@ -124,7 +122,7 @@ def _catch_up_evaluation(session: Session, index: int) -> None:
     """The evaluation after the stage the checkpoint finished: the run stopped before or during it (what it had
     finished is reused, the rest evaluated)."""
     recipe, state = session.recipe, session.resumed
-    if state is not None and index == state.stage and recipe.evaluates_after(index):
+    if state is not None and index == state.stage and recipe.evaluates(index):
         _evaluate(session, index)
 
 

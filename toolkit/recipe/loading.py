@@ -19,7 +19,7 @@ from toolkit.evals.suite import Suite, load_suites
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import LoraSpec, Recipe
 from toolkit.recipe.yaml_files import parse_path, read_yaml, resolve_relative, validate_as
-from toolkit.run_folder import eval_tag, verdict_lengths, verdict_models
+from toolkit.run_folder import recipe_evaluations, verdict_lengths, verdict_models
 
 
 def override_keys(assignment: str) -> list[str | int]:
@@ -167,9 +167,7 @@ def check_verdict_evaluations(recipe: Recipe, suites: Sequence[Suite], native: i
         return  # no such needle task: _check_suites says so
     lengths = [stage.seq_len for stage in stages]
     if native is not None:
-        evaluated: dict[str, int | None] = {eval_tag(recipe, None): None} if recipe.eval.before else {}
-        evaluated |= {eval_tag(recipe, i): i for i in range(len(stages)) if recipe.evaluates_after(i)}
-        if verdict_models(evaluated, native, lengths) is None:
+        if verdict_models(recipe_evaluations(recipe), native, lengths) is None:
             raise UserError(f"{where}eval.verdict: {_no_comparison(recipe, native)}")
     for need in verdict_lengths(verdict, native, lengths[-1]):
         if need.length not in grid:
@@ -183,9 +181,9 @@ def _no_comparison(recipe: Recipe, native: int) -> str:
     if stages[-1].seq_len <= native:
         return (f"no stage extends the context: the last stage's seq_len {stages[-1].seq_len} is within the native "
                 f"length {native}, so there is no model before extension to compare with")
-    off = [] if recipe.eval.before else ["eval.before: false"]
+    off = [] if recipe.evaluates(None) else ["eval.before: false"]
     for i, stage in enumerate(stages):
-        if stage.seq_len <= native and not recipe.evaluates_after(i):
+        if stage.seq_len <= native and not recipe.evaluates(i):
             off.append(f"train.stages[{i}].evaluate: false" if stage.evaluate is not None
                        else "eval.after_each_stage: false")
     return f"no evaluation of the model before extension ({', '.join(dict.fromkeys(off))})"

@@ -451,12 +451,23 @@ class Recipe(Strict):
     logging: LoggingSpec = LoggingSpec()
     output: OutputSpec = OutputSpec()
 
-    def evaluates_after(self, index: int) -> bool:
-        """Whether the eval suites run after stage ``index``."""
+    def evaluates(self, index: int | None) -> bool:
+        """Whether the eval suites run on the model after stage ``index`` (``None``: the starting model, under
+        ``eval.before``); after the last stage always, where there are suites. What a run evaluates and what
+        ``eval.verdict`` is checked against up front both read it."""
+        if not self.eval.suites:
+            return False
+        if index is None:
+            return self.eval.before
         if index == len(self.train.stages) - 1:
             return True
         chosen = self.train.stages[index].evaluate
         return self.eval.after_each_stage if chosen is None else chosen
+
+    def evaluated_models(self) -> list[int | None]:
+        """Every model the eval suites run on (:meth:`evaluates`), in order: ``None`` for the starting model, else the
+        index of the stage after which."""
+        return [index for index in (None, *range(len(self.train.stages))) if self.evaluates(index)]
 
     @property
     def run_dir(self) -> Path:
