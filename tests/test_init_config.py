@@ -16,8 +16,9 @@ from tests.conftest import MICRO_RECIPE
 from toolkit.cli import main
 from toolkit.model.loading import random_config
 from toolkit.model.rope_methods import native_length_of
+from toolkit.plan.memory import ModelShape
 from toolkit.recipe.loading import load_recipe
-from toolkit.recipe.schema import InitConfig, ModelSpec
+from toolkit.recipe.schema import MODEL_SIZE_KEYS, InitConfig, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = ROOT / "recipes" / "tiny-passkey.yaml"
@@ -116,3 +117,11 @@ def test_a_rope_factor_that_is_no_number_is_one_line(capsys) -> None:
     assert main(["validate", str(TINY_RECIPE), "--set", rope]) == 2
     assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{rope}': model.init_config.rope_parameters."
                                        "factor: 'four' is not a positive number\n")
+
+
+def test_the_size_keys_are_init_config_fields_and_a_model_shapes() -> None:
+    """One list of the keys that size a model: typed in ``init_config``, and what a plan's shape writes besides
+    whether the embeddings are tied."""
+    assert set(MODEL_SIZE_KEYS) <= set(InitConfig.model_fields)
+    written = ModelShape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=320, head_dim=32)
+    assert set(written.llama_config()) - {"tie_word_embeddings"} == set(MODEL_SIZE_KEYS)

@@ -30,7 +30,7 @@ from toolkit.model.lora import CausalLM, adapter_inputs_cast, apply_lora, unwrap
 from toolkit.model.precision import dtype_name, resolve_dtype
 from toolkit.model.rope_methods import native_length_of
 from toolkit.model.sources import check_model_source, check_tokenizer_folder, has_tokenizer
-from toolkit.recipe.schema import InitConfig, MethodSpec, ModelSpec
+from toolkit.recipe.schema import MODEL_SIZE_KEYS, InitConfig, MethodSpec, ModelSpec
 from toolkit.run_folder import ADAPTER_CONFIG, BASE_FOLDER, MODEL_CONFIG, is_adapter_folder
 
 log = logging.getLogger(__name__)
@@ -233,13 +233,8 @@ def lora_sources(model: str, adapter: str | None) -> tuple[str, str | None]:
     return model, adapter
 
 
-ADAPTER_BASE_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                      "num_key_value_heads", "head_dim", "vocab_size")
-"""The sizes of the base a LoRA adapter was trained on that the model it is merged into must have."""
-
-
 def check_adapter_base(model: str, adapter: str, field: str, revision: str | None = None) -> None:
-    """A UserError naming both unless ``model``'s config has the sizes (:data:`ADAPTER_BASE_SIZES`) of the base
+    """A UserError naming both unless ``model``'s config has the sizes (:data:`MODEL_SIZE_KEYS`) of the base
     ``adapter`` was trained on, as its config.json records it (a LoRA run's ``final/``): read before any weights load,
     so that an adapter of another model is one line, not transformers' size-mismatch report and a traceback. An
     adapter without config.json (peft's own folder), or a base whose config is not readable here, is checked as its
@@ -252,7 +247,7 @@ def check_adapter_base(model: str, adapter: str, field: str, revision: str | Non
     except (OSError, ValueError):  # no config (the weights' load names it)
         return
     trained = read_json_object(recorded)
-    differ = [key for key in ADAPTER_BASE_SIZES
+    differ = [key for key in MODEL_SIZE_KEYS
               if trained.get(key) is not None and base.get(key) is not None and trained[key] != base[key]]
     if not differ:
         return

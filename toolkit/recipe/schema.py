@@ -102,6 +102,11 @@ class InitConfig(Strict):
         return self
 
 
+MODEL_SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "head_dim", "vocab_size")
+"""The :class:`InitConfig` keys that size a model's weights, named as a model's ``config.json`` names them."""
+
+
 class ModelSpec(Strict):
     """What to load: a hub id or local path, or a random model built from an inline Llama config."""
 
