@@ -512,7 +512,8 @@ def test_overrides_are_taken_as_set_options_too_and_validate_says_how_it_takes_t
 
 def test_lora_settings_in_a_full_fine_tune_are_refused_but_a_run_that_had_them_reads_back(tmp_path: Path,
                                                                                           capsys) -> None:
-    from toolkit.recipe.loading import dump_recipe, load_recipe
+    from toolkit.errors import UserError
+    from toolkit.recipe.loading import check_recipe, dump_recipe, load_recipe
     from toolkit.run_folder import RECIPE, read_recipe
 
     recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
@@ -522,6 +523,8 @@ def test_lora_settings_in_a_full_fine_tune_are_refused_but_a_run_that_had_them_r
         f"{recipe}: method.merge_on_save: merges a LoRA adapter, but method.kind is full")
     ran = load_recipe(recipe)  # a run made before the check, its LoRA settings recorded
     ran.method.lora.r, ran.method.merge_on_save = 8, True
+    with pytest.raises(UserError, match=r"^recipe: method.lora: LoRA settings, but method.kind is full"):
+        check_recipe(ran)  # set in Python, then run or planned: checked as a recipe file is
     dump_recipe(ran, tmp_path / RECIPE)
     read = read_recipe(tmp_path)
     assert read is not None and read.method.lora.r == 8

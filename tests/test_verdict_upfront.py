@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from tests.runs import needle_suite
 from tests.test_user_errors import _error
 from toolkit.cli import main
 from toolkit.errors import UserError
-from toolkit.evals.suite import load_suites
-from toolkit.recipe.loading import check_verdict_evaluations, load_recipe
+from toolkit.evals.suite import Suite, load_suites
+from toolkit.recipe import loading
+from toolkit.recipe.loading import check_verdict_at_native, check_verdict_evaluations, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny-passkey.yaml"  # native 256 (init_config); stages 64 (not evaluated), 256, 1024
@@ -98,3 +100,24 @@ def test_train_checks_the_native_length_of_the_built_model(tmp_path: Path, capsy
         "eval.verdict: no stage extends the context: the last stage's seq_len 128 is within the native length 2048, "
         "so there is no model before extension to compare with")
     assert not (tmp_path / "run").exists()
+
+
+def test_train_reads_the_suites_again_only_for_a_native_length_the_recipe_did_not_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's own check read them at the length its ``init_config`` states (256): the same check at that length
+    is not made twice; at a length the built model gives otherwise, it is."""
+    recipe = load_recipe(TINY, [f"eval.suites=[{_suite(tmp_path, [256, 1024])}]", "eval.verdict.task=qa-tiny/passkey",
+                                "eval.verdict.retention_suites=[]"])
+    read: list[Path] = []
+
+    def reading(paths: list[Path], label: Callable[[int], str]) -> list[Suite]:
+        read.extend(paths)
+        return load_suites(paths, label)
+
+    monkeypatch.setattr(loading, "load_suites", reading)
+    check_verdict_at_native(recipe, 256)
+    assert read == []
+    with pytest.raises(UserError, match=r"^eval.verdict: no stage extends the context: the last stage's seq_len 1024 "
+                                        "is within the native length 2048"):
+        check_verdict_at_native(recipe, 2048)
+    assert len(read) == 1

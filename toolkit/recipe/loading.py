@@ -101,9 +101,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             if spec.chat_template and spec.chat_template.endswith(".jinja"):
                 spec.chat_template = resolve_relative(spec.chat_template, base)
     recipe.eval.suites = [resolve_relative(s, base) or s for s in recipe.eval.suites]
+    _check_to_run(recipe, path)
+    return recipe
+
+
+def _check_to_run(recipe: Recipe, path: Path | str) -> None:
+    """What a recipe to run is checked for beyond its schema: its method's settings and its suites."""
     _check_method(recipe, path)
     _check_suites(recipe, path)
-    return recipe
 
 
 def _check_method(recipe: Recipe, path: Path | str) -> None:
@@ -118,10 +123,11 @@ def _check_method(recipe: Recipe, path: Path | str) -> None:
 
 
 def check_recipe(recipe: Recipe) -> Recipe:
-    """``recipe`` validated again as a whole, suites included: an assignment in Python checks only its field, not the
-    checks across fields (stage lengths, RoPE coverage). Errors name the field as loading a file does."""
+    """``recipe`` checked again as a whole, as :func:`load_recipe` checks it: an assignment in Python checks only its
+    field, not the checks across fields (stage lengths, RoPE coverage) or the suites. Errors name the field as loading
+    a file does."""
     checked = validate_as(Recipe, recipe.model_dump(), "recipe")
-    _check_suites(checked, "recipe")
+    _check_to_run(checked, "recipe")
     return checked
 
 
@@ -173,6 +179,14 @@ def check_verdict_evaluations(recipe: Recipe, suites: Sequence[Suite], native: i
         if need.length not in grid:
             raise UserError(f"{where}{need.field}: {verdict.task} has no length {need.length} (grid: "
                             f"{', '.join(map(str, sorted(grid)))}), {need.what}")
+
+
+def check_verdict_at_native(recipe: Recipe, native: int) -> None:
+    """:func:`check_verdict_evaluations` at the model's ``native`` length, where the check of the recipe as a whole
+    (:func:`load_recipe`, :func:`check_recipe`) did not know that length (:meth:`ModelSpec.stated_native_length`):
+    only then are the suites read again."""
+    if recipe.eval.verdict is not None and native != recipe.model.stated_native_length():
+        check_verdict_evaluations(recipe, load_suites(recipe.eval.suites, lambda i: f"eval.suites[{i}]"), native)
 
 
 def _no_comparison(recipe: Recipe, native: int) -> str:

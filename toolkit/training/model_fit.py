@@ -9,7 +9,6 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from toolkit.evals.suite import load_suites
 from toolkit.model.attention import AttentionChoice, select_attention
 from toolkit.model.loading import model_structure
 from toolkit.model.lora import check_lora_names
@@ -18,7 +17,7 @@ from toolkit.model.rope import check_coverage
 from toolkit.model.rope_methods import native_length_of
 from toolkit.parallel.engines import built_whole
 from toolkit.parallel.sequence import ring_attention, use_model_attention
-from toolkit.recipe.loading import check_verdict_evaluations
+from toolkit.recipe.loading import check_verdict_at_native
 from toolkit.recipe.schema import Recipe
 
 
@@ -30,8 +29,7 @@ def check_model_fit(recipe: Recipe, accelerator: Any, config: PretrainedConfig) 
         structure = model_structure(recipe.model, config)
     native = native_length_of(structure.config)
     check_coverage(recipe.train, native, structure.config)
-    if recipe.eval.verdict is not None:
-        check_verdict_evaluations(recipe, load_suites(recipe.eval.suites, lambda i: f"eval.suites[{i}]"), native)
+    check_verdict_at_native(recipe, native)
     if recipe.method.kind == "lora":
         check_lora_names(structure, recipe.method.lora)
     dtype = resolve_dtype(recipe.model.precision, accelerator.device)
