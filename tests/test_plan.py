@@ -100,7 +100,7 @@ def _recipe(**train: object) -> Recipe:
 
 
 def test_print_plan_gives_verdicts_and_advice(capsys: pytest.CaptureFixture[str]) -> None:
-    assert print_plan(plan(_recipe(loss_chunk_size=None), gpus=8, gpu_memory_gib=80)) == 0
+    assert print_plan(plan(_recipe(loss_chunk_size=None), gpus=8, gpu_memory_gib=80)) == 1  # the long stage
     out = capsys.readouterr().out
     verdict_row = next(line for line in out.splitlines() if line.startswith("verdict "))
     assert verdict_row.split()[1:] == ["FITS", "DOES", "NOT", "FIT"]

@@ -48,7 +48,11 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="a dotted override, as train takes it (repeatable)")
 
-    plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits")
+    plan = sub.add_parser("plan", help="estimate memory per stage and whether it fits (exit 1 when a stage does not)",
+                          description="Estimate the GPU and host memory of every stage and whether it fits, with "
+                                      "what to switch on where it does not. Exit code 1 when some stage does not "
+                                      "fit the GPU or the host (with the numbers and advice above), 0 when every "
+                                      "stage fits.")
     plan.add_argument("recipe", type=user_path, help="the recipe YAML")
     _overrides(plan)
     plan.add_argument("--gpus", type=int, default=1, help="GPUs the run is planned for (data and sequence parallel)")

@@ -8,7 +8,8 @@ under sdpa or eager (one per step, shared by the layers), the allocator's reserv
 and the processes (all ``--gpus`` processes on the host memory given, by default this machine's RAM) and FITS or
 DOES NOT FIT for the host. A stage that does not fit gets a path of switches, applied one after the other with the
 total after each, until the GPU fits, then the placement of offloaded layers that fits both (with those switches on),
-when one does.
+when one does. It exits 1 when some stage does not fit (as a run stops before loading its model when the host
+memory does not fit: :mod:`toolkit.plan.preflight`), 0 when every stage fits.
 """
 
 from __future__ import annotations
@@ -179,15 +180,15 @@ def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: floa
 
 
 def print_plan(result: Plan) -> int:
-    """Print the per-stage memory table with GPU and host verdicts and advice; returns 0 (a verdict is not an
-    error)."""
+    """Print the per-stage memory table with GPU and host verdicts and advice; returns the exit code: 1 when some
+    stage does not fit the GPU or the host, else 0."""
     _print_header(result)
     _print_table(result.names, result.setups, result.fits)
     for name, setup, stage_fit in zip(result.names, result.setups, result.fits, strict=True):
         if not (stage_fit.gpu_fits and stage_fit.host_fits):
             _print_advice(name, result.shape, setup, stage_fit)
     print(f"verdict: {result.fitting_stages} of {len(result.fits)} stage(s) fit the GPU and the host")
-    return 0
+    return 0 if result.fitting_stages == len(result.fits) else 1
 
 
 def _print_header(result: Plan) -> None:
