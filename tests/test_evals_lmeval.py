@@ -17,6 +17,7 @@ from toolkit.evals.api import run_suites
 from toolkit.evals.lm_eval import LmEvalTask
 from toolkit.evals.lmeval_data import DATASETS, DEFAULT_FOLDER, main
 from toolkit.evals.results import SuiteResults
+from toolkit.evals.suite import load_suite
 
 TASKS = Path(__file__).resolve().parents[1] / "evals" / "lm_eval_tasks"
 
@@ -166,7 +167,7 @@ def test_task_datasets_are_read_from_the_index_groups_and_tags_expanded(tmp_path
         ("json", "local_a", {"data_files": {"test": str(tmp_path / "docs.jsonl")}})]
 
     task = lm_eval.LmEvalTask(type="lm_eval", tasks=["local_tag"], include_path=str(folder))
-    with pytest.raises(lm_eval.UserError, match=r"^lm_eval task lm_eval: dataset 'json' of lm-eval task local_a "
+    with pytest.raises(lm_eval.UserError, match=r"^lm_eval task lm_eval: tasks: dataset 'json' of lm-eval task local_a "
                                                 r"cannot be opened: .*docs\.jsonl"):
         lm_eval.check_lm_eval(task)
     (tmp_path / "docs.jsonl").write_text('{"q": "2+2=", "a": "4"}\n')
@@ -188,8 +189,8 @@ def test_task_code_that_does_not_import_stops_before_the_model(tmp_path: Path):
     task = _own_data_task(tmp_path, "import a_package_not_installed\n\n\ndef build(**kwargs):\n    pass\n")
     with pytest.raises(lm_eval.UserError) as raised:
         lm_eval.check_lm_eval(task)
-    assert str(raised.value) == ("lm_eval task lm_eval: the code of lm-eval task own_data does not import: No module "
-                                 "named 'a_package_not_installed'")
+    assert str(raised.value) == ("lm_eval task lm_eval: tasks: the code of lm-eval task own_data does not import: No "
+                                 "module named 'a_package_not_installed'")
 
 
 def test_data_a_task_builds_out_of_reach_is_one_line(tmp_path: Path):
@@ -198,8 +199,8 @@ def test_data_a_task_builds_out_of_reach_is_one_line(tmp_path: Path):
     lm_eval.check_lm_eval(task)  # its code imports; whether its data can be built shows when it runs
     with pytest.raises(lm_eval.UserError) as raised:
         lm_eval.evaluate(tiny_model(max_positions=256), tiny_tokenizer(), task)
-    assert str(raised.value) == ("lm_eval task lm_eval: its tasks build their data when they run, and it could not "
-                                 "be reached: Couldn't reach 'x/essays' on the Hub (LocalEntryNotFoundError)")
+    assert str(raised.value) == ("lm_eval task lm_eval: tasks: its tasks build their data when they run, and it could "
+                                 "not be reached: Couldn't reach 'x/essays' on the Hub (LocalEntryNotFoundError)")
 
 
 def test_results_of_an_edited_task_folder_are_not_reused(tmp_path: Path):
@@ -224,6 +225,21 @@ def test_a_metric_its_tasks_do_not_declare_stops_before_the_model():
     assert str(raised.value) == ("lm_eval task pk: metric: lm-eval task longctx_passkey_short has no 'exact_match' "
                                  "(its metrics: acc)")
     lm_eval.check_lm_eval(task.model_copy(update={"tasks": ["longctx_passkey"]}))
+
+
+def test_a_task_read_from_a_suite_is_named_by_its_file_and_field(tmp_path: Path):
+    """The checks that ask lm-eval's index name the suite file and field, as the suite's own errors do; a task of an
+    included suite, its own file."""
+    inner = tmp_path / "inner.yaml"
+    inner.write_text(f"name: inner\ntasks:\n  - {{type: lm_eval, tasks: [longctx_passkey_short], "
+                     f"include_path: {TASKS}, metric: exact_match}}\n")
+    (tmp_path / "outer.yaml").write_text("name: outer\ninclude: [inner.yaml]\n")
+    [task] = load_suite(tmp_path / "outer.yaml").tasks
+    assert isinstance(task, LmEvalTask)
+    with pytest.raises(lm_eval.UserError) as raised:
+        lm_eval.check_lm_eval(task)
+    assert str(raised.value) == (f"{inner}: tasks[0].metric: lm-eval task longctx_passkey_short has no 'exact_match' "
+                                 "(its metrics: acc)")
 
 
 def test_a_metric_defined_by_a_function_is_known_by_its_name():

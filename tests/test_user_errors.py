@@ -731,7 +731,8 @@ def test_an_lm_eval_task_lm_eval_does_not_know_stops_eval_before_the_model(tmp_p
     suite.write_text(f"name: lm\ntasks:\n  - {{type: lm_eval, tasks: [longctx_passkey_shorts], "
                      f"include_path: {ROOT / 'evals' / 'lm_eval_tasks'}}}\n")
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
-    assert _error(argv, capsys) == "lm_eval task lm_eval: unknown lm-eval task(s) longctx_passkey_shorts"
+    assert _error(argv, capsys) == f"{suite}: tasks[0].tasks: unknown lm-eval task(s) longctx_passkey_shorts"
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_lm_eval_dataset_out_of_reach_stops_eval_before_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -741,8 +742,9 @@ def test_an_lm_eval_dataset_out_of_reach_stops_eval_before_the_model(tmp_path: P
     suite = tmp_path / "lm.yaml"
     suite.write_text("name: lm\ntasks:\n  - {type: lm_eval, tasks: [hellaswag]}\n")
     argv = ["eval", "--model", str(tmp_path / "model"), "--suite", str(suite), "--out", str(tmp_path / "out")]
-    assert _error(argv, capsys) == ("lm_eval task lm_eval: dataset 'Rowan/hellaswag' of lm-eval task hellaswag cannot "
-                                    "be opened: Couldn't reach 'Rowan/hellaswag' on the Hub (OfflineModeIsEnabled)")
+    assert _error(argv, capsys) == (f"{suite}: tasks[0].tasks: dataset 'Rowan/hellaswag' of lm-eval task hellaswag "
+                                    "cannot be opened: Couldn't reach 'Rowan/hellaswag' on the Hub "
+                                    "(OfflineModeIsEnabled)")
     assert not (tmp_path / "out").exists()
 
 

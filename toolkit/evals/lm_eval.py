@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Required
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, with_config
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, PrivateAttr, with_config
 from typing_extensions import TypedDict
 
 from toolkit.data.tokens import bos_prefix
@@ -66,6 +66,13 @@ class LmEvalTask(TaskBase):
     batch_size: PositiveInt = 1
     max_length: PositiveInt | None = None
     """Context cap of lm-eval's HFLM; ``None`` lets HFLM read it from the model config."""
+    _where: str = PrivateAttr("")
+    """The task's place in its suite file (``evals/x.yaml: tasks[0]``), set as the suite is read."""
+
+    def field(self, name: str) -> str:
+        """Field ``name`` as a message names it: in the suite file (``evals/x.yaml: tasks[0].tasks``), or
+        ``lm_eval task KEY: tasks`` for a task made in Python."""
+        return f"{self._where}.{name}" if self._where else f"lm_eval task {self.key}: {name}"
 
     def read_files(self) -> dict[str, str]:
         """Also every file of ``include_path`` (its task YAMLs, their data and code)."""
@@ -75,6 +82,7 @@ class LmEvalTask(TaskBase):
 
     def resolve_paths(self, base: Path, where: str) -> None:
         super().resolve_paths(base, where)
+        self._where = where
         if self.include_path:
             self.include_path = resolve_relative(self.include_path, base)
             if not Path(self.include_path or "").is_dir():
@@ -100,7 +108,7 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
         output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
                                  task_manager=manager, log_samples=False, random_seed=task.seed)
     except ConnectionError as exc:  # a task that builds its own data out of reach (lm-eval's RULER: its essays)
-        raise UserError(f"lm_eval task {task.key}: its tasks build their data when they run, and it could not be "
+        raise UserError(f"{task.field('tasks')}: its tasks build their data when they run, and it could not be "
                         f"reached: {reason(exc)}") from None
     if output is None:  # only non-zero ranks of a distributed run get None
         raise UserError("lm_eval: run evaluation in a single process")
@@ -111,7 +119,7 @@ def evaluate(model, tokenizer, task: LmEvalTask) -> dict[str, Any]:
 def _check_known(task: LmEvalTask, manager: Any) -> None:
     unknown = [name for name in task.tasks if name not in manager.all_tasks]
     if unknown:
-        raise UserError(f"lm_eval task {task.key}: unknown lm-eval task(s) {', '.join(unknown)}"
+        raise UserError(f"{task.field('tasks')}: unknown lm-eval task(s) {', '.join(unknown)}"
                         f"{'' if task.include_path else ' (set include_path for local task folders)'}")
 
 
@@ -125,16 +133,16 @@ def check_lm_eval(task: LmEvalTask) -> None:
     manager = task_manager(task.tasks, task.include_path)
     _check_known(task, manager)
     if (broken := unimportable_code(manager, task.tasks)) is not None:
-        raise UserError(f"lm_eval task {task.key}: the code of lm-eval task {broken[0]} does not import: {broken[1]}")
+        raise UserError(f"{task.field('tasks')}: the code of lm-eval task {broken[0]} does not import: {broken[1]}")
     for name, metrics in declared_metrics(manager, task.tasks).items():
         if task.metric is not None and task.metric not in metrics:
-            raise UserError(f"lm_eval task {task.key}: metric: lm-eval task {name} has no {task.metric!r} (its "
+            raise UserError(f"{task.field('metric')}: lm-eval task {name} has no {task.metric!r} (its "
                             f"metrics: {', '.join(metrics)})")
     for dataset in task_datasets(manager, task.tasks):
         try:
             load_dataset_builder(dataset.path, dataset.name, **dataset.kwargs)
         except (OSError, ValueError) as exc:
-            raise UserError(f"lm_eval task {task.key}: dataset {dataset.path!r} of lm-eval task {dataset.task} cannot "
+            raise UserError(f"{task.field('tasks')}: dataset {dataset.path!r} of lm-eval task {dataset.task} cannot "
                             f"be opened: {reason(exc)}") from None
 
 
