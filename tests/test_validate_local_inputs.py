@@ -77,6 +77,42 @@ def test_a_local_data_source_train_would_stop_at(case: str, tmp_path: Path, caps
     assert line.startswith(expected.format(tmp=tmp_path))
 
 
+def _records_without_the_text_field(tmp: Path) -> dict[str, Any]:
+    """A folder of two JSONL files: the first good, the second's first record without ``text``."""
+    (tmp / "data").mkdir()
+    _file(tmp / "data" / "a.jsonl", '{"text": "x"}\n')
+    _file(tmp / "data" / "b.jsonl", '{"body": "y", "id": 1}\n{"text": "z"}\n')
+    return {"source": "jsonl", "path": str(tmp / "data")}
+
+
+def test_a_first_record_without_the_field_of_its_format(tmp_path: Path, capsys) -> None:
+    """Each file's first record holds the field the recipe names, read without a tokenizer; the line names the file
+    and field and what the record has, as a run stops with (``bad_rows: skip`` skips such records: not checked)."""
+    data = _records_without_the_text_field(tmp_path)
+    assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data}) == (
+        f"train.data.text_field: no field 'text' in {tmp_path / 'data' / 'b.jsonl'}:1 (fields: body, id)")
+    chat = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"text": "x"}\n'), "format": "chat",
+            "chat_template": _file(tmp_path / "t.jinja", "{{ messages }}")}
+    assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": chat}) == (
+        f"train.data.messages_field: no field 'messages' in {tmp_path / 'chat.jsonl'}:1 (fields: text)")
+    skipped = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"],
+                                                               "data": {**data, "bad_rows": "skip"}}))
+    assert main(["validate", str(skipped)]) == 0
+
+
+def test_train_refuses_that_record_before_its_tokenizer(tmp_path: Path, capsys, monkeypatch) -> None:
+    import toolkit.training.session
+
+    monkeypatch.setattr(toolkit.training.session, "load_tokenizer", lambda *args: pytest.fail("tokenizer loaded"))
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"],
+                                                              "data": _records_without_the_text_field(tmp_path)},
+                                         output={"dir": str(tmp_path / "run")}))
+    assert main(["train", str(recipe)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: train.data.text_field: no field 'text' in {tmp_path / 'data' / 'b.jsonl'}:1 (fields: body, id)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_stage_and_mixture_source_is_checked(tmp_path: Path, capsys) -> None:
     assert _validate(tmp_path, capsys, train=_with_stage_mixture(tmp_path)) == (
         f"train.stages[1].data.mixture[1].path: no such file: {tmp_path / 'gone.jsonl'}")
@@ -109,6 +145,45 @@ def test_an_output_dir_under_a_file(tmp_path: Path, capsys) -> None:
     assert _validate(tmp_path, capsys, output={"dir": str(tmp_path / "taken" / "run")}) == (
         f"output.dir: {tmp_path / 'taken'} is a file, not a folder")
     assert (tmp_path / "taken").read_text() == "kept"
+
+
+def _run_folder(run: Path, checkpoint: bool = True) -> Path:
+    """A run folder as train leaves it: its recipe, and a complete checkpoint (or, finished, only ``final/``)."""
+    (run / "final").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: micro\n")
+    if checkpoint:
+        (run / "checkpoints" / "stage-1-step-000004").mkdir(parents=True)
+        (run / "checkpoints" / "stage-1-step-000004" / "trainer_state.json").write_text("{}")
+    return run
+
+
+def test_checkpoints_in_output_dir_are_a_note_on_the_ok_line(tmp_path: Path, capsys) -> None:
+    """A finished run keeps its last checkpoints: validating its recipe is ok, with a note of the line train stops
+    with unless train.resume is true, and of the checkpoint it resumes when it is; nothing is changed."""
+    run = _run_folder(tmp_path / "run")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(run)}))
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["validate", str(recipe)]) == 0
+    assert capsys.readouterr().out == (
+        f"{recipe}: ok\n{recipe}: note: train would refuse to start: {run} already holds checkpoints "
+        "(stage-1-step-000004): set train.resume=true to continue that run, or output.dir=... for a new one\n")
+    assert main(["validate", str(recipe), "--set", "train.resume=true"]) == 0
+    assert capsys.readouterr().out == (f"{recipe}: ok\n{recipe}: note: train resumes from "
+                                       f"{run / 'checkpoints' / 'stage-1-step-000004'} (train.resume: true)\n")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_output_dir_train_refuses_whatever_the_resume(tmp_path: Path, capsys) -> None:
+    """A finished run without checkpoints, and a folder of other files: train refuses them at once, so does
+    validate, with the line train gives."""
+    run = _run_folder(tmp_path / "run", checkpoint=False)
+    assert _validate(tmp_path, capsys, output={"dir": str(run)}) == (
+        f"output.dir: {run} holds a finished run (final/) and no checkpoint to resume; name a new folder, or move "
+        "that run away")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.md").write_text("kept")
+    assert _validate(tmp_path, capsys, output={"dir": str(tmp_path / "notes")}) == (
+        f"output.dir: {tmp_path / 'notes'} holds files and is no run folder; name a new or empty folder")
 
 
 def test_a_good_recipe_is_ok_and_leaves_nothing_behind(tmp_path: Path, capsys) -> None:

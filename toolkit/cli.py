@@ -38,12 +38,15 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                                "inputs, output.dir)",
                               description="Check recipes without running them, offline, loading no model or "
                                           "tokenizer: the schema; the eval suites and their local files; every "
-                                          "local data source's files and first record; chat template files; a "
-                                          "local model or tokenizer folder; local judge folders; that output.dir "
-                                          "can be written (nothing is made). Not checked: names by hub id (listed "
-                                          "on the ok line; train reaches them), the suites' hub datasets, HTTP "
-                                          "judges and lm-eval tasks, and what needs the tokenizer (records that "
-                                          "make no document, sequence-length fit).")
+                                          "local data source's files and each file's first record (readable, with "
+                                          "the fields of its format); chat template files; a local model or "
+                                          "tokenizer folder; local judge folders; that output.dir can be written "
+                                          "(nothing is made) and train may start there (checkpoints in it: a note "
+                                          "after the ok line that train resumes them with train.resume=true and "
+                                          "refuses them without). Not checked: names by hub id (listed on the ok "
+                                          "line; train reaches them), the suites' hub datasets, HTTP judges and "
+                                          "lm-eval tasks, and what needs the tokenizer (records that make no "
+                                          "document, sequence-length fit).")
     validate.add_argument("recipes", nargs="+", type=user_path, help="recipe YAMLs")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="a dotted override, as train takes it (repeatable)")
@@ -176,7 +179,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _validate(paths: list[str], overrides: list[str]) -> int:
     """Every recipe checked (its schema and suites, then its local inputs: :mod:`toolkit.recipe.local_inputs`), each
-    one's mistake on its own line; exit 2 when any has one. An ok line names the hub ids left unchecked."""
+    one's mistake on its own line; exit 2 when any has one. An ok line names the hub ids left unchecked, and a note
+    after it what train does with the checkpoints output.dir holds."""
     from toolkit.recipe.loading import load_recipe
     from toolkit.recipe.local_inputs import check_local_inputs
 
@@ -185,13 +189,15 @@ def _validate(paths: list[str], overrides: list[str]) -> int:
         try:
             if "=" in path and not Path(path).exists():
                 raise UserError(f"{path}: no such file (an override? validate takes it as --set {path})")
-            hub = check_local_inputs(load_recipe(path, overrides))
+            checked = check_local_inputs(load_recipe(path, overrides))
         except UserError as exc:
             failed += 1
             message = str(exc) if str(exc).startswith(str(Path(path))) else f"{path}: {exc}"
             print(f"error: {message}", file=sys.stderr)
             continue
-        print(f"{path}: ok" + (f" (hub ids left to train: {', '.join(hub)})" if hub else ""))
+        print(f"{path}: ok" + (f" (hub ids left to train: {', '.join(checked.hub)})" if checked.hub else ""))
+        if checked.note:
+            print(f"{path}: note: {checked.note}")
     return 2 if failed else 0
 
 

@@ -41,6 +41,11 @@ class BadRow(ValueError):
         super().__init__(message)
         self.field, self.detail = field, detail
 
+    def line(self, label: str, where: str) -> str:
+        """The one line that names it: the field of ``label`` (the source's place in the recipe), what is wrong, and
+        ``where`` the record is (``file:line``)."""
+        return f"{label}.{self.field}: {self} in {where}{self.detail}"
+
 
 def chat_template(spec: SourceSpec, tokenizer: Any, label: str) -> str | None:
     """The template a ``format: chat`` or ``arena`` source renders with (None for other formats, and for arena
@@ -67,6 +72,21 @@ def named_chat_template(spec: SourceSpec, label: str) -> str | None:
     if not path.is_file():
         raise UserError(f"{label}.chat_template: no such file: {spec.chat_template}")
     return read_text(path)
+
+
+FORMAT_FIELDS = {"text": ("text_field",), "tokens": ("ids_field",), "chat": ("messages_field",),
+                 "prompt_completion": ("prompt_field", "completion_field"), "arena": ()}
+"""The settings naming the fields a record of each format must hold (arena's columns are the competition's:
+:func:`toolkit.data.arena.arena_row` names them)."""
+
+
+def check_fields(record: Any, spec: SourceSpec) -> None:
+    """A :class:`BadRow` unless ``record`` is a mapping holding the fields ``spec.format`` reads (no tokenizer needed:
+    ``validate`` checks each local file's first record so, and every record is checked so before it is tokenized)."""
+    if not isinstance(record, dict):
+        raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
+    for key in FORMAT_FIELDS[spec.format]:
+        _field(record, getattr(spec, key), key)
 
 
 def _field(record: dict[str, Any], name: str, key: str) -> Any:
@@ -215,8 +235,7 @@ def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, tem
 def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
                 label: str = TRAIN_DATA) -> Document | None:
     """``record`` (a mapping) as a document of ``spec.format``; None for an empty text or tokens record."""
-    if not isinstance(record, dict):
-        raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
+    check_fields(record, spec)
     if spec.format == "chat":
         assert template is not None  # chat_template() gives one for format: chat, or raises
         return chat_document(record, spec, tokenizer, template, label)

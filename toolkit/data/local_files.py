@@ -1,6 +1,7 @@
 """Local data files (``source: jsonl | csv | parquet | text``): which files a source names, one reader per format
 that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name,
-and what ``validate`` checks of them without a tokenizer (``train`` reads the first record with its tokenizer).
+and what is read of them without a tokenizer (each file's first record, which ``validate`` and ``train`` check before
+the tokenizer loads).
 The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
 
@@ -43,13 +44,16 @@ def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     return files
 
 
-def check_local_source(spec: SourceSpec, label: str = TRAIN_DATA) -> None:
-    """What a local source shows without a tokenizer: it has files (:func:`data_files`) and its first record reads in
-    the source's file format (a UserError naming ``label`` otherwise); whether records make documents is
-    :func:`toolkit.data.sources.check_source`'s, with the tokenizer."""
-    files = data_files(spec, label)
-    if next(FORMATS[spec.source].reader(files, f"{label}.path"), None) is None:
+def first_rows(spec: SourceSpec, label: str = TRAIN_DATA) -> list[dict[str, Any]]:
+    """The first ``{"record", "where"}`` row of each file of a local source that has one, read in the source's file
+    format without a tokenizer (a UserError naming ``label`` for a source without files or records, or a file that
+    cannot be read); whether records make documents is :func:`toolkit.data.sources.check_source`'s, with the
+    tokenizer."""
+    reader = FORMATS[spec.source].reader
+    rows = [row for file in data_files(spec, label) if (row := next(reader([file], f"{label}.path"), None))]
+    if not rows:
         raise UserError(f"{label}.path: no records in {spec.path}")
+    return rows
 
 
 UNREADABLE = (OSError, ValueError, EOFError, zlib.error, csv.Error)

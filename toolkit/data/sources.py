@@ -105,7 +105,7 @@ def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = TRAIN_DA
         try:
             doc = to_document(row["record"], spec, tokenizer, template, label)
         except BadRow as bad:
-            last_bad = f"{label}.{bad.field}: {bad} in {row['where']}{bad.detail}"
+            last_bad = bad.line(label, row["where"])
             if spec.bad_rows == "error":
                 raise UserError(last_bad) from None
             cursor.skipped += 1

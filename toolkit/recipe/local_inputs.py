@@ -1,25 +1,41 @@
 """What ``validate`` checks of a recipe beyond its schema and suites, offline and without a model or a tokenizer:
-that ``output.dir`` can be written (first, as ``train`` checks it; nothing is made), a local model or tokenizer
-folder, every local data source of every stage and mixture (files of its format, the first record readable), chat
-template files, the eval suites' local judge folders. Names by hub id need the network and are left to ``train``
-(the ok line lists them); so is all that needs the tokenizer (records that make no document, sequence-length fit).
-Each check is its owner's, which ``train`` runs too."""
+that ``output.dir`` can be written (first, as ``train`` checks it; nothing is made) and that ``train`` may start
+there (noting checkpoints it would resume or refuse), a local model or tokenizer folder, every local data source of
+every stage and mixture (files of its format, each file's first record readable and holding the fields its format
+reads), chat template files, the eval suites' local judge folders. Names by hub id need the network and are left to
+``train`` (the ok line lists them); so is all that needs the tokenizer (records that make no document,
+sequence-length fit). Each check is its owner's, which ``train`` runs too."""
 
 from __future__ import annotations
 
-from toolkit.data.formats import named_chat_template
-from toolkit.data.local_files import LOCAL_FORMATS, check_local_source
+from dataclasses import dataclass
+
+from toolkit.data.formats import BadRow, check_fields, named_chat_template
+from toolkit.data.local_files import LOCAL_FORMATS, first_rows
+from toolkit.errors import UserError
 from toolkit.evals.suite import load_suites
 from toolkit.hub.ids import looks_local
 from toolkit.model.sources import check_model_source, tokenizer_source
 from toolkit.output_paths import check_writable
-from toolkit.recipe.schema import Recipe
+from toolkit.recipe.data_spec import SourceSpec
+from toolkit.recipe.schema import Recipe, TrainSpec
+from toolkit.training.resume_point import CheckpointsHeld, resume_point
 
 
-def check_local_inputs(recipe: Recipe) -> list[str]:
-    """A :class:`UserError` naming the field of the first local input at fault (the module's list, in its order);
-    returns the hub ids it left unchecked, each once, in the recipe's order."""
+@dataclass(frozen=True)
+class Checked:
+    """What ``validate`` says beside its ok line."""
+
+    hub: list[str]
+    """The hub ids left unchecked, each once, in the recipe's order."""
+    note: str | None
+    """What ``train`` does with the checkpoints ``output.dir`` holds (:func:`_start_note`); None when it holds none."""
+
+
+def check_local_inputs(recipe: Recipe) -> Checked:
+    """A :class:`UserError` naming the field of the first local input at fault (the module's list, in its order)."""
     check_writable(recipe.run_dir, "output.dir")
+    note = _start_note(recipe)
     hub: list[str] = []
     model = recipe.model
     if model.name_or_path is not None:
@@ -29,16 +45,45 @@ def check_local_inputs(recipe: Recipe) -> list[str]:
     tokenizer = tokenizer_source(model)
     if tokenizer is not None and not looks_local(tokenizer):
         hub.append(tokenizer)
-    train = recipe.train
+    hub += check_local_data(recipe.train)
+    hub += _local_judges(recipe)
+    return Checked(list(dict.fromkeys(hub)), note)
+
+
+def _start_note(recipe: Recipe) -> str | None:
+    """Where ``train`` starts in ``output.dir`` (:func:`resume_point`, refusing what it refuses): a note when the folder
+    holds checkpoints, which it continues with ``train.resume: true`` and refuses without (a finished run keeps its
+    last checkpoints, and validating its recipe is no mistake)."""
+    try:
+        latest = resume_point(recipe.run_dir, recipe.train.resume)
+    except CheckpointsHeld as held:
+        return f"train would refuse to start: {held}"
+    return None if latest is None else f"train resumes from {latest} (train.resume: true)"
+
+
+def check_local_data(train: TrainSpec) -> list[str]:
+    """Every source of every stage and mixture without a tokenizer (``train`` checks them so before its tokenizer
+    loads): its chat template file; a local source's files, each file's first record read and, unless bad rows are
+    skipped, holding the fields of its format (the line a run would stop at). Returns the hub datasets' ids."""
+    hub: list[str] = []
     sources = {field: spec for index in range(len(train.stages)) for field, spec in train.stage_sources(index)}
     for field, spec in sources.items():
         named_chat_template(spec, field)
         if spec.source in LOCAL_FORMATS:
-            check_local_source(spec, field)
+            _check_first_records(spec, field)
         elif spec.source == "hub" and spec.path is not None:
             hub.append(spec.path)
-    hub += _local_judges(recipe)
-    return list(dict.fromkeys(hub))
+    return hub
+
+
+def _check_first_records(spec: SourceSpec, field: str) -> None:
+    """Each file's first record read; with ``bad_rows: error``, holding the fields of the source's format."""
+    rows = first_rows(spec, field)
+    for row in rows if spec.bad_rows == "error" else []:
+        try:
+            check_fields(row["record"], spec)
+        except BadRow as bad:
+            raise UserError(bad.line(field, row["where"])) from None
 
 
 def _local_judges(recipe: Recipe) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections import OrderedDict
@@ -34,9 +33,7 @@ from toolkit.errors import RunFailure, UserError, reason
 from toolkit.file_reading import read_json_object
 from toolkit.model.eval_copy import tied_names
 from toolkit.run_folder import CHECKPOINTS, RECIPE
-
-_NAME = re.compile(r"^stage-(\d+)-step-(\d+)$")
-_STATE = "trainer_state.json"
+from toolkit.training.resume_point import STATE, complete_checkpoints
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,15 @@ class TrainerState:
     stream: StreamState | None = field(default=None, compare=False)
 
 
+def read_state(checkpoint: Path) -> TrainerState:
+    """The state of the complete checkpoint at ``checkpoint`` (a file cut short: one line naming it)."""
+    state = read_json_object(checkpoint / STATE)
+    known = {f.name for f in fields(TrainerState)}
+    if state.get("stream") is not None:
+        state["stream"] = StreamState.from_json(state["stream"])
+    return TrainerState(**{k: v for k, v in state.items() if k in known})
+
+
 class CheckpointManager:
     def __init__(self, run_dir: Path, keep_last: int, accelerator: Accelerator):
         self.root = run_dir / CHECKPOINTS
@@ -68,20 +74,11 @@ class CheckpointManager:
 
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [(p, match) for p in self.root.iterdir() if (match := _NAME.match(p.name)) and (p / _STATE).is_file()]
-        return [p for p, _ in sorted(found, key=lambda item: tuple(int(x) for x in item[1].groups()))]
+        return complete_checkpoints(self.root)
 
     def latest(self) -> tuple[Path, TrainerState] | None:
         done = self.complete()
-        if not done:
-            return None
-        state = read_json_object(done[-1] / _STATE)  # a file cut short: one line naming it
-        known = {f.name for f in fields(TrainerState)}
-        if state.get("stream") is not None:
-            state["stream"] = StreamState.from_json(state["stream"])
-        return done[-1], TrainerState(**{k: v for k, v in state.items() if k in known})
+        return (done[-1], read_state(done[-1])) if done else None
 
     def remove_partial(self) -> None:
         """Delete temporary folders left by a crash during a save."""
@@ -104,7 +101,7 @@ class CheckpointManager:
         try:
             self.accelerator.save_state(str(tmp), safe_serialization=True)
             if self.accelerator.is_main_process:
-                (tmp / _STATE).write_text(json.dumps(asdict(state)))
+                (tmp / STATE).write_text(json.dumps(asdict(state)))
                 _fsync_tree(tmp)
         except OSError as exc:
             if self.accelerator.is_main_process:

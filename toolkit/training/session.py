@@ -21,7 +21,6 @@ from toolkit.data.batches import check_stage_data
 from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import allocator_setting, describe_device, package_versions, source_commit
-from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.chunked_loss import PLAIN, loss_kernel
@@ -51,14 +50,16 @@ from toolkit.parallel.sequence import (
 )
 from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
+from toolkit.recipe.local_inputs import check_local_data
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import FINAL, RECIPE, RUN_INFO, RunInfo, StageInfo, holds_other_files
-from toolkit.training.checkpoints import CheckpointManager, TrainerState
+from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo
+from toolkit.training.checkpoints import CheckpointManager, TrainerState, read_state
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
+from toolkit.training.resume_point import resume_point
 
 
 @dataclass
@@ -90,8 +91,9 @@ def setup(recipe: Recipe) -> Session:
     made once every input has been checked and the model loaded: a mistake found before leaves none behind."""
     accelerator = _start(recipe)
     checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
-    resume = _resume_point(recipe, checkpoints)
+    resume = _resume_point(recipe)
     checkpoints.remove_partial()
+    check_local_data(recipe.train)  # the data files' first records, before the tokenizer is loaded or trained
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     config = recipe_config(recipe.model, tokenizer)
     check_stage_data(recipe.train, tokenizer, int(config.vocab_size))
@@ -152,17 +154,10 @@ def _weights_dtype(recipe: Recipe) -> torch.dtype:
     return resolve_dtype(recipe.model.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _resume_point(recipe: Recipe, checkpoints: CheckpointManager) -> tuple[Path, TrainerState] | None:
-    latest = checkpoints.latest()
-    if latest and not recipe.train.resume:
-        raise UserError(f"{recipe.run_dir} already holds checkpoints ({latest[0].name}): set train.resume=true "
-                        "to continue that run, or output.dir=... for a new one")
-    if latest is None and (recipe.run_dir / FINAL).exists():  # a finished run whose checkpoints were deleted
-        raise UserError(f"output.dir: {recipe.run_dir} holds a finished run ({FINAL}/) and no checkpoint to resume; "
-                        "name a new folder, or move that run away")
-    if holds_other_files(recipe.run_dir):
-        raise UserError(f"output.dir: {recipe.run_dir} holds files and is no run folder; name a new or empty folder")
-    return latest
+def _resume_point(recipe: Recipe) -> tuple[Path, TrainerState] | None:
+    """The checkpoint the run continues from and its state (:func:`resume_point`); None for a new run."""
+    latest = resume_point(recipe.run_dir, recipe.train.resume)
+    return None if latest is None else (latest, read_state(latest))
 
 
 def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, tokenizer,
