@@ -16,6 +16,7 @@ from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Recipe
+from toolkit.training.checkpoints import TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 
 TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
@@ -285,7 +286,7 @@ def test_tokenizer_identity_is_stable_and_sensitive() -> None:
 def test_checkpoint_state_round_trip(tmp_path: Path) -> None:
     from accelerate import Accelerator
 
-    from toolkit.training.checkpoints import CheckpointManager, TrainerState
+    from toolkit.training.checkpoints import CheckpointManager
 
     manager = CheckpointManager(tmp_path, 2, Accelerator(cpu=True))
     manager.data_identity = _identity()
@@ -300,3 +301,67 @@ def test_checkpoint_state_round_trip(tmp_path: Path) -> None:
                                                            "stage_done": False}))
     latest = manager.latest()
     assert latest == (legacy, TrainerState(0, 2, 2)) and latest[1].data is None
+
+
+# the run's record (recipe.resolved.yaml) of what trained
+
+
+def test_a_finished_run_resumed_with_other_settings_is_refused_and_its_record_kept(uninterrupted: Path,
+                                                                                     tmp_path: Path, capsys) -> None:
+    """Every stage had finished: a resume trains nothing with changed settings, so it would record settings never
+    trained (the report's recipe table, predict, export read that record); one line names them, nothing is
+    written. Settings that train nothing (eval, checkpoints kept) go through."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(run)}))
+    before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+    assert train(recipe, "train.save_every=2", "train.resume=true", "train.stages[0].lr=0.5",
+                 "train.stages[1].max_steps=9", "train.weight_decay=0.1") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err == [f"error: train.stages[0].lr, train.stages[1].max_steps, train.weight_decay: not as in "
+                   f"{run / 'recipe.resolved.yaml'}, the record of what trained (every stage, finished): a resume "
+                   "does not train it again, and would record settings never trained. Put them back, or start a new "
+                   "run with output.dir=..."]
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
+    assert train(recipe, "train.resume=true", "train.keep_last=3", "eval.before=false") == 0
+
+
+def _recorded(tmp_path: Path, state: TrainerState, change=None) -> str | None:
+    """The refusal of a recipe changed by ``change`` over the micro recipe's record, at a checkpoint of ``state``
+    (None: resumed)."""
+    from toolkit.recipe.loading import dump_recipe
+    from toolkit.training.session import _check_record
+
+    (tmp_path / "run").mkdir(exist_ok=True)
+    raw = dict(MICRO_RECIPE, output={"dir": str(tmp_path / "run")})
+    dump_recipe(Recipe.model_validate(raw), tmp_path / "run" / "recipe.resolved.yaml")
+    raw = copy.deepcopy(raw)
+    if change:
+        change(raw)
+    try:
+        _check_record(Recipe.model_validate(raw), state)
+    except UserError as refused:
+        return str(refused).split(": not as in ")[0]
+    return None
+
+
+def test_a_finished_stage_keeps_its_recorded_settings(tmp_path: Path) -> None:
+    """Stage 0 finished, stage 1 to come: stage 0's settings and data (``train.data``, which it reads), the seed and
+    the step cap are as recorded; what stage 1 trains with may change, as the checkpoint's data check allows; once
+    every stage is done, every training setting is as recorded, unless a stage is added to train with it."""
+    inside = TrainerState(stage=1, step=2, global_step=8)
+    assert _recorded(tmp_path, inside) is None
+    assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"][0].update(lr=0.5, batch_size=2)) == (
+        "train.stages[0].lr, train.stages[0].batch_size")
+    assert _recorded(tmp_path, inside, lambda r: r["train"]["data"].update(task="multikey")) == (
+        "train.stages[0].data.task")
+    assert _recorded(tmp_path, inside, lambda r: r["train"].update(max_steps=3)) == "train.max_steps"
+    assert _recorded(tmp_path, inside, lambda r: r.update(seed=3)) == "seed"  # it seeded stage 0's data
+    assert _recorded(tmp_path, inside, lambda r: (r["train"]["stages"][1].update(lr=0.5, max_steps=9),
+                                                  r["train"].update(weight_decay=0.1))) is None
+    done = TrainerState(stage=1, step=4, global_step=10, stage_done=True)
+    assert _recorded(tmp_path, done, lambda r: r.update(seed=3)) == "seed"
+    longer = {"name": "longer", "seq_len": 256, "max_steps": 2, "batch_size": 1,
+              "rope": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}
+    assert _recorded(tmp_path, done, lambda r: (r["train"]["stages"].append(longer),
+                                                r["train"].update(weight_decay=0.1))) is None  # for the new stage

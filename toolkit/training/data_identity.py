@@ -17,13 +17,16 @@ optimisation settings (a finished stage given more steps is said not to train ag
 stage (each stage's stream is seeded with ``seed + 1000 * index``
 and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
 stages that have not started (the resumed run then trains them exactly as a new run of the changed recipe
-would, said in one line); stages added after the last; removing stages that had not started.
+would, said in one line); stages added after the last; removing stages that had not started. (The run's record,
+``recipe.resolved.yaml``, keeps what had trained, though: a finished stage's settings changed are refused before
+this check, by :func:`toolkit.training.session.setup`.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from toolkit.errors import UserError
@@ -78,23 +81,18 @@ def _show_tokenizer(identity: dict[str, Any]) -> str:
     return f"vocab {identity.get('vocab_size')} (sha256 {identity.get('sha256')})"
 
 
-def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
-    """The first differing leaf as (path, old, new); keys missing on either side (a schema from another
-    version) are not compared."""
+def differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """Each differing leaf of two records (JSON-like) as (path, old, new), in ``old``'s order; keys missing on either
+    side (a schema from another version) are not compared."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in old:
             if key in new:
-                found = _first_difference(old[key], new[key], path + key_step(key))
-                if found:
-                    return found
-        return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+                yield from differences(old[key], new[key], path + key_step(key))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            found = _first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if old == new else (path, old, new)
+            yield from differences(a, b, f"{path}[{i}]")
+    elif old != new:
+        yield path, old, new
 
 
 def _stop(field: str, old: str, new: str, checkpoint: str, keep: str | None = None) -> UserError:
@@ -152,7 +150,7 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
         found = next(((f"train.stages[{i}].{key}", old[key], new[key]) for key in _STAGE_FIELDS
                       if key in old and old[key] != new[key]), None)
         if found is None and "data" in old:
-            found = _first_difference(old["data"], new["data"], new["data_field"])
+            found = next(differences(old["data"], new["data"], new["data_field"]), None)
         if found and i > stage:
             notes.append(f"stage {i} ({new['name']}): {found[0]} {_show(found[1])} -> {_show(found[2])}; the stage "
                          "has not started, so it trains as a new run of this recipe would")
