@@ -486,7 +486,7 @@ def test_a_command_without_its_recipe_asks_for_the_recipe_alone(command: str, ca
 
 def test_overrides_may_follow_the_options_and_anything_else_unknown_is_refused(capsys) -> None:
     recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
-    assert main(["plan", recipe, "--gpus", "1", "train.stages[0].seq_len=128"]) == 0
+    assert main(["plan", recipe, "--gpus", "1", "--host-memory", "64", "train.stages[0].seq_len=128"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seq_len x batch"))
     assert row.split()[3:6] == ["128", "x", "64"]  # the override, given after --gpus, took effect
     for argv in (["plan", recipe, "--gpus", "1", "--bogus"], ["eval", "--model", "m", "--suite", "s", "k=1"]):
@@ -498,7 +498,8 @@ def test_overrides_may_follow_the_options_and_anything_else_unknown_is_refused(c
 
 def test_overrides_are_taken_as_set_options_too_and_validate_says_how_it_takes_them(capsys) -> None:
     recipe = str(ROOT / "recipes" / "tiny-passkey.yaml")
-    assert main(["plan", recipe, "--set", "train.stages[0].seq_len=128", "--set", "train.stages[0].batch_size=2",
+    assert main(["plan", recipe, "--host-memory", "64", "--set", "train.stages[0].seq_len=128",
+                 "--set", "train.stages[0].batch_size=2",
                  "--set", "train.stages[0].batch_size=3"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("seq_len x batch"))
     assert row.split()[3:6] == ["128", "x", "3"]  # each took effect, the last of a key given twice
@@ -644,7 +645,7 @@ def test_what_llamaconfig_refuses_in_init_config_is_one_line_before_training(cha
     model = {**MICRO_RECIPE["model"], "init_config": {**MICRO_RECIPE["model"]["init_config"], **change}}
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model=model, output={"dir": str(tmp_path / "run")}))
     assert _error(["train", str(recipe)], capsys) == f"model.init_config: {expected}"
-    assert main(["plan", str(recipe)]) == 0  # the plan reads the sizes alone
+    assert main(["plan", str(recipe), "--host-memory", "64"]) == 0  # the plan reads the sizes alone
     assert not (tmp_path / "run").exists()
 
 
