@@ -50,9 +50,10 @@ def run_toolkit(config: Config, built: Callable[[], None], rows: list[StepRow]) 
     from toolkit.data.stream_state import StreamState
     from toolkit.model.lora import count_parameters
     from toolkit.run_folder import read_metrics
-    from toolkit.training.checkpoints import CheckpointManager, TrainerState
+    from toolkit.training.checkpoints import CheckpointManager
     from toolkit.training.faults import StopFlag
     from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
+    from toolkit.training.resume_record import TrainerState
     from toolkit.training.session import setup
 
     class NoCheckpoints(CheckpointManager):

@@ -14,10 +14,11 @@ import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
+from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Recipe
-from toolkit.training.checkpoints import TrainerState
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
+from toolkit.training.resume_record import TrainerState
 
 TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
 
@@ -315,13 +316,17 @@ def test_a_finished_run_resumed_with_other_settings_is_refused_and_its_record_ke
     shutil.copytree(uninterrupted, run)
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, output={"dir": str(run)}))
     before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
-    assert train(recipe, "train.save_every=2", "train.resume=true", "train.stages[0].lr=0.5",
-                 "train.stages[1].max_steps=9", "train.weight_decay=0.1") == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert err == [f"error: train.stages[0].lr, train.stages[1].max_steps, train.weight_decay: not as in "
-                   f"{run / 'recipe.resolved.yaml'}, the record of what trained (every stage, finished): a resume "
-                   "does not train it again, and would record settings never trained. Put them back, or start a new "
-                   "run with output.dir=..."]
+    changed = ("train.save_every=2", "train.resume=true", "train.stages[0].lr=0.5", "train.stages[1].max_steps=9",
+               "train.weight_decay=0.1")
+    refusal = (f"train.stages[0].lr, train.stages[1].max_steps, train.weight_decay: not as in "
+               f"{run / 'recipe.resolved.yaml'}, the record of what trained (every stage, finished): a resume "
+               "does not train it again, and would record settings never trained. Put them back, or start a new "
+               "run with output.dir=...")
+    assert main(["validate", str(recipe), *(arg for value in changed for arg in ("--set", value))]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {recipe}: {refusal}"]  # as train refuses it
+    assert train(recipe, *changed) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("error: ")] == [f"error: {refusal}"]
     assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
     assert train(recipe, "train.resume=true", "train.keep_last=3", "eval.before=false") == 0
 
@@ -330,7 +335,7 @@ def _recorded(tmp_path: Path, state: TrainerState, change=None) -> str | None:
     """The refusal of a recipe changed by ``change`` over the micro recipe's record, at a checkpoint of ``state``
     (None: resumed)."""
     from toolkit.recipe.loading import dump_recipe
-    from toolkit.training.session import _check_record
+    from toolkit.training.resume_record import check_record
 
     (tmp_path / "run").mkdir(exist_ok=True)
     raw = dict(MICRO_RECIPE, output={"dir": str(tmp_path / "run")})
@@ -339,7 +344,7 @@ def _recorded(tmp_path: Path, state: TrainerState, change=None) -> str | None:
     if change:
         change(raw)
     try:
-        _check_record(Recipe.model_validate(raw), state)
+        check_record(Recipe.model_validate(raw), state)
     except UserError as refused:
         return str(refused).split(": not as in ")[0]
     return None

@@ -15,6 +15,8 @@ import yaml
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import ROOT
 from toolkit.cli import main
+from toolkit.recipe.loading import dump_recipe
+from toolkit.recipe.schema import Recipe
 
 
 def _validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], **changes: Any) -> str:
@@ -150,10 +152,11 @@ def test_an_output_dir_under_a_file(tmp_path: Path, capsys) -> None:
 def _run_folder(run: Path, checkpoint: bool = True) -> Path:
     """A run folder as train leaves it: its recipe, and a complete checkpoint (or, finished, only ``final/``)."""
     (run / "final").mkdir(parents=True)
-    (run / "recipe.resolved.yaml").write_text("name: micro\n")
+    dump_recipe(Recipe.model_validate(dict(MICRO_RECIPE, output={"dir": str(run)})), run / "recipe.resolved.yaml")
     if checkpoint:
         (run / "checkpoints" / "stage-1-step-000004").mkdir(parents=True)
-        (run / "checkpoints" / "stage-1-step-000004" / "trainer_state.json").write_text("{}")
+        (run / "checkpoints" / "stage-1-step-000004" / "trainer_state.json").write_text(
+            '{"stage": 1, "step": 4, "global_step": 10, "stage_done": true}')
     return run
 
 
@@ -171,6 +174,11 @@ def test_checkpoints_in_output_dir_are_a_note_on_the_ok_line(tmp_path: Path, cap
     assert capsys.readouterr().out == (f"{recipe}: ok\n{recipe}: note: train resumes from "
                                        f"{run / 'checkpoints' / 'stage-1-step-000004'} (train.resume: true)\n")
     assert sorted(tmp_path.rglob("*")) == before
+    state = run / "checkpoints" / "stage-1-step-000004" / "trainer_state.json"
+    state.write_text('{"stage": 1}')  # not where training stood: one line, as train gives it
+    assert main(["validate", str(recipe), "--set", "train.resume=true"]) == 2
+    assert capsys.readouterr().err == (f"error: {recipe}: {state}: no step, global_step (not a checkpoint's state); "
+                                       "move that checkpoint away to resume from the one before\n")
 
 
 def test_an_output_dir_train_refuses_whatever_the_resume(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,8 @@ from toolkit.model.sources import check_model_source, tokenizer_source
 from toolkit.output_paths import check_writable
 from toolkit.recipe.data_spec import SourceSpec
 from toolkit.recipe.schema import Recipe, TrainSpec
-from toolkit.training.resume_point import CheckpointsHeld, resume_point
+from toolkit.training.resume_point import CheckpointsHeld
+from toolkit.training.resume_record import resume_from
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,14 @@ def check_local_inputs(recipe: Recipe) -> Checked:
 
 
 def _start_note(recipe: Recipe) -> str | None:
-    """Where ``train`` starts in ``output.dir`` (:func:`resume_point`, refusing what it refuses): a note when the folder
-    holds checkpoints, which it continues with ``train.resume: true`` and refuses without (a finished run keeps its
-    last checkpoints, and validating its recipe is no mistake)."""
+    """Where ``train`` starts in ``output.dir`` (:func:`resume_from`, refusing what it refuses, the run's record
+    included): a note when the folder holds checkpoints, which it continues with ``train.resume: true`` and refuses
+    without (a finished run keeps its last checkpoints, and validating its recipe is no mistake)."""
     try:
-        latest = resume_point(recipe.run_dir, recipe.train.resume)
+        resume = resume_from(recipe)
     except CheckpointsHeld as held:
         return f"train would refuse to start: {held}"
-    return None if latest is None else f"train resumes from {latest} (train.resume: true)"
+    return None if resume is None else f"train resumes from {resume[0]} (train.resume: true)"
 
 
 def check_local_data(train: TrainSpec) -> list[str]:

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +28,11 @@ from accelerate.utils import SAFE_MODEL_NAME
 from safetensors.torch import load_file
 from torch import nn
 
-from toolkit.data.stream_state import StreamState
 from toolkit.errors import RunFailure, UserError, reason
-from toolkit.file_reading import read_json_object
 from toolkit.model.eval_copy import tied_names
 from toolkit.run_folder import CHECKPOINTS, RECIPE
 from toolkit.training.resume_point import STATE, complete_checkpoints
-
-
-@dataclass(frozen=True)
-class TrainerState:
-    """Where training stands: the stage, the optimizer steps done in it, and in the run; ``data`` is what the
-    data stream depends on (:func:`toolkit.training.data_identity.data_identity`) and ``stream`` where the stage's
-    row stream stands after the steps done (:meth:`toolkit.data.batches.StageBatches.position`), each None in older
-    checkpoints."""
-
-    stage: int
-    step: int
-    global_step: int
-    stage_done: bool = False
-    data: dict[str, Any] | None = field(default=None, compare=False)
-    stream: StreamState | None = field(default=None, compare=False)
-
-
-def read_state(checkpoint: Path) -> TrainerState:
-    """The state of the complete checkpoint at ``checkpoint`` (a file cut short: one line naming it)."""
-    state = read_json_object(checkpoint / STATE)
-    known = {f.name for f in fields(TrainerState)}
-    if state.get("stream") is not None:
-        state["stream"] = StreamState.from_json(state["stream"])
-    return TrainerState(**{k: v for k, v in state.items() if k in known})
+from toolkit.training.resume_record import TrainerState, read_state
 
 
 class CheckpointManager:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from toolkit.errors import UserError
 from toolkit.parallel.sequence import data_parallel_size
 from toolkit.recipe.schema import Recipe
-from toolkit.recipe.yaml_files import key_step
 from toolkit.training.loop import stage_steps
+from toolkit.training.resume_record import differences
 
 VERSION = 1
 _STAGE_FIELDS = ("seq_len", "batch_size", "grad_accum")
@@ -79,20 +78,6 @@ def _show(value: Any) -> str:
 
 def _show_tokenizer(identity: dict[str, Any]) -> str:
     return f"vocab {identity.get('vocab_size')} (sha256 {identity.get('sha256')})"
-
-
-def differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
-    """Each differing leaf of two records (JSON-like) as (path, old, new), in ``old``'s order; keys missing on either
-    side (a schema from another version) are not compared."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in old:
-            if key in new:
-                yield from differences(old[key], new[key], path + key_step(key))
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            yield from differences(a, b, f"{path}[{i}]")
-    elif old != new:
-        yield path, old, new
 
 
 def _stop(field: str, old: str, new: str, checkpoint: str, keep: str | None = None) -> UserError:

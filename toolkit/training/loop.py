@@ -24,10 +24,11 @@ from toolkit.formatting.progress import progress_bar
 from toolkit.parallel.engines import backward, start_stage
 from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
 from toolkit.recipe.schema import StageSpec, TrainSpec
-from toolkit.training.checkpoints import CheckpointManager, TrainerState
+from toolkit.training.checkpoints import CheckpointManager
 from toolkit.training.faults import StopFlag, data_mistake, non_finite_loss, out_of_memory
 from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
 from toolkit.training.objective import objective_loss
+from toolkit.training.resume_record import TrainerState
 from toolkit.training.schedule import lr_at
 
 

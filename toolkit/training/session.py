@@ -21,7 +21,6 @@ from toolkit.data.batches import check_stage_data
 from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import allocator_setting, describe_device, package_versions, source_commit
-from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.chunked_loss import PLAIN, loss_kernel
@@ -53,14 +52,14 @@ from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.local_inputs import check_local_data
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo, read_recipe
-from toolkit.training.checkpoints import CheckpointManager, TrainerState, read_state
-from toolkit.training.data_identity import check_resume, data_identity, differences, tokenizer_identity
+from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo
+from toolkit.training.checkpoints import CheckpointManager
+from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
-from toolkit.training.resume_point import resume_point
+from toolkit.training.resume_record import TrainerState, resume_from
 
 
 @dataclass
@@ -92,7 +91,7 @@ def setup(recipe: Recipe) -> Session:
     made once every input has been checked and the model loaded: a mistake found before leaves none behind."""
     accelerator = _start(recipe)
     checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
-    resume = _resume_point(recipe)
+    resume = resume_from(recipe)
     checkpoints.remove_partial()
     check_local_data(recipe.train)  # the data files' first records, before the tokenizer is loaded or trained
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
@@ -153,54 +152,6 @@ def _forget_earlier_runs() -> None:
 def _weights_dtype(recipe: Recipe) -> torch.dtype:
     """The recipe's precision on this machine (fp16 does not train: schema, model.precision)."""
     return resolve_dtype(recipe.model.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _resume_point(recipe: Recipe) -> tuple[Path, TrainerState] | None:
-    """The checkpoint the run continues from (:func:`resume_point`) and its state, once the recipe keeps the run's
-    record of what trained (:func:`_check_record`); None for a new run."""
-    latest = resume_point(recipe.run_dir, recipe.train.resume)
-    if latest is None:
-        return None
-    state = read_state(latest)
-    _check_record(recipe, state)
-    return latest, state
-
-
-def _check_record(recipe: Recipe, state: TrainerState) -> None:
-    """A UserError naming each setting in which ``recipe`` differs from the run's record (its ``recipe.resolved.yaml``)
-    in what had trained by the checkpoint ``state``: the finished stages' own settings and data, the seed and the step
-    cap, and every training setting once every stage had finished. A resume trains none of them again, and the record
-    it writes (which the report, predict and export read) would claim them."""
-    recorded = read_recipe(recipe.run_dir)
-    finished = min(state.stage + state.stage_done, len(recipe.train.stages),
-                   len(recorded.train.stages) if recorded else 0)
-    if recorded is None or not finished:  # inside the first stage: the checkpoint's data check has it all
-        return
-    everything = finished == len(recipe.train.stages)
-    old, new = _trained(recorded, finished, everything), _trained(recipe, finished, everything)
-    changed = [path for key in new for path, _, _ in differences(old[key], new[key], key)]
-    if changed:
-        what = "every stage" if everything else ", ".join(recorded.train.stage_name(i) for i in range(finished))
-        raise UserError(f"{', '.join(changed)}: not as in {recipe.run_dir / RECIPE}, the record of what trained ("
-                        f"{what}, finished): a resume does not train it again, and would record settings never "
-                        "trained. Put them back, or start a new run with output.dir=...")
-
-
-_NOT_TRAINING = frozenset({"resume", "save_every", "keep_last"})
-"""``train`` settings that change no weight: whether to resume, and which checkpoints are written and kept."""
-
-
-def _trained(recipe: Recipe, finished: int, everything: bool) -> dict[str, Any]:
-    """What had trained once the first ``finished`` stages were done, by where ``recipe`` holds it: every training
-    setting (:data:`_NOT_TRAINING` aside) when ``everything``; else each of those stages with its data (its own or
-    ``train.data``), the seed of their data streams and ``train.max_steps``, which caps them."""
-    dump = recipe.model_dump(mode="json")
-    if everything:
-        dump["train"] = {key: value for key, value in dump["train"].items() if key not in _NOT_TRAINING}
-        return {key: dump[key] for key in ("seed", "model", "method", "train", "parallel")}
-    stages = {f"train.stages[{i}]": {**stage, "data": stage["data"] or dump["train"]["data"]}
-              for i, stage in enumerate(dump["train"]["stages"][:finished])}
-    return {**stages, "seed": recipe.seed, "train.max_steps": recipe.train.max_steps}
 
 
 def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, tokenizer,
