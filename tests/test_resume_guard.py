@@ -17,6 +17,7 @@ from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, t
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.recipe.schema import Recipe
+from toolkit.run_folder import read_run_info
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.resume_record import TrainerState
 
@@ -92,12 +93,15 @@ def test_stage_not_started_may_change(resumable: Path, tmp_path: Path, capsys) -
     assert_same_weights(final_weights(tmp_path / "run"), final_weights(tmp_path / "new"), atol=1e-5)
 
 
-def test_budget_and_lr_changes_resume(resumable: Path, capsys) -> None:
+def test_budget_and_lr_changes_resume(resumable: Path, stopped: Path, capsys) -> None:
     assert train(resumable, "train.resume=true", "train.stages[0].max_steps=4", "train.stages[1].max_steps=2",
                  "train.stages[0].lr=1e-3", "train.stages[1].warmup_steps=1") == 0
     assert "stage 0 (short): 6 -> 4 steps, the schedule continues from step 2" in capsys.readouterr().out
     assert [r["global_step"] for r in metrics(resumable.parent / "run")] == list(range(1, 7))
     assert (resumable.parent / "run" / "final").is_dir()
+    first, resumed = read_run_info(stopped), read_run_info(resumable.parent / "run")
+    assert resumed.started == first.started and len(resumed.resumed) == 1  # the run's start, and its resume
+    assert resumed.resumed[0] >= first.started
 
 
 @pytest.mark.parametrize("override", ["model.init_config.hidden_size=32", "method.kind=lora"])

@@ -220,7 +220,9 @@ class RunInfo(BaseModel):
     native_length: int | None = None
     stages: list[StageInfo] = []
     started: str | None = None
-    """When the run started (ISO 8601, UTC)."""
+    """When the run started (ISO 8601, UTC): its first start, kept by a resume."""
+    resumed: list[str] = []
+    """When it was resumed, each time (ISO 8601, UTC); the other fields are the latest start's."""
     commit: str | None = None
     """The toolkit's commit it ran (``toolkit.environment.source_commit``; ``-dirty``: with changes not committed)."""
 

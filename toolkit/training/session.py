@@ -52,7 +52,7 @@ from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.local_inputs import check_local_data
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo
+from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo, read_run_info
 from toolkit.training.checkpoints import CheckpointManager
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
@@ -115,7 +115,7 @@ def setup(recipe: Recipe) -> Session:
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, recipe.run_dir / RECIPE)
-        _write_run_info(recipe, loaded, accelerator)
+        _write_run_info(recipe, loaded, accelerator, resumed=resume is not None)
     logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, accelerator,
                            enabled=accelerator.is_main_process)
     session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
@@ -179,9 +179,11 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
     return loaded
 
 
-def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator) -> None:
-    """``run_info.json``: the toolkit's commit, versions, device, launcher, attention and loss kernel and why, and each
-    stage's length, RoPE and steps."""
+def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator, resumed: bool) -> None:
+    """``run_info.json``: the toolkit's commit, versions, device, launcher, attention and loss kernel and why, each
+    stage's length, RoPE and steps, and when the run started (``resumed``: when it first started, and each resume)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    first = read_run_info(recipe.run_dir) if resumed else RunInfo()
     stages = []
     data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
     for i, stage in enumerate(recipe.train.stages):
@@ -201,7 +203,8 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
                    allocator=allocator_setting(), versions=package_versions(),
                    base_model=recipe.model.name_or_path or "random init from model.init_config",
                    native_length=loaded.native_length, stages=stages,
-                   started=datetime.now(UTC).isoformat(timespec="seconds"), commit=source_commit())
+                   started=first.started or now, resumed=[*first.resumed, now] if resumed else [],
+                   commit=source_commit())
     write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
 
