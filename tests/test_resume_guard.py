@@ -101,7 +101,7 @@ def test_budget_and_lr_changes_resume(resumable: Path, stopped: Path, capsys) ->
     assert (resumable.parent / "run" / "final").is_dir()
     first, resumed = read_run_info(stopped), read_run_info(resumable.parent / "run")
     assert resumed.started == first.started and len(resumed.resumed) == 1  # the run's start, and its resume
-    assert resumed.resumed[0] >= first.started
+    assert first.started is not None and resumed.resumed[0] >= first.started
 
 
 @pytest.mark.parametrize("override", ["model.init_config.hidden_size=32", "method.kind=lora"])
