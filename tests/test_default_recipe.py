@@ -9,22 +9,39 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.runs import metrics, train
 from toolkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 2
+"""Prompts per cell of the needle grids (the shipped niah-tiny asks 20 and 10): two steps per stage retrieve
+nothing, so a few prompts per cell tell the same, and the evaluations after each stage take seconds, not half a
+minute."""
 pytestmark = pytest.mark.slow
+
+
+def _fewer_samples(folder: Path) -> Path:
+    """evals/niah-tiny.yaml as shipped (its name, tasks, lengths, depths and RoPE settings), each task asking at most
+    :data:`SAMPLES` prompts per cell."""
+    suite = yaml.safe_load((ROOT / "evals" / "niah-tiny.yaml").read_text())
+    for task in suite["tasks"]:
+        task["samples"] = min(task["samples"], SAMPLES)
+    path = folder / "niah-tiny.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default recipe with two steps per stage: every stage, suite and report, and too little training for
-    retrieval."""
-    folder = tmp_path_factory.mktemp("tiny") / "run"
-    assert train(ROOT / "recipes" / "tiny-passkey.yaml", "train.max_steps=2", f"output.dir={folder}",
-                 "model.train_tokenizer.corpus_documents=200") == 0
-    return folder
+    """The default recipe with two steps per stage and fewer needle prompts: every stage, suite and report, and too
+    little training for retrieval."""
+    folder = tmp_path_factory.mktemp("tiny")
+    suites = f"eval.suites=[{_fewer_samples(folder)}, {ROOT / 'evals' / 'short-context.yaml'}]"
+    assert train(ROOT / "recipes" / "tiny-passkey.yaml", "train.max_steps=2", f"output.dir={folder / 'run'}",
+                 "model.train_tokenizer.corpus_documents=200", suites) == 0
+    return folder / "run"
 
 
 def test_tiny_passkey_writes_the_whole_run_folder(run: Path) -> None:
