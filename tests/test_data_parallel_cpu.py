@@ -63,16 +63,28 @@ def tokenizer(tokenizer_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tokenizer_dir)  # what the ranks load
 
 
-def _ranks(scenario: str, tokenizer_dir: Path, out: Path) -> list[dict[str, Any]]:
-    """What each of the 2 ranks of ``scenario`` saved, in rank order."""
+SCENARIOS = ("dp", "cp", "ulysses")
+"""Run in this order by one launch (``ulysses``, which initialises ``deepspeed.comm`` over the group, last)."""
+
+
+@pytest.fixture(scope="module")
+def launched(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where one ``torchrun`` of :data:`SCENARIOS` left what each rank saw in each: one launch of 2
+    processes for the three tests, not one each (a launch's start-up is most of a scenario's seconds)."""
+    out = tmp_path_factory.mktemp("ranks")
     config = out / "config.json"
     config.write_text(json.dumps({"spec": SPEC, "seq_len": SEQ_LEN, "batch_size": BATCH, "seed": SEED,
                                   "steps": STEPS, "tokenizer": str(tokenizer_dir)}))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # rendezvous on a free port
-               "--nproc_per_node", str(PROCESSES), str(RANKS), scenario, str(config), str(out)]
+               "--nproc_per_node", str(PROCESSES), str(RANKS), ",".join(SCENARIOS), str(config), str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return out
+
+
+def _ranks(scenario: str, out: Path) -> list[dict[str, Any]]:
+    """What each of the 2 ranks of ``scenario`` saved, in rank order."""
     seen = [torch.load(out / f"{scenario}-rank{rank}.pt") for rank in range(PROCESSES)]
     assert [s["rank"] for s in seen] == [0, 1] and all(s["processes"] == PROCESSES for s in seen)
     return seen
@@ -111,8 +123,8 @@ def _source_tokens(sources: torch.Tensor) -> list[int]:
 
 
 @pytest.mark.slow
-def test_data_parallel_ranks_split_each_global_batch(tokenizer_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
-    first, second = _ranks("dp", tokenizer_dir, tmp_path)
+def test_data_parallel_ranks_split_each_global_batch(launched: Path, tokenizer: Any) -> None:
+    first, second = _ranks("dp", launched)
     single = _global_batches(tokenizer, BATCH * PROCESSES, STEPS)
     assert all(s["sharers"] == 1 for s in (first, second))
     for step, whole in enumerate(single):
@@ -130,8 +142,8 @@ def test_data_parallel_ranks_split_each_global_batch(tokenizer_dir: Path, tokeni
 
 
 @pytest.mark.slow
-def test_ulysses_ranks_hold_halves_of_the_same_rows(tokenizer_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
-    first, second = _ranks("ulysses", tokenizer_dir, tmp_path)
+def test_ulysses_ranks_hold_halves_of_the_same_rows(launched: Path, tokenizer: Any) -> None:
+    first, second = _ranks("ulysses", launched)
     rows = _rows(_global_batches(tokenizer, BATCH * PROCESSES, STEPS))
     assert len(rows) == ROWS
     where = {tuple(r["input_ids"].tolist()): i for i, r in enumerate(rows)}
@@ -183,8 +195,8 @@ def _triples(input_ids: torch.Tensor, shift_labels: torch.Tensor, position_ids: 
 
 
 @pytest.mark.slow
-def test_context_parallel_ranks_slice_the_same_rows(tokenizer_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
-    first, second = _ranks("cp", tokenizer_dir, tmp_path)
+def test_context_parallel_ranks_slice_the_same_rows(launched: Path, tokenizer: Any) -> None:
+    first, second = _ranks("cp", launched)
     single = _global_batches(tokenizer, BATCH, STEPS)  # one group of 2 ranks: the one-process stream of batch BATCH
     assert first["sharers"] == second["sharers"] == PROCESSES  # row_sharers of the stand-in's ParallelismConfig
     half = SEQ_LEN // PROCESSES

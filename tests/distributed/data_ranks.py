@@ -1,8 +1,12 @@
 """One rank of ``tests/test_data_parallel_cpu.py``: started twice by ``torchrun --nproc_per_node 2`` on CPU (gloo),
-it draws a stage's batches the way a run of the given kind does and saves what this rank saw to
+it draws a stage's batches the way a run of each given kind does and saves what this rank saw to
 ``OUT/<scenario>-rank<r>.pt``; the test process compares the ranks with the single-process stream.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed/data_ranks.py SCENARIO CONFIG OUT
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed/data_ranks.py SCENARIOS CONFIG OUT
+
+SCENARIOS is one scenario or several separated by commas, run one after another in the same two processes (one
+launch: its start-up, seconds on 2 cores, paid once); each builds its own loaders from the config's seed, so what it
+saves does not depend on the scenarios before it.
 
 Scenarios:
 
@@ -149,13 +153,14 @@ def _logged(batches: StageBatches, draws: int) -> dict[str, Any]:
 SCENARIOS = {"dp": data_parallel, "ulysses": ulysses, "cp": context_parallel}
 
 
-def main(scenario: str, config_path: str, out: str) -> None:
+def main(scenarios: str, config_path: str, out: str) -> None:
     torch.set_num_threads(1)
     config = json.loads(Path(config_path).read_text())
     tokenizer = AutoTokenizer.from_pretrained(config["tokenizer"])
-    seen = SCENARIOS[scenario](config, tokenizer)
-    torch.save(seen, Path(out) / f"{scenario}-rank{seen['rank']}.pt")
-    dist.barrier()
+    for scenario in scenarios.split(","):
+        seen = SCENARIOS[scenario](config, tokenizer)
+        torch.save(seen, Path(out) / f"{scenario}-rank{seen['rank']}.pt")
+        dist.barrier()
     dist.destroy_process_group()
 
 
