@@ -16,10 +16,11 @@ from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
 from toolkit.cli import main
 from toolkit.errors import UserError
+from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.schema import Recipe
 from toolkit.run_folder import read_run_info
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
-from toolkit.training.resume_record import TrainerState
+from toolkit.training.resume_record import TrainerState, check_record
 
 TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
 
@@ -107,17 +108,26 @@ def test_budget_and_lr_changes_resume(resumable: Path, stopped: Path, capsys) ->
 @pytest.mark.parametrize("override", ["model.init_config.hidden_size=32", "method.kind=lora"])
 def test_a_model_the_checkpoint_does_not_fit_is_refused_and_the_run_folder_kept(resumable: Path, capsys,
                                                                                   override: str) -> None:
-    """A weight of another shape, or weights of another method (LoRA adapters for a full run): one line naming the
-    checkpoint, and the run's recipe and run_info as they were (a report would describe another model)."""
+    """A weight of another shape, or weights of another method (LoRA adapters for a full run): refused before the
+    model is built, by the run's record (one line with both values), and where the record is missing (a folder of an
+    older version) by the checkpoint's weights (one line naming it); the run's recipe and run_info as they were (a
+    report would describe another model)."""
     run = resumable.parent / "run"
     before = {name: (run / name).read_bytes() for name in ("recipe.resolved.yaml", "run_info.json")}
+    key, value = override.split("=")
+    assert train(resumable, "train.resume=true", override) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and err[0].startswith(f"error: {key} (recorded ") and f", now {value}): not as in " in err[0]
+    assert {name: (run / name).read_bytes() for name in before} == before
+    (run / "recipe.resolved.yaml").unlink()
     assert train(resumable, "train.resume=true", override) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(err) == 1 and err[0].startswith(f"error: checkpoint {run / 'checkpoints' / 'stage-0-step-000002'} "
                                                "does not fit the model the recipe builds (")
     assert err[0].endswith("resume with the recipe it was saved with (recipe.resolved.yaml in the run folder), or "
                            "start a new run with output.dir=...")
-    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not (run / "recipe.resolved.yaml").exists()
+    assert (run / "run_info.json").read_bytes() == before["run_info.json"]
     detail = {"model.init_config.hidden_size=32": "(size mismatch for model.model.embed_tokens.weight: copying a "
               "param with shape torch.Size([320, 64]) from checkpoint, the shape in current model is "
               "torch.Size([320, 32])):", "method.kind=lora": "(first key: "}[override]
@@ -322,10 +332,10 @@ def test_a_finished_run_resumed_with_other_settings_is_refused_and_its_record_ke
     before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
     changed = ("train.save_every=2", "train.resume=true", "train.stages[0].lr=0.5", "train.stages[1].max_steps=9",
                "train.weight_decay=0.1")
-    refusal = (f"train.stages[0].lr, train.stages[1].max_steps, train.weight_decay: not as in "
-               f"{run / 'recipe.resolved.yaml'}, the record of what trained (every stage, finished): a resume "
-               "does not train it again, and would record settings never trained. Put them back, or start a new "
-               "run with output.dir=...")
+    refusal = ("train.weight_decay (recorded 0.0, now 0.1); train.stages[0].lr (recorded 0.003, now 0.5); "
+               f"train.stages[1].max_steps (recorded 4, now 9): not as in {run / 'recipe.resolved.yaml'}, the record "
+               "of what trained (every stage, finished): those weights trained with the recorded settings, and a "
+               "resume would record settings they never had. Put them back, or start a new run with output.dir=...")
     assert main(["validate", str(recipe), *(arg for value in changed for arg in ("--set", value))]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {recipe}: {refusal}"]  # as train refuses it
     assert train(recipe, *changed) == 2
@@ -336,11 +346,8 @@ def test_a_finished_run_resumed_with_other_settings_is_refused_and_its_record_ke
 
 
 def _recorded(tmp_path: Path, state: TrainerState, change=None) -> str | None:
-    """The refusal of a recipe changed by ``change`` over the micro recipe's record, at a checkpoint of ``state``
-    (None: resumed)."""
-    from toolkit.recipe.loading import dump_recipe
-    from toolkit.training.resume_record import check_record
-
+    """The fields, each with its recorded and new value, of the refusal of a recipe changed by ``change`` over the
+    micro recipe's record, at a checkpoint of ``state`` (None: resumed)."""
     (tmp_path / "run").mkdir(exist_ok=True)
     raw = dict(MICRO_RECIPE, output={"dir": str(tmp_path / "run")})
     dump_recipe(Recipe.model_validate(raw), tmp_path / "run" / "recipe.resolved.yaml")
@@ -355,22 +362,73 @@ def _recorded(tmp_path: Path, state: TrainerState, change=None) -> str | None:
 
 
 def test_a_finished_stage_keeps_its_recorded_settings(tmp_path: Path) -> None:
-    """Stage 0 finished, stage 1 to come: stage 0's settings and data (``train.data``, which it reads), the seed and
-    the step cap are as recorded; what stage 1 trains with may change, as the checkpoint's data check allows; once
-    every stage is done, every training setting is as recorded, unless a stage is added to train with it."""
+    """Stage 0 finished, stage 1 to come: what trained stage 0 (its settings and data: ``train.data``, which it reads;
+    the run-wide optimisation, the method, the model) is as recorded, each named where the recipe holds it with both
+    values; what stage 1 trains with may change, as the checkpoint's data check allows (a changed seed is that
+    check's); once every stage is done, the seed too. Stages never started may be dropped or added."""
     inside = TrainerState(stage=1, step=2, global_step=8)
     assert _recorded(tmp_path, inside) is None
     assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"][0].update(lr=0.5, batch_size=2)) == (
-        "train.stages[0].lr, train.stages[0].batch_size")
+        "train.stages[0].lr (recorded 0.003, now 0.5); train.stages[0].batch_size (recorded 4, now 2)")
     assert _recorded(tmp_path, inside, lambda r: r["train"]["data"].update(task="multikey")) == (
-        "train.stages[0].data.task")
-    assert _recorded(tmp_path, inside, lambda r: r["train"].update(max_steps=3)) == "train.max_steps"
-    assert _recorded(tmp_path, inside, lambda r: r.update(seed=3)) == "seed"  # it seeded stage 0's data
-    assert _recorded(tmp_path, inside, lambda r: (r["train"]["stages"][1].update(lr=0.5, max_steps=9),
-                                                  r["train"].update(weight_decay=0.1))) is None
+        "train.data.task (recorded passkey, now multikey)")
+    assert _recorded(tmp_path, inside, lambda r: r["train"].update(max_steps=3)) == (
+        "train.max_steps (recorded None, now 3)")
+    assert _recorded(tmp_path, inside, lambda r: r["train"].update(weight_decay=0.1)) == (
+        "train.weight_decay (recorded 0.0, now 0.1)")
+    assert _recorded(tmp_path, inside, lambda r: r.update(method={"kind": "lora"})) == (
+        "method.kind (recorded full, now lora)")
+    assert _recorded(tmp_path, inside, lambda r: r.update(seed=3)) is None  # the data check names it
+    assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"][1].update(lr=0.5, max_steps=9)) is None
+    assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"].pop()) is None  # stage 1 had not started
     done = TrainerState(stage=1, step=4, global_step=10, stage_done=True)
-    assert _recorded(tmp_path, done, lambda r: r.update(seed=3)) == "seed"
+    assert _recorded(tmp_path, done, lambda r: r.update(seed=3)) == "seed (recorded 0, now 3)"
     longer = {"name": "longer", "seq_len": 256, "max_steps": 2, "batch_size": 1,
               "rope": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}
-    assert _recorded(tmp_path, done, lambda r: (r["train"]["stages"].append(longer),
-                                                r["train"].update(weight_decay=0.1))) is None  # for the new stage
+    assert _recorded(tmp_path, done, lambda r: r["train"]["stages"].append(longer)) is None
+    first = TrainerState(stage=0, step=2, global_step=2)  # inside stage 0: its weights are of the recorded model
+    assert _recorded(tmp_path, first, lambda r: r["train"].update(weight_decay=0.1, max_steps=3)) is None
+    assert _recorded(tmp_path, first, lambda r: r.update(method={"kind": "lora"})) == (
+        "method.kind (recorded full, now lora)")
+    assert _recorded(tmp_path, first, lambda r: r["model"]["init_config"].update(rms_norm_eps=0.5)) == (
+        "model.init_config.rms_norm_eps (recorded None, now 0.5)")
+
+
+def _merged(into: dict, part: dict) -> None:
+    """``part`` written into ``into``, nested blocks and lists of blocks item by item."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _merged(into.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            for target, item in zip(into[key], value, strict=True):
+                _merged(target, item)
+        else:
+            into[key] = value
+
+
+@pytest.mark.parametrize("change", [
+    {"parallel": {"timeout_minutes": 240}}, {"model": {"attention": "eager"}}, {"eval": {"after_each_stage": False}},
+    {"train": {"gradient_checkpointing": True, "loss_chunk_size": 32, "keep_last": 5, "save_every": 1}},
+    {"train": {"stages": [{"evaluate": False, "name": "first"}, {}]}}])
+def test_what_changes_no_weight_may_change_on_resume(change: dict, tmp_path: Path) -> None:
+    """The evaluations, the attention kernel, memory switches, checkpoints and the processes' timeout (raised to
+    resume a run stopped in a long evaluation) change how a run computes or what it writes, not what it learned."""
+    done = TrainerState(stage=1, step=4, global_step=10, stage_done=True)
+    assert _recorded(tmp_path, done, lambda r: _merged(r, change)) is None
+
+
+def test_a_run_folder_read_on_another_machine_resumes(tmp_path: Path) -> None:
+    """The record's local paths name the folders of the machine that wrote it: a file of the same name elsewhere (the
+    repository moved) is the same setting; another file is not."""
+    done = TrainerState(stage=1, step=4, global_step=10, stage_done=True)
+    given = {"tokenizer": "/home/a/repo/models/tok", "train_tokenizer": None}
+    (tmp_path / "run").mkdir()
+    raw = {**MICRO_RECIPE, "model": {**MICRO_RECIPE["model"], **given}, "output": {"dir": str(tmp_path / "run")}}
+    dump_recipe(Recipe.model_validate(raw), tmp_path / "run" / "recipe.resolved.yaml")
+    check_record(Recipe.model_validate(_with_tokenizer(raw, "/srv/b/repo/models/tok")), done)
+    with pytest.raises(UserError, match=r"^model.tokenizer \(recorded /home/a/repo/models/tok, now /home/a/other"):
+        check_record(Recipe.model_validate(_with_tokenizer(raw, "/home/a/other")), done)
+
+
+def _with_tokenizer(raw: dict, tokenizer: str) -> dict:
+    return {**raw, "model": {**raw["model"], "tokenizer": tokenizer}}

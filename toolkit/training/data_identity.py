@@ -18,8 +18,10 @@ stage (each stage's stream is seeded with ``seed + 1000 * index``
 and built from that stage's settings alone, so a finished stage determines nothing later); the shape and data of
 stages that have not started (the resumed run then trains them exactly as a new run of the changed recipe
 would, said in one line); stages added after the last; removing stages that had not started. (The run's record,
-``recipe.resolved.yaml``, keeps what had trained, though: a finished stage's settings changed are refused before
-this check, by :func:`toolkit.training.session.setup`.)
+``recipe.resolved.yaml``, keeps what had trained, though: before this check, a resume that changes what trained the
+checkpoint's weights, a finished stage's settings among them, is refused by
+:func:`toolkit.training.resume_record.check_record`, so the cases of finished stages here are met only without a
+record.)
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ may not contradict (:func:`check_record`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,8 +15,8 @@ from toolkit.data.stream_state import StreamState
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.recipe.schema import Recipe
-from toolkit.recipe.yaml_files import key_step
-from toolkit.run_folder import RECIPE, read_recipe
+from toolkit.recipe.yaml_files import key_step, read_yaml
+from toolkit.run_folder import RECIPE
 from toolkit.training.resume_point import STATE, resume_point
 
 
@@ -59,40 +60,70 @@ def resume_from(recipe: Recipe) -> tuple[Path, TrainerState] | None:
 
 
 def check_record(recipe: Recipe, state: TrainerState) -> None:
-    """A UserError naming each setting in which ``recipe`` differs from the run's record (its ``recipe.resolved.yaml``)
-    in what had trained by the checkpoint ``state``: the finished stages' own settings and data, the seed and the step
-    cap, and every training setting once every stage had finished. A resume trains none of them again, and the record
-    it writes (which the report, predict and export read) would claim them."""
-    recorded = read_recipe(recipe.run_dir)
-    finished = min(state.stage + state.stage_done, len(recipe.train.stages),
-                   len(recorded.train.stages) if recorded else 0)
-    if recorded is None or not finished:  # inside the first stage: the checkpoint's data check has it all
+    """A UserError naming each setting, with its recorded and its new value, in which ``recipe`` differs from the run's
+    record (its ``recipe.resolved.yaml``) in what trained the checkpoint's weights (:func:`_trained`): the model and
+    method always (the checkpoint holds their weights), and what trained the stages finished by the checkpoint
+    ``state``: a resume trains none of them again, and the record it writes (which the report, predict and export
+    read) would claim settings their weights never had. A stage the checkpoint is inside may change its budget and
+    optimisation as the data check allows (``toolkit.training.data_identity``)."""
+    path = recipe.run_dir / RECIPE
+    if not path.is_file():
         return
+    recorded, _ = read_yaml(path)
+    stages = recorded.get("train", {}).get("stages", []) if isinstance(recorded, dict) else []
+    finished = min(state.stage + state.stage_done, len(recipe.train.stages), len(stages))
     everything = finished == len(recipe.train.stages)
-    old, new = _trained(recorded, finished, everything), _trained(recipe, finished, everything)
-    changed = [path for key in new for path, _, _ in differences(old[key], new[key], key)]
+    new = recipe.model_dump(mode="json")
+    changed = [f"{where} (recorded {_shown(old)}, now {_shown(now)})"
+               for key, now_part in _trained(recipe, new, finished, everything).items()
+               for where, old, now in differences(_trained(recipe, recorded, finished, everything).get(key), now_part,
+                                                  key)
+               if not _same_file(old, now)]
     if changed:
-        what = "every stage" if everything else ", ".join(recorded.train.stage_name(i) for i in range(finished))
-        raise UserError(f"{', '.join(changed)}: not as in {recipe.run_dir / RECIPE}, the record of what trained ("
-                        f"{what}, finished): a resume does not train it again, and would record settings never "
-                        "trained. Put them back, or start a new run with output.dir=...")
+        what = "every stage" if everything else ", ".join(recipe.train.stage_name(i) for i in range(finished))
+        raise UserError(f"{'; '.join(changed)}: not as in {path}, the record of what trained ({what}, finished): "
+                        "those weights trained with the recorded settings, and a resume would record settings they "
+                        "never had. Put them back, or start a new run with output.dir=...")
 
 
-_NOT_TRAINING = frozenset({"resume", "save_every", "keep_last"})
-"""``train`` settings that change no weight: whether to resume, and which checkpoints are written and kept."""
+WEIGHT_SETTINGS = {"model": ("name_or_path", "revision", "init_config", "tokenizer", "train_tokenizer", "backend",
+                             "precision", "trust_remote_code"),
+                   "train": ("max_steps", "optimizer", "weight_decay", "betas", "max_grad_norm", "scheduler",
+                             "min_lr_ratio")}
+"""The run-wide settings the weights of a finished stage depend on, beside ``method`` (all of it) and the stage's own
+settings and data; the others (attention kernel, memory switches, checkpoints kept, ``parallel``, evaluations)
+change how a run computes or what it writes, not what it learns."""
+STAGE_NOT_WEIGHTS = ("name", "evaluate")
+"""A stage's settings that name it or its evaluation, not what it trains."""
 
 
-def _trained(recipe: Recipe, finished: int, everything: bool) -> dict[str, Any]:
-    """What had trained once the first ``finished`` stages were done, by where ``recipe`` holds it: every training
-    setting (:data:`_NOT_TRAINING` aside) when ``everything``; else each of those stages with its data (its own or
-    ``train.data``), the seed of their data streams and ``train.max_steps``, which caps them."""
-    dump = recipe.model_dump(mode="json")
+def _trained(recipe: Recipe, dump: dict[str, Any], finished: int, everything: bool) -> dict[str, Any]:
+    """Of a recipe ``dump`` (the record as read, or ``recipe``'s), what trained the checkpoint's weights, keyed by where
+    ``recipe`` holds it: ``method`` and the model's :data:`WEIGHT_SETTINGS` always; once ``finished`` stages are done,
+    the run-wide optimisation settings and each of those stages' own settings (:data:`STAGE_NOT_WEIGHTS` aside) and
+    data (its own or ``train.data``); and the seed once every stage has (while a stage is left, the data check names a
+    changed seed)."""
+    train = dump.get("train", {})
+    parts: dict[str, Any] = {"method": dump.get("method")}
+    blocks = WEIGHT_SETTINGS.items() if finished else [("model", WEIGHT_SETTINGS["model"])]
+    parts |= {f"{block}.{key}": dump.get(block, {}).get(key) for block, keys in blocks for key in keys}
+    for i, stage in enumerate(train.get("stages", [])[:finished]):
+        parts[f"train.stages[{i}]"] = {k: v for k, v in stage.items() if k not in (*STAGE_NOT_WEIGHTS, "data")}
+        parts[recipe.train.data_field(i)] = stage.get("data") or train.get("data")
     if everything:
-        dump["train"] = {key: value for key, value in dump["train"].items() if key not in _NOT_TRAINING}
-        return {key: dump[key] for key in ("seed", "model", "method", "train", "parallel")}
-    stages = {f"train.stages[{i}]": {**stage, "data": stage["data"] or dump["train"]["data"]}
-              for i, stage in enumerate(dump["train"]["stages"][:finished])}
-    return {**stages, "seed": recipe.seed, "train.max_steps": recipe.train.max_steps}
+        parts["seed"] = dump.get("seed")
+    return parts
+
+
+def _same_file(old: Any, new: Any) -> bool:
+    """Two local paths to a file of the same name: the run folder read on another machine, or the repository
+    moved (what a tokenizer holds is checked by its hash: ``toolkit.training.data_identity``)."""
+    return isinstance(old, str) and isinstance(new, str) and old.startswith("/") and new.startswith("/") and \
+        Path(old).name == Path(new).name
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 def differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
