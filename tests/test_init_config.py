@@ -111,12 +111,20 @@ def test_a_linear_init_config_scales_from_its_native_length(capsys) -> None:
                                        "original length 256 covers 512 tokens, less than seq_len 1024\n")
 
 
-def test_a_rope_factor_that_is_no_number_is_one_line(capsys) -> None:
-    """The native length is read from it (:func:`native_length_of`): a word there is one line, not a traceback."""
-    rope = "model.init_config.rope_parameters={rope_type: linear, factor: four}"
-    assert main(["validate", str(TINY_RECIPE), "--set", rope]) == 2
-    assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{rope}': model.init_config.rope_parameters."
-                                       "factor: 'four' is not a positive number\n")
+@pytest.mark.parametrize(("rope", "problem"), [
+    ("{rope_type: linear, factor: four}", "factor: 'four' is not a positive number"),
+    ("{rope_type: bogus}", "rope_type: 'bogus' is not one of default, linear, dynamic, yarn, llama3, longrope"),
+    ("{rope_type: default, rope_theta: abc}", "rope_theta: 'abc' is not a positive number"),
+    ("{rope_type: default, rope_theta: -1}", "rope_theta: -1 is not a positive number"),
+    ("{rope_type: linear, rope_theta: 10000.0}", "factor: rope_type 'linear' needs it"),
+    ("{rope_type: longrope, factor: 2.0, short_factor: [1.0]}", "long_factor: rope_type 'longrope' needs it")])
+def test_rope_parameters_that_build_no_rope_are_one_line(rope: str, problem: str, capsys) -> None:
+    """What would stop a run at the model's build with a traceback (an unknown type, a word for a number, a type's
+    required key missing) or train on a meaningless rotation (theta 0 or below) is one line from validate."""
+    override = f"model.init_config.rope_parameters={rope}"
+    assert main(["validate", str(TINY_RECIPE), "--set", override]) == 2
+    assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{override}': model.init_config."
+                                       f"rope_parameters.{problem}\n")
 
 
 def test_the_size_keys_are_init_config_fields_and_a_model_shapes() -> None:

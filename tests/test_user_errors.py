@@ -638,8 +638,8 @@ def test_a_stage_name_that_is_no_file_name_is_refused(tmp_path: Path, capsys) ->
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
-     "Missing required keys in `rope_parameters` for 'rope_type'='yarn': {'factor'}")])
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 2.0, "low_freq_factor": 1.0}},
+     "Missing required keys in `rope_parameters` for 'rope_type'='llama3': {'high_freq_factor'}")])
 def test_what_llamaconfig_refuses_in_init_config_is_one_line_before_training(change: dict, expected: str,
                                                                              tmp_path: Path, capsys) -> None:
     model = {**MICRO_RECIPE["model"], "init_config": {**MICRO_RECIPE["model"]["init_config"], **change}}

@@ -93,12 +93,22 @@ class InitConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _rope_lengths_are_numbers(self) -> InitConfig:
-        """The RoPE keys the native length is read from (:func:`native_length_of`) are positive numbers."""
-        for key in ("factor", "original_max_position_embeddings"):
-            value = (self.rope_parameters or {}).get(key)
+    def _rope_parameters_are_a_rope(self) -> InitConfig:
+        """``rope_parameters`` names a RoPE type transformers knows (:data:`METHODS`) with the keys it requires, and
+        its theta and the keys the native length is read from (:func:`native_length_of`) are positive numbers: what
+        would otherwise stop a run at the model's build with a traceback, or train on a meaningless rotation."""
+        rope = self.rope_parameters or {}
+        kind = rope.get("rope_type", "default")
+        if kind not in METHODS:
+            raise FieldError("rope_parameters.rope_type", f"{kind!r} is not one of {', '.join(METHODS)}")
+        for key in ("rope_theta", "factor", "original_max_position_embeddings"):
+            value = rope.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
                 raise FieldError(f"rope_parameters.{key}", f"{value!r} is not a positive number")
+        method = METHODS[kind]
+        for key in ("factor", *method.required) if method.keys else ():
+            if rope.get(key) is None:
+                raise FieldError(f"rope_parameters.{key}", f"rope_type {kind!r} needs it")
         return self
 
 
