@@ -30,6 +30,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.memory import lean_norm
 from toolkit.memory.offload import offloaded_layers
 from toolkit.model.attention import dense_mask_size
+from toolkit.recipe.schema import MODEL_SIZE_KEYS
 from toolkit.run_folder import MODEL_CONFIG
 
 GIB = 1024**3
@@ -125,9 +126,12 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
 }
 
 
-SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-"""The sizes a model's ``config.json`` must give for a plan (a recipe's ``init_config`` may leave them to LlamaConfig's
-defaults)."""
+DERIVED_SIZE_KEYS = ("num_key_value_heads", "head_dim")
+"""The sizes of :data:`MODEL_SIZE_KEYS` a ``config.json`` may leave out: Llama derives them from the others
+(``num_attention_heads``, ``hidden_size // num_attention_heads``), as :func:`shape_from_config` does."""
+SIZE_KEYS = tuple(key for key in MODEL_SIZE_KEYS if key not in DERIVED_SIZE_KEYS)
+"""The sizes a model's ``config.json`` must give for a plan: :data:`MODEL_SIZE_KEYS` (every size of the weights) but
+:data:`DERIVED_SIZE_KEYS` (a recipe's ``init_config`` may leave any of them to LlamaConfig's defaults)."""
 
 
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
