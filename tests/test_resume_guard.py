@@ -432,3 +432,16 @@ def test_a_run_folder_read_on_another_machine_resumes(tmp_path: Path) -> None:
 
 def _with_tokenizer(raw: dict, tokenizer: str) -> dict:
     return {**raw, "model": {**raw["model"], "tokenizer": tokenizer}}
+
+
+def test_a_run_info_that_cannot_be_read_is_written_afresh_on_resume(resumable: Path, stopped: Path, capsys) -> None:
+    """``run_info.json`` informs (when the run started, the environment): garbage in it is a warning naming it, and the
+    resume writes a fresh one, started now."""
+    info = resumable.parent / "run" / "run_info.json"
+    info.write_text("garbage{")
+    assert train(resumable, "train.resume=true") == 0
+    assert f"{info}:1: not valid JSON (Expecting value); writing it afresh" in capsys.readouterr().err
+    assert (resumable.parent / "run" / "final").is_dir()
+    first, fresh = read_run_info(stopped), read_run_info(resumable.parent / "run")
+    assert fresh.started is not None and first.started is not None and fresh.started >= first.started
+    assert fresh.resumed == [fresh.started]  # the resume is the one start it knows of

@@ -5,6 +5,7 @@ matches."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from toolkit.data.batches import check_stage_data
 from toolkit.data.formats import choice_token_ids
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.environment import allocator_setting, describe_device, package_versions, source_commit
+from toolkit.errors import UserError
 from toolkit.evals.registry import check_prompts, check_tasks
 from toolkit.evals.suite import load_suite
 from toolkit.memory.chunked_loss import PLAIN, loss_kernel
@@ -60,6 +62,8 @@ from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
 from toolkit.training.resume_record import TrainerState, resume_from
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -181,9 +185,16 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
 
 def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator, resumed: bool) -> None:
     """``run_info.json``: the toolkit's commit, versions, device, launcher, attention and loss kernel and why, each
-    stage's length, RoPE and steps, and when the run started (``resumed``: when it first started, and each resume)."""
+    stage's length, RoPE and steps, and when the run started (``resumed``: when it first started, and each resume,
+    read from the run's ``run_info.json``; one that cannot be read is a warning and a fresh record, as it informs and
+    must not stop the resume)."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    first = read_run_info(recipe.run_dir) if resumed else RunInfo()
+    first = RunInfo()
+    if resumed:
+        try:
+            first = read_run_info(recipe.run_dir)
+        except UserError as exc:
+            log.warning("%s; writing it afresh (the run's first start and earlier resumes are not kept)", exc)
     stages = []
     data_parallel = data_parallel_size(recipe.parallel, accelerator.num_processes)
     for i, stage in enumerate(recipe.train.stages):
