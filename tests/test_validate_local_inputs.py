@@ -80,19 +80,19 @@ def test_a_local_data_source_train_would_stop_at(case: str, tmp_path: Path, caps
 
 
 def _records_without_the_text_field(tmp: Path) -> dict[str, Any]:
-    """A folder of two JSONL files: the first good, the second's first record without ``text``."""
+    """A folder of two JSONL files: the first one's first record without ``text``, the second good."""
     (tmp / "data").mkdir()
-    _file(tmp / "data" / "a.jsonl", '{"text": "x"}\n')
-    _file(tmp / "data" / "b.jsonl", '{"body": "y", "id": 1}\n{"text": "z"}\n')
+    _file(tmp / "data" / "a.jsonl", '{"body": "y", "id": 1}\n{"text": "z"}\n')
+    _file(tmp / "data" / "b.jsonl", '{"text": "x"}\n')
     return {"source": "jsonl", "path": str(tmp / "data")}
 
 
 def test_a_first_record_without_the_field_of_its_format(tmp_path: Path, capsys) -> None:
-    """Each file's first record holds the field the recipe names, read without a tokenizer; the line names the file
+    """The source's first record holds the field the recipe names, read without a tokenizer; the line names the file
     and field and what the record has, as a run stops with (``bad_rows: skip`` skips such records: not checked)."""
     data = _records_without_the_text_field(tmp_path)
     assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data}) == (
-        f"train.data.text_field: no field 'text' in {tmp_path / 'data' / 'b.jsonl'}:1 (fields: body, id)")
+        f"train.data.text_field: no field 'text' in {tmp_path / 'data' / 'a.jsonl'}:1 (fields: body, id)")
     chat = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"text": "x"}\n'), "format": "chat",
             "chat_template": _file(tmp_path / "t.jinja", "{{ messages }}")}
     assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": chat}) == (
@@ -111,8 +111,46 @@ def test_train_refuses_that_record_before_its_tokenizer(tmp_path: Path, capsys, 
                                          output={"dir": str(tmp_path / "run")}))
     assert main(["train", str(recipe)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: train.data.text_field: no field 'text' in {tmp_path / 'data' / 'b.jsonl'}:1 (fields: body, id)")
+        f"error: train.data.text_field: no field 'text' in {tmp_path / 'data' / 'a.jsonl'}:1 (fields: body, id)")
     assert not (tmp_path / "run").exists()
+
+
+FOLDERS = {"jsonl": ("jsonl", '{"text": "x"}\n', '{"body": "y"}\n'),
+           "json arrays": ("json", '[{"text": "x"}]', '[{"body": "y"}]'),
+           "text": ("txt", "a book", "another book")}
+"""A folder of two files of a format, the first good, the second's first record without ``text`` (text files'
+records have nothing but ``text``)."""
+
+
+@pytest.mark.parametrize("case", sorted(FOLDERS))
+def test_only_a_folders_first_file_is_read(case: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A text file or a JSON array is read whole, and a folder may hold a corpus of them: the first record is the first
+    file's, and no other file is opened (a bad record further on stops the run when it is reached)."""
+    import toolkit.data.local_files
+
+    suffix, first, second = FOLDERS[case]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _file(folder / f"a.{suffix}", first)
+    _file(folder / f"b.{suffix}", second)
+    opened: list[str] = []
+    open_data, read_text = toolkit.data.local_files._open, Path.read_text
+
+    def counted_open(file: str) -> Any:
+        opened.append(file)
+        return open_data(file)
+
+    def counted_read_text(path: Path, *args: Any, **kwargs: Any) -> str:
+        opened.append(str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(toolkit.data.local_files, "_open", counted_open)
+    monkeypatch.setattr(Path, "read_text", counted_read_text)
+    source = "text" if suffix == "txt" else "jsonl"
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"],
+                                                              "data": {"source": source, "path": str(folder)}}))
+    assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+    assert [file for file in opened if file.startswith(str(folder))] == [str(folder / f"a.{suffix}")]
 
 
 def test_every_stage_and_mixture_source_is_checked(tmp_path: Path, capsys) -> None:

@@ -1,6 +1,6 @@
 """Local data files (``source: jsonl | csv | parquet | text``): which files a source names, one reader per format
 that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name,
-and what is read of them without a tokenizer (each file's first record, which ``validate`` and ``train`` check before
+and what is read of them without a tokenizer (a source's first record, which ``validate`` and ``train`` check before
 the tokenizer loads).
 The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
@@ -44,16 +44,17 @@ def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
     return files
 
 
-def first_rows(spec: SourceSpec, label: str = TRAIN_DATA) -> list[dict[str, Any]]:
-    """The first ``{"record", "where"}`` row of each file of a local source that has one, read in the source's file
-    format without a tokenizer (a UserError naming ``label`` for a source without files or records, or a file that
-    cannot be read); whether records make documents is :func:`toolkit.data.sources.check_source`'s, with the
-    tokenizer."""
-    reader = FORMATS[spec.source].reader
-    rows = [row for file in data_files(spec, label) if (row := next(reader([file], f"{label}.path"), None))]
-    if not rows:
+def first_row(spec: SourceSpec, label: str = TRAIN_DATA) -> dict[str, Any]:
+    """The first ``{"record", "where"}`` row of a local source (its first file that has a record), read in the
+    source's file format without a tokenizer (a UserError naming ``label`` for a source without files or records, or
+    a file that cannot be read before it); whether records make documents is
+    :func:`toolkit.data.sources.check_source`'s, with the tokenizer. Only that much is read: a text file, or a
+    ``.json`` array, is read whole, and a folder may hold a whole corpus of them (``train`` checks it on every
+    process)."""
+    row = next(FORMATS[spec.source].reader(data_files(spec, label), f"{label}.path"), None)
+    if row is None:
         raise UserError(f"{label}.path: no records in {spec.path}")
-    return rows
+    return row
 
 
 UNREADABLE = (OSError, ValueError, EOFError, zlib.error, csv.Error)
