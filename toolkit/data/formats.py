@@ -77,26 +77,33 @@ def named_chat_template(spec: SourceSpec, label: str) -> str | None:
 FORMAT_FIELDS = {"text": ("text_field",), "tokens": ("ids_field",), "chat": ("messages_field",),
                  "prompt_completion": ("prompt_field", "completion_field"), "arena": ()}
 """The settings naming the fields a record of each format must hold (arena's columns are the competition's:
-:func:`toolkit.data.arena.arena_row` names them)."""
+:func:`toolkit.data.arena.arena_row` names them): one entry for every ``SourceSpec.format``
+(``tests/test_data_sources.py`` checks it), and the document functions read a record's fields through it
+(:func:`_field`), so a field is checked up front exactly when a document reads it."""
 
 
 def check_fields(record: Any, spec: SourceSpec) -> None:
     """A :class:`BadRow` unless ``record`` is a mapping holding the fields ``spec.format`` reads (no tokenizer needed:
-    ``validate`` checks each local file's first record so, and every record is checked so before it is tokenized)."""
+    ``validate`` checks a local source's first record so, and every record is checked so before it is tokenized)."""
     if not isinstance(record, dict):
         raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
     for key in FORMAT_FIELDS[spec.format]:
-        _field(record, getattr(spec, key), key)
+        _field(record, spec, key)
 
 
-def _field(record: dict[str, Any], name: str, key: str) -> Any:
+def _field(record: dict[str, Any], spec: SourceSpec, key: str) -> Any:
+    """The value of the record's field that the setting ``key`` of ``spec`` names, one of the settings
+    :data:`FORMAT_FIELDS` lists for ``spec.format``."""
+    assert key in FORMAT_FIELDS[spec.format], f"FORMAT_FIELDS[{spec.format!r}] lists the fields it reads, not {key}"
+    name = getattr(spec, key)
     if name not in record:
         raise BadRow(key, f"no field {name!r}", f" (fields: {', '.join(record)})")
     return record[name]
 
 
-def _string(record: dict[str, Any], name: str, key: str) -> str | None:
-    value = _field(record, name, key)
+def _string(record: dict[str, Any], spec: SourceSpec, key: str) -> str | None:
+    value = _field(record, spec, key)
+    name = getattr(spec, key)
     if value is not None and not isinstance(value, str):
         raise BadRow(key, f"{name!r} holds {type(value).__name__}, not text")
     return value
@@ -112,7 +119,7 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 def text_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document | None:
     """Every token but the first is a label; None for an empty text."""
-    text = _string(record, spec.text_field, "text_field")
+    text = _string(record, spec, "text_field")
     if not text:
         return None
     bos, eos = _ends(tokenizer)
@@ -122,7 +129,7 @@ def text_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> D
 
 def tokens_document(record: dict[str, Any], spec: SourceSpec) -> Document | None:
     """Already tokenized: every id but the first is a label; None for an empty list."""
-    ids = _field(record, spec.ids_field, "ids_field")
+    ids = _field(record, spec, "ids_field")
     if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
         raise BadRow("ids_field", f"{spec.ids_field!r} is not a list of token ids (integers from 0)")
     if not ids:
@@ -131,8 +138,8 @@ def tokens_document(record: dict[str, Any], spec: SourceSpec) -> Document | None
 
 
 def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document:
-    prompt = _string(record, spec.prompt_field, "prompt_field") or ""
-    completion = _string(record, spec.completion_field, "completion_field")
+    prompt = _string(record, spec, "prompt_field") or ""
+    completion = _string(record, spec, "completion_field")
     if not completion:
         raise BadRow("completion_field", f"empty {spec.completion_field!r}")
     bos, eos = _ends(tokenizer)
@@ -142,7 +149,7 @@ def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokeniz
 
 
 def _messages(record: dict[str, Any], spec: SourceSpec) -> list[dict[str, str]]:
-    messages = _field(record, spec.messages_field, "messages_field")
+    messages = _field(record, spec, "messages_field")
     if not isinstance(messages, list) or not messages:
         raise BadRow("messages_field", f"empty messages in {spec.messages_field!r}")
     for i, message in enumerate(messages):
