@@ -97,7 +97,7 @@ def setup(recipe: Recipe) -> Session:
     checkpoints = CheckpointManager(recipe.run_dir, recipe.train.keep_last, accelerator)
     resume = resume_from(recipe)
     checkpoints.remove_partial()
-    check_local_data(recipe.train)  # the data files' first records, before the tokenizer is loaded or trained
+    check_local_data(recipe.train)  # each source's first record, before the tokenizer is loaded or trained
     tokenizer = load_tokenizer(recipe.model, recipe.seed)
     config = recipe_config(recipe.model, tokenizer)
     check_stage_data(recipe.train, tokenizer, int(config.vocab_size))
