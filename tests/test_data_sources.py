@@ -192,12 +192,13 @@ def test_the_schema_offers_exactly_the_local_formats_that_have_readers() -> None
 
 
 def test_every_record_format_of_the_schema_names_the_fields_it_reads() -> None:
-    """``FORMAT_FIELDS`` has an entry for each ``SourceSpec.format`` (a new format without one would fail on its first
-    record), each naming settings of ``SourceSpec``."""
+    """``FORMAT_FIELDS`` and the readers that check a record before its tokenizer have an entry for each
+    ``SourceSpec.format`` (a new format without one would fail on its first record), the fields naming settings of
+    ``SourceSpec``."""
     from typing import get_args
 
-    from toolkit.data.formats import FORMAT_FIELDS
+    from toolkit.data.formats import _READERS, FORMAT_FIELDS
     from toolkit.recipe.data_spec import SourceSpec
 
-    assert set(get_args(SourceSpec.model_fields["format"].annotation)) == set(FORMAT_FIELDS)
+    assert set(get_args(SourceSpec.model_fields["format"].annotation)) == set(FORMAT_FIELDS) == set(_READERS)
     assert {key for keys in FORMAT_FIELDS.values() for key in keys} <= set(SourceSpec.model_fields)

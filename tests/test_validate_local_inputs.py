@@ -102,6 +102,28 @@ def test_a_first_record_without_the_field_of_its_format(tmp_path: Path, capsys) 
     assert main(["validate", str(skipped)]) == 0
 
 
+@pytest.mark.parametrize(("format_", "name", "content", "problem"), [
+    ("text", "d.jsonl", '{"text": 12345}', "text_field: 'text' holds int, not text"),
+    ("tokens", "d.jsonl", '{"input_ids": "abc"}', "ids_field: 'input_ids' is not a list of token ids"),
+    ("chat", "d.jsonl", '{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
+     "messages_field: unknown role 'robot' in message 0"),
+    ("prompt_completion", "d.jsonl", '{"prompt": "p", "completion": ""}', "completion_field: empty 'completion'"),
+    ("arena", "d.csv", 'id,prompt\n1,"[""hi""]"', "path: 'response_a' is not a list of turns")])
+def test_a_first_record_its_document_could_not_read(format_: str, name: str, content: str, problem: str,
+                                                    tmp_path: Path, capsys) -> None:
+    """The first record is read as its format's document reads it before the tokenizer (each field's type, a chat's
+    roles, an arena row's columns): the line a run stops with at once."""
+    source: dict[str, Any] = {"source": name.split(".")[-1], "path": _file(tmp_path / name, content + "\n"),
+                              "format": format_}
+    if format_ in ("chat", "arena"):
+        source["chat_template"] = _file(tmp_path / "t.jinja", "{{ messages }}")
+    if format_ == "arena":
+        source["truncate_tokens"] = 48
+    line = _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": source})
+    field, _, what = problem.partition(": ")
+    assert line.startswith(f"train.data.{field}: {what}") and f"{tmp_path / name}:" in line, line
+
+
 def test_train_refuses_that_record_before_its_tokenizer(tmp_path: Path, capsys, monkeypatch) -> None:
     import toolkit.training.session
 
@@ -159,7 +181,8 @@ def test_every_stage_and_mixture_source_is_checked(tmp_path: Path, capsys) -> No
 
 
 def test_a_missing_chat_template(tmp_path: Path, capsys) -> None:
-    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"messages": []}\n'), "format": "chat",
+    conversation = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", conversation), "format": "chat",
             "chat_template": str(tmp_path / "nope.jinja")}
     assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data}) == (
         f"train.data.chat_template: no such file: {tmp_path / 'nope.jinja'}")
@@ -238,7 +261,8 @@ def test_a_good_recipe_is_ok_and_leaves_nothing_behind(tmp_path: Path, capsys) -
     (tmp_path / "model").mkdir()
     for name in ("config.json", "tokenizer.json"):
         (tmp_path / "model" / name).write_text("{}")
-    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", '{"messages": []}\n'), "format": "chat",
+    conversation = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    data = {"source": "jsonl", "path": _file(tmp_path / "chat.jsonl", conversation), "format": "chat",
             "chat_template": _file(tmp_path / "t.jinja", "{{ messages }}")}
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, model={"name_or_path": str(tmp_path / "model")},
                                          train={**MICRO_RECIPE["train"], "data": data},

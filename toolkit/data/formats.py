@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from toolkit.data.arena import BadArenaRow, arena_row
+from toolkit.data.arena import ArenaRow, BadArenaRow, arena_row
 from toolkit.data.arena_prompt import NoRoom, arena_input, label_token_ids, swaps
 from toolkit.data.packing import IGNORE_INDEX, Document
 from toolkit.data.tokens import bos_prefix
@@ -83,12 +84,12 @@ FORMAT_FIELDS = {"text": ("text_field",), "tokens": ("ids_field",), "chat": ("me
 
 
 def check_fields(record: Any, spec: SourceSpec) -> None:
-    """A :class:`BadRow` unless ``record`` is a mapping holding the fields ``spec.format`` reads (no tokenizer needed:
-    ``validate`` checks a local source's first record so, and every record is checked so before it is tokenized)."""
+    """A :class:`BadRow` unless ``record`` is a mapping holding the fields ``spec.format`` reads, each as its document
+    reads it (:data:`_READERS`; no tokenizer needed: ``validate`` checks a local source's first record so, and every
+    record is checked so before it is tokenized)."""
     if not isinstance(record, dict):
         raise BadRow("path", f"a record is {type(record).__name__}, not a mapping")
-    for key in FORMAT_FIELDS[spec.format]:
-        _field(record, spec, key)
+    _READERS[spec.format](record, spec)
 
 
 def _field(record: dict[str, Any], spec: SourceSpec, key: str) -> Any:
@@ -127,21 +128,31 @@ def text_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> D
     return Document(input_ids, [IGNORE_INDEX] + input_ids[1:])
 
 
-def tokens_document(record: dict[str, Any], spec: SourceSpec) -> Document | None:
-    """Already tokenized: every id but the first is a label; None for an empty list."""
+def _token_ids(record: dict[str, Any], spec: SourceSpec) -> list[int]:
     ids = _field(record, spec, "ids_field")
     if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
         raise BadRow("ids_field", f"{spec.ids_field!r} is not a list of token ids (integers from 0)")
+    return ids
+
+
+def tokens_document(record: dict[str, Any], spec: SourceSpec) -> Document | None:
+    """Already tokenized: every id but the first is a label; None for an empty list."""
+    ids = _token_ids(record, spec)
     if not ids:
         return None
     return Document(list(ids), [IGNORE_INDEX] + ids[1:])
 
 
-def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document:
+def _prompt_completion(record: dict[str, Any], spec: SourceSpec) -> tuple[str, str]:
     prompt = _string(record, spec, "prompt_field") or ""
     completion = _string(record, spec, "completion_field")
     if not completion:
         raise BadRow("completion_field", f"empty {spec.completion_field!r}")
+    return prompt, completion
+
+
+def prompt_completion_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any) -> Document:
+    prompt, completion = _prompt_completion(record, spec)
     bos, eos = _ends(tokenizer)
     context = bos + _ids(tokenizer, prompt)
     answer = _ids(tokenizer, completion) + eos
@@ -220,12 +231,16 @@ class Truncations:
 TRUNCATIONS = Truncations()
 
 
-def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str | None) -> Document:
-    """The comparison up to the answer position (no label), then the winner's label token (the one label)."""
+def _arena_row(record: dict[str, Any], spec: SourceSpec) -> ArenaRow:
     try:
-        row = arena_row(record, "", labelled=True)
+        return arena_row(record, "", labelled=True)
     except BadArenaRow as bad:
         raise BadRow("path", str(bad)) from None
+
+
+def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str | None) -> Document:
+    """The comparison up to the answer position (no label), then the winner's label token (the one label)."""
+    row = _arena_row(record, spec)
     if swaps(row, spec.swap):
         row = row.swapped()
     assert spec.truncate_tokens is not None and row.winner is not None  # the schema requires it; labelled=True
@@ -237,6 +252,12 @@ def arena_document(record: dict[str, Any], spec: SourceSpec, tokenizer: Any, tem
     TRUNCATIONS.add(given.cut, spec.truncate_tokens)
     answer = label_token_ids(tokenizer, spec.label_tokens)[row.winner]
     return Document(given.ids + [answer], [IGNORE_INDEX] * len(given.ids) + [answer])
+
+
+_READERS: dict[str, Callable[[dict[str, Any], SourceSpec], object]] = {
+    "text": lambda record, spec: _string(record, spec, "text_field"), "tokens": _token_ids, "chat": _messages,
+    "prompt_completion": _prompt_completion, "arena": _arena_row}
+"""What each format's document reads of a record before its tokenizer is needed, checked as it reads it."""
 
 
 def to_document(record: Any, spec: SourceSpec, tokenizer: Any, template: str | None,
