@@ -202,3 +202,16 @@ def test_every_record_format_of_the_schema_names_the_fields_it_reads() -> None:
 
     assert set(get_args(SourceSpec.model_fields["format"].annotation)) == set(FORMAT_FIELDS) == set(_READERS)
     assert {key for keys in FORMAT_FIELDS.values() for key in keys} <= set(SourceSpec.model_fields)
+
+
+def test_a_json_file_holds_an_array_one_object_or_one_a_line(tmp_path: Path) -> None:
+    """``.json``: an array of records, one object written over many lines (as ``json.dump(..., indent=1)`` writes
+    it), or JSON Lines under that name; each read as records, not a line that does not parse."""
+    record = {"text": "one document", "id": 1}
+    files = {"array.json": json.dumps([record, record]), "object.json": json.dumps(record, indent=1),
+             "lines.json": f"{json.dumps(record)}\n{json.dumps(record)}\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    read = {name: [row["record"] for row in FORMATS["jsonl"].reader([str(tmp_path / name)], "train.data.path")]
+            for name in files}
+    assert read == {"array.json": [record, record], "object.json": [record], "lines.json": [record, record]}

@@ -76,11 +76,16 @@ def _jsonl_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
 
 
 def _jsonl_file(file: str, field: str) -> Iterator[dict[str, Any]]:
+    """A JSONL file's records, a line each; a ``.json`` file holds one array of them, one object (written over many
+    lines, say), or one a line."""
     with _open(file) as handle:
         text = handle.read() if file.endswith((".json", ".json.gz")) else None
         if text is not None and text.lstrip().startswith("["):
             for i, value in enumerate(json.loads(text)):
                 yield {"record": value, "where": f"{file}[{i}]"}
+            return
+        if text is not None and text.lstrip().startswith("{") and (whole := _one_object(text)) is not None:
+            yield {"record": whole, "where": file}
             return
         lines = text.splitlines() if text is not None else handle
         for number, line in enumerate(lines, 1):
@@ -91,6 +96,15 @@ def _jsonl_file(file: str, field: str) -> Iterator[dict[str, Any]]:
             except ValueError as exc:
                 raise UserError(f"{field}: cannot read {file}: line {number}: {reason(exc)}") from None
             yield {"record": value, "where": f"{file}:{number}"}
+
+
+def _one_object(text: str) -> dict[str, Any] | None:
+    """``text`` as one JSON object; None when it is not one (records a line each)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _csv_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
