@@ -342,6 +342,11 @@ def test_a_finished_run_resumed_with_other_settings_is_refused_and_its_record_ke
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if line.startswith("error: ")] == [f"error: {refusal}"]
     assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
+    assert train(recipe, "train.stages[0].lr=0.5") == 2  # not resumed: what continuing it takes is said
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and err[0].endswith(": set train.resume=true to continue that run, its recipe as its record "
+                                             "has it (train.stages[0].lr (recorded 0.003, now 0.5)), or "
+                                             "output.dir=... for a new one"), err
     assert train(recipe, "train.resume=true", "train.keep_last=3", "eval.before=false") == 0
 
 

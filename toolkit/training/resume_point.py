@@ -18,6 +18,13 @@ STATE = "trainer_state.json"
 class CheckpointsHeld(UserError):
     """``output.dir`` holds checkpoints and ``train.resume`` is not true: ``train`` refuses, ``validate`` notes it."""
 
+    def __init__(self, run_dir: Path, latest: Path, differing: str | None = None):
+        """``differing``: what the recipe must put back to continue that run (its record's settings that differ)."""
+        self.latest = latest
+        back = f", its recipe as its record has it ({differing})" if differing else ""
+        super().__init__(f"{run_dir} already holds checkpoints ({latest.name}): set train.resume=true to continue "
+                         f"that run{back}, or output.dir=... for a new one")
+
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """The complete checkpoints in the folder ``root``, oldest first."""
@@ -32,8 +39,7 @@ def resume_point(run_dir: Path, resume: bool) -> Path | None:
     :class:`UserError` when the run may not start there."""
     done = complete_checkpoints(run_dir / CHECKPOINTS)
     if done and not resume:
-        raise CheckpointsHeld(f"{run_dir} already holds checkpoints ({done[-1].name}): set train.resume=true to "
-                              "continue that run, or output.dir=... for a new one")
+        raise CheckpointsHeld(run_dir, done[-1])
     if not done and (run_dir / FINAL).exists():  # a finished run whose checkpoints were deleted
         raise UserError(f"output.dir: {run_dir} holds a finished run ({FINAL}/) and no checkpoint to resume; "
                         "name a new folder, or move that run away")

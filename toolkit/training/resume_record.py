@@ -17,7 +17,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import key_step, read_yaml
 from toolkit.run_folder import RECIPE
-from toolkit.training.resume_point import STATE, resume_point
+from toolkit.training.resume_point import STATE, CheckpointsHeld, resume_point
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,12 @@ def read_state(checkpoint: Path) -> TrainerState:
 def resume_from(recipe: Recipe) -> tuple[Path, TrainerState] | None:
     """The checkpoint the run continues from (:func:`resume_point`) and its state, once the recipe keeps the run's
     record of what trained (:func:`check_record`); None for a new run. ``validate`` and ``train`` both read it."""
-    latest = resume_point(recipe.run_dir, recipe.train.resume)
+    try:
+        latest = resume_point(recipe.run_dir, recipe.train.resume)
+    except CheckpointsHeld as held:  # what continuing that run takes, as the line says
+        if differing := record_differences(recipe, read_state(held.latest)):
+            raise CheckpointsHeld(recipe.run_dir, held.latest, "; ".join(differing)) from None
+        raise
     if latest is None:
         return None
     state = read_state(latest)
@@ -66,24 +71,44 @@ def check_record(recipe: Recipe, state: TrainerState) -> None:
     ``state``: a resume trains none of them again, and the record it writes (which the report, predict and export
     read) would claim settings their weights never had. A stage the checkpoint is inside may change its budget and
     optimisation as the data check allows (``toolkit.training.data_identity``)."""
-    path = recipe.run_dir / RECIPE
-    if not path.is_file():
-        return
-    recorded, _ = read_yaml(path)
-    stages = recorded.get("train", {}).get("stages", []) if isinstance(recorded, dict) else []
-    finished = min(state.stage + state.stage_done, len(recipe.train.stages), len(stages))
+    if changed := record_differences(recipe, state):
+        finished = _finished(recipe, state, _recorded(recipe) or {})
+        what = "every stage" if finished == len(recipe.train.stages) else \
+            ", ".join(recipe.train.stage_name(i) for i in range(finished))
+        raise UserError(f"{'; '.join(changed)}: not as in {recipe.run_dir / RECIPE}, the record of what trained ("
+                        f"{what}, finished): those weights trained with the recorded settings, and a resume would "
+                        "record settings they never had. Put them back, or start a new run with output.dir=...")
+
+
+def record_differences(recipe: Recipe, state: TrainerState) -> list[str]:
+    """Each setting of what trained the checkpoint's weights (:func:`check_record`) in which ``recipe`` differs from
+    the run's record, as ``<field> (recorded <value>, now <value>)``; none without a record."""
+    recorded = _recorded(recipe)
+    if recorded is None:
+        return []
+    finished = _finished(recipe, state, recorded)
     everything = finished == len(recipe.train.stages)
     new = recipe.model_dump(mode="json")
-    changed = [f"{where} (recorded {_shown(old)}, now {_shown(now)})"
-               for key, now_part in _trained(recipe, new, finished, everything).items()
-               for where, old, now in differences(_trained(recipe, recorded, finished, everything).get(key), now_part,
-                                                  key)
-               if not _same_file(old, now)]
-    if changed:
-        what = "every stage" if everything else ", ".join(recipe.train.stage_name(i) for i in range(finished))
-        raise UserError(f"{'; '.join(changed)}: not as in {path}, the record of what trained ({what}, finished): "
-                        "those weights trained with the recorded settings, and a resume would record settings they "
-                        "never had. Put them back, or start a new run with output.dir=...")
+    return [f"{where} (recorded {_shown(old)}, now {_shown(now)})"
+            for key, now_part in _trained(recipe, new, finished, everything).items()
+            for where, old, now in differences(_trained(recipe, recorded, finished, everything).get(key), now_part,
+                                               key)
+            if not _same_file(old, now)]
+
+
+def _recorded(recipe: Recipe) -> dict[str, Any] | None:
+    """The run's record as written (YAML, not read through today's schema); None without one."""
+    path = recipe.run_dir / RECIPE
+    if not path.is_file():
+        return None
+    recorded, _ = read_yaml(path)
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _finished(recipe: Recipe, state: TrainerState, recorded: dict[str, Any]) -> int:
+    """The stages the checkpoint ``state`` had finished, of those both ``recipe`` and its ``recorded`` recipe hold."""
+    return min(state.stage + state.stage_done, len(recipe.train.stages),
+               len(recorded.get("train", {}).get("stages", [])))
 
 
 WEIGHT_SETTINGS = {"model": ("name_or_path", "revision", "init_config", "tokenizer", "train_tokenizer", "backend",
