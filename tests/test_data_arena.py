@@ -69,6 +69,7 @@ def test_a_labelled_file_gives_its_rows_winners(tmp_path: Path) -> None:
     (_row("2", (1, 1, 0)), "data: two winners (winner_model_a and winner_model_b) in {path}:3"),
     (_row("2", prompt=json.dumps(["only one"])),
      "data: mismatched turn counts (prompt 1, response_a 2, response_b 2) in {path}:3"),
+    (_row(" "), "data: no id in {path}:3"),  # a submission row names its comparison by it
 ])
 def test_bad_rows_error_or_skip(tmp_path: Path, row: list[object], message: str) -> None:
     path = _write(tmp_path / "bad.csv", [_row("1"), row, _row("3")])

@@ -98,7 +98,10 @@ def arena_row(record: Mapping[str, Any], where: str, labelled: bool = True) -> A
                           f"response_b {len(response_b)})")
     if not prompt:
         raise BadArenaRow("no turns")
-    return ArenaRow(str(record.get("id", "")), str(record.get("model_a") or ""), str(record.get("model_b") or ""),
+    ident = "" if record.get("id") is None else str(record["id"]).strip()
+    if not ident:  # a submission names each comparison by it, and swap: half draws by it
+        raise BadArenaRow("no id")
+    return ArenaRow(ident, str(record.get("model_a") or ""), str(record.get("model_b") or ""),
                     prompt, response_a, response_b, _winner(record) if labelled else None, where)
 
 
