@@ -77,8 +77,12 @@ def test_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such run folder"):
         push_run(tmp_path / "nope", "me/x", private=False, what=None, dry_run=True)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match=r"final: not found"):
+    with pytest.raises(UserError, match=r"empty: not a run folder \(it is empty: "):
         push_run(tmp_path / "empty", "me/x", private=False, what=None, dry_run=True)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "recipe.resolved.yaml").write_text("name: unfinished\n")
+    with pytest.raises(UserError, match=r"final: not found; the run has no final model yet"):
+        push_run(tmp_path / "unfinished", "me/x", private=False, what=None, dry_run=True)
     run = write_run(tmp_path, "full")
     with pytest.raises(UserError, match="--what adapter: .* is not a LoRA run"):
         push_run(run, "me/x", private=False, what="adapter", dry_run=True)

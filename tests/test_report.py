@@ -169,8 +169,12 @@ def test_a_gpu_runs_environment_names_its_memory_allocator(tmp_path: Path) -> No
 
 
 def test_partial_run_still_renders(tmp_path: Path):
+    """A run stopped once it had written its recipe (training's first file): no metrics, no evaluations."""
     run = tmp_path / "bare"
     run.mkdir()
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump({
+        "name": "bare", "model": {"init_config": {"hidden_size": 64}, "train_tokenizer": {}},
+        "train": {"stages": [{"name": "base-256", "seq_len": 256, "max_steps": 3}]}}))
     assert main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
     assert "No metrics.jsonl in this run." in md and "No evaluation results in eval/." in md

@@ -285,6 +285,24 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> No
     assert os.listdir(tmp_path) == ["notes.md"]
 
 
+@pytest.mark.parametrize("flags", [[], ["--check"], ["--summary"]], ids=["report", "check", "summary"])
+def test_report_refuses_an_empty_folder_and_writes_nothing(flags: list[str], tmp_path: Path, capsys) -> None:
+    """An empty folder is no run (training writes its recipe first): no report is written into it, so train can
+    still take it as output.dir."""
+    assert _error(["report", *flags, str(tmp_path)], capsys) == (
+        f"{tmp_path}: not a run folder (it is empty: no recipe.resolved.yaml, run_info.json or eval/)")
+    assert os.listdir(tmp_path) == []
+
+
+def test_report_summary_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    run = fake_run(tmp_path, "run", verdict={"task": "niah-tiny/passkey"})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.md").write_text("kept")
+    assert _error(["report", "--summary", str(run), str(tmp_path / "notes")], capsys) == (
+        f"{tmp_path / 'notes'}: not a run folder (it holds files, but no recipe.resolved.yaml, run_info.json or eval/)")
+    assert os.listdir(tmp_path / "notes") == ["notes.md"]
+
+
 @pytest.mark.parametrize(("name", "text", "expected"), [
     ("metrics.jsonl", '{"global_step": 1, "loss": 2.0}\n{"global_step": 2, loss}\n{"glo',
      "{path}:2: not valid JSON (Expecting property name enclosed in double quotes)"),

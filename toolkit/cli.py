@@ -163,6 +163,8 @@ def _report(args: argparse.Namespace) -> int:
     if args.summary:
         if args.check:
             raise UserError("report: --check takes one RUN, not --summary")
+        for folder in args.runs:
+            require_run(Path(folder))
         print(summary_markdown([Path(run) for run in args.runs]), end="")
         return 0
     if len(args.runs) != 1:

@@ -420,9 +420,12 @@ def require_final(run_dir: Path) -> Path:
 
 
 def require_run(folder: Path) -> None:
-    """A UserError unless ``folder`` is a run folder: one holding its recipe, its run info or evaluations, or an empty
-    one (a run stopped before writing anything); a report is never written among other files."""
+    """A UserError unless ``folder`` is a run folder: one holding its recipe, its run info or evaluations (training
+    writes its recipe first, so an empty folder is none either); a report is never written among other files, nor
+    into a folder that holds nothing to report."""
     _require_folder(folder)
+    if not any(folder.iterdir()):
+        raise UserError(f"{folder}: not a run folder (it is empty: no {RECIPE}, {RUN_INFO} or {EVAL}/)")
     if holds_other_files(folder):
         run = f"; name its run folder, {folder.parent}" if folder.name == FINAL and (folder.parent / RECIPE).is_file() \
             else ""
