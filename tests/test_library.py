@@ -70,11 +70,12 @@ def test_a_recipe_changed_in_python_is_checked_across_fields_before_any_model(
 
 def test_the_plan_is_what_the_plan_command_prints(capsys) -> None:
     recipe = library.load_recipe(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml")
-    result = library.plan(recipe, gpus=1, gpu_memory_gib=141, host_memory_gib=128)
-    assert main(["plan", str(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml"), "--gpu-memory", "141",
-                 "--host-memory", "128"]) == 0
+    result = library.plan(recipe, gpus=8, gpu_memory_gib=141, host_memory_gib=128)
+    assert main(["plan", str(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml"), "--gpus", "8", "--gpu-memory", "141",
+                 "--host-memory", "128"]) == 1  # the 512K stage's 8 processes do not fit 128 GiB of host memory
     printed = capsys.readouterr().out.splitlines()
     totals = next(line for line in printed if line.startswith("total per GPU (GiB)")).split()[4:]
-    assert totals == [f"{stage.estimate.total / 2**30:,.2f}" for stage in result.fits]  # 132.52, 140.01, 132.52
+    assert totals == [f"{stage.estimate.total / 2**30:,.2f}" for stage in result.fits]  # 28.63, 36.12, 28.63
     assert [stage.gpu_fits for stage in result.fits] == [True, True, True]
+    assert [stage.host_fits for stage in result.fits] == [True, False, True]
     assert f"verdict: {result.fitting_stages} of 3 stage(s) fit the GPU and the host" in printed

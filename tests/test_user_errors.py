@@ -492,6 +492,16 @@ def test_plan_refuses_memory_that_is_no_number(flag: str, value: str, capsys) ->
         f"{flag}: must be positive GiB, got {value}")
 
 
+@pytest.mark.parametrize(("gpus", "advised"), [([], 8), (["--gpus", "12"], 16)], ids=["default", "12"])
+def test_plan_refuses_gpus_the_sequence_degree_does_not_divide(gpus: list[str], advised: int, capsys) -> None:
+    """The launch would be refused whatever the memory, so no table and no verdict: the recipe and --gpus disagree."""
+    argv = ["plan", str(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml"), *gpus, "--gpu-memory", "141"]
+    assert main(argv) == 2
+    assert capsys.readouterr() == ("", (
+        f"error: parallel.degree: 8 does not divide --gpus {gpus[-1] if gpus else 1}, so the launch would be refused; "
+        f"plan for a multiple of 8 GPUs (--gpus {advised})\n"))
+
+
 @pytest.mark.parametrize("command", ["train", "plan"])
 def test_a_command_without_its_recipe_asks_for_the_recipe_alone(command: str, capsys) -> None:
     """Overrides are optional: only the recipe is named as missing (argparse exits 2 itself)."""

@@ -9,7 +9,9 @@ and the processes (all ``--gpus`` processes on the host memory given, by default
 DOES NOT FIT for the host. A stage that does not fit gets a path of switches, applied one after the other with the
 total after each, until the GPU fits, then the placement of offloaded layers that fits both (with those switches on),
 when one does. It exits 1 when some stage does not fit (as a run stops before loading its model when the host
-memory does not fit: :mod:`toolkit.plan.preflight`), 0 when every stage fits.
+memory does not fit: :mod:`toolkit.plan.preflight`), 0 when every stage fits, and 2 (a usage error, nothing planned)
+when the recipe's ``parallel.degree`` does not divide ``--gpus``: that launch is refused whatever the memory
+(:mod:`toolkit.parallel.sequence`), and its per-GPU share of the sequence is no real one.
 """
 
 from __future__ import annotations
@@ -171,6 +173,10 @@ def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: floa
     if host_memory_gib is not None and not 0 < host_memory_gib < math.inf:
         raise UserError(f"--host-memory: must be positive GiB, got {host_memory_gib:g}")
     recipe = check_recipe(recipe)
+    degree = recipe.parallel.degree
+    if gpus % degree:
+        raise UserError(f"parallel.degree: {degree} does not divide --gpus {gpus}, so the launch would be refused; "
+                        f"plan for a multiple of {degree} GPUs (--gpus {math.ceil(gpus / degree) * degree})")
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
     setups = [stage_setup(recipe, i, gpus) for i in range(len(recipe.train.stages))]
@@ -203,9 +209,6 @@ def _print_header(result: Plan) -> None:
     if gpus > 1:
         print(f"  weights, gradients and optimizer state sharded over {gpus} GPUs (configs/fsdp2.yaml or a "
               "DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole); the host holds all their processes")
-    degree = recipe.parallel.degree
-    if degree > 1 and gpus % degree:
-        print(f"  warning: parallel.degree {degree} does not divide --gpus {gpus}; the launch will be refused")
 
 
 def _print_table(names: list[str], setups: list[Setup], fits: list[Fit]) -> None:
