@@ -71,7 +71,7 @@ def test_the_h200_probe_before_and_after(capsys: pytest.CaptureFixture[str]) -> 
     held = total - float(rows["allocator reserve (GiB)"]) - float(rows["runtime overhead (GiB)"])
     assert 87.2 <= held <= 87.2 * 1.1  # allocated: within 10 % above the measured peak
     assert 106.0 <= total <= 106.0 * 1.05  # what has to fit: reserved plus the CUDA context
-    assert float(rows["host, all processes (GiB)"]) == pytest.approx(12.6, abs=0.05)  # measured: 12.6 GiB resident
+    assert float(rows["host, a node's processes (GiB)"]) == pytest.approx(12.6, abs=0.05)  # measured: 12.6 GiB resident
     assert rows["verdict"] == "FITS" and rows["host verdict"] == "FITS"
 
 
@@ -176,3 +176,15 @@ def test_run_that_would_not_fit_in_host_memory_stops_before_loading(
     assert len(failures) == 1 and not loads
     assert "host memory: stage" in failures[0] and "GiB available" in failures[0] and "0.5 GiB available" in failures[0]
     assert "train.activation_offload: N" in failures[0] and "activation_offload_dtype: fp8" in failures[0]
+
+
+def test_a_cluster_host_holds_one_nodes_processes() -> None:
+    """64 GPUs, 8 to a node: each host holds 8 processes' offloaded activations, not 64; the GPU side is the same."""
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-prolong-512k.yaml")
+    one_host = plan(recipe, gpus=64, gpu_memory_gib=80, host_memory_gib=1024)
+    nodes = plan(recipe, gpus=64, gpu_memory_gib=80, host_memory_gib=1024, gpus_per_node=8)
+    for whole, node in zip(one_host.fits, nodes.fits, strict=True):
+        assert (whole.processes, node.processes) == (64, 8) and whole.host == 8 * node.host > 0
+        assert node.estimate.total == whole.estimate.total
+    assert [f.host_fits for f in nodes.fits] == [True, True, True]
+    assert [f.host_fits for f in one_host.fits] == [True, False, True]  # 64 x 16 GiB at 512K on one host

@@ -63,6 +63,8 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--gpus", type=int, default=1, help="GPUs the run is planned for (data and sequence parallel)")
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     plan.add_argument("--host-memory", type=float, help="GiB of host memory (default: this machine's RAM)")
+    plan.add_argument("--gpus-per-node", type=int, help="GPUs whose processes share one host's memory (default: all "
+                                                         "--gpus, on one machine)")
 
 
 def _overrides(command: argparse.ArgumentParser) -> None:
@@ -224,7 +226,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from toolkit.plan.command import plan, print_plan
         from toolkit.recipe.loading import load_recipe
 
-        return print_plan(plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory))
+        return print_plan(plan(load_recipe(args.recipe, args.overrides), args.gpus, args.gpu_memory, args.host_memory,
+                               args.gpus_per_node))
     if args.command == "report":
         return _report(args)
     if args.command == "predict":

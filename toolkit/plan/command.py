@@ -45,8 +45,9 @@ def recipe_shape(recipe: Recipe) -> ModelShape:
     return shape_for(model.name_or_path, init, vocab)
 
 
-def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:
-    """The memory-relevant settings of stage ``index`` on ``gpus`` GPUs."""
+def stage_setup(recipe: Recipe, index: int, gpus: int, per_node: int | None = None) -> Setup:
+    """The memory-relevant settings of stage ``index`` on ``gpus`` GPUs, ``per_node`` of them sharing a host (None:
+    all)."""
     stage, train, method = recipe.train.stages[index], recipe.train, recipe.method
     lora = method.lora if method.kind == "lora" else None
     return Setup(seq_len=stage.seq_len, batch_size=stage.batch_size, gpus=gpus,
@@ -58,7 +59,8 @@ def stage_setup(recipe: Recipe, index: int, gpus: int) -> Setup:
                  loss_chunk=train.loss_chunk_size, tiles=train.tiled_mlp,
                  attention="eager" if recipe.model.attention == "eager" else "flash/sdpa",
                  dense_mask=recipe.model.attention in DENSE_MASK and train.stage_data(index).packing == "pack",
-                 sequence_degree=recipe.parallel.degree, lean_norm=train.lean_rmsnorm)
+                 sequence_degree=recipe.parallel.degree, lean_norm=train.lean_rmsnorm,
+                 host_processes=min(per_node, gpus) if per_node else None)
 
 
 def _sequence_degree(shape: ModelShape, gpus: int) -> int:
@@ -147,6 +149,7 @@ class Plan:
     gpus: int
     gpu_memory_gib: float
     host_gib: float
+    """Memory of one host, which holds the processes of one node's GPUs (all of them on one machine)."""
     host_source: str
     """Where ``host_gib`` came from: ``--host-memory`` or this machine."""
     setups: list[Setup]
@@ -163,11 +166,14 @@ class Plan:
         return sum(f.gpu_fits and f.host_fits for f in self.fits)
 
 
-def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None) -> Plan:
+def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: float | None = None,
+         gpus_per_node: int | None = None) -> Plan:
     """The memory of every stage of ``recipe`` (checked again as a whole: it may have been changed in Python) against
-    the GPUs and the host (by default this machine's RAM)."""
+    the GPUs and each host (by default this machine's RAM), which holds ``gpus_per_node`` processes (None: all)."""
     if gpus < 1:
         raise UserError(f"--gpus: must be at least 1, got {gpus}")
+    if gpus_per_node is not None and gpus_per_node < 1:
+        raise UserError(f"--gpus-per-node: must be at least 1, got {gpus_per_node}")
     if not 0 < gpu_memory_gib < math.inf:
         raise UserError(f"--gpu-memory: must be positive GiB, got {gpu_memory_gib:g}")
     if host_memory_gib is not None and not 0 < host_memory_gib < math.inf:
@@ -179,7 +185,7 @@ def plan(recipe: Recipe, gpus: int, gpu_memory_gib: float, host_memory_gib: floa
                         f"plan for a multiple of {degree} GPUs (--gpus {math.ceil(gpus / degree) * degree})")
     host_gib = machine_memory() / GIB if host_memory_gib is None else host_memory_gib
     shape = recipe_shape(recipe)
-    setups = [stage_setup(recipe, i, gpus) for i in range(len(recipe.train.stages))]
+    setups = [stage_setup(recipe, i, gpus, gpus_per_node) for i in range(len(recipe.train.stages))]
     fits = [fit(shape, setup, gpu_memory_gib * GIB, host_gib * GIB) for setup in setups]
     where = "--host-memory" if host_memory_gib else machine_memory_label()
     return Plan(recipe, shape, gpus, gpu_memory_gib, host_gib, where, setups, fits)
@@ -207,8 +213,11 @@ def _print_header(result: Plan) -> None:
         print("  bf16 compute, fp32 master weights: 4 B per trainable parameter beside its bf16 weight and gradient, "
               "and 8 B of fp32 AdamW moments (LoRA adapters are held in fp32 themselves)")
     if gpus > 1:
+        node = result.setups[0].host_processes or gpus
+        hosts = "the host holds all their processes" if node == gpus else \
+            f"each host holds the processes of {node} of them (--gpus-per-node)"
         print(f"  weights, gradients and optimizer state sharded over {gpus} GPUs (configs/fsdp2.yaml or a "
-              "DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole); the host holds all their processes")
+              f"DeepSpeed ZeRO-3 config; with DDP each GPU holds them whole); {hosts}")
 
 
 def _print_table(names: list[str], setups: list[Setup], fits: list[Fit]) -> None:
@@ -219,7 +228,7 @@ def _print_table(names: list[str], setups: list[Setup], fits: list[Fit]) -> None
     rows.append(("total per GPU (GiB)", [_cell(e.total) for e in estimates]))
     rows.append(("verdict", [_verdict(f.gpu_fits) for f in fits]))
     rows.append(("host per GPU, offloaded", [_cell(e.host) for e in estimates]))
-    rows.append(("host, all processes (GiB)", [_cell(f.host) for f in fits]))
+    rows.append(("host, a node's processes (GiB)", [_cell(f.host) for f in fits]))
     rows.append(("host verdict", [_verdict(f.host_fits) for f in fits]))
     label_width = max(len(label) for label, _ in rows) + 2
     width = max(len(text) for text in names + [cell for _, cells in rows for cell in cells]) + 2
@@ -245,8 +254,8 @@ def _print_advice(name: str, shape: ModelShape, setup: Setup, result: Fit) -> No
         if advised.switched is not None:
             setup, after = advised.switched, " with the switches above"
     if not result.host_fits:
-        print(f"{name}: host needs {result.host / GIB:.1f} GiB of {host_budget / GIB:,.1f} ({setup.gpus} process(es) "
-              f"x {result.estimate.host_needed / GIB:.1f} GiB: offloaded activations and the process)")
+        print(f"{name}: host needs {result.host / GIB:.1f} GiB of {host_budget / GIB:,.1f} ({result.processes} "
+              f"process(es) x {result.estimate.host_needed / GIB:.1f} GiB: offloaded activations and the process)")
     found = placement(shape, setup, gpu_budget, host_budget)
     if found is None:
         print(f"{name}: no placement of offloaded layers fits both the GPU and the host{after}; shorten the stage, "

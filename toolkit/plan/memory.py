@@ -202,6 +202,8 @@ class Setup:
     dense_mask: bool = False
     """Rows holding several documents reach sdpa or eager, so transformers builds a ``[B,1,L,L]`` mask."""
     sequence_degree: int = 1
+    host_processes: int | None = None
+    """The processes that share one host's memory (one per GPU of a node); None: all ``gpus``."""
     lean_norm: bool = False
     """RMSNorms keep their low-precision input, not a float32 copy, and run their backward in chunks of rows
     (``train.lean_rmsnorm``)."""

@@ -49,7 +49,7 @@ def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 @dataclass(frozen=True)
 class Fit:
-    """One setup's GPU bytes per GPU and host bytes of all ``processes`` against the budgets."""
+    """One setup's GPU bytes per GPU and host bytes of the ``processes`` one host holds against the budgets."""
 
     estimate: Estimate
     processes: int
@@ -70,7 +70,7 @@ class Fit:
 
 
 def fit(shape: ModelShape, setup: Setup, gpu_budget: float, host_budget: float) -> Fit:
-    return Fit(estimate(shape, setup), setup.gpus, gpu_budget, host_budget)
+    return Fit(estimate(shape, setup), setup.host_processes or setup.gpus, gpu_budget, host_budget)
 
 
 def placement(shape: ModelShape, setup: Setup, gpu_budget: float, host_budget: float) -> tuple[Setup, Fit] | None:
