@@ -1,11 +1,11 @@
 """What ``validate`` checks of a recipe beyond its schema and suites, offline and without a model or a tokenizer:
 that ``output.dir`` can be written (first, as ``train`` checks it; nothing is made) and that ``train`` may start
 there (noting checkpoints it would resume or refuse), a local model or tokenizer folder, every local data source of
-every stage and mixture (files of its format, the first record readable and holding the fields its format reads:
-the first file's only, as a text file or a JSON array is read whole), chat template files, the eval suites' local
-judge folders. Names by hub id need the network and are left to ``train`` (the ok line lists them); so is all that
-needs the tokenizer (records that make no document, sequence-length fit). Each check is its owner's, which
-``train`` runs too."""
+every stage and mixture (files of its format, the first record readable and read as its format's document reads it
+before the tokenizer: the first file's only, as a text file or a JSON array is read whole), chat template files,
+the eval suites' local judge folders. Names by hub id need the network and are left to ``train`` (the ok line lists
+them); so is all that needs the tokenizer (records that make no document, sequence-length fit). Each check is its
+owner's, which ``train`` runs too."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def _start_note(recipe: Recipe) -> str | None:
 def check_local_data(train: TrainSpec) -> list[str]:
     """Every source of every stage and mixture without a tokenizer (``train`` checks them so before its tokenizer
     loads): its chat template file; a local source's files, its first record read and, unless bad rows are skipped,
-    holding the fields of its format (the line a run would stop at). Returns the hub datasets' ids."""
+    read as its format's document reads it (:func:`check_fields`: the line a run would stop at). Returns the hub
+    datasets' ids."""
     hub: list[str] = []
     sources = {field: spec for index in range(len(train.stages)) for field, spec in train.stage_sources(index)}
     for field, spec in sources.items():
@@ -80,7 +81,7 @@ def check_local_data(train: TrainSpec) -> list[str]:
 
 def _check_first_record(spec: SourceSpec, field: str) -> None:
     """The source's first record read (:func:`first_row`: its first file's, not every file's); with
-    ``bad_rows: error``, holding the fields of the source's format."""
+    ``bad_rows: error``, read as its format's document reads it (:func:`check_fields`)."""
     row = first_row(spec, field)
     if spec.bad_rows == "error":
         try:
