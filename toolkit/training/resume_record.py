@@ -71,8 +71,9 @@ def check_record(recipe: Recipe, state: TrainerState) -> None:
     ``state``: a resume trains none of them again, and the record it writes (which the report, predict and export
     read) would claim settings their weights never had. A stage the checkpoint is inside may change its budget and
     optimisation as the data check allows (``toolkit.training.data_identity``)."""
-    if changed := record_differences(recipe, state):
-        finished = _finished(recipe, state, _recorded(recipe) or {})
+    recorded = _recorded(recipe)
+    if recorded is not None and (changed := record_differences(recipe, state, recorded)):
+        finished = _finished(recipe, state, recorded)
         what = "every stage" if finished == len(recipe.train.stages) else \
             ", ".join(recipe.train.stage_name(i) for i in range(finished))
         raise UserError(f"{'; '.join(changed)}: not as in {recipe.run_dir / RECIPE}, the record of what trained ("
@@ -80,20 +81,20 @@ def check_record(recipe: Recipe, state: TrainerState) -> None:
                         "record settings they never had. Put them back, or start a new run with output.dir=...")
 
 
-def record_differences(recipe: Recipe, state: TrainerState) -> list[str]:
+def record_differences(recipe: Recipe, state: TrainerState, recorded: dict[str, Any] | None = None) -> list[str]:
     """Each setting of what trained the checkpoint's weights (:func:`check_record`) in which ``recipe`` differs from
-    the run's record, as ``<field> (recorded <value>, now <value>)``; none without a record."""
-    recorded = _recorded(recipe)
+    the run's record (``recorded``, read from the run folder when not given), as ``<field> (recorded <value>, now
+    <value>)``; none without a record."""
+    recorded = _recorded(recipe) if recorded is None else recorded
     if recorded is None:
         return []
     finished = _finished(recipe, state, recorded)
     everything = finished == len(recipe.train.stages)
-    new = recipe.model_dump(mode="json")
-    return [f"{where} (recorded {_shown(old)}, now {_shown(now)})"
-            for key, now_part in _trained(recipe, new, finished, everything).items()
-            for where, old, now in differences(_trained(recipe, recorded, finished, everything).get(key), now_part,
-                                               key)
-            if not _same_file(old, now)]
+    old = _trained(recipe, recorded, finished, everything)
+    new = _trained(recipe, recipe.model_dump(mode="json"), finished, everything)
+    return [f"{where} (recorded {_shown(was)}, now {_shown(now)})"
+            for key, part in new.items() for where, was, now in differences(old.get(key), part, key)
+            if not _same_file(was, now)]
 
 
 def _recorded(recipe: Recipe) -> dict[str, Any] | None:
