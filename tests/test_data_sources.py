@@ -1,6 +1,7 @@
 """Text and token-id sources from local JSONL, parquet and text files: documents, epochs, order, sharding and user
 errors."""
 
+import gzip
 import json
 from itertools import islice
 from pathlib import Path
@@ -12,9 +13,11 @@ import pytest
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import train
 from toolkit.data.batches import stage_batches
-from toolkit.data.local_files import FORMATS, PARQUET_BATCH_ROWS
+from toolkit.data.local_files import FORMATS, PARQUET_BATCH_ROWS, unparsable
 from toolkit.data.packing import IGNORE_INDEX
-from toolkit.data.sources import text_documents
+from toolkit.data.records import record_dataset
+from toolkit.data.sources import SHUFFLE_BUFFER, text_documents
+from toolkit.data.stream_state import SourceCursor
 from toolkit.data.tokenizer import train_tokenizer
 from toolkit.errors import UserError
 from toolkit.recipe.data_spec import DataSpec
@@ -179,6 +182,78 @@ def test_unreadable_or_empty_files_are_user_errors(tokenizer, tmp_path):
     _write_jsonl(tmp_path / "empty.jsonl", ["", ""])
     with pytest.raises(UserError, match=r"^train\.data\.path: no text documents in .*empty\.jsonl$"):
         next(text_documents(DataSpec(source="jsonl", path=str(tmp_path / "empty.jsonl")), tokenizer, 0))
+
+
+BROKEN = '{"text": "a scrape cut off'
+"""A JSONL line that does not parse, and why: ``json.loads``' reason (the string runs into the line's newline)."""
+CUT_OFF = "Invalid control character at: line 1 column 27 (char 26)"
+
+
+def _with_broken_line(path: Path, texts: list[str], at: int) -> Path:
+    """JSONL of ``texts`` with :data:`BROKEN` before ``texts[at]`` (line ``at + 1``)."""
+    lines = [json.dumps({"text": text}) for text in texts]
+    path.write_text("\n".join(lines[:at] + [BROKEN] + lines[at:]) + "\n")
+    return path
+
+
+def test_a_line_that_does_not_parse_stops_the_run_naming_file_and_line(tokenizer, tmp_path: Path) -> None:
+    path = _with_broken_line(tmp_path / "a.jsonl", TEXTS, 3)
+    with pytest.raises(UserError) as stop:
+        list(islice(text_documents(DataSpec(source="jsonl", path=str(path)), tokenizer, 0), len(TEXTS)))
+    assert str(stop.value) == f"train.data.path: cannot read {path}: line 4: {CUT_OFF}"
+
+
+def test_bad_rows_skip_skips_and_counts_a_line_that_does_not_parse(tokenizer, tmp_path: Path) -> None:
+    """The other lines make the documents; the broken one is counted once an epoch, as a record read (where a resumed
+    stream starts)."""
+    path = _with_broken_line(tmp_path / "a.jsonl", TEXTS, 3)
+    cursor = SourceCursor()
+    docs = text_documents(DataSpec(source="jsonl", path=str(path), bad_rows="skip", shuffle=False), tokenizer, 0,
+                          cursor=cursor)
+    assert _decoded(tokenizer, islice(docs, len(TEXTS))) == TEXTS
+    assert (cursor.epoch, cursor.records, cursor.skipped) == (0, len(TEXTS) + 1, 1)
+    assert _decoded(tokenizer, islice(docs, len(TEXTS))) == TEXTS
+    assert (cursor.epoch, cursor.records, cursor.skipped) == (1, len(TEXTS) + 1, 2)
+
+
+def test_a_line_that_does_not_parse_comes_through_the_shuffled_stream_as_read(tmp_path: Path) -> None:
+    """``datasets``' stream (from_generator, shuffle, set_epoch) hands on the reader's row for a broken line as it is:
+    no record, and the line naming its file and line."""
+    path = _with_broken_line(tmp_path / "a.jsonl", TEXTS, 3)
+    read = list(FORMATS["jsonl"].reader([str(path)], "train.data.path"))
+    assert [unparsable(row) for row in read] == [None] * 3 + [f"train.data.path: cannot read {path}: line 4: "
+                                                              f"{CUT_OFF}"] + [None] * 3
+    assert read[3]["record"] is None and read[3]["where"] == f"{path}:4"
+    dataset = record_dataset(DataSpec(source="jsonl", path=str(path)), "train.data")
+    dataset = dataset.shuffle(seed=0, buffer_size=SHUFFLE_BUFFER)
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        assert sorted(dataset, key=lambda row: row["where"]) == read
+
+
+def test_a_source_of_broken_lines_alone_names_the_last(tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text(f"{BROKEN}\n\n{{broken\n")
+    spec = DataSpec(source="jsonl", path=str(path), bad_rows="skip", shuffle=False)
+    with pytest.raises(UserError) as stop:
+        next(text_documents(spec, tokenizer, 0))
+    assert str(stop.value) == (f"train.data.path: no text documents in {path}; 2 record(s) skipped as bad, the last: "
+                               f"train.data.path: cannot read {path}: line 3: Expecting property name enclosed in "
+                               "double quotes: line 1 column 2 (char 1)")
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), [
+    ("latin.jsonl", b'{"text": "fine"}\n{"text": "\xe9"}\n', "'utf-8' codec can't decode byte 0xe9 in position 27"),
+    ("array.json", b'[{"text": "fine"}, {broken]', "Expecting property name enclosed in double quotes: line 1 column"),
+    ("cut.jsonl.gz", gzip.compress(b'{"text": "fine"}\n' * 500)[:40], "Compressed file ended before the end")])
+def test_a_file_that_cannot_be_read_stops_the_run_with_bad_rows_skip(name: str, content: bytes, problem: str,
+                                                                     tokenizer, tmp_path: Path) -> None:
+    """Not a row: the whole file is in doubt."""
+    (tmp_path / name).write_bytes(content)
+    spec = DataSpec(source="jsonl", path=str(tmp_path / name), bad_rows="skip")
+    with pytest.raises(UserError) as stop:
+        next(text_documents(spec, tokenizer, 0))
+    assert str(stop.value).startswith(f"train.data.path: cannot read {tmp_path / name}: {problem}"), stop.value
 
 
 def test_the_schema_offers_exactly_the_local_formats_that_have_readers() -> None:

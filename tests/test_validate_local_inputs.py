@@ -102,6 +102,22 @@ def test_a_first_record_without_the_field_of_its_format(tmp_path: Path, capsys) 
     assert main(["validate", str(skipped)]) == 0
 
 
+def test_a_first_line_that_does_not_parse(tmp_path: Path, capsys) -> None:
+    """With ``bad_rows: error``, the line a run stops with at once; ``skip`` skips it as a run does (not checked), but
+    a file that cannot be read stops either way."""
+    data = {"source": "jsonl", "path": _file(tmp_path / "bad.jsonl", '{broken\n{"text": "x"}\n')}
+    assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": data}) == (
+        f"train.data.path: cannot read {tmp_path / 'bad.jsonl'}: line 1: Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1)")
+    skipped = write_recipe(tmp_path, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"],
+                                                               "data": {**data, "bad_rows": "skip"}}))
+    assert main(["validate", str(skipped)]) == 0
+    assert capsys.readouterr().out == f"{skipped}: ok\n"
+    latin = {"source": "jsonl", "path": _file(tmp_path / "latin.jsonl", b'{"text": "\xe9"}\n'), "bad_rows": "skip"}
+    assert _validate(tmp_path, capsys, train={**MICRO_RECIPE["train"], "data": latin}).startswith(
+        f"train.data.path: cannot read {tmp_path / 'latin.jsonl'}: 'utf-8' codec can't decode byte 0xe9")
+
+
 @pytest.mark.parametrize(("format_", "name", "content", "problem"), [
     ("text", "d.jsonl", '{"text": 12345}', "text_field: 'text' holds int, not text"),
     ("tokens", "d.jsonl", '{"input_ids": "abc"}', "ids_field: 'input_ids' is not a list of token ids"),

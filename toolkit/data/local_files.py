@@ -1,7 +1,8 @@
 """Local data files (``source: jsonl | csv | parquet | text``): which files a source names, one reader per format
-that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name,
-and what is read of them without a tokenizer (a source's first record, which ``validate`` and ``train`` check before
-the tokenizer loads).
+that yields each record with where it came from (``file:line`` for JSONL and CSV), which errors about bad rows name
+(a JSONL line that does not parse is a row without a record, a bad row :func:`unparsable` names), and what is read
+of them without a tokenizer (a source's first record, which ``validate`` and ``train`` check before the tokenizer
+loads).
 The formats table (:data:`FORMATS`) is the one list of local formats; the recipe loader and the data checks read it.
 """
 
@@ -47,7 +48,8 @@ def data_files(spec: SourceSpec, label: str = TRAIN_DATA) -> list[str]:
 def first_row(spec: SourceSpec, label: str = TRAIN_DATA) -> dict[str, Any]:
     """The first ``{"record", "where"}`` row of a local source (its first file that has a record), read in the
     source's file format without a tokenizer (a UserError naming ``label`` for a source without files or records, or
-    a file that cannot be read before it); whether records make documents is
+    a file that cannot be read before it; a first line that does not parse is its row, :func:`unparsable`); whether
+    records make documents is
     :func:`toolkit.data.sources.check_source`'s, with the tokenizer. Only that much is read: a text file, or a
     ``.json`` array, is read whole, and a folder may hold a whole corpus of them (``train`` checks it on every
     process)."""
@@ -59,7 +61,17 @@ def first_row(spec: SourceSpec, label: str = TRAIN_DATA) -> dict[str, Any]:
 
 UNREADABLE = (OSError, ValueError, EOFError, zlib.error, csv.Error)
 """What a file that cannot be read raises: missing or a folder, not UTF-8, not gzip, a gzip file cut short (EOFError)
-or damaged (zlib.error), JSON or CSV that does not parse, Parquet pyarrow cannot read (ArrowInvalid, a ValueError)."""
+or damaged (zlib.error), a ``.json`` array or CSV that does not parse, Parquet pyarrow cannot read (ArrowInvalid, a
+ValueError). A JSONL line that does not parse is no such error but a row (:func:`unparsable`)."""
+
+_UNPARSABLE = "unparsable"
+"""The key of a row whose line does not parse (its ``record`` None): the one line naming file and line."""
+
+
+def unparsable(row: dict[str, Any]) -> str | None:
+    """The one line naming the file and line of a row whose line does not parse (``bad_rows: error`` stops with it,
+    ``skip`` counts it); None for a row that holds a record."""
+    return row.get(_UNPARSABLE)
 
 
 def _open(file: str) -> IO[str]:
@@ -67,7 +79,8 @@ def _open(file: str) -> IO[str]:
 
 
 def _jsonl_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
-    """One record per non-blank line; a ``.json`` file holding one array gives one record per element."""
+    """One row per non-blank line (one that does not parse: :func:`unparsable`); a ``.json`` file holding one array
+    gives one record per element."""
     for file in files:
         try:
             yield from _jsonl_file(file, field)
@@ -89,13 +102,18 @@ def _jsonl_file(file: str, field: str) -> Iterator[dict[str, Any]]:
             return
         lines = text.splitlines() if text is not None else handle
         for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                raise UserError(f"{field}: cannot read {file}: line {number}: {reason(exc)}") from None
-            yield {"record": value, "where": f"{file}:{number}"}
+            if line.strip():
+                yield _line_row(line, file, number, field)
+
+
+def _line_row(line: str, file: str, number: int, field: str) -> dict[str, Any]:
+    """Line ``number`` of ``file`` as a row: its record, or none and the line naming it (:func:`unparsable`)."""
+    where = f"{file}:{number}"
+    try:
+        return {"record": json.loads(line), "where": where}
+    except ValueError as exc:
+        why = f"{field}: cannot read {file}: line {number}: {reason(exc)}"
+        return {"record": None, "where": where, _UNPARSABLE: why}
 
 
 def _one_object(text: str) -> dict[str, Any] | None:
@@ -157,7 +175,8 @@ def _text_rows(files: list[str], field: str) -> Iterator[dict[str, Any]]:
 @dataclass(frozen=True)
 class LocalFormat:
     """A local file format: the file names it reads below a folder, and its reader of ``(files, field)`` that yields
-    ``{"record", "where"}`` rows (a file it cannot read: a UserError naming ``field``, e.g. ``train.data.path``)."""
+    ``{"record", "where"}`` rows (a file it cannot read: a UserError naming ``field``, e.g. ``train.data.path``; a
+    JSONL line that does not parse: a row :func:`unparsable` names)."""
 
     suffixes: tuple[str, ...]
     reader: Callable[[list[str], str], Iterator[dict[str, Any]]]

@@ -3,7 +3,8 @@ stream: one shard per local file, so epochs reshuffle file order and processes s
 
 Local files are read by the readers of ``toolkit.data.local_files`` (``IterableDataset.from_generator``) rather than
 ``datasets``' own builders, because only the reader knows each record's file and line, which errors about bad rows
-name.
+name. A JSONL line that does not parse is a row too (:func:`toolkit.data.local_files.unparsable`), so the stream
+counts it as read like any record, and a resumed one starts at the same place.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Records stream (nothing is loaded whole), are shuffled with a small seeded buffe
 (``toolkit.data.batches`` says who trains on what). Each record becomes a document by the source's ``format``
 (:mod:`toolkit.data.formats`); documents outside ``min_tokens``/``max_tokens`` are dropped, and with
 ``upsample`` each document shorter than ``upsample.min_tokens`` is kept with probability ``1 / factor`` (seeded),
-so long documents are drawn ``factor`` times as often relative to the rest of the source. A bad record stops the
-run naming its file and line, or is skipped and counted (``bad_rows: skip``). A stream starts from a
-:class:`toolkit.data.stream_state.SourceCursor` (a resumed run's position) and keeps it up to date as it reads.
+so long documents are drawn ``factor`` times as often relative to the rest of the source. A bad record (one its
+format cannot read, or a JSONL line that does not parse) stops the run naming its file and line, or is skipped and
+counted (``bad_rows: skip``). A stream starts from a :class:`toolkit.data.stream_state.SourceCursor` (a resumed
+run's position) and keeps it up to date as it reads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from itertools import islice
 from typing import Any
 
 from toolkit.data.formats import BadRow, chat_template, to_document
-from toolkit.data.local_files import LOCAL_FORMATS, data_files
+from toolkit.data.local_files import LOCAL_FORMATS, data_files, unparsable
 from toolkit.data.packing import Document
 from toolkit.data.records import record_dataset
 from toolkit.data.stream_state import SourceCursor
@@ -102,18 +103,30 @@ def text_documents(spec: SourceSpec, tokenizer, seed: int, label: str = TRAIN_DA
                 skipped = f"; {cursor.skipped} record(s) skipped as bad, the last: {last_bad}" if last_bad else ""
                 raise UserError(f"{label}.path: no {_kind(spec)} documents in {spec.path}{skipped}")
             continue
-        try:
-            doc = to_document(row["record"], spec, tokenizer, template, label)
-        except BadRow as bad:
-            last_bad = bad.line(label, row["where"])
+        doc, bad = _document(row, spec, tokenizer, template, label)
+        if bad is not None:
+            last_bad = bad
             if spec.bad_rows == "error":
-                raise UserError(last_bad) from None
+                raise UserError(bad)
             cursor.skipped += 1
             continue
         if doc is None or not _kept(len(doc.input_ids), spec, cursor.rng):
             continue
         cursor.produced = True
         yield doc
+
+
+def _document(row: dict[str, Any], spec: SourceSpec, tokenizer: Any, template: str | None,
+              label: str) -> tuple[Document | None, str | None]:
+    """The row's record as a document (None for an empty one), or None and the one line naming why the row is bad:
+    its line does not parse, or its format cannot read the record."""
+    line = unparsable(row)
+    if line is not None:
+        return None, line
+    try:
+        return to_document(row["record"], spec, tokenizer, template, label), None
+    except BadRow as bad:
+        return None, bad.line(label, row["where"])
 
 
 def _kind(spec: SourceSpec) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit.data.formats import BadRow, check_fields, named_chat_template
-from toolkit.data.local_files import LOCAL_FORMATS, first_row
+from toolkit.data.local_files import LOCAL_FORMATS, first_row, unparsable
 from toolkit.errors import UserError
 from toolkit.evals.suite import load_suites
 from toolkit.hub.ids import looks_local
@@ -66,8 +66,8 @@ def _start_note(recipe: Recipe) -> str | None:
 def check_local_data(train: TrainSpec) -> list[str]:
     """Every source of every stage and mixture without a tokenizer (``train`` checks them so before its tokenizer
     loads): its chat template file; a local source's files, its first record read and, unless bad rows are skipped,
-    read as its format's document reads it (:func:`check_fields`: the line a run would stop at). Returns the hub
-    datasets' ids."""
+    parsed and read as its format's document reads it (:func:`check_fields`: the line a run would stop at). Returns
+    the hub datasets' ids."""
     hub: list[str] = []
     sources = {field: spec for index in range(len(train.stages)) for field, spec in train.stage_sources(index)}
     for field, spec in sources.items():
@@ -81,13 +81,18 @@ def check_local_data(train: TrainSpec) -> list[str]:
 
 def _check_first_record(spec: SourceSpec, field: str) -> None:
     """The source's first record read (:func:`first_row`: its first file's, not every file's); with
-    ``bad_rows: error``, read as its format's document reads it (:func:`check_fields`)."""
+    ``bad_rows: error``, a line that does not parse (:func:`unparsable`) or a record its format's document cannot
+    read (:func:`check_fields`) is the line a run would stop at."""
     row = first_row(spec, field)
-    if spec.bad_rows == "error":
-        try:
-            check_fields(row["record"], spec)
-        except BadRow as bad:
-            raise UserError(bad.line(field, row["where"])) from None
+    if spec.bad_rows == "skip":
+        return
+    line = unparsable(row)
+    if line is not None:
+        raise UserError(line)
+    try:
+        check_fields(row["record"], spec)
+    except BadRow as bad:
+        raise UserError(bad.line(field, row["where"])) from None
 
 
 def _local_judges(recipe: Recipe) -> list[str]:
