@@ -117,7 +117,8 @@ def test_a_model_the_checkpoint_does_not_fit_is_refused_and_the_run_folder_kept(
     key, value = override.split("=")
     assert train(resumable, "train.resume=true", override) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(err) == 1 and err[0].startswith(f"error: {key} (recorded ") and f", now {value}): not as in " in err[0]
+    shown = repr(value) if key == "method.kind" else value  # a string quoted, a number not
+    assert len(err) == 1 and err[0].startswith(f"error: {key} (recorded ") and f", now {shown}): not as in " in err[0]
     assert {name: (run / name).read_bytes() for name in before} == before
     (run / "recipe.resolved.yaml").unlink()
     assert train(resumable, "train.resume=true", override) == 2
@@ -376,13 +377,13 @@ def test_a_finished_stage_keeps_its_recorded_settings(tmp_path: Path) -> None:
     assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"][0].update(lr=0.5, batch_size=2)) == (
         "train.stages[0].lr (recorded 0.003, now 0.5); train.stages[0].batch_size (recorded 4, now 2)")
     assert _recorded(tmp_path, inside, lambda r: r["train"]["data"].update(task="multikey")) == (
-        "train.data.task (recorded passkey, now multikey)")
+        "train.data.task (recorded 'passkey', now 'multikey')")
     assert _recorded(tmp_path, inside, lambda r: r["train"].update(max_steps=3)) == (
-        "train.max_steps (recorded None, now 3)")
+        "train.max_steps (recorded unset, now 3)")
     assert _recorded(tmp_path, inside, lambda r: r["train"].update(weight_decay=0.1)) == (
         "train.weight_decay (recorded 0.0, now 0.1)")
     assert _recorded(tmp_path, inside, lambda r: r.update(method={"kind": "lora"})) == (
-        "method.kind (recorded full, now lora)")
+        "method.kind (recorded 'full', now 'lora')")
     assert _recorded(tmp_path, inside, lambda r: r.update(seed=3)) is None  # the data check names it
     assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"][1].update(lr=0.5, max_steps=9)) is None
     assert _recorded(tmp_path, inside, lambda r: r["train"]["stages"].pop()) is None  # stage 1 had not started
@@ -394,9 +395,9 @@ def test_a_finished_stage_keeps_its_recorded_settings(tmp_path: Path) -> None:
     first = TrainerState(stage=0, step=2, global_step=2)  # inside stage 0: its weights are of the recorded model
     assert _recorded(tmp_path, first, lambda r: r["train"].update(weight_decay=0.1, max_steps=3)) is None
     assert _recorded(tmp_path, first, lambda r: r.update(method={"kind": "lora"})) == (
-        "method.kind (recorded full, now lora)")
+        "method.kind (recorded 'full', now 'lora')")
     assert _recorded(tmp_path, first, lambda r: r["model"]["init_config"].update(rms_norm_eps=0.5)) == (
-        "model.init_config.rms_norm_eps (recorded None, now 0.5)")
+        "model.init_config.rms_norm_eps (recorded unset, now 0.5)")
 
 
 def _merged(into: dict, part: dict) -> None:
@@ -431,7 +432,7 @@ def test_a_run_folder_read_on_another_machine_resumes(tmp_path: Path) -> None:
     raw = {**MICRO_RECIPE, "model": {**MICRO_RECIPE["model"], **given}, "output": {"dir": str(tmp_path / "run")}}
     dump_recipe(Recipe.model_validate(raw), tmp_path / "run" / "recipe.resolved.yaml")
     check_record(Recipe.model_validate(_with_tokenizer(raw, "/srv/b/repo/models/tok")), done)
-    with pytest.raises(UserError, match=r"^model.tokenizer \(recorded /home/a/repo/models/tok, now /home/a/other"):
+    with pytest.raises(UserError, match=r"^model.tokenizer \(recorded '/home/a/repo/models/tok', now '/home/a/other'"):
         check_record(Recipe.model_validate(_with_tokenizer(raw, "/home/a/other")), done)
 
 

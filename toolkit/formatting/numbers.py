@@ -1,7 +1,9 @@
-"""Numbers as the report, the verdict, the model card and the task types show them."""
+"""Numbers as the report, the verdict, the model card and the task types show them, and a setting's value as messages
+and the report show it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
@@ -45,3 +47,15 @@ def score_with_interval(scores: Mapping[str, Any], key: str) -> str:
     where the score is missing or undefined."""
     value = scores.get(key)
     return "-" if value is None else with_interval(value, scores.get(f"{key}_ci"))
+
+
+def setting_value(value: Any) -> str:
+    """A recipe setting's value in a message: ``unset`` for None, a string quoted, a mapping or list as JSON, anything
+    else as ``str``."""
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)

@@ -31,6 +31,7 @@ import json
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.formatting.numbers import setting_value
 from toolkit.parallel.sequence import data_parallel_size
 from toolkit.recipe.schema import Recipe
 from toolkit.training.loop import stage_steps
@@ -68,16 +69,6 @@ def data_identity(recipe: Recipe, tokenizer: dict[str, Any], num_processes: int)
             "stages": stages}
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
-
-
 def _show_tokenizer(identity: dict[str, Any]) -> str:
     return f"vocab {identity.get('vocab_size')} (sha256 {identity.get('sha256')})"
 
@@ -91,7 +82,7 @@ def _check_run_wide(recorded: dict[str, Any], now: dict[str, Any], checkpoint: s
     """The settings of the whole run: seed, processes and their layout (while a stage is left to train) and the
     tokenizer (always: the trained weights and final/ belong to one)."""
     if pending and "seed" in recorded and recorded["seed"] != now["seed"]:
-        raise _stop("seed", _show(recorded["seed"]), _show(now["seed"]), checkpoint)
+        raise _stop("seed", setting_value(recorded["seed"]), setting_value(now["seed"]), checkpoint)
     if pending and "processes" in recorded and recorded["processes"] != now["processes"]:
         raise _stop("processes", str(recorded["processes"]), str(now["processes"]), checkpoint,
                     f"Launch {recorded['processes']} process(es) again")
@@ -139,10 +130,11 @@ def check_resume(recorded: dict[str, Any] | None, now: dict[str, Any], stage: in
         if found is None and "data" in old:
             found = next(differences(old["data"], new["data"], new["data_field"]), None)
         if found and i > stage:
-            notes.append(f"stage {i} ({new['name']}): {found[0]} {_show(found[1])} -> {_show(found[2])}; the stage "
-                         "has not started, so it trains as a new run of this recipe would")
+            notes.append(f"stage {i} ({new['name']}): {found[0]} {setting_value(found[1])} -> "
+                         f"{setting_value(found[2])}; the stage has not started, so it trains as a new run of this "
+                         "recipe would")
         elif found:
-            raise _stop(found[0], _show(found[1]), _show(found[2]), checkpoint)
+            raise _stop(found[0], setting_value(found[1]), setting_value(found[2]), checkpoint)
         if i == stage and old.get("steps") not in (None, new["steps"]):
             if new["steps"] > step:
                 notes.append(f"stage {i} ({new['name']}): {old['steps']} -> {new['steps']} steps, the schedule "

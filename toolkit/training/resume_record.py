@@ -5,7 +5,6 @@ may not contradict (:func:`check_record`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from toolkit.data.stream_state import StreamState
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
+from toolkit.formatting.numbers import setting_value
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import key_step, read_yaml
 from toolkit.run_folder import RECIPE
@@ -92,7 +92,7 @@ def record_differences(recipe: Recipe, state: TrainerState, recorded: dict[str, 
     everything = finished == len(recipe.train.stages)
     old = _trained(recipe, recorded, finished, everything)
     new = _trained(recipe, recipe.model_dump(mode="json"), finished, everything)
-    return [f"{where} (recorded {_shown(was)}, now {_shown(now)})"
+    return [f"{where} (recorded {setting_value(was)}, now {setting_value(now)})"
             for key, part in new.items() for where, was, now in differences(old.get(key), part, key)
             if not _same_file(was, now)]
 
@@ -146,10 +146,6 @@ def _same_file(old: Any, new: Any) -> bool:
     moved (what a tokenizer holds is checked by its hash: ``toolkit.training.data_identity``)."""
     return isinstance(old, str) and isinstance(new, str) and old.startswith("/") and new.startswith("/") and \
         Path(old).name == Path(new).name
-
-
-def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
 def differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
