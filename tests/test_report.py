@@ -131,6 +131,32 @@ def test_the_recipe_table_gives_the_steps_train_max_steps_leaves(tmp_path: Path)
     assert "| 2 (4096 tokens) |" in md
 
 
+def test_the_recipe_section_lists_each_resume_with_the_settings_it_changed(tmp_path: Path) -> None:
+    """One line per resume below the recipe (which shows the latest values): where it continued from and each setting
+    it changed with both values; an older run's entry (its time alone), and one without a record to compare, say what
+    is not known."""
+    run = _run_folder(tmp_path)
+    info = json.loads((run / "run_info.json").read_text())
+    info["resumed"] = ["2025-01-02T03:04:05+00:00",
+                       {"at": "2025-02-03T04:05:06+00:00", "stage": 0, "step": 2, "changed": [
+                           {"setting": "train.max_steps", "before": 100, "after": 200},
+                           {"setting": "model.attention", "before": "auto", "after": "eager"}]},
+                       {"at": "2025-03-04T05:06:07+00:00", "stage": 1, "step": 1, "changed": []},
+                       {"at": "2025-04-05T06:07:08+00:00", "stage": 1, "step": 2}]
+    (run / "run_info.json").write_text(json.dumps(info))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    recipe = md[md.index("## Recipe"):md.index("## Environment")]
+    assert [line for line in recipe.splitlines() if line.startswith("Resumed")] == [
+        "Resumed 2025-01-02T03:04:05+00:00: the settings it changed are not recorded.",
+        "Resumed at stage 0 step 2 (2025-02-03T04:05:06+00:00): train.max_steps 100 -> 200; model.attention 'auto' "
+        "-> 'eager'.",
+        "Resumed at stage 1 step 1 (2025-03-04T05:06:07+00:00): no setting changed.",
+        "Resumed at stage 1 step 2 (2025-04-05T06:07:08+00:00): the settings it changed are not recorded."]
+    assert "<p>Resumed at stage 0 step 2 (2025-02-03T04:05:06+00:00): train.max_steps 100 -&gt; 200; " \
+           "model.attention &#x27;auto&#x27; -&gt; &#x27;eager&#x27;.</p>" in (run / "report.html").read_text()
+
+
 def test_an_interrupted_ruler_or_rope_comparison_is_left_out_of_their_sections(tmp_path: Path) -> None:
     from toolkit.evals.results import SuiteResults
     from toolkit.evals.rope_compare import RopeCompareTask

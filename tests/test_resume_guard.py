@@ -18,9 +18,9 @@ from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import read_run_info
+from toolkit.run_folder import Change, Resume, read_run_info
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
-from toolkit.training.resume_record import TrainerState, check_record
+from toolkit.training.resume_record import TrainerState, check_record, resume_entry
 
 TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
 
@@ -95,14 +95,26 @@ def test_stage_not_started_may_change(resumable: Path, tmp_path: Path, capsys) -
 
 
 def test_budget_and_lr_changes_resume(resumable: Path, stopped: Path, capsys) -> None:
-    assert train(resumable, "train.resume=true", "train.stages[0].max_steps=4", "train.stages[1].max_steps=2",
-                 "train.stages[0].lr=1e-3", "train.stages[1].warmup_steps=1") == 0
+    """The resume is recorded in ``run_info.json`` with the checkpoint it continued from and each setting it changed,
+    with the value the steps before it trained with (the rewritten recipe has the new ones), and the report says so."""
+    run = resumable.parent / "run"
+    assert train(resumable, "train.resume=true", "train.max_steps=5", "train.stages[0].max_steps=4",
+                 "train.stages[1].max_steps=2", "train.stages[0].lr=1e-3", "train.stages[1].warmup_steps=1") == 0
     assert "stage 0 (short): 6 -> 4 steps, the schedule continues from step 2" in capsys.readouterr().out
-    assert [r["global_step"] for r in metrics(resumable.parent / "run")] == list(range(1, 7))
-    assert (resumable.parent / "run" / "final").is_dir()
-    first, resumed = read_run_info(stopped), read_run_info(resumable.parent / "run")
+    assert [r["global_step"] for r in metrics(run)] == list(range(1, 7))
+    assert (run / "final").is_dir()
+    first, resumed = read_run_info(stopped), read_run_info(run)
     assert resumed.started == first.started and len(resumed.resumed) == 1  # the run's start, and its resume
-    assert first.started is not None and resumed.resumed[0] >= first.started
+    entry = resumed.resumed[0]
+    assert first.started is not None and entry.at >= first.started and (entry.stage, entry.step) == (0, 2)
+    assert [(c.setting, c.before, c.after) for c in entry.changed or []] == [
+        ("train.stages[0].max_steps", 6, 4), ("train.stages[0].lr", 0.003, 0.001), ("train.stages[1].max_steps", 4, 2),
+        ("train.stages[1].warmup_steps", 0, 1), ("train.max_steps", None, 5),
+        ("output.dir", str(stopped), str(run))]  # the folder copied elsewhere; train.resume is no change
+    assert main(["report", str(run)]) == 0
+    assert (f"Resumed at stage 0 step 2 ({entry.at}): train.stages[0].max_steps 6 -> 4; train.stages[0].lr 0.003 -> "
+            "0.001; train.stages[1].max_steps 4 -> 2; train.stages[1].warmup_steps 0 -> 1; train.max_steps unset -> 5; "
+            f"output.dir '{stopped}' -> '{run}'.") in (run / "report.md").read_text()
 
 
 @pytest.mark.parametrize("override", ["model.init_config.hidden_size=32", "method.kind=lora"])
@@ -400,6 +412,27 @@ def test_a_finished_stage_keeps_its_recorded_settings(tmp_path: Path) -> None:
         "model.init_config.rms_norm_eps (recorded unset, now 0.5)")
 
 
+def test_a_resume_entry_names_each_setting_changed_with_both_values(tmp_path: Path) -> None:
+    """Every setting in which the recipe differs from the run's record, the ones no weight depends on too, by its
+    path with the recorded and the new value; ``train.resume`` (how this start treats the folder) is none. Without a
+    record the changes are unknown."""
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = {**MICRO_RECIPE, "output": {"dir": str(run)}}
+    state = TrainerState(stage=1, step=3, global_step=9)
+    assert resume_entry(Recipe.model_validate(raw), state, "2025-01-02T03:04:05+00:00") == Resume(
+        at="2025-01-02T03:04:05+00:00", stage=1, step=3, changed=None)
+    dump_recipe(Recipe.model_validate(raw), run / "recipe.resolved.yaml")
+    assert resume_entry(Recipe.model_validate(raw), state, "now").changed == []
+    changed = {**copy.deepcopy(raw), "eval": {"suites": ["core"]}}
+    _merged(changed, {"seed": 3, "model": {"attention": "eager"},
+                      "train": {"resume": True, "stages": [{}, {"rope": {"factor": 4.0}}]}})
+    assert resume_entry(Recipe.model_validate(changed), state, "now").changed == [
+        Change(setting="seed", before=0, after=3), Change(setting="model.attention", before="auto", after="eager"),
+        Change(setting="train.stages[1].rope.factor", before=2.0, after=4.0),
+        Change(setting="eval.suites", before=[], after=["core"])]
+
+
 def _merged(into: dict, part: dict) -> None:
     """``part`` written into ``into``, nested blocks and lists of blocks item by item."""
     for key, value in part.items():
@@ -450,4 +483,4 @@ def test_a_run_info_that_cannot_be_read_is_written_afresh_on_resume(resumable: P
     assert (resumable.parent / "run" / "final").is_dir()
     first, fresh = read_run_info(stopped), read_run_info(resumable.parent / "run")
     assert fresh.started is not None and first.started is not None and fresh.started >= first.started
-    assert fresh.resumed == [fresh.started]  # the resume is the one start it knows of
+    assert [(r.at, r.stage, r.step) for r in fresh.resumed] == [(fresh.started, 0, 2)]  # the one start it knows of

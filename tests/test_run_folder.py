@@ -12,6 +12,8 @@ from toolkit.errors import UserError
 from toolkit.evals.results import SuiteResults
 from toolkit.recipe.loading import dump_recipe, load_recipe
 from toolkit.run_folder import (
+    Change,
+    Resume,
     RunInfo,
     eval_tag,
     evaluations,
@@ -88,6 +90,24 @@ def test_run_info_reads_typed_and_tolerates_missing_keys(tmp_path: Path) -> None
         read_run_info(tmp_path)
     (tmp_path / "run_info.json").write_text('{\n  "device": "cpu",\n')
     with pytest.raises(UserError, match=r"run_info.json:3: not valid JSON \(Expecting"):
+        read_run_info(tmp_path)
+
+
+def test_run_info_reads_resumes_of_older_runs_by_their_time(tmp_path: Path) -> None:
+    """Older runs recorded each resume's time alone: it reads as a resume from a checkpoint and with changes not
+    known, beside the entries that record them, and is written back in the new shape."""
+    (tmp_path / "run_info.json").write_text(json.dumps({"resumed": [
+        "2025-01-02T03:04:05+00:00", {"at": "2025-02-03T04:05:06+00:00", "stage": 1, "step": 4,
+                                      "changed": [{"setting": "train.max_steps", "before": None, "after": 9}]}]}))
+    info = read_run_info(tmp_path)
+    assert info.resumed == [Resume(at="2025-01-02T03:04:05+00:00"), Resume(
+        at="2025-02-03T04:05:06+00:00", stage=1, step=4,
+        changed=[Change(setting="train.max_steps", before=None, after=9)])]
+    assert (info.resumed[0].stage, info.resumed[0].step, info.resumed[0].changed) == (None, None, None)
+    assert json.loads(info.model_dump_json())["resumed"][0] == {"at": "2025-01-02T03:04:05+00:00", "stage": None,
+                                                                "step": None, "changed": None}
+    (tmp_path / "run_info.json").write_text(json.dumps({"resumed": [{"stage": 1}]}))
+    with pytest.raises(UserError, match=r"run_info.json: resumed\[0\]\.at: Field required"):
         read_run_info(tmp_path)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Required
 
-from pydantic import BaseModel, TypeAdapter, ValidationError, with_config
+from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict
 
 from toolkit.errors import UserError
@@ -198,6 +198,32 @@ class StageInfo(BaseModel):
     steps: int | None = None
 
 
+class Change(BaseModel):
+    """A recipe setting a resume changed: where the recipe holds it, its value before (in the run's record) and
+    after."""
+
+    setting: str
+    before: Any
+    after: Any
+
+
+class Resume(BaseModel):
+    """One resume: when (ISO 8601, UTC), the checkpoint it continued from (its stage, and the steps done in it) and
+    the settings in which its recipe differed from the run's record (``recipe.resolved.yaml``, which it rewrote).
+    Older runs recorded only when: their entries read with the rest unknown (None)."""
+
+    at: str
+    stage: int | None = None
+    step: int | None = None
+    changed: list[Change] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_time(cls, data: Any) -> Any:
+        """An older entry, the time alone."""
+        return {"at": data} if isinstance(data, str) else data
+
+
 class RunInfo(BaseModel):
     """``run_info.json``, written by the runner: what the run ran on (versions, device, engine, precision, attention
     and loss kernel and why) and each stage. Every key may be missing from an older file."""
@@ -221,8 +247,8 @@ class RunInfo(BaseModel):
     stages: list[StageInfo] = []
     started: str | None = None
     """When the run started (ISO 8601, UTC): its first start, kept by a resume."""
-    resumed: list[str] = []
-    """When it was resumed, each time (ISO 8601, UTC); the other fields are the latest start's."""
+    resumed: list[Resume] = []
+    """Each resume; the other fields are the latest start's."""
     commit: str | None = None
     """The toolkit's commit it ran (``toolkit.environment.source_commit``; ``-dirty``: with changes not committed)."""
 

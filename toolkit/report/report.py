@@ -1,11 +1,11 @@
 """``report.md`` and a self-contained ``report.html`` from a run folder (``python -m toolkit report RUN``).
 
 Reads the run folder (:mod:`toolkit.run_folder`), draws the plots into it and renders: the verdict
-(``eval.verdict``, see :mod:`toolkit.report.verdict`), recipe, environment, training curves, scores per stage
-against the model before extension, short-context retention, and one section per task type (its ``TaskType``'s
-``section``: needle heatmaps, RULER curves, RoPE comparison, loss by position, lm-eval metrics, the jury). Every
-accuracy carries its 95% Wilson interval and n where the counts are known (:mod:`toolkit.evals.stats`). Missing
-parts are skipped.
+(``eval.verdict``, see :mod:`toolkit.report.verdict`), recipe (and what each resume changed in it), environment,
+training curves, scores per stage against the model before extension, short-context retention, and one section per
+task type (its ``TaskType``'s ``section``: needle heatmaps, RULER curves, RoPE comparison, loss by position, lm-eval
+metrics, the jury). Every accuracy carries its 95% Wilson interval and n where the counts are known
+(:mod:`toolkit.evals.stats`). Missing parts are skipped.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from toolkit.evals.registry import TASK_TYPES
 from toolkit.evals.run_results import read_run
 from toolkit.evals.stats import COMPARISON_INTERVAL
 from toolkit.formatting.blocks import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
-from toolkit.formatting.numbers import fmt, is_number
+from toolkit.formatting.numbers import fmt, is_number, setting_value
 from toolkit.output_paths import write_text
 from toolkit.recipe.schema import StageSpec
 from toolkit.report.cells import difference_cell, score_cell
 from toolkit.report.data import data_section, stage_label
 from toolkit.report.plots import training_curves
 from toolkit.report.verdict import retention_suites, suite_retention, verdict_blocks
-from toolkit.run_folder import REPORT_HTML, REPORT_MD, Run
+from toolkit.run_folder import REPORT_HTML, REPORT_MD, Change, Resume, Run, RunInfo
 
 RETENTION_RANK = 25
 """Where the short-context retention section goes among the task types' sections (after niah and ruler)."""
@@ -35,7 +35,8 @@ RETENTION_RANK = 25
 def recipe_section(run: Run) -> list[Block]:
     recipe, info = run.recipe, run.info
     if recipe is None:
-        return [Heading("Recipe"), Paragraph(f"Base model: {info.base_model or '-'}. Method: {info.method or '-'}.")]
+        return [Heading("Recipe"), Paragraph(f"Base model: {info.base_model or '-'}. Method: {info.method or '-'}."),
+                *_resumes(info)]
     model = recipe.model
     init = model.init_config.model_dump(exclude_none=True) if model.init_config else {}
     source = model.name_or_path or ("random init " + json.dumps(init, separators=(",", ":"))
@@ -50,7 +51,26 @@ def recipe_section(run: Run) -> list[Block]:
         rows.append([stage.name or "-", str(stage.seq_len), rope_text, _budget(stage, steps), fmt(stage.lr, 6),
                      f"{stage.batch_size} x {stage.grad_accum}"])
     blocks.append(Table(["stage", "seq_len", "rope", "steps", "lr", "batch x accum"], rows))
-    return blocks
+    return blocks + _resumes(info)
+
+
+def _resumes(info: RunInfo) -> list[Block]:
+    """One line per resume (``run_info.json``): the checkpoint it continued from and each setting it changed, from the
+    value in the record before it to the one the recipe above shows."""
+    return [Paragraph(f"Resumed {_resumed_from(resume)}: {_changed(resume.changed)}.") for resume in info.resumed]
+
+
+def _resumed_from(resume: Resume) -> str:
+    if resume.stage is None:
+        return resume.at
+    return f"at stage {resume.stage} step {resume.step} ({resume.at})"
+
+
+def _changed(changed: list[Change] | None) -> str:
+    if changed is None:
+        return "the settings it changed are not recorded"
+    return "; ".join(f"{change.setting} {setting_value(change.before)} -> {setting_value(change.after)}"
+                     for change in changed) or "no setting changed"
 
 
 def _budget(stage: StageSpec, steps: int | None) -> str:

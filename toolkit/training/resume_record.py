@@ -1,7 +1,8 @@
 """What a resumed run continues from, read without torch (``validate`` reads it as ``train`` does): the checkpoint
 (:func:`toolkit.training.resume_point.resume_point`), where training stood in it (:class:`TrainerState`, written by
 :mod:`toolkit.training.checkpoints`), and the run's record of what trained (``recipe.resolved.yaml``), which a resume
-may not contradict (:func:`check_record`)."""
+may not contradict (:func:`check_record`), and what a resume changed in it (:func:`resume_entry`, kept in
+``run_info.json``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.formatting.numbers import setting_value
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import key_step, read_yaml
-from toolkit.run_folder import RECIPE
+from toolkit.run_folder import RECIPE, Change, Resume
 from toolkit.training.resume_point import STATE, CheckpointsHeld, resume_point
 
 
@@ -97,6 +98,21 @@ def record_differences(recipe: Recipe, state: TrainerState, recorded: dict[str, 
             if not _same_file(was, now)]
 
 
+NOT_A_CHANGE = ("train.resume",)
+"""What says how a start treats the run folder, not how the run trains: no resume records it as changed."""
+
+
+def resume_entry(recipe: Recipe, state: TrainerState, at: str) -> Resume:
+    """A resume at ``at`` of ``recipe`` from a checkpoint of ``state``, as ``run_info.json`` keeps it, with each
+    setting in which ``recipe`` differs from the run's record and both values: the record, rewritten by the resume,
+    then shows the new values only. Call it before the rewrite; without a record the changes are unknown (None)."""
+    recorded = _recorded(recipe)
+    changed = None if recorded is None else [
+        Change(setting=where, before=was, after=now)
+        for where, was, now in differences(recorded, recipe.model_dump(mode="json"), "") if where not in NOT_A_CHANGE]
+    return Resume(at=at, stage=state.stage, step=state.step, changed=changed)
+
+
 def _recorded(recipe: Recipe) -> dict[str, Any] | None:
     """The run's record as written (YAML, not read through today's schema); None without one."""
     path = recipe.run_dir / RECIPE
@@ -149,12 +165,12 @@ def _same_file(old: Any, new: Any) -> bool:
 
 
 def differences(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
-    """Each differing leaf of two records (JSON-like) as (path, old, new), in ``old``'s order; keys missing on either
-    side (a schema from another version) are not compared."""
+    """Each differing leaf of two records (JSON-like) at ``path`` (empty: the top) as (path, old, new), in ``old``'s
+    order; keys missing on either side (a schema from another version) are not compared."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in old:
             if key in new:
-                yield from differences(old[key], new[key], path + key_step(key))
+                yield from differences(old[key], new[key], path + key_step(key, first=not path))
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
             yield from differences(a, b, f"{path}[{i}]")

@@ -54,14 +54,14 @@ from toolkit.plan.preflight import check_host_memory
 from toolkit.recipe.loading import dump_recipe
 from toolkit.recipe.local_inputs import check_local_data
 from toolkit.recipe.schema import Recipe
-from toolkit.run_folder import RECIPE, RUN_INFO, RunInfo, StageInfo, read_run_info
+from toolkit.run_folder import RECIPE, RUN_INFO, Resume, RunInfo, StageInfo, read_run_info
 from toolkit.training.checkpoints import CheckpointManager
 from toolkit.training.data_identity import check_resume, data_identity, tokenizer_identity
 from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
-from toolkit.training.resume_record import TrainerState, resume_from
+from toolkit.training.resume_record import TrainerState, resume_entry, resume_from
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,10 @@ def setup(recipe: Recipe) -> Session:
     if resume:  # before anything is written: a checkpoint that does not fit leaves the run folder as it was
         checkpoints.load(resume[0])
     if accelerator.is_main_process:
+        resumed = resume_entry(recipe, resume[1], _now()) if resume else None  # before the record is rewritten
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, recipe.run_dir / RECIPE)
-        _write_run_info(recipe, loaded, accelerator, resumed=resume is not None)
+        _write_run_info(recipe, loaded, accelerator, resumed)
     logger = MetricsLogger(recipe.run_dir, recipe.logging, recipe.name, accelerator,
                            enabled=accelerator.is_main_process)
     session = Session(recipe, accelerator, tokenizer, loaded, objective, optimizer, checkpoints, logger)
@@ -183,12 +184,17 @@ def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attent
     return loaded
 
 
-def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator, resumed: bool) -> None:
+def _now() -> str:
+    """The time now as ``run_info.json`` records it (ISO 8601, UTC, to the second)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerator, resumed: Resume | None) -> None:
     """``run_info.json``: the toolkit's commit, versions, device, launcher, attention and loss kernel and why, each
-    stage's length, RoPE and steps, and when the run started (``resumed``: when it first started, and each resume,
-    read from the run's ``run_info.json``; one that cannot be read is a warning and a fresh record, as it informs and
-    must not stop the resume)."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    stage's length, RoPE and steps, when the run started and, on a resume (``resumed``), each resume: the earlier
+    ones read from the run's ``run_info.json`` (one that cannot be read is a warning and a fresh record, as it informs
+    and must not stop the resume), then this one."""
+    now = resumed.at if resumed else _now()
     first = RunInfo()
     if resumed:
         try:
@@ -214,7 +220,7 @@ def _write_run_info(recipe: Recipe, loaded: LoadedModel, accelerator: Accelerato
                    allocator=allocator_setting(), versions=package_versions(),
                    base_model=recipe.model.name_or_path or "random init from model.init_config",
                    native_length=loaded.native_length, stages=stages,
-                   started=first.started or now, resumed=[*first.resumed, now] if resumed else [],
+                   started=first.started or now, resumed=[*first.resumed, resumed] if resumed else [],
                    commit=source_commit())
     write_text(recipe.run_dir / RUN_INFO, info.model_dump_json(indent=2))
 
