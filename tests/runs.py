@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,16 @@ class StopAfter(StopFlag):
         if self.checks >= self.n:
             self.signum = 15
         return self.signum is not None
+
+
+def train_stopped(recipe: Path, steps: int, *overrides: str) -> int:
+    """``train`` of ``recipe`` stopped after ``steps`` optimizer steps, as a SIGTERM would stop it (exit 143)."""
+    import toolkit.runner
+
+    @contextmanager
+    def fake_signals() -> Iterator[StopAfter]:
+        yield StopAfter(steps)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit.runner, "stop_on_signals", fake_signals)
+        return train(recipe, *overrides)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import MICRO_RECIPE, write_recipe
-from tests.runs import StopAfter, assert_same_weights, final_weights, metrics, train
+from tests.runs import assert_same_weights, final_weights, metrics, train, train_stopped
 from toolkit.cli import main
 from toolkit.errors import UserError
 from toolkit.recipe.loading import dump_recipe
@@ -28,18 +27,9 @@ TOKENIZER = {"vocab_size": 320, "sha256": "0123456789abcdef"}
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory) -> Path:
     """A micro run stopped after 2 steps of stage 0: its run folder holds ``stage-0-step-000002``."""
-    import toolkit.runner
-
     folder = tmp_path_factory.mktemp("stopped")
     recipe = write_recipe(folder, dict(MICRO_RECIPE, output={"dir": str(folder / "run")}))
-
-    @contextmanager
-    def fake_signals():
-        yield StopAfter(2)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(toolkit.runner, "stop_on_signals", fake_signals)
-        assert train(recipe) == 143
+    assert train_stopped(recipe, 2) == 143
     return folder / "run"
 
 

@@ -1,8 +1,11 @@
 """Where a model and its tokenizer are found, checked without loading either and without importing transformers (so
-``validate`` stays quick): a hub id passes as it is, a local folder must hold what transformers will read."""
+``validate`` stays quick): a hub id passes as it is, a local folder must hold what transformers will read; and which
+model a source holds (:func:`base_identity`), which a resumed run checks against its checkpoint's."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -44,6 +47,45 @@ def check_model_source(source: str, field: str) -> None:
         run = f" (a run folder? its model is {folder / FINAL})" if (folder / FINAL / MODEL_CONFIG).is_file() else ""
         raise UserError(f"{field}: {source} is no model folder: it holds no {MODEL_CONFIG}{run}")
     read_json_object(folder / MODEL_CONFIG)  # a JSON object, or one line naming the file
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+"""A model folder's weight files, whose names and sizes :func:`folder_digest` reads."""
+
+
+def folder_digest(folder: Path) -> str:
+    """A short sha256 over ``folder``'s config.json and the names and byte sizes of its weight files (not their bytes:
+    gigabytes): the same for a copy elsewhere; another once config.json is edited or a weight file added, removed or
+    replaced by one of another size."""
+    weights = sorted((path.name, path.stat().st_size) for pattern in WEIGHT_FILES for path in folder.glob(pattern)
+                     if path.is_file())
+    digest = hashlib.sha256((folder / MODEL_CONFIG).read_bytes())
+    digest.update(json.dumps(weights).encode())
+    return digest.hexdigest()[:16]
+
+
+def base_identity(spec: ModelSpec) -> str | None:
+    """Which model ``model.name_or_path`` holds, read without loading it: ``sha256 <digest>`` (:func:`folder_digest`)
+    of a local folder, or of a hub id's snapshot at ``model.revision`` in the Hugging Face cache (read offline; None
+    while it is not there); None for a random init (``model.init_config``, which the run's record holds)."""
+    source = spec.name_or_path
+    if source is None:
+        return None
+    if looks_local(source):
+        check_model_source(source, "model.name_or_path")
+        folder: Path | None = Path(os.path.expanduser(source))
+    else:
+        folder = _cached_snapshot(source, spec.revision)
+    return None if folder is None else f"sha256 {folder_digest(folder)}"
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of ``repo_id``'s snapshot at ``revision`` (its main branch by default) in the Hugging Face cache
+    (``snapshots/<commit>``), None when it is not there."""
+    from huggingface_hub import try_to_load_from_cache  # here: validate imports no hub client for a local model
+
+    found = try_to_load_from_cache(repo_id, MODEL_CONFIG, revision=revision)
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def tokenizer_origin(spec: ModelSpec) -> str:

@@ -2,8 +2,8 @@
 
 Each checkpoint is a folder ``checkpoints/stage-<k>-step-<n>/`` written by ``accelerator.save_state``
 (safetensors weights, optimizer, RNG; sharded correctly under FSDP/DeepSpeed) plus ``trainer_state.json``
-(where training stands, where its data stream stands, and what that stream depends on:
-``toolkit.training.data_identity``).
+(where training stands, where its data stream stands, what that stream depends on:
+``toolkit.training.data_identity``, and the base model's identity: ``toolkit.model.sources.base_identity``).
 Its weights are the trainable parameters only (:func:`keep_trainable`): for LoRA the adapter (and any modules
 trained beside it), not the frozen base, which a resumed run rebuilds from the recipe as the first run did;
 for full fine-tuning, every parameter and buffer, as before.
@@ -42,6 +42,9 @@ class CheckpointManager:
         self.accelerator = accelerator
         self.data_identity: dict[str, Any] | None = None
         """Written into every checkpoint's state (unless the state carries its own)."""
+        self.base: str | None = None
+        """The base model's identity (``toolkit.model.sources.base_identity``), written into every checkpoint's state
+        as ``data_identity`` is."""
         self.last_save_s = 0.0
         """Seconds the latest save took (0 before the first)."""
         accelerator.register_save_state_pre_hook(keep_trainable)
@@ -64,8 +67,8 @@ class CheckpointManager:
 
     def save(self, state: TrainerState) -> Path:
         """Write a checkpoint atomically and prune old ones. A failed write keeps the previous ones."""
-        if state.data is None and self.data_identity is not None:
-            state = replace(state, data=self.data_identity)
+        state = replace(state, data=self.data_identity if state.data is None else state.data,
+                        base=self.base if state.base is None else state.base)
         started = time.perf_counter()
         name = f"stage-{state.stage}-step-{state.step:06d}"
         final, tmp = self.root / name, self.root / f".tmp-{name}"

@@ -1,8 +1,8 @@
 """What a resumed run continues from, read without torch (``validate`` reads it as ``train`` does): the checkpoint
 (:func:`toolkit.training.resume_point.resume_point`), where training stood in it (:class:`TrainerState`, written by
-:mod:`toolkit.training.checkpoints`), and the run's record of what trained (``recipe.resolved.yaml``), which a resume
-may not contradict (:func:`check_record`), and what a resume changed in it (:func:`resume_entry`, kept in
-``run_info.json``)."""
+:mod:`toolkit.training.checkpoints`), and the run's record of what trained (``recipe.resolved.yaml``) and the base
+model the checkpoint trained from, which a resume may not contradict (:func:`check_record`, :func:`check_base`), and
+what a resume changed in the record (:func:`resume_entry`, kept in ``run_info.json``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from toolkit.data.stream_state import StreamState
 from toolkit.errors import UserError
 from toolkit.file_reading import read_json_object
 from toolkit.formatting.numbers import setting_value
+from toolkit.model.sources import base_identity
 from toolkit.recipe.schema import Recipe
 from toolkit.recipe.yaml_files import key_step, read_yaml
 from toolkit.run_folder import RECIPE, Change, Resume
@@ -25,7 +26,8 @@ from toolkit.training.resume_point import STATE, CheckpointsHeld, resume_point
 class TrainerState:
     """Where training stands: the stage, the optimizer steps done in it, and in the run; ``data`` is what the
     data stream depends on (:func:`toolkit.training.data_identity.data_identity`) and ``stream`` where the stage's
-    row stream stands after the steps done (:meth:`toolkit.data.batches.StageBatches.position`), each None in older
+    row stream stands after the steps done (:meth:`toolkit.data.batches.StageBatches.position`), and ``base`` the
+    base model's identity (:func:`toolkit.model.sources.base_identity`; None for a random init), each None in older
     checkpoints."""
 
     stage: int
@@ -34,6 +36,7 @@ class TrainerState:
     stage_done: bool = False
     data: dict[str, Any] | None = field(default=None, compare=False)
     stream: StreamState | None = field(default=None, compare=False)
+    base: str | None = field(default=None, compare=False)
 
 
 def read_state(checkpoint: Path) -> TrainerState:
@@ -51,7 +54,8 @@ def read_state(checkpoint: Path) -> TrainerState:
 
 def resume_from(recipe: Recipe) -> tuple[Path, TrainerState] | None:
     """The checkpoint the run continues from (:func:`resume_point`) and its state, once the recipe keeps the run's
-    record of what trained (:func:`check_record`); None for a new run. ``validate`` and ``train`` both read it."""
+    record of what trained (:func:`check_record`) and names the base model the checkpoint trained from, as far as it
+    is known before loading it (:func:`check_base`); None for a new run. ``validate`` and ``train`` both read it."""
     try:
         latest = resume_point(recipe.run_dir, recipe.train.resume)
     except CheckpointsHeld as held:  # what continuing that run takes, as the line says
@@ -62,7 +66,20 @@ def resume_from(recipe: Recipe) -> tuple[Path, TrainerState] | None:
         return None
     state = read_state(latest)
     check_record(recipe, state)
+    check_base(recipe, latest, state, base_identity(recipe.model))
     return latest, state
+
+
+def check_base(recipe: Recipe, checkpoint: Path, state: TrainerState, now: str | None) -> None:
+    """A UserError when the base model ``recipe`` names is not the one the checkpoint at ``checkpoint`` (of ``state``)
+    trained from: its identity ``now`` (:func:`base_identity`) is not the recorded one. A LoRA checkpoint holds the
+    adapter, not the base it goes on. Nothing is compared where either is unknown: a random init, an older checkpoint,
+    a hub model not in the cache yet (``train`` compares again once the model has loaded)."""
+    if state.base is not None and now is not None and state.base != now:
+        raise UserError(f"model.name_or_path: {recipe.model.name_or_path} is not the model the checkpoint "
+                        f"({checkpoint}) trained from: its config.json and weight files' names and sizes give "
+                        f"{state.base} in the checkpoint, {now} now. Restore that model, or start a new run with "
+                        "output.dir=...")
 
 
 def check_record(recipe: Recipe, state: TrainerState) -> None:

@@ -34,6 +34,7 @@ from toolkit.model.loading import LoadedModel, load_model, recipe_config
 from toolkit.model.lora import CausalLM
 from toolkit.model.precision import resolve_dtype
 from toolkit.model.rope import rope_setting
+from toolkit.model.sources import base_identity
 from toolkit.output_paths import check_writable, write_text
 from toolkit.parallel.engines import (
     built_whole,
@@ -61,7 +62,7 @@ from toolkit.training.loop import stage_steps
 from toolkit.training.metrics import MetricsLogger, tracker_kwargs
 from toolkit.training.model_fit import check_model_fit
 from toolkit.training.objective import CausalLMObjective, causal_lm_parts
-from toolkit.training.resume_record import TrainerState, resume_entry, resume_from
+from toolkit.training.resume_record import TrainerState, check_base, resume_entry, resume_from
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def setup(recipe: Recipe) -> Session:
     attention = check_model_fit(recipe, accelerator, config)
     check_host_memory(recipe, config, accelerator.num_processes, local_processes())
     loaded = _load_model(recipe, accelerator, tokenizer, attention)
+    checkpoints.base = _loaded_base(recipe, resume)
     objective = CausalLMObjective(loaded.model, recipe.train.loss_chunk_size,
                                   choice_token_ids(recipe.train, tokenizer))
     optimizer = build_optimizer([p for p in loaded.model.parameters() if p.requires_grad], recipe.train,
@@ -169,6 +171,16 @@ def _check_resume(recipe: Recipe, resume: tuple[Path, TrainerState] | None, toke
         for note in check_resume(state.data, identity, state.stage, state.step, state.stage_done, str(path)):
             accelerator.print(note)
     return identity
+
+
+def _loaded_base(recipe: Recipe, resume: tuple[Path, TrainerState] | None) -> str | None:
+    """The base model's identity as loaded (a hub model's is known once it is in the cache), recorded in every
+    checkpoint; on resume, checked against the checkpoint's again: a hub id may have resolved to another revision as
+    the model loaded."""
+    base = base_identity(recipe.model)
+    if resume:
+        check_base(recipe, *resume, base)
+    return base
 
 
 def _load_model(recipe: Recipe, accelerator: Accelerator, tokenizer: Any, attention: AttentionChoice) -> LoadedModel:
