@@ -288,6 +288,47 @@ def test_missing_keys_are_not_compared() -> None:
     assert _check(base, _identity(lambda r: r["train"]["data"].__setitem__("num_keys", 6))) == []
 
 
+def _reading(template: str = "0123456789abcdef", files: dict | None = None, stage: int | None = None) -> dict:
+    """The micro recipe's identity with its sources reading ``template`` and ``files`` (every stage's, or ``stage``'s
+    alone, the others reading the defaults)."""
+    identity = _identity()
+    for i, record in enumerate(identity["stages"]):
+        changed = stage is None or i == stage
+        record["inputs"] = [{"field": "train.data", "chat_template": template if changed else "0123456789abcdef",
+                             "files": (files if changed and files is not None else {"a.jsonl": 10, "sub/b.jsonl": 20})}]
+    return identity
+
+
+def test_what_a_stage_reads_is_compared_as_its_settings_are() -> None:
+    """A chat template edited, a file added, removed or resized: refused inside the stage, said of a stage not started
+    (it trains on them as a new run would); a finished stage's template is refused (its weights learned the old one),
+    its files are not (it reads them no more); an older record without them compares nothing."""
+    base, resized = _reading(), {"a.jsonl": 10, "sub/b.jsonl": 21}
+    assert _check(base, _reading()) == []
+    assert _refusal(base, _reading(files=resized)) == (
+        "train.data.path: sub/b.jsonl of 20 bytes in the checkpoint (runs/x/checkpoints/stage-0-step-000002), "
+        "sub/b.jsonl of 21 bytes now; resuming would change the training data. Put the source's files back as they "
+        "were, or start a new run with output.dir=...")
+    assert _refusal(base, _reading(files={"a.jsonl": 10})).startswith(
+        "train.data.path: sub/b.jsonl of 20 bytes in the checkpoint (runs/x/checkpoints/stage-0-step-000002), no "
+        "sub/b.jsonl now;")
+    assert _refusal(base, _reading(template="fedcba9876543210")) == (
+        "train.data.chat_template: sha256 0123456789abcdef in the checkpoint (runs/x/checkpoints/stage-0-step-000002), "
+        "sha256 fedcba9876543210 now; resuming would change the training data. Put the template back as it was, or "
+        "start a new run with output.dir=...")
+    assert _check(base, _reading(files=resized, stage=1)) == [
+        "stage 1 (long): train.data.path sub/b.jsonl of 20 bytes -> sub/b.jsonl of 21 bytes; the stage has not "
+        "started, so it trains as a new run of this recipe would"]
+    assert _refusal(base, _reading(files=resized, stage=1), stage=1).startswith("train.data.path: sub/b.jsonl of 20")
+    assert _check(base, _reading(files=resized, stage=0), stage=1) == []
+    assert _refusal(base, _reading(template="fedcba9876543210", stage=0), stage=1).startswith(
+        "train.data.chat_template: sha256 0123456789abcdef in the checkpoint")
+    older = _identity()  # version 1 recorded no inputs
+    for record in older["stages"]:
+        del record["inputs"]
+    assert _check(older, _reading(template="fedcba9876543210", files=resized)) == []
+
+
 def test_tokenizer_identity_is_stable_and_sensitive() -> None:
     from toolkit.data.tokenizer import train_tokenizer
     from toolkit.recipe.schema import TokenizerTraining

@@ -1,6 +1,7 @@
 """A resume checks what the checkpoint trained on beyond the recipe's settings: the base model a LoRA adapter goes on
 (its folder's config.json and weight files' names and sizes, or a hub id's cached snapshot), refused when another one
-is there now, by ``train`` before the weights load and by ``validate`` as ``train`` refuses it."""
+is there now, by ``train`` before the weights load and by ``validate`` as ``train`` refuses it; and what the stage in
+progress reads (its chat template's text, its files' names and sizes), refused by ``train`` when it changed."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from toolkit.cli import main
 from toolkit.data.tokenizer import load_tokenizer
 from toolkit.model.loading import build_random
 from toolkit.model.sources import base_identity, folder_digest
-from toolkit.recipe.schema import ModelSpec
+from toolkit.recipe.schema import ModelSpec, Recipe
+from toolkit.training.data_inputs import short_sha256, stage_inputs
 
 CHECKPOINT = "stage-0-step-000002"
 
@@ -80,17 +82,21 @@ def _state(recipe: Path) -> dict:
     return json.loads((recipe.parent / "run" / "checkpoints" / CHECKPOINT / "trainer_state.json").read_text())
 
 
-def _refusals(recipe: Path, capsys) -> tuple[list[str], list[str]]:
-    """The error lines of ``validate`` and of ``train``, each resuming the run (both exit 2); the run folder as it
-    was."""
+def _refusal(recipe: Path, capsys) -> str:
+    """The one error line of ``train`` resuming the run (exit 2), which leaves the run folder as it was."""
     run = recipe.parent / "run"
     before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
-    assert main(["validate", str(recipe), "--set", "train.resume=true"]) == 2
-    validated = capsys.readouterr().err.splitlines()
     assert train(recipe, "train.resume=true") == 2
-    trained = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
-    return validated, trained
+    assert len(err) == 1, err
+    return err[0].removeprefix("error: ")
+
+
+def _validated(recipe: Path, capsys) -> list[str]:
+    """What ``validate`` says on stderr of the recipe resuming the run."""
+    main(["validate", str(recipe), "--set", "train.resume=true"])
+    return capsys.readouterr().err.splitlines()
 
 
 def test_the_checkpoint_records_its_base_model(stopped: Path) -> None:
@@ -109,11 +115,12 @@ def test_another_base_model_is_refused_by_validate_and_train(stopped: Path, caps
         line = (f"model.name_or_path: {base} is not the model the checkpoint ({stopped.parent / 'run' / 'checkpoints'}"
                 f"/{CHECKPOINT}) trained from: its config.json and weight files' names and sizes give {recorded} in "
                 f"the checkpoint, {now} now. Restore that model, or start a new run with output.dir=...")
-        assert _refusals(stopped, capsys) == ([f"error: {stopped}: {line}"], [f"error: {line}"])
+        assert _validated(stopped, capsys) == [f"error: {stopped}: {line}"]
+        assert _refusal(stopped, capsys) == line
         older = {key: value for key, value in _state(stopped).items() if key != "base"}  # before bases were recorded
         with _changed(stopped.parent / "run" / "checkpoints" / CHECKPOINT / "trainer_state.json",
                       json.dumps(older).encode()):
-            assert main(["validate", str(stopped), "--set", "train.resume=true"]) == 0
+            assert _validated(stopped, capsys) == []
 
 
 def test_a_folder_digest_reads_config_and_weight_sizes(tmp_path: Path) -> None:
@@ -159,3 +166,68 @@ def test_a_hub_model_is_its_cached_snapshot(tmp_path: Path, monkeypatch) -> None
     assert base_identity(ModelSpec(name_or_path="org/model", revision="a" * 40)) == (
         f"sha256 {folder_digest(repo / 'snapshots' / ('a' * 40))}")
     assert base_identity(ModelSpec.model_validate(MICRO_RECIPE["model"])) is None
+
+
+def test_the_checkpoint_records_what_its_stage_reads(stopped: Path) -> None:
+    data = _state(stopped)["data"]
+    size = len(json.dumps({"messages": CONVERSATION})) + 1
+    assert data["version"] == 2
+    assert data["stages"][0]["inputs"] == [{"field": "train.data", "chat_template": short_sha256(TEMPLATE),
+                                            "files": {"a.jsonl": size, "b.jsonl": size}}]
+
+
+def _stopped_with(recipe: Path, field: str, was: str, now: str, remedy: str) -> str:
+    """The refusal of a resume of the stopped run over ``field``, ``was`` in its checkpoint and ``now``."""
+    checkpoint = recipe.parent / "run" / "checkpoints" / CHECKPOINT
+    return (f"{field}: {was} in the checkpoint ({checkpoint}), {now} now; resuming would change the training data. "
+            f"{remedy}, or start a new run with output.dir=...")
+
+
+def test_an_edited_chat_template_is_refused(stopped: Path, capsys) -> None:
+    template = stopped.parent / "chat.jinja"
+    with _changed(template, (TEMPLATE + "\n").encode()):
+        assert _refusal(stopped, capsys) == _stopped_with(
+            stopped, "train.data.chat_template", f"sha256 {short_sha256(TEMPLATE)}",
+            f"sha256 {short_sha256(TEMPLATE + chr(10))}", "Put the template back as it was")
+
+
+@pytest.mark.parametrize("change", ["added", "resized", "removed"])
+def test_a_file_added_removed_or_resized_is_refused_naming_it(stopped: Path, capsys, change: str) -> None:
+    chats = stopped.parent / "chats"
+    size = (chats / "b.jsonl").stat().st_size
+    line = json.dumps({"messages": CONVERSATION}) + "\n"
+    path, content, was, now = {
+        "added": (chats / "c.jsonl", line, "no c.jsonl", f"c.jsonl of {size} bytes"),
+        "resized": (chats / "b.jsonl", line * 2, f"b.jsonl of {size} bytes", f"b.jsonl of {2 * size} bytes"),
+        "removed": (chats / "a.jsonl", None, f"a.jsonl of {size} bytes", "no a.jsonl")}[change]
+    with _changed(path, None if content is None else content.encode()):
+        assert _refusal(stopped, capsys) == _stopped_with(stopped, "train.data.path", was, now,
+                                                          "Put the source's files back as they were")
+
+
+def test_files_are_named_relative_to_their_source(tmp_path: Path) -> None:
+    """A folder's files by their path below it, a file by its name: the same for the inputs moved elsewhere."""
+    for place in ("here", "there"):
+        (tmp_path / place / "chats" / "sub").mkdir(parents=True)
+        (tmp_path / place / "chats" / "a.jsonl").write_text("{}\n")
+        (tmp_path / place / "chats" / "sub" / "b.jsonl").write_text("{}\n{}\n")
+        (tmp_path / place / "one.jsonl").write_text("{}\n")
+        (tmp_path / place / "chat.jinja").write_text(TEMPLATE)
+
+    def inputs(place: Path) -> list[dict]:
+        mixture = [{"source": "jsonl", "path": str(place / "chats"), "format": "chat", "weight": 1.0,
+                    "chat_template": str(place / "chat.jinja")},
+                   {"source": "jsonl", "path": str(place / "one.jsonl"), "weight": 1.0}]
+        raw = {**MICRO_RECIPE, "train": {**MICRO_RECIPE["train"], "data": {"mixture": mixture}}}
+        return stage_inputs(Recipe.model_validate(raw).train, 0)
+
+    assert inputs(tmp_path / "here") == inputs(tmp_path / "there") == [
+        {"field": "train.data.mixture[0]", "chat_template": short_sha256(TEMPLATE),
+         "files": {"a.jsonl": 3, "sub/b.jsonl": 6}},
+        {"field": "train.data.mixture[1]", "files": {"one.jsonl": 3}}]
+
+
+def test_a_run_whose_inputs_are_as_they_were_resumes(stopped: Path) -> None:
+    """Last: it finishes the stopped run."""
+    assert train(stopped, "train.resume=true") == 0
+    assert (stopped.parent / "run" / "final").is_dir()

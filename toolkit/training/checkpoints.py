@@ -50,6 +50,12 @@ class CheckpointManager:
         accelerator.register_save_state_pre_hook(keep_trainable)
         accelerator.register_load_state_pre_hook(load_trainable)
 
+    def record_inputs(self, index: int, inputs: list[dict[str, Any]]) -> None:
+        """What the sources of stage ``index`` read as it starts (``toolkit.training.data_inputs.stage_inputs``), in
+        place of what they read when the run started: a stage reads its files when it begins."""
+        if self.data_identity is not None:
+            self.data_identity["stages"][index]["inputs"] = inputs
+
     def complete(self) -> list[Path]:
         """Finished checkpoints, oldest first."""
         return complete_checkpoints(self.root)

@@ -25,6 +25,7 @@ from toolkit.parallel.engines import backward, start_stage
 from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
 from toolkit.recipe.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager
+from toolkit.training.data_inputs import stage_inputs
 from toolkit.training.faults import StopFlag, data_mistake, non_finite_loss, out_of_memory
 from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
 from toolkit.training.objective import objective_loss
@@ -157,6 +158,7 @@ def train_stage(parts: LoopParts, job: StageJob) -> int:
     first = job.start.step if job.start else 0
     if first == 0:
         parts.optimizer.state.clear()  # each stage starts with fresh moments, as separate runs would
+        parts.checkpoints.record_inputs(job.index, stage_inputs(train, job.index))
     start_stage(acc, spec.grad_accum)
     global_step = job.global_step
     bar = progress_bar(total=job.steps, initial=first, desc=f"train {name} @ {spec.seq_len}", unit="step",
