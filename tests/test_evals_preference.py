@@ -66,10 +66,27 @@ def test_submission_is_written_whole(tmp_path: Path) -> None:
     assert out.read_text().splitlines() == ["id,winner_model_a,winner_model_b,winner_tie",
                                             "7,0.200000,0.300000,0.500000", "8,0.250000,0.250000,0.500000"]
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
-    with pytest.raises(UserError, match="--out: .* is a folder or in no folder that exists"):
+    with pytest.raises(UserError, match=r"--out: .* is a folder; name a \.csv file"):
         write_submission(tmp_path, ["7"], [(0.2, 0.3, 0.5)])
     with pytest.raises(UserError, match=r"--out: .*submission\.json would hold a CSV submission under another name"):
         write_submission(tmp_path / "submission.json", ["7"], [(0.2, 0.3, 0.5)])
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_an_earlier_submission_is_replaced_and_said_so_and_no_other_file(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "submission.csv"
+    write_submission(out, ["7"], [(0.2, 0.3, 0.5)])
+    with caplog.at_level("INFO", logger="toolkit.preference.predict"):
+        write_submission(out, ["9"], [(0.5, 0.25, 0.25)])
+    assert f"replacing {out} (an earlier submission)" in caplog.messages
+    assert out.read_text().splitlines()[1:] == ["9,0.500000,0.250000,0.250000"]
+    for kept in ("id,winner_model_a,winner_model_b\n7,0.5,0.5\n", "id,winner_model_a,winner_model_b,winner_tie,x\n",
+                 "", "\x00\xff binary"):
+        out.write_text(kept, encoding="latin-1")
+        with pytest.raises(UserError, match=r"exists and is no submission \(its first line is not "):
+            write_submission(out, ["7"], [(0.2, 0.3, 0.5)])
+        assert out.read_text(encoding="latin-1") == kept
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 

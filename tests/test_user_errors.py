@@ -859,18 +859,56 @@ def test_export_of_a_model_folder_without_weights_writes_no_file(tmp_path: Path,
     assert not (tmp_path / "m.gguf").exists()
 
 
+def _arena_run(folder: Path) -> Path:
+    """A run folder whose recipe trained on arena data, with a final/ folder and no model: predict refuses what it
+    refuses before the model would load."""
+    (folder / "final").mkdir(parents=True)
+    arena = {"source": "csv", "path": "train.csv", "format": "arena", "label_tokens": ["A", "B", "tie"],
+             "truncate_tokens": 64}
+    write_recipe(folder, dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": arena}), "recipe.resolved.yaml")
+    return folder
+
+
 @pytest.mark.parametrize(("data", "expected"), [
     ("", "--data: {tmp} is a folder; name a CSV or Parquet file"),
     ("test.parquet", "--data: cannot read {tmp}/test.parquet: Parquet magic bytes not found in footer.")])
 def test_predict_names_its_data_flag(data: str, expected: str, tmp_path: Path, capsys) -> None:
-    (tmp_path / "run" / "final").mkdir(parents=True)  # refused before the model is loaded
-    arena = {"source": "csv", "path": "train.csv", "format": "arena", "label_tokens": ["A", "B", "tie"],
-             "truncate_tokens": 64}
-    write_recipe(tmp_path / "run", dict(MICRO_RECIPE, train={**MICRO_RECIPE["train"], "data": arena}),
-                 "recipe.resolved.yaml")
+    _arena_run(tmp_path / "run")
     (tmp_path / "test.parquet").write_text("id,prompt\n")  # a CSV named .parquet
     argv = ["predict", str(tmp_path / "run"), "--data", f"{tmp_path}/{data}", "--out", str(tmp_path / "sub.csv")]
     assert _error(argv, capsys).startswith(expected.format(tmp=tmp_path))
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize(("out", "expected"), [
+    ("test.csv", "--out: {tmp}/test.csv is the --data file; name another file for the submission"),
+    ("precious.csv", "--out: {tmp}/precious.csv exists and is no submission (its first line is not "
+                     "id,winner_model_a,winner_model_b,winner_tie); name a new file, or remove it first"),
+    ("afile/sub.csv", "--out: {tmp}/afile is a file, not a folder"),
+    ("nofolder/sub.csv", "--out: {tmp}/nofolder is no folder that exists; name a .csv file in one")])
+def test_predict_never_replaces_what_is_no_submission(out: str, expected: str, tmp_path: Path, capsys) -> None:
+    """Its own --data, a file that is no earlier submission, or a path under a file: refused before the model loads
+    (the run has none), every file kept as it was."""
+    _arena_run(tmp_path / "run")
+    data = tmp_path / "test.csv"
+    data.write_bytes(ARENA_TEST.read_bytes())
+    (tmp_path / "precious.csv").write_text("id,score\n1,0.5\n")
+    (tmp_path / "afile").write_text("kept")
+    before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    argv = ["predict", str(tmp_path / "run"), "--data", str(data), "--out", f"{tmp_path}/{out}"]
+    assert _error(argv, capsys) == expected.format(tmp=tmp_path)
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_predict_refuses_ids_given_twice_before_the_model(tmp_path: Path, capsys) -> None:
+    """A submission with an id twice is rejected by the competition: the file, the id and both its lines are named."""
+    from toolkit.data.arena import read_arena, write_arena
+
+    rows, _ = read_arena(ARENA_TEST)
+    data = write_arena([*rows[:3], rows[1]], tmp_path / "test.csv")
+    argv = ["predict", str(_arena_run(tmp_path / "run")), "--data", str(data), "--out", str(tmp_path / "sub.csv")]
+    assert _error(argv, capsys) == (f"--data: id {rows[1].id!r} is given twice, at {data}:3 and {data}:5; a "
+                                    "submission names each comparison once")
     assert not (tmp_path / "sub.csv").exists()
 
 
