@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_evals_fixtures import tiny_model, tiny_tokenizer
 from toolkit.cli import main
 from toolkit.evals.command import default_out
@@ -28,6 +30,64 @@ def test_eval_command_on_a_saved_model(tmp_path: Path, capsys):
     assert "attention: sdpa (" in said and "; device: cpu; float32" in said, said  # as train says it
     assert f"s/niah: score {data['tasks']['niah']['score']:.3f}" in printed
     assert f"perplexity {data['tasks']['perplexity']['perplexity']:.3f}" in printed
+
+
+def test_out_holding_another_models_results_is_refused_and_the_same_model_resumes(tmp_path: Path, capsys,
+                                                                                   monkeypatch) -> None:
+    """A folder's results belong to the model in its eval_info.json: the same model (by another path) adds a suite
+    and reuses what it recorded; another model is refused before it loads, every file kept."""
+    import toolkit.model.loading
+
+    model, copy = tmp_path / "model", tmp_path / "copy"
+    for folder in (model, copy):
+        tiny_model().save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+    (tmp_path / "link").symlink_to(model)
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("name: a\ntasks:\n  - {type: niah, lengths: [128], depths: [0.0], samples: 1}\n")
+    second.write_text("name: b\ntasks:\n  - {type: niah, lengths: [128], depths: [1.0], samples: 1}\n")
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--device", "cpu"]
+    assert main(["eval", "--model", str(model), "--suite", str(first), *argv]) == 0
+    recorded = (out / "a.json").read_text()
+    assert main(["eval", "--model", str(tmp_path / "link"), "--suite", str(first), "--suite", str(second), *argv]) == 0
+    assert (out / "a.json").read_text().replace(str(tmp_path / "link"), str(model)) == recorded  # kept
+    assert json.loads((out / "eval_info.json").read_text())["model"] == str(tmp_path / "link")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(toolkit.model.loading, "load_merged", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["eval", "--model", str(copy), "--suite", str(second), *argv]) == 2
+    assert capsys.readouterr().err == (f"error: --out: {out} holds the results of {tmp_path / 'link'} "
+                                       f"(eval_info.json), not of {copy}; name another --out, or remove the folder "
+                                       "first\n")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(("recorded", "given", "refused"), [
+    (("{tmp}/final", "{tmp}/final"), ("{tmp}/final", None), None),  # a LoRA run's final/: its own adapter
+    (("org/base", None), ("org/base", None), None),
+    (("org/base", "{tmp}/final"), ("org/base", "{tmp}/final"), None),
+    (("org/base", "{tmp}/final"), ("org/base", None), "org/base with the adapter {tmp}/final"),
+    (("org/base", None), ("org/base", "{tmp}/final"), "org/base"),
+    (("org/base", None), ("org/other", None), "org/base")])
+def test_the_owner_of_an_eval_folder_is_its_model_and_adapter(recorded: tuple[str, str | None],
+                                                              given: tuple[str, str | None], refused: str | None,
+                                                              tmp_path: Path) -> None:
+    from toolkit.errors import UserError
+    from toolkit.evals.command import check_owner
+
+    def filled(pair: tuple[str, str | None]) -> tuple[str, str | None]:
+        return pair[0].format(tmp=tmp_path), pair[1] and pair[1].format(tmp=tmp_path)
+
+    (tmp_path / "final").mkdir()
+    model, adapter = filled(recorded)
+    (tmp_path / "eval_info.json").write_text(json.dumps({"model": model, "adapter": adapter}))
+    given_model, given_adapter = filled(given)
+    if refused is None:
+        check_owner(tmp_path, given_model, given_adapter)
+        return
+    with pytest.raises(UserError, match=f"holds the results of {refused.format(tmp=tmp_path)} \\(eval_info.json\\)"):
+        check_owner(tmp_path, given_model, given_adapter)
 
 
 def test_default_out_folder(tmp_path: Path):
