@@ -167,6 +167,63 @@ def test_an_unusable_out_exits_2_before_converting(out: str, message: str, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "taken"]
 
 
+def _gguf_named(path: Path, name: str) -> Path:
+    """A small GGUF file whose general.name is ``name`` (as the converter names an export after its run)."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_name(name)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("existing", "what"), [
+    ("junk", "is no GGUF file"), ("", "is no GGUF file"), ("cut", "is no GGUF file"),
+    ("other", "is a GGUF file named 'other' (its general.name)")])
+def test_an_existing_file_that_is_no_export_of_the_model_is_kept(existing: str, what: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Only an earlier export of the same run or model folder (a GGUF file named after it) is replaced: anything
+    else at --out is refused before converting, and kept."""
+    model = _model_without_tokenizer(tmp_path / "model")
+    target = tmp_path / "m.gguf"
+    if existing in ("other", "cut"):
+        _gguf_named(target, "other")
+        if existing == "cut":
+            target.write_bytes(target.read_bytes()[:100])
+    else:
+        target.write_text(existing)
+    before = target.read_bytes()
+    assert main(["export", str(model), "--format", "gguf", "--out", str(target)]) == 2
+    assert capsys.readouterr().err == (f"error: --out {target}: {target} exists and {what}, not an earlier export of "
+                                       "model; name another file, or remove it first\n")
+    assert target.read_bytes() == before
+
+
+def test_an_earlier_export_of_the_model_is_replaced_and_said_so(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model_without_tokenizer(tmp_path / "model")
+    target = _gguf_named(tmp_path / "m.gguf", "model")
+    assert main(["export", str(model), "--format", "gguf", "--out", str(target)]) == 2  # no tokenizer.json to convert
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == f"replacing {target} (an earlier export of model)" and "tokenizer.json" in said[1], said
+
+
+def test_an_unfinished_run_is_named_as_push_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    write_recipe(run, MICRO_RECIPE, "recipe.resolved.yaml")
+    expected = f"error: {run / 'final'}: not found; the run has no final model yet (train it to the end first)\n"
+    assert main(["export", str(run), "--format", "gguf"]) == 2
+    assert capsys.readouterr().err == expected
+    assert main(["push", str(run), "--repo-id", "me/x", "--dry-run"]) == 2
+    assert capsys.readouterr().err == expected
+    assert sorted(p.name for p in run.iterdir()) == ["recipe.resolved.yaml"]
+
+
 def test_an_out_folder_without_write_permission_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The export's probe (a temporary file in the folder) is refused as the OS refuses a folder without write
@@ -221,6 +278,16 @@ def test_export_keeps_the_extended_context_and_the_tokenizer(full_run: Path, mic
     np.testing.assert_array_equal(_tensor(path, "token_embd.weight"), weights["model.embed_tokens.weight"].numpy())
     np.testing.assert_array_equal(_tensor(path, "blk.1.attn_v.weight"),
                                   weights["model.layers.1.self_attn.v_proj.weight"].numpy())
+
+
+@needs_converter
+def test_exporting_a_run_again_replaces_its_own_file(full_run: Path, micro_gguf,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = micro_gguf("f32").path  # beside the run, named after it
+    assert main(["export", str(full_run), "--format", "gguf", "--outtype", "f32"]) == 0
+    printed, said = capsys.readouterr()
+    assert f"replacing {path} (an earlier export of run)" in said.splitlines() and f"wrote {path}" in printed
+    assert gguf_metadata(path)["general.name"] == "run"
 
 
 def test_the_converter_reads_a_folder_named_as_the_model(tmp_path: Path) -> None:

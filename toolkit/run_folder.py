@@ -421,11 +421,15 @@ class Run:
         return [(tag, entry) for tag in self.tags if (entry := self.entry(tag, suite, task))]
 
 
+def holds_run_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's files: its recipe, its run info or evaluations."""
+    return any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL))
+
+
 def holds_other_files(folder: Path) -> bool:
-    """Whether ``folder`` holds files but none of a run's (its recipe, its run info or evaluations): a run or a report
-    is never written among them."""
-    return (folder.is_dir() and any(folder.iterdir())
-            and not any((folder / name).exists() for name in (RECIPE, RUN_INFO, EVAL)))
+    """Whether ``folder`` holds files but none of a run's (:func:`holds_run_files`): a run or a report is never
+    written among them."""
+    return folder.is_dir() and any(folder.iterdir()) and not holds_run_files(folder)
 
 
 def _require_folder(folder: Path) -> None:

@@ -26,7 +26,7 @@ from toolkit.file_reading import read_json_object
 from toolkit.model.folder_copy import with_config
 from toolkit.model.rope_methods import GGUF_METHODS, METHODS
 from toolkit.output_paths import atomic_file, check_writable
-from toolkit.run_folder import FINAL, MODEL_CONFIG, is_adapter_folder
+from toolkit.run_folder import FINAL, MODEL_CONFIG, holds_run_files, is_adapter_folder, require_final
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ YARN_KEYS = {"rope_type", "rope_theta", "original_max_position_embeddings", "tru
 
 
 def _model_folder(source: Path) -> Path:
-    """The transformers folder to convert: a run's ``final/`` or a model folder."""
-    if (source / FINAL).is_dir():
-        return source / FINAL
+    """The transformers folder to convert: a run's ``final/`` (a UserError, as for ``push``, when the run has not
+    finished) or a model folder."""
+    if (source / FINAL).is_dir() or holds_run_files(source):
+        return require_final(source)
     if (source / MODEL_CONFIG).is_file():
         return source
     raise UserError(f"{source}: neither a run folder with final/ nor a model folder with {MODEL_CONFIG}")
@@ -58,9 +59,10 @@ def _merged(folder: Path, stack: ExitStack) -> Path:
     return folder
 
 
-def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
-    """Where the file goes: ``out`` (into it when a folder, or when it ends with a slash), else beside the model; a
-    UserError if it cannot."""
+def _target(source: Path, out: str | Path | None, name: str, outtype: str) -> Path:
+    """Where the file goes: ``out`` (into it when a folder, or when it ends with a slash; NAME-OUTTYPE.gguf), else
+    beside the model; a UserError if it cannot, or if it would replace a file that is not ``name``'s export."""
+    file_name = f"{name}-{outtype}.gguf"
     if out is None:
         target = (source if (source / FINAL).is_dir() else source.parent) / file_name
     else:
@@ -76,7 +78,32 @@ def _target(source: Path, out: str | Path | None, file_name: str) -> Path:
     if not target.parent.is_dir():
         raise UserError(f"{where}: {target.parent} is not an existing folder")
     check_writable(target.parent, where)
+    if target.exists():
+        _check_own_export(target, name, where)
+        log.info("replacing %s (an earlier export of %s)", target, name)
     return target
+
+
+def _exported_name(path: Path) -> str | None:
+    """The ``general.name`` of the GGUF file at ``path`` (the converter writes the run's or model folder's name);
+    None when it is no readable GGUF file."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            return None
+    try:
+        return str(gguf_metadata(path).get("general.name", ""))
+    except ValueError:  # cut short: the gguf package's reader finds too few bytes
+        return None
+
+
+def _check_own_export(target: Path, name: str, where: str) -> None:
+    """A UserError unless the existing ``target`` is a GGUF file whose ``general.name`` is ``name``: an earlier export
+    of the same run (or model folder), which the new one may replace."""
+    found = _exported_name(target)
+    if found != name:
+        what = "is no GGUF file" if found is None else f"is a GGUF file named {found!r} (its general.name)"
+        raise UserError(f"{where}: {target} exists and {what}, not an earlier export of {name}; name another file, "
+                        "or remove it first")
 
 
 def _checked_config(config_json: Path) -> dict[str, Any]:
@@ -151,11 +178,11 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
 def export_gguf(source: Path, out: str | Path | None = None, outtype: str = "f16") -> Path:
     """Write ``source`` (a run or a model folder) as one GGUF file; return its path. ``out`` is the file, or a folder
     to write NAME-OUTTYPE.gguf into (an existing one, or a path ending with a slash; default: the run folder, or
-    beside a model folder)."""
+    beside a model folder). An existing file there is replaced only when it is an earlier export of ``source``."""
     if outtype not in OUTTYPES:
         raise UserError(f"--outtype: {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     folder, name = _model_folder(source), source.resolve().name
-    target = _target(source, out, f"{name}-{outtype}.gguf")
+    target = _target(source, out, name, outtype)
     pre_tokenizer = llama_cpp_pre_tokenizer(folder / "tokenizer.json")  # a LoRA run's final/ holds its tokenizer
     if (folder / MODEL_CONFIG).is_file():  # and its trained RoPE: both refused, if at all, before the merge
         _checked_rope(read_json_object(folder / MODEL_CONFIG), folder / MODEL_CONFIG)
