@@ -1,11 +1,12 @@
-"""A local stand-in of the Hugging Face Hub's HTTP API, enough for ``create_repo`` and ``upload_folder``.
+"""A local stand-in of the Hugging Face Hub's HTTP API, enough for ``whoami``, ``create_repo`` and ``upload_folder``.
 
 The server listens on 127.0.0.1 (a free port) in a thread and records every commit. It answers ``preupload``
 with the ``regular`` upload mode for every file, so contents travel base64-encoded inside the NDJSON commit
 (no LFS, no xet storage). Requests must carry ``Authorization: Bearer <token>``; anything else gets 401.
 
 Use the ``fake_hub`` fixture of ``tests/conftest.py`` (:func:`serving`: it points huggingface_hub at the server
-and sets ``HF_TOKEN`` to a fake secret), and :func:`assert_no_secret` to prove a token never reached the disk.
+and sets ``HF_TOKEN`` to a fake secret), :func:`assert_no_secret` to prove a token never reached the disk, and
+:func:`closed_port` for a Hub that cannot be reached.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ ROUTES = {
     "preupload": re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/?]+)"),
     "commit": re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/?]+)"),
     "info": re.compile(rf"^/api/models/{REPO}(/revision/(?P<rev>[^/?]+))?$"),
+    "whoami": re.compile(r"^/api/whoami-v2$"),
 }
 
 
@@ -167,6 +170,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._reply(200, {"commitUrl": f"{hub.endpoint}/{match['repo']}/commit/{commit.oid}",
                               "commitOid": commit.oid, "pullRequestUrl": None, "success": True})
 
+        def _whoami(self, method: str, match: re.Match, body: bytes) -> None:
+            self._reply(200, {"type": "user", "name": "me", "auth": {"accessToken": {"role": "write"}}})
+
         def _info(self, method: str, match: re.Match, body: bytes) -> None:
             repo = hub.repos.get(match["repo"])
             if repo is None:
@@ -191,6 +197,13 @@ def serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub
         monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
         monkeypatch.setenv("HF_TOKEN", token)
         yield hub
+
+
+def closed_port() -> str:
+    """The address of a local port nothing listens on: connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def assert_no_secret(root: Path, secret: str) -> int:

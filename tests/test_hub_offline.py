@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, closed_port
 from tests.real_model import REPO, SMALL_MODEL, needs_small_model
 from toolkit.errors import UserError
 from toolkit.hub import reach
@@ -26,13 +25,6 @@ tasks:
 """
 
 
-def _closed_port() -> str:
-    """The address of a local port nothing listens on: connections to it are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
-
-
 @pytest.fixture
 def online_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in reach.OFFLINE_VARIABLES:
@@ -41,11 +33,11 @@ def online_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_any_answer_is_reachable_and_a_refused_connection_is_not(fake_hub: FakeHub) -> None:
     assert reach.reachable(fake_hub.endpoint)  # it answers HEAD / with an error status: the Hub is there
-    assert not reach.reachable(_closed_port())
+    assert not reach.reachable(closed_port())
 
 
 def test_an_unreachable_hub_puts_a_reading_command_offline(monkeypatch: pytest.MonkeyPatch, online_unset) -> None:
-    address = _closed_port()
+    address = closed_port()
     monkeypatch.setenv("HF_ENDPOINT", address)
     assert reach.cache_only_unless_reachable("push") is None  # push needs the Hub itself
     assert "HF_HUB_OFFLINE" not in os.environ
@@ -82,7 +74,7 @@ def test_a_reachable_hub_changes_nothing(fake_hub: FakeHub, online_unset) -> Non
 def _eval(model: str, home: Path, out: Path, suite: Path, endpoint: str = "") -> subprocess.CompletedProcess:
     """``python -m toolkit eval`` with the Hub at ``endpoint`` (default: a closed port) and its cache in ``home``."""
     env = {key: value for key, value in os.environ.items() if key not in reach.OFFLINE_VARIABLES}
-    env |= {"HF_HOME": str(home), "HF_ENDPOINT": endpoint or _closed_port()}
+    env |= {"HF_HOME": str(home), "HF_ENDPOINT": endpoint or closed_port()}
     return subprocess.run([sys.executable, "-m", "toolkit", "eval", "--model", model, "--suite", str(suite),
                            "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, closed_port
 from tests.hub_runs import write_run
 from toolkit.cli import main
 from toolkit.errors import UserError
@@ -118,4 +118,19 @@ def test_push_without_login_or_with_a_bad_token(tmp_path: Path, fake_hub: FakeHu
         push_run(run, "me/tiny", private=False, what=None, dry_run=False)
     assert str(caught.value) == ("not logged in or token lacks write access to me/tiny: "
                                  "set HF_TOKEN or run `hf auth login`")
-    assert not fake_hub.repos
+    assert not fake_hub.repos and not (run / "upload").exists()  # refused before the upload folder is built
+
+
+def test_an_unreachable_hub_is_one_line_before_anything_is_merged_or_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path, "lora")
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    address = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", address)
+    monkeypatch.setattr(constants, "ENDPOINT", address)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+    capsys.readouterr()  # write_run's progress bars
+    assert main(["push", str(run), "--repo-id", "me/a", "--what", "merged"]) == 2
+    assert capsys.readouterr().err == (f"error: hub: {address} cannot be reached, so nothing can be pushed to me/a "
+                                       "(check the network or HF_ENDPOINT; --dry-run works offline)\n")
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before  # no final/merged, no upload/

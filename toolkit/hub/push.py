@@ -16,6 +16,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from toolkit.errors import UserError
 from toolkit.hub import WEIGHT_CHOICES
+from toolkit.hub.reach import endpoint, reachable
 from toolkit.hub.secrets import LOGIN_HINT, HubFailure, get_token, hub_error
 from toolkit.output_paths import atomic_dir, check_writable
 from toolkit.run_folder import (
@@ -41,11 +42,7 @@ def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_r
     """Publish ``run_dir`` to the Hub model repo ``repo_id`` (``what``: adapter, merged, report; None: by method)."""
     check_repo_id(repo_id)
     _check_run(run_dir, what)
-    token = None
-    if not dry_run:  # checked before the upload folder is built (a merge, for --what merged)
-        token = get_token()
-        if token is None:
-            raise UserError(f"not logged in: {LOGIN_HINT} (or use --dry-run)")
+    token = None if dry_run else _accepted_token(repo_id)  # before the upload folder (a merge, for --what merged)
     folder = build_upload_folder(run_dir, repo_id, what)
     if dry_run:
         print(f"dry run: would upload {folder} to {repo_id} ({'private' if private else 'public'}); nothing sent")
@@ -59,6 +56,21 @@ def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_r
     except HubFailure as exc:
         raise hub_error(exc, repo_id) from None
     print(f"pushed {run_dir} to {url} (commit {commit.oid[:12]})")
+
+
+def _accepted_token(repo_id: str) -> str:
+    """The token, once the Hub answers and accepts it (``whoami``); a one-line error before anything is written."""
+    token = get_token()
+    if token is None:
+        raise UserError(f"not logged in: {LOGIN_HINT} (or use --dry-run)")
+    if not reachable(endpoint()):
+        raise UserError(f"hub: {endpoint()} cannot be reached, so nothing can be pushed to {repo_id} (check the "
+                        "network or HF_ENDPOINT; --dry-run works offline)")
+    try:
+        HfApi(token=token).whoami()
+    except HubFailure as exc:
+        raise hub_error(exc, repo_id) from None
+    return token
 
 
 def check_repo_id(repo_id: str) -> None:
