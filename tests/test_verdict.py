@@ -131,8 +131,9 @@ def test_report_check_exit_codes(tmp_path: Path, capsys) -> None:
 
     no_spec = fake_run(tmp_path, "no-spec")
     assert main(["report", str(no_spec), "--check"]) == 2
-    assert "has no eval.verdict" in capsys.readouterr().err
-    assert "Verdict" not in (no_spec / "report.md").read_text()
+    assert capsys.readouterr().err == (f"error: {no_spec}: the recipe has no eval.verdict (e.g. verdict: "
+                                       "{task: niah-tiny/passkey})\n")
+    assert not (no_spec / "report.md").exists() and not (no_spec / "report.html").exists()  # checked first
     (no_spec / "recipe.resolved.yaml").unlink()
     assert main(["report", str(no_spec), "--check"]) == 2
     assert capsys.readouterr().err == (f"error: {no_spec}: no recipe.resolved.yaml, so no verdict to check (is it a "
@@ -141,6 +142,8 @@ def test_report_check_exit_codes(tmp_path: Path, capsys) -> None:
     unfinished = fake_run(tmp_path, "unfinished", verdict=SPEC, final=False)
     assert main(["report", str(unfinished), "--check"]) == 2
     assert "no evaluation of the model before extension and after it" in capsys.readouterr().err
+    assert not (unfinished / "report.md").exists()
+    assert main(["report", str(unfinished)]) == 0  # without --check the report says why there is no verdict
     assert "Verdict not computed:" in (unfinished / "report.md").read_text()
     assert verdict_text(load_run(unfinished)).startswith("Verdict not computed:")
 

@@ -159,7 +159,7 @@ def _report(args: argparse.Namespace) -> int:
     from toolkit.output_paths import check_writable
     from toolkit.report.report import build_report
     from toolkit.report.seed_table import summary_markdown
-    from toolkit.report.verdict import compute_verdict
+    from toolkit.report.verdict import check_run
     from toolkit.run_folder import REPORT_HTML, REPORT_MD, require_run
 
     if args.summary:
@@ -171,12 +171,13 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     if len(args.runs) != 1:
         raise UserError(f"report: one RUN expected (got {len(args.runs)}); use --summary for several")
-    require_run(Path(args.runs[0]))
-    check_writable(Path(args.runs[0]), "RUN")  # the report and its plots are written into it
-    run = build_report(Path(args.runs[0]))
+    folder = Path(args.runs[0])
+    require_run(folder)
+    check_writable(folder, "RUN")  # the report and its plots are written into it
+    verdict = check_run(folder) if args.check else None  # a verdict to check (recipe, evaluations) before writing
+    run = build_report(folder)
     print(f"wrote {run.folder / REPORT_MD} and {REPORT_HTML} beside it")
-    if args.check:
-        verdict = compute_verdict(run)
+    if verdict is not None:
         print(verdict.text())
         if not verdict.passed:
             raise RunFailure("verdict failed: " + "; ".join(f"{c.name} ({c.detail})" for c in verdict.failed))
