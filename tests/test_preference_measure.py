@@ -72,3 +72,34 @@ def test_a_doc_that_cannot_be_read_stops_before_any_training(doc: str, expected:
     assert stopped.value.code == 2
     assert capsys.readouterr().err == f"error: {expected.format(tmp=tmp_path)}\n"
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_table_is_printed_and_written_only_into_the_docs_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys) -> None:
+    """Without --doc no file is written (README.md in the working folder kept); each --doc gets the table."""
+    from toolkit.preference import measure
+
+    monkeypatch.setattr(measure, "measure", lambda recipe, run, seed: _measured(seed or 0, 0.792))
+    monkeypatch.chdir(tmp_path)
+    for name in ("README.md", "doc.md"):
+        (tmp_path / name).write_text(f"{BEGIN}\nold\n{END}\n")
+    main(["--run", str(tmp_path / "runs")])
+    text = section([_measured(0, 0.792)])
+    assert capsys.readouterr().out == text + "\n"
+    assert (tmp_path / "README.md").read_text() == f"{BEGIN}\nold\n{END}\n"
+    main(["--run", str(tmp_path / "runs"), "--doc", "doc.md"])
+    assert (tmp_path / "doc.md").read_text() == text + "\n"
+    assert (tmp_path / "README.md").read_text() == f"{BEGIN}\nold\n{END}\n"
+
+
+def test_help_names_the_module_and_gives_its_whole_description(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    usage, description = capsys.readouterr().out.split("\n\n")[:2]
+    assert usage.startswith("usage: python -m toolkit.preference.measure [-h]")
+    assert " ".join(description.split()) == (
+        "`python -m toolkit.preference.measure`: train the small arena recipe, predict its held-out file in both "
+        "orders, and print what was measured as a Markdown table, one column per seed; each `--doc` file also gets "
+        "the table between its `measured` markers (the project's tables: `--doc docs/preference.md --doc "
+        "README.md`).")

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from toolkit.errors import OneLineParser, RunFailure, Stopped, UserError, user_path
+from toolkit.errors import RunFailure, Stopped, UserError, command_parser, user_path
 from toolkit.formatting.console_logging import configure_logging
 
 EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file, found before anything "
@@ -21,7 +21,7 @@ TORCH_FREE = ("validate", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "toolkit")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages, and other libraries' info")
     loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -57,6 +57,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (options: {self.prog} --help)\n")
 
 
+def command_parser(doc: str | None, module: str) -> OneLineParser:
+    """The parser of ``python -m MODULE``: named so in its usage and errors, described by the first paragraph of the
+    module's docstring ``doc`` (its first line alone may stop mid-sentence), its literals quoted as in Markdown."""
+    paragraph = " ".join((doc or "").split("\n\n")[0].split())
+    return OneLineParser(prog=f"python -m {module}", description=paragraph.replace("``", "`"))
+
+
 Number = TypeVar("Number", int, float)
 
 

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from toolkit.data.arena import ArenaRow, write_arena
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
+from toolkit.errors import UserError, command_parser, exit_on_user_error, seed_number
 from toolkit.output_paths import atomic_files, check_writable
 
 MODELS = ("model-north", "model-south", "model-east", "model-west")
@@ -100,7 +100,7 @@ def write_example(folder: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "toolkit.data.arena_example")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=seed_number, default=0)
     parser.add_argument("--force", action="store_true",

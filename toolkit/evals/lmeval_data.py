@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from toolkit.data.needle import filler_sentence, make_needles
-from toolkit.errors import OneLineParser, exit_on_user_error
+from toolkit.errors import command_parser, exit_on_user_error
 from toolkit.output_paths import check_writable, write_text
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "evals" / "lm_eval_tasks" / "longctx"
@@ -47,7 +47,7 @@ def write_datasets(folder: Path = DEFAULT_FOLDER) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "toolkit.evals.lmeval_data")
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
                         help="where to write the files (default: the tasks' own folder)")
     folder = parser.parse_args(argv).folder

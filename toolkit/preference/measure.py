@@ -1,6 +1,6 @@
 """``python -m toolkit.preference.measure``: train the small arena recipe, predict its held-out file in both orders,
-and write what was measured into ``docs/preference.md`` and ``README.md`` (the part between their ``measured``
-markers).
+and print what was measured as a Markdown table, one column per seed; each ``--doc`` file also gets the table
+between its ``measured`` markers (the project's tables: ``--doc docs/preference.md --doc README.md``).
 
 What it writes: the held-out log loss, accuracy and calibration against the class prior of the training file (the
 run's ``preference`` evaluation), the submission's checks (rows, each summing to 1) and how far the submission for
@@ -19,7 +19,7 @@ import torch
 
 from toolkit.data.arena import read_arena, write_arena
 from toolkit.environment import describe_device, source_commit
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error, seed_number
+from toolkit.errors import UserError, command_parser, exit_on_user_error, seed_number
 from toolkit.evals.preference import FIRST_ORDER, PRIOR, PreferenceTask
 from toolkit.evals.preference_stats import BINS, unswapped
 from toolkit.evals.run_results import read_run
@@ -115,17 +115,19 @@ def write_section(doc: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"))
-    parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"))
+    parser = command_parser(__doc__, "toolkit.preference.measure")
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/smollm2-135m-arena.yaml"),
+                        help="the arena recipe to train (default: %(default)s)")
+    parser.add_argument("--run", type=Path, default=Path("runs/smollm2-135m-arena"),
+                        help="the run folder to train into, a new one (default: %(default)s)")
     parser.add_argument("--seeds", type=seed_number, nargs="+",
                         help="seeds to measure, one column each (default: the recipe's); with several, each run "
                              "goes to RUN-seedN")
     parser.add_argument("--doc", type=Path, action="append",
-                        help="a file with the markers to write into (repeatable; default: docs/preference.md, "
-                             "README.md)")
+                        help="a file whose measured markers the table is written between (repeatable; default: "
+                             "none, the table is only printed)")
     args = parser.parse_args(argv)
-    docs = args.doc or [Path("docs/preference.md"), Path("README.md")]
+    docs = args.doc or []
     with exit_on_user_error():
         for doc in docs:  # every target checked before the minutes of training
             _marked(doc)
