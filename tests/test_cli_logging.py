@@ -74,12 +74,15 @@ def test_verbose_and_quiet_exclude_each_other(capsys) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
 def test_deepspeed_imported_by_a_command_on_a_cpu_machine_does_not_ask_for_a_gpu() -> None:
     """DeepSpeed, which accelerate and transformers import on the way, warns on a machine without a GPU that it was
-    "unable to detect it"; a command that imports them (all but the CLI's ``TORCH_FREE``) tells it the CPU first."""
+    "unable to detect it"; a command that imports them (all but the CLI's ``TORCH_FREE``), and ``toolkit.library``
+    when imported, tell it the CPU first."""
     ask = "from deepspeed.accelerator import get_accelerator; print(get_accelerator().device_name())"
     env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
     outputs = [subprocess.run([sys.executable, "-c", f"{before}; {ask}"], env=env, capture_output=True, text=True,
                               check=True, cwd=ROOT)
-               for before in ("pass", f"from toolkit.cli import main; main(['plan', '{RECIPE}'])")]
+               for before in ("pass", f"from toolkit.cli import main; main(['plan', '{RECIPE}'])",
+                              "import toolkit.library")]
     assert "unable to detect it" in outputs[0].stderr + outputs[0].stdout  # what it says unprompted
-    assert outputs[1].stdout.splitlines()[-1] == "cpu"
-    assert "unable to detect it" not in outputs[1].stderr
+    for told in outputs[1:]:
+        assert told.stdout.splitlines()[-1] == "cpu"
+        assert "unable to detect it" not in told.stderr

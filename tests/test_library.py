@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import MICRO_RECIPE, write_recipe
 from tests.runs import ROOT, final_weights, metrics, needle_suite, train
@@ -51,8 +52,11 @@ def test_a_user_mistake_raises_user_error_naming_the_field(tmp_path: Path) -> No
     with pytest.raises(library.UserError, match=r"train\.stages\[0\]\.seq_len"):
         library.load_recipe(recipe, ["train.stages[0].seq_len=0"])
     loaded = library.load_recipe(recipe)
-    with pytest.raises(ValueError, match="seq_len"):
+    with pytest.raises(ValidationError) as assigned:  # pydantic's, a ValueError (docs/library.md)
         loaded.train.stages[0].seq_len = 0
+    assert isinstance(assigned.value, ValueError) and assigned.value.title == "StageSpec"
+    assert [(error["loc"], error["msg"]) for error in assigned.value.errors()] == [
+        (("seq_len",), "Input should be greater than 0")]
 
 
 @pytest.mark.parametrize("seq_len", [8, 8192])  # shorter than stage 0's 64; longer than stage 2's 1024
