@@ -61,6 +61,10 @@ def _error(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("text, expected", [
     ("name: s\ntasks:\n  - type: niah\n    lengths: [64]\n    colour: red\n", ":5: tasks[0].colour: unknown key"),
+    ("name: s\ntasks:\n  - type: niah\n    lenghts: [64]\n",  # a required key misspelt: the typo, not the key missing
+     ":4: tasks[0].lenghts: unknown key (did you mean lengths?)"),
+    ("name: s\ntasks:\n  - {type: niah, lengths: [64], sampels: 2}\n", ":3: tasks[0].sampels: unknown key (did you "
+     "mean samples?)"),
     ("name: s\ntasks:\n  - type: niah\n    lengths: [64]\n    depths: [0.5, 1.5]\n",
      ":5: tasks[0].depths[1]: Input should be less than or equal to 1"),
     ("name: s\ntasks:\n  - type: niah\n", "tasks[0].lengths: Field required"),

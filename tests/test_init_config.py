@@ -38,8 +38,8 @@ def test_a_typo_in_init_config_is_refused_by_validate(capsys) -> None:
     """It passed ``validate`` and was found only when a run built the model."""
     typo = "model.init_config.hiden_size=64"
     assert main(["validate", str(TINY_RECIPE), "--set", typo]) == 2
-    assert capsys.readouterr().err == (
-        f"error: {TINY_RECIPE}: override '{typo}': model.init_config.hiden_size: unknown key\n")
+    assert capsys.readouterr().err == (f"error: {TINY_RECIPE}: override '{typo}': model.init_config.hiden_size: "
+                                       "unknown key (did you mean hidden_size?)\n")
 
 
 def test_a_typo_in_a_recipe_file_names_its_line(tmp_path: Path, capsys) -> None:
@@ -47,7 +47,8 @@ def test_a_typo_in_a_recipe_file_names_its_line(tmp_path: Path, capsys) -> None:
     recipe.write_text(TINY_RECIPE.read_text().replace("    hidden_size: 128", "    hiden_size: 128"))
     line = recipe.read_text().splitlines().index("    hiden_size: 128") + 1
     assert main(["validate", str(recipe)]) == 2
-    assert capsys.readouterr().err == f"error: {recipe}:{line}: model.init_config.hiden_size: unknown key\n"
+    assert capsys.readouterr().err == (f"error: {recipe}:{line}: model.init_config.hiden_size: unknown key (did you "
+                                       "mean hidden_size?)\n")
 
 
 def test_every_field_is_a_llamaconfig_field() -> None:

@@ -53,6 +53,19 @@ def test_validate_checks_every_recipe_and_names_each_mistake(tmp_path: Path, cap
         f"error: {tmp_path / 'gone.yaml'}: no such file"]
 
 
+def test_a_misspelt_key_is_named_with_the_key_it_resembles(tmp_path: Path, capsys) -> None:
+    """In a suite and in a recipe alike: a misspelt required key is the typo (it read as the key missing)."""
+    suite = tmp_path / "typo.yaml"
+    suite.write_text("name: typo\ntasks:\n  - type: niah\n    lenghts: [128]\n    depths: [0.5]\n")
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(suite)]}))
+    assert _error(["validate", str(recipe)], capsys) == (
+        f"{recipe}: {suite}:4: tasks[0].lenghts: unknown key (did you mean lengths?)")
+    good = write_recipe(tmp_path, MICRO_RECIPE, "good.yaml")
+    assert _error(["validate", str(good), "--set", "train.stages[0].max_stpes=3"], capsys) == (
+        f"{good}: override 'train.stages[0].max_stpes=3': train.stages[0].max_stpes: unknown key (did you mean "
+        "max_steps?)")
+
+
 def test_a_verdict_the_suites_cannot_give(tmp_path: Path, capsys) -> None:
     recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(needle_suite(tmp_path))]}))
     assert _error(["validate", str(recipe), "--set", "eval.verdict={task: needles/nope}"], capsys) == (
@@ -631,7 +644,7 @@ def test_plan_of_a_model_that_is_no_llama_names_the_sizes_it_lacks(tmp_path: Pat
     ({"num_hidden_layers": -4}, "model.init_config.num_hidden_layers: Input should be greater than 0"),
     ({"tie_word_embeddings": "maybe"}, "model.init_config.tie_word_embeddings: Input should be a valid boolean, "
                                        "unable to interpret input"),
-    ({"hiden_size": 64}, "model.init_config.hiden_size: unknown key"),
+    ({"hiden_size": 64}, "model.init_config.hiden_size: unknown key (did you mean hidden_size?)"),
     ({"num_key_value_heads": 3}, "model.init_config.num_key_value_heads: 3 does not divide num_attention_heads 4 "
                                  "(grouped-query attention shares each K/V head among a whole group)"),
     ({"hidden_size": 66}, "model.init_config.hidden_size: 66 is not a multiple of num_attention_heads 4")])

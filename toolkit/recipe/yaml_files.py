@@ -129,11 +129,9 @@ def validation_message(exc: ValidationError, source: str, node: yaml.Node | None
     cause = (err.get("ctx") or {}).get("error")
     message = str(cause) if cause is not None else err["msg"]
     if isinstance(cause, FieldError):
-        loc = loc + parse_path(cause.path)
+        loc = loc + (parse_path(cause.path) if isinstance(cause.path, str) else list(cause.path))
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    if err["type"] == "extra_forbidden":
-        message = "unknown key"
     line = _line_of(node, loc)
     where = f"{source}:{line}" if line else source
     setting = [text for keys, text in (overrides or {}).items() if tuple(loc[:len(keys)]) == keys]
