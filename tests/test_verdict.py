@@ -200,6 +200,35 @@ def test_summary_across_runs(tmp_path: Path, capsys) -> None:
     assert main(["report", "--summary", "--check", str(runs[0])]) == 2
 
 
+def test_summary_names_a_stopped_run_and_how_to_continue_it(tmp_path: Path, capsys) -> None:
+    done = fake_run(tmp_path, "seed-0", verdict=SPEC)
+    stopped = fake_run(tmp_path, "sig2", verdict=SPEC, final=False)
+    for name in ("stage-0-step-4", "stage-1-step-2", "stage-1-step-3"):
+        (stopped / "checkpoints" / name).mkdir(parents=True)
+        (stopped / "checkpoints" / name / "trainer_state.json").write_text("{}")
+    (stopped / "checkpoints" / "stage-1-step-3" / "trainer_state.json").unlink()  # incomplete: not the latest
+    assert main(["report", "--summary", str(done), str(stopped)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {stopped}: the run is unfinished (its latest checkpoint stage-1-step-2, no final/): train its recipe "
+        "again with train.resume=true to continue it (no evaluation of the model before extension and after it "
+        "(tags: base, stage-0-passkey-256))\n")
+    (stopped / "final").mkdir()  # checkpoints kept beside a final model: finished, no advice to resume
+    assert main(["report", "--summary", str(done), str(stopped)]) == 2
+    assert capsys.readouterr().err == (f"error: {stopped}: no evaluation of the model before extension and after it "
+                                       "(tags: base, stage-0-passkey-256)\n")
+
+
+def test_summary_shows_a_run_given_twice_once(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = fake_run(tmp_path, "t1", verdict=SPEC)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--summary", "t1", str(run), "./t1/"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(" | ")[2] for line in out.splitlines() if line.startswith("| t1 |")] == [
+        "before extension (stage-0-passkey-256)", "after extension (stage-1-yarn-1024)"]
+    assert "`python -m toolkit report --summary t1`" in out
+    assert err == f"note: t1 named 3 times (t1, {run}, t1); its rows are shown once\n"
+
+
 def test_heatmaps_side_by_side_without_the_untrained_base(tmp_path: Path) -> None:
     run = fake_run(tmp_path, "good", verdict=SPEC)
     build_report(run)

@@ -3,6 +3,7 @@ which ``make summary`` calls."""
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from toolkit.formatting.blocks import markdown_table
 from toolkit.report.verdict import Verdict, compute_verdict
 from toolkit.run_folder import RUN_INFO, Run
 
+log = logging.getLogger(__name__)
+
 
 def _run_date(run: Run) -> str:
     """The day the run started (``run_info.json``), else the day that file or the folder was last written."""
@@ -25,8 +28,21 @@ def _run_date(run: Run) -> str:
     return datetime.fromtimestamp(stamp, tz=UTC).date().isoformat()
 
 
+def _distinct(folders: Sequence[Path]) -> list[Path]:
+    """``folders``, each run once (by its resolved path, as first named), with a note for each named more than once."""
+    named: dict[Path, list[Path]] = {}
+    for folder in folders:
+        named.setdefault(Path(folder).resolve(), []).append(Path(folder))
+    for same in named.values():
+        if len(same) > 1:
+            log.warning("note: %s named %d times (%s); its rows are shown once", same[0], len(same),
+                        ", ".join(map(str, same)))
+    return [same[0] for same in named.values()]
+
+
 def summary_markdown(folders: Sequence[Path]) -> str:
-    """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model."""
+    """One markdown table of the verdict task across runs (e.g. seeds): a row per run and model, each folder once."""
+    folders = _distinct(folders)
     runs = [read_run(Path(folder)) for folder in folders]
     verdicts = [compute_verdict(run) for run in runs]
     first = verdicts[0].spec.model_dump()

@@ -23,6 +23,8 @@ from toolkit.formatting.numbers import number
 from toolkit.recipe.schema import VerdictSpec
 from toolkit.report.cells import compare
 from toolkit.run_folder import (
+    CHECKPOINTS,
+    FINAL,
     RECIPE,
     RUN_INFO,
     Run,
@@ -31,6 +33,7 @@ from toolkit.run_folder import (
     verdict_lengths,
     verdict_models,
 )
+from toolkit.training.resume_point import complete_checkpoints
 
 
 @dataclass(frozen=True)
@@ -201,12 +204,12 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
         raise UserError(f"{run.folder}: {RUN_INFO} lacks native_length or stages (needed by eval.verdict)")
     models = verdict_models(evaluations(run.tags), native, [stage.seq_len for stage in run.info.stages])
     if models is None:
-        raise UserError(f"{run.folder}: no evaluation of the model before extension and after it "
-                        f"(tags: {', '.join(run.tags) or 'none'})")
+        raise _unjudged(run, f"no evaluation of the model before extension and after it (tags: "
+                             f"{', '.join(run.tags) or 'none'})")
     reference, final = models
     if stage_index(final) != len(stages) - 1:
-        raise UserError(f"{run.folder}: the last stage ({len(stages) - 1}) has no evaluation (the last evaluated is "
-                        f"{final}); the verdict judges the final model")
+        raise _unjudged(run, f"the last stage ({len(stages) - 1}) has no evaluation (the last evaluated is {final}); "
+                             "the verdict judges the final model")
     suite, task = spec.task.split("/", 1)
     before, after = _rates(run, reference, suite, task), _rates(run, final, suite, task)
     for need in verdict_lengths(spec, native, extended):
@@ -228,6 +231,15 @@ def compute_verdict(run: Run, spec: VerdictSpec | None = None) -> Verdict:
                if ratio is None or ratio.value < spec.retention_min]
         checks.append(Check(_RETENTION, not low, (", ".join(low) or "all") + f" vs {spec.retention_min:.2f}"))
     return Verdict(spec, reference, final, native, extended, before, after, retention, tuple(checks))
+
+
+def _unjudged(run: Run, why: str) -> UserError:
+    """Why ``run`` has no verdict (``why``); for a run stopped part way (checkpoints, no final/), how to go on first."""
+    done = complete_checkpoints(run.folder / CHECKPOINTS)
+    if done and not (run.folder / FINAL).is_dir():
+        return UserError(f"{run.folder}: the run is unfinished (its latest checkpoint {done[-1].name}, no {FINAL}/): "
+                         f"train its recipe again with train.resume=true to continue it ({why})")
+    return UserError(f"{run.folder}: {why}")
 
 
 def check_run(folder: Path) -> Verdict:
