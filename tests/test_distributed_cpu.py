@@ -1,6 +1,6 @@
 """Two CPU processes (DDP over gloo, configs/cpu-ddp-2proc.yaml) train like one process with the same global batch,
-and a two-process run stopped by a fault one process met (a stop signal, a bad record) resumes to the
-uninterrupted one.
+a two-process run stopped by a fault one process met (a stop signal, a bad record) resumes to the
+uninterrupted one, and a stop signal met by the main process while it evaluates stops both.
 
 Every process reads the same row stream and accelerate gives each its share of every global batch, so two processes
 with batch size B train on the rows one process with 2B does, micro-batch for micro-batch, with the same token-weighted
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import HALF_BATCH, ROOT, accelerate_launch, assert_same_weights, final_weights, metrics
+from tests.runs import HALF_BATCH, ROOT, accelerate_launch, assert_same_weights, final_weights, metrics, needle_suite
 
 ONE_PROCESS_FAULT = '''
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -29,12 +30,15 @@ from tests.runs import StopAfter
 from toolkit.cli import main
 from toolkit.data.batches import StageBatches
 from toolkit.errors import UserError
+from toolkit.evals.transformers_backend import TransformersBackend
 from toolkit.training.faults import StopFlag
 
 fault, n = sys.argv[1], int(sys.argv[2])
-faulty = os.environ.get("RANK") == "1"
+faulty = os.environ.get("RANK") == ("0" if fault == "eval-sigint" else "1")
 draws = StageBatches.__next__
 drawn = [0]
+matches = TransformersBackend.greedy_matches
+matched = [0]
 
 
 @contextmanager
@@ -49,12 +53,22 @@ def draw(self):
     return draws(self)
 
 
-toolkit.runner.stop_on_signals = stop_after
+def greedy_matches(self, requests):
+    matched[0] += 1
+    if faulty and fault == "eval-sigint" and matched[0] == n:
+        signal.raise_signal(signal.SIGINT)
+    return matches(self, requests)
+
+
+if fault == "stop":
+    toolkit.runner.stop_on_signals = stop_after
 StageBatches.__next__ = draw
+TransformersBackend.greedy_matches = greedy_matches
 sys.exit(main(sys.argv[3:]))
 '''
-"""A training entry point where the second process alone meets a fault: ``stop N`` (a SIGTERM reaching it after N
-optimizer steps, before the other process) or ``bad-record N`` (a mistake in the data at its Nth draw)."""
+"""A training entry point where one process alone meets a fault: the second one ``stop N`` (a SIGTERM reaching it
+after N optimizer steps, before the other process) or ``bad-record N`` (a mistake in the data at its Nth draw), the
+main one ``eval-sigint N`` (a SIGINT at the Nth batch of needles it evaluates)."""
 
 
 def _two_processes(recipe: Path, run: Path, *overrides: str, fault: tuple[str, int] | None = None,
@@ -118,6 +132,30 @@ def test_a_bad_record_met_by_one_process_saves_the_steps_of_both(tmp_path: Path,
     assert f"error: train.data: another process met a mistake in the data; the steps trained so far are in {kept}" \
         in stopped.stderr
     _assert_resumes_to(recipe, run, two_process_run)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_met_by_the_main_process_while_it_evaluates_stops_both(tmp_path: Path) -> None:
+    """The main process evaluates while the other waits: a SIGINT there ends the evaluation at its batch, and both
+    stop with the checkpoint of the stage evaluated (the waiting one is not left until the timeout); resumed, the run
+    finishes the evaluation."""
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, eval={"suites": [str(needle_suite(tmp_path))], "before": False}))
+    run, short = tmp_path / "run", ("stages[0].max_steps=2", "stages[1].max_steps=2")
+    stopped = _two_processes(recipe, run, *short, fault=("eval-sigint", 2))  # the needles' second length
+    said = (f"stopped by SIGINT during evaluation stage-0-short; checkpoint saved at "
+            f"{run / 'checkpoints' / 'stage-0-step-000002'}; continue with train.resume=true")
+    assert stopped.returncode != 0 and stopped.stderr.count(said) == 2, stopped.stderr[-3000:]
+    results = run / "eval" / "stage-0-short" / "needles.json"
+    assert json.loads(results.read_text())["tasks"]["passkey"]["complete"] is False
+    assert [row["global_step"] for row in metrics(run)] == [1, 2]
+
+    resumed = _two_processes(recipe, run, *short, "train.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    tasks = json.loads(results.read_text())["tasks"]
+    assert sorted(tasks) == ["loss", "passkey"] and all(entry["complete"] for entry in tasks.values())
+    assert [row["global_step"] for row in metrics(run)] == [1, 2, 3, 4] and (run / "final").is_dir()
 
 
 def _assert_resumes_to(recipe: Path, run: Path, reference: Path) -> None:

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from toolkit.data.batches import StageBatches
 from toolkit.errors import UserError
 from toolkit.recipe.schema import LoggingSpec
 from toolkit.run_folder import METRICS, read_metrics
-from toolkit.training.faults import SHUTDOWN_TIMEOUT_ENV, launcher_grace_s
+from toolkit.training.faults import SHUTDOWN_TIMEOUT_ENV, launcher_grace_s, stop_on_signals
 from toolkit.training.metrics import MetricsLogger
 from toolkit.training.objective import CausalLMObjective
 
@@ -251,6 +252,90 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninte
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
     _resumed_from(run, saved, capsys.readouterr().out)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
+
+
+def _stderr_until(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """What ``proc`` wrote to stderr up to ``text`` (read as it comes: a progress bar's first draw ends in no
+    newline); the test fails when ``text`` has not come within ``timeout`` seconds."""
+    assert proc.stderr is not None
+    seen, deadline = b"", time.monotonic() + timeout
+    while text.encode() not in seen:
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            proc.kill()
+            pytest.fail(f"no {text!r} within {timeout} s: {seen.decode(errors='replace')[-600:]}")
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {path} while the run went on")
+        time.sleep(0.02)
+
+
+SLOW_SUITE = ("name: slow\ntasks:\n  - {type: niah, name: passkey, lengths: [64], depths: [0.0, 0.5, 1.0], "
+              "samples: 100, batch_tokens: 1024}\n")
+"""300 prompts, 16 a batch: the micro model takes seconds over them, saving its results after each batch."""
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_an_evaluation_stops_it_and_the_resumed_run_finishes_it(tmp_path: Path,
+                                                                                     capsys) -> None:
+    """SIGINT in the evaluation after stage 0 ends it at its batch under way, keeping what it finished and the
+    stage's checkpoint (exit 130, no second signal needed); the resumed run evaluates the prompts left, then trains
+    stage 1."""
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    (tmp_path / "slow.yaml").write_text(SLOW_SUITE)
+    short, long = (dict(stage, max_steps=2) for stage in MICRO_RECIPE["train"]["stages"])
+    train_spec = dict(MICRO_RECIPE["train"], stages=[short, dict(long, evaluate=False)])
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train=train_spec, output={"dir": str(tmp_path / "run")},
+                                         eval={"suites": [str(tmp_path / "slow.yaml")], "before": False}))
+    run, results = tmp_path / "run", tmp_path / "run" / "eval" / "stage-0-short" / "slow.json"
+    proc = _spawn(recipe)
+    _stderr_until(proc, "slow/passkey:")
+    _wait_for(results, proc)  # its first batch is saved
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-600:]
+    saved = run / "checkpoints" / "stage-0-step-000002"
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"stopped by SIGINT during evaluation stage-0-short; checkpoint saved at {saved}; continue with "
+        "train.resume=true")
+    assert _checkpoints(run) == [saved.name] and [row["global_step"] for row in read_metrics(run)] == [1, 2]
+    entry = json.loads(results.read_text())["tasks"]["passkey"]
+    assert not entry["complete"] and 0 < len(entry["cells"]) < 300
+
+    assert train(recipe, "train.resume=true") == 0
+    printed = capsys.readouterr()
+    assert f"resumed from {saved}" in printed.out
+    assert f"| 0/{300 - len(entry['cells'])} [" in printed.err  # the prompts left, not all 300
+    entry = json.loads(results.read_text())["tasks"]["passkey"]
+    assert entry["complete"] and len(entry["cells"]) == 300
+    assert [row["global_step"] for row in read_metrics(run)] == [1, 2, 3, 4] and (run / "final").is_dir()
+
+
+def test_a_stop_signal_ends_the_work_run_until_stopped_and_only_it() -> None:
+    """Inside ``run_until_stopped`` a stop signal ends the work where it is; outside it a signal is only noted, and
+    work that comes after one does not start."""
+    done: list[str] = []
+
+    def work() -> None:
+        signal.raise_signal(signal.SIGTERM)
+        done.append("went on")
+
+    with stop_on_signals() as flag:
+        flag.run_until_stopped(work)
+        assert flag.signum == signal.SIGTERM and done == []
+        signal.raise_signal(signal.SIGINT)
+        assert flag.signum == signal.SIGINT
+        flag.run_until_stopped(lambda: done.append("started"))
+        assert done == []
 
 
 @pytest.mark.slow

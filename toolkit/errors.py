@@ -31,10 +31,12 @@ class RunFailure(Exception):
 
 
 class Stopped(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint: exit code 128 + the signal number."""
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint: exit code 128 + the signal number. ``during``:
+    the work it cut short, when not a step (an evaluation, which the resumed run finishes)."""
 
-    def __init__(self, signum: int, checkpoint: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {checkpoint}; "
+    def __init__(self, signum: int, checkpoint: str, during: str | None = None):
+        where = f" during {during}" if during else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name}{where}; checkpoint saved at {checkpoint}; "
                          "continue with train.resume=true")
         self.exit_code = 128 + signum
 

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 
 from toolkit.data.batches import stage_batches
 from toolkit.data.formats import trained_chat_template
+from toolkit.errors import Stopped
 from toolkit.model.eval_copy import eval_copy
 from toolkit.model.loading import evaluating
 from toolkit.model.rope import use_rope
@@ -37,7 +38,7 @@ from toolkit.parallel.sequence import (
 from toolkit.recipe.loading import check_recipe
 from toolkit.recipe.schema import Recipe
 from toolkit.run_folder import EVAL, FINAL, REPORT_MD, eval_tag
-from toolkit.training.faults import stop_on_signals
+from toolkit.training.faults import StopFlag, on_any_process, stop_on_signals
 from toolkit.training.loop import LoopParts, StageJob, stage_steps, tokens_per_step, train_stage
 from toolkit.training.session import Session, setup
 
@@ -61,20 +62,35 @@ def run_recipe(recipe: Recipe) -> Path:
 def evaluate_before(session: Session) -> None:
     """The suites on the starting model (``eval.before``); a resumed run did that before it stopped."""
     if session.resumed is None and session.recipe.evaluates(None):
-        _evaluate(session, None)
+        _evaluate(session, None, StopFlag())  # no handler sets it: Ctrl-C interrupts as in ``toolkit eval``
 
 
-def _evaluate(session: Session, index: int | None) -> None:
-    """Run the recipe's suites on the main process (tag: :func:`eval_tag`) while the others wait."""
-    recipe, accelerator = session.recipe, session.accelerator
+def _evaluate(session: Session, index: int | None, stop: StopFlag) -> None:
+    """Run the recipe's suites on the main process (tag: :func:`eval_tag`) while the others wait. A stop signal that
+    ``stop`` receives ends the evaluation at once, as Ctrl-C ends ``toolkit eval`` (what it finished is kept), and
+    every process stops (:func:`_heed_stop`)."""
     gathered = _gathered_weights(session)
-    if accelerator.is_main_process:
-        from toolkit.evals.api import run_suites
+    tag = eval_tag(session.recipe, index)
+    if session.accelerator.is_main_process:
+        stop.run_until_stopped(lambda: _run_suites(session, gathered, tag))
+    _heed_stop(session, stop, f"evaluation {tag}")
 
-        with without_ulysses_attention(accelerator), _model_to_evaluate(session, gathered) as model:
-            run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, eval_tag(recipe, index),
-                       model_name=recipe.name)
-    accelerator.wait_for_everyone()
+
+def _run_suites(session: Session, gathered: dict[str, torch.Tensor] | None, tag: str) -> None:
+    from toolkit.evals.api import run_suites
+
+    recipe = session.recipe
+    with without_ulysses_attention(session.accelerator), _model_to_evaluate(session, gathered) as model:
+        run_suites(model, session.tokenizer, recipe.eval.suites, recipe.run_dir / EVAL, tag, model_name=recipe.name)
+
+
+def _heed_stop(session: Session, stop: StopFlag, during: str) -> None:
+    """Every process waits for the main one's evaluation (``during``), then all stop together when a stop signal
+    reached any of them, keeping the checkpoint of the stage evaluated: its end is saved before its evaluation."""
+    if signum := on_any_process(session.accelerator, stop.signum or 0):
+        kept = session.checkpoints.latest()
+        assert kept is not None  # train_stage saves every stage's end
+        raise Stopped(signum, str(kept[0]), during)
 
 
 @contextmanager
@@ -98,7 +114,8 @@ def _model_to_evaluate(session: Session, gathered: dict[str, torch.Tensor] | Non
 
 def train_stages(session: Session) -> None:
     """Every stage in order, each after switching the model to its RoPE; stages a resumed run had finished are
-    skipped. SIGTERM/SIGINT stop training after a checkpoint (:class:`toolkit.errors.Stopped`)."""
+    skipped. SIGTERM/SIGINT stop training after a checkpoint, or an evaluation at once
+    (:class:`toolkit.errors.Stopped`)."""
     recipe, loaded = session.recipe, session.loaded
     with stop_on_signals() as stop:
         parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
@@ -106,11 +123,11 @@ def train_stages(session: Session) -> None:
         for index, stage in enumerate(recipe.train.stages):
             use_rope(session.model, stage.rope, stage.seq_len, loaded.native_length, loaded.native_theta)
             if _finished_before_resume(session, index):
-                _catch_up_evaluation(session, index)
+                _catch_up_evaluation(session, index, stop)
                 continue
             session.global_step = train_stage(parts, _stage_job(session, index))
             if recipe.evaluates(index):
-                _evaluate(session, index)
+                _evaluate(session, index, stop)
 
 
 def _finished_before_resume(session: Session, index: int) -> bool:
@@ -118,12 +135,12 @@ def _finished_before_resume(session: Session, index: int) -> bool:
     return state is not None and (index < state.stage or (index == state.stage and state.stage_done))
 
 
-def _catch_up_evaluation(session: Session, index: int) -> None:
+def _catch_up_evaluation(session: Session, index: int, stop: StopFlag) -> None:
     """The evaluation after the stage the checkpoint finished: the run stopped before or during it (what it had
     finished is reused, the rest evaluated)."""
     recipe, state = session.recipe, session.resumed
     if state is not None and index == state.stage and recipe.evaluates(index):
-        _evaluate(session, index)
+        _evaluate(session, index, stop)
 
 
 def _stage_job(session: Session, index: int) -> StageJob:

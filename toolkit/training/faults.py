@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from accelerate import Accelerator
 
 from toolkit.errors import RunFailure, UserError
 
@@ -33,17 +35,46 @@ def launcher_grace_s() -> int | None:
         return TORCHRUN_GRACE_S
 
 
+class StopSignal(KeyboardInterrupt):
+    """A stop signal met inside :meth:`StopFlag.run_until_stopped`, raised where Ctrl-C raises KeyboardInterrupt: work
+    that Ctrl-C stops cleanly (an evaluation, which keeps what it finished, as ``toolkit eval`` does) stops the same
+    way."""
+
+
 class StopFlag:
-    """Set by SIGTERM or SIGINT; the loop checks it after each optimizer step. ``grace_s``: how long the launcher
-    waits after a stop signal before it kills the process (:func:`launcher_grace_s`), when known."""
+    """Set by SIGTERM or SIGINT; the loop checks it after each optimizer step, and work run by
+    :meth:`run_until_stopped` (an evaluation) ends at once. ``grace_s``: how long the launcher waits after a stop
+    signal before it kills the process (:func:`launcher_grace_s`), when known."""
 
     def __init__(self, grace_s: int | None = None) -> None:
         self.signum: int | None = None
         self.grace_s = grace_s
         self._warned = False
+        self._interrupting = False
 
     def __bool__(self) -> bool:
         return self.signum is not None
+
+    def receive(self, signum: int) -> None:
+        """A stop signal's handler: note it; within :meth:`run_until_stopped`, also end that work at once (once: a
+        second signal only notes itself)."""
+        self.signum = signum
+        if self._interrupting:
+            self._interrupting = False
+            raise StopSignal
+
+    def run_until_stopped(self, work: Callable[[], object]) -> None:
+        """Run ``work`` unless a stop signal came already; one that comes meanwhile ends it at once. The signal stays
+        in the flag for the caller to act on."""
+        self._interrupting = True
+        try:
+            if self.signum is None:
+                work()
+            self._interrupting = False  # still in the try: a signal just before this line raises here
+        except StopSignal:
+            pass
+        finally:
+            self._interrupting = False
 
     def warn_if_too_slow(self, stage: str, step_s: float, save_s: float) -> None:
         """Warn once when a step and a checkpoint take longer than the launcher's grace: a stop signal met early in
@@ -59,13 +90,14 @@ class StopFlag:
 
 
 @contextmanager
-def stop_on_signals():
-    """Within the block, SIGTERM and SIGINT set the returned flag instead of killing the process."""
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Within the block, SIGTERM and SIGINT set the returned flag (:meth:`StopFlag.receive`) instead of killing the
+    process."""
     flag = StopFlag(launcher_grace_s())
     previous = {}
 
-    def handler(signum, _frame):
-        flag.signum = signum
+    def handler(signum: int, _frame: object) -> None:
+        flag.receive(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -77,6 +109,14 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def on_any_process(acc: Accelerator, value: int) -> int:
+    """The largest of ``value`` over every process (one small gather; none in a single process): what every process
+    acts on together, since a checkpoint is saved by all of them at once."""
+    if acc.num_processes == 1:
+        return value
+    return int(acc.gather(torch.tensor([value], device=acc.device)).max().item())
 
 
 def non_finite_loss(stage: str, step: int, last_checkpoint: str | None) -> RunFailure:

@@ -26,7 +26,7 @@ from toolkit.parallel.sequence import row_sharers, shard_for_sequence_parallel
 from toolkit.recipe.schema import StageSpec, TrainSpec
 from toolkit.training.checkpoints import CheckpointManager
 from toolkit.training.data_inputs import stage_inputs
-from toolkit.training.faults import StopFlag, data_mistake, non_finite_loss, out_of_memory
+from toolkit.training.faults import StopFlag, data_mistake, non_finite_loss, on_any_process, out_of_memory
 from toolkit.training.metrics import MetricsLogger, peak_memory_gib, reset_peak_memory
 from toolkit.training.objective import objective_loss
 from toolkit.training.resume_record import TrainerState
@@ -107,14 +107,6 @@ def train_step(parts: LoopParts, micro_batches: Sequence[Batch], stage: str, ste
     return (acc.reduce(loss_sum, "sum") / window).item()
 
 
-def _on_any_process(acc: Accelerator, value: int) -> int:
-    """The largest of ``value`` over every process (one small gather; none in a single process): what every process
-    acts on together, since a checkpoint is saved by all of them at once."""
-    if acc.num_processes == 1:
-        return value
-    return int(acc.gather(torch.tensor([value], device=acc.device)).max().item())
-
-
 def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list[Batch]:
     """The micro-batches of one step. A mistake in the data met by any process stops every one of them after saving
     ``unsaved`` (the last step trained, when no checkpoint holds it), so the run resumes once the data is mended."""
@@ -123,7 +115,7 @@ def _draw(parts: LoopParts, job: StageJob, unsaved: TrainerState | None) -> list
         batches = [next(job.batches) for _ in range(job.spec.grad_accum)]
     except UserError as met:
         error, batches = met, []
-    if _on_any_process(parts.accelerator, int(error is not None)):
+    if on_any_process(parts.accelerator, int(error is not None)):
         if unsaved is not None:
             parts.checkpoints.save(unsaved)
         kept = parts.checkpoints.latest()
@@ -144,7 +136,7 @@ def _save_and_heed_stops(parts: LoopParts, state: TrainerState, stage: str, step
     if step_s is not None and acc.is_main_process:
         parts.stop.warn_if_too_slow(stage, step_s, parts.checkpoints.last_save_s)
     stop = parts.stop.signum if parts.stop else None
-    if signum := _on_any_process(acc, stop or 0):
+    if signum := on_any_process(acc, stop or 0):
         raise Stopped(signum, str(saved or parts.checkpoints.save(state)))
     return saved
 
