@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES
-from toolkit.errors import OneLineParser, positive_int
+from toolkit.errors import command_parser, positive_int
 
 KERNELS = ("varlen_fa2", "sdpa_cudnn", "sdpa_flash", "flash_attn_4")
 """Every kernel's name, in the order they run (the CPU has ``varlen_fa2`` alone)."""
@@ -106,7 +106,7 @@ def time_kernel(kernel: Attention, shape: str, seq_len: int, rows: int, repeats:
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/attention_kernels.py")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[8192, 32768])
     parser.add_argument("--rows", type=positive_int, default=1, help="rows (one document each) per call")

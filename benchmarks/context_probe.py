@@ -34,7 +34,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES
-from toolkit.errors import OneLineParser, output_file, positive_int
+from toolkit.errors import command_parser, output_file, positive_int
 from toolkit.formatting.blocks import markdown_table
 from toolkit.memory.chunked_loss import causal_lm_loss
 from toolkit.memory.features import enable_memory_features
@@ -203,7 +203,7 @@ def table(rows: list[dict[str, Any]], probe: Probe) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/context_probe.py")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[131072, 262144, 524288])
     parser.add_argument("--layers-total", type=positive_int, default=32)

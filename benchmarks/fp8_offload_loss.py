@@ -31,7 +31,7 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder, positive_int, seed_number
+from toolkit.errors import UserError, command_parser, exit_on_user_error, output_folder, positive_int, seed_number
 from toolkit.evals.plots import finish_axes, save_figure
 from toolkit.evals.stats import mean_interval
 from toolkit.formatting.blocks import markdown_table
@@ -142,7 +142,7 @@ def plot(results: list[SeedResult], title: str, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/fp8_offload_loss.py")
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes/tiny-passkey.yaml")
     parser.add_argument("--stage", default="0", help="stage name or index (default: the first)")
     parser.add_argument("--steps", type=positive_int, default=50)

@@ -53,7 +53,7 @@ from benchmarks import gpu_check_training as training
 from benchmarks.gpu_check_report import markdown
 from benchmarks.harness import ROOT
 from toolkit.environment import source_commit
-from toolkit.errors import OneLineParser, output_folder
+from toolkit.errors import command_parser, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.output_paths import write_text
 from toolkit.recipe.loading import load_recipe
@@ -162,7 +162,7 @@ def _section_json(section: sections.Section) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/gpu_check.py")
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
     parser.add_argument("--out", type=output_folder, default=Path("runs/gpu-check"))
     parser.add_argument("--sections", type=int, nargs="+", choices=sorted(ALL_SECTIONS), default=sorted(ALL_SECTIONS),

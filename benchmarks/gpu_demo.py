@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu_demo_results import REFERENCE, bundle, checks, markdown, peak_memory_gib, stopped_early
 from benchmarks.gpu_parts import join
 from toolkit.data import corpus
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error, output_folder
+from toolkit.errors import UserError, command_parser, exit_on_user_error, output_folder
 from toolkit.hub.reach import work_offline
 from toolkit.model import small_model
 from toolkit.model.folder_copy import with_config
@@ -194,7 +194,7 @@ def _steps(profile: Profile, out: Path, run_dir: Path, parts: Path | None, extra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/gpu_demo.py")
     parser.add_argument("--device", choices=sorted(PROFILES), default="cuda")
     parser.add_argument("--out", type=output_folder, default=Path("runs/gpu-demo-out"))
     parser.add_argument("--run", type=Path, default=None, help="run folder (default: runs/gpu-demo-DEVICE)")

@@ -22,7 +22,7 @@ from typing import BinaryIO, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.errors import OneLineParser, UserError, exit_on_user_error
+from toolkit.errors import UserError, command_parser, exit_on_user_error
 from toolkit.file_reading import sha256_of
 from toolkit.output_paths import check_writable, write_text
 
@@ -175,7 +175,7 @@ def join(folder: Path, into: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/gpu_parts.py")
     sub = parser.add_subparsers(dest="command", required=True)
     cut = sub.add_parser("split")
     cut.add_argument("paths", nargs="+", type=Path)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, measure
-from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
+from toolkit.errors import command_parser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -82,7 +82,7 @@ def search(config: Config, budget_gib: float | None, start: int, granularity: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/max_context.py")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--memory-gib", type=positive_float, default=None)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.context_probe import LEAN_NORM
 from benchmarks.harness import SHAPES, Config, measure
-from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
+from toolkit.errors import command_parser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LORA
 from toolkit.plan.memory import GIB, Setup, estimate, shape_from_config
@@ -55,7 +55,7 @@ def calibrate(shape_name: str, method: str, seq_len: int, threads: int | None, b
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/plan_calibration.py")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="full")
     parser.add_argument("--seq-len", type=positive_int, default=4096)

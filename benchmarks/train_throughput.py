@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import SHAPES, Config, for_length, matmul_peak_tflops, measure
 from benchmarks.rows import ROWS
-from toolkit.errors import OneLineParser, output_file, positive_float, positive_int
+from toolkit.errors import command_parser, output_file, positive_float, positive_int
 from toolkit.output_paths import write_text
 from toolkit.plan.command import LOSS_CHUNK
 
@@ -42,7 +42,7 @@ COLUMNS = ("variant", "rows", "seq_len", "status", "real_tokens_per_s", "tokens_
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__, "benchmarks/train_throughput.py")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--seq-len", type=positive_int, nargs="+", default=[1024])

@@ -60,10 +60,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def command_parser(doc: str | None, module: str) -> OneLineParser:
-    """The parser of ``python -m MODULE``: named so in its usage and errors, described by the first paragraph of the
-    module's docstring ``doc`` (its first line alone may stop mid-sentence), its literals quoted as in Markdown."""
+    """The parser of ``python -m MODULE`` (or of ``python SCRIPT``, ``module`` a ``.py`` path: the benchmarks): named
+    so in its usage and errors, described by the first paragraph of its docstring ``doc`` (its first line alone may
+    stop mid-sentence), its literals quoted as in Markdown."""
     paragraph = " ".join((doc or "").split("\n\n")[0].split())
-    return OneLineParser(prog=f"python -m {module}", description=paragraph.replace("``", "`"))
+    prog = f"python {module}" if module.endswith(".py") else f"python -m {module}"
+    return OneLineParser(prog=prog, description=paragraph.replace("``", "`"))
 
 
 Number = TypeVar("Number", int, float)
