@@ -329,6 +329,23 @@ def test_what_a_stage_reads_is_compared_as_its_settings_are() -> None:
     assert _check(older, _reading(template="fedcba9876543210", files=resized)) == []
 
 
+def test_a_data_folder_moved_to_another_machine_is_the_same_source(tmp_path: Path) -> None:
+    """A source's absolute path of the same name elsewhere (the run folder and its data moved) reads the same files
+    (their names and sizes say so); a source of another name is another source."""
+    def at(path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"text": "a book"}\n')
+
+        def change(r):
+            r["train"]["stages"][0]["data"] = {"source": "jsonl", "path": str(path), "format": "text"}
+        return change
+
+    base = _identity(at(tmp_path / "a" / "books.jsonl"))
+    assert _check(base, _identity(at(tmp_path / "b" / "books.jsonl"))) == []
+    assert _refusal(base, _identity(at(tmp_path / "a" / "other.jsonl"))).startswith(
+        f"train.stages[0].data.path: '{tmp_path}/a/books.jsonl' in the checkpoint")
+
+
 def test_tokenizer_identity_is_stable_and_sensitive() -> None:
     from toolkit.data.tokenizer import train_tokenizer
     from toolkit.recipe.schema import TokenizerTraining

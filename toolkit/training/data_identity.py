@@ -38,7 +38,7 @@ from toolkit.parallel.sequence import data_parallel_size
 from toolkit.recipe.schema import Recipe
 from toolkit.training.data_inputs import Change, input_change, short_sha256, stage_inputs
 from toolkit.training.loop import stage_steps
-from toolkit.training.resume_record import differences
+from toolkit.training.resume_record import differences, same_file_moved
 
 VERSION = 2
 """The record's format, for whoever reads a checkpoint; no check reads it, since a field a checkpoint lacks is not
@@ -109,7 +109,8 @@ def _stage_change(old: dict[str, Any], new: dict[str, Any], index: int) -> Chang
     found = next(((f"train.stages[{index}].{key}", old[key], new[key]) for key in _STAGE_FIELDS
                   if key in old and old[key] != new[key]), None)
     if found is None and "data" in old:
-        found = next(differences(old["data"], new["data"], new["data_field"]), None)
+        found = next((change for change in differences(old["data"], new["data"], new["data_field"])
+                      if not same_file_moved(change[1], change[2])), None)
     if found is None:
         return input_change(old.get("inputs"), new["inputs"])
     return found[0], setting_value(found[1]), setting_value(found[2]), None

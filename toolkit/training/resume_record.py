@@ -112,7 +112,7 @@ def record_differences(recipe: Recipe, state: TrainerState, recorded: dict[str, 
     new = _trained(recipe, recipe.model_dump(mode="json"), finished, everything)
     return [f"{where} (recorded {setting_value(was)}, now {setting_value(now)})"
             for key, part in new.items() for where, was, now in differences(old.get(key), part, key)
-            if not _same_file(was, now)]
+            if not same_file_moved(was, now)]
 
 
 NOT_A_CHANGE = ("train.resume",)
@@ -174,9 +174,10 @@ def _trained(recipe: Recipe, dump: dict[str, Any], finished: int, everything: bo
     return parts
 
 
-def _same_file(old: Any, new: Any) -> bool:
+def same_file_moved(old: Any, new: Any) -> bool:
     """Two local paths to a file of the same name: the run folder read on another machine, or the repository
-    moved (what a tokenizer holds is checked by its hash: ``toolkit.training.data_identity``)."""
+    moved (what a tokenizer holds is checked by its hash, what a data source reads by its files' names and sizes:
+    ``toolkit.training.data_identity``)."""
     return isinstance(old, str) and isinstance(new, str) and old.startswith("/") and new.startswith("/") and \
         Path(old).name == Path(new).name
 
