@@ -125,7 +125,7 @@ def test_another_base_model_is_refused_by_validate_and_train(stopped: Path, caps
 
 def test_a_folder_digest_reads_config_and_weight_sizes(tmp_path: Path) -> None:
     """The same for a copy elsewhere; another once a weight file changes size, or another is added, or config.json
-    changes; files that are no weights do not count."""
+    changes; files that are no weights do not count, nor .bin files beside safetensors (transformers loads those)."""
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text('{"hidden_size": 64}')
@@ -140,16 +140,18 @@ def test_a_folder_digest_reads_config_and_weight_sizes(tmp_path: Path) -> None:
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 51)
     resized = folder_digest(folder)
     assert resized != first
-    (folder / "pytorch_model.bin").write_bytes(b"\0")
+    (folder / "pytorch_model.bin").write_bytes(b"\0")  # beside safetensors: transformers loads those
+    assert folder_digest(folder) == resized
+    for shard in folder.glob("*.safetensors"):
+        shard.unlink()
     assert folder_digest(folder) not in (first, resized)
-    (folder / "pytorch_model.bin").unlink()
     (folder / "config.json").write_text('{"hidden_size": 65}')
     assert folder_digest(folder) not in (first, resized)
 
 
 def test_a_hub_model_is_its_cached_snapshot(tmp_path: Path, monkeypatch) -> None:
     """A hub id: the snapshot its revision (main by default) resolves to in the Hugging Face cache, read offline; None
-    while it is not cached (``train`` records it once loaded), and for a random init."""
+    while it is not cached whole (``train`` records it once loaded), and for a random init."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
@@ -166,6 +168,16 @@ def test_a_hub_model_is_its_cached_snapshot(tmp_path: Path, monkeypatch) -> None
     assert base_identity(ModelSpec(name_or_path="org/model", revision="a" * 40)) == (
         f"sha256 {folder_digest(repo / 'snapshots' / ('a' * 40))}")
     assert base_identity(ModelSpec.model_validate(MICRO_RECIPE["model"])) is None
+    sharded = repo / "snapshots" / ("c" * 40)  # a download cut short: one shard of two
+    sharded.mkdir()
+    (sharded / "config.json").write_text("{}")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (sharded / "model-00001-of-00002.safetensors").write_bytes(b"\0")
+    at_c = ModelSpec(name_or_path="org/model", revision="c" * 40)
+    assert base_identity(at_c) is None
+    (sharded / "model-00002-of-00002.safetensors").write_bytes(b"\0")
+    assert base_identity(at_c) == f"sha256 {folder_digest(sharded)}"
 
 
 def test_the_checkpoint_records_what_its_stage_reads(stopped: Path) -> None:

@@ -49,19 +49,47 @@ def check_model_source(source: str, field: str) -> None:
     read_json_object(folder / MODEL_CONFIG)  # a JSON object, or one line naming the file
 
 
-WEIGHT_FILES = ("*.safetensors", "*.bin")
-"""A model folder's weight files, whose names and sizes :func:`folder_digest` reads."""
+WEIGHT_FORMATS = ("safetensors", "bin")
+"""A model folder's weight files by suffix, in the order transformers prefers them: where both are there it loads the
+first (a hub snapshot may hold both), and :func:`folder_digest` reads only those."""
+
+WEIGHT_INDEXES = {"safetensors": "model.safetensors.index.json", "bin": "pytorch_model.bin.index.json"}
+SINGLE_WEIGHTS = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin"}
+
+
+def _weights(folder: Path) -> list[Path]:
+    """The weight files transformers loads from ``folder``: those of the first of :data:`WEIGHT_FORMATS` it holds."""
+    for suffix in WEIGHT_FORMATS:
+        files = sorted(path for path in folder.glob(f"*.{suffix}") if path.is_file())
+        if files:
+            return files
+    return []
 
 
 def folder_digest(folder: Path) -> str:
-    """A short sha256 over ``folder``'s config.json and the names and byte sizes of its weight files (not their bytes:
-    gigabytes): the same for a copy elsewhere; another once config.json is edited or a weight file added, removed or
-    replaced by one of another size."""
-    weights = sorted((path.name, path.stat().st_size) for pattern in WEIGHT_FILES for path in folder.glob(pattern)
-                     if path.is_file())
+    """A short sha256 over ``folder``'s config.json and the names and byte sizes of the weight files transformers loads
+    from it (not their bytes: gigabytes): the same for a copy elsewhere; another once config.json is edited or a
+    weight file added, removed or replaced by one of another size."""
+    weights = [(path.name, path.stat().st_size) for path in _weights(folder)]
     digest = hashlib.sha256((folder / MODEL_CONFIG).read_bytes())
     digest.update(json.dumps(weights).encode())
     return digest.hexdigest()[:16]
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a cached snapshot holds every weight file of its format (its index's, or the single file): a download
+    cut short leaves the files it finished, whose digest would name another model."""
+    for suffix in WEIGHT_FORMATS:
+        index = folder / WEIGHT_INDEXES[suffix]
+        if index.is_file():
+            try:
+                needed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                return False
+            return bool(needed) and all((folder / name).is_file() for name in needed)
+        if (folder / SINGLE_WEIGHTS[suffix]).is_file():
+            return True
+    return False
 
 
 def base_identity(spec: ModelSpec) -> str | None:
@@ -81,11 +109,12 @@ def base_identity(spec: ModelSpec) -> str | None:
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     """The folder of ``repo_id``'s snapshot at ``revision`` (its main branch by default) in the Hugging Face cache
-    (``snapshots/<commit>``), None when it is not there."""
+    (``snapshots/<commit>``), None while it is not there whole (:func:`_complete`)."""
     from huggingface_hub import try_to_load_from_cache  # here: validate imports no hub client for a local model
 
     found = try_to_load_from_cache(repo_id, MODEL_CONFIG, revision=revision)
-    return Path(found).parent if isinstance(found, str) else None
+    folder = Path(found).parent if isinstance(found, str) else None
+    return folder if folder is not None and _complete(folder) else None
 
 
 def tokenizer_origin(spec: ModelSpec) -> str:
