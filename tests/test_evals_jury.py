@@ -279,6 +279,14 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
     data.write_text(_item() + '{"question": "Who?"}\n')
     with pytest.raises(UserError, match="d.jsonl:2: reference: Field required"):
         read_items(data, "max_vote")
+    data.write_text(_item(refrence="Ada") + _item(labelled=[{"answer": "Bob", "humn": 1}]))
+    with pytest.raises(UserError) as caught:
+        read_items(data, "max_vote")
+    assert str(caught.value).endswith("d.jsonl:1: refrence: unknown key (did you mean reference?)")
+    data.write_text(_item() + _item(labelled=[{"answer": "Bob", "humn": 1}]))
+    with pytest.raises(UserError) as caught:
+        read_items(data, "max_vote")
+    assert str(caught.value).endswith("d.jsonl:2: labelled[0].humn: unknown key (did you mean human?)")
     data.write_text(_item() + "{oops\n")
     with pytest.raises(UserError, match="d.jsonl:2: not a JSON object"):
         read_items(data, "max_vote")

@@ -28,7 +28,7 @@ from pydantic import (
 from toolkit.errors import UserError
 from toolkit.file_reading import read_text
 from toolkit.recipe.strict import NAME_PATTERN, Strict
-from toolkit.recipe.yaml_files import format_loc, resolve_relative
+from toolkit.recipe.yaml_files import resolve_relative, validation_message
 
 Pooling = Literal["max_vote", "average"]
 LABELS: dict[str, tuple[int, ...]] = {"max_vote": (0, 1), "average": (1, 2, 3, 4, 5)}
@@ -124,8 +124,7 @@ def read_items(path: Path, pooling: Pooling) -> list[JuryItem]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{number}: not a JSON object: {exc.msg}") from None
         except ValidationError as exc:
-            error = exc.errors()[0]
-            raise UserError(f"{path}:{number}: {format_loc(error['loc']) or 'item'}: {error['msg']}") from None
+            raise UserError(validation_message(exc, f"{path}:{number}")) from None
         for i, labelled in enumerate(item.labelled):
             if labelled.human not in LABELS[pooling]:
                 raise UserError(f"{path}:{number}: labelled[{i}].human: must be one of {LABELS[pooling]} for pooling "
