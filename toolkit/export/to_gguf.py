@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -87,12 +88,12 @@ def _target(source: Path, out: str | Path | None, name: str, outtype: str) -> Pa
 def _exported_name(path: Path) -> str | None:
     """The ``general.name`` of the GGUF file at ``path`` (the converter writes the run's or model folder's name);
     None when it is no readable GGUF file."""
-    with open(path, "rb") as handle:
-        if handle.read(4) != b"GGUF":
-            return None
     try:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                return None
         return str(gguf_metadata(path).get("general.name", ""))
-    except ValueError:  # cut short: the gguf package's reader finds too few bytes
+    except (OSError, ValueError, IndexError, struct.error):  # unreadable, or cut short or damaged past its magic
         return None
 
 

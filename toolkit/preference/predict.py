@@ -61,9 +61,13 @@ SUBMISSION_HEADER = ",".join(SUBMISSION_COLUMNS)
 
 
 def _is_submission(path: Path) -> bool:
-    """Whether the file at ``path`` starts with :data:`SUBMISSION_HEADER` (an earlier submission)."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        return handle.readline(len(SUBMISSION_HEADER) + 3).rstrip("\r\n") == SUBMISSION_HEADER
+    """Whether the file at ``path`` starts with :data:`SUBMISSION_HEADER` (an earlier submission); a file that cannot
+    be read is none."""
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            return handle.readline(len(SUBMISSION_HEADER) + 3).rstrip("\r\n") == SUBMISSION_HEADER
+    except OSError:
+        return False
 
 
 def _check_out(out: Path, data: Path | None = None) -> bool:
