@@ -60,6 +60,8 @@ class FakeHub:
 
     def __init__(self, token: str):
         self.token = token
+        self.token_role = "write"
+        """What ``whoami`` says the token may do (``read``: a read-only token)."""
         self.repos: dict[str, Repo] = {}
         self.creations = 0
         self.lock = threading.Lock()
@@ -171,7 +173,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                               "commitOid": commit.oid, "pullRequestUrl": None, "success": True})
 
         def _whoami(self, method: str, match: re.Match, body: bytes) -> None:
-            self._reply(200, {"type": "user", "name": "me", "auth": {"accessToken": {"role": "write"}}})
+            self._reply(200, {"type": "user", "name": "me", "auth": {"accessToken": {"role": hub.token_role}}})
 
         def _info(self, method: str, match: re.Match, body: bytes) -> None:
             repo = hub.repos.get(match["repo"])

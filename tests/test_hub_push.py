@@ -119,6 +119,13 @@ def test_push_without_login_or_with_a_bad_token(tmp_path: Path, fake_hub: FakeHu
     assert str(caught.value) == ("not logged in or token lacks write access to me/tiny: "
                                  "set HF_TOKEN or run `hf auth login`")
     assert not fake_hub.repos and not (run / "upload").exists()  # refused before the upload folder is built
+    monkeypatch.setenv("HF_TOKEN", fake_hub.token)
+    fake_hub.token_role = "read"
+    with pytest.raises(UserError) as caught:
+        push_run(run, "me/tiny", private=False, what=None, dry_run=False)
+    assert str(caught.value) == ("hub: the token is read-only, so nothing can be pushed to me/tiny: use a token with "
+                                 "write access (set HF_TOKEN or run `hf auth login`)")
+    assert not fake_hub.repos and not (run / "upload").exists()
 
 
 def test_an_unreachable_hub_is_one_line_before_anything_is_merged_or_written(

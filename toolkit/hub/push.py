@@ -59,7 +59,8 @@ def push_run(run_dir: Path, repo_id: str, private: bool, what: str | None, dry_r
 
 
 def _accepted_token(repo_id: str) -> str:
-    """The token, once the Hub answers and accepts it (``whoami``); a one-line error before anything is written."""
+    """The token, once the Hub answers and accepts it (``whoami``: not a read-only one); a one-line error before
+    anything is written."""
     token = get_token()
     if token is None:
         raise UserError(f"not logged in: {LOGIN_HINT} (or use --dry-run)")
@@ -67,9 +68,12 @@ def _accepted_token(repo_id: str) -> str:
         raise UserError(f"hub: {endpoint()} cannot be reached, so nothing can be pushed to {repo_id} (check the "
                         "network or HF_ENDPOINT; --dry-run works offline)")
     try:
-        HfApi(token=token).whoami()
+        who = HfApi(token=token).whoami()
     except HubFailure as exc:
         raise hub_error(exc, repo_id) from None
+    if (who.get("auth") or {}).get("accessToken", {}).get("role") == "read":
+        raise UserError(f"hub: the token is read-only, so nothing can be pushed to {repo_id}: use a token with write "
+                        f"access ({LOGIN_HINT})")
     return token
 
 
