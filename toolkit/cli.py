@@ -13,8 +13,8 @@ from pathlib import Path
 from toolkit.errors import RunFailure, Stopped, UserError, command_parser, user_path
 from toolkit.formatting.console_logging import configure_logging
 
-EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file, found before anything "
-              "is written; 1 a failure at run time.")
+EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file (found before anything "
+              "is written, but for a bad record met in a data stream); 1 a failure at run time.")
 """The exit codes most commands' ``--help`` ends with (those of :class:`UserError` and :class:`RunFailure`)."""
 TORCH_FREE = ("validate", "report")
 """Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
@@ -41,8 +41,10 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                        "report --check checks it). All of it goes to output.dir: "
                                        "recipe.resolved.yaml, run_info.json, metrics.jsonl, checkpoints/, eval/, "
                                        "final/, report.md and report.html. Every input is checked before the model "
-                                       f"loads. {EXIT_CODES} 143 or 130 when stopped by SIGTERM or SIGINT, after "
-                                       "saving a checkpoint (train.resume=true continues it).")
+                                       f"loads. {EXIT_CODES} 143 or 130 when stopped by SIGTERM or SIGINT: in training "
+                                       "or an evaluation after it, with its checkpoint kept (train.resume=true "
+                                       "continues it); before the first step, with nothing to continue but the "
+                                       "starting model's finished evaluations, which the same command reuses.")
     train.add_argument("recipe", type=user_path, help="the recipe YAML (recipes/)")
     _overrides(train)
 
