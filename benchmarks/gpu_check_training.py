@@ -36,8 +36,9 @@ STEPS_ATOL = 1e-3
 _SAVE_START = ("import sys; from benchmarks.gpu_check_training import save_start; "
                "save_start(sys.argv[1], sys.argv[2], sys.argv[3:])")
 _TRAIN_ONLY = ("import sys; from toolkit.recipe.loading import load_recipe; from toolkit.runner import train_stages; "
-               "from toolkit.training.session import setup; session = setup(load_recipe(sys.argv[1], sys.argv[2:])); "
-               "train_stages(session); session.logger.close()")
+               "from toolkit.training.faults import StopFlag; from toolkit.training.session import setup; "
+               "session = setup(load_recipe(sys.argv[1], sys.argv[2:])); train_stages(session, StopFlag()); "
+               "session.logger.close()")
 """The runner's setup and training steps alone (no final save, no report): what the comparison needs."""
 _LAUNCHER = "ChildFailedError"
 """torch's launcher's summary of a failed training process, which says less than that process's own error."""

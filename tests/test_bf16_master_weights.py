@@ -25,6 +25,7 @@ from toolkit.memory.optimizers import build_optimizer
 from toolkit.model.loading import build_random
 from toolkit.recipe.schema import ModelSpec, Recipe, TrainSpec
 from toolkit.runner import train_stages
+from toolkit.training.faults import StopFlag
 from toolkit.training.session import setup
 
 STEPS, LR = 40, 1e-5
@@ -76,7 +77,7 @@ def _movement(recipe: Recipe) -> tuple[dict[str, float], set[torch.dtype]]:
         session = setup(recipe)
         trained = {n: p for n, p in session.model.named_parameters() if p.requires_grad and p.dim() == 2}
         initial = {n: p.detach().float().clone() for n, p in trained.items()}
-        train_stages(session)
+        train_stages(session, StopFlag())
         session.logger.close()
     moved = {n: (p.detach().float() - initial[n]).abs().mean().item() for n, p in trained.items()}
     return moved, {p.dtype for p in trained.values()}

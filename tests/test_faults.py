@@ -320,6 +320,38 @@ def test_a_stop_signal_during_an_evaluation_stops_it_and_the_resumed_run_finishe
     assert [row["global_step"] for row in read_metrics(run)] == [1, 2, 3, 4] and (run / "final").is_dir()
 
 
+@pytest.mark.slow
+def test_a_stop_signal_in_the_starting_models_evaluation_stops_it_and_the_same_command_finishes_it(
+        tmp_path: Path, capsys) -> None:
+    """SIGTERM in the evaluation of the starting model (``eval.before``) ends it at its batch under way with exit 143
+    and one line saying nothing was trained; the same command again evaluates only the prompts left, then trains."""
+    from tests.conftest import MICRO_RECIPE, write_recipe
+
+    (tmp_path / "slow.yaml").write_text(SLOW_SUITE)
+    stages = [dict(MICRO_RECIPE["train"]["stages"][0], max_steps=2)]
+    recipe = write_recipe(tmp_path, dict(MICRO_RECIPE, train=dict(MICRO_RECIPE["train"], stages=stages),
+                                         output={"dir": str(tmp_path / "run")},
+                                         eval={"suites": [str(tmp_path / "slow.yaml")], "before": True}))
+    run, results = tmp_path / "run", tmp_path / "run" / "eval" / "base" / "slow.json"
+    proc = _spawn(recipe)
+    _stderr_until(proc, "slow/passkey:")
+    _wait_for(results, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-600:]
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        "stopped by SIGTERM during evaluation base; nothing trained yet: the same command continues, reusing what "
+        "the evaluation finished")
+    assert not (run / "checkpoints").exists() or _checkpoints(run) == []
+    entry = json.loads(results.read_text())["tasks"]["passkey"]
+    assert not entry["complete"] and 0 < len(entry["cells"]) < 300
+
+    assert train(recipe) == 0
+    assert f"| 0/{300 - len(entry['cells'])} [" in capsys.readouterr().err
+    assert json.loads(results.read_text())["tasks"]["passkey"]["complete"]
+    assert [row["global_step"] for row in read_metrics(run)] == [1, 2] and (run / "final").is_dir()
+
+
 def test_a_stop_signal_ends_the_work_run_until_stopped_and_only_it() -> None:
     """Inside ``run_until_stopped`` a stop signal ends the work where it is; outside it a signal is only noted, and
     work that comes after one does not start."""

@@ -31,13 +31,15 @@ class RunFailure(Exception):
 
 
 class Stopped(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint: exit code 128 + the signal number. ``during``:
-    the work it cut short, when not a step (an evaluation, which the resumed run finishes)."""
+    """A run stopped on SIGTERM/SIGINT: exit code 128 + the signal number. ``checkpoint``: the one saved, None before
+    the first step (the evaluation of the starting model, whose finished part the same command reuses). ``during``:
+    the work it cut short, when not a step (an evaluation, which the continued run finishes)."""
 
-    def __init__(self, signum: int, checkpoint: str, during: str | None = None):
+    def __init__(self, signum: int, checkpoint: str | None, during: str | None = None):
         where = f" during {during}" if during else ""
-        super().__init__(f"stopped by {signal.Signals(signum).name}{where}; checkpoint saved at {checkpoint}; "
-                         "continue with train.resume=true")
+        kept = (f"checkpoint saved at {checkpoint}; continue with train.resume=true" if checkpoint else
+                "nothing trained yet: the same command continues, reusing what the evaluation finished")
+        super().__init__(f"stopped by {signal.Signals(signum).name}{where}; {kept}")
         self.exit_code = 128 + signum
 
 

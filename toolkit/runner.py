@@ -49,8 +49,9 @@ def run_recipe(recipe: Recipe) -> Path:
     recipe = check_recipe(recipe)
     session = setup(recipe)
     try:
-        evaluate_before(session)
-        train_stages(session)
+        with stop_on_signals() as stop:
+            evaluate_before(session, stop)
+            train_stages(session, stop)
     finally:
         session.logger.close()
     finish(session)
@@ -59,10 +60,11 @@ def run_recipe(recipe: Recipe) -> Path:
 
 # 2. evaluate the starting model
 
-def evaluate_before(session: Session) -> None:
-    """The suites on the starting model (``eval.before``); a resumed run did that before it stopped."""
+def evaluate_before(session: Session, stop: StopFlag) -> None:
+    """The suites on the starting model (``eval.before``); a resumed run did that before it stopped. A stop signal
+    ends it at once, keeping what it finished (:func:`_evaluate`)."""
     if session.resumed is None and session.recipe.evaluates(None):
-        _evaluate(session, None, StopFlag())  # no handler sets it: Ctrl-C interrupts as in ``toolkit eval``
+        _evaluate(session, None, stop)
 
 
 def _evaluate(session: Session, index: int | None, stop: StopFlag) -> None:
@@ -86,11 +88,11 @@ def _run_suites(session: Session, gathered: dict[str, torch.Tensor] | None, tag:
 
 def _heed_stop(session: Session, stop: StopFlag, during: str) -> None:
     """Every process waits for the main one's evaluation (``during``), then all stop together when a stop signal
-    reached any of them, keeping the checkpoint of the stage evaluated: its end is saved before its evaluation."""
+    reached any of them, keeping the checkpoint of the stage evaluated (its end is saved before its evaluation; the
+    starting model's evaluation has none)."""
     if signum := on_any_process(session.accelerator, stop.signum or 0):
         kept = session.checkpoints.latest()
-        assert kept is not None  # train_stage saves every stage's end
-        raise Stopped(signum, str(kept[0]), during)
+        raise Stopped(signum, str(kept[0]) if kept else None, during)
 
 
 @contextmanager
@@ -112,22 +114,21 @@ def _model_to_evaluate(session: Session, gathered: dict[str, torch.Tensor] | Non
 
 # 3. train every stage
 
-def train_stages(session: Session) -> None:
+def train_stages(session: Session, stop: StopFlag) -> None:
     """Every stage in order, each after switching the model to its RoPE; stages a resumed run had finished are
-    skipped. SIGTERM/SIGINT stop training after a checkpoint, or an evaluation at once
+    skipped. A stop signal (``stop``) stops training after a checkpoint, or an evaluation at once
     (:class:`toolkit.errors.Stopped`)."""
     recipe, loaded = session.recipe, session.loaded
-    with stop_on_signals() as stop:
-        parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
-                          session.checkpoints, session.logger, recipe.logging.every, stop)
-        for index, stage in enumerate(recipe.train.stages):
-            use_rope(session.model, stage.rope, stage.seq_len, loaded.native_length, loaded.native_theta)
-            if _finished_before_resume(session, index):
-                _catch_up_evaluation(session, index, stop)
-                continue
-            session.global_step = train_stage(parts, _stage_job(session, index))
-            if recipe.evaluates(index):
-                _evaluate(session, index, stop)
+    parts = LoopParts(session.accelerator, session.objective, session.optimizer, recipe.train,
+                      session.checkpoints, session.logger, recipe.logging.every, stop)
+    for index, stage in enumerate(recipe.train.stages):
+        use_rope(session.model, stage.rope, stage.seq_len, loaded.native_length, loaded.native_theta)
+        if _finished_before_resume(session, index):
+            _catch_up_evaluation(session, index, stop)
+            continue
+        session.global_step = train_stage(parts, _stage_job(session, index))
+        if recipe.evaluates(index):
+            _evaluate(session, index, stop)
 
 
 def _finished_before_resume(session: Session, index: int) -> bool:
