@@ -48,11 +48,20 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6,
                         dtype: torch.dtype | None = None) -> None:
-    """The same keys and values within ``atol``; with ``dtype``, every tensor of ``a`` in it."""
+    """The same keys and values within ``atol``; with ``dtype``, every tensor of ``a`` in it. A failure names every
+    tensor that differs, each with its largest difference."""
     assert a.keys() == b.keys()
-    for key in a:
-        assert dtype is None or a[key].dtype == dtype, key
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+    assert dtype is None or not [key for key in a if a[key].dtype != dtype], {key: a[key].dtype for key in a}
+    apart = {key: how for key in a if (how := _apart(a[key], b[key], atol))}
+    assert not apart, f"{len(apart)} of {len(a)} tensors differ by more than {atol}: {apart}"
+
+
+def _apart(a: torch.Tensor, b: torch.Tensor, atol: float) -> str | None:
+    """How ``a`` and ``b`` differ (dtype, shape, or their largest difference beyond ``atol``); None when they agree."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return f"{a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
+    largest = (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+    return f"{largest:.3g}" if largest > atol else None
 
 
 def needle_suite(folder: Path) -> Path:

@@ -251,6 +251,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(micro_recipe: Path, uninte
     assert f"checkpoint saved at {run / 'checkpoints' / saved}" in err
     assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
     _resumed_from(run, saved, capsys.readouterr().out)
+    print(f"stopped at {saved}; the stopped run's stderr ended: {err[-1500:]}")  # shown when the next line fails
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
 
 
