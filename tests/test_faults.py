@@ -353,6 +353,39 @@ def test_a_stop_signal_in_the_starting_models_evaluation_stops_it_and_the_same_c
     assert [row["global_step"] for row in read_metrics(run)] == [1, 2] and (run / "final").is_dir()
 
 
+@pytest.mark.parametrize("during", ["final", "report"])
+def test_a_stop_signal_while_the_run_finishes_stops_it_and_the_resumed_run_finishes(
+        during: str, micro_recipe: Path, uninterrupted: Path, monkeypatch, capsys) -> None:
+    """SIGTERM while ``final/`` is saved or the report written (after the last stage, which saved its checkpoint) ends
+    that work at once: exit 143, one line naming it, no ``final/`` half written (none at all, nor a temporary folder,
+    when cut short in the save); the resumed run writes both, with the weights of a run never stopped."""
+    import toolkit.model.saving
+    import toolkit.report.report
+
+    module, name = ((toolkit.model.saving, "_save_model") if during == "final" else
+                    (toolkit.report.report, "write_text"))
+    original = getattr(module, name)
+
+    def stopped_midway(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, stopped_midway)
+    run = micro_recipe.parent / "run"
+    assert train(micro_recipe, "train.save_every=2") == 143
+    what = "the save of final/" if during == "final" else "the report"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM during {what}; checkpoint saved at {run / 'checkpoints' / 'stage-1-step-000004'}; "
+        "continue with train.resume=true")
+    assert not (run / "report.html").exists()
+    assert (run / "final").is_dir() == (during == "report")
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".final")]
+    monkeypatch.undo()
+    assert train(micro_recipe, "train.save_every=2", "train.resume=true") == 0
+    assert_same_weights(final_weights(run), final_weights(uninterrupted))
+    assert (run / "report.md").is_file() and (run / "report.html").is_file()
+
+
 def test_a_stop_signal_ends_the_work_run_until_stopped_and_only_it() -> None:
     """Inside ``run_until_stopped`` a stop signal ends the work where it is; outside it a signal is only noted, and
     work that comes after one does not start."""

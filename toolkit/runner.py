@@ -7,6 +7,9 @@
 3. :func:`train_stages`: every stage in order with its RoPE setting, evaluated after the stages that ask for it.
 4. :func:`finish`: save ``final/`` (sharded weights gathered first), write the report, print the verdict.
 
+A stop signal (SIGTERM, SIGINT) is acted on in every step: at the end of a training step, at once in an evaluation,
+the save of ``final/`` or the report (:class:`toolkit.errors.Stopped`).
+
 Sharded runs (FSDP2, DeepSpeed ZeRO-3) evaluate too: every process takes part in gathering the weights, and the main
 process evaluates a full copy while the others wait (``parallel.timeout_minutes``).
 """
@@ -48,13 +51,13 @@ def run_recipe(recipe: Recipe) -> Path:
     Python); returns the run folder."""
     recipe = check_recipe(recipe)
     session = setup(recipe)
-    try:
-        with stop_on_signals() as stop:
+    with stop_on_signals() as stop:
+        try:
             evaluate_before(session, stop)
             train_stages(session, stop)
-    finally:
-        session.logger.close()
-    finish(session)
+        finally:
+            session.logger.close()
+        finish(session, stop)
     return recipe.run_dir
 
 
@@ -87,9 +90,9 @@ def _run_suites(session: Session, gathered: dict[str, torch.Tensor] | None, tag:
 
 
 def _heed_stop(session: Session, stop: StopFlag, during: str) -> None:
-    """Every process waits for the main one's evaluation (``during``), then all stop together when a stop signal
-    reached any of them, keeping the checkpoint of the stage evaluated (its end is saved before its evaluation; the
-    starting model's evaluation has none)."""
+    """Every process waits for the main one's work (``during``: an evaluation, the save of ``final/``, the report),
+    then all stop together when a stop signal reached any of them, keeping the latest checkpoint (a stage's end is
+    saved before its evaluation; the starting model's evaluation has none)."""
     if signum := on_any_process(session.accelerator, stop.signum or 0):
         kept = session.checkpoints.latest()
         raise Stopped(signum, str(kept[0]) if kept else None, during)
@@ -166,24 +169,26 @@ def _stage_job(session: Session, index: int) -> StageJob:
 
 # 4. finish
 
-def finish(session: Session) -> None:
+def finish(session: Session, stop: StopFlag) -> None:
     """Save ``final/`` (adapter or full weights, tokenizer, config with the last stage's RoPE), then write the
-    report and print the verdict on the main process."""
+    report and print the verdict on the main process. A stop signal ends either at once (``final/`` is written whole
+    or not at all) and every process stops with the last stage's checkpoint: the resumed run writes them."""
     recipe, accelerator = session.recipe, session.accelerator
     unwrapped = accelerator.unwrap_model(session.objective).model
     gathered = _gathered_weights(session)
     if template := trained_chat_template(recipe.train, session.tokenizer):
         session.tokenizer.chat_template = template
     if accelerator.is_main_process:
-        save_final(unwrapped, session.tokenizer, recipe.run_dir / FINAL, recipe.method,
-                   base_is_local_init=recipe.model.init_config is not None, state_dict=gathered,
-                   dtype=session.loaded.dtype)
-    accelerator.wait_for_everyone()
+        stop.run_until_stopped(lambda: save_final(
+            unwrapped, session.tokenizer, recipe.run_dir / FINAL, recipe.method,
+            base_is_local_init=recipe.model.init_config is not None, state_dict=gathered, dtype=session.loaded.dtype))
+    _heed_stop(session, stop, f"the save of {FINAL}/")
     if accelerator.is_main_process:
-        _report(recipe, accelerator)
-    # every process tears the process group down together: a rank that left while the main one still wrote the
-    # report aborted at its exit in one test run ("terminate called without an active exception", ZeRO-3, 2 processes)
-    accelerator.wait_for_everyone()
+        stop.run_until_stopped(lambda: _report(recipe, accelerator))
+    # every process tears the process group down together (_heed_stop waits for all): a rank that left while the main
+    # one still wrote the report aborted at its exit in one test run ("terminate called without an active exception",
+    # ZeRO-3, 2 processes)
+    _heed_stop(session, stop, "the report")
     accelerator.end_training()
 
 
