@@ -43,8 +43,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                        "final/, report.md and report.html. Every input is checked before the model "
                                        f"loads. {EXIT_CODES} 143 or 130 when stopped by SIGTERM or SIGINT: in "
                                        "training, an evaluation after it or the final save and report, with the "
-                                       "latest checkpoint kept (train.resume=true continues it); before the first step, with nothing to continue but the "
-                                       "starting model's finished evaluations, which the same command reuses.")
+                                       "latest checkpoint kept (train.resume=true continues it); before the first "
+                                       "step, with nothing to continue but the starting model's finished "
+                                       "evaluations, which the same command reuses.")
     train.add_argument("recipe", type=user_path, help="the recipe YAML (recipes/)")
     _overrides(train)
 
