@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,14 @@ from toolkit.cli import main
 from toolkit.evals.command import default_out
 
 
+def _saved_model(folder: Path) -> Path:
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def test_eval_command_on_a_saved_model(tmp_path: Path, capsys):
-    model_dir = tmp_path / "model"
-    tiny_model().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = _saved_model(tmp_path / "model")
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\ntasks:\n  - {type: niah, lengths: [128], depths: [0.0, 1.0], samples: 2}\n"
                      "  - {type: perplexity, length: 128, bucket: 64, documents: 1}\n")
@@ -146,3 +151,37 @@ def test_an_adapter_folder_with_its_own_tokenizer_gives_the_tokenizer(tmp_path: 
     config = adapter / "adapter_config.json"  # given as the model, it names its base itself
     config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(base)}))
     assert "<only-in-the-adapter>" in eval_tokenizer(str(adapter), None).get_vocab()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_keeps_the_finished_batches_and_the_same_command_continues(
+        signum: signal.Signals, tmp_path: Path, capsys, monkeypatch) -> None:
+    """SIGTERM, as Ctrl-C, ends ``eval`` in its second batch: exit 128 + the signal, one line saying what is kept;
+    the same command scores only the prompts left."""
+    from toolkit.evals.transformers_backend import TransformersBackend
+
+    model = _saved_model(tmp_path / "model")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ntasks:\n  - {type: niah, lengths: [128], depths: [0.0, 0.5, 1.0], samples: 2, "
+                     "batch_tokens: 256}\n")
+    argv = ["eval", "--model", str(model), "--suite", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    scored: list[int] = []
+    pending = [signum]
+    original = TransformersBackend.greedy_matches
+
+    def greedy_matches(self, requests):
+        scored.append(len(requests))
+        if len(scored) == 2 and pending:
+            signal.raise_signal(pending.pop())
+        return original(self, requests)
+
+    monkeypatch.setattr(TransformersBackend, "greedy_matches", greedy_matches)
+    assert main(argv) == 128 + signum
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by {signum.name}: the results of the batches it finished are saved, and the same command continues "
+        "from them")
+    entry = json.loads((tmp_path / "out" / "s.json").read_text())["tasks"]["niah"]
+    assert not entry["complete"] and len(entry["cells"]) == 2
+    scored.clear()
+    assert main(argv) == 0
+    assert sum(scored) == 4 and json.loads((tmp_path / "out" / "s.json").read_text())["tasks"]["niah"]["complete"]

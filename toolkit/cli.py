@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from toolkit.errors import RunFailure, Stopped, UserError, command_parser, user_path
+from toolkit.errors import RunFailure, Stopped, Terminated, UserError, command_parser, sigterm_as_interrupt, user_path
 from toolkit.formatting.console_logging import configure_logging
 
 EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file (found before anything "
@@ -18,6 +19,9 @@ EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the
 """The exit codes most commands' ``--help`` ends with (those of :class:`UserError` and :class:`RunFailure`)."""
 TORCH_FREE = ("validate", "report")
 """Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
+KEPT_WHEN_STOPPED = {"eval": ": the results of the batches it finished are saved, and the same command continues "
+                             "from them"}
+"""What a command stopped by SIGINT or SIGTERM keeps, where it keeps more than what it wrote whole before."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +103,9 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
                                           "LoRA adapter if given), on suites (evals/*.yaml): the model is loaded "
                                           "once and each suite is written to --out as SUITE.json with its plots "
                                           "(results already recorded there are reused). The suites, their data and "
-                                          f"--out are checked before the model loads. {EXIT_CODES}")
+                                          "--out are checked before the model loads. Stopped by SIGINT or SIGTERM "
+                                          "(exit 130 or 143), it keeps the results of the batches it finished: the "
+                                          f"same command continues from them. {EXIT_CODES}")
     evaluate.add_argument("--model", required=True, type=user_path, help="local folder or hub id")
     evaluate.add_argument("--adapter", type=user_path, help="LoRA adapter folder to apply on the model")
     evaluate.add_argument("--suite", action="append", required=True, type=user_path, help="suite YAML (repeatable)")
@@ -386,13 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
-        if argv is None:
-            _offline_unless_reachable(args.command)
-        if args.command not in TORCH_FREE:
-            from toolkit.environment import name_cpu_for_deepspeed
+        with sigterm_as_interrupt():
+            if argv is None:
+                _offline_unless_reachable(args.command)
+            if args.command not in TORCH_FREE:
+                from toolkit.environment import name_cpu_for_deepspeed
 
-            name_cpu_for_deepspeed()
-        return _dispatch(args)
+                name_cpu_for_deepspeed()
+            return _dispatch(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -402,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"stopped by {stop.name}{KEPT_WHEN_STOPPED.get(args.command, '')}", file=sys.stderr)
+        return 128 + stop

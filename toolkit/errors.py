@@ -30,6 +30,29 @@ class RunFailure(Exception):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM met outside a run's own stop handling, raised where Ctrl-C raises KeyboardInterrupt: a command ends
+    the same way on either (its results saved after each batch kept, a file written whole or not at all)."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread; elsewhere signals are left alone). A
+    run's own handlers (``toolkit.training.faults.stop_on_signals``) take over inside it and give this one back."""
+    def handler(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Stopped(Exception):
     """A run stopped on SIGTERM/SIGINT: exit code 128 + the signal number. ``checkpoint``: the one saved, None before
     the first step (the evaluation of the starting model, whose finished part the same command reuses). ``during``:
