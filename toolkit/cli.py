@@ -15,7 +15,8 @@ from toolkit.errors import RunFailure, Stopped, Terminated, UserError, command_p
 from toolkit.formatting.console_logging import configure_logging
 
 EXIT_CODES = ("Exit codes: 0 done; 2 a mistake in the input, one line naming the field or file (found before anything "
-              "is written, but for a bad record met in a data stream); 1 a failure at run time.")
+              "is written, but for a bad record met in a data stream); 1 a failure at run time; 143 or 130 when "
+              "stopped by SIGTERM or SIGINT.")
 """The exit codes most commands' ``--help`` ends with (those of :class:`UserError` and :class:`RunFailure`)."""
 TORCH_FREE = ("validate", "report")
 """Commands that import neither torch nor transformers (a test holds them to it): they start in a second or two."""
@@ -45,9 +46,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                                        "report --check checks it). All of it goes to output.dir: "
                                        "recipe.resolved.yaml, run_info.json, metrics.jsonl, checkpoints/, eval/, "
                                        "final/, report.md and report.html. Every input is checked before the model "
-                                       f"loads. {EXIT_CODES} 143 or 130 when stopped by SIGTERM or SIGINT: in "
-                                       "training, an evaluation after it or the final save and report, with the "
-                                       "latest checkpoint kept (train.resume=true continues it); before the first "
+                                       f"loads. {EXIT_CODES} Stopped in training, an evaluation after it or the "
+                                       "final save and report, it keeps the latest checkpoint "
+                                       "(train.resume=true continues it); before the first "
                                        "step, with nothing to continue but the starting model's finished "
                                        "evaluations, which the same command reuses.")
     train.add_argument("recipe", type=user_path, help="the recipe YAML (recipes/)")
@@ -103,8 +104,8 @@ def _evaluation_commands(sub: argparse._SubParsersAction) -> None:
                                           "LoRA adapter if given), on suites (evals/*.yaml): the model is loaded "
                                           "once and each suite is written to --out as SUITE.json with its plots "
                                           "(results already recorded there are reused). The suites, their data and "
-                                          "--out are checked before the model loads. Stopped by SIGINT or SIGTERM "
-                                          "(exit 130 or 143), it keeps the results of the batches it finished: the "
+                                          "--out are checked before the model loads. Stopped by SIGINT or SIGTERM, "
+                                          "it keeps the results of the batches it finished: the "
                                           f"same command continues from them. {EXIT_CODES}")
     evaluate.add_argument("--model", required=True, type=user_path, help="local folder or hub id")
     evaluate.add_argument("--adapter", type=user_path, help="LoRA adapter folder to apply on the model")
